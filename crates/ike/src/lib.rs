@@ -1,0 +1,2 @@
+//! Sans-IO IKEv2 (RFC 7296).
+pub mod wire;
