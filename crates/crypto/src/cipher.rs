@@ -257,3 +257,325 @@ fn xor_in_place(a: &mut [u8], b: &[u8]) {
         *x ^= y;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::hex;
+
+    fn cbc_kat(encr: Encr, key: &str, iv: &str, plain: &[u8], cipher: &str) {
+        let c = Cipher::new(encr, &hex(key)).unwrap();
+        let iv = hex(iv);
+        let mut buf = plain.to_vec();
+        c.cbc_encrypt(&iv, &mut buf).unwrap();
+        assert_eq!(buf, hex(cipher), "{encr:?} encrypt");
+        c.cbc_decrypt(&iv, &mut buf).unwrap();
+        assert_eq!(buf, plain, "{encr:?} decrypt");
+    }
+
+    #[test]
+    fn rfc3602_aes128_cbc() {
+        // RFC 3602 §4, cases #1 to #4.
+        cbc_kat(
+            Encr::AesCbc128,
+            "06a9214036b8a15b512e03d534120006",
+            "3dafba429d9eb430b422da802c9fac41",
+            b"Single block msg",
+            "e353779c1079aeb82708942dbe77181a",
+        );
+        cbc_kat(
+            Encr::AesCbc128,
+            "c286696d887c9aa0611bbb3e2025a45a",
+            "562e17996d093d28ddb3ba695a2e6f58",
+            &(0u8..32).collect::<Vec<_>>(),
+            "d296cd94c2cccf8a3a863028b5e1dc0a7586602d253cfff91b8266bea6d61ab1",
+        );
+        cbc_kat(
+            Encr::AesCbc128,
+            "6c3ea0477630ce21a2ce334aa746c2cd",
+            "c782dc4c098c66cbd9cd27d825682c81",
+            b"This is a 48-byte message (exactly 3 AES blocks)",
+            "d0a02b3836451753d493665d33f0e8862dea54cdb293abc7506939276772f8d5
+             021c19216bad525c8579695d83ba2684",
+        );
+        cbc_kat(
+            Encr::AesCbc128,
+            "56e47a38c5598974bc46903dba290349",
+            "8ce82eefbea0da3c44699ed7db51b7d9",
+            &(0xa0u8..0xe0).collect::<Vec<_>>(),
+            "c30e32ffedc0774e6aff6af0869f71aa0f3af07a9a31a9c684db207eb0ef8e4e
+             35907aa632c3ffdf868bb7b29d3d46ad83ce9f9a102ee99d49a53e87f4c3da55",
+        );
+    }
+
+    const SP800_38A_PLAIN: &str = "6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51
+                                   30c81c46a35ce411e5fbc1191a0a52eff69f2445df4f9b17ad2b417be66c3710";
+    const SP800_38A_IV: &str = "000102030405060708090a0b0c0d0e0f";
+
+    #[test]
+    fn sp800_38a_aes192_and_aes256_cbc() {
+        // NIST SP 800-38A F.2.3 (CBC-AES192) and F.2.5 (CBC-AES256).
+        cbc_kat(
+            Encr::AesCbc192,
+            "8e73b0f7da0e6452c810f32b809079e562f8ead2522c6b7b",
+            SP800_38A_IV,
+            &hex(SP800_38A_PLAIN),
+            "4f021db243bc633d7178183a9fa071e8b4d9ada9ad7dedf4e5e738763f69145a
+             571b242012fb7ae07fa9baac3df102e008b0e27988598881d920a9e64f5615cd",
+        );
+        cbc_kat(
+            Encr::AesCbc256,
+            "603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4",
+            SP800_38A_IV,
+            &hex(SP800_38A_PLAIN),
+            "f58c4c04d6e5f1ba779eabfb5f7bfbd69cfc4e967edb808d679f777bc6702c7d
+             39f23369a9d9bacfa530e26304231461b2eb05e2c39be9fcda6c19078c6a9d1b",
+        );
+    }
+
+    #[test]
+    fn des_and_3des() {
+        // FIPS 81 Appendix C, table C1: the CBC example.
+        cbc_kat(
+            Encr::Des,
+            "0123456789abcdef",
+            "1234567890abcdef",
+            b"Now is the time for all ",
+            "e5c7cdde872bf27c43e934008c389c0f683788499a7c05f6",
+        );
+        // The classic single-block DES example (key 133457799BBCDFF1); a zero
+        // IV turns one CBC block into the raw cipher.
+        cbc_kat(
+            Encr::Des,
+            "133457799bbcdff1",
+            "0000000000000000",
+            &hex("0123456789abcdef"),
+            "85e813540f0ab405",
+        );
+        // NIST SP 800-67 Rev. 1 Appendix B: TDEA in ECB mode, one block at a
+        // time with a zero IV.
+        let key = "0123456789abcdef23456789abcdef01456789abcdef0123";
+        let plain = b"The qufck brown fox jump";
+        let expected = ["a826fd8ce53b855f", "cce21c8112256fe6", "68d5c05dd9b6b900"];
+        for (block, ct) in plain.chunks(8).zip(expected) {
+            cbc_kat(Encr::TripleDes, key, "0000000000000000", block, ct);
+        }
+    }
+
+    /// Block-at-a-time CBC decryption, the textbook definition, to check the
+    /// batched implementation against.
+    fn naive_cbc_decrypt(key: &[u8], iv: &[u8], buf: &mut [u8]) {
+        let c = aes::Aes256::new_from_slice(key).unwrap();
+        let mut prev = iv.to_vec();
+        for chunk in buf.chunks_exact_mut(16) {
+            let ct = chunk.to_vec();
+            c.decrypt_block(Block::<aes::Aes256>::from_mut_slice(chunk));
+            xor_in_place(chunk, &prev);
+            prev = ct;
+        }
+    }
+
+    #[test]
+    fn batched_cbc_decrypt_matches_block_at_a_time() {
+        let key: Vec<u8> = (0..32).map(|i| i * 7).collect();
+        let iv: Vec<u8> = (0..16).map(|i| 0xf0 ^ i).collect();
+        let c = Cipher::new(Encr::AesCbc256, &key).unwrap();
+        // Lengths around and past the 8-block batch, up to a full MTU.
+        for blocks in [0usize, 1, 2, 7, 8, 9, 15, 16, 17, 24, 25, 88] {
+            let plain: Vec<u8> = (0..blocks * 16).map(|i| (i * 31 % 251) as u8).collect();
+            let mut buf = plain.clone();
+            c.cbc_encrypt(&iv, &mut buf).unwrap();
+            let mut naive = buf.clone();
+            naive_cbc_decrypt(&key, &iv, &mut naive);
+            assert_eq!(naive, plain, "{blocks} blocks");
+            c.cbc_decrypt(&iv, &mut buf).unwrap();
+            assert_eq!(buf, plain, "{blocks} blocks");
+        }
+    }
+
+    #[test]
+    fn cbc_rejects_bad_lengths_and_aead_calls() {
+        let c = Cipher::new(Encr::AesCbc128, &[0; 16]).unwrap();
+        let mut buf = [0u8; 32];
+        assert_eq!(c.cbc_encrypt(&[0; 8], &mut buf), Err(Error::InvalidLength));
+        assert_eq!(
+            c.cbc_decrypt(&[0; 16], &mut buf[..31]),
+            Err(Error::InvalidLength)
+        );
+        let mut tag = [0u8; 16];
+        assert_eq!(
+            c.aead_seal(&[0; 8], &[], &mut buf, &mut tag),
+            Err(Error::Unsupported)
+        );
+        assert_eq!(
+            c.aead_open(&[0; 8], &[], &mut buf, &tag),
+            Err(Error::Unsupported)
+        );
+        let d = Cipher::new(Encr::TripleDes, &[1; 24]).unwrap();
+        assert_eq!(
+            d.cbc_encrypt(&[0; 8], &mut buf[..12]),
+            Err(Error::InvalidLength)
+        );
+        assert_eq!(d.encr(), Encr::TripleDes);
+    }
+
+    #[test]
+    fn key_length_is_enforced() {
+        for encr in Encr::ALL {
+            let n = encr.key_len();
+            assert!(Cipher::new(encr, &vec![0x55; n]).is_ok(), "{encr:?}");
+            assert_eq!(
+                Cipher::new(encr, &vec![0; n - 1]).unwrap_err(),
+                Error::InvalidKeyLength
+            );
+            assert_eq!(
+                Cipher::new(encr, &vec![0; n + 1]).unwrap_err(),
+                Error::InvalidKeyLength
+            );
+        }
+    }
+
+    const GCM_PLAIN: &str = "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a72
+                             1c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b391aafd255";
+    const GCM_AAD: &str = "feedfacedeadbeeffeedfacedeadbeefabaddad2";
+    const GCM_KEY: &str = "feffe9928665731c6d6a8f9467308308";
+
+    /// McGrew & Viega, "The Galois/Counter Mode of Operation", test cases
+    /// with the 96-bit IV cafebabefacedbaddecaf888. In RFC 4106 terms the
+    /// first four IV bytes are the salt at the end of the key material and
+    /// the last eight the per-packet IV.
+    fn gcm_kat(encr: Encr, aes_key: &str, aad: &[u8], plain: &[u8], cipher: &str, tag: &str) {
+        let mut key = hex(aes_key);
+        key.extend(hex("cafebabe"));
+        let c = Cipher::new(encr, &key).unwrap();
+        let iv = hex("facedbaddecaf888");
+        let mut buf = plain.to_vec();
+        let mut t = [0u8; 16];
+        c.aead_seal(&iv, aad, &mut buf, &mut t).unwrap();
+        assert_eq!(buf, hex(cipher), "{encr:?} ciphertext");
+        assert_eq!(t.to_vec(), hex(tag), "{encr:?} tag");
+        c.aead_open(&iv, aad, &mut buf, &t).unwrap();
+        assert_eq!(buf, plain);
+    }
+
+    #[test]
+    fn gcm_spec_test_cases() {
+        let plain = hex(GCM_PLAIN);
+        let aad = hex(GCM_AAD);
+        // Test case 3: AES-128, no AAD.
+        gcm_kat(
+            Encr::AesGcm16_128,
+            GCM_KEY,
+            &[],
+            &plain,
+            "42831ec2217774244b7221b784d0d49ce3aa212f2c02a4e035c17e2329aca12e
+             21d514b25466931c7d8f6a5aac84aa051ba30b396a0aac973d58e091473f5985",
+            "4d5c2af327cd64a62cf35abd2ba6fab4",
+        );
+        // Test case 4: AES-128, AAD, 60-byte plaintext.
+        gcm_kat(
+            Encr::AesGcm16_128,
+            GCM_KEY,
+            &aad,
+            &plain[..60],
+            "42831ec2217774244b7221b784d0d49ce3aa212f2c02a4e035c17e2329aca12e
+             21d514b25466931c7d8f6a5aac84aa051ba30b396a0aac973d58e091",
+            "5bc94fbc3221a5db94fae95ae7121a47",
+        );
+        // Test case 15: AES-256, no AAD.
+        let key256 = format!("{GCM_KEY}{GCM_KEY}");
+        gcm_kat(
+            Encr::AesGcm16_256,
+            &key256,
+            &[],
+            &plain,
+            "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa
+             8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662898015ad",
+            "b094dac5d93471bdec1a502270e3cc6c",
+        );
+        // Test case 16: AES-256, AAD, 60-byte plaintext.
+        gcm_kat(
+            Encr::AesGcm16_256,
+            &key256,
+            &aad,
+            &plain[..60],
+            "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa
+             8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662",
+            "76fc6ece0f4e1768cddf8853bb2d551b",
+        );
+    }
+
+    #[test]
+    fn gcm_open_rejects_tampering_and_leaves_buffer() {
+        let c = Cipher::new(Encr::AesGcm16_128, &[9; 20]).unwrap();
+        let iv = [1u8; 8];
+        let aad = b"spi+seq";
+        let mut buf = *b"inner ip packet!";
+        let mut tag = [0u8; 16];
+        c.aead_seal(&iv, aad, &mut buf, &mut tag).unwrap();
+        let sealed = buf;
+        let mut bad_tag = tag;
+        bad_tag[0] ^= 0x80;
+        assert_eq!(
+            c.aead_open(&iv, aad, &mut buf, &bad_tag),
+            Err(Error::AuthenticationFailed)
+        );
+        assert_eq!(buf, sealed);
+        assert_eq!(
+            c.aead_open(&iv, b"spi+seR", &mut buf, &tag),
+            Err(Error::AuthenticationFailed)
+        );
+        assert_eq!(
+            c.aead_open(&[2; 8], aad, &mut buf, &tag),
+            Err(Error::AuthenticationFailed)
+        );
+        buf[3] ^= 1;
+        assert_eq!(
+            c.aead_open(&iv, aad, &mut buf, &tag),
+            Err(Error::AuthenticationFailed)
+        );
+        buf[3] ^= 1;
+        c.aead_open(&iv, aad, &mut buf, &tag).unwrap();
+        assert_eq!(&buf, b"inner ip packet!");
+    }
+
+    #[test]
+    fn gcm_salt_is_part_of_the_nonce() {
+        // Same AES key, different salt: different ciphertext (RFC 4106 §4).
+        let mut k1 = [3u8; 20];
+        let c1 = Cipher::new(Encr::AesGcm16_128, &k1).unwrap();
+        k1[19] ^= 1;
+        let c2 = Cipher::new(Encr::AesGcm16_128, &k1).unwrap();
+        let (mut a, mut b) = ([0u8; 16], [0u8; 16]);
+        let mut t = [0u8; 16];
+        c1.aead_seal(&[0; 8], &[], &mut a, &mut t).unwrap();
+        c2.aead_seal(&[0; 8], &[], &mut b, &mut t).unwrap();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn gcm_rejects_bad_lengths_and_cbc_calls() {
+        let c = Cipher::new(Encr::AesGcm16_256, &[0; 36]).unwrap();
+        let mut buf = [0u8; 16];
+        let mut tag = [0u8; 16];
+        assert_eq!(
+            c.aead_seal(&[0; 12], &[], &mut buf, &mut tag),
+            Err(Error::InvalidLength)
+        );
+        assert_eq!(
+            c.aead_seal(&[0; 8], &[], &mut buf, &mut tag[..12]),
+            Err(Error::InvalidLength)
+        );
+        assert_eq!(
+            c.aead_open(&[0; 8], &[], &mut buf, &tag[..15]),
+            Err(Error::InvalidLength)
+        );
+        assert_eq!(c.cbc_encrypt(&[0; 16], &mut buf), Err(Error::Unsupported));
+        assert_eq!(c.cbc_decrypt(&[0; 16], &mut buf), Err(Error::Unsupported));
+        // GCM needs no block alignment: odd lengths round-trip.
+        let mut odd = [7u8; 13];
+        c.aead_seal(&[5; 8], b"a", &mut odd, &mut tag).unwrap();
+        c.aead_open(&[5; 8], b"a", &mut odd, &tag).unwrap();
+        assert_eq!(odd, [7u8; 13]);
+    }
+}

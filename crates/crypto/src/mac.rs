@@ -143,3 +143,108 @@ impl HmacKey {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::hex;
+
+    fn icv(integ: Integ, key: &[u8], data: &[u8]) -> Vec<u8> {
+        let mac = Mac::new(integ, key).unwrap();
+        let mut out = vec![0u8; integ.icv_len()];
+        mac.compute(&[data], &mut out);
+        assert!(mac.verify(&[data], &out));
+        out
+    }
+
+    #[test]
+    fn rfc2202_truncated_to_96_bits() {
+        // RFC 2202 §2/§3 test case 1; RFC 2403 §3 / RFC 2404 §3 keep the
+        // first 96 bits.
+        assert_eq!(
+            icv(Integ::HmacMd5_96, &[0x0b; 16], b"Hi There"),
+            hex("9294727a3638bb1c13f48ef8")
+        );
+        assert_eq!(
+            icv(Integ::HmacSha1_96, &[0x0b; 20], b"Hi There"),
+            hex("b617318655057264e28bc0b6")
+        );
+    }
+
+    #[test]
+    fn rfc4868_auth_test_case_1() {
+        // RFC 4868 §2.7.2.1-3, AUTH256-1 / AUTH384-1 / AUTH512-1: keys as
+        // long as the hash output, ICV truncated to half of it.
+        assert_eq!(
+            icv(Integ::HmacSha256_128, &[0x0b; 32], b"Hi There"),
+            hex("198a607eb44bfbc69903a0f1cf2bbdc5")
+        );
+        assert_eq!(
+            icv(Integ::HmacSha384_192, &[0x0b; 48], b"Hi There"),
+            hex("b6a8d5636f5c6a7224f9977dcf7ee6c7fb6d0c48cbdee973")
+        );
+        assert_eq!(
+            icv(Integ::HmacSha512_256, &[0x0b; 64], b"Hi There"),
+            hex("637edc6e01dce7e6742a99451aae82df23da3e92439e590e43e761b33e910fb8")
+        );
+    }
+
+    #[test]
+    fn parts_are_concatenated() {
+        let mac = Mac::new(Integ::HmacSha256_128, &[7; 32]).unwrap();
+        let (mut a, mut b) = ([0u8; 16], [0u8; 16]);
+        mac.compute(&[b"spi+seq", b"", b"payload"], &mut a);
+        mac.compute(&[b"spi+seqpayload"], &mut b);
+        assert_eq!(a, b);
+        // The keyed state is reused: a second call gives the same answer.
+        mac.compute(&[b"spi+seqpayload"], &mut b);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn verify_rejects_wrong_or_short_icv() {
+        let mac = Mac::new(Integ::HmacSha1_96, &[1; 20]).unwrap();
+        let mut out = [0u8; 12];
+        mac.compute(&[b"data"], &mut out);
+        assert!(mac.verify(&[b"data"], &out));
+        assert!(!mac.verify(&[b"datb"], &out));
+        let mut bad = out;
+        bad[11] ^= 1;
+        assert!(!mac.verify(&[b"data"], &bad));
+        assert!(!mac.verify(&[b"data"], &out[..11]));
+        assert!(!mac.verify(&[b"data"], &[]));
+        let mut long = [0u8; 13];
+        long[..12].copy_from_slice(&out);
+        assert!(!mac.verify(&[b"data"], &long));
+    }
+
+    #[test]
+    fn compute_into_short_or_long_buffer_does_not_panic() {
+        let mac = Mac::new(Integ::HmacSha512_256, &[1; 64]).unwrap();
+        let mut full = [0u8; 32];
+        mac.compute(&[b"x"], &mut full);
+        let mut short = [0u8; 5];
+        mac.compute(&[b"x"], &mut short);
+        assert_eq!(short, full[..5]);
+        let mut long = [0xEEu8; 40];
+        mac.compute(&[b"x"], &mut long);
+        assert_eq!(long[..32], full);
+        assert_eq!(long[32..], [0xEE; 8]);
+    }
+
+    #[test]
+    fn key_length_is_enforced() {
+        for integ in Integ::ALL {
+            let n = integ.key_len();
+            assert!(Mac::new(integ, &vec![0; n]).is_ok());
+            assert_eq!(
+                Mac::new(integ, &vec![0; n - 1]).unwrap_err(),
+                Error::InvalidKeyLength
+            );
+            assert_eq!(
+                Mac::new(integ, &vec![0; n + 1]).unwrap_err(),
+                Error::InvalidKeyLength
+            );
+        }
+    }
+}

@@ -326,3 +326,61 @@ impl DhGroup {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encr_iana_round_trip() {
+        for e in Encr::ALL {
+            assert_eq!(Encr::from_iana(e.iana_id(), e.key_bits()), Some(e), "{e:?}");
+        }
+        // RFC 7296 §3.3.5: AES needs the Key Length attribute, DES must not
+        // have it; GCM-192 and unknown IDs are not ours.
+        assert_eq!(Encr::from_iana(12, None), None);
+        assert_eq!(Encr::from_iana(3, Some(192)), None);
+        assert_eq!(Encr::from_iana(20, Some(192)), None);
+        assert_eq!(Encr::from_iana(12, Some(100)), None);
+        assert_eq!(Encr::from_iana(0, None), None);
+    }
+
+    #[test]
+    fn encr_sizes() {
+        // RFC 4106 §8.1: GCM key material carries a 4-byte salt.
+        assert_eq!(Encr::AesGcm16_128.key_len(), 20);
+        assert_eq!(Encr::AesGcm16_256.key_len(), 36);
+        assert_eq!(Encr::AesCbc256.key_len(), 32);
+        assert_eq!(Encr::TripleDes.key_len(), 24);
+        assert_eq!(Encr::AesCbc128.iv_len(), 16);
+        assert_eq!(Encr::AesGcm16_256.iv_len(), 8);
+        assert_eq!(Encr::Des.block_len(), 8);
+        assert_eq!(Encr::AesGcm16_128.block_len(), 4);
+        assert_eq!(Encr::AesGcm16_128.icv_len(), 16);
+        assert_eq!(Encr::AesCbc128.icv_len(), 0);
+        assert!(Encr::AesGcm16_256.is_aead() && !Encr::AesCbc256.is_aead());
+        assert_eq!(Encr::AesGcm16_256.name(), "aes256gcm16");
+    }
+
+    #[test]
+    fn integ_prf_dh_iana_round_trip() {
+        for i in Integ::ALL {
+            assert_eq!(Integ::from_iana(i.iana_id()), Some(i));
+        }
+        for p in Prf::ALL {
+            assert_eq!(Prf::from_iana(p.iana_id()), Some(p));
+            assert_eq!(p.key_len(), p.out_len());
+        }
+        for g in DhGroup::ALL {
+            assert_eq!(DhGroup::from_iana(g.iana_id()), Some(g));
+        }
+        assert_eq!(Integ::from_iana(0), None);
+        assert_eq!(Prf::from_iana(3), None);
+        assert_eq!(DhGroup::from_iana(21), None);
+        assert_eq!(Integ::HmacSha256_128.icv_len(), 16);
+        assert_eq!(Integ::HmacSha512_256.key_len(), 64);
+        assert_eq!(Prf::HmacSha384.name(), "prfsha384");
+        assert_eq!(DhGroup::Modp2048s256.iana_id(), 24);
+        assert_eq!(DhGroup::Ecp384.public_len(), 96);
+    }
+}
