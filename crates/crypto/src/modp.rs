@@ -264,3 +264,201 @@ const G2048S256: U2048 = U2048::from_be_hex(concat!(
 
 const Q2048S256: U256 =
     U256::from_be_hex("8CF83642A709A097B447997640129DA299B1A47D1EB3750BA308B0FE64F5FBD3");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DhPrivate;
+    use crate::test_util::{Fixed, hex};
+
+    fn words<const L: usize>(x: &Uint<L>) -> Vec<u8> {
+        to_be_bytes(x)
+    }
+
+    /// Fermat test base 2: a transcription error in a constant would make it
+    /// composite, and a composite passing this is vanishingly unlikely.
+    fn fermat_base(n: &Uint<{ U2048::LIMBS }>, base: u8) -> bool {
+        let params = DynResidueParams::new(n);
+        let e = n.wrapping_sub(&Uint::ONE);
+        DynResidue::new(&Uint::from_u8(base), params)
+            .pow(&e)
+            .retrieve()
+            == Uint::ONE
+    }
+
+    fn check_safe_prime<const L: usize>(group: &Group<L>, bits: usize) {
+        let p = words(&group.p);
+        assert_eq!(p.len() * 8, bits);
+        // RFC 2409 §6 / RFC 3526: leading and trailing 64 bits are ones,
+        // then the binary expansion of pi.
+        assert_eq!(p[..16], hex("FFFFFFFF FFFFFFFF C90FDAA2 2168C234"));
+        assert_eq!(p[p.len() - 8..], [0xff; 8]);
+        assert_eq!(group.g, Uint::from_u8(2));
+        assert!(group.q.is_none());
+        let p: Uint<{ U2048::LIMBS }> = group.p.resize();
+        assert!(
+            fermat_base(&p, 2) && fermat_base(&p, 3),
+            "{bits}-bit p is not prime"
+        );
+        // Safe prime: (p-1)/2 is prime too (RFC 3526 §1's "q").
+        let q = p.shr_vartime(1);
+        assert!(
+            fermat_base(&q, 2) && fermat_base(&q, 3),
+            "{bits}-bit (p-1)/2 is not prime"
+        );
+    }
+
+    #[test]
+    fn safe_prime_groups_are_the_rfc_primes() {
+        check_safe_prime(&GROUP1, 768);
+        check_safe_prime(&GROUP2, 1024);
+        check_safe_prime(&GROUP5, 1536);
+        check_safe_prime(&GROUP14, 2048);
+        // Words from the middle and end of each RFC listing.
+        assert_eq!(words(&P768)[80..88], hex("F44C42E9 A63A3620"));
+        assert_eq!(words(&P1024)[112..120], hex("49286651 ECE65381"));
+        assert_eq!(words(&P1536)[176..188], hex("F1746C08 CA237327 FFFFFFFF"));
+        assert_eq!(words(&P2048)[240..248], hex("15728E5A 8AACAA68"));
+    }
+
+    #[test]
+    fn group24_is_the_rfc5114_group() {
+        // RFC 5114 §2.3.
+        let p = words(&P2048S256);
+        assert_eq!(p[..8], hex("87A8E61D B4B6663C"));
+        assert_eq!(p[252..], hex("1E1A1597"));
+        let g = words(&G2048S256);
+        assert_eq!(g[..8], hex("3FB32C9B 73134D0B"));
+        assert_eq!(g[252..], hex("6CC41659"));
+        assert_eq!(
+            to_be_bytes(&Q2048S256),
+            hex("8CF83642 A709A097 B4479976 40129DA2 99B1A47D 1EB3750B A308B0FE 64F5FBD3")
+        );
+        assert!(fermat_base(&P2048S256, 2) && fermat_base(&P2048S256, 3));
+        let q: Uint<{ U2048::LIMBS }> = Q2048S256.resize();
+        assert!(fermat_base(&q, 2) && fermat_base(&q, 3), "q is not prime");
+        // g generates the subgroup of order q: g^q = 1 and g != 1.
+        let params = DynResidueParams::new(&P2048S256);
+        let gq = DynResidue::new(&G2048S256, params).pow(&q).retrieve();
+        assert_eq!(gq, Uint::ONE);
+        assert_ne!(G2048S256, Uint::ONE);
+        assert_eq!(GROUP24.q, Some(q));
+    }
+
+    fn exponent(x: u8) -> Vec<u8> {
+        let mut v = vec![0u8; 32];
+        v[31] = x;
+        v
+    }
+
+    #[test]
+    fn small_exponent_known_answers() {
+        // x = 1 is refused and redrawn; x = 2 gives g^2 = 4, left-padded to
+        // the prime length; then 4^3 = 64 as the shared secret.
+        for group in [
+            DhGroup::Modp768,
+            DhGroup::Modp1024,
+            DhGroup::Modp1536,
+            DhGroup::Modp2048,
+        ] {
+            let mut rng = Fixed([exponent(1), exponent(2)].concat());
+            let a = DhPrivate::generate(group, &mut rng).unwrap();
+            let mut four = vec![0u8; group.public_len()];
+            *four.last_mut().unwrap() = 4;
+            assert_eq!(a.public_value(), four, "{group:?}");
+            let b = DhPrivate::generate(group, &mut Fixed(exponent(3))).unwrap();
+            let mut z = vec![0u8; group.public_len()];
+            *z.last_mut().unwrap() = 64;
+            assert_eq!(*b.shared_secret(&four).unwrap(), z, "{group:?}");
+        }
+    }
+
+    #[test]
+    fn group24_exponent_is_below_q() {
+        // All-ones is >= q and zero is not allowed: both are redrawn. x = 1
+        // then gives the generator itself.
+        let rng = [vec![0xff; 32], exponent(0), exponent(1)].concat();
+        let a = DhPrivate::generate(DhGroup::Modp2048s256, &mut Fixed(rng)).unwrap();
+        assert_eq!(a.public_value(), words(&G2048S256));
+        // x = 2: g^2 mod p, computed independently (Python pow()).
+        let b = DhPrivate::generate(DhGroup::Modp2048s256, &mut Fixed(exponent(2))).unwrap();
+        assert_eq!(
+            b.public_value(),
+            hex(
+                "58F353A52DC015F28A030A03F0E3438201BCC08DC9E0261D692145DF524A64DF
+             6FAD0233A214A11CB831FA325E527772C02499EBC5B1FB7DC5A70DCC4E27CF95
+             9B01EE2F29B8FEE6DE671456CCA4FD626AFA9D9126CF42F3D1AED2A7F16E1E99
+             B1374C507C630F6A5C688170F18DEA9EDAC1DE1BC2B61711D7AA3F615F805531
+             A0ADB3A41BE6580F8DE68EB08A568801B923B3FBE1FCBE0FBED197E2D74AAEBC
+             0B231D9C466AA022AFA52578F2EC4F8070C5FA0BD6270B65560283DCAECF530A
+             C9E6B5A1710625440DE675E83C851B9307106644D1D71A663D5AC4BED0AE4967
+             B5630F62A22D16391C9C4FB17B5CC071425E839534EC5BA17A8738CF8D409779"
+            )
+        );
+        assert_eq!(
+            *a.shared_secret(b.public_value()).unwrap(),
+            b.public_value()
+        );
+    }
+
+    #[test]
+    fn peer_values_out_of_range_are_rejected() {
+        // RFC 6989 §2.1: 1 < y < p-1.
+        for group in [
+            DhGroup::Modp768,
+            DhGroup::Modp1024,
+            DhGroup::Modp1536,
+            DhGroup::Modp2048,
+            DhGroup::Modp2048s256,
+        ] {
+            let a = DhPrivate::generate(group, &mut crate::OsRandom).unwrap();
+            let n = group.public_len();
+            let p = match group {
+                DhGroup::Modp768 => words(&P768),
+                DhGroup::Modp1024 => words(&P1024),
+                DhGroup::Modp1536 => words(&P1536),
+                DhGroup::Modp2048 => words(&P2048),
+                _ => words(&P2048S256),
+            };
+            let mut p_minus_1 = p.clone();
+            *p_minus_1.last_mut().unwrap() -= 1;
+            let mut one = vec![0u8; n];
+            *one.last_mut().unwrap() = 1;
+            for bad in [vec![0u8; n], one, p_minus_1, p.clone(), vec![0xff; n]] {
+                assert_eq!(
+                    a.shared_secret(&bad).unwrap_err(),
+                    Error::InvalidPublicValue,
+                    "{group:?}"
+                );
+            }
+            assert_eq!(
+                a.shared_secret(&p[1..]).unwrap_err(),
+                Error::InvalidPublicValue
+            );
+            assert_eq!(
+                a.shared_secret(&[p.as_slice(), &[0]].concat()).unwrap_err(),
+                Error::InvalidPublicValue
+            );
+            assert_eq!(a.shared_secret(&[]).unwrap_err(), Error::InvalidPublicValue);
+        }
+    }
+
+    #[test]
+    fn group24_rejects_values_outside_the_subgroup() {
+        // RFC 6989 §2.2: 2 is in range but 2^q != 1 mod p.
+        let a = DhPrivate::generate(DhGroup::Modp2048s256, &mut crate::OsRandom).unwrap();
+        let mut two = vec![0u8; 256];
+        two[255] = 2;
+        assert_eq!(
+            a.shared_secret(&two).unwrap_err(),
+            Error::InvalidPublicValue
+        );
+        // p - g is -g: in range, but of order 2q, so outside the subgroup.
+        let neg_g = to_be_bytes(&P2048S256.wrapping_sub(&G2048S256));
+        assert_eq!(
+            a.shared_secret(&neg_g).unwrap_err(),
+            Error::InvalidPublicValue
+        );
+        assert!(a.shared_secret(&words(&G2048S256)).is_ok());
+    }
+}
