@@ -1,0 +1,778 @@
+//! The packet loop: one worker thread per core, each with its own TUN queue and sockets.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crate::buf::{BatchBuf, BufLayout, PacketBuf};
+use crate::counters::{Counters, DropReason, Snapshot};
+use crate::netlink::{AddMode, Netlink, NetlinkError};
+use crate::sock::{BatchSocket, Datagram, MsgScratch, SocketOptions};
+use crate::tun::{Tun, TunConfig};
+
+/// How to start a [`Dataplane`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Worker threads; 0 means one per available core.
+    pub workers: usize,
+    /// The TUN device (created, addressed and brought up by `start`).
+    pub tun: TunConfig,
+    /// UDP addresses to serve, e.g. `192.0.2.1:500` and `192.0.2.1:4500`. Port 0 picks
+    /// one free port shared by all workers.
+    pub udp: Vec<SocketAddrV4>,
+    /// Address for raw ESP (IP protocol 50), if the gateway speaks ESP without UDP.
+    pub esp: Option<Ipv4Addr>,
+    /// Packets per receive batch (1..=1024).
+    pub batch: usize,
+    /// Buffer geometry (headroom for in-place encapsulation).
+    pub layout: BufLayout,
+    /// Capacity of the control channel (IKE packets waiting for the control thread).
+    pub control_capacity: usize,
+    /// Socket options (`esp_share` is set per worker by `start`).
+    pub socket: SocketOptions,
+}
+
+impl Config {
+    /// Defaults: one worker per core, batches of 64, [`BufLayout::default`], no sockets.
+    pub fn new(tun: TunConfig) -> Self {
+        Self {
+            workers: 0,
+            tun,
+            udp: Vec::new(),
+            esp: None,
+            batch: 64,
+            layout: BufLayout::default(),
+            control_capacity: 1024,
+            socket: SocketOptions::default(),
+        }
+    }
+}
+
+/// What to do with a packet after the handler looked at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Write the packet (now an IP packet) to the TUN device.
+    ToTun,
+    /// Send the packet as the payload of a UDP datagram from `local` to `remote`.
+    ToUdp {
+        /// Must be served by one of the configured UDP sockets.
+        local: SocketAddrV4,
+        /// Destination.
+        remote: SocketAddrV4,
+    },
+    /// Send the packet (ESP header onwards) as IP protocol 50 from `local` to `remote`.
+    ToEsp {
+        /// Source address (must be the configured ESP address if that is not 0.0.0.0).
+        local: Ipv4Addr,
+        /// Destination.
+        remote: Ipv4Addr,
+    },
+    /// Copy the packet to the control channel (IKE; rare).
+    Control,
+    /// Drop the packet and count it under the reason.
+    Drop(DropReason),
+}
+
+/// Where a control packet came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The TUN device.
+    Tun,
+    /// A UDP socket.
+    Udp {
+        /// Our address.
+        local: SocketAddrV4,
+        /// The sender.
+        remote: SocketAddrV4,
+    },
+    /// The raw ESP socket.
+    Esp {
+        /// Our address.
+        local: Ipv4Addr,
+        /// The sender.
+        remote: Ipv4Addr,
+    },
+}
+
+/// A packet a handler sent to the control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlPacket {
+    /// The worker that received it.
+    pub worker: usize,
+    /// Where it came from.
+    pub source: Source,
+    /// The packet as the handler left it (e.g. with the non-ESP marker stripped).
+    pub data: Vec<u8>,
+}
+
+/// What a handler sees besides the packet.
+#[derive(Debug)]
+pub struct WorkerCtx<L> {
+    /// This worker's index, `0..workers`.
+    pub worker: usize,
+    /// Taken once per batch, so handlers need not read the clock per packet.
+    pub now: Instant,
+    /// The handler's per-worker state (see [`Handler::Local`]).
+    pub local: L,
+}
+
+/// Packet processing plugged into the workers. See the crate docs for the contract.
+pub trait Handler: Send + Sync + 'static {
+    /// Per-worker state, made on the worker thread by [`new_local`](Self::new_local) and
+    /// only ever touched by that worker (caches, scratch space, `RouteReader`s): this is
+    /// where a handler keeps what it would otherwise need a lock for.
+    type Local;
+
+    /// Makes worker `worker`'s state.
+    fn new_local(&self, worker: usize) -> Self::Local;
+
+    /// Called before each batch is processed (after `ctx.now` is updated).
+    fn begin_batch(&self, _ctx: &mut WorkerCtx<Self::Local>) {}
+
+    /// A packet read from the TUN device (an IP packet; outbound traffic).
+    fn handle_tun(&self, ctx: &mut WorkerCtx<Self::Local>, pkt: &mut PacketBuf) -> Action;
+
+    /// A UDP payload that arrived at `local` from `remote` (IKE, or ESP-in-UDP).
+    fn handle_udp(
+        &self,
+        ctx: &mut WorkerCtx<Self::Local>,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+        pkt: &mut PacketBuf,
+    ) -> Action;
+
+    /// An ESP packet (SPI onwards; IP header already stripped) that arrived at `local`
+    /// from `remote`. Only called when [`Config::esp`] is set.
+    fn handle_esp(
+        &self,
+        _ctx: &mut WorkerCtx<Self::Local>,
+        _local: Ipv4Addr,
+        _remote: Ipv4Addr,
+        _pkt: &mut PacketBuf,
+    ) -> Action {
+        Action::Drop(DropReason::Unsupported)
+    }
+}
+
+/// Errors starting or using the data plane.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// The configuration cannot work.
+    #[error("invalid data plane configuration: {0}")]
+    Config(String),
+    /// Creating the TUN device failed.
+    #[error("TUN device {name}: {source}")]
+    Tun {
+        /// Device name.
+        name: String,
+        /// Cause.
+        source: io::Error,
+    },
+    /// Setting up the TUN device through netlink failed.
+    #[error("configuring TUN device {name}: {source}")]
+    Netlink {
+        /// Device name.
+        name: String,
+        /// Cause.
+        source: NetlinkError,
+    },
+    /// Opening a socket failed.
+    #[error("socket {addr}: {source}")]
+    Socket {
+        /// The address.
+        addr: String,
+        /// Cause.
+        source: io::Error,
+    },
+    /// A system call the loop needs (eventfd, thread spawn) failed.
+    #[error("{what}: {source}")]
+    Sys {
+        /// What.
+        what: &'static str,
+        /// Cause.
+        source: io::Error,
+    },
+    /// No socket is bound to the given local address.
+    #[error("no socket serves {0}")]
+    NoSocket(String),
+    /// The kernel refused a control-plane send.
+    #[error("send to {remote}: {source}")]
+    Send {
+        /// Destination.
+        remote: String,
+        /// Cause.
+        source: io::Error,
+    },
+}
+
+/// One worker's UDP sockets and raw ESP socket.
+type WorkerSockets = (Vec<Arc<BatchSocket>>, Option<Arc<BatchSocket>>);
+
+/// A running data plane; dropping it stops and joins the workers.
+pub struct Dataplane {
+    workers: Vec<JoinHandle<()>>,
+    stop: Arc<OwnedFd>,
+    counters: Arc<[Counters]>,
+    control: Option<Receiver<ControlPacket>>,
+    /// Worker 0's sockets, used (concurrently, which the kernel allows) for control sends.
+    udp: Vec<Arc<BatchSocket>>,
+    esp: Option<Arc<BatchSocket>>,
+    tun_name: String,
+    tun_index: u32,
+}
+
+impl Dataplane {
+    /// Creates the TUN device and sockets (in the calling thread's network namespace,
+    /// which the workers inherit) and starts the workers.
+    pub fn start<H: Handler>(config: Config, handler: Arc<H>) -> Result<Self, DataplaneError> {
+        let workers = match config.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        validate(&config)?;
+        let name = config.tun.name.clone();
+        let tuns = Tun::open(&name, workers).map_err(|source| DataplaneError::Tun {
+            name: name.clone(),
+            source,
+        })?;
+        let tun_index = setup_link(&config.tun).map_err(|source| DataplaneError::Netlink {
+            name: name.clone(),
+            source,
+        })?;
+
+        // Sockets: port 0 is resolved by the first worker's socket so all share one port.
+        let mut udp_addrs = config.udp.clone();
+        let mut sockets: Vec<WorkerSockets> = Vec::new();
+        for w in 0..workers {
+            let mut udp = Vec::with_capacity(udp_addrs.len());
+            for a in udp_addrs.iter_mut() {
+                let s = BatchSocket::udp(*a, &config.socket).map_err(|source| {
+                    DataplaneError::Socket {
+                        addr: format!("udp {a}"),
+                        source,
+                    }
+                })?;
+                *a = s.local();
+                udp.push(Arc::new(s));
+            }
+            let esp = match config.esp {
+                None => None,
+                Some(ip) => {
+                    let opts = SocketOptions {
+                        esp_share: Some((w as u32, workers as u32)),
+                        ..config.socket
+                    };
+                    let s =
+                        BatchSocket::esp(ip, &opts).map_err(|source| DataplaneError::Socket {
+                            addr: format!("esp {ip}"),
+                            source,
+                        })?;
+                    Some(Arc::new(s))
+                }
+            };
+            sockets.push((udp, esp));
+        }
+
+        // SAFETY: plain eventfd(2) call, result checked.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if efd < 0 {
+            return Err(DataplaneError::Sys {
+                what: "eventfd",
+                source: io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: efd is fresh and owned by nobody else.
+        let stop = Arc::new(unsafe { OwnedFd::from_raw_fd(efd) });
+        let counters: Arc<[Counters]> = (0..workers).map(|_| Counters::default()).collect();
+        let (control_tx, control_rx) = sync_channel(config.control_capacity.max(1));
+
+        let (udp0, esp0) = sockets.first().cloned().unwrap_or_default();
+        let mut dp = Dataplane {
+            workers: Vec::with_capacity(workers),
+            stop: stop.clone(),
+            counters: counters.clone(),
+            control: Some(control_rx),
+            udp: udp0,
+            esp: esp0,
+            tun_name: name,
+            tun_index,
+        };
+        for (index, (tun, (udp, esp))) in tuns.into_iter().zip(sockets).enumerate() {
+            let w = Worker {
+                index,
+                handler: handler.clone(),
+                tun,
+                udp,
+                esp,
+                stop: stop.clone(),
+                counters: counters.clone(),
+                control: control_tx.clone(),
+                batch: config.batch,
+                layout: config.layout,
+            };
+            let spawned = std::thread::Builder::new()
+                .name(format!("dp-worker-{index}"))
+                .spawn(move || w.run());
+            match spawned {
+                Ok(h) => dp.workers.push(h),
+                // Dropping `dp` stops the workers already started.
+                Err(source) => {
+                    return Err(DataplaneError::Sys {
+                        what: "spawn worker",
+                        source,
+                    });
+                }
+            }
+        }
+        tracing::info!(tun = %dp.tun_name, workers, "data plane started");
+        Ok(dp)
+    }
+
+    /// The control channel's receiving end (once): IKE packets the handlers passed up.
+    pub fn take_control(&mut self) -> Option<Receiver<ControlPacket>> {
+        self.control.take()
+    }
+
+    /// Sends `bytes` over UDP from `local` (must be a configured address) to `remote`,
+    /// from the calling thread, without disturbing the workers.
+    pub fn send_udp(
+        &self,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+        bytes: &[u8],
+    ) -> Result<(), DataplaneError> {
+        let s = self
+            .udp
+            .iter()
+            .find(|s| s.serves(local))
+            .ok_or_else(|| DataplaneError::NoSocket(local.to_string()))?;
+        s.send_one(Datagram {
+            data: bytes,
+            remote,
+            local: *local.ip(),
+        })
+        .map_err(|source| DataplaneError::Send {
+            remote: remote.to_string(),
+            source,
+        })
+    }
+
+    /// Sends `bytes` (ESP header onwards) as IP protocol 50 to `remote`.
+    pub fn send_esp(
+        &self,
+        local: Ipv4Addr,
+        remote: Ipv4Addr,
+        bytes: &[u8],
+    ) -> Result<(), DataplaneError> {
+        let s = self
+            .esp
+            .as_ref()
+            .ok_or_else(|| DataplaneError::NoSocket(format!("esp {local}")))?;
+        s.send_one(Datagram {
+            data: bytes,
+            remote: SocketAddrV4::new(remote, 0),
+            local,
+        })
+        .map_err(|source| DataplaneError::Send {
+            remote: remote.to_string(),
+            source,
+        })
+    }
+
+    /// The UDP addresses actually bound (port 0 resolved).
+    pub fn udp_addrs(&self) -> Vec<SocketAddrV4> {
+        self.udp.iter().map(|s| s.local()).collect()
+    }
+
+    /// Counters per worker.
+    pub fn counters(&self) -> Vec<Snapshot> {
+        self.counters.iter().map(Counters::snapshot).collect()
+    }
+
+    /// Counters summed over the workers.
+    pub fn totals(&self) -> Snapshot {
+        self.counters.iter().map(Counters::snapshot).sum()
+    }
+
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.counters.len()
+    }
+
+    /// The TUN device name.
+    pub fn tun_name(&self) -> &str {
+        &self.tun_name
+    }
+
+    /// The TUN device's interface index (for routes).
+    pub fn tun_index(&self) -> u32 {
+        self.tun_index
+    }
+
+    /// Stops and joins the workers (what `Drop` does).
+    pub fn stop(self) {}
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes from a live u64 to our eventfd.
+        let rc = unsafe { libc::write(self.stop.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        if rc < 0 {
+            tracing::error!(err = %io::Error::last_os_error(), "cannot signal data plane workers");
+            return;
+        }
+        for h in self.workers.drain(..) {
+            if h.join().is_err() {
+                tracing::error!("a data plane worker panicked");
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Dataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataplane")
+            .field("tun", &self.tun_name)
+            .field("workers", &self.workers.len())
+            .finish()
+    }
+}
+
+fn validate(c: &Config) -> Result<(), DataplaneError> {
+    let bad = |s: String| Err(DataplaneError::Config(s));
+    if c.tun.vnet_hdr {
+        return bad("vnet_hdr offloads are not implemented yet (issue 8)".into());
+    }
+    if !(1..=1024).contains(&c.batch) {
+        return bad(format!("batch size {} is not in 1..=1024", c.batch));
+    }
+    if let Some(mtu) = c.tun.mtu {
+        if mtu as usize > c.layout.data {
+            return bad(format!(
+                "TUN MTU {mtu} is larger than the buffer data size {}",
+                c.layout.data
+            ));
+        }
+    } else if c.layout.data < 1500 {
+        return bad(format!(
+            "buffer data size {} is below the default MTU 1500",
+            c.layout.data
+        ));
+    }
+    Ok(())
+}
+
+/// Sets MTU and addresses and brings the link up; returns its index.
+fn setup_link(t: &TunConfig) -> Result<u32, NetlinkError> {
+    let index = Netlink::link_index(&t.name)?;
+    let mut nl = Netlink::open()?;
+    if t.mtu.is_some() {
+        nl.set_link(index, None, t.mtu)?;
+    }
+    for a in &t.addresses {
+        nl.add_address(index, *a, AddMode::Replace)?;
+    }
+    nl.set_link(index, Some(true), None)?;
+    Ok(index)
+}
+
+/// Batches a worker reads from one source before looking at the others (fairness).
+const ROUNDS: usize = 8;
+
+#[derive(Clone, Copy)]
+enum Src {
+    Tun,
+    Udp,
+    Esp,
+}
+
+#[derive(Clone, Copy)]
+enum Out {
+    None,
+    Tun,
+    Udp {
+        sock: usize,
+        remote: SocketAddrV4,
+        local: Ipv4Addr,
+    },
+    Esp {
+        remote: Ipv4Addr,
+        local: Ipv4Addr,
+    },
+}
+
+fn dropped(sums: &mut Snapshot, r: DropReason) -> Out {
+    sums.drops[r as usize] += 1;
+    Out::None
+}
+
+struct Worker<H: Handler> {
+    index: usize,
+    handler: Arc<H>,
+    tun: Tun,
+    udp: Vec<Arc<BatchSocket>>,
+    esp: Option<Arc<BatchSocket>>,
+    stop: Arc<OwnedFd>,
+    counters: Arc<[Counters]>,
+    control: SyncSender<ControlPacket>,
+    batch: usize,
+    layout: BufLayout,
+}
+
+/// A worker's buffers and state on its own thread.
+struct Running<H: Handler> {
+    w: Worker<H>,
+    ctx: WorkerCtx<H::Local>,
+    rx: BatchBuf,
+    rx_scratch: MsgScratch,
+    tx_scratch: MsgScratch,
+    out: Vec<Out>,
+    sums: Snapshot,
+}
+
+impl<H: Handler> Worker<H> {
+    fn run(self) {
+        let ctx = WorkerCtx {
+            worker: self.index,
+            now: Instant::now(),
+            local: self.handler.new_local(self.index),
+        };
+        let mut r = Running {
+            rx: BatchBuf::new(self.batch, self.layout),
+            rx_scratch: MsgScratch::new(self.batch),
+            tx_scratch: MsgScratch::new(self.batch),
+            out: vec![Out::None; self.batch],
+            sums: Snapshot::default(),
+            ctx,
+            w: self,
+        };
+        r.run();
+    }
+}
+
+impl<H: Handler> Running<H> {
+    fn run(&mut self) {
+        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(2 + self.w.udp.len() + 1);
+        let pfd = |fd: RawFd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        fds.push(pfd(self.w.stop.as_raw_fd()));
+        fds.push(pfd(self.w.tun.fd()));
+        fds.extend(self.w.udp.iter().map(|s| pfd(s.fd())));
+        if let Some(e) = &self.w.esp {
+            fds.push(pfd(e.fd()));
+        }
+        let n_udp = self.w.udp.len();
+        loop {
+            // SAFETY: fds is a live array of pollfd of the given length.
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::error!(worker = self.w.index, err = %e, "poll failed; worker stops");
+                return;
+            }
+            if fds[0].revents != 0 {
+                return;
+            }
+            if fds.iter().any(|p| p.revents & libc::POLLNVAL != 0) {
+                tracing::error!(
+                    worker = self.w.index,
+                    "polled a closed descriptor; worker stops"
+                );
+                return;
+            }
+            if fds[1].revents != 0 {
+                self.drain_tun();
+            }
+            for k in 0..n_udp {
+                if fds[2 + k].revents != 0 {
+                    self.drain_socket(Src::Udp, k);
+                }
+            }
+            if fds.len() > 2 + n_udp && fds[2 + n_udp].revents != 0 {
+                self.drain_socket(Src::Esp, 0);
+            }
+            self.w.counters[self.w.index].add(&self.sums);
+            self.sums = Snapshot::default();
+        }
+    }
+
+    fn drain_tun(&mut self) {
+        let (head, max) = (self.w.layout.headroom, self.w.layout.data);
+        for _ in 0..ROUNDS {
+            let cap = self.rx.capacity();
+            let (pkts, _) = self.rx.slots_mut();
+            let mut n = 0;
+            while n < cap {
+                match self.w.tun.recv(&mut pkts[n], head, max) {
+                    Ok(true) => n += 1,
+                    Ok(false) => break,
+                    Err(e) => {
+                        tracing::warn!(worker = self.w.index, err = %e, "TUN read failed");
+                        break;
+                    }
+                }
+            }
+            self.rx.set_len(n);
+            if n == 0 {
+                return;
+            }
+            self.process(Src::Tun);
+            if n < cap {
+                return;
+            }
+        }
+    }
+
+    fn drain_socket(&mut self, from: Src, k: usize) {
+        for _ in 0..ROUNDS {
+            let sock = match from {
+                Src::Esp => self.w.esp.as_ref(),
+                _ => self.w.udp.get(k),
+            };
+            let Some(sock) = sock else { return };
+            let got = match sock.recv_batch(&mut self.rx, &mut self.rx_scratch) {
+                Ok(got) => got,
+                Err(e) => {
+                    tracing::warn!(worker = self.w.index, local = %sock.local(), err = %e, "receive failed");
+                    return;
+                }
+            };
+            self.sums.drops[DropReason::Truncated as usize] += got.truncated as u64;
+            self.sums.drops[DropReason::Malformed as usize] += got.malformed as u64;
+            if got.packets > 0 {
+                self.process(from);
+            }
+            if got.datagrams < self.rx.capacity() {
+                return;
+            }
+        }
+    }
+
+    /// Runs the handler over the batch, then sends the results grouped by destination.
+    fn process(&mut self, from: Src) {
+        let n = self.rx.len();
+        self.ctx.now = Instant::now();
+        self.sums.batches += 1;
+        let h = &*self.w.handler;
+        h.begin_batch(&mut self.ctx);
+        for i in 0..n {
+            let Some((pkt, meta)) = self.rx.get_mut(i) else {
+                break;
+            };
+            let rx_flow = match from {
+                Src::Tun => &mut self.sums.tun_rx,
+                Src::Udp => &mut self.sums.udp_rx,
+                Src::Esp => &mut self.sums.esp_rx,
+            };
+            rx_flow.add(pkt.len());
+            let action = match from {
+                Src::Tun => h.handle_tun(&mut self.ctx, pkt),
+                Src::Udp => h.handle_udp(&mut self.ctx, meta.local, meta.remote, pkt),
+                Src::Esp => h.handle_esp(&mut self.ctx, *meta.local.ip(), *meta.remote.ip(), pkt),
+            };
+            self.out[i] = match action {
+                Action::ToTun => Out::Tun,
+                Action::ToUdp { local, remote } => {
+                    match self.w.udp.iter().position(|s| s.serves(local)) {
+                        Some(sock) => Out::Udp {
+                            sock,
+                            remote,
+                            local: *local.ip(),
+                        },
+                        None => dropped(&mut self.sums, DropReason::NoSocket),
+                    }
+                }
+                Action::ToEsp { local, remote } => match &self.w.esp {
+                    Some(s) if s.local().ip().is_unspecified() || *s.local().ip() == local => {
+                        Out::Esp { remote, local }
+                    }
+                    _ => dropped(&mut self.sums, DropReason::NoSocket),
+                },
+                Action::Control => {
+                    let source = match from {
+                        Src::Tun => Source::Tun,
+                        Src::Udp => Source::Udp {
+                            local: meta.local,
+                            remote: meta.remote,
+                        },
+                        Src::Esp => Source::Esp {
+                            local: *meta.local.ip(),
+                            remote: *meta.remote.ip(),
+                        },
+                    };
+                    // The only allocation on a worker: control packets are rare (IKE).
+                    let cp = ControlPacket {
+                        worker: self.w.index,
+                        source,
+                        data: pkt.data().to_vec(),
+                    };
+                    match self.w.control.try_send(cp) {
+                        Ok(()) => self.sums.control.add(pkt.len()),
+                        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                            self.sums.drops[DropReason::ControlFull as usize] += 1;
+                        }
+                    }
+                    Out::None
+                }
+                Action::Drop(r) => dropped(&mut self.sums, r),
+            };
+        }
+        self.flush(n);
+    }
+
+    fn flush(&mut self, n: usize) {
+        let pkts = self.rx.packets();
+        let outs = &self.out[..n];
+        for (pkt, o) in pkts.iter().zip(outs) {
+            if let Out::Tun = o {
+                match self.w.tun.send(pkt.data()) {
+                    Ok(()) => self.sums.tun_tx.add(pkt.len()),
+                    Err(_) => self.sums.drops[DropReason::SendFailed as usize] += 1,
+                }
+            }
+        }
+        for (k, sock) in self.w.udp.iter().enumerate() {
+            let items = pkts.iter().zip(outs).filter_map(|(p, o)| match *o {
+                Out::Udp {
+                    sock,
+                    remote,
+                    local,
+                } if sock == k => Some(Datagram {
+                    data: p.data(),
+                    remote,
+                    local,
+                }),
+                _ => None,
+            });
+            let r = sock.send_batch(items, &mut self.tx_scratch);
+            self.sums.udp_tx.packets += r.sent as u64;
+            self.sums.udp_tx.bytes += r.bytes as u64;
+            self.sums.drops[DropReason::SendFailed as usize] += r.failed as u64;
+        }
+        if let Some(sock) = &self.w.esp {
+            let items = pkts.iter().zip(outs).filter_map(|(p, o)| match *o {
+                Out::Esp { remote, local } => Some(Datagram {
+                    data: p.data(),
+                    remote: SocketAddrV4::new(remote, 0),
+                    local,
+                }),
+                _ => None,
+            });
+            let r = sock.send_batch(items, &mut self.tx_scratch);
+            self.sums.esp_tx.packets += r.sent as u64;
+            self.sums.esp_tx.bytes += r.bytes as u64;
+            self.sums.drops[DropReason::SendFailed as usize] += r.failed as u64;
+        }
+    }
+}

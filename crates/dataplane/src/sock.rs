@@ -1,0 +1,626 @@
+//! UDP and raw-ESP sockets with batched `recvmmsg`/`sendmmsg` over preallocated buffers.
+//!
+//! One [`BatchSocket`] per worker and local address: UDP sockets share their port with
+//! `SO_REUSEPORT`, so the kernel spreads peers over the workers by 4-tuple hash (one peer
+//! stays on one worker, which keeps ESP sequence numbers in order). Raw IP-protocol-50
+//! sockets cannot share that way — every raw socket gets a copy of every packet — so each
+//! worker's ESP socket carries a classic BPF filter that accepts only the SPIs with
+//! `spi % workers == worker` (RFC 4303 §2.1: the SPI is the first word after the IP
+//! header), which again keeps one SA on one worker.
+//!
+//! A socket bound to a wildcard address turns on `IP_PKTINFO` to learn, per datagram,
+//! which local address it was sent to, and to choose the source address per datagram on
+//! send.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use crate::buf::{BatchBuf, RecvMeta};
+
+/// Which kind of socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SockKind {
+    /// UDP (IKE on 500, IKE and ESP-in-UDP on 4500).
+    Udp,
+    /// Raw IP protocol 50 (ESP, RFC 4303), IPv4.
+    Esp,
+}
+
+/// Options for opening a [`BatchSocket`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketOptions {
+    /// `SO_REUSEPORT` (UDP): let every worker bind the same address.
+    pub reuse_port: bool,
+    /// For ESP: this socket takes the SPIs with `spi % count == index`.
+    pub esp_share: Option<(u32, u32)>,
+    /// `SO_RCVBUF` in bytes, if set (capped by `net.core.rmem_max`).
+    pub recv_buffer: Option<usize>,
+    /// `SO_SNDBUF` in bytes, if set (capped by `net.core.wmem_max`).
+    pub send_buffer: Option<usize>,
+}
+
+impl Default for SocketOptions {
+    fn default() -> Self {
+        Self {
+            reuse_port: true,
+            esp_share: None,
+            recv_buffer: Some(4 << 20),
+            send_buffer: Some(4 << 20),
+        }
+    }
+}
+
+/// A datagram to send.
+#[derive(Debug, Clone, Copy)]
+pub struct Datagram<'a> {
+    /// Payload (for ESP: the ESP header onwards; the kernel adds the IP header).
+    pub data: &'a [u8],
+    /// Destination (port ignored for ESP).
+    pub remote: SocketAddrV4,
+    /// Source address; only used when the socket is bound to the wildcard address.
+    pub local: Ipv4Addr,
+}
+
+/// What a batched receive got.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Received {
+    /// Datagrams the kernel returned (good or not).
+    pub datagrams: usize,
+    /// Good packets now in the batch.
+    pub packets: usize,
+    /// Datagrams larger than a buffer slot, dropped.
+    pub truncated: usize,
+    /// Datagrams that could not be parsed (raw ESP with a bad IP header), dropped.
+    pub malformed: usize,
+}
+
+/// What a batched send did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SendOutcome {
+    /// Datagrams the kernel accepted.
+    pub sent: usize,
+    /// Payload bytes of the datagrams accepted.
+    pub bytes: usize,
+    /// Datagrams refused (skipped; the rest of the batch was still sent).
+    pub failed: usize,
+    /// `sendmmsg` calls made.
+    pub calls: usize,
+    /// The last error seen, if any.
+    pub last_error: Option<io::ErrorKind>,
+}
+
+/// Per-call arrays for `recvmmsg`/`sendmmsg`, allocated once.
+pub struct MsgScratch {
+    hdrs: Vec<libc::mmsghdr>,
+    iovs: Vec<libc::iovec>,
+    names: Vec<libc::sockaddr_in>,
+    ctrl: Vec<Cmsg>,
+}
+
+// SAFETY: the raw pointers inside the libc structs are only written and read within one
+// `recv_batch`/`send_batch` call, which borrows the scratch mutably; between calls they
+// dangle harmlessly and are never dereferenced.
+unsafe impl Send for MsgScratch {}
+
+/// Room for an `IP_PKTINFO` control message (and one more small one), aligned for
+/// `cmsghdr`.
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct Cmsg([u8; 64]);
+
+impl MsgScratch {
+    /// Room for batches of `n` datagrams.
+    pub fn new(n: usize) -> Self {
+        // SAFETY: these libc structs are plain data for which all-zero is valid.
+        unsafe {
+            Self {
+                hdrs: vec![zeroed(); n],
+                iovs: vec![zeroed(); n],
+                names: vec![zeroed(); n],
+                ctrl: vec![Cmsg([0; 64]); n],
+            }
+        }
+    }
+
+    /// Batch size.
+    pub fn capacity(&self) -> usize {
+        self.hdrs.len()
+    }
+}
+
+impl std::fmt::Debug for MsgScratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MsgScratch")
+            .field("capacity", &self.capacity())
+            .finish()
+    }
+}
+
+/// A UDP or raw-ESP socket bound to one local address, with batched IO.
+#[derive(Debug)]
+pub struct BatchSocket {
+    fd: OwnedFd,
+    local: SocketAddrV4,
+    kind: SockKind,
+}
+
+impl BatchSocket {
+    /// A UDP socket bound to `local` (a wildcard IP turns on `IP_PKTINFO`).
+    pub fn udp(local: SocketAddrV4, opts: &SocketOptions) -> io::Result<Self> {
+        let fd = socket(libc::SOCK_DGRAM, libc::IPPROTO_UDP)?;
+        if opts.reuse_port {
+            setsockopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1 as libc::c_int)?;
+        }
+        Self::finish(fd, local, SockKind::Udp, opts)
+    }
+
+    /// A raw IPv4 socket for IP protocol 50 bound to `local` (the source address of what
+    /// it sends; with a specific address it only receives ESP sent to that address).
+    pub fn esp(local: Ipv4Addr, opts: &SocketOptions) -> io::Result<Self> {
+        let fd = socket(libc::SOCK_RAW, libc::IPPROTO_ESP)?;
+        if let Some((index, count)) = opts.esp_share.filter(|&(_, c)| c > 1) {
+            attach_spi_filter(&fd, index, count)?;
+        }
+        Self::finish(fd, SocketAddrV4::new(local, 0), SockKind::Esp, opts)
+    }
+
+    fn finish(
+        fd: OwnedFd,
+        local: SocketAddrV4,
+        kind: SockKind,
+        opts: &SocketOptions,
+    ) -> io::Result<Self> {
+        if local.ip().is_unspecified() {
+            setsockopt(&fd, libc::IPPROTO_IP, libc::IP_PKTINFO, 1 as libc::c_int)?;
+        }
+        // Buffer sizes are best effort: the kernel caps them silently, and refusing to
+        // start for a smaller buffer would help nobody.
+        if let Some(n) = opts.recv_buffer {
+            let _ = setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, n as libc::c_int);
+        }
+        if let Some(n) = opts.send_buffer {
+            let _ = setsockopt(&fd, libc::SOL_SOCKET, libc::SO_SNDBUF, n as libc::c_int);
+        }
+        let sa = sockaddr(local);
+        // SAFETY: sa is a valid sockaddr_in.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&sa as *const libc::sockaddr_in).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(
+                e.kind(),
+                format!("bind {kind:?} {local}: {e}"),
+            ));
+        }
+        let local = if kind == SockKind::Udp && local.port() == 0 {
+            local_addr(&fd)?
+        } else {
+            local
+        };
+        Ok(Self { fd, local, kind })
+    }
+
+    /// The bound address (port 0 for ESP).
+    pub fn local(&self) -> SocketAddrV4 {
+        self.local
+    }
+
+    /// UDP or ESP.
+    pub fn kind(&self) -> SockKind {
+        self.kind
+    }
+
+    /// The file descriptor (for polling).
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// True if this socket sends and receives for `local` (exact, or wildcard + port).
+    pub fn serves(&self, local: SocketAddrV4) -> bool {
+        self.local.port() == local.port()
+            && (self.local.ip() == local.ip() || self.local.ip().is_unspecified())
+    }
+
+    /// Receives up to `min(batch.capacity(), scratch.capacity())` datagrams with one
+    /// `recvmmsg` call without blocking; the batch then holds the good ones. For ESP the
+    /// IP header is stripped (the packet starts at the SPI) and the addresses come from it.
+    pub fn recv_batch(
+        &self,
+        batch: &mut BatchBuf,
+        scratch: &mut MsgScratch,
+    ) -> io::Result<Received> {
+        let layout = batch.layout();
+        let n = batch.capacity().min(scratch.capacity());
+        let (pkts, metas) = batch.slots_mut();
+        let MsgScratch {
+            hdrs,
+            iovs,
+            names,
+            ctrl,
+        } = scratch;
+        for i in 0..n {
+            let (ptr, len) = pkts[i].rx_area(layout.headroom, layout.data);
+            iovs[i] = libc::iovec {
+                iov_base: ptr.cast(),
+                iov_len: len,
+            };
+            let h = &mut hdrs[i];
+            h.msg_len = 0;
+            h.msg_hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_in).cast();
+            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_hdr.msg_iov = &mut iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = ctrl[i].0.as_mut_ptr().cast();
+            h.msg_hdr.msg_controllen = size_of::<Cmsg>() as _;
+            h.msg_hdr.msg_flags = 0;
+        }
+        let rc = loop {
+            // SAFETY: hdrs[..n] point at live iovecs, names and control buffers, and the
+            // iovecs at the slots' receive areas, all borrowed mutably for this call.
+            let rc = unsafe {
+                libc::recvmmsg(
+                    self.fd.as_raw_fd(),
+                    hdrs.as_mut_ptr(),
+                    n as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                )
+            };
+            if rc >= 0 {
+                break rc as usize;
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => {
+                    batch.set_len(0);
+                    return Ok(Received::default());
+                }
+                _ => {
+                    batch.set_len(0);
+                    return Err(e);
+                }
+            }
+        };
+        let mut out = Received {
+            datagrams: rc,
+            ..Received::default()
+        };
+        let mut kept = 0;
+        for i in 0..rc {
+            let h = &hdrs[i];
+            if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                out.truncated += 1;
+                continue;
+            }
+            pkts[i].set_rx_len(h.msg_len as usize);
+            let remote = from_sockaddr(&names[i]);
+            let meta = match self.kind {
+                SockKind::Udp => {
+                    let ip = if self.local.ip().is_unspecified() {
+                        // SAFETY: the kernel filled msg_control/msg_controllen.
+                        unsafe { pktinfo_dst(&h.msg_hdr) }.unwrap_or(Ipv4Addr::UNSPECIFIED)
+                    } else {
+                        *self.local.ip()
+                    };
+                    RecvMeta {
+                        local: SocketAddrV4::new(ip, self.local.port()),
+                        remote,
+                    }
+                }
+                SockKind::Esp => match strip_ipv4_header(&mut pkts[i]) {
+                    Some(m) => m,
+                    None => {
+                        out.malformed += 1;
+                        continue;
+                    }
+                },
+            };
+            // Keep good packets at the front; swapping boxes moves no packet bytes.
+            pkts.swap(kept, i);
+            metas[kept] = meta;
+            kept += 1;
+        }
+        out.packets = kept;
+        batch.set_len(kept);
+        Ok(out)
+    }
+
+    /// Sends datagrams with as few `sendmmsg` calls as the scratch size allows. A datagram
+    /// the kernel refuses is counted and skipped; the others are still sent.
+    pub fn send_batch<'a>(
+        &self,
+        items: impl IntoIterator<Item = Datagram<'a>>,
+        scratch: &mut MsgScratch,
+    ) -> SendOutcome {
+        let mut out = SendOutcome::default();
+        let cap = scratch.capacity();
+        let mut k = 0;
+        for d in items {
+            self.fill_send(scratch, k, &d);
+            k += 1;
+            if k == cap {
+                self.flush(scratch, k, &mut out);
+                k = 0;
+            }
+        }
+        if k > 0 {
+            self.flush(scratch, k, &mut out);
+        }
+        out
+    }
+
+    /// Sends one datagram (control-plane path; also fine from another thread while a
+    /// worker uses the socket).
+    pub fn send_one(&self, d: Datagram<'_>) -> io::Result<()> {
+        let mut scratch = MsgScratch::new(1);
+        let out = self.send_batch([d], &mut scratch);
+        match out.last_error {
+            Some(kind) if out.sent == 0 => Err(io::Error::from(kind)),
+            _ => Ok(()),
+        }
+    }
+
+    fn fill_send(&self, s: &mut MsgScratch, i: usize, d: &Datagram<'_>) {
+        s.names[i] = sockaddr(d.remote);
+        s.iovs[i] = libc::iovec {
+            iov_base: d.data.as_ptr() as *mut libc::c_void,
+            iov_len: d.data.len(),
+        };
+        let h = &mut s.hdrs[i];
+        h.msg_len = 0;
+        h.msg_hdr.msg_name = (&mut s.names[i] as *mut libc::sockaddr_in).cast();
+        h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        h.msg_hdr.msg_iov = &mut s.iovs[i];
+        h.msg_hdr.msg_iovlen = 1;
+        h.msg_hdr.msg_flags = 0;
+        if self.local.ip().is_unspecified() && !d.local.is_unspecified() {
+            h.msg_hdr.msg_control = s.ctrl[i].0.as_mut_ptr().cast();
+            h.msg_hdr.msg_controllen = size_of::<Cmsg>() as _;
+            // SAFETY: the control buffer is 64 bytes, aligned, and described by the header.
+            h.msg_hdr.msg_controllen = unsafe { write_pktinfo(&mut h.msg_hdr, d.local) } as _;
+        } else {
+            h.msg_hdr.msg_control = std::ptr::null_mut();
+            h.msg_hdr.msg_controllen = 0;
+        }
+    }
+
+    fn flush(&self, s: &mut MsgScratch, k: usize, out: &mut SendOutcome) {
+        let mut off = 0;
+        while off < k {
+            // SAFETY: hdrs[off..k] were filled by fill_send with pointers to buffers the
+            // caller's items borrow for the duration of send_batch.
+            let rc = unsafe {
+                libc::sendmmsg(
+                    self.fd.as_raw_fd(),
+                    s.hdrs.as_mut_ptr().add(off),
+                    (k - off) as libc::c_uint,
+                    0,
+                )
+            };
+            out.calls += 1;
+            if rc > 0 {
+                let done = off + rc as usize;
+                out.bytes += s.iovs[off..done].iter().map(|v| v.iov_len).sum::<usize>();
+                out.sent += rc as usize;
+                off = done;
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            if rc < 0 && e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            // The datagram at `off` was refused (e.g. no route, message too long).
+            out.failed += 1;
+            out.last_error = Some(e.kind());
+            off += 1;
+        }
+    }
+}
+
+/// Whether the kernel does UDP segmentation offload (`UDP_SEGMENT`, Linux ≥ 4.18). The
+/// batch send path does not use it yet: ESP packets of one batch rarely have equal sizes;
+/// bulk flows (TSO super-packets from a vnet_hdr TUN, issue 8) will.
+pub fn udp_gso_supported() -> bool {
+    const UDP_SEGMENT: libc::c_int = 103;
+    socket(libc::SOCK_DGRAM, libc::IPPROTO_UDP)
+        .and_then(|fd| setsockopt(&fd, libc::IPPROTO_UDP, UDP_SEGMENT, 1400 as libc::c_int))
+        .is_ok()
+}
+
+fn socket(ty: libc::c_int, proto: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call, result checked.
+    let fd = unsafe { libc::socket(libc::AF_INET, ty | libc::SOCK_CLOEXEC, proto) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is fresh and owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn setsockopt<T>(fd: &OwnedFd, level: libc::c_int, opt: libc::c_int, val: T) -> io::Result<()> {
+    // SAFETY: val is a live T of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            (&val as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddrV4> {
+    // SAFETY: sockaddr_in is plain data.
+    let mut sa: libc::sockaddr_in = unsafe { zeroed() };
+    let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: sa and len are live and describe each other.
+    let rc = unsafe {
+        libc::getsockname(
+            fd.as_raw_fd(),
+            (&mut sa as *mut libc::sockaddr_in).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(from_sockaddr(&sa))
+}
+
+pub(crate) fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
+    // SAFETY: sockaddr_in is plain data.
+    let mut sa: libc::sockaddr_in = unsafe { zeroed() };
+    sa.sin_family = libc::AF_INET as libc::sa_family_t;
+    sa.sin_port = a.port().to_be();
+    sa.sin_addr = libc::in_addr {
+        s_addr: u32::from_ne_bytes(a.ip().octets()),
+    };
+    sa
+}
+
+fn from_sockaddr(sa: &libc::sockaddr_in) -> SocketAddrV4 {
+    SocketAddrV4::new(
+        Ipv4Addr::from(sa.sin_addr.s_addr.to_ne_bytes()),
+        u16::from_be(sa.sin_port),
+    )
+}
+
+/// The destination address of a received datagram from its `IP_PKTINFO` message.
+///
+/// # Safety
+/// `h` must describe a control buffer filled by the kernel.
+unsafe fn pktinfo_dst(h: &libc::msghdr) -> Option<Ipv4Addr> {
+    // SAFETY: per the contract, the CMSG macros walk a kernel-filled buffer.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_PKTINFO {
+                let info = libc::CMSG_DATA(c)
+                    .cast::<libc::in_pktinfo>()
+                    .read_unaligned();
+                return Some(Ipv4Addr::from(info.ipi_addr.s_addr.to_ne_bytes()));
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    None
+}
+
+/// Writes an `IP_PKTINFO` message choosing the source address; returns the control length.
+///
+/// # Safety
+/// `h.msg_control` must point at a writable, aligned buffer of `h.msg_controllen` bytes
+/// with room for one `in_pktinfo` message.
+unsafe fn write_pktinfo(h: &mut libc::msghdr, src: Ipv4Addr) -> usize {
+    // SAFETY: per the contract.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(h);
+        (*c).cmsg_level = libc::IPPROTO_IP;
+        (*c).cmsg_type = libc::IP_PKTINFO;
+        (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as _;
+        let info = libc::in_pktinfo {
+            ipi_ifindex: 0,
+            ipi_spec_dst: libc::in_addr {
+                s_addr: u32::from_ne_bytes(src.octets()),
+            },
+            ipi_addr: libc::in_addr { s_addr: 0 },
+        };
+        libc::CMSG_DATA(c)
+            .cast::<libc::in_pktinfo>()
+            .write_unaligned(info);
+        libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) as usize
+    }
+}
+
+/// Raw IPv4 sockets deliver the IP header: take the addresses from it and strip it
+/// (RFC 791 §3.1: IHL in 32-bit words, at least 5).
+fn strip_ipv4_header(pkt: &mut crate::buf::PacketBuf) -> Option<RecvMeta> {
+    let d = pkt.data();
+    let first = *d.first()?;
+    let ihl = usize::from(first & 0x0f) * 4;
+    if first >> 4 != 4 || ihl < 20 || d.len() < ihl {
+        return None;
+    }
+    let src = Ipv4Addr::new(d[12], d[13], d[14], d[15]);
+    let dst = Ipv4Addr::new(d[16], d[17], d[18], d[19]);
+    pkt.pull_front(ihl).ok()?;
+    Some(RecvMeta {
+        local: SocketAddrV4::new(dst, 0),
+        remote: SocketAddrV4::new(src, 0),
+    })
+}
+
+/// Attaches `ldxb 4*([0]&0xf); ld [x+0]; mod #count; jeq #index, accept, drop`.
+fn attach_spi_filter(fd: &OwnedFd, index: u32, count: u32) -> io::Result<()> {
+    // linux/bpf_common.h
+    const LD: u16 = 0x00;
+    const LDX: u16 = 0x01;
+    const ALU: u16 = 0x04;
+    const JMP: u16 = 0x05;
+    const RET: u16 = 0x06;
+    const W: u16 = 0x00;
+    const B: u16 = 0x10;
+    const IND: u16 = 0x40;
+    const MSH: u16 = 0xa0;
+    const MOD: u16 = 0x90;
+    const JEQ: u16 = 0x10;
+    const K: u16 = 0x00;
+    let ins = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    let mut prog = [
+        ins(LDX | B | MSH, 0, 0, 0),
+        ins(LD | W | IND, 0, 0, 0),
+        ins(ALU | MOD | K, 0, 0, count),
+        ins(JMP | JEQ | K, 0, 1, index),
+        ins(RET | K, 0, 0, u32::MAX),
+        ins(RET | K, 0, 0, 0),
+    ];
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, fprog)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buf::{BufLayout, PacketBuf};
+
+    #[test]
+    fn esp_header_strip_takes_addresses_and_rejects_garbage() {
+        let mut p = PacketBuf::new(BufLayout::default());
+        let mut ip = vec![
+            0x45, 0, 0, 28, 0, 0, 0, 0, 64, 50, 0, 0, 192, 0, 2, 1, 198, 51, 100, 1,
+        ];
+        ip.extend_from_slice(&[0, 0, 0, 7, 0, 0, 0, 1]);
+        p.fill(64, &ip).unwrap();
+        let m = strip_ipv4_header(&mut p).unwrap();
+        assert_eq!(m.remote, "192.0.2.1:0".parse().unwrap());
+        assert_eq!(m.local, "198.51.100.1:0".parse().unwrap());
+        assert_eq!(p.data(), &[0, 0, 0, 7, 0, 0, 0, 1]);
+        for bad in [&[][..], &[0x45, 0, 0][..], &[0x65; 40][..], &[0x44; 40][..]] {
+            p.fill(64, bad).unwrap();
+            assert!(strip_ipv4_header(&mut p).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn sockaddr_round_trip() {
+        let a: SocketAddrV4 = "203.0.113.9:4500".parse().unwrap();
+        assert_eq!(from_sockaddr(&sockaddr(a)), a);
+    }
+}

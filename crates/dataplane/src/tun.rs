@@ -1,0 +1,151 @@
+//! Linux TUN devices, one queue (file descriptor) per worker.
+//!
+//! The device is created with `IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE`: every read returns
+//! exactly one IP packet with no prefix, and the kernel spreads transmitted packets over
+//! the queues by flow hash, so one flow stays on one worker. The device disappears when
+//! the last queue is closed (it is not made persistent).
+//!
+//! # Offloads (issue 8)
+//!
+//! `IFF_VNET_HDR` with `TUNSETVNETHDRSZ` and `TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4 |
+//! TUN_F_USO4)` would let the kernel hand us 64 KiB TCP/UDP super-packets prefixed by a
+//! `virtio_net_hdr`, and take them back. The place for it is [`TunConfig::vnet_hdr`]
+//! (flag in [`open_queue`]) plus the read/write paths of the worker, which would then
+//! segment (or encrypt per segment) using the header's `gso_size`; the buffer layout
+//! would need `data` ≥ 64 KiB for those slots.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use crate::buf::PacketBuf;
+
+/// `_IOW('T', 202, int)`.
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const IFF_TUN: libc::c_short = 0x0001;
+const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+
+/// How to create the TUN device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunConfig {
+    /// Interface name (at most 15 bytes).
+    pub name: String,
+    /// MTU to set; the kernel default (1500) if `None`.
+    pub mtu: Option<u32>,
+    /// Addresses to put on the device (replacing equal ones).
+    pub addresses: Vec<ipnet::Ipv4Net>,
+    /// Reserved for `IFF_VNET_HDR` offloads (issue 8); must be false for now.
+    pub vnet_hdr: bool,
+}
+
+impl TunConfig {
+    /// A device called `name` with the kernel's default MTU and no address.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            mtu: None,
+            addresses: Vec::new(),
+            vnet_hdr: false,
+        }
+    }
+}
+
+/// One queue of a TUN device.
+#[derive(Debug)]
+pub struct Tun {
+    fd: OwnedFd,
+    name: String,
+}
+
+impl Tun {
+    /// Creates (or attaches to) device `name` and opens `queues` non-blocking queues.
+    pub fn open(name: &str, queues: usize) -> io::Result<Vec<Tun>> {
+        (0..queues.max(1)).map(|_| open_queue(name)).collect()
+    }
+
+    /// The interface name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The queue's file descriptor (for polling).
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Reads one packet into `pkt` at offset `head`, at most `max` bytes. `Ok(false)` when
+    /// no packet is waiting.
+    pub fn recv(&self, pkt: &mut PacketBuf, head: usize, max: usize) -> io::Result<bool> {
+        let (ptr, max) = pkt.rx_area(head, max);
+        loop {
+            // SAFETY: ptr..ptr+max lies inside pkt's buffer, which we borrow mutably.
+            let n = unsafe { libc::read(self.fd.as_raw_fd(), ptr.cast(), max) };
+            if n >= 0 {
+                pkt.set_rx_len(n as usize);
+                return Ok(true);
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => return Ok(false),
+                _ => return Err(e),
+            }
+        }
+    }
+
+    /// Writes one IP packet to the kernel.
+    pub fn send(&self, pkt: &[u8]) -> io::Result<()> {
+        loop {
+            // SAFETY: pkt is a live slice.
+            let n = unsafe { libc::write(self.fd.as_raw_fd(), pkt.as_ptr().cast(), pkt.len()) };
+            if n >= 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// Opens one queue of device `name`.
+fn open_queue(name: &str) -> io::Result<Tun> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', ' ', '\0']) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad interface name {name:?}"),
+        ));
+    }
+    let path = CString::new("/dev/net/tun").map_err(io::Error::other)?;
+    // SAFETY: path is NUL-terminated.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("open /dev/net/tun: {e}")));
+    }
+    // SAFETY: fd is fresh and owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data; zero is a valid value for every field.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, &src) in ifr.ifr_name.iter_mut().zip(name.as_bytes()) {
+        *dst = src as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_flags = IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE;
+    // SAFETY: TUNSETIFF reads and writes a struct ifreq, which ifr is.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF as _, &mut ifr) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("TUNSETIFF {name}: {e}")));
+    }
+    Ok(Tun {
+        fd,
+        name: name.to_owned(),
+    })
+}
