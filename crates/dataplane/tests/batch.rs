@@ -31,7 +31,7 @@ fn recv_all(s: &BatchSocket, want: usize) -> (Vec<(Vec<u8>, dataplane::RecvMeta)
         if !readable(s.fd(), Duration::from_millis(200)) {
             continue;
         }
-        let r = s.recv_batch(&mut batch, &mut scratch).unwrap();
+        let r = s.recv_batch(&mut batch, &mut scratch).expect("recv_batch");
         assert_eq!(r.truncated + r.malformed, 0, "{r:?}");
         if r.packets > 0 {
             calls += 1;
