@@ -123,7 +123,9 @@ impl Netns {
 
     /// Runs `f` on a fresh thread that has entered this namespace (`setns`) and returns
     /// its result. Sockets created by `f` belong to the namespace and stay there when
-    /// they are handed to other threads. A panic in `f` is propagated.
+    /// they are handed to other threads. Threads that `f` starts inherit the namespace,
+    /// so an async runtime built inside `f` runs entirely in it. A panic in `f` is
+    /// propagated.
     pub fn run_in<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
         let handle = File::open(self.path())?;
         thread::scope(|s| {

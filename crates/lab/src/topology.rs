@@ -1,12 +1,25 @@
 //! The standard lab of vpngw's interop tests.
 //!
 //! ```text
-//!  vpc                gw                         inet                    [nat]                 onprem
-//!  eth0 ───────── vpc0          pub0 ─────────── gw0      onprem0 ──── wan0      lan0 ────── eth0
-//!  172.16.1.10/24  172.16.1.1/24  192.0.2.1/24     192.0.2.254/24       198.51.100.1/24        198.51.100.1/24
-//!  default via gw                 192.0.2.2/24     198.51.100.254/24    172.31.0.1/24          (172.31.0.2/24 with NAT)
-//!                                 default via inet (router)             masquerade out wan0    10.2.0.1/24 on lo
-//!                                 (vpngw runs here)                                            default via inet (or nat)
+//!  ns      interface  address (default)     notes
+//!  ------  ---------  --------------------  ------------------------------------------
+//!  vpc     eth0       172.16.1.10/24        VPC host; default via 172.16.1.1
+//!  gw      vpc0       172.16.1.1/24         where the vpngw node runs; forwarding on;
+//!          pub0       192.0.2.1/24          tunnel-1 public IPsec address
+//!                     192.0.2.2/24          tunnel-2 public IPsec address
+//!                                           default via 192.0.2.254
+//!  inet    gw0        192.0.2.254/24        "the internet": a router, forwarding on,
+//!          onprem0    198.51.100.254/24     no default route, no route to the VPC
+//!  onprem  eth0       198.51.100.1/24       strongSwan/FRR peer; default via .254
+//!          lo         10.2.0.1/24           on-premises network(s)
+//!
+//!  with NAT (TopologyConfig::with_nat()), between inet and onprem:
+//!  nat     wan0       198.51.100.1/24       masquerades out of wan0; default via .254
+//!          lan0       172.31.0.1/24
+//!  onprem  eth0       172.31.0.2/24         default via 172.31.0.1
+//!
+//!  links:  vpc.eth0 -- gw.vpc0,  gw.pub0 -- inet.gw0,
+//!          inet.onprem0 -- onprem.eth0   (or inet.onprem0 -- nat.wan0, nat.lan0 -- onprem.eth0)
 //! ```
 //!
 //! Without NAT, `onprem0` of `inet` and `eth0` of `onprem` are the two ends of one veth.

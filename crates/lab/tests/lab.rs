@@ -201,6 +201,16 @@ fn run_in_binds_sockets_inside_the_namespace() {
         .unwrap();
     echo.join().unwrap();
     assert_eq!(reply, b"hello");
+    // Threads started from inside inherit the namespace (a runtime built there, with its
+    // worker threads, lives entirely in it).
+    let nested = b
+        .run_in(|| {
+            std::thread::spawn(|| std::net::UdpSocket::bind("203.0.113.22:0").is_ok())
+                .join()
+                .unwrap()
+        })
+        .unwrap();
+    assert!(nested);
 }
 
 #[test]
