@@ -220,6 +220,8 @@ pub fn strongswan_conf(dir: &Path) -> String {
     clog {{
       path = {d}/charon.log
       time_format = %H:%M:%S
+      # Unbuffered, so log_tail() sees what happened up to now.
+      flush_line = yes
       default = 1
       ike = 2
     }}

@@ -49,6 +49,14 @@ fn pair_conn(local: &str, remote: &str, local_ts: &str, remote_ts: &str) -> Swan
 }
 
 fn swan_pair(prefix: &str) -> lab::Result<SwanPair> {
+    swan_pair_with(prefix, |c| c)
+}
+
+/// [`swan_pair`] with both sides' connection passed through `tweak` first.
+fn swan_pair_with(
+    prefix: &str,
+    tweak: impl Fn(SwanctlConn) -> SwanctlConn,
+) -> lab::Result<SwanPair> {
     let workdir = Workdir::new(prefix)?;
     let a = Netns::new("swl")?;
     let b = Netns::new("swr")?;
@@ -59,18 +67,18 @@ fn swan_pair(prefix: &str) -> lab::Result<SwanPair> {
     b.addr_add("lo", "10.2.0.1/24")?;
     let left = StrongSwan::start(&a, &workdir.subdir("left")?)?;
     let right = StrongSwan::start(&b, &workdir.subdir("right")?)?;
-    left.load(&swanctl::render(&[pair_conn(
+    left.load(&swanctl::render(&[tweak(pair_conn(
         "203.0.113.1",
         "203.0.113.2",
         "10.1.0.0/24",
         "10.2.0.0/24",
-    )]))?;
-    right.load(&swanctl::render(&[pair_conn(
+    ))]))?;
+    right.load(&swanctl::render(&[tweak(pair_conn(
         "203.0.113.2",
         "203.0.113.1",
         "10.2.0.0/24",
         "10.1.0.0/24",
-    )]))?;
+    ))]))?;
     left.initiate("net")?;
     left.wait_established("gw", WAIT)?;
     right.wait_established("gw", WAIT)?;
@@ -96,7 +104,8 @@ fn netns_and_processes_are_cleaned_up_when_the_body_panics() {
         a.addr_add("x0", "203.0.113.9/24").unwrap();
         let guarded = a.spawn(&["sleep", "300"], workdir.path(), "sleep").unwrap();
         // Not owned by any guard: the namespace's Drop must kill it.
-        let child = a.command("sleep").arg("301").spawn().unwrap();
+        stray = Some(a.command("sleep").arg("301").spawn().unwrap());
+        let child = stray.as_ref().unwrap();
         {
             let mut s = seen.lock().unwrap();
             s.0 = vec![a.name().to_owned(), b.name().to_owned()];
@@ -104,8 +113,11 @@ fn netns_and_processes_are_cleaned_up_when_the_body_panics() {
             s.2 = Some(workdir.path().to_owned());
         }
         assert!(list_netns().unwrap().contains(&a.name().to_owned()));
-        assert_eq!(a.pids().unwrap().len(), 2);
-        stray = Some(child);
+        // `ip netns exec` enters the namespace just after it starts.
+        lab::wait_until(Duration::from_secs(5), "both sleeps inside", || {
+            Ok((a.pids()?.len() == 2).then_some(()))
+        })
+        .unwrap();
         panic!("the test body fails");
     }));
     assert!(result.is_err());
@@ -150,13 +162,16 @@ fn process_guard_kills_stubborn_children_and_keeps_their_output() {
     // Ignores SIGTERM: Drop must fall back to SIGKILL after the grace period.
     let stubborn = ns
         .spawn(
-            &["sh", "-c", "trap '' TERM; exec sleep 300"],
+            &["sh", "-c", "trap '' TERM; echo ready; exec sleep 300"],
             workdir.path(),
             "stubborn",
         )
         .unwrap();
     let pid = stubborn.pid();
-    std::thread::sleep(Duration::from_millis(200));
+    lab::wait_until(Duration::from_secs(5), "SIGTERM ignored", || {
+        Ok(stubborn.stdout().contains("ready").then_some(()))
+    })
+    .unwrap();
     let start = Instant::now();
     drop(stubborn);
     assert!(start.elapsed() >= lab::process::TERM_GRACE);
@@ -251,6 +266,51 @@ fn strongswan_pair_establishes_and_passes_ping() {
     assert_eq!(r.received, 0, "no tunnel, no reply");
     assert!(!p.left.log_tail(50).is_empty());
     drop(p.workdir);
+}
+
+#[test]
+fn swanctl_builder_options_ikev1_aggressive_with_dpd_and_lifetimes() {
+    // Every option of the builder, accepted by strongSwan; the responder accepts
+    // aggressive mode with a PSK thanks to the lab's strongswan.conf.
+    let p = swan_pair_with("ikev1", |c| {
+        let mut c = SwanctlConn {
+            version: 1,
+            aggressive: true,
+            encap: true,
+            dpd_delay: Some(10),
+            dpd_timeout: Some(30),
+            rekey_time: Some(3600),
+            over_time: Some(360),
+            keyingtries: Some(0),
+            mobike: Some(false),
+            proposals: vec!["3des-sha1-modp1536".into()],
+            ..c
+        };
+        for ch in &mut c.children {
+            ch.esp_proposals = vec!["aes128-sha1-modp1536".into()];
+            ch.start_action = Some("none".into());
+            ch.dpd_action = Some("restart".into());
+            ch.close_action = Some("none".into());
+            ch.rekey_time = Some(1200);
+            ch.life_time = Some(1500);
+            ch.priority = Some(1);
+        }
+        c
+    })
+    .unwrap();
+    let sa = p.left.sa("gw").unwrap().unwrap();
+    assert_eq!(sa.version, 1);
+    assert_eq!(sa.encr_alg, "3DES_CBC");
+    assert_eq!(sa.dh_group, "MODP_1536");
+    let child = sa.child("net").unwrap();
+    assert_eq!(child.dh_group, "MODP_1536", "PFS group of the CHILD_SA");
+    assert!(
+        p.left.log_tail(500).contains("Aggressive Mode"),
+        "{}",
+        p.left.log_tail(40)
+    );
+    let r = ping(&p.a, "10.1.0.1", "10.2.0.1", 2, Duration::from_secs(5)).unwrap();
+    assert_eq!(r.received, 2, "{r:?}");
 }
 
 #[test]
