@@ -43,6 +43,7 @@ impl StrongSwan {
     /// Starts charon in `ns`, with its files in `dir` (created; one directory per
     /// instance), and waits until its vici socket answers.
     pub fn start(ns: &Netns, dir: &Path) -> Result<StrongSwan> {
+        check_plugins()?;
         std::fs::create_dir_all(dir)?;
         let conf = dir.join("strongswan.conf");
         std::fs::write(&conf, strongswan_conf(dir))?;
@@ -204,6 +205,47 @@ impl Drop for StrongSwan {
             );
         }
         // The Process field then stops charon.
+    }
+}
+
+/// Where Debian installs charon's plugins.
+const PLUGIN_DIR: &str = "/usr/lib/ipsec/plugins";
+
+/// Fails, naming the Debian packages to install, if a plugin of [`PLUGINS`] is missing.
+///
+/// charon only logs a plugin that fails to load and runs on without it, so a machine
+/// without e.g. libstrongswan-standard-plugins (a mere Recommends of libstrongswan)
+/// would lose GCM and the ECP groups silently.
+pub fn check_plugins() -> Result<()> {
+    let missing: Vec<&str> = PLUGINS
+        .split_whitespace()
+        .filter(|p| {
+            !Path::new(PLUGIN_DIR)
+                .join(format!("libstrongswan-{p}.so"))
+                .exists()
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut packages: Vec<&str> = missing.iter().map(|p| plugin_package(p)).collect();
+    packages.dedup();
+    Err(LabError::Invalid(format!(
+        "strongSwan plugins missing: {} (apt-get install {})",
+        missing.join(" "),
+        packages.join(" ")
+    )))
+}
+
+/// The Debian 12 package that ships a plugin of [`PLUGINS`].
+fn plugin_package(plugin: &str) -> &'static str {
+    match plugin {
+        "openssl" | "gcm" => "libstrongswan-standard-plugins",
+        "curve25519" => "libstrongswan-extra-plugins",
+        "kernel-libipsec" => "libcharon-extra-plugins",
+        "vici" => "strongswan-swanctl",
+        "socket-default" | "updown" => "strongswan-libcharon",
+        _ => "libstrongswan",
     }
 }
 
@@ -574,6 +616,13 @@ list-sas reply {
         assert!(parse_list_sas("list-sa event {\n  gw {\n").is_err());
         assert!(parse_list_sas("}\n").is_err());
         assert!(parse_list_sas("garbage line\n").is_err());
+    }
+
+    #[test]
+    fn every_plugin_has_a_package() {
+        assert_eq!(plugin_package("gcm"), "libstrongswan-standard-plugins");
+        assert_eq!(plugin_package("kernel-libipsec"), "libcharon-extra-plugins");
+        assert_eq!(plugin_package("aes"), "libstrongswan");
     }
 
     #[test]
