@@ -20,8 +20,9 @@ pub struct DhPrivate {
 #[allow(clippy::large_enum_variant)]
 enum Key {
     Modp(ModpPrivate),
-    Ecp256(p256::NonZeroScalar),
-    Ecp384(p384::NonZeroScalar),
+    // SecretKey zeroizes its scalar on drop; NonZeroScalar alone does not.
+    Ecp256(p256::SecretKey),
+    Ecp384(p384::SecretKey),
     Curve25519(x25519_dalek::StaticSecret),
 }
 
@@ -38,7 +39,7 @@ impl DhPrivate {
                 (Key::Modp(x), y)
             }
             DhGroup::Ecp256 => {
-                let d = loop {
+                let d: p256::NonZeroScalar = loop {
                     let mut bytes = Zeroizing::new(p256::FieldBytes::default());
                     rng.fill(&mut bytes);
                     // Rejection sampling gives a uniform scalar in [1, n).
@@ -46,19 +47,21 @@ impl DhPrivate {
                         break d;
                     }
                 };
-                let point = p256::PublicKey::from_secret_scalar(&d).to_encoded_point(false);
-                (Key::Ecp256(d), strip_sec1_tag(point.as_bytes()))
+                let secret = p256::SecretKey::from(d);
+                let point = secret.public_key().to_encoded_point(false);
+                (Key::Ecp256(secret), strip_sec1_tag(point.as_bytes()))
             }
             DhGroup::Ecp384 => {
-                let d = loop {
+                let d: p384::NonZeroScalar = loop {
                     let mut bytes = Zeroizing::new(p384::FieldBytes::default());
                     rng.fill(&mut bytes);
                     if let Some(d) = p384::NonZeroScalar::from_repr(*bytes).into() {
                         break d;
                     }
                 };
-                let point = p384::PublicKey::from_secret_scalar(&d).to_encoded_point(false);
-                (Key::Ecp384(d), strip_sec1_tag(point.as_bytes()))
+                let secret = p384::SecretKey::from(d);
+                let point = secret.public_key().to_encoded_point(false);
+                (Key::Ecp384(secret), strip_sec1_tag(point.as_bytes()))
             }
             DhGroup::Curve25519 => {
                 let mut bytes = Zeroizing::new([0u8; 32]);
@@ -97,7 +100,7 @@ impl DhPrivate {
                 let peer =
                     p256::PublicKey::from_sec1_bytes(sec1_uncompressed(&mut sec1, peer_public))
                         .map_err(|_| Error::InvalidPublicValue)?;
-                let z = p256::ecdh::diffie_hellman(d, peer.as_affine());
+                let z = p256::ecdh::diffie_hellman(d.to_nonzero_scalar(), peer.as_affine());
                 Ok(Zeroizing::new(z.raw_secret_bytes().to_vec()))
             }
             Key::Ecp384(d) => {
@@ -105,7 +108,7 @@ impl DhPrivate {
                 let peer =
                     p384::PublicKey::from_sec1_bytes(sec1_uncompressed(&mut sec1, peer_public))
                         .map_err(|_| Error::InvalidPublicValue)?;
-                let z = p384::ecdh::diffie_hellman(d, peer.as_affine());
+                let z = p384::ecdh::diffie_hellman(d.to_nonzero_scalar(), peer.as_affine());
                 Ok(Zeroizing::new(z.raw_secret_bytes().to_vec()))
             }
             Key::Curve25519(secret) => {
