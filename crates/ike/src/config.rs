@@ -160,7 +160,7 @@ pub(crate) fn suite_name(
     s
 }
 
-fn short_integ(i: Integ) -> &'static str {
+pub(crate) fn short_integ(i: Integ) -> &'static str {
     match i {
         Integ::HmacMd5_96 => "md5",
         Integ::HmacSha1_96 => "sha1",

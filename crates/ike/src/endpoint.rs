@@ -1,0 +1,745 @@
+//! The endpoint: configured peers, IKE SAs by SPI, inputs, timers and outputs.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crypto::{DhPrivate, Random};
+
+use crate::config::{PeerConfig, PeerId};
+use crate::event::{ChildSa, DeleteReason, Event, Level, Phase, Stats, Transmit};
+use crate::sa::{Child, ChildState, IkeSa, Pending, Req, State, Task};
+use crate::wire::registry::{ExchangeType, NotifyType};
+use crate::wire::{Message, Payload};
+
+/// Engine-wide tunables.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointConfig {
+    /// First retransmission timeout (RFC 7296 §2.1).
+    pub retransmit_base: Duration,
+    /// Multiplier per retransmission.
+    pub retransmit_factor: f64,
+    /// Retransmissions before giving up.
+    pub retransmit_tries: u32,
+    /// How long a responder keeps an IKE SA that saw only IKE_SA_INIT.
+    pub half_open_timeout: Duration,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        // strongSwan's defaults: 4 s, ×1.8, 5 retransmissions (≈165 s in total).
+        Self {
+            retransmit_base: Duration::from_secs(4),
+            retransmit_factor: 1.8,
+            retransmit_tries: 5,
+            half_open_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Errors of the endpoint's commands. Network input never produces these: it is dropped
+/// and counted in [`Stats`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("no such peer {0}")]
+    UnknownPeer(PeerId),
+    #[error("peer {0} has no remote address (responder only)")]
+    ResponderOnly(PeerId),
+    #[error("peer {0} is already configured")]
+    DuplicatePeer(PeerId),
+    #[error("peer {0} has no established IKE SA")]
+    NotEstablished(PeerId),
+    #[error("crypto: {0}")]
+    Crypto(#[from] crypto::Error),
+}
+
+/// Randomness, queues and counters shared by every SA.
+pub(crate) struct Io {
+    pub rng: Box<dyn Random>,
+    pub transmits: VecDeque<Transmit>,
+    pub events: VecDeque<Event>,
+    pub stats: Stats,
+    /// Inbound ESP SPIs in use, so that no two Child SAs share one.
+    pub child_spis: HashSet<u32>,
+}
+
+impl Io {
+    pub fn send(&mut self, local: SocketAddr, remote: SocketAddr, payload: Vec<u8>) {
+        self.stats.datagrams_out += 1;
+        self.transmits.push_back(Transmit {
+            local,
+            remote,
+            payload,
+        });
+    }
+
+    pub fn event(&mut self, e: Event) {
+        self.events.push_back(e);
+    }
+
+    pub fn log(
+        &mut self,
+        peer: Option<PeerId>,
+        level: Level,
+        event: &'static str,
+        message: String,
+    ) {
+        match level {
+            Level::Debug => tracing::debug!(?peer, event, "{message}"),
+            Level::Info => tracing::info!(?peer, event, "{message}"),
+            Level::Warn => tracing::warn!(?peer, event, "{message}"),
+            Level::Error => tracing::error!(?peer, event, "{message}"),
+        }
+        if let Some(peer) = peer {
+            self.events.push_back(Event::Log {
+                peer,
+                level,
+                event,
+                message,
+            });
+        }
+    }
+
+    pub fn fail(&mut self, peer: Option<PeerId>, phase: Phase, reason: String) {
+        self.log(
+            peer,
+            Level::Error,
+            if phase == Phase::Phase1 {
+                "phase1_failed"
+            } else {
+                "phase2_failed"
+            },
+            reason.clone(),
+        );
+        if let Some(peer) = peer {
+            self.events.push_back(Event::NegotiationFailed {
+                peer,
+                phase,
+                reason,
+            });
+        }
+    }
+
+    pub fn u32(&mut self) -> u32 {
+        let mut b = [0u8; 4];
+        self.rng.fill(&mut b);
+        u32::from_be_bytes(b)
+    }
+
+    pub fn nonce(&mut self) -> Vec<u8> {
+        // RFC 7296 §2.10: at least 128 bits and half the PRF key size; 32 bytes
+        // covers every PRF here.
+        let mut n = vec![0u8; 32];
+        self.rng.fill(&mut n);
+        n
+    }
+
+    pub fn child_spi(&mut self) -> u32 {
+        loop {
+            let s = self.u32();
+            // SPIs 1–255 are reserved (RFC 4303 §2.1).
+            if s >= 256 && self.child_spis.insert(s) {
+                return s;
+            }
+        }
+    }
+
+    pub fn dh(&mut self, group: crypto::DhGroup) -> Result<DhPrivate, crypto::Error> {
+        DhPrivate::generate(group, &mut *self.rng)
+    }
+}
+
+/// A sans-IO IKEv2 endpoint: see the crate documentation for the driving contract.
+pub struct Endpoint {
+    pub(crate) cfg: EndpointConfig,
+    pub(crate) peers: BTreeMap<PeerId, PeerConfig>,
+    /// IKE SAs by our SPI.
+    pub(crate) sas: BTreeMap<u64, IkeSa>,
+    /// Responder: (peer address, SPIi) → our SPI, to answer retransmitted IKE_SA_INITs.
+    pub(crate) half_open: HashMap<(SocketAddr, u64), u64>,
+    pub(crate) io: Io,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("peers", &self.peers.len())
+            .field("ike_sas", &self.sas.len())
+            .finish()
+    }
+}
+
+impl Endpoint {
+    pub fn new(cfg: EndpointConfig, rng: Box<dyn Random>) -> Self {
+        Self {
+            cfg,
+            peers: BTreeMap::new(),
+            sas: BTreeMap::new(),
+            half_open: HashMap::new(),
+            io: Io {
+                rng,
+                transmits: VecDeque::new(),
+                events: VecDeque::new(),
+                stats: Stats::default(),
+                child_spis: HashSet::new(),
+            },
+        }
+    }
+
+    // ---- getters -------------------------------------------------------------------
+
+    pub fn stats(&self) -> Stats {
+        self.io.stats
+    }
+
+    pub fn peer(&self, peer: PeerId) -> Option<&PeerConfig> {
+        self.peers.get(&peer)
+    }
+
+    /// The established IKE SAs of a peer as (SPIi, SPIr).
+    pub fn ike_sas(&self, peer: PeerId) -> Vec<(u64, u64)> {
+        self.sas
+            .values()
+            .filter(|s| {
+                s.peer == Some(peer) && s.established() && !s.dead && s.linger_until.is_none()
+            })
+            .map(|s| (s.spi_i, s.spi_r))
+            .collect()
+    }
+
+    /// The installed Child SAs of a peer.
+    pub fn child_sas(&self, peer: PeerId) -> Vec<ChildSa> {
+        self.sas
+            .values()
+            .filter(|s| s.peer == Some(peer) && s.linger_until.is_none())
+            .flat_map(|s| s.children.iter().map(|c| c.sa.clone()))
+            .collect()
+    }
+
+    // ---- commands ------------------------------------------------------------------
+
+    pub fn add_peer(&mut self, peer: PeerId, cfg: PeerConfig) -> Result<(), Error> {
+        if self.peers.contains_key(&peer) {
+            return Err(Error::DuplicatePeer(peer));
+        }
+        self.peers.insert(peer, cfg);
+        Ok(())
+    }
+
+    /// Replaces a peer's configuration. If it changed, its SAs are deleted and, when the
+    /// peer has a remote address, negotiation restarts with the new settings.
+    pub fn update_peer(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        cfg: PeerConfig,
+    ) -> Result<(), Error> {
+        let old = self.peers.get(&peer).ok_or(Error::UnknownPeer(peer))?;
+        if *old == cfg {
+            return Ok(());
+        }
+        let had = self.delete_peer_sas(now, peer);
+        self.peers.insert(peer, cfg.clone());
+        self.io.log(
+            Some(peer),
+            Level::Info,
+            "config_updated",
+            "configuration changed; renegotiating".into(),
+        );
+        if had && cfg.remote_addr().is_some() {
+            self.initiate(now, peer)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a peer, deleting its SAs with an INFORMATIONAL Delete.
+    pub fn remove_peer(&mut self, now: Instant, peer: PeerId) -> Result<(), Error> {
+        self.peers.remove(&peer).ok_or(Error::UnknownPeer(peer))?;
+        self.delete_peer_sas(now, peer);
+        Ok(())
+    }
+
+    /// Starts IKE_SA_INIT with the peer (no-op if an IKE SA exists or is being made).
+    pub fn initiate(&mut self, now: Instant, peer: PeerId) -> Result<(), Error> {
+        let cfg = self
+            .peers
+            .get(&peer)
+            .ok_or(Error::UnknownPeer(peer))?
+            .clone();
+        if self
+            .sas
+            .values()
+            .any(|s| s.peer == Some(peer) && !s.dead && !s.retiring && s.linger_until.is_none())
+        {
+            return Ok(());
+        }
+        self.start_init(now, peer, cfg)
+    }
+
+    /// Tears down the peer's SAs (with Delete) and renegotiates if we can initiate.
+    pub fn reset(&mut self, now: Instant, peer: PeerId) -> Result<(), Error> {
+        let cfg = self
+            .peers
+            .get(&peer)
+            .ok_or(Error::UnknownPeer(peer))?
+            .clone();
+        self.delete_peer_sas(now, peer);
+        self.io.log(
+            Some(peer),
+            Level::Info,
+            "reset",
+            "tunnel reset requested".into(),
+        );
+        if cfg.remote_addr().is_some() {
+            self.start_init(now, peer, cfg)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Rekeys the peer's Child SAs now (normally driven by lifetimes).
+    pub fn rekey_child(&mut self, now: Instant, peer: PeerId) -> Result<(), Error> {
+        let spi = self.established_spi(peer)?;
+        if let Some(mut sa) = self.sas.remove(&spi) {
+            let spis: Vec<u32> = sa
+                .children
+                .iter()
+                .filter(|c| c.state == ChildState::Installed)
+                .map(|c| c.sa.spi_in)
+                .collect();
+            for s in spis {
+                sa.tasks.push_back(Task::RekeyChild(s));
+            }
+            self.next_task(now, &mut sa);
+            self.sas.insert(spi, sa);
+        }
+        Ok(())
+    }
+
+    /// Rekeys the peer's IKE SA now (normally driven by lifetimes).
+    pub fn rekey_ike(&mut self, now: Instant, peer: PeerId) -> Result<(), Error> {
+        let spi = self.established_spi(peer)?;
+        if let Some(mut sa) = self.sas.remove(&spi) {
+            sa.tasks.push_back(Task::RekeyIke);
+            self.next_task(now, &mut sa);
+            self.sas.insert(spi, sa);
+        }
+        Ok(())
+    }
+
+    // ---- inputs --------------------------------------------------------------------
+
+    /// Feeds one received IKE message (port 4500: without the non-ESP marker).
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        remote: SocketAddr,
+        data: &[u8],
+    ) {
+        self.io.stats.datagrams_in += 1;
+        let msg = match Message::decode(data) {
+            Ok(m) => m,
+            Err(e) => {
+                self.io.stats.malformed += 1;
+                tracing::debug!(%remote, error = %e, "dropping undecodable IKE message");
+                return;
+            }
+        };
+        let h = msg.header;
+        if h.exchange == ExchangeType::IKE_SA_INIT && !h.flags.response() {
+            if h.spi_r == 0 && h.flags.initiator() && h.message_id == 0 {
+                self.handle_init_request(now, local, remote, data, msg);
+            } else {
+                self.io.stats.unexpected += 1;
+            }
+            return;
+        }
+        let our_spi = if h.flags.initiator() {
+            h.spi_r
+        } else {
+            h.spi_i
+        };
+        let Some(mut sa) = self.sas.remove(&our_spi) else {
+            self.io.stats.unknown_spi += 1;
+            return;
+        };
+        let other_ok = if sa.initiator {
+            h.spi_r == sa.spi_r
+                || (h.exchange == ExchangeType::IKE_SA_INIT
+                    && matches!(sa.state, State::ExpectInitResponse(_)))
+        } else {
+            h.spi_i == sa.spi_i
+        };
+        if sa.initiator == h.flags.initiator() || !other_ok {
+            self.io.stats.unexpected += 1;
+        } else if h.flags.response() {
+            self.handle_response(now, &mut sa, local, remote, data, msg);
+        } else {
+            self.handle_request(now, &mut sa, local, remote, data, msg);
+        }
+        self.put_back(sa);
+    }
+
+    /// Runs everything due at `now`: retransmissions, rekeys, DPD, expiry.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<u64> = self
+            .sas
+            .iter()
+            .filter(|(_, s)| s.next_timeout().is_some_and(|t| t <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        for spi in due {
+            if let Some(mut sa) = self.sas.remove(&spi) {
+                self.sa_timers(now, &mut sa);
+                self.put_back(sa);
+            }
+        }
+    }
+
+    // ---- outputs -------------------------------------------------------------------
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.io.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.io.events.pop_front()
+    }
+
+    /// When [`Endpoint::handle_timeout`] should be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.sas.values().filter_map(IkeSa::next_timeout).min()
+    }
+
+    // ---- internals -----------------------------------------------------------------
+
+    fn established_spi(&self, peer: PeerId) -> Result<u64, Error> {
+        self.sas
+            .iter()
+            .find(|(_, s)| {
+                s.peer == Some(peer) && s.established() && !s.retiring && s.linger_until.is_none()
+            })
+            .map(|(k, _)| *k)
+            .ok_or(Error::NotEstablished(peer))
+    }
+
+    pub(crate) fn put_back(&mut self, sa: IkeSa) {
+        if sa.dead {
+            self.half_open.retain(|_, v| *v != sa.our_spi());
+            for c in &sa.children {
+                self.io.child_spis.remove(&c.sa.spi_in);
+            }
+        } else {
+            self.sas.insert(sa.our_spi(), sa);
+        }
+    }
+
+    pub(crate) fn new_ike_spi(&mut self) -> u64 {
+        loop {
+            let mut b = [0u8; 8];
+            self.io.rng.fill(&mut b);
+            let s = u64::from_be_bytes(b);
+            if s != 0 && !self.sas.contains_key(&s) {
+                return s;
+            }
+        }
+    }
+
+    /// Deletes every SA of a peer, telling the peer; returns whether there were any.
+    fn delete_peer_sas(&mut self, now: Instant, peer: PeerId) -> bool {
+        let spis: Vec<u64> = self
+            .sas
+            .iter()
+            .filter(|(_, s)| s.peer == Some(peer) || s.candidates == [peer])
+            .map(|(k, _)| *k)
+            .collect();
+        let any = !spis.is_empty();
+        for spi in spis {
+            if let Some(mut sa) = self.sas.remove(&spi) {
+                if sa.established() && sa.linger_until.is_none() {
+                    self.send_delete_ike_once(now, &mut sa);
+                }
+                self.remove_sa(&mut sa, DeleteReason::LocalRequest);
+                self.put_back(sa);
+            }
+        }
+        any
+    }
+
+    /// Removes an SA, reporting its Child SAs and itself as deleted.
+    pub(crate) fn remove_sa(&mut self, sa: &mut IkeSa, reason: DeleteReason) {
+        if let Some(peer) = sa.peer {
+            for c in sa.children.drain(..) {
+                self.io.child_spis.remove(&c.sa.spi_in);
+                self.io.event(Event::ChildSaDeleted {
+                    peer,
+                    spi_in: c.sa.spi_in,
+                    spi_out: c.sa.spi_out,
+                });
+            }
+            if sa.established() && sa.linger_until.is_none() {
+                self.io.event(Event::IkeSaDeleted {
+                    peer,
+                    spi_i: sa.spi_i,
+                    spi_r: sa.spi_r,
+                    reason,
+                });
+            }
+        }
+        sa.dead = true;
+    }
+
+    /// Runs the timers of one SA.
+    fn sa_timers(&mut self, now: Instant, sa: &mut IkeSa) {
+        if let Some(l) = sa.linger_until {
+            if now >= l {
+                sa.dead = true;
+            }
+            return;
+        }
+        if sa.half_open_until.is_some_and(|t| now >= t) {
+            sa.half_open_until = None;
+            if !sa.established() {
+                let peer = sa.candidates.first().copied();
+                self.io.log(
+                    peer,
+                    Level::Warn,
+                    "half_open_timeout",
+                    format!(
+                        "IKE SA with {} never completed IKE_AUTH; dropped",
+                        sa.remote
+                    ),
+                );
+                sa.dead = true;
+                return;
+            }
+        }
+        if self.pending_timers(now, sa) {
+            return;
+        }
+        if sa.retry_at.is_some_and(|t| now >= t) {
+            sa.retry_at = None;
+        }
+        if sa.established() && !sa.retiring {
+            if sa.expire_at.is_some_and(|t| now >= t) {
+                self.io.log(
+                    sa.peer,
+                    Level::Warn,
+                    "ike_expired",
+                    "IKE SA reached its lifetime without a successful rekey; deleting".into(),
+                );
+                self.send_delete_ike_once(now, sa);
+                self.remove_sa(sa, DeleteReason::LocalRequest);
+                return;
+            }
+            if sa.rekey_at.is_some_and(|t| now >= t) {
+                sa.rekey_at = None;
+                sa.tasks.push_back(Task::RekeyIke);
+            }
+            let mut expired = Vec::new();
+            for c in &mut sa.children {
+                if c.expire_at.is_some_and(|t| now >= t) {
+                    c.expire_at = None;
+                    c.rekey_at = None;
+                    expired.push(c.sa.spi_in);
+                } else if c.rekey_at.is_some_and(|t| now >= t) {
+                    c.rekey_at = None;
+                    if c.state == ChildState::Installed {
+                        sa.tasks.push_back(Task::RekeyChild(c.sa.spi_in));
+                    }
+                }
+            }
+            if !expired.is_empty() {
+                self.io.log(
+                    sa.peer,
+                    Level::Warn,
+                    "child_expired",
+                    format!(
+                        "Child SA {} reached its lifetime; deleting",
+                        spis_hex(&expired)
+                    ),
+                );
+                sa.tasks.push_front(Task::DeleteChildren(expired));
+            }
+            if let Some(i) = sa.cfg.dpd_interval {
+                if sa.pending.is_none() && sa.tasks.is_empty() && now >= sa.last_rx + i {
+                    sa.tasks.push_back(Task::Dpd);
+                }
+            }
+        }
+        self.next_task(now, sa);
+    }
+
+    /// Retransmission and DPD deadlines; returns true if the SA died.
+    fn pending_timers(&mut self, now: Instant, sa: &mut IkeSa) -> bool {
+        let Some(p) = &mut sa.pending else {
+            return false;
+        };
+        let dpd_expired = matches!(p.kind, Req::Dpd) && now >= p.first_sent + sa.cfg.dpd_timeout;
+        if !dpd_expired && now < p.next_retx {
+            return false;
+        }
+        if !dpd_expired && p.retx < self.cfg.retransmit_tries {
+            p.retx += 1;
+            let factor = self
+                .cfg
+                .retransmit_factor
+                .powi(i32::try_from(p.retx).unwrap_or(i32::MAX));
+            p.next_retx = now + self.cfg.retransmit_base.mul_f64(factor);
+            self.io.stats.retransmits += 1;
+            let (bytes, what, n) = (p.bytes.clone(), p.kind.name(), p.retx);
+            self.io.log(
+                sa.peer.or(sa.candidates.first().copied()),
+                Level::Debug,
+                "retransmit",
+                format!("retransmitting {what} (try {n})"),
+            );
+            self.io.send(sa.local, sa.remote, bytes);
+            return false;
+        }
+        let what = p.kind.name();
+        let retx = p.retx;
+        let peer = sa.peer;
+        match p.kind {
+            Req::Init | Req::Auth => {
+                self.io.fail(
+                    peer,
+                    Phase::Phase1,
+                    format!(
+                        "peer {} did not respond to {what} ({retx} retransmissions)",
+                        sa.remote
+                    ),
+                );
+                sa.dead = true;
+            }
+            Req::DeleteIke | Req::Notify => {
+                let reason = if sa.retiring {
+                    DeleteReason::Rekeyed
+                } else {
+                    DeleteReason::LocalRequest
+                };
+                self.remove_sa(sa, reason);
+            }
+            _ => {
+                self.io.log(
+                    peer,
+                    Level::Error,
+                    "peer_dead",
+                    format!(
+                        "peer {} did not answer {what}; declaring it dead",
+                        sa.remote
+                    ),
+                );
+                if let Some(peer) = peer {
+                    self.io.event(Event::PeerDead { peer });
+                }
+                self.remove_sa(sa, DeleteReason::PeerDead);
+            }
+        }
+        true
+    }
+
+    /// Starts the next queued exchange if the window is free (RFC 7296 §2.3).
+    pub(crate) fn next_task(&mut self, now: Instant, sa: &mut IkeSa) {
+        while sa.pending.is_none()
+            && sa.established()
+            && !sa.dead
+            && sa.linger_until.is_none()
+            && sa.retry_at.is_none()
+        {
+            let Some(task) = sa.tasks.pop_front() else {
+                return;
+            };
+            self.start_task(now, sa, task);
+        }
+    }
+
+    /// Sends an encrypted request and makes it the outstanding one.
+    pub(crate) fn send_request(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        exchange: ExchangeType,
+        payloads: Vec<Payload>,
+        kind: Req,
+    ) {
+        let Some(sk) = &sa.sk else { return };
+        let msg_id = sa.next_msg_id;
+        sa.next_msg_id = sa.next_msg_id.wrapping_add(1);
+        let bytes = sk.seal(
+            sa.header(exchange, false, msg_id),
+            &payloads,
+            &mut *self.io.rng,
+        );
+        self.io.send(sa.local, sa.remote, bytes.clone());
+        sa.pending = Some(Pending {
+            msg_id,
+            exchange,
+            bytes,
+            kind,
+            first_sent: now,
+            next_retx: now + self.cfg.retransmit_base,
+            retx: 0,
+        });
+    }
+
+    /// Sends an encrypted response and caches it for retransmitted requests.
+    pub(crate) fn send_response(
+        &mut self,
+        sa: &mut IkeSa,
+        local: SocketAddr,
+        remote: SocketAddr,
+        exchange: ExchangeType,
+        msg_id: u32,
+        payloads: Vec<Payload>,
+    ) {
+        let Some(sk) = &sa.sk else { return };
+        let bytes = sk.seal(
+            sa.header(exchange, true, msg_id),
+            &payloads,
+            &mut *self.io.rng,
+        );
+        self.io.send(local, remote, bytes.clone());
+        sa.last_response = Some((msg_id, bytes));
+        sa.peer_msg_id = msg_id.wrapping_add(1);
+    }
+
+    /// Sends a Delete for the IKE SA without waiting for the answer (the SA is being
+    /// removed locally anyway).
+    pub(crate) fn send_delete_ike_once(&mut self, now: Instant, sa: &mut IkeSa) {
+        sa.pending = None;
+        self.send_request(
+            now,
+            sa,
+            ExchangeType::INFORMATIONAL,
+            vec![Payload::Delete(crate::wire::Delete::ike())],
+            Req::DeleteIke,
+        );
+    }
+
+    /// Installs a new Child SA with its lifetime timers.
+    pub(crate) fn install_child(&mut self, now: Instant, sa: &mut IkeSa, child: ChildSa) {
+        let lifetime = sa.cfg.child_lifetime;
+        let soft = crate::sa::soft_lifetime(lifetime, self.io.u32());
+        sa.children.push(Child {
+            sa: child,
+            state: ChildState::Installed,
+            rekey_at: soft.map(|d| now + d),
+            expire_at: (!lifetime.is_zero()).then(|| now + lifetime),
+            collision: None,
+        });
+    }
+}
+
+pub(crate) fn spis_hex(spis: &[u32]) -> String {
+    spis.iter()
+        .map(|s| format!("{s:08x}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub(crate) fn notify_name(n: NotifyType) -> String {
+    n.name()
+        .map_or_else(|| format!("notify {}", n.0), str::to_string)
+}

@@ -1,0 +1,239 @@
+//! What the engine reports to its driver.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crypto::{DhGroup, Encr, Integ, Prf};
+
+use crate::config::PeerId;
+use crate::keys::Key;
+use crate::ts::TsRange;
+
+/// A datagram to send. When either port is 4500 the IO layer prepends the 4-byte
+/// non-ESP marker (RFC 3948 §2.2) to `payload`; on port 500 it sends `payload` as is.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub payload: Vec<u8>,
+}
+
+impl fmt::Debug for Transmit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Transmit({} -> {}, {} bytes)",
+            self.local,
+            self.remote,
+            self.payload.len()
+        )
+    }
+}
+
+/// The negotiated IKE SA algorithms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IkeAlgorithms {
+    pub encr: Encr,
+    pub integ: Option<Integ>,
+    pub prf: Prf,
+    pub dh: DhGroup,
+}
+
+impl fmt::Display for IkeAlgorithms {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&crate::config::suite_name(
+            self.encr,
+            self.integ,
+            Some(self.prf),
+            Some(self.dh),
+        ))
+    }
+}
+
+/// Everything the ESP layer needs for one Child SA (a pair of ESP SAs).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ChildSa {
+    /// SPI the peer puts on packets to us.
+    pub spi_in: u32,
+    /// SPI we put on packets to the peer.
+    pub spi_out: u32,
+    pub encr: Encr,
+    /// `None` with AEAD ciphers.
+    pub integ: Option<Integ>,
+    /// For AES-GCM the encryption keys include the 4-byte salt (RFC 4106 §8.1).
+    pub encr_key_in: Key,
+    pub encr_key_out: Key,
+    pub integ_key_in: Key,
+    pub integ_key_out: Key,
+    /// Negotiated (possibly narrowed) selectors: our side and the peer's side.
+    pub local_ts: Vec<TsRange>,
+    pub remote_ts: Vec<TsRange>,
+    /// Current IKE addresses; ESP goes between the same IPs (port 4500 if `udp_encap`).
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// ESP in UDP (RFC 3948) because a NAT was detected.
+    pub udp_encap: bool,
+    /// We are behind a NAT: the driver should send NAT keepalives (RFC 3948 §2.3).
+    pub local_behind_nat: bool,
+    pub pfs: Option<DhGroup>,
+    /// Configured lifetime (zero: none); the engine rekeys before it.
+    pub lifetime: Duration,
+}
+
+impl fmt::Debug for ChildSa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChildSa")
+            .field("spi_in", &format_args!("{:08x}", self.spi_in))
+            .field("spi_out", &format_args!("{:08x}", self.spi_out))
+            .field("encr", &self.encr)
+            .field("integ", &self.integ)
+            .field("keys", &"<redacted>")
+            .field("local_ts", &crate::ts::list_to_string(&self.local_ts))
+            .field("remote_ts", &crate::ts::list_to_string(&self.remote_ts))
+            .field("local", &self.local)
+            .field("remote", &self.remote)
+            .field("udp_encap", &self.udp_encap)
+            .finish()
+    }
+}
+
+impl ChildSa {
+    /// `aes128-sha1` style name.
+    pub fn algorithms(&self) -> String {
+        crate::config::suite_name(self.encr, self.integ, None, self.pfs)
+    }
+}
+
+/// Which negotiation phase failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// IKE SA (IKE_SA_INIT, IKE_AUTH authentication).
+    Phase1,
+    /// Child SA (IKE_AUTH's child part, CREATE_CHILD_SA).
+    Phase2,
+}
+
+/// Why an IKE SA went away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeleteReason {
+    /// The peer sent a Delete.
+    PeerDeleted,
+    /// We deleted it (remove_peer, reset, hard lifetime, authentication failure).
+    LocalRequest,
+    /// Replaced by a rekeyed IKE SA (its Child SAs moved to the new one).
+    Rekeyed,
+    /// The peer stopped answering (retransmissions or DPD timed out).
+    PeerDead,
+    /// The peer re-authenticated with INITIAL_CONTACT (RFC 7296 §2.4).
+    InitialContact,
+    /// Negotiation failed before the SA was established.
+    Failed,
+}
+
+/// Severity of a [`Event::Log`] line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Debug => "debug",
+            Self::Info => "info",
+            Self::Warn => "warn",
+            Self::Error => "error",
+        })
+    }
+}
+
+/// Outputs of [`crate::Endpoint::poll_event`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    IkeSaEstablished {
+        peer: PeerId,
+        spi_i: u64,
+        spi_r: u64,
+        /// Whether we were the initiator.
+        initiator: bool,
+        algorithms: IkeAlgorithms,
+        local: SocketAddr,
+        remote: SocketAddr,
+    },
+    /// An IKE SA was replaced (RFC 7296 §2.18); its Child SAs now live under the new one.
+    IkeSaRekeyed {
+        peer: PeerId,
+        old: (u64, u64),
+        new: (u64, u64),
+    },
+    IkeSaDeleted {
+        peer: PeerId,
+        spi_i: u64,
+        spi_r: u64,
+        reason: DeleteReason,
+    },
+    ChildSaEstablished {
+        peer: PeerId,
+        child: ChildSa,
+    },
+    /// Make-before-break: install `child` now; the old SA stays valid until its
+    /// [`Event::ChildSaDeleted`] follows. Send on the newest Child SA.
+    ChildSaRekeyed {
+        peer: PeerId,
+        old_spi_in: u32,
+        old_spi_out: u32,
+        child: ChildSa,
+    },
+    ChildSaDeleted {
+        peer: PeerId,
+        spi_in: u32,
+        spi_out: u32,
+    },
+    /// NAT-T moved the IKE SA (and its Child SAs) to new addresses/ports.
+    AddressesChanged {
+        peer: PeerId,
+        local: SocketAddr,
+        remote: SocketAddr,
+        udp_encap: bool,
+    },
+    /// Retransmissions or a liveness check went unanswered; the IKE SA is gone.
+    PeerDead {
+        peer: PeerId,
+    },
+    NegotiationFailed {
+        peer: PeerId,
+        phase: Phase,
+        reason: String,
+    },
+    /// A line for the connection's negotiation log.
+    Log {
+        peer: PeerId,
+        level: Level,
+        event: &'static str,
+        message: String,
+    },
+}
+
+/// Counters of [`crate::Endpoint::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub datagrams_in: u64,
+    pub datagrams_out: u64,
+    /// Undecodable messages (bad header, payload chain, inner payloads).
+    pub malformed: u64,
+    /// SK payloads whose ICV did not verify.
+    pub integrity_failures: u64,
+    /// Messages for IKE SAs we do not have.
+    pub unknown_spi: u64,
+    /// Requests outside the window and responses to nothing outstanding.
+    pub unexpected: u64,
+    /// Duplicate requests answered from the response cache.
+    pub duplicate_requests: u64,
+    pub retransmits: u64,
+    /// IKE_SA_INIT requests no configured peer could take.
+    pub no_peer: u64,
+}

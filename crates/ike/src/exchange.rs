@@ -1,0 +1,2193 @@
+//! The exchanges (RFC 7296 §1.2–§1.4), both roles.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crypto::DhPrivate;
+
+use crate::config::{PeerConfig, PeerId};
+use crate::endpoint::{Endpoint, Error, notify_name, spis_hex};
+use crate::event::{ChildSa, DeleteReason, Event, IkeAlgorithms, Level, Phase};
+use crate::keys::{ChildKeys, IkeKeys, nat_hash, psk_auth};
+use crate::proposal::{
+    check_esp_answer, check_ike_answer, describe, esp_offer, ike_offer, select_esp, select_ike,
+};
+use crate::sa::{
+    ChildRequest, ChildState, ExpectAuthResponse, ExpectInitResponse, Handshake, IkeSa, Pending,
+    Req, State, Task, soft_lifetime,
+};
+use crate::sk::{SkCrypto, SkError};
+use crate::ts::{TsRange, accept_narrowed, list_to_string, narrow};
+use crate::wire::registry::{AuthMethod, ExchangeType, NotifyType, ProtocolId};
+use crate::wire::{
+    Auth, Codec, Delete, Identification, KeyExchange, Message, Notify, Payload, SaPayload,
+    TrafficSelector,
+};
+
+impl Endpoint {
+    // ---- IKE_SA_INIT -----------------------------------------------------------------
+
+    pub(crate) fn start_init(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        cfg: PeerConfig,
+    ) -> Result<(), Error> {
+        let remote = cfg.remote_addr().ok_or(Error::ResponderOnly(peer))?;
+        let spi_i = self.new_ike_spi();
+        let dh = self.io.dh(cfg.ike.dh)?;
+        let ni = self.io.nonce();
+        let local = cfg.local;
+        let name = cfg.ike.name();
+        let st = ExpectInitResponse {
+            dh,
+            ni,
+            cookie: None,
+            cookie_tries: 0,
+        };
+        let mut sa = IkeSa::new(
+            cfg,
+            Some(peer),
+            true,
+            spi_i,
+            0,
+            local,
+            remote,
+            State::ExpectInitResponse(Box::new(st)),
+            now,
+        );
+        self.io.log(
+            Some(peer),
+            Level::Info,
+            "phase1_start",
+            format!("initiating IKE_SA_INIT {local} -> {remote}, proposing {name}"),
+        );
+        self.send_init(now, &mut sa);
+        self.sas.insert(spi_i, sa);
+        Ok(())
+    }
+
+    fn send_init(&mut self, now: Instant, sa: &mut IkeSa) {
+        let State::ExpectInitResponse(st) = &sa.state else {
+            return;
+        };
+        let mut p = Vec::new();
+        if let Some(c) = &st.cookie {
+            // RFC 7296 §2.6: the cookie must be the first payload.
+            p.push(Payload::Notify(Notify::new(NotifyType::COOKIE, c.clone())));
+        }
+        p.push(Payload::Sa(ike_offer(&sa.cfg.ike, None)));
+        p.push(Payload::Ke(KeyExchange {
+            group: st.dh.group().iana_id(),
+            data: st.dh.public_value().to_vec(),
+        }));
+        p.push(Payload::Nonce(st.ni.clone()));
+        if sa.cfg.nat_traversal {
+            p.push(Payload::Notify(Notify::new(
+                NotifyType::NAT_DETECTION_SOURCE_IP,
+                nat_hash(sa.spi_i, 0, sa.local),
+            )));
+            p.push(Payload::Notify(Notify::new(
+                NotifyType::NAT_DETECTION_DESTINATION_IP,
+                nat_hash(sa.spi_i, 0, sa.remote),
+            )));
+        }
+        let bytes = Message {
+            header: sa.header(ExchangeType::IKE_SA_INIT, false, 0),
+            payloads: p,
+        }
+        .encode();
+        self.io.send(sa.local, sa.remote, bytes.clone());
+        sa.next_msg_id = 1;
+        sa.pending = Some(Pending {
+            msg_id: 0,
+            exchange: ExchangeType::IKE_SA_INIT,
+            bytes,
+            kind: Req::Init,
+            first_sent: now,
+            next_retx: now + self.cfg.retransmit_base,
+            retx: 0,
+        });
+    }
+
+    pub(crate) fn handle_init_request(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        remote: SocketAddr,
+        data: &[u8],
+        msg: Message,
+    ) {
+        let h = msg.header;
+        if let Some(spi) = self.half_open.get(&(remote, h.spi_i)) {
+            // A retransmitted IKE_SA_INIT: answer with the same response (RFC 7296 §2.1).
+            if let Some((0, bytes)) = self.sas.get(spi).and_then(|s| s.last_response.clone()) {
+                self.io.stats.duplicate_requests += 1;
+                self.io.send(local, remote, bytes);
+            }
+            return;
+        }
+        let mut cands: Vec<(PeerId, PeerConfig)> = self
+            .peers
+            .iter()
+            .filter(|(_, c)| {
+                c.local.ip() == local.ip() && c.remote_addr().is_none_or(|r| r.ip() == remote.ip())
+            })
+            .map(|(id, c)| (*id, c.clone()))
+            .collect();
+        // Peers configured with this exact address come before "any" peers.
+        cands.sort_by_key(|(_, c)| c.remote_addr().is_none());
+        let Some(first) = cands.first().map(|(id, _)| *id) else {
+            self.io.stats.no_peer += 1;
+            tracing::debug!(%remote, %local, "IKE_SA_INIT from an unknown peer");
+            return;
+        };
+        let p = &msg.payloads;
+        let (Some(sa_p), Some(ke), Some(ni)) = (find_sa(p), find_ke(p), find_nonce(p)) else {
+            self.io.stats.malformed += 1;
+            self.io.log(
+                Some(first),
+                Level::Warn,
+                "malformed",
+                format!("IKE_SA_INIT from {remote} lacks SA, KE or nonce"),
+            );
+            return;
+        };
+        let chosen = cands.iter().find_map(|(id, c)| {
+            select_ike(sa_p, &c.ike, None)
+                .ok()
+                .map(|(ans, _)| (*id, c.clone(), ans))
+        });
+        let Some((_, cfg, answer)) = chosen else {
+            let reason = format!(
+                "peer proposed {}; this tunnel allows {}",
+                describe(sa_p),
+                cands[0].1.ike.name()
+            );
+            self.io.fail(Some(first), Phase::Phase1, reason);
+            self.send_init_error(
+                local,
+                remote,
+                h.spi_i,
+                Notify::new(NotifyType::NO_PROPOSAL_CHOSEN, Vec::new()),
+            );
+            return;
+        };
+        let candidates: Vec<PeerId> = cands
+            .iter()
+            .filter(|(_, c)| c.ike == cfg.ike)
+            .map(|(id, _)| *id)
+            .collect();
+        let log_peer = candidates.first().copied();
+        if ke.group != cfg.ike.dh.iana_id() {
+            // RFC 7296 §1.2: ask for the group we want; the initiator retries with it.
+            self.io.log(
+                log_peer,
+                Level::Info,
+                "invalid_ke",
+                format!(
+                    "peer sent a KE payload for DH group {}; requesting {}",
+                    ke.group,
+                    cfg.ike.dh.name()
+                ),
+            );
+            let n = Notify::new(
+                NotifyType::INVALID_KE_PAYLOAD,
+                cfg.ike.dh.iana_id().to_be_bytes().to_vec(),
+            );
+            self.send_init_error(local, remote, h.spi_i, n);
+            return;
+        }
+        let Ok(dh) = self.io.dh(cfg.ike.dh) else {
+            return;
+        };
+        let Ok(shared) = dh.shared_secret(&ke.data) else {
+            self.io.stats.malformed += 1;
+            self.io.log(
+                log_peer,
+                Level::Warn,
+                "malformed",
+                "peer's Diffie-Hellman public value is invalid".into(),
+            );
+            return;
+        };
+        let spi_r = self.new_ike_spi();
+        let nr = self.io.nonce();
+        let hs = Handshake {
+            msg1: data.to_vec(),
+            msg2: Vec::new(),
+        };
+        let mut sa = IkeSa::new(
+            cfg,
+            None,
+            false,
+            h.spi_i,
+            spi_r,
+            local,
+            remote,
+            State::ExpectAuthRequest(hs),
+            now,
+        );
+        sa.candidates = candidates;
+        let nat_supported = sa.cfg.nat_traversal && has_nat_d(p);
+        if nat_supported {
+            // RFC 7296 §2.23: hashes in the request use SPIr = 0.
+            sa.nat_remote = !notifies(p, NotifyType::NAT_DETECTION_SOURCE_IP)
+                .any(|n| n.data == nat_hash(h.spi_i, 0, remote));
+            sa.nat_local = notifies(p, NotifyType::NAT_DETECTION_DESTINATION_IP)
+                .any(|n| n.data != nat_hash(h.spi_i, 0, local));
+        }
+        let mut out = vec![
+            Payload::Sa(answer),
+            Payload::Ke(KeyExchange {
+                group: dh.group().iana_id(),
+                data: dh.public_value().to_vec(),
+            }),
+            Payload::Nonce(nr.clone()),
+        ];
+        if nat_supported {
+            out.push(Payload::Notify(Notify::new(
+                NotifyType::NAT_DETECTION_SOURCE_IP,
+                nat_hash(h.spi_i, spi_r, local),
+            )));
+            out.push(Payload::Notify(Notify::new(
+                NotifyType::NAT_DETECTION_DESTINATION_IP,
+                nat_hash(h.spi_i, spi_r, remote),
+            )));
+        }
+        let bytes = Message {
+            header: sa.header(ExchangeType::IKE_SA_INIT, true, 0),
+            payloads: out,
+        }
+        .encode();
+        if !self.set_ike_keys(&mut sa, None, &shared, ni, &nr) {
+            return;
+        }
+        self.io.send(local, remote, bytes.clone());
+        sa.last_response = Some((0, bytes.clone()));
+        sa.peer_msg_id = 1;
+        if let State::ExpectAuthRequest(hs) = &mut sa.state {
+            hs.msg2 = bytes;
+        }
+        sa.half_open_until = Some(now + self.cfg.half_open_timeout);
+        self.io.log(
+            log_peer,
+            Level::Info,
+            "ike_sa_init",
+            format!(
+                "IKE_SA_INIT from {remote}: selected {}{}",
+                sa.cfg.ike.name(),
+                nat_note(&sa)
+            ),
+        );
+        self.half_open.insert((remote, h.spi_i), spi_r);
+        self.sas.insert(spi_r, sa);
+    }
+
+    fn send_init_error(&mut self, local: SocketAddr, remote: SocketAddr, spi_i: u64, n: Notify) {
+        let header = crate::wire::HeaderRepr {
+            spi_i,
+            spi_r: 0,
+            next_payload: crate::wire::registry::PayloadType::NONE,
+            exchange: ExchangeType::IKE_SA_INIT,
+            flags: crate::wire::Flags(crate::wire::Flags::RESPONSE),
+            message_id: 0,
+            length: 0,
+        };
+        let bytes = Message {
+            header,
+            payloads: vec![Payload::Notify(n)],
+        }
+        .encode();
+        self.io.send(local, remote, bytes);
+    }
+
+    /// Derives and installs the IKE SA keys; false (and logged) if the cipher rejects them.
+    fn set_ike_keys(
+        &mut self,
+        sa: &mut IkeSa,
+        old: Option<(crypto::Prf, &[u8])>,
+        shared: &[u8],
+        ni: &[u8],
+        nr: &[u8],
+    ) -> bool {
+        let suite = sa.suite();
+        let keys = IkeKeys::derive(suite, old, shared, ni, nr, sa.spi_i, sa.spi_r);
+        match SkCrypto::new(suite, &keys, sa.initiator) {
+            Ok(sk) => {
+                sa.sk = Some(sk);
+                sa.keys = Some(keys);
+                sa.ni = ni.to_vec();
+                sa.nr = nr.to_vec();
+                sa.algs = Some(IkeAlgorithms {
+                    encr: suite.encr,
+                    integ: suite.integ,
+                    prf: suite.prf,
+                    dh: sa.dh_group(),
+                });
+                true
+            }
+            Err(e) => {
+                self.io.log(
+                    sa.peer,
+                    Level::Error,
+                    "internal",
+                    format!("cannot key the IKE SA: {e}"),
+                );
+                false
+            }
+        }
+    }
+
+    fn init_response(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        local: SocketAddr,
+        remote: SocketAddr,
+        data: &[u8],
+        msg: Message,
+    ) {
+        let peer = sa.peer;
+        let p = &msg.payloads;
+        let ours = sa.cfg.ike;
+        let State::ExpectInitResponse(st) = &mut sa.state else {
+            self.io.stats.unexpected += 1;
+            return;
+        };
+        if let Some(c) = find_notify(p, NotifyType::COOKIE) {
+            // RFC 7296 §2.6: repeat the request with the cookie first.
+            if st.cookie_tries >= 3 {
+                self.io.fail(
+                    peer,
+                    Phase::Phase1,
+                    "peer keeps demanding a COOKIE; giving up".into(),
+                );
+                sa.dead = true;
+                return;
+            }
+            st.cookie = Some(c.data.clone());
+            st.cookie_tries += 1;
+            sa.pending = None;
+            self.io.log(
+                peer,
+                Level::Info,
+                "cookie",
+                "peer requested a COOKIE; retrying IKE_SA_INIT".into(),
+            );
+            self.send_init(now, sa);
+            return;
+        }
+        if let Some(n) = find_notify(p, NotifyType::INVALID_KE_PAYLOAD) {
+            let wanted = <[u8; 2]>::try_from(n.data.as_slice())
+                .ok()
+                .map(u16::from_be_bytes);
+            if wanted == Some(ours.dh.iana_id()) && st.dh.group() != ours.dh {
+                if let Ok(dh) = self.io.dh(ours.dh) {
+                    st.dh = dh;
+                    sa.pending = None;
+                    self.io.log(
+                        peer,
+                        Level::Info,
+                        "invalid_ke",
+                        format!("peer requested DH group {}; retrying", ours.dh.name()),
+                    );
+                    self.send_init(now, sa);
+                    return;
+                }
+            }
+            let g = wanted.map_or_else(|| "?".to_string(), group_name);
+            self.io.fail(
+                peer,
+                Phase::Phase1,
+                format!(
+                    "peer requires DH group {g} (INVALID_KE_PAYLOAD); this tunnel allows {}",
+                    ours.dh.name()
+                ),
+            );
+            sa.dead = true;
+            return;
+        }
+        if let Some(n) = p.iter().find_map(error_notify) {
+            let reason = if n.ntype == NotifyType::NO_PROPOSAL_CHOSEN {
+                format!(
+                    "peer rejected our proposal {} (NO_PROPOSAL_CHOSEN)",
+                    ours.name()
+                )
+            } else {
+                format!("peer answered IKE_SA_INIT with {}", notify_name(n.ntype))
+            };
+            self.io.fail(peer, Phase::Phase1, reason);
+            sa.dead = true;
+            return;
+        }
+        let (Some(sa_p), Some(ke), Some(nr)) = (find_sa(p), find_ke(p), find_nonce(p)) else {
+            self.io.stats.malformed += 1;
+            return;
+        };
+        if msg.header.spi_r == 0 {
+            self.io.stats.malformed += 1;
+            return;
+        }
+        if check_ike_answer(sa_p, &ours).is_none() {
+            self.io.fail(
+                peer,
+                Phase::Phase1,
+                format!(
+                    "peer chose {}, which we did not offer; this tunnel allows {}",
+                    describe(sa_p),
+                    ours.name()
+                ),
+            );
+            sa.dead = true;
+            return;
+        }
+        if ke.group != st.dh.group().iana_id() {
+            self.io.fail(
+                peer,
+                Phase::Phase1,
+                format!(
+                    "peer sent a KE payload for DH group {}; we offered {}",
+                    group_name(ke.group),
+                    ours.dh.name()
+                ),
+            );
+            sa.dead = true;
+            return;
+        }
+        let Ok(shared) = st.dh.shared_secret(&ke.data) else {
+            self.io.fail(
+                peer,
+                Phase::Phase1,
+                "peer's Diffie-Hellman public value is invalid".into(),
+            );
+            sa.dead = true;
+            return;
+        };
+        let ni = st.ni.clone();
+        let Some(pending) = sa.pending.take() else {
+            return;
+        };
+        sa.spi_r = msg.header.spi_r;
+        sa.last_rx = now;
+        if !self.set_ike_keys(sa, None, &shared, &ni, nr) {
+            sa.dead = true;
+            return;
+        }
+        if sa.cfg.nat_traversal && has_nat_d(p) {
+            sa.nat_local = notifies(p, NotifyType::NAT_DETECTION_DESTINATION_IP)
+                .any(|n| n.data != nat_hash(sa.spi_i, sa.spi_r, sa.local));
+            sa.nat_remote = !notifies(p, NotifyType::NAT_DETECTION_SOURCE_IP)
+                .any(|n| n.data == nat_hash(sa.spi_i, sa.spi_r, sa.remote));
+        }
+        sa.local = local;
+        sa.remote = remote;
+        if sa.udp_encap() || remote.port() == 4500 || local.port() == 4500 {
+            // RFC 7296 §2.23: switch to port 4500 from IKE_AUTH on.
+            sa.local.set_port(4500);
+            sa.remote.set_port(4500);
+        }
+        self.io.log(
+            peer,
+            Level::Info,
+            "ike_sa_init",
+            format!(
+                "IKE_SA_INIT done with {}: {}{}",
+                sa.remote,
+                ours.name(),
+                nat_note(sa)
+            ),
+        );
+        let hs = Handshake {
+            msg1: pending.bytes,
+            msg2: data.to_vec(),
+        };
+        self.send_auth(now, sa, hs);
+    }
+
+    // ---- IKE_AUTH --------------------------------------------------------------------
+
+    fn send_auth(&mut self, now: Instant, sa: &mut IkeSa, hs: Handshake) {
+        let Some(keys) = &sa.keys else { return };
+        let cfg = &sa.cfg;
+        let prf = cfg.ike.prf();
+        let idi = cfg.local_id.to_wire();
+        let auth = psk_auth(
+            prf,
+            &cfg.psk.0,
+            keys.sk_pi.as_slice(),
+            &hs.msg1,
+            &sa.nr,
+            &idi.encoded(),
+        );
+        let child = ChildRequest {
+            spi_in: self.io.child_spi(),
+            local_ts: cfg
+                .local_ts
+                .iter()
+                .copied()
+                .map(TsRange::from_cidr)
+                .collect(),
+            remote_ts: cfg
+                .remote_ts
+                .iter()
+                .copied()
+                .map(TsRange::from_cidr)
+                .collect(),
+        };
+        let mut p = vec![Payload::IdI(idi)];
+        // RFC 7296 §2.4: tell the peer we have no other IKE SA with it.
+        let others = self
+            .sas
+            .values()
+            .any(|s| s.peer == sa.peer && s.established() && !s.dead);
+        if !others {
+            p.push(Payload::Notify(Notify::new(
+                NotifyType::INITIAL_CONTACT,
+                Vec::new(),
+            )));
+        }
+        p.push(Payload::IdR(cfg.remote_id.to_wire()));
+        p.push(Payload::Auth(Auth {
+            method: AuthMethod::SHARED_KEY_MIC,
+            data: auth,
+        }));
+        p.push(Payload::Sa(esp_offer(&cfg.esp, child.spi_in, None)));
+        p.push(Payload::TsI(wire_ts(&child.local_ts)));
+        p.push(Payload::TsR(wire_ts(&child.remote_ts)));
+        sa.state = State::ExpectAuthResponse(ExpectAuthResponse { hs, child });
+        self.send_request(now, sa, ExchangeType::IKE_AUTH, p, Req::Auth);
+    }
+
+    fn auth_request(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        local: SocketAddr,
+        remote: SocketAddr,
+        id: u32,
+        inner: Vec<Payload>,
+    ) {
+        let State::ExpectAuthRequest(hs) = &sa.state else {
+            return;
+        };
+        let (msg1, msg2) = (hs.msg1.clone(), hs.msg2.clone());
+        let (Some(idi), Some(auth)) = (find_idi(&inner), find_auth(&inner)) else {
+            self.io.stats.malformed += 1;
+            self.send_response(
+                sa,
+                local,
+                remote,
+                ExchangeType::IKE_AUTH,
+                id,
+                vec![notify(NotifyType::INVALID_SYNTAX)],
+            );
+            self.linger(now, sa);
+            return;
+        };
+        let idr = find_idr(&inner);
+        let mut matching: Vec<(PeerId, PeerConfig)> = sa
+            .candidates
+            .iter()
+            .filter_map(|p| self.peers.get(p).map(|c| (*p, c.clone())))
+            .filter(|(_, c)| c.remote_id.matches(idi))
+            .collect();
+        matching.sort_by_key(|(_, c)| !idr.is_some_and(|r| c.local_id.matches(r)));
+        let Some((peer, cfg)) = matching.into_iter().next() else {
+            let first = sa.candidates.first().copied();
+            let want = first
+                .and_then(|p| self.peers.get(&p))
+                .map(|c| c.remote_id.to_string())
+                .unwrap_or_default();
+            self.io.fail(
+                first,
+                Phase::Phase1,
+                format!("peer identity {idi} does not match the configured remote id {want}"),
+            );
+            self.send_response(
+                sa,
+                local,
+                remote,
+                ExchangeType::IKE_AUTH,
+                id,
+                vec![notify(NotifyType::AUTHENTICATION_FAILED)],
+            );
+            self.linger(now, sa);
+            return;
+        };
+        sa.peer = Some(peer);
+        sa.cfg = cfg;
+        let Some(keys) = &sa.keys else { return };
+        let prf = sa.cfg.ike.prf();
+        let expected = psk_auth(
+            prf,
+            &sa.cfg.psk.0,
+            keys.sk_pi.as_slice(),
+            &msg1,
+            &sa.nr,
+            &idi.encoded(),
+        );
+        if auth.method != AuthMethod::SHARED_KEY_MIC || !ct_eq(&expected, &auth.data) {
+            self.io.fail(
+                Some(peer),
+                Phase::Phase1,
+                format!(
+                    "authentication failed — check the pre-shared key (peer {idi} at {remote})"
+                ),
+            );
+            self.send_response(
+                sa,
+                local,
+                remote,
+                ExchangeType::IKE_AUTH,
+                id,
+                vec![notify(NotifyType::AUTHENTICATION_FAILED)],
+            );
+            self.linger(now, sa);
+            return;
+        }
+        if find_notify(&inner, NotifyType::INITIAL_CONTACT).is_some() {
+            self.initial_contact(sa);
+        }
+        let idr_ours = sa.cfg.local_id.to_wire();
+        let auth_r = psk_auth(
+            prf,
+            &sa.cfg.psk.0,
+            keys.sk_pr.as_slice(),
+            &msg2,
+            &sa.ni,
+            &idr_ours.encoded(),
+        );
+        let mut out = vec![
+            Payload::IdR(idr_ours),
+            Payload::Auth(Auth {
+                method: AuthMethod::SHARED_KEY_MIC,
+                data: auth_r,
+            }),
+        ];
+        sa.state = State::Established;
+        sa.half_open_until = None;
+        self.established(now, sa);
+        if find_sa(&inner).is_some() {
+            let (ni, nr) = (sa.ni.clone(), sa.nr.clone());
+            match self.child_responder(sa, &inner, None, &ni, &nr, None) {
+                Ok((answer, remote_ts, local_ts, child)) => {
+                    out.push(Payload::Sa(answer));
+                    out.push(Payload::TsI(wire_ts(&remote_ts)));
+                    out.push(Payload::TsR(wire_ts(&local_ts)));
+                    self.child_established(now, sa, child, None);
+                }
+                Err((n, reason)) => {
+                    self.io.fail(Some(peer), Phase::Phase2, reason);
+                    out.push(Payload::Notify(n));
+                }
+            }
+        }
+        self.send_response(sa, local, remote, ExchangeType::IKE_AUTH, id, out);
+    }
+
+    fn auth_response(&mut self, now: Instant, sa: &mut IkeSa, inner: Vec<Payload>) {
+        let st = match std::mem::replace(&mut sa.state, State::Established) {
+            State::ExpectAuthResponse(st) => st,
+            other => {
+                sa.state = other;
+                return;
+            }
+        };
+        let peer = sa.peer;
+        let (Some(idr), Some(auth)) = (find_idr(&inner), find_auth(&inner)) else {
+            let reason = if find_notify(&inner, NotifyType::AUTHENTICATION_FAILED).is_some() {
+                "authentication failed — check the pre-shared key (peer answered AUTHENTICATION_FAILED)".to_string()
+            } else if let Some(n) = inner.iter().find_map(error_notify) {
+                format!("peer rejected IKE_AUTH ({})", notify_name(n.ntype))
+            } else {
+                "peer's IKE_AUTH response has no identity or AUTH payload".to_string()
+            };
+            self.io.fail(peer, Phase::Phase1, reason);
+            self.io.child_spis.remove(&st.child.spi_in);
+            sa.dead = true;
+            return;
+        };
+        if !sa.cfg.remote_id.matches(idr) {
+            let reason = format!(
+                "peer identity {idr} does not match the configured remote id {}",
+                sa.cfg.remote_id
+            );
+            self.auth_failed_as_initiator(now, sa, st.child.spi_in, reason);
+            return;
+        }
+        let Some(keys) = &sa.keys else { return };
+        let expected = psk_auth(
+            sa.cfg.ike.prf(),
+            &sa.cfg.psk.0,
+            keys.sk_pr.as_slice(),
+            &st.hs.msg2,
+            &sa.ni,
+            &idr.encoded(),
+        );
+        if auth.method != AuthMethod::SHARED_KEY_MIC || !ct_eq(&expected, &auth.data) {
+            let reason =
+                "authentication failed — check the pre-shared key (the peer's AUTH did not verify)"
+                    .to_string();
+            self.auth_failed_as_initiator(now, sa, st.child.spi_in, reason);
+            return;
+        }
+        self.established(now, sa);
+        if let Some(n) = inner.iter().find_map(error_notify) {
+            self.io.child_spis.remove(&st.child.spi_in);
+            let reason = child_refusal(n.ntype, &sa.cfg);
+            self.io.fail(peer, Phase::Phase2, reason);
+            return;
+        }
+        let (ni, nr) = (sa.ni.clone(), sa.nr.clone());
+        match self.child_initiator(sa, &inner, &st.child, &ni, &nr, None) {
+            Ok(child) => self.child_established(now, sa, child, None),
+            Err(reason) => {
+                self.io.fail(peer, Phase::Phase2, reason);
+                sa.tasks
+                    .push_back(Task::DeleteChildren(vec![st.child.spi_in]));
+            }
+        }
+    }
+
+    /// RFC 7296 §2.21.2: an initiator that rejects the responder's AUTH tells it in an
+    /// INFORMATIONAL exchange and drops the SA.
+    fn auth_failed_as_initiator(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        spi_in: u32,
+        reason: String,
+    ) {
+        self.io.fail(sa.peer, Phase::Phase1, reason);
+        self.io.child_spis.remove(&spi_in);
+        self.send_request(
+            now,
+            sa,
+            ExchangeType::INFORMATIONAL,
+            vec![notify(NotifyType::AUTHENTICATION_FAILED)],
+            Req::Notify,
+        );
+        sa.pending = None;
+        sa.dead = true;
+    }
+
+    /// Keeps a failed responder SA briefly so retransmitted requests get the same answer.
+    fn linger(&mut self, now: Instant, sa: &mut IkeSa) {
+        sa.linger_until = Some(now + self.cfg.retransmit_base * 8);
+        sa.pending = None;
+        sa.tasks.clear();
+    }
+
+    /// RFC 7296 §2.4: INITIAL_CONTACT means the peer lost every other IKE SA with us.
+    fn initial_contact(&mut self, sa: &IkeSa) {
+        let others: Vec<u64> = self
+            .sas
+            .iter()
+            .filter(|(_, s)| s.peer == sa.peer && s.established())
+            .map(|(k, _)| *k)
+            .collect();
+        for spi in others {
+            if let Some(mut old) = self.sas.remove(&spi) {
+                self.io.log(
+                    sa.peer,
+                    Level::Info,
+                    "initial_contact",
+                    format!(
+                        "peer sent INITIAL_CONTACT; dropping old IKE SA {:016x}_{:016x}",
+                        old.spi_i, old.spi_r
+                    ),
+                );
+                self.remove_sa(&mut old, DeleteReason::InitialContact);
+                self.put_back(old);
+            }
+        }
+    }
+
+    fn established(&mut self, now: Instant, sa: &mut IkeSa) {
+        sa.state = State::Established;
+        self.arm_ike_timers(now, sa);
+        let (Some(peer), Some(algorithms)) = (sa.peer, sa.algs) else {
+            return;
+        };
+        self.io.log(
+            Some(peer),
+            Level::Info,
+            "phase1_established",
+            format!(
+                "IKE SA {:016x}_{:016x} established with {} ({}){}",
+                sa.spi_i,
+                sa.spi_r,
+                sa.remote,
+                algorithms,
+                nat_note(sa)
+            ),
+        );
+        self.io.event(Event::IkeSaEstablished {
+            peer,
+            spi_i: sa.spi_i,
+            spi_r: sa.spi_r,
+            initiator: sa.initiator,
+            algorithms,
+            local: sa.local,
+            remote: sa.remote,
+        });
+    }
+
+    fn arm_ike_timers(&mut self, now: Instant, sa: &mut IkeSa) {
+        let l = sa.cfg.ike_lifetime;
+        sa.rekey_at = soft_lifetime(l, self.io.u32()).map(|d| now + d);
+        sa.expire_at = (!l.is_zero()).then(|| now + l);
+    }
+
+    // ---- Child SAs -------------------------------------------------------------------
+
+    /// Responder side of a Child SA negotiation (IKE_AUTH or CREATE_CHILD_SA): returns
+    /// our SA answer, narrowed TSi (peer side) and TSr (our side), and the Child SA.
+    fn child_responder(
+        &mut self,
+        sa: &IkeSa,
+        inner: &[Payload],
+        dh: Option<Option<crypto::DhGroup>>,
+        ni: &[u8],
+        nr: &[u8],
+        shared: Option<&[u8]>,
+    ) -> Result<ChildOffer, (Notify, String)> {
+        let cfg = &sa.cfg;
+        let sa_p = find_sa(inner).ok_or_else(|| {
+            (
+                notify_n(NotifyType::INVALID_SYNTAX),
+                "Child SA request without SA payload".to_string(),
+            )
+        })?;
+        let spi_in = self.io.child_spi();
+        let (answer, spi_out) = select_esp(sa_p, &cfg.esp, dh, spi_in).map_err(|offer| {
+            self.io.child_spis.remove(&spi_in);
+            (
+                notify_n(NotifyType::NO_PROPOSAL_CHOSEN),
+                format!(
+                    "peer proposed {offer} for the Child SA; this tunnel allows {}",
+                    cfg.esp.name()
+                ),
+            )
+        })?;
+        let (tsi, tsr) = (
+            find_tsi(inner).unwrap_or_default(),
+            find_tsr(inner).unwrap_or_default(),
+        );
+        let ours_remote: Vec<TsRange> = cfg
+            .remote_ts
+            .iter()
+            .copied()
+            .map(TsRange::from_cidr)
+            .collect();
+        let ours_local: Vec<TsRange> = cfg
+            .local_ts
+            .iter()
+            .copied()
+            .map(TsRange::from_cidr)
+            .collect();
+        let remote_ts = narrow(tsi, &ours_remote);
+        let local_ts = narrow(tsr, &ours_local);
+        if remote_ts.is_empty() || local_ts.is_empty() {
+            self.io.child_spis.remove(&spi_in);
+            return Err((
+                notify_n(NotifyType::TS_UNACCEPTABLE),
+                format!(
+                    "traffic selectors unacceptable (TS_UNACCEPTABLE): peer proposed {} === {}; this tunnel allows {} === {}",
+                    wire_ts_string(tsi),
+                    wire_ts_string(tsr),
+                    list_to_string(&ours_remote),
+                    list_to_string(&ours_local)
+                ),
+            ));
+        }
+        let Some(keys) = &sa.keys else {
+            return Err((notify_n(NotifyType::INVALID_SYNTAX), "no keys".into()));
+        };
+        let k = ChildKeys::derive(
+            cfg.ike.prf(),
+            keys.sk_d.as_slice(),
+            cfg.esp.encr,
+            cfg.esp.negotiated_integ(),
+            shared,
+            ni,
+            nr,
+        );
+        // The peer initiated this exchange: its outbound keys come first (§2.17).
+        let child = ChildSa {
+            spi_in,
+            spi_out,
+            encr: cfg.esp.encr,
+            integ: cfg.esp.negotiated_integ(),
+            encr_key_in: k.encr_i,
+            encr_key_out: k.encr_r,
+            integ_key_in: k.integ_i,
+            integ_key_out: k.integ_r,
+            local_ts: local_ts.clone(),
+            remote_ts: remote_ts.clone(),
+            local: sa.local,
+            remote: sa.remote,
+            udp_encap: sa.udp_encap(),
+            local_behind_nat: sa.nat_local,
+            pfs: dh.flatten(),
+            lifetime: cfg.child_lifetime,
+        };
+        Ok((answer, remote_ts, local_ts, child))
+    }
+
+    /// Initiator side: checks the responder's answer against what we proposed.
+    fn child_initiator(
+        &mut self,
+        sa: &IkeSa,
+        inner: &[Payload],
+        req: &ChildRequest,
+        ni: &[u8],
+        nr: &[u8],
+        dh: Option<&DhPrivate>,
+    ) -> Result<ChildSa, String> {
+        let cfg = &sa.cfg;
+        let sa_p = find_sa(inner).ok_or("peer's answer has no SA payload for the Child SA")?;
+        let spi_out =
+            check_esp_answer(sa_p, &cfg.esp, dh.map(DhPrivate::group)).ok_or_else(|| {
+                format!(
+                    "peer chose {} for the Child SA, which we did not offer; this tunnel allows {}",
+                    describe(sa_p),
+                    cfg.esp.name()
+                )
+            })?;
+        let shared = match dh {
+            Some(d) => {
+                let ke = find_ke(inner)
+                    .ok_or("peer's answer has no KE payload although PFS is configured")?;
+                if ke.group != d.group().iana_id() {
+                    return Err(format!(
+                        "peer answered with PFS group {}; this tunnel uses {}",
+                        group_name(ke.group),
+                        d.group().name()
+                    ));
+                }
+                Some(
+                    d.shared_secret(&ke.data)
+                        .map_err(|_| "peer's Diffie-Hellman public value is invalid")?,
+                )
+            }
+            None => None,
+        };
+        let (tsi, tsr) = (
+            find_tsi(inner).unwrap_or_default(),
+            find_tsr(inner).unwrap_or_default(),
+        );
+        let (Some(local_ts), Some(remote_ts)) = (
+            accept_narrowed(tsi, &req.local_ts),
+            accept_narrowed(tsr, &req.remote_ts),
+        ) else {
+            return Err(format!(
+                "traffic selectors unacceptable: peer answered {} === {}, outside what we proposed ({} === {})",
+                wire_ts_string(tsi),
+                wire_ts_string(tsr),
+                list_to_string(&req.local_ts),
+                list_to_string(&req.remote_ts)
+            ));
+        };
+        let keys = sa.keys.as_ref().ok_or("no keys")?;
+        let k = ChildKeys::derive(
+            cfg.ike.prf(),
+            keys.sk_d.as_slice(),
+            cfg.esp.encr,
+            cfg.esp.negotiated_integ(),
+            shared.as_deref().map(|s| s.as_slice()),
+            ni,
+            nr,
+        );
+        Ok(ChildSa {
+            spi_in: req.spi_in,
+            spi_out,
+            encr: cfg.esp.encr,
+            integ: cfg.esp.negotiated_integ(),
+            encr_key_in: k.encr_r,
+            encr_key_out: k.encr_i,
+            integ_key_in: k.integ_r,
+            integ_key_out: k.integ_i,
+            local_ts,
+            remote_ts,
+            local: sa.local,
+            remote: sa.remote,
+            udp_encap: sa.udp_encap(),
+            local_behind_nat: sa.nat_local,
+            pfs: dh.map(DhPrivate::group),
+            lifetime: cfg.child_lifetime,
+        })
+    }
+
+    /// Installs a Child SA and reports it (as a rekey of `old_in` if given).
+    fn child_established(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        child: ChildSa,
+        old_in: Option<u32>,
+    ) {
+        let Some(peer) = sa.peer else { return };
+        let msg = format!(
+            "Child SA {:08x}/{:08x} ({}) {} === {}{}",
+            child.spi_in,
+            child.spi_out,
+            child.algorithms(),
+            list_to_string(&child.local_ts),
+            list_to_string(&child.remote_ts),
+            if child.udp_encap {
+                ", UDP-encapsulated"
+            } else {
+                ""
+            }
+        );
+        let old = old_in.and_then(|o| {
+            sa.children
+                .iter()
+                .find(|c| c.sa.spi_in == o)
+                .map(|c| (c.sa.spi_in, c.sa.spi_out))
+        });
+        self.install_child(now, sa, child.clone());
+        match old {
+            Some((old_spi_in, old_spi_out)) => {
+                self.io.log(
+                    Some(peer),
+                    Level::Info,
+                    "child_rekeyed",
+                    format!("rekeyed {:08x}: {msg}", old_spi_in),
+                );
+                self.io.event(Event::ChildSaRekeyed {
+                    peer,
+                    old_spi_in,
+                    old_spi_out,
+                    child,
+                });
+            }
+            None => {
+                self.io
+                    .log(Some(peer), Level::Info, "phase2_established", msg);
+                self.io.event(Event::ChildSaEstablished { peer, child });
+            }
+        }
+    }
+
+    // ---- requests on an established SA ------------------------------------------------
+
+    pub(crate) fn handle_request(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        local: SocketAddr,
+        remote: SocketAddr,
+        data: &[u8],
+        msg: Message,
+    ) {
+        let h = msg.header;
+        let id = h.message_id;
+        if let Some((rid, bytes)) = &sa.last_response {
+            if *rid == id && id.wrapping_add(1) == sa.peer_msg_id {
+                // RFC 7296 §2.1: a retransmitted request gets the cached response.
+                self.io.stats.duplicate_requests += 1;
+                self.io.send(local, remote, bytes.clone());
+                return;
+            }
+        }
+        if id != sa.peer_msg_id || sa.linger_until.is_some() {
+            self.io.stats.unexpected += 1;
+            return;
+        }
+        let Some(Payload::Sk(enc)) = msg.payloads.last() else {
+            self.io.stats.malformed += 1;
+            return;
+        };
+        let Some(sk) = &sa.sk else { return };
+        let inner = match sk.open(data, enc) {
+            Ok(p) => p,
+            Err(SkError::Integrity) => {
+                self.io.stats.integrity_failures += 1;
+                return;
+            }
+            Err(SkError::Decode(e)) => {
+                self.io.stats.malformed += 1;
+                let data = match e {
+                    crate::wire::DecodeError::UnsupportedCriticalPayload(t) => vec![t.0],
+                    _ => Vec::new(),
+                };
+                self.send_response(
+                    sa,
+                    local,
+                    remote,
+                    h.exchange,
+                    id,
+                    vec![Payload::Notify(Notify::new(e.notify(), data))],
+                );
+                return;
+            }
+        };
+        sa.last_rx = now;
+        self.update_addresses(sa, local, remote);
+        match (h.exchange, &sa.state) {
+            (ExchangeType::IKE_AUTH, State::ExpectAuthRequest(_)) => {
+                self.auth_request(now, sa, local, remote, id, inner)
+            }
+            (ExchangeType::CREATE_CHILD_SA, State::Established) => {
+                self.create_child_request(now, sa, local, remote, id, inner)
+            }
+            (ExchangeType::INFORMATIONAL, _) => {
+                self.informational_request(now, sa, local, remote, id, inner)
+            }
+            _ => {
+                self.io.stats.unexpected += 1;
+                self.send_response(
+                    sa,
+                    local,
+                    remote,
+                    h.exchange,
+                    id,
+                    vec![notify(NotifyType::INVALID_SYNTAX)],
+                );
+            }
+        }
+        if !sa.dead {
+            self.next_task(now, sa);
+        }
+    }
+
+    fn create_child_request(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        local: SocketAddr,
+        remote: SocketAddr,
+        id: u32,
+        inner: Vec<Payload>,
+    ) {
+        let respond = |this: &mut Self, sa: &mut IkeSa, p: Vec<Payload>| {
+            this.send_response(sa, local, remote, ExchangeType::CREATE_CHILD_SA, id, p)
+        };
+        let (Some(sa_p), Some(ni)) = (find_sa(&inner), find_nonce(&inner)) else {
+            self.io.stats.malformed += 1;
+            respond(self, sa, vec![notify(NotifyType::INVALID_SYNTAX)]);
+            return;
+        };
+        let ni = ni.to_vec();
+        if sa_p.proposals.first().map(|p| p.protocol) == Some(ProtocolId::IKE) {
+            self.rekey_ike_request(now, sa, local, remote, id, &inner, ni);
+            return;
+        }
+        // RFC 7296 §2.25.2: no Child SA work while the IKE SA is being rekeyed.
+        if sa.retiring
+            || matches!(
+                sa.pending.as_ref().map(|p| &p.kind),
+                Some(Req::RekeyIke { .. })
+            )
+        {
+            respond(self, sa, vec![notify(NotifyType::TEMPORARY_FAILURE)]);
+            return;
+        }
+        let mut old_in = None;
+        if let Some(n) = find_notify(&inner, NotifyType::REKEY_SA) {
+            let found = n
+                .spi32()
+                .and_then(|s| sa.child_by_out(s))
+                .map(|c| (c.state, c.sa.spi_in));
+            match found {
+                Some((ChildState::Installed | ChildState::Rekeying, spi_in)) => {
+                    old_in = Some(spi_in)
+                }
+                Some((ChildState::Rekeyed, _)) => {
+                    respond(self, sa, vec![notify(NotifyType::TEMPORARY_FAILURE)]);
+                    return;
+                }
+                _ => {
+                    let nn = Notify {
+                        protocol: ProtocolId::ESP,
+                        spi: n.spi.clone(),
+                        ntype: NotifyType::CHILD_SA_NOT_FOUND,
+                        data: Vec::new(),
+                    };
+                    respond(self, sa, vec![Payload::Notify(nn)]);
+                    return;
+                }
+            }
+        }
+        let pfs = sa.cfg.esp.pfs;
+        let peer = sa.peer;
+        let mut dh = None;
+        let mut shared = None;
+        if let Some(g) = pfs {
+            match find_ke(&inner) {
+                Some(ke) if ke.group == g.iana_id() => {
+                    let Ok(d) = self.io.dh(g) else { return };
+                    match d.shared_secret(&ke.data) {
+                        Ok(s) => shared = Some(s),
+                        Err(_) => {
+                            respond(self, sa, vec![notify(NotifyType::INVALID_SYNTAX)]);
+                            return;
+                        }
+                    }
+                    dh = Some(d);
+                }
+                Some(_) if select_esp(sa_p, &sa.cfg.esp, Some(pfs), 0).is_ok() => {
+                    self.io.log(
+                        peer,
+                        Level::Info,
+                        "invalid_ke",
+                        format!(
+                            "peer's CREATE_CHILD_SA KE uses another group; requesting {}",
+                            g.name()
+                        ),
+                    );
+                    let n = Notify::new(
+                        NotifyType::INVALID_KE_PAYLOAD,
+                        g.iana_id().to_be_bytes().to_vec(),
+                    );
+                    respond(self, sa, vec![Payload::Notify(n)]);
+                    return;
+                }
+                _ => {}
+            }
+        }
+        let nr = self.io.nonce();
+        match self.child_responder(
+            sa,
+            &inner,
+            Some(pfs),
+            &ni,
+            &nr,
+            shared.as_deref().map(|s| s.as_slice()),
+        ) {
+            Err((n, reason)) => {
+                self.io.fail(peer, Phase::Phase2, reason);
+                respond(self, sa, vec![Payload::Notify(n)]);
+            }
+            Ok((answer, remote_ts, local_ts, child)) => {
+                let mut out = vec![Payload::Sa(answer), Payload::Nonce(nr.clone())];
+                if let Some(d) = &dh {
+                    out.push(Payload::Ke(KeyExchange {
+                        group: d.group().iana_id(),
+                        data: d.public_value().to_vec(),
+                    }));
+                }
+                out.push(Payload::TsI(wire_ts(&remote_ts)));
+                out.push(Payload::TsR(wire_ts(&local_ts)));
+                respond(self, sa, out);
+                let new_in = child.spi_in;
+                self.child_established(now, sa, child, old_in);
+                if let Some(old) = old_in.and_then(|o| sa.child_by_in(o)) {
+                    if old.state == ChildState::Rekeying {
+                        // RFC 7296 §2.8.1: simultaneous rekey, resolved when ours completes.
+                        old.collision = Some((min_nonce(&ni, &nr), new_in));
+                    } else {
+                        old.state = ChildState::Rekeyed;
+                        old.rekey_at = None;
+                    }
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rekey_ike_request(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        local: SocketAddr,
+        remote: SocketAddr,
+        id: u32,
+        inner: &[Payload],
+        ni: Vec<u8>,
+    ) {
+        let respond = |this: &mut Self, sa: &mut IkeSa, p: Vec<Payload>| {
+            this.send_response(sa, local, remote, ExchangeType::CREATE_CHILD_SA, id, p)
+        };
+        let busy = matches!(
+            sa.pending.as_ref().map(|p| &p.kind),
+            Some(Req::CreateChild { .. })
+        );
+        if busy || sa.rekeyed_to.is_some() {
+            respond(self, sa, vec![notify(NotifyType::TEMPORARY_FAILURE)]);
+            return;
+        }
+        let Some(sa_p) = find_sa(inner) else { return };
+        let new_spi = self.new_ike_spi();
+        let (answer, peer_spi) = match select_ike(sa_p, &sa.cfg.ike, Some(new_spi)) {
+            Ok(x) => x,
+            Err(offer) => {
+                self.io.fail(
+                    sa.peer,
+                    Phase::Phase1,
+                    format!(
+                        "peer proposed {offer} to rekey the IKE SA; this tunnel allows {}",
+                        sa.cfg.ike.name()
+                    ),
+                );
+                respond(self, sa, vec![notify(NotifyType::NO_PROPOSAL_CHOSEN)]);
+                return;
+            }
+        };
+        let Ok(peer_spi) = <[u8; 8]>::try_from(peer_spi.as_slice()).map(u64::from_be_bytes) else {
+            respond(self, sa, vec![notify(NotifyType::INVALID_SYNTAX)]);
+            return;
+        };
+        let g = sa.cfg.ike.dh;
+        let Some(ke) = find_ke(inner).filter(|k| k.group == g.iana_id()) else {
+            respond(
+                self,
+                sa,
+                vec![Payload::Notify(Notify::new(
+                    NotifyType::INVALID_KE_PAYLOAD,
+                    g.iana_id().to_be_bytes().to_vec(),
+                ))],
+            );
+            return;
+        };
+        let Ok(dh) = self.io.dh(g) else { return };
+        let Ok(shared) = dh.shared_secret(&ke.data) else {
+            respond(self, sa, vec![notify(NotifyType::INVALID_SYNTAX)]);
+            return;
+        };
+        let nr = self.io.nonce();
+        let Some(sk_d) = sa.keys.as_ref().map(|k| k.sk_d.clone()) else {
+            return;
+        };
+        let mut new = IkeSa::new(
+            sa.cfg.clone(),
+            sa.peer,
+            false,
+            peer_spi,
+            new_spi,
+            sa.local,
+            sa.remote,
+            State::Established,
+            now,
+        );
+        new.nat_local = sa.nat_local;
+        new.nat_remote = sa.nat_remote;
+        if !self.set_ike_keys(
+            &mut new,
+            Some((sa.cfg.ike.prf(), sk_d.as_slice())),
+            &shared,
+            &ni,
+            &nr,
+        ) {
+            return;
+        }
+        respond(
+            self,
+            sa,
+            vec![
+                Payload::Sa(answer),
+                Payload::Nonce(nr.clone()),
+                Payload::Ke(KeyExchange {
+                    group: g.iana_id(),
+                    data: dh.public_value().to_vec(),
+                }),
+            ],
+        );
+        self.arm_ike_timers(now, &mut new);
+        if matches!(
+            sa.pending.as_ref().map(|p| &p.kind),
+            Some(Req::RekeyIke { .. })
+        ) {
+            sa.ike_collision = Some((min_nonce(&ni, &nr), new_spi));
+        }
+        sa.rekeyed_to = Some(new_spi);
+        sa.retiring = true;
+        self.io.log(
+            sa.peer,
+            Level::Info,
+            "ike_rekey",
+            format!("peer rekeyed the IKE SA; new SPIs {peer_spi:016x}_{new_spi:016x}"),
+        );
+        self.sas.insert(new_spi, new);
+    }
+
+    fn informational_request(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        local: SocketAddr,
+        remote: SocketAddr,
+        id: u32,
+        inner: Vec<Payload>,
+    ) {
+        let peer = sa.peer;
+        let mut ours = Vec::new();
+        let mut delete_ike = false;
+        for d in inner.iter().filter_map(|p| {
+            if let Payload::Delete(d) = p {
+                Some(d)
+            } else {
+                None
+            }
+        }) {
+            match d.protocol {
+                ProtocolId::IKE => delete_ike = true,
+                ProtocolId::ESP | ProtocolId::AH => {
+                    for spi in d.spis32() {
+                        let Some(pos) = sa.children.iter().position(|c| c.sa.spi_out == spi) else {
+                            continue;
+                        };
+                        let c = sa.children.remove(pos);
+                        // RFC 7296 §1.4.1: answer with our inbound SPI, unless we are
+                        // deleting it ourselves already.
+                        if c.state != ChildState::Deleting {
+                            ours.push(c.sa.spi_in);
+                        }
+                        self.io.child_spis.remove(&c.sa.spi_in);
+                        if let Some(peer) = peer {
+                            self.io.log(
+                                Some(peer),
+                                Level::Info,
+                                "child_deleted",
+                                format!(
+                                    "peer deleted Child SA {:08x}/{:08x}",
+                                    c.sa.spi_in, c.sa.spi_out
+                                ),
+                            );
+                            self.io.event(Event::ChildSaDeleted {
+                                peer,
+                                spi_in: c.sa.spi_in,
+                                spi_out: c.sa.spi_out,
+                            });
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if delete_ike {
+            self.send_response(
+                sa,
+                local,
+                remote,
+                ExchangeType::INFORMATIONAL,
+                id,
+                Vec::new(),
+            );
+            let moved = sa
+                .rekeyed_to
+                .filter(|n| self.sas.get(n).is_some_and(|s| !s.retiring && !s.dead));
+            let reason = if let Some(new_spi) = moved {
+                self.transfer_children(sa, new_spi);
+                DeleteReason::Rekeyed
+            } else {
+                self.io.log(
+                    peer,
+                    Level::Info,
+                    "ike_deleted",
+                    "peer deleted the IKE SA".into(),
+                );
+                DeleteReason::PeerDeleted
+            };
+            self.remove_sa(sa, reason);
+            return;
+        }
+        if !sa.initiator && find_notify(&inner, NotifyType::AUTHENTICATION_FAILED).is_some() {
+            self.io.fail(
+                peer,
+                Phase::Phase1,
+                "authentication failed — check the pre-shared key (peer rejected our AUTH)".into(),
+            );
+            self.send_response(
+                sa,
+                local,
+                remote,
+                ExchangeType::INFORMATIONAL,
+                id,
+                Vec::new(),
+            );
+            self.remove_sa(sa, DeleteReason::Failed);
+            return;
+        }
+        let out = if ours.is_empty() {
+            Vec::new()
+        } else {
+            vec![Payload::Delete(Delete::esp(&ours))]
+        };
+        self.send_response(sa, local, remote, ExchangeType::INFORMATIONAL, id, out);
+        let _ = now;
+    }
+
+    /// Moves the Child SAs of a rekeyed IKE SA to its successor (RFC 7296 §2.18).
+    fn transfer_children(&mut self, old: &mut IkeSa, new_spi: u64) {
+        let Some(new) = self.sas.get_mut(&new_spi) else {
+            return;
+        };
+        new.children.append(&mut old.children);
+        let (o, n) = ((old.spi_i, old.spi_r), (new.spi_i, new.spi_r));
+        if let Some(peer) = old.peer {
+            self.io.log(
+                Some(peer),
+                Level::Info,
+                "ike_rekeyed",
+                format!(
+                    "IKE SA {:016x}_{:016x} replaced by {:016x}_{:016x}",
+                    o.0, o.1, n.0, n.1
+                ),
+            );
+            self.io.event(Event::IkeSaRekeyed {
+                peer,
+                old: o,
+                new: n,
+            });
+        }
+    }
+
+    fn update_addresses(&mut self, sa: &mut IkeSa, local: SocketAddr, remote: SocketAddr) {
+        if (local, remote) == (sa.local, sa.remote) {
+            return;
+        }
+        // RFC 7296 §2.23: behind a NAT, follow the latest authenticated message; and
+        // like strongSwan, move to 4500 whenever the peer reaches us there.
+        if !(sa.udp_encap() || local.port() == 4500) {
+            return;
+        }
+        sa.local = local;
+        sa.remote = remote;
+        let encap = sa.udp_encap() || local.port() == 4500;
+        for c in &mut sa.children {
+            c.sa.local = local;
+            c.sa.remote = remote;
+            c.sa.udp_encap = encap;
+        }
+        if let Some(peer) = sa.peer.filter(|_| sa.established()) {
+            self.io.log(
+                Some(peer),
+                Level::Info,
+                "addresses_changed",
+                format!("peer now at {remote} (local {local})"),
+            );
+            self.io.event(Event::AddressesChanged {
+                peer,
+                local,
+                remote,
+                udp_encap: encap,
+            });
+        }
+    }
+
+    // ---- our requests ----------------------------------------------------------------------
+
+    pub(crate) fn start_task(&mut self, now: Instant, sa: &mut IkeSa, task: Task) {
+        let peer = sa.peer;
+        match task {
+            Task::RekeyChild(spi) => {
+                let Some(c) = sa
+                    .child_by_in(spi)
+                    .filter(|c| c.state == ChildState::Installed)
+                else {
+                    return;
+                };
+                c.state = ChildState::Rekeying;
+                let (local_ts, remote_ts) = (c.sa.local_ts.clone(), c.sa.remote_ts.clone());
+                let pfs = sa.cfg.esp.pfs;
+                let dh = match pfs.map(|g| self.io.dh(g)).transpose() {
+                    Ok(d) => d,
+                    Err(e) => {
+                        self.io.log(
+                            peer,
+                            Level::Error,
+                            "internal",
+                            format!("cannot generate a DH key: {e}"),
+                        );
+                        return;
+                    }
+                };
+                let child = ChildRequest {
+                    spi_in: self.io.child_spi(),
+                    local_ts,
+                    remote_ts,
+                };
+                let ni = self.io.nonce();
+                let n = Notify {
+                    protocol: ProtocolId::ESP,
+                    spi: spi.to_be_bytes().to_vec(),
+                    ntype: NotifyType::REKEY_SA,
+                    data: Vec::new(),
+                };
+                let mut p = vec![
+                    Payload::Notify(n),
+                    Payload::Sa(esp_offer(&sa.cfg.esp, child.spi_in, pfs)),
+                    Payload::Nonce(ni.clone()),
+                ];
+                if let Some(d) = &dh {
+                    p.push(Payload::Ke(KeyExchange {
+                        group: d.group().iana_id(),
+                        data: d.public_value().to_vec(),
+                    }));
+                }
+                p.push(Payload::TsI(wire_ts(&child.local_ts)));
+                p.push(Payload::TsR(wire_ts(&child.remote_ts)));
+                self.io.log(
+                    peer,
+                    Level::Info,
+                    "child_rekey",
+                    format!("rekeying Child SA {spi:08x}"),
+                );
+                self.send_request(
+                    now,
+                    sa,
+                    ExchangeType::CREATE_CHILD_SA,
+                    p,
+                    Req::CreateChild {
+                        rekey: Some(spi),
+                        child,
+                        ni,
+                        dh,
+                    },
+                );
+            }
+            Task::RekeyIke => {
+                if sa.retiring {
+                    return;
+                }
+                let mut new_spi = self.new_ike_spi();
+                while new_spi == sa.our_spi() {
+                    new_spi = self.new_ike_spi();
+                }
+                let Ok(dh) = self.io.dh(sa.cfg.ike.dh) else {
+                    return;
+                };
+                let ni = self.io.nonce();
+                let p = vec![
+                    Payload::Sa(ike_offer(&sa.cfg.ike, Some(new_spi))),
+                    Payload::Nonce(ni.clone()),
+                    Payload::Ke(KeyExchange {
+                        group: dh.group().iana_id(),
+                        data: dh.public_value().to_vec(),
+                    }),
+                ];
+                self.io
+                    .log(peer, Level::Info, "ike_rekey", "rekeying the IKE SA".into());
+                self.send_request(
+                    now,
+                    sa,
+                    ExchangeType::CREATE_CHILD_SA,
+                    p,
+                    Req::RekeyIke { new_spi, ni, dh },
+                );
+            }
+            Task::DeleteChildren(spis) => {
+                for s in &spis {
+                    if let Some(c) = sa.child_by_in(*s) {
+                        c.state = ChildState::Deleting;
+                    }
+                }
+                if spis.is_empty() {
+                    return;
+                }
+                self.io.log(
+                    peer,
+                    Level::Info,
+                    "child_delete",
+                    format!("deleting Child SA {}", spis_hex(&spis)),
+                );
+                self.send_request(
+                    now,
+                    sa,
+                    ExchangeType::INFORMATIONAL,
+                    vec![Payload::Delete(Delete::esp(&spis))],
+                    Req::DeleteChildren(spis),
+                );
+            }
+            Task::DeleteIke => {
+                self.send_request(
+                    now,
+                    sa,
+                    ExchangeType::INFORMATIONAL,
+                    vec![Payload::Delete(Delete::ike())],
+                    Req::DeleteIke,
+                );
+            }
+            Task::Dpd => {
+                self.io
+                    .log(peer, Level::Debug, "dpd", "sending liveness check".into());
+                self.send_request(now, sa, ExchangeType::INFORMATIONAL, Vec::new(), Req::Dpd);
+            }
+        }
+    }
+
+    pub(crate) fn handle_response(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        local: SocketAddr,
+        remote: SocketAddr,
+        data: &[u8],
+        msg: Message,
+    ) {
+        let h = msg.header;
+        let Some(p) = &sa.pending else {
+            self.io.stats.unexpected += 1;
+            return;
+        };
+        if p.msg_id != h.message_id || p.exchange != h.exchange {
+            self.io.stats.unexpected += 1;
+            return;
+        }
+        if h.exchange == ExchangeType::IKE_SA_INIT {
+            self.init_response(now, sa, local, remote, data, msg);
+            return;
+        }
+        let Some(Payload::Sk(enc)) = msg.payloads.last() else {
+            self.io.stats.malformed += 1;
+            return;
+        };
+        let Some(sk) = &sa.sk else { return };
+        let inner = match sk.open(data, enc) {
+            Ok(p) => p,
+            Err(SkError::Integrity) => {
+                self.io.stats.integrity_failures += 1;
+                return;
+            }
+            Err(SkError::Decode(_)) => {
+                self.io.stats.malformed += 1;
+                return;
+            }
+        };
+        let Some(pending) = sa.pending.take() else {
+            return;
+        };
+        sa.last_rx = now;
+        self.update_addresses(sa, local, remote);
+        match pending.kind {
+            Req::Auth => self.auth_response(now, sa, inner),
+            Req::CreateChild {
+                rekey,
+                child,
+                ni,
+                dh,
+            } => self.create_child_response(now, sa, inner, rekey, child, ni, dh),
+            Req::RekeyIke { new_spi, ni, dh } => {
+                self.rekey_ike_response(now, sa, inner, new_spi, ni, dh)
+            }
+            Req::DeleteChildren(spis) => {
+                for s in spis {
+                    self.io.child_spis.remove(&s);
+                    if let Some(pos) = sa.children.iter().position(|c| c.sa.spi_in == s) {
+                        let c = sa.children.remove(pos);
+                        if let Some(peer) = sa.peer {
+                            self.io.event(Event::ChildSaDeleted {
+                                peer,
+                                spi_in: c.sa.spi_in,
+                                spi_out: c.sa.spi_out,
+                            });
+                        }
+                    }
+                }
+            }
+            Req::DeleteIke => {
+                let reason = if sa.retiring {
+                    DeleteReason::Rekeyed
+                } else {
+                    DeleteReason::LocalRequest
+                };
+                self.remove_sa(sa, reason);
+            }
+            Req::Dpd | Req::Notify | Req::Init => {}
+        }
+        if !sa.dead {
+            self.next_task(now, sa);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create_child_response(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        inner: Vec<Payload>,
+        rekey: Option<u32>,
+        req: ChildRequest,
+        ni: Vec<u8>,
+        dh: Option<DhPrivate>,
+    ) {
+        let peer = sa.peer;
+        if let Some(n) = inner.iter().find_map(error_notify) {
+            self.io.child_spis.remove(&req.spi_in);
+            let ntype = n.ntype;
+            let old = rekey.and_then(|o| sa.child_by_in(o));
+            let collided = old.as_ref().is_some_and(|c| c.collision.is_some());
+            if let Some(c) = old {
+                if c.collision.take().is_some() {
+                    // The peer's simultaneous rekey is the one that survives.
+                    c.state = ChildState::Rekeyed;
+                } else if c.state == ChildState::Rekeying {
+                    c.state = ChildState::Installed;
+                }
+            }
+            match ntype {
+                NotifyType::TEMPORARY_FAILURE if !collided => {
+                    // RFC 7296 §2.25: retry after a short random delay.
+                    let delay = Duration::from_millis(2000 + u64::from(self.io.u32() % 4000));
+                    sa.retry_at = Some(now + delay);
+                    if let Some(o) = rekey {
+                        sa.tasks.push_front(Task::RekeyChild(o));
+                    }
+                    self.io.log(
+                        peer,
+                        Level::Info,
+                        "temporary_failure",
+                        "peer is busy (TEMPORARY_FAILURE); retrying the rekey".into(),
+                    );
+                }
+                NotifyType::TEMPORARY_FAILURE => {}
+                NotifyType::CHILD_SA_NOT_FOUND => {
+                    if let Some(pos) =
+                        rekey.and_then(|o| sa.children.iter().position(|c| c.sa.spi_in == o))
+                    {
+                        let c = sa.children.remove(pos);
+                        self.io.child_spis.remove(&c.sa.spi_in);
+                        if let Some(peer) = peer {
+                            self.io.event(Event::ChildSaDeleted {
+                                peer,
+                                spi_in: c.sa.spi_in,
+                                spi_out: c.sa.spi_out,
+                            });
+                        }
+                    }
+                }
+                NotifyType::INVALID_KE_PAYLOAD => {
+                    let g = <[u8; 2]>::try_from(n.data.as_slice())
+                        .map(u16::from_be_bytes)
+                        .map_or_else(|_| "?".into(), group_name);
+                    let ours = sa.cfg.esp.pfs.map_or("none", |g| g.name());
+                    self.io.fail(peer, Phase::Phase2, format!("peer requires PFS group {g} (INVALID_KE_PAYLOAD); this tunnel uses {ours}"));
+                }
+                other => self
+                    .io
+                    .fail(peer, Phase::Phase2, child_refusal(other, &sa.cfg)),
+            }
+            return;
+        }
+        let Some(nr) = find_nonce(&inner).map(<[u8]>::to_vec) else {
+            self.io.stats.malformed += 1;
+            return;
+        };
+        match self.child_initiator(sa, &inner, &req, &ni, &nr, dh.as_ref()) {
+            Err(reason) => {
+                self.io.fail(peer, Phase::Phase2, reason);
+                if let Some(c) = rekey.and_then(|o| sa.child_by_in(o)) {
+                    c.state = ChildState::Installed;
+                }
+                sa.tasks.push_back(Task::DeleteChildren(vec![req.spi_in]));
+            }
+            Ok(child) => {
+                let new_in = child.spi_in;
+                self.child_established(now, sa, child, rekey);
+                let Some(old) = rekey.and_then(|o| sa.child_by_in(o)) else {
+                    return;
+                };
+                let old_in = old.sa.spi_in;
+                old.state = ChildState::Rekeyed;
+                old.rekey_at = None;
+                match old.collision.take() {
+                    // RFC 7296 §2.8.1: the SA created with the lowest nonce is redundant
+                    // and is deleted by the peer that initiated it.
+                    Some((theirs, _)) if min_nonce(&ni, &nr) < theirs => {
+                        self.io.log(peer, Level::Info, "rekey_collision", format!("simultaneous rekey: our Child SA {new_in:08x} is redundant; deleting it"));
+                        sa.tasks.push_back(Task::DeleteChildren(vec![new_in]));
+                    }
+                    Some(_) => {
+                        self.io.log(
+                            peer,
+                            Level::Info,
+                            "rekey_collision",
+                            format!("simultaneous rekey: ours wins; deleting {old_in:08x}"),
+                        );
+                        sa.tasks.push_back(Task::DeleteChildren(vec![old_in]));
+                    }
+                    None => sa.tasks.push_back(Task::DeleteChildren(vec![old_in])),
+                }
+            }
+        }
+    }
+
+    fn rekey_ike_response(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        inner: Vec<Payload>,
+        new_spi: u64,
+        ni: Vec<u8>,
+        dh: DhPrivate,
+    ) {
+        let peer = sa.peer;
+        if let Some(n) = inner.iter().find_map(error_notify) {
+            if n.ntype == NotifyType::TEMPORARY_FAILURE && sa.rekeyed_to.is_none() {
+                sa.retry_at =
+                    Some(now + Duration::from_millis(2000 + u64::from(self.io.u32() % 4000)));
+                sa.tasks.push_front(Task::RekeyIke);
+            } else if n.ntype != NotifyType::TEMPORARY_FAILURE {
+                self.io.fail(
+                    peer,
+                    Phase::Phase1,
+                    format!("IKE SA rekey refused by peer ({})", notify_name(n.ntype)),
+                );
+            }
+            return;
+        }
+        let (Some(sa_p), Some(ke), Some(nr)) =
+            (find_sa(&inner), find_ke(&inner), find_nonce(&inner))
+        else {
+            self.io.stats.malformed += 1;
+            return;
+        };
+        let peer_spi = check_ike_answer(sa_p, &sa.cfg.ike)
+            .and_then(|s| <[u8; 8]>::try_from(s.as_slice()).ok())
+            .map(u64::from_be_bytes);
+        let Some(peer_spi) = peer_spi.filter(|s| *s != 0) else {
+            self.io.fail(
+                peer,
+                Phase::Phase1,
+                format!(
+                    "peer chose {} to rekey the IKE SA, which we did not offer",
+                    describe(sa_p)
+                ),
+            );
+            return;
+        };
+        let Ok(shared) = dh.shared_secret(&ke.data).map_err(|_| ()).and_then(|s| {
+            if ke.group == dh.group().iana_id() {
+                Ok(s)
+            } else {
+                Err(())
+            }
+        }) else {
+            self.io.fail(
+                peer,
+                Phase::Phase1,
+                "peer's KE payload for the IKE SA rekey is invalid".into(),
+            );
+            return;
+        };
+        let Some(sk_d) = sa.keys.as_ref().map(|k| k.sk_d.clone()) else {
+            return;
+        };
+        let mut new = IkeSa::new(
+            sa.cfg.clone(),
+            peer,
+            true,
+            new_spi,
+            peer_spi,
+            sa.local,
+            sa.remote,
+            State::Established,
+            now,
+        );
+        new.nat_local = sa.nat_local;
+        new.nat_remote = sa.nat_remote;
+        if !self.set_ike_keys(
+            &mut new,
+            Some((sa.cfg.ike.prf(), sk_d.as_slice())),
+            &shared,
+            &ni,
+            nr,
+        ) {
+            return;
+        }
+        self.arm_ike_timers(now, &mut new);
+        let redundant = sa
+            .ike_collision
+            .as_ref()
+            .is_some_and(|(theirs, _)| min_nonce(&ni, nr) < *theirs);
+        if redundant {
+            // RFC 7296 §2.8.1: ours has the lowest nonce; the peer's SA survives and the
+            // peer deletes the old one.
+            self.io.log(
+                peer,
+                Level::Info,
+                "rekey_collision",
+                "simultaneous IKE SA rekey: ours is redundant; deleting it".into(),
+            );
+            new.retiring = true;
+            new.tasks.push_back(Task::DeleteIke);
+            self.next_task(now, &mut new);
+            self.sas.insert(new_spi, new);
+            return;
+        }
+        self.sas.insert(new_spi, new);
+        self.transfer_children(sa, new_spi);
+        sa.retiring = true;
+        sa.rekeyed_to = None;
+        sa.tasks.clear();
+        sa.tasks.push_back(Task::DeleteIke);
+    }
+}
+
+// ---- helpers -------------------------------------------------------------------------
+
+/// Our SA answer, narrowed TSi and TSr, and the Child SA.
+type ChildOffer = (SaPayload, Vec<TsRange>, Vec<TsRange>, ChildSa);
+
+fn notify(t: NotifyType) -> Payload {
+    Payload::Notify(Notify::new(t, Vec::new()))
+}
+
+fn notify_n(t: NotifyType) -> Notify {
+    Notify::new(t, Vec::new())
+}
+
+fn find_sa(p: &[Payload]) -> Option<&SaPayload> {
+    p.iter().find_map(|x| {
+        if let Payload::Sa(s) = x {
+            Some(s)
+        } else {
+            None
+        }
+    })
+}
+
+fn find_ke(p: &[Payload]) -> Option<&KeyExchange> {
+    p.iter().find_map(|x| {
+        if let Payload::Ke(s) = x {
+            Some(s)
+        } else {
+            None
+        }
+    })
+}
+
+fn find_nonce(p: &[Payload]) -> Option<&[u8]> {
+    p.iter().find_map(|x| {
+        if let Payload::Nonce(s) = x {
+            Some(s.as_slice())
+        } else {
+            None
+        }
+    })
+}
+
+fn find_idi(p: &[Payload]) -> Option<&Identification> {
+    p.iter().find_map(|x| {
+        if let Payload::IdI(s) = x {
+            Some(s)
+        } else {
+            None
+        }
+    })
+}
+
+fn find_idr(p: &[Payload]) -> Option<&Identification> {
+    p.iter().find_map(|x| {
+        if let Payload::IdR(s) = x {
+            Some(s)
+        } else {
+            None
+        }
+    })
+}
+
+fn find_auth(p: &[Payload]) -> Option<&Auth> {
+    p.iter().find_map(|x| {
+        if let Payload::Auth(s) = x {
+            Some(s)
+        } else {
+            None
+        }
+    })
+}
+
+fn find_tsi(p: &[Payload]) -> Option<&[TrafficSelector]> {
+    p.iter().find_map(|x| {
+        if let Payload::TsI(s) = x {
+            Some(s.as_slice())
+        } else {
+            None
+        }
+    })
+}
+
+fn find_tsr(p: &[Payload]) -> Option<&[TrafficSelector]> {
+    p.iter().find_map(|x| {
+        if let Payload::TsR(s) = x {
+            Some(s.as_slice())
+        } else {
+            None
+        }
+    })
+}
+
+fn notifies(p: &[Payload], t: NotifyType) -> impl Iterator<Item = &Notify> {
+    p.iter().filter_map(move |x| {
+        if let Payload::Notify(n) = x {
+            (n.ntype == t).then_some(n)
+        } else {
+            None
+        }
+    })
+}
+
+fn find_notify(p: &[Payload], t: NotifyType) -> Option<&Notify> {
+    notifies(p, t).next()
+}
+
+fn error_notify(p: &Payload) -> Option<&Notify> {
+    if let Payload::Notify(n) = p {
+        n.ntype.is_error().then_some(n)
+    } else {
+        None
+    }
+}
+
+fn has_nat_d(p: &[Payload]) -> bool {
+    find_notify(p, NotifyType::NAT_DETECTION_SOURCE_IP).is_some()
+        || find_notify(p, NotifyType::NAT_DETECTION_DESTINATION_IP).is_some()
+}
+
+fn wire_ts(list: &[TsRange]) -> Vec<TrafficSelector> {
+    list.iter().map(|t| t.to_wire()).collect()
+}
+
+fn wire_ts_string(list: &[TrafficSelector]) -> String {
+    let v: Vec<TsRange> = list.iter().filter_map(TsRange::from_wire).collect();
+    if v.is_empty() {
+        "nothing".into()
+    } else {
+        list_to_string(&v)
+    }
+}
+
+fn group_name(id: u16) -> String {
+    crypto::DhGroup::from_iana(id).map_or_else(|| format!("{id}"), |g| g.name().to_string())
+}
+
+fn min_nonce(a: &[u8], b: &[u8]) -> Vec<u8> {
+    a.min(b).to_vec()
+}
+
+fn nat_note(sa: &IkeSa) -> String {
+    match (sa.nat_local, sa.nat_remote) {
+        (false, false) => String::new(),
+        (true, false) => ", NAT detected (we are behind it)".into(),
+        (false, true) => ", NAT detected (peer is behind it)".into(),
+        (true, true) => ", NAT detected on both sides".into(),
+    }
+}
+
+fn child_refusal(n: NotifyType, cfg: &PeerConfig) -> String {
+    match n {
+        NotifyType::NO_PROPOSAL_CHOSEN => format!(
+            "peer rejected our proposal {} (NO_PROPOSAL_CHOSEN)",
+            cfg.esp.name()
+        ),
+        NotifyType::TS_UNACCEPTABLE => {
+            let l: Vec<String> = cfg.local_ts.iter().map(ToString::to_string).collect();
+            let r: Vec<String> = cfg.remote_ts.iter().map(ToString::to_string).collect();
+            format!(
+                "traffic selectors unacceptable (TS_UNACCEPTABLE): we proposed {} === {}",
+                l.join(" "),
+                r.join(" ")
+            )
+        }
+        other => format!("peer refused the Child SA ({})", notify_name(other)),
+    }
+}
+
+/// Compares MACs in constant time.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,340 @@
+//! IKE SA and Child SA state kept by the endpoint.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crypto::{DhGroup, DhPrivate};
+
+use crate::config::{PeerConfig, PeerId};
+use crate::event::{ChildSa, IkeAlgorithms};
+use crate::keys::{IkeKeys, IkeSuite};
+use crate::sk::SkCrypto;
+use crate::ts::TsRange;
+use crate::wire::registry::ExchangeType;
+use crate::wire::{Flags, HeaderRepr};
+
+/// Where the IKE SA's own handshake is. Each handshake state carries exactly what the
+/// next message needs, so stale data cannot be reused (rustls style).
+pub(crate) enum State {
+    /// Initiator: IKE_SA_INIT sent, waiting for the response.
+    ExpectInitResponse(Box<ExpectInitResponse>),
+    /// Initiator: IKE_AUTH sent.
+    ExpectAuthResponse(ExpectAuthResponse),
+    /// Responder: IKE_SA_INIT answered, waiting for IKE_AUTH.
+    ExpectAuthRequest(Handshake),
+    Established,
+}
+
+pub(crate) struct ExpectInitResponse {
+    pub dh: DhPrivate,
+    pub ni: Vec<u8>,
+    pub cookie: Option<Vec<u8>>,
+    pub cookie_tries: u8,
+}
+
+/// Both IKE_SA_INIT messages as sent/received, signed by AUTH (RFC 7296 §2.15).
+pub(crate) struct Handshake {
+    pub msg1: Vec<u8>,
+    pub msg2: Vec<u8>,
+}
+
+pub(crate) struct ExpectAuthResponse {
+    pub hs: Handshake,
+    pub child: ChildRequest,
+}
+
+/// What we proposed for a Child SA, to check the answer against.
+#[derive(Clone)]
+pub(crate) struct ChildRequest {
+    pub spi_in: u32,
+    pub local_ts: Vec<TsRange>,
+    pub remote_ts: Vec<TsRange>,
+}
+
+/// Our outstanding request (RFC 7296 §2.3: window of one).
+pub(crate) struct Pending {
+    pub msg_id: u32,
+    pub exchange: ExchangeType,
+    pub bytes: Vec<u8>,
+    pub kind: Req,
+    pub first_sent: Instant,
+    pub next_retx: Instant,
+    pub retx: u32,
+}
+
+pub(crate) enum Req {
+    Init,
+    Auth,
+    CreateChild {
+        rekey: Option<u32>,
+        child: ChildRequest,
+        ni: Vec<u8>,
+        dh: Option<DhPrivate>,
+    },
+    RekeyIke {
+        new_spi: u64,
+        ni: Vec<u8>,
+        dh: DhPrivate,
+    },
+    DeleteChildren(Vec<u32>),
+    DeleteIke,
+    Dpd,
+    /// An error notification we send as initiator (§2.21.2); the answer is ignored.
+    Notify,
+}
+
+impl Req {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Req::Init => "IKE_SA_INIT",
+            Req::Auth => "IKE_AUTH",
+            Req::CreateChild { rekey: Some(_), .. } => "CREATE_CHILD_SA (rekey Child SA)",
+            Req::CreateChild { .. } => "CREATE_CHILD_SA",
+            Req::RekeyIke { .. } => "CREATE_CHILD_SA (rekey IKE SA)",
+            Req::DeleteChildren(_) => "INFORMATIONAL (delete Child SA)",
+            Req::DeleteIke => "INFORMATIONAL (delete IKE SA)",
+            Req::Dpd => "INFORMATIONAL (liveness check)",
+            Req::Notify => "INFORMATIONAL (notify)",
+        }
+    }
+}
+
+/// Exchanges waiting for the window to open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Task {
+    RekeyChild(u32),
+    RekeyIke,
+    DeleteChildren(Vec<u32>),
+    DeleteIke,
+    Dpd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChildState {
+    Installed,
+    /// Our CREATE_CHILD_SA rekeying it is outstanding.
+    Rekeying,
+    /// Replaced; waiting for its Delete.
+    Rekeyed,
+    /// Our Delete for it is outstanding.
+    Deleting,
+}
+
+pub(crate) struct Child {
+    pub sa: ChildSa,
+    pub state: ChildState,
+    pub rekey_at: Option<Instant>,
+    pub expire_at: Option<Instant>,
+    /// The peer rekeyed this child while we were rekeying it (RFC 7296 §2.8.1): the
+    /// lowest nonce of the peer's exchange and the SPI of the child it created.
+    pub collision: Option<(Vec<u8>, u32)>,
+}
+
+pub(crate) struct IkeSa {
+    /// `None` for a responder until IKE_AUTH identifies the peer.
+    pub peer: Option<PeerId>,
+    /// Responder: peers this SA could belong to (same addresses and IKE algorithms).
+    pub candidates: Vec<PeerId>,
+    pub cfg: PeerConfig,
+    /// We set the Initiator flag (original initiator, or initiator of the rekey
+    /// exchange that created this SA).
+    pub initiator: bool,
+    pub spi_i: u64,
+    pub spi_r: u64,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub state: State,
+    pub algs: Option<IkeAlgorithms>,
+    pub keys: Option<IkeKeys>,
+    pub sk: Option<SkCrypto>,
+    pub ni: Vec<u8>,
+    pub nr: Vec<u8>,
+    pub next_msg_id: u32,
+    pub peer_msg_id: u32,
+    pub last_response: Option<(u32, Vec<u8>)>,
+    pub pending: Option<Pending>,
+    pub tasks: VecDeque<Task>,
+    pub children: Vec<Child>,
+    pub nat_local: bool,
+    pub nat_remote: bool,
+    pub last_rx: Instant,
+    pub rekey_at: Option<Instant>,
+    pub expire_at: Option<Instant>,
+    pub retry_at: Option<Instant>,
+    pub half_open_until: Option<Instant>,
+    /// Kept only to answer retransmitted requests after a failure.
+    pub linger_until: Option<Instant>,
+    /// Replaced by a rekey; no new exchanges start on it.
+    pub retiring: bool,
+    /// As rekey responder: our SPI of the IKE SA that replaces this one.
+    pub rekeyed_to: Option<u64>,
+    /// Simultaneous IKE SA rekey: the peer's exchange's lowest nonce and the SA it made.
+    pub ike_collision: Option<(Vec<u8>, u64)>,
+    pub dead: bool,
+}
+
+impl IkeSa {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: PeerConfig,
+        peer: Option<PeerId>,
+        initiator: bool,
+        spi_i: u64,
+        spi_r: u64,
+        local: SocketAddr,
+        remote: SocketAddr,
+        state: State,
+        now: Instant,
+    ) -> Self {
+        Self {
+            peer,
+            candidates: peer.into_iter().collect(),
+            cfg,
+            initiator,
+            spi_i,
+            spi_r,
+            local,
+            remote,
+            state,
+            algs: None,
+            keys: None,
+            sk: None,
+            ni: Vec::new(),
+            nr: Vec::new(),
+            next_msg_id: 0,
+            peer_msg_id: 0,
+            last_response: None,
+            pending: None,
+            tasks: VecDeque::new(),
+            children: Vec::new(),
+            nat_local: false,
+            nat_remote: false,
+            last_rx: now,
+            rekey_at: None,
+            expire_at: None,
+            retry_at: None,
+            half_open_until: None,
+            linger_until: None,
+            retiring: false,
+            rekeyed_to: None,
+            ike_collision: None,
+            dead: false,
+        }
+    }
+
+    /// Our SPI, the key of the endpoint's SA table.
+    pub fn our_spi(&self) -> u64 {
+        if self.initiator {
+            self.spi_i
+        } else {
+            self.spi_r
+        }
+    }
+
+    pub fn header(&self, exchange: ExchangeType, response: bool, message_id: u32) -> HeaderRepr {
+        let mut flags = 0;
+        if self.initiator {
+            flags |= Flags::INITIATOR;
+        }
+        if response {
+            flags |= Flags::RESPONSE;
+        }
+        HeaderRepr {
+            spi_i: self.spi_i,
+            spi_r: self.spi_r,
+            next_payload: crate::wire::registry::PayloadType::NONE,
+            exchange,
+            flags: Flags(flags),
+            message_id,
+            length: 0,
+        }
+    }
+
+    pub fn established(&self) -> bool {
+        matches!(self.state, State::Established)
+    }
+
+    pub fn suite(&self) -> IkeSuite {
+        let p = &self.cfg.ike;
+        IkeSuite {
+            encr: p.encr,
+            integ: p.negotiated_integ(),
+            prf: p.prf(),
+        }
+    }
+
+    pub fn dh_group(&self) -> DhGroup {
+        self.cfg.ike.dh
+    }
+
+    pub fn udp_encap(&self) -> bool {
+        self.nat_local || self.nat_remote
+    }
+
+    pub fn child_by_in(&mut self, spi_in: u32) -> Option<&mut Child> {
+        self.children.iter_mut().find(|c| c.sa.spi_in == spi_in)
+    }
+
+    pub fn child_by_out(&mut self, spi_out: u32) -> Option<&mut Child> {
+        self.children.iter_mut().find(|c| c.sa.spi_out == spi_out)
+    }
+
+    /// The next time anything about this SA is due.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        let mut t: Option<Instant> = None;
+        let mut at = |x: Option<Instant>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        };
+        if self.linger_until.is_some() {
+            at(self.linger_until);
+            return t;
+        }
+        if let Some(p) = &self.pending {
+            at(Some(p.next_retx));
+            if matches!(p.kind, Req::Dpd) {
+                at(Some(p.first_sent + self.cfg.dpd_timeout));
+            }
+        }
+        at(self.half_open_until);
+        at(self.retry_at);
+        if self.established() && !self.retiring {
+            at(self.rekey_at);
+            at(self.expire_at);
+            for c in &self.children {
+                at(c.rekey_at);
+                at(c.expire_at);
+            }
+            if let (Some(i), None) = (self.cfg.dpd_interval, &self.pending) {
+                at(Some(self.last_rx + i));
+            }
+        }
+        t
+    }
+}
+
+/// Soft lifetime: 90% of the lifetime minus up to 5% random jitter, so that both
+/// peers rarely rekey at the same moment; `None` for a zero lifetime (no rekey).
+pub(crate) fn soft_lifetime(lifetime: Duration, random: u32) -> Option<Duration> {
+    if lifetime.is_zero() {
+        return None;
+    }
+    let jitter = lifetime.mul_f64(0.05 * f64::from(random) / f64::from(u32::MAX));
+    Some(lifetime.mul_f64(0.9).saturating_sub(jitter))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn soft_lifetime_bounds() {
+        let l = Duration::from_secs(3600);
+        assert_eq!(soft_lifetime(l, 0), Some(Duration::from_secs(3240)));
+        let max_jitter = soft_lifetime(l, u32::MAX).unwrap();
+        assert!(max_jitter >= Duration::from_secs(3059) && max_jitter <= Duration::from_secs(3061));
+        assert_eq!(soft_lifetime(Duration::ZERO, 7), None);
+    }
+}

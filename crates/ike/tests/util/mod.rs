@@ -1,0 +1,351 @@
+//! A `Pair` harness (quinn-proto style): two endpoints back to back on a virtual clock,
+//! a deterministic random source and a datagram queue that tests can drop, duplicate,
+//! delay or rewrite (NAT).
+
+#![allow(dead_code, clippy::unwrap_used)] // test support code, not a #[test] fn
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crypto::{DhGroup, Encr, Integ, Random};
+use ike::{
+    Endpoint, EndpointConfig, EspProposal, Event, Identity, IkeProposal, PeerConfig, PeerId, Psk,
+};
+
+/// SplitMix64: deterministic and good enough for SPIs and nonces in tests.
+pub struct TestRng(pub u64);
+
+impl Random for TestRng {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            chunk.copy_from_slice(&z.to_be_bytes()[..chunk.len()]);
+        }
+    }
+}
+
+pub const A_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+pub const B_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+/// With NAT on: A's private address and the NAT's public one.
+pub const A_PRIVATE: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+pub const NAT_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 5);
+
+pub const PEER_A: PeerId = PeerId(1); // A's view of B
+pub const PEER_B: PeerId = PeerId(2); // B's view of A
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    A,
+    B,
+}
+
+/// A datagram in flight, addressed as on the wire between the two sides.
+#[derive(Debug, Clone)]
+pub struct Pkt {
+    pub to: Side,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub payload: Vec<u8>,
+    /// Sequence number over the whole run (0 = first datagram ever sent).
+    pub seq: usize,
+}
+
+pub enum Fate {
+    Deliver,
+    Drop,
+    Duplicate,
+    /// Deliver after `n` later datagrams have been delivered.
+    Delay(usize),
+}
+
+pub fn ike(encr: Encr, integ: Integ, dh: DhGroup) -> IkeProposal {
+    IkeProposal { encr, integ, dh }
+}
+
+pub fn sock(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::from((ip, port))
+}
+
+/// A's configuration towards B (and B's mirror, via [`mirror`]).
+pub fn config_a() -> PeerConfig {
+    PeerConfig {
+        local: sock(A_IP, 500),
+        remote: Some(sock(B_IP, 500)),
+        local_id: Identity::Ipv4(A_IP),
+        remote_id: Identity::Ipv4(B_IP),
+        psk: Psk::new("correct horse battery staple"),
+        ike: ike(Encr::AesCbc128, Integ::HmacSha1_96, DhGroup::Modp1024),
+        esp: EspProposal {
+            encr: Encr::AesCbc128,
+            integ: Integ::HmacSha1_96,
+            pfs: None,
+        },
+        ike_lifetime: Duration::ZERO,
+        child_lifetime: Duration::ZERO,
+        local_ts: vec!["10.1.0.0/16".parse().unwrap()],
+        remote_ts: vec!["10.2.0.0/16".parse().unwrap()],
+        dpd_interval: None,
+        dpd_timeout: Duration::from_secs(30),
+        nat_traversal: true,
+    }
+}
+
+pub fn mirror(a: &PeerConfig) -> PeerConfig {
+    let mut b = a.clone();
+    b.local = a.remote.unwrap();
+    b.remote = Some(a.local);
+    b.local_id = a.remote_id.clone();
+    b.remote_id = a.local_id.clone();
+    b.local_ts = a.remote_ts.clone();
+    b.remote_ts = a.local_ts.clone();
+    b
+}
+
+pub struct Pair {
+    pub now: Instant,
+    pub start: Instant,
+    pub a: Endpoint,
+    pub b: Endpoint,
+    pub a_events: Vec<Event>,
+    pub b_events: Vec<Event>,
+    pub nat: bool,
+    pub fate: Box<dyn FnMut(&Pkt) -> Fate>,
+    pub held: Vec<(usize, Pkt)>,
+    pub sent: usize,
+    /// Every datagram ever put on the wire, for inspection.
+    pub wire: Vec<Pkt>,
+}
+
+impl Pair {
+    pub fn new(a_cfg: PeerConfig, b_cfg: PeerConfig) -> Self {
+        Self::with_seed(a_cfg, b_cfg, 1)
+    }
+
+    pub fn with_seed(a_cfg: PeerConfig, b_cfg: PeerConfig, seed: u64) -> Self {
+        #[allow(clippy::disallowed_methods)] // the one real clock read: the virtual epoch
+        let start = Instant::now();
+        let mut a = Endpoint::new(EndpointConfig::default(), Box::new(TestRng(seed)));
+        let mut b = Endpoint::new(
+            EndpointConfig::default(),
+            Box::new(TestRng(seed.wrapping_mul(7919) ^ 0xdead_beef)),
+        );
+        a.add_peer(PEER_A, a_cfg).unwrap();
+        b.add_peer(PEER_B, b_cfg).unwrap();
+        Self {
+            now: start,
+            start,
+            a,
+            b,
+            a_events: Vec::new(),
+            b_events: Vec::new(),
+            nat: false,
+            fate: Box::new(|_| Fate::Deliver),
+            held: Vec::new(),
+            sent: 0,
+            wire: Vec::new(),
+        }
+    }
+
+    /// A behind a NAT: A's configured local address is private.
+    pub fn with_nat(mut a_cfg: PeerConfig, b_cfg: PeerConfig) -> Self {
+        a_cfg.local = sock(A_PRIVATE, 500);
+        let mut p = Self::new(a_cfg, b_cfg);
+        p.nat = true;
+        p
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.now - self.start
+    }
+
+    fn nat_port(port: u16) -> u16 {
+        if port == 4500 { 44500 } else { 40000 + port }
+    }
+
+    /// Collects what both endpoints want to send, as it appears on the wire.
+    fn collect(&mut self) -> Vec<Pkt> {
+        let mut out = Vec::new();
+        while let Some(t) = self.a.poll_transmit() {
+            let src = if self.nat {
+                sock(NAT_IP, Self::nat_port(t.local.port()))
+            } else {
+                t.local
+            };
+            assert_eq!(
+                t.remote.ip(),
+                std::net::IpAddr::V4(B_IP),
+                "A sent to {}",
+                t.remote
+            );
+            out.push(Pkt {
+                to: Side::B,
+                src,
+                dst: t.remote,
+                payload: t.payload,
+                seq: 0,
+            });
+        }
+        while let Some(t) = self.b.poll_transmit() {
+            let dst = if self.nat {
+                assert_eq!(
+                    t.remote.ip(),
+                    std::net::IpAddr::V4(NAT_IP),
+                    "B sent to {}",
+                    t.remote
+                );
+                let port = if t.remote.port() == 44500 {
+                    4500
+                } else {
+                    t.remote.port() - 40000
+                };
+                sock(A_PRIVATE, port)
+            } else {
+                t.remote
+            };
+            out.push(Pkt {
+                to: Side::A,
+                src: t.local,
+                dst,
+                payload: t.payload,
+                seq: 0,
+            });
+        }
+        for p in &mut out {
+            p.seq = self.sent;
+            self.sent += 1;
+            self.wire.push(p.clone());
+        }
+        out
+    }
+
+    fn deliver(&mut self, p: &Pkt) {
+        match p.to {
+            Side::A => self.a.handle_datagram(self.now, p.dst, p.src, &p.payload),
+            Side::B => self.b.handle_datagram(self.now, p.dst, p.src, &p.payload),
+        }
+        for h in &mut self.held {
+            h.0 = h.0.saturating_sub(1);
+        }
+    }
+
+    /// Exchanges datagrams until nothing is in flight (time does not move).
+    pub fn drive(&mut self) {
+        for _ in 0..10_000 {
+            let batch = self.collect();
+            if batch.is_empty() {
+                if self.held.is_empty() {
+                    break;
+                }
+                // Nothing else is in flight: what was delayed arrives now.
+                for (_, p) in std::mem::take(&mut self.held) {
+                    self.deliver(&p);
+                }
+                continue;
+            }
+            for p in batch {
+                match (self.fate)(&p) {
+                    Fate::Deliver => self.deliver(&p),
+                    Fate::Drop => {}
+                    Fate::Duplicate => {
+                        self.deliver(&p);
+                        self.deliver(&p);
+                    }
+                    Fate::Delay(n) => self.held.push((n, p)),
+                }
+                let (ready, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+                    .into_iter()
+                    .partition(|(n, _)| *n == 0);
+                self.held = keep;
+                for (_, p) in ready {
+                    self.deliver(&p);
+                }
+            }
+        }
+        self.collect_events();
+    }
+
+    pub fn collect_events(&mut self) {
+        while let Some(e) = self.a.poll_event() {
+            self.a_events.push(e);
+        }
+        while let Some(e) = self.b.poll_event() {
+            self.b_events.push(e);
+        }
+    }
+
+    /// Moves the clock forward by `d`, firing timers on the way.
+    pub fn advance(&mut self, d: Duration) {
+        let target = self.now + d;
+        loop {
+            let next = [self.a.poll_timeout(), self.b.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            match next {
+                Some(t) if t <= target => {
+                    self.now = self.now.max(t);
+                    self.a.handle_timeout(self.now);
+                    self.b.handle_timeout(self.now);
+                    self.drive();
+                }
+                _ => break,
+            }
+        }
+        self.now = target;
+        self.drive();
+    }
+
+    pub fn initiate_a(&mut self) {
+        self.a.initiate(self.now, PEER_A).unwrap();
+        self.drive();
+    }
+
+    pub fn initiate_b(&mut self) {
+        self.b.initiate(self.now, PEER_B).unwrap();
+        self.drive();
+    }
+
+    pub fn failures(events: &[Event]) -> Vec<(ike::Phase, String)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::NegotiationFailed { phase, reason, .. } => Some((*phase, reason.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn count(events: &[Event], f: impl Fn(&Event) -> bool) -> usize {
+        events.iter().filter(|e| f(e)).count()
+    }
+
+    /// Both sides have exactly one Child SA and their keys and SPIs pair up.
+    pub fn assert_children_match(&self) {
+        let ca = self.a.child_sas(PEER_A);
+        let cb = self.b.child_sas(PEER_B);
+        assert_eq!(ca.len(), 1, "A children: {ca:?}");
+        assert_eq!(cb.len(), 1, "B children: {cb:?}");
+        let (a, b) = (&ca[0], &cb[0]);
+        assert_eq!(a.spi_out, b.spi_in);
+        assert_eq!(a.spi_in, b.spi_out);
+        assert_eq!(a.encr_key_out, b.encr_key_in);
+        assert_eq!(a.encr_key_in, b.encr_key_out);
+        assert_eq!(a.integ_key_out, b.integ_key_in);
+        assert_eq!(a.integ_key_in, b.integ_key_out);
+        assert_ne!(a.encr_key_in, a.encr_key_out);
+        assert_eq!(a.encr_key_out.as_slice().len(), a.encr.key_len());
+        assert_eq!(a.local_ts, b.remote_ts);
+        assert_eq!(a.remote_ts, b.local_ts);
+    }
+
+    pub fn assert_ike_match(&self) {
+        let a = self.a.ike_sas(PEER_A);
+        let b = self.b.ike_sas(PEER_B);
+        assert_eq!(a.len(), 1, "A IKE SAs {a:?}");
+        assert_eq!(a, b);
+    }
+}
