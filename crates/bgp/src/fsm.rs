@@ -46,6 +46,9 @@ pub enum Event {
     ManualStop,
     /// 3 AutomaticStart / 5 (by mode): restart after the idle hold time.
     AutomaticStart,
+    /// 8 AutomaticStop: local policy ends the session (e.g. the prefix
+    /// limit, RFC 4486 Cease 6/1), sending this NOTIFICATION.
+    AutomaticStop(Notification),
     /// 9 ConnectRetryTimer_Expires.
     ConnectRetryTimerExpires,
     /// 10 HoldTimer_Expires.
@@ -132,7 +135,9 @@ pub fn fsm_event(state: State, event: &Event, mode: Mode) -> (State, Vec<Action>
         (S::Idle, E::TcpConnectionConfirmed) => (S::Idle, vec![A::Close]),
         (S::Idle, _) => (S::Idle, vec![]),
 
-        (S::Connect | S::Active, E::ManualStop) => (S::Idle, vec![A::StopTimers, A::Close]),
+        (S::Connect | S::Active, E::ManualStop | E::AutomaticStop(_)) => {
+            (S::Idle, vec![A::StopTimers, A::Close])
+        }
         (S::Connect | S::Active, E::ManualStart | E::AutomaticStart) => (state, vec![]),
         (S::Connect | S::Active, E::TcpConnectionConfirmed) => (
             S::OpenSent,
@@ -154,6 +159,9 @@ pub fn fsm_event(state: State, event: &Event, mode: Mode) -> (State, Vec<Action>
         (S::Connect | S::Active, _) => (S::Idle, vec![A::StopTimers, A::Close]),
 
         (S::OpenSent | S::OpenConfirm | S::Established, E::ManualStop) => fail(Some(cease())),
+        (S::OpenSent | S::OpenConfirm | S::Established, E::AutomaticStop(n)) => {
+            fail(Some(n.clone()))
+        }
         (S::OpenSent | S::OpenConfirm | S::Established, E::ManualStart | E::AutomaticStart) => {
             (state, vec![])
         }

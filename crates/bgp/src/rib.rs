@@ -13,7 +13,7 @@ use std::sync::Arc;
 use ipnet::Ipv4Net;
 
 use crate::session::RouteChanges;
-use crate::update::PathAttrs;
+use crate::update::{Origin, PathAttrs};
 
 /// The node's handle for a session (any unique number).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -232,7 +232,7 @@ impl Rib {
             r.attrs.as_path.as_ref().map_or(0, |p| p.path_len())
         });
         // b: lowest ORIGIN.
-        keep_best(&mut c, |r| r.attrs.origin);
+        keep_best(&mut c, |r| r.attrs.origin.unwrap_or(Origin::Incomplete));
         // c: MED within the same neighbouring AS (missing MED = 0).
         let meds: Vec<(Option<u32>, u32)> = c.iter().map(|r| (r.neighbor_as(), r.med())).collect();
         c.retain(|r| {
@@ -287,7 +287,7 @@ fn keep_best<K: Ord>(c: &mut Vec<Cand<'_>>, key: impl Fn(&Cand<'_>) -> K) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::update::{AsPath, Origin};
+    use crate::update::AsPath;
 
     fn net(s: &str) -> Ipv4Net {
         s.parse().unwrap()

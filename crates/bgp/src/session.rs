@@ -44,6 +44,9 @@ pub struct Config {
     /// Delay before an automatic restart after the session went down.
     pub idle_hold: Duration,
     pub mode: Mode,
+    /// Most prefixes accepted from the peer (RFC 4486 §4); more ends the
+    /// session with Cease 6/1 (restarted after `idle_hold`).
+    pub max_prefixes: Option<u32>,
 }
 
 impl Config {
@@ -61,6 +64,7 @@ impl Config {
             connect_retry: Duration::from_secs(10),
             idle_hold: Duration::from_secs(5),
             mode: Mode::Active,
+            max_prefixes: None,
         }
     }
 
@@ -124,6 +128,11 @@ pub enum DownReason {
         sent: Notification,
         detail: String,
     },
+    /// The peer sent more prefixes than `Config::max_prefixes`.
+    PrefixLimit {
+        received: usize,
+        limit: u32,
+    },
 }
 
 impl fmt::Display for DownReason {
@@ -137,6 +146,10 @@ impl fmt::Display for DownReason {
             Self::ConnectionClosed { state } => write!(f, "TCP connection closed in state {state}"),
             Self::NotificationReceived(n) => write!(f, "peer sent NOTIFICATION {n}"),
             Self::Error { sent, detail } => write!(f, "{detail}; sent NOTIFICATION {sent}"),
+            Self::PrefixLimit { received, limit } => write!(
+                f,
+                "peer sent {received} prefixes, more than the limit of {limit}; sent NOTIFICATION 6/1 (Cease / Maximum Number of Prefixes Reached)"
+            ),
         }
     }
 }
@@ -195,6 +208,8 @@ pub struct Session {
     adj_rib_in: BTreeMap<Ipv4Net, Arc<PathAttrs>>,
     originated: BTreeSet<Ipv4Net>,
     pending_update: Option<Update>,
+    /// Why an AutomaticStop is about to happen.
+    stop_reason: Option<DownReason>,
     stats: Stats,
     span: tracing::Span,
 }
@@ -215,6 +230,7 @@ impl Session {
             adj_rib_in: BTreeMap::new(),
             originated: BTreeSet::new(),
             pending_update: None,
+            stop_reason: None,
             stats: Stats::default(),
             span,
         }
@@ -281,7 +297,7 @@ impl Session {
         self.step(now, FsmEvent::ManualStop);
     }
 
-    /// Originate `prefixes` (ORIGIN IGP, AS_PATH [local_asn] on eBGP,
+    /// Originate `prefixes` (ORIGIN IGP, AS_PATH `[local_asn]` on eBGP,
     /// NEXT_HOP `local_addr`); sent now if established, else on
     /// establishment.
     pub fn advertise(&mut self, now: Instant, prefixes: &[Ipv4Net]) {
@@ -421,13 +437,15 @@ impl Session {
 
     fn handle_message(&mut self, now: Instant, msg: Message) {
         let ev = match msg {
+            // An OPEN outside OpenSent is an FSM error (RFC 6608), whatever
+            // it says.
+            Message::Open(_) if self.state != State::OpenSent => FsmEvent::BgpOpen,
             Message::Open(open) => match self.check_open(&open) {
-                Ok(n) if self.state == State::OpenSent => {
+                Ok(n) => {
                     self.negotiated = Some(n);
                     self.ctx.four_octet_as = open.four_octet_as().is_some();
                     FsmEvent::BgpOpen
                 }
-                Ok(_) => FsmEvent::BgpOpen,
                 Err(e) => FsmEvent::MessageError(e.into()),
             },
             Message::Update(u) => {
@@ -458,6 +476,23 @@ impl Session {
         };
         self.step(now, ev);
         self.pending_update = None;
+        // RFC 4486 §4: over the configured limit, Cease/Maximum Number of
+        // Prefixes Reached carrying AFI, SAFI and the limit.
+        if let Some(limit) = self.config.max_prefixes {
+            let received = self.adj_rib_in.len();
+            if self.is_established() && received > limit as usize {
+                let mut data = AFI_IPV4.to_be_bytes().to_vec();
+                data.push(SAFI_UNICAST);
+                data.extend_from_slice(&limit.to_be_bytes());
+                let n = Notification {
+                    code: code::CEASE,
+                    subcode: 1,
+                    data,
+                };
+                self.stop_reason = Some(DownReason::PrefixLimit { received, limit });
+                self.step(now, FsmEvent::AutomaticStop(n));
+            }
+        }
     }
 
     /// RFC 4271 §6.2 checks that need the configuration.
@@ -588,7 +623,10 @@ impl Session {
         }
     }
 
-    fn down_reason(&self, from: State, event: &FsmEvent) -> DownReason {
+    fn down_reason(&mut self, from: State, event: &FsmEvent) -> DownReason {
+        if let Some(r) = self.stop_reason.take() {
+            return r;
+        }
         match event {
             FsmEvent::ManualStop => DownReason::Stopped,
             FsmEvent::HoldTimerExpires => DownReason::HoldTimerExpired {

@@ -355,7 +355,7 @@ fn invalid_network(field: &'static str, e: PrefixError) -> DecodeError {
 
 impl PathAttrs {
     /// Attributes for a route this speaker originates towards an external
-    /// peer: ORIGIN IGP, AS_PATH [local_asn], NEXT_HOP = our address
+    /// peer: ORIGIN IGP, AS_PATH `[local_asn]`, NEXT_HOP = our address
     /// (RFC 4271 §5.1.2, §5.1.3).
     pub fn originated(local_asn: u32, next_hop: Ipv4Addr, ebgp: bool) -> Self {
         Self {

@@ -673,3 +673,61 @@ fn bytes_outside_a_connection_are_counted_not_fatal() {
     assert_eq!(p.a.stats().bytes_ignored, 3);
     assert_eq!(p.a.state(), State::Idle);
 }
+
+#[test]
+fn prefix_limit_ends_the_session_with_cease_6_1() {
+    let mut p = Pair::standard();
+    let mut a = p.a.config().clone();
+    a.max_prefixes = Some(2);
+    p.a = Session::new(a);
+    p.start();
+    p.b.advertise(p.now, &[net("10.1.0.0/24"), net("10.2.0.0/24")]);
+    p.drive();
+    assert!(p.established());
+    p.b.advertise(p.now, &[net("10.3.0.0/24")]);
+    p.drive();
+    assert_eq!(p.a.state(), State::Idle);
+    let downs = Pair::downs(&p.events_a);
+    assert_eq!(
+        downs,
+        [DownReason::PrefixLimit {
+            received: 3,
+            limit: 2
+        }]
+    );
+    assert!(
+        downs[0].to_string().contains("more than the limit of 2"),
+        "{}",
+        downs[0]
+    );
+    // RFC 4486 §4 data: AFI 1, SAFI 1, limit 2.
+    let sent = Notification {
+        code: 6,
+        subcode: 1,
+        data: vec![0, 1, 1, 0, 0, 0, 2],
+    };
+    assert_eq!(
+        Pair::downs(&p.events_b),
+        [DownReason::NotificationReceived(sent)]
+    );
+    assert_eq!(p.a.adj_rib_in().count(), 0);
+}
+
+#[test]
+fn open_in_established_is_an_fsm_error_whatever_its_as() {
+    let mut p = Pair::standard();
+    p.start();
+    inject(
+        &mut p,
+        &bgp::Message::Open(bgp::Open::new(1, 30, ONPREM)).encode(&Ctx::default()),
+    );
+    let downs = Pair::downs(&p.events_a);
+    let DownReason::Error { sent, detail } = &downs[0] else {
+        panic!("{downs:?}")
+    };
+    assert_eq!((sent.code, sent.subcode), (5, 3));
+    assert!(
+        detail.contains("BgpOpen") && detail.contains("Established"),
+        "{detail}"
+    );
+}
