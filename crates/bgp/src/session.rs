@@ -250,6 +250,14 @@ impl Session {
         self.state == State::Established
     }
 
+    /// True while the session has no connection and would take one: the
+    /// driver may hand it an accepted incoming connection from the peer
+    /// (RFC 4271 §8.2.2 Connect and Active states). Incoming connections
+    /// at other times should be closed by the driver.
+    pub fn wants_connection(&self) -> bool {
+        matches!(self.state, State::Connect | State::Active)
+    }
+
     /// Negotiated hold time, once the OPENs were exchanged.
     pub fn hold_time(&self) -> Option<u16> {
         self.negotiated.map(|n| n.hold_time)

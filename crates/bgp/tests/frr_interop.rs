@@ -9,11 +9,11 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::time::{Duration, Instant};
 
-use bgp::{Config, DownReason, Event, Ipv4Net, PeerId, PeerInfo, Rib, RibConfig, Session};
+use bgp::{Config, DownReason, Event, Ipv4Net, Mode, PeerId, PeerInfo, Rib, RibConfig, Session};
 use lab::{BgpConfig, Frr, Netns, Workdir, veth};
 
 const GW: Ipv4Addr = Ipv4Addr::new(169, 254, 10, 2);
@@ -79,9 +79,24 @@ impl Drop for Driver {
 fn drive(mut s: Session, cmds: Receiver<Cmd>, events: Sender<Event>) {
     let mut tcp: Option<TcpStream> = None;
     let mut buf = [0u8; 4096];
+    // Passive mode: listen on our tunnel address, accept only the peer.
+    let listener = (s.config().mode == Mode::Passive).then(|| {
+        let l = TcpListener::bind((s.config().local_addr, 179)).unwrap();
+        l.set_nonblocking(true).unwrap();
+        l
+    });
     s.start(Instant::now());
     loop {
         let now = Instant::now();
+        if let Some(Ok((t, from))) = listener.as_ref().map(TcpListener::accept) {
+            if tcp.is_none() && s.wants_connection() && from.ip() == s.config().peer_addr {
+                t.set_nonblocking(false).unwrap();
+                t.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+                tcp = Some(t);
+                s.handle_connected(now);
+            }
+            // Otherwise `t` drops here: connection closed.
+        }
         match cmds.try_recv() {
             Ok(Cmd::Advertise(p)) => s.advertise(now, &p),
             Ok(Cmd::Withdraw(p)) => s.withdraw(now, &p),
@@ -299,4 +314,62 @@ fn frr_establishes_and_exchanges_routes() {
         matches!(e, Event::Established { .. }).then_some(())
     });
     frr.wait_bgp_established("169.254.10.2", WAIT).unwrap();
+}
+
+#[test]
+fn frr_connects_to_a_passive_gateway_with_a_4_octet_asn() {
+    const ASN: u32 = 4_200_000_001;
+    let workdir = Workdir::new("bgp-frr-passive").unwrap();
+    let gw = Netns::new("bgpgw").unwrap();
+    let onprem = Netns::new("bgpop").unwrap();
+    veth(&gw, "tun1", &onprem, "tun1").unwrap();
+    gw.addr_add("tun1", "169.254.10.2/30").unwrap();
+    onprem.addr_add("tun1", "169.254.10.1/30").unwrap();
+    let frr = Frr::start(
+        &onprem,
+        &workdir.subdir("frr").unwrap(),
+        &BgpConfig::new(65530, "169.254.10.1")
+            .neighbor("169.254.10.2", ASN)
+            .network("10.1.0.0/24")
+            .render(),
+    )
+    .unwrap();
+
+    let (cmd_tx, cmd_rx) = channel();
+    let (ev_tx, ev_rx) = channel();
+    let mut config = Config::new(GW, ONPREM, 65530);
+    // We only listen; FRR (`timers connect 1`) connects to us.
+    config.mode = Mode::Passive;
+    // FRR learns our AS from the 4-octet AS capability; My AS carries
+    // AS_TRANS (RFC 6793).
+    config.local_asn = ASN;
+    let session = Session::new(config);
+    let thread = gw
+        .spawn_thread(move || drive(session, cmd_rx, ev_tx))
+        .unwrap();
+    let d = Driver {
+        cmds: cmd_tx,
+        events: ev_rx,
+        thread: Some(thread),
+    };
+    d.cmds
+        .send(Cmd::Advertise(vec!["10.0.0.0/16".parse().unwrap()]))
+        .unwrap();
+    d.wait_for("Established", |e| {
+        matches!(e, Event::Established { .. }).then_some(())
+    });
+    frr.wait_bgp_established("169.254.10.2", WAIT).unwrap();
+    d.wait_for("FRR's route", |e| match e {
+        Event::RoutesChanged(c) => c
+            .announced
+            .iter()
+            .any(|(p, _)| p.to_string() == "10.1.0.0/24")
+            .then_some(()),
+        _ => None,
+    });
+    frr.wait_prefix("10.0.0.0/16", WAIT).unwrap();
+    let table = frr.vtysh("show bgp ipv4 unicast 10.0.0.0/16").unwrap();
+    assert!(table.contains("4200000001"), "{table}");
+    let neighbor = frr.vtysh("show bgp neighbors 169.254.10.2").unwrap();
+    assert!(neighbor.contains("remote AS 4200000001"), "{neighbor}");
 }
