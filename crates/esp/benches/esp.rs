@@ -1,0 +1,130 @@
+//! Data-path costs: encapsulate/decapsulate per suite and size, the anti-replay window,
+//! SA lookup. `cargo bench -p esp` measures; `cargo bench -p esp -- --test` runs each once.
+
+#![allow(clippy::unwrap_used)] // fixtures that cannot fail; a bench is not network-reachable
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use crypto::{Encr, Integ};
+use esp::fuzzing::{TestRandom, buffer_for, params, peer_packet, sa_pair};
+use esp::replay::ReplayWindow;
+use esp::{HEADROOM_MAX, InboundSa, SaDb};
+
+const SUITES: [(&str, Encr, Option<Integ>); 3] = [
+    ("aes128-sha1", Encr::AesCbc128, Some(Integ::HmacSha1_96)),
+    (
+        "aes256-sha256",
+        Encr::AesCbc256,
+        Some(Integ::HmacSha256_128),
+    ),
+    ("aes128gcm16", Encr::AesGcm16_128, None),
+];
+const SIZES: [usize; 3] = [64, 512, 1400];
+
+fn encapsulate(c: &mut Criterion) {
+    let mut group = c.benchmark_group("encapsulate");
+    for (name, encr, integ) in SUITES {
+        let (out, _) = sa_pair(encr, integ, true);
+        for size in SIZES {
+            let mut buf = buffer_for(size);
+            let len = peer_packet(&mut buf[HEADROOM_MAX..], size - 28);
+            group.throughput(Throughput::Bytes(size as u64));
+            group.bench_function(BenchmarkId::new(name, size), |b| {
+                // Re-encrypting the previous output in place is as costly as fresh data.
+                b.iter(|| black_box(out.encapsulate(black_box(&mut buf), HEADROOM_MAX, len)).ok());
+            });
+        }
+    }
+    group.finish();
+}
+
+fn decapsulate(c: &mut Criterion) {
+    let mut group = c.benchmark_group("decapsulate");
+    for (name, encr, integ) in SUITES {
+        let (out, _) = sa_pair(encr, integ, true);
+        for size in SIZES {
+            // A pool of distinct packets, so the replay window does not refuse repeats:
+            // each iteration takes a fresh inbound SA only when the pool is used up.
+            let pool: Vec<Vec<u8>> = (0..4096)
+                .map(|_| {
+                    let mut buf = buffer_for(size);
+                    let len = peer_packet(&mut buf[HEADROOM_MAX..], size - 28);
+                    let range = out.encapsulate(&mut buf, HEADROOM_MAX, len).unwrap().range;
+                    buf[range].to_vec()
+                })
+                .collect();
+            let mut scratch = pool[0].clone();
+            group.throughput(Throughput::Bytes(size as u64));
+            group.bench_function(BenchmarkId::new(name, size), |b| {
+                let mut inb = InboundSa::new(params(encr, integ, true)).unwrap();
+                let mut next = 0;
+                b.iter(|| {
+                    if next == pool.len() {
+                        inb = InboundSa::new(params(encr, integ, true)).unwrap();
+                        next = 0;
+                    }
+                    scratch.copy_from_slice(&pool[next]);
+                    next += 1;
+                    black_box(inb.decapsulate(black_box(&mut scratch))).unwrap()
+                });
+            });
+        }
+    }
+    group.finish();
+}
+
+fn anti_replay(c: &mut Criterion) {
+    let mut group = c.benchmark_group("anti_replay");
+    let window = ReplayWindow::new();
+    let mut seq = 0u64;
+    group.bench_function("check_and_accept_in_order", |b| {
+        b.iter(|| {
+            seq += 1;
+            window.check(black_box(seq)).unwrap();
+            window.accept(black_box(seq)).unwrap();
+        });
+    });
+    let window = ReplayWindow::new();
+    window.accept(1_000_000).unwrap();
+    group.bench_function("check_replayed", |b| {
+        b.iter(|| window.check(black_box(1_000_000)).is_err());
+    });
+    group.finish();
+}
+
+fn sa_lookup(c: &mut Criterion) {
+    let mut group = c.benchmark_group("sa_lookup");
+    let db = SaDb::<u32>::new();
+    let mut rng = TestRandom(42);
+    let mut spis = Vec::new();
+    for _ in 0..1000 {
+        let mut p = params(Encr::AesGcm16_128, None, false);
+        p.spi = (rng.next_u64() as u32) | 1;
+        spis.push(p.spi);
+        db.install_inbound(Arc::new(InboundSa::new(p).unwrap()))
+            .unwrap();
+    }
+    let mut i = 0;
+    group.bench_function("shared_1000_sas", |b| {
+        b.iter(|| {
+            i = (i + 1) % spis.len();
+            black_box(db.inbound(black_box(spis[i]))).is_some()
+        });
+    });
+    let mut cache = db.cache();
+    group.bench_function("worker_cache_1000_sas", |b| {
+        b.iter(|| {
+            i = (i + 1) % spis.len();
+            black_box(cache.inbound(black_box(spis[i]))).is_some()
+        });
+    });
+    group.bench_function("miss", |b| {
+        b.iter(|| black_box(cache.inbound(black_box(0xdead_beef))).is_none());
+    });
+    group.finish();
+}
+
+criterion_group!(benches, encapsulate, decapsulate, anti_replay, sa_lookup);
+criterion_main!(benches);

@@ -1,0 +1,1367 @@
+//! Security associations: parameters, in-place encapsulation and decapsulation, counters.
+//!
+//! See the crate documentation for the buffer layout contract.
+
+use core::fmt;
+use core::net::Ipv4Addr;
+use core::ops::Range;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crypto::{Cipher, Encr, Integ, Mac, Random};
+use zeroize::Zeroizing;
+
+use crate::EspError;
+use crate::replay::{ReplayError, ReplayWindow};
+use crate::selector::{Flow, Selectors};
+use crate::wire::esp::{self, EspPacket, EspTrailer, HEADER_LEN as ESP_HEADER_LEN};
+use crate::wire::ipv4::{self, Ipv4Packet, Ipv4Repr, protocol};
+use crate::wire::udp::{self, UdpPacket, UdpRepr};
+
+/// Longest IV of any supported cipher (AES-CBC).
+pub const MAX_IV_LEN: usize = 16;
+/// Longest ICV of any supported transform (HMAC-SHA-512-256).
+pub const MAX_ICV_LEN: usize = 32;
+/// Longest padding we emit: one block less one byte (AES block, RFC 4303 §2.4).
+pub const MAX_PAD_LEN: usize = 15;
+/// Most bytes [`OutboundSa::encapsulate_ipv4`] puts before the inner packet:
+/// outer IPv4 + UDP + ESP header + IV. [`OutboundSa::encapsulate`] needs less
+/// ([`OutboundSa::headroom_needed`]), so a buffer laid out with this headroom suits both.
+pub const HEADROOM_MAX: usize = ipv4::HEADER_LEN + udp::HEADER_LEN + ESP_HEADER_LEN + MAX_IV_LEN;
+/// Most bytes any SA writes after the inner packet: padding, Pad Length, Next Header, ICV.
+pub const TAILROOM_MAX: usize = MAX_PAD_LEN + esp::TRAILER_FIXED_LEN + MAX_ICV_LEN;
+/// Largest growth of a packet through encapsulation, outer headers included.
+pub const ENCAP_OVERHEAD_MAX: usize = HEADROOM_MAX + TAILROOM_MAX;
+
+/// Once an outbound SA has used this many sequence numbers it asks for a rekey, leaving
+/// 2^28 packets (minutes at line rate) for IKE to install the new SA before
+/// [`EspError::SequenceExhausted`] (RFC 4303 §3.3.3).
+pub const SEQ_SOFT_LIMIT: u64 = 0xF000_0000;
+/// The last sequence number an SA without ESN may send (RFC 4303 §2.2: no wrapping).
+pub const SEQ_HARD_LIMIT: u64 = u32::MAX as u64;
+
+/// Next Header for a tunnelled IPv4 packet (RFC 4303 §2.6).
+const NEXT_HEADER_IPV4: u8 = protocol::IPV4;
+/// Next Header of a dummy packet, which the receiver discards (RFC 4303 §2.6).
+const NEXT_HEADER_DUMMY: u8 = protocol::NO_NEXT_HEADER;
+/// TTL of the outer header we write (the kernel's default).
+const OUTER_TTL: u8 = 64;
+
+/// Key material that zeroes itself on drop and never shows in `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Key(Zeroizing<Vec<u8>>);
+
+impl Key {
+    pub fn new(bytes: &[u8]) -> Self {
+        Self(Zeroizing::new(bytes.to_vec()))
+    }
+
+    pub fn empty() -> Self {
+        Self(Zeroizing::new(Vec::new()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Vec<u8>> for Key {
+    fn from(bytes: Vec<u8>) -> Self {
+        Self(Zeroizing::new(bytes))
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key(<redacted {} bytes>)", self.0.len())
+    }
+}
+
+/// ESP-in-UDP ports (RFC 3948): `src_port` is ours, `dst_port` the peer's (4500 unless a
+/// NAT in front of the peer maps it elsewhere).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpEncap {
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+/// Byte and packet lifetimes (RFC 4301 §4.4.2.1). `None` is unlimited. Time lifetimes are
+/// the IKE layer's job. Bytes count the inner IP packets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lifetime {
+    pub soft_bytes: Option<u64>,
+    pub hard_bytes: Option<u64>,
+    pub soft_packets: Option<u64>,
+    pub hard_packets: Option<u64>,
+}
+
+/// Everything that makes one direction of a Child SA. ESN is not supported: the IKE layer
+/// must negotiate "no ESN" (RFC 7296 §3.3.2, transform type 5 value 0).
+#[derive(Debug, Clone)]
+pub struct SaParams {
+    /// The SPI in the ESP header: the peer's for an outbound SA, ours for an inbound one.
+    pub spi: u32,
+    pub encr: Encr,
+    /// `encr.key_len()` bytes (for GCM including the 4-byte salt, RFC 4106 §8.1).
+    pub enc_key: Key,
+    /// Required for CBC ciphers, must be `None` for AEAD (RFC 4303 §3.2).
+    pub integ: Option<Integ>,
+    /// `integ.key_len()` bytes; empty for AEAD.
+    pub integ_key: Key,
+    /// Our tunnel endpoint address.
+    pub local: Ipv4Addr,
+    /// The peer's tunnel endpoint address.
+    pub remote: Ipv4Addr,
+    pub udp_encap: Option<UdpEncap>,
+    pub selectors: Selectors,
+    pub lifetime: Lifetime,
+}
+
+/// What [`OutboundSa::encapsulate`] produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub struct Encapsulated {
+    /// The bytes to send, within the caller's buffer.
+    pub range: Range<usize>,
+    /// The sequence number used.
+    pub seq: u32,
+    /// True for exactly one packet per SA: the first to cross a soft limit (sequence
+    /// numbers, bytes or packets). The caller tells the IKE layer to rekey.
+    pub soft_expired: bool,
+}
+
+/// What [`InboundSa::decapsulate`] produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum Decapsulated {
+    /// An inner IPv4 packet, decrypted in place, to write to the tunnel device.
+    Packet {
+        inner: Range<usize>,
+        /// As in [`Encapsulated::soft_expired`].
+        soft_expired: bool,
+    },
+    /// A dummy packet (Next Header 59, RFC 4303 §2.6): authenticated, counted, discarded.
+    Dummy,
+}
+
+/// Counters of an outbound SA, read with [`OutboundSa::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboundStats {
+    pub packets: u64,
+    pub bytes: u64,
+    /// The last sequence number handed out (0 before the first packet).
+    pub seq: u64,
+    /// Packets refused because the sequence space or a hard lifetime is used up.
+    pub expired: u64,
+    /// Packets refused because the caller's buffer broke the layout contract or was too big.
+    pub layout: u64,
+}
+
+/// Counters of an inbound SA, read with [`InboundSa::stats`]. Each drop counts once, under
+/// the first check it failed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InboundStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub dummy: u64,
+    pub auth_failed: u64,
+    pub replay: u64,
+    pub bad_padding: u64,
+    pub selector_mismatch: u64,
+    /// Truncated or inconsistent ESP or inner packets, wrong SPI, unknown Next Header.
+    pub malformed: u64,
+    pub expired: u64,
+    /// The highest sequence number accepted.
+    pub highest_seq: u64,
+}
+
+/// The sending half of a Child SA. `Sync`: all workers share one through `&self`.
+pub struct OutboundSa {
+    // The hot, shared-written words first and on their own cache line.
+    hot: Hot,
+    spi: u32,
+    transform: Transform,
+    /// Per-SA secret that, encrypted with the sequence number, gives the CBC IV.
+    iv_seed: [u8; 16],
+    local: Ipv4Addr,
+    remote: Ipv4Addr,
+    udp_encap: Option<UdpEncap>,
+    selectors: Selectors,
+    limits: Limits,
+    soft_fired: AtomicBool,
+    expired: AtomicU64,
+    layout: AtomicU64,
+}
+
+/// The receiving half of a Child SA. `Sync`: all workers share one through `&self`.
+pub struct InboundSa {
+    hot: Hot,
+    spi: u32,
+    transform: Transform,
+    local: Ipv4Addr,
+    remote: Ipv4Addr,
+    udp_encap: Option<UdpEncap>,
+    selectors: Selectors,
+    selectors_any: bool,
+    limits: Limits,
+    soft_fired: AtomicBool,
+    replay: ReplayWindow,
+    drops: Drops,
+}
+
+impl OutboundSa {
+    /// Keys the SA. `rng` seeds the CBC IV generator once, here, so that no packet costs a
+    /// system call.
+    pub fn new(params: SaParams, rng: &mut dyn Random) -> Result<Self, EspError> {
+        let transform = Transform::new(&params)?;
+        let mut iv_seed = [0u8; 16];
+        rng.fill(&mut iv_seed);
+        Ok(Self {
+            hot: Hot::default(),
+            spi: params.spi,
+            transform,
+            iv_seed,
+            local: params.local,
+            remote: params.remote,
+            udp_encap: params.udp_encap,
+            selectors: params.selectors,
+            limits: Limits::from(params.lifetime),
+            soft_fired: AtomicBool::new(false),
+            expired: AtomicU64::new(0),
+            layout: AtomicU64::new(0),
+        })
+    }
+
+    pub fn spi(&self) -> u32 {
+        self.spi
+    }
+
+    pub fn encr(&self) -> Encr {
+        self.transform.encr
+    }
+
+    pub fn integ(&self) -> Option<Integ> {
+        self.transform.integ
+    }
+
+    pub fn local(&self) -> Ipv4Addr {
+        self.local
+    }
+
+    pub fn remote(&self) -> Ipv4Addr {
+        self.remote
+    }
+
+    pub fn udp_encap(&self) -> Option<UdpEncap> {
+        self.udp_encap
+    }
+
+    pub fn selectors(&self) -> &Selectors {
+        &self.selectors
+    }
+
+    /// Bytes [`Self::encapsulate`] needs before the inner packet: ESP header + IV.
+    pub fn headroom_needed(&self) -> usize {
+        ESP_HEADER_LEN + self.transform.iv_len
+    }
+
+    /// Bytes [`Self::encapsulate_ipv4`] needs before the inner packet: outer IPv4, UDP if
+    /// the SA is UDP-encapsulated, ESP header and IV.
+    pub fn outer_headroom_needed(&self) -> usize {
+        self.outer_len() + self.headroom_needed()
+    }
+
+    /// Bytes any packet may need after the inner packet: longest padding, Pad Length,
+    /// Next Header, ICV.
+    pub fn tailroom_needed(&self) -> usize {
+        self.transform.align - 1 + esp::TRAILER_FIXED_LEN + self.transform.icv_len
+    }
+
+    /// Exact growth of an inner packet of `inner_len` bytes by [`Self::encapsulate`] (what
+    /// the data plane subtracts from the path MTU).
+    pub fn overhead(&self, inner_len: usize) -> usize {
+        self.headroom_needed()
+            + esp::pad_len_for(inner_len, self.transform.block_len)
+            + esp::TRAILER_FIXED_LEN
+            + self.transform.icv_len
+    }
+
+    /// Encapsulates in place and returns the range of the ESP packet (SPI to ICV), ready
+    /// for a UDP/4500 socket (RFC 3948) or a raw IP protocol 50 socket: the kernel adds
+    /// the outer headers. See the crate docs for the layout of `buf`.
+    pub fn encapsulate(
+        &self,
+        buf: &mut [u8],
+        headroom: usize,
+        inner_len: usize,
+    ) -> Result<Encapsulated, EspError> {
+        let out = self.seal(buf, headroom, inner_len, 0);
+        self.count(&out, inner_len);
+        out
+    }
+
+    /// Like [`Self::encapsulate`] and also writes the outer IPv4 header (and the UDP header
+    /// when the SA is UDP-encapsulated) before the ESP packet, for sockets with
+    /// `IP_HDRINCL`, packet captures and tests. The outer header copies DSCP, ECN
+    /// (RFC 6040 normal mode) and DF (RFC 4301 §8.1) from the inner one; its
+    /// identification is the low 16 bits of the sequence number; the UDP checksum is zero
+    /// (RFC 3948 §3.1.1).
+    pub fn encapsulate_ipv4(
+        &self,
+        buf: &mut [u8],
+        headroom: usize,
+        inner_len: usize,
+    ) -> Result<Encapsulated, EspError> {
+        let out = self.seal(buf, headroom, inner_len, self.outer_len());
+        self.count(&out, inner_len);
+        out
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> OutboundStats {
+        OutboundStats {
+            packets: self.hot.packets.load(Ordering::Relaxed),
+            bytes: self.hot.bytes.load(Ordering::Relaxed),
+            seq: self.hot.seq.load(Ordering::Relaxed).min(SEQ_HARD_LIMIT),
+            expired: self.expired.load(Ordering::Relaxed),
+            layout: self.layout.load(Ordering::Relaxed),
+        }
+    }
+
+    fn outer_len(&self) -> usize {
+        ipv4::HEADER_LEN + self.udp_encap.map_or(0, |_| udp::HEADER_LEN)
+    }
+
+    fn count(&self, out: &Result<Encapsulated, EspError>, inner_len: usize) {
+        match out {
+            Ok(_) => {
+                self.hot.packets.fetch_add(1, Ordering::Relaxed);
+                self.hot
+                    .bytes
+                    .fetch_add(inner_len as u64, Ordering::Relaxed);
+            }
+            Err(EspError::SequenceExhausted | EspError::HardExpired) => {
+                self.expired.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.layout.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn seal(
+        &self,
+        buf: &mut [u8],
+        headroom: usize,
+        inner_len: usize,
+        outer_len: usize,
+    ) -> Result<Encapsulated, EspError> {
+        let t = &self.transform;
+        // Layout first, so a caller bug costs no sequence number.
+        let esp_start = headroom
+            .checked_sub(ESP_HEADER_LEN + t.iv_len)
+            .ok_or(EspError::Layout("headroom smaller than ESP header + IV"))?;
+        let start = esp_start
+            .checked_sub(outer_len)
+            .ok_or(EspError::Layout("headroom smaller than outer headers"))?;
+        let inner_end = headroom
+            .checked_add(inner_len)
+            .filter(|&end| end <= buf.len())
+            .ok_or(EspError::Layout("inner packet beyond the buffer"))?;
+        let ct_end = inner_end + esp::pad_len_for(inner_len, t.block_len) + esp::TRAILER_FIXED_LEN;
+        let end = ct_end + t.icv_len;
+        if end > buf.len() {
+            return Err(EspError::Layout("tailroom too small"));
+        }
+        if end - start > usize::from(u16::MAX) {
+            return Err(EspError::TooBig);
+        }
+        let outer_hints = if outer_len > 0 {
+            Some(OuterHints::of(
+                buf.get(headroom..inner_end).unwrap_or_default(),
+            ))
+        } else {
+            None
+        };
+
+        let (seq, soft_expired) = self.next_seq(inner_len)?;
+
+        let (head, rest) = buf.split_at_mut(headroom);
+        let head = &mut head[esp_start..];
+        let (payload, rest) = rest.split_at_mut(ct_end - headroom);
+        let icv = &mut rest[..t.icv_len];
+        esp::emit_trailer(&mut payload[inner_len..], NEXT_HEADER_IPV4);
+        let (header, iv) = head.split_at_mut(ESP_HEADER_LEN);
+        {
+            let mut packet = EspPacket::new_unchecked(&mut *header);
+            packet.set_spi(self.spi);
+            packet.set_seq(seq);
+        }
+        if t.aead {
+            // RFC 4106 §3.1: the IV must not repeat under one key; the sequence number
+            // never does on this SA. AAD is SPI || sequence number (RFC 4106 §5).
+            iv.copy_from_slice(&u64::from(seq).to_be_bytes());
+            t.cipher.aead_seal(iv, &*header, payload, icv)?;
+        } else {
+            self.cbc_iv(seq, iv)?;
+            t.cipher.cbc_encrypt(iv, payload)?;
+            if let Some(mac) = &t.mac {
+                // RFC 4303 §3.3.4: the ICV covers header, IV and ciphertext.
+                mac.compute(&[header, iv, payload], icv);
+            }
+        }
+
+        if let Some(hints) = outer_hints {
+            self.emit_outer(&mut buf[start..esp_start], end - esp_start, seq, hints)?;
+        }
+        Ok(Encapsulated {
+            range: start..end,
+            seq,
+            soft_expired,
+        })
+    }
+
+    /// Takes the next sequence number, refusing to wrap (RFC 4303 §3.3.3), and applies the
+    /// lifetimes. Lock-free: one `fetch_add`.
+    fn next_seq(&self, inner_len: usize) -> Result<(u32, bool), EspError> {
+        let limits = &self.limits;
+        if self.hot.packets.load(Ordering::Relaxed) >= limits.hard_packets
+            || (self.hot.bytes.load(Ordering::Relaxed)).saturating_add(inner_len as u64)
+                > limits.hard_bytes
+        {
+            return Err(EspError::HardExpired);
+        }
+        let seq = self.hot.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let Ok(wire_seq) = u32::try_from(seq) else {
+            return Err(EspError::SequenceExhausted);
+        };
+        let soft = seq >= SEQ_SOFT_LIMIT
+            || self.hot.packets.load(Ordering::Relaxed) + 1 >= limits.soft_packets
+            || (self.hot.bytes.load(Ordering::Relaxed)).saturating_add(inner_len as u64)
+                >= limits.soft_bytes;
+        let soft_expired = soft && !self.soft_fired.swap(true, Ordering::Relaxed);
+        Ok((wire_seq, soft_expired))
+    }
+
+    /// An unpredictable CBC IV (RFC 3602 §2: the IV must not be predictable) without a
+    /// random draw per packet: the block cipher under the SA key applied to a unique input,
+    /// the per-SA secret seed with the sequence number folded in (NIST SP 800-38A appendix
+    /// C). Sequence numbers never repeat on an SA, so neither do the inputs.
+    fn cbc_iv(&self, seq: u32, iv: &mut [u8]) -> Result<(), EspError> {
+        let mut block = self.iv_seed;
+        for (byte, s) in block.iter_mut().zip(u64::from(seq).to_be_bytes()) {
+            *byte ^= s;
+        }
+        let block = block
+            .get_mut(..iv.len())
+            .ok_or(EspError::Layout("IV longer than 16 bytes"))?;
+        // One block of CBC under a zero IV is the bare block cipher.
+        self.transform
+            .cipher
+            .cbc_encrypt(&[0u8; MAX_IV_LEN][..block.len()], block)?;
+        iv.copy_from_slice(block);
+        Ok(())
+    }
+
+    fn emit_outer(
+        &self,
+        outer: &mut [u8],
+        esp_len: usize,
+        seq: u32,
+        hints: OuterHints,
+    ) -> Result<(), EspError> {
+        let (ip, udp_part) = outer.split_at_mut(ipv4::HEADER_LEN);
+        let repr = Ipv4Repr {
+            src: self.local,
+            dst: self.remote,
+            protocol: if self.udp_encap.is_some() {
+                protocol::UDP
+            } else {
+                protocol::ESP
+            },
+            payload_len: udp_part.len() + esp_len,
+            ttl: OUTER_TTL,
+            dscp_ecn: hints.dscp_ecn,
+            dont_frag: hints.dont_frag,
+            ident: seq as u16,
+        };
+        repr.emit(&mut Ipv4Packet::new_unchecked(ip))?;
+        if let Some(encap) = self.udp_encap {
+            UdpRepr {
+                src_port: encap.src_port,
+                dst_port: encap.dst_port,
+                payload_len: esp_len,
+            }
+            .emit(&mut UdpPacket::new_unchecked(udp_part))?;
+        }
+        Ok(())
+    }
+}
+
+impl InboundSa {
+    pub fn new(params: SaParams) -> Result<Self, EspError> {
+        let transform = Transform::new(&params)?;
+        let selectors_any = is_any(&params.selectors);
+        Ok(Self {
+            hot: Hot::default(),
+            spi: params.spi,
+            transform,
+            local: params.local,
+            remote: params.remote,
+            udp_encap: params.udp_encap,
+            selectors: params.selectors,
+            selectors_any,
+            limits: Limits::from(params.lifetime),
+            soft_fired: AtomicBool::new(false),
+            replay: ReplayWindow::new(),
+            drops: Drops::default(),
+        })
+    }
+
+    pub fn spi(&self) -> u32 {
+        self.spi
+    }
+
+    pub fn encr(&self) -> Encr {
+        self.transform.encr
+    }
+
+    pub fn integ(&self) -> Option<Integ> {
+        self.transform.integ
+    }
+
+    pub fn local(&self) -> Ipv4Addr {
+        self.local
+    }
+
+    pub fn remote(&self) -> Ipv4Addr {
+        self.remote
+    }
+
+    pub fn udp_encap(&self) -> Option<UdpEncap> {
+        self.udp_encap
+    }
+
+    pub fn selectors(&self) -> &Selectors {
+        &self.selectors
+    }
+
+    /// Authenticates, checks for replay, decrypts in place and checks the inner packet.
+    /// `buf` is exactly one ESP packet, from the SPI to the end of the ICV (what follows
+    /// the outer IPv4 header, or the UDP header on port 4500). On success the inner IPv4
+    /// packet is at `buf[inner]`. Every error is counted in [`Self::stats`]; on error the
+    /// contents of `buf` are unspecified.
+    pub fn decapsulate(&self, buf: &mut [u8]) -> Result<Decapsulated, EspError> {
+        let out = self.open(buf);
+        match &out {
+            Ok(Decapsulated::Packet { inner, .. }) => {
+                self.hot.packets.fetch_add(1, Ordering::Relaxed);
+                self.hot
+                    .bytes
+                    .fetch_add(inner.len() as u64, Ordering::Relaxed);
+            }
+            Ok(Decapsulated::Dummy) => {
+                self.drops.dummy.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(err) => self.drops.count(err),
+        }
+        out
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> InboundStats {
+        let d = &self.drops;
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        InboundStats {
+            packets: load(&self.hot.packets),
+            bytes: load(&self.hot.bytes),
+            dummy: load(&d.dummy),
+            auth_failed: load(&d.auth_failed),
+            replay: load(&d.replay),
+            bad_padding: load(&d.bad_padding),
+            selector_mismatch: load(&d.selector_mismatch),
+            malformed: load(&d.malformed),
+            expired: load(&d.expired),
+            highest_seq: self.replay.top(),
+        }
+    }
+
+    fn open(&self, buf: &mut [u8]) -> Result<Decapsulated, EspError> {
+        let t = &self.transform;
+        let packet = EspPacket::new_checked(&*buf)?;
+        if packet.spi() != self.spi {
+            return Err(EspError::WrongSpi {
+                expected: self.spi,
+                got: packet.spi(),
+            });
+        }
+        let seq = packet.seq();
+        let ct_start = ESP_HEADER_LEN + t.iv_len;
+        let ct_end = buf
+            .len()
+            .checked_sub(t.icv_len)
+            .filter(|&end| end >= ct_start + t.align)
+            .ok_or(EspError::Malformed(crate::wire::WireError::Truncated(
+                "esp payload",
+            )))?;
+        // RFC 4303 §2.4: the ciphertext is whole cipher blocks, and 4-byte aligned.
+        if (ct_end - ct_start) % t.align != 0 {
+            return Err(EspError::Malformed(crate::wire::WireError::Malformed(
+                "esp ciphertext length",
+            )));
+        }
+        if self.hot.packets.load(Ordering::Relaxed) >= self.limits.hard_packets
+            || self.hot.bytes.load(Ordering::Relaxed) >= self.limits.hard_bytes
+        {
+            return Err(EspError::HardExpired);
+        }
+        // RFC 4303 §3.4.3: a cheap replay check before the ICV, the update after it.
+        self.replay
+            .check(u64::from(seq))
+            .map_err(|e| replay_error(e, seq))?;
+
+        let (authenticated, icv) = buf.split_at_mut(ct_end);
+        let (head, ciphertext) = authenticated.split_at_mut(ct_start);
+        let (header, iv) = head.split_at(ESP_HEADER_LEN);
+        if t.aead {
+            // Verifies the tag before decrypting (RFC 4106 §3, crypto::Cipher::aead_open).
+            t.cipher
+                .aead_open(iv, header, ciphertext, icv)
+                .map_err(|_| EspError::AuthFailed)?;
+        } else {
+            let mac = t.mac.as_ref().ok_or(EspError::AuthFailed)?;
+            // RFC 4303 §3.4.4: constant-time ICV check before anything is decrypted.
+            if !mac.verify(&[header, iv, ciphertext], icv) {
+                return Err(EspError::AuthFailed);
+            }
+        }
+        self.replay
+            .accept(u64::from(seq))
+            .map_err(|e| replay_error(e, seq))?;
+        if !t.aead {
+            t.cipher.cbc_decrypt(iv, ciphertext)?;
+        }
+
+        let trailer = EspTrailer::new_checked(&*ciphertext).map_err(|_| EspError::BadPadding)?;
+        if !trailer.padding_is_valid() {
+            return Err(EspError::BadPadding);
+        }
+        match trailer.next_header() {
+            NEXT_HEADER_IPV4 => {}
+            NEXT_HEADER_DUMMY => return Ok(Decapsulated::Dummy),
+            other => return Err(EspError::UnsupportedNextHeader(other)),
+        }
+        let inner = Ipv4Packet::new_checked(trailer.data()).map_err(EspError::InnerMalformed)?;
+        if inner.version() != 4 {
+            return Err(EspError::InnerMalformed(crate::wire::WireError::Malformed(
+                "ipv4 version",
+            )));
+        }
+        // RFC 4301 §5.2 step 4: the decrypted packet must be one this SA may carry.
+        if !self.selectors_any && !self.selectors.allows_inbound(&Flow::of(&inner)) {
+            return Err(EspError::SelectorMismatch);
+        }
+        let inner_len = usize::from(inner.total_len());
+        let soft = self.hot.packets.load(Ordering::Relaxed) + 1 >= self.limits.soft_packets
+            || (self.hot.bytes.load(Ordering::Relaxed)).saturating_add(inner_len as u64)
+                >= self.limits.soft_bytes;
+        let soft_expired = soft && !self.soft_fired.swap(true, Ordering::Relaxed);
+        // Anything between Total Length and the padding is TFC padding (RFC 4303 §2.7).
+        Ok(Decapsulated::Packet {
+            inner: ct_start..ct_start + inner_len,
+            soft_expired,
+        })
+    }
+}
+
+impl fmt::Debug for OutboundSa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutboundSa")
+            .field("spi", &format_args!("{:#010x}", self.spi))
+            .field("encr", &self.transform.encr)
+            .field("integ", &self.transform.integ)
+            .field("local", &self.local)
+            .field("remote", &self.remote)
+            .field("udp_encap", &self.udp_encap)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for InboundSa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InboundSa")
+            .field("spi", &format_args!("{:#010x}", self.spi))
+            .field("encr", &self.transform.encr)
+            .field("integ", &self.transform.integ)
+            .field("local", &self.local)
+            .field("remote", &self.remote)
+            .field("udp_encap", &self.udp_encap)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The keyed algorithms of one SA and their sizes, looked up once.
+struct Transform {
+    encr: Encr,
+    integ: Option<Integ>,
+    cipher: Cipher,
+    mac: Option<Mac>,
+    aead: bool,
+    iv_len: usize,
+    block_len: usize,
+    /// Ciphertext length granularity: the block, at least 4 (RFC 4303 §2.4).
+    align: usize,
+    icv_len: usize,
+}
+
+impl Transform {
+    fn new(params: &SaParams) -> Result<Self, EspError> {
+        let encr = params.encr;
+        let aead = encr.is_aead();
+        if params.enc_key.len() != encr.key_len() {
+            return Err(EspError::InvalidParams("encryption key length"));
+        }
+        let cipher = Cipher::new(encr, params.enc_key.expose())?;
+        let (mac, icv_len) = match (aead, params.integ) {
+            (true, None) => {
+                if !params.integ_key.is_empty() {
+                    return Err(EspError::InvalidParams("integrity key with an AEAD cipher"));
+                }
+                (None, encr.icv_len())
+            }
+            (true, Some(_)) => {
+                return Err(EspError::InvalidParams("integrity algorithm with AEAD"));
+            }
+            // RFC 4303 §3.2 allows encryption without integrity, but it is open to
+            // cut-and-paste attacks (RFC 4303 §5) and IKEv2 peers do not need it.
+            (false, None) => return Err(EspError::InvalidParams("CBC without integrity")),
+            (false, Some(integ)) => {
+                if params.integ_key.len() != integ.key_len() {
+                    return Err(EspError::InvalidParams("integrity key length"));
+                }
+                (
+                    Some(Mac::new(integ, params.integ_key.expose())?),
+                    integ.icv_len(),
+                )
+            }
+        };
+        let iv_len = encr.iv_len();
+        let block_len = encr.block_len();
+        if iv_len > MAX_IV_LEN || icv_len > MAX_ICV_LEN || block_len > MAX_PAD_LEN + 1 {
+            return Err(EspError::InvalidParams(
+                "transform sizes beyond the layout constants",
+            ));
+        }
+        Ok(Self {
+            encr,
+            integ: params.integ,
+            cipher,
+            mac,
+            aead,
+            iv_len,
+            block_len,
+            align: block_len.max(4),
+            icv_len,
+        })
+    }
+}
+
+/// Counters written by every packet, kept on one cache line of their own.
+#[derive(Default)]
+#[repr(align(64))]
+struct Hot {
+    seq: AtomicU64,
+    packets: AtomicU64,
+    bytes: AtomicU64,
+}
+
+#[derive(Default)]
+#[repr(align(64))]
+struct Drops {
+    dummy: AtomicU64,
+    auth_failed: AtomicU64,
+    replay: AtomicU64,
+    bad_padding: AtomicU64,
+    selector_mismatch: AtomicU64,
+    malformed: AtomicU64,
+    expired: AtomicU64,
+}
+
+impl Drops {
+    fn count(&self, err: &EspError) {
+        let counter = match err {
+            EspError::AuthFailed => &self.auth_failed,
+            EspError::Replayed { .. } | EspError::TooOld { .. } => &self.replay,
+            EspError::BadPadding => &self.bad_padding,
+            EspError::SelectorMismatch => &self.selector_mismatch,
+            EspError::HardExpired | EspError::SequenceExhausted => &self.expired,
+            EspError::Malformed(_)
+            | EspError::WrongSpi { .. }
+            | EspError::UnsupportedNextHeader(_)
+            | EspError::InnerMalformed(_)
+            | EspError::InvalidParams(_)
+            | EspError::Crypto(_)
+            | EspError::Layout(_)
+            | EspError::TooBig => &self.malformed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Lifetimes with "unlimited" as `u64::MAX`, so the per-packet checks are plain compares.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    soft_bytes: u64,
+    hard_bytes: u64,
+    soft_packets: u64,
+    hard_packets: u64,
+}
+
+impl From<Lifetime> for Limits {
+    fn from(l: Lifetime) -> Self {
+        Self {
+            soft_bytes: l.soft_bytes.unwrap_or(u64::MAX),
+            hard_bytes: l.hard_bytes.unwrap_or(u64::MAX),
+            soft_packets: l.soft_packets.unwrap_or(u64::MAX),
+            hard_packets: l.hard_packets.unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// What the outer header copies from the inner one.
+#[derive(Debug, Clone, Copy, Default)]
+struct OuterHints {
+    dscp_ecn: u8,
+    dont_frag: bool,
+}
+
+impl OuterHints {
+    fn of(inner: &[u8]) -> Self {
+        match Ipv4Packet::new_checked(inner) {
+            Ok(p) if p.version() == 4 => Self {
+                dscp_ecn: p.dscp_ecn(),
+                dont_frag: p.dont_frag(),
+            },
+            _ => Self::default(),
+        }
+    }
+}
+
+fn replay_error(err: ReplayError, seq: u32) -> EspError {
+    match err {
+        ReplayError::Replayed => EspError::Replayed { seq },
+        ReplayError::TooOld => EspError::TooOld { seq },
+    }
+}
+
+fn is_any(selectors: &Selectors) -> bool {
+    use crate::selector::TrafficSelector;
+    selectors.local.contains(&TrafficSelector::ANY)
+        && selectors.remote.contains(&TrafficSelector::ANY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fuzzing::{
+        LOCAL, REMOTE, SPI, TestRandom, buffer_for, inner_packet, params, peer_packet, sa_pair,
+        seal_raw, suites,
+    };
+    use crate::wire::{Udp4500, classify_udp4500};
+
+    fn encap(out: &OutboundSa, buf: &mut [u8], payload: usize) -> Range<usize> {
+        let len = peer_packet(&mut buf[HEADROOM_MAX..], payload);
+        out.encapsulate(buf, HEADROOM_MAX, len).unwrap().range
+    }
+
+    #[test]
+    fn round_trip_every_suite_with_and_without_udp() {
+        for (encr, integ) in suites() {
+            for udp in [false, true] {
+                let (out, inb) = sa_pair(encr, integ, udp);
+                for payload in [0, 1, 13, 100, 1372] {
+                    let mut buf = buffer_for(1400);
+                    let inner_len = peer_packet(&mut buf[HEADROOM_MAX..], payload);
+                    let original = buf[HEADROOM_MAX..HEADROOM_MAX + inner_len].to_vec();
+                    let sent = out
+                        .encapsulate_ipv4(&mut buf, HEADROOM_MAX, inner_len)
+                        .unwrap();
+                    assert_eq!(
+                        sent.range.len(),
+                        out.outer_headroom_needed() - out.headroom_needed()
+                            + out.overhead(inner_len)
+                            + inner_len
+                    );
+                    // The outer headers, as a receiver sees them.
+                    let ip = Ipv4Packet::new_checked(&buf[sent.range.clone()]).unwrap();
+                    assert!(ip.verify_checksum(), "{encr:?} {integ:?}");
+                    assert_eq!(ip.src_addr(), REMOTE);
+                    assert_eq!(ip.dst_addr(), LOCAL);
+                    assert!(ip.dont_frag());
+                    let esp_at = sent.range.start + ip.header_len() + if udp { 8 } else { 0 };
+                    if udp {
+                        assert_eq!(ip.protocol(), protocol::UDP);
+                        let datagram = UdpPacket::new_checked(ip.payload()).unwrap();
+                        assert_eq!((datagram.src_port(), datagram.dst_port()), (4500, 4500));
+                        assert_eq!(datagram.checksum(), 0);
+                        assert_eq!(classify_udp4500(datagram.payload()), Udp4500::Esp);
+                    } else {
+                        assert_eq!(ip.protocol(), protocol::ESP);
+                    }
+                    let esp = &mut buf[esp_at..sent.range.end];
+                    assert_eq!(esp.len() % 4, 0, "RFC 4303 §2.4 alignment");
+                    let got = inb.decapsulate(esp).unwrap();
+                    let Decapsulated::Packet {
+                        inner,
+                        soft_expired,
+                    } = got
+                    else {
+                        panic!("{got:?}");
+                    };
+                    assert!(!soft_expired);
+                    assert_eq!(&esp[inner], &original[..], "{encr:?} {integ:?} udp={udp}");
+                }
+                let (o, i) = (out.stats(), inb.stats());
+                assert_eq!((o.packets, i.packets, o.seq, i.highest_seq), (5, 5, 5, 5));
+                assert_eq!(o.bytes, i.bytes);
+            }
+        }
+    }
+
+    #[test]
+    fn layout_contract() {
+        for (encr, integ) in suites() {
+            let (out, inb) = sa_pair(encr, integ, false);
+            let headroom = out.headroom_needed();
+            let inner_len = 60;
+            let mut buf = vec![0u8; headroom + inner_len + out.tailroom_needed()];
+            peer_packet(&mut buf[headroom..], inner_len - 28);
+            let sent = out.encapsulate(&mut buf, headroom, inner_len).unwrap();
+            assert_eq!(sent.range.start, 0);
+            assert_eq!(sent.range.len(), inner_len + out.overhead(inner_len));
+            assert!(sent.range.end <= buf.len());
+            assert!(out.tailroom_needed() <= TAILROOM_MAX);
+            assert!(out.outer_headroom_needed() <= HEADROOM_MAX);
+            let esp = &mut buf[sent.range];
+            assert_eq!(EspPacket::new_checked(&*esp).unwrap().spi(), SPI);
+            let _ = inb.decapsulate(esp).unwrap();
+        }
+    }
+
+    #[test]
+    fn layout_errors_use_no_sequence_number() {
+        let (out, _) = sa_pair(Encr::AesCbc128, Some(Integ::HmacSha1_96), false);
+        let mut buf = buffer_for(100);
+        let short_head = out.encapsulate(&mut buf, out.headroom_needed() - 1, 10);
+        assert!(matches!(short_head, Err(EspError::Layout(_))));
+        let too_long = out.encapsulate(&mut buf, HEADROOM_MAX, 100 + TAILROOM_MAX);
+        assert!(matches!(too_long, Err(EspError::Layout(_))));
+        let no_tail = buf.len() - HEADROOM_MAX;
+        assert!(matches!(
+            out.encapsulate(&mut buf, HEADROOM_MAX, no_tail),
+            Err(EspError::Layout(_))
+        ));
+        assert!(matches!(
+            out.encapsulate_ipv4(&mut buf, out.headroom_needed(), 10),
+            Err(EspError::Layout(_))
+        ));
+        let mut huge = buffer_for(70_000);
+        assert_eq!(
+            out.encapsulate(&mut huge, HEADROOM_MAX, 65_500),
+            Err(EspError::TooBig)
+        );
+        let stats = out.stats();
+        assert_eq!((stats.seq, stats.packets, stats.layout), (0, 0, 5));
+    }
+
+    #[test]
+    fn iv_generation() {
+        // GCM: the IV is the 64-bit sequence number (RFC 4106 §3.1).
+        let (gcm, _) = sa_pair(Encr::AesGcm16_128, None, false);
+        let mut buf = buffer_for(100);
+        for seq in 1u64..=3 {
+            let range = encap(&gcm, &mut buf, 10);
+            assert_eq!(&buf[range.start + 8..range.start + 16], &seq.to_be_bytes());
+        }
+        // CBC: unpredictable, so at least never the same twice and not the counter.
+        let (cbc, _) = sa_pair(Encr::AesCbc256, Some(Integ::HmacSha256_128), false);
+        let mut ivs = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            let range = encap(&cbc, &mut buf, 10);
+            let iv = buf[range.start + 8..range.start + 24].to_vec();
+            assert!(ivs.insert(iv));
+        }
+        // Two SAs with the same key (never done, but) still get different IVs: the seed.
+        let other = OutboundSa::new(
+            params(Encr::AesCbc256, Some(Integ::HmacSha256_128), false),
+            &mut TestRandom(8),
+        )
+        .unwrap();
+        let range = encap(&other, &mut buf, 10);
+        assert!(!ivs.contains(&buf[range.start + 8..range.start + 24]));
+    }
+
+    #[test]
+    fn outer_header_copies_dscp_ecn_df() {
+        let (out, _) = sa_pair(Encr::AesGcm16_256, None, false);
+        let mut buf = buffer_for(100);
+        let len = peer_packet(&mut buf[HEADROOM_MAX..], 10);
+        {
+            let mut inner = Ipv4Packet::new_unchecked(&mut buf[HEADROOM_MAX..]);
+            inner.set_dscp_ecn(0xb9);
+            inner.set_dont_frag_unfragmented(false);
+        }
+        let sent = out.encapsulate_ipv4(&mut buf, HEADROOM_MAX, len).unwrap();
+        let ip = Ipv4Packet::new_checked(&buf[sent.range]).unwrap();
+        assert_eq!(ip.dscp_ecn(), 0xb9);
+        assert!(!ip.dont_frag());
+        assert_eq!(ip.ident(), 1);
+        assert_eq!(ip.ttl(), OUTER_TTL);
+    }
+
+    #[test]
+    fn tampering_anywhere_fails_authentication() {
+        for (encr, integ) in suites() {
+            let (out, inb) = sa_pair(encr, integ, false);
+            let mut buf = buffer_for(100);
+            let range = encap(&out, &mut buf, 40);
+            // Every byte after the SPI: sequence number, IV, ciphertext, ICV.
+            for at in 4..range.len() {
+                let mut copy = buf[range.clone()].to_vec();
+                // (0x80: flipping the low bit of sequence number 1 would make it 0, which
+                // the replay pre-check refuses before the ICV.)
+                copy[at] ^= 0x80;
+                assert_eq!(
+                    inb.decapsulate(&mut copy),
+                    Err(EspError::AuthFailed),
+                    "{at}"
+                );
+            }
+            let stats = inb.stats();
+            assert_eq!(stats.auth_failed, range.len() as u64 - 4);
+            assert_eq!(stats.packets, 0);
+            // The window did not move for forgeries: the genuine packet still goes in.
+            let _ = inb.decapsulate(&mut buf[range]).unwrap();
+        }
+    }
+
+    #[test]
+    fn wrong_spi() {
+        let (out, inb) = sa_pair(Encr::AesCbc128, Some(Integ::HmacSha1_96), false);
+        let mut buf = buffer_for(100);
+        let range = encap(&out, &mut buf, 40);
+        buf[range.start] ^= 0x80;
+        assert!(matches!(
+            inb.decapsulate(&mut buf[range]),
+            Err(EspError::WrongSpi { expected: SPI, .. })
+        ));
+        assert_eq!(inb.stats().malformed, 1);
+    }
+
+    #[test]
+    fn replayed_and_too_old() {
+        let (out, inb) = sa_pair(Encr::AesGcm16_128, None, false);
+        let mut first = buffer_for(100);
+        let first_range = encap(&out, &mut first, 20);
+        let saved = first[first_range.clone()].to_vec();
+        let _ = inb.decapsulate(&mut first[first_range]).unwrap();
+        let mut again = saved.clone();
+        assert_eq!(
+            inb.decapsulate(&mut again),
+            Err(EspError::Replayed { seq: 1 })
+        );
+        // Move the window REPLAY_WINDOW past sequence number 2.
+        let mut second = buffer_for(100);
+        let second_range = encap(&out, &mut second, 20);
+        let mut buf = buffer_for(100);
+        for _ in 0..crate::REPLAY_WINDOW {
+            let range = encap(&out, &mut buf, 20);
+            let _ = inb.decapsulate(&mut buf[range]).unwrap();
+        }
+        assert_eq!(inb.stats().highest_seq, crate::REPLAY_WINDOW + 2);
+        assert_eq!(
+            inb.decapsulate(&mut second[second_range]),
+            Err(EspError::TooOld { seq: 2 })
+        );
+        let stats = inb.stats();
+        assert_eq!((stats.replay, stats.auth_failed), (2, 0));
+    }
+
+    #[test]
+    fn bad_padding_is_dropped() {
+        for (encr, integ) in suites() {
+            let inb = InboundSa::new(params(encr, integ, false)).unwrap();
+            let mut inner = [0u8; 64];
+            let len = peer_packet(&mut inner, 4);
+            // 32 bytes + 14 padding + 2 = 48, a multiple of every alignment.
+            let mut plain = inner[..len].to_vec();
+            plain.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 13, 14, 4]);
+            let mut buf = [0u8; 200];
+            let n = seal_raw(encr, integ, 1, &plain, &mut buf);
+            assert_eq!(inb.decapsulate(&mut buf[..n]), Err(EspError::BadPadding));
+            // Pad Length longer than the plaintext.
+            let last = plain.len() - 2;
+            plain[last] = 200;
+            let n = seal_raw(encr, integ, 2, &plain, &mut buf);
+            assert_eq!(inb.decapsulate(&mut buf[..n]), Err(EspError::BadPadding));
+            assert_eq!(inb.stats().bad_padding, 2);
+        }
+    }
+
+    #[test]
+    fn dummy_and_unknown_next_header() {
+        let (encr, integ) = (Encr::AesCbc192, Some(Integ::HmacSha384_192));
+        let inb = InboundSa::new(params(encr, integ, false)).unwrap();
+        let mut buf = [0u8; 200];
+        // RFC 4303 §2.6: Next Header 59, payload anything.
+        let mut plain = [0xeeu8; 32];
+        plain[29] = 1;
+        plain[30] = 1;
+        plain[31] = 59;
+        let n = seal_raw(encr, integ, 1, &plain, &mut buf);
+        assert_eq!(inb.decapsulate(&mut buf[..n]), Ok(Decapsulated::Dummy));
+        plain[31] = protocol::IPV6;
+        let n = seal_raw(encr, integ, 2, &plain, &mut buf);
+        assert_eq!(
+            inb.decapsulate(&mut buf[..n]),
+            Err(EspError::UnsupportedNextHeader(41))
+        );
+        let stats = inb.stats();
+        assert_eq!((stats.dummy, stats.malformed, stats.packets), (1, 1, 0));
+    }
+
+    #[test]
+    fn truncated_packets_never_panic() {
+        for (encr, integ) in suites() {
+            let (out, inb) = sa_pair(encr, integ, false);
+            let mut buf = buffer_for(100);
+            let range = encap(&out, &mut buf, 40);
+            let packet = buf[range].to_vec();
+            for len in 0..packet.len() {
+                let mut copy = packet[..len].to_vec();
+                let err = inb.decapsulate(&mut copy).unwrap_err();
+                assert!(
+                    matches!(err, EspError::Malformed(_) | EspError::AuthFailed),
+                    "{len}: {err}"
+                );
+            }
+            let s = inb.stats();
+            assert_eq!(s.malformed + s.auth_failed, packet.len() as u64);
+        }
+    }
+
+    #[test]
+    fn inner_packet_checks() {
+        let (encr, integ) = (Encr::AesGcm16_128, None);
+        let inb = InboundSa::new(params(encr, integ, false)).unwrap();
+        let mut inner = [0u8; 64];
+        let mut buf = [0u8; 200];
+        // Source outside the peer's selector 10.2.0.0/16.
+        let len = inner_packet(
+            &mut inner,
+            Ipv4Addr::new(10, 3, 0, 1),
+            Ipv4Addr::new(10, 1, 0, 1),
+            6,
+        );
+        // 34 bytes + no padding + 2 = 36, 4-byte aligned.
+        let mut plain = inner[..len].to_vec();
+        plain.extend_from_slice(&[0, 4]);
+        let n = seal_raw(encr, integ, 1, &plain, &mut buf);
+        assert_eq!(
+            inb.decapsulate(&mut buf[..n]),
+            Err(EspError::SelectorMismatch)
+        );
+        // Destination outside ours.
+        inner_packet(
+            &mut inner,
+            Ipv4Addr::new(10, 2, 0, 1),
+            Ipv4Addr::new(10, 9, 0, 1),
+            6,
+        );
+        plain[..len].copy_from_slice(&inner[..len]);
+        let n = seal_raw(encr, integ, 2, &plain, &mut buf);
+        assert_eq!(
+            inb.decapsulate(&mut buf[..n]),
+            Err(EspError::SelectorMismatch)
+        );
+        // Total Length beyond the payload.
+        inner_packet(
+            &mut inner,
+            Ipv4Addr::new(10, 2, 0, 1),
+            Ipv4Addr::new(10, 1, 0, 1),
+            6,
+        );
+        plain[..len].copy_from_slice(&inner[..len]);
+        plain[3] += 1;
+        let n = seal_raw(encr, integ, 3, &plain, &mut buf);
+        assert!(matches!(
+            inb.decapsulate(&mut buf[..n]),
+            Err(EspError::InnerMalformed(_))
+        ));
+        // IPv6 version nibble with Next Header 4.
+        plain[3] -= 1;
+        plain[0] = 0x65;
+        let n = seal_raw(encr, integ, 4, &plain, &mut buf);
+        assert!(matches!(
+            inb.decapsulate(&mut buf[..n]),
+            Err(EspError::InnerMalformed(_))
+        ));
+        // TFC padding (RFC 4303 §2.7) after the inner packet is cut off, not delivered.
+        plain[0] = 0x45;
+        let mut tfc = plain[..len].to_vec();
+        tfc.extend_from_slice(&[0, 0, 0, 0, 0, 4]);
+        let n = seal_raw(encr, integ, 5, &tfc, &mut buf);
+        let Ok(Decapsulated::Packet { inner: range, .. }) = inb.decapsulate(&mut buf[..n]) else {
+            panic!("TFC-padded packet refused");
+        };
+        assert_eq!(range.len(), len);
+        let s = inb.stats();
+        assert_eq!((s.selector_mismatch, s.malformed, s.packets), (2, 2, 1));
+    }
+
+    #[test]
+    fn sequence_numbers_never_wrap() {
+        let (out, inb) = sa_pair(Encr::AesGcm16_128, None, false);
+        let mut buf = buffer_for(100);
+        out.hot.seq.store(SEQ_SOFT_LIMIT - 2, Ordering::Relaxed);
+        let len = peer_packet(&mut buf[HEADROOM_MAX..], 10);
+        let send = |buf: &mut [u8]| {
+            peer_packet(&mut buf[HEADROOM_MAX..], 10);
+            out.encapsulate(buf, HEADROOM_MAX, len)
+        };
+        let first = send(&mut buf).unwrap();
+        assert!(!first.soft_expired);
+        let soft = send(&mut buf).unwrap();
+        assert!(soft.soft_expired, "RFC 4303 §3.3.3: time to rekey");
+        assert_eq!(u64::from(soft.seq), SEQ_SOFT_LIMIT);
+        let later = send(&mut buf).unwrap();
+        assert!(!later.soft_expired, "reported once");
+        out.hot.seq.store(SEQ_HARD_LIMIT - 1, Ordering::Relaxed);
+        let last = send(&mut buf).unwrap();
+        assert_eq!(last.seq, u32::MAX);
+        // The receiver takes the last one...
+        let _ = inb.decapsulate(&mut buf[last.range]).unwrap();
+        // ...and the sender refuses to wrap to 0.
+        for _ in 0..3 {
+            assert_eq!(send(&mut buf), Err(EspError::SequenceExhausted));
+        }
+        let stats = out.stats();
+        assert_eq!((stats.expired, stats.seq), (3, SEQ_HARD_LIMIT));
+    }
+
+    #[test]
+    fn byte_and_packet_lifetimes() {
+        let lifetime = Lifetime {
+            soft_packets: Some(3),
+            hard_packets: Some(5),
+            soft_bytes: None,
+            hard_bytes: None,
+        };
+        let mut p = params(Encr::AesGcm16_128, None, false);
+        p.lifetime = lifetime;
+        let out = OutboundSa::new(p, &mut TestRandom(1)).unwrap();
+        let mut buf = buffer_for(100);
+        let len = peer_packet(&mut buf[HEADROOM_MAX..], 10);
+        let soft: Vec<bool> = (0..5)
+            .map(|_| {
+                out.encapsulate(&mut buf, HEADROOM_MAX, len)
+                    .unwrap()
+                    .soft_expired
+            })
+            .collect();
+        assert_eq!(soft, [false, false, true, false, false]);
+        assert_eq!(
+            out.encapsulate(&mut buf, HEADROOM_MAX, len),
+            Err(EspError::HardExpired)
+        );
+
+        let (sender, _) = sa_pair(Encr::AesGcm16_128, None, false);
+        let mut p = params(Encr::AesGcm16_128, None, false);
+        p.lifetime = Lifetime {
+            soft_bytes: Some(100),
+            hard_bytes: Some(120),
+            ..Lifetime::default()
+        };
+        let inb = InboundSa::new(p).unwrap();
+        let mut results = Vec::new();
+        for _ in 0..4 {
+            let range = encap(&sender, &mut buf, 22); // 50-byte inner packets
+            results.push(inb.decapsulate(&mut buf[range]));
+        }
+        assert!(matches!(
+            results[0],
+            Ok(Decapsulated::Packet {
+                soft_expired: false,
+                ..
+            })
+        ));
+        assert!(matches!(
+            results[1],
+            Ok(Decapsulated::Packet {
+                soft_expired: true,
+                ..
+            })
+        ));
+        assert!(matches!(
+            results[2],
+            Ok(Decapsulated::Packet {
+                soft_expired: false,
+                ..
+            })
+        ));
+        assert_eq!(results[3], Err(EspError::HardExpired));
+        assert_eq!(inb.stats().expired, 1);
+    }
+
+    #[test]
+    fn invalid_params() {
+        let mut p = params(Encr::AesCbc128, Some(Integ::HmacSha1_96), false);
+        p.enc_key = Key::new(&[0; 15]);
+        assert!(matches!(InboundSa::new(p), Err(EspError::InvalidParams(_))));
+        let mut p = params(Encr::AesCbc128, Some(Integ::HmacSha1_96), false);
+        p.integ_key = Key::new(&[0; 16]);
+        assert!(matches!(InboundSa::new(p), Err(EspError::InvalidParams(_))));
+        let p = params(Encr::AesCbc128, None, false);
+        assert!(matches!(InboundSa::new(p), Err(EspError::InvalidParams(_))));
+        let mut p = params(Encr::AesGcm16_128, None, false);
+        p.integ = Some(Integ::HmacSha1_96);
+        assert!(matches!(
+            OutboundSa::new(p, &mut TestRandom(0)),
+            Err(EspError::InvalidParams(_))
+        ));
+    }
+
+    #[test]
+    fn debug_output_has_no_key_material() {
+        let p = params(Encr::AesCbc256, Some(Integ::HmacSha256_128), false);
+        // Distinctive key bytes, in the forms Debug would print them.
+        let mut p = p;
+        p.enc_key = Key::new(&[0xa5; 32]);
+        p.integ_key = Key::new(&[0x5a; 32]);
+        let printed = [
+            format!("{p:?}"),
+            format!("{:?}", InboundSa::new(p.clone()).unwrap()),
+            format!(
+                "{:?}",
+                OutboundSa::new(p.clone(), &mut TestRandom(3)).unwrap()
+            ),
+            format!("{:#?}", p.enc_key),
+        ];
+        for text in printed {
+            assert!(!text.contains("165"), "{text}");
+            assert!(!text.contains("90,"), "{text}");
+            assert!(!text.to_lowercase().contains("a5a5"), "{text}");
+            assert!(!text.to_lowercase().contains("5a5a"), "{text}");
+        }
+        assert!(format!("{:?}", p.enc_key).contains("redacted"));
+    }
+}
