@@ -46,6 +46,8 @@ pub mod config;
 mod endpoint;
 pub mod event;
 mod exchange;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod keys;
 pub mod proposal;
 mod sa;
