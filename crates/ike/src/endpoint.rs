@@ -521,6 +521,23 @@ impl Endpoint {
         if sa.retry_at.is_some_and(|t| now >= t) {
             sa.retry_at = None;
         }
+        if sa.retire_at.is_some_and(|t| now >= t) {
+            sa.retire_at = None;
+            let target = sa
+                .rekeyed_to
+                .filter(|n| self.sas.get(n).is_some_and(|s| !s.retiring && !s.dead));
+            if let Some(new_spi) = target {
+                self.transfer_children(now, sa, new_spi);
+                self.io.log(
+                    sa.peer,
+                    Level::Warn,
+                    "ike_rekey",
+                    "peer never deleted the rekeyed IKE SA; dropping it".into(),
+                );
+                self.remove_sa(sa, DeleteReason::Rekeyed);
+                return;
+            }
+        }
         if sa.established() && !sa.retiring {
             if sa.expire_at.is_some_and(|t| now >= t) {
                 self.io.log(

@@ -1395,6 +1395,8 @@ impl Endpoint {
         }
         sa.rekeyed_to = Some(new_spi);
         sa.retiring = true;
+        // If the peer's Delete never comes, finish the rekey anyway (RFC 7296 §2.18).
+        sa.retire_at = Some(now + self.cfg.retransmit_base * 45);
         self.io.log(
             sa.peer,
             Level::Info,
@@ -1471,7 +1473,7 @@ impl Endpoint {
                 .rekeyed_to
                 .filter(|n| self.sas.get(n).is_some_and(|s| !s.retiring && !s.dead));
             let reason = if let Some(new_spi) = moved {
-                self.transfer_children(sa, new_spi);
+                self.transfer_children(now, sa, new_spi);
                 DeleteReason::Rekeyed
             } else {
                 self.io.log(
@@ -1511,12 +1513,29 @@ impl Endpoint {
         let _ = now;
     }
 
-    /// Moves the Child SAs of a rekeyed IKE SA to its successor (RFC 7296 §2.18).
-    fn transfer_children(&mut self, old: &mut IkeSa, new_spi: u64) {
+    /// Moves the Child SAs of a rekeyed IKE SA to its successor (RFC 7296 §2.18),
+    /// with the Child SA work still queued on the old one.
+    pub(crate) fn transfer_children(&mut self, now: Instant, old: &mut IkeSa, new_spi: u64) {
         let Some(new) = self.sas.get_mut(&new_spi) else {
             return;
         };
-        new.children.append(&mut old.children);
+        for mut c in old.children.drain(..) {
+            if c.state == ChildState::Rekeying {
+                // That exchange dies with the old IKE SA: rekey again on the new one.
+                c.state = ChildState::Installed;
+                c.collision = None;
+                c.rekey_at = Some(now);
+            }
+            if c.state == ChildState::Installed && c.rekey_at.is_none() && c.expire_at.is_some() {
+                c.rekey_at = Some(now);
+            }
+            new.children.push(c);
+        }
+        for t in old.tasks.drain(..) {
+            if matches!(t, Task::DeleteChildren(_) | Task::RekeyChild(_)) {
+                new.tasks.push_back(t);
+            }
+        }
         let (o, n) = ((old.spi_i, old.spi_r), (new.spi_i, new.spi_r));
         if let Some(peer) = old.peer {
             self.io.log(
@@ -1918,6 +1937,12 @@ impl Endpoint {
         let peer = sa.peer;
         if let Some(n) = inner.iter().find_map(error_notify) {
             if n.ntype == NotifyType::TEMPORARY_FAILURE && sa.rekeyed_to.is_none() {
+                self.io.log(
+                    peer,
+                    Level::Info,
+                    "temporary_failure",
+                    "peer is busy (TEMPORARY_FAILURE); retrying the IKE SA rekey".into(),
+                );
                 sa.retry_at =
                     Some(now + Duration::from_millis(2000 + u64::from(self.io.u32() % 4000)));
                 sa.tasks.push_front(Task::RekeyIke);
@@ -2010,7 +2035,7 @@ impl Endpoint {
             return;
         }
         self.sas.insert(new_spi, new);
-        self.transfer_children(sa, new_spi);
+        self.transfer_children(now, sa, new_spi);
         sa.retiring = true;
         sa.rekeyed_to = None;
         sa.tasks.clear();

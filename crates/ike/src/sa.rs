@@ -169,6 +169,8 @@ pub(crate) struct IkeSa {
     pub retiring: bool,
     /// As rekey responder: our SPI of the IKE SA that replaces this one.
     pub rekeyed_to: Option<u64>,
+    /// As rekey responder: when to stop waiting for the peer's Delete of this SA.
+    pub retire_at: Option<Instant>,
     /// Simultaneous IKE SA rekey: the peer's exchange's lowest nonce and the SA it made.
     pub ike_collision: Option<(Vec<u8>, u64)>,
     pub dead: bool,
@@ -218,6 +220,7 @@ impl IkeSa {
             linger_until: None,
             retiring: false,
             rekeyed_to: None,
+            retire_at: None,
             ike_collision: None,
             dead: false,
         }
@@ -300,6 +303,15 @@ impl IkeSa {
         }
         at(self.half_open_until);
         at(self.retry_at);
+        at(self.retire_at);
+        if self.established()
+            && self.pending.is_none()
+            && self.retry_at.is_none()
+            && !self.tasks.is_empty()
+        {
+            // Work was queued from outside this SA's own processing: due now.
+            at(Some(self.last_rx));
+        }
         if self.established() && !self.retiring {
             at(self.rekey_at);
             at(self.expire_at);
@@ -307,7 +319,12 @@ impl IkeSa {
                 at(c.rekey_at);
                 at(c.expire_at);
             }
-            if let (Some(i), None) = (self.cfg.dpd_interval, &self.pending) {
+            if let (Some(i), None, None, true) = (
+                self.cfg.dpd_interval,
+                &self.pending,
+                self.retry_at,
+                self.tasks.is_empty(),
+            ) {
                 at(Some(self.last_rx + i));
             }
         }

@@ -815,3 +815,86 @@ fn debug_output_never_shows_secrets() {
         assert!(!s.contains("correct horse"), "{s}");
     }
 }
+
+#[test]
+fn lost_delete_after_ike_rekey_still_moves_children() {
+    let a = config_a();
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    p.initiate_a();
+    let child = p.a.child_sas(PEER_A)[0].clone();
+    // Everything A sends after the rekey exchange (its Delete and retransmissions) is lost.
+    p.fate = Box::new(|pkt| {
+        if pkt.seq >= 6 && pkt.to == Side::B {
+            Fate::Drop
+        } else {
+            Fate::Deliver
+        }
+    });
+    p.a.rekey_ike(p.now, PEER_A).unwrap();
+    p.drive();
+    assert_eq!(p.b.child_sas(PEER_B).len(), 1);
+    p.fate = Box::new(|pkt| {
+        if pkt.seq < 12 && pkt.to == Side::B {
+            Fate::Drop
+        } else {
+            Fate::Deliver
+        }
+    });
+    p.advance(Duration::from_secs(400));
+    p.assert_ike_match();
+    assert_eq!(p.a.child_sas(PEER_A), vec![child]);
+    p.assert_children_match();
+    assert!(
+        p.b_events
+            .iter()
+            .any(|e| matches!(e, Event::IkeSaRekeyed { .. }))
+    );
+    // The moved Child SA still rekeys on the new IKE SA.
+    p.b.rekey_child(p.now, PEER_B).unwrap();
+    p.drive();
+    p.assert_children_match();
+    assert_eq!(rekeyed(&p.a_events), 1);
+}
+
+#[test]
+fn child_rekey_during_ike_rekey_gets_temporary_failure_and_retries() {
+    for seed in 1..4 {
+        let a = config_a();
+        let mut p = Pair::with_seed(a.clone(), mirror(&a), seed);
+        p.initiate_a();
+        p.a.rekey_ike(p.now, PEER_A).unwrap();
+        p.b.rekey_child(p.now, PEER_B).unwrap();
+        p.drive();
+        p.advance(Duration::from_secs(30));
+        p.assert_ike_match();
+        p.assert_children_match();
+        assert_eq!(
+            Pair::count(&p.a_events, |e| matches!(e, Event::IkeSaRekeyed { .. })),
+            1,
+            "seed {seed} {:#?} {:#?}",
+            p.a_events,
+            p.b_events
+        );
+        let logs: Vec<String> = p
+            .a_events
+            .iter()
+            .chain(&p.b_events)
+            .filter_map(|e| match e {
+                Event::Log { event, message, .. } => Some(format!("{event}: {message}")),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(rekeyed(&p.a_events), 1, "seed {seed} {logs:#?}");
+        assert!(Pair::failures(&p.a_events).is_empty() && Pair::failures(&p.b_events).is_empty());
+        assert!(
+            p.b_events.iter().chain(&p.a_events).any(|e| matches!(
+                e,
+                Event::Log {
+                    event: "temporary_failure",
+                    ..
+                }
+            )),
+            "seed {seed}"
+        );
+    }
+}

@@ -280,7 +280,12 @@ impl Pair {
     /// Moves the clock forward by `d`, firing timers on the way.
     pub fn advance(&mut self, d: Duration) {
         let target = self.now + d;
-        loop {
+        for spins in 0.. {
+            assert!(
+                spins < 100_000,
+                "timers do not make progress at {:?}",
+                self.elapsed()
+            );
             let next = [self.a.poll_timeout(), self.b.poll_timeout()]
                 .into_iter()
                 .flatten()
