@@ -5,7 +5,10 @@
 //!   non-blocking queue per worker.
 //! - [`BatchSocket`]: UDP (500, 4500) and raw IP-protocol-50 sockets with `recvmmsg` /
 //!   `sendmmsg` over preallocated [`BatchBuf`]s; `SO_REUSEPORT` (UDP) or a per-worker SPI
-//!   BPF filter (raw ESP) spreads peers over the workers.
+//!   BPF filter (raw ESP) spreads peers over the workers; UDP GSO (`UDP_SEGMENT`) sends
+//!   runs of equal-size datagrams to one peer as one message, probed per socket, with a
+//!   fallback to single datagrams. (Receive-side `UDP_GRO` is not used: it needs 64 KiB
+//!   slots and a split step; see the vnet_hdr note in [`tun`](crate::Tun).)
 //! - [`RouteTable`] (IPv4 longest-prefix match) and [`PolicyTable`] (source + destination
 //!   + priority), shared lock-free with the workers through [`SharedRoutes`].
 //! - [`Netlink`]: kernel routes, addresses, link state and policy rules (rtnetlink).

@@ -16,6 +16,7 @@ use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use crate::buf::{BatchBuf, RecvMeta};
 
@@ -39,6 +40,9 @@ pub struct SocketOptions {
     pub recv_buffer: Option<usize>,
     /// `SO_SNDBUF` in bytes, if set (capped by `net.core.wmem_max`).
     pub send_buffer: Option<usize>,
+    /// UDP: coalesce equal-size datagrams to one peer with `UDP_SEGMENT` when the kernel
+    /// supports it.
+    pub gso: bool,
 }
 
 impl Default for SocketOptions {
@@ -48,6 +52,7 @@ impl Default for SocketOptions {
             esp_share: None,
             recv_buffer: Some(4 << 20),
             send_buffer: Some(4 << 20),
+            gso: true,
         }
     }
 }
@@ -81,6 +86,8 @@ pub struct Received {
 pub struct SendOutcome {
     /// Datagrams the kernel accepted.
     pub sent: usize,
+    /// Messages those datagrams travelled in (fewer than `sent` with GSO).
+    pub messages: usize,
     /// Payload bytes of the datagrams accepted.
     pub bytes: usize,
     /// Datagrams refused (skipped; the rest of the batch was still sent).
@@ -97,6 +104,21 @@ pub struct MsgScratch {
     iovs: Vec<libc::iovec>,
     names: Vec<libc::sockaddr_in>,
     ctrl: Vec<Cmsg>,
+    groups: Vec<Group>,
+}
+
+/// One message being built for `sendmmsg`: `count` datagrams in `iovs[iov..iov + count]`.
+#[derive(Clone, Copy)]
+struct Group {
+    remote: SocketAddrV4,
+    local: Ipv4Addr,
+    /// Segment size (the first datagram's length).
+    seg: usize,
+    count: usize,
+    bytes: usize,
+    /// A shorter datagram ended the run.
+    closed: bool,
+    iov: usize,
 }
 
 // SAFETY: the raw pointers inside the libc structs are only written and read within one
@@ -120,6 +142,18 @@ impl MsgScratch {
                 iovs: vec![zeroed(); n],
                 names: vec![zeroed(); n],
                 ctrl: vec![Cmsg([0; 64]); n],
+                groups: vec![
+                    Group {
+                        remote: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+                        local: Ipv4Addr::UNSPECIFIED,
+                        seg: 0,
+                        count: 0,
+                        bytes: 0,
+                        closed: true,
+                        iov: 0,
+                    };
+                    n
+                ],
             }
         }
     }
@@ -144,6 +178,8 @@ pub struct BatchSocket {
     fd: OwnedFd,
     local: SocketAddrV4,
     kind: SockKind,
+    /// UDP GSO in use; cleared if the kernel refuses it at send time.
+    gso: AtomicBool,
 }
 
 impl BatchSocket {
@@ -204,7 +240,17 @@ impl BatchSocket {
         } else {
             local
         };
-        Ok(Self { fd, local, kind })
+        // Setting the socket's default segment size to 0 (none) probes for UDP_SEGMENT
+        // without changing how plain sends behave.
+        let gso = kind == SockKind::Udp
+            && opts.gso
+            && setsockopt(&fd, libc::IPPROTO_UDP, UDP_SEGMENT, 0 as libc::c_int).is_ok();
+        Ok(Self {
+            fd,
+            local,
+            kind,
+            gso: AtomicBool::new(gso),
+        })
     }
 
     /// The bound address (port 0 for ESP).
@@ -244,6 +290,7 @@ impl BatchSocket {
             iovs,
             names,
             ctrl,
+            ..
         } = scratch;
         for i in 0..n {
             let (ptr, len) = pkts[i].rx_area(layout.headroom, layout.data);
@@ -335,24 +382,63 @@ impl BatchSocket {
 
     /// Sends datagrams with as few `sendmmsg` calls as the scratch size allows. A datagram
     /// the kernel refuses is counted and skipped; the others are still sent.
+    ///
+    /// With UDP GSO (`UDP_SEGMENT`, when the socket has it), consecutive datagrams to the
+    /// same peer from the same address and of the same size (the last of a run may be
+    /// shorter) go down the stack as one message of up to 64 segments, gathered from the
+    /// packet buffers with one iovec each: no copy, one traversal of the stack per run.
     pub fn send_batch<'a>(
         &self,
         items: impl IntoIterator<Item = Datagram<'a>>,
         scratch: &mut MsgScratch,
     ) -> SendOutcome {
         let mut out = SendOutcome::default();
+        let gso = self.gso.load(Relaxed);
         let cap = scratch.capacity();
-        let mut k = 0;
+        let (mut m, mut v) = (0, 0);
         for d in items {
-            self.fill_send(scratch, k, &d);
-            k += 1;
-            if k == cap {
-                self.flush(scratch, k, &mut out);
-                k = 0;
+            let len = d.data.len();
+            let join = gso
+                && v < cap
+                && m > 0
+                && scratch.groups.get(m - 1).is_some_and(|g| {
+                    !g.closed
+                        && g.remote == d.remote
+                        && g.local == d.local
+                        && len > 0
+                        && len <= g.seg
+                        && g.count < GSO_MAX_SEGMENTS
+                        && g.bytes + len <= GSO_MAX_BYTES
+                });
+            if !join && (m == cap || v == cap) {
+                self.flush(scratch, m, &mut out);
+                (m, v) = (0, 0);
             }
+            scratch.iovs[v] = libc::iovec {
+                iov_base: d.data.as_ptr() as *mut libc::c_void,
+                iov_len: len,
+            };
+            if join {
+                let g = &mut scratch.groups[m - 1];
+                g.count += 1;
+                g.bytes += len;
+                g.closed = len < g.seg;
+            } else {
+                scratch.groups[m] = Group {
+                    remote: d.remote,
+                    local: d.local,
+                    seg: len,
+                    count: 1,
+                    bytes: len,
+                    closed: false,
+                    iov: v,
+                };
+                m += 1;
+            }
+            v += 1;
         }
-        if k > 0 {
-            self.flush(scratch, k, &mut out);
+        if m > 0 {
+            self.flush(scratch, m, &mut out);
         }
         out
     }
@@ -368,48 +454,58 @@ impl BatchSocket {
         }
     }
 
-    fn fill_send(&self, s: &mut MsgScratch, i: usize, d: &Datagram<'_>) {
-        s.names[i] = sockaddr(d.remote);
-        s.iovs[i] = libc::iovec {
-            iov_base: d.data.as_ptr() as *mut libc::c_void,
-            iov_len: d.data.len(),
-        };
-        let h = &mut s.hdrs[i];
-        h.msg_len = 0;
-        h.msg_hdr.msg_name = (&mut s.names[i] as *mut libc::sockaddr_in).cast();
-        h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        h.msg_hdr.msg_iov = &mut s.iovs[i];
-        h.msg_hdr.msg_iovlen = 1;
-        h.msg_hdr.msg_flags = 0;
-        if self.local.ip().is_unspecified() && !d.local.is_unspecified() {
-            h.msg_hdr.msg_control = s.ctrl[i].0.as_mut_ptr().cast();
-            h.msg_hdr.msg_controllen = size_of::<Cmsg>() as _;
-            // SAFETY: the control buffer is 64 bytes, aligned, and described by the header.
-            h.msg_hdr.msg_controllen = unsafe { write_pktinfo(&mut h.msg_hdr, d.local) } as _;
-        } else {
-            h.msg_hdr.msg_control = std::ptr::null_mut();
-            h.msg_hdr.msg_controllen = 0;
-        }
+    /// Whether this socket coalesces datagrams with UDP GSO.
+    pub fn gso(&self) -> bool {
+        self.gso.load(Relaxed)
     }
 
-    fn flush(&self, s: &mut MsgScratch, k: usize, out: &mut SendOutcome) {
+    /// Builds the headers of messages `0..m` from their groups and sends them.
+    fn flush(&self, s: &mut MsgScratch, m: usize, out: &mut SendOutcome) {
+        let pktinfo = self.local.ip().is_unspecified();
+        for i in 0..m {
+            let g = s.groups[i];
+            s.names[i] = sockaddr(g.remote);
+            let h = &mut s.hdrs[i];
+            h.msg_len = 0;
+            h.msg_hdr.msg_name = (&mut s.names[i] as *mut libc::sockaddr_in).cast();
+            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_hdr.msg_iov = &mut s.iovs[g.iov];
+            h.msg_hdr.msg_iovlen = g.count as _;
+            h.msg_hdr.msg_flags = 0;
+            let src = (pktinfo && !g.local.is_unspecified()).then_some(g.local);
+            let seg = (g.count > 1).then_some(g.seg as u16);
+            if src.is_some() || seg.is_some() {
+                s.ctrl[i].0 = [0; 64];
+                h.msg_hdr.msg_control = s.ctrl[i].0.as_mut_ptr().cast();
+                h.msg_hdr.msg_controllen = size_of::<Cmsg>() as _;
+                // SAFETY: the zeroed control buffer is 64 bytes, aligned, and described by
+                // the header; two small messages fit.
+                h.msg_hdr.msg_controllen = unsafe { write_cmsgs(&mut h.msg_hdr, src, seg) } as _;
+            } else {
+                h.msg_hdr.msg_control = std::ptr::null_mut();
+                h.msg_hdr.msg_controllen = 0;
+            }
+        }
         let mut off = 0;
-        while off < k {
-            // SAFETY: hdrs[off..k] were filled by fill_send with pointers to buffers the
-            // caller's items borrow for the duration of send_batch.
+        while off < m {
+            // SAFETY: hdrs[off..m] point at names, iovecs and control buffers in `s` and
+            // at packet bytes the caller's items borrow for the duration of send_batch.
             let rc = unsafe {
                 libc::sendmmsg(
                     self.fd.as_raw_fd(),
                     s.hdrs.as_mut_ptr().add(off),
-                    (k - off) as libc::c_uint,
+                    (m - off) as libc::c_uint,
                     0,
                 )
             };
             out.calls += 1;
             if rc > 0 {
                 let done = off + rc as usize;
-                out.bytes += s.iovs[off..done].iter().map(|v| v.iov_len).sum::<usize>();
-                out.sent += rc as usize;
+                for g in &s.groups[off..done] {
+                    out.sent += g.count;
+                    out.bytes += g.bytes;
+                }
+                out.messages += rc as usize;
                 off = done;
                 continue;
             }
@@ -417,19 +513,59 @@ impl BatchSocket {
             if rc < 0 && e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            // The datagram at `off` was refused (e.g. no route, message too long).
-            out.failed += 1;
-            out.last_error = Some(e.kind());
+            let g = s.groups[off];
+            if g.count > 1 {
+                // A coalesced run was refused (e.g. a segment larger than the path MTU):
+                // send its datagrams one by one; a device without checksum offload (EIO)
+                // never takes GSO, so stop trying on this socket.
+                if e.raw_os_error() == Some(libc::EIO) {
+                    self.gso.store(false, Relaxed);
+                    tracing::warn!(local = %self.local, "UDP GSO refused; sending unsegmented");
+                }
+                self.send_each(s, g, out);
+            } else {
+                // The datagram was refused (e.g. no route, message too long).
+                out.failed += 1;
+                out.last_error = Some(e.kind());
+            }
             off += 1;
+        }
+    }
+
+    /// Sends a group's datagrams one `sendmsg` each (fallback path).
+    fn send_each(&self, s: &mut MsgScratch, g: Group, out: &mut SendOutcome) {
+        for k in g.iov..g.iov + g.count {
+            let iov = s.iovs[k];
+            let mut one = MsgScratch::new(1);
+            one.iovs[0] = iov;
+            one.groups[0] = Group {
+                seg: iov.iov_len,
+                count: 1,
+                bytes: iov.iov_len,
+                iov: 0,
+                ..g
+            };
+            let mut r = SendOutcome::default();
+            self.flush(&mut one, 1, &mut r);
+            out.sent += r.sent;
+            out.bytes += r.bytes;
+            out.messages += r.messages;
+            out.calls += r.calls;
+            out.failed += r.failed;
+            out.last_error = r.last_error.or(out.last_error);
         }
     }
 }
 
-/// Whether the kernel does UDP segmentation offload (`UDP_SEGMENT`, Linux ≥ 4.18). The
-/// batch send path does not use it yet: ESP packets of one batch rarely have equal sizes;
-/// bulk flows (TSO super-packets from a vnet_hdr TUN, issue 8) will.
+/// At most this many segments per GSO message (`UDP_MAX_SEGMENTS` in older kernels).
+const GSO_MAX_SEGMENTS: usize = 64;
+/// At most this many payload bytes per GSO message (one IPv4 datagram's worth).
+const GSO_MAX_BYTES: usize = 65_000;
+/// `UDP_SEGMENT` (linux/udp.h).
+const UDP_SEGMENT: libc::c_int = 103;
+
+/// Whether the kernel does UDP segmentation offload (`UDP_SEGMENT`, Linux ≥ 4.18).
 pub fn udp_gso_supported() -> bool {
-    const UDP_SEGMENT: libc::c_int = 103;
     socket(libc::SOCK_DGRAM, libc::IPPROTO_UDP)
         .and_then(|fd| setsockopt(&fd, libc::IPPROTO_UDP, UDP_SEGMENT, 1400 as libc::c_int))
         .is_ok()
@@ -520,30 +656,43 @@ unsafe fn pktinfo_dst(h: &libc::msghdr) -> Option<Ipv4Addr> {
     None
 }
 
-/// Writes an `IP_PKTINFO` message choosing the source address; returns the control length.
+/// Writes an `IP_PKTINFO` message choosing the source address and/or a `UDP_SEGMENT`
+/// message with the GSO segment size; returns the control length.
 ///
 /// # Safety
-/// `h.msg_control` must point at a writable, aligned buffer of `h.msg_controllen` bytes
-/// with room for one `in_pktinfo` message.
-unsafe fn write_pktinfo(h: &mut libc::msghdr, src: Ipv4Addr) -> usize {
-    // SAFETY: per the contract.
+/// `h.msg_control` must point at a zeroed, writable, aligned buffer of
+/// `h.msg_controllen` bytes with room for both messages.
+unsafe fn write_cmsgs(h: &mut libc::msghdr, src: Option<Ipv4Addr>, seg: Option<u16>) -> usize {
+    let mut len = 0;
+    // SAFETY: per the contract; the buffer is zeroed so CMSG_NXTHDR reads a zero length.
     unsafe {
-        let c = libc::CMSG_FIRSTHDR(h);
-        (*c).cmsg_level = libc::IPPROTO_IP;
-        (*c).cmsg_type = libc::IP_PKTINFO;
-        (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as _;
-        let info = libc::in_pktinfo {
-            ipi_ifindex: 0,
-            ipi_spec_dst: libc::in_addr {
-                s_addr: u32::from_ne_bytes(src.octets()),
-            },
-            ipi_addr: libc::in_addr { s_addr: 0 },
-        };
-        libc::CMSG_DATA(c)
-            .cast::<libc::in_pktinfo>()
-            .write_unaligned(info);
-        libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) as usize
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        if let Some(src) = src {
+            (*c).cmsg_level = libc::IPPROTO_IP;
+            (*c).cmsg_type = libc::IP_PKTINFO;
+            (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as _;
+            let info = libc::in_pktinfo {
+                ipi_ifindex: 0,
+                ipi_spec_dst: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(src.octets()),
+                },
+                ipi_addr: libc::in_addr { s_addr: 0 },
+            };
+            libc::CMSG_DATA(c)
+                .cast::<libc::in_pktinfo>()
+                .write_unaligned(info);
+            len += libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) as usize;
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+        if let Some(seg) = seg {
+            (*c).cmsg_level = libc::SOL_UDP;
+            (*c).cmsg_type = UDP_SEGMENT;
+            (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+            libc::CMSG_DATA(c).cast::<u16>().write_unaligned(seg);
+            len += libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
+        }
     }
+    len
 }
 
 /// Raw IPv4 sockets deliver the IP header: take the addresses from it and strip it
