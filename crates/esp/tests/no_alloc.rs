@@ -1,0 +1,117 @@
+//! The data path neither allocates nor locks per packet (DESIGN.md, "Data plane"). This
+//! binary installs a counting global allocator and asserts that encapsulate, decapsulate
+//! (successes and every kind of drop) and SA lookups make zero allocations.
+//!
+//! Locks: the crate's per-packet code takes no `Mutex`/`RwLock` (the only lock is the
+//! writer lock of `SaDb` updates); it uses `AtomicU64`, which is lock-free on x86_64 and
+//! aarch64.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::Arc;
+
+use crypto::{Encr, Integ};
+use esp::fuzzing::{buffer_for, params, peer_packet, sa_pair, suites};
+use esp::{HEADROOM_MAX, InboundSa, SaDb};
+
+struct Counting;
+
+thread_local! {
+    // Const-initialised and without a destructor, so touching it never allocates.
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System.alloc` with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Allocations made by this thread while running `f`.
+fn allocations_in(f: impl FnOnce()) -> u64 {
+    let before = ALLOCATIONS.with(Cell::get);
+    f();
+    ALLOCATIONS.with(Cell::get) - before
+}
+
+#[test]
+fn counting_allocator_counts() {
+    assert!(allocations_in(|| drop(std::hint::black_box(vec![1u8; 10]))) >= 1);
+}
+
+#[test]
+fn encapsulate_and_decapsulate_do_not_allocate() {
+    for (encr, integ) in suites() {
+        for udp in [false, true] {
+            let (out, inb) = sa_pair(encr, integ, udp);
+            let mut buf = buffer_for(1400);
+            let mut bad = buffer_for(1400);
+            let n = allocations_in(|| {
+                for i in 0..60 {
+                    let len = peer_packet(&mut buf[HEADROOM_MAX..], i * 7 % 1372);
+                    let sent = if i % 2 == 0 {
+                        out.encapsulate(&mut buf, HEADROOM_MAX, len).unwrap()
+                    } else {
+                        out.encapsulate_ipv4(&mut buf, HEADROOM_MAX, len).unwrap()
+                    };
+                    let esp = if i % 2 == 0 {
+                        sent.range
+                    } else {
+                        sent.range.start + out.outer_headroom_needed() - out.headroom_needed()
+                            ..sent.range.end
+                    };
+                    // A forgery and a replay are dropped without allocating too.
+                    let esp_len = esp.len();
+                    bad[..esp_len].copy_from_slice(&buf[esp.clone()]);
+                    bad[esp_len - 1] ^= 1;
+                    assert!(inb.decapsulate(&mut bad[..esp_len]).is_err());
+                    bad[esp_len - 1] ^= 1;
+                    let _ = inb.decapsulate(&mut buf[esp]).unwrap();
+                    assert!(inb.decapsulate(&mut bad[..esp_len]).is_err());
+                    assert!(inb.decapsulate(&mut bad[..3]).is_err());
+                }
+                let _ = (out.stats(), inb.stats());
+            });
+            assert_eq!(n, 0, "{encr:?} {integ:?} udp={udp}");
+        }
+    }
+}
+
+#[test]
+fn sa_lookup_does_not_allocate() {
+    let db = SaDb::<u32>::new();
+    for spi in 1..100u32 {
+        let mut p = params(Encr::AesCbc128, Some(Integ::HmacSha1_96), false);
+        p.spi = spi;
+        db.install_inbound(Arc::new(InboundSa::new(p).unwrap()))
+            .unwrap();
+    }
+    let (out, _) = sa_pair(Encr::AesGcm16_128, None, false);
+    db.set_outbound(1, Arc::new(out));
+    let mut cache = db.cache();
+    let _ = cache.inbound(1);
+    let n = allocations_in(|| {
+        for spi in 0..200u32 {
+            let _ = std::hint::black_box(db.inbound(spi));
+            let _ = std::hint::black_box(cache.inbound(spi));
+            let _ = std::hint::black_box(cache.outbound(&1));
+        }
+    });
+    assert_eq!(n, 0);
+}
