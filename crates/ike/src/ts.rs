@@ -89,7 +89,7 @@ impl TsRange {
 
 impl fmt::Display for TsRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let span = u32::from(self.end) - u32::from(self.start);
+        let span = u32::from(self.end).wrapping_sub(u32::from(self.start));
         if span.wrapping_add(1).is_power_of_two() && u32::from(self.start) & span == 0 {
             write!(
                 f,

@@ -52,6 +52,8 @@ pub struct Pkt {
     pub payload: Vec<u8>,
     /// Sequence number over the whole run (0 = first datagram ever sent).
     pub seq: usize,
+    /// Virtual time it was sent at.
+    pub at: Duration,
 }
 
 pub enum Fate {
@@ -187,6 +189,7 @@ impl Pair {
                 dst: t.remote,
                 payload: t.payload,
                 seq: 0,
+                at: Duration::ZERO,
             });
         }
         while let Some(t) = self.b.poll_transmit() {
@@ -212,10 +215,12 @@ impl Pair {
                 dst,
                 payload: t.payload,
                 seq: 0,
+                at: Duration::ZERO,
             });
         }
         for p in &mut out {
             p.seq = self.sent;
+            p.at = self.now - self.start;
             self.sent += 1;
             self.wire.push(p.clone());
         }
