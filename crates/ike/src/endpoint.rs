@@ -381,6 +381,18 @@ impl Endpoint {
         self.put_back(sa);
     }
 
+    /// Tells the engine that ESP traffic arrived from the peer: like strongSwan's
+    /// `dpddelay`, liveness checks are only sent after that long without any traffic.
+    pub fn handle_child_activity(&mut self, now: Instant, peer: PeerId) {
+        for sa in self
+            .sas
+            .values_mut()
+            .filter(|s| s.peer == Some(peer) && s.established())
+        {
+            sa.last_rx = sa.last_rx.max(now);
+        }
+    }
+
     /// Runs everything due at `now`: retransmissions, rekeys, DPD, expiry.
     pub fn handle_timeout(&mut self, now: Instant) {
         let due: Vec<u64> = self

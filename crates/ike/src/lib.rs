@@ -13,7 +13,8 @@
 //!   datagram received on port 500 or 4500 (on 4500, strip the 4-byte non-ESP marker
 //!   first; datagrams whose first four bytes are non-zero are ESP and do not belong
 //!   here), and [`Endpoint::handle_timeout`]`(now)` when the time returned by
-//!   [`Endpoint::poll_timeout`] has come.
+//!   [`Endpoint::poll_timeout`] has come. [`Endpoint::handle_child_activity`] reports
+//!   inbound ESP traffic so that DPD only probes idle peers.
 //! * **Outputs**: after any input or command, drain [`Endpoint::poll_transmit`] (send
 //!   `payload` from `local` to `remote`; when either port is 4500, prepend the 4-byte
 //!   zero non-ESP marker, RFC 3948 §2.2), [`Endpoint::poll_event`], and re-arm one timer

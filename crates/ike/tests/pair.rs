@@ -966,3 +966,21 @@ fn unanswered_init_gives_up_after_retransmissions() {
     assert_eq!(p.a.stats().retransmits, 5);
     assert!(p.a.poll_timeout().is_none());
 }
+
+#[test]
+fn esp_activity_suppresses_liveness_checks() {
+    let mut a = config_a();
+    a.dpd_interval = Some(Duration::from_secs(30));
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    p.initiate_a();
+    let sent = p.a.stats().datagrams_out;
+    for _ in 0..10 {
+        p.advance(Duration::from_secs(20));
+        let now = p.now;
+        p.a.handle_child_activity(now, PEER_A);
+        p.b.handle_child_activity(now, PEER_B);
+    }
+    assert_eq!(p.a.stats().datagrams_out, sent, "no DPD while ESP flows");
+    p.advance(Duration::from_secs(31));
+    assert!(p.a.stats().datagrams_out > sent);
+}
