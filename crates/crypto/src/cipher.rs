@@ -6,7 +6,11 @@ use core::fmt;
 use aes_gcm::aead::AeadInPlace;
 use aes_gcm::aead::KeyInit;
 use aes_gcm::{Aes128Gcm, Aes256Gcm, Nonce, Tag};
-use des::cipher::{Block, BlockDecrypt, BlockEncrypt, BlockSizeUser};
+use des::cipher::generic_array::{ArrayLength, GenericArray};
+use des::cipher::typenum::Unsigned;
+use des::cipher::{
+    Block, BlockBackend, BlockClosure, BlockDecrypt, BlockEncrypt, BlockSizeUser, ParBlocks,
+};
 
 use crate::{Encr, Error};
 
@@ -189,67 +193,105 @@ fn gcm_nonce(
     Ok(nonce)
 }
 
-fn check_cbc<C: BlockSizeUser>(iv: &[u8], buf: &[u8]) -> Result<usize, Error> {
+fn check_cbc<C: BlockSizeUser>(iv: &[u8], buf: &[u8]) -> Result<(), Error> {
     let bs = C::block_size();
     if iv.len() != bs || buf.len() % bs != 0 {
         return Err(Error::InvalidLength);
     }
-    Ok(bs)
+    Ok(())
 }
 
 /// RFC 3602 §2: C_i = E(P_i xor C_{i-1}), C_0 = IV. Inherently serial.
 fn cbc_encrypt<C: BlockEncrypt>(c: &C, iv: &[u8], buf: &mut [u8]) -> Result<(), Error> {
-    let bs = check_cbc::<C>(iv, buf)?;
-    let mut prev = Block::<C>::clone_from_slice(iv);
-    for chunk in buf.chunks_exact_mut(bs) {
-        let block = Block::<C>::from_mut_slice(chunk);
-        xor_in_place(block, &prev);
-        c.encrypt_block(block);
-        prev.copy_from_slice(block);
-    }
+    check_cbc::<C>(iv, buf)?;
+    c.encrypt_with_backend(CbcEncrypt {
+        iv: Block::<C>::clone_from_slice(iv),
+        buf,
+    });
     Ok(())
 }
 
-/// Blocks decrypted per batch: AES-NI pipelines eight blocks at a time.
-const CBC_BATCH: usize = 8;
-
 /// P_i = D(C_i) xor C_{i-1}. Unlike encryption the block decryptions are
-/// independent, so they run in batches the backend can parallelize.
+/// independent, so they go through the backend's parallel path (eight
+/// blocks at a time with AES-NI).
 fn cbc_decrypt<C: BlockDecrypt>(c: &C, iv: &[u8], buf: &mut [u8]) -> Result<(), Error> {
-    let bs = check_cbc::<C>(iv, buf)?;
-    let mut prev = Block::<C>::clone_from_slice(iv);
-    let mut blocks: [Block<C>; CBC_BATCH] = Default::default();
-    for batch in buf.chunks_mut(bs * CBC_BATCH) {
-        let n = batch.len() / bs;
-        for (b, chunk) in blocks.iter_mut().zip(batch.chunks_exact(bs)) {
-            b.copy_from_slice(chunk);
+    check_cbc::<C>(iv, buf)?;
+    c.decrypt_with_backend(CbcDecrypt {
+        iv: Block::<C>::clone_from_slice(iv),
+        buf,
+    });
+    Ok(())
+}
+
+// The closures run inside the cipher's backend, so the CPU-feature dispatch
+// (AES-NI or software) happens once per call, not once per block.
+struct CbcEncrypt<'a, BS: ArrayLength<u8>> {
+    iv: GenericArray<u8, BS>,
+    buf: &'a mut [u8],
+}
+
+impl<BS: ArrayLength<u8>> BlockSizeUser for CbcEncrypt<'_, BS> {
+    type BlockSize = BS;
+}
+
+impl<BS: ArrayLength<u8>> BlockClosure for CbcEncrypt<'_, BS> {
+    fn call<B: BlockBackend<BlockSize = BS>>(self, backend: &mut B) {
+        let mut prev = self.iv;
+        for chunk in self.buf.chunks_exact_mut(BS::USIZE) {
+            let block = GenericArray::from_mut_slice(chunk);
+            xor_in_place(block, &prev);
+            backend.proc_block_inplace(block);
+            prev.copy_from_slice(block);
         }
-        c.decrypt_blocks(&mut blocks[..n]);
-        // blocks[] still holds nothing of the ciphertext now, but `batch`
-        // does until overwritten: walk backwards so C_{i-1} is read before
-        // P_{i-1} replaces it.
-        let next_prev = Block::<C>::clone_from_slice(&batch[(n - 1) * bs..]);
-        for i in (1..n).rev() {
-            let (before, at) = batch.split_at_mut(i * bs);
-            let out = &mut at[..bs];
-            for ((o, d), p) in out
-                .iter_mut()
-                .zip(blocks[i].iter())
-                .zip(&before[(i - 1) * bs..])
-            {
-                *o = d ^ p;
+    }
+}
+
+struct CbcDecrypt<'a, BS: ArrayLength<u8>> {
+    iv: GenericArray<u8, BS>,
+    buf: &'a mut [u8],
+}
+
+impl<BS: ArrayLength<u8>> BlockSizeUser for CbcDecrypt<'_, BS> {
+    type BlockSize = BS;
+}
+
+impl<BS: ArrayLength<u8>> BlockClosure for CbcDecrypt<'_, BS> {
+    fn call<B: BlockBackend<BlockSize = BS>>(self, backend: &mut B) {
+        let bs = BS::USIZE;
+        let mut prev = self.iv;
+        let mut par = ParBlocks::<B>::default();
+        let mut batches = self.buf.chunks_exact_mut(bs * B::ParBlocksSize::USIZE);
+        for batch in &mut batches {
+            for (b, chunk) in par.iter_mut().zip(batch.chunks_exact(bs)) {
+                b.copy_from_slice(chunk);
+            }
+            backend.proc_par_blocks_inplace(&mut par);
+            // `batch` still holds the ciphertext: write the plaintext back
+            // to front so each C_{i-1} is read before P_{i-1} replaces it.
+            let mut chunks = batch.chunks_exact_mut(bs).rev().peekable();
+            let mut blocks = par.iter().rev();
+            let next_prev = chunks.peek().map(|c| GenericArray::clone_from_slice(c));
+            while let (Some(out), Some(d)) = (chunks.next(), blocks.next()) {
+                let c_prev: &[u8] = match chunks.peek() {
+                    Some(c) => c,
+                    None => &prev,
+                };
+                let mut p = d.clone();
+                xor_in_place(&mut p, c_prev);
+                out.copy_from_slice(&p);
+            }
+            if let Some(n) = next_prev {
+                prev = n;
             }
         }
-        for ((o, d), p) in batch[..bs]
-            .iter_mut()
-            .zip(blocks[0].iter())
-            .zip(prev.iter())
-        {
-            *o = d ^ p;
+        for chunk in batches.into_remainder().chunks_exact_mut(bs) {
+            let ct = GenericArray::<u8, BS>::clone_from_slice(chunk);
+            let block = GenericArray::from_mut_slice(chunk);
+            backend.proc_block_inplace(block);
+            xor_in_place(block, &prev);
+            prev = ct;
         }
-        prev = next_prev;
     }
-    Ok(())
 }
 
 fn xor_in_place(a: &mut [u8], b: &[u8]) {
