@@ -214,6 +214,65 @@ mod tests {
     }
 
     #[test]
+    fn ikev2_kdf_cavs_vector_sha1() {
+        // An IKEv2 KDF vector in the NIST CAVP SP 800-135 format (SHA-1,
+        // DKM length 1056 bits), as printed by libreswan's CAVS test driver.
+        // It exercises every IKEv2 use of prf and prf+ (RFC 7296 §2.13,
+        // §2.14, §2.17, §2.18).
+        let prf = Prf::HmacSha1;
+        let gir = hex("4b2c1f971981a8ad8d0abeafabf38cf75fc8349c148142465ed9c8b516b8be52");
+        let gir_new = hex("863f3c9d06efd39d2b907b97f8699e5dd5251ef64a2a176f36ee40c87d4f9330");
+        let (ni, nr) = (hex("32b50d5f4a3763f3"), hex("9206a04b26564cb1"));
+        let (spi_i, spi_r) = (hex("34c9e7c188868785"), hex("3ff77d760d2b2199"));
+        // SKEYSEED = prf(Ni | Nr, g^ir)
+        let ni_nr = [ni.as_slice(), &nr].concat();
+        let skeyseed = prf.compute(&ni_nr, &[&gir]);
+        assert_eq!(skeyseed, hex("a9a7b222b59f8f48645f28a1db5b5f5d7479cba7"));
+        // {SK_d | ...} = prf+(SKEYSEED, Ni | Nr | SPIi | SPIr)
+        let seed = [ni.as_slice(), &nr, &spi_i, &spi_r].concat();
+        let dkm = prf.prf_plus(&skeyseed, &seed, 132);
+        assert_eq!(
+            *dkm,
+            hex(
+                "a14293677cc80ff8f9cc0eee30d895da9d8f405666e30ef0dfcb63c634a46002
+                 a2a63080e514a062768b76606f9fa5e992204fc5a670bde3f10d6b027113936a
+                 5c55b648a194ae587b0088d52204b702c979fa280870d2ed41efa9c549fd1119
+                 8af1670b143d384bd275c5f594cf266b05ebadca855e4249520a441a81157435
+                 a7a56cc4"
+            )
+        );
+        let sk_d = &dkm[..prf.key_len()];
+        // KEYMAT = prf+(SK_d, Ni | Nr)
+        assert_eq!(
+            *prf.prf_plus(sk_d, &ni_nr, 132),
+            hex(
+                "8059e3ee8810e6c3a91bc8bcd2a7a41151b8d0e6ae239c7b38093ad85ef4c581
+                 1a8e7b5d1cdabd9560b2d5e092d1f24e2d4b85eccdf0ad0dc9abd94b51ee7181
+                 4ca6dbc8bb51b6309f5b9545c7eb35cf5580b1e521a8fe20754a2d883ba0c2cf
+                 285f524aea6545b33106bc03e614296d319d41d4b50b3f510b1c0a22f3e66499
+                 4d234cb4"
+            )
+        );
+        // KEYMAT = prf+(SK_d, g^ir (new) | Ni | Nr)
+        let gir_ni_nr = [gir_new.as_slice(), &ni, &nr].concat();
+        assert_eq!(
+            *prf.prf_plus(sk_d, &gir_ni_nr, 132),
+            hex(
+                "bb43244c1860ad65ee1e211ffe8bb3661750c8f89cb9f547df7f4fa61d373016
+                 28190e38c66232eab4b3ab14c400a5197dd3730ed4820a8a10394d51e1c04000
+                 52f63ebd36b0e7ef53aaed31eba4a5080d7d4b5666023a8bbb5ffb7857240f9a
+                 05884d1b7d2f933708450b7b3288f1fc863ab49fa901227cffc06e27899c7054
+                 d56fd74c"
+            )
+        );
+        // SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr)
+        assert_eq!(
+            prf.compute(sk_d, &[&gir_new, &ni, &nr]),
+            hex("63e81194946ebd05df7df5ebf5d8750056bf1f1d")
+        );
+    }
+
+    #[test]
     #[should_panic(expected = "255 blocks")]
     fn prf_plus_beyond_255_blocks_panics() {
         let _ = Prf::HmacSha1.prf_plus(b"k", b"s", 255 * 20 + 1);
