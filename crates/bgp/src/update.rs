@@ -531,6 +531,11 @@ impl PathAttrs {
                             UpdateError::MalformedAttributeList("MP attribute flags").into()
                         );
                     }
+                    // RFC 6793 §6: a malformed AS4_* attribute is discarded.
+                    if matches!(type_code, t::AS4_PATH | t::AS4_AGGREGATOR) {
+                        errors.push(err(AttrErrorKind::Flags(flags), discard));
+                        continue;
+                    }
                     errors.push(err(AttrErrorKind::Flags(flags), tw));
                     continue;
                 }
@@ -613,8 +618,10 @@ impl PathAttrs {
                     return Err(UpdateError::UnrecognizedWellKnown { type_code, data }.into());
                 }
                 _ if flags & flags::TRANSITIVE != 0 => {
+                    // The Extended Length bit is an encoding choice, made
+                    // again when the attribute is sent on.
                     attrs.unknown.push(RawAttr {
-                        flags,
+                        flags: flags & !flags::EXTENDED_LENGTH,
                         type_code,
                         value: value.to_vec(),
                     });
@@ -1052,6 +1059,20 @@ mod tests {
             }]
         );
         assert_eq!(u.attrs.unknown[0].propagated().flags, 0xe0);
+        // Extended-length unknown transitive: kept, re-encoded short.
+        let u = with_attrs(&[ORIGIN, PATH, NH, &[0xd0, 201, 0, 1, 8]].concat()).unwrap();
+        assert_eq!(
+            u.attrs.unknown,
+            [RawAttr {
+                flags: 0xc0,
+                type_code: 201,
+                value: vec![8]
+            }]
+        );
+        // AS4_PATH with wrong flags: discarded, not treat-as-withdraw.
+        let u = with_attrs(&[ORIGIN, PATH, NH, &[0x40, 17, 6, 2, 1, 0, 0, 0, 1]].concat()).unwrap();
+        assert_eq!(u.errors[0].kind, AttrErrorKind::Flags(0x40));
+        assert!(!u.treat_as_withdraw());
         // AS4_PATH from a 4-octet speaker: discarded (RFC 6793 §4.1).
         let u = with_attrs(&[ORIGIN, PATH, NH, &[0xc0, 17, 6, 2, 1, 0, 0, 0, 1]].concat()).unwrap();
         assert_eq!(u.errors[0].kind, AttrErrorKind::As4FromNewSpeaker);

@@ -7,7 +7,10 @@
 
 use std::time::Instant;
 
-use bgp::{AsPath, Ctx, Message, Open, Origin, PathAttrs, Update};
+use bgp::{
+    Aggregator, AsPath, AsSegment, Ctx, Message, MpNlri, MpReach, Open, Origin, PathAttrs, RawAttr,
+    Update,
+};
 
 /// xorshift64*: deterministic, no dependency.
 struct Rng(u64);
@@ -46,7 +49,47 @@ fn seeds() -> Vec<Vec<u8>> {
         ],
         errors: vec![],
     };
+    let rich = Update {
+        withdrawn: vec![],
+        attrs: PathAttrs {
+            origin: Some(Origin::Egp),
+            as_path: Some(AsPath {
+                segments: vec![
+                    AsSegment::Sequence(vec![65530, 7]),
+                    AsSegment::Set(vec![1, 2]),
+                ],
+            }),
+            next_hop: Some("169.254.10.1".parse().unwrap()),
+            local_pref: Some(100),
+            atomic_aggregate: true,
+            aggregator: Some(Aggregator {
+                asn: 65530,
+                addr: "192.0.2.1".parse().unwrap(),
+            }),
+            mp_reach: Some(MpReach {
+                next_hop: vec![169, 254, 10, 1],
+                nlri: MpNlri::Ipv4Unicast(vec!["10.7.0.0/16".parse().unwrap()]),
+            }),
+            mp_unreach: Some(MpNlri::Other {
+                afi: 2,
+                safi: 1,
+                data: vec![64, 0x20, 1, 0xd, 0xb8, 0, 0, 0, 0],
+            }),
+            unknown: vec![RawAttr {
+                flags: 0xc0,
+                type_code: 32,
+                value: vec![0; 300],
+            }],
+            ..PathAttrs::default()
+        },
+        nlri: vec!["203.0.113.0/24".parse().unwrap()],
+        errors: vec![],
+    };
     vec![
+        Message::Update(rich.clone()).encode(&ctx),
+        Message::Update(rich).encode(&Ctx {
+            four_octet_as: false,
+        }),
         Message::Open(Open::new(65530, 30, "169.254.10.1".parse().unwrap())).encode(&ctx),
         Message::Keepalive.encode(&ctx),
         Message::Update(update).encode(&ctx),
@@ -88,7 +131,7 @@ fn fuzz_bodies_over_generated_inputs() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let seeds = seeds();
     let mut outcomes = std::collections::HashMap::new();
-    for _ in 0..4000 {
+    for _ in 0..5000 {
         let seed = &seeds[rng.below(seeds.len())];
         let m = mutate(&mut rng, seed);
         // UPDATE bodies: the mutated message minus its header, and random
@@ -101,8 +144,8 @@ fn fuzz_bodies_over_generated_inputs() {
         let random: Vec<u8> = (0..rng.below(64)).map(|_| rng.next() as u8).collect();
         bgp::fuzz::update_body(&random);
         // Streams: a valid OPEN then mutated messages, split by byte 0.
-        let mut stream = seeds[0].clone();
-        stream.extend_from_slice(&seeds[1]);
+        let mut stream = seeds[2].clone();
+        stream.extend_from_slice(&seeds[3]);
         stream.extend_from_slice(&m);
         stream.insert(0, rng.next() as u8);
         bgp::fuzz::framing(&stream, t0);
