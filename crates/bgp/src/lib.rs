@@ -36,6 +36,7 @@
 //!     while let Some(ev) = s.poll_event() { match ev {
 //!         Event::Connect => start a TCP connect to peer_ip:179,
 //!         Event::Close => close the TCP connection (already written),
+//!                         or cancel a pending connect,
 //!         Event::Established { peer_asn, hold_time, router_id } => rib.set_peer(..),
 //!         Event::RoutesChanged(ch) => install(rib.apply(peer_id, &ch)),
 //!         Event::Down { reason } => report reason (operator-readable),

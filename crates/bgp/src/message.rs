@@ -459,6 +459,24 @@ pub struct Notification {
 }
 
 impl Notification {
+    /// RFC 9003: Cease/Administrative Shutdown with a Shutdown
+    /// Communication (UTF-8, at most 255 octets, cut at a char boundary).
+    pub fn shutdown(message: &str) -> Self {
+        let mut end = message.len().min(255);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        let text = message.get(..end).unwrap_or_default();
+        let mut data = Vec::with_capacity(1 + text.len());
+        data.push(u8::try_from(text.len()).unwrap_or(u8::MAX));
+        data.extend_from_slice(text.as_bytes());
+        Self {
+            code: crate::error::code::CEASE,
+            subcode: 2,
+            data,
+        }
+    }
+
     pub fn new(code: u8, subcode: u8) -> Self {
         Self {
             code,
@@ -668,6 +686,12 @@ mod tests {
             n.to_string(),
             "6/2 (Cease / Administrative Shutdown): \"maint\""
         );
+        assert_eq!(Notification::shutdown("maint"), n);
+        // Cut to 255 octets at a character boundary.
+        let long = "é".repeat(200);
+        let n = Notification::shutdown(&long);
+        assert_eq!(n.data[0], 254);
+        assert_eq!(n.shutdown_message().unwrap().chars().count(), 127);
     }
 
     #[test]

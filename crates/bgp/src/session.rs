@@ -272,6 +272,17 @@ impl Session {
         self.negotiated.map(|n| n.peer_id)
     }
 
+    /// What [`crate::Rib::set_peer`] needs, once the OPENs were exchanged.
+    pub fn peer_info(&self) -> Option<crate::rib::PeerInfo> {
+        self.negotiated.map(|n| crate::rib::PeerInfo {
+            asn: n.peer_asn,
+            router_id: n.peer_id,
+            addr: self.config.peer_addr,
+            ebgp: self.config.is_ebgp(),
+            local_pref: None,
+        })
+    }
+
     /// Routes received from the peer (RFC 4271 §3.2 Adj-RIB-In).
     pub fn adj_rib_in(&self) -> impl Iterator<Item = (&Ipv4Net, &Arc<PathAttrs>)> {
         self.adj_rib_in.iter()
@@ -303,6 +314,20 @@ impl Session {
         self.started = false;
         self.timers[Timer::IdleHold as usize] = None;
         self.step(now, FsmEvent::ManualStop);
+    }
+
+    /// Like [`Session::stop`], with an operator message the peer can show
+    /// (RFC 9003 Shutdown Communication in Cease/Administrative Shutdown).
+    pub fn shutdown(&mut self, now: Instant, message: &str) {
+        let _g = self.span.clone().entered();
+        self.started = false;
+        self.timers[Timer::IdleHold as usize] = None;
+        self.stop_reason = Some(DownReason::Stopped);
+        self.step(
+            now,
+            FsmEvent::AutomaticStop(Notification::shutdown(message)),
+        );
+        self.stop_reason = None;
     }
 
     /// Originate `prefixes` (ORIGIN IGP, AS_PATH `[local_asn]` on eBGP,

@@ -731,3 +731,57 @@ fn open_in_established_is_an_fsm_error_whatever_its_as() {
         "{detail}"
     );
 }
+
+#[test]
+fn shutdown_with_a_message_reaches_the_peer() {
+    let mut p = Pair::standard();
+    p.start();
+    p.a.shutdown(p.now, "tunnel maintenance until 18:00");
+    p.drive();
+    assert_eq!(Pair::downs(&p.events_a), [DownReason::Stopped]);
+    let downs = Pair::downs(&p.events_b);
+    let DownReason::NotificationReceived(n) = &downs[0] else {
+        panic!("{downs:?}")
+    };
+    assert_eq!(n.shutdown_message(), Some("tunnel maintenance until 18:00"));
+    assert_eq!(
+        downs[0].to_string(),
+        "peer sent NOTIFICATION 6/2 (Cease / Administrative Shutdown): \"tunnel maintenance until 18:00\""
+    );
+    // Stopped: no automatic restart.
+    p.advance(Duration::from_secs(120));
+    assert_eq!(p.a.state(), State::Idle);
+    assert_eq!(p.a.poll_timeout(), None);
+}
+
+#[test]
+fn mp_reach_ipv4_routes_are_accepted() {
+    let mut p = Pair::standard();
+    p.start();
+    let info = p.a.peer_info().unwrap();
+    assert_eq!(
+        (info.asn, info.router_id, info.addr, info.ebgp),
+        (65530, ONPREM, ONPREM, true)
+    );
+    #[rustfmt::skip]
+    let attrs = [
+        &[0x40, 1, 1, 0][..],
+        &[0x40, 2, 6, 2, 1, 0, 0, 0xff, 0xfa],
+        // MP_REACH_NLRI: AFI 1 SAFI 1, next hop 169.254.10.1, 10.7.0.0/16.
+        &[0x80, 14, 12, 0, 1, 1, 4, 169, 254, 10, 1, 0, 16, 10, 7],
+    ]
+    .concat();
+    inject(&mut p, &update_bytes(&attrs, &[]));
+    let routes: Vec<_> =
+        p.a.adj_rib_in()
+            .map(|(n, a)| (*n, a.next_hop, a.mp_reach.is_some()))
+            .collect();
+    assert_eq!(routes, [(net("10.7.0.0/16"), Some(ONPREM), false)]);
+    // MP_UNREACH_NLRI withdraws it.
+    inject(
+        &mut p,
+        &update_bytes(&[0x80, 15, 6, 0, 1, 1, 16, 10, 7], &[]),
+    );
+    assert_eq!(p.a.adj_rib_in().count(), 0);
+    assert!(p.established());
+}
