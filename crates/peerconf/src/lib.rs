@@ -37,6 +37,9 @@ use std::str::FromStr;
 use model::{CustomerGateway, VpnConnection, VpnGateway};
 use serde::Serialize;
 
+/// The line of the `ipsec-conf` output after which the ipsec.secrets part begins.
+pub const IPSEC_SECRETS_MARKER: &str = ipsec_conf::SECRETS_MARKER;
+
 /// An output format of the peer configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Format {
