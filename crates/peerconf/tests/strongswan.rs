@@ -11,7 +11,9 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use lab::{Frr, Netns, Process, StrongSwan, Workdir, wait_until};
+use lab::{
+    Frr, Netns, Process, StrongSwan, SwanctlChild, SwanctlConn, Topology, Workdir, wait_until,
+};
 use peerconf::{Format, IPSEC_SECRETS_MARKER, render};
 
 const STARTER: &str = "/usr/lib/ipsec/starter";
@@ -184,6 +186,78 @@ fn frr_output_is_accepted_by_bgpd() {
         "network 172.16.21.0/24",
     ] {
         assert!(running.contains(line), "missing {line:?} in:\n{running}");
+    }
+}
+
+/// The rendered swanctl.conf on the on-premises strongSwan negotiates both tunnels with
+/// a strongSwan standing in for vpngw, configured independently from the tunnels'
+/// vpngw-side settings (its keys in hex, so no quoting is shared with the renderer).
+#[test]
+fn swanctl_output_establishes_both_tunnels_with_a_stand_in_gateway() {
+    let topo = Topology::new().unwrap();
+    let f = common::lab_pair(topo.onprem_public_ip());
+    let gw = StrongSwan::start(&topo.gw, &topo.workdir.subdir("gw-swan").unwrap()).unwrap();
+    let onprem =
+        StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
+    // vpngw's side of each tunnel, spelled out by hand in strongSwan's names.
+    let algs = [
+        ("aes256-sha256-modp2048", "aes256-sha256-modp2048"),
+        ("3des-sha1-modp1536", "3des-sha1-modp1536"),
+    ];
+    let conns: Vec<SwanctlConn> = f
+        .connection
+        .tunnels
+        .iter()
+        .zip(algs)
+        .enumerate()
+        .map(|(i, (t, (ike, esp)))| {
+            let hex: String = t
+                .pre_shared_key
+                .expose()
+                .bytes()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            SwanctlConn {
+                version: if t.ike.version == model::IkeVersion::Ikev1 {
+                    1
+                } else {
+                    2
+                },
+                local_id: Some(t.ike.local_id.clone()),
+                remote_id: Some(t.ike.remote_id.clone()),
+                proposals: vec![ike.into()],
+                encap: true,
+                ..SwanctlConn::psk(
+                    &format!("gw-t{}", i + 1),
+                    &t.gateway_address.to_string(),
+                    topo.onprem_public_ip(),
+                    &format!("0x{hex}"),
+                )
+            }
+            .child(SwanctlChild {
+                esp_proposals: vec![esp.into()],
+                ..SwanctlChild::new(
+                    &format!("gw-t{}-net", i + 1),
+                    "172.16.1.0/24",
+                    "10.2.0.0/24",
+                )
+            })
+        })
+        .collect();
+    gw.load(&lab::swanctl::render(&conns)).unwrap();
+    // start_action = start: loading makes the peer initiate both tunnels.
+    onprem
+        .load(&render(Format::Swanctl, &f.ctx()).unwrap())
+        .unwrap();
+    for (name, version) in [("lab-t1", 2), ("lab-t2", 1)] {
+        let sa = onprem
+            .wait_established(name, Duration::from_secs(30))
+            .unwrap();
+        assert_eq!(sa.version, version);
+        let child = sa.child(&format!("{name}-net")).unwrap();
+        assert_eq!(child.local_ts, vec!["10.2.0.0/24"]);
+        assert_eq!(child.remote_ts, vec!["172.16.1.0/24"]);
+        assert!(child.encap, "{name}: ESP in UDP");
     }
 }
 

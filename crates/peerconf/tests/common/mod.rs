@@ -283,3 +283,58 @@ pub fn all() -> Vec<Fixture> {
         bgp_dual(),
     ]
 }
+
+/// A connection between the standard lab topology's gateway addresses (192.0.2.1/.2) and
+/// its on-premises peer (198.51.100.1): protected flows 172.16.1.0/24 <-> 10.2.0.0/24,
+/// tunnel 1 IKEv2 aes256-sha256-modp2048, tunnel 2 IKEv1 main mode
+/// 3des-sha1-modp1536, keys with characters that need escaping.
+pub fn lab_pair(onprem_ip: &str) -> Fixture {
+    let spec = VpnConnectionSpec {
+        name: Some("lab".into()),
+        routing_mode: Some(RoutingMode::ProtectedFlows),
+        local_subnets: Some(vec!["172.16.1.0/24".into()]),
+        remote_subnets: Some(vec!["10.2.0.0/24".into()]),
+        tunnels: Some(vec![
+            TunnelSpec {
+                customer_gateway_id: Some("cgw-lab".into()),
+                pre_shared_key: psk(r#"k1\#{};'`$x\"#),
+                ike: Some(IkeSpec {
+                    encryption: Some(Encryption::Aes256),
+                    integrity: Some(Integrity::Sha256),
+                    dh_group: Some(DhGroup::Group14),
+                    ..Default::default()
+                }),
+                ipsec: Some(IpsecSpec {
+                    encryption: Some(Encryption::Aes256),
+                    integrity: Some(Integrity::Sha256),
+                    pfs: Some(Pfs::Group14),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            TunnelSpec {
+                customer_gateway_id: Some("cgw-lab".into()),
+                pre_shared_key: psk("k2~!@%^&*()_+=[]|:,.<>/?"),
+                ike: Some(IkeSpec {
+                    version: Some(IkeVersion::Ikev1),
+                    encryption: Some(Encryption::TripleDes),
+                    dh_group: Some(DhGroup::Group5),
+                    ..Default::default()
+                }),
+                ipsec: Some(IpsecSpec {
+                    encryption: Some(Encryption::TripleDes),
+                    pfs: Some(Pfs::Group5),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ]),
+        ..Default::default()
+    };
+    build(
+        "lab",
+        gateway(&["192.0.2.1", "192.0.2.2"], &["172.16.1.0/24"]),
+        vec![cgw("cgw-lab", onprem_ip, None)],
+        spec,
+    )
+}
