@@ -102,27 +102,35 @@ fn bench_policy(c: &mut Criterion) {
         let s = Ipv4Net::new(Ipv4Addr::new(10, (i % 200) as u8, 0, 0), 16).expect("len");
         t.insert(s, *d, (i % 7) as u32, i as u32);
     }
-    let probes: Vec<(Ipv4Addr, Ipv4Addr)> = (0..1024)
-        .map(|i| {
-            let d = nets[rng.next() as usize % nets.len()];
-            let src = Ipv4Addr::new(10, (i % 250) as u8, 1, 1);
-            (src, Ipv4Addr::from(u32::from(d.network()) | 1))
+    // Hits: the source matches the rule of the longest destination prefix.
+    let hits: Vec<(Ipv4Addr, Ipv4Addr)> = (0..1024)
+        .map(|_| {
+            let j = rng.next() as usize % nets.len();
+            let dst = Ipv4Addr::from(u32::from(nets[j].network()) | 1);
+            (Ipv4Addr::new(10, (j % 200) as u8, 1, 1), dst)
         })
         .collect();
+    // Worst case: no source matches, so every destination length in use is probed.
+    let misses: Vec<(Ipv4Addr, Ipv4Addr)> = hits
+        .iter()
+        .map(|&(_, d)| (Ipv4Addr::new(172, 16, 0, 1), d))
+        .collect();
     let mut g = c.benchmark_group("policy_1k");
-    g.throughput(Throughput::Elements(probes.len() as u64));
-    g.bench_function("lookup_1024", |b| {
-        b.iter(|| {
-            let mut acc = 0u32;
-            for (s, d) in &probes {
-                acc = acc.wrapping_add(
-                    t.lookup(black_box(*s), black_box(*d))
-                        .map_or(0, |r| r.value),
-                );
-            }
-            acc
-        })
-    });
+    g.throughput(Throughput::Elements(1024));
+    for (name, probes) in [("lookup_hit_1024", &hits), ("lookup_miss_1024", &misses)] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut acc = 0u32;
+                for (s, d) in probes {
+                    acc = acc.wrapping_add(
+                        t.lookup(black_box(*s), black_box(*d))
+                            .map_or(0, |r| r.value),
+                    );
+                }
+                acc
+            })
+        });
+    }
     g.finish();
 }
 

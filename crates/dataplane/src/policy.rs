@@ -166,7 +166,13 @@ pub(crate) struct PrefixHasher(u64);
 
 impl Hasher for PrefixHasher {
     fn finish(&self) -> u64 {
-        self.0
+        // Final avalanche (MurmurHash3 fmix64): the multiply only mixes low bits upwards,
+        // and the table indexes buckets by the low bits, which prefixes leave zero.
+        let mut z = self.0;
+        z ^= z >> 33;
+        z = z.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        z ^= z >> 33;
+        z
     }
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
