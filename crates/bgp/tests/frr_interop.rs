@@ -20,6 +20,54 @@ const GW: Ipv4Addr = Ipv4Addr::new(169, 254, 10, 2);
 const ONPREM: Ipv4Addr = Ipv4Addr::new(169, 254, 10, 1);
 const WAIT: Duration = Duration::from_secs(40);
 
+/// Two namespaces joined by a veth carrying the tunnel's /30, FRR in
+/// `onprem`. Fields drop in order: bgpd first, then the namespaces, then
+/// the work directory (kept with the logs if the test failed).
+struct Lab {
+    frr: Frr,
+    gw: Netns,
+    onprem: Netns,
+    _workdir: Workdir,
+}
+
+impl Lab {
+    /// FRR as documented: `router bgp 65530`, `neighbor 169.254.10.2
+    /// remote-as <our_asn>`, `timers 10 30`, `network 10.1.0.0/24`.
+    fn new(name: &str, our_asn: u32) -> Lab {
+        let workdir = Workdir::new(name).unwrap();
+        let gw = Netns::new("bgpgw").unwrap();
+        let onprem = Netns::new("bgpop").unwrap();
+        veth(&gw, "tun1", &onprem, "tun1").unwrap();
+        gw.addr_add("tun1", "169.254.10.2/30").unwrap();
+        onprem.addr_add("tun1", "169.254.10.1/30").unwrap();
+        let config = BgpConfig::new(65530, "169.254.10.1")
+            .neighbor("169.254.10.2", our_asn)
+            .network("10.1.0.0/24");
+        let frr = Frr::start(&onprem, &workdir.subdir("frr").unwrap(), &config.render()).unwrap();
+        Lab {
+            frr,
+            gw,
+            onprem,
+            _workdir: workdir,
+        }
+    }
+
+    fn driver(&self, config: Config) -> Driver {
+        let (cmd_tx, cmd_rx) = channel();
+        let (ev_tx, ev_rx) = channel();
+        let session = Session::new(config);
+        let thread = self
+            .gw
+            .spawn_thread(move || drive(session, cmd_rx, ev_tx))
+            .unwrap();
+        Driver {
+            cmds: cmd_tx,
+            events: ev_rx,
+            thread: Some(thread),
+        }
+    }
+}
+
 enum Cmd {
     Advertise(Vec<Ipv4Net>),
     Withdraw(Vec<Ipv4Net>),
@@ -163,36 +211,9 @@ fn drive(mut s: Session, cmds: Receiver<Cmd>, events: Sender<Event>) {
 
 #[test]
 fn frr_establishes_and_exchanges_routes() {
-    let workdir = Workdir::new("bgp-frr").unwrap();
-    let gw = Netns::new("bgpgw").unwrap();
-    let onprem = Netns::new("bgpop").unwrap();
-    veth(&gw, "tun1", &onprem, "tun1").unwrap();
-    gw.addr_add("tun1", "169.254.10.2/30").unwrap();
-    onprem.addr_add("tun1", "169.254.10.1/30").unwrap();
-
-    // The documented on-premises configuration: router bgp 65530,
-    // neighbor ... remote-as <ours>, timers 10 30.
-    let frr = Frr::start(
-        &onprem,
-        &workdir.subdir("frr").unwrap(),
-        &BgpConfig::new(65530, "169.254.10.1")
-            .neighbor("169.254.10.2", 45104)
-            .network("10.1.0.0/24")
-            .render(),
-    )
-    .unwrap();
-
-    let (cmd_tx, cmd_rx) = channel();
-    let (ev_tx, ev_rx) = channel();
-    let session = Session::new(Config::new(GW, ONPREM, 65530));
-    let thread = gw
-        .spawn_thread(move || drive(session, cmd_rx, ev_tx))
-        .unwrap();
-    let d = Driver {
-        cmds: cmd_tx,
-        events: ev_rx,
-        thread: Some(thread),
-    };
+    let lab = Lab::new("bgp-frr", 45104);
+    let frr = &lab.frr;
+    let d = lab.driver(Config::new(GW, ONPREM, 65530));
     d.cmds
         .send(Cmd::Advertise(vec!["10.0.0.0/16".parse().unwrap()]))
         .unwrap();
@@ -319,39 +340,15 @@ fn frr_establishes_and_exchanges_routes() {
 #[test]
 fn frr_connects_to_a_passive_gateway_with_a_4_octet_asn() {
     const ASN: u32 = 4_200_000_001;
-    let workdir = Workdir::new("bgp-frr-passive").unwrap();
-    let gw = Netns::new("bgpgw").unwrap();
-    let onprem = Netns::new("bgpop").unwrap();
-    veth(&gw, "tun1", &onprem, "tun1").unwrap();
-    gw.addr_add("tun1", "169.254.10.2/30").unwrap();
-    onprem.addr_add("tun1", "169.254.10.1/30").unwrap();
-    let frr = Frr::start(
-        &onprem,
-        &workdir.subdir("frr").unwrap(),
-        &BgpConfig::new(65530, "169.254.10.1")
-            .neighbor("169.254.10.2", ASN)
-            .network("10.1.0.0/24")
-            .render(),
-    )
-    .unwrap();
-
-    let (cmd_tx, cmd_rx) = channel();
-    let (ev_tx, ev_rx) = channel();
+    let lab = Lab::new("bgp-frr-passive", ASN);
+    let frr = &lab.frr;
     let mut config = Config::new(GW, ONPREM, 65530);
     // We only listen; FRR (`timers connect 1`) connects to us.
     config.mode = Mode::Passive;
     // FRR learns our AS from the 4-octet AS capability; My AS carries
     // AS_TRANS (RFC 6793).
     config.local_asn = ASN;
-    let session = Session::new(config);
-    let thread = gw
-        .spawn_thread(move || drive(session, cmd_rx, ev_tx))
-        .unwrap();
-    let d = Driver {
-        cmds: cmd_tx,
-        events: ev_rx,
-        thread: Some(thread),
-    };
+    let d = lab.driver(config);
     d.cmds
         .send(Cmd::Advertise(vec!["10.0.0.0/16".parse().unwrap()]))
         .unwrap();
@@ -372,4 +369,59 @@ fn frr_connects_to_a_passive_gateway_with_a_4_octet_asn() {
     assert!(table.contains("4200000001"), "{table}");
     let neighbor = frr.vtysh("show bgp neighbors 169.254.10.2").unwrap();
     assert!(neighbor.contains("remote AS 4200000001"), "{neighbor}");
+}
+
+#[test]
+fn frr_hold_timer_expires_when_the_tunnel_goes_silent() {
+    let lab = Lab::new("bgp-frr-hold", 45104);
+    let d = lab.driver(Config::new(GW, ONPREM, 65530));
+    d.wait_for("Established", |e| {
+        matches!(e, Event::Established { .. }).then_some(())
+    });
+    d.wait_for("FRR's route", |e| match e {
+        Event::RoutesChanged(c) => c
+            .announced
+            .iter()
+            .any(|(p, _)| p.to_string() == "10.1.0.0/24")
+            .then_some(()),
+        _ => None,
+    });
+    // The tunnel black-holes BGP: nothing in either direction, no RST.
+    lab::nft::nft(
+        &lab.onprem,
+        "table inet bgpcut {
+           chain pre { type filter hook prerouting priority raw; policy accept; tcp sport 179 drop; tcp dport 179 drop; }
+           chain out { type filter hook output priority raw; policy accept; tcp sport 179 drop; tcp dport 179 drop; }
+         }",
+    )
+    .unwrap();
+    #[allow(clippy::disallowed_methods)]
+    let cut = Instant::now();
+    let mut withdrawn = false;
+    let reason = d.wait_for("Down", |e| match e {
+        Event::RoutesChanged(c) => {
+            withdrawn |= c.withdrawn.iter().any(|p| p.to_string() == "10.1.0.0/24");
+            None
+        }
+        Event::Down { reason } => Some(reason.clone()),
+        _ => None,
+    });
+    let after = cut.elapsed();
+    assert_eq!(reason, DownReason::HoldTimerExpired { hold_time: 30 });
+    assert!(
+        withdrawn,
+        "routes from the dead session must be withdrawn before Down"
+    );
+    // Hold 30 s after the last KEEPALIVE, which came at most 10 s before.
+    assert!(
+        after >= Duration::from_secs(19) && after <= Duration::from_secs(32),
+        "{after:?}"
+    );
+
+    // The tunnel heals: the session comes back by itself.
+    lab::nft::nft(&lab.onprem, "delete table inet bgpcut").unwrap();
+    d.wait_for("Established again", |e| {
+        matches!(e, Event::Established { .. }).then_some(())
+    });
+    lab.frr.wait_bgp_established("169.254.10.2", WAIT).unwrap();
 }
