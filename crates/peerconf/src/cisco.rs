@@ -99,20 +99,28 @@ fn ikev2_policy(o: &mut Out, v: &PeerView<'_>) {
         }
         o.alg_line(1, group(ike.dh_group), |n| format!("group {n}"));
     }
-    o.line("!");
-    o.comment(
-        0,
-        "A policy without 'match address local' applies to every local address of this router.",
-    );
-    o.line(format!("crypto ikev2 policy {}", obj(v)));
+    let mut locals: Vec<String> = Vec::new();
     for t in v
         .tunnels
         .iter()
         .filter(|t| t.ike.version == IkeVersion::Ikev2)
     {
-        if let Some(a) = t.local_addr {
-            o.line(format!(" match address local {a}"));
+        if let Some(a) = t.local_addr.map(|a| a.to_string())
+            && !locals.contains(&a)
+        {
+            locals.push(a);
         }
+    }
+    o.line("!");
+    if locals.is_empty() {
+        o.comment(
+            0,
+            "A policy without 'match address local' applies to every local address of this router.",
+        );
+    }
+    o.line(format!("crypto ikev2 policy {}", obj(v)));
+    for a in &locals {
+        o.line(format!(" match address local {a}"));
     }
     for t in v
         .tunnels
