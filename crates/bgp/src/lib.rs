@@ -67,6 +67,26 @@
 //!
 //! After a session goes down, everything learned from it is withdrawn with
 //! an [`Event::RoutesChanged`] before the [`Event::Down`].
+//!
+//! # Conformance
+//!
+//! | RFC | what | here |
+//! |---|---|---|
+//! | 4271 | BGP-4 | messages, §6 errors, §8 FSM (no DelayOpen, no DampPeerOscillations, no §6.8 collision detection: one connection at a time), §9.1 decision process for eBGP |
+//! | 7606 | revised UPDATE error handling | treat-as-withdraw, attribute discard, session reset as §3–§7 say |
+//! | 5492 | capabilities | unknown capabilities kept; capability-less peers accepted |
+//! | 6793 | 4-octet AS | capability, AS_TRANS in My AS, 4-octet AS_PATH/AGGREGATOR; AS4_PATH sent to 2-octet peers, received AS4_PATH kept unmerged |
+//! | 4760 | multiprotocol | IPv4 unicast MP_REACH/MP_UNREACH decoded; other families carried raw, never negotiated |
+//! | 2918 | route refresh | answered, and [`Session::request_refresh`] |
+//! | 1997 | communities | decoded and kept |
+//! | 4486 | Cease subcodes | prefix limit (6/1), shutdown (6/2) |
+//! | 9003 | shutdown communication | sent by [`Session::shutdown`], shown in `Down` reasons |
+//! | 6608 | FSM error subcodes | 5/1, 5/2, 5/3 |
+//!
+//! Not implemented: graceful restart, ADD-PATH, extended messages (RFC 8654),
+//! extended optional parameters (RFC 9072), TCP-MD5/TCP-AO (a socket option,
+//! the driver's job), MinRouteAdvertisementInterval (our UPDATEs are sent as
+//! soon as the origin set changes).
 
 mod codec;
 pub mod debug;
@@ -87,7 +107,9 @@ pub use message::{
     Capability, Ctx, Framer, Message, MessageType, Notification, Open, RouteRefresh,
 };
 pub use rib::{PeerId, PeerInfo, Rib, RibConfig, RibDiff, Route, Selected};
-pub use session::{Config, DEFAULT_LOCAL_ASN, DownReason, Event, RouteChanges, Session, Stats};
+pub use session::{
+    Config, ConfigError, DEFAULT_LOCAL_ASN, DownReason, Event, RouteChanges, Session, Stats,
+};
 pub use update::{
     Aggregator, AsPath, AsSegment, MpNlri, MpReach, Origin, PathAttrs, RawAttr, Update,
 };

@@ -13,8 +13,8 @@ use crate::debug::LogEvent;
 use crate::error::{AttrError, AttrErrorKind, ErrorAction, OpenError, code};
 use crate::fsm::{Action, Event as FsmEvent, Mode, State, fsm_event};
 use crate::message::{
-    AFI_IPV4, Capability, Ctx, Framer, HEADER_LEN, MAX_MESSAGE_LEN, Message, Notification, Open,
-    RouteRefresh, SAFI_UNICAST,
+    AFI_IPV4, AS_TRANS, Capability, Ctx, Framer, HEADER_LEN, MAX_MESSAGE_LEN, Message,
+    Notification, Open, RouteRefresh, SAFI_UNICAST,
 };
 use crate::update::{PathAttrs, Update};
 
@@ -72,6 +72,41 @@ impl Config {
     pub fn is_ebgp(&self) -> bool {
         self.local_asn != self.peer_asn
     }
+
+    /// Checks what would make every OPEN fail or the session misbehave.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        // RFC 4271 §4.2: hold time 0 or at least 3 seconds.
+        if self.hold_time == 1 || self.hold_time == 2 {
+            return Err(ConfigError::HoldTime(self.hold_time));
+        }
+        // RFC 6793 §9: AS_TRANS is reserved; 0 is reserved (RFC 7607).
+        for asn in [self.local_asn, self.peer_asn] {
+            if asn == 0 || asn == u32::from(AS_TRANS) {
+                return Err(ConfigError::ReservedAsn(asn));
+            }
+        }
+        // RFC 6286 §2.2: a non-zero identifier.
+        if self.router_id.is_unspecified() {
+            return Err(ConfigError::RouterId);
+        }
+        if self.local_addr == self.peer_addr {
+            return Err(ConfigError::SameAddress(self.local_addr));
+        }
+        Ok(())
+    }
+}
+
+/// A [`Config`] that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("hold time {0} s is not allowed (use 0 or at least 3)")]
+    HoldTime(u16),
+    #[error("AS {0} is reserved and cannot be used for a BGP session")]
+    ReservedAsn(u32),
+    #[error("the BGP router id must not be 0.0.0.0")]
+    RouterId,
+    #[error("local and peer BGP address are both {0}")]
+    SameAddress(Ipv4Addr),
 }
 
 /// Output of the engine, from [`Session::poll_event`].
@@ -869,5 +904,74 @@ fn event_name(e: &FsmEvent) -> String {
         FsmEvent::MessageError(err) => format!("MessageError({err})"),
         FsmEvent::NotifMsg(n) => format!("NotifMsg({n})"),
         other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::new(
+            Ipv4Addr::new(169, 254, 10, 2),
+            Ipv4Addr::new(169, 254, 10, 1),
+            65530,
+        )
+    }
+
+    #[test]
+    fn defaults_match_the_documented_peer() {
+        let c = config();
+        assert_eq!((c.local_asn, c.hold_time, c.keepalive), (45104, 30, 10));
+        assert_eq!(c.router_id, c.local_addr);
+        assert!(c.is_ebgp());
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn validate_rejects_unworkable_configs() {
+        let mut c = config();
+        c.hold_time = 2;
+        assert_eq!(c.validate(), Err(ConfigError::HoldTime(2)));
+        let mut c = config();
+        c.peer_asn = 23456;
+        assert_eq!(c.validate(), Err(ConfigError::ReservedAsn(23456)));
+        let mut c = config();
+        c.local_asn = 0;
+        assert_eq!(c.validate(), Err(ConfigError::ReservedAsn(0)));
+        let mut c = config();
+        c.router_id = Ipv4Addr::UNSPECIFIED;
+        assert_eq!(c.validate(), Err(ConfigError::RouterId));
+        let mut c = config();
+        c.peer_addr = c.local_addr;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("169.254.10.2")
+        );
+        let mut c = config();
+        c.hold_time = 0;
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn down_reasons_read_well() {
+        assert_eq!(
+            DownReason::HoldTimerExpired { hold_time: 30 }.to_string(),
+            "hold timer expired: nothing received from the peer for 30 s (tunnel down or peer stopped?)"
+        );
+        let e = crate::error::DecodeError::from(OpenError::BadPeerAs {
+            expected: 65530,
+            received: 65000,
+        });
+        let r = DownReason::Error {
+            sent: e.notification(),
+            detail: e.to_string(),
+        };
+        assert_eq!(
+            r.to_string(),
+            "peer announced AS 65000 but this session expects AS 65530; sent NOTIFICATION 2/2 (OPEN Message Error / Bad Peer AS)"
+        );
     }
 }
