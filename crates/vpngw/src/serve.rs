@@ -1,0 +1,85 @@
+//! `vpngw serve`: the API on an embedded SQLite store.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use store::{SqliteStore, Store};
+
+pub fn run(listen: SocketAddr, data_dir: &Path) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+    fs::set_permissions(data_dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("setting mode 0700 on {}", data_dir.display()))?;
+    let store = Arc::new(
+        SqliteStore::open(data_dir)
+            .with_context(|| format!("opening the store in {}", data_dir.display()))?,
+    );
+    let token = api::load_or_create_admin_token(data_dir)
+        .with_context(|| format!("reading or writing {}/admin.token", data_dir.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let state = api::AppState::new(store.clone(), token);
+        tokio::spawn(purge_client_tokens(store));
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        tracing::info!(
+            address = %listen,
+            data_dir = %data_dir.display(),
+            "vpngw API listening (token in {}/admin.token)",
+            data_dir.display()
+        );
+        axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(shutdown())
+            .await
+            .context("serving the API")?;
+        tracing::info!("vpngw stopped");
+        Ok(())
+    })
+}
+
+/// Drops `client_token` records once they are older than 24 h.
+async fn purge_client_tokens(store: Arc<SqliteStore>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        match store.purge_client_tokens(chrono::Utc::now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(purged = n, "expired client tokens dropped"),
+            Err(e) => tracing::warn!(error = %e, "purging client tokens failed"),
+        }
+    }
+}
+
+async fn shutdown() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
