@@ -83,7 +83,11 @@ impl ReplayWindow {
                 Err(actual) => current = actual,
             }
         }
-        self.top.fetch_max(seq, Ordering::Relaxed);
+        // Most packets are not the newest when several workers share the SA: a plain load
+        // spares them the read-modify-write on the shared word.
+        if seq > self.top() {
+            self.top.fetch_max(seq, Ordering::Relaxed);
+        }
         Ok(())
     }
 

@@ -938,6 +938,14 @@ mod tests {
     }
 
     #[test]
+    fn sas_are_shared_between_workers() {
+        fn shared<T: Send + Sync>() {}
+        shared::<OutboundSa>();
+        shared::<InboundSa>();
+        shared::<crate::SaDb<u64>>();
+    }
+
+    #[test]
     fn layout_contract() {
         for (encr, integ) in suites() {
             let (out, inb) = sa_pair(encr, integ, false);

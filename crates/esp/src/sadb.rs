@@ -83,6 +83,10 @@ impl<K: Eq + Hash + Clone> SaDb<K> {
             return Err(SaDbError::SpiInUse(sa.spi()));
         }
         let mut next = InboundMap::clone(&current);
+        tracing::debug!(
+            spi = format_args!("{:#010x}", sa.spi()),
+            "inbound SA installed"
+        );
         next.insert(sa.spi(), sa);
         self.inbound.store(Arc::new(next));
         Ok(())
@@ -97,6 +101,7 @@ impl<K: Eq + Hash + Clone> SaDb<K> {
         let mut next = InboundMap::clone(&current);
         next.remove(&spi);
         self.inbound.store(Arc::new(next));
+        tracing::debug!(spi = format_args!("{spi:#010x}"), "inbound SA removed");
         Some(removed)
     }
 
@@ -104,8 +109,14 @@ impl<K: Eq + Hash + Clone> SaDb<K> {
     pub fn set_outbound(&self, key: K, sa: Arc<OutboundSa>) -> Option<Arc<OutboundSa>> {
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let mut next = OutboundMap::clone(&self.outbound.load());
+        let spi = sa.spi();
         let old = next.insert(key, sa);
         self.outbound.store(Arc::new(next));
+        tracing::debug!(
+            spi = format_args!("{spi:#010x}"),
+            replaced = ?old.as_ref().map(|sa| sa.spi()),
+            "outbound SA switched"
+        );
         old
     }
 
@@ -117,6 +128,10 @@ impl<K: Eq + Hash + Clone> SaDb<K> {
         let mut next = OutboundMap::clone(&current);
         next.remove(key);
         self.outbound.store(Arc::new(next));
+        tracing::debug!(
+            spi = format_args!("{:#010x}", removed.spi()),
+            "outbound SA removed"
+        );
         Some(removed)
     }
 
