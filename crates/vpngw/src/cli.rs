@@ -38,6 +38,9 @@ pub struct Cli {
     /// Print the API's JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// Print only IDs (of the resource shown or created, or one per listed item).
+    #[arg(long, short, global = true, conflicts_with = "json")]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -385,7 +388,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         return crate::serve::run(listen, &cli.data_dir);
     }
     let client = Client::new(&cli.server, token(&cli.data_dir)?);
-    let out = Out { json: cli.json };
+    let out = Out {
+        json: cli.json,
+        quiet: cli.quiet,
+    };
     match cli.command {
         Command::Serve { .. } => Ok(()),
         Command::Gateway(c) => gateway(&client, &out, c),
@@ -420,6 +426,7 @@ fn token(data_dir: &Path) -> anyhow::Result<String> {
 
 struct Out {
     json: bool,
+    quiet: bool,
 }
 
 impl Out {
@@ -429,6 +436,14 @@ impl Out {
             return;
         }
         let items = v["items"].as_array().cloned().unwrap_or_default();
+        if self.quiet {
+            for it in &items {
+                if let Some(id) = it["id"].as_str().or_else(|| it["route_id"].as_str()) {
+                    say!("{id}");
+                }
+            }
+            return;
+        }
         output::table(&items, columns);
         if let Some(t) = v["next_page_token"].as_str() {
             say!("(more: --page-token {t})");
@@ -436,7 +451,11 @@ impl Out {
     }
 
     fn one(&self, v: &Value) {
-        if self.json {
+        if self.quiet {
+            if let Some(id) = v["id"].as_str() {
+                say!("{id}");
+            }
+        } else if self.json {
             say!("{}", pretty(v));
         } else {
             output::record(v);
@@ -444,7 +463,9 @@ impl Out {
     }
 
     fn deleted(&self, what: &str, id: &str) {
-        if self.json {
+        if self.quiet {
+            say!("{id}");
+        } else if self.json {
             say!("{}", json!({"deleted": id}));
         } else {
             say!("deleted {what} {id}");

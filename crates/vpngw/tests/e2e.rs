@@ -341,6 +341,10 @@ fn cli_against_real_server_survives_restart() {
         "{out}"
     );
 
+    let (ok, out, _) = server.cli(&["-q", "gateway", "list"]);
+    assert!(ok);
+    assert_eq!(out.trim(), gw_id);
+
     // Tear down in order.
     let (ok, _, err) = server.cli(&["route", "delete", &gw_id, &route_id]);
     assert!(ok, "{err}");
