@@ -380,7 +380,8 @@ impl OutboundSa {
         if end > buf.len() {
             return Err(EspError::Layout("tailroom too small"));
         }
-        if end - start > usize::from(u16::MAX) {
+        // The datagram the kernel builds around the ESP packet must fit IPv4 too.
+        if end - esp_start + self.outer_len() > usize::from(u16::MAX) {
             return Err(EspError::TooBig);
         }
         let outer_hints = if outer_len > 0 {
@@ -983,8 +984,9 @@ mod tests {
             Err(EspError::Layout(_))
         ));
         let mut huge = buffer_for(70_000);
+        // 65_480 + 20 outer + 24 ESP header and IV + 12 trailer + 12 ICV = 65_548 > 65_535.
         assert_eq!(
-            out.encapsulate(&mut huge, HEADROOM_MAX, 65_500),
+            out.encapsulate(&mut huge, HEADROOM_MAX, 65_480),
             Err(EspError::TooBig)
         );
         let stats = out.stats();
