@@ -1,0 +1,1242 @@
+//! The control thread: it owns the IKE [`Endpoint`] and the [`Dataplane`], applies the
+//! desired state, turns IKE events into ESP SAs, kernel routes, tunnel status and
+//! connection log entries, and retries failed negotiations.
+//!
+//! Inputs arrive on one bounded channel ([`Input`]): IKE datagrams forwarded from the
+//! data plane's control channel, desired-state updates from the reconciler, commands
+//! (reset), wake-ups from the workers (traffic for a tunnel that is down, an SA near the
+//! end of its sequence space). The thread sleeps until the next input or the earliest
+//! timer (IKE retransmissions/rekeys/DPD, retries, the status refresh).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use chrono::{DateTime, Utc};
+use dataplane::{
+    AddMode, ControlPacket, Dataplane, Netlink, PolicyTable, RouteSpec, RouteTable, Source,
+};
+use esp::{InboundSa, Lifetime, OutboundSa, SaDb, SaParams, Selectors, TrafficSelector, UdpEncap};
+use ike::{ChildSa, DeleteReason, Endpoint, Event, PeerConfig, PeerId, Phase, TsRange};
+use ipnet::Ipv4Net;
+use model::{
+    ChildSaStatus, IkeSaStatus, IkeSpis, IkeVersion, LogEntry, LogLevel, TunnelPhase, TunnelStatus,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::desired::Desired;
+use crate::fwd::{ConnFwd, Fwd, NONE, TunnelKey, carries_traffic};
+
+/// Tries in quick succession before a tunnel shows `phase1_failed`/`phase2_failed`
+/// (the product documentation: "if 3 retries still fail, it shows Phase 1 failed or
+/// Phase 2 failed, and the system retries every 12 seconds").
+pub const QUICK_TRIES: u32 = 3;
+/// Delay between the quick tries.
+pub const QUICK_RETRY: Duration = Duration::from_secs(2);
+/// Delay between retries once a tunnel shows failed.
+pub const SLOW_RETRY: Duration = Duration::from_secs(12);
+/// How often ESP counters are copied into the tunnel status.
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(2);
+/// Delay before renegotiating a tunnel that went down while it should be up.
+const RESTART_DELAY: Duration = Duration::from_secs(1);
+/// Inputs handled before pending outputs are flushed.
+const BATCH: usize = 64;
+
+/// What the control thread is told.
+pub(crate) enum Input {
+    /// An IKE message the data plane passed up (non-ESP marker already stripped).
+    Packet(ControlPacket),
+    /// The whole desired state (replaces the previous one).
+    Desired(Box<Desired>),
+    /// Tear a tunnel down and renegotiate.
+    Reset {
+        tunnel_id: String,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// A worker saw traffic for a connection without a tunnel up (see `ConnFwd::trigger`).
+    Traffic,
+    /// An outbound SA of this tunnel is near the end of its sequence space: rekey.
+    SoftExpired(TunnelKey),
+    Shutdown,
+}
+
+/// Observed state for the store, written in order by the node's writer task.
+#[derive(Debug)]
+pub(crate) enum StoreWrite {
+    Status {
+        tunnel_id: String,
+        status: TunnelStatus,
+    },
+    Log {
+        connection_id: String,
+        entry: LogEntry,
+    },
+}
+
+/// Ports of the data plane (4500 normally; IKE on 500 needs no special handling here).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ports {
+    pub natt: u16,
+}
+
+pub(crate) struct Control {
+    endpoint: Endpoint,
+    dp: Dataplane,
+    netlink: Option<Netlink>,
+    ports: Ports,
+    fwd: Arc<ArcSwap<Fwd>>,
+    sadb: Arc<SaDb<TunnelKey>>,
+    writes: mpsc::UnboundedSender<StoreWrite>,
+    tunnels: BTreeMap<String, TunnelRt>,
+    by_peer: HashMap<PeerId, String>,
+    /// Connection ID → tunnel IDs in order, as last applied.
+    conns: Vec<(String, Vec<String>)>,
+    triggers: HashMap<String, Arc<AtomicBool>>,
+    kernel_routes: BTreeSet<Ipv4Net>,
+    notes_logged: HashSet<(String, String)>,
+    next_peer: u64,
+    next_tick: Instant,
+}
+
+/// The node's view of one tunnel.
+struct TunnelRt {
+    id: String,
+    conn_id: String,
+    peer: PeerId,
+    /// The IKE configuration in the endpoint; `None` when the tunnel cannot run here.
+    cfg: Option<PeerConfig>,
+    effective_immediately: bool,
+    /// The tunnel should be kept up (effective immediately, triggered by traffic, or
+    /// once it negotiated): retry failures, restart after the peer went away.
+    want_up: bool,
+    phase: TunnelPhase,
+    reason: Option<String>,
+    since: DateTime<Utc>,
+    ike: Option<IkeInfo>,
+    children: Vec<ChildRt>,
+    failures: u32,
+    retry_at: Option<Instant>,
+    written: Option<TunnelStatus>,
+}
+
+struct IkeInfo {
+    spi_i: u64,
+    spi_r: u64,
+    algorithms: String,
+    established_at: DateTime<Utc>,
+    lifetime: Duration,
+}
+
+struct ChildRt {
+    spi_in: u32,
+    spi_out: u32,
+    local_ts: Vec<String>,
+    remote_ts: Vec<String>,
+    algorithms: String,
+    inbound: Arc<InboundSa>,
+    outbound: Arc<OutboundSa>,
+    /// Counters as of the last status refresh: bytes/packets in, bytes/packets out.
+    counters: [u64; 4],
+}
+
+impl TunnelRt {
+    fn can_initiate(&self) -> bool {
+        self.cfg.as_ref().is_some_and(|c| c.remote_addr().is_some())
+    }
+
+    fn set_phase(&mut self, phase: TunnelPhase, reason: Option<String>) {
+        if phase != self.phase {
+            self.phase = phase;
+            self.since = Utc::now();
+        }
+        self.reason = reason;
+    }
+}
+
+impl Control {
+    pub(crate) fn new(
+        endpoint: Endpoint,
+        dp: Dataplane,
+        ports: Ports,
+        fwd: Arc<ArcSwap<Fwd>>,
+        sadb: Arc<SaDb<TunnelKey>>,
+        writes: mpsc::UnboundedSender<StoreWrite>,
+    ) -> Self {
+        let netlink = match Netlink::open() {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open rtnetlink: no kernel routes into the tunnel device");
+                None
+            }
+        };
+        Self {
+            endpoint,
+            dp,
+            netlink,
+            ports,
+            fwd,
+            sadb,
+            writes,
+            tunnels: BTreeMap::new(),
+            by_peer: HashMap::new(),
+            conns: Vec::new(),
+            triggers: HashMap::new(),
+            kernel_routes: BTreeSet::new(),
+            notes_logged: HashSet::new(),
+            next_peer: 1,
+            next_tick: Instant::now() + STATUS_INTERVAL,
+        }
+    }
+
+    /// Runs until [`Input::Shutdown`] or until every sender is gone.
+    pub(crate) fn run(mut self, rx: Receiver<Input>) {
+        'outer: loop {
+            let now = Instant::now();
+            let wait = self.deadline().saturating_duration_since(now);
+            let mut next = match rx.recv_timeout(wait) {
+                Ok(i) => Some(i),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut handled = 0;
+            while let Some(input) = next.take() {
+                if matches!(input, Input::Shutdown) {
+                    break 'outer;
+                }
+                self.input(input);
+                handled += 1;
+                if handled < BATCH {
+                    next = rx.try_recv().ok();
+                }
+            }
+            let now = Instant::now();
+            if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
+                self.endpoint.handle_timeout(now);
+            }
+            self.retries(now);
+            self.flush();
+            let refresh = now >= self.next_tick;
+            if refresh {
+                self.next_tick = now + STATUS_INTERVAL;
+            }
+            self.publish_all(refresh);
+        }
+        self.shutdown();
+    }
+
+    fn deadline(&self) -> Instant {
+        let mut d = self.next_tick;
+        if let Some(t) = self.endpoint.poll_timeout() {
+            d = d.min(t);
+        }
+        for t in self.tunnels.values() {
+            if let Some(r) = t.retry_at {
+                d = d.min(r);
+            }
+        }
+        d
+    }
+
+    fn input(&mut self, input: Input) {
+        let now = Instant::now();
+        match input {
+            Input::Packet(p) => {
+                if let Source::Udp { local, remote } = p.source {
+                    self.endpoint.handle_datagram(
+                        now,
+                        SocketAddr::V4(local),
+                        SocketAddr::V4(remote),
+                        &p.data,
+                    );
+                }
+            }
+            Input::Desired(d) => self.apply(now, *d),
+            Input::Reset { tunnel_id, reply } => {
+                let _ = reply.send(self.reset(now, &tunnel_id));
+            }
+            Input::Traffic => self.traffic(now),
+            Input::SoftExpired(key) => {
+                if let Err(e) = self.endpoint.rekey_child(now, PeerId(key)) {
+                    tracing::debug!(error = %e, "rekey on sequence soft limit");
+                }
+            }
+            Input::Shutdown => {}
+        }
+    }
+
+    // ---- desired state ------------------------------------------------------------
+
+    fn apply(&mut self, now: Instant, d: Desired) {
+        let wanted: HashSet<&str> = d.tunnels.iter().map(|t| t.id.as_str()).collect();
+        let gone: Vec<String> = self
+            .tunnels
+            .keys()
+            .filter(|id| !wanted.contains(id.as_str()))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.remove_tunnel(now, &id);
+        }
+        for spec in &d.tunnels {
+            let cfg = spec.peer.as_ref().ok().cloned();
+            let why = spec.peer.as_ref().err().cloned();
+            if !self.tunnels.contains_key(&spec.id) {
+                let peer = PeerId(self.next_peer);
+                self.next_peer += 1;
+                let t = TunnelRt {
+                    id: spec.id.clone(),
+                    conn_id: spec.conn_id.clone(),
+                    peer,
+                    cfg: None,
+                    effective_immediately: spec.effective_immediately,
+                    want_up: false,
+                    phase: TunnelPhase::Idle,
+                    reason: None,
+                    since: Utc::now(),
+                    ike: None,
+                    children: Vec::new(),
+                    failures: 0,
+                    retry_at: None,
+                    written: None,
+                };
+                self.by_peer.insert(peer, spec.id.clone());
+                self.tunnels.insert(spec.id.clone(), t);
+                self.configure(now, &spec.id, cfg, why, spec.effective_immediately, true);
+                continue;
+            }
+            let Some(t) = self.tunnels.get(&spec.id) else {
+                continue;
+            };
+            if t.cfg != cfg || (cfg.is_none() && t.reason != why) {
+                self.configure(now, &spec.id, cfg, why, spec.effective_immediately, false);
+            } else if t.effective_immediately != spec.effective_immediately {
+                let id = spec.id.clone();
+                if let Some(t) = self.tunnels.get_mut(&id) {
+                    t.effective_immediately = spec.effective_immediately;
+                }
+                if spec.effective_immediately {
+                    self.start(now, &id, "effective immediately");
+                }
+            }
+        }
+        self.conns = d
+            .conns
+            .iter()
+            .map(|c| (c.id.clone(), c.tunnels.clone()))
+            .collect();
+        self.publish_fwd(&d);
+        self.kernel(&d.kernel_routes);
+        for (conn, note) in d.notes {
+            if self.notes_logged.insert((conn.clone(), note.clone())) {
+                self.log(&conn, None, LogLevel::Warn, "route_not_installed", note);
+            }
+        }
+    }
+
+    /// (Re)configures a tunnel in the IKE endpoint.
+    fn configure(
+        &mut self,
+        now: Instant,
+        id: &str,
+        cfg: Option<PeerConfig>,
+        why: Option<String>,
+        effective_immediately: bool,
+        new: bool,
+    ) {
+        let Some(t) = self.tunnels.get_mut(id) else {
+            return;
+        };
+        let peer = t.peer;
+        let conn = t.conn_id.clone();
+        let had = t.cfg.is_some();
+        t.effective_immediately = effective_immediately;
+        t.failures = 0;
+        t.retry_at = None;
+        let mut renegotiating = false;
+        match (had, cfg) {
+            (true, Some(c)) => {
+                let remote = c.remote_addr().is_some();
+                let had_sas = !self.endpoint.ike_sas(peer).is_empty() || t.ike.is_some();
+                t.cfg = Some(c.clone());
+                if let Err(e) = self.endpoint.update_peer(now, peer, c) {
+                    tracing::error!(error = %e, tunnel = id, "update_peer");
+                }
+                renegotiating = had_sas && remote;
+            }
+            (false, Some(c)) => {
+                t.cfg = Some(c.clone());
+                if let Err(e) = self.endpoint.add_peer(peer, c) {
+                    tracing::error!(error = %e, tunnel = id, "add_peer");
+                }
+            }
+            (true, None) => {
+                t.cfg = None;
+                if let Err(e) = self.endpoint.remove_peer(now, peer) {
+                    tracing::error!(error = %e, tunnel = id, "remove_peer");
+                }
+            }
+            (false, None) => {}
+        }
+        let Some(t) = self.tunnels.get_mut(id) else {
+            return;
+        };
+        if t.cfg.is_none() {
+            t.want_up = false;
+            let reason = why.unwrap_or_else(|| "not configured".into());
+            t.set_phase(TunnelPhase::Idle, Some(reason.clone()));
+            self.log(
+                &conn,
+                Some(id),
+                LogLevel::Error,
+                "tunnel_not_runnable",
+                reason,
+            );
+            return;
+        }
+        let event = if new {
+            "tunnel_configured"
+        } else {
+            "config_changed"
+        };
+        let msg = if new {
+            "tunnel configured on this node".to_string()
+        } else {
+            "tunnel configuration changed; renegotiating with the new settings".to_string()
+        };
+        self.log(&conn, Some(id), LogLevel::Info, event, msg);
+        if renegotiating {
+            if let Some(t) = self.tunnels.get_mut(id) {
+                t.want_up = true;
+                t.set_phase(
+                    TunnelPhase::Phase1Negotiating,
+                    Some("configuration changed; renegotiating".into()),
+                );
+            }
+        } else if effective_immediately {
+            self.start(now, id, "effective immediately");
+        } else if let Some(t) = self.tunnels.get_mut(id) {
+            let reason = if t.can_initiate() {
+                "waiting for traffic from the VPC or for the peer to initiate"
+            } else {
+                "waiting for the peer to initiate (customer gateway 0.0.0.0 accepts any peer)"
+            };
+            t.set_phase(TunnelPhase::Idle, Some(reason.into()));
+        }
+    }
+
+    /// Starts negotiating a tunnel that is idle, if we can initiate.
+    fn start(&mut self, now: Instant, id: &str, why: &str) {
+        let Some(t) = self.tunnels.get_mut(id) else {
+            return;
+        };
+        if !t.can_initiate() {
+            t.set_phase(
+                TunnelPhase::Idle,
+                Some(
+                    "waiting for the peer to initiate (customer gateway 0.0.0.0 accepts any peer)"
+                        .into(),
+                ),
+            );
+            return;
+        }
+        t.want_up = true;
+        if t.phase == TunnelPhase::Established {
+            return;
+        }
+        match self.endpoint.initiate(now, t.peer) {
+            Ok(()) => {
+                if !matches!(
+                    t.phase,
+                    TunnelPhase::Phase1Failed | TunnelPhase::Phase2Failed
+                ) {
+                    t.set_phase(
+                        TunnelPhase::Phase1Negotiating,
+                        Some(format!("negotiating ({why})")),
+                    );
+                }
+            }
+            Err(e) => tracing::error!(error = %e, tunnel = id, "initiate"),
+        }
+    }
+
+    fn remove_tunnel(&mut self, now: Instant, id: &str) {
+        let Some(peer) = self.tunnels.get(id).map(|t| t.peer) else {
+            return;
+        };
+        if self.tunnels.get(id).is_some_and(|t| t.cfg.is_some()) {
+            // Sends INFORMATIONAL Delete for the IKE SA (and so its Child SAs).
+            if let Err(e) = self.endpoint.remove_peer(now, peer) {
+                tracing::debug!(error = %e, tunnel = id, "remove_peer");
+            }
+            self.flush();
+        }
+        if let Some(t) = self.tunnels.remove(id) {
+            for c in &t.children {
+                self.sadb.remove_inbound(c.spi_in);
+            }
+            self.sadb.remove_outbound(&t.peer.0);
+            self.by_peer.remove(&t.peer);
+            self.log(
+                &t.conn_id,
+                Some(id),
+                LogLevel::Info,
+                "tunnel_removed",
+                "tunnel removed; its SAs were deleted".into(),
+            );
+        }
+    }
+
+    fn reset(&mut self, now: Instant, id: &str) -> Result<(), String> {
+        let t = self
+            .tunnels
+            .get_mut(id)
+            .ok_or_else(|| format!("tunnel {id} is not running on this node"))?;
+        if t.cfg.is_none() {
+            return Err(t
+                .reason
+                .clone()
+                .unwrap_or_else(|| format!("tunnel {id} cannot run on this node")));
+        }
+        let peer = t.peer;
+        t.failures = 0;
+        t.retry_at = None;
+        if t.can_initiate() {
+            t.want_up = true;
+            t.set_phase(
+                TunnelPhase::Phase1Negotiating,
+                Some("reset requested; renegotiating".into()),
+            );
+        } else {
+            t.set_phase(
+                TunnelPhase::Idle,
+                Some("reset requested; waiting for the peer to initiate".into()),
+            );
+        }
+        let conn = t.conn_id.clone();
+        self.endpoint.reset(now, peer).map_err(|e| e.to_string())?;
+        self.log(
+            &conn,
+            Some(id),
+            LogLevel::Info,
+            "reset_requested",
+            "tunnel reset through the API: SAs deleted, renegotiating".into(),
+        );
+        Ok(())
+    }
+
+    fn traffic(&mut self, now: Instant) {
+        let mut start = Vec::new();
+        for (conn, tunnels) in &self.conns {
+            let Some(flag) = self.triggers.get(conn) else {
+                continue;
+            };
+            if !flag.swap(false, Ordering::AcqRel) {
+                continue;
+            }
+            for id in tunnels {
+                if self
+                    .tunnels
+                    .get(id)
+                    .is_some_and(|t| t.phase == TunnelPhase::Idle && t.can_initiate())
+                {
+                    start.push(id.clone());
+                }
+            }
+        }
+        for id in start {
+            if let Some(t) = self.tunnels.get(&id) {
+                let conn = t.conn_id.clone();
+                self.log(
+                    &conn,
+                    Some(&id),
+                    LogLevel::Info,
+                    "traffic_triggered",
+                    "traffic from the VPC for this connection; negotiating".into(),
+                );
+            }
+            self.start(now, &id, "traffic from the VPC");
+        }
+    }
+
+    fn retries(&mut self, now: Instant) {
+        let due: Vec<String> = self
+            .tunnels
+            .values()
+            .filter(|t| t.retry_at.is_some_and(|r| r <= now))
+            .map(|t| t.id.clone())
+            .collect();
+        for id in due {
+            let Some(t) = self.tunnels.get_mut(&id) else {
+                continue;
+            };
+            t.retry_at = None;
+            if !t.want_up || !t.can_initiate() || t.phase == TunnelPhase::Established {
+                continue;
+            }
+            let peer = t.peer;
+            let conn = t.conn_id.clone();
+            // An IKE SA without a Child SA (phase 2 failed) cannot be told to create
+            // one: start over with a fresh IKE SA.
+            let r = if self.endpoint.ike_sas(peer).is_empty() {
+                self.endpoint.initiate(now, peer)
+            } else {
+                self.endpoint.reset(now, peer)
+            };
+            if let Err(e) = r {
+                tracing::error!(error = %e, tunnel = id, "retry");
+            }
+            self.log(
+                &conn,
+                Some(&id),
+                LogLevel::Info,
+                "retry",
+                "negotiating again".into(),
+            );
+        }
+    }
+
+    // ---- IKE events ---------------------------------------------------------------
+
+    fn flush(&mut self) {
+        loop {
+            let mut any = false;
+            while let Some(t) = self.endpoint.poll_transmit() {
+                any = true;
+                self.transmit(t);
+            }
+            while let Some(e) = self.endpoint.poll_event() {
+                any = true;
+                self.event(e);
+            }
+            if !any {
+                break;
+            }
+        }
+    }
+
+    fn transmit(&mut self, t: ike::Transmit) {
+        let (SocketAddr::V4(local), SocketAddr::V4(remote)) = (t.local, t.remote) else {
+            tracing::warn!(?t, "IPv6 IKE is not supported; dropping");
+            return;
+        };
+        let result = if local.port() == self.ports.natt || remote.port() == self.ports.natt {
+            // RFC 3948 §2.2: IKE on port 4500 goes behind the 4-byte non-ESP marker.
+            let mut b = Vec::with_capacity(4 + t.payload.len());
+            b.extend_from_slice(&[0; 4]);
+            b.extend_from_slice(&t.payload);
+            self.dp.send_udp(local, remote, &b)
+        } else {
+            self.dp.send_udp(local, remote, &t.payload)
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "sending IKE message");
+        }
+    }
+
+    fn event(&mut self, e: Event) {
+        let peer = match &e {
+            Event::IkeSaEstablished { peer, .. }
+            | Event::IkeSaRekeyed { peer, .. }
+            | Event::IkeSaDeleted { peer, .. }
+            | Event::ChildSaEstablished { peer, .. }
+            | Event::ChildSaRekeyed { peer, .. }
+            | Event::ChildSaDeleted { peer, .. }
+            | Event::AddressesChanged { peer, .. }
+            | Event::PeerDead { peer }
+            | Event::NegotiationFailed { peer, .. }
+            | Event::Log { peer, .. } => *peer,
+        };
+        let Some(id) = self.by_peer.get(&peer).cloned() else {
+            // A tunnel removed a moment ago: its SAs are gone with it.
+            if let Event::ChildSaDeleted { spi_in, .. } = e {
+                self.sadb.remove_inbound(spi_in);
+            }
+            return;
+        };
+        let now = Instant::now();
+        match e {
+            Event::Log {
+                level,
+                event,
+                message,
+                ..
+            } => {
+                let level = match level {
+                    ike::Level::Debug => return,
+                    ike::Level::Info => LogLevel::Info,
+                    ike::Level::Warn => LogLevel::Warn,
+                    ike::Level::Error => LogLevel::Error,
+                };
+                if let Some(conn) = self.tunnels.get(&id).map(|t| t.conn_id.clone()) {
+                    self.log(&conn, Some(&id), level, event, message);
+                }
+            }
+            Event::IkeSaEstablished {
+                spi_i,
+                spi_r,
+                algorithms,
+                ..
+            } => {
+                let Some(t) = self.tunnels.get_mut(&id) else {
+                    return;
+                };
+                t.ike = Some(IkeInfo {
+                    spi_i,
+                    spi_r,
+                    algorithms: algorithms.to_string(),
+                    established_at: Utc::now(),
+                    lifetime: t.cfg.as_ref().map_or(Duration::ZERO, |c| c.ike_lifetime),
+                });
+                t.want_up = t.want_up || t.can_initiate();
+                if t.children.is_empty() && !matches!(t.phase, TunnelPhase::Phase2Failed) {
+                    t.set_phase(
+                        TunnelPhase::Phase2Negotiating,
+                        Some("IKE SA established; negotiating the Child SA".into()),
+                    );
+                }
+            }
+            Event::IkeSaRekeyed { new, .. } => {
+                if let Some(ike) = self.tunnels.get_mut(&id).and_then(|t| t.ike.as_mut()) {
+                    ike.spi_i = new.0;
+                    ike.spi_r = new.1;
+                    ike.established_at = Utc::now();
+                }
+            }
+            Event::IkeSaDeleted { reason, .. } => {
+                let Some(t) = self.tunnels.get_mut(&id) else {
+                    return;
+                };
+                if reason == DeleteReason::Rekeyed {
+                    return;
+                }
+                t.ike = None;
+                let why = match reason {
+                    DeleteReason::PeerDeleted => Some("the peer deleted the IKE SA"),
+                    DeleteReason::PeerDead => Some("the peer stopped answering"),
+                    DeleteReason::InitialContact => {
+                        Some("the peer re-authenticated (INITIAL_CONTACT)")
+                    }
+                    DeleteReason::LocalRequest if t.phase == TunnelPhase::Established => {
+                        Some("the IKE SA was deleted (lifetime or local request)")
+                    }
+                    _ => None,
+                };
+                if let Some(why) = why {
+                    if t.want_up && t.can_initiate() {
+                        t.set_phase(TunnelPhase::Idle, Some(format!("{why}; renegotiating")));
+                        t.retry_at = Some(now + RESTART_DELAY);
+                    } else {
+                        t.set_phase(TunnelPhase::Idle, Some(why.into()));
+                    }
+                }
+            }
+            Event::ChildSaEstablished { child, .. } => {
+                self.install_child(&id, &child, None);
+            }
+            Event::ChildSaRekeyed {
+                old_spi_in, child, ..
+            } => {
+                self.install_child(&id, &child, Some(old_spi_in));
+            }
+            Event::ChildSaDeleted {
+                spi_in, spi_out, ..
+            } => {
+                self.remove_child(now, &id, spi_in, spi_out);
+            }
+            Event::AddressesChanged {
+                local,
+                remote,
+                udp_encap,
+                ..
+            } => {
+                if let Some(conn) = self.tunnels.get(&id).map(|t| t.conn_id.clone()) {
+                    self.log(
+                        &conn,
+                        Some(&id),
+                        LogLevel::Warn,
+                        "addresses_changed",
+                        format!(
+                            "the peer moved (NAT): IKE now {local} <-> {remote} (UDP \
+                             encapsulation {udp_encap}); ESP follows at the next Child SA rekey"
+                        ),
+                    );
+                }
+            }
+            Event::PeerDead { .. } => {
+                let Some(t) = self.tunnels.get_mut(&id) else {
+                    return;
+                };
+                t.ike = None;
+                if t.want_up && t.can_initiate() {
+                    t.set_phase(
+                        TunnelPhase::Idle,
+                        Some("the peer stopped answering (DPD); renegotiating".into()),
+                    );
+                    t.retry_at = Some(now + RESTART_DELAY);
+                } else {
+                    t.set_phase(
+                        TunnelPhase::Idle,
+                        Some("the peer stopped answering (DPD)".into()),
+                    );
+                }
+            }
+            Event::NegotiationFailed { phase, reason, .. } => {
+                let Some(t) = self.tunnels.get_mut(&id) else {
+                    return;
+                };
+                t.failures += 1;
+                let can = t.can_initiate();
+                if can {
+                    t.want_up = true;
+                }
+                let (negotiating, failed) = match phase {
+                    Phase::Phase1 => (TunnelPhase::Phase1Negotiating, TunnelPhase::Phase1Failed),
+                    Phase::Phase2 => (TunnelPhase::Phase2Negotiating, TunnelPhase::Phase2Failed),
+                };
+                if can && t.failures < QUICK_TRIES {
+                    let n = t.failures;
+                    let already_failed = matches!(
+                        t.phase,
+                        TunnelPhase::Phase1Failed | TunnelPhase::Phase2Failed
+                    );
+                    if !already_failed {
+                        t.set_phase(
+                            negotiating,
+                            Some(format!(
+                                "attempt {n} of {QUICK_TRIES} failed: {reason}; retrying"
+                            )),
+                        );
+                    }
+                    t.retry_at = Some(now + QUICK_RETRY);
+                } else {
+                    t.set_phase(failed, Some(reason));
+                    if can {
+                        t.retry_at = Some(now + SLOW_RETRY);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Installs a new Child SA's ESP SAs; with `old_spi_in`, make-before-break: the new
+    /// inbound SA first, then the outbound switch; the old inbound SA stays until its
+    /// Delete.
+    fn install_child(&mut self, id: &str, child: &ChildSa, old_spi_in: Option<u32>) {
+        let Some(t) = self.tunnels.get_mut(id) else {
+            return;
+        };
+        let conn = t.conn_id.clone();
+        let key = t.peer.0;
+        let (inbound, outbound) = match esp_sas(child, self.ports.natt) {
+            Ok(sas) => sas,
+            Err(e) => {
+                let msg = format!(
+                    "cannot install Child SA {:08x}/{:08x}: {e}",
+                    child.spi_in, child.spi_out
+                );
+                self.log(
+                    &conn,
+                    Some(id),
+                    LogLevel::Error,
+                    "child_sa_install_failed",
+                    msg,
+                );
+                return;
+            }
+        };
+        let (inbound, outbound) = (Arc::new(inbound), Arc::new(outbound));
+        if let Err(e) = self
+            .sadb
+            .rekey(key, Arc::clone(&inbound), Arc::clone(&outbound))
+        {
+            let msg = format!("cannot install Child SA {:08x}: {e}", child.spi_in);
+            self.log(
+                &conn,
+                Some(id),
+                LogLevel::Error,
+                "child_sa_install_failed",
+                msg,
+            );
+            return;
+        }
+        let Some(t) = self.tunnels.get_mut(id) else {
+            return;
+        };
+        t.children.push(ChildRt {
+            spi_in: child.spi_in,
+            spi_out: child.spi_out,
+            local_ts: ts_strings(&child.local_ts),
+            remote_ts: ts_strings(&child.remote_ts),
+            algorithms: child.algorithms(),
+            inbound,
+            outbound,
+            counters: [0; 4],
+        });
+        t.failures = 0;
+        t.retry_at = None;
+        t.want_up = t.want_up || t.can_initiate();
+        t.set_phase(TunnelPhase::Established, None);
+        let msg = match old_spi_in {
+            Some(old) => format!(
+                "ESP SAs installed for rekeyed Child SA {:08x}/{:08x} (replacing {old:08x}); \
+                 sending on the new SA",
+                child.spi_in, child.spi_out
+            ),
+            None => format!(
+                "ESP SAs installed: in {:08x}, out {:08x}, {} <-> {}, {}{}",
+                child.spi_in,
+                child.spi_out,
+                ike::ts::list_to_string(&child.local_ts),
+                ike::ts::list_to_string(&child.remote_ts),
+                child.algorithms(),
+                if child.udp_encap { ", ESP in UDP" } else { "" }
+            ),
+        };
+        self.log(&conn, Some(id), LogLevel::Info, "esp_sa_installed", msg);
+    }
+
+    fn remove_child(&mut self, now: Instant, id: &str, spi_in: u32, spi_out: u32) {
+        self.sadb.remove_inbound(spi_in);
+        let Some(t) = self.tunnels.get_mut(id) else {
+            return;
+        };
+        t.children.retain(|c| c.spi_in != spi_in);
+        let key = t.peer.0;
+        if self
+            .sadb
+            .outbound(&key)
+            .is_some_and(|sa| sa.spi() == spi_out)
+        {
+            match t.children.last() {
+                Some(c) => {
+                    self.sadb.set_outbound(key, Arc::clone(&c.outbound));
+                }
+                None => {
+                    self.sadb.remove_outbound(&key);
+                }
+            }
+        }
+        if t.children.is_empty() && t.phase == TunnelPhase::Established {
+            if t.want_up && t.can_initiate() {
+                t.set_phase(
+                    TunnelPhase::Idle,
+                    Some(format!("Child SA {spi_in:08x} was deleted; renegotiating")),
+                );
+                t.retry_at = Some(now + RESTART_DELAY);
+            } else {
+                t.set_phase(
+                    TunnelPhase::Idle,
+                    Some(format!("Child SA {spi_in:08x} was deleted")),
+                );
+            }
+        }
+    }
+
+    // ---- forwarding and kernel routes --------------------------------------------------
+
+    fn publish_fwd(&mut self, d: &Desired) {
+        let mut fwd = Fwd::default();
+        let mut triggers = HashMap::new();
+        for c in &d.conns {
+            let trigger = self
+                .triggers
+                .get(&c.id)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(AtomicBool::new(false)));
+            triggers.insert(c.id.clone(), Arc::clone(&trigger));
+            fwd.conns.push(ConnFwd {
+                tunnels: c
+                    .tunnels
+                    .iter()
+                    .filter_map(|id| self.tunnels.get(id).map(|t| t.peer.0))
+                    .collect(),
+                trigger,
+            });
+        }
+        self.triggers = triggers;
+        let idx = |i: usize| u32::try_from(i).unwrap_or(NONE);
+        let mut routes = RouteTable::new();
+        for (net, t) in &d.routes {
+            let i = idx(fwd.targets.len());
+            fwd.targets
+                .push([idx(t.primary), t.standby.map_or(NONE, idx)]);
+            routes.insert(*net, i);
+        }
+        let mut policy = PolicyTable::new();
+        for (src, dst, prio, t) in &d.policies {
+            let i = idx(fwd.targets.len());
+            fwd.targets
+                .push([idx(t.primary), t.standby.map_or(NONE, idx)]);
+            policy.insert(*src, *dst, *prio, i);
+        }
+        fwd.routes = routes;
+        fwd.policy = policy;
+        self.fwd.store(Arc::new(fwd));
+    }
+
+    /// Converges the kernel routes into the TUN device to `want`.
+    fn kernel(&mut self, want: &BTreeSet<Ipv4Net>) {
+        let index = self.dp.tun_index();
+        let Some(nl) = self.netlink.as_mut() else {
+            return;
+        };
+        for net in self.kernel_routes.difference(want) {
+            if let Err(e) = nl.del_route(&RouteSpec::dev(*net, index)) {
+                tracing::warn!(error = %e, %net, "removing route from the tunnel device");
+            }
+        }
+        let mut installed = BTreeSet::new();
+        for net in want {
+            // LAB.md: never a default route into the TUN device (desired.rs filters it
+            // too; this is the last line of defence).
+            if net.prefix_len() == 0 {
+                continue;
+            }
+            match nl.add_route(&RouteSpec::dev(*net, index), AddMode::Replace) {
+                Ok(()) => {
+                    installed.insert(*net);
+                }
+                Err(e) => tracing::error!(error = %e, %net, "adding route into the tunnel device"),
+            }
+        }
+        self.kernel_routes = installed;
+    }
+
+    // ---- status -------------------------------------------------------------------
+
+    fn publish_all(&mut self, refresh_counters: bool) {
+        let ids: Vec<String> = self.tunnels.keys().cloned().collect();
+        for id in ids {
+            self.publish(&id, refresh_counters);
+        }
+    }
+
+    fn publish(&mut self, id: &str, refresh_counters: bool) {
+        let tunnels_of_conn: Vec<TunnelKey> = {
+            let Some(t) = self.tunnels.get(id) else {
+                return;
+            };
+            self.conns
+                .iter()
+                .find(|(c, _)| *c == t.conn_id)
+                .map(|(_, ts)| {
+                    ts.iter()
+                        .filter_map(|x| self.tunnels.get(x).map(|t| t.peer.0))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let sadb = Arc::clone(&self.sadb);
+        let Some(t) = self.tunnels.get_mut(id) else {
+            return;
+        };
+        if refresh_counters {
+            for c in &mut t.children {
+                let i = c.inbound.stats();
+                let o = c.outbound.stats();
+                c.counters = [i.bytes, i.packets, o.bytes, o.packets];
+            }
+        }
+        let status = TunnelStatus {
+            phase: t.phase,
+            reason: t.reason.clone(),
+            since: Some(t.since),
+            carrying_traffic: carries_traffic(&sadb, &tunnels_of_conn, t.peer.0),
+            ike_sa: t.ike.as_ref().map(|i| IkeSaStatus {
+                version: IkeVersion::Ikev2,
+                spis: IkeSpis {
+                    initiator: format!("{:016x}", i.spi_i),
+                    responder: format!("{:016x}", i.spi_r),
+                },
+                algorithms: i.algorithms.clone(),
+                established_at: Some(i.established_at),
+                // The engine rekeys at 85–90 % of the lifetime (soft lifetime with
+                // jitter); this is the latest it will.
+                rekey_at: (!i.lifetime.is_zero())
+                    .then(|| {
+                        chrono::Duration::from_std(i.lifetime.mul_f64(0.9))
+                            .ok()
+                            .map(|d| i.established_at + d)
+                    })
+                    .flatten(),
+            }),
+            child_sas: t
+                .children
+                .iter()
+                .map(|c| ChildSaStatus {
+                    spi_in: format!("{:08x}", c.spi_in),
+                    spi_out: format!("{:08x}", c.spi_out),
+                    local_ts: c.local_ts.clone(),
+                    remote_ts: c.remote_ts.clone(),
+                    algorithms: c.algorithms.clone(),
+                    bytes_in: c.counters[0],
+                    packets_in: c.counters[1],
+                    bytes_out: c.counters[2],
+                    packets_out: c.counters[3],
+                })
+                .collect(),
+            bgp: None,
+            health: None,
+        };
+        if t.written.as_ref() != Some(&status) {
+            t.written = Some(status.clone());
+            let _ = self.writes.send(StoreWrite::Status {
+                tunnel_id: id.to_string(),
+                status,
+            });
+        }
+    }
+
+    fn log(&self, conn: &str, tunnel: Option<&str>, level: LogLevel, event: &str, message: String) {
+        let _ = self.writes.send(StoreWrite::Log {
+            connection_id: conn.to_string(),
+            entry: LogEntry {
+                at: Utc::now(),
+                tunnel_id: tunnel.map(str::to_string),
+                level,
+                event: event.to_string(),
+                message,
+            },
+        });
+    }
+
+    fn shutdown(&mut self) {
+        let now = Instant::now();
+        let ids: Vec<String> = self.tunnels.keys().cloned().collect();
+        for id in ids {
+            if let Some(t) = self.tunnels.get_mut(&id) {
+                t.set_phase(TunnelPhase::Idle, Some("the gateway node stopped".into()));
+                t.want_up = false;
+                let peer = t.peer;
+                if t.cfg.is_some() {
+                    let _ = self.endpoint.remove_peer(now, peer);
+                }
+            }
+        }
+        self.flush();
+        for t in self.tunnels.values_mut() {
+            t.children.clear();
+            t.ike = None;
+        }
+        self.publish_all(false);
+        self.kernel(&BTreeSet::new());
+        tracing::info!("gateway node control thread stopped");
+    }
+}
+
+/// The ESP SAs of a Child SA (inbound, outbound).
+fn esp_sas(c: &ChildSa, natt: u16) -> Result<(InboundSa, OutboundSa), esp::EspError> {
+    let (IpAddr::V4(local), IpAddr::V4(remote)) = (c.local.ip(), c.remote.ip()) else {
+        return Err(esp::EspError::InvalidParams(
+            "IPv6 tunnel endpoints are not supported",
+        ));
+    };
+    // RFC 3948: ESP-in-UDP on the NAT-T ports the IKE SA floated to.
+    let port = |p: u16| if p == 500 { natt } else { p };
+    let udp_encap = c.udp_encap.then(|| UdpEncap {
+        src_port: port(c.local.port()),
+        dst_port: port(c.remote.port()),
+    });
+    let selectors = Selectors {
+        local: c.local_ts.iter().map(selector).collect(),
+        remote: c.remote_ts.iter().map(selector).collect(),
+    };
+    let params = |spi, enc: &ike::Key, integ: &ike::Key| SaParams {
+        spi,
+        encr: c.encr,
+        enc_key: esp::Key::new(enc.as_slice()),
+        integ: c.integ,
+        integ_key: esp::Key::new(integ.as_slice()),
+        local,
+        remote,
+        udp_encap,
+        selectors: selectors.clone(),
+        lifetime: Lifetime::default(),
+    };
+    let inbound = InboundSa::new(params(c.spi_in, &c.encr_key_in, &c.integ_key_in))?;
+    let outbound = OutboundSa::new(
+        params(c.spi_out, &c.encr_key_out, &c.integ_key_out),
+        &mut crypto::OsRandom,
+    )?;
+    Ok((inbound, outbound))
+}
+
+fn selector(t: &TsRange) -> TrafficSelector {
+    TrafficSelector {
+        start_addr: t.start,
+        end_addr: t.end,
+        protocol: t.ip_proto,
+        start_port: t.start_port,
+        end_port: t.end_port,
+    }
+}
+
+/// Selectors as CIDRs where they are prefixes (`10.2.0.0/24`), else as ranges.
+fn ts_strings(list: &[TsRange]) -> Vec<String> {
+    list.iter()
+        .map(|t| {
+            let (s, e) = (u32::from(t.start), u32::from(t.end));
+            let span = e.wrapping_sub(s).wrapping_add(1);
+            let cidr = if s == 0 && e == u32::MAX {
+                Some(0)
+            } else if span.is_power_of_two() && s % span == 0 {
+                Some(32 - span.trailing_zeros())
+            } else {
+                None
+            };
+            let base = match cidr {
+                Some(len) => format!("{}/{len}", t.start),
+                None => format!("{}-{}", t.start, t.end),
+            };
+            if t.ip_proto == 0 {
+                base
+            } else {
+                format!("{base}[{}/{}-{}]", t.ip_proto, t.start_port, t.end_port)
+            }
+        })
+        .collect()
+}
+
+/// `SocketAddrV4` of a wildcard local address on a port.
+pub(crate) fn any(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, port)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn r(a: &str, b: &str) -> TsRange {
+        TsRange {
+            ip_proto: 0,
+            start_port: 0,
+            end_port: u16::MAX,
+            start: a.parse::<Ipv4Addr>().unwrap(),
+            end: b.parse::<Ipv4Addr>().unwrap(),
+        }
+    }
+
+    #[test]
+    fn selectors_print_as_cidrs() {
+        assert_eq!(
+            ts_strings(&[
+                r("0.0.0.0", "255.255.255.255"),
+                r("10.2.0.0", "10.2.0.255"),
+                r("10.2.0.1", "10.2.0.1"),
+                r("10.2.0.1", "10.2.0.9"),
+            ]),
+            vec![
+                "0.0.0.0/0",
+                "10.2.0.0/24",
+                "10.2.0.1/32",
+                "10.2.0.1-10.2.0.9"
+            ]
+        );
+    }
+}

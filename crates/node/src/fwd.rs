@@ -1,0 +1,256 @@
+//! The packet path: the [`EspHandler`] the data plane's workers run, and the forwarding
+//! snapshot it reads.
+//!
+//! Per packet there is no allocation and no lock: the forwarding tables are one
+//! immutable [`Fwd`] snapshot behind an `ArcSwap` (read through a per-worker
+//! `arc_swap::Cache`: one atomic load when nothing changed), SAs come from the
+//! [`esp::SaDb`] through a per-worker [`esp::SaDbCache`], and ESP sequence numbers and
+//! counters are atomics inside the SAs. The control thread publishes a new snapshot when
+//! the configuration changes and swaps SAs in the `SaDb` when IKE creates, rekeys or
+//! deletes them.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
+
+use arc_swap::{ArcSwap, Cache};
+use dataplane::{Action, DropReason, Handler, PacketBuf, PolicyTable, RouteTable, WorkerCtx};
+use esp::wire::natt::{Udp4500, classify_udp4500};
+use esp::{Decapsulated, EspError, SaDb, SaDbCache};
+
+use crate::control::Input;
+
+/// Key of a tunnel's outbound SA in the [`SaDb`]: the tunnel's IKE peer ID.
+pub(crate) type TunnelKey = u64;
+
+/// No connection (a route's missing standby).
+pub(crate) const NONE: u32 = u32::MAX;
+
+/// The forwarding state the workers read: immutable once published.
+#[derive(Default)]
+pub(crate) struct Fwd {
+    /// Destination routes → index into `targets`.
+    pub routes: RouteTable<u32>,
+    /// Policy routes (source + destination) → index into `targets`; looked up first.
+    pub policy: PolicyTable<u32>,
+    /// (primary, standby) connection indexes.
+    pub targets: Vec<[u32; 2]>,
+    pub conns: Vec<ConnFwd>,
+}
+
+/// One connection on the packet path.
+pub(crate) struct ConnFwd {
+    /// Tunnel 1 and tunnel 2 (SaDb keys); tunnel 1 carries traffic while it has an
+    /// outbound SA.
+    pub tunnels: Vec<TunnelKey>,
+    /// Set by a worker when a packet wants this connection and no tunnel is up; the
+    /// control thread clears it and starts negotiating (effective_immediately = false).
+    pub trigger: Arc<AtomicBool>,
+}
+
+/// The data plane handler: ESP encapsulation toward peers, decapsulation toward the VPC,
+/// IKE up to the control thread.
+pub(crate) struct EspHandler {
+    pub fwd: Arc<ArcSwap<Fwd>>,
+    pub sadb: Arc<SaDb<TunnelKey>>,
+    /// Wakes the control thread (bounded channel: `try_send` never allocates).
+    pub wake: SyncSender<Input>,
+    pub ike_port: u16,
+    pub natt_port: u16,
+}
+
+/// A worker's lock-free views.
+pub(crate) struct Local {
+    fwd: Cache<Arc<ArcSwap<Fwd>>, Arc<Fwd>>,
+    sadb: SaDbCache<TunnelKey>,
+}
+
+impl Handler for EspHandler {
+    type Local = Local;
+
+    fn new_local(&self, _worker: usize) -> Local {
+        Local {
+            fwd: Cache::new(Arc::clone(&self.fwd)),
+            sadb: self.sadb.cache(),
+        }
+    }
+
+    fn handle_tun(&self, ctx: &mut WorkerCtx<Local>, pkt: &mut PacketBuf) -> Action {
+        let d = pkt.data();
+        let (src, dst) = match d {
+            [
+                b0,
+                _,
+                _,
+                _,
+                _,
+                _,
+                _,
+                _,
+                _,
+                _,
+                _,
+                _,
+                s0,
+                s1,
+                s2,
+                s3,
+                d0,
+                d1,
+                d2,
+                d3,
+                ..,
+            ] if b0 >> 4 == 4 => (
+                Ipv4Addr::new(*s0, *s1, *s2, *s3),
+                Ipv4Addr::new(*d0, *d1, *d2, *d3),
+            ),
+            _ => return Action::Drop(DropReason::Unsupported),
+        };
+        let Local { fwd, sadb } = &mut ctx.local;
+        let fwd = fwd.load();
+        let target = fwd
+            .policy
+            .lookup(src, dst)
+            .map(|r| r.value)
+            .or_else(|| fwd.routes.lookup(dst));
+        let Some(&[primary, standby]) = target.and_then(|t| fwd.targets.get(t as usize)) else {
+            return Action::Drop(DropReason::NoRoute);
+        };
+        let Some(key) = active_tunnel(&fwd.conns, sadb, primary)
+            .or_else(|| active_tunnel(&fwd.conns, sadb, standby))
+        else {
+            if let Some(c) = fwd.conns.get(primary as usize) {
+                // Traffic-triggered negotiation: one wake-up per flag flip, whatever the
+                // packet rate.
+                if !c.trigger.swap(true, Ordering::AcqRel) {
+                    let _ = self.wake.try_send(Input::Traffic);
+                }
+            }
+            return Action::Drop(DropReason::NoSa);
+        };
+        let Some(sa) = sadb.outbound(&key) else {
+            return Action::Drop(DropReason::NoSa);
+        };
+        let (head, len) = (pkt.head(), pkt.len());
+        let out = match sa.encapsulate(pkt.buffer_mut(), head, len) {
+            Ok(out) => out,
+            Err(EspError::SequenceExhausted | EspError::HardExpired) => {
+                let _ = self.wake.try_send(Input::SoftExpired(key));
+                return Action::Drop(DropReason::NoSa);
+            }
+            Err(EspError::TooBig) => return Action::Drop(DropReason::TooBig),
+            Err(_) => return Action::Drop(DropReason::Other),
+        };
+        if out.soft_expired {
+            let _ = self.wake.try_send(Input::SoftExpired(key));
+        }
+        if pkt.set_range(out.range.start, out.range.len()).is_err() {
+            return Action::Drop(DropReason::Other);
+        }
+        match sa.udp_encap() {
+            Some(u) => Action::ToUdp {
+                local: SocketAddrV4::new(sa.local(), u.src_port),
+                remote: SocketAddrV4::new(sa.remote(), u.dst_port),
+            },
+            None => Action::ToEsp {
+                local: sa.local(),
+                remote: sa.remote(),
+            },
+        }
+    }
+
+    fn handle_udp(
+        &self,
+        ctx: &mut WorkerCtx<Local>,
+        local: SocketAddrV4,
+        _remote: SocketAddrV4,
+        pkt: &mut PacketBuf,
+    ) -> Action {
+        if local.port() == self.ike_port {
+            return Action::Control;
+        }
+        if local.port() != self.natt_port {
+            return Action::Drop(DropReason::Unsupported);
+        }
+        // RFC 3948 §2: IKE behind the non-ESP marker, ESP, or a NAT-keepalive.
+        match classify_udp4500(pkt.data()) {
+            Udp4500::Ike(_) => match pkt.pull_front(esp::wire::natt::NON_ESP_MARKER_LEN) {
+                Ok(()) => Action::Control,
+                Err(_) => Action::Drop(DropReason::Malformed),
+            },
+            Udp4500::Esp => decapsulate(&mut ctx.local.sadb, pkt),
+            Udp4500::Keepalive => Action::Drop(DropReason::Other),
+            Udp4500::Invalid => Action::Drop(DropReason::Malformed),
+        }
+    }
+
+    fn handle_esp(
+        &self,
+        ctx: &mut WorkerCtx<Local>,
+        _local: Ipv4Addr,
+        _remote: Ipv4Addr,
+        pkt: &mut PacketBuf,
+    ) -> Action {
+        decapsulate(&mut ctx.local.sadb, pkt)
+    }
+}
+
+/// The tunnel of connection `conn` that carries its traffic: tunnel 1 while it has an
+/// outbound SA, else tunnel 2 (active/standby, DESIGN.md).
+#[inline]
+fn active_tunnel(
+    conns: &[ConnFwd],
+    sadb: &mut SaDbCache<TunnelKey>,
+    conn: u32,
+) -> Option<TunnelKey> {
+    let c = conns.get(conn as usize)?;
+    c.tunnels
+        .iter()
+        .copied()
+        .find(|k| sadb.outbound(k).is_some())
+}
+
+/// ESP (from the SPI on) → the inner IPv4 packet, in place.
+#[inline]
+fn decapsulate(sadb: &mut SaDbCache<TunnelKey>, pkt: &mut PacketBuf) -> Action {
+    let spi = match pkt.data() {
+        [a, b, c, d, ..] => u32::from_be_bytes([*a, *b, *c, *d]),
+        _ => return Action::Drop(DropReason::Malformed),
+    };
+    let Some(sa) = sadb.inbound(spi) else {
+        return Action::Drop(DropReason::NoSa);
+    };
+    match sa.decapsulate(pkt.data_mut()) {
+        Ok(Decapsulated::Packet { inner, .. }) => {
+            let head = pkt.head();
+            match pkt.set_range(head + inner.start, inner.len()) {
+                Ok(()) => Action::ToTun,
+                Err(_) => Action::Drop(DropReason::Malformed),
+            }
+        }
+        Ok(Decapsulated::Dummy) => Action::Drop(DropReason::Other),
+        Err(e) => Action::Drop(drop_reason(e)),
+    }
+}
+
+fn drop_reason(e: EspError) -> DropReason {
+    match e {
+        EspError::AuthFailed => DropReason::AuthFailed,
+        EspError::Replayed { .. } | EspError::TooOld { .. } => DropReason::Replay,
+        EspError::SelectorMismatch => DropReason::Policy,
+        EspError::HardExpired | EspError::SequenceExhausted | EspError::WrongSpi { .. } => {
+            DropReason::NoSa
+        }
+        _ => DropReason::Malformed,
+    }
+}
+
+/// Whether connection `conn`'s tunnel `key` is the one carrying its traffic now.
+pub(crate) fn carries_traffic(
+    sadb: &SaDb<TunnelKey>,
+    tunnels: &[TunnelKey],
+    key: TunnelKey,
+) -> bool {
+    tunnels.iter().copied().find(|k| sadb.outbound(k).is_some()) == Some(key)
+}
