@@ -321,6 +321,15 @@ pub fn views(data: &[u8]) {
     }
     let _ = classify_udp4500(data);
     let _ = wire::checksum(data);
+    if let Ok(outer) = wire::parse_outer(data) {
+        // Every range it returns lies inside the buffer.
+        match outer.payload {
+            wire::OuterPayload::Esp(r) | wire::OuterPayload::Ike(r) => {
+                assert!(data.get(r).is_some());
+            }
+            wire::OuterPayload::Keepalive => {}
+        }
+    }
 }
 
 /// Exactly one counter moved for the one packet just processed.

@@ -38,9 +38,10 @@
 //!
 //! [`InboundSa::decapsulate`] takes `buf` = exactly one ESP packet, from the SPI to the end
 //! of the ICV: the payload of a UDP/4500 datagram that [`wire::classify_udp4500`] called
-//! [`wire::Udp4500::Esp`], or what follows the IPv4 header of a protocol-50 packet (see
-//! [`wire::Ipv4Packet`]). It decrypts in place and returns the range of the inner IPv4
-//! packet inside `buf` (starting at `ESP_HEADER_LEN + iv_len`), ready for the TUN device.
+//! [`wire::Udp4500::Esp`], or what follows the IPv4 header of a protocol-50 packet
+//! ([`wire::parse_outer`] finds it in a packet that still has its outer headers). It
+//! decrypts in place and returns the range of the inner IPv4 packet inside `buf`
+//! (starting at `ESP_HEADER_LEN + iv_len`), ready for the TUN device.
 //! Find the SA first with [`SaDb`] by [`wire::EspPacket::spi`].
 //!
 //! # Order of inbound checks

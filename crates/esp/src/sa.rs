@@ -918,6 +918,11 @@ mod tests {
                     } else {
                         assert_eq!(ip.protocol(), protocol::ESP);
                     }
+                    let outer = crate::wire::parse_outer(&buf[sent.range.clone()]).unwrap();
+                    assert_eq!(
+                        outer.payload,
+                        crate::wire::OuterPayload::Esp(esp_at - sent.range.start..sent.range.len())
+                    );
                     let esp = &mut buf[esp_at..sent.range.end];
                     assert_eq!(esp.len() % 4, 0, "RFC 4303 §2.4 alignment");
                     let got = inb.decapsulate(esp).unwrap();

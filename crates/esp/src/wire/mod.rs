@@ -16,11 +16,13 @@
 pub mod esp;
 pub mod ipv4;
 pub mod natt;
+pub mod outer;
 pub mod udp;
 
 pub use esp::{EspPacket, EspTrailer};
 pub use ipv4::{Ipv4Packet, Ipv4Repr, checksum};
 pub use natt::{NON_ESP_MARKER_LEN, Udp4500, classify_udp4500};
+pub use outer::{Outer, OuterPayload, parse_outer};
 pub use udp::{UdpPacket, UdpRepr};
 
 /// A buffer does not hold what a view needs.
