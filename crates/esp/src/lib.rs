@@ -59,6 +59,33 @@
 //! ring of atomic words updated by compare-and-swap ([`replay`]), counters are relaxed
 //! atomics. ESN is not supported (32-bit sequence numbers, RFC 4303 §2.2.1): an SA asks for
 //! a rekey at [`SEQ_SOFT_LIMIT`] and stops at [`SEQ_HARD_LIMIT`].
+//!
+//! # Lifetimes and rekeying
+//!
+//! Byte and packet lifetimes ([`Lifetime`]) are counted here; time lifetimes belong to the
+//! IKE layer. The first packet that crosses a soft limit comes back with
+//! `soft_expired: true` (once per SA): the caller asks IKE for a CREATE_CHILD_SA rekey.
+//! Past a hard limit every packet fails with [`EspError::HardExpired`]. The new SAs go in
+//! with [`SaDb::rekey`] (make-before-break); the old inbound SA is removed after the IKE
+//! Delete.
+//!
+//! # Creating SAs
+//!
+//! [`OutboundSa::new`] takes a `crypto::Random` once (use `crypto::OsRandom`) to seed the
+//! CBC IV generator; no packet draws randomness. [`SaParams`], [`Key`] and the SAs print
+//! no key material in `Debug`.
+//!
+//! # What stays with the caller
+//!
+//! Choosing the SA (route lookup, or the SPI for [`SaDb`]), sockets and the outer header
+//! the kernel writes, NAT-T port tracking (the peer's UDP port can change; send to the
+//! port the last authenticated packet came from), fragmentation/PMTU, and IPv6 inner
+//! packets (Next Header 41 is refused for now).
+//!
+//! # Fuzzing
+//!
+//! `cargo +nightly fuzz run decapsulate` / `views` in `crates/esp` (own workspace in
+//! `fuzz/`); the same bodies (module `fuzzing`, feature `fuzzing`) run in `cargo test`.
 
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
