@@ -30,6 +30,7 @@ pub fn router() -> OpenApiRouter<AppState> {
             delete_connection
         ))
         .routes(routes!(get_tunnel, update_tunnel))
+        .routes(routes!(reset_tunnel))
         .routes(routes!(connection_logs))
 }
 
@@ -246,6 +247,34 @@ async fn update_tunnel(
         })?;
     let t = tunnel_of(&new, &tunnel_id)?.clone();
     Ok(Json(t))
+}
+
+/// Tear a tunnel down (its SAs are deleted with an INFORMATIONAL Delete) and renegotiate
+/// it; when the tunnel cannot initiate (customer gateway 0.0.0.0) it waits for the peer.
+/// Answers 202 with the tunnel; its `status` and the connection's logs show the outcome.
+#[utoipa::path(post, path = "/v1/vpn-connections/{id}/tunnels/{tunnel_id}/reset", tag = "vpn-connections",
+    params(("id" = String, Path), ("tunnel_id" = String, Path)),
+    responses((status = 202, body = Tunnel), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "no gateway node runs in this process, or the node cannot run the tunnel")))]
+async fn reset_tunnel(
+    State(state): State<AppState>,
+    Path((id, tunnel_id)): Path<(String, String)>,
+) -> ApiResult<(StatusCode, Json<Tunnel>)> {
+    let conn = state.store.connection(&id).await?;
+    let t = tunnel_of(&conn, &tunnel_id)?.clone();
+    let node = state.node_control().ok_or_else(|| {
+        ApiError::conflict(
+            "no gateway node runs in this process (controller only), so the tunnel cannot be reset here",
+        )
+    })?;
+    node.reset_tunnel(tunnel_id.clone())
+        .await
+        .map_err(|reason| {
+            ApiError::conflict(format!("tunnel {tunnel_id} cannot be reset: {reason}"))
+        })?;
+    tracing::info!(connection = %id, tunnel = %tunnel_id, "tunnel reset requested");
+    Ok((StatusCode::ACCEPTED, Json(t)))
 }
 
 /// The logs of a connection.

@@ -52,6 +52,18 @@ pub trait MetricsSource: Send + Sync {
     fn render(&self, out: &mut String);
 }
 
+/// Commands the API passes to the gateway node running in the same process (`vpngw
+/// serve` wires the node's command channel in with [`AppState::set_node_control`]).
+pub trait NodeControl: Send + Sync {
+    /// `POST …/tunnels/{tunnel_id}/reset`: delete the tunnel's SAs and renegotiate.
+    /// `Err` carries an operator-readable reason (e.g. the tunnel cannot run on the node).
+    fn reset_tunnel(&self, tunnel_id: String) -> NodeFuture;
+}
+
+/// The future a [`NodeControl`] command returns.
+pub type NodeFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+
 /// What every handler shares. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
@@ -60,6 +72,7 @@ pub struct AppState {
     admin_token: Arc<str>,
     changes: Arc<watch::Sender<u64>>,
     metrics: Arc<RwLock<Vec<Arc<dyn MetricsSource>>>>,
+    node: Arc<RwLock<Option<Arc<dyn NodeControl>>>>,
     started: SystemTime,
 }
 
@@ -71,6 +84,7 @@ impl AppState {
             admin_token: admin_token.into(),
             changes: Arc::new(tx),
             metrics: Arc::new(RwLock::new(Vec::new())),
+            node: Arc::new(RwLock::new(None)),
             started: SystemTime::now(),
         }
     }
@@ -85,6 +99,18 @@ impl AppState {
     /// observed status does not need to).
     pub fn notify_changed(&self) {
         self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Connects the gateway node that runs in this process (for tunnel resets).
+    pub fn set_node_control(&self, node: Arc<dyn NodeControl>) {
+        if let Ok(mut n) = self.node.write() {
+            *n = Some(node);
+        }
+    }
+
+    /// The gateway node of this process, if one runs.
+    pub fn node_control(&self) -> Option<Arc<dyn NodeControl>> {
+        self.node.read().ok().and_then(|n| n.clone())
     }
 
     /// Adds a source of extra `/metrics` lines.
