@@ -274,6 +274,19 @@ impl NodeCommands {
     }
 }
 
+#[cfg(feature = "api")]
+impl api::NodeControl for NodeCommands {
+    fn reset_tunnel(&self, tunnel_id: String) -> api::NodeFuture {
+        let commands = self.clone();
+        Box::pin(async move {
+            commands
+                .reset_tunnel(&tunnel_id)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
 impl NodeHandle {
     pub fn commands(&self) -> NodeCommands {
         NodeCommands {

@@ -61,6 +61,7 @@ impl Gateway {
                         ..NodeConfig::default()
                     };
                     let node = Node::start(config, store, state.subscribe()).await.unwrap();
+                    state.set_node_control(Arc::new(node.commands()));
                     ready_tx.send((port, token)).unwrap();
                     let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
                     node.shutdown().await;
@@ -305,12 +306,46 @@ fn initiator_destination_mode_carries_ping_and_iperf() {
     assert_eq!(t["status"]["carrying_traffic"], true);
     let c = gw.get(&topo, &format!("/v1/vpn-connections/{conn_id}"));
     assert_eq!(c["connection_state"], "established");
+
+    // Reset: the SAs are deleted and the tunnel renegotiates with new ones.
+    let tunnel_id = t["id"].as_str().unwrap().to_string();
+    let old_spi = t["status"]["child_sas"][0]["spi_in"].clone();
+    let old_ike = t["status"]["ike_sa"]["spis"]["initiator"].clone();
+    let (s, v) = gw.call(
+        &topo,
+        "POST",
+        &format!("/v1/vpn-connections/{conn_id}/tunnels/{tunnel_id}/reset"),
+        None,
+    );
+    assert_eq!(s, 202, "{v}");
+    gw.wait_tunnel(
+        &topo,
+        &conn_id,
+        "renegotiated after reset",
+        Duration::from_secs(20),
+        |s| {
+            phase(s) == "established"
+                && s["ike_sa"]["spis"]["initiator"] != old_ike
+                && s["child_sas"][0]["spi_in"] != old_spi
+        },
+    );
+    let r = lab::ping(
+        &topo.vpc,
+        topo.vpc_ip(),
+        "10.2.0.1",
+        3,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(r.received, 3, "after reset: {r:?}");
+
     let events: Vec<String> = gw
         .logs(&topo, &conn_id)
         .iter()
         .filter_map(|e| e["event"].as_str().map(str::to_string))
         .collect();
     assert!(events.iter().any(|e| e == "esp_sa_installed"), "{events:?}");
+    assert!(events.iter().any(|e| e == "reset_requested"), "{events:?}");
     let text = format!("{:?}", gw.logs(&topo, &conn_id));
     assert!(!text.contains(PSK), "the PSK must never be logged");
 }
