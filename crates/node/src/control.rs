@@ -1034,12 +1034,19 @@ impl Control {
         let Some(t) = self.tunnels.get_mut(id) else {
             return;
         };
+        let mut received = false;
         if refresh_counters {
             for c in &mut t.children {
                 let i = c.inbound.stats();
                 let o = c.outbound.stats();
+                received |= i.packets != c.counters[1];
                 c.counters = [i.bytes, i.packets, o.bytes, o.packets];
             }
+        }
+        if received {
+            // ESP from the peer proves it alive: DPD probes only idle peers (like
+            // strongSwan's dpd_delay, RFC 3706 §5.3 for the idea).
+            self.endpoint.handle_child_activity(Instant::now(), t.peer);
         }
         let status = TunnelStatus {
             phase: t.phase,

@@ -458,6 +458,37 @@ fn responder_protected_flows_rekeys_without_loss() {
         events.iter().filter(|e| *e == "esp_sa_installed").count() >= 2,
         "{events:?}"
     );
+
+    // Deleting the connection deletes its SAs at the peer (INFORMATIONAL Delete) and
+    // its kernel route.
+    assert!(
+        !topo
+            .gw
+            .ip(&["route", "show", "10.2.0.0/24"])
+            .unwrap()
+            .trim()
+            .is_empty()
+    );
+    let (s, v) = gw.call(
+        &topo,
+        "DELETE",
+        &format!("/v1/vpn-connections/{conn_id}"),
+        None,
+    );
+    assert_eq!(s, 204, "{v}");
+    swan.wait_sa(Duration::from_secs(10), "no IKE SA left", |sas| {
+        (!sas.iter().any(|sa| sa.name == "vpn")).then_some(())
+    })
+    .unwrap();
+    lab::wait_until(Duration::from_secs(5), "kernel route removed", || {
+        Ok(topo
+            .gw
+            .ip(&["route", "show", "10.2.0.0/24"])?
+            .trim()
+            .is_empty()
+            .then_some(()))
+    })
+    .unwrap();
 }
 
 #[test]
@@ -573,4 +604,30 @@ fn negotiation_failures_are_reported() {
     }
     let text = format!("{logs:?}");
     assert!(!text.contains(PSK) && !text.contains("not-the-psk"));
+
+    // A gateway whose IPsec address is not on this node is in error, saying why.
+    let bad = gw.post(
+        &topo,
+        "/v1/vpn-gateways",
+        json!({"name": "elsewhere", "ipsec_addresses": ["192.0.2.77"], "local_networks": ["172.20.0.0/16"]}),
+    );
+    let path = format!("/v1/vpn-gateways/{}", id(&bad));
+    let start = Instant::now();
+    loop {
+        let g = gw.get(&topo, &path);
+        if g["status"] == "error" {
+            let reason = g["status_reason"].as_str().unwrap();
+            assert!(
+                reason.contains("192.0.2.77") && reason.contains("not configured"),
+                "{reason}"
+            );
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{g:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        gw.get(&topo, &format!("/v1/vpn-gateways/{gw_id}"))["status"],
+        "running"
+    );
 }
