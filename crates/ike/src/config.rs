@@ -232,9 +232,34 @@ impl std::str::FromStr for Ipv4Cidr {
     }
 }
 
+/// Which IKE protocol a tunnel speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum IkeVersion {
+    /// IKEv1 (RFC 2409): Main or Aggressive Mode, then Quick Mode.
+    V1,
+    /// IKEv2 (RFC 7296).
+    #[default]
+    V2,
+}
+
+/// The IKEv1 phase 1 exchange (RFC 2409 §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum V1Mode {
+    /// Identity protection: six messages, identities encrypted.
+    #[default]
+    Main,
+    /// Three messages, identities in the clear; lets a responder pick the pre-shared
+    /// key by the peer's ID (peers whose address changes).
+    Aggressive,
+}
+
 /// Everything the engine needs to know about one tunnel.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PeerConfig {
+    /// IKEv2 unless set; a responder tells the versions apart by the header.
+    pub version: IkeVersion,
+    /// IKEv1 only: Main or Aggressive Mode.
+    pub v1_mode: V1Mode,
     /// Our IKE address, port 500 (NAT-T moves to 4500 on the same IP).
     pub local: SocketAddr,
     /// The peer's address, port 500; `None` (or 0.0.0.0) accepts any peer as

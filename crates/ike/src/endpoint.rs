@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crypto::{DhPrivate, Random};
 
-use crate::config::{PeerConfig, PeerId};
+use crate::config::{IkeVersion, PeerConfig, PeerId};
 use crate::event::{ChildSa, DeleteReason, Event, Level, Phase, Stats, Transmit};
 use crate::sa::{Child, ChildState, IkeSa, Pending, Req, State, Task};
 use crate::wire::registry::{ExchangeType, NotifyType};
@@ -158,6 +158,8 @@ pub struct Endpoint {
     /// Responder: (peer address, SPIi) → our SPI, to answer retransmitted IKE_SA_INITs.
     pub(crate) half_open: HashMap<(SocketAddr, u64), u64>,
     pub(crate) io: Io,
+    /// The IKEv1 engine's SAs (RFC 2409); see [`crate::v1`].
+    pub(crate) v1: crate::v1::engine::Engine,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -176,6 +178,7 @@ impl Endpoint {
             peers: BTreeMap::new(),
             sas: BTreeMap::new(),
             half_open: HashMap::new(),
+            v1: Default::default(),
             io: Io {
                 rng,
                 transmits: VecDeque::new(),
@@ -198,6 +201,9 @@ impl Endpoint {
 
     /// The established IKE SAs of a peer as (SPIi, SPIr).
     pub fn ike_sas(&self, peer: PeerId) -> Vec<(u64, u64)> {
+        if self.is_v1(peer) {
+            return self.v1_ike_sas(peer);
+        }
         self.sas
             .values()
             .filter(|s| {
@@ -209,6 +215,9 @@ impl Endpoint {
 
     /// The installed Child SAs of a peer.
     pub fn child_sas(&self, peer: PeerId) -> Vec<ChildSa> {
+        if self.is_v1(peer) {
+            return self.v1_child_sas(peer);
+        }
         self.sas
             .values()
             .filter(|s| s.peer == Some(peer) && s.linger_until.is_none())
@@ -266,6 +275,9 @@ impl Endpoint {
             .get(&peer)
             .ok_or(Error::UnknownPeer(peer))?
             .clone();
+        if cfg.version == IkeVersion::V1 {
+            return self.v1_initiate(now, peer, cfg);
+        }
         if self
             .sas
             .values()
@@ -290,7 +302,9 @@ impl Endpoint {
             "reset",
             "tunnel reset requested".into(),
         );
-        if cfg.remote_addr().is_some() {
+        if cfg.version == IkeVersion::V1 && cfg.remote_addr().is_some() {
+            self.v1_initiate(now, peer, cfg)
+        } else if cfg.remote_addr().is_some() {
             self.start_init(now, peer, cfg)
         } else {
             Ok(())
@@ -299,6 +313,9 @@ impl Endpoint {
 
     /// Rekeys the peer's Child SAs now (normally driven by lifetimes).
     pub fn rekey_child(&mut self, now: Instant, peer: PeerId) -> Result<(), Error> {
+        if self.is_v1(peer) {
+            return self.v1_rekey_child(now, peer);
+        }
         let spi = self.established_spi(peer)?;
         if let Some(mut sa) = self.sas.remove(&spi) {
             let spis: Vec<u32> = sa
@@ -318,6 +335,9 @@ impl Endpoint {
 
     /// Rekeys the peer's IKE SA now (normally driven by lifetimes).
     pub fn rekey_ike(&mut self, now: Instant, peer: PeerId) -> Result<(), Error> {
+        if self.is_v1(peer) {
+            return self.v1_rekey_ike(now, peer);
+        }
         let spi = self.established_spi(peer)?;
         if let Some(mut sa) = self.sas.remove(&spi) {
             sa.tasks.push_back(Task::RekeyIke);
@@ -338,6 +358,10 @@ impl Endpoint {
         data: &[u8],
     ) {
         self.io.stats.datagrams_in += 1;
+        if crate::v1::is_v1(data) {
+            self.v1_datagram(now, local, remote, data);
+            return;
+        }
         let msg = match Message::decode(data) {
             Ok(m) => m,
             Err(e) => {
@@ -384,6 +408,7 @@ impl Endpoint {
     /// Tells the engine that ESP traffic arrived from the peer: like strongSwan's
     /// `dpddelay`, liveness checks are only sent after that long without any traffic.
     pub fn handle_child_activity(&mut self, now: Instant, peer: PeerId) {
+        self.v1_child_activity(now, peer);
         for sa in self
             .sas
             .values_mut()
@@ -407,6 +432,7 @@ impl Endpoint {
                 self.put_back(sa);
             }
         }
+        self.v1_timeout(now);
     }
 
     // ---- outputs -------------------------------------------------------------------
@@ -421,7 +447,11 @@ impl Endpoint {
 
     /// When [`Endpoint::handle_timeout`] should be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.sas.values().filter_map(IkeSa::next_timeout).min()
+        self.sas
+            .values()
+            .filter_map(IkeSa::next_timeout)
+            .chain(self.v1_poll_timeout())
+            .min()
     }
 
     // ---- internals -----------------------------------------------------------------
@@ -460,6 +490,7 @@ impl Endpoint {
 
     /// Deletes every SA of a peer, telling the peer; returns whether there were any.
     fn delete_peer_sas(&mut self, now: Instant, peer: PeerId) -> bool {
+        let v1 = self.v1_delete_peer(peer);
         let spis: Vec<u64> = self
             .sas
             .iter()
@@ -476,7 +507,13 @@ impl Endpoint {
                 self.put_back(sa);
             }
         }
-        any
+        any || v1
+    }
+
+    fn is_v1(&self, peer: PeerId) -> bool {
+        self.peers
+            .get(&peer)
+            .is_some_and(|c| c.version == IkeVersion::V1)
     }
 
     /// Removes an SA, reporting its Child SAs and itself as deleted.

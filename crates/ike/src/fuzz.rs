@@ -54,6 +54,8 @@ impl Random for Fixed {
 pub fn responder() -> Endpoint {
     let mut ep = Endpoint::new(EndpointConfig::default(), Box::new(Fixed(1)));
     let cfg = PeerConfig {
+        version: crate::IkeVersion::V2,
+        v1_mode: crate::V1Mode::Main,
         local: SocketAddr::from(([198, 51, 100, 2], 500)),
         remote: None,
         local_id: Identity::Fqdn("gw.example".into()),

@@ -54,9 +54,12 @@ pub mod proposal;
 mod sa;
 pub mod sk;
 pub mod ts;
+pub mod v1;
 pub mod wire;
 
-pub use config::{EspProposal, Identity, IkeProposal, Ipv4Cidr, PeerConfig, PeerId, Psk};
+pub use config::{
+    EspProposal, Identity, IkeProposal, IkeVersion, Ipv4Cidr, PeerConfig, PeerId, Psk, V1Mode,
+};
 pub use endpoint::{Endpoint, EndpointConfig, Error};
 pub use event::{ChildSa, DeleteReason, Event, IkeAlgorithms, Level, Phase, Stats, Transmit};
 pub use keys::Key;

@@ -75,6 +75,8 @@ pub fn sock(ip: Ipv4Addr, port: u16) -> SocketAddr {
 /// A's configuration towards B (and B's mirror, via [`mirror`]).
 pub fn config_a() -> PeerConfig {
     PeerConfig {
+        version: ike::IkeVersion::V2,
+        v1_mode: ike::V1Mode::Main,
         local: sock(A_IP, 500),
         remote: Some(sock(B_IP, 500)),
         local_id: Identity::Ipv4(A_IP),

@@ -1,0 +1,2665 @@
+//! The IKEv1 engine: Main and Aggressive Mode with pre-shared keys (RFC 2409 §5),
+//! Quick Mode (§5.5), informational exchanges (§5.7), DPD (RFC 3706) and NAT-T
+//! (RFC 3947), both roles. It shares the endpoint's peers, randomness, queues and
+//! counters with the IKEv2 engine and reports through the same events.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crypto::{Cipher, Integ};
+use zeroize::Zeroizing;
+
+use crate::config::{Identity, PeerConfig, PeerId, V1Mode};
+use crate::endpoint::{EndpointConfig, Io, spis_hex};
+use crate::event::{ChildSa, DeleteReason, Event, IkeAlgorithms, Level, Phase};
+use crate::keys::Key;
+use crate::sa::{Child, ChildState, soft_lifetime};
+use crate::ts::TsRange;
+use crate::v1::keys::{P1Keys, cbc_open, cbc_seal, last_block, nat_d, phase1_iv, phase2_iv};
+use crate::v1::proposal::{
+    esp_check_answer, esp_choose, esp_offer, p1_check_answer, p1_choose, p1_offer,
+};
+use crate::v1::sa::{Dpd, P1Sa, P1State, Qm, QmState, Retx, linger};
+use crate::v1::wire::{
+    Attr, Chain, Delete, Exchange, HEADER_LEN, Header, Id, LIFE_SECONDS, Notify, NotifyType,
+    PayloadType, RawPayload, SaPayload, cookies, decode_attrs, encode_attrs, encode_chain,
+    encode_plain, flags, id_type, p2, proto, vid,
+};
+
+/// What the engine borrows from the endpoint for one call.
+pub(crate) struct Cx<'a> {
+    pub io: &'a mut Io,
+    pub ecfg: &'a EndpointConfig,
+    pub peers: &'a BTreeMap<PeerId, PeerConfig>,
+}
+
+/// The IKEv1 SAs of an endpoint.
+#[derive(Default)]
+pub(crate) struct Engine {
+    /// ISAKMP SAs by our cookie.
+    pub sas: BTreeMap<u64, P1Sa>,
+    /// Responder: (peer address, CKY-I) → our cookie, to answer retransmitted first
+    /// messages.
+    pub half_open: HashMap<(SocketAddr, u64), u64>,
+}
+
+const MAX_SEEN_INFO: usize = 32;
+
+impl Engine {
+    // ---- commands --------------------------------------------------------------------
+
+    /// Whether the peer has an ISAKMP SA that is up or being negotiated.
+    pub fn active(&self, peer: PeerId) -> bool {
+        self.sas
+            .values()
+            .any(|s| s.peer == peer && !s.dead && !s.retiring)
+    }
+
+    /// Starts Main or Aggressive Mode with the peer at `remote`.
+    pub fn initiate(
+        &mut self,
+        cx: &mut Cx<'_>,
+        now: Instant,
+        peer: PeerId,
+        cfg: PeerConfig,
+        remote: SocketAddr,
+    ) -> Result<(), crypto::Error> {
+        let Some(offer) = p1_offer(&cfg.ike, cfg.ike_lifetime) else {
+            cx.io.fail(
+                Some(peer),
+                Phase::Phase1,
+                format!(
+                    "IKEv1 protects its own messages with CBC ciphers only: ike.encryption {} \
+                     cannot be used with ike.version ikev1 (choose aes, aes192, aes256, 3des or \
+                     des; AES-GCM is fine for ipsec.encryption)",
+                    cfg.ike.encr.name()
+                ),
+            );
+            return Ok(());
+        };
+        let cky_i = self.new_cookie(cx);
+        let mode = cfg.v1_mode;
+        let local = cfg.local;
+        let state = match mode {
+            V1Mode::Main => P1State::MmI2,
+            V1Mode::Aggressive => P1State::AmI2,
+        };
+        let mut sa = P1Sa::new(peer, cfg, true, mode, cky_i, 0, local, remote, state, now);
+        sa.send_initial_contact = !self
+            .sas
+            .values()
+            .any(|s| s.peer == peer && s.established() && !s.dead);
+        let sa_body = offer.encode();
+        sa.hs.sai_b = sa_body.clone();
+        let mut p = vec![RawPayload::new(PayloadType::SA, sa_body)];
+        if mode == V1Mode::Aggressive {
+            let dh = cx.io.dh(sa.suite.2)?;
+            sa.hs.gxi = dh.public_value().to_vec();
+            sa.hs.ni = nonce(cx);
+            sa.hs.dh = Some(dh);
+            p.push(RawPayload::new(PayloadType::KE, sa.hs.gxi.clone()));
+            p.push(RawPayload::new(PayloadType::NONCE, sa.hs.ni.clone()));
+            p.push(RawPayload::new(
+                PayloadType::ID,
+                v1_id(&sa.cfg.local_id).encode(),
+            ));
+        }
+        p.extend(vendor_ids(&sa.cfg));
+        cx.io.log(
+            Some(peer),
+            Level::Info,
+            "phase1_start",
+            format!(
+                "initiating IKEv1 {} {local} -> {remote}, proposing {}",
+                mode_name(mode),
+                sa.cfg.ike.name()
+            ),
+        );
+        send_p1(cx, now, &mut sa, p, false, Some("message 1"));
+        self.sas.insert(cky_i, sa);
+        Ok(())
+    }
+
+    /// Deletes every SA of a peer, telling the peer; returns whether there were any.
+    pub fn delete_peer(&mut self, cx: &mut Cx<'_>, peer: PeerId) -> bool {
+        let ours: Vec<u64> = self
+            .sas
+            .iter()
+            .filter(|(_, s)| s.peer == peer)
+            .map(|(k, _)| *k)
+            .collect();
+        let any = !ours.is_empty();
+        for k in ours {
+            if let Some(mut sa) = self.sas.remove(&k) {
+                if sa.established() {
+                    let spis: Vec<u32> = sa.children.iter().map(|c| c.sa.spi_in).collect();
+                    if !spis.is_empty() {
+                        send_info(
+                            cx,
+                            &mut sa,
+                            vec![RawPayload::new(PayloadType::D, Delete::esp(&spis).encode())],
+                        );
+                    }
+                    send_delete_isakmp(cx, &mut sa);
+                }
+                remove_sa(cx, &mut sa, DeleteReason::LocalRequest);
+                self.put_back(cx, sa);
+            }
+        }
+        any
+    }
+
+    pub fn ike_sas(&self, peer: PeerId) -> Vec<(u64, u64)> {
+        self.sas
+            .values()
+            .filter(|s| s.peer == peer && s.established() && !s.retiring && !s.dead)
+            .map(|s| (s.cky_i, s.cky_r))
+            .collect()
+    }
+
+    pub fn child_sas(&self, peer: PeerId) -> Vec<ChildSa> {
+        self.sas
+            .values()
+            .filter(|s| s.peer == peer && !s.dead)
+            .flat_map(|s| s.children.iter().map(|c| c.sa.clone()))
+            .collect()
+    }
+
+    /// Starts a quick mode rekey of every installed Child SA; false without an SA.
+    pub fn rekey_child(&mut self, cx: &mut Cx<'_>, now: Instant, peer: PeerId) -> bool {
+        let Some(k) = self.established_cookie(peer) else {
+            return false;
+        };
+        if let Some(mut sa) = self.sas.remove(&k) {
+            let spis: Vec<u32> = sa
+                .children
+                .iter()
+                .filter(|c| c.state == ChildState::Installed)
+                .map(|c| c.sa.spi_in)
+                .collect();
+            for s in spis {
+                start_qm(cx, now, &mut sa, Some(s));
+            }
+            self.put_back(cx, sa);
+        }
+        true
+    }
+
+    /// Negotiates a replacement ISAKMP SA now; false without an SA.
+    pub fn rekey_ike(&mut self, cx: &mut Cx<'_>, now: Instant, peer: PeerId) -> bool {
+        let Some(k) = self.established_cookie(peer) else {
+            return false;
+        };
+        if let Some(sa) = self.sas.get_mut(&k) {
+            sa.want_rekey = true;
+        }
+        self.handle_timeout(cx, now);
+        true
+    }
+
+    pub fn child_activity(&mut self, now: Instant, peer: PeerId) {
+        for sa in self
+            .sas
+            .values_mut()
+            .filter(|s| s.peer == peer && s.established())
+        {
+            sa.last_rx = sa.last_rx.max(now);
+        }
+    }
+
+    // ---- inputs ----------------------------------------------------------------------
+
+    pub fn handle_datagram(
+        &mut self,
+        cx: &mut Cx<'_>,
+        now: Instant,
+        local: SocketAddr,
+        remote: SocketAddr,
+        data: &[u8],
+    ) {
+        let h = match Header::parse(data) {
+            Ok(h) => h,
+            Err(e) => {
+                cx.io.stats.malformed += 1;
+                tracing::debug!(%remote, error = %e, "dropping undecodable ISAKMP message");
+                return;
+            }
+        };
+        let Some(k) = self.lookup(&h) else {
+            let first = (h.exchange == Exchange::MAIN || h.exchange == Exchange::AGGRESSIVE)
+                && h.cky_r == 0
+                && h.message_id == 0
+                && !h.encrypted();
+            if !first {
+                cx.io.stats.unknown_spi += 1;
+                return;
+            }
+            if let Some(k) = self.half_open.get(&(remote, h.cky_i)).copied() {
+                // A retransmitted (or late) message 1 of an SA we already have.
+                cx.io.stats.duplicate_requests += 1;
+                if let Some(sa) = self.sas.get_mut(&k) {
+                    if sa.p1_last_rcvd.as_deref() == Some(data)
+                        && resend_due(cx, now, &mut sa.p1_sent_at)
+                    {
+                        if let Some(b) = sa.p1_last_sent.clone() {
+                            cx.io.send(sa.local, sa.remote, b);
+                        }
+                    }
+                }
+                return;
+            }
+            self.new_responder(cx, now, local, remote, data, h);
+            return;
+        };
+        let Some(mut sa) = self.sas.remove(&k) else {
+            return;
+        };
+        on_message(cx, now, &mut sa, local, remote, data, &h);
+        let established = std::mem::take(&mut sa.just_established);
+        let cookie = sa.our_cookie();
+        self.put_back(cx, sa);
+        if established {
+            self.supersede(cx, now, cookie);
+        }
+    }
+
+    /// Runs everything due at `now`.
+    pub fn handle_timeout(&mut self, cx: &mut Cx<'_>, now: Instant) {
+        let due: Vec<u64> = self
+            .sas
+            .iter()
+            .filter(|(_, s)| s.next_timeout().is_some_and(|t| t <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in due {
+            let Some(mut sa) = self.sas.remove(&k) else {
+                continue;
+            };
+            sa_timers(cx, now, &mut sa);
+            let rekey = std::mem::take(&mut sa.want_rekey) && !sa.dead && !sa.retiring;
+            let (peer, cfg) = (sa.peer, sa.cfg.clone());
+            self.put_back(cx, sa);
+            if rekey {
+                self.start_p1_rekey(cx, now, peer, cfg);
+            }
+        }
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.sas.values().filter_map(P1Sa::next_timeout).min()
+    }
+
+    // ---- internals -------------------------------------------------------------------
+
+    fn lookup(&self, h: &Header) -> Option<u64> {
+        if let Some(sa) = self.sas.get(&h.cky_i) {
+            let waiting = matches!(sa.state, P1State::MmI2 | P1State::AmI2) && sa.cky_r == 0;
+            if sa.initiator && (sa.cky_r == h.cky_r || waiting) {
+                return Some(h.cky_i);
+            }
+        }
+        match self.sas.get(&h.cky_r) {
+            Some(sa) if !sa.initiator && sa.cky_i == h.cky_i && h.cky_r != 0 => Some(h.cky_r),
+            _ => None,
+        }
+    }
+
+    fn established_cookie(&self, peer: PeerId) -> Option<u64> {
+        self.sas
+            .iter()
+            .filter(|(_, s)| s.peer == peer && s.established() && !s.retiring && !s.dead)
+            .map(|(k, _)| *k)
+            .next_back()
+    }
+
+    fn new_cookie(&self, cx: &mut Cx<'_>) -> u64 {
+        loop {
+            let mut b = [0u8; 8];
+            cx.io.rng.fill(&mut b);
+            let c = u64::from_be_bytes(b);
+            if c != 0 && !self.sas.contains_key(&c) {
+                return c;
+            }
+        }
+    }
+
+    fn put_back(&mut self, cx: &mut Cx<'_>, sa: P1Sa) {
+        if sa.dead {
+            let k = sa.our_cookie();
+            self.half_open.retain(|_, v| *v != k);
+            for c in &sa.children {
+                cx.io.child_spis.remove(&c.sa.spi_in);
+            }
+            for q in sa.qms.values() {
+                if let QmState::I2 { spi_in, .. } = q.state {
+                    cx.io.child_spis.remove(&spi_in);
+                }
+                if let QmState::R3 { child, .. } = &q.state {
+                    cx.io.child_spis.remove(&child.spi_in);
+                }
+            }
+        } else {
+            self.sas.insert(sa.our_cookie(), sa);
+        }
+    }
+
+    fn start_p1_rekey(&mut self, cx: &mut Cx<'_>, now: Instant, peer: PeerId, cfg: PeerConfig) {
+        // A peer with no fixed address reauthenticates itself: we cannot reach it.
+        let Some(target) = cfg.remote_addr() else {
+            return;
+        };
+        if self
+            .sas
+            .values()
+            .any(|s| s.peer == peer && !s.dead && !s.established())
+        {
+            return;
+        }
+        cx.io.log(
+            Some(peer),
+            Level::Info,
+            "ike_rekey",
+            "ISAKMP SA nearing its lifetime: negotiating a replacement".into(),
+        );
+        if let Err(e) = self.initiate(cx, now, peer, cfg, target) {
+            cx.io
+                .fail(Some(peer), Phase::Phase1, format!("cannot rekey: {e}"));
+        }
+    }
+
+    /// A new ISAKMP SA is up: older ones of the same peer hand over their Child SAs
+    /// (make-before-break), or go away with INITIAL-CONTACT (RFC 2407 §4.6.3.3).
+    fn supersede(&mut self, cx: &mut Cx<'_>, now: Instant, new_key: u64) {
+        let Some(mut new) = self.sas.remove(&new_key) else {
+            return;
+        };
+        let olds: Vec<u64> = self
+            .sas
+            .iter()
+            .filter(|(_, s)| s.peer == new.peer && s.established() && !s.retiring && !s.dead)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in olds {
+            let Some(mut old) = self.sas.remove(&k) else {
+                continue;
+            };
+            if new.initial_contact {
+                cx.io.log(
+                    Some(new.peer),
+                    Level::Info,
+                    "initial_contact",
+                    "peer sent INITIAL-CONTACT: removing the SAs it no longer has".into(),
+                );
+                remove_sa(cx, &mut old, DeleteReason::InitialContact);
+            } else {
+                new.children.append(&mut old.children);
+                cx.io.log(
+                    Some(new.peer),
+                    Level::Info,
+                    "ike_rekeyed",
+                    format!(
+                        "ISAKMP SA {:016x}_i {:016x}_r replaced by {:016x}_i {:016x}_r",
+                        old.cky_i, old.cky_r, new.cky_i, new.cky_r
+                    ),
+                );
+                cx.io.event(Event::IkeSaRekeyed {
+                    peer: new.peer,
+                    old: (old.cky_i, old.cky_r),
+                    new: (new.cky_i, new.cky_r),
+                });
+                if new.initiator {
+                    send_delete_isakmp(cx, &mut old);
+                    remove_sa(cx, &mut old, DeleteReason::Rekeyed);
+                } else {
+                    old.retiring = true;
+                    old.retire_at = Some(now + Duration::from_secs(30));
+                }
+            }
+            self.put_back(cx, old);
+        }
+        if new.initiator && new.children.is_empty() && new.qms.is_empty() {
+            start_qm(cx, now, &mut new, None);
+        }
+        self.put_back(cx, new);
+    }
+
+    /// Main or Aggressive Mode message 1 from a new peer.
+    fn new_responder(
+        &mut self,
+        cx: &mut Cx<'_>,
+        now: Instant,
+        local: SocketAddr,
+        remote: SocketAddr,
+        data: &[u8],
+        h: Header,
+    ) {
+        let Ok(chain) = Chain::decode(h.next, data.get(HEADER_LEN..).unwrap_or_default(), false)
+        else {
+            cx.io.stats.malformed += 1;
+            return;
+        };
+        let Some(offer) = chain
+            .first(PayloadType::SA)
+            .and_then(|b| SaPayload::decode(b).ok())
+        else {
+            cx.io.stats.malformed += 1;
+            return;
+        };
+        let mode = if h.exchange == Exchange::AGGRESSIVE {
+            V1Mode::Aggressive
+        } else {
+            V1Mode::Main
+        };
+        // Peers that could own this: IKEv1, our address, their address (or any).
+        let mut by_addr: Vec<(PeerId, &PeerConfig)> = cx
+            .peers
+            .iter()
+            .filter(|(_, c)| {
+                c.version == crate::IkeVersion::V1
+                    && c.local.ip() == local.ip()
+                    && c.remote_addr().is_none_or(|r| r.ip() == remote.ip())
+            })
+            .map(|(p, c)| (*p, c))
+            .collect();
+        // Peers with a fixed address first; "any" peers are the fallback.
+        by_addr.sort_by_key(|(_, c)| c.remote_addr().is_none());
+        if by_addr.is_empty() {
+            cx.io.stats.no_peer += 1;
+            tracing::debug!(%remote, "IKEv1 {} from an unknown peer", mode_name(mode));
+            return;
+        }
+        let same_mode: Vec<(PeerId, &PeerConfig)> = by_addr
+            .iter()
+            .filter(|(_, c)| c.v1_mode == mode)
+            .copied()
+            .collect();
+        if same_mode.is_empty() {
+            let (p, c) = by_addr[0];
+            cx.io.fail(
+                Some(p),
+                Phase::Phase1,
+                format!(
+                    "peer {remote} started IKEv1 {}; this tunnel is configured for {} \
+                     (ike.mode must match on both sides)",
+                    mode_name(mode),
+                    mode_name(c.v1_mode)
+                ),
+            );
+            send_plain_notify(
+                cx,
+                local,
+                remote,
+                h.cky_i,
+                0,
+                NotifyType::NO_PROPOSAL_CHOSEN,
+            );
+            return;
+        }
+        // Aggressive Mode names the peer in message 1: the PSK is found by its ID.
+        let mut cands = same_mode;
+        if mode == V1Mode::Aggressive {
+            let Some(id) = chain
+                .first(PayloadType::ID)
+                .and_then(|b| Id::decode(b).ok())
+            else {
+                cx.io.stats.malformed += 1;
+                return;
+            };
+            let matching: Vec<(PeerId, &PeerConfig)> = cands
+                .iter()
+                .filter(|(_, c)| id_matches(&c.remote_id, &id))
+                .copied()
+                .collect();
+            if matching.is_empty() {
+                let (p, c) = cands[0];
+                cx.io.fail(
+                    Some(p),
+                    Phase::Phase1,
+                    format!(
+                        "peer {remote} identified as {}; this tunnel expects remote ID {} \
+                         (check ike.remote_id here and the local ID on the peer)",
+                        id.describe(),
+                        c.remote_id
+                    ),
+                );
+                send_plain_notify(
+                    cx,
+                    local,
+                    remote,
+                    h.cky_i,
+                    0,
+                    NotifyType::INVALID_ID_INFORMATION,
+                );
+                return;
+            }
+            cands = matching;
+        }
+        let mut chosen = None;
+        let mut first_err = None;
+        for (p, c) in &cands {
+            match p1_choose(&offer, c) {
+                Ok(ch) => {
+                    chosen = Some((*p, (*c).clone(), ch));
+                    break;
+                }
+                Err(e) => {
+                    first_err.get_or_insert((*p, e));
+                }
+            }
+        }
+        let Some((peer, cfg, choice)) = chosen else {
+            if let Some((p, e)) = first_err {
+                cx.io.fail(Some(p), Phase::Phase1, e);
+            }
+            send_plain_notify(
+                cx,
+                local,
+                remote,
+                h.cky_i,
+                0,
+                NotifyType::NO_PROPOSAL_CHOSEN,
+            );
+            return;
+        };
+        let cky_r = self.new_cookie(cx);
+        let state = match mode {
+            V1Mode::Main => P1State::MmR3,
+            V1Mode::Aggressive => P1State::AmR3,
+        };
+        let mut sa = P1Sa::new(
+            peer, cfg, false, mode, h.cky_i, cky_r, local, remote, state, now,
+        );
+        if let Some(ours) = choice.lifetime.filter(|l| !l.is_zero()) {
+            if sa.lifetime.is_zero() || ours < sa.lifetime {
+                sa.lifetime = ours;
+            }
+        }
+        sa.hs.sai_b = chain.first(PayloadType::SA).unwrap_or_default().to_vec();
+        note_vids(&mut sa, &chain);
+        sa.p1_last_rcvd = Some(data.to_vec());
+        cx.io.log(
+            Some(peer),
+            Level::Info,
+            "phase1_start",
+            format!(
+                "peer {remote} started IKEv1 {} {}; accepted {}",
+                mode_name(mode),
+                chain.summary(),
+                sa.cfg.ike.name()
+            ),
+        );
+        let answer = RawPayload::new(PayloadType::SA, choice.answer.encode());
+        match mode {
+            V1Mode::Main => {
+                let mut p = vec![answer];
+                p.extend(vendor_ids(&sa.cfg));
+                send_p1(cx, now, &mut sa, p, false, Some("message 2"));
+            }
+            V1Mode::Aggressive => {
+                if let Err(reason) = am_respond(cx, now, &mut sa, &chain, answer) {
+                    cx.io.fail(Some(peer), Phase::Phase1, reason);
+                    send_plain_notify(
+                        cx,
+                        local,
+                        remote,
+                        h.cky_i,
+                        cky_r,
+                        NotifyType::PAYLOAD_MALFORMED,
+                    );
+                    return;
+                }
+            }
+        }
+        self.half_open.insert((remote, h.cky_i), cky_r);
+        self.sas.insert(cky_r, sa);
+    }
+}
+
+// ---- message dispatch ---------------------------------------------------------------
+
+fn on_message(
+    cx: &mut Cx<'_>,
+    now: Instant,
+    sa: &mut P1Sa,
+    local: SocketAddr,
+    remote: SocketAddr,
+    data: &[u8],
+    h: &Header,
+) {
+    match h.exchange {
+        Exchange::MAIN | Exchange::AGGRESSIVE if h.message_id == 0 => {
+            on_phase1(cx, now, sa, local, remote, data, h);
+        }
+        Exchange::QUICK if h.message_id != 0 => on_quick(cx, now, sa, local, remote, data, h),
+        Exchange::INFORMATIONAL => on_info(cx, now, sa, local, remote, data, h),
+        _ => cx.io.stats.unexpected += 1,
+    }
+}
+
+fn on_phase1(
+    cx: &mut Cx<'_>,
+    now: Instant,
+    sa: &mut P1Sa,
+    local: SocketAddr,
+    remote: SocketAddr,
+    data: &[u8],
+    h: &Header,
+) {
+    // RFC 2408 §5: a retransmitted message gets our last answer again.
+    if sa.p1_last_rcvd.as_deref() == Some(data) {
+        cx.io.stats.duplicate_requests += 1;
+        if resend_due(cx, now, &mut sa.p1_sent_at) {
+            if let Some(b) = sa.p1_last_sent.clone() {
+                cx.io.send(sa.local, sa.remote, b);
+            }
+        }
+        return;
+    }
+    let want = match sa.mode {
+        V1Mode::Main => Exchange::MAIN,
+        V1Mode::Aggressive => Exchange::AGGRESSIVE,
+    };
+    if h.exchange != want || sa.established() {
+        cx.io.stats.unexpected += 1;
+        return;
+    }
+    // Encrypted messages are opened with the phase 1 CBC chain; the IV advances
+    // only if the message is accepted.
+    let (chain, next_iv) = if h.encrypted() {
+        match (sa.keys.is_some(), open(sa, &sa.iv.clone(), h, data)) {
+            (true, Some(x)) => (x.0, Some(x.1)),
+            (true, None) => {
+                decrypt_failed(cx, sa, local, remote);
+                return;
+            }
+            (false, _) => {
+                cx.io.stats.unexpected += 1;
+                return;
+            }
+        }
+    } else {
+        match Chain::decode(h.next, data.get(HEADER_LEN..).unwrap_or_default(), false) {
+            Ok(c) => (c, None),
+            Err(_) => {
+                cx.io.stats.malformed += 1;
+                return;
+            }
+        }
+    };
+    if let Some(iv) = next_iv {
+        sa.iv = iv;
+    }
+    sa.p1_last_rcvd = Some(data.to_vec());
+    sa.retx = None;
+    sa.last_rx = now;
+    if h.cky_r != 0 && sa.cky_r == 0 {
+        sa.cky_r = h.cky_r;
+    }
+    tracing::debug!(peer = %sa.peer, "received {} {}", h.exchange.name(), chain.summary());
+    let r = match sa.state {
+        P1State::MmI2 => mm2(cx, now, sa, &chain),
+        P1State::MmR3 => mm3(cx, now, sa, &chain, local, remote),
+        P1State::MmI4 => mm4(cx, now, sa, &chain, local, remote),
+        P1State::MmR5 if h.encrypted() => mm5(cx, now, sa, &chain, local, remote),
+        P1State::MmI6 if h.encrypted() => mm6(cx, now, sa, &chain),
+        P1State::AmI2 => am2(cx, now, sa, &chain, local, remote),
+        P1State::AmR3 => am3(cx, now, sa, &chain, local, remote),
+        _ => Err(Fail::Drop),
+    };
+    match r {
+        Ok(()) => {}
+        Err(Fail::Drop) => cx.io.stats.unexpected += 1,
+        Err(Fail::Phase1(reason, n)) => {
+            cx.io.fail(Some(sa.peer), Phase::Phase1, reason);
+            if let Some(n) = n {
+                notify_error(cx, sa, n);
+            }
+            sa.dead = true;
+        }
+    }
+}
+
+/// Why a handshake step failed: drop silently, or fail phase 1 (telling the peer).
+enum Fail {
+    Drop,
+    Phase1(String, Option<NotifyType>),
+}
+
+fn mm2(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa, c: &Chain) -> Result<(), Fail> {
+    let answer = c
+        .first(PayloadType::SA)
+        .and_then(|b| SaPayload::decode(b).ok())
+        .ok_or(Fail::Drop)?;
+    check_p1_answer(sa, &answer)?;
+    note_vids(sa, c);
+    let dh = cx.io.dh(sa.suite.2).map_err(|_| Fail::Drop)?;
+    sa.hs.gxi = dh.public_value().to_vec();
+    sa.hs.ni = nonce(cx);
+    sa.hs.dh = Some(dh);
+    let mut p = vec![
+        RawPayload::new(PayloadType::KE, sa.hs.gxi.clone()),
+        RawPayload::new(PayloadType::NONCE, sa.hs.ni.clone()),
+    ];
+    p.extend(nat_d_payloads(sa));
+    sa.state = P1State::MmI4;
+    send_p1(cx, now, sa, p, false, Some("message 3"));
+    Ok(())
+}
+
+fn mm3(
+    cx: &mut Cx<'_>,
+    now: Instant,
+    sa: &mut P1Sa,
+    c: &Chain,
+    local: SocketAddr,
+    remote: SocketAddr,
+) -> Result<(), Fail> {
+    let (gxi, ni) = ke_nonce(sa, c)?;
+    let dh = cx.io.dh(sa.suite.2).map_err(|_| Fail::Drop)?;
+    let shared = dh.shared_secret(&gxi).map_err(|_| {
+        Fail::Phase1(
+            "peer's Diffie-Hellman public value is invalid".into(),
+            Some(NotifyType::INVALID_KEY_INFORMATION),
+        )
+    })?;
+    sa.hs.gxi = gxi;
+    sa.hs.ni = ni;
+    sa.hs.gxr = dh.public_value().to_vec();
+    sa.hs.nr = nonce(cx);
+    derive_p1(sa, &shared);
+    nat_detect(sa, c, local, remote);
+    let mut p = vec![
+        RawPayload::new(PayloadType::KE, sa.hs.gxr.clone()),
+        RawPayload::new(PayloadType::NONCE, sa.hs.nr.clone()),
+    ];
+    p.extend(nat_d_payloads(sa));
+    sa.state = P1State::MmR5;
+    send_p1(cx, now, sa, p, false, Some("message 4"));
+    Ok(())
+}
+
+fn mm4(
+    cx: &mut Cx<'_>,
+    now: Instant,
+    sa: &mut P1Sa,
+    c: &Chain,
+    local: SocketAddr,
+    remote: SocketAddr,
+) -> Result<(), Fail> {
+    let (gxr, nr) = ke_nonce(sa, c)?;
+    let dh = sa.hs.dh.take().ok_or(Fail::Drop)?;
+    let shared = dh
+        .shared_secret(&gxr)
+        .map_err(|_| Fail::Phase1("peer's Diffie-Hellman public value is invalid".into(), None))?;
+    sa.hs.gxr = gxr;
+    sa.hs.nr = nr;
+    derive_p1(sa, &shared);
+    nat_detect(sa, c, local, remote);
+    float(sa);
+    let id_b = v1_id(&sa.cfg.local_id).encode();
+    let hash_i = auth_hash(sa, true, &id_b);
+    let mut p = vec![
+        RawPayload::new(PayloadType::ID, id_b),
+        RawPayload::new(PayloadType::HASH, hash_i),
+    ];
+    p.extend(initial_contact(sa));
+    sa.state = P1State::MmI6;
+    send_p1(cx, now, sa, p, true, Some("message 5"));
+    Ok(())
+}
+
+fn mm5(
+    cx: &mut Cx<'_>,
+    now: Instant,
+    sa: &mut P1Sa,
+    c: &Chain,
+    local: SocketAddr,
+    remote: SocketAddr,
+) -> Result<(), Fail> {
+    let id_b = c.first(PayloadType::ID).ok_or(Fail::Drop)?.to_vec();
+    let id = Id::decode(&id_b).map_err(|_| Fail::Drop)?;
+    check_peer_id(sa, &id)?;
+    let got = c.first(PayloadType::HASH).ok_or(Fail::Drop)?;
+    if !ct_eq(got, &auth_hash(sa, true, &id_b)) {
+        return Err(auth_failed("HASH_I in message 5"));
+    }
+    sa.initial_contact = has_initial_contact(c);
+    follow_peer(cx, sa, local, remote);
+    let my_id = v1_id(&sa.cfg.local_id).encode();
+    let hash_r = auth_hash(sa, false, &my_id);
+    let p = vec![
+        RawPayload::new(PayloadType::ID, my_id),
+        RawPayload::new(PayloadType::HASH, hash_r),
+    ];
+    send_p1(cx, now, sa, p, true, None);
+    established(cx, now, sa);
+    Ok(())
+}
+
+fn mm6(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa, c: &Chain) -> Result<(), Fail> {
+    let id_b = c.first(PayloadType::ID).ok_or(Fail::Drop)?.to_vec();
+    let id = Id::decode(&id_b).map_err(|_| Fail::Drop)?;
+    check_peer_id(sa, &id)?;
+    let got = c.first(PayloadType::HASH).ok_or(Fail::Drop)?;
+    if !ct_eq(got, &auth_hash(sa, false, &id_b)) {
+        return Err(auth_failed("HASH_R in message 6"));
+    }
+    established(cx, now, sa);
+    Ok(())
+}
+
+/// Aggressive Mode responder: message 1 is in `c`; answers with message 2.
+fn am_respond(
+    cx: &mut Cx<'_>,
+    now: Instant,
+    sa: &mut P1Sa,
+    c: &Chain,
+    answer: RawPayload,
+) -> Result<(), String> {
+    sa.hs.idi_b = c.first(PayloadType::ID).unwrap_or_default().to_vec();
+    let (gxi, ni) =
+        ke_nonce(sa, c).map_err(|_| "message 1 lacks a valid KE or nonce".to_string())?;
+    let dh = cx.io.dh(sa.suite.2).map_err(|e| e.to_string())?;
+    let shared = dh
+        .shared_secret(&gxi)
+        .map_err(|_| "peer's Diffie-Hellman public value is invalid".to_string())?;
+    sa.hs.gxi = gxi;
+    sa.hs.ni = ni;
+    sa.hs.gxr = dh.public_value().to_vec();
+    sa.hs.nr = nonce(cx);
+    derive_p1(sa, &shared);
+    let my_id = v1_id(&sa.cfg.local_id).encode();
+    let hash_r = auth_hash(sa, false, &my_id);
+    let mut p = vec![
+        answer,
+        RawPayload::new(PayloadType::KE, sa.hs.gxr.clone()),
+        RawPayload::new(PayloadType::NONCE, sa.hs.nr.clone()),
+        RawPayload::new(PayloadType::ID, my_id),
+    ];
+    p.extend(vendor_ids(&sa.cfg));
+    p.extend(nat_d_payloads(sa));
+    p.push(RawPayload::new(PayloadType::HASH, hash_r));
+    send_p1(cx, now, sa, p, false, Some("message 2"));
+    Ok(())
+}
+
+fn am2(
+    cx: &mut Cx<'_>,
+    now: Instant,
+    sa: &mut P1Sa,
+    c: &Chain,
+    local: SocketAddr,
+    remote: SocketAddr,
+) -> Result<(), Fail> {
+    let answer = c
+        .first(PayloadType::SA)
+        .and_then(|b| SaPayload::decode(b).ok())
+        .ok_or(Fail::Drop)?;
+    check_p1_answer(sa, &answer)?;
+    note_vids(sa, c);
+    let (gxr, nr) = ke_nonce(sa, c)?;
+    let id_b = c.first(PayloadType::ID).ok_or(Fail::Drop)?.to_vec();
+    let id = Id::decode(&id_b).map_err(|_| Fail::Drop)?;
+    check_peer_id(sa, &id)?;
+    let dh = sa.hs.dh.take().ok_or(Fail::Drop)?;
+    let shared = dh
+        .shared_secret(&gxr)
+        .map_err(|_| Fail::Phase1("peer's Diffie-Hellman public value is invalid".into(), None))?;
+    sa.hs.gxr = gxr;
+    sa.hs.nr = nr;
+    derive_p1(sa, &shared);
+    let got = c.first(PayloadType::HASH).ok_or(Fail::Drop)?;
+    if !ct_eq(got, &auth_hash(sa, false, &id_b)) {
+        // Keys from different PSKs: the peer could not read an encrypted notify.
+        sa.keys = None;
+        return Err(auth_failed("HASH_R in Aggressive Mode message 2"));
+    }
+    nat_detect(sa, c, local, remote);
+    float(sa);
+    let my_id = v1_id(&sa.cfg.local_id).encode();
+    let hash_i = auth_hash(sa, true, &my_id);
+    // strongSwan's order and encryption for message 3: [ HASH NAT-D NAT-D ].
+    let mut p = vec![RawPayload::new(PayloadType::HASH, hash_i)];
+    p.extend(nat_d_payloads(sa));
+    p.extend(initial_contact(sa));
+    send_p1(cx, now, sa, p, true, None);
+    established(cx, now, sa);
+    Ok(())
+}
+
+fn am3(
+    cx: &mut Cx<'_>,
+    now: Instant,
+    sa: &mut P1Sa,
+    c: &Chain,
+    local: SocketAddr,
+    remote: SocketAddr,
+) -> Result<(), Fail> {
+    let got = c.first(PayloadType::HASH).ok_or(Fail::Drop)?;
+    let idii_b = sa.hs.idi_b.clone();
+    if !ct_eq(got, &auth_hash(sa, true, &idii_b)) {
+        return Err(auth_failed("HASH_I in Aggressive Mode message 3"));
+    }
+    nat_detect(sa, c, local, remote);
+    sa.initial_contact = has_initial_contact(c);
+    follow_peer(cx, sa, local, remote);
+    established(cx, now, sa);
+    Ok(())
+}
+
+// ---- phase 1 helpers ------------------------------------------------------------------
+
+fn check_p1_answer(sa: &mut P1Sa, answer: &SaPayload) -> Result<(), Fail> {
+    match p1_check_answer(answer, &sa.cfg) {
+        Ok(life) => {
+            if let Some(l) = life.filter(|l| !l.is_zero()) {
+                if sa.lifetime.is_zero() || l < sa.lifetime {
+                    sa.lifetime = l;
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(Fail::Phase1(e, Some(NotifyType::NO_PROPOSAL_CHOSEN))),
+    }
+}
+
+fn ke_nonce(sa: &P1Sa, c: &Chain) -> Result<(Vec<u8>, Vec<u8>), Fail> {
+    let ke = c.first(PayloadType::KE).ok_or(Fail::Drop)?;
+    let n = c.first(PayloadType::NONCE).ok_or(Fail::Drop)?;
+    // RFC 2409 §5: nonces of 8 to 256 bytes.
+    if ke.len() != sa.suite.2.public_len() || !(8..=256).contains(&n.len()) {
+        return Err(Fail::Phase1(
+            "peer's KE or nonce payload has an invalid length".into(),
+            Some(NotifyType::PAYLOAD_MALFORMED),
+        ));
+    }
+    Ok((ke.to_vec(), n.to_vec()))
+}
+
+fn check_peer_id(sa: &P1Sa, id: &Id) -> Result<(), Fail> {
+    if id_matches(&sa.cfg.remote_id, id) {
+        return Ok(());
+    }
+    Err(Fail::Phase1(
+        format!(
+            "peer identified as {}; this tunnel expects remote ID {} (check ike.remote_id \
+             here and the local ID on the peer)",
+            id.describe(),
+            sa.cfg.remote_id
+        ),
+        Some(NotifyType::INVALID_ID_INFORMATION),
+    ))
+}
+
+fn auth_failed(what: &str) -> Fail {
+    Fail::Phase1(
+        format!(
+            "authentication failed — {what} did not verify: the pre-shared keys differ; \
+             check the pre-shared key on both sides"
+        ),
+        Some(NotifyType::INVALID_HASH_INFORMATION),
+    )
+}
+
+/// An encrypted handshake message did not decrypt to a valid payload chain: with
+/// pre-shared keys that almost always means the keys differ (RFC 2409 §5.4 derives
+/// the encryption key from the PSK).
+fn decrypt_failed(cx: &mut Cx<'_>, sa: &mut P1Sa, local: SocketAddr, remote: SocketAddr) {
+    let which = match sa.state {
+        P1State::MmR5 => "message 5",
+        P1State::MmI6 => "message 6",
+        P1State::AmR3 => "Aggressive Mode message 3",
+        _ => "a message",
+    };
+    cx.io.fail(
+        Some(sa.peer),
+        Phase::Phase1,
+        format!(
+            "authentication failed — the peer's {which} could not be decrypted: in IKEv1 a \
+             wrong pre-shared key shows up as an undecryptable (invalid) message 5; check \
+             the pre-shared key on both sides"
+        ),
+    );
+    // The peer cannot read anything encrypted with our keys: tell it in the clear.
+    send_plain_notify(
+        cx,
+        local,
+        remote,
+        sa.cky_i,
+        sa.cky_r,
+        NotifyType::PAYLOAD_MALFORMED,
+    );
+    sa.dead = true;
+}
+
+fn derive_p1(sa: &mut P1Sa, shared: &[u8]) {
+    let (encr, integ, _) = sa.suite;
+    let keys = P1Keys::derive(
+        integ,
+        encr,
+        &sa.cfg.psk.0,
+        &sa.hs.ni,
+        &sa.hs.nr,
+        shared,
+        sa.cky_i,
+        sa.cky_r,
+    );
+    sa.cipher = Cipher::new(encr, keys.enc_key.as_slice()).ok();
+    sa.iv = phase1_iv(integ, &sa.hs.gxi, &sa.hs.gxr, encr.block_len());
+    sa.keys = Some(keys);
+}
+
+/// HASH_I (`initiator_hash`) or HASH_R over an ID payload body (RFC 2409 §5).
+fn auth_hash(sa: &P1Sa, initiator_hash: bool, id_b: &[u8]) -> Vec<u8> {
+    let Some(k) = &sa.keys else {
+        return Vec::new();
+    };
+    if initiator_hash {
+        k.auth_hash(
+            &sa.hs.gxi,
+            &sa.hs.gxr,
+            sa.cky_i,
+            sa.cky_r,
+            &sa.hs.sai_b,
+            id_b,
+        )
+    } else {
+        k.auth_hash(
+            &sa.hs.gxr,
+            &sa.hs.gxi,
+            sa.cky_r,
+            sa.cky_i,
+            &sa.hs.sai_b,
+            id_b,
+        )
+    }
+}
+
+fn nat_d_payloads(sa: &P1Sa) -> Vec<RawPayload> {
+    if !(sa.cfg.nat_traversal && sa.peer_natt) {
+        return Vec::new();
+    }
+    let i = sa.suite.1;
+    // RFC 3947 §3.2: the remote end's address first, then our own.
+    vec![
+        RawPayload::new(PayloadType::NAT_D, nat_d(i, sa.cky_i, sa.cky_r, sa.remote)),
+        RawPayload::new(PayloadType::NAT_D, nat_d(i, sa.cky_i, sa.cky_r, sa.local)),
+    ]
+}
+
+/// RFC 3947 §3.2: compares the peer's NAT-D payloads with the addresses the
+/// message actually travelled between.
+fn nat_detect(sa: &mut P1Sa, c: &Chain, local: SocketAddr, remote: SocketAddr) {
+    if !(sa.cfg.nat_traversal && sa.peer_natt) {
+        return;
+    }
+    let hashes: Vec<&[u8]> = c
+        .all(PayloadType::NAT_D)
+        .chain(c.all(PayloadType::NAT_D_DRAFT))
+        .collect();
+    let Some((first, rest)) = hashes.split_first() else {
+        return;
+    };
+    let i = sa.suite.1;
+    sa.nat_local = *first != nat_d(i, sa.cky_i, sa.cky_r, local).as_slice();
+    let theirs = nat_d(i, sa.cky_i, sa.cky_r, remote);
+    sa.nat_remote = !rest.contains(&theirs.as_slice());
+}
+
+/// RFC 3947 §4: with a NAT in the path the initiator moves to port 4500 from
+/// message 5 (Main Mode) or 3 (Aggressive Mode) on.
+fn float(sa: &mut P1Sa) {
+    if sa.udp_encap() {
+        sa.local.set_port(4500);
+        sa.remote.set_port(4500);
+    }
+}
+
+/// Follows the peer to the addresses of its latest authenticated message (NAT-T).
+fn follow_peer(cx: &mut Cx<'_>, sa: &mut P1Sa, local: SocketAddr, remote: SocketAddr) {
+    if (local, remote) == (sa.local, sa.remote) {
+        return;
+    }
+    if !(sa.udp_encap() || local.port() == 4500) {
+        return;
+    }
+    sa.local = local;
+    sa.remote = remote;
+    let encap = sa.udp_encap() || local.port() == 4500;
+    for c in &mut sa.children {
+        c.sa.local = local;
+        c.sa.remote = remote;
+        c.sa.udp_encap = encap;
+    }
+    if sa.established() {
+        cx.io.log(
+            Some(sa.peer),
+            Level::Info,
+            "addresses_changed",
+            format!("peer now at {remote} (local {local})"),
+        );
+        cx.io.event(Event::AddressesChanged {
+            peer: sa.peer,
+            local,
+            remote,
+            udp_encap: encap,
+        });
+    }
+}
+
+fn note_vids(sa: &mut P1Sa, c: &Chain) {
+    for v in c.all(PayloadType::VID) {
+        if v == vid::DPD {
+            sa.peer_dpd = true;
+        } else if v == vid::NAT_T_RFC3947 {
+            sa.peer_natt = true;
+        }
+    }
+}
+
+fn vendor_ids(cfg: &PeerConfig) -> Vec<RawPayload> {
+    let mut v = Vec::new();
+    if cfg.nat_traversal {
+        v.push(RawPayload::new(
+            PayloadType::VID,
+            vid::NAT_T_RFC3947.to_vec(),
+        ));
+    }
+    // We always answer R-U-THERE, so we always announce DPD (RFC 3706 §5.1).
+    v.push(RawPayload::new(PayloadType::VID, vid::DPD.to_vec()));
+    v
+}
+
+fn initial_contact(sa: &P1Sa) -> Vec<RawPayload> {
+    // Only on a first contact: a rekeying SA must not make the peer drop the old one.
+    if sa.send_initial_contact {
+        vec![RawPayload::new(
+            PayloadType::N,
+            Notify::new(
+                proto::ISAKMP,
+                NotifyType::INITIAL_CONTACT,
+                cookies(sa.cky_i, sa.cky_r),
+                Vec::new(),
+            )
+            .encode(),
+        )]
+    } else {
+        Vec::new()
+    }
+}
+
+fn has_initial_contact(c: &Chain) -> bool {
+    c.all(PayloadType::N)
+        .filter_map(|b| Notify::decode(b).ok())
+        .any(|n| n.msg_type == NotifyType::INITIAL_CONTACT)
+}
+
+fn established(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
+    sa.state = P1State::Established;
+    sa.just_established = true;
+    sa.last_rx = now;
+    // The initiator replaces the SA first; the responder only if that never happens,
+    // so that both rarely negotiate replacements at once (IKEv1 has no collision
+    // handling for them).
+    let soft = if sa.initiator {
+        soft_lifetime(sa.lifetime, cx.io.u32())
+    } else {
+        (!sa.lifetime.is_zero()).then(|| sa.lifetime.mul_f64(0.97))
+    };
+    sa.rekey_at = soft.map(|d| now + d);
+    sa.expire_at = (!sa.lifetime.is_zero()).then(|| now + sa.lifetime);
+    sa.hs.dh = None;
+    let (encr, integ, dh) = sa.suite;
+    let algorithms = IkeAlgorithms {
+        encr,
+        integ: Some(integ),
+        prf: crate::config::prf_for(integ),
+        dh,
+    };
+    let nat = match (sa.nat_local, sa.nat_remote) {
+        (true, _) => ", we are behind a NAT",
+        (false, true) => ", peer is behind a NAT",
+        _ => "",
+    };
+    cx.io.log(
+        Some(sa.peer),
+        Level::Info,
+        "phase1_established",
+        format!(
+            "IKEv1 ISAKMP SA established ({}, {algorithms}) {} <-> {}{nat}",
+            mode_name(sa.mode),
+            sa.local,
+            sa.remote
+        ),
+    );
+    cx.io.event(Event::IkeSaEstablished {
+        peer: sa.peer,
+        spi_i: sa.cky_i,
+        spi_r: sa.cky_r,
+        initiator: sa.initiator,
+        algorithms,
+        local: sa.local,
+        remote: sa.remote,
+    });
+}
+
+// ---- quick mode ---------------------------------------------------------------------
+
+/// Starts quick mode for the tunnel's Child SA (or to rekey `rekey_of`).
+fn start_qm(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa, rekey_of: Option<u32>) {
+    if !sa.established() || sa.retiring {
+        return;
+    }
+    let (Some(l), Some(r)) = (sa.cfg.local_ts.first(), sa.cfg.remote_ts.first()) else {
+        cx.io.fail(
+            Some(sa.peer),
+            Phase::Phase2,
+            "no local or remote subnet configured".into(),
+        );
+        return;
+    };
+    if sa.cfg.local_ts.len() > 1 || sa.cfg.remote_ts.len() > 1 {
+        cx.io.log(
+            Some(sa.peer),
+            Level::Warn,
+            "ikev1_one_subnet",
+            format!(
+                "IKEv1 negotiates one subnet per side: using {l} === {r} and ignoring the rest"
+            ),
+        );
+    }
+    let (l, r) = (*l, *r);
+    let mid = loop {
+        let m = cx.io.u32();
+        if m != 0 && !sa.qms.contains_key(&m) {
+            break m;
+        }
+    };
+    let dh = match sa.cfg.esp.pfs.map(|g| cx.io.dh(g)).transpose() {
+        Ok(d) => d,
+        Err(e) => {
+            cx.io
+                .fail(Some(sa.peer), Phase::Phase2, format!("Diffie-Hellman: {e}"));
+            return;
+        }
+    };
+    let spi_in = cx.io.child_spi();
+    let ni = nonce(cx);
+    let offer = esp_offer(&sa.cfg.esp, spi_in, sa.cfg.child_lifetime, sa.udp_encap());
+    let mut p = vec![
+        RawPayload::new(PayloadType::SA, offer.encode()),
+        RawPayload::new(PayloadType::NONCE, ni.clone()),
+    ];
+    if let Some(d) = &dh {
+        p.push(RawPayload::new(PayloadType::KE, d.public_value().to_vec()));
+    }
+    p.push(RawPayload::new(
+        PayloadType::ID,
+        Id::subnet(l.addr, l.prefix).encode(),
+    ));
+    p.push(RawPayload::new(
+        PayloadType::ID,
+        Id::subnet(r.addr, r.prefix).encode(),
+    ));
+    let Some(keys) = &sa.keys else { return };
+    let p = hashed(keys, &[&mid.to_be_bytes()], p);
+    let iv = phase2_iv(sa.suite.1, &sa.iv, mid, sa.block());
+    let mut qm = Qm {
+        iv,
+        state: QmState::I2 {
+            ni,
+            dh: dh.map(Box::new),
+            spi_in,
+            local_ts: TsRange::from_cidr(l),
+            remote_ts: TsRange::from_cidr(r),
+            rekey_of,
+        },
+        last_sent: None,
+        last_rcvd: Vec::new(),
+        retx: None,
+        linger_until: None,
+        sent_at: None,
+    };
+    if let Some(s) = rekey_of {
+        if let Some(c) = sa.children.iter_mut().find(|c| c.sa.spi_in == s) {
+            c.state = ChildState::Rekeying;
+        }
+    }
+    cx.io.log(
+        Some(sa.peer),
+        Level::Info,
+        "phase2_start",
+        format!(
+            "{} quick mode {l} === {r}, proposing {} (PFS {})",
+            if rekey_of.is_some() {
+                "rekeying with"
+            } else {
+                "initiating"
+            },
+            sa.cfg.esp.name(),
+            sa.cfg.esp.pfs.map_or("disabled", |g| g.name())
+        ),
+    );
+    send_qm(cx, now, sa, &mut qm, mid, &p, Some("quick mode message 1"));
+    sa.qms.insert(mid, qm);
+}
+
+fn on_quick(
+    cx: &mut Cx<'_>,
+    now: Instant,
+    sa: &mut P1Sa,
+    local: SocketAddr,
+    remote: SocketAddr,
+    data: &[u8],
+    h: &Header,
+) {
+    if !sa.established() || !h.encrypted() {
+        cx.io.stats.unexpected += 1;
+        return;
+    }
+    let mid = h.message_id;
+    let mut qm = match sa.qms.remove(&mid) {
+        Some(q) => q,
+        None => Qm {
+            iv: phase2_iv(sa.suite.1, &sa.iv, mid, sa.block()),
+            state: QmState::Done,
+            last_sent: None,
+            last_rcvd: Vec::new(),
+            retx: None,
+            linger_until: None,
+            sent_at: None,
+        },
+    };
+    let fresh = qm.last_rcvd.is_empty() && qm.last_sent.is_none();
+    if qm.last_rcvd == data {
+        cx.io.stats.duplicate_requests += 1;
+        if resend_due(cx, now, &mut qm.sent_at) {
+            if let Some(b) = qm.last_sent.clone() {
+                cx.io.send(sa.local, sa.remote, b);
+            }
+        }
+        sa.qms.insert(mid, qm);
+        return;
+    }
+    if !fresh && matches!(qm.state, QmState::Done) {
+        cx.io.stats.unexpected += 1;
+        sa.qms.insert(mid, qm);
+        return;
+    }
+    let Some((chain, next_iv)) = open(sa, &qm.iv, h, data) else {
+        cx.io.stats.integrity_failures += 1;
+        if !fresh {
+            sa.qms.insert(mid, qm);
+        }
+        return;
+    };
+    let outcome = match qm.state {
+        QmState::Done if fresh => qm_responder(cx, now, sa, &mut qm, mid, &chain, next_iv, data),
+        QmState::I2 { .. } => qm2(cx, now, sa, &mut qm, mid, &chain, next_iv, data),
+        QmState::R3 { .. } => qm3(cx, now, sa, &mut qm, mid, &chain, next_iv, data),
+        QmState::Done => Outcome::Reject,
+    };
+    if outcome != Outcome::Reject {
+        sa.last_rx = now;
+        follow_peer(cx, sa, local, remote);
+    }
+    if outcome == Outcome::Keep || (outcome == Outcome::Reject && !fresh) {
+        sa.qms.insert(mid, qm);
+    }
+}
+
+/// What became of a quick mode message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Not accepted (bad hash): the exchange stays as it was.
+    Reject,
+    /// Accepted; the exchange goes on (or lingers for retransmissions).
+    Keep,
+    /// Accepted, but the exchange failed and is forgotten.
+    Drop,
+}
+
+/// Verifies `HASH(n) = prf(SKEYID_a, prefix | payloads after HASH)` with the HASH
+/// first (RFC 2409 §5.5).
+fn check_hash(sa: &P1Sa, chain: &Chain, prefix: &[&[u8]]) -> bool {
+    let (Some(keys), Some(first)) = (&sa.keys, chain.payloads.first()) else {
+        return false;
+    };
+    if first.ptype != PayloadType::HASH {
+        return false;
+    }
+    let mut parts: Vec<&[u8]> = prefix.to_vec();
+    parts.push(chain.after(0));
+    ct_eq(&first.body, &keys.hash_a(&parts))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn qm_responder(
+    cx: &mut Cx<'_>,
+    now: Instant,
+    sa: &mut P1Sa,
+    qm: &mut Qm,
+    mid: u32,
+    c: &Chain,
+    next_iv: Vec<u8>,
+    data: &[u8],
+) -> Outcome {
+    if !check_hash(sa, c, &[&mid.to_be_bytes()]) {
+        cx.io.stats.integrity_failures += 1;
+        return Outcome::Reject;
+    }
+    qm.iv = next_iv;
+    qm.last_rcvd = data.to_vec();
+    let Some(offer) = c
+        .first(PayloadType::SA)
+        .and_then(|b| SaPayload::decode(b).ok())
+    else {
+        qm_refuse(
+            cx,
+            sa,
+            "quick mode message 1 without a valid SA payload".into(),
+            NotifyType::PAYLOAD_MALFORMED,
+        );
+        return Outcome::Drop;
+    };
+    let Some(ni) = c.first(PayloadType::NONCE).map(<[u8]>::to_vec) else {
+        qm_refuse(
+            cx,
+            sa,
+            "quick mode message 1 without a nonce".into(),
+            NotifyType::PAYLOAD_MALFORMED,
+        );
+        return Outcome::Drop;
+    };
+    let choice = match esp_choose(&offer, &sa.cfg.esp) {
+        Ok(ch) => ch,
+        Err(e) => {
+            qm_refuse(cx, sa, e, NotifyType::NO_PROPOSAL_CHOSEN);
+            return Outcome::Drop;
+        }
+    };
+    // RFC 2409 §5.5: IDci is the initiator's (our remote) side, IDcr ours.
+    let ids: Vec<Id> = c
+        .all(PayloadType::ID)
+        .filter_map(|b| Id::decode(b).ok())
+        .collect();
+    let (remote_ts, local_ts) = match ids.as_slice() {
+        [] => (host_ts(sa.remote.ip()), host_ts(sa.local.ip())),
+        [ci, cr] => match (id_ts(ci), id_ts(cr)) {
+            (Some(a), Some(b)) => (Some(a), Some(b)),
+            _ => (None, None),
+        },
+        _ => (None, None),
+    };
+    let ok = |ts: Option<TsRange>, ours: &[crate::Ipv4Cidr]| {
+        ts.filter(|t| ours.iter().any(|o| TsRange::from_cidr(*o).contains(t)))
+    };
+    let (Some(rts), Some(lts)) = (
+        ok(remote_ts, &sa.cfg.remote_ts),
+        ok(local_ts, &sa.cfg.local_ts),
+    ) else {
+        let proposed = match ids.as_slice() {
+            [ci, cr] => format!("{} === {}", ci.describe(), cr.describe()),
+            _ => "invalid IDs".into(),
+        };
+        let reason = format!(
+            "traffic selectors unacceptable: peer proposed {proposed}; this tunnel allows {} \
+             === {} (check the local and remote subnets on both sides)",
+            cidrs(&sa.cfg.remote_ts),
+            cidrs(&sa.cfg.local_ts)
+        );
+        qm_refuse(cx, sa, reason, NotifyType::INVALID_ID_INFORMATION);
+        return Outcome::Drop;
+    };
+    let ke = c.first(PayloadType::KE);
+    let mut gxy = None;
+    let mut my_ke = None;
+    if let Some(g) = sa.cfg.esp.pfs {
+        let Some(ke) = ke.filter(|k| k.len() == g.public_len()) else {
+            qm_refuse(
+                cx,
+                sa,
+                "PFS required but the peer sent no valid KE payload".into(),
+                NotifyType::INVALID_KEY_INFORMATION,
+            );
+            return Outcome::Drop;
+        };
+        let Ok(dh) = cx.io.dh(g) else {
+            return Outcome::Drop;
+        };
+        let Ok(s) = dh.shared_secret(ke) else {
+            qm_refuse(
+                cx,
+                sa,
+                "peer's PFS Diffie-Hellman value is invalid".into(),
+                NotifyType::INVALID_KEY_INFORMATION,
+            );
+            return Outcome::Drop;
+        };
+        gxy = Some(s);
+        my_ke = Some(dh.public_value().to_vec());
+    }
+    let ours = sa.cfg.child_lifetime;
+    let lifetime = match choice.lifetime {
+        Some(l) if !l.is_zero() && (ours.is_zero() || l < ours) => l,
+        _ => ours,
+    };
+    let shortened = choice.lifetime.is_some_and(|l| !ours.is_zero() && ours < l);
+    let spi_in = cx.io.child_spi();
+    let nr = nonce(cx);
+    let mut answer = choice.answer.clone();
+    answer.spi = spi_in.to_be_bytes().to_vec();
+    let mut p = vec![
+        RawPayload::new(PayloadType::SA, SaPayload::new(vec![answer]).encode()),
+        RawPayload::new(PayloadType::NONCE, nr.clone()),
+    ];
+    if let Some(k) = &my_ke {
+        p.push(RawPayload::new(PayloadType::KE, k.clone()));
+    }
+    if let [ci, cr] = ids.as_slice() {
+        p.push(RawPayload::new(PayloadType::ID, ci.encode()));
+        p.push(RawPayload::new(PayloadType::ID, cr.encode()));
+    }
+    if shortened {
+        // RFC 2407 §4.6.3.1: tell the initiator the lifetime we will enforce.
+        let attrs = encode_attrs(&[
+            Attr::basic(p2::LIFE_TYPE, LIFE_SECONDS),
+            Attr::number(
+                p2::LIFE_DURATION,
+                u32::try_from(ours.as_secs()).unwrap_or(u32::MAX),
+            ),
+        ]);
+        p.push(RawPayload::new(
+            PayloadType::N,
+            Notify::new(
+                proto::ESP,
+                NotifyType::RESPONDER_LIFETIME,
+                choice.spi_out.to_be_bytes().to_vec(),
+                attrs,
+            )
+            .encode(),
+        ));
+    }
+    let Some(keys) = &sa.keys else {
+        return Outcome::Drop;
+    };
+    let p = hashed(keys, &[&mid.to_be_bytes(), &ni], p);
+    let child = make_child(
+        sa,
+        keys,
+        gxy.as_deref().map(|g| g.as_slice()),
+        spi_in,
+        choice.spi_out,
+        &ni,
+        &nr,
+        lts,
+        rts,
+        lifetime,
+    );
+    qm.state = QmState::R3 {
+        ni,
+        nr,
+        child: Box::new(child),
+    };
+    send_qm(cx, now, sa, qm, mid, &p, Some("quick mode message 2"));
+    Outcome::Keep
+}
+
+#[allow(clippy::too_many_arguments)]
+fn qm2(
+    cx: &mut Cx<'_>,
+    now: Instant,
+    sa: &mut P1Sa,
+    qm: &mut Qm,
+    mid: u32,
+    c: &Chain,
+    next_iv: Vec<u8>,
+    data: &[u8],
+) -> Outcome {
+    let QmState::I2 {
+        ni,
+        dh,
+        spi_in,
+        local_ts,
+        remote_ts,
+        rekey_of,
+    } = std::mem::replace(&mut qm.state, QmState::Done)
+    else {
+        return Outcome::Reject;
+    };
+    let restore = |qm: &mut Qm, dh: Option<Box<crypto::DhPrivate>>| {
+        qm.state = QmState::I2 {
+            ni: ni.clone(),
+            dh,
+            spi_in,
+            local_ts,
+            remote_ts,
+            rekey_of,
+        };
+    };
+    if !check_hash(sa, c, &[&mid.to_be_bytes(), &ni]) {
+        cx.io.stats.integrity_failures += 1;
+        restore(qm, dh);
+        return Outcome::Reject;
+    }
+    qm.iv = next_iv;
+    qm.last_rcvd = data.to_vec();
+    qm.retx = None;
+    let fail = |cx: &mut Cx<'_>, sa: &mut P1Sa, reason: String| {
+        cx.io.fail(Some(sa.peer), Phase::Phase2, reason);
+        cx.io.child_spis.remove(&spi_in);
+        if let Some(s) = rekey_of {
+            if let Some(c) = sa.children.iter_mut().find(|c| c.sa.spi_in == s) {
+                c.state = ChildState::Installed;
+            }
+        }
+    };
+    let answer = c
+        .first(PayloadType::SA)
+        .and_then(|b| SaPayload::decode(b).ok());
+    let (spi_out, life) = match answer.map(|a| esp_check_answer(&a, &sa.cfg.esp)) {
+        Some(Ok(x)) => x,
+        Some(Err(e)) => {
+            fail(cx, sa, e);
+            return Outcome::Drop;
+        }
+        None => {
+            fail(
+                cx,
+                sa,
+                "quick mode message 2 without a valid SA payload".into(),
+            );
+            return Outcome::Drop;
+        }
+    };
+    let Some(nr) = c.first(PayloadType::NONCE).map(<[u8]>::to_vec) else {
+        fail(cx, sa, "quick mode message 2 without a nonce".into());
+        return Outcome::Drop;
+    };
+    let ids: Vec<Id> = c
+        .all(PayloadType::ID)
+        .filter_map(|b| Id::decode(b).ok())
+        .collect();
+    if let [ci, cr] = ids.as_slice() {
+        let inside = |id: &Id, ours: &TsRange| id_ts(id).is_some_and(|t| ours.contains(&t));
+        if !(inside(ci, &local_ts) && inside(cr, &remote_ts)) {
+            fail(
+                cx,
+                sa,
+                format!(
+                    "peer answered with traffic selectors {} === {}; we proposed {local_ts} === \
+                     {remote_ts}",
+                    ci.describe(),
+                    cr.describe()
+                ),
+            );
+            return Outcome::Drop;
+        }
+    }
+    let gxy = match (&dh, c.first(PayloadType::KE)) {
+        (Some(d), Some(ke)) => match d.shared_secret(ke) {
+            Ok(s) => Some(s),
+            Err(_) => {
+                fail(cx, sa, "peer's PFS Diffie-Hellman value is invalid".into());
+                return Outcome::Drop;
+            }
+        },
+        (Some(_), None) => {
+            fail(
+                cx,
+                sa,
+                "PFS was proposed but the peer sent no KE payload".into(),
+            );
+            return Outcome::Drop;
+        }
+        (None, _) => None,
+    };
+    // RFC 2407 §4.6.3.1: a responder may enforce a shorter lifetime.
+    let mut lifetime = sa.cfg.child_lifetime;
+    for n in c.all(PayloadType::N).filter_map(|b| Notify::decode(b).ok()) {
+        if n.msg_type == NotifyType::RESPONDER_LIFETIME {
+            if let Some(l) = responder_lifetime(&n.data) {
+                if lifetime.is_zero() || l < lifetime {
+                    lifetime = l;
+                }
+            }
+        }
+    }
+    if let Some(l) = life.filter(|l| !l.is_zero()) {
+        if lifetime.is_zero() || l < lifetime {
+            lifetime = l;
+        }
+    }
+    let Some(keys) = sa.keys.clone() else {
+        return Outcome::Drop;
+    };
+    let hash3 = keys.hash_a(&[&[0], &mid.to_be_bytes(), &ni, &nr]);
+    let p = vec![RawPayload::new(PayloadType::HASH, hash3)];
+    let child = make_child(
+        sa,
+        &keys,
+        gxy.as_deref().map(|g| g.as_slice()),
+        spi_in,
+        spi_out,
+        &ni,
+        &nr,
+        local_ts,
+        remote_ts,
+        lifetime,
+    );
+    send_qm(cx, now, sa, qm, mid, &p, None);
+    qm.linger_until = Some(now + linger(cx.ecfg));
+    install_child(cx, now, sa, child, rekey_of);
+    if let Some(old) = rekey_of {
+        delete_children(cx, sa, &[old]);
+    }
+    Outcome::Keep
+}
+
+#[allow(clippy::too_many_arguments)]
+fn qm3(
+    cx: &mut Cx<'_>,
+    now: Instant,
+    sa: &mut P1Sa,
+    qm: &mut Qm,
+    mid: u32,
+    c: &Chain,
+    next_iv: Vec<u8>,
+    data: &[u8],
+) -> Outcome {
+    let QmState::R3 { ni, nr, child } = std::mem::replace(&mut qm.state, QmState::Done) else {
+        return Outcome::Reject;
+    };
+    let ok = sa.keys.as_ref().is_some_and(|k| {
+        c.payloads.first().is_some_and(|p| {
+            p.ptype == PayloadType::HASH
+                && ct_eq(&p.body, &k.hash_a(&[&[0], &mid.to_be_bytes(), &ni, &nr]))
+        })
+    });
+    if !ok {
+        cx.io.stats.integrity_failures += 1;
+        qm.state = QmState::R3 { ni, nr, child };
+        return Outcome::Reject;
+    }
+    qm.iv = next_iv;
+    qm.last_rcvd = data.to_vec();
+    qm.retx = None;
+    qm.linger_until = Some(now + linger(cx.ecfg));
+    // A new Child SA with the selectors of an installed one replaces it: the peer
+    // rekeyed and will delete the old one.
+    let old = sa
+        .children
+        .iter()
+        .find(|c| {
+            matches!(c.state, ChildState::Installed | ChildState::Rekeying)
+                && c.sa.local_ts == child.local_ts
+                && c.sa.remote_ts == child.remote_ts
+        })
+        .map(|c| c.sa.spi_in);
+    install_child(cx, now, sa, *child, old);
+    Outcome::Keep
+}
+
+fn qm_refuse(cx: &mut Cx<'_>, sa: &mut P1Sa, reason: String, n: NotifyType) {
+    cx.io.fail(Some(sa.peer), Phase::Phase2, reason);
+    notify_error(cx, sa, n);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn make_child(
+    sa: &P1Sa,
+    keys: &P1Keys,
+    gxy: Option<&[u8]>,
+    spi_in: u32,
+    spi_out: u32,
+    ni: &[u8],
+    nr: &[u8],
+    local_ts: TsRange,
+    remote_ts: TsRange,
+    lifetime: Duration,
+) -> ChildSa {
+    let esp = &sa.cfg.esp;
+    let e = esp.encr.key_len();
+    let i = esp.negotiated_integ().map_or(0, Integ::key_len);
+    // RFC 2409 §5.5: each direction's KEYMAT uses the SPI its receiver chose;
+    // the encryption key comes first, then the authentication key.
+    let kin = keys.keymat(gxy, proto::ESP, spi_in, ni, nr, e + i);
+    let kout = keys.keymat(gxy, proto::ESP, spi_out, ni, nr, e + i);
+    let split = |k: &Zeroizing<Vec<u8>>| {
+        (
+            Key::from_slice(k.get(..e).unwrap_or_default()),
+            Key::from_slice(k.get(e..e + i).unwrap_or_default()),
+        )
+    };
+    let (encr_key_in, integ_key_in) = split(&kin);
+    let (encr_key_out, integ_key_out) = split(&kout);
+    ChildSa {
+        spi_in,
+        spi_out,
+        encr: esp.encr,
+        integ: esp.negotiated_integ(),
+        encr_key_in,
+        encr_key_out,
+        integ_key_in,
+        integ_key_out,
+        local_ts: vec![local_ts],
+        remote_ts: vec![remote_ts],
+        local: sa.local,
+        remote: sa.remote,
+        udp_encap: sa.udp_encap(),
+        local_behind_nat: sa.nat_local,
+        pfs: esp.pfs,
+        lifetime,
+    }
+}
+
+fn install_child(
+    cx: &mut Cx<'_>,
+    now: Instant,
+    sa: &mut P1Sa,
+    child: ChildSa,
+    rekey_of: Option<u32>,
+) {
+    let peer = sa.peer;
+    let lifetime = child.lifetime;
+    let soft = soft_lifetime(lifetime, cx.io.u32());
+    cx.io.log(
+        Some(peer),
+        Level::Info,
+        "phase2_established",
+        format!(
+            "Child SA established with SPIs {:08x}_i {:08x}_o, {} === {}, {}{}",
+            child.spi_in,
+            child.spi_out,
+            crate::ts::list_to_string(&child.local_ts),
+            crate::ts::list_to_string(&child.remote_ts),
+            child.algorithms(),
+            if child.udp_encap {
+                ", UDP-encapsulated"
+            } else {
+                ""
+            }
+        ),
+    );
+    let old = rekey_of.and_then(|s| sa.children.iter_mut().find(|c| c.sa.spi_in == s));
+    match old {
+        Some(o) => {
+            o.state = ChildState::Rekeyed;
+            o.rekey_at = None;
+            cx.io.event(Event::ChildSaRekeyed {
+                peer,
+                old_spi_in: o.sa.spi_in,
+                old_spi_out: o.sa.spi_out,
+                child: child.clone(),
+            });
+        }
+        None => cx.io.event(Event::ChildSaEstablished {
+            peer,
+            child: child.clone(),
+        }),
+    }
+    sa.children.push(Child {
+        sa: child,
+        state: ChildState::Installed,
+        rekey_at: soft.map(|d| now + d),
+        expire_at: (!lifetime.is_zero()).then(|| now + lifetime),
+        collision: None,
+    });
+}
+
+/// Deletes our Child SAs `spis` (inbound SPIs), telling the peer (RFC 2408 §3.15).
+fn delete_children(cx: &mut Cx<'_>, sa: &mut P1Sa, spis: &[u32]) {
+    let gone: Vec<Child> = {
+        let (gone, keep): (Vec<Child>, Vec<Child>) = std::mem::take(&mut sa.children)
+            .into_iter()
+            .partition(|c| spis.contains(&c.sa.spi_in));
+        sa.children = keep;
+        gone
+    };
+    if gone.is_empty() {
+        return;
+    }
+    let ins: Vec<u32> = gone.iter().map(|c| c.sa.spi_in).collect();
+    send_info(
+        cx,
+        sa,
+        vec![RawPayload::new(PayloadType::D, Delete::esp(&ins).encode())],
+    );
+    for c in gone {
+        cx.io.child_spis.remove(&c.sa.spi_in);
+        cx.io.event(Event::ChildSaDeleted {
+            peer: sa.peer,
+            spi_in: c.sa.spi_in,
+            spi_out: c.sa.spi_out,
+        });
+    }
+    cx.io.log(
+        Some(sa.peer),
+        Level::Info,
+        "child_deleted",
+        format!("deleted Child SA {}", spis_hex(&ins)),
+    );
+}
+
+fn responder_lifetime(data: &[u8]) -> Option<Duration> {
+    // The notify data is a list of SA attributes (RFC 2407 §4.6.3.1).
+    let mut ty = None;
+    for a in decode_attrs(data)? {
+        if a.typ == p2::LIFE_TYPE {
+            ty = a.as_u32();
+        } else if a.typ == p2::LIFE_DURATION && ty == Some(u32::from(LIFE_SECONDS)) {
+            return a.as_u32().map(|s| Duration::from_secs(u64::from(s)));
+        }
+    }
+    None
+}
+
+// ---- informational ------------------------------------------------------------------
+
+fn on_info(
+    cx: &mut Cx<'_>,
+    now: Instant,
+    sa: &mut P1Sa,
+    local: SocketAddr,
+    remote: SocketAddr,
+    data: &[u8],
+    h: &Header,
+) {
+    let chain = if h.encrypted() {
+        if sa.keys.is_none() {
+            cx.io.stats.unexpected += 1;
+            return;
+        }
+        let seed = sa.iv.clone();
+        let iv = phase2_iv(sa.suite.1, &seed, h.message_id, sa.block());
+        let Some((c, _)) = open(sa, &iv, h, data) else {
+            cx.io.stats.integrity_failures += 1;
+            return;
+        };
+        if !check_hash(sa, &c, &[&h.message_id.to_be_bytes()]) {
+            cx.io.stats.integrity_failures += 1;
+            return;
+        }
+        if sa.seen_info.contains(&h.message_id) {
+            cx.io.stats.duplicate_requests += 1;
+            return;
+        }
+        sa.seen_info.push_back(h.message_id);
+        if sa.seen_info.len() > MAX_SEEN_INFO {
+            sa.seen_info.pop_front();
+        }
+        sa.last_rx = now;
+        follow_peer(cx, sa, local, remote);
+        c
+    } else {
+        // Unprotected notifications are only believed while phase 1 has not
+        // authenticated the peer (they cannot be anything else then).
+        if sa.established() {
+            cx.io.stats.unexpected += 1;
+            return;
+        }
+        match Chain::decode(h.next, data.get(HEADER_LEN..).unwrap_or_default(), false) {
+            Ok(c) => c,
+            Err(_) => {
+                cx.io.stats.malformed += 1;
+                return;
+            }
+        }
+    };
+    for p in &chain.payloads {
+        match p.ptype {
+            PayloadType::N => {
+                if let Ok(n) = Notify::decode(&p.body) {
+                    on_notify(cx, now, sa, &n);
+                }
+            }
+            PayloadType::D if h.encrypted() => {
+                if let Ok(d) = Delete::decode(&p.body) {
+                    on_delete(cx, sa, &d);
+                }
+            }
+            _ => {}
+        }
+        if sa.dead {
+            return;
+        }
+    }
+}
+
+fn on_notify(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa, n: &Notify) {
+    match n.msg_type {
+        NotifyType::R_U_THERE if sa.established() => {
+            let ack = Notify::new(
+                proto::ISAKMP,
+                NotifyType::R_U_THERE_ACK,
+                cookies(sa.cky_i, sa.cky_r),
+                n.data.clone(),
+            );
+            send_info(cx, sa, vec![RawPayload::new(PayloadType::N, ack.encode())]);
+        }
+        NotifyType::R_U_THERE_ACK => {
+            let seq = <[u8; 4]>::try_from(n.data.as_slice()).map(u32::from_be_bytes);
+            if let (Some(d), Ok(seq)) = (&sa.dpd, seq) {
+                // RFC 3706 §5.5: any outstanding sequence number acknowledges.
+                if seq.wrapping_sub(d.first_seq) < d.sent {
+                    sa.dpd_seq = d.first_seq.wrapping_add(d.sent);
+                    sa.dpd = None;
+                    sa.last_rx = now;
+                }
+            }
+        }
+        t if t.is_error() => {
+            let during = if sa.established() {
+                let mids: Vec<u32> = sa
+                    .qms
+                    .iter()
+                    .filter(|(_, q)| matches!(q.state, QmState::I2 { .. }))
+                    .map(|(m, _)| *m)
+                    .collect();
+                if mids.is_empty() {
+                    cx.io.log(
+                        Some(sa.peer),
+                        Level::Warn,
+                        "peer_notify",
+                        format!("peer sent {}", t.name()),
+                    );
+                    return;
+                }
+                for m in mids {
+                    if let Some(q) = sa.qms.remove(&m) {
+                        if let QmState::I2 {
+                            spi_in, rekey_of, ..
+                        } = q.state
+                        {
+                            cx.io.child_spis.remove(&spi_in);
+                            if let Some(s) = rekey_of {
+                                if let Some(c) = sa.children.iter_mut().find(|c| c.sa.spi_in == s) {
+                                    c.state = ChildState::Installed;
+                                }
+                            }
+                        }
+                    }
+                }
+                Phase::Phase2
+            } else {
+                Phase::Phase1
+            };
+            let reason = notify_reason(t, during, sa.state);
+            cx.io.fail(Some(sa.peer), during, reason);
+            if during == Phase::Phase1 {
+                sa.dead = true;
+            }
+        }
+        _ => {}
+    }
+}
+
+fn notify_reason(t: NotifyType, phase: Phase, state: P1State) -> String {
+    let what = if phase == Phase::Phase1 {
+        "IKE (phase 1)"
+    } else {
+        "IPsec (phase 2)"
+    };
+    match t {
+        NotifyType::NO_PROPOSAL_CHOSEN => format!(
+            "peer rejected our {what} proposal (NO-PROPOSAL-CHOSEN): the algorithms differ — \
+             compare encryption, integrity, DH group{} and mode with the peer",
+            if phase == Phase::Phase2 { ", PFS" } else { "" }
+        ),
+        NotifyType::INVALID_ID_INFORMATION => format!(
+            "peer rejected our {} (INVALID-ID-INFORMATION): check {}",
+            if phase == Phase::Phase1 {
+                "identity"
+            } else {
+                "traffic selectors"
+            },
+            if phase == Phase::Phase1 {
+                "ike.local_id here and the remote ID on the peer"
+            } else {
+                "that the local and remote subnets mirror the peer's"
+            }
+        ),
+        NotifyType::AUTHENTICATION_FAILED | NotifyType::INVALID_HASH_INFORMATION => format!(
+            "authentication failed — peer reported {}: check the pre-shared key on both sides",
+            t.name()
+        ),
+        NotifyType::PAYLOAD_MALFORMED | NotifyType::INVALID_PAYLOAD_TYPE
+            if matches!(state, P1State::MmI6 | P1State::Established) =>
+        {
+            format!(
+                "authentication failed — peer could not decrypt our message 5 ({}): in IKEv1 a \
+                 wrong pre-shared key shows up as an invalid message 5; check the pre-shared key",
+                t.name()
+            )
+        }
+        _ => format!("peer sent {} during {what} negotiation", t.name()),
+    }
+}
+
+fn on_delete(cx: &mut Cx<'_>, sa: &mut P1Sa, d: &Delete) {
+    match d.protocol {
+        proto::ISAKMP => {
+            let ours = cookies(sa.cky_i, sa.cky_r);
+            if d.spis.contains(&ours) {
+                let reason = if sa.retiring {
+                    DeleteReason::Rekeyed
+                } else {
+                    cx.io.log(
+                        Some(sa.peer),
+                        Level::Info,
+                        "ike_deleted",
+                        "peer deleted the ISAKMP SA".into(),
+                    );
+                    DeleteReason::PeerDeleted
+                };
+                remove_sa(cx, sa, reason);
+            }
+        }
+        proto::ESP => {
+            // The peer names its inbound SPIs: our outbound ones.
+            let theirs = d.esp_spis();
+            let gone: Vec<Child> = {
+                let (gone, keep): (Vec<Child>, Vec<Child>) = std::mem::take(&mut sa.children)
+                    .into_iter()
+                    .partition(|c| theirs.contains(&c.sa.spi_out));
+                sa.children = keep;
+                gone
+            };
+            for c in gone {
+                cx.io.child_spis.remove(&c.sa.spi_in);
+                cx.io.log(
+                    Some(sa.peer),
+                    Level::Info,
+                    "child_deleted",
+                    format!(
+                        "peer deleted Child SA {:08x}_i {:08x}_o",
+                        c.sa.spi_in, c.sa.spi_out
+                    ),
+                );
+                cx.io.event(Event::ChildSaDeleted {
+                    peer: sa.peer,
+                    spi_in: c.sa.spi_in,
+                    spi_out: c.sa.spi_out,
+                });
+            }
+        }
+        _ => {}
+    }
+}
+
+// ---- timers ---------------------------------------------------------------------------
+
+fn sa_timers(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
+    if let Some(r) = &mut sa.retx {
+        if now >= r.next {
+            if r.step(now, cx.ecfg) {
+                cx.io.stats.retransmits += 1;
+                let (b, what, n) = (r.bytes.clone(), r.what, r.tries);
+                cx.io.log(
+                    Some(sa.peer),
+                    Level::Debug,
+                    "retransmit",
+                    format!("retransmitting {} {what} (try {n})", mode_name(sa.mode)),
+                );
+                cx.io.send(sa.local, sa.remote, b);
+            } else {
+                let what = r.what;
+                if sa.initiator {
+                    cx.io.fail(
+                        Some(sa.peer),
+                        Phase::Phase1,
+                        format!(
+                            "peer {} did not answer {} {what} (waiting for {})",
+                            sa.remote,
+                            mode_name(sa.mode),
+                            sa.state.waiting_for()
+                        ),
+                    );
+                } else {
+                    cx.io.log(
+                        Some(sa.peer),
+                        Level::Warn,
+                        "half_open_timeout",
+                        format!(
+                            "peer {} abandoned {} before {}",
+                            sa.remote,
+                            mode_name(sa.mode),
+                            sa.state.waiting_for()
+                        ),
+                    );
+                }
+                sa.dead = true;
+                return;
+            }
+        }
+    }
+    qm_timers(cx, now, sa);
+    if !sa.established() {
+        return;
+    }
+    if sa.retiring {
+        if sa.retire_at.is_some_and(|t| now >= t) {
+            sa.retire_at = None;
+            send_delete_isakmp(cx, sa);
+            remove_sa(cx, sa, DeleteReason::Rekeyed);
+        }
+        return;
+    }
+    if sa.expire_at.is_some_and(|t| now >= t) {
+        cx.io.log(
+            Some(sa.peer),
+            Level::Warn,
+            "ike_expired",
+            "ISAKMP SA reached its lifetime without a replacement; deleting".into(),
+        );
+        let spis: Vec<u32> = sa.children.iter().map(|c| c.sa.spi_in).collect();
+        delete_children(cx, sa, &spis);
+        send_delete_isakmp(cx, sa);
+        remove_sa(cx, sa, DeleteReason::LocalRequest);
+        return;
+    }
+    if sa.rekey_at.is_some_and(|t| now >= t) {
+        sa.rekey_at = None;
+        sa.want_rekey = true;
+    }
+    let mut expired = Vec::new();
+    let mut rekey = Vec::new();
+    for c in &mut sa.children {
+        if c.expire_at.is_some_and(|t| now >= t) {
+            c.expire_at = None;
+            c.rekey_at = None;
+            expired.push(c.sa.spi_in);
+        } else if c.rekey_at.is_some_and(|t| now >= t) {
+            c.rekey_at = None;
+            if c.state == ChildState::Installed {
+                rekey.push(c.sa.spi_in);
+            }
+        }
+    }
+    if !expired.is_empty() {
+        cx.io.log(
+            Some(sa.peer),
+            Level::Warn,
+            "child_expired",
+            format!(
+                "Child SA {} reached its lifetime; deleting",
+                spis_hex(&expired)
+            ),
+        );
+        delete_children(cx, sa, &expired);
+    }
+    for s in rekey {
+        start_qm(cx, now, sa, Some(s));
+    }
+    dpd_timers(cx, now, sa);
+}
+
+fn qm_timers(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
+    let mids: Vec<u32> = sa.qms.keys().copied().collect();
+    for mid in mids {
+        let Some(mut q) = sa.qms.remove(&mid) else {
+            continue;
+        };
+        if q.linger_until.is_some_and(|t| now >= t) {
+            continue;
+        }
+        if let Some(r) = &mut q.retx {
+            if now >= r.next {
+                if r.step(now, cx.ecfg) {
+                    cx.io.stats.retransmits += 1;
+                    cx.io.send(sa.local, sa.remote, r.bytes.clone());
+                } else {
+                    let what = r.what;
+                    match q.state {
+                        QmState::I2 {
+                            spi_in, rekey_of, ..
+                        } => {
+                            cx.io.fail(
+                                Some(sa.peer),
+                                Phase::Phase2,
+                                format!("peer {} did not answer {what}", sa.remote),
+                            );
+                            cx.io.child_spis.remove(&spi_in);
+                            if let Some(s) = rekey_of {
+                                if let Some(c) = sa.children.iter_mut().find(|c| c.sa.spi_in == s) {
+                                    c.state = ChildState::Installed;
+                                }
+                            }
+                        }
+                        QmState::R3 { child, .. } => {
+                            cx.io.child_spis.remove(&child.spi_in);
+                            cx.io.log(
+                                Some(sa.peer),
+                                Level::Warn,
+                                "phase2_abandoned",
+                                "peer never sent quick mode message 3".into(),
+                            );
+                        }
+                        QmState::Done => {}
+                    }
+                    continue;
+                }
+            }
+        }
+        sa.qms.insert(mid, q);
+    }
+}
+
+fn dpd_timers(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
+    let Some(interval) = sa.cfg.dpd_interval.filter(|_| sa.peer_dpd) else {
+        return;
+    };
+    if let Some(d) = &sa.dpd {
+        if now >= d.first_sent + sa.cfg.dpd_timeout {
+            let waited = now - d.first_sent;
+            cx.io.log(
+                Some(sa.peer),
+                Level::Error,
+                "peer_dead",
+                format!(
+                    "peer {} did not answer R-U-THERE for {}s; declaring it dead",
+                    sa.remote,
+                    waited.as_secs()
+                ),
+            );
+            cx.io.event(Event::PeerDead { peer: sa.peer });
+            remove_sa(cx, sa, DeleteReason::PeerDead);
+            return;
+        }
+        if now >= d.next_send {
+            let sent = d.sent + 1;
+            let f = cx
+                .ecfg
+                .retransmit_factor
+                .powi(i32::try_from(sent).unwrap_or(i32::MAX));
+            if let Some(d) = &mut sa.dpd {
+                d.sent = sent;
+                d.next_send = now + cx.ecfg.retransmit_base.mul_f64(f);
+            }
+            cx.io.stats.retransmits += 1;
+            send_r_u_there(cx, sa);
+        }
+        return;
+    }
+    if now >= sa.last_rx + interval {
+        send_r_u_there(cx, sa);
+        let first_seq = sa.dpd_seq;
+        sa.dpd = Some(Dpd {
+            first_seq,
+            first_sent: now,
+            next_send: now + cx.ecfg.retransmit_base,
+            sent: 1,
+        });
+    }
+}
+
+fn send_r_u_there(cx: &mut Cx<'_>, sa: &mut P1Sa) {
+    if sa.dpd_seq == 0 && sa.dpd.is_none() {
+        // RFC 3706 §7: start from a random sequence number.
+        sa.dpd_seq = cx.io.u32() & 0x7fff_ffff;
+    }
+    let seq = match &sa.dpd {
+        Some(d) => d.first_seq.wrapping_add(d.sent - 1),
+        None => sa.dpd_seq,
+    };
+    let n = Notify::new(
+        proto::ISAKMP,
+        NotifyType::R_U_THERE,
+        cookies(sa.cky_i, sa.cky_r),
+        seq.to_be_bytes().to_vec(),
+    );
+    send_info(cx, sa, vec![RawPayload::new(PayloadType::N, n.encode())]);
+}
+
+// ---- sending --------------------------------------------------------------------------
+
+fn header(sa: &P1Sa, exchange: Exchange, mid: u32) -> Header {
+    Header {
+        cky_i: sa.cky_i,
+        cky_r: sa.cky_r,
+        next: PayloadType::NONE,
+        exchange,
+        flags: 0,
+        message_id: mid,
+        length: 0,
+    }
+}
+
+/// Encrypts `payloads` after `h` with `iv`; returns the message and the next IV.
+fn seal(cipher: &Cipher, iv: &[u8], mut h: Header, payloads: &[RawPayload]) -> (Vec<u8>, Vec<u8>) {
+    let mut plain = Vec::with_capacity(256);
+    h.next = encode_chain(payloads, &mut plain);
+    let ct = cbc_seal(cipher, iv, plain);
+    h.flags |= flags::ENCRYPTION;
+    h.length = u32::try_from(HEADER_LEN + ct.len()).unwrap_or(u32::MAX);
+    let mut out = Vec::with_capacity(HEADER_LEN + ct.len());
+    h.emit(&mut out);
+    out.extend_from_slice(&ct);
+    let next = last_block(&ct, cipher.encr().block_len());
+    (out, next)
+}
+
+/// Decrypts an encrypted message with `iv`: the payload chain and the next IV.
+fn open(sa: &P1Sa, iv: &[u8], h: &Header, data: &[u8]) -> Option<(Chain, Vec<u8>)> {
+    let cipher = sa.cipher.as_ref()?;
+    let ct = data.get(HEADER_LEN..)?;
+    let plain = cbc_open(cipher, iv, ct)?;
+    let chain = Chain::decode(h.next, &plain, true).ok()?;
+    Some((chain, last_block(ct, sa.block())))
+}
+
+fn send_p1(
+    cx: &mut Cx<'_>,
+    now: Instant,
+    sa: &mut P1Sa,
+    payloads: Vec<RawPayload>,
+    encrypt: bool,
+    expect_reply: Option<&'static str>,
+) {
+    let exchange = match sa.mode {
+        V1Mode::Main => Exchange::MAIN,
+        V1Mode::Aggressive => Exchange::AGGRESSIVE,
+    };
+    let h = header(sa, exchange, 0);
+    let bytes = match (&sa.cipher, encrypt) {
+        (Some(c), true) => {
+            let (b, iv) = seal(c, &sa.iv, h, &payloads);
+            sa.iv = iv;
+            b
+        }
+        _ => encode_plain(h, &payloads),
+    };
+    tracing::debug!(peer = %sa.peer, "sending {}", exchange.name());
+    cx.io.send(sa.local, sa.remote, bytes.clone());
+    sa.p1_last_sent = Some(bytes.clone());
+    sa.p1_sent_at = Some(now);
+    sa.retx = expect_reply.map(|w| Retx::new(bytes, now, cx.ecfg, w));
+}
+
+fn send_qm(
+    cx: &mut Cx<'_>,
+    now: Instant,
+    sa: &P1Sa,
+    qm: &mut Qm,
+    mid: u32,
+    payloads: &[RawPayload],
+    expect_reply: Option<&'static str>,
+) {
+    let Some(c) = &sa.cipher else { return };
+    let (bytes, iv) = seal(c, &qm.iv, header(sa, Exchange::QUICK, mid), payloads);
+    qm.iv = iv;
+    cx.io.send(sa.local, sa.remote, bytes.clone());
+    qm.last_sent = Some(bytes.clone());
+    qm.sent_at = Some(now);
+    qm.retx = expect_reply.map(|w| Retx::new(bytes, now, cx.ecfg, w));
+}
+
+/// Sends an informational exchange: encrypted with HASH(1) once keys exist
+/// (RFC 2409 §5.7), in the clear before.
+fn send_info(cx: &mut Cx<'_>, sa: &mut P1Sa, payloads: Vec<RawPayload>) {
+    let mid = loop {
+        let m = cx.io.u32();
+        if m != 0 {
+            break m;
+        }
+    };
+    let h = header(sa, Exchange::INFORMATIONAL, mid);
+    let bytes = match (&sa.keys, &sa.cipher) {
+        (Some(k), Some(c)) => {
+            let p = hashed(k, &[&mid.to_be_bytes()], payloads);
+            let iv = phase2_iv(sa.suite.1, &sa.iv, mid, sa.block());
+            seal(c, &iv, h, &p).0
+        }
+        _ => encode_plain(Header { message_id: 0, ..h }, &payloads),
+    };
+    cx.io.send(sa.local, sa.remote, bytes);
+}
+
+/// `[ HASH(prf(SKEYID_a, prefix | payloads)) payloads… ]` (RFC 2409 §5.5, §5.7).
+fn hashed(keys: &P1Keys, prefix: &[&[u8]], payloads: Vec<RawPayload>) -> Vec<RawPayload> {
+    let mut rest = Vec::new();
+    encode_chain(&payloads, &mut rest);
+    let mut parts: Vec<&[u8]> = prefix.to_vec();
+    parts.push(&rest);
+    let mut out = vec![RawPayload::new(PayloadType::HASH, keys.hash_a(&parts))];
+    out.extend(payloads);
+    out
+}
+
+/// An error notification about phase 1 or 2, protected if the peer can read it.
+fn notify_error(cx: &mut Cx<'_>, sa: &mut P1Sa, n: NotifyType) {
+    let spi = cookies(sa.cky_i, sa.cky_r);
+    let body = Notify::new(proto::ISAKMP, n, spi, Vec::new()).encode();
+    send_info(cx, sa, vec![RawPayload::new(PayloadType::N, body)]);
+}
+
+fn send_plain_notify(
+    cx: &mut Cx<'_>,
+    local: SocketAddr,
+    remote: SocketAddr,
+    cky_i: u64,
+    cky_r: u64,
+    n: NotifyType,
+) {
+    let h = Header {
+        cky_i,
+        cky_r,
+        next: PayloadType::NONE,
+        exchange: Exchange::INFORMATIONAL,
+        flags: 0,
+        message_id: 0,
+        length: 0,
+    };
+    let body = Notify::new(proto::ISAKMP, n, cookies(cky_i, cky_r), Vec::new()).encode();
+    cx.io.send(
+        local,
+        remote,
+        encode_plain(h, &[RawPayload::new(PayloadType::N, body)]),
+    );
+}
+
+fn send_delete_isakmp(cx: &mut Cx<'_>, sa: &mut P1Sa) {
+    let d = Delete::isakmp(sa.cky_i, sa.cky_r);
+    send_info(cx, sa, vec![RawPayload::new(PayloadType::D, d.encode())]);
+}
+
+/// Removes an SA, reporting its Child SAs and itself as deleted.
+fn remove_sa(cx: &mut Cx<'_>, sa: &mut P1Sa, reason: DeleteReason) {
+    for c in sa.children.drain(..) {
+        cx.io.child_spis.remove(&c.sa.spi_in);
+        cx.io.event(Event::ChildSaDeleted {
+            peer: sa.peer,
+            spi_in: c.sa.spi_in,
+            spi_out: c.sa.spi_out,
+        });
+    }
+    if sa.established() {
+        cx.io.event(Event::IkeSaDeleted {
+            peer: sa.peer,
+            spi_i: sa.cky_i,
+            spi_r: sa.cky_r,
+            reason,
+        });
+    }
+    sa.dead = true;
+}
+
+// ---- small helpers --------------------------------------------------------------------
+
+/// Whether a retransmitted message should get our last message again. Both IKEv1
+/// peers answer retransmissions (RFC 2408 §5), so copies that arrive together
+/// (duplicated by the network) get one answer: otherwise each side's answer to
+/// the other's duplicate would be duplicated in turn, without end.
+fn resend_due(cx: &Cx<'_>, now: Instant, sent_at: &mut Option<Instant>) -> bool {
+    let guard = (cx.ecfg.retransmit_base / 2).min(Duration::from_secs(1));
+    if sent_at.is_some_and(|t| now < t + guard) {
+        return false;
+    }
+    *sent_at = Some(now);
+    true
+}
+
+fn nonce(cx: &mut Cx<'_>) -> Vec<u8> {
+    let mut n = vec![0u8; 32];
+    cx.io.rng.fill(&mut n);
+    n
+}
+
+fn mode_name(m: V1Mode) -> &'static str {
+    match m {
+        V1Mode::Main => "Main Mode",
+        V1Mode::Aggressive => "Aggressive Mode",
+    }
+}
+
+pub(crate) fn v1_id(i: &Identity) -> Id {
+    match i {
+        Identity::Ipv4(a) => Id::ipv4(*a),
+        Identity::Fqdn(n) => Id::fqdn(n),
+    }
+}
+
+pub(crate) fn id_matches(i: &Identity, id: &Id) -> bool {
+    match i {
+        Identity::Ipv4(a) => id.id_type == id_type::IPV4_ADDR && id.data == a.octets(),
+        Identity::Fqdn(n) => {
+            id.id_type == id_type::FQDN && id.data.eq_ignore_ascii_case(n.as_bytes())
+        }
+    }
+}
+
+fn id_ts(id: &Id) -> Option<TsRange> {
+    let (start, end) = id.ipv4_range()?;
+    let (start_port, end_port) = if id.port == 0 {
+        (0, u16::MAX)
+    } else {
+        (id.port, id.port)
+    };
+    Some(TsRange {
+        ip_proto: id.protocol,
+        start_port,
+        end_port,
+        start,
+        end,
+    })
+}
+
+fn host_ts(ip: IpAddr) -> Option<TsRange> {
+    match ip {
+        IpAddr::V4(a) => Some(TsRange::from_cidr(crate::Ipv4Cidr::new(a, 32))),
+        IpAddr::V6(_) => None,
+    }
+}
+
+fn cidrs(c: &[crate::Ipv4Cidr]) -> String {
+    c.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Compares MACs in constant time.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,311 @@
+//! State of IKEv1 ISAKMP SAs (phase 1) and of their quick mode exchanges (phase 2).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crypto::{Cipher, DhGroup, DhPrivate, Encr, Integ};
+
+use crate::config::{PeerConfig, PeerId, V1Mode};
+use crate::endpoint::EndpointConfig;
+use crate::event::ChildSa;
+use crate::sa::Child;
+use crate::ts::TsRange;
+use crate::v1::keys::P1Keys;
+
+/// Where phase 1 is. `I`/`R` is our role, the number the message we wait for
+/// (RFC 2409 §5: Main Mode messages 1–6, Aggressive Mode 1–3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum P1State {
+    MmI2,
+    MmR3,
+    MmI4,
+    MmR5,
+    MmI6,
+    AmI2,
+    AmR3,
+    Established,
+}
+
+impl P1State {
+    pub fn waiting_for(self) -> &'static str {
+        match self {
+            Self::MmI2 => "Main Mode message 2",
+            Self::MmR3 => "Main Mode message 3",
+            Self::MmI4 => "Main Mode message 4",
+            Self::MmR5 => "Main Mode message 5",
+            Self::MmI6 => "Main Mode message 6",
+            Self::AmI2 => "Aggressive Mode message 2",
+            Self::AmR3 => "Aggressive Mode message 3",
+            Self::Established => "nothing",
+        }
+    }
+}
+
+/// What the phase 1 hashes and keys are computed from, kept until it completes.
+#[derive(Default)]
+pub(crate) struct Hs {
+    /// The body of the initiator's SA payload (`SAi_b`).
+    pub sai_b: Vec<u8>,
+    pub dh: Option<DhPrivate>,
+    pub ni: Vec<u8>,
+    pub nr: Vec<u8>,
+    pub gxi: Vec<u8>,
+    pub gxr: Vec<u8>,
+    /// Aggressive Mode responder: the body of the initiator's ID payload (`IDii_b`).
+    pub idi_b: Vec<u8>,
+}
+
+/// The last message we sent and are waiting to have answered.
+pub(crate) struct Retx {
+    pub bytes: Vec<u8>,
+    pub next: Instant,
+    pub tries: u32,
+    pub what: &'static str,
+}
+
+impl Retx {
+    pub fn new(bytes: Vec<u8>, now: Instant, cfg: &EndpointConfig, what: &'static str) -> Self {
+        Self {
+            bytes,
+            next: now + cfg.retransmit_base,
+            tries: 0,
+            what,
+        }
+    }
+
+    /// Arms the next retransmission; false when the tries are used up.
+    pub fn step(&mut self, now: Instant, cfg: &EndpointConfig) -> bool {
+        if self.tries >= cfg.retransmit_tries {
+            return false;
+        }
+        self.tries += 1;
+        let f = cfg
+            .retransmit_factor
+            .powi(i32::try_from(self.tries).unwrap_or(i32::MAX));
+        self.next = now + cfg.retransmit_base.mul_f64(f);
+        true
+    }
+}
+
+/// How long a finished exchange is kept to answer retransmissions: the peer's
+/// whole retransmission schedule.
+pub(crate) fn linger(cfg: &EndpointConfig) -> Duration {
+    let mut total = Duration::ZERO;
+    for n in 0..=cfg.retransmit_tries {
+        total += cfg
+            .retransmit_base
+            .mul_f64(cfg.retransmit_factor.powi(i32::try_from(n).unwrap_or(0)));
+    }
+    total
+}
+
+pub(crate) enum QmState {
+    /// Initiator: QM1 sent.
+    I2 {
+        ni: Vec<u8>,
+        dh: Option<Box<DhPrivate>>,
+        spi_in: u32,
+        local_ts: TsRange,
+        remote_ts: TsRange,
+        rekey_of: Option<u32>,
+    },
+    /// Responder: QM2 sent, the Child SA ready for QM3.
+    R3 {
+        ni: Vec<u8>,
+        nr: Vec<u8>,
+        child: Box<ChildSa>,
+    },
+    /// Finished; kept to answer retransmissions.
+    Done,
+}
+
+/// One quick mode exchange, by message ID (RFC 2409 §5.5).
+pub(crate) struct Qm {
+    /// The CBC IV of this exchange: derived from phase 1, then chained.
+    pub iv: Vec<u8>,
+    pub state: QmState,
+    pub last_sent: Option<Vec<u8>>,
+    pub last_rcvd: Vec<u8>,
+    pub retx: Option<Retx>,
+    pub linger_until: Option<Instant>,
+    /// When `last_sent` last went out (see `resend_due`).
+    pub sent_at: Option<Instant>,
+}
+
+/// An outstanding liveness check (RFC 3706 §5).
+pub(crate) struct Dpd {
+    pub first_seq: u32,
+    pub first_sent: Instant,
+    pub next_send: Instant,
+    pub sent: u32,
+}
+
+/// An ISAKMP SA and everything negotiated under it.
+pub(crate) struct P1Sa {
+    pub peer: PeerId,
+    pub cfg: PeerConfig,
+    pub initiator: bool,
+    pub mode: V1Mode,
+    pub cky_i: u64,
+    pub cky_r: u64,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub state: P1State,
+    pub hs: Hs,
+    pub suite: (Encr, Integ, DhGroup),
+    pub keys: Option<P1Keys>,
+    pub cipher: Option<Cipher>,
+    /// Phase 1's CBC chain; once established, its last block, the seed of every
+    /// phase 2 IV (RFC 2409 Appendix B).
+    pub iv: Vec<u8>,
+    pub p1_last_sent: Option<Vec<u8>>,
+    pub p1_last_rcvd: Option<Vec<u8>>,
+    pub p1_sent_at: Option<Instant>,
+    pub retx: Option<Retx>,
+    pub qms: BTreeMap<u32, Qm>,
+    /// Message IDs of informational exchanges seen, to drop replays.
+    pub seen_info: VecDeque<u32>,
+    pub children: Vec<Child>,
+    pub peer_dpd: bool,
+    pub peer_natt: bool,
+    pub nat_local: bool,
+    pub nat_remote: bool,
+    /// The peer sent INITIAL-CONTACT (RFC 2407 §4.6.3.3).
+    pub initial_contact: bool,
+    /// We send INITIAL-CONTACT: no other ISAKMP SA with this peer exists.
+    pub send_initial_contact: bool,
+    pub dpd: Option<Dpd>,
+    pub dpd_seq: u32,
+    pub last_rx: Instant,
+    pub lifetime: Duration,
+    pub rekey_at: Option<Instant>,
+    pub expire_at: Option<Instant>,
+    /// A replacement ISAKMP SA should be negotiated (set by the rekey timer).
+    pub want_rekey: bool,
+    /// Replaced by a newer ISAKMP SA; waiting for the peer's Delete.
+    pub retiring: bool,
+    pub retire_at: Option<Instant>,
+    /// Phase 1 completed during the last input; the engine looks at siblings.
+    pub just_established: bool,
+    pub dead: bool,
+}
+
+impl P1Sa {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        peer: PeerId,
+        cfg: PeerConfig,
+        initiator: bool,
+        mode: V1Mode,
+        cky_i: u64,
+        cky_r: u64,
+        local: SocketAddr,
+        remote: SocketAddr,
+        state: P1State,
+        now: Instant,
+    ) -> Self {
+        let suite = (cfg.ike.encr, cfg.ike.integ, cfg.ike.dh);
+        let lifetime = cfg.ike_lifetime;
+        Self {
+            peer,
+            cfg,
+            initiator,
+            mode,
+            cky_i,
+            cky_r,
+            local,
+            remote,
+            state,
+            hs: Hs::default(),
+            suite,
+            keys: None,
+            cipher: None,
+            iv: Vec::new(),
+            p1_last_sent: None,
+            p1_last_rcvd: None,
+            p1_sent_at: None,
+            retx: None,
+            qms: BTreeMap::new(),
+            seen_info: VecDeque::new(),
+            children: Vec::new(),
+            peer_dpd: false,
+            peer_natt: false,
+            nat_local: false,
+            nat_remote: false,
+            initial_contact: false,
+            send_initial_contact: false,
+            dpd: None,
+            dpd_seq: 0,
+            last_rx: now,
+            lifetime,
+            rekey_at: None,
+            expire_at: None,
+            want_rekey: false,
+            retiring: false,
+            retire_at: None,
+            just_established: false,
+            dead: false,
+        }
+    }
+
+    pub fn our_cookie(&self) -> u64 {
+        if self.initiator {
+            self.cky_i
+        } else {
+            self.cky_r
+        }
+    }
+
+    pub fn established(&self) -> bool {
+        self.state == P1State::Established
+    }
+
+    pub fn udp_encap(&self) -> bool {
+        self.nat_local || self.nat_remote
+    }
+
+    pub fn block(&self) -> usize {
+        self.suite.0.block_len()
+    }
+
+    /// The next time anything about this SA is due.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        let mut t: Option<Instant> = None;
+        let mut at = |x: Option<Instant>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        };
+        at(self.retx.as_ref().map(|r| r.next));
+        for q in self.qms.values() {
+            at(q.retx.as_ref().map(|r| r.next));
+            at(q.linger_until);
+        }
+        if !self.established() {
+            return t;
+        }
+        at(self.retire_at);
+        if self.retiring {
+            return t;
+        }
+        at(self.expire_at);
+        at(self.rekey_at);
+        if self.want_rekey {
+            at(Some(self.last_rx));
+        }
+        for c in &self.children {
+            at(c.rekey_at);
+            at(c.expire_at);
+        }
+        match (&self.dpd, self.cfg.dpd_interval) {
+            (Some(d), _) => {
+                at(Some(d.next_send));
+                at(Some(d.first_sent + self.cfg.dpd_timeout));
+            }
+            (None, Some(i)) if self.peer_dpd => at(Some(self.last_rx + i)),
+            _ => {}
+        }
+        t
+    }
+}

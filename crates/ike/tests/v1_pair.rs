@@ -1,0 +1,662 @@
+//! IKEv1 whole-exchange tests: two endpoints back to back on a virtual clock
+//! (Main/Aggressive Mode, Quick Mode, informational, DPD, NAT-T, rekeying).
+
+mod util;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use crypto::{DhGroup, Encr, Integ};
+use ike::v1::wire::{Chain, Exchange, HEADER_LEN, Header, PayloadType};
+use ike::{DeleteReason, EspProposal, Event, Identity, IkeVersion, PeerConfig, Phase, Psk, V1Mode};
+use util::*;
+
+fn v1(mode: V1Mode) -> PeerConfig {
+    let mut a = config_a();
+    a.version = IkeVersion::V1;
+    a.v1_mode = mode;
+    a
+}
+
+fn established(events: &[Event]) -> usize {
+    Pair::count(events, |e| matches!(e, Event::IkeSaEstablished { .. }))
+}
+
+fn children_up(events: &[Event]) -> usize {
+    Pair::count(events, |e| matches!(e, Event::ChildSaEstablished { .. }))
+}
+
+fn rekeyed(events: &[Event]) -> usize {
+    Pair::count(events, |e| matches!(e, Event::ChildSaRekeyed { .. }))
+}
+
+fn child_deleted(events: &[Event]) -> usize {
+    Pair::count(events, |e| matches!(e, Event::ChildSaDeleted { .. }))
+}
+
+/// The exchange and payload summary of every datagram on the wire (cleartext only).
+fn wire_summary(p: &Pair) -> Vec<String> {
+    p.wire
+        .iter()
+        .map(|w| {
+            let h = Header::parse(&w.payload).expect("ISAKMP header");
+            if h.encrypted() {
+                format!("{} *", h.exchange.name())
+            } else {
+                let c = Chain::decode(h.next, &w.payload[HEADER_LEN..], false).expect("chain");
+                format!("{} {}", h.exchange.name(), c.summary())
+            }
+        })
+        .collect()
+}
+
+fn assert_up(p: &Pair, what: &str) {
+    assert!(
+        Pair::failures(&p.a_events).is_empty(),
+        "{what}: A failures {:?}",
+        Pair::failures(&p.a_events)
+    );
+    assert!(
+        Pair::failures(&p.b_events).is_empty(),
+        "{what}: B failures {:?}",
+        Pair::failures(&p.b_events)
+    );
+    assert_eq!(established(&p.a_events), 1, "{what}: {:?}", p.a_events);
+    assert_eq!(established(&p.b_events), 1, "{what}: {:?}", p.b_events);
+    assert_eq!(children_up(&p.a_events), 1, "{what}: {:?}", p.a_events);
+    assert_eq!(children_up(&p.b_events), 1, "{what}: {:?}", p.b_events);
+    p.assert_ike_match();
+    p.assert_children_match();
+}
+
+#[test]
+fn main_mode_establishes_with_matching_keys() {
+    let a = v1(V1Mode::Main);
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    p.initiate_a();
+    assert_up(&p, "main mode");
+    // Six Main Mode messages and three Quick Mode messages, nothing retransmitted.
+    let s = wire_summary(&p);
+    assert_eq!(
+        s,
+        vec![
+            "Main Mode [ SA V V ]",
+            "Main Mode [ SA V V ]",
+            "Main Mode [ KE No NAT-D NAT-D ]",
+            "Main Mode [ KE No NAT-D NAT-D ]",
+            "Main Mode *",
+            "Main Mode *",
+            "Quick Mode *",
+            "Quick Mode *",
+            "Quick Mode *",
+        ]
+    );
+    assert_eq!(p.a.stats().retransmits + p.b.stats().retransmits, 0);
+    let c = &p.a.child_sas(PEER_A)[0];
+    assert!(!c.udp_encap);
+    assert_eq!(c.local, sock(A_IP, 500));
+    assert_eq!(c.local_ts[0].to_string(), "10.1.0.0/16");
+    assert_eq!(c.remote_ts[0].to_string(), "10.2.0.0/16");
+    // The IKE SA's "SPIs" are the ISAKMP cookies, CKY-R set by the responder.
+    let (i, r) = p.a.ike_sas(PEER_A)[0];
+    let h = Header::parse(&p.wire[1].payload).unwrap();
+    assert_eq!((h.cky_i, h.cky_r), (i, r));
+    assert!(p.a_events.iter().any(|e| matches!(
+        e,
+        Event::IkeSaEstablished {
+            initiator: true,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn both_modes_both_roles_ipv4_and_fqdn_ids() {
+    for mode in [V1Mode::Main, V1Mode::Aggressive] {
+        for fqdn in [false, true] {
+            for b_initiates in [false, true] {
+                let mut a = v1(mode);
+                if fqdn {
+                    a.local_id = Identity::Fqdn("a.vpn.example".into());
+                    a.remote_id = Identity::Fqdn("B.VPN.example".into());
+                }
+                let mut b = mirror(&a);
+                if fqdn {
+                    b.local_id = Identity::Fqdn("b.vpn.example".into());
+                }
+                let mut p = Pair::new(a, b);
+                if b_initiates {
+                    p.initiate_b();
+                } else {
+                    p.initiate_a();
+                }
+                let what = format!("{mode:?} fqdn={fqdn} b_initiates={b_initiates}");
+                assert_up(&p, &what);
+                if mode == V1Mode::Aggressive {
+                    let s = wire_summary(&p);
+                    assert_eq!(s[0], "Aggressive Mode [ SA KE No ID V V ]", "{what}");
+                    assert_eq!(
+                        s[1], "Aggressive Mode [ SA KE No ID V V NAT-D NAT-D HASH ]",
+                        "{what}"
+                    );
+                    // strongSwan encrypts message 3, and so do we.
+                    assert_eq!(s[2], "Aggressive Mode *", "{what}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn aggressive_mode_responder_finds_dynamic_peer_by_fqdn() {
+    let mut a = v1(V1Mode::Aggressive);
+    a.local_id = Identity::Fqdn("branch.example".into());
+    a.remote_id = Identity::Fqdn("hq.example".into());
+    let mut b = mirror(&a);
+    b.remote = None; // any address: the peer is known by its ID only
+    let mut p = Pair::new(a.clone(), b);
+    // A second "any" peer with another ID and key must not be chosen.
+    let mut other = mirror(&a);
+    other.remote = None;
+    other.remote_id = Identity::Fqdn("other.example".into());
+    other.psk = Psk::new("a different key");
+    p.b.add_peer(ike::PeerId(99), other).unwrap();
+    p.initiate_a();
+    assert_up(&p, "aggressive fqdn dynamic");
+    assert!(p.b.child_sas(ike::PeerId(99)).is_empty());
+}
+
+#[test]
+fn algorithm_matrix_establishes_with_matching_keys() {
+    let groups = [DhGroup::Modp1024, DhGroup::Modp1536, DhGroup::Modp2048];
+    let encrs = [
+        Encr::Des,
+        Encr::TripleDes,
+        Encr::AesCbc128,
+        Encr::AesCbc192,
+        Encr::AesCbc256,
+    ];
+    let mut n = 0u64;
+    for (i, encr) in encrs.into_iter().enumerate() {
+        for (j, integ) in Integ::ALL.into_iter().enumerate() {
+            let dh = groups[(i + j) % 3];
+            let pfs = ((i + j) % 2 == 0).then_some(groups[(i + 2 * j) % 3]);
+            let mut a = v1(if n % 3 == 0 {
+                V1Mode::Aggressive
+            } else {
+                V1Mode::Main
+            });
+            a.ike = ike(encr, integ, dh);
+            a.esp = EspProposal { encr, integ, pfs };
+            let mut p = Pair::with_seed(a.clone(), mirror(&a), n + 100);
+            if n % 2 == 0 {
+                p.initiate_a();
+            } else {
+                p.initiate_b();
+            }
+            let what = format!("{encr:?}/{integ:?}/{dh:?} pfs {pfs:?}");
+            assert_up(&p, &what);
+            let c = &p.a.child_sas(PEER_A)[0];
+            assert_eq!(c.pfs, pfs, "{what}");
+            assert_eq!(c.integ_key_in.as_slice().len(), integ.key_len(), "{what}");
+            n += 1;
+        }
+    }
+    // Every group with and without PFS, and AES-GCM in ESP.
+    for dh in groups {
+        for pfs in [None, Some(dh)] {
+            for esp_encr in [Encr::AesCbc128, Encr::AesGcm16_128, Encr::AesGcm16_256] {
+                let mut a = v1(V1Mode::Main);
+                a.ike = ike(Encr::AesCbc128, Integ::HmacSha256_128, dh);
+                a.esp = EspProposal {
+                    encr: esp_encr,
+                    integ: Integ::HmacSha1_96,
+                    pfs,
+                };
+                let mut p = Pair::with_seed(a.clone(), mirror(&a), n + 500);
+                p.initiate_a();
+                let what = format!("{dh:?} pfs {pfs:?} esp {esp_encr:?}");
+                assert_up(&p, &what);
+                let c = &p.b.child_sas(PEER_B)[0];
+                assert_eq!(c.encr_key_in.as_slice().len(), esp_encr.key_len(), "{what}");
+                assert_eq!(c.integ.is_none(), esp_encr.is_aead(), "{what}");
+                n += 1;
+            }
+        }
+    }
+}
+
+#[test]
+fn gcm_for_the_isakmp_sa_is_refused_with_a_reason() {
+    let mut a = v1(V1Mode::Main);
+    a.ike = ike(Encr::AesGcm16_128, Integ::HmacSha256_128, DhGroup::Modp2048);
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    p.initiate_a();
+    let f = Pair::failures(&p.a_events);
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].0, Phase::Phase1);
+    assert!(f[0].1.contains("CBC ciphers only"), "{}", f[0].1);
+    assert!(p.wire.is_empty());
+}
+
+#[test]
+fn wrong_psk_main_mode_shows_as_undecryptable_message_5() {
+    let a = v1(V1Mode::Main);
+    let mut b = mirror(&a);
+    b.psk = Psk::new("not the same key");
+    let mut p = Pair::new(a, b);
+    p.initiate_a();
+    let fb = Pair::failures(&p.b_events);
+    assert_eq!(fb.len(), 1, "{fb:?}");
+    assert_eq!(fb[0].0, Phase::Phase1);
+    assert!(fb[0].1.contains("message 5"), "{}", fb[0].1);
+    assert!(fb[0].1.contains("pre-shared key"), "{}", fb[0].1);
+    let fa = Pair::failures(&p.a_events);
+    assert_eq!(fa.len(), 1, "{fa:?}");
+    assert!(fa[0].1.contains("authentication failed"), "{}", fa[0].1);
+    assert!(fa[0].1.contains("pre-shared key"), "{}", fa[0].1);
+    assert_eq!(established(&p.a_events) + established(&p.b_events), 0);
+    // Nothing is left behind, and the secret never shows in a log line.
+    p.advance(Duration::from_secs(300));
+    assert!(p.a.poll_timeout().is_none() && p.b.poll_timeout().is_none());
+    for e in p.a_events.iter().chain(&p.b_events) {
+        assert!(!format!("{e:?}").contains("correct horse"), "{e:?}");
+    }
+}
+
+#[test]
+fn wrong_psk_aggressive_mode_fails_on_hash_r() {
+    let a = v1(V1Mode::Aggressive);
+    let mut b = mirror(&a);
+    b.psk = Psk::new("not the same key");
+    let mut p = Pair::new(a, b);
+    p.initiate_a();
+    let fa = Pair::failures(&p.a_events);
+    assert_eq!(fa.len(), 1, "{fa:?}");
+    assert!(fa[0].1.contains("HASH_R"), "{}", fa[0].1);
+    assert!(fa[0].1.contains("pre-shared key"), "{}", fa[0].1);
+    let fb = Pair::failures(&p.b_events);
+    assert_eq!(fb.len(), 1, "{fb:?}");
+    assert!(fb[0].1.contains("pre-shared key"), "{}", fb[0].1);
+}
+
+#[test]
+fn phase1_proposal_mismatch() {
+    let a = v1(V1Mode::Main);
+    let mut b = mirror(&a);
+    b.ike = ike(Encr::AesCbc256, Integ::HmacSha256_128, DhGroup::Modp2048);
+    let mut p = Pair::new(a, b);
+    p.initiate_a();
+    let fb = Pair::failures(&p.b_events);
+    assert_eq!(fb.len(), 1, "{fb:?}");
+    assert_eq!(
+        fb[0].1,
+        "no proposal chosen: peer proposed aes128-sha1-modp1024; this tunnel allows \
+         aes256-sha256-modp2048 with a pre-shared key"
+    );
+    let fa = Pair::failures(&p.a_events);
+    assert_eq!(fa.len(), 1, "{fa:?}");
+    assert!(fa[0].1.contains("NO-PROPOSAL-CHOSEN"), "{}", fa[0].1);
+}
+
+#[test]
+fn mode_mismatch_is_explained() {
+    let a = v1(V1Mode::Aggressive);
+    let mut b = mirror(&a);
+    b.v1_mode = V1Mode::Main;
+    let mut p = Pair::new(a, b);
+    p.initiate_a();
+    let fb = Pair::failures(&p.b_events);
+    assert_eq!(fb.len(), 1, "{fb:?}");
+    assert!(fb[0].1.contains("ike.mode"), "{}", fb[0].1);
+    assert_eq!(Pair::failures(&p.a_events).len(), 1);
+}
+
+#[test]
+fn phase2_proposal_mismatch_keeps_isakmp_sa() {
+    let a = v1(V1Mode::Main);
+    let mut b = mirror(&a);
+    b.esp.pfs = Some(DhGroup::Modp1024);
+    let mut p = Pair::new(a, b);
+    p.initiate_a();
+    assert_eq!(established(&p.a_events), 1);
+    let fb = Pair::failures(&p.b_events);
+    assert_eq!(fb.len(), 1, "{fb:?}");
+    assert_eq!(fb[0].0, Phase::Phase2);
+    assert!(fb[0].1.contains("PFS modp1024"), "{}", fb[0].1);
+    let fa = Pair::failures(&p.a_events);
+    assert_eq!(fa.len(), 1, "{fa:?}");
+    assert_eq!(fa[0].0, Phase::Phase2);
+    assert!(fa[0].1.contains("NO-PROPOSAL-CHOSEN"), "{}", fa[0].1);
+    assert_eq!(p.a.ike_sas(PEER_A).len(), 1);
+    assert!(p.a.child_sas(PEER_A).is_empty());
+}
+
+#[test]
+fn identity_mismatch() {
+    for mode in [V1Mode::Main, V1Mode::Aggressive] {
+        let a = v1(mode);
+        let mut b = mirror(&a);
+        b.remote_id = Identity::Fqdn("someone.else".into());
+        let mut p = Pair::new(a, b);
+        p.initiate_a();
+        let fb = Pair::failures(&p.b_events);
+        assert_eq!(fb.len(), 1, "{mode:?} {fb:?}");
+        assert!(
+            fb[0].1.contains("identified as 192.0.2.1") && fb[0].1.contains("someone.else"),
+            "{}",
+            fb[0].1
+        );
+        let fa = Pair::failures(&p.a_events);
+        assert_eq!(fa.len(), 1, "{mode:?} {fa:?}");
+        assert!(fa[0].1.contains("INVALID-ID-INFORMATION"), "{}", fa[0].1);
+        assert_eq!(established(&p.a_events) + established(&p.b_events), 0);
+    }
+}
+
+#[test]
+fn traffic_selector_mismatch() {
+    let a = v1(V1Mode::Main);
+    let mut b = mirror(&a);
+    b.local_ts = vec!["10.9.0.0/16".parse().unwrap()];
+    let mut p = Pair::new(a, b);
+    p.initiate_a();
+    let fb = Pair::failures(&p.b_events);
+    assert_eq!(fb.len(), 1, "{fb:?}");
+    assert!(
+        fb[0]
+            .1
+            .contains("peer proposed 10.1.0.0/16 === 10.2.0.0/16")
+            && fb[0].1.contains("allows 10.1.0.0/16 === 10.9.0.0/16"),
+        "{}",
+        fb[0].1
+    );
+    let fa = Pair::failures(&p.a_events);
+    assert!(fa[0].1.contains("INVALID-ID-INFORMATION"), "{}", fa[0].1);
+}
+
+#[test]
+fn destination_mode_any_to_any() {
+    let mut a = v1(V1Mode::Main);
+    a.local_ts = vec![ike::Ipv4Cidr::ANY];
+    a.remote_ts = vec![ike::Ipv4Cidr::ANY];
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    p.initiate_a();
+    assert_up(&p, "0/0");
+    let c = &p.b.child_sas(PEER_B)[0];
+    assert_eq!(c.local_ts[0].to_string(), "0.0.0.0/0");
+    assert_eq!(c.remote_ts[0].end, Ipv4Addr::BROADCAST);
+}
+
+#[test]
+fn every_lost_message_is_recovered() {
+    // Drop the first transmission of each of the nine messages in turn.
+    for lost in 0..9 {
+        for mode in [V1Mode::Main, V1Mode::Aggressive] {
+            let a = v1(mode);
+            let mut p = Pair::new(a.clone(), mirror(&a));
+            p.fate = Box::new(move |pkt| {
+                if pkt.seq == lost {
+                    Fate::Drop
+                } else {
+                    Fate::Deliver
+                }
+            });
+            p.initiate_a();
+            p.advance(Duration::from_secs(60));
+            let what = format!("{mode:?} lost #{lost}");
+            assert_up(&p, &what);
+        }
+    }
+}
+
+#[test]
+fn duplicated_datagrams_get_cached_answers() {
+    for mode in [V1Mode::Main, V1Mode::Aggressive] {
+        let a = v1(mode);
+        let mut p = Pair::new(a.clone(), mirror(&a));
+        p.fate = Box::new(|_| Fate::Duplicate);
+        p.initiate_a();
+        p.advance(Duration::from_secs(30));
+        assert_up(&p, &format!("{mode:?} duplicated"));
+        assert!(p.b.stats().duplicate_requests > 0);
+        assert_eq!(p.a.child_sas(PEER_A).len(), 1);
+    }
+}
+
+fn lifetimes(mode: V1Mode, ike_s: u64, child_s: u64, pfs: Option<DhGroup>) -> Pair {
+    let mut a = v1(mode);
+    a.ike_lifetime = Duration::from_secs(ike_s);
+    a.child_lifetime = Duration::from_secs(child_s);
+    a.esp.pfs = pfs;
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    p.initiate_a();
+    assert_up(&p, "before rekey");
+    p
+}
+
+#[test]
+fn quick_mode_rekey_on_lifetime_is_make_before_break() {
+    for pfs in [None, Some(DhGroup::Modp1024)] {
+        let mut p = lifetimes(V1Mode::Main, 0, 600, pfs);
+        let old = p.a.child_sas(PEER_A)[0].clone();
+        p.advance(Duration::from_secs(700));
+        assert_eq!(rekeyed(&p.a_events), 1, "{:?}", p.a_events);
+        assert_eq!(rekeyed(&p.b_events), 1, "{:?}", p.b_events);
+        assert_eq!(child_deleted(&p.a_events), 1);
+        assert_eq!(child_deleted(&p.b_events), 1);
+        // The new SA is announced before the old one is deleted.
+        let pos = |ev: &[Event], f: &dyn Fn(&Event) -> bool| ev.iter().position(f).unwrap();
+        for ev in [&p.a_events, &p.b_events] {
+            let r = pos(ev, &|e| matches!(e, Event::ChildSaRekeyed { .. }));
+            let d = pos(ev, &|e| matches!(e, Event::ChildSaDeleted { .. }));
+            assert!(r < d);
+        }
+        p.assert_children_match();
+        let new = p.a.child_sas(PEER_A)[0].clone();
+        assert_ne!(new.spi_in, old.spi_in);
+        assert_ne!(new.encr_key_in, old.encr_key_in);
+        assert!(Pair::failures(&p.a_events).is_empty());
+        // And again, a lifetime later.
+        p.advance(Duration::from_secs(600));
+        assert_eq!(rekeyed(&p.a_events), 2);
+        p.assert_children_match();
+    }
+}
+
+#[test]
+fn isakmp_sa_is_replaced_before_expiry() {
+    for mode in [V1Mode::Main, V1Mode::Aggressive] {
+        let mut p = lifetimes(mode, 1000, 0, None);
+        let old = p.a.ike_sas(PEER_A)[0];
+        let child = p.a.child_sas(PEER_A)[0].clone();
+        p.advance(Duration::from_secs(1100));
+        let rk = |ev: &[Event]| Pair::count(ev, |e| matches!(e, Event::IkeSaRekeyed { .. }));
+        assert_eq!(rk(&p.a_events), 1, "{mode:?} {:?}", p.a_events);
+        assert_eq!(rk(&p.b_events), 1, "{mode:?} {:?}", p.b_events);
+        p.assert_ike_match();
+        assert_ne!(p.a.ike_sas(PEER_A)[0], old);
+        // The Child SA survives the replacement untouched.
+        p.assert_children_match();
+        assert_eq!(p.a.child_sas(PEER_A)[0].spi_in, child.spi_in);
+        assert_eq!(child_deleted(&p.a_events), 0);
+        let gone = |ev: &[Event]| {
+            Pair::count(ev, |e| {
+                matches!(
+                    e,
+                    Event::IkeSaDeleted {
+                        reason: DeleteReason::Rekeyed,
+                        ..
+                    }
+                )
+            })
+        };
+        assert_eq!(gone(&p.a_events), 1);
+        assert_eq!(gone(&p.b_events), 1);
+        assert!(Pair::failures(&p.b_events).is_empty());
+        // A quick mode rekey still works on the new ISAKMP SA.
+        p.a.rekey_child(p.now, PEER_A).unwrap();
+        p.drive();
+        assert_eq!(rekeyed(&p.b_events), 1);
+        p.assert_children_match();
+    }
+}
+
+#[test]
+fn dpd_declares_silent_peer_dead_after_the_timeout() {
+    let mut a = v1(V1Mode::Main);
+    a.dpd_interval = Some(Duration::from_secs(10));
+    a.dpd_timeout = Duration::from_secs(30);
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    p.initiate_a();
+    assert_up(&p, "dpd");
+    // A live peer answers: nothing happens for a long time.
+    p.advance(Duration::from_secs(120));
+    assert_eq!(
+        Pair::count(&p.a_events, |e| matches!(e, Event::PeerDead { .. })),
+        0
+    );
+    let probes = p.wire.len();
+    assert!(probes > 9 + 4, "R-U-THERE and ACKs flowed: {probes}");
+    // Now the peer goes silent.
+    p.fate = Box::new(|_| Fate::Drop);
+    let silent_at = p.elapsed();
+    p.advance(Duration::from_secs(35));
+    assert_eq!(
+        Pair::count(&p.a_events, |e| matches!(e, Event::PeerDead { .. })),
+        0
+    );
+    p.advance(Duration::from_secs(10));
+    assert_eq!(
+        Pair::count(&p.a_events, |e| matches!(e, Event::PeerDead { .. })),
+        1,
+        "{:?}",
+        p.a_events
+    );
+    // The probe started after 10 s idle and gave up 30 s later.
+    let dead_at = p.elapsed();
+    assert!(dead_at - silent_at <= Duration::from_secs(45));
+    assert!(p.a.child_sas(PEER_A).is_empty());
+    assert!(p.a_events.iter().any(|e| matches!(
+        e,
+        Event::IkeSaDeleted {
+            reason: DeleteReason::PeerDead,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn nat_detected_float_to_4500_and_udp_encap() {
+    for mode in [V1Mode::Main, V1Mode::Aggressive] {
+        let a = v1(mode);
+        let mut b = mirror(&a);
+        b.remote = None; // the peer's public address is the NAT's
+        let mut p = Pair::with_nat(a, b);
+        p.initiate_a();
+        assert_up(&p, &format!("{mode:?} nat"));
+        let ca = &p.a.child_sas(PEER_A)[0];
+        let cb = &p.b.child_sas(PEER_B)[0];
+        assert!(ca.udp_encap && cb.udp_encap);
+        assert!(ca.local_behind_nat && !cb.local_behind_nat);
+        assert_eq!(ca.local, sock(A_PRIVATE, 4500));
+        assert_eq!(ca.remote, sock(B_IP, 4500));
+        assert_eq!(cb.remote, sock(NAT_IP, 44500));
+        // Main Mode floats from message 5, Aggressive Mode from message 3.
+        let first_4500 = p.wire.iter().position(|w| w.dst.port() == 4500).unwrap();
+        assert_eq!(first_4500, if mode == V1Mode::Main { 4 } else { 2 });
+        assert!(p.wire[first_4500..].iter().all(|w| w.dst.port() != 500));
+    }
+}
+
+#[test]
+fn no_nat_traversal_when_disabled() {
+    let mut a = v1(V1Mode::Main);
+    a.nat_traversal = false;
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    p.initiate_a();
+    assert_up(&p, "no nat-t");
+    assert_eq!(wire_summary(&p)[2], "Main Mode [ KE No ]");
+}
+
+#[test]
+fn remove_peer_deletes_sas_at_the_peer() {
+    let a = v1(V1Mode::Main);
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    p.initiate_a();
+    assert_up(&p, "delete");
+    p.a.remove_peer(p.now, PEER_A).unwrap();
+    p.drive();
+    assert_eq!(child_deleted(&p.b_events), 1, "{:?}", p.b_events);
+    assert!(p.b_events.iter().any(|e| matches!(
+        e,
+        Event::IkeSaDeleted {
+            reason: DeleteReason::PeerDeleted,
+            ..
+        }
+    )));
+    assert!(p.b.child_sas(PEER_B).is_empty());
+    assert!(p.b.ike_sas(PEER_B).is_empty());
+}
+
+#[test]
+fn reset_renegotiates() {
+    let a = v1(V1Mode::Aggressive);
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    p.initiate_a();
+    assert_up(&p, "reset");
+    p.a.reset(p.now, PEER_A).unwrap();
+    p.drive();
+    assert_eq!(established(&p.a_events), 2);
+    assert_eq!(established(&p.b_events), 2);
+    p.assert_ike_match();
+    p.assert_children_match();
+}
+
+#[test]
+fn lost_responder_gives_up_with_a_reason() {
+    let a = v1(V1Mode::Main);
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    p.fate = Box::new(|pkt| {
+        if pkt.to == Side::A {
+            Fate::Drop
+        } else {
+            Fate::Deliver
+        }
+    });
+    p.initiate_a();
+    p.advance(Duration::from_secs(600));
+    let f = Pair::failures(&p.a_events);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(f[0].1.contains("did not answer"), "{}", f[0].1);
+    assert!(p.a.poll_timeout().is_none());
+}
+
+#[test]
+fn ikev1_and_ikev2_peers_share_one_endpoint() {
+    let a1 = v1(V1Mode::Main);
+    let mut p = Pair::new(a1.clone(), mirror(&a1));
+    // A second tunnel between other addresses, IKEv2, on the same endpoints.
+    let mut a2 = config_a();
+    a2.local = sock(A_IP, 500);
+    a2.local_ts = vec!["10.3.0.0/16".parse().unwrap()];
+    a2.remote_ts = vec!["10.4.0.0/16".parse().unwrap()];
+    a2.local_id = Identity::Fqdn("a2".into());
+    a2.remote_id = Identity::Fqdn("b2".into());
+    a2.remote = Some(sock(B_IP, 500));
+    let b2 = mirror(&a2);
+    p.a.add_peer(ike::PeerId(11), a2).unwrap();
+    p.b.add_peer(ike::PeerId(12), b2).unwrap();
+    p.initiate_a();
+    p.a.initiate(p.now, ike::PeerId(11)).unwrap();
+    p.drive();
+    assert_eq!(p.a.child_sas(PEER_A).len(), 1);
+    assert_eq!(p.b.child_sas(PEER_B).len(), 1);
+    assert_eq!(p.a.child_sas(ike::PeerId(11)).len(), 1);
+    assert_eq!(p.b.child_sas(ike::PeerId(12)).len(), 1);
+    assert!(p.wire.iter().any(|w| w.payload[17] == 0x10));
+    assert!(p.wire.iter().any(|w| w.payload[17] == 0x20));
+    assert!(Pair::failures(&p.a_events).is_empty());
+    let _ = Exchange::QUICK;
+    let _ = PayloadType::HASH;
+}
