@@ -310,6 +310,8 @@ enum ConnectionCmd {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum TunnelCmd {
+    /// The tunnels of a connection.
+    List { connection: String },
     Show {
         connection: String,
         tunnel: String,
@@ -502,6 +504,15 @@ const CONNECTION_COLUMNS: &[(&str, &str)] = &[
     ("STATE", "/connection_state"),
     ("TUNNEL 1", "/tunnels/0/status/phase"),
     ("TUNNEL 2", "/tunnels/1/status/phase"),
+];
+const TUNNEL_COLUMNS: &[(&str, &str)] = &[
+    ("ID", "/id"),
+    ("ROLE", "/role"),
+    ("GATEWAY ADDRESS", "/gateway_address"),
+    ("CUSTOMER GATEWAY", "/customer_gateway_id"),
+    ("IKE", "/ike/version"),
+    ("STATE", "/state"),
+    ("PHASE", "/status/phase"),
 ];
 const ROUTE_COLUMNS: &[(&str, &str)] = &[
     ("ID", "/id"),
@@ -724,6 +735,11 @@ fn connection(c: &Client, out: &Out, cmd: ConnectionCmd) -> anyhow::Result<()> {
 
 fn tunnel(c: &Client, out: &Out, cmd: TunnelCmd) -> anyhow::Result<()> {
     match cmd {
+        TunnelCmd::List { connection } => {
+            let conn = c.get(&format!("/v1/vpn-connections/{connection}"))?;
+            let items = json!({"items": conn["tunnels"].clone()});
+            out.list(&items, TUNNEL_COLUMNS);
+        }
         TunnelCmd::Show {
             connection,
             tunnel,

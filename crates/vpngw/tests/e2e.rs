@@ -341,6 +341,10 @@ fn cli_against_real_server_survives_restart() {
         "{out}"
     );
 
+    let (ok, out, _) = server.cli(&["-q", "tunnel", "list", &conn_id]);
+    assert!(ok);
+    assert_eq!(out.lines().next(), Some(tun_id.as_str()));
+    assert_eq!(out.lines().count(), 2);
     let (ok, out, _) = server.cli(&["-q", "gateway", "list"]);
     assert!(ok);
     assert_eq!(out.trim(), gw_id);
