@@ -20,6 +20,8 @@
 //! certificates, no commit bit, no IKE fragmentation.
 
 pub(crate) mod engine;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod keys;
 pub mod proposal;
 pub(crate) mod sa;
