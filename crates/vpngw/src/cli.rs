@@ -49,11 +49,14 @@ pub struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the vpngw server (API; the gateway node joins it later).
+    /// Run the vpngw server: the API and a gateway node (all-in-one).
     Serve {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:9280")]
         listen: SocketAddr,
+        /// Run the controller (API) only, without a gateway node in this process.
+        #[arg(long)]
+        no_node: bool,
     },
     /// VPN gateways.
     #[command(subcommand)]
@@ -386,8 +389,8 @@ enum PolicyRouteCmd {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Command::Serve { listen } = cli.command {
-        return crate::serve::run(listen, &cli.data_dir);
+    if let Command::Serve { listen, no_node } = cli.command {
+        return crate::serve::run(listen, &cli.data_dir, !no_node);
     }
     let client = Client::new(&cli.server, token(&cli.data_dir)?);
     let out = Out {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use store::{SqliteStore, Store};
 
-pub fn run(listen: SocketAddr, data_dir: &Path) -> anyhow::Result<()> {
+pub fn run(listen: SocketAddr, data_dir: &Path, with_node: bool) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -44,13 +44,45 @@ pub fn run(listen: SocketAddr, data_dir: &Path) -> anyhow::Result<()> {
             "vpngw API listening (token in {}/admin.token)",
             data_dir.display()
         );
+        let node = if with_node {
+            start_node(&state, state.store.clone()).await
+        } else {
+            None
+        };
         axum::serve(listener, api::router(state))
             .with_graceful_shutdown(shutdown())
             .await
             .context("serving the API")?;
+        if let Some(node) = node {
+            node.shutdown().await;
+        }
         tracing::info!("vpngw stopped");
         Ok(())
     })
+}
+
+/// Starts the gateway node beside the API. If it cannot start (not root, no
+/// /dev/net/tun, port 500 in use), the API keeps serving and every gateway shows `error`
+/// with the reason.
+async fn start_node(state: &api::AppState, store: Arc<dyn Store>) -> Option<node::NodeHandle> {
+    match node::Node::start(
+        node::NodeConfig::default(),
+        store.clone(),
+        state.subscribe(),
+    )
+    .await
+    {
+        Ok(node) => {
+            state.set_node_control(Arc::new(node.commands()));
+            Some(node)
+        }
+        Err(e) => {
+            let reason = format!("the gateway node could not start: {e}");
+            tracing::error!("{reason}; serving the API only");
+            node::Node::report_unavailable(store, state.subscribe(), reason);
+            None
+        }
+    }
 }
 
 /// Drops `client_token` records once they are older than 24 h.

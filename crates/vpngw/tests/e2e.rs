@@ -34,6 +34,8 @@ impl Server {
         let child = Command::new(BIN)
             .args([
                 "serve",
+                // No gateway node: this test runs in the host's namespace.
+                "--no-node",
                 "--listen",
                 &format!("127.0.0.1:{port}"),
                 "--data-dir",
