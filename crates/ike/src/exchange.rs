@@ -131,7 +131,10 @@ impl Endpoint {
             .peers
             .iter()
             .filter(|(_, c)| {
-                c.local.ip() == local.ip() && c.remote_addr().is_none_or(|r| r.ip() == remote.ip())
+                // IKEv1 tunnels are served by `crate::v1`, never by IKE_SA_INIT.
+                c.version == crate::IkeVersion::V2
+                    && c.local.ip() == local.ip()
+                    && c.remote_addr().is_none_or(|r| r.ip() == remote.ip())
             })
             .map(|(id, c)| (*id, c.clone()))
             .collect();

@@ -660,3 +660,25 @@ fn ikev1_and_ikev2_peers_share_one_endpoint() {
     let _ = Exchange::QUICK;
     let _ = PayloadType::HASH;
 }
+
+#[test]
+fn version_mismatch_is_not_negotiated() {
+    // IKEv1 initiator, IKEv2 responder: the responder says why.
+    let a = v1(V1Mode::Main);
+    let mut b = mirror(&a);
+    b.version = IkeVersion::V2;
+    let mut p = Pair::new(a, b);
+    p.initiate_a();
+    let fb = Pair::failures(&p.b_events);
+    assert_eq!(fb.len(), 1, "{fb:?}");
+    assert!(fb[0].1.contains("ike.version"), "{}", fb[0].1);
+    // IKEv2 initiator, IKEv1 responder: the IKEv2 engine does not take the tunnel.
+    let mut a = v1(V1Mode::Main);
+    a.version = IkeVersion::V2;
+    let mut b = mirror(&a);
+    b.version = IkeVersion::V1;
+    let mut p = Pair::new(a, b);
+    p.initiate_a();
+    assert_eq!(established(&p.b_events), 0);
+    assert_eq!(p.b.stats().no_peer, 1);
+}

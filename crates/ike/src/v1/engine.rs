@@ -466,6 +466,20 @@ impl Engine {
         by_addr.sort_by_key(|(_, c)| c.remote_addr().is_none());
         if by_addr.is_empty() {
             cx.io.stats.no_peer += 1;
+            let v2 = cx.peers.iter().find(|(_, c)| {
+                c.local.ip() == local.ip() && c.remote_addr().is_none_or(|r| r.ip() == remote.ip())
+            });
+            if let Some((p, _)) = v2 {
+                cx.io.fail(
+                    Some(*p),
+                    Phase::Phase1,
+                    format!(
+                        "peer {remote} started IKEv1 {}; this tunnel is configured for IKEv2 \
+                         (ike.version must match on both sides)",
+                        mode_name(mode)
+                    ),
+                );
+            }
             tracing::debug!(%remote, "IKEv1 {} from an unknown peer", mode_name(mode));
             return;
         }
