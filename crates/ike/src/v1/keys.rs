@@ -257,9 +257,9 @@ fn expand_p1_key(prf: Prf, skeyid_e: &[u8], len: usize) -> Key {
 // ---- CBC protection -------------------------------------------------------------------
 
 /// Encrypts a payload chain for the body of an ISAKMP message: zero padding up to
-/// the block size (RFC 2408 §3.? leaves its contents open; zeros parse as nothing
-/// after the chain's last payload), CBC with `iv`. Returns the ciphertext; its last
-/// block is the next IV of this exchange (RFC 2409 Appendix B).
+/// the block size (RFC 2408 §3.1: the message length includes the padding; the
+/// receiver stops at the chain's last payload), CBC with `iv`. Returns the
+/// ciphertext; its last block is the next IV of this exchange (RFC 2409 Appendix B).
 pub fn cbc_seal(cipher: &Cipher, iv: &[u8], mut plain: Vec<u8>) -> Vec<u8> {
     let block = cipher.encr().block_len().max(1);
     let pad = (block - plain.len() % block) % block;
