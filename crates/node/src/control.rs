@@ -124,6 +124,7 @@ struct TunnelRt {
 }
 
 struct IkeInfo {
+    version: IkeVersion,
     spi_i: u64,
     spi_r: u64,
     algorithms: String,
@@ -685,6 +686,10 @@ impl Control {
                     return;
                 };
                 t.ike = Some(IkeInfo {
+                    version: match t.cfg.as_ref().map(|c| c.version) {
+                        Some(ike::IkeVersion::V1) => IkeVersion::Ikev1,
+                        _ => IkeVersion::Ikev2,
+                    },
                     spi_i,
                     spi_r,
                     algorithms: algorithms.to_string(),
@@ -1054,7 +1059,7 @@ impl Control {
             since: Some(t.since),
             carrying_traffic: carries_traffic(&sadb, &tunnels_of_conn, t.peer.0),
             ike_sa: t.ike.as_ref().map(|i| IkeSaStatus {
-                version: IkeVersion::Ikev2,
+                version: i.version,
                 spis: IkeSpis {
                     initiator: format!("{:016x}", i.spi_i),
                     responder: format!("{:016x}", i.spi_r),

@@ -7,11 +7,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use crypto::{DhGroup as CDh, Encr, Integ};
-use ike::{EspProposal, Identity, IkeProposal, Ipv4Cidr, PeerConfig, Psk};
+use ike::{EspProposal, Identity, IkeProposal, Ipv4Cidr, PeerConfig, Psk, V1Mode};
 use ipnet::{IpNet, Ipv4Net};
 use model::{
-    ConnectionStatus, CustomerGateway, DhGroup, Encryption, GatewayStatus, IkeVersion, Integrity,
-    PolicyRoute, Route, RouteState, RoutingMode, Tunnel, TunnelState, VpnConnection, VpnGateway,
+    ConnectionStatus, CustomerGateway, DhGroup, Encryption, GatewayStatus, IkeMode, IkeVersion,
+    Integrity, PolicyRoute, Route, RouteState, RoutingMode, Tunnel, TunnelState, VpnConnection,
+    VpnGateway,
 };
 
 /// Policy priority of the routes generated from protected flows (as `model` reports it).
@@ -220,11 +221,6 @@ pub(crate) fn peer_config(
     t: &Tunnel,
     cgw: &CustomerGateway,
 ) -> Result<PeerConfig, String> {
-    if t.ike.version == IkeVersion::Ikev1 {
-        return Err(
-            "IKEv1 is not supported by this gateway node yet; use ike.version ikev2".into(),
-        );
-    }
     let IpAddr::V4(local) = t.gateway_address else {
         return Err(format!(
             "IPsec address {} is IPv6, which this node does not support yet",
@@ -245,6 +241,14 @@ pub(crate) fn peer_config(
         RoutingMode::ProtectedFlows => (cidrs(&c.local_subnets)?, cidrs(&c.remote_subnets)?),
     };
     Ok(PeerConfig {
+        version: match t.ike.version {
+            IkeVersion::Ikev1 => ike::IkeVersion::V1,
+            IkeVersion::Ikev2 => ike::IkeVersion::V2,
+        },
+        v1_mode: match t.ike.mode {
+            IkeMode::Main => V1Mode::Main,
+            IkeMode::Aggressive => V1Mode::Aggressive,
+        },
         local: SocketAddr::new(IpAddr::V4(local), 500),
         remote,
         local_id: identity(&t.ike.local_id),
@@ -521,7 +525,7 @@ mod tests {
     }
 
     #[test]
-    fn unusable_address_or_ikev1_is_reported_not_run() {
+    fn unusable_address_is_reported_not_run_and_ikev1_maps() {
         let mut c = connection(
             "vco-1",
             RoutingMode::Destination,
@@ -530,7 +534,8 @@ mod tests {
         );
         // The same customer gateway, now accepting any peer.
         let cgws = [cgw("cgw-a", "0.0.0.0")];
-        c.tunnels[1].ike.version = IkeVersion::Ikev1;
+        c.tunnels[0].ike.version = IkeVersion::Ikev1;
+        c.tunnels[0].ike.mode = IkeMode::Aggressive;
         let only_first = |a: IpAddr| {
             if a == "192.0.2.1".parse::<IpAddr>().unwrap() {
                 Ok(())
@@ -548,6 +553,8 @@ mod tests {
         );
         let p = d.tunnels[0].peer.as_ref().unwrap();
         assert_eq!(p.remote, None, "0.0.0.0 is any peer, responder only");
+        assert_eq!(p.version, ike::IkeVersion::V1);
+        assert_eq!(p.v1_mode, V1Mode::Aggressive);
         assert!(
             d.tunnels[1]
                 .peer
