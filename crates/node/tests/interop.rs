@@ -631,3 +631,49 @@ fn negotiation_failures_are_reported() {
         "running"
     );
 }
+
+#[test]
+fn ikev1_main_mode_initiator_carries_ping() {
+    let topo = Topology::new().unwrap();
+    let gw = Gateway::start(&topo);
+    let swan =
+        StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
+    let conn = SwanctlConn {
+        version: 1,
+        ..onprem_conn("10.2.0.0/24", "172.16.1.0/24", PSK)
+    };
+    swan.load(&swanctl::render(&[conn])).unwrap();
+    let (gw_id, cgw_id) = gw.base_resources(&topo);
+    let conn = gw.post(
+        &topo,
+        "/v1/vpn-connections",
+        json!({
+            "name": "v1",
+            "vpn_gateway_id": gw_id,
+            "routing_mode": "protected_flows",
+            "local_subnets": ["172.16.1.0/24"],
+            "remote_subnets": ["10.2.0.0/24"],
+            "effective_immediately": true,
+            "tunnels": [{
+                "customer_gateway_id": cgw_id,
+                "pre_shared_key": PSK,
+                "ike": {"version": "ikev1", "mode": "main"},
+            }],
+        }),
+    );
+    let conn_id = id(&conn);
+    let t = gw.wait_tunnel(
+        &topo,
+        &conn_id,
+        "established (IKEv1)",
+        Duration::from_secs(20),
+        |s| phase(s) == "established",
+    );
+    assert_eq!(t["status"]["ike_sa"]["version"], "ikev1", "{t:#}");
+    swan.wait_established("vpn", Duration::from_secs(10))
+        .unwrap();
+    let vpc = topo.vpc_ip().to_string();
+    lab::wait_ping(&topo.vpc, &vpc, "10.2.0.1", Duration::from_secs(10)).unwrap();
+    let r = lab::ping(&topo.onprem, "10.2.0.1", &vpc, 5, Duration::from_secs(5)).unwrap();
+    assert_eq!(r.received, 5, "on-premises → VPC over IKEv1: {r:?}");
+}
