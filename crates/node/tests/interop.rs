@@ -677,3 +677,61 @@ fn ikev1_main_mode_initiator_carries_ping() {
     let r = lab::ping(&topo.onprem, "10.2.0.1", &vpc, 5, Duration::from_secs(5)).unwrap();
     assert_eq!(r.received, 5, "on-premises → VPC over IKEv1: {r:?}");
 }
+
+#[test]
+fn traffic_from_the_vpc_triggers_negotiation() {
+    let topo = Topology::new().unwrap();
+    let gw = Gateway::start(&topo);
+    let swan =
+        StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
+    swan.load(&swanctl::render(&[onprem_conn(
+        "0.0.0.0/0",
+        "0.0.0.0/0",
+        PSK,
+    )]))
+    .unwrap();
+    let (gw_id, cgw_id) = gw.base_resources(&topo);
+    let conn = gw.post(
+        &topo,
+        "/v1/vpn-connections",
+        json!({
+            "name": "on-demand",
+            "vpn_gateway_id": gw_id,
+            "effective_immediately": false,
+            "tunnels": [{"customer_gateway_id": cgw_id, "pre_shared_key": PSK}],
+        }),
+    );
+    let conn_id = id(&conn);
+    gw.post(
+        &topo,
+        &format!("/v1/vpn-gateways/{gw_id}/routes"),
+        json!({"destination": "10.2.0.0/24", "next_hop": conn_id}),
+    );
+    gw.wait_tunnel(&topo, &conn_id, "idle", Duration::from_secs(10), |s| {
+        phase(s) == "idle" && s["reason"].as_str().is_some_and(|r| r.contains("traffic"))
+    });
+    // Nothing negotiates on its own.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(swan.list_sas().unwrap().is_empty());
+
+    // The first packets from the VPC start the negotiation; ping then gets through.
+    let vpc = topo.vpc_ip().to_string();
+    lab::wait_ping(&topo.vpc, &vpc, "10.2.0.1", Duration::from_secs(15)).unwrap();
+    let t = gw.wait_tunnel(
+        &topo,
+        &conn_id,
+        "established",
+        Duration::from_secs(5),
+        |s| phase(s) == "established",
+    );
+    assert_established(&t);
+    let events: Vec<String> = gw
+        .logs(&topo, &conn_id)
+        .iter()
+        .filter_map(|e| e["event"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        events.iter().any(|e| e == "traffic_triggered"),
+        "{events:?}"
+    );
+}
