@@ -135,8 +135,9 @@ impl Handler for EspHandler {
         let (head, len) = (pkt.head(), pkt.len());
         let out = match sa.encapsulate(pkt.buffer_mut(), head, len) {
             Ok(out) => out,
+            // The rekey was requested when the soft limit fired (once per SA); until the
+            // new SA is installed these packets cannot be sent.
             Err(EspError::SequenceExhausted | EspError::HardExpired) => {
-                let _ = self.wake.try_send(Input::SoftExpired(key));
                 return Action::Drop(DropReason::NoSa);
             }
             Err(EspError::TooBig) => return Action::Drop(DropReason::TooBig),
