@@ -123,8 +123,11 @@ impl Handler for EspHandler {
             if let Some(c) = fwd.conns.get(primary as usize) {
                 // Traffic-triggered negotiation: one wake-up per flag flip, whatever the
                 // packet rate.
-                if !c.trigger.swap(true, Ordering::AcqRel) {
-                    let _ = self.wake.try_send(Input::Traffic);
+                if !c.trigger.swap(true, Ordering::AcqRel)
+                    && self.wake.try_send(Input::Traffic).is_err()
+                {
+                    // The control thread is swamped: let a later packet try again.
+                    c.trigger.store(false, Ordering::Release);
                 }
             }
             return Action::Drop(DropReason::NoSa);
