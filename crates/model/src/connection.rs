@@ -561,6 +561,20 @@ impl TunnelSpec {
                 "aggressive mode exists only in IKEv1: use mode main (or omit it) with ikev2, or set ike.version ikev1",
             ));
         }
+        // RFC 2409 (and RFC 5282 only for IKEv2) defines no AEAD transform for the
+        // ISAKMP SA, so no IKEv1 implementation can negotiate a GCM phase 1; ESP in Quick
+        // Mode may still use GCM (RFC 4106).
+        if version == IkeVersion::Ikev1
+            && let Some(e) = ike.encryption.filter(|e| e.is_aead())
+        {
+            return Err(FieldError::new(
+                "ike.encryption",
+                format!(
+                    "{} cannot be used with ike.version ikev1: IKEv1 (RFC 2409) has no AEAD cipher for phase 1; use aes, aes192, aes256, des or 3des with ikev1, or set ike.version ikev2 (ipsec.encryption may still be aes-gcm-128/aes-gcm-256)",
+                    e.name()
+                ),
+            ));
+        }
         let ike_lifetime = lifetime(ike.lifetime_s, "ike.lifetime_s")?;
         let local_id = ike.local_id.unwrap_or_else(|| gateway_address.to_string());
         validate::identity(&local_id, "ike.local_id")?;
@@ -1294,6 +1308,44 @@ mod tests {
         );
         s.remote_subnets = Some(vec!["172.16.0.0/24".into()]);
         assert!(f.build(s).is_ok());
+    }
+
+    #[test]
+    fn ikev1_phase1_cannot_use_gcm_but_esp_can() {
+        let f = Fixture::new();
+        for enc in [Encryption::AesGcm128, Encryption::AesGcm256] {
+            let e = f.err(with_first_tunnel(ike(|i| {
+                i.version = Some(IkeVersion::Ikev1);
+                i.encryption = Some(enc);
+            })));
+            assert_eq!(e.field, "tunnels[0].ike.encryption");
+            assert!(
+                e.message.contains(enc.name())
+                    && e.message.contains("ikev1")
+                    && e.message.contains("aes256")
+                    && e.message.contains("ikev2"),
+                "{e}"
+            );
+        }
+        // IKEv2 may use GCM for the IKE SA (RFC 5282).
+        let c = f
+            .build(with_first_tunnel(ike(|i| {
+                i.encryption = Some(Encryption::AesGcm256);
+            })))
+            .unwrap();
+        assert_eq!(c.tunnels[0].ike.encryption, Encryption::AesGcm256);
+        // IKEv1 with GCM for ESP only is fine.
+        let c = f
+            .build(with_first_tunnel(|t| {
+                ike(|i| i.version = Some(IkeVersion::Ikev1))(t);
+                t.ipsec = Some(IpsecSpec {
+                    encryption: Some(Encryption::AesGcm128),
+                    ..Default::default()
+                });
+            }))
+            .unwrap();
+        assert_eq!(c.tunnels[0].ipsec.encryption, Encryption::AesGcm128);
+        assert_eq!(c.tunnels[0].ike.version, IkeVersion::Ikev1);
     }
 
     #[test]

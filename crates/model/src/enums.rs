@@ -46,6 +46,19 @@ impl Encryption {
     pub fn is_aead(self) -> bool {
         matches!(self, Encryption::AesGcm128 | Encryption::AesGcm256)
     }
+
+    /// The API name (`aes`, `3des`, `aes-gcm-128`, …), as serialized.
+    pub fn name(self) -> &'static str {
+        match self {
+            Encryption::Aes => "aes",
+            Encryption::Aes192 => "aes192",
+            Encryption::Aes256 => "aes256",
+            Encryption::Des => "des",
+            Encryption::TripleDes => "3des",
+            Encryption::AesGcm128 => "aes-gcm-128",
+            Encryption::AesGcm256 => "aes-gcm-256",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
@@ -153,6 +166,21 @@ mod tests {
         assert_eq!(name(IkeVersion::Ikev1), "ikev1");
         assert_eq!(name(IkeMode::Aggressive), "aggressive");
         assert_eq!(name(IpsecProtocol::Esp), "esp");
+    }
+
+    #[test]
+    fn encryption_name_is_the_serialized_name() {
+        for e in [
+            Encryption::Aes,
+            Encryption::Aes192,
+            Encryption::Aes256,
+            Encryption::Des,
+            Encryption::TripleDes,
+            Encryption::AesGcm128,
+            Encryption::AesGcm256,
+        ] {
+            assert_eq!(e.name(), name(e));
+        }
     }
 
     #[test]
