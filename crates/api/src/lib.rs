@@ -20,10 +20,12 @@
 
 mod body;
 mod connections;
+mod controller;
 mod customer_gateways;
 mod error;
 mod gateways;
 mod ops;
+mod peer_config;
 mod routes;
 
 use std::fs;
@@ -44,6 +46,7 @@ use tokio::sync::watch;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
+pub use controller::{NO_NODE_REASON, apply_without_node, run_without_node};
 pub use error::{ApiError, ApiResult, ErrorBody, ErrorDetail};
 
 /// Something that adds lines to `GET /metrics` (the gateway node adds per-tunnel series).
@@ -151,6 +154,7 @@ fn api_parts() -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi)
         .merge(gateways::router())
         .merge(customer_gateways::router())
         .merge(connections::router())
+        .merge(peer_config::router())
         .merge(routes::router())
         .merge(ops::router())
         .split_for_parts();

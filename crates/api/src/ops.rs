@@ -1,5 +1,6 @@
 //! `/healthz` and `/metrics`.
 
+use std::collections::HashMap;
 use std::fmt::Write;
 use std::time::UNIX_EPOCH;
 
@@ -7,6 +8,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
+use model::{GatewayStatus, TunnelPhase, TunnelRole};
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -90,11 +92,180 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<impl IntoResponse> 
             ("kind=\"policy_route\"", counts.policy_routes as f64),
         ],
     );
+    resource_metrics(&state, &mut out).await?;
     let sources = state.metrics.read().map(|m| m.clone()).unwrap_or_default();
     for s in sources {
         s.render(&mut out);
     }
     Ok(([(CONTENT_TYPE, "text/plain; version=0.0.4")], out))
+}
+
+/// Per-gateway and per-tunnel series, from what the gateway node stored: each tunnel's
+/// observed status (phase, Child SA counters) and its logged negotiation events.
+async fn resource_metrics(state: &AppState, out: &mut String) -> ApiResult<()> {
+    let gateways = crate::controller::all_gateways(state).await?;
+    let connections = crate::connections::all_connections(state).await?;
+    let events: HashMap<(String, String), u64> = state
+        .store
+        .tunnel_event_counts()
+        .await?
+        .into_iter()
+        .map(|e| ((e.tunnel_id, e.event), e.count))
+        .collect();
+
+    let gw_up: Vec<(String, f64)> = gateways
+        .iter()
+        .map(|g| {
+            let up = g.status == GatewayStatus::Running;
+            (labels(&[("gateway", &g.id)]), f64::from(u8::from(up)))
+        })
+        .collect();
+    series(
+        out,
+        "vpngw_gateway_up",
+        "gauge",
+        "1 while the VPN gateway is running (status running).",
+        &gw_up,
+    );
+    let established: Vec<(String, f64)> = gateways
+        .iter()
+        .map(|g| {
+            let n = connections
+                .iter()
+                .filter(|c| c.vpn_gateway_id == g.id)
+                .flat_map(|c| &c.tunnels)
+                .filter(|t| t.status.phase == TunnelPhase::Established)
+                .count();
+            (labels(&[("gateway", &g.id)]), n as f64)
+        })
+        .collect();
+    series(
+        out,
+        "vpngw_gateway_tunnels_established",
+        "gauge",
+        "Tunnels of the gateway whose IKE and Child SAs are established.",
+        &established,
+    );
+
+    let mut up = Vec::new();
+    let mut bytes = Vec::new();
+    let mut packets = Vec::new();
+    let mut negotiations = Vec::new();
+    for c in &connections {
+        for t in &c.tunnels {
+            let base = [
+                ("gateway", c.vpn_gateway_id.as_str()),
+                ("connection", c.id.as_str()),
+                ("tunnel", t.id.as_str()),
+                ("role", role_name(t.role)),
+            ];
+            let st = &t.status;
+            up.push((
+                labels(&base),
+                f64::from(u8::from(st.phase == TunnelPhase::Established)),
+            ));
+            let sum = |f: fn(&model::ChildSaStatus) -> u64| {
+                st.child_sas.iter().map(f).fold(0u64, u64::saturating_add) as f64
+            };
+            for (dir, b, p) in [
+                ("in", sum(|c| c.bytes_in), sum(|c| c.packets_in)),
+                ("out", sum(|c| c.bytes_out), sum(|c| c.packets_out)),
+            ] {
+                let l = labels(&with(&base, ("direction", dir)));
+                bytes.push((l.clone(), b));
+                packets.push((l, p));
+            }
+            for (event, phase, result) in NEGOTIATION_EVENTS {
+                let n = events
+                    .get(&(t.id.clone(), event.to_string()))
+                    .copied()
+                    .unwrap_or(0);
+                let l = labels(&with(&with(&base, ("phase", phase)), ("result", result)));
+                negotiations.push((l, n as f64));
+            }
+        }
+    }
+    series(
+        out,
+        "vpngw_tunnel_up",
+        "gauge",
+        "1 while the tunnel is established (IKE SA and Child SA up).",
+        &up,
+    );
+    series(
+        out,
+        "vpngw_tunnel_bytes_total",
+        "counter",
+        "ESP payload bytes of the tunnel's current Child SAs by direction (restarts at each Child SA rekey).",
+        &bytes,
+    );
+    series(
+        out,
+        "vpngw_tunnel_packets_total",
+        "counter",
+        "ESP packets of the tunnel's current Child SAs by direction (restarts at each Child SA rekey).",
+        &packets,
+    );
+    series(
+        out,
+        "vpngw_ike_negotiations_total",
+        "counter",
+        "Completed IKE negotiations of the tunnel by phase (phase1: IKE/ISAKMP SA, phase2: Child SA) and result.",
+        &negotiations,
+    );
+    Ok(())
+}
+
+/// The log events that end a negotiation (written by the `ike` engine through the node),
+/// with the `phase` and `result` labels they count under.
+const NEGOTIATION_EVENTS: [(&str, &str, &str); 4] = [
+    ("phase1_established", "phase1", "success"),
+    ("phase1_failed", "phase1", "failure"),
+    ("phase2_established", "phase2", "success"),
+    ("phase2_failed", "phase2", "failure"),
+];
+
+fn role_name(r: TunnelRole) -> &'static str {
+    match r {
+        TunnelRole::Primary => "primary",
+        TunnelRole::Secondary => "secondary",
+    }
+}
+
+fn with<'a>(base: &[(&'a str, &'a str)], extra: (&'a str, &'a str)) -> Vec<(&'a str, &'a str)> {
+    let mut v = base.to_vec();
+    v.push(extra);
+    v
+}
+
+/// `a="x",b="y"` with values escaped as the text format requires.
+fn labels(pairs: &[(&str, &str)]) -> String {
+    let mut s = String::new();
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(k);
+        s.push_str("=\"");
+        for c in v.chars() {
+            match c {
+                '\\' => s.push_str("\\\\"),
+                '"' => s.push_str("\\\""),
+                '\n' => s.push_str("\\n"),
+                c => s.push(c),
+            }
+        }
+        s.push('"');
+    }
+    s
+}
+
+fn series(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, v) in samples {
+        let _ = writeln!(out, "{name}{{{labels}}} {v}");
+    }
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, samples: &[(&str, f64)]) {

@@ -1003,12 +1003,12 @@ async fn metrics_openapi_and_change_notifications() {
     struct Extra;
     impl api::MetricsSource for Extra {
         fn render(&self, out: &mut String) {
-            out.push_str("vpngw_tunnel_up{tunnel=\"tun-x\"} 1\n");
+            out.push_str("vpngw_node_extra{node=\"n1\"} 1\n");
         }
     }
     api.state.add_metrics_source(Arc::new(Extra));
     let (_, text) = api.raw(Method::GET, "/metrics", Some(TOKEN), None).await;
-    assert!(text.contains("vpngw_tunnel_up{tunnel=\"tun-x\"} 1"));
+    assert!(text.contains("vpngw_node_extra{node=\"n1\"} 1"));
 
     let (s, doc) = api.get("/v1/openapi.json").await;
     assert_eq!(s, StatusCode::OK);
@@ -1034,6 +1034,445 @@ async fn metrics_openapi_and_change_notifications() {
     assert!(doc["components"]["schemas"]["VpnConnection"].is_object());
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     assert_eq!(doc, serde_json::to_value(api::openapi()).unwrap());
+}
+
+impl Api {
+    /// GET with the token; (status, content type, body text).
+    async fn text(&self, uri: &str) -> (StatusCode, String, String) {
+        let req = Request::builder()
+            .uri(uri)
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(Body::empty())
+            .unwrap();
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        let content_type = header("content-type");
+        if status == StatusCode::OK {
+            assert_eq!(header("cache-control"), "no-store", "{uri}");
+        }
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            content_type,
+            String::from_utf8(bytes.to_vec()).unwrap(),
+        )
+    }
+}
+
+#[tokio::test]
+async fn peer_config_has_both_tunnels_keys_and_swapped_addresses() {
+    let api = Api::new();
+    let gw = api.gateway("hq").await;
+    let cgw = api.cgw("branch", None).await;
+    let conn = api.connection(&gw, &cgw, json!({})).await;
+    let id = conn["id"].as_str().unwrap();
+    let t1 = conn["tunnels"][1]["id"].as_str().unwrap();
+    let (_, t1v) = api
+        .get(&format!(
+            "/v1/vpn-connections/{id}/tunnels/{t1}?reveal=pre_shared_key"
+        ))
+        .await;
+    let psk2 = t1v["pre_shared_key"].as_str().unwrap().to_string();
+    assert_eq!(psk2.len(), 16);
+
+    // Default format: swanctl.
+    let (s, ct, text) = api
+        .text(&format!("/v1/vpn-connections/{id}/peer-config"))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{text}");
+    assert!(ct.starts_with("text/plain"), "{ct}");
+    assert!(
+        text.contains("connections {") && text.contains("secrets {"),
+        "{text}"
+    );
+    // Both tunnels, each with its own key.
+    assert!(text.contains("secret = \"Tunnel1Secret!\""), "{text}");
+    assert!(text.contains(&format!("secret = \"{psk2}\"")), "{text}");
+    assert!(text.contains(conn["tunnels"][0]["id"].as_str().unwrap()));
+    assert!(text.contains(t1));
+    // The peer's view: local is the customer gateway, remote the gateway's addresses.
+    assert_eq!(
+        text.matches("local_addrs = 203.0.113.7").count(),
+        2,
+        "{text}"
+    );
+    assert!(text.contains("remote_addrs = 192.0.2.1"), "{text}");
+    assert!(text.contains("remote_addrs = 192.0.2.2"), "{text}");
+    assert!(!text.contains("local_addrs = 192.0.2."), "{text}");
+    let (s, _, explicit) = api
+        .text(&format!(
+            "/v1/vpn-connections/{id}/peer-config?format=swanctl"
+        ))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(explicit, text);
+
+    // Every format renders; json is JSON with its media type.
+    let (_, formats) = api.get("/v1/peer-config-formats").await;
+    let names: Vec<&str> = formats["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 9);
+    for name in names.iter().filter(|n| **n != "frr") {
+        let (s, ct, text) = api
+            .text(&format!(
+                "/v1/vpn-connections/{id}/peer-config?format={name}"
+            ))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{name}: {text}");
+        assert!(text.contains("Tunnel1Secret!"), "{name}: {text}");
+        if *name == "json" {
+            assert_eq!(ct, "application/json");
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert!(v.is_object());
+        } else {
+            assert!(ct.starts_with("text/plain"), "{name}: {ct}");
+        }
+    }
+
+    // The key appears in this output only: the connection itself never shows it.
+    let (_, shown) = api.get(&format!("/v1/vpn-connections/{id}")).await;
+    assert!(!shown.to_string().contains("Tunnel1Secret!"));
+    assert!(!shown.to_string().contains(&psk2));
+}
+
+#[tokio::test]
+async fn peer_config_errors() {
+    let api = Api::new();
+    let gw = api.gateway("hq").await;
+    let cgw = api.cgw("branch", None).await;
+    let conn = api.connection(&gw, &cgw, json!({})).await;
+    let id = conn["id"].as_str().unwrap();
+
+    // No token, wrong token.
+    let uri = format!("/v1/vpn-connections/{id}/peer-config");
+    let (s, body) = api.raw(Method::GET, &uri, None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_error(&serde_json::from_str(&body).unwrap(), "Unauthorized", None);
+    assert!(!body.contains("Tunnel1Secret!"));
+    let (s, _) = api.raw(Method::GET, &uri, Some("wrong"), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = api
+        .raw(Method::GET, "/v1/peer-config-formats", None, None)
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+
+    // Unknown connection.
+    let (s, v) = api.get("/v1/vpn-connections/vco-nope/peer-config").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_error(&v, "NotFound", None);
+
+    // Unknown format: 400 naming the field and listing the allowed ones.
+    let (s, v) = api.get(&format!("{uri}?format=cisco")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_error(&v, "InvalidParameter", Some("format"));
+    let m = v["error"]["message"].as_str().unwrap();
+    for name in [
+        "swanctl",
+        "ipsec-conf",
+        "frr",
+        "json",
+        "cisco-ios",
+        "juniper-srx",
+        "huawei-vrp",
+        "fortigate",
+        "paloalto",
+    ] {
+        assert!(m.contains(name), "{m}");
+    }
+    // Unknown query parameter.
+    let (s, v) = api.get(&format!("{uri}?fromat=json")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_error(&v, "InvalidParameter", Some("fromat"));
+
+    // frr without BGP: a conflict with the connection's settings.
+    let (s, v) = api.get(&format!("{uri}?format=frr")).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert_error(&v, "Conflict", Some("format"));
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(
+        m.contains("BGP is not enabled") && m.contains("swanctl"),
+        "{m}"
+    );
+
+    // With BGP, frr renders the neighbors.
+    let bgp_cgw = api.cgw("bgp-branch", Some(json!(65010))).await;
+    let bgp = api
+        .connection(
+            &gw,
+            &bgp_cgw,
+            json!({"enable_bgp": true, "tunnels": [
+                {"customer_gateway_id": bgp_cgw, "bgp": {"tunnel_cidr": "169.254.10.0/30", "local_ip": "169.254.10.1"}},
+                {"customer_gateway_id": bgp_cgw, "bgp": {"tunnel_cidr": "169.254.11.0/30", "local_ip": "169.254.11.1"}}
+            ]}),
+        )
+        .await;
+    let (s, ct, text) = api
+        .text(&format!(
+            "/v1/vpn-connections/{}/peer-config?format=frr",
+            bgp["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{text}");
+    assert!(ct.starts_with("text/plain"));
+    assert!(
+        text.contains("router bgp 65010") && text.contains("169.254.10.1"),
+        "{text}"
+    );
+
+    // The formats list.
+    let (s, v) = api.get("/v1/peer-config-formats").await;
+    assert_eq!(s, StatusCode::OK);
+    let items = v["items"].as_array().unwrap();
+    assert_eq!(items[0]["name"], "swanctl");
+    assert_eq!(items[3]["name"], "json");
+    assert_eq!(items[3]["content_type"], "application/json");
+    assert!(
+        items
+            .iter()
+            .all(|f| f["title"].is_string() && f["targets"].is_string())
+    );
+
+    // Both endpoints are in the OpenAPI document.
+    let (_, doc) = api.get("/v1/openapi.json").await;
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.contains_key("/v1/vpn-connections/{id}/peer-config"));
+    assert!(paths.contains_key("/v1/peer-config-formats"));
+    let params = doc["paths"]["/v1/vpn-connections/{id}/peer-config"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    assert!(params.iter().any(|p| p["name"] == "format"));
+}
+
+#[tokio::test]
+async fn ikev1_cannot_use_gcm_for_phase1() {
+    let api = Api::new();
+    let gw = api.gateway("hq").await;
+    let cgw = api.cgw("branch", None).await;
+    let body = |ike: Value, ipsec: Value| {
+        json!({"name": "c", "vpn_gateway_id": gw, "tunnels": [
+            {"customer_gateway_id": cgw, "ike": ike, "ipsec": ipsec},
+            {"customer_gateway_id": cgw}
+        ]})
+    };
+    for enc in ["aes-gcm-128", "aes-gcm-256"] {
+        let (s, v) = api
+            .post(
+                "/v1/vpn-connections",
+                body(json!({"version": "ikev1", "encryption": enc}), json!({})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert_error(&v, "InvalidParameter", Some("tunnels[0].ike.encryption"));
+        let m = v["error"]["message"].as_str().unwrap();
+        assert!(
+            m.contains(enc) && m.contains("aes256") && m.contains("ikev2"),
+            "{m}"
+        );
+    }
+    // ESP may use GCM with IKEv1; IKEv2 may use it for the IKE SA.
+    let (s, v) = api
+        .post(
+            "/v1/vpn-connections",
+            body(
+                json!({"version": "ikev1", "encryption": "aes256"}),
+                json!({"encryption": "aes-gcm-256"}),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let id = v["id"].as_str().unwrap();
+    let t0 = v["tunnels"][0]["id"].as_str().unwrap();
+    let (s, v) = api
+        .post(
+            "/v1/vpn-connections",
+            body(json!({"encryption": "aes-gcm-128"}), json!({})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    // A PATCH that would make it IKEv1 + GCM is refused too, naming the tunnel's field.
+    let (s, v) = api
+        .patch(
+            &format!("/v1/vpn-connections/{id}/tunnels/{t0}"),
+            json!({"ike": {"encryption": "aes-gcm-128"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_error(&v, "InvalidParameter", Some("ike.encryption"));
+}
+
+#[tokio::test]
+async fn metrics_per_tunnel_from_the_stored_status_and_events() {
+    use model::{ChildSaStatus, LogEntry, LogLevel, TunnelPhase, TunnelStatus};
+    let api = Api::new();
+    let gw = api.gateway("hq").await;
+    let cgw = api.cgw("branch", None).await;
+    let conn = api.connection(&gw, &cgw, json!({})).await;
+    let id = conn["id"].as_str().unwrap();
+    let t0 = conn["tunnels"][0]["id"].as_str().unwrap();
+    let t1 = conn["tunnels"][1]["id"].as_str().unwrap();
+
+    // Before any node reported: the series exist, at zero.
+    let (_, text) = api.raw(Method::GET, "/metrics", Some(TOKEN), None).await;
+    let l0 = format!("gateway=\"{gw}\",connection=\"{id}\",tunnel=\"{t0}\",role=\"primary\"");
+    let l1 = format!("gateway=\"{gw}\",connection=\"{id}\",tunnel=\"{t1}\",role=\"secondary\"");
+    for line in [
+        "# TYPE vpngw_tunnel_up gauge".to_string(),
+        "# TYPE vpngw_tunnel_bytes_total counter".to_string(),
+        "# TYPE vpngw_tunnel_packets_total counter".to_string(),
+        "# TYPE vpngw_ike_negotiations_total counter".to_string(),
+        format!("vpngw_tunnel_up{{{l0}}} 0"),
+        format!("vpngw_tunnel_bytes_total{{{l0},direction=\"in\"}} 0"),
+        format!("vpngw_ike_negotiations_total{{{l1},phase=\"phase1\",result=\"failure\"}} 0"),
+        format!("vpngw_gateway_up{{gateway=\"{gw}\"}} 0"),
+    ] {
+        assert!(text.contains(&line), "missing {line}:\n{text}");
+    }
+
+    // What a node stores: tunnel 1 up with two Child SAs (make-before-break), tunnel 2
+    // failing; negotiation events in the log.
+    let child = |b_in, p_in, b_out, p_out| ChildSaStatus {
+        spi_in: "c0000001".into(),
+        spi_out: "d0000001".into(),
+        local_ts: vec!["0.0.0.0/0".into()],
+        remote_ts: vec!["0.0.0.0/0".into()],
+        algorithms: "aes128-sha1".into(),
+        bytes_in: b_in,
+        bytes_out: b_out,
+        packets_in: p_in,
+        packets_out: p_out,
+    };
+    let status = TunnelStatus {
+        phase: TunnelPhase::Established,
+        carrying_traffic: true,
+        child_sas: vec![child(1000, 10, 2000, 20), child(500, 5, 0, 0)],
+        ..Default::default()
+    };
+    api.state
+        .store
+        .set_tunnel_status(t0, &status)
+        .await
+        .unwrap();
+    let failed = TunnelStatus {
+        phase: TunnelPhase::Phase1Failed,
+        ..Default::default()
+    };
+    api.state
+        .store
+        .set_tunnel_status(t1, &failed)
+        .await
+        .unwrap();
+    for (tunnel, event) in [
+        (t0, "phase1_established"),
+        (t0, "phase2_established"),
+        (t0, "phase1_established"),
+        (t0, "phase2_established"),
+        (t0, "ike_rekeyed"),
+        (t1, "phase1_failed"),
+        (t1, "phase1_failed"),
+        (t1, "phase1_failed"),
+    ] {
+        let entry = LogEntry {
+            at: chrono::Utc::now(),
+            tunnel_id: Some(tunnel.into()),
+            level: LogLevel::Info,
+            event: event.into(),
+            message: "m".into(),
+        };
+        api.state.store.append_log(id, &entry).await.unwrap();
+    }
+    api::apply_without_node(&api.state).await.unwrap();
+
+    let (_, text) = api.raw(Method::GET, "/metrics", Some(TOKEN), None).await;
+    for line in [
+        format!("vpngw_tunnel_up{{{l0}}} 1"),
+        format!("vpngw_tunnel_up{{{l1}}} 0"),
+        format!("vpngw_tunnel_bytes_total{{{l0},direction=\"in\"}} 1500"),
+        format!("vpngw_tunnel_bytes_total{{{l0},direction=\"out\"}} 2000"),
+        format!("vpngw_tunnel_packets_total{{{l0},direction=\"in\"}} 15"),
+        format!("vpngw_tunnel_packets_total{{{l0},direction=\"out\"}} 20"),
+        format!("vpngw_tunnel_bytes_total{{{l1},direction=\"in\"}} 0"),
+        format!("vpngw_ike_negotiations_total{{{l0},phase=\"phase1\",result=\"success\"}} 2"),
+        format!("vpngw_ike_negotiations_total{{{l0},phase=\"phase2\",result=\"success\"}} 2"),
+        format!("vpngw_ike_negotiations_total{{{l0},phase=\"phase1\",result=\"failure\"}} 0"),
+        format!("vpngw_ike_negotiations_total{{{l1},phase=\"phase1\",result=\"failure\"}} 3"),
+        format!("vpngw_gateway_up{{gateway=\"{gw}\"}} 1"),
+        format!("vpngw_gateway_tunnels_established{{gateway=\"{gw}\"}} 1"),
+    ] {
+        assert!(text.contains(&line), "missing {line}:\n{text}");
+    }
+    // Every sample line parses as `name{labels} value`.
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (_, value) = line.rsplit_once(' ').unwrap();
+        assert!(value.parse::<f64>().is_ok(), "{line}");
+    }
+}
+
+#[tokio::test]
+async fn without_a_node_the_controller_applies_its_desired_state() {
+    let api = Api::new();
+    let gw = api.gateway("hq").await;
+    let cgw = api.cgw("branch", None).await;
+    let conn = api.connection(&gw, &cgw, json!({})).await;
+    let id = conn["id"].as_str().unwrap().to_string();
+    let t0 = conn["tunnels"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(conn["status"], "creating");
+    let (_, g) = api.get(&format!("/v1/vpn-gateways/{gw}")).await;
+    assert_eq!(g["status"], "creating");
+
+    // One pass, deterministic.
+    api::apply_without_node(&api.state).await.unwrap();
+    let (_, g) = api.get(&format!("/v1/vpn-gateways/{gw}")).await;
+    assert_eq!(g["status"], "running", "{g}");
+    assert_eq!(g["status_reason"], api::NO_NODE_REASON);
+    assert!(api::NO_NODE_REASON.contains("no gateway node attached"));
+    let (_, c) = api.get(&format!("/v1/vpn-connections/{id}")).await;
+    assert_eq!(c["status"], "running", "{c}");
+    // Tunnel status is a node's observation: untouched.
+    assert_eq!(c["tunnels"][0]["status"]["phase"], "idle");
+
+    // A change: updating, then applied again.
+    let (s, t) = api
+        .patch(
+            &format!("/v1/vpn-connections/{id}/tunnels/{t0}"),
+            json!({"pre_shared_key": "Changed-Key1"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{t}");
+    assert_eq!(t["state"], "updating");
+    api::apply_without_node(&api.state).await.unwrap();
+    let (_, c) = api.get(&format!("/v1/vpn-connections/{id}")).await;
+    assert_eq!(c["status"], "running", "{c}");
+    assert_eq!(c["tunnels"][0]["state"], "active", "{c}");
+
+    // The long-running form reacts to changes made through the API.
+    let task = tokio::spawn(api::run_without_node(api.state.clone()));
+    let gw2 = api.gateway("branch-office").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, g) = api.get(&format!("/v1/vpn-gateways/{gw2}")).await;
+        if g["status"] == "running" {
+            assert_eq!(g["status_reason"], api::NO_NODE_REASON);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gateway stayed {}",
+            g["status"]
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    task.abort();
 }
 
 #[test]

@@ -100,6 +100,17 @@ pub struct Counts {
     pub policy_routes: u64,
 }
 
+/// How many times the gateway node logged an event for a tunnel (see
+/// [`Store::tunnel_event_counts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventCount {
+    pub connection_id: String,
+    pub tunnel_id: String,
+    /// The log entry's `event`, e.g. `phase1_established`, `phase2_failed`.
+    pub event: String,
+    pub count: u64,
+}
+
 /// The persistence interface. All methods are atomic: a failed call changes nothing.
 /// Reads fill the computed fields (`connection_count`, `tunnel_count`, the tunnels'
 /// observed `status`, `connection_state`) and the tunnels' pre-shared keys.
@@ -168,7 +179,8 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_policy_route(&self, gateway_id: &str, id: &str) -> Result<()>;
 
     // --- logs
-    /// Appends an event; the oldest are dropped beyond 10 000 per connection.
+    /// Appends an event; the oldest are dropped beyond 10 000 per connection. An entry
+    /// with a `tunnel_id` of the connection also counts in [`Store::tunnel_event_counts`].
     async fn append_log(&self, connection_id: &str, entry: &LogEntry) -> Result<()>;
     /// With `since`: the first `limit` entries at or after it; without: the last
     /// `limit`. Oldest first either way.
@@ -178,6 +190,11 @@ pub trait Store: Send + Sync + 'static {
         since: Option<DateTime<Utc>>,
         limit: usize,
     ) -> Result<Vec<LogEntry>>;
+
+    /// For every tunnel, how many log entries of each `event` were appended for it since
+    /// it was created. Unlike the log these are never trimmed, so they only grow (until
+    /// the connection is deleted): the source of the negotiation counters in metrics.
+    async fn tunnel_event_counts(&self) -> Result<Vec<EventCount>>;
 
     // --- idempotency
     /// The record of a token used within 24 h before `now`.

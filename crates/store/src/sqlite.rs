@@ -19,12 +19,15 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::{
-    CLIENT_TOKEN_TTL, ClientToken, ClientTokenRecord, Counts, ListQuery, Result, Store, StoreError,
+    CLIENT_TOKEN_TTL, ClientToken, ClientTokenRecord, Counts, EventCount, ListQuery, Result, Store,
+    StoreError,
 };
 
 /// Schema migrations, applied in order; `schema_version` holds how many ran. Never edit
 /// one that has shipped: append a new one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    // 1: the resources, logs and client tokens.
+    r#"
 CREATE TABLE vpn_gateways (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id  TEXT NOT NULL UNIQUE,
@@ -81,7 +84,18 @@ CREATE TABLE client_tokens (
     created_at   TEXT NOT NULL,
     PRIMARY KEY (scope, token)
 );
-"#];
+"#,
+    // 2: per-tunnel event counters, kept apart from the trimmed log so that they only
+    // grow (Prometheus counters).
+    r#"
+CREATE TABLE tunnel_event_counts (
+    tunnel_id TEXT NOT NULL REFERENCES tunnels(id) ON DELETE CASCADE,
+    event     TEXT NOT NULL,
+    count     INTEGER NOT NULL,
+    PRIMARY KEY (tunnel_id, event)
+);
+"#,
+];
 
 const MAX_LOGS_PER_CONNECTION: i64 = 10_000;
 
@@ -1010,6 +1024,7 @@ impl Store for SqliteStore {
 
     async fn append_log(&self, connection_id: &str, entry: &LogEntry) -> Result<()> {
         let (cid, at, doc) = (connection_id.to_string(), ts(&entry.at), to_json(entry)?);
+        let (tunnel_id, event) = (entry.tunnel_id.clone(), entry.event.clone());
         self.call(move |tx| {
             connection_in(tx, &cid)?;
             tx.execute(
@@ -1022,7 +1037,36 @@ impl Store for SqliteStore {
                      ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
                 params![cid, MAX_LOGS_PER_CONNECTION],
             )?;
+            if let Some(tunnel_id) = &tunnel_id {
+                // Only for a tunnel of this connection; any other tunnel ID is ignored.
+                tx.execute(
+                    "INSERT INTO tunnel_event_counts (tunnel_id, event, count)
+                     SELECT id, ?2, 1 FROM tunnels WHERE id = ?1 AND connection_id = ?3
+                     ON CONFLICT (tunnel_id, event) DO UPDATE SET count = count + 1",
+                    params![tunnel_id, event, cid],
+                )?;
+            }
             Ok(())
+        })
+        .await
+    }
+
+    async fn tunnel_event_counts(&self) -> Result<Vec<EventCount>> {
+        self.call(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "SELECT t.connection_id, e.tunnel_id, e.event, e.count
+                 FROM tunnel_event_counts e JOIN tunnels t ON t.id = e.tunnel_id
+                 ORDER BY t.connection_id, t.idx, e.event",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(EventCount {
+                    connection_id: r.get(0)?,
+                    tunnel_id: r.get(1)?,
+                    event: r.get(2)?,
+                    count: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
         .await
     }
@@ -1096,5 +1140,32 @@ impl Store for SqliteStore {
             })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_a_version_1_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.execute_batch(
+                "CREATE TABLE schema_version (version INTEGER NOT NULL);
+                 INSERT INTO schema_version (version) VALUES (1);",
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open_file(&path).unwrap();
+        let conn = s.conn.lock().unwrap();
+        assert_eq!(current_version(&conn).unwrap(), MIGRATIONS.len());
+        let n: i64 = conn
+            .query_row("SELECT COUNT(*) FROM tunnel_event_counts", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0);
     }
 }

@@ -87,13 +87,13 @@ async fn creates_private_data_dir_and_db_and_migrates_once() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let s = SqliteStore::open(&data).unwrap();
-    assert_eq!(s.schema_version().await.unwrap(), 1);
+    assert_eq!(s.schema_version().await.unwrap(), 2);
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&data), 0o700);
     assert_eq!(mode(&data.join("vpngw.db")), 0o600);
     drop(s);
     let s = SqliteStore::open(&data).unwrap();
-    assert_eq!(s.schema_version().await.unwrap(), 1);
+    assert_eq!(s.schema_version().await.unwrap(), 2);
 }
 
 #[tokio::test]
@@ -486,4 +486,64 @@ async fn logs_since_and_limit() {
         s.logs("vco-nope", None, 2).await,
         Err(StoreError::NotFound { .. })
     ));
+}
+
+#[tokio::test]
+async fn tunnel_event_counts_grow_per_tunnel_and_go_with_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let gw = gateway("vpn-a", "hq");
+    let cgws = [cgw("cgw-a")];
+    s.create_gateway(&gw, None).await.unwrap();
+    s.create_customer_gateway(&cgws[0], None).await.unwrap();
+    for id in ["vco-a", "vco-b"] {
+        s.create_connection(&connection(id, &gw, &cgws, ["cgw-a", "cgw-a"], None), None)
+            .await
+            .unwrap();
+    }
+    let log = |conn: &'static str, tunnel: Option<&'static str>, event: &'static str| {
+        let s = Arc::clone(&s);
+        async move {
+            s.append_log(
+                conn,
+                &LogEntry {
+                    at: now(),
+                    tunnel_id: tunnel.map(str::to_string),
+                    level: LogLevel::Info,
+                    event: event.into(),
+                    message: "m".into(),
+                },
+            )
+            .await
+            .unwrap();
+        }
+    };
+    log("vco-a", Some("tun-vco-a-1"), "phase1_established").await;
+    log("vco-a", Some("tun-vco-a-1"), "phase1_established").await;
+    log("vco-a", Some("tun-vco-a-1"), "phase2_failed").await;
+    log("vco-a", Some("tun-vco-a-2"), "phase1_failed").await;
+    // Not counted: no tunnel, or a tunnel of another connection.
+    log("vco-a", None, "config_changed").await;
+    log("vco-a", Some("tun-vco-b-1"), "phase1_failed").await;
+    log("vco-b", Some("tun-vco-b-2"), "phase2_established").await;
+    let counts = |v: Vec<store::EventCount>| {
+        v.into_iter()
+            .map(|e| (e.connection_id, e.tunnel_id, e.event, e.count))
+            .collect::<Vec<_>>()
+    };
+    let c = |a: &str, b: &str, e: &str, n: u64| (a.to_string(), b.to_string(), e.to_string(), n);
+    assert_eq!(
+        counts(s.tunnel_event_counts().await.unwrap()),
+        [
+            c("vco-a", "tun-vco-a-1", "phase1_established", 2),
+            c("vco-a", "tun-vco-a-1", "phase2_failed", 1),
+            c("vco-a", "tun-vco-a-2", "phase1_failed", 1),
+            c("vco-b", "tun-vco-b-2", "phase2_established", 1),
+        ]
+    );
+    s.delete_connection("vco-a").await.unwrap();
+    assert_eq!(
+        counts(s.tunnel_event_counts().await.unwrap()),
+        [c("vco-b", "tun-vco-b-2", "phase2_established", 1)]
+    );
 }
