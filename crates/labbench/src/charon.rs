@@ -1,0 +1,132 @@
+//! A charon for the many-tunnel setup test.
+//!
+//! `lab::StrongSwan` writes its own strongswan.conf; the setup test needs three other
+//! settings, so it starts charon the same way (private `/run`, `STRONGSWAN_CONF`, vici
+//! socket in its own directory) with this file instead:
+//!
+//! - `block_threshold` and `cookie_threshold` raised: by default a responder refuses
+//!   more than 5 half-open IKE SAs per peer address and demands COOKIEs beyond 10 —
+//!   denial-of-service protection that would turn "N tunnels from one peer" into a test
+//!   of retransmission timers. vpngw has no such limit yet, so both run without one.
+//! - `ike_name = yes` in the log, so each "CHILD_SA ... established" line names its
+//!   connection and the counter can count distinct tunnels; `ike = 1` (lab: 2) to keep
+//!   the logging cost close to vpngw's info level.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use lab::{Netns, Process, strongswan::PLUGINS};
+
+use crate::measure::{run_bounded, sleep};
+
+pub struct Charon {
+    dir: PathBuf,
+    conf: PathBuf,
+    process: Process,
+}
+
+impl Charon {
+    pub fn start(ns: &Netns, dir: &Path) -> Result<Charon> {
+        lab::strongswan::check_plugins()?;
+        std::fs::create_dir_all(dir)?;
+        let conf = dir.join("strongswan.conf");
+        std::fs::write(&conf, conf_text(dir))?;
+        let mut cmd = ns.command("unshare");
+        cmd.args([
+            "-m",
+            "sh",
+            "-c",
+            &format!(
+                "mount -t tmpfs none /run && exec {}",
+                lab::strongswan::CHARON
+            ),
+        ])
+        .env("STRONGSWAN_CONF", &conf);
+        let process = Process::spawn(cmd, dir, "charon")?;
+        let mut c = Charon {
+            dir: dir.to_owned(),
+            conf,
+            process,
+        };
+        for _ in 0..100 {
+            c.process.ensure_running()?;
+            if c.swanctl(&["--stats"], Duration::from_secs(5)).is_ok() {
+                return Ok(c);
+            }
+            sleep(Duration::from_millis(100))?;
+        }
+        bail!("charon's vici socket did not answer within 10 s")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("charon.log")
+    }
+
+    pub fn ensure_running(&mut self) -> Result<()> {
+        Ok(self.process.ensure_running()?)
+    }
+
+    pub fn swanctl(&self, args: &[&str], timeout: Duration) -> Result<String> {
+        let mut cmd = Command::new("swanctl");
+        cmd.args(args).env("STRONGSWAN_CONF", &self.conf);
+        run_bounded(cmd, &self.dir, "swanctl", timeout)
+    }
+
+    /// Writes and loads `swanctl_conf` (bounded by `timeout`: thousands of connections
+    /// take a while).
+    pub fn load(&self, swanctl_conf: &str, timeout: Duration) -> Result<()> {
+        let path = self.dir.join("swanctl.conf");
+        std::fs::write(&path, swanctl_conf)?;
+        self.swanctl(
+            &["--load-all", "--clear", "--file", &path.to_string_lossy()],
+            timeout,
+        )
+        .map(drop)
+    }
+
+    /// Installed CHILD_SAs as `swanctl --list-sas` shows them.
+    pub fn installed_children(&self, timeout: Duration) -> Result<usize> {
+        let out = self.swanctl(&["--list-sas"], timeout)?;
+        Ok(out
+            .lines()
+            .filter(|l| l.contains("INSTALLED, TUNNEL"))
+            .count())
+    }
+}
+
+fn conf_text(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        "charon {{
+  load = {PLUGINS}
+  install_routes = yes
+  block_threshold = 1000000
+  cookie_threshold = 1000000
+  filelog {{
+    clog {{
+      path = {d}/charon.log
+      time_format = %H:%M:%S
+      flush_line = yes
+      ike_name = yes
+      default = 1
+      ike = 1
+    }}
+  }}
+  plugins {{
+    vici {{
+      socket = unix://{d}/charon.vici
+    }}
+  }}
+}}
+swanctl {{
+  socket = unix://{d}/charon.vici
+}}
+"
+    )
+}

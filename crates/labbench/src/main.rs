@@ -1,0 +1,333 @@
+//! `labbench`: vpngw and strongSwan measured side by side in one run, in the lab's
+//! network namespaces (needs root and the lab's packages; see the `lab` crate).
+//!
+//! ```text
+//! cargo build --release -p vpngw
+//! cargo run --release -p labbench -- [--quick] [--only NAME]... [--out FILE]
+//! ```
+//!
+//! Data path (iperf3 TCP and UDP, ping avg/p99) for plain routing, strongSwan↔strongSwan
+//! (kernel-libipsec at both ends), vpngw↔strongSwan and vpngw↔vpngw, each with
+//! aes128-sha1, aes256-sha256 and aes-gcm-128; then IKEv2 tunnels established per
+//! second and responder memory for N tunnels from one peer (strongSwan→strongSwan and
+//! vpngw→vpngw). Prints a Markdown table with ratios to strongSwan↔strongSwan and
+//! writes it to `--out`. Every namespace and process is removed at the end, also on
+//! failure or Ctrl-C; every wait is bounded; traffic stays inside the lab's namespaces.
+
+mod charon;
+mod measure;
+mod paths;
+mod report;
+mod setup;
+mod vpngw;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+
+use crate::measure::INTERRUPTED;
+use crate::paths::{Durations, SUITES};
+use crate::report::{PathRow, Report, Setup, SetupPeers, SetupRow};
+
+/// Benchmarks vpngw against strongSwan in network namespaces (needs root).
+#[derive(Debug, Parser)]
+#[command(name = "labbench", version)]
+struct Args {
+    /// Short runs: 3 s iperf3, 100 tunnels in the setup test.
+    #[arg(long)]
+    quick: bool,
+    /// Run only these parts (repeatable): plain, swan-swan, vpngw-swan, vpngw-vpngw,
+    /// setup-swan, setup-vpngw, or the groups `paths` and `setup`. The strongSwan
+    /// baseline of a part is not added by itself: name it too to get ratios.
+    #[arg(long = "only", value_name = "NAME")]
+    only: Vec<String>,
+    /// Only these suites for the data path (repeatable): aes128-sha1, aes256-sha256,
+    /// aes-gcm-128.
+    #[arg(long = "suite", value_name = "NAME")]
+    suites: Vec<String>,
+    /// Tunnel counts of the setup test (default 1000 and 10000; 100 with --quick).
+    #[arg(long = "tunnels", value_name = "N", value_delimiter = ',')]
+    tunnels: Vec<usize>,
+    /// iperf3 duration in seconds (default 10; 3 with --quick).
+    #[arg(long, value_name = "SECS")]
+    iperf_secs: Option<u32>,
+    /// The vpngw binary (default: `vpngw` next to this program, built if missing when
+    /// run through cargo).
+    #[arg(long, value_name = "PATH")]
+    vpngw: Option<PathBuf>,
+    /// Also write the Markdown report to this file.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+const PART_NAMES: [&str; 8] = [
+    "plain",
+    "swan-swan",
+    "vpngw-swan",
+    "vpngw-vpngw",
+    "setup-swan",
+    "setup-vpngw",
+    "paths",
+    "setup",
+];
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    for o in &args.only {
+        if !PART_NAMES.contains(&o.as_str()) {
+            bail!("--only {o}: expected one of {}", PART_NAMES.join(", "));
+        }
+    }
+    for s in &args.suites {
+        if !SUITES.iter().any(|x| x.name == s) {
+            bail!("--suite {s}: expected aes128-sha1, aes256-sha256 or aes-gcm-128");
+        }
+    }
+    if !nix::unistd::geteuid().is_root() {
+        bail!("labbench needs root (network namespaces, TUN devices, strongSwan)");
+    }
+    install_signal_handlers()?;
+    let wanted = |name: &str, group: &str| {
+        args.only.is_empty() || args.only.iter().any(|o| o == name || o == group)
+    };
+    let durations = Durations {
+        iperf_secs: args.iperf_secs.unwrap_or(if args.quick { 3 } else { 10 }),
+        pings: 100,
+    };
+    let tunnels = if !args.tunnels.is_empty() {
+        args.tunnels.clone()
+    } else if args.quick {
+        vec![100]
+    } else {
+        vec![1000, 10_000]
+    };
+    let needs_vpngw = Setup::ALL
+        .iter()
+        .any(|s| matches!(s, Setup::VpngwSwan | Setup::VpngwVpngw) && wanted(s.name(), "paths"))
+        || wanted("setup-vpngw", "setup");
+    let bin = if needs_vpngw {
+        Some(vpngw_binary(args.vpngw.clone())?)
+    } else {
+        None
+    };
+
+    let mut report = Report {
+        machine: machine_info(&args, durations, &tunnels, bin.as_deref()),
+        ..Report::default()
+    };
+    let suites: Vec<_> = SUITES
+        .iter()
+        .filter(|s| args.suites.is_empty() || args.suites.iter().any(|n| n == s.name))
+        .collect();
+
+    for setup in Setup::ALL {
+        if !wanted(setup.name(), "paths") {
+            continue;
+        }
+        let per_suite: Vec<Option<&paths::Suite>> = if setup == Setup::Plain {
+            vec![None]
+        } else {
+            suites.iter().map(|s| Some(*s)).collect()
+        };
+        for suite in per_suite {
+            if INTERRUPTED.load(Ordering::Relaxed) {
+                break;
+            }
+            let label = format!("{} {}", setup.label(), suite.map_or("", |s| s.name));
+            eprintln!("labbench: measuring {label}");
+            let result = paths::measure(
+                setup,
+                suite.unwrap_or(&SUITES[0]),
+                durations,
+                bin.as_deref().unwrap_or(std::path::Path::new("vpngw")),
+            )
+            .map_err(|e| format!("{e:#}"));
+            match &result {
+                Ok(m) => eprintln!(
+                    "labbench:   TCP {:.3} Gbit/s, UDP {:.3} Gbit/s ({:.1}% loss), ping avg {:.3} ms p99 {:.3} ms",
+                    m.tcp_bps / 1e9,
+                    m.udp_bps / 1e9,
+                    m.udp_loss_percent,
+                    m.ping.avg_ms,
+                    m.ping.p99_ms
+                ),
+                Err(e) => eprintln!("labbench:   failed: {e}"),
+            }
+            report.paths.push(PathRow {
+                setup,
+                suite: suite.map(|s| s.name),
+                result,
+            });
+        }
+    }
+
+    for &n in &tunnels {
+        for peers in [SetupPeers::SwanSwan, SetupPeers::VpngwVpngw] {
+            if !wanted(peers.name(), "setup") || INTERRUPTED.load(Ordering::Relaxed) {
+                continue;
+            }
+            eprintln!("labbench: {} tunnels, {}", n, peers.label());
+            let result = match (peers, bin.as_deref()) {
+                (SetupPeers::SwanSwan, _) => setup::strongswan(n),
+                (SetupPeers::VpngwVpngw, Some(bin)) => setup::vpngw(n, bin, &mut report.notes),
+                (SetupPeers::VpngwVpngw, None) => Err(anyhow::anyhow!("no vpngw binary")),
+            }
+            .map_err(|e| format!("{e:#}"));
+            match &result {
+                Ok(m) => eprintln!(
+                    "labbench:   {}/{n} established in {:.2} s ({:.1}/s), responder VmHWM {:.1} MiB{}",
+                    m.established,
+                    m.seconds,
+                    m.rate(),
+                    m.hwm_kib as f64 / 1024.0,
+                    m.note
+                        .as_deref()
+                        .map(|n| format!(" ({n})"))
+                        .unwrap_or_default()
+                ),
+                Err(e) => eprintln!("labbench:   failed: {e}"),
+            }
+            report.setups.push(SetupRow {
+                peers,
+                tunnels: n,
+                result,
+            });
+        }
+    }
+    report.machine.push((
+        "load after the run (uptime)".into(),
+        Command::new("uptime")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default(),
+    ));
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        report
+            .notes
+            .push("the run was interrupted: the tables are incomplete".into());
+    }
+
+    let title = format!(
+        "labbench {} ({})",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        if args.quick { "quick" } else { "full" }
+    );
+    let md = report.markdown(&title);
+    println!("{md}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &md).with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("labbench: report written to {}", out.display());
+    }
+    Ok(())
+}
+
+/// SIGINT/SIGTERM set a flag that every wait checks, so the run unwinds through the
+/// `Drop`s that delete namespaces and stop daemons instead of dying with them in place.
+fn install_signal_handlers() -> Result<()> {
+    extern "C" fn on_signal(_: nix::libc::c_int) {
+        // An atomic store is async-signal-safe.
+        INTERRUPTED.store(true, Ordering::Relaxed);
+    }
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { sigaction(sig, &action) }.context("installing a signal handler")?;
+    }
+    Ok(())
+}
+
+/// The vpngw binary: `--vpngw`, else `vpngw` beside this program; under `cargo run`
+/// (CARGO set) a missing one is built with the same profile and target directory.
+fn vpngw_binary(given: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(p) = given {
+        if !p.exists() {
+            bail!("--vpngw {}: no such file", p.display());
+        }
+        return Ok(p);
+    }
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("the program has no directory")?;
+    let bin = dir.join("vpngw");
+    if !bin.exists() {
+        let Ok(cargo) = std::env::var("CARGO") else {
+            bail!(
+                "{} not found: run `cargo build --release -p vpngw` or pass --vpngw",
+                bin.display()
+            );
+        };
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        eprintln!(
+            "labbench: building vpngw ({})",
+            if release { "release" } else { "debug" }
+        );
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "vpngw"]);
+        if release {
+            cmd.arg("--release");
+        }
+        if !cmd.status()?.success() || !bin.exists() {
+            bail!("building vpngw failed; run `cargo build --release -p vpngw`");
+        }
+    }
+    Ok(bin)
+}
+
+fn machine_info(
+    args: &Args,
+    d: Durations,
+    tunnels: &[usize],
+    bin: Option<&std::path::Path>,
+) -> Vec<(String, String)> {
+    let sh = |cmd: &str| {
+        Command::new("sh")
+            .args(["-c", cmd])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let mut m = vec![
+        (
+            "CPU".into(),
+            format!(
+                "{} × {}",
+                sh("nproc"),
+                sh("lscpu | sed -n 's/^Model name: *//p'")
+            ),
+        ),
+        ("kernel".into(), sh("uname -r")),
+        ("load before the run (uptime)".into(), sh("uptime")),
+        (
+            "strongSwan".into(),
+            sh("swanctl --version 2>/dev/null | head -1"),
+        ),
+        ("iperf3".into(), sh("iperf3 --version | head -1")),
+        (
+            "method".into(),
+            format!(
+                "iperf3 TCP and UDP (-b 0, 1200-byte datagrams) {} s each from the VPC host to 10.2.0.1 on-premises; {} pings 10 ms apart; setup test with {} tunnels",
+                d.iperf_secs,
+                d.pings,
+                tunnels
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ),
+        ),
+    ];
+    if let Some(b) = bin {
+        m.push(("vpngw".into(), b.display().to_string()));
+    }
+    if !args.only.is_empty() {
+        m.push(("parts".into(), args.only.join(", ")));
+    }
+    m
+}
