@@ -1,0 +1,281 @@
+//! CPU cost of IKEv2 control traffic: decoding and encoding an IKE_SA_INIT request,
+//! sealing and opening an IKE_AUTH request (SK payload, RFC 7296 §3.14), and one whole
+//! tunnel setup (IKE_SA_INIT + IKE_AUTH, RFC 7296 §1.2) between two endpoints in memory
+//! per Diffie-Hellman group — the work a gateway does per tunnel it brings up.
+//!
+//! `cargo bench -p ike` measures; `cargo test --benches -p ike` (or
+//! `cargo bench -p ike -- --test`) runs each once, as CI does.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // fixtures that cannot fail; not network-reachable
+
+use std::hint::black_box;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use crypto::{DhGroup, Encr, Integ, Prf, Random};
+use ike::keys::{IkeKeys, IkeSuite};
+use ike::sk::SkCrypto;
+use ike::wire::registry::{
+    AuthMethod, ExchangeType, NotifyType, PayloadType, ProtocolId, TransformType,
+};
+use ike::wire::{
+    Auth, Flags, HeaderRepr, Message, Notify, Payload, Proposal, SaPayload, TrafficSelector,
+    Transform,
+};
+use ike::{
+    Endpoint, EndpointConfig, EspProposal, Event, Identity, IkeProposal, IkeVersion, Ipv4Cidr,
+    PeerConfig, PeerId, Psk, V1Mode,
+};
+
+const A_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const B_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+const PEER: PeerId = PeerId(1);
+
+/// The DH groups of the setup benchmark: the seed default (2), the common MODP (14) and
+/// the two elliptic curves vpngw offers beyond the seeds (19, 31).
+const GROUPS: [(&str, DhGroup); 4] = [
+    ("modp1024", DhGroup::Modp1024),
+    ("modp2048", DhGroup::Modp2048),
+    ("ecp256", DhGroup::Ecp256),
+    ("curve25519", DhGroup::Curve25519),
+];
+
+/// SK payload suites of the IKE_AUTH benchmark.
+const SK_SUITES: [(&str, Encr, Option<Integ>, Prf); 3] = [
+    (
+        "aes128-sha1",
+        Encr::AesCbc128,
+        Some(Integ::HmacSha1_96),
+        Prf::HmacSha1,
+    ),
+    (
+        "aes256-sha256",
+        Encr::AesCbc256,
+        Some(Integ::HmacSha256_128),
+        Prf::HmacSha256,
+    ),
+    ("aes128gcm16", Encr::AesGcm16_128, None, Prf::HmacSha256),
+];
+
+fn ike_sa_init(c: &mut Criterion) {
+    let mut group = c.benchmark_group("ike_sa_init");
+    for (name, dh) in GROUPS {
+        let wire = exchange(dh, 1);
+        let request = wire.first().expect("an IKE_SA_INIT request").clone();
+        let msg = Message::decode(&request).unwrap();
+        assert_eq!(msg.header.exchange, ExchangeType::IKE_SA_INIT);
+        group.throughput(Throughput::Bytes(request.len() as u64));
+        group.bench_function(BenchmarkId::new("decode", name), |b| {
+            b.iter(|| Message::decode(black_box(&request)).unwrap());
+        });
+        group.bench_function(BenchmarkId::new("encode", name), |b| {
+            b.iter(|| black_box(&msg).encode());
+        });
+    }
+    group.finish();
+}
+
+fn ike_auth(c: &mut Criterion) {
+    let mut group = c.benchmark_group("ike_auth");
+    for (name, encr, integ, prf) in SK_SUITES {
+        let suite = IkeSuite { encr, integ, prf };
+        let keys = IkeKeys::derive(suite, None, &[7; 128], &[1; 32], &[2; 32], 0x1111, 0x2222);
+        let initiator = SkCrypto::new(suite, &keys, true).unwrap();
+        let responder = SkCrypto::new(suite, &keys, false).unwrap();
+        let header = HeaderRepr {
+            spi_i: 0x1111,
+            spi_r: 0x2222,
+            next_payload: PayloadType::SK,
+            exchange: ExchangeType::IKE_AUTH,
+            flags: Flags(0x08), // Initiator
+            message_id: 1,
+            length: 0,
+        };
+        let inner = auth_request_payloads(encr, integ, prf);
+        let mut rng = Rng(3);
+        let sealed = initiator.seal(header, &inner, &mut rng);
+        // The responder's view: decode the datagram, then verify and decrypt SK.
+        let open = |bytes: &[u8]| {
+            let msg = Message::decode(bytes).unwrap();
+            let Some(Payload::Sk(sk)) = msg.payloads.last() else {
+                panic!("no SK payload");
+            };
+            responder.open(bytes, sk).unwrap()
+        };
+        assert_eq!(open(&sealed), inner);
+        group.throughput(Throughput::Bytes(sealed.len() as u64));
+        group.bench_function(BenchmarkId::new("seal", name), |b| {
+            b.iter(|| initiator.seal(black_box(header), black_box(&inner), &mut rng));
+        });
+        group.bench_function(BenchmarkId::new("open", name), |b| {
+            b.iter(|| open(black_box(&sealed)));
+        });
+    }
+    group.finish();
+}
+
+fn tunnel_setup(c: &mut Criterion) {
+    let mut group = c.benchmark_group("tunnel_setup");
+    // A modp2048 exchange costs milliseconds: fewer samples keep the run short.
+    group.sample_size(20);
+    for (name, dh) in GROUPS {
+        // Checked once outside the timing: the exchange really ends with a Child SA.
+        assert_eq!(
+            exchange(dh, 1).len(),
+            4,
+            "IKE_SA_INIT + IKE_AUTH, 4 messages"
+        );
+        let mut seed = 1;
+        group.bench_function(BenchmarkId::new("ikev2_psk", name), |b| {
+            b.iter(|| {
+                seed += 1;
+                exchange(black_box(dh), seed)
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, ike_sa_init, ike_auth, tunnel_setup);
+criterion_main!(benches);
+
+/// Runs IKE_SA_INIT + IKE_AUTH between an initiator and a responder endpoint (aes128-sha1
+/// with `dh`, ESP aes128-sha1 without PFS: one DH per side) and returns every datagram
+/// in the order it was sent. Panics unless both sides report the Child SA.
+fn exchange(dh: DhGroup, seed: u64) -> Vec<Vec<u8>> {
+    let a_cfg = peer_config(dh);
+    let b_cfg = mirror(&a_cfg);
+    let mut a = Endpoint::new(EndpointConfig::default(), Box::new(Rng(seed)));
+    let mut b = Endpoint::new(EndpointConfig::default(), Box::new(Rng(!seed)));
+    a.add_peer(PEER, a_cfg).unwrap();
+    b.add_peer(PEER, b_cfg).unwrap();
+    let now = epoch();
+    a.initiate(now, PEER).unwrap();
+    let mut wire = Vec::new();
+    // Four messages; the bound only stops a broken engine from looping forever.
+    for _ in 0..16 {
+        let mut moved = false;
+        while let Some(t) = a.poll_transmit() {
+            b.handle_datagram(now, t.remote, t.local, &t.payload);
+            wire.push(t.payload);
+            moved = true;
+        }
+        while let Some(t) = b.poll_transmit() {
+            a.handle_datagram(now, t.remote, t.local, &t.payload);
+            wire.push(t.payload);
+            moved = true;
+        }
+        if !moved {
+            break;
+        }
+    }
+    let established = |e: &mut Endpoint| {
+        std::iter::from_fn(|| e.poll_event())
+            .any(|ev| matches!(ev, Event::ChildSaEstablished { .. }))
+    };
+    assert!(established(&mut a) && established(&mut b), "no Child SA");
+    wire
+}
+
+fn peer_config(dh: DhGroup) -> PeerConfig {
+    PeerConfig {
+        version: IkeVersion::V2,
+        v1_mode: V1Mode::Main,
+        local: SocketAddr::from((A_IP, 500)),
+        remote: Some(SocketAddr::from((B_IP, 500))),
+        local_id: Identity::Ipv4(A_IP),
+        remote_id: Identity::Ipv4(B_IP),
+        psk: Psk::new("bench-psk-not-a-secret"),
+        ike: IkeProposal {
+            encr: Encr::AesCbc128,
+            integ: Integ::HmacSha1_96,
+            dh,
+        },
+        esp: EspProposal {
+            encr: Encr::AesCbc128,
+            integ: Integ::HmacSha1_96,
+            pfs: None,
+        },
+        ike_lifetime: Duration::ZERO,
+        child_lifetime: Duration::ZERO,
+        local_ts: vec![Ipv4Cidr::ANY],
+        remote_ts: vec![Ipv4Cidr::ANY],
+        dpd_interval: None,
+        dpd_timeout: Duration::from_secs(30),
+        nat_traversal: true,
+    }
+}
+
+fn mirror(a: &PeerConfig) -> PeerConfig {
+    PeerConfig {
+        local: a.remote.unwrap(),
+        remote: Some(a.local),
+        local_id: a.remote_id.clone(),
+        remote_id: a.local_id.clone(),
+        local_ts: a.remote_ts.clone(),
+        remote_ts: a.local_ts.clone(),
+        ..a.clone()
+    }
+}
+
+/// What an initiator puts inside the SK payload of its IKE_AUTH request with a PSK and
+/// one Child SA (RFC 7296 §1.2): IDi, AUTH, SA, TSi, TSr, plus INITIAL_CONTACT.
+fn auth_request_payloads(encr: Encr, integ: Option<Integ>, prf: Prf) -> Vec<Payload> {
+    let mut transforms = vec![Transform::new(
+        TransformType::ENCR,
+        encr.iana_id(),
+        encr.key_bits(),
+    )];
+    if let Some(i) = integ {
+        transforms.push(Transform::new(TransformType::INTEG, i.iana_id(), None));
+    }
+    transforms.push(Transform::new(TransformType::ESN, 0, None));
+    let any = TrafficSelector::Ipv4 {
+        ip_proto: 0,
+        start_port: 0,
+        end_port: 65535,
+        start: Ipv4Addr::UNSPECIFIED,
+        end: Ipv4Addr::BROADCAST,
+    };
+    vec![
+        Payload::IdI(Identity::Ipv4(A_IP).to_wire()),
+        Payload::Auth(Auth {
+            method: AuthMethod::SHARED_KEY_MIC,
+            data: vec![0xa5; prf.key_len()],
+        }),
+        Payload::Notify(Notify::new(NotifyType::INITIAL_CONTACT, Vec::new())),
+        Payload::Sa(SaPayload {
+            proposals: vec![Proposal {
+                num: 1,
+                protocol: ProtocolId::ESP,
+                spi: vec![0xc0, 0xff, 0xee, 0x01],
+                transforms,
+            }],
+        }),
+        Payload::TsI(vec![any.clone()]),
+        Payload::TsR(vec![any]),
+    ]
+}
+
+/// The virtual clock's epoch: the engine never reads a clock itself.
+#[allow(clippy::disallowed_methods)]
+fn epoch() -> Instant {
+    Instant::now()
+}
+
+/// SplitMix64: deterministic SPIs, nonces and DH private values for repeatable runs.
+struct Rng(u64);
+
+impl Random for Rng {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            chunk.copy_from_slice(&z.to_be_bytes()[..chunk.len()]);
+        }
+    }
+}
