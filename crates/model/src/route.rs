@@ -3,7 +3,9 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::{FieldError, RoutingMode, VpnConnection, VpnGateway, validate};
+use crate::{
+    FieldError, HealthState, RoutingMode, TunnelPhase, VpnConnection, VpnGateway, validate,
+};
 
 /// A destination-based route of a gateway: traffic to `destination` goes through the
 /// connection `next_hop`. Weight 100 is active, 0 standby.
@@ -218,39 +220,36 @@ fn next_hop(
 }
 
 /// Every effective route of a gateway: static routes, policy routes and the policy routes
-/// generated from protected-flows connections. Until the node reports tunnel health, the
-/// state follows the weight: weight 100 is active, weight 0 standby while a weight-100
-/// route for the same prefix exists.
+/// generated from protected-flows connections, in that order, with their state:
+///
+/// - `inactive`: the next hop connection cannot carry traffic now (no tunnel
+///   established, or its health check failed with `switch_route`); traffic falls through
+///   to the next matching route (the weight-0 one for the same prefix);
+/// - `active`: weight 100, or weight 0 when no usable weight-100 route for the same
+///   prefix (same source, for policy routes) exists;
+/// - `standby`: weight 0 while a usable weight-100 route for the same prefix exists.
+///
+/// The state follows the tunnels' observed status in `connections` (what the gateway
+/// node last reported; until a node reports, the weights alone decide); the node itself
+/// switches per packet, without waiting for it.
 pub fn route_table(
     routes: &[Route],
     policy_routes: &[PolicyRoute],
     connections: &[VpnConnection],
 ) -> Vec<RouteTableEntry> {
+    let down = |hop: &str| unusable(connections, hop);
     let mut out = Vec::new();
     for r in routes {
         let primary = routes
             .iter()
             .find(|o| o.destination == r.destination && o.weight == 100 && o.id != r.id);
-        let (state, reason) = match (r.weight, primary) {
-            (100, _) => (
-                RouteState::Active,
-                format!("weight 100: carries the traffic to {}", r.destination),
-            ),
-            (_, Some(p)) => (
-                RouteState::Standby,
-                format!(
-                    "weight 0: takes over when the weight-100 route via {} is unavailable",
-                    p.next_hop
-                ),
-            ),
-            (_, None) => (
-                RouteState::Active,
-                format!(
-                    "weight 0, but no weight-100 route to {} exists, so this one carries the traffic",
-                    r.destination
-                ),
-            ),
-        };
+        let (state, reason) = state(
+            r.weight,
+            &r.next_hop,
+            primary.map(|p| p.next_hop.as_str()),
+            &down,
+            || format!("traffic to {}", r.destination),
+        );
         out.push(RouteTableEntry {
             destination: r.destination,
             source: None,
@@ -271,26 +270,18 @@ pub fn route_table(
                 && o.weight == 100
                 && o.id != r.id
         });
-        let (state, reason) = match (r.weight, primary) {
-            (100, _) => (
-                RouteState::Active,
+        let (state, reason) = state(
+            r.weight,
+            &r.next_hop,
+            primary.map(|p| p.next_hop.as_str()),
+            &down,
+            || {
                 format!(
-                    "weight 100, priority {}: carries traffic from {} to {}",
+                    "priority {}: traffic from {} to {}",
                     r.priority, r.source, r.destination
-                ),
-            ),
-            (_, Some(p)) => (
-                RouteState::Standby,
-                format!(
-                    "weight 0: takes over when the weight-100 policy route via {} is unavailable",
-                    p.next_hop
-                ),
-            ),
-            (_, None) => (
-                RouteState::Active,
-                "weight 0, but no weight-100 policy route for this flow exists, so this one carries the traffic".to_string(),
-            ),
-        };
+                )
+            },
+        );
         out.push(RouteTableEntry {
             destination: r.destination,
             source: Some(r.source),
@@ -310,13 +301,26 @@ pub fn route_table(
     {
         for l in &c.local_subnets {
             for r in &c.remote_subnets {
+                let (state, reason) = match down(&c.id) {
+                    Some(why) => (
+                        RouteState::Inactive,
+                        format!(
+                            "generated from the protected flows of connection {}, which cannot carry traffic: {why}",
+                            c.id
+                        ),
+                    ),
+                    None => (
+                        RouteState::Active,
+                        format!("generated from the protected flows of connection {}", c.id),
+                    ),
+                };
                 out.push(RouteTableEntry {
                     destination: *r,
                     source: Some(*l),
                     next_hop: c.id.clone(),
                     origin: RouteOrigin::Auto,
-                    state: RouteState::Active,
-                    reason: format!("generated from the protected flows of connection {}", c.id),
+                    state,
+                    reason,
                     published: false,
                     weight: 100,
                     priority: Some(DEFAULT_POLICY_PRIORITY),
@@ -326,6 +330,89 @@ pub fn route_table(
         }
     }
     out
+}
+
+/// The state of one route: `weight` and `hop` are the route's, `primary` the next hop of
+/// the weight-100 route for the same prefix, if any; `what` names the traffic.
+fn state(
+    weight: u8,
+    hop: &str,
+    primary: Option<&str>,
+    down: &dyn Fn(&str) -> Option<String>,
+    what: impl Fn() -> String,
+) -> (RouteState, String) {
+    if let Some(why) = down(hop) {
+        return (
+            RouteState::Inactive,
+            format!(
+                "connection {hop} cannot carry traffic: {why}; {} falls through to the next matching route",
+                what()
+            ),
+        );
+    }
+    match (weight, primary) {
+        (100, _) => (
+            RouteState::Active,
+            format!("weight 100: carries the {}", what()),
+        ),
+        (_, Some(p)) => match down(p) {
+            None => (
+                RouteState::Standby,
+                format!("weight 0: takes over when the weight-100 route via {p} is unavailable"),
+            ),
+            Some(why) => (
+                RouteState::Active,
+                format!(
+                    "weight 0, active because the weight-100 route via {p} is inactive ({why}): carries the {}",
+                    what()
+                ),
+            ),
+        },
+        (_, None) => (
+            RouteState::Active,
+            format!(
+                "weight 0, but no weight-100 route for this prefix exists, so this one carries the {}",
+                what()
+            ),
+        ),
+    }
+}
+
+/// Why connection `id` cannot carry traffic now, or `None` if it can (or is unknown).
+fn unusable(connections: &[VpnConnection], id: &str) -> Option<String> {
+    let c = connections.iter().find(|c| c.id == id)?;
+    // No gateway node has reported on these tunnels yet (controller only, or the node
+    // is starting): nothing is known, so the state follows the weights.
+    if c.tunnels.iter().all(|t| t.status.since.is_none()) {
+        return None;
+    }
+    let established = c
+        .tunnels
+        .iter()
+        .filter(|t| t.status.phase == TunnelPhase::Established)
+        .collect::<Vec<_>>();
+    if established.is_empty() {
+        return Some("none of its tunnels is established".into());
+    }
+    let withdrawn = c.health_check.enabled
+        && c.health_check.switch_route
+        && established.iter().all(|t| {
+            t.status
+                .health
+                .as_ref()
+                .is_some_and(|h| h.state == HealthState::Down)
+        });
+    withdrawn.then(|| {
+        format!(
+            "its health check (ping {} from {}) failed; routes withdrawn (switch_route)",
+            c.health_check
+                .destination_ip
+                .map_or_else(|| "?".into(), |a| a.to_string()),
+            c.health_check
+                .source_ip
+                .map_or_else(|| "?".into(), |a| a.to_string()),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -429,9 +516,19 @@ mod tests {
         assert_eq!(e.field, "source");
     }
 
+    fn up(cs: &mut [VpnConnection]) {
+        for c in cs {
+            for t in &mut c.tunnels {
+                t.status.phase = TunnelPhase::Established;
+                t.status.since = Some(epoch());
+            }
+        }
+    }
+
     #[test]
     fn table_states_by_weight_and_auto_routes() {
-        let (gw, cs) = conns();
+        let (gw, mut cs) = conns();
+        up(&mut cs);
         let r1 = route("172.20.0.0/16", "vco-a", None)
             .build(&gw, &cs, "vrt-1".into(), epoch())
             .unwrap();
@@ -452,7 +549,99 @@ mod tests {
             .collect();
         assert_eq!(auto.len(), 2);
         assert_eq!(auto[0].next_hop, "vco-b");
+        assert_eq!(auto[0].state, RouteState::Active);
         assert_eq!(auto[0].source.unwrap().to_string(), "10.0.1.0/24");
         assert_eq!(auto[0].destination.to_string(), "172.16.0.0/24");
+    }
+
+    #[test]
+    fn routes_via_a_connection_without_tunnels_are_inactive_and_the_standby_takes_over() {
+        let (gw, mut cs) = conns();
+        up(&mut cs);
+        // vco-a's only tunnel is down.
+        cs[0].tunnels[0].status.phase = TunnelPhase::Phase1Failed;
+        let r1 = route("172.20.0.0/16", "vco-a", None)
+            .build(&gw, &cs, "vrt-1".into(), epoch())
+            .unwrap();
+        let r2 = route("172.20.0.0/16", "vco-b", Some(0))
+            .build(&gw, &cs, "vrt-2".into(), epoch())
+            .unwrap();
+        let p1 = PolicyRouteSpec {
+            source: Some("10.0.0.0/16".into()),
+            destination: Some("172.20.0.0/16".into()),
+            next_hop: Some("vco-a".into()),
+            priority: Some(1),
+            ..Default::default()
+        }
+        .build(&gw, &cs, "vpr-1".into(), epoch())
+        .unwrap();
+        let p2 = PolicyRouteSpec {
+            source: Some("10.0.0.0/16".into()),
+            destination: Some("172.20.0.0/16".into()),
+            next_hop: Some("vco-b".into()),
+            priority: Some(1),
+            weight: Some(0),
+            ..Default::default()
+        }
+        .build(&gw, &cs, "vpr-2".into(), epoch())
+        .unwrap();
+        let table = route_table(&[r1, r2], &[p1, p2], &cs);
+        assert_eq!(table[0].state, RouteState::Inactive);
+        assert!(
+            table[0].reason.contains("none of its tunnels"),
+            "{}",
+            table[0].reason
+        );
+        assert!(
+            table[0].reason.contains("falls through"),
+            "{}",
+            table[0].reason
+        );
+        assert_eq!(table[1].state, RouteState::Active);
+        assert!(table[1].reason.contains("inactive"), "{}", table[1].reason);
+        assert_eq!(table[2].state, RouteState::Inactive);
+        assert_eq!(table[2].origin, RouteOrigin::Policy);
+        assert_eq!(table[3].state, RouteState::Active);
+        // Every tunnel down: the auto routes of vco-b are inactive too.
+        cs[1].tunnels[0].status.phase = TunnelPhase::Idle;
+        let table = route_table(&[], &[], &cs);
+        assert!(table.iter().all(|e| e.state == RouteState::Inactive));
+        // Nothing reported yet (no node): the weights decide.
+        cs[1].tunnels[0].status.since = None;
+        let table = route_table(&[], &[], &cs);
+        assert!(table.iter().all(|e| e.state == RouteState::Active));
+    }
+
+    #[test]
+    fn failed_health_check_withdraws_routes_only_with_switch_route() {
+        let (gw, mut cs) = conns();
+        up(&mut cs);
+        let r1 = route("172.20.0.0/16", "vco-a", None)
+            .build(&gw, &cs, "vrt-1".into(), epoch())
+            .unwrap();
+        let r2 = route("172.20.0.0/16", "vco-b", Some(0))
+            .build(&gw, &cs, "vrt-2".into(), epoch())
+            .unwrap();
+        let hc = &mut cs[0].health_check;
+        hc.enabled = true;
+        hc.source_ip = Some("10.0.1.1".parse().unwrap());
+        hc.destination_ip = Some("172.20.0.1".parse().unwrap());
+        cs[0].tunnels[0].status.health = Some(crate::HealthStatus {
+            state: HealthState::Down,
+            last_rtt_ms: None,
+        });
+        let routes = [r1, r2];
+        let table = route_table(&routes, &[], &cs);
+        assert_eq!(table[0].state, RouteState::Inactive);
+        assert!(
+            table[0].reason.contains("health check"),
+            "{}",
+            table[0].reason
+        );
+        assert_eq!(table[1].state, RouteState::Active);
+        cs[0].health_check.switch_route = false;
+        let table = route_table(&routes, &[], &cs);
+        assert_eq!(table[0].state, RouteState::Active);
+        assert_eq!(table[1].state, RouteState::Standby);
     }
 }

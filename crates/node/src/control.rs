@@ -121,6 +121,9 @@ struct TunnelRt {
     failures: u32,
     retry_at: Option<Instant>,
     written: Option<TunnelStatus>,
+    /// Set when the peer's IKE_SA_INIT showed a NAT on the way while this tunnel has
+    /// NAT traversal off (see [`Control::nat_check`]); shown in the status reason.
+    nat_note: Option<String>,
 }
 
 struct IkeInfo {
@@ -247,6 +250,7 @@ impl Control {
         match input {
             Input::Packet(p) => {
                 if let Source::Udp { local, remote } = p.source {
+                    self.nat_check(local, remote, &p.data);
                     self.endpoint.handle_datagram(
                         now,
                         SocketAddr::V4(local),
@@ -266,6 +270,92 @@ impl Control {
                 }
             }
             Input::Shutdown => {}
+        }
+    }
+
+    /// NAT detection for tunnels with NAT traversal off. The engine ignores the peer's
+    /// NAT_DETECTION_*_IP notifies then (RFC 7296 §2.23: a responder without NAT-T
+    /// support does not answer them), so the tunnel may establish on UDP 500 and still
+    /// carry nothing: ESP without UDP encapsulation does not pass a NAPT. The hashes
+    /// in the peer's IKE_SA_INIT request still tell whether a NAT rewrote its address
+    /// (SPIr is zero in the request), so the status can say why and what to change.
+    fn nat_check(&mut self, local: SocketAddrV4, remote: SocketAddrV4, data: &[u8]) {
+        use ike::wire::Payload;
+        use ike::wire::registry::{ExchangeType, NotifyType};
+        // Only IKEv2 IKE_SA_INIT requests on the IKE port (on 4500 NAT-T is in use).
+        let is_init = data.len() > 18
+            && data.get(17) == Some(&0x20)
+            && data.get(18) == Some(&ExchangeType::IKE_SA_INIT.0);
+        if !is_init || local.port() == self.ports.natt {
+            return;
+        }
+        let Ok(msg) = ike::wire::Message::decode(data) else {
+            return;
+        };
+        let h = &msg.header;
+        if h.flags.response() || h.spi_r != 0 {
+            return;
+        }
+        let source: Vec<&[u8]> = msg
+            .payloads
+            .iter()
+            .filter_map(|p| match p {
+                Payload::Notify(n) if n.ntype == NotifyType::NAT_DETECTION_SOURCE_IP => {
+                    Some(n.data.as_slice())
+                }
+                _ => None,
+            })
+            .collect();
+        let dest: Vec<&[u8]> = msg
+            .payloads
+            .iter()
+            .filter_map(|p| match p {
+                Payload::Notify(n) if n.ntype == NotifyType::NAT_DETECTION_DESTINATION_IP => {
+                    Some(n.data.as_slice())
+                }
+                _ => None,
+            })
+            .collect();
+        if source.is_empty() && dest.is_empty() {
+            return;
+        }
+        let seen = ike::keys::nat_hash(h.spi_i, 0, SocketAddr::V4(remote));
+        let ours = ike::keys::nat_hash(h.spi_i, 0, SocketAddr::V4(local));
+        let peer_natted = !source.is_empty() && !source.contains(&seen.as_slice());
+        let we_natted = !dest.is_empty() && !dest.contains(&ours.as_slice());
+        let note = (peer_natted || we_natted).then(|| {
+            format!(
+                "the peer's NAT detection hashes (IKE_SA_INIT from {remote}) say a NAT \
+                 is on the path or the peer forces UDP encapsulation, but nat_traversal \
+                 is off on this tunnel: ESP cannot pass; enable nat_traversal"
+            )
+        });
+        let mut logs = Vec::new();
+        for t in self.tunnels.values_mut() {
+            let Some(cfg) = &t.cfg else { continue };
+            if cfg.nat_traversal
+                || cfg.local.ip() != IpAddr::V4(*local.ip())
+                || cfg
+                    .remote_addr()
+                    .is_some_and(|r| r.ip() != IpAddr::V4(*remote.ip()))
+            {
+                continue;
+            }
+            if t.nat_note != note {
+                if let Some(n) = &note {
+                    logs.push((t.conn_id.clone(), t.id.clone(), n.clone()));
+                }
+                t.nat_note = note.clone();
+            }
+        }
+        for (conn, id, msg) in logs {
+            self.log(
+                &conn,
+                Some(&id),
+                LogLevel::Warn,
+                "nat_without_nat_traversal",
+                msg,
+            );
         }
     }
 
@@ -303,6 +393,7 @@ impl Control {
                     failures: 0,
                     retry_at: None,
                     written: None,
+                    nat_note: None,
                 };
                 self.by_peer.insert(peer, spec.id.clone());
                 self.tunnels.insert(spec.id.clone(), t);
@@ -357,6 +448,7 @@ impl Control {
         t.effective_immediately = effective_immediately;
         t.failures = 0;
         t.retry_at = None;
+        t.nat_note = None;
         let mut renegotiating = false;
         match (had, cfg) {
             (true, Some(c)) => {
@@ -963,6 +1055,11 @@ impl Control {
             });
         }
         self.triggers = triggers;
+        fwd.keys = self
+            .tunnels
+            .iter()
+            .map(|(id, t)| (id.clone(), t.peer.0))
+            .collect();
         let idx = |i: usize| u32::try_from(i).unwrap_or(NONE);
         let mut routes = RouteTable::new();
         for (net, t) in &d.routes {
@@ -1053,9 +1150,13 @@ impl Control {
             // strongSwan's dpd_delay, RFC 3706 §5.3 for the idea).
             self.endpoint.handle_child_activity(Instant::now(), t.peer);
         }
+        let reason = match (&t.reason, &t.nat_note) {
+            (Some(r), Some(n)) => Some(format!("{r}; {n}")),
+            (r, n) => r.clone().or_else(|| n.clone()),
+        };
         let status = TunnelStatus {
             phase: t.phase,
-            reason: t.reason.clone(),
+            reason,
             since: Some(t.since),
             carrying_traffic: carries_traffic(&sadb, &tunnels_of_conn, t.peer.0),
             ike_sa: t.ike.as_ref().map(|i| IkeSaStatus {

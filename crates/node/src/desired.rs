@@ -11,8 +11,7 @@ use ike::{EspProposal, Identity, IkeProposal, Ipv4Cidr, PeerConfig, Psk, V1Mode}
 use ipnet::{IpNet, Ipv4Net};
 use model::{
     ConnectionStatus, CustomerGateway, DhGroup, Encryption, GatewayStatus, IkeMode, IkeVersion,
-    Integrity, PolicyRoute, Route, RouteState, RoutingMode, Tunnel, TunnelState, VpnConnection,
-    VpnGateway,
+    Integrity, PolicyRoute, Route, RoutingMode, Tunnel, TunnelState, VpnConnection, VpnGateway,
 };
 
 /// Policy priority of the routes generated from protected flows (as `model` reports it).
@@ -142,7 +141,14 @@ fn add_routes(
     index: &HashMap<&str, usize>,
 ) {
     let mut targets: Vec<(RouteKey, Target)> = Vec::new();
-    for e in table {
+    // Weight 100 first, so that the weight-100 route of a prefix is the primary whatever
+    // the table order. The table's states (inactive, standby) follow observed status
+    // the node reported earlier; the forwarding state must not wait for that: the
+    // workers fall through to the standby per packet when the primary connection has
+    // no usable tunnel (fwd.rs).
+    let mut entries: Vec<&model::RouteTableEntry> = table.iter().collect();
+    entries.sort_by_key(|e| std::cmp::Reverse(e.weight));
+    for e in entries {
         let Some(&conn) = index.get(e.next_hop.as_str()) else {
             continue;
         };
@@ -163,7 +169,7 @@ fn add_routes(
         };
         let prio = e.priority.map_or(AUTO_POLICY_PRIORITY, u32::from);
         let key = (src, dst, if src.is_some() { prio } else { 0 });
-        let standby = e.state == RouteState::Standby;
+        let standby = e.weight == 0;
         match targets.iter_mut().find(|(k, _)| *k == key) {
             Some((_, t)) if standby => {
                 t.standby.get_or_insert(conn);

@@ -1,0 +1,581 @@
+//! High availability against a real strongSwan 5.9 (issue 5): active/standby tunnels of a
+//! dual-tunnel connection, DPD with restart, NAT traversal through a real masquerading
+//! NAT, customer gateways that accept any peer, single-tunnel gateways.
+//!
+//! Every test runs the real `vpngw serve` binary in the lab's `gw` namespace and configures
+//! it over HTTP as an operator would; on-premises is ONE strongSwan configured the way the
+//! product documentation tells operators to (two connections to the gateway's two
+//! addresses, children with `priority = 1`/`2`, `dpd_delay = 10`, `dpd_action = restart`,
+//! `close_action = start`, identical selectors). Needs root and the lab's packages.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
+use std::time::{Duration, Instant};
+
+use lab::{PingMonitor, Process, StrongSwan, SwanctlChild, SwanctlConn, Topology, swanctl};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vpngw");
+const PSK: &str = "ha-psk-4Rt7";
+const SUITE: &str = "aes128-sha1-modp1024";
+const GW1: &str = "192.0.2.1";
+const GW2: &str = "192.0.2.2";
+const ONPREM_NET: &str = "10.2.0.0/24";
+const ONPREM_HOST: &str = "10.2.0.1";
+const VPC_NET: &str = "172.16.0.0/16";
+const LISTEN: &str = "127.0.0.1:9280";
+/// Bound of every wait for a state change.
+const WAIT: Duration = Duration::from_secs(30);
+/// Interval of the continuous ping that measures failover loss.
+const PING_EVERY: Duration = Duration::from_millis(50);
+
+/// `vpngw serve` in the `gw` namespace; SIGTERM (then SIGKILL) on drop.
+struct Serve {
+    process: Process,
+    token: String,
+}
+
+impl Serve {
+    fn start(topo: &Topology) -> Serve {
+        let data_dir = topo.workdir.subdir("vpngw-data").unwrap();
+        let dir = data_dir.to_string_lossy().to_string();
+        let mut process = topo
+            .gw
+            .spawn(
+                &[BIN, "--data-dir", &dir, "serve", "--listen", LISTEN],
+                topo.workdir.path(),
+                "vpngw-serve",
+            )
+            .unwrap();
+        let token_file = data_dir.join("admin.token");
+        lab::wait_until(Duration::from_secs(20), "vpngw serve healthy", || {
+            process.ensure_running()?;
+            let healthy = topo.gw.run_in(|| {
+                ureq::get(&format!("http://{LISTEN}/healthz"))
+                    .timeout(Duration::from_secs(2))
+                    .call()
+                    .is_ok()
+            })?;
+            Ok((healthy && token_file.exists()).then_some(()))
+        })
+        .unwrap();
+        let token = std::fs::read_to_string(&token_file)
+            .unwrap()
+            .trim()
+            .to_string();
+        Serve { process, token }
+    }
+
+    fn call(&self, topo: &Topology, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let url = format!("http://{LISTEN}{path}");
+        let auth = format!("Bearer {}", self.token);
+        let method = method.to_string();
+        topo.gw
+            .run_in(move || {
+                let req = ureq::request(&method, &url)
+                    .set("Authorization", &auth)
+                    .timeout(Duration::from_secs(10));
+                let r = match body {
+                    Some(b) => req.send_json(b),
+                    None => req.call(),
+                };
+                let resp = match r {
+                    Ok(r) => r,
+                    Err(ureq::Error::Status(_, r)) => r,
+                    Err(e) => panic!("{method} {url}: {e}"),
+                };
+                let status = resp.status();
+                let text = resp.into_string().unwrap_or_default();
+                (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+            })
+            .unwrap()
+    }
+
+    fn send(&self, topo: &Topology, method: &str, path: &str, body: Value) -> Value {
+        let (s, v) = self.call(topo, method, path, Some(body));
+        assert!((200..300).contains(&s), "{method} {path}: {s} {v}");
+        v
+    }
+
+    fn get(&self, topo: &Topology, path: &str) -> Value {
+        let (s, v) = self.call(topo, "GET", path, None);
+        assert_eq!(s, 200, "GET {path}: {v}");
+        v
+    }
+
+    /// Polls the connection until `pred` holds for its tunnels (bounded by [`WAIT`]);
+    /// panics with the tunnels, the connection log and vpngw's log otherwise.
+    fn wait_conn(
+        &self,
+        topo: &Topology,
+        conn: &str,
+        what: &str,
+        pred: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let start = Instant::now();
+        loop {
+            let c = self.get(topo, &format!("/v1/vpn-connections/{conn}"));
+            let tunnels = c["tunnels"].as_array().cloned().unwrap_or_default();
+            if pred(&tunnels) {
+                return tunnels;
+            }
+            if start.elapsed() > WAIT {
+                let logs = self.get(topo, &format!("/v1/vpn-connections/{conn}/logs?limit=1000"));
+                let statuses: Vec<&Value> = tunnels.iter().map(|t| &t["status"]).collect();
+                panic!(
+                    "timed out waiting for {what}; tunnel status: {statuses:#?}\nlogs: {:#}\nvpngw log:\n{}",
+                    logs["items"],
+                    self.process.log_tail(40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().expect("id").to_string()
+}
+
+fn established(t: &Value) -> bool {
+    t["status"]["phase"] == "established"
+}
+
+fn carrying(t: &Value) -> bool {
+    t["status"]["carrying_traffic"] == true
+}
+
+/// One on-premises connection to a gateway address as the product documentation writes
+/// it (policy-based: on-premises CIDR ↔ VPC CIDR; DPD with restart; started at load and
+/// restarted when closed).
+fn doc_conn(name: &str, local: &str, gw_addr: &str, priority: u32, psk: &str) -> SwanctlConn {
+    SwanctlConn {
+        proposals: vec![SUITE.into()],
+        dpd_delay: Some(10),
+        ..SwanctlConn::psk(name, local, gw_addr, psk)
+    }
+    .child(SwanctlChild {
+        esp_proposals: vec![SUITE.into()],
+        dpd_action: Some("restart".into()),
+        start_action: Some("start".into()),
+        close_action: Some("start".into()),
+        priority: Some(priority),
+        ..SwanctlChild::new(&format!("{name}-net"), ONPREM_NET, VPC_NET)
+    })
+}
+
+/// The lab with a gateway, one customer gateway and a protected-flows connection whose
+/// tunnels are set up by `tunnel`.
+struct Ha {
+    topo: Topology,
+    serve: Serve,
+    swan: StrongSwan,
+    gw_id: String,
+    conn_id: String,
+    tunnel_ids: Vec<String>,
+}
+
+struct HaConfig {
+    topo: lab::TopologyConfig,
+    addresses: Vec<&'static str>,
+    cgw_ip: String,
+    /// Extra settings merged into each tunnel.
+    tunnel: Value,
+    onprem: Vec<SwanctlConn>,
+}
+
+impl Ha {
+    fn start(cfg: HaConfig) -> Ha {
+        let topo = Topology::build(cfg.topo).unwrap();
+        let serve = Serve::start(&topo);
+        let swan =
+            StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
+        let gw = serve.send(
+            &topo,
+            "POST",
+            "/v1/vpn-gateways",
+            json!({"name": "ha-gw", "ipsec_addresses": cfg.addresses, "local_networks": [VPC_NET]}),
+        );
+        let gw_id = id(&gw);
+        let cgw = serve.send(
+            &topo,
+            "POST",
+            "/v1/customer-gateways",
+            json!({"name": "onprem", "ip_address": cfg.cgw_ip}),
+        );
+        let tunnels: Vec<Value> = cfg
+            .addresses
+            .iter()
+            .map(|_| {
+                let mut t = json!({"customer_gateway_id": id(&cgw), "pre_shared_key": PSK});
+                for (k, v) in cfg.tunnel.as_object().into_iter().flatten() {
+                    t[k] = v.clone();
+                }
+                t
+            })
+            .collect();
+        let conn = serve.send(
+            &topo,
+            "POST",
+            "/v1/vpn-connections",
+            json!({
+                "name": "to-onprem",
+                "vpn_gateway_id": gw_id,
+                "routing_mode": "protected_flows",
+                "local_subnets": [VPC_NET],
+                "remote_subnets": [ONPREM_NET],
+                // The peer starts the tunnels (start_action = start); vpngw takes over
+                // re-initiating once they were up.
+                "effective_immediately": false,
+                "tunnels": tunnels,
+            }),
+        );
+        let conn_id = id(&conn);
+        let tunnel_ids = conn["tunnels"].as_array().unwrap().iter().map(id).collect();
+        swan.load(&swanctl::render(&cfg.onprem)).unwrap();
+        Ha {
+            topo,
+            serve,
+            swan,
+            gw_id,
+            conn_id,
+            tunnel_ids,
+        }
+    }
+
+    fn dual() -> Ha {
+        Ha::dual_with(json!({}))
+    }
+
+    fn dual_with(tunnel: Value) -> Ha {
+        let onprem = lab::TopologyConfig::default();
+        let local = lab::topology::host(&onprem.onprem_public).to_string();
+        Ha::start(HaConfig {
+            cgw_ip: local.clone(),
+            topo: onprem,
+            addresses: vec![GW1, GW2],
+            tunnel,
+            onprem: vec![
+                doc_conn("vco1", &local, GW1, 1, PSK),
+                doc_conn("vco2", &local, GW2, 2, PSK),
+            ],
+        })
+    }
+
+    fn wait(&self, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        self.serve.wait_conn(&self.topo, &self.conn_id, what, pred)
+    }
+
+    fn tunnel_path(&self, i: usize) -> String {
+        format!(
+            "/v1/vpn-connections/{}/tunnels/{}",
+            self.conn_id, self.tunnel_ids[i]
+        )
+    }
+
+    /// Both tunnels negotiated, tunnel 1 carrying traffic, strongSwan's two IKE SAs up.
+    fn wait_both_up(&self) {
+        self.wait("both tunnels established, tunnel 1 carrying", |t| {
+            t.len() == 2 && established(&t[0]) && established(&t[1]) && carrying(&t[0])
+        });
+        for name in ["vco1", "vco2"] {
+            self.swan.wait_established(name, WAIT).unwrap();
+        }
+    }
+
+    /// Waits until VPC ↔ on-premises ping works (both directions).
+    fn wait_traffic(&self) {
+        let vpc = self.topo.vpc_ip().to_string();
+        lab::wait_ping(&self.topo.onprem, ONPREM_HOST, &vpc, WAIT).unwrap();
+        lab::wait_ping(&self.topo.vpc, &vpc, ONPREM_HOST, WAIT).unwrap();
+    }
+
+    fn monitor(&self) -> PingMonitor {
+        PingMonitor::start(
+            &self.topo.onprem,
+            self.topo.workdir.path(),
+            ONPREM_HOST,
+            self.topo.vpc_ip(),
+            PING_EVERY,
+        )
+        .unwrap()
+    }
+
+    /// ESP packets strongSwan sent on the child of connection `name` so far.
+    fn swan_packets_out(&self, name: &str) -> u64 {
+        self.swan
+            .sa(name)
+            .unwrap()
+            .and_then(|sa| {
+                sa.children
+                    .iter()
+                    .filter(|c| c.state == "INSTALLED")
+                    .map(|c| c.packets_out)
+                    .max()
+            })
+            .unwrap_or(0)
+    }
+}
+
+/// Stops the monitor, prints the loss and asserts it stayed under `max`.
+fn report(what: &str, m: PingMonitor, max: Duration) -> lab::PingReport {
+    let r = m.stop().unwrap();
+    println!(
+        "{what}: sent {}, received {}, longest loss {:?}, losses {:?}",
+        r.sent,
+        r.received,
+        r.longest_loss(),
+        r.losses
+    );
+    assert!(r.sent > 20, "{what}: the ping monitor barely ran: {r:?}");
+    assert!(
+        r.longest_loss() < max,
+        "{what}: longest loss {:?} ≥ {max:?}: {r:?}",
+        r.longest_loss()
+    );
+    r
+}
+
+#[test]
+fn dual_tunnel_failover_on_psk_change_and_back() {
+    let ha = Ha::dual();
+    ha.wait_both_up();
+    ha.wait_traffic();
+    let t = ha.wait("tunnel 2 standby", |t| !carrying(&t[1]));
+    assert!(carrying(&t[0]), "{t:#?}");
+
+    let m = ha.monitor();
+    std::thread::sleep(Duration::from_secs(1));
+    // Break tunnel 1: the gateway renegotiates with a PSK the peer does not have, so it
+    // deletes tunnel 1's SAs (INFORMATIONAL Delete) and the peer moves to tunnel 2.
+    ha.serve.send(
+        &ha.topo,
+        "PATCH",
+        &ha.tunnel_path(0),
+        json!({"pre_shared_key": "wrong-psk-0000"}),
+    );
+    let t = ha.wait("tunnel 2 carrying traffic", |t| {
+        carrying(&t[1]) && !carrying(&t[0])
+    });
+    assert!(established(&t[1]), "{t:#?}");
+    // Let the broken tunnel fail a few times while traffic flows through tunnel 2.
+    std::thread::sleep(Duration::from_secs(4));
+    let t = ha.wait("tunnel 1 not established", |t| !established(&t[0]));
+    assert!(carrying(&t[1]), "{t:#?}");
+    let via2 = ha.swan_packets_out("vco2");
+    assert!(via2 > 0, "strongSwan sent nothing through tunnel 2");
+
+    // Repair: the old PSK again; tunnel 1 comes back and carries the traffic again.
+    ha.serve.send(
+        &ha.topo,
+        "PATCH",
+        &ha.tunnel_path(0),
+        json!({"pre_shared_key": PSK}),
+    );
+    ha.wait("tunnel 1 carrying traffic again", |t| {
+        established(&t[0]) && carrying(&t[0]) && !carrying(&t[1])
+    });
+    ha.swan.wait_established("vco1", WAIT).unwrap();
+    // strongSwan prefers the priority-1 child again: its packets go through tunnel 1.
+    let before = ha.swan_packets_out("vco1");
+    lab::wait_until(WAIT, "strongSwan sending through tunnel 1", || {
+        Ok((ha.swan_packets_out("vco1") > before + 5).then_some(()))
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    report("failover by PSK change and back", m, Duration::from_secs(1));
+}
+
+#[test]
+fn dual_tunnel_reset_of_tunnel_1_keeps_traffic_flowing() {
+    let ha = Ha::dual();
+    ha.wait_both_up();
+    ha.wait_traffic();
+    let m = ha.monitor();
+    std::thread::sleep(Duration::from_secs(1));
+    let (s, v) = ha.serve.call(
+        &ha.topo,
+        "POST",
+        &format!("{}/reset", ha.tunnel_path(0)),
+        Some(json!({})),
+    );
+    assert!((200..300).contains(&s), "reset: {s} {v}");
+    // Tunnel 1 renegotiates at once (same settings) and takes the traffic back.
+    ha.wait("tunnel 1 renegotiated and carrying", |t| {
+        established(&t[0]) && carrying(&t[0])
+    });
+    ha.swan.wait_established("vco1", WAIT).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    report("reset of tunnel 1", m, Duration::from_secs(1));
+    let logs = ha.serve.get(
+        &ha.topo,
+        &format!("/v1/vpn-connections/{}/logs?limit=1000", ha.conn_id),
+    );
+    assert!(logs.to_string().contains("reset_requested"), "{logs:#}");
+}
+
+#[test]
+fn dpd_declares_tunnel_1_dead_fails_over_and_restarts_it() {
+    // Short DPD so the test stays well under a minute: probe after 2 s idle, dead after
+    // 6 s without an answer.
+    let ha = Ha::dual_with(json!({"dpd_interval_s": 2, "dpd_timeout_s": 6}));
+    ha.wait_both_up();
+    ha.wait_traffic();
+    let t = ha.wait("dpd settings", |_| true);
+    assert_eq!(t[0]["dpd_interval_s"], 2, "{:#}", t[0]);
+    assert_eq!(t[0]["dpd_timeout_s"], 6, "{:#}", t[0]);
+
+    // Cut tunnel 1 on the way (both directions, IKE and ESP) in the "internet".
+    lab::nft::drop_ipsec_from(&ha.topo.inet, GW1).unwrap();
+    lab::nft::drop_ipsec_to(&ha.topo.inet, GW1).unwrap();
+    let cut = Instant::now();
+    // vpngw only probes an idle peer: traffic from the VPC keeps tunnel 1's outbound SA
+    // busy but nothing comes back, so DPD runs.
+    let t = ha.wait("DPD declares tunnel 1 dead; tunnel 2 carries", |t| {
+        !established(&t[0]) && carrying(&t[1])
+    });
+    let took = cut.elapsed();
+    println!("DPD declared tunnel 1 dead after {took:?}");
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(20),
+        "{took:?}"
+    );
+    let reason = t[0]["status"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("stopped answering"), "{reason}");
+    // VPC → on-premises now leaves through tunnel 2 (the peer has both children).
+    let vpc = ha.topo.vpc_ip().to_string();
+    lab::wait_ping(&ha.topo.vpc, &vpc, ONPREM_HOST, WAIT).unwrap();
+
+    // The peer comes back: vpngw re-initiates by itself (action restart) and tunnel 1
+    // takes the traffic back.
+    lab::nft::restore_ipsec_from(&ha.topo.inet, GW1).unwrap();
+    lab::nft::restore_ipsec_to(&ha.topo.inet, GW1).unwrap();
+    ha.wait("tunnel 1 re-established by vpngw and carrying", |t| {
+        established(&t[0]) && carrying(&t[0])
+    });
+    let logs = ha.serve.get(
+        &ha.topo,
+        &format!("/v1/vpn-connections/{}/logs?limit=1000", ha.conn_id),
+    );
+    assert!(logs.to_string().contains("peer_dead"), "{logs:#}");
+}
+
+/// onprem behind the lab's masquerading NAT, single-tunnel gateway.
+fn nat_lab(cgw_ip: &str, tunnel: Value, onprem_id: Option<&str>) -> Ha {
+    let cfg = lab::TopologyConfig::with_nat();
+    let private = lab::topology::host(&cfg.nat.as_ref().unwrap().onprem_private).to_string();
+    let public = lab::topology::host(&cfg.onprem_public).to_string();
+    let mut conn = doc_conn("vco1", &private, GW1, 1, PSK);
+    // Behind a NAT the peer identifies itself by its public address (the default
+    // remote_id of the tunnel is the customer gateway's address) or by a configured ID.
+    conn.local_id = Some(onprem_id.unwrap_or(&public).to_string());
+    Ha::start(HaConfig {
+        topo: cfg,
+        addresses: vec![GW1],
+        cgw_ip: cgw_ip.to_string(),
+        tunnel,
+        onprem: vec![conn],
+    })
+}
+
+#[test]
+fn nat_traversal_through_a_real_nat() {
+    let ha = nat_lab("198.51.100.1", json!({}), None);
+    let t = ha.wait("tunnel established through the NAT", |t| {
+        t.len() == 1 && established(&t[0]) && carrying(&t[0])
+    });
+    let sa = ha.swan.wait_established("vco1", WAIT).unwrap();
+    assert!(
+        sa.nat_local,
+        "strongSwan should see itself behind the NAT: {sa:?}"
+    );
+    assert_eq!(sa.remote_port, 4500, "IKE floated to UDP 4500: {sa:?}");
+    assert!(sa.children[0].encap, "ESP in UDP: {sa:?}");
+    ha.wait_traffic();
+    let vpc = ha.topo.vpc_ip().to_string();
+    let r = lab::ping(&ha.topo.vpc, &vpc, ONPREM_HOST, 5, Duration::from_secs(5)).unwrap();
+    assert_eq!(r.received, 5, "{r:?}");
+    let logs = ha.serve.get(
+        &ha.topo,
+        &format!("/v1/vpn-connections/{}/logs?limit=1000", ha.conn_id),
+    );
+    assert!(logs.to_string().contains("ESP in UDP"), "{logs:#}");
+    assert!(
+        t[0]["status"]["child_sas"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty())
+    );
+}
+
+#[test]
+fn nat_traversal_off_with_a_nat_is_reported() {
+    let ha = nat_lab("198.51.100.1", json!({"nat_traversal": false}), None);
+    let t = ha.wait("the status reason names the NAT", |t| {
+        t[0]["status"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("NAT"))
+    });
+    let reason = t[0]["status"]["reason"].as_str().unwrap();
+    println!("reason: {reason}");
+    assert!(reason.contains("nat_traversal"), "{reason}");
+}
+
+#[test]
+fn any_address_customer_gateway_accepts_an_authenticated_peer_behind_nat() {
+    // 0.0.0.0: any source address; the peer is recognised by its ID and PSK.
+    let ha = nat_lab(
+        "0.0.0.0",
+        json!({"ike": {"remote_id": "branch.example.com"}}),
+        Some("branch.example.com"),
+    );
+    let t = ha.wait("tunnel established with a peer from anywhere", |t| {
+        established(&t[0]) && carrying(&t[0])
+    });
+    ha.swan.wait_established("vco1", WAIT).unwrap();
+    ha.wait_traffic();
+    // Responder only: a reset does not make vpngw initiate; the peer (close_action =
+    // start) brings it back.
+    let (s, v) = ha.serve.call(
+        &ha.topo,
+        "POST",
+        &format!("{}/reset", ha.tunnel_path(0)),
+        Some(json!({})),
+    );
+    assert!((200..300).contains(&s), "reset: {s} {v}");
+    ha.wait("re-established by the peer", |t| {
+        established(&t[0]) && t[0]["status"]["ike_sa"] != Value::Null
+    });
+    assert!(t[0]["status"]["ike_sa"].is_object());
+    ha.wait_traffic();
+}
+
+#[test]
+fn single_tunnel_gateway_carries_traffic_without_standby() {
+    let topo_cfg = lab::TopologyConfig::default();
+    let local = lab::topology::host(&topo_cfg.onprem_public).to_string();
+    let ha = Ha::start(HaConfig {
+        cgw_ip: local.clone(),
+        topo: topo_cfg,
+        addresses: vec![GW1],
+        tunnel: json!({}),
+        onprem: vec![doc_conn("vco1", &local, GW1, 1, PSK)],
+    });
+    let t = ha.wait("the single tunnel established and carrying", |t| {
+        t.len() == 1 && established(&t[0]) && carrying(&t[0])
+    });
+    assert_eq!(t[0]["role"], "primary", "{:#}", t[0]);
+    ha.wait_traffic();
+    let gw = ha
+        .serve
+        .get(&ha.topo, &format!("/v1/vpn-gateways/{}", ha.gw_id));
+    assert_eq!(gw["status"], "running", "{gw:#}");
+    // A reset renegotiates; without a standby the traffic waits for it, then flows.
+    let (s, v) = ha.serve.call(
+        &ha.topo,
+        "POST",
+        &format!("{}/reset", ha.tunnel_path(0)),
+        Some(json!({})),
+    );
+    assert!((200..300).contains(&s), "reset: {s} {v}");
+    ha.wait("renegotiated", |t| established(&t[0]) && carrying(&t[0]));
+    ha.wait_traffic();
+}
