@@ -579,3 +579,143 @@ fn single_tunnel_gateway_carries_traffic_without_standby() {
     ha.wait("renegotiated", |t| established(&t[0]) && carrying(&t[0]));
     ha.wait_traffic();
 }
+
+#[test]
+fn weighted_routes_to_two_customer_gateways_fail_over_and_show_in_the_route_table() {
+    // Two customer gateways (two on-premises addresses of one strongSwan), two
+    // single-tunnel connections, destination routes with weight 100 / 0.
+    let cfg = lab::TopologyConfig::default();
+    let one = lab::topology::host(&cfg.onprem_public).to_string();
+    let two = "198.51.100.2";
+    let ha = Ha::start(HaConfig {
+        cgw_ip: one.clone(),
+        topo: cfg,
+        addresses: vec![GW1],
+        tunnel: json!({}),
+        onprem: vec![],
+    });
+    let (topo, serve) = (&ha.topo, &ha.serve);
+    topo.onprem.addr_add("eth0", &format!("{two}/24")).unwrap();
+    let cgw2 = serve.send(
+        topo,
+        "POST",
+        "/v1/customer-gateways",
+        json!({"name": "onprem-2", "ip_address": two}),
+    );
+    let b = serve.send(
+        topo,
+        "POST",
+        "/v1/vpn-connections",
+        json!({
+            "name": "to-onprem-2",
+            "vpn_gateway_id": ha.gw_id,
+            "effective_immediately": false,
+            "tunnels": [{"customer_gateway_id": id(&cgw2), "pre_shared_key": PSK}],
+        }),
+    );
+    let b_id = id(&b);
+    // `ha`'s own connection is protected flows; these two are destination routed.
+    let a = serve.send(
+        topo,
+        "POST",
+        "/v1/vpn-connections",
+        json!({
+            "name": "to-onprem-1",
+            "vpn_gateway_id": ha.gw_id,
+            "effective_immediately": false,
+            "tunnels": [{"customer_gateway_id": ha.serve.get(topo, &format!("/v1/vpn-connections/{}", ha.conn_id))["tunnels"][0]["customer_gateway_id"], "pre_shared_key": PSK}],
+        }),
+    );
+    let a_id = id(&a);
+    // The protected-flows connection of the fixture is not needed here.
+    let (s, v) = serve.call(
+        topo,
+        "DELETE",
+        &format!("/v1/vpn-connections/{}", ha.conn_id),
+        None,
+    );
+    assert!((200..300).contains(&s), "{s} {v}");
+    let routes = format!("/v1/vpn-gateways/{}/routes", ha.gw_id);
+    serve.send(
+        topo,
+        "POST",
+        &routes,
+        json!({"destination": ONPREM_NET, "next_hop": a_id, "weight": 100}),
+    );
+    serve.send(
+        topo,
+        "POST",
+        &routes,
+        json!({"destination": ONPREM_NET, "next_hop": b_id, "weight": 0}),
+    );
+    ha.swan
+        .load(&swanctl::render(&[
+            doc_conn("vco1", &one, GW1, 1, PSK),
+            doc_conn("vco2", two, GW1, 2, PSK),
+        ]))
+        .unwrap();
+    let up = |c: &str| {
+        serve.wait_conn(topo, c, "established", |t| established(&t[0]));
+    };
+    up(&a_id);
+    up(&b_id);
+    let table_path = format!("/v1/vpn-gateways/{}/route-table", ha.gw_id);
+    let wait_table = |what: &str, want: [&str; 2]| -> Vec<Value> {
+        let start = Instant::now();
+        loop {
+            let t = serve.get(topo, &table_path)["items"]
+                .as_array()
+                .cloned()
+                .unwrap();
+            let states: Vec<&str> = t.iter().map(|e| e["state"].as_str().unwrap()).collect();
+            if states == want {
+                return t;
+            }
+            assert!(start.elapsed() < WAIT, "{what}: route table {t:#?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let t = wait_table("weight 100 active, weight 0 standby", ["active", "standby"]);
+    assert_eq!(t[0]["next_hop"], a_id.as_str());
+    assert_eq!(t[0]["origin"], "static");
+    assert!(t[1]["reason"].as_str().unwrap().contains(&a_id), "{t:#?}");
+    ha.wait_traffic();
+
+    let m = ha.monitor();
+    std::thread::sleep(Duration::from_secs(1));
+    serve.send(
+        topo,
+        "PATCH",
+        &format!(
+            "/v1/vpn-connections/{a_id}/tunnels/{}",
+            id(&a["tunnels"][0])
+        ),
+        json!({"pre_shared_key": "wrong-psk-0000"}),
+    );
+    let t = wait_table(
+        "the weight-100 route inactive, the weight-0 one active",
+        ["inactive", "active"],
+    );
+    println!("route table after breaking {a_id}: {t:#?}");
+    assert!(t[0]["reason"].as_str().unwrap().contains("falls through"));
+    let vpc = topo.vpc_ip().to_string();
+    lab::wait_ping(&topo.vpc, &vpc, ONPREM_HOST, WAIT).unwrap();
+    assert!(ha.swan_packets_out("vco2") > 0);
+
+    serve.send(
+        topo,
+        "PATCH",
+        &format!(
+            "/v1/vpn-connections/{a_id}/tunnels/{}",
+            id(&a["tunnels"][0])
+        ),
+        json!({"pre_shared_key": PSK}),
+    );
+    wait_table("back to weight 100", ["active", "standby"]);
+    std::thread::sleep(Duration::from_secs(1));
+    report(
+        "failover between two customer gateways (weights 100/0)",
+        m,
+        Duration::from_secs(1),
+    );
+}
