@@ -1,0 +1,831 @@
+//! The IKEv2 algorithm matrix and the routing-mode × role combinations, against a real
+//! strongSwan 5.9 (needs root; the lab's packages, see `lab`).
+//!
+//! Like `interop.rs`, each test builds the lab (`vpc — gw — inet — onprem`), runs the
+//! HTTP API and the gateway node in-process inside `gw`, configures strongSwan in
+//! `onprem` and drives vpngw over HTTP. The matrix reuses one lab per test function: each
+//! row reloads strongSwan's proposals and PATCHes the tunnel (which renegotiates), waits
+//! for the new IKE SA, has strongSwan rekey the Child SA (so the PFS group is really used:
+//! the first Child SA comes with IKE_AUTH without its own Diffie-Hellman, RFC 7296 §1.2)
+//! and pings through the tunnel.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use lab::{Iperf3Server, PingMonitor, StrongSwan, SwanctlChild, SwanctlConn, Topology, swanctl};
+use node::{Node, NodeConfig};
+use serde_json::{Value, json};
+use store::{SqliteStore, Store};
+
+const PSK: &str = "lab-psk-Mx4";
+const ONPREM: &str = "198.51.100.1";
+const GW1: &str = "192.0.2.1";
+
+/// The system under test: API + node in the `gw` namespace. Stopped on Drop.
+struct Gateway {
+    port: u16,
+    token: String,
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<lab::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    fn start(topo: &Topology) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let path: PathBuf = dir.path().to_owned();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let thread = topo
+            .gw
+            .spawn_thread(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).unwrap());
+                    let token = api::load_or_create_admin_token(&path).unwrap();
+                    let state = api::AppState::new(Arc::clone(&store), token.clone());
+                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                    let port = listener.local_addr().unwrap().port();
+                    let router = api::router(state.clone());
+                    tokio::spawn(async move { axum::serve(listener, router).await });
+                    let config = NodeConfig {
+                        workers: 2,
+                        ..NodeConfig::default()
+                    };
+                    let node = Node::start(config, store, state.subscribe()).await.unwrap();
+                    state.set_node_control(Arc::new(node.commands()));
+                    ready_tx.send((port, token)).unwrap();
+                    let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
+                    node.shutdown().await;
+                });
+            })
+            .unwrap();
+        let (port, token) = ready_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("gateway node started");
+        Gateway {
+            port,
+            token,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+            _dir: dir,
+        }
+    }
+
+    /// An API call from inside the `gw` namespace; returns (status, body).
+    fn call(&self, topo: &Topology, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let url = format!("http://127.0.0.1:{}{path}", self.port);
+        let auth = format!("Bearer {}", self.token);
+        let method = method.to_string();
+        topo.gw
+            .run_in(move || {
+                let req = ureq::request(&method, &url)
+                    .set("Authorization", &auth)
+                    .timeout(Duration::from_secs(10));
+                let r = match body {
+                    Some(b) => req.send_json(b),
+                    None => req.call(),
+                };
+                let resp = match r {
+                    Ok(r) => r,
+                    Err(ureq::Error::Status(_, r)) => r,
+                    Err(e) => panic!("{method} {url}: {e}"),
+                };
+                let status = resp.status();
+                let text = resp.into_string().unwrap_or_default();
+                (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+            })
+            .unwrap()
+    }
+
+    fn post(&self, topo: &Topology, path: &str, body: Value) -> Value {
+        let (s, v) = self.call(topo, "POST", path, Some(body));
+        assert!((200..300).contains(&s), "POST {path}: {s} {v}");
+        v
+    }
+
+    fn get(&self, topo: &Topology, path: &str) -> Value {
+        let (s, v) = self.call(topo, "GET", path, None);
+        assert_eq!(s, 200, "GET {path}: {v}");
+        v
+    }
+
+    fn patch(&self, topo: &Topology, path: &str, body: Value) -> Value {
+        let (s, v) = self.call(topo, "PATCH", path, Some(body));
+        assert_eq!(s, 200, "PATCH {path}: {v}");
+        v
+    }
+
+    /// Polls the connection until `pred` holds for its first tunnel's status.
+    fn wait_tunnel(
+        &self,
+        topo: &Topology,
+        conn: &str,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let start = Instant::now();
+        loop {
+            let c = self.get(topo, &format!("/v1/vpn-connections/{conn}"));
+            let t = c["tunnels"][0].clone();
+            if pred(&t["status"]) {
+                return t;
+            }
+            if start.elapsed() > timeout {
+                let logs = self.get(topo, &format!("/v1/vpn-connections/{conn}/logs?limit=50"));
+                panic!(
+                    "timed out waiting for {what}; tunnel: {:#}\nlogs: {:#}",
+                    t, logs["items"]
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Polls the connection until `pred` holds for its first tunnel's status; `None`
+    /// after `timeout` (the caller adds what it knows, such as the peer's log).
+    fn try_wait_tunnel(
+        &self,
+        topo: &Topology,
+        conn: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
+        let start = Instant::now();
+        loop {
+            let c = self.get(topo, &format!("/v1/vpn-connections/{conn}"));
+            let t = c["tunnels"][0].clone();
+            if pred(&t["status"]) {
+                return Some(t);
+            }
+            if start.elapsed() > timeout {
+                let logs = self.get(topo, &format!("/v1/vpn-connections/{conn}/logs?limit=30"));
+                eprintln!("tunnel: {t:#}\nlogs: {:#}", logs["items"]);
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Creates a single-tunnel gateway on 192.0.2.1 and the on-premises customer gateway;
+    /// returns (gateway id, customer gateway id).
+    fn base_resources(&self, topo: &Topology) -> (String, String) {
+        let gw = self.post(
+            topo,
+            "/v1/vpn-gateways",
+            json!({"name": "lab-gw", "ipsec_addresses": [GW1], "local_networks": ["172.16.0.0/16"]}),
+        );
+        let cgw = self.post(
+            topo,
+            "/v1/customer-gateways",
+            json!({"name": "onprem", "ip_address": ONPREM}),
+        );
+        (id(&gw), id(&cgw))
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let end = Instant::now() + Duration::from_secs(15);
+            while !t.is_finished() && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().expect("id").to_string()
+}
+
+fn phase(s: &Value) -> &str {
+    s["phase"].as_str().unwrap_or("")
+}
+
+/// One row of the matrix, in API names.
+#[derive(Debug, Clone, Copy)]
+struct Row {
+    ike_encryption: &'static str,
+    ike_integrity: &'static str,
+    ike_group: &'static str,
+    esp_encryption: &'static str,
+    esp_integrity: &'static str,
+    /// `disabled` or a group.
+    pfs: &'static str,
+}
+
+impl Row {
+    /// strongSwan's IKE proposal, which is also how our status names the IKE SA
+    /// algorithms. AES-GCM has no integrity transform: the integrity knob names the PRF
+    /// (RFC 5282 §7).
+    fn swan_ike(&self) -> String {
+        let enc = swan_enc(self.ike_encryption);
+        let dh = swan_group(self.ike_group);
+        if self.ike_encryption.starts_with("aes-gcm") {
+            format!("{enc}-prf{}-{dh}", self.ike_integrity)
+        } else {
+            format!("{enc}-{}-{dh}", self.ike_integrity)
+        }
+    }
+
+    /// strongSwan's ESP proposal without the PFS group: what the first Child SA (from
+    /// IKE_AUTH) negotiates.
+    fn swan_esp_base(&self) -> String {
+        let enc = swan_enc(self.esp_encryption);
+        if self.esp_encryption.starts_with("aes-gcm") {
+            enc.to_string()
+        } else {
+            format!("{enc}-{}", self.esp_integrity)
+        }
+    }
+
+    /// strongSwan's ESP proposal, with the PFS group when enabled.
+    fn swan_esp(&self) -> String {
+        match self.pfs {
+            "disabled" => self.swan_esp_base(),
+            g => format!("{}-{}", self.swan_esp_base(), swan_group(g)),
+        }
+    }
+
+    fn patch(&self) -> Value {
+        json!({
+            "ike": {
+                "encryption": self.ike_encryption,
+                "integrity": self.ike_integrity,
+                "dh_group": self.ike_group,
+            },
+            "ipsec": {
+                "encryption": self.esp_encryption,
+                "integrity": self.esp_integrity,
+                "pfs": self.pfs,
+            },
+        })
+    }
+}
+
+fn swan_enc(api: &str) -> &'static str {
+    match api {
+        "aes" => "aes128",
+        "aes192" => "aes192",
+        "aes256" => "aes256",
+        "des" => "des",
+        "3des" => "3des",
+        "aes-gcm-128" => "aes128gcm16",
+        "aes-gcm-256" => "aes256gcm16",
+        other => panic!("no strongSwan name for {other}"),
+    }
+}
+
+fn swan_group(api: &str) -> &'static str {
+    match api {
+        "group2" => "modp1024",
+        "group5" => "modp1536",
+        "group14" => "modp2048",
+        "group19" => "ecp256",
+        other => panic!("no strongSwan name for {other}"),
+    }
+}
+
+const CIPHERS: [&str; 5] = ["aes", "aes192", "aes256", "des", "3des"];
+const INTEGRITY: [&str; 5] = ["md5", "sha1", "sha256", "sha384", "sha512"];
+const IKE_GROUPS: [&str; 3] = ["group2", "group5", "group14"];
+const PFS: [&str; 4] = ["group2", "group5", "group14", "disabled"];
+
+/// Every seed cipher × integrity pair (same algorithms for IKE and ESP). The groups
+/// rotate with `cipher + integrity`, so over a cipher's five rows each IKE group (of
+/// three) and each PFS setting (of four, disabled included) comes up at least once, and
+/// likewise over an integrity algorithm's five rows.
+fn cbc_rows(ciphers: &[&'static str]) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for &c in ciphers {
+        let ci = CIPHERS.iter().position(|x| *x == c).unwrap();
+        for (ii, &i) in INTEGRITY.iter().enumerate() {
+            rows.push(Row {
+                ike_encryption: c,
+                ike_integrity: i,
+                ike_group: IKE_GROUPS[(ci + ii) % IKE_GROUPS.len()],
+                esp_encryption: c,
+                esp_integrity: i,
+                pfs: PFS[(ci + ii) % PFS.len()],
+            });
+        }
+    }
+    rows
+}
+
+/// strongSwan on-premises for `row` (the responder; vpngw initiates).
+fn onprem_conn(row: &Row, local_ts: &str, remote_ts: &str) -> SwanctlConn {
+    SwanctlConn {
+        proposals: vec![row.swan_ike()],
+        dpd_delay: Some(10),
+        ..SwanctlConn::psk("vpn", ONPREM, GW1, PSK)
+    }
+    .child(SwanctlChild {
+        esp_proposals: vec![row.swan_esp()],
+        dpd_action: Some("restart".into()),
+        ..SwanctlChild::new("net", local_ts, remote_ts)
+    })
+}
+
+const DEFAULT_ROW: Row = Row {
+    ike_encryption: "aes",
+    ike_integrity: "sha1",
+    ike_group: "group2",
+    esp_encryption: "aes",
+    esp_integrity: "sha1",
+    pfs: "group2",
+};
+
+/// Runs `rows` on one lab: vpngw initiates in protected-flows mode, strongSwan responds.
+fn run_matrix(rows: &[Row]) {
+    let topo = Topology::new().unwrap();
+    let gw = Gateway::start(&topo);
+    let swan =
+        StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
+    let (local_ts, remote_ts) = ("10.2.0.0/24", "172.16.1.0/24");
+    swan.load(&swanctl::render(&[onprem_conn(
+        &DEFAULT_ROW,
+        local_ts,
+        remote_ts,
+    )]))
+    .unwrap();
+    let (gw_id, cgw_id) = gw.base_resources(&topo);
+    let conn = gw.post(
+        &topo,
+        "/v1/vpn-connections",
+        json!({
+            "name": "matrix",
+            "vpn_gateway_id": gw_id,
+            "routing_mode": "protected_flows",
+            "local_subnets": [remote_ts],
+            "remote_subnets": [local_ts],
+            "effective_immediately": true,
+            "tunnels": [{"customer_gateway_id": cgw_id, "pre_shared_key": PSK}],
+        }),
+    );
+    let conn_id = id(&conn);
+    let tunnel_id = conn["tunnels"][0]["id"].as_str().unwrap().to_string();
+    let mut t = gw.wait_tunnel(
+        &topo,
+        &conn_id,
+        "established (defaults)",
+        Duration::from_secs(20),
+        |s| phase(s) == "established",
+    );
+    let path = format!("/v1/vpn-connections/{conn_id}/tunnels/{tunnel_id}");
+    let vpc = topo.vpc_ip().to_string();
+    for row in rows {
+        let started = Instant::now();
+        let old_ike = t["status"]["ike_sa"]["spis"]["initiator"].clone();
+        swan.load(&swanctl::render(&[onprem_conn(row, local_ts, remote_ts)]))
+            .unwrap();
+        gw.patch(&topo, &path, row.patch());
+        let want_ike = row.swan_ike();
+        let want_base = row.swan_esp_base();
+        let established = gw.try_wait_tunnel(&topo, &conn_id, Duration::from_secs(25), |s| {
+            phase(s) == "established"
+                && s["ike_sa"]["spis"]["initiator"] != old_ike
+                && s["ike_sa"]["algorithms"] == want_ike.as_str()
+        });
+        let Some(est) = established else {
+            panic!(
+                "{row:?}: no IKE SA {want_ike}; charon.log:\n{}",
+                swan.log_tail(60)
+            );
+        };
+        let first = &est["status"]["child_sas"][0];
+        assert_eq!(first["algorithms"], want_base.as_str(), "{row:?}: {est:#}");
+        let first_spi = first["spi_in"].clone();
+
+        // strongSwan rekeys the Child SA: CREATE_CHILD_SA with KE when PFS is on.
+        swan.swanctl(&["--rekey", "--child", "net"]).unwrap();
+        let want_esp = row.swan_esp();
+        let rekeyed = gw.try_wait_tunnel(&topo, &conn_id, Duration::from_secs(15), |s| {
+            phase(s) == "established"
+                && s["child_sas"].as_array().is_some_and(|c| {
+                    !c.is_empty()
+                        && c.iter().all(|c| {
+                            c["spi_in"] != first_spi && c["algorithms"] == want_esp.as_str()
+                        })
+                })
+        });
+        let Some(rekeyed) = rekeyed else {
+            panic!(
+                "{row:?}: no rekeyed Child SA {want_esp}; charon.log:\n{}",
+                swan.log_tail(60)
+            );
+        };
+        let child = swan
+            .wait_sa(
+                Duration::from_secs(5),
+                "strongSwan's rekeyed child",
+                |sas| {
+                    sas.iter()
+                        .flat_map(|sa| sa.children.iter())
+                        .find(|c| c.name == "net" && c.state == "INSTALLED" && c.spi_out.len() == 8)
+                        .filter(|c| Some(c.spi_out.as_str()) != first_spi.as_str())
+                        .cloned()
+                },
+            )
+            .unwrap();
+        if row.pfs == "disabled" {
+            assert!(child.dh_group.is_empty(), "{row:?}: {child:?}");
+        } else {
+            assert_eq!(
+                child.dh_group.to_lowercase(),
+                strongswan_group_label(row.pfs),
+                "{row:?}: {child:?}"
+            );
+        }
+        lab::wait_ping(&topo.vpc, &vpc, "10.2.0.1", Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{row:?}: {e}; charon.log:\n{}", swan.log_tail(40)));
+        let r = lab::ping(&topo.vpc, &vpc, "10.2.0.1", 2, Duration::from_secs(3)).unwrap();
+        assert_eq!(r.received, 2, "{row:?}: {r:?}");
+        eprintln!(
+            "row ok in {:.1} s: ike {want_ike}, esp {want_esp}",
+            started.elapsed().as_secs_f64()
+        );
+        t = rekeyed;
+    }
+}
+
+/// How `swanctl --list-sas` names a DH group (`MODP_1024`, lower-cased).
+fn strongswan_group_label(api: &str) -> &'static str {
+    match api {
+        "group2" => "modp_1024",
+        "group5" => "modp_1536",
+        "group14" => "modp_2048",
+        "group19" => "ecp_256",
+        other => panic!("no strongSwan label for {other}"),
+    }
+}
+
+#[test]
+fn ikev2_matrix_aes_cbc_with_strongswan() {
+    run_matrix(&cbc_rows(&["aes", "aes192", "aes256"]));
+}
+
+#[test]
+fn ikev2_matrix_des_3des_gcm_with_strongswan() {
+    let mut rows = cbc_rows(&["des", "3des"]);
+    // AES-GCM: ESP with each key size and each PFS group; IKE with AES-GCM and the
+    // integrity setting as its PRF (RFC 5282 §7).
+    for (i, (enc, prf)) in [
+        ("aes-gcm-128", "sha256"),
+        ("aes-gcm-256", "sha384"),
+        ("aes-gcm-128", "sha512"),
+        ("aes-gcm-256", "sha1"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        rows.push(Row {
+            ike_encryption: enc,
+            ike_integrity: prf,
+            ike_group: IKE_GROUPS[i % IKE_GROUPS.len()],
+            esp_encryption: enc,
+            esp_integrity: "sha1",
+            pfs: PFS[i % PFS.len()],
+        });
+    }
+    // GCM for ESP under a CBC IKE SA too.
+    rows.push(Row {
+        ike_encryption: "aes256",
+        ike_integrity: "sha256",
+        ike_group: "group14",
+        esp_encryption: "aes-gcm-128",
+        esp_integrity: "sha256",
+        pfs: "group14",
+    });
+    run_matrix(&rows);
+}
+
+/// strongSwan with the default suite (aes128-sha1-modp1024) and the given children
+/// options, on-premises side.
+fn default_conn(
+    local_ts: &str,
+    remote_ts: &str,
+    child: impl FnOnce(&mut SwanctlChild),
+) -> SwanctlConn {
+    let mut conn = onprem_conn(&DEFAULT_ROW, local_ts, remote_ts);
+    if let Some(c) = conn.children.first_mut() {
+        child(c);
+    }
+    conn
+}
+
+fn traffic_both_ways(topo: &Topology) {
+    let vpc = topo.vpc_ip().to_string();
+    lab::wait_ping(&topo.vpc, &vpc, "10.2.0.1", Duration::from_secs(10)).unwrap();
+    let r = lab::ping(&topo.vpc, &vpc, "10.2.0.1", 5, Duration::from_secs(5)).unwrap();
+    assert_eq!(r.received, 5, "VPC → on-premises: {r:?}");
+    let r = lab::ping(&topo.onprem, "10.2.0.1", &vpc, 5, Duration::from_secs(5)).unwrap();
+    assert_eq!(r.received, 5, "on-premises → VPC: {r:?}");
+    let server = Iperf3Server::start(&topo.onprem, topo.workdir.path(), "10.2.0.1", 5201).unwrap();
+    let r = lab::iperf3_client(
+        &topo.vpc,
+        &vpc,
+        "10.2.0.1",
+        server.port(),
+        100_000_000,
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert!(r.bytes_sent >= 100_000_000, "{r:?}");
+    eprintln!(
+        "iperf3 through the tunnel: {:.0} Mbit/s",
+        r.bits_per_second / 1e6
+    );
+}
+
+/// Creates the connection and, in destination mode, the route to on-premises; returns
+/// the connection id.
+fn create_connection(
+    gw: &Gateway,
+    topo: &Topology,
+    mode: &str,
+    effective_immediately: bool,
+    tunnel: Value,
+) -> String {
+    let (gw_id, cgw_id) = gw.base_resources(topo);
+    let mut tunnel = tunnel;
+    tunnel["customer_gateway_id"] = json!(cgw_id);
+    tunnel["pre_shared_key"] = json!(PSK);
+    let mut body = json!({
+        "name": format!("{mode}-conn"),
+        "vpn_gateway_id": gw_id,
+        "routing_mode": mode,
+        "effective_immediately": effective_immediately,
+        "tunnels": [tunnel],
+    });
+    if mode == "protected_flows" {
+        body["local_subnets"] = json!(["172.16.1.0/24"]);
+        body["remote_subnets"] = json!(["10.2.0.0/24"]);
+    }
+    let conn_id = id(&gw.post(topo, "/v1/vpn-connections", body));
+    if mode == "destination" {
+        gw.post(
+            topo,
+            &format!("/v1/vpn-gateways/{gw_id}/routes"),
+            json!({"destination": "10.2.0.0/24", "next_hop": conn_id, "weight": 100}),
+        );
+    }
+    conn_id
+}
+
+#[test]
+fn responder_destination_mode_carries_ping_and_iperf() {
+    let topo = Topology::new().unwrap();
+    let gw = Gateway::start(&topo);
+    let swan =
+        StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
+    swan.load(&swanctl::render(&[default_conn(
+        "0.0.0.0/0",
+        "0.0.0.0/0",
+        |_| {},
+    )]))
+    .unwrap();
+    let conn_id = create_connection(&gw, &topo, "destination", false, json!({}));
+    gw.wait_tunnel(&topo, &conn_id, "idle", Duration::from_secs(10), |s| {
+        phase(s) == "idle"
+    });
+    swan.initiate("net").unwrap();
+    let t = gw.wait_tunnel(
+        &topo,
+        &conn_id,
+        "established",
+        Duration::from_secs(20),
+        |s| phase(s) == "established",
+    );
+    let sa = swan
+        .wait_established("vpn", Duration::from_secs(5))
+        .unwrap();
+    assert!(sa.initiator, "strongSwan initiated: {sa:?}");
+    assert_eq!(t["status"]["ike_sa"]["algorithms"], "aes128-sha1-modp1024");
+    assert_eq!(
+        t["status"]["child_sas"][0]["local_ts"],
+        json!(["0.0.0.0/0"])
+    );
+    assert_eq!(
+        t["status"]["child_sas"][0]["remote_ts"],
+        json!(["0.0.0.0/0"])
+    );
+    traffic_both_ways(&topo);
+    gw.wait_tunnel(&topo, &conn_id, "counters", Duration::from_secs(6), |s| {
+        s["child_sas"][0]["bytes_out"].as_u64().unwrap_or(0) >= 100_000_000
+            || s["child_sas"][0]["bytes_in"].as_u64().unwrap_or(0) >= 100_000_000
+    });
+}
+
+#[test]
+fn initiator_protected_flows_carries_ping_and_iperf() {
+    let topo = Topology::new().unwrap();
+    let gw = Gateway::start(&topo);
+    let swan =
+        StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
+    swan.load(&swanctl::render(&[default_conn(
+        "10.2.0.0/24",
+        "172.16.1.0/24",
+        |_| {},
+    )]))
+    .unwrap();
+    let conn_id = create_connection(&gw, &topo, "protected_flows", true, json!({}));
+    let t = gw.wait_tunnel(
+        &topo,
+        &conn_id,
+        "established",
+        Duration::from_secs(20),
+        |s| phase(s) == "established",
+    );
+    let sa = swan
+        .wait_established("vpn", Duration::from_secs(5))
+        .unwrap();
+    assert!(!sa.initiator, "vpngw initiated: {sa:?}");
+    assert_eq!(
+        t["status"]["child_sas"][0]["local_ts"],
+        json!(["172.16.1.0/24"])
+    );
+    assert_eq!(
+        t["status"]["child_sas"][0]["remote_ts"],
+        json!(["10.2.0.0/24"])
+    );
+    traffic_both_ways(&topo);
+    gw.wait_tunnel(&topo, &conn_id, "counters", Duration::from_secs(6), |s| {
+        s["child_sas"][0]["bytes_out"].as_u64().unwrap_or(0) >= 100_000_000
+            || s["child_sas"][0]["bytes_in"].as_u64().unwrap_or(0) >= 100_000_000
+    });
+}
+
+/// Pings every 50 ms until `done` holds (bounded by `timeout`), then 2 s more, and
+/// asserts that no echo request went unanswered.
+fn ping_across(topo: &Topology, what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let vpc = topo.vpc_ip().to_string();
+    lab::wait_ping(&topo.vpc, &vpc, "10.2.0.1", Duration::from_secs(10)).unwrap();
+    let monitor = PingMonitor::start(
+        &topo.vpc,
+        topo.workdir.path(),
+        &vpc,
+        "10.2.0.1",
+        Duration::from_millis(50),
+    )
+    .unwrap();
+    let start = Instant::now();
+    let mut ok = false;
+    while start.elapsed() < timeout {
+        if done() {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let report = monitor.stop().unwrap();
+    assert!(ok, "timed out waiting for {what}");
+    assert!(report.sent > 40, "{report:?}");
+    assert!(
+        report.losses.is_empty(),
+        "lost pings across {what}: {report:?}"
+    );
+    eprintln!("{what}: {} pings, none lost", report.sent);
+}
+
+#[test]
+fn ike_sa_rekey_under_ping_loses_nothing() {
+    let topo = Topology::new().unwrap();
+    let gw = Gateway::start(&topo);
+    let swan =
+        StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
+    swan.load(&swanctl::render(&[default_conn(
+        "10.2.0.0/24",
+        "172.16.1.0/24",
+        |_| {},
+    )]))
+    .unwrap();
+    let conn_id = create_connection(
+        &gw,
+        &topo,
+        "protected_flows",
+        true,
+        json!({"ike": {"lifetime_s": 30}}),
+    );
+    let t = gw.wait_tunnel(
+        &topo,
+        &conn_id,
+        "established",
+        Duration::from_secs(20),
+        |s| phase(s) == "established",
+    );
+    let first_ike = t["status"]["ike_sa"]["spis"].clone();
+    let child_spi = t["status"]["child_sas"][0]["spi_in"].clone();
+    let first_uid = swan
+        .wait_established("vpn", Duration::from_secs(5))
+        .unwrap()
+        .uniqueid;
+    // Our IKE SA lifetime is 30 s: we rekey it (CREATE_CHILD_SA, RFC 7296 §2.18) a few
+    // seconds before; the Child SA moves to the new IKE SA and ESP goes on.
+    ping_across(&topo, "the IKE SA rekey", Duration::from_secs(45), || {
+        let c = gw.get(&topo, &format!("/v1/vpn-connections/{conn_id}"));
+        let s = &c["tunnels"][0]["status"];
+        phase(s) == "established"
+            && !s["ike_sa"]["spis"].is_null()
+            && s["ike_sa"]["spis"] != first_ike
+    });
+    let sa = swan
+        .wait_established("vpn", Duration::from_secs(5))
+        .unwrap();
+    assert_ne!(
+        sa.uniqueid, first_uid,
+        "strongSwan has the new IKE SA: {sa:?}"
+    );
+    assert!(sa.child("net").is_some(), "the Child SA moved over: {sa:?}");
+    let r = lab::ping(
+        &topo.vpc,
+        topo.vpc_ip(),
+        "10.2.0.1",
+        3,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(r.received, 3, "after the IKE SA rekey: {r:?}");
+    // A rekey, not a reauthentication: the same Child SA lives on under the new IKE SA
+    // (RFC 7296 §2.18), so it was not torn down and recreated.
+    let t = gw.get(&topo, &format!("/v1/vpn-connections/{conn_id}"));
+    let children = t["tunnels"][0]["status"]["child_sas"].clone();
+    assert!(
+        children
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["spi_in"] == child_spi)),
+        "Child SA {child_spi} kept: {children:#}"
+    );
+}
+
+#[test]
+fn strongswan_initiated_child_rekey_under_ping_loses_nothing() {
+    let topo = Topology::new().unwrap();
+    let gw = Gateway::start(&topo);
+    let swan =
+        StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
+    // strongSwan rekeys its Child SA every 8 s; ours would only after a day.
+    swan.load(&swanctl::render(&[default_conn(
+        "10.2.0.0/24",
+        "172.16.1.0/24",
+        |c| {
+            c.rekey_time = Some(8);
+        },
+    )]))
+    .unwrap();
+    let conn_id = create_connection(&gw, &topo, "protected_flows", true, json!({}));
+    let t = gw.wait_tunnel(
+        &topo,
+        &conn_id,
+        "established",
+        Duration::from_secs(20),
+        |s| phase(s) == "established",
+    );
+    let mut seen = vec![t["status"]["child_sas"][0]["spi_in"].clone()];
+    // Two rekeys by strongSwan; each time the new Child SA carries the PFS group.
+    ping_across(
+        &topo,
+        "two strongSwan Child SA rekeys",
+        Duration::from_secs(30),
+        || {
+            let c = gw.get(&topo, &format!("/v1/vpn-connections/{conn_id}"));
+            for child in c["tunnels"][0]["status"]["child_sas"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                if !seen.contains(&child["spi_in"]) {
+                    seen.push(child["spi_in"].clone());
+                }
+            }
+            seen.len() >= 3
+        },
+    );
+    let t = gw.wait_tunnel(
+        &topo,
+        &conn_id,
+        "established",
+        Duration::from_secs(5),
+        |s| phase(s) == "established",
+    );
+    assert_eq!(
+        t["status"]["child_sas"][0]["algorithms"], "aes128-sha1-modp1024",
+        "{t:#}"
+    );
+}
