@@ -1,0 +1,349 @@
+//! vpngw ↔ vpngw: two gateway nodes, each in its own namespace with its own data
+//! directory (SQLite store, admin token), configured to each other through their HTTP
+//! APIs; gateway A initiates, gateway B responds; hosts behind each ping each other
+//! (needs root).
+//!
+//! ```text
+//!  host-a eth0 172.16.1.10/24 — vpc0 172.16.1.1/24  gw-a  pub0 192.0.2.1/24 — gw0 192.0.2.254/24
+//!                                                                              inet
+//!  host-b eth0 10.2.0.10/24   — vpc0 10.2.0.1/24    gw-b  pub0 198.51.100.1/24 — peer0 198.51.100.254/24
+//! ```
+//!
+//! Each node runs in-process in its namespace as `vpngw serve` runs it (API + node), like
+//! the other interop tests.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use lab::{Netns, Workdir, veth};
+use node::{Node, NodeConfig};
+use serde_json::{Value, json};
+use store::{SqliteStore, Store};
+
+const PSK: &str = "pair-psk-7Hq";
+const A_PUB: &str = "192.0.2.1";
+const B_PUB: &str = "198.51.100.1";
+const A_NET: &str = "172.16.1.0/24";
+const B_NET: &str = "10.2.0.0/24";
+const HOST_A: &str = "172.16.1.10";
+const HOST_B: &str = "10.2.0.10";
+
+/// The system under test: API + node in the `gw` namespace. Stopped on Drop.
+struct Gateway {
+    port: u16,
+    token: String,
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<lab::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    fn start(ns: &Netns) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let path: PathBuf = dir.path().to_owned();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let thread = ns
+            .spawn_thread(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).unwrap());
+                    let token = api::load_or_create_admin_token(&path).unwrap();
+                    let state = api::AppState::new(Arc::clone(&store), token.clone());
+                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                    let port = listener.local_addr().unwrap().port();
+                    let router = api::router(state.clone());
+                    tokio::spawn(async move { axum::serve(listener, router).await });
+                    let config = NodeConfig {
+                        workers: 2,
+                        ..NodeConfig::default()
+                    };
+                    let node = Node::start(config, store, state.subscribe()).await.unwrap();
+                    state.set_node_control(Arc::new(node.commands()));
+                    ready_tx.send((port, token)).unwrap();
+                    let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
+                    node.shutdown().await;
+                });
+            })
+            .unwrap();
+        let (port, token) = ready_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("gateway node started");
+        Gateway {
+            port,
+            token,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+            _dir: dir,
+        }
+    }
+
+    /// An API call from inside the `gw` namespace; returns (status, body).
+    fn call(&self, ns: &Netns, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let url = format!("http://127.0.0.1:{}{path}", self.port);
+        let auth = format!("Bearer {}", self.token);
+        let method = method.to_string();
+        ns.run_in(move || {
+            let req = ureq::request(&method, &url)
+                .set("Authorization", &auth)
+                .timeout(Duration::from_secs(10));
+            let r = match body {
+                Some(b) => req.send_json(b),
+                None => req.call(),
+            };
+            let resp = match r {
+                Ok(r) => r,
+                Err(ureq::Error::Status(_, r)) => r,
+                Err(e) => panic!("{method} {url}: {e}"),
+            };
+            let status = resp.status();
+            let text = resp.into_string().unwrap_or_default();
+            (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        })
+        .unwrap()
+    }
+
+    fn post(&self, ns: &Netns, path: &str, body: Value) -> Value {
+        let (s, v) = self.call(ns, "POST", path, Some(body));
+        assert!((200..300).contains(&s), "POST {path}: {s} {v}");
+        v
+    }
+
+    fn get(&self, ns: &Netns, path: &str) -> Value {
+        let (s, v) = self.call(ns, "GET", path, None);
+        assert_eq!(s, 200, "GET {path}: {v}");
+        v
+    }
+
+    /// Polls the connection until `pred` holds for its first tunnel's status.
+    fn wait_tunnel(
+        &self,
+        ns: &Netns,
+        conn: &str,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let start = Instant::now();
+        loop {
+            let c = self.get(ns, &format!("/v1/vpn-connections/{conn}"));
+            let t = c["tunnels"][0].clone();
+            if pred(&t["status"]) {
+                return t;
+            }
+            if start.elapsed() > timeout {
+                let logs = self.get(ns, &format!("/v1/vpn-connections/{conn}/logs?limit=50"));
+                panic!(
+                    "timed out waiting for {what}; tunnel: {:#}\nlogs: {:#}",
+                    t, logs["items"]
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let end = Instant::now() + Duration::from_secs(15);
+            while !t.is_finished() && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().expect("id").to_string()
+}
+
+fn phase(s: &Value) -> &str {
+    s["phase"].as_str().unwrap_or("")
+}
+
+/// The two sites and the router between them. Field order is drop order: the
+/// gateways (nodes) stop before their namespaces go.
+struct Pair {
+    gw_a: Gateway,
+    gw_b: Gateway,
+    host_a: Netns,
+    a: Netns,
+    _inet: Netns,
+    b: Netns,
+    host_b: Netns,
+    _workdir: Workdir,
+}
+
+impl Pair {
+    fn new() -> Pair {
+        let host_a = Netns::new("hosta").unwrap();
+        let a = Netns::new("gwa").unwrap();
+        let inet = Netns::new("inet").unwrap();
+        let b = Netns::new("gwb").unwrap();
+        let host_b = Netns::new("hostb").unwrap();
+        let workdir = Workdir::new("pair").unwrap();
+
+        veth(&host_a, "eth0", &a, "vpc0").unwrap();
+        host_a.addr_add("eth0", "172.16.1.10/24").unwrap();
+        a.addr_add("vpc0", "172.16.1.1/24").unwrap();
+        host_a.route_add("default", "172.16.1.1").unwrap();
+        veth(&a, "pub0", &inet, "gw0").unwrap();
+        a.addr_add("pub0", "192.0.2.1/24").unwrap();
+        inet.addr_add("gw0", "192.0.2.254/24").unwrap();
+        a.route_add("default", "192.0.2.254").unwrap();
+
+        veth(&host_b, "eth0", &b, "vpc0").unwrap();
+        host_b.addr_add("eth0", "10.2.0.10/24").unwrap();
+        b.addr_add("vpc0", "10.2.0.1/24").unwrap();
+        host_b.route_add("default", "10.2.0.1").unwrap();
+        veth(&b, "pub0", &inet, "peer0").unwrap();
+        b.addr_add("pub0", "198.51.100.1/24").unwrap();
+        inet.addr_add("peer0", "198.51.100.254/24").unwrap();
+        b.route_add("default", "198.51.100.254").unwrap();
+
+        for ns in [&a, &inet, &b] {
+            ns.enable_forwarding().unwrap();
+        }
+        let gw_a = Gateway::start(&a);
+        let gw_b = Gateway::start(&b);
+        Pair {
+            gw_a,
+            gw_b,
+            host_a,
+            a,
+            _inet: inet,
+            b,
+            host_b,
+            _workdir: workdir,
+        }
+    }
+}
+
+/// Configures one side: its gateway, the other side as customer gateway, a
+/// protected-flows connection and returns the connection id.
+#[allow(clippy::too_many_arguments)]
+fn configure(
+    gw: &Gateway,
+    ns: &Netns,
+    own_pub: &str,
+    own_net: &str,
+    peer_pub: &str,
+    peer_net: &str,
+    mode: &str,
+    initiate: bool,
+) -> String {
+    let g = gw.post(
+        ns,
+        "/v1/vpn-gateways",
+        json!({"name": "site", "ipsec_addresses": [own_pub], "local_networks": [own_net]}),
+    );
+    let cgw = gw.post(
+        ns,
+        "/v1/customer-gateways",
+        json!({"name": "other-site", "ip_address": peer_pub}),
+    );
+    let mut body = json!({
+        "name": "to-other-site",
+        "vpn_gateway_id": id(&g),
+        "routing_mode": mode,
+        "effective_immediately": initiate,
+        "tunnels": [{
+            "customer_gateway_id": id(&cgw),
+            "pre_shared_key": PSK,
+            "ike": {"encryption": "aes256", "integrity": "sha256", "dh_group": "group14"},
+            "ipsec": {"encryption": "aes-gcm-128", "pfs": "group14"},
+        }],
+    });
+    if mode == "protected_flows" {
+        body["local_subnets"] = json!([own_net]);
+        body["remote_subnets"] = json!([peer_net]);
+    }
+    let conn = id(&gw.post(ns, "/v1/vpn-connections", body));
+    if mode == "destination" {
+        gw.post(
+            ns,
+            &format!("/v1/vpn-gateways/{}/routes", id(&g)),
+            json!({"destination": peer_net, "next_hop": conn, "weight": 100}),
+        );
+    }
+    conn
+}
+
+fn run_pair(mode: &str) {
+    let p = Pair::new();
+    // B only responds; A initiates as soon as it is configured.
+    let conn_b = configure(&p.gw_b, &p.b, B_PUB, B_NET, A_PUB, A_NET, mode, false);
+    p.gw_b
+        .wait_tunnel(&p.b, &conn_b, "B idle", Duration::from_secs(10), |s| {
+            phase(s) == "idle"
+        });
+    let conn_a = configure(&p.gw_a, &p.a, A_PUB, A_NET, B_PUB, B_NET, mode, true);
+    let ta = p.gw_a.wait_tunnel(
+        &p.a,
+        &conn_a,
+        "A established",
+        Duration::from_secs(20),
+        |s| phase(s) == "established",
+    );
+    let tb = p.gw_b.wait_tunnel(
+        &p.b,
+        &conn_b,
+        "B established",
+        Duration::from_secs(10),
+        |s| phase(s) == "established",
+    );
+    for t in [&ta, &tb] {
+        assert_eq!(
+            t["status"]["ike_sa"]["algorithms"], "aes256-sha256-modp2048",
+            "{t:#}"
+        );
+        assert_eq!(
+            t["status"]["child_sas"][0]["algorithms"], "aes128gcm16",
+            "{t:#}"
+        );
+    }
+    // Both ends agree on the SAs: A's outbound SPI is B's inbound one.
+    assert_eq!(
+        ta["status"]["child_sas"][0]["spi_out"], tb["status"]["child_sas"][0]["spi_in"],
+        "A: {ta:#}\nB: {tb:#}"
+    );
+
+    lab::wait_ping(&p.host_a, HOST_A, HOST_B, Duration::from_secs(10)).unwrap();
+    let r = lab::ping(&p.host_a, HOST_A, HOST_B, 5, Duration::from_secs(5)).unwrap();
+    assert_eq!(r.received, 5, "site A → site B: {r:?}");
+    let r = lab::ping(&p.host_b, HOST_B, HOST_A, 5, Duration::from_secs(5)).unwrap();
+    assert_eq!(r.received, 5, "site B → site A: {r:?}");
+
+    // The traffic really went through the tunnel: both nodes counted it.
+    let tb = p
+        .gw_b
+        .wait_tunnel(&p.b, &conn_b, "B counters", Duration::from_secs(6), |s| {
+            s["child_sas"][0]["packets_in"].as_u64().unwrap_or(0) >= 10
+                && s["child_sas"][0]["packets_out"].as_u64().unwrap_or(0) >= 10
+        });
+    assert_eq!(tb["status"]["carrying_traffic"], true, "{tb:#}");
+}
+
+#[test]
+fn vpngw_pair_protected_flows_hosts_ping_each_other() {
+    run_pair("protected_flows");
+}
+
+#[test]
+fn vpngw_pair_destination_mode_hosts_ping_each_other() {
+    run_pair("destination");
+}
