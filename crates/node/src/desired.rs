@@ -531,6 +531,45 @@ mod tests {
     }
 
     #[test]
+    fn weight_100_is_primary_whatever_the_order() {
+        let cgws = [cgw("cgw-a", "198.51.100.1")];
+        let c1 = connection("vco-1", RoutingMode::Destination, &cgws, "s3cret-psk");
+        let c2 = connection("vco-2", RoutingMode::Destination, &cgws, "s3cret-psk");
+        let conns = vec![c1, c2];
+        let r = |hop: &str, w: u32, id: &str| {
+            RouteSpec {
+                destination: Some("10.2.0.0/24".into()),
+                next_hop: Some(hop.into()),
+                weight: Some(w),
+                ..Default::default()
+            }
+            .build(&gateway(), &conns, id.into(), epoch())
+            .unwrap()
+        };
+        // The standby route was created first.
+        let routes = HashMap::from([(
+            "vpn-1".to_string(),
+            vec![r("vco-2", 0, "vrt-1"), r("vco-1", 100, "vrt-2")],
+        )]);
+        let d = build(
+            &[gateway()],
+            &cgws,
+            &conns,
+            &routes,
+            &HashMap::new(),
+            &all_ok,
+        );
+        assert_eq!(d.routes.len(), 1);
+        assert_eq!(
+            d.routes[0].1,
+            Target {
+                primary: 0,
+                standby: Some(1)
+            }
+        );
+    }
+
+    #[test]
     fn unusable_address_is_reported_not_run_and_ikev1_maps() {
         let mut c = connection(
             "vco-1",
