@@ -13,6 +13,8 @@
 //! tokio::spawn(async move {
 //!     while changes.changed().await.is_ok() { /* reconcile desired state */ }
 //! });
+//! // Without a node in the process, let the controller apply its own desired state:
+//! // tokio::spawn(api::run_without_node(state.clone()));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:9280").await?;
 //! axum::serve(listener, api::router(state)).await?;
 //! # Ok(()) }

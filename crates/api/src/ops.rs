@@ -196,7 +196,7 @@ async fn resource_metrics(state: &AppState, out: &mut String) -> ApiResult<()> {
         out,
         "vpngw_tunnel_bytes_total",
         "counter",
-        "ESP payload bytes of the tunnel's current Child SAs by direction (restarts at each Child SA rekey).",
+        "Bytes carried by the tunnel's current Child SAs by direction (restarts at each Child SA rekey).",
         &bytes,
     );
     series(

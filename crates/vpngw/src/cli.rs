@@ -82,6 +82,9 @@ enum Command {
         /// Gateway ID (vpn-…).
         gateway: String,
     },
+    /// The formats of `connection peer-config --format`.
+    #[command(name = "peer-config-formats")]
+    PeerConfigFormats,
 }
 
 #[derive(Args, Debug, Default)]
@@ -299,6 +302,20 @@ enum ConnectionCmd {
     Delete {
         id: String,
     },
+    /// The configuration of the peer device (both tunnels, with the pre-shared keys),
+    /// written as the server renders it.
+    #[command(name = "peer-config")]
+    PeerConfig {
+        id: String,
+        /// swanctl, ipsec-conf, frr, json, cisco-ios, juniper-srx, huawei-vrp, fortigate or
+        /// paloalto (`vpngw peer-config-formats` lists them).
+        #[arg(long, default_value = "swanctl")]
+        format: String,
+        /// Write to FILE (created with mode 0600: it holds pre-shared keys) instead of
+        /// standard output.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Negotiation and state events.
     Logs {
         id: String,
@@ -408,6 +425,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::RouteTable { gateway } => {
             let v = client.get(&format!("/v1/vpn-gateways/{gateway}/route-table"))?;
             out.list(&v, ROUTE_TABLE_COLUMNS);
+            Ok(())
+        }
+        Command::PeerConfigFormats => {
+            let v = client.get("/v1/peer-config-formats")?;
+            if out.quiet {
+                for f in v["items"].as_array().into_iter().flatten() {
+                    if let Some(name) = f["name"].as_str() {
+                        say!("{name}");
+                    }
+                }
+            } else {
+                out.list(&v, FORMAT_COLUMNS);
+            }
             Ok(())
         }
     }
@@ -542,6 +572,11 @@ const ROUTE_TABLE_COLUMNS: &[(&str, &str)] = &[
     ("PRIORITY", "/priority"),
     ("PUBLISHED", "/published"),
     ("REASON", "/reason"),
+];
+const FORMAT_COLUMNS: &[(&str, &str)] = &[
+    ("NAME", "/name"),
+    ("TITLE", "/title"),
+    ("TARGETS", "/targets"),
 ];
 const LOG_COLUMNS: &[(&str, &str)] = &[
     ("AT", "/at"),
@@ -720,6 +755,30 @@ fn connection(c: &Client, out: &Out, cmd: ConnectionCmd) -> anyhow::Result<()> {
         ConnectionCmd::Delete { id } => {
             c.delete(&format!("/v1/vpn-connections/{id}"))?;
             out.deleted("connection", &id);
+        }
+        ConnectionCmd::PeerConfig { id, format, output } => {
+            let text = c.get_text(&with_query(
+                &format!("/v1/vpn-connections/{id}/peer-config"),
+                &[("format", format.clone())],
+            ))?;
+            match output {
+                Some(path) => {
+                    write_private(&path, &text)?;
+                    if !out.quiet {
+                        say!(
+                            "wrote the {format} peer configuration of {id} to {} (mode 0600: it holds the pre-shared keys)",
+                            path.display()
+                        );
+                    }
+                }
+                None => {
+                    use std::io::Write as _;
+                    let mut stdout = std::io::stdout().lock();
+                    // A closed stdout (`| head`) is not an error.
+                    let _ = stdout.write_all(text.as_bytes());
+                    let _ = stdout.flush();
+                }
+            }
         }
         ConnectionCmd::Logs { id, since, limit } => {
             let mut q = Vec::new();
@@ -983,6 +1042,26 @@ fn read_json_object(src: &str) -> anyhow::Result<Map<String, Value>> {
     }
 }
 
+/// Writes `text` to `path` readable by the owner only (0600, also when the file existed),
+/// since a peer configuration holds pre-shared keys.
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    // `mode` applies to new files only: tighten an existing one before writing the keys.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("setting mode 0600 on {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 fn with_query(path: &str, q: &[(&str, String)]) -> String {
     if q.is_empty() {
         return path.to_string();
@@ -1056,6 +1135,23 @@ mod tests {
     #[test]
     fn cli_parses() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn peer_config_file_is_private_even_when_it_existed() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("peer.conf");
+        std::fs::write(&path, "old and longer text").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&path, "secret = \"k\"\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "secret = \"k\"\n");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let fresh = dir.path().join("new.conf");
+        write_private(&fresh, "x").unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 
     use clap::CommandFactory;

@@ -38,8 +38,23 @@ impl Client {
         self.send("DELETE", path, None)
     }
 
-    /// Sends a request; an API error becomes its message (and field).
+    /// A GET whose answer is not JSON (a peer configuration): the body as it came.
+    pub fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        self.request("GET", path, None)
+    }
+
+    /// Sends a request and parses the JSON answer (empty: `null`).
     fn send(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+        let text = self.request(method, path, body)?;
+        if text.trim().is_empty() {
+            Ok(Value::Null)
+        } else {
+            serde_json::from_str(&text).context("the server's answer is not JSON")
+        }
+    }
+
+    /// Sends a request; the body of a 2xx answer, or the API error's message (and field).
+    fn request(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<String> {
         let url = format!("{}{path}", self.base);
         let req = self
             .agent
@@ -50,14 +65,7 @@ impl Client {
             None => req.call(),
         };
         match result {
-            Ok(resp) => {
-                let text = resp.into_string().context("reading the response")?;
-                if text.trim().is_empty() {
-                    Ok(Value::Null)
-                } else {
-                    serde_json::from_str(&text).context("the server's answer is not JSON")
-                }
-            }
+            Ok(resp) => resp.into_string().context("reading the response"),
             Err(ureq::Error::Status(code, resp)) => {
                 let text = resp.into_string().unwrap_or_default();
                 let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);

@@ -47,6 +47,10 @@ pub fn run(listen: SocketAddr, data_dir: &Path, with_node: bool) -> anyhow::Resu
         let node = if with_node {
             start_node(&state, state.store.clone()).await
         } else {
+            // Controller only: no node will move resources out of `creating`, so the
+            // controller applies its desired state itself (gateways say no node is
+            // attached).
+            tokio::spawn(api::run_without_node(state.clone()));
             None
         };
         axum::serve(listener, api::router(state))

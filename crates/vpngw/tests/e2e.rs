@@ -131,6 +131,25 @@ impl Drop for Server {
     }
 }
 
+impl Server {
+    /// Polls `vpngw --json ARGS` until the JSON pointer `at` equals `want` (bounded).
+    fn wait_for(&self, args: &[&str], at: &str, want: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self.json(args);
+            if v.pointer(at).and_then(Value::as_str) == Some(want) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{args:?}: {at} stayed {:?}, want {want}",
+                v.pointer(at)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 fn mode(p: &Path) -> u32 {
     fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
@@ -209,6 +228,14 @@ fn cli_against_real_server_survives_restart() {
         "protected_flows",
     ]);
     let conn_id = s(&conn["id"]).to_string();
+    // Controller only (--no-node): the stored state is applied, and the gateway says that
+    // no node is attached.
+    let shown_gw = server.wait_for(&["gateway", "show", &gw_id], "/status", "running");
+    assert!(
+        s(&shown_gw["status_reason"]).contains("no gateway node attached"),
+        "{shown_gw}"
+    );
+    server.wait_for(&["connection", "show", &conn_id], "/status", "running");
     let t0 = &conn["tunnels"][0];
     assert_eq!(t0["ike"]["version"], "ikev1");
     assert_eq!(t0["ike"]["mode"], "aggressive");
@@ -216,6 +243,72 @@ fn cli_against_real_server_survives_restart() {
     assert_eq!(conn["tunnels"][1]["ipsec"]["pfs"], "disabled");
     assert!(!conn.to_string().contains("Sup3r-Secret!"));
     let tun_id = s(&t0["id"]).to_string();
+
+    // The peer's configuration: both tunnels, the keys, the addresses seen from the peer.
+    let (ok, swanctl, err) = server.cli(&["connection", "peer-config", &conn_id]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        swanctl.matches("secret = \"Sup3r-Secret!\"").count(),
+        2,
+        "{swanctl}"
+    );
+    assert_eq!(
+        swanctl.matches("local_addrs = 203.0.113.7").count(),
+        2,
+        "{swanctl}"
+    );
+    assert!(swanctl.contains("remote_addrs = 192.0.2.1"), "{swanctl}");
+    assert!(swanctl.contains("remote_addrs = 192.0.2.2"), "{swanctl}");
+    assert!(swanctl.contains("aggressive = yes"), "{swanctl}");
+    let file = tmp.path().join("peer.conf");
+    let (ok, out, err) = server.cli(&[
+        "connection",
+        "peer-config",
+        &conn_id,
+        "--format",
+        "swanctl",
+        "-o",
+        file.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("peer.conf"), "{out}");
+    assert_eq!(mode(&file), 0o600);
+    assert_eq!(fs::read_to_string(&file).unwrap(), swanctl);
+    let (ok, json_conf, err) =
+        server.cli(&["connection", "peer-config", &conn_id, "--format", "json"]);
+    assert!(ok, "{err}");
+    let json_conf: Value = serde_json::from_str(&json_conf).unwrap();
+    assert!(json_conf.to_string().contains("Sup3r-Secret!"));
+    let (ok, _, err) = server.cli(&["connection", "peer-config", &conn_id, "--format", "cisco"]);
+    assert!(!ok);
+    assert!(
+        err.contains("format") && err.contains("cisco-ios") && err.contains("400"),
+        "{err}"
+    );
+    let (ok, _, err) = server.cli(&["connection", "peer-config", &conn_id, "--format", "frr"]);
+    assert!(!ok);
+    assert!(err.contains("BGP") && err.contains("409"), "{err}");
+    let (ok, out, err) = server.cli(&["-q", "peer-config-formats"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "swanctl",
+            "ipsec-conf",
+            "frr",
+            "json",
+            "cisco-ios",
+            "juniper-srx",
+            "huawei-vrp",
+            "fortigate",
+            "paloalto"
+        ]
+    );
+    let (ok, out, _) = server.cli(&["peer-config-formats"]);
+    assert!(
+        ok && out.contains("TARGETS") && out.contains("strongSwan"),
+        "{out}"
+    );
 
     // A full JSON body on stdin.
     let body = format!(
@@ -333,13 +426,22 @@ fn cli_against_real_server_survives_restart() {
         "--psk",
         "Another-Key2",
     ]);
-    assert_eq!(updated["state"], "updating");
+    // `updating` until the controller applied it (it may already have when it answers).
+    assert!(
+        updated["state"] == "updating" || updated["state"] == "active",
+        "{updated}"
+    );
+    server.wait_for(&["tunnel", "show", &conn_id, &tun_id], "/state", "active");
+    server.wait_for(&["connection", "show", &conn_id], "/status", "running");
     let revealed = server.json(&["tunnel", "show", &conn_id, &tun_id, "--reveal-psk"]);
     assert_eq!(revealed["pre_shared_key"], "Another-Key2");
+    let (ok, out, _) = server.cli(&["connection", "peer-config", &conn_id]);
+    assert!(ok);
+    assert!(out.contains("secret = \"Another-Key2\""), "{out}");
     let (ok, out, _) = server.cli(&["connection", "list"]);
     assert!(ok);
     assert!(
-        out.contains("to-branch") && out.contains("from-json") && out.contains("updating"),
+        out.contains("to-branch") && out.contains("from-json") && out.contains("running"),
         "{out}"
     );
 
