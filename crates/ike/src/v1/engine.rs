@@ -2377,8 +2377,10 @@ fn dpd_timers(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
                     waited.as_secs()
                 ),
             );
-            cx.io.event(Event::PeerDead { peer: sa.peer });
+            // PeerDead last, once the SAs are reported gone: it is the verdict a
+            // driver shows an operator (RFC 3706 DPD), not one more SA deletion.
             remove_sa(cx, sa, DeleteReason::PeerDead);
+            cx.io.event(Event::PeerDead { peer: sa.peer });
             return;
         }
         if now >= d.next_send {

@@ -1,0 +1,748 @@
+//! IKEv1 (RFC 2409) interop: the real `vpngw serve` binary in the lab's `gw` namespace
+//! against a real strongSwan 5.9 in `onprem` (and against a second `vpngw serve`), set
+//! up over the HTTP API as an operator would (needs root and the lab's packages, see
+//! `lab`).
+//!
+//! Each test builds its own lab; every wait is bounded and everything started is
+//! stopped on Drop. When a test fails, the lab keeps its work directory (charon.log at
+//! ike=2, vpngw's log) and prints the tails.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use lab::{
+    Iperf3Server, Netns, PingMonitor, Process, StrongSwan, SwanctlChild, SwanctlConn, Topology,
+    swanctl,
+};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vpngw");
+const PSK: &str = "ikev1-psk-4Rt";
+const ONPREM: &str = "198.51.100.1";
+const GW1: &str = "192.0.2.1";
+const LISTEN: &str = "127.0.0.1:9280";
+const SUITE: &str = "aes128-sha1-modp1024";
+/// FQDN identities for aggressive mode.
+const GW_FQDN: &str = "vpngw.example.com";
+const ONPREM_FQDN: &str = "onprem.example.com";
+
+/// `vpngw serve` in a namespace; SIGTERM (then SIGKILL) on drop.
+struct Serve<'a> {
+    ns: &'a Netns,
+    process: Process,
+    token: String,
+}
+
+impl<'a> Serve<'a> {
+    fn start(ns: &'a Netns, dir: &Path) -> Serve<'a> {
+        let data_dir = dir.join("data");
+        std::fs::create_dir_all(&data_dir).unwrap();
+        let d = data_dir.to_string_lossy().to_string();
+        let mut process = ns
+            .spawn(
+                &[BIN, "--data-dir", &d, "serve", "--listen", LISTEN],
+                dir,
+                "vpngw-serve",
+            )
+            .unwrap();
+        let token_file = data_dir.join("admin.token");
+        lab::wait_until(Duration::from_secs(20), "vpngw serve healthy", || {
+            process.ensure_running()?;
+            let healthy = ns.run_in(|| {
+                ureq::get(&format!("http://{LISTEN}/healthz"))
+                    .timeout(Duration::from_secs(2))
+                    .call()
+                    .is_ok()
+            })?;
+            Ok((healthy && token_file.exists()).then_some(()))
+        })
+        .unwrap();
+        let token = std::fs::read_to_string(&token_file)
+            .unwrap()
+            .trim()
+            .to_string();
+        Serve { ns, process, token }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let url = format!("http://{LISTEN}{path}");
+        let auth = format!("Bearer {}", self.token);
+        let method = method.to_string();
+        self.ns
+            .run_in(move || {
+                let req = ureq::request(&method, &url)
+                    .set("Authorization", &auth)
+                    .timeout(Duration::from_secs(10));
+                let r = match body {
+                    Some(b) => req.send_json(b),
+                    None => req.call(),
+                };
+                let resp = match r {
+                    Ok(r) => r,
+                    Err(ureq::Error::Status(_, r)) => r,
+                    Err(e) => panic!("{method} {url}: {e}"),
+                };
+                let status = resp.status();
+                let text = resp.into_string().unwrap_or_default();
+                (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+            })
+            .unwrap()
+    }
+
+    fn post(&self, path: &str, body: Value) -> Value {
+        let (s, v) = self.call("POST", path, Some(body));
+        assert!((200..300).contains(&s), "POST {path}: {s} {v}");
+        v
+    }
+
+    fn get(&self, path: &str) -> Value {
+        let (s, v) = self.call("GET", path, None);
+        assert_eq!(s, 200, "GET {path}: {v}");
+        v
+    }
+
+    fn patch(&self, path: &str, body: Value) -> Value {
+        let (s, v) = self.call("PATCH", path, Some(body));
+        assert_eq!(s, 200, "PATCH {path}: {v}");
+        v
+    }
+
+    fn delete(&self, path: &str) {
+        let (s, v) = self.call("DELETE", path, None);
+        assert!((200..300).contains(&s), "DELETE {path}: {s} {v}");
+    }
+
+    /// A gateway on `addr` serving `local_networks`, and a customer gateway at `peer`.
+    fn base(&self, addr: &str, local_networks: &[&str], peer: &str) -> (String, String) {
+        let gw = self.post(
+            "/v1/vpn-gateways",
+            json!({"name": "lab-gw", "ipsec_addresses": [addr], "local_networks": local_networks}),
+        );
+        let cgw = self.post(
+            "/v1/customer-gateways",
+            json!({"name": "peer", "ip_address": peer}),
+        );
+        (id(&gw), id(&cgw))
+    }
+
+    /// Creates a connection with one IKEv1 tunnel (`tunnel` is merged over the
+    /// defaults) and returns (connection id, tunnel id).
+    fn connection(&self, gw: &str, cgw: &str, conn: Value, tunnel: Value) -> (String, String) {
+        let mut t = json!({
+            "customer_gateway_id": cgw,
+            "pre_shared_key": PSK,
+            "ike": {"version": "ikev1"},
+        });
+        merge(&mut t, tunnel);
+        let mut body = json!({
+            "name": "v1",
+            "vpn_gateway_id": gw,
+            "routing_mode": "destination",
+            "effective_immediately": true,
+            "tunnels": [t],
+        });
+        merge(&mut body, conn);
+        let c = self.post("/v1/vpn-connections", body);
+        let tunnel_id = c["tunnels"][0]["id"].as_str().unwrap().to_string();
+        (id(&c), tunnel_id)
+    }
+
+    fn route(&self, gw: &str, dst: &str, conn: &str) {
+        self.post(
+            &format!("/v1/vpn-gateways/{gw}/routes"),
+            json!({"destination": dst, "next_hop": conn, "weight": 100}),
+        );
+    }
+
+    /// Polls the connection's first tunnel until `pred` holds for its status.
+    fn wait_tunnel(
+        &self,
+        conn: &str,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let start = Instant::now();
+        loop {
+            let t = self.get(&format!("/v1/vpn-connections/{conn}"))["tunnels"][0].clone();
+            if pred(&t["status"]) {
+                return t;
+            }
+            if start.elapsed() > timeout {
+                let logs = self.get(&format!("/v1/vpn-connections/{conn}/logs?limit=40"));
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; tunnel: {t:#}\nlogs: {:#}\nvpngw log:\n{}",
+                    logs["items"],
+                    self.process.log_tail(40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn wait_established(&self, conn: &str, timeout: Duration) -> Value {
+        self.wait_tunnel(conn, "established", timeout, |s| {
+            phase(s) == "established" && !s["child_sas"].as_array().is_none_or(Vec::is_empty)
+        })
+    }
+
+    fn events(&self, conn: &str) -> Vec<String> {
+        self.get(&format!("/v1/vpn-connections/{conn}/logs?limit=1000"))["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|e| e["event"].as_str().map(str::to_string))
+            .collect()
+    }
+}
+
+/// Merges JSON object `b` into `a`, recursively.
+fn merge(a: &mut Value, b: Value) {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().expect("id").to_string()
+}
+
+fn phase(s: &Value) -> &str {
+    s["phase"].as_str().unwrap_or("")
+}
+
+/// strongSwan on-premises speaking IKEv1 to the gateway's tunnel-1 address.
+fn onprem_v1(ike: &str, esp: &str, local_ts: &str, remote_ts: &str) -> SwanctlConn {
+    SwanctlConn {
+        version: 1,
+        proposals: vec![ike.into()],
+        dpd_delay: Some(10),
+        ..SwanctlConn::psk("vpn", ONPREM, GW1, PSK)
+    }
+    .child(SwanctlChild {
+        esp_proposals: vec![esp.into()],
+        ..SwanctlChild::new("net", local_ts, remote_ts)
+    })
+}
+
+fn start_swan(topo: &Topology, conn: &SwanctlConn) -> StrongSwan {
+    let swan =
+        StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
+    swan.load(&swanctl::render(std::slice::from_ref(conn)))
+        .unwrap();
+    swan
+}
+
+fn start_serve(topo: &Topology) -> Serve<'_> {
+    Serve::start(&topo.gw, &topo.workdir.subdir("vpngw").unwrap())
+}
+
+/// `n` pings each way between the VPC host and 10.2.0.1, all answered.
+fn ping_both_ways(topo: &Topology, n: u32) {
+    let vpc = topo.vpc_ip();
+    lab::wait_ping(&topo.vpc, vpc, "10.2.0.1", Duration::from_secs(10)).unwrap();
+    let r = lab::ping(&topo.vpc, vpc, "10.2.0.1", n, Duration::from_secs(5)).unwrap();
+    assert_eq!(r.received, n, "VPC → on-premises: {r:?}");
+    let r = lab::ping(&topo.onprem, "10.2.0.1", vpc, n, Duration::from_secs(5)).unwrap();
+    assert_eq!(r.received, n, "on-premises → VPC: {r:?}");
+}
+
+/// 10 MB of TCP from the VPC host to on-premises.
+fn iperf_10mb(topo: &Topology) -> lab::Iperf3Result {
+    let server = Iperf3Server::start(&topo.onprem, topo.workdir.path(), "10.2.0.1", 5201).unwrap();
+    let r = lab::iperf3_client(
+        &topo.vpc,
+        topo.vpc_ip(),
+        "10.2.0.1",
+        server.port(),
+        10_000_000,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert!(r.bytes_sent >= 10_000_000, "{r:?}");
+    eprintln!(
+        "iperf3 through the IKEv1 tunnel: {:.0} Mbit/s",
+        r.bits_per_second / 1e6
+    );
+    r
+}
+
+fn assert_v1(t: &Value, ike_algs: &str) {
+    let s = &t["status"];
+    assert_eq!(phase(s), "established", "{t:#}");
+    assert_eq!(s["ike_sa"]["version"], "ikev1", "{t:#}");
+    assert_eq!(s["ike_sa"]["algorithms"], ike_algs, "{t:#}");
+}
+
+#[test]
+fn main_mode_initiator_destination_mode() {
+    let topo = Topology::new().unwrap();
+    let serve = start_serve(&topo);
+    let swan = start_swan(&topo, &onprem_v1(SUITE, SUITE, "0.0.0.0/0", "0.0.0.0/0"));
+
+    let (gw, cgw) = serve.base(GW1, &["172.16.0.0/16"], ONPREM);
+    let (conn, _) = serve.connection(&gw, &cgw, json!({}), json!({"ike": {"mode": "main"}}));
+    serve.route(&gw, "10.2.0.0/24", &conn);
+    let t = serve.wait_established(&conn, Duration::from_secs(20));
+    assert_v1(&t, SUITE);
+    assert_eq!(
+        t["status"]["child_sas"][0]["local_ts"],
+        json!(["0.0.0.0/0"])
+    );
+    let sa = swan
+        .wait_established("vpn", Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(sa.version, 1);
+    assert!(!sa.initiator);
+    assert_eq!(sa.remote_id, GW1);
+
+    ping_both_ways(&topo, 5);
+    let received = iperf_10mb(&topo).bytes_received;
+    // Counters are of inner packets (IP headers included); the gateway refreshes them
+    // every few seconds.
+    let t = serve.wait_tunnel(&conn, "byte counters", Duration::from_secs(5), |s| {
+        s["child_sas"][0]["bytes_out"].as_u64().unwrap_or(0) >= received
+    });
+    assert_eq!(t["status"]["carrying_traffic"], true);
+    let sa = swan.sa("vpn").unwrap().unwrap();
+    assert!(sa.child("net").unwrap().bytes_in >= received, "{sa:?}");
+}
+
+#[test]
+fn main_mode_responder_destination_mode() {
+    let topo = Topology::new().unwrap();
+    let serve = start_serve(&topo);
+    let swan = start_swan(&topo, &onprem_v1(SUITE, SUITE, "0.0.0.0/0", "0.0.0.0/0"));
+
+    let (gw, cgw) = serve.base(GW1, &["172.16.0.0/16"], ONPREM);
+    let (conn, _) = serve.connection(
+        &gw,
+        &cgw,
+        json!({"effective_immediately": false}),
+        json!({}),
+    );
+    serve.route(&gw, "10.2.0.0/24", &conn);
+    serve.wait_tunnel(&conn, "idle", Duration::from_secs(10), |s| {
+        phase(s) == "idle"
+    });
+    swan.initiate("net").unwrap();
+    let sa = swan
+        .wait_established("vpn", Duration::from_secs(10))
+        .unwrap();
+    assert!(sa.initiator && sa.version == 1);
+    let t = serve.wait_established(&conn, Duration::from_secs(10));
+    assert_v1(&t, SUITE);
+
+    ping_both_ways(&topo, 5);
+    iperf_10mb(&topo);
+}
+
+/// Aggressive mode with FQDN identities, vpngw first initiator, then responder.
+#[test]
+fn aggressive_mode_fqdn_both_roles() {
+    let topo = Topology::new().unwrap();
+    let serve = start_serve(&topo);
+    let swan_conn = SwanctlConn {
+        aggressive: true,
+        local_id: Some(ONPREM_FQDN.into()),
+        remote_id: Some(GW_FQDN.into()),
+        ..onprem_v1(SUITE, SUITE, "10.2.0.0/24", "172.16.1.0/24")
+    };
+    let swan = start_swan(&topo, &swan_conn);
+    let (gw, cgw) = serve.base(GW1, &["172.16.0.0/16"], ONPREM);
+    let tunnel =
+        json!({"ike": {"mode": "aggressive", "local_id": GW_FQDN, "remote_id": ONPREM_FQDN}});
+    let flows = json!({
+        "routing_mode": "protected_flows",
+        "local_subnets": ["172.16.1.0/24"],
+        "remote_subnets": ["10.2.0.0/24"],
+    });
+
+    // 1. vpngw initiates.
+    let (conn, _) = serve.connection(&gw, &cgw, flows.clone(), tunnel.clone());
+    let t = serve.wait_established(&conn, Duration::from_secs(20));
+    assert_v1(&t, SUITE);
+    let sa = swan
+        .wait_established("vpn", Duration::from_secs(10))
+        .unwrap();
+    assert!(!sa.initiator);
+    assert_eq!(sa.remote_id, GW_FQDN);
+    assert_eq!(sa.local_id, ONPREM_FQDN);
+    ping_both_ways(&topo, 3);
+
+    // 2. The connection goes (its SAs deleted at the peer); a responder-only one comes.
+    serve.delete(&format!("/v1/vpn-connections/{conn}"));
+    swan.wait_sa(Duration::from_secs(10), "the old IKE SA deleted", |sas| {
+        (!sas.iter().any(|sa| sa.name == "vpn")).then_some(())
+    })
+    .unwrap();
+    let mut flows = flows;
+    merge(&mut flows, json!({"effective_immediately": false}));
+    let (conn, _) = serve.connection(&gw, &cgw, flows, tunnel);
+    serve.wait_tunnel(&conn, "idle", Duration::from_secs(10), |s| {
+        phase(s) == "idle"
+    });
+    swan.initiate("net").unwrap();
+    let sa = swan
+        .wait_established("vpn", Duration::from_secs(10))
+        .unwrap();
+    assert!(sa.initiator);
+    assert_eq!(sa.remote_id, GW_FQDN);
+    let t = serve.wait_established(&conn, Duration::from_secs(10));
+    assert_v1(&t, SUITE);
+    ping_both_ways(&topo, 3);
+}
+
+/// Protected flows (one CIDR each side), vpngw initiator, with a 20 s ESP lifetime: the
+/// quick mode rekey under a continuous ping loses nothing.
+#[test]
+fn protected_flows_and_quick_mode_rekey_without_loss() {
+    let topo = Topology::new().unwrap();
+    let serve = start_serve(&topo);
+    let swan = start_swan(
+        &topo,
+        &onprem_v1(SUITE, SUITE, "10.2.0.0/24", "172.16.1.0/24"),
+    );
+    let (gw, cgw) = serve.base(GW1, &["172.16.0.0/16"], ONPREM);
+    let (conn, _) = serve.connection(
+        &gw,
+        &cgw,
+        json!({
+            "routing_mode": "protected_flows",
+            "local_subnets": ["172.16.1.0/24"],
+            "remote_subnets": ["10.2.0.0/24"],
+        }),
+        json!({"ipsec": {"lifetime_s": 20}}),
+    );
+    let t = serve.wait_established(&conn, Duration::from_secs(20));
+    assert_v1(&t, SUITE);
+    let child = &t["status"]["child_sas"][0];
+    assert_eq!(child["local_ts"], json!(["172.16.1.0/24"]));
+    assert_eq!(child["remote_ts"], json!(["10.2.0.0/24"]));
+    let first_spi = child["spi_in"].clone();
+    let sa = swan
+        .wait_established("vpn", Duration::from_secs(10))
+        .unwrap();
+    let c = sa.child("net").unwrap();
+    assert_eq!(c.local_ts, vec!["10.2.0.0/24"]);
+    assert_eq!(c.remote_ts, vec!["172.16.1.0/24"]);
+    ping_both_ways(&topo, 3);
+
+    let monitor = PingMonitor::start(
+        &topo.vpc,
+        topo.workdir.path(),
+        topo.vpc_ip(),
+        "10.2.0.1",
+        Duration::from_millis(50),
+    )
+    .unwrap();
+    serve.wait_tunnel(
+        &conn,
+        "a rekeyed quick mode SA",
+        Duration::from_secs(30),
+        |s| {
+            phase(s) == "established"
+                && s["child_sas"]
+                    .as_array()
+                    .is_some_and(|c| !c.is_empty() && c.iter().all(|c| c["spi_in"] != first_spi))
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let report = monitor.stop().unwrap();
+    assert!(report.sent > 20, "{report:?}");
+    assert!(
+        report.losses.is_empty(),
+        "lost pings across the rekey: {report:?}"
+    );
+    // strongSwan is left with the new SA only (the old one deleted by vpngw).
+    let sa = swan
+        .wait_sa(
+            Duration::from_secs(10),
+            "one CHILD_SA at strongSwan",
+            |sas| {
+                sas.iter()
+                    .find(|sa| {
+                        sa.name == "vpn"
+                            && sa.children.len() == 1
+                            && sa.children[0].state == "INSTALLED"
+                    })
+                    .cloned()
+            },
+        )
+        .unwrap();
+    assert_ne!(
+        Some(&sa.children[0].spi_out),
+        first_spi.as_str().map(str::to_string).as_ref()
+    );
+    let events = serve.events(&conn);
+    assert!(
+        events.iter().filter(|e| *e == "esp_sa_installed").count() >= 2,
+        "{events:?}"
+    );
+}
+
+/// One negotiation per row on the same lab: the gateway's tunnel is patched (it
+/// renegotiates) and strongSwan is reloaded with the row's proposals only.
+#[test]
+fn algorithm_matrix() {
+    struct Row {
+        swan_ike: &'static str,
+        swan_esp: &'static str,
+        ike: Value,
+        ipsec: Value,
+        /// What strongSwan lists: IKE cipher, IKE group, ESP cipher, PFS group.
+        swan_sees: [&'static str; 4],
+    }
+    let rows = [
+        Row {
+            swan_ike: "3des-md5-modp1024",
+            swan_esp: "3des-md5-modp1024",
+            ike: json!({"encryption": "3des", "integrity": "md5", "dh_group": "group2"}),
+            ipsec: json!({"encryption": "3des", "integrity": "md5", "pfs": "group2"}),
+            swan_sees: ["3DES_CBC", "MODP_1024", "3DES_CBC", "MODP_1024"],
+        },
+        Row {
+            swan_ike: "aes128-sha1-modp1536",
+            swan_esp: "aes128-sha1-modp1536",
+            ike: json!({"encryption": "aes", "integrity": "sha1", "dh_group": "group5"}),
+            ipsec: json!({"encryption": "aes", "integrity": "sha1", "pfs": "group5"}),
+            swan_sees: ["AES_CBC", "MODP_1536", "AES_CBC", "MODP_1536"],
+        },
+        Row {
+            swan_ike: "aes256-sha256-modp2048",
+            swan_esp: "aes256-sha256",
+            ike: json!({"encryption": "aes256", "integrity": "sha256", "dh_group": "group14"}),
+            ipsec: json!({"encryption": "aes256", "integrity": "sha256", "pfs": "disabled"}),
+            swan_sees: ["AES_CBC", "MODP_2048", "AES_CBC", ""],
+        },
+        Row {
+            swan_ike: "aes192-sha512-modp2048s256",
+            swan_esp: "aes192-sha512-modp2048s256",
+            ike: json!({"encryption": "aes192", "integrity": "sha512", "dh_group": "group24"}),
+            ipsec: json!({"encryption": "aes192", "integrity": "sha512", "pfs": "group24"}),
+            swan_sees: ["AES_CBC", "MODP_2048_256", "AES_CBC", "MODP_2048_256"],
+        },
+        Row {
+            swan_ike: "des-sha1-modp768",
+            swan_esp: "des-sha1-modp768",
+            ike: json!({"encryption": "des", "integrity": "sha1", "dh_group": "group1"}),
+            ipsec: json!({"encryption": "des", "integrity": "sha1", "pfs": "group1"}),
+            swan_sees: ["DES_CBC", "MODP_768", "DES_CBC", "MODP_768"],
+        },
+        Row {
+            swan_ike: "aes128-sha1-modp1024",
+            swan_esp: "aes128gcm16-modp1024",
+            ike: json!({"encryption": "aes", "integrity": "sha1", "dh_group": "group2"}),
+            ipsec: json!({"encryption": "aes-gcm-128", "pfs": "group2"}),
+            swan_sees: ["AES_CBC", "MODP_1024", "AES_GCM_16", "MODP_1024"],
+        },
+    ];
+
+    let topo = Topology::new().unwrap();
+    let serve = start_serve(&topo);
+    let swan =
+        StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
+    let (gw, cgw) = serve.base(GW1, &["172.16.0.0/16"], ONPREM);
+    let mut conn_tunnel: Option<(String, String)> = None;
+    let mut failures = Vec::new();
+    for row in &rows {
+        swan.load(&swanctl::render(&[onprem_v1(
+            row.swan_ike,
+            row.swan_esp,
+            "0.0.0.0/0",
+            "0.0.0.0/0",
+        )]))
+        .unwrap();
+        let crypto = json!({"ike": row.ike, "ipsec": row.ipsec});
+        let old_spi = match &conn_tunnel {
+            None => {
+                let (conn, tunnel) = serve.connection(&gw, &cgw, json!({}), crypto);
+                serve.route(&gw, "10.2.0.0/24", &conn);
+                conn_tunnel = Some((conn, tunnel));
+                Value::Null
+            }
+            Some((conn, tunnel)) => {
+                let old = serve.get(&format!("/v1/vpn-connections/{conn}"))["tunnels"][0]["status"]
+                    ["ike_sa"]["spis"]["initiator"]
+                    .clone();
+                serve.patch(
+                    &format!("/v1/vpn-connections/{conn}/tunnels/{tunnel}"),
+                    crypto,
+                );
+                old
+            }
+        };
+        let (conn, _) = conn_tunnel.as_ref().unwrap();
+        let t = serve.wait_tunnel(conn, row.swan_ike, Duration::from_secs(25), |s| {
+            phase(s) == "established"
+                && s["ike_sa"]["spis"]["initiator"] != old_spi
+                && !s["child_sas"].as_array().is_none_or(Vec::is_empty)
+        });
+        let algs = t["status"]["ike_sa"]["algorithms"].as_str().unwrap_or("");
+        let child_algs = t["status"]["child_sas"][0]["algorithms"]
+            .as_str()
+            .unwrap_or("");
+        if (algs, child_algs) != (row.swan_ike, row.swan_esp) {
+            failures.push(format!(
+                "{} / {}: vpngw shows {algs} / {child_algs}",
+                row.swan_ike, row.swan_esp
+            ));
+        }
+        let spi_i = t["status"]["ike_sa"]["spis"]["initiator"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let sa = swan
+            .wait_sa(Duration::from_secs(10), "this row's SAs", |sas| {
+                sas.iter()
+                    .find(|sa| sa.spi_i == spi_i && sa.child("net").is_some())
+                    .cloned()
+            })
+            .unwrap();
+        let child = sa.child("net").unwrap();
+        let seen = [
+            sa.encr_alg.as_str(),
+            &sa.dh_group,
+            &child.encr_alg,
+            &child.dh_group,
+        ];
+        if seen != row.swan_sees {
+            failures.push(format!(
+                "{} / {}: strongSwan lists {seen:?}",
+                row.swan_ike, row.swan_esp
+            ));
+        }
+        let r = lab::ping(
+            &topo.vpc,
+            topo.vpc_ip(),
+            "10.2.0.1",
+            3,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        if r.received == 0 {
+            failures.push(format!(
+                "{} / {}: no ping reply ({r:?})",
+                row.swan_ike, row.swan_esp
+            ));
+        }
+        eprintln!(
+            "row {} / {}: child {}, {} of 3 pings",
+            row.swan_ike, row.swan_esp, t["status"]["child_sas"][0]["algorithms"], r.received
+        );
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// strongSwan dies: DPD declares the peer dead; strongSwan comes back with the same
+/// configuration and the gateway renegotiates by itself.
+#[test]
+fn dpd_detects_a_dead_peer_and_the_tunnel_comes_back() {
+    const DPD_INTERVAL_S: u64 = 3;
+    let topo = Topology::new().unwrap();
+    let serve = start_serve(&topo);
+    let conf = onprem_v1(SUITE, SUITE, "0.0.0.0/0", "0.0.0.0/0");
+    let swan = start_swan(&topo, &conf);
+    let (gw, cgw) = serve.base(GW1, &["172.16.0.0/16"], ONPREM);
+    let (conn, _) = serve.connection(
+        &gw,
+        &cgw,
+        json!({}),
+        json!({"dpd_interval_s": DPD_INTERVAL_S, "dpd_timeout_s": 12}),
+    );
+    serve.route(&gw, "10.2.0.0/24", &conn);
+    let t = serve.wait_established(&conn, Duration::from_secs(20));
+    let old_ike = t["status"]["ike_sa"]["spis"]["initiator"].clone();
+    swan.wait_established("vpn", Duration::from_secs(10))
+        .unwrap();
+    ping_both_ways(&topo, 2);
+
+    // SIGKILL: no Delete reaches the gateway, only silence.
+    kill9(swan.pid());
+    drop(swan);
+    let killed = Instant::now();
+    let t = serve.wait_tunnel(
+        &conn,
+        "the peer declared dead by DPD",
+        Duration::from_secs(DPD_INTERVAL_S + 30),
+        |s| phase(s) != "established" && s["reason"].as_str().is_some_and(|r| r.contains("DPD")),
+    );
+    eprintln!(
+        "DPD declared the peer dead after {:?}: {}",
+        killed.elapsed(),
+        t["status"]["reason"]
+    );
+    let events = serve.events(&conn);
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains("dpd") || e.contains("peer_dead")),
+        "{events:?}"
+    );
+
+    let swan = start_swan(&topo, &conf);
+    serve.wait_tunnel(
+        &conn,
+        "renegotiated after strongSwan's restart",
+        Duration::from_secs(45),
+        |s| {
+            phase(s) == "established"
+                && s["ike_sa"]["spis"]["initiator"] != old_ike
+                && !s["child_sas"].as_array().is_none_or(Vec::is_empty)
+        },
+    );
+    swan.wait_established("vpn", Duration::from_secs(10))
+        .unwrap();
+    ping_both_ways(&topo, 3);
+}
+
+/// Two `vpngw serve` speaking IKEv1 to each other: gateway A in `gw` (the VPC side),
+/// gateway B in `onprem` (serving 10.2.0.0/24 on its `lo`). B initiates main mode.
+#[test]
+fn vpngw_to_vpngw() {
+    let topo = Topology::new().unwrap();
+    let a = start_serve(&topo);
+    let b = Serve::start(&topo.onprem, &topo.workdir.subdir("vpngw-b").unwrap());
+
+    let (a_gw, a_cgw) = a.base(GW1, &["172.16.0.0/16"], ONPREM);
+    let crypto = json!({
+        "ike": {"encryption": "aes256", "integrity": "sha256", "dh_group": "group14"},
+        "ipsec": {"encryption": "aes256", "integrity": "sha256", "pfs": "group14"},
+    });
+    let (a_conn, _) = a.connection(
+        &a_gw,
+        &a_cgw,
+        json!({"effective_immediately": false}),
+        crypto.clone(),
+    );
+    a.route(&a_gw, "10.2.0.0/24", &a_conn);
+    let (b_gw, b_cgw) = b.base(ONPREM, &["10.2.0.0/24"], GW1);
+    let (b_conn, _) = b.connection(&b_gw, &b_cgw, json!({}), crypto);
+    b.route(&b_gw, "172.16.0.0/16", &b_conn);
+
+    let tb = b.wait_established(&b_conn, Duration::from_secs(20));
+    let ta = a.wait_established(&a_conn, Duration::from_secs(10));
+    assert_v1(&ta, "aes256-sha256-modp2048");
+    assert_v1(&tb, "aes256-sha256-modp2048");
+    assert_eq!(
+        ta["status"]["child_sas"][0]["spi_in"],
+        tb["status"]["child_sas"][0]["spi_out"]
+    );
+    ping_both_ways(&topo, 5);
+    iperf_10mb(&topo);
+}
+
+fn kill9(pid: u32) {
+    let st = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success(), "kill -KILL {pid}");
+}
