@@ -9,6 +9,7 @@
 //! the configuration changes and swaps SAs in the `SaDb` when IKE creates, rekeys or
 //! deletes them.
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +20,7 @@ use dataplane::{Action, DropReason, Handler, PacketBuf, PolicyTable, RouteTable,
 use esp::wire::natt::{Udp4500, classify_udp4500};
 use esp::{Decapsulated, EspError, SaDb, SaDbCache};
 
+use crate::bgp::BgpFwd;
 use crate::control::Input;
 
 /// Key of a tunnel's outbound SA in the [`SaDb`]: the tunnel's IKE peer ID.
@@ -37,6 +39,8 @@ pub(crate) struct Fwd {
     /// (primary, standby) connection indexes.
     pub targets: Vec<[u32; 2]>,
     pub conns: Vec<ConnFwd>,
+    /// Tunnel ID → its key (not used per packet; the BGP task needs it).
+    pub keys: HashMap<String, TunnelKey>,
 }
 
 /// One connection on the packet path.
@@ -53,6 +57,8 @@ pub(crate) struct ConnFwd {
 /// IKE up to the control thread.
 pub(crate) struct EspHandler {
     pub fwd: Arc<ArcSwap<Fwd>>,
+    /// BGP links and learned routes (see `bgp.rs`).
+    pub bgp: Arc<ArcSwap<BgpFwd>>,
     pub sadb: Arc<SaDb<TunnelKey>>,
     /// Wakes the control thread (bounded channel: `try_send` never allocates).
     pub wake: SyncSender<Input>,
@@ -63,6 +69,7 @@ pub(crate) struct EspHandler {
 /// A worker's lock-free views.
 pub(crate) struct Local {
     fwd: Cache<Arc<ArcSwap<Fwd>>, Arc<Fwd>>,
+    bgp: Cache<Arc<ArcSwap<BgpFwd>>, Arc<BgpFwd>>,
     sadb: SaDbCache<TunnelKey>,
 }
 
@@ -72,6 +79,7 @@ impl Handler for EspHandler {
     fn new_local(&self, _worker: usize) -> Local {
         Local {
             fwd: Cache::new(Arc::clone(&self.fwd)),
+            bgp: Cache::new(Arc::clone(&self.bgp)),
             sadb: self.sadb.cache(),
         }
     }
@@ -107,30 +115,31 @@ impl Handler for EspHandler {
             ),
             _ => return Action::Drop(DropReason::Unsupported),
         };
-        let Local { fwd, sadb } = &mut ctx.local;
+        let Local { fwd, bgp, sadb } = &mut ctx.local;
         let fwd = fwd.load();
-        let target = fwd
-            .policy
-            .lookup(src, dst)
-            .map(|r| r.value)
-            .or_else(|| fwd.routes.lookup(dst));
-        let Some(&[primary, standby]) = target.and_then(|t| fwd.targets.get(t as usize)) else {
-            return Action::Drop(DropReason::NoRoute);
-        };
-        let Some(key) = active_tunnel(&fwd.conns, sadb, primary)
-            .or_else(|| active_tunnel(&fwd.conns, sadb, standby))
-        else {
-            if let Some(c) = fwd.conns.get(primary as usize) {
-                // Traffic-triggered negotiation: one wake-up per flag flip, whatever the
-                // packet rate.
-                if !c.trigger.swap(true, Ordering::AcqRel)
-                    && self.wake.try_send(Input::Traffic).is_err()
-                {
-                    // The control thread is swamped: let a later packet try again.
-                    c.trigger.store(false, Ordering::Release);
+        let bgp = bgp.load();
+        let key = match bgp.links.lookup(dst) {
+            // A BGP session's own traffic goes through its tunnel, whichever tunnel
+            // carries the connection's traffic.
+            Some(link) => link,
+            None => match route(fwd, bgp, sadb, src, dst) {
+                Routed::Tunnel(key) => key,
+                Routed::Drop(reason) => return Action::Drop(reason),
+                Routed::NoSa(primary) => {
+                    if let Some(c) = fwd.conns.get(primary as usize) {
+                        // Traffic-triggered negotiation: one wake-up per flag flip,
+                        // whatever the packet rate.
+                        if !c.trigger.swap(true, Ordering::AcqRel)
+                            && self.wake.try_send(Input::Traffic).is_err()
+                        {
+                            // The control thread is swamped: let a later packet try
+                            // again.
+                            c.trigger.store(false, Ordering::Release);
+                        }
+                    }
+                    return Action::Drop(DropReason::NoSa);
                 }
-            }
-            return Action::Drop(DropReason::NoSa);
+            },
         };
         let Some(sa) = sadb.outbound(&key) else {
             return Action::Drop(DropReason::NoSa);
@@ -197,6 +206,58 @@ impl Handler for EspHandler {
         pkt: &mut PacketBuf,
     ) -> Action {
         decapsulate(&mut ctx.local.sadb, pkt)
+    }
+}
+
+/// Where [`route`] sends a packet from the VPC.
+enum Routed {
+    Tunnel(TunnelKey),
+    Drop(DropReason),
+    /// Routed to this connection (primary), which has no tunnel up.
+    NoSa(u32),
+}
+
+/// The tunnel a packet from the VPC goes through: policy routes first, then the longest
+/// prefix of the static and BGP-learned routes (a static route wins at equal length).
+#[inline]
+fn route(
+    fwd: &Fwd,
+    bgp: &BgpFwd,
+    sadb: &mut SaDbCache<TunnelKey>,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+) -> Routed {
+    let policy = fwd.policy.lookup(src, dst).map(|r| r.value);
+    let fixed = fwd.routes.lookup_prefix(dst);
+    let learned = match (policy, fixed, bgp.routes.lookup_prefix(dst)) {
+        (None, None, Some((_, i))) => Some(i),
+        (None, Some((s, _)), Some((l, i))) if l.prefix_len() > s.prefix_len() => Some(i),
+        _ => None,
+    };
+    if let Some(i) = learned {
+        let Some(tunnels) = bgp.targets.get(i as usize) else {
+            return Routed::Drop(DropReason::NoRoute);
+        };
+        // Tunnel 1's session first, then tunnel 2's (module docs of `bgp.rs`).
+        return match tunnels
+            .iter()
+            .flatten()
+            .copied()
+            .find(|k| sadb.outbound(k).is_some())
+        {
+            Some(k) => Routed::Tunnel(k),
+            None => Routed::Drop(DropReason::NoSa),
+        };
+    }
+    let target = policy.or(fixed.map(|(_, t)| t));
+    let Some(&[primary, standby]) = target.and_then(|t| fwd.targets.get(t as usize)) else {
+        return Routed::Drop(DropReason::NoRoute);
+    };
+    match active_tunnel(&fwd.conns, sadb, primary)
+        .or_else(|| active_tunnel(&fwd.conns, sadb, standby))
+    {
+        Some(k) => Routed::Tunnel(k),
+        None => Routed::NoSa(primary),
     }
 }
 

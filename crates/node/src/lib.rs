@@ -27,6 +27,7 @@
 //!
 //! Keys and pre-shared keys never reach logs, status or `Debug` output.
 
+mod bgp;
 mod control;
 mod desired;
 mod fwd;
@@ -127,8 +128,10 @@ impl Node {
         let (input_tx, input_rx) = sync_channel::<Input>(INPUT_CAPACITY);
         let fwd = Arc::new(ArcSwap::from_pointee(Fwd::default()));
         let sadb = Arc::new(esp::SaDb::new());
+        let bgp_shared = Arc::new(bgp::BgpShared::default());
         let handler = Arc::new(EspHandler {
             fwd: Arc::clone(&fwd),
+            bgp: Arc::clone(&bgp_shared.fwd),
             sadb: Arc::clone(&sadb),
             wake: input_tx.clone(),
             ike_port: config.ike_port,
@@ -167,6 +170,14 @@ impl Node {
         let ports = Ports {
             natt: config.natt_port,
         };
+        let (bgp_tx, bgp_rx) = watch::channel(Vec::new());
+        rt.spawn(bgp::run(
+            Arc::clone(&bgp_shared),
+            bgp_rx,
+            Arc::clone(&fwd),
+            Arc::clone(&sadb),
+            config.tun_name.clone(),
+        ));
         let control_thread = std::thread::Builder::new()
             .name("node-control".into())
             .spawn(move || {
@@ -181,11 +192,12 @@ impl Node {
             })?;
 
         let stop = Arc::new(Notify::new());
-        let writer = rt.spawn(write_loop(Arc::clone(&store), writes_rx));
+        let writer = rt.spawn(write_loop(Arc::clone(&store), writes_rx, bgp_shared));
         let reconciler = rt.spawn(reconcile_loop(
             store,
             changes,
             input_tx.clone(),
+            bgp_tx,
             Arc::clone(&stop),
         ));
         tracing::info!(tun = %config.tun_name, "gateway node started");
@@ -320,24 +332,66 @@ impl Drop for NodeHandle {
     }
 }
 
-/// Writes observed state to the store in the order the control thread produced it.
-async fn write_loop(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<StoreWrite>) {
-    while let Some(w) = rx.recv().await {
-        let r = match &w {
-            StoreWrite::Status { tunnel_id, status } => {
-                store.set_tunnel_status(tunnel_id, status).await
+/// Writes observed state to the store in the order the control thread produced it, with
+/// each tunnel's BGP status (`status.bgp`, from the BGP task) filled in; a BGP status
+/// change rewrites the tunnel's last status.
+async fn write_loop(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::UnboundedReceiver<StoreWrite>,
+    bgp: Arc<bgp::BgpShared>,
+) {
+    let mut last: HashMap<String, model::TunnelStatus> = HashMap::new();
+    loop {
+        let w = tokio::select! {
+            w = rx.recv() => match w {
+                Some(w) => w,
+                None => return,
+            },
+            () = bgp.changed.notified() => {
+                for (id, status) in &mut last {
+                    let b = bgp.status(id);
+                    if status.bgp != b {
+                        status.bgp = b;
+                        write(&*store, &StoreWrite::Status {
+                            tunnel_id: id.clone(),
+                            status: status.clone(),
+                        })
+                        .await;
+                    }
+                }
+                continue;
             }
-            StoreWrite::Log {
-                connection_id,
-                entry,
-            } => store.append_log(connection_id, entry).await,
         };
-        match r {
-            Ok(()) => {}
-            // The resource was deleted meanwhile: nothing to report on.
-            Err(store::StoreError::NotFound { .. }) => {}
-            Err(e) => tracing::warn!(error = %e, "writing observed state"),
+        let w = match w {
+            StoreWrite::Status {
+                tunnel_id,
+                mut status,
+            } => {
+                status.bgp = bgp.status(&tunnel_id);
+                last.insert(tunnel_id.clone(), status.clone());
+                StoreWrite::Status { tunnel_id, status }
+            }
+            w => w,
+        };
+        write(&*store, &w).await;
+    }
+}
+
+async fn write(store: &dyn Store, w: &StoreWrite) {
+    let r = match w {
+        StoreWrite::Status { tunnel_id, status } => {
+            store.set_tunnel_status(tunnel_id, status).await
         }
+        StoreWrite::Log {
+            connection_id,
+            entry,
+        } => store.append_log(connection_id, entry).await,
+    };
+    match r {
+        Ok(()) => {}
+        // The resource was deleted meanwhile: nothing to report on.
+        Err(store::StoreError::NotFound { .. }) => {}
+        Err(e) => tracing::warn!(error = %e, "writing observed state"),
     }
 }
 
@@ -345,12 +399,18 @@ async fn reconcile_loop<T: Send + Sync + 'static>(
     store: Arc<dyn Store>,
     mut changes: watch::Receiver<T>,
     input: SyncSender<Input>,
+    bgp: watch::Sender<Vec<bgp::BgpSpec>>,
     stop: Arc<Notify>,
 ) {
     let mut watching = true;
     loop {
         match load(&*store).await {
-            Ok((d, connections)) => {
+            Ok((d, connections, specs)) => {
+                bgp.send_if_modified(|s| {
+                    let changed = *s != specs;
+                    *s = specs;
+                    changed
+                });
                 let input = input.clone();
                 let sent =
                     tokio::task::spawn_blocking(move || input.send(Input::Desired(Box::new(d))))
@@ -403,7 +463,14 @@ async fn applied(store: &dyn Store, connections: &[model::VpnConnection]) {
 /// Reads the whole desired state and sets the gateways' status.
 async fn load(
     store: &dyn Store,
-) -> Result<(desired::Desired, Vec<model::VpnConnection>), store::StoreError> {
+) -> Result<
+    (
+        desired::Desired,
+        Vec<model::VpnConnection>,
+        Vec<bgp::BgpSpec>,
+    ),
+    store::StoreError,
+> {
     let gateways = list_all_gateways(store).await?;
     let customer_gateways =
         list_all(|q| async move { store.list_customer_gateways(&q).await }).await?;
@@ -423,7 +490,8 @@ async fn load(
         &policy_routes,
         &address_usable,
     );
-    Ok((d, connections))
+    let specs = bgp::specs(&gateways, &customer_gateways, &connections);
+    Ok((d, connections, specs))
 }
 
 async fn gateway_status(store: &dyn Store, g: &VpnGateway) {

@@ -1,0 +1,682 @@
+//! BGP over the tunnels: one eBGP session per tunnel of a connection with `enable_bgp`.
+//!
+//! Each such tunnel has a /30 link network in 169.254.0.0/16 (`tunnel.bgp`): the node
+//! puts `local_ip/32` on the TUN device and routes the /30 into it; the packet path sends
+//! packets for the /30 through *that* tunnel's outbound SA ([`BgpFwd::links`]), so each
+//! session runs over its own tunnel whatever tunnel carries the connection's traffic.
+//!
+//! The [`run`] task (tokio) watches the tunnels: once a tunnel has an outbound SA (its
+//! Child SA is established) it starts a driver task running a [`bgp::Session`] over TCP
+//! to the other usable host of the /30, port 179 (RFC 4271 §8), and also accepts the
+//! peer's connections on `local_ip:179`. When the tunnel loses its SA, the driver is
+//! stopped and what it learned is withdrawn. Learned prefixes go into
+//! [`BgpFwd::routes`] (next hop: the connection; its tunnels that learned the prefix,
+//! tunnel 1 first) and, as kernel routes, into the TUN device. A static route of the
+//! same prefix wins (see `fwd.rs`). The session status is read by the control thread
+//! into the stored tunnel status (`status.bgp`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bgp::{Event, Session};
+use dataplane::{AddMode, Netlink, RouteSpec, RouteTable};
+use esp::SaDb;
+use ipnet::{IpNet, Ipv4Net};
+use model::{
+    BgpSessionState, BgpStatus, ConnectionStatus, CustomerGateway, GatewayStatus, TunnelState,
+    VpnConnection, VpnGateway,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::fwd::{Fwd, TunnelKey};
+
+/// The BGP port (RFC 4271 §8.2.1).
+pub const BGP_PORT: u16 = 179;
+/// How often tunnel state (outbound SA present or not) is checked.
+const TUNNEL_POLL: Duration = Duration::from_secs(1);
+/// Bound on an outgoing TCP connect; the session's ConnectRetry timer retries.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One tunnel that runs BGP, from the desired state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BgpSpec {
+    pub tunnel_id: String,
+    pub conn_id: String,
+    /// 0 for tunnel 1, 1 for tunnel 2: learned routes prefer tunnel 1's session.
+    pub tunnel_index: usize,
+    pub link: Ipv4Net,
+    pub local_ip: Ipv4Addr,
+    pub peer_ip: Ipv4Addr,
+    pub local_asn: u32,
+    pub peer_asn: u32,
+    /// The gateway's local networks (IPv4), originated on the session.
+    pub advertise: Vec<Ipv4Net>,
+}
+
+/// The BGP part of the packet path, published by [`run`], read lock-free by the workers.
+#[derive(Default)]
+pub(crate) struct BgpFwd {
+    /// Tunnel link /30 → the tunnel whose SA carries it.
+    pub links: RouteTable<TunnelKey>,
+    /// Learned prefix → index into `targets`.
+    pub routes: RouteTable<u32>,
+    /// The tunnels of the next-hop connection that learned the prefix, preferred first.
+    pub targets: Vec<[Option<TunnelKey>; 2]>,
+}
+
+/// What the BGP task shares with the rest of the node.
+#[derive(Default)]
+pub(crate) struct BgpShared {
+    pub fwd: Arc<ArcSwap<BgpFwd>>,
+    /// Tunnel ID → session status; read when the control thread writes tunnel status.
+    status: Mutex<HashMap<String, BgpStatus>>,
+    /// Notified when a status changed (the node's writer stores it).
+    pub changed: tokio::sync::Notify,
+}
+
+impl BgpShared {
+    /// The `status.bgp` of a tunnel, if it runs BGP.
+    pub(crate) fn status(&self, tunnel_id: &str) -> Option<BgpStatus> {
+        self.status
+            .lock()
+            .ok()
+            .and_then(|s| s.get(tunnel_id).cloned())
+    }
+
+    fn set_status(&self, all: HashMap<String, BgpStatus>) {
+        if let Ok(mut s) = self.status.lock()
+            && *s != all
+        {
+            *s = all;
+            self.changed.notify_one();
+        }
+    }
+}
+
+/// The BGP specs of every tunnel that runs BGP: connection with `enable_bgp`, tunnel
+/// with a `bgp` link and a customer gateway with an `asn`.
+pub(crate) fn specs(
+    gateways: &[VpnGateway],
+    customer_gateways: &[CustomerGateway],
+    connections: &[VpnConnection],
+) -> Vec<BgpSpec> {
+    let mut out = Vec::new();
+    for c in connections
+        .iter()
+        .filter(|c| c.enable_bgp && c.status != ConnectionStatus::Deleting)
+    {
+        let Some(gw) = gateways
+            .iter()
+            .find(|g| g.id == c.vpn_gateway_id && g.status != GatewayStatus::Deleting)
+        else {
+            continue;
+        };
+        let advertise: Vec<Ipv4Net> = gw
+            .local_networks
+            .iter()
+            .filter_map(|n| match n {
+                IpNet::V4(n) => Some(n.trunc()),
+                IpNet::V6(_) => None,
+            })
+            .collect();
+        for (i, t) in c.tunnels.iter().enumerate() {
+            if t.state == TunnelState::Deleting {
+                continue;
+            }
+            let Some(link) = t.bgp else { continue };
+            let Some(peer_asn) = customer_gateways
+                .iter()
+                .find(|g| g.id == t.customer_gateway_id)
+                .and_then(|g| g.asn)
+            else {
+                continue;
+            };
+            let Some(peer_ip) = peer_address(link.tunnel_cidr, link.local_ip) else {
+                continue;
+            };
+            out.push(BgpSpec {
+                tunnel_id: t.id.clone(),
+                conn_id: c.id.clone(),
+                tunnel_index: i,
+                link: link.tunnel_cidr.trunc(),
+                local_ip: link.local_ip,
+                peer_ip,
+                local_asn: c.local_asn,
+                peer_asn,
+                advertise: advertise.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// The other usable host of a /30 (RFC 3021 aside, a /30 has two).
+pub(crate) fn peer_address(link: Ipv4Net, local: Ipv4Addr) -> Option<Ipv4Addr> {
+    if link.prefix_len() != 30 || !link.contains(&local) {
+        return None;
+    }
+    link.hosts().find(|h| *h != local)
+}
+
+/// Runs the BGP sessions of the node until `specs` closes.
+pub(crate) async fn run(
+    shared: Arc<BgpShared>,
+    mut specs: watch::Receiver<Vec<BgpSpec>>,
+    fwd: Arc<ArcSwap<Fwd>>,
+    sadb: Arc<SaDb<TunnelKey>>,
+    tun_name: String,
+) {
+    let (reports_tx, mut reports) = mpsc::unbounded_channel::<Report>();
+    let mut m = Manager {
+        shared,
+        fwd,
+        sadb,
+        tun_name,
+        netlink: None,
+        drivers: HashMap::new(),
+        links: BTreeMap::new(),
+        learned: HashMap::new(),
+        status: HashMap::new(),
+        kernel: BTreeSet::new(),
+        reports: reports_tx,
+    };
+    let mut tick = tokio::time::interval(TUNNEL_POLL);
+    loop {
+        let want = specs.borrow_and_update().clone();
+        m.converge(&want);
+        tokio::select! {
+            // The node stopped: dropping the manager stops the sessions and removes
+            // the routes and link addresses.
+            r = specs.changed() => if r.is_err() { return },
+            _ = tick.tick() => {}
+            Some(r) = reports.recv() => {
+                m.report(r);
+                while let Ok(r) = reports.try_recv() {
+                    m.report(r);
+                }
+            }
+        }
+    }
+}
+
+/// What a driver tells the manager.
+enum Report {
+    Status {
+        tunnel_id: String,
+        status: BgpStatus,
+    },
+    /// The session's whole Adj-RIB-In after a change.
+    Learned {
+        tunnel_id: String,
+        prefixes: BTreeSet<Ipv4Net>,
+    },
+}
+
+struct Driver {
+    spec: BgpSpec,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct Manager {
+    shared: Arc<BgpShared>,
+    fwd: Arc<ArcSwap<Fwd>>,
+    sadb: Arc<SaDb<TunnelKey>>,
+    tun_name: String,
+    netlink: Option<Netlink>,
+    drivers: HashMap<String, Driver>,
+    /// Tunnel ID → (link, local address) as installed on the TUN device.
+    links: BTreeMap<String, (Ipv4Net, Ipv4Addr)>,
+    /// Tunnel ID → prefixes its session has learned.
+    learned: HashMap<String, BTreeSet<Ipv4Net>>,
+    status: HashMap<String, BgpStatus>,
+    /// Learned prefixes routed into the TUN device.
+    kernel: BTreeSet<Ipv4Net>,
+    reports: mpsc::UnboundedSender<Report>,
+}
+
+impl Manager {
+    fn converge(&mut self, want: &[BgpSpec]) {
+        let fwd = self.fwd.load();
+        let key = |id: &str| fwd.keys.get(id).copied();
+        // Stop drivers of tunnels that went away, changed or lost their SA.
+        let up: HashMap<&str, TunnelKey> = want
+            .iter()
+            .filter_map(|s| {
+                key(&s.tunnel_id)
+                    .filter(|k| self.sadb.outbound(k).is_some())
+                    .map(|k| (s.tunnel_id.as_str(), k))
+            })
+            .collect();
+        self.drivers
+            .retain(|id, d| up.contains_key(id.as_str()) && want.contains(&d.spec));
+        let running: BTreeSet<&String> = self.drivers.keys().collect();
+        self.learned.retain(|id, _| running.contains(id));
+        self.status
+            .retain(|id, _| want.iter().any(|s| s.tunnel_id == *id));
+        self.links_converge(want);
+        for s in want {
+            if up.contains_key(s.tunnel_id.as_str()) && !self.drivers.contains_key(&s.tunnel_id) {
+                tracing::info!(tunnel = s.tunnel_id, peer = %s.peer_ip, "starting BGP session");
+                let task = tokio::spawn(drive(s.clone(), self.reports.clone()));
+                self.drivers.insert(
+                    s.tunnel_id.clone(),
+                    Driver {
+                        spec: s.clone(),
+                        task,
+                    },
+                );
+            }
+            if !self.drivers.contains_key(&s.tunnel_id) {
+                self.status.insert(
+                    s.tunnel_id.clone(),
+                    BgpStatus {
+                        state: BgpSessionState::Idle,
+                        peer_asn: Some(s.peer_asn),
+                        routes_received: 0,
+                        routes_advertised: 0,
+                    },
+                );
+            }
+        }
+        self.publish(want, &fwd);
+    }
+
+    fn report(&mut self, r: Report) {
+        match r {
+            Report::Status { tunnel_id, status } => {
+                if self.drivers.contains_key(&tunnel_id) {
+                    self.status.insert(tunnel_id, status);
+                }
+            }
+            Report::Learned {
+                tunnel_id,
+                prefixes,
+            } => {
+                if self.drivers.contains_key(&tunnel_id) {
+                    self.learned.insert(tunnel_id, prefixes);
+                }
+            }
+        }
+    }
+
+    fn netlink(&mut self) -> Option<(&mut Netlink, u32)> {
+        let index = Netlink::link_index(&self.tun_name).ok()?;
+        if self.netlink.is_none() {
+            match Netlink::open() {
+                Ok(n) => self.netlink = Some(n),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot open rtnetlink: no BGP routes");
+                    return None;
+                }
+            }
+        }
+        self.netlink.as_mut().map(|n| (n, index))
+    }
+
+    /// `local_ip/32` on the TUN device and the /30 routed into it, per BGP tunnel.
+    fn links_converge(&mut self, want: &[BgpSpec]) {
+        let wanted: BTreeMap<String, (Ipv4Net, Ipv4Addr)> = want
+            .iter()
+            .map(|s| (s.tunnel_id.clone(), (s.link, s.local_ip)))
+            .collect();
+        if wanted == self.links {
+            return;
+        }
+        let old = std::mem::take(&mut self.links);
+        let Some((nl, index)) = self.netlink() else {
+            return;
+        };
+        for (id, (link, ip)) in &old {
+            if wanted.get(id) == Some(&(*link, *ip)) {
+                continue;
+            }
+            let _ = nl.del_route(&RouteSpec::dev(*link, index));
+            let _ = nl.del_address(index, Ipv4Net::from(*ip));
+        }
+        let mut installed = BTreeMap::new();
+        for (id, (link, ip)) in wanted {
+            let r = nl
+                .add_address(index, Ipv4Net::from(ip), AddMode::Replace)
+                .and_then(|()| nl.add_route(&RouteSpec::dev(link, index), AddMode::Replace));
+            match r {
+                Ok(()) => {
+                    installed.insert(id, (link, ip));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, tunnel = id, %link, "BGP link on the tunnel device")
+                }
+            }
+        }
+        self.links = installed;
+    }
+
+    /// Publishes the packet-path tables, the kernel routes and the status.
+    fn publish(&mut self, want: &[BgpSpec], fwd: &Fwd) {
+        let mut out = BgpFwd::default();
+        for s in want {
+            if let Some(k) = fwd.keys.get(&s.tunnel_id) {
+                out.links.insert(s.link, *k);
+            }
+        }
+        // Prefix → (connection, tunnel index, tunnel key) candidates in spec order
+        // (connections in store order, tunnel 1 before tunnel 2).
+        let mut by_prefix: BTreeMap<Ipv4Net, Vec<(&str, usize, TunnelKey)>> = BTreeMap::new();
+        for s in want {
+            let (Some(prefixes), Some(k)) =
+                (self.learned.get(&s.tunnel_id), fwd.keys.get(&s.tunnel_id))
+            else {
+                continue;
+            };
+            for p in prefixes {
+                by_prefix
+                    .entry(*p)
+                    .or_default()
+                    .push((&s.conn_id, s.tunnel_index, *k));
+            }
+        }
+        let mut kernel = BTreeSet::new();
+        for (prefix, mut cands) in by_prefix {
+            // Never a default route into the TUN device (LAB.md), nor our own links.
+            if prefix.prefix_len() == 0 || out.links.get(prefix).is_some() {
+                continue;
+            }
+            cands.sort_by_key(|(_, i, _)| *i);
+            let Some(&(conn, _, first)) = cands.first() else {
+                continue;
+            };
+            let second = cands
+                .iter()
+                .skip(1)
+                .find(|(c, _, _)| *c == conn)
+                .map(|(_, _, k)| *k);
+            let Ok(i) = u32::try_from(out.targets.len()) else {
+                break;
+            };
+            out.targets.push([Some(first), second]);
+            out.routes.insert(prefix, i);
+            kernel.insert(prefix);
+        }
+        self.shared.fwd.store(Arc::new(out));
+        self.kernel_converge(kernel, fwd);
+        self.shared.set_status(self.status.clone());
+    }
+
+    fn kernel_converge(&mut self, want: BTreeSet<Ipv4Net>, fwd: &Fwd) {
+        if want == self.kernel {
+            return;
+        }
+        let old = std::mem::take(&mut self.kernel);
+        let Some((nl, index)) = self.netlink() else {
+            return;
+        };
+        for net in old.difference(&want) {
+            // A static route of the same prefix is the control thread's.
+            if fwd.routes.get(*net).is_none() {
+                let _ = nl.del_route(&RouteSpec::dev(*net, index));
+            }
+        }
+        let mut installed = BTreeSet::new();
+        for net in want {
+            match nl.add_route(&RouteSpec::dev(net, index), AddMode::Replace) {
+                Ok(()) => {
+                    installed.insert(net);
+                }
+                Err(e) => tracing::error!(error = %e, %net, "adding a BGP route"),
+            }
+        }
+        self.kernel = installed;
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        self.drivers.clear();
+        let kernel = std::mem::take(&mut self.kernel);
+        let links = std::mem::take(&mut self.links);
+        if let Some((nl, index)) = self.netlink() {
+            for net in kernel {
+                let _ = nl.del_route(&RouteSpec::dev(net, index));
+            }
+            for (link, ip) in links.into_values() {
+                let _ = nl.del_route(&RouteSpec::dev(link, index));
+                let _ = nl.del_address(index, Ipv4Net::from(ip));
+            }
+        }
+    }
+}
+
+/// One session's driver: TCP in and out, the engine's timers, reports to the manager.
+async fn drive(spec: BgpSpec, reports: mpsc::UnboundedSender<Report>) {
+    let span = tracing::info_span!("bgp", tunnel = spec.tunnel_id, peer = %spec.peer_ip);
+    let _enter = span.enter();
+    let mut config = bgp::Config::new(spec.local_ip, spec.peer_ip, spec.peer_asn);
+    config.local_asn = spec.local_asn;
+    config.hold_time = 30;
+    config.keepalive = 10;
+    if let Err(e) = config.validate() {
+        tracing::error!(error = %e, "BGP configuration refused");
+        return;
+    }
+    let listener = listen(spec.local_ip)
+        .map_err(|e| tracing::warn!(error = %e, "cannot accept BGP connections"))
+        .ok();
+    let mut s = Session::new(config);
+    let now = Instant::now().into_std();
+    s.start(now);
+    s.advertise(now, &spec.advertise);
+    let mut stream: Option<TcpStream> = None;
+    let mut connecting: Option<JoinHandle<std::io::Result<TcpStream>>> = None;
+    let mut buf = vec![0u8; 8192];
+    let mut last: Option<BgpStatus> = None;
+    loop {
+        // Outputs: transmit before events (a NOTIFICATION before its Close).
+        let mut failed = false;
+        while let Some(bytes) = s.poll_transmit() {
+            if let Some(st) = stream.as_mut()
+                && !failed
+                && st.write_all(&bytes).await.is_err()
+            {
+                failed = true;
+            }
+        }
+        if failed {
+            stream = None;
+            s.handle_closed(Instant::now().into_std());
+            continue;
+        }
+        let mut learned_changed = false;
+        while let Some(ev) = s.poll_event() {
+            match ev {
+                Event::Connect => {
+                    if let Some(c) = connecting.take() {
+                        c.abort();
+                    }
+                    connecting = Some(tokio::spawn(connect(spec.local_ip, spec.peer_ip)));
+                }
+                Event::Close => {
+                    stream = None;
+                    if let Some(c) = connecting.take() {
+                        c.abort();
+                    }
+                }
+                Event::Established {
+                    peer_asn,
+                    hold_time,
+                    ..
+                } => tracing::info!(peer_asn, hold_time, "BGP session established"),
+                Event::RoutesChanged(_) => learned_changed = true,
+                Event::Down { reason } => tracing::warn!(%reason, "BGP session down"),
+                Event::Log(l) => tracing::debug!(event = ?l, "bgp"),
+            }
+        }
+        if learned_changed {
+            let prefixes = s.adj_rib_in().map(|(p, _)| *p).collect();
+            let _ = reports.send(Report::Learned {
+                tunnel_id: spec.tunnel_id.clone(),
+                prefixes,
+            });
+        }
+        let status = status_of(&s, spec.peer_asn);
+        if last.as_ref() != Some(&status) {
+            last = Some(status.clone());
+            let _ = reports.send(Report::Status {
+                tunnel_id: spec.tunnel_id.clone(),
+                status,
+            });
+        }
+        let deadline = s.poll_timeout().map(Instant::from_std);
+        tokio::select! {
+            r = pending_connect(&mut connecting) => {
+                connecting = None;
+                let now = Instant::now().into_std();
+                match r {
+                    Ok(Ok(st)) if stream.is_none() => {
+                        stream = Some(st);
+                        s.handle_connected(now);
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "BGP connect failed");
+                        s.handle_closed(now);
+                    }
+                    Err(_) => s.handle_closed(now),
+                }
+            }
+            r = accept(listener.as_ref()) => {
+                match r {
+                    // Only the configured peer, and one connection at a time (the engine
+                    // does no RFC 4271 §6.8 collision detection).
+                    Ok((st, SocketAddr::V4(from))) if *from.ip() == spec.peer_ip && stream.is_none() => {
+                        if let Some(c) = connecting.take() {
+                            c.abort();
+                        }
+                        stream = Some(st);
+                        s.handle_connected(Instant::now().into_std());
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "accepting a BGP connection"),
+                }
+            }
+            r = read(stream.as_mut(), &mut buf) => {
+                let now = Instant::now().into_std();
+                match r {
+                    Ok(0) | Err(_) => {
+                        stream = None;
+                        s.handle_closed(now);
+                    }
+                    Ok(n) => s.handle_bytes(now, buf.get(..n).unwrap_or_default()),
+                }
+            }
+            () = sleep_until(deadline) => {
+                s.handle_timeout(Instant::now().into_std());
+            }
+        }
+    }
+}
+
+fn status_of(s: &Session, peer_asn: u32) -> BgpStatus {
+    let established = s.is_established();
+    BgpStatus {
+        state: match s.state() {
+            bgp::State::Idle => BgpSessionState::Idle,
+            bgp::State::Connect => BgpSessionState::Connect,
+            bgp::State::Active => BgpSessionState::Active,
+            bgp::State::OpenSent => BgpSessionState::OpenSent,
+            bgp::State::OpenConfirm => BgpSessionState::OpenConfirm,
+            bgp::State::Established => BgpSessionState::Established,
+        },
+        peer_asn: Some(peer_asn),
+        routes_received: s.adj_rib_in().count() as u64,
+        routes_advertised: if established {
+            s.originated().count() as u64
+        } else {
+            0
+        },
+    }
+}
+
+// Each input is "never ready" while absent, so one `select!` covers every state.
+
+async fn pending_connect(
+    c: &mut Option<JoinHandle<std::io::Result<TcpStream>>>,
+) -> Result<std::io::Result<TcpStream>, tokio::task::JoinError> {
+    match c {
+        Some(c) => c.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn accept(l: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match l {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn read(st: Option<&mut TcpStream>, buf: &mut [u8]) -> std::io::Result<usize> {
+    match st {
+        Some(st) => st.read(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn listen(local: Ipv4Addr) -> std::io::Result<TcpListener> {
+    let sock = TcpSocket::new_v4()?;
+    sock.set_reuseaddr(true)?;
+    sock.bind(SocketAddr::V4(SocketAddrV4::new(local, BGP_PORT)))?;
+    sock.listen(4)
+}
+
+async fn connect(local: Ipv4Addr, peer: Ipv4Addr) -> std::io::Result<TcpStream> {
+    let sock = TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::V4(SocketAddrV4::new(local, 0)))?;
+    let st = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        sock.connect(SocketAddr::V4(SocketAddrV4::new(peer, BGP_PORT))),
+    )
+    .await
+    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    st.set_nodelay(true)?;
+    Ok(st)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_is_the_other_host_of_the_link() {
+        let link: Ipv4Net = "169.254.10.0/30".parse().unwrap();
+        assert_eq!(
+            peer_address(link, "169.254.10.1".parse().unwrap()),
+            Some("169.254.10.2".parse().unwrap())
+        );
+        assert_eq!(
+            peer_address(link, "169.254.10.2".parse().unwrap()),
+            Some("169.254.10.1".parse().unwrap())
+        );
+        assert_eq!(peer_address(link, "169.254.11.1".parse().unwrap()), None);
+        let wide: Ipv4Net = "169.254.10.0/29".parse().unwrap();
+        assert_eq!(peer_address(wide, "169.254.10.1".parse().unwrap()), None);
+    }
+}
