@@ -697,13 +697,18 @@ impl Control {
     fn flush(&mut self) {
         loop {
             let mut any = false;
-            while let Some(t) = self.endpoint.poll_transmit() {
-                any = true;
-                self.transmit(t);
-            }
+            // Events first: a Child SA's ESP SAs must be installed before the IKE
+            // message that lets the peer use them leaves. As responder of a Child SA
+            // rekey (RFC 7296 §2.8) the peer sends on the new SA as soon as it has our
+            // CREATE_CHILD_SA response; sending that first lost packets to an SPI we
+            // had not installed yet.
             while let Some(e) = self.endpoint.poll_event() {
                 any = true;
                 self.event(e);
+            }
+            while let Some(t) = self.endpoint.poll_transmit() {
+                any = true;
+                self.transmit(t);
             }
             if !any {
                 break;

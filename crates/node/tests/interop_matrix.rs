@@ -780,12 +780,16 @@ fn strongswan_initiated_child_rekey_under_ping_loses_nothing() {
     let gw = Gateway::start(&topo);
     let swan =
         StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
-    // strongSwan rekeys its Child SA every 8 s; ours would only after a day.
+    // strongSwan rekeys its Child SA within 5–10 s (rekey_time minus up to rand_time,
+    // which defaults to life_time − rekey_time); ours would only after a day. The hard
+    // life_time must stay well above rekey_time: at or near it, strongSwan hard-expires
+    // the SA and recreates it (break-before-make) instead of rekeying.
     swan.load(&swanctl::render(&[default_conn(
         "10.2.0.0/24",
         "172.16.1.0/24",
         |c| {
-            c.rekey_time = Some(8);
+            c.rekey_time = Some(10);
+            c.life_time = Some(15);
         },
     )]))
     .unwrap();
@@ -827,5 +831,24 @@ fn strongswan_initiated_child_rekey_under_ping_loses_nothing() {
     assert_eq!(
         t["status"]["child_sas"][0]["algorithms"], "aes128-sha1-modp1024",
         "{t:#}"
+    );
+    // They were rekeys (CREATE_CHILD_SA with REKEY_SA, RFC 7296 §2.8) initiated by
+    // strongSwan, not expiries followed by new Child SAs.
+    let log = std::fs::read_to_string(swan.log_path()).unwrap();
+    let rekeys = log
+        .lines()
+        .filter(|l| {
+            l.contains("generating CREATE_CHILD_SA request") && l.contains("N(REKEY_SA) SA No KE")
+        })
+        .count();
+    assert!(
+        rekeys >= 2,
+        "strongSwan rekeyed twice:\n{}",
+        swan.log_tail(60)
+    );
+    assert!(
+        !log.contains("closing expired CHILD_SA"),
+        "{}",
+        swan.log_tail(60)
     );
 }
