@@ -498,6 +498,13 @@ fn isakmp_sa_is_replaced_before_expiry() {
         p.a.rekey_child(p.now, PEER_A).unwrap();
         p.drive();
         assert_eq!(rekeyed(&p.b_events), 1);
+        // The replaced SA stays a grace period (the peer installs the new one only
+        // with message 3), then A deletes it.
+        assert_eq!(p.a.child_sas(PEER_A).len(), 2);
+        assert_eq!(p.b.child_sas(PEER_B).len(), 2);
+        assert_eq!(child_deleted(&p.b_events), 0);
+        p.advance(Duration::from_secs(10));
+        assert_eq!(child_deleted(&p.b_events), 1);
         p.assert_children_match();
     }
 }

@@ -319,7 +319,11 @@ fn main_mode_initiator_destination_mode() {
 fn main_mode_responder_destination_mode() {
     let topo = Topology::new().unwrap();
     let serve = start_serve(&topo);
-    let swan = start_swan(&topo, &onprem_v1(SUITE, SUITE, "0.0.0.0/0", "0.0.0.0/0"));
+    // strongSwan rekeys its quick mode SA after 5–15 s: vpngw answers the rekey.
+    let mut conf = onprem_v1(SUITE, SUITE, "0.0.0.0/0", "0.0.0.0/0");
+    conf.children[0].rekey_time = Some(15);
+    conf.children[0].life_time = Some(25);
+    let swan = start_swan(&topo, &conf);
 
     let (gw, cgw) = serve.base(GW1, &["172.16.0.0/16"], ONPREM);
     let (conn, _) = serve.connection(
@@ -339,9 +343,49 @@ fn main_mode_responder_destination_mode() {
     assert!(sa.initiator && sa.version == 1);
     let t = serve.wait_established(&conn, Duration::from_secs(10));
     assert_v1(&t, SUITE);
+    let first_spi = t["status"]["child_sas"][0]["spi_in"].clone();
 
     ping_both_ways(&topo, 5);
     iperf_10mb(&topo);
+
+    // The rekeys strongSwan initiates, under a continuous ping: nothing lost. IKEv1 has
+    // no implicit deletion: the replaced SA lives until its negotiated 25 s lifetime
+    // ends (RFC 2407 §4.5), then it is deleted while traffic uses the new one.
+    let monitor = PingMonitor::start(
+        &topo.vpc,
+        topo.workdir.path(),
+        topo.vpc_ip(),
+        "10.2.0.1",
+        Duration::from_millis(50),
+    )
+    .unwrap();
+    serve.wait_tunnel(
+        &conn,
+        "strongSwan's quick mode rekey, then the first SA's expiry",
+        Duration::from_secs(30),
+        |s| {
+            phase(s) == "established"
+                && s["child_sas"]
+                    .as_array()
+                    .is_some_and(|c| !c.is_empty() && c.iter().all(|c| c["spi_in"] != first_spi))
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let report = monitor.stop().unwrap();
+    assert!(report.sent > 20, "{report:?}");
+    assert!(
+        report.losses.is_empty(),
+        "lost pings across strongSwan's rekey: {report:?}"
+    );
+    let r = lab::ping(
+        &topo.onprem,
+        "10.2.0.1",
+        topo.vpc_ip(),
+        3,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(r.received, 3, "after the rekey: {r:?}");
 }
 
 /// Aggressive mode with FQDN identities, vpngw first initiator, then responder.
@@ -400,10 +444,11 @@ fn aggressive_mode_fqdn_both_roles() {
     ping_both_ways(&topo, 3);
 }
 
-/// Protected flows (one CIDR each side), vpngw initiator, with a 20 s ESP lifetime: the
-/// quick mode rekey under a continuous ping loses nothing.
+/// Protected flows (one CIDR each side), vpngw initiator, with a 20 s ESP lifetime and
+/// a 30 s ISAKMP SA lifetime: the quick mode rekey and the ISAKMP SA replacement under
+/// a continuous ping lose nothing.
 #[test]
-fn protected_flows_and_quick_mode_rekey_without_loss() {
+fn protected_flows_and_rekeys_without_loss() {
     let topo = Topology::new().unwrap();
     let serve = start_serve(&topo);
     let swan = start_swan(
@@ -419,10 +464,11 @@ fn protected_flows_and_quick_mode_rekey_without_loss() {
             "local_subnets": ["172.16.1.0/24"],
             "remote_subnets": ["10.2.0.0/24"],
         }),
-        json!({"ipsec": {"lifetime_s": 20}}),
+        json!({"ike": {"lifetime_s": 30}, "ipsec": {"lifetime_s": 20}}),
     );
     let t = serve.wait_established(&conn, Duration::from_secs(20));
     assert_v1(&t, SUITE);
+    let first_ike = t["status"]["ike_sa"]["spis"]["initiator"].clone();
     let child = &t["status"]["child_sas"][0];
     assert_eq!(child["local_ts"], json!(["172.16.1.0/24"]));
     assert_eq!(child["remote_ts"], json!(["10.2.0.0/24"]));
@@ -445,10 +491,11 @@ fn protected_flows_and_quick_mode_rekey_without_loss() {
     .unwrap();
     serve.wait_tunnel(
         &conn,
-        "a rekeyed quick mode SA",
-        Duration::from_secs(30),
+        "a rekeyed quick mode SA and a new ISAKMP SA",
+        Duration::from_secs(40),
         |s| {
             phase(s) == "established"
+                && s["ike_sa"]["spis"]["initiator"] != first_ike
                 && s["child_sas"]
                     .as_array()
                     .is_some_and(|c| !c.is_empty() && c.iter().all(|c| c["spi_in"] != first_spi))
@@ -461,22 +508,26 @@ fn protected_flows_and_quick_mode_rekey_without_loss() {
         report.losses.is_empty(),
         "lost pings across the rekey: {report:?}"
     );
-    // strongSwan is left with the new SA only (the old one deleted by vpngw).
+    // strongSwan is left with the new SAs only (the old ones deleted by vpngw).
     let sa = swan
         .wait_sa(
             Duration::from_secs(10),
-            "one CHILD_SA at strongSwan",
+            "one IKE SA with one CHILD_SA at strongSwan",
             |sas| {
-                sas.iter()
-                    .find(|sa| {
-                        sa.name == "vpn"
-                            && sa.children.len() == 1
-                            && sa.children[0].state == "INSTALLED"
-                    })
-                    .cloned()
+                let ours: Vec<_> = sas.iter().filter(|sa| sa.name == "vpn").collect();
+                match ours[..] {
+                    [sa] if sa.state == "ESTABLISHED"
+                        && sa.children.len() == 1
+                        && sa.children[0].state == "INSTALLED" =>
+                    {
+                        Some(sa.clone())
+                    }
+                    _ => None,
+                }
             },
         )
         .unwrap();
+    assert_ne!(Some(sa.spi_i.as_str()), first_ike.as_str());
     assert_ne!(
         Some(&sa.children[0].spi_out),
         first_spi.as_str().map(str::to_string).as_ref()
@@ -645,7 +696,7 @@ fn algorithm_matrix() {
 /// configuration and the gateway renegotiates by itself.
 #[test]
 fn dpd_detects_a_dead_peer_and_the_tunnel_comes_back() {
-    const DPD_INTERVAL_S: u64 = 3;
+    const DPD_INTERVAL_S: u64 = 2;
     let topo = Topology::new().unwrap();
     let serve = start_serve(&topo);
     let conf = onprem_v1(SUITE, SUITE, "0.0.0.0/0", "0.0.0.0/0");
@@ -655,7 +706,7 @@ fn dpd_detects_a_dead_peer_and_the_tunnel_comes_back() {
         &gw,
         &cgw,
         json!({}),
-        json!({"dpd_interval_s": DPD_INTERVAL_S, "dpd_timeout_s": 12}),
+        json!({"dpd_interval_s": DPD_INTERVAL_S, "dpd_timeout_s": 6}),
     );
     serve.route(&gw, "10.2.0.0/24", &conn);
     let t = serve.wait_established(&conn, Duration::from_secs(20));
@@ -663,6 +714,17 @@ fn dpd_detects_a_dead_peer_and_the_tunnel_comes_back() {
     swan.wait_established("vpn", Duration::from_secs(10))
         .unwrap();
     ping_both_ways(&topo, 2);
+
+    // Idle longer than interval + timeout: strongSwan answers vpngw's R-U-THERE
+    // (RFC 3706), so a live peer is never declared dead.
+    std::thread::sleep(Duration::from_secs(10));
+    let t = serve.get(&format!("/v1/vpn-connections/{conn}"))["tunnels"][0].clone();
+    assert_eq!(phase(&t["status"]), "established", "{t:#}");
+    assert_eq!(t["status"]["ike_sa"]["spis"]["initiator"], old_ike);
+    let log = std::fs::read_to_string(swan.log_path()).unwrap();
+    let probes = log.matches("[ HASH N(DPD) ]").count();
+    let acks = log.matches("[ HASH N(DPD_ACK) ]").count();
+    assert!(probes >= 2 && acks >= 2, "R-U-THERE {probes}, ACK {acks}");
 
     // SIGKILL: no Delete reaches the gateway, only silence.
     kill9(swan.pid());

@@ -20,7 +20,7 @@ use crate::v1::keys::{P1Keys, cbc_open, cbc_seal, last_block, nat_d, phase1_iv, 
 use crate::v1::proposal::{
     esp_check_answer, esp_choose, esp_offer, p1_check_answer, p1_choose, p1_offer,
 };
-use crate::v1::sa::{Dpd, P1Sa, P1State, Qm, QmState, Retx, linger};
+use crate::v1::sa::{Dpd, P1Sa, P1State, Qm, QmState, Retx, linger, rekeyed_grace};
 use crate::v1::wire::{
     Attr, Chain, Delete, Exchange, HEADER_LEN, Header, Id, LIFE_SECONDS, Notify, NotifyType,
     PayloadType, RawPayload, SaPayload, cookies, decode_attrs, encode_attrs, encode_chain,
@@ -1765,8 +1765,10 @@ fn qm2(
     send_qm(cx, now, sa, qm, mid, &p, None);
     qm.linger_until = Some(now + linger(cx.ecfg));
     install_child(cx, now, sa, child, rekey_of);
-    if let Some(old) = rekey_of {
-        delete_children(cx, sa, &[old]);
+    // Make-before-break: the replaced SA goes after a grace period, not with message 3.
+    let grace_end = now + rekeyed_grace(cx.ecfg);
+    if let Some(old) = rekey_of.and_then(|s| sa.children.iter_mut().find(|c| c.sa.spi_in == s)) {
+        old.expire_at = Some(old.expire_at.map_or(grace_end, |t| t.min(grace_end)));
     }
     Outcome::Keep
 }
@@ -2278,12 +2280,17 @@ fn sa_timers(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
         sa.want_rekey = true;
     }
     let mut expired = Vec::new();
+    let mut replaced = Vec::new();
     let mut rekey = Vec::new();
     for c in &mut sa.children {
         if c.expire_at.is_some_and(|t| now >= t) {
             c.expire_at = None;
             c.rekey_at = None;
-            expired.push(c.sa.spi_in);
+            if c.state == ChildState::Rekeyed {
+                replaced.push(c.sa.spi_in);
+            } else {
+                expired.push(c.sa.spi_in);
+            }
         } else if c.rekey_at.is_some_and(|t| now >= t) {
             c.rekey_at = None;
             if c.state == ChildState::Installed {
@@ -2302,6 +2309,9 @@ fn sa_timers(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
             ),
         );
         delete_children(cx, sa, &expired);
+    }
+    if !replaced.is_empty() {
+        delete_children(cx, sa, &replaced);
     }
     for s in rekey {
         start_qm(cx, now, sa, Some(s));

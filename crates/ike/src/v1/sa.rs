@@ -88,6 +88,16 @@ impl Retx {
     }
 }
 
+/// How long the Child SA a quick mode rekey of ours replaced is kept before we delete
+/// it. The peer installs the new SA only when quick mode message 3 arrives (RFC 2409
+/// §5.5), and may handle our Delete before it (strongSwan does, on another thread):
+/// deleting at once would leave it with no SA for a moment, and a lost message 3 (resent
+/// when its message 2 is retransmitted) for longer. Packets in flight on the old SA
+/// still decrypt meanwhile.
+pub(crate) fn rekeyed_grace(cfg: &EndpointConfig) -> Duration {
+    cfg.retransmit_base * 2
+}
+
 /// How long a finished exchange is kept to answer retransmissions: the peer's
 /// whole retransmission schedule.
 pub(crate) fn linger(cfg: &EndpointConfig) -> Duration {
