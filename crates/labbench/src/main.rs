@@ -306,7 +306,7 @@ fn machine_info(
         ("load before the run (uptime)".into(), sh("uptime")),
         (
             "strongSwan".into(),
-            sh("swanctl --version 2>/dev/null | head -1"),
+            sh("dpkg-query -W -f '${Version}' strongswan-charon 2>/dev/null"),
         ),
         ("iperf3".into(), sh("iperf3 --version | head -1")),
         (

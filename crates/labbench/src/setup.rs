@@ -238,18 +238,27 @@ pub fn vpngw(n: usize, bin: &Path, notes: &mut Notes) -> Result<SetupMetrics> {
         initiator.ensure_running()
     })?;
     let after = mem(responder.pid())?;
-    let listed = responder
-        .with_client(&topo.gw, |c| {
+    // The API shows what the node's writer has stored: it may lag the log.
+    let t = Instant::now();
+    let listed = loop {
+        let count = responder.with_client(&topo.gw, |c| {
             let conns = c.list_all("/v1/vpn-connections")?;
             Ok(conns
                 .iter()
                 .filter(|c| c["tunnels"][0]["status"]["phase"] == "established")
                 .count())
-        })
-        .map_or_else(
-            |e| format!("listing connections failed: {e}"),
-            |c| format!("the responder's API lists {c} established"),
-        );
+        });
+        match count {
+            Ok(c) if c >= established || t.elapsed() > Duration::from_secs(30) => {
+                break format!(
+                    "the responder's API lists {c} established {:.1} s later",
+                    t.elapsed().as_secs_f64()
+                );
+            }
+            Ok(_) => sleep(Duration::from_secs(1))?,
+            Err(e) => break format!("listing connections failed: {e:#}"),
+        }
+    };
     if established < n {
         notes.push(format!(
             "vpngw responder log tail ({established}/{n} up): {}",
