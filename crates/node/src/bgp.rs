@@ -523,7 +523,17 @@ async fn drive(spec: BgpSpec, reports: mpsc::UnboundedSender<Report>) {
             }
         }
         if learned_changed {
-            let prefixes = s.adj_rib_in().map(|(p, _)| *p).collect();
+            // RFC 4271 §9.1.2: a route whose AS_PATH holds our own AS is a loop (a peer
+            // may send our own networks back); it must never be installed.
+            let prefixes = s
+                .adj_rib_in()
+                .filter(|(_, a)| {
+                    !a.as_path
+                        .as_ref()
+                        .is_some_and(|p| p.contains(spec.local_asn))
+                })
+                .map(|(p, _)| *p)
+                .collect();
             let _ = reports.send(Report::Learned {
                 tunnel_id: spec.tunnel_id.clone(),
                 prefixes,
