@@ -233,6 +233,15 @@ fn bgp_over_a_tunnel_with_frr_routes_the_vpc_to_onprem() {
     lab::wait_ping(&topo.vpc, &vpc, &onprem_host, Duration::from_secs(10)).unwrap();
     let r = lab::ping(&topo.vpc, &vpc, &onprem_host, 5, Duration::from_secs(5)).unwrap();
     assert_eq!(r.received, 5, "VPC → on-premises over the BGP route: {r:?}");
+
+    // bgpd goes away: the session drops and the learned route is withdrawn, so the
+    // on-premises network is unreachable again although the tunnel stays up.
     drop(frr);
+    let t = serve.wait_tunnel(&topo, &conn_id, "BGP down", |s| {
+        s["bgp"]["state"] != "established" && s["bgp"]["routes_received"] == 0
+    });
+    assert_eq!(t["status"]["phase"], "established", "{t:#}");
+    let r = lab::ping(&topo.vpc, &vpc, &onprem_host, 2, Duration::from_secs(3)).unwrap();
+    assert_eq!(r.received, 0, "the withdrawn route still forwards: {r:?}");
     drop(serve);
 }
