@@ -672,7 +672,91 @@ async fn connect(local: Ipv4Addr, peer: Ipv4Addr) -> std::io::Result<TcpStream> 
 
 #[cfg(test)]
 mod tests {
+    use chrono::{DateTime, Utc};
+    use model::{
+        AsnInput, CustomerGatewaySpec, TunnelBgpSpec, TunnelSpec, VpnConnectionSpec, VpnGatewaySpec,
+    };
+
     use super::*;
+
+    fn epoch() -> DateTime<Utc> {
+        DateTime::<Utc>::UNIX_EPOCH
+    }
+
+    fn fixtures(enable_bgp: bool) -> (VpnGateway, CustomerGateway, VpnConnection) {
+        let gw = VpnGatewaySpec {
+            name: Some("gw".into()),
+            ipsec_addresses: Some(vec!["192.0.2.1".into(), "192.0.2.2".into()]),
+            local_networks: Some(vec!["172.16.0.0/16".into(), "2001:db8::/48".into()]),
+            ..Default::default()
+        }
+        .build("vpn-1".into(), epoch())
+        .unwrap();
+        let cgw = CustomerGatewaySpec {
+            name: Some("onprem".into()),
+            ip_address: Some("198.51.100.1".into()),
+            asn: Some(AsnInput::Number(65530)),
+            ..Default::default()
+        }
+        .build("cgw-1".into(), epoch())
+        .unwrap();
+        let tunnel = |cidr: &str, ip: &str| TunnelSpec {
+            customer_gateway_id: Some(cgw.id.clone()),
+            pre_shared_key: Some(model::PskInput("bgp-test-psk".into())),
+            bgp: Some(TunnelBgpSpec {
+                tunnel_cidr: Some(cidr.into()),
+                local_ip: Some(ip.into()),
+            }),
+            ..Default::default()
+        };
+        let spec = VpnConnectionSpec {
+            name: Some("c".into()),
+            vpn_gateway_id: Some(gw.id.clone()),
+            enable_bgp: Some(enable_bgp),
+            tunnels: Some(vec![
+                tunnel("169.254.10.0/30", "169.254.10.1"),
+                tunnel("169.254.11.0/30", "169.254.11.2"),
+            ]),
+            ..Default::default()
+        };
+        let ctx = model::ConnectionContext {
+            gateway: &gw,
+            customer_gateways: std::slice::from_ref(&cgw),
+            tunnel_cidrs_in_use: &[],
+        };
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
+        let tids = ["tun-1".to_string(), "tun-2".to_string()];
+        let c = spec
+            .build(&ctx, "vco-1".into(), &tids, epoch(), &mut rng)
+            .unwrap();
+        (gw, cgw, c)
+    }
+
+    #[test]
+    fn every_bgp_tunnel_gets_a_session_spec() {
+        let (gw, cgw, c) = fixtures(true);
+        let s = specs(&[gw], &[cgw], &[c]);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].tunnel_id, "tun-1");
+        assert_eq!(s[0].tunnel_index, 0);
+        assert_eq!(s[0].peer_ip, Ipv4Addr::new(169, 254, 10, 2));
+        assert_eq!(s[1].tunnel_index, 1);
+        assert_eq!(s[1].local_ip, Ipv4Addr::new(169, 254, 11, 2));
+        assert_eq!(s[1].peer_ip, Ipv4Addr::new(169, 254, 11, 1));
+        assert_eq!(s[0].local_asn, bgp::DEFAULT_LOCAL_ASN);
+        assert_eq!(s[0].peer_asn, 65530);
+        // IPv6 local networks are not advertised over this IPv4 unicast session.
+        assert_eq!(
+            s[0].advertise,
+            vec!["172.16.0.0/16".parse::<Ipv4Net>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn no_session_without_enable_bgp() {
+        let (gw, cgw, c) = fixtures(false);
+        assert!(specs(&[gw], &[cgw], &[c]).is_empty());
+    }
 
     #[test]
     fn peer_is_the_other_host_of_the_link() {
