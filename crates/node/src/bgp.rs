@@ -365,50 +365,7 @@ impl Manager {
 
     /// Publishes the packet-path tables, the kernel routes and the status.
     fn publish(&mut self, want: &[BgpSpec], fwd: &Fwd) {
-        let mut out = BgpFwd::default();
-        for s in want {
-            if let Some(k) = fwd.keys.get(&s.tunnel_id) {
-                out.links.insert(s.link, *k);
-            }
-        }
-        // Prefix → (connection, tunnel index, tunnel key) candidates in spec order
-        // (connections in store order, tunnel 1 before tunnel 2).
-        let mut by_prefix: BTreeMap<Ipv4Net, Vec<(&str, usize, TunnelKey)>> = BTreeMap::new();
-        for s in want {
-            let (Some(prefixes), Some(k)) =
-                (self.learned.get(&s.tunnel_id), fwd.keys.get(&s.tunnel_id))
-            else {
-                continue;
-            };
-            for p in prefixes {
-                by_prefix
-                    .entry(*p)
-                    .or_default()
-                    .push((&s.conn_id, s.tunnel_index, *k));
-            }
-        }
-        let mut kernel = BTreeSet::new();
-        for (prefix, mut cands) in by_prefix {
-            // Never a default route into the TUN device (LAB.md), nor our own links.
-            if prefix.prefix_len() == 0 || out.links.get(prefix).is_some() {
-                continue;
-            }
-            cands.sort_by_key(|(_, i, _)| *i);
-            let Some(&(conn, _, first)) = cands.first() else {
-                continue;
-            };
-            let second = cands
-                .iter()
-                .skip(1)
-                .find(|(c, _, _)| *c == conn)
-                .map(|(_, _, k)| *k);
-            let Ok(i) = u32::try_from(out.targets.len()) else {
-                break;
-            };
-            out.targets.push([Some(first), second]);
-            out.routes.insert(prefix, i);
-            kernel.insert(prefix);
-        }
+        let (out, kernel) = tables(want, &self.learned, &fwd.keys);
         self.shared.fwd.store(Arc::new(out));
         self.kernel_converge(kernel, fwd);
         self.shared.set_status(self.status.clone());
@@ -456,6 +413,59 @@ impl Drop for Manager {
             }
         }
     }
+}
+
+/// The packet-path tables and the kernel routes for what the sessions learned: each
+/// prefix goes to the connection of the first tunnel that learned it, tunnel 1's session
+/// preferred, then to that connection's other tunnel if it learned it too.
+fn tables(
+    want: &[BgpSpec],
+    learned: &HashMap<String, BTreeSet<Ipv4Net>>,
+    keys: &HashMap<String, TunnelKey>,
+) -> (BgpFwd, BTreeSet<Ipv4Net>) {
+    let mut out = BgpFwd::default();
+    for s in want {
+        if let Some(k) = keys.get(&s.tunnel_id) {
+            out.links.insert(s.link, *k);
+        }
+    }
+    // Prefix → (connection, tunnel index, tunnel key) candidates in spec order
+    // (connections in store order, tunnel 1 before tunnel 2).
+    let mut by_prefix: BTreeMap<Ipv4Net, Vec<(&str, usize, TunnelKey)>> = BTreeMap::new();
+    for s in want {
+        let (Some(prefixes), Some(k)) = (learned.get(&s.tunnel_id), keys.get(&s.tunnel_id)) else {
+            continue;
+        };
+        for p in prefixes {
+            by_prefix
+                .entry(*p)
+                .or_default()
+                .push((&s.conn_id, s.tunnel_index, *k));
+        }
+    }
+    let mut kernel = BTreeSet::new();
+    for (prefix, mut cands) in by_prefix {
+        // Never a default route into the TUN device (LAB.md), nor our own links.
+        if prefix.prefix_len() == 0 || out.links.get(prefix).is_some() {
+            continue;
+        }
+        cands.sort_by_key(|(_, i, _)| *i);
+        let Some(&(conn, _, first)) = cands.first() else {
+            continue;
+        };
+        let second = cands
+            .iter()
+            .skip(1)
+            .find(|(c, _, _)| *c == conn)
+            .map(|(_, _, k)| *k);
+        let Ok(i) = u32::try_from(out.targets.len()) else {
+            break;
+        };
+        out.targets.push([Some(first), second]);
+        out.routes.insert(prefix, i);
+        kernel.insert(prefix);
+    }
+    (out, kernel)
 }
 
 /// One session's driver: TCP in and out, the engine's timers, reports to the manager.
@@ -750,6 +760,42 @@ mod tests {
             s[0].advertise,
             vec!["172.16.0.0/16".parse::<Ipv4Net>().unwrap()]
         );
+    }
+
+    #[test]
+    fn learned_routes_prefer_tunnel_1_and_skip_default_and_links() {
+        let (gw, cgw, c) = fixtures(true);
+        let want = specs(&[gw], &[cgw], &[c]);
+        let keys = HashMap::from([("tun-1".to_string(), 11), ("tun-2".to_string(), 12)]);
+        let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        let learned = HashMap::from([
+            (
+                "tun-1".to_string(),
+                BTreeSet::from([net("10.2.0.0/24"), net("0.0.0.0/0")]),
+            ),
+            (
+                "tun-2".to_string(),
+                BTreeSet::from([
+                    net("10.2.0.0/24"),
+                    net("10.3.0.0/16"),
+                    net("169.254.10.0/30"),
+                ]),
+            ),
+        ]);
+        let (out, kernel) = tables(&want, &learned, &keys);
+        assert_eq!(
+            kernel,
+            BTreeSet::from([net("10.2.0.0/24"), net("10.3.0.0/16")])
+        );
+        let target = |a: [u8; 4]| {
+            let i = out.routes.lookup(Ipv4Addr::from(a)).unwrap();
+            out.targets[i as usize]
+        };
+        assert_eq!(target([10, 2, 0, 1]), [Some(11), Some(12)]);
+        assert_eq!(target([10, 3, 0, 1]), [Some(12), None]);
+        assert_eq!(out.routes.lookup(Ipv4Addr::new(192, 0, 2, 9)), None);
+        assert_eq!(out.links.lookup(Ipv4Addr::new(169, 254, 10, 2)), Some(11));
+        assert_eq!(out.links.lookup(Ipv4Addr::new(169, 254, 11, 1)), Some(12));
     }
 
     #[test]
