@@ -544,57 +544,92 @@ fn protected_flows_and_rekeys_without_loss() {
 #[test]
 fn algorithm_matrix() {
     struct Row {
-        swan_ike: &'static str,
-        swan_esp: &'static str,
+        swan_ike: String,
+        swan_esp: String,
         ike: Value,
         ipsec: Value,
         /// What strongSwan lists: IKE cipher, IKE group, ESP cipher, PFS group.
-        swan_sees: [&'static str; 4],
+        swan_sees: [String; 4],
     }
-    let rows = [
-        Row {
-            swan_ike: "3des-md5-modp1024",
-            swan_esp: "3des-md5-modp1024",
-            ike: json!({"encryption": "3des", "integrity": "md5", "dh_group": "group2"}),
-            ipsec: json!({"encryption": "3des", "integrity": "md5", "pfs": "group2"}),
-            swan_sees: ["3DES_CBC", "MODP_1024", "3DES_CBC", "MODP_1024"],
-        },
-        Row {
-            swan_ike: "aes128-sha1-modp1536",
-            swan_esp: "aes128-sha1-modp1536",
-            ike: json!({"encryption": "aes", "integrity": "sha1", "dh_group": "group5"}),
-            ipsec: json!({"encryption": "aes", "integrity": "sha1", "pfs": "group5"}),
-            swan_sees: ["AES_CBC", "MODP_1536", "AES_CBC", "MODP_1536"],
-        },
-        Row {
-            swan_ike: "aes256-sha256-modp2048",
-            swan_esp: "aes256-sha256",
-            ike: json!({"encryption": "aes256", "integrity": "sha256", "dh_group": "group14"}),
-            ipsec: json!({"encryption": "aes256", "integrity": "sha256", "pfs": "disabled"}),
-            swan_sees: ["AES_CBC", "MODP_2048", "AES_CBC", ""],
-        },
-        Row {
-            swan_ike: "aes192-sha512-modp2048s256",
-            swan_esp: "aes192-sha512-modp2048s256",
-            ike: json!({"encryption": "aes192", "integrity": "sha512", "dh_group": "group24"}),
-            ipsec: json!({"encryption": "aes192", "integrity": "sha512", "pfs": "group24"}),
-            swan_sees: ["AES_CBC", "MODP_2048_256", "AES_CBC", "MODP_2048_256"],
-        },
-        Row {
-            swan_ike: "des-sha1-modp768",
-            swan_esp: "des-sha1-modp768",
-            ike: json!({"encryption": "des", "integrity": "sha1", "dh_group": "group1"}),
-            ipsec: json!({"encryption": "des", "integrity": "sha1", "pfs": "group1"}),
-            swan_sees: ["DES_CBC", "MODP_768", "DES_CBC", "MODP_768"],
-        },
-        Row {
-            swan_ike: "aes128-sha1-modp1024",
-            swan_esp: "aes128gcm16-modp1024",
-            ike: json!({"encryption": "aes", "integrity": "sha1", "dh_group": "group2"}),
-            ipsec: json!({"encryption": "aes-gcm-128", "pfs": "group2"}),
-            swan_sees: ["AES_CBC", "MODP_1024", "AES_GCM_16", "MODP_1024"],
-        },
+    // Every seed encryption × integrity pair (API name, strongSwan name, strongSwan's
+    // listing), with the seed groups 2/5/14 rotating across the rows and PFS
+    // alternating on (same group) and off, so each group meets each cipher.
+    let ciphers = [
+        ("aes", "aes128", "AES_CBC"),
+        ("aes192", "aes192", "AES_CBC"),
+        ("aes256", "aes256", "AES_CBC"),
+        ("des", "des", "DES_CBC"),
+        ("3des", "3des", "3DES_CBC"),
     ];
+    let integrities = ["md5", "sha1", "sha256", "sha384", "sha512"];
+    let groups = [
+        ("group2", "modp1024", "MODP_1024"),
+        ("group5", "modp1536", "MODP_1536"),
+        ("group14", "modp2048", "MODP_2048"),
+    ];
+    let mut rows = Vec::new();
+    for (i, (enc, swan_enc, listed_enc)) in ciphers.iter().enumerate() {
+        for (j, integ) in integrities.iter().enumerate() {
+            let n = i * integrities.len() + j;
+            let (group, swan_group, listed_group) = groups[(i + j) % groups.len()];
+            let pfs = n % 2 == 0;
+            let swan_ike = format!("{swan_enc}-{integ}-{swan_group}");
+            rows.push(Row {
+                swan_esp: if pfs {
+                    swan_ike.clone()
+                } else {
+                    format!("{swan_enc}-{integ}")
+                },
+                swan_ike,
+                ike: json!({"encryption": enc, "integrity": integ, "dh_group": group}),
+                ipsec: json!({"encryption": enc, "integrity": integ,
+                              "pfs": if pfs { group } else { "disabled" }}),
+                swan_sees: [
+                    listed_enc.to_string(),
+                    listed_group.to_string(),
+                    listed_enc.to_string(),
+                    if pfs {
+                        listed_group.to_string()
+                    } else {
+                        String::new()
+                    },
+                ],
+            });
+        }
+    }
+    // Beyond the grid: group 24, group 1 and AES-GCM in ESP.
+    let special = [
+        (
+            "aes192-sha512-modp2048s256",
+            "aes192-sha512-modp2048s256",
+            json!({"encryption": "aes192", "integrity": "sha512", "dh_group": "group24"}),
+            json!({"encryption": "aes192", "integrity": "sha512", "pfs": "group24"}),
+            ["AES_CBC", "MODP_2048_256", "AES_CBC", "MODP_2048_256"],
+        ),
+        (
+            "des-sha1-modp768",
+            "des-sha1-modp768",
+            json!({"encryption": "des", "integrity": "sha1", "dh_group": "group1"}),
+            json!({"encryption": "des", "integrity": "sha1", "pfs": "group1"}),
+            ["DES_CBC", "MODP_768", "DES_CBC", "MODP_768"],
+        ),
+        (
+            "aes128-sha1-modp1024",
+            "aes128gcm16-modp1024",
+            json!({"encryption": "aes", "integrity": "sha1", "dh_group": "group2"}),
+            json!({"encryption": "aes-gcm-128", "pfs": "group2"}),
+            ["AES_CBC", "MODP_1024", "AES_GCM_16", "MODP_1024"],
+        ),
+    ];
+    for (swan_ike, swan_esp, ike, ipsec, sees) in special {
+        rows.push(Row {
+            swan_ike: swan_ike.into(),
+            swan_esp: swan_esp.into(),
+            ike,
+            ipsec,
+            swan_sees: sees.map(String::from),
+        });
+    }
 
     let topo = Topology::new().unwrap();
     let serve = start_serve(&topo);
@@ -605,13 +640,13 @@ fn algorithm_matrix() {
     let mut failures = Vec::new();
     for row in &rows {
         swan.load(&swanctl::render(&[onprem_v1(
-            row.swan_ike,
-            row.swan_esp,
+            &row.swan_ike,
+            &row.swan_esp,
             "0.0.0.0/0",
             "0.0.0.0/0",
         )]))
         .unwrap();
-        let crypto = json!({"ike": row.ike, "ipsec": row.ipsec});
+        let crypto = json!({"ike": &row.ike, "ipsec": &row.ipsec});
         let old_spi = match &conn_tunnel {
             None => {
                 let (conn, tunnel) = serve.connection(&gw, &cgw, json!({}), crypto);
@@ -631,7 +666,7 @@ fn algorithm_matrix() {
             }
         };
         let (conn, _) = conn_tunnel.as_ref().unwrap();
-        let t = serve.wait_tunnel(conn, row.swan_ike, Duration::from_secs(25), |s| {
+        let t = serve.wait_tunnel(conn, &row.swan_ike, Duration::from_secs(25), |s| {
             phase(s) == "established"
                 && s["ike_sa"]["spis"]["initiator"] != old_spi
                 && !s["child_sas"].as_array().is_none_or(Vec::is_empty)
@@ -640,7 +675,7 @@ fn algorithm_matrix() {
         let child_algs = t["status"]["child_sas"][0]["algorithms"]
             .as_str()
             .unwrap_or("");
-        if (algs, child_algs) != (row.swan_ike, row.swan_esp) {
+        if (algs, child_algs) != (row.swan_ike.as_str(), row.swan_esp.as_str()) {
             failures.push(format!(
                 "{} / {}: vpngw shows {algs} / {child_algs}",
                 row.swan_ike, row.swan_esp
@@ -664,7 +699,7 @@ fn algorithm_matrix() {
             &child.encr_alg,
             &child.dh_group,
         ];
-        if seen != row.swan_sees {
+        if seen != row.swan_sees.each_ref().map(String::as_str) {
             failures.push(format!(
                 "{} / {}: strongSwan lists {seen:?}",
                 row.swan_ike, row.swan_esp
