@@ -572,7 +572,7 @@ fn algorithm_matrix() {
         for (j, integ) in integrities.iter().enumerate() {
             let n = i * integrities.len() + j;
             let (group, swan_group, listed_group) = groups[(i + j) % groups.len()];
-            let pfs = n % 2 == 0;
+            let pfs = n.is_multiple_of(2);
             let swan_ike = format!("{swan_enc}-{integ}-{swan_group}");
             rows.push(Row {
                 swan_esp: if pfs {
