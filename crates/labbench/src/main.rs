@@ -148,10 +148,12 @@ fn main() -> Result<()> {
             .map_err(|e| format!("{e:#}"));
             match &result {
                 Ok(m) => eprintln!(
-                    "labbench:   TCP {:.3} Gbit/s, UDP {:.3} Gbit/s ({:.1}% loss), ping avg {:.3} ms p99 {:.3} ms",
+                    "labbench:   TCP {:.3} Gbit/s, UDP {}, ping avg {:.3} ms p99 {:.3} ms",
                     m.tcp_bps / 1e9,
-                    m.udp_bps / 1e9,
-                    m.udp_loss_percent,
+                    match &m.udp {
+                        Ok((bps, loss)) => format!("{:.3} Gbit/s ({loss:.1}% loss)", bps / 1e9),
+                        Err(e) => format!("failed ({e})"),
+                    },
                     m.ping.avg_ms,
                     m.ping.p99_ms
                 ),

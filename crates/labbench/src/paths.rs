@@ -126,9 +126,11 @@ pub fn measure(setup: Setup, suite: &Suite, d: Durations, vpngw_bin: &Path) -> R
     let _server = Iperf3Server::start(&topo.onprem, &dir, ONPREM_HOST, IPERF_PORT)?;
     let (tcp_bps, tcp_retransmits) =
         iperf3_tcp(&topo.vpc, &dir, &vpc, ONPREM_HOST, IPERF_PORT, d.iperf_secs)?;
-    let (udp_bps, udp_loss_percent) =
-        iperf3_udp(&topo.vpc, &dir, &vpc, ONPREM_HOST, IPERF_PORT, d.iperf_secs)?;
     let ping = ping(&topo.vpc, &dir, &vpc, ONPREM_HOST, d.pings)?;
+    // Last: a UDP flood can wedge iperf3's own control connection through a saturated
+    // tunnel; then only the UDP figure is lost.
+    let udp = iperf3_udp(&topo.vpc, &dir, &vpc, ONPREM_HOST, IPERF_PORT, d.iperf_secs)
+        .map_err(|e| format!("{e:#}"));
     for s in &mut daemons.serves {
         // A vpngw that crashed under load must not pass as a measurement.
         s.ensure_running()?;
@@ -136,8 +138,7 @@ pub fn measure(setup: Setup, suite: &Suite, d: Durations, vpngw_bin: &Path) -> R
     Ok(PathMetrics {
         tcp_bps,
         tcp_retransmits,
-        udp_bps,
-        udp_loss_percent,
+        udp,
         ping,
     })
 }

@@ -45,15 +45,15 @@ impl Setup {
 }
 
 /// Throughput, loss and latency of one path.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PathMetrics {
     /// iperf3 TCP, receiver side.
     pub tcp_bps: f64,
     /// TCP retransmissions the sender counted.
     pub tcp_retransmits: u64,
-    /// iperf3 UDP (unlimited rate), what the receiver got.
-    pub udp_bps: f64,
-    pub udp_loss_percent: f64,
+    /// iperf3 UDP (unlimited rate): what the receiver got (bits/s) and the loss in
+    /// percent, or why the UDP run failed (the TCP and ping figures still stand).
+    pub udp: Result<(f64, f64), String>,
     pub ping: PingStats,
 }
 
@@ -209,16 +209,20 @@ impl Report {
             match &r.result {
                 Ok(m) => {
                     let base = self.baseline_path(r.suite);
+                    let base_udp = base.and_then(|b| b.udp.as_ref().ok()).map(|u| u.0);
+                    let udp = match &m.udp {
+                        Ok((bps, loss)) => {
+                            format!("{:.3} | {} | {loss:.1}%", bps / 1e9, ratio(*bps, base_udp))
+                        }
+                        Err(e) => format!("failed: {} | — | —", cell(e)),
+                    };
                     let _ = writeln!(
                         out,
-                        "| {} | {suite} | {:.3} | {} | {} | {:.3} | {} | {:.1}% | {:.3} | {:.3} | {}/{} |",
+                        "| {} | {suite} | {:.3} | {} | {} | {udp} | {:.3} | {:.3} | {}/{} |",
                         r.setup.label(),
                         m.tcp_bps / 1e9,
                         ratio(m.tcp_bps, base.map(|b| b.tcp_bps)),
                         m.tcp_retransmits,
-                        m.udp_bps / 1e9,
-                        ratio(m.udp_bps, base.map(|b| b.udp_bps)),
-                        m.udp_loss_percent,
                         m.ping.avg_ms,
                         m.ping.p99_ms,
                         m.ping.received,
@@ -375,8 +379,7 @@ mod tests {
         PathMetrics {
             tcp_bps: tcp,
             tcp_retransmits: 3,
-            udp_bps: tcp / 2.0,
-            udp_loss_percent: 1.25,
+            udp: Ok((tcp / 2.0, 1.25)),
             ping: PingStats {
                 sent: 100,
                 received: 99,
@@ -418,7 +421,10 @@ mod tests {
                 PathRow {
                     setup: Setup::VpngwVpngw,
                     suite: Some("aes-gcm-128"),
-                    result: Ok(metrics(1e9)),
+                    result: Ok(PathMetrics {
+                        udp: Err("iperf3-udp: still running".into()),
+                        ..metrics(1e9)
+                    }),
                 },
             ],
             ..Report::default()
