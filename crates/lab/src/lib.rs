@@ -25,6 +25,8 @@
 //! - [`nft`]: drop/restore IKE+ESP from or to an address, masquerade.
 //! - [`Topology`]: the standard lab `vpc — gw — inet — [nat —] onprem` (addresses in
 //!   [`topology`]'s docs and [`TopologyConfig`]).
+//! - [`Vpngw`]: `vpngw serve` started in a namespace and driven over its HTTP API with
+//!   the admin token it writes; tunnel status polling with bounded waits.
 //! - [`Workdir`]: the per-test directory for configs and logs, kept when a test fails
 //!   (or when `VPNGW_LAB_KEEP` is set).
 //!
@@ -76,6 +78,7 @@ pub mod strongswan;
 pub mod swanctl;
 pub mod topology;
 pub mod traffic;
+pub mod vpngw;
 pub mod workdir;
 
 pub use cmd::wait_until;
@@ -90,4 +93,5 @@ pub use traffic::{
     Iperf3Result, Iperf3Server, LossInterval, PingMonitor, PingReport, PingResult, iperf3_client,
     ping, wait_ping,
 };
+pub use vpngw::{Vpngw, VpngwConfig};
 pub use workdir::Workdir;

@@ -1,0 +1,296 @@
+//! `vpngw serve` as a lab participant: started in a namespace, driven over its HTTP API.
+//!
+//! Every interop test of the real binary needs the same steps — start it with its own
+//! data directory, wait for `/healthz` and the admin token it writes, call the API with
+//! that token from inside the namespace, poll a tunnel's status until a condition holds
+//! — so they live here once. [`Vpngw`] stops the process on Drop (SIGTERM, then SIGKILL,
+//! through [`Process`]).
+//!
+//! The request helpers ([`Vpngw::post`], [`Vpngw::get`], …) are assertions: a non-2xx
+//! answer panics with the method, path, status and body, which is what a test wants to
+//! see. [`Vpngw::call`] returns the status for tests that expect an error.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::{Netns, Process, Result, wait_until};
+
+/// How long `vpngw serve` may take to answer `/healthz` after it is spawned.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Bound of one HTTP request to the API.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often [`Vpngw::wait_tunnel`] polls.
+const POLL: Duration = Duration::from_millis(100);
+
+/// A running `vpngw serve` inside a namespace.
+pub struct Vpngw<'a> {
+    ns: &'a Netns,
+    process: Process,
+    listen: String,
+    token: String,
+    data_dir: PathBuf,
+}
+
+/// How to start `vpngw serve`.
+#[derive(Debug, Clone)]
+pub struct VpngwConfig<'p> {
+    /// The `vpngw` binary (`env!("CARGO_BIN_EXE_vpngw")` in the vpngw crate's tests).
+    pub bin: &'p str,
+    /// Its data directory is `<dir>/data`; its output goes to files in `dir`.
+    pub dir: &'p Path,
+    /// The API's listen address (loopback of the namespace).
+    pub listen: &'p str,
+    /// Extra arguments after `serve --listen ADDR` (e.g. `--no-node`).
+    pub extra_args: &'p [&'p str],
+}
+
+impl<'a> Vpngw<'a> {
+    /// Spawns `vpngw --data-dir <dir>/data serve --listen <listen>` in `ns` and waits
+    /// until it is healthy and has written its admin token.
+    pub fn start(ns: &'a Netns, config: &VpngwConfig<'_>) -> Result<Vpngw<'a>> {
+        let data_dir = config.dir.join("data");
+        std::fs::create_dir_all(&data_dir)?;
+        let d = data_dir.to_string_lossy().to_string();
+        let mut args = vec![
+            config.bin,
+            "--data-dir",
+            &d,
+            "serve",
+            "--listen",
+            config.listen,
+        ];
+        args.extend_from_slice(config.extra_args);
+        let mut process = ns.spawn(&args, config.dir, "vpngw-serve")?;
+        let token_file = data_dir.join("admin.token");
+        let health = format!("http://{}/healthz", config.listen);
+        wait_until(START_TIMEOUT, "vpngw serve healthy", || {
+            process.ensure_running()?;
+            let healthy = ns.run_in(|| {
+                ureq::get(&health)
+                    .timeout(Duration::from_secs(2))
+                    .call()
+                    .is_ok()
+            })?;
+            Ok((healthy && token_file.exists()).then_some(()))
+        })?;
+        let token = std::fs::read_to_string(&token_file)?.trim().to_string();
+        Ok(Vpngw {
+            ns,
+            process,
+            listen: config.listen.to_string(),
+            token,
+            data_dir,
+        })
+    }
+
+    /// The data directory (`store.db`, `admin.token`, …).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The admin token the API expects.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The process, e.g. for its log tail or to check it still runs.
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.process
+    }
+
+    /// The last `lines` lines of its output (stderr carries the tracing log).
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.process.log_tail(lines)
+    }
+
+    /// One request with the token; returns the status and the body as text. Panics
+    /// only when no HTTP answer came at all (refused, timed out).
+    pub fn call_text(&self, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
+        let url = format!("http://{}{path}", self.listen);
+        let auth = format!("Bearer {}", self.token);
+        let target = url.clone();
+        let answer = self.ns.run_in(move || {
+            let req = ureq::request(method, &target)
+                .set("Authorization", &auth)
+                .timeout(REQUEST_TIMEOUT);
+            let r = match body {
+                Some(b) => req.send_json(b),
+                None => req.call(),
+            };
+            match r {
+                Ok(r) | Err(ureq::Error::Status(_, r)) => {
+                    let status = r.status();
+                    Ok((status, r.into_string().unwrap_or_default()))
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        });
+        match answer {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => panic!(
+                "{method} {url}: {e}\nvpngw log:\n{}",
+                self.process.log_tail(40)
+            ),
+            Err(e) => panic!("{method} {url}: cannot enter the namespace: {e}"),
+        }
+    }
+
+    /// One request with the token; returns the status and the JSON body (`Null` when
+    /// the body is empty or not JSON).
+    pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let (s, text) = self.call_text(method, path, body);
+        (s, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// `method path` that must succeed (2xx); returns the JSON body.
+    pub fn send(&self, method: &str, path: &str, body: Value) -> Value {
+        let (s, v) = self.call(method, path, Some(body));
+        assert!((200..300).contains(&s), "{method} {path}: {s} {v}");
+        v
+    }
+
+    /// `POST path` that must succeed.
+    pub fn post(&self, path: &str, body: Value) -> Value {
+        self.send("POST", path, body)
+    }
+
+    /// `PATCH path` that must succeed.
+    pub fn patch(&self, path: &str, body: Value) -> Value {
+        self.send("PATCH", path, body)
+    }
+
+    /// `GET path` that must answer 200.
+    pub fn get(&self, path: &str) -> Value {
+        let (s, v) = self.call("GET", path, None);
+        assert_eq!(s, 200, "GET {path}: {v}");
+        v
+    }
+
+    /// `DELETE path` that must succeed.
+    pub fn delete(&self, path: &str) {
+        let (s, v) = self.call("DELETE", path, None);
+        assert!((200..300).contains(&s), "DELETE {path}: {s} {v}");
+    }
+
+    /// The connection's log entries (oldest first), at most `limit`.
+    pub fn logs(&self, conn: &str, limit: usize) -> Vec<Value> {
+        self.get(&format!("/v1/vpn-connections/{conn}/logs?limit={limit}"))["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The `event` names of the connection's log.
+    pub fn events(&self, conn: &str) -> Vec<String> {
+        self.logs(conn, 1000)
+            .iter()
+            .filter_map(|e| e["event"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// Polls the connection until `pred` holds for its tunnels (bounded by `timeout`)
+    /// and returns them; panics with the tunnels' status, the connection log and
+    /// vpngw's log otherwise.
+    pub fn wait_tunnels(
+        &self,
+        conn: &str,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let start = Instant::now();
+        loop {
+            let c = self.get(&format!("/v1/vpn-connections/{conn}"));
+            let tunnels = c["tunnels"].as_array().cloned().unwrap_or_default();
+            if pred(&tunnels) {
+                return tunnels;
+            }
+            if start.elapsed() > timeout {
+                let statuses: Vec<&Value> = tunnels.iter().map(|t| &t["status"]).collect();
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; tunnel status: {statuses:#?}\nlogs: {:#?}\nvpngw log:\n{}",
+                    self.logs(conn, 60),
+                    self.process.log_tail(40)
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Polls the connection's tunnel number `index` (0-based) until `pred` holds for
+    /// its `status`; returns the whole tunnel.
+    pub fn wait_tunnel(
+        &self,
+        conn: &str,
+        index: usize,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let tunnels = self.wait_tunnels(conn, what, timeout, |ts| {
+            ts.get(index).is_some_and(|t| pred(&t["status"]))
+        });
+        tunnels[index].clone()
+    }
+}
+
+/// The `id` of an API resource.
+pub fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap_or_default().to_string()
+}
+
+/// A tunnel status whose phase is `established` with at least one Child SA.
+pub fn established(status: &Value) -> bool {
+    status["phase"] == "established"
+        && status["child_sas"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty())
+}
+
+/// RFC 7386 JSON merge patch of `patch` onto `base` (null deletes), for building
+/// request bodies from defaults.
+pub fn merge(base: &mut Value, patch: Value) {
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    b.remove(&k);
+                } else {
+                    merge(b.entry(k).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (b, p) => *b = p,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn merge_overrides_nests_and_deletes() {
+        let mut base = json!({"a": 1, "t": {"x": 1, "y": 2}, "gone": true});
+        merge(
+            &mut base,
+            json!({"a": 2, "t": {"y": 3, "z": 4}, "gone": null}),
+        );
+        assert_eq!(base, json!({"a": 2, "t": {"x": 1, "y": 3, "z": 4}}));
+    }
+
+    #[test]
+    fn established_needs_a_child_sa() {
+        assert!(established(
+            &json!({"phase": "established", "child_sas": [{}]})
+        ));
+        assert!(!established(
+            &json!({"phase": "established", "child_sas": []})
+        ));
+        assert!(!established(&json!({"phase": "phase1_negotiating"})));
+        assert_eq!(id(&json!({"id": "vco-1"})), "vco-1");
+    }
+}
