@@ -9,7 +9,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use lab::{Iperf3Server, StrongSwan, SwanctlChild, SwanctlConn, Topology, swanctl};
+use lab::{Iperf3Server, SwanctlChild, SwanctlConn, Topology, swanctl};
+
+use crate::charon::Charon;
 
 use crate::measure::{iperf3_tcp, iperf3_udp, ping};
 use crate::report::{PathMetrics, Setup};
@@ -22,6 +24,8 @@ const VPC_NET: &str = "172.16.1.0/24";
 const ONPREM_NET: &str = "10.2.0.0/24";
 const ONPREM_HOST: &str = "10.2.0.1";
 const IPERF_PORT: u16 = 5201;
+/// Bound on `swanctl --load-all` of one connection.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// One algorithm suite in both products' terms.
 #[derive(Debug, Clone, Copy)]
@@ -86,28 +90,27 @@ pub fn measure(setup: Setup, suite: &Suite, d: Durations, vpngw_bin: &Path) -> R
     match setup {
         Setup::Plain => plain_routes(&topo)?,
         Setup::SwanSwan => {
-            let gw = StrongSwan::start(&topo.gw, &topo.workdir.subdir("gw-swan")?)?;
-            let onprem = StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan")?)?;
-            gw.load(&swanctl::render(&[swan_conn(
-                suite, GW, ONPREM, VPC_NET, ONPREM_NET,
-            )]))?;
-            onprem.load(&swanctl::render(&[swan_conn(
-                suite, ONPREM, GW, ONPREM_NET, VPC_NET,
-            )]))?;
+            let mut gw = Charon::start(&topo.gw, &topo.workdir.subdir("gw-swan")?)?;
+            let onprem = Charon::start(&topo.onprem, &topo.workdir.subdir("onprem-swan")?)?;
+            gw.load(
+                &swanctl::render(&[swan_conn(suite, GW, ONPREM, VPC_NET, ONPREM_NET)]),
+                LOAD_TIMEOUT,
+            )?;
+            onprem.load(
+                &swanctl::render(&[swan_conn(suite, ONPREM, GW, ONPREM_NET, VPC_NET)]),
+                LOAD_TIMEOUT,
+            )?;
             gw.initiate("net")?;
-            gw.wait_established("bench", Duration::from_secs(30))?;
+            gw.wait_installed(Duration::from_secs(30))?;
             daemons.swans.extend([gw, onprem]);
         }
         Setup::VpngwSwan => {
-            let onprem = StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan")?)?;
+            let onprem = Charon::start(&topo.onprem, &topo.workdir.subdir("onprem-swan")?)?;
             // Destination routing mode: 0.0.0.0/0 selectors, as the product documents.
-            onprem.load(&swanctl::render(&[swan_conn(
-                suite,
-                ONPREM,
-                GW,
-                "0.0.0.0/0",
-                "0.0.0.0/0",
-            )]))?;
+            onprem.load(
+                &swanctl::render(&[swan_conn(suite, ONPREM, GW, "0.0.0.0/0", "0.0.0.0/0")]),
+                LOAD_TIMEOUT,
+            )?;
             daemons.swans.push(onprem);
             let gw = vpngw_side(&topo, &dir, vpngw_bin, suite, Side::Gw, true)?;
             daemons.serves.push(gw);
@@ -145,7 +148,7 @@ pub fn measure(setup: Setup, suite: &Suite, d: Durations, vpngw_bin: &Path) -> R
 
 #[derive(Default)]
 struct Daemons {
-    swans: Vec<StrongSwan>,
+    swans: Vec<Charon>,
     serves: Vec<Serve>,
 }
 
