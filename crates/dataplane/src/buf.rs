@@ -202,6 +202,16 @@ impl PacketBuf {
         (unsafe { self.buf.as_mut_ptr().add(head) }, max)
     }
 
+    /// The receive area starting at `head` with at most `max` bytes, for filling by copy
+    /// (follow with [`set_rx_len`](Self::set_rx_len)).
+    pub(crate) fn rx_slice(&mut self, head: usize, max: usize) -> &mut [u8] {
+        let head = head.min(self.buf.len());
+        let max = max.min(self.buf.len() - head);
+        self.head = head;
+        self.len = 0;
+        &mut self.buf[head..head + max]
+    }
+
     /// Sets the length after a receive call wrote `len` bytes at the head.
     pub(crate) fn set_rx_len(&mut self, len: usize) {
         self.len = len.min(self.buf.len() - self.head);

@@ -110,6 +110,10 @@ pub struct Snapshot {
     pub control: Flow,
     /// Batches processed (a batch is one receive call's worth of packets).
     pub batches: u64,
+    /// TUN offloads: super-packets read (split into more than one packet).
+    pub tun_gso_reads: u64,
+    /// TUN offloads: writes that carried coalesced segments (more than one packet).
+    pub tun_gro_writes: u64,
     /// Drops, indexed by `DropReason as usize`.
     pub drops: [u64; DropReason::COUNT],
 }
@@ -144,6 +148,8 @@ impl Snapshot {
             esp_tx: f(self.esp_tx, earlier.esp_tx),
             control: f(self.control, earlier.control),
             batches: self.batches.wrapping_sub(earlier.batches),
+            tun_gso_reads: self.tun_gso_reads.wrapping_sub(earlier.tun_gso_reads),
+            tun_gro_writes: self.tun_gro_writes.wrapping_sub(earlier.tun_gro_writes),
             drops,
         }
     }
@@ -169,6 +175,8 @@ impl std::ops::Add for Snapshot {
             esp_tx: f(self.esp_tx, o.esp_tx),
             control: f(self.control, o.control),
             batches: self.batches + o.batches,
+            tun_gso_reads: self.tun_gso_reads + o.tun_gso_reads,
+            tun_gro_writes: self.tun_gro_writes + o.tun_gro_writes,
             drops,
         }
     }
@@ -185,8 +193,8 @@ impl std::iter::Sum for Snapshot {
 #[derive(Debug, Default)]
 #[repr(align(128))]
 pub(crate) struct Counters {
-    // 7 flows × 2 + batches, then the drops.
-    flows: [AtomicU64; 15],
+    // 7 flows × 2 + batches + the two offload counts, then the drops.
+    flows: [AtomicU64; 17],
     drops: [AtomicU64; DropReason::COUNT],
 }
 
@@ -209,6 +217,8 @@ impl Counters {
             d.control.packets,
             d.control.bytes,
             d.batches,
+            d.tun_gso_reads,
+            d.tun_gro_writes,
         ];
         for (c, v) in self.flows.iter().zip(flows) {
             if v != 0 {
@@ -241,6 +251,8 @@ impl Counters {
             esp_tx: f(10),
             control: f(12),
             batches: v(14),
+            tun_gso_reads: v(15),
+            tun_gro_writes: v(16),
             drops,
         }
     }
@@ -265,6 +277,7 @@ mod tests {
         d.udp_tx.add(120);
         d.control.add(5);
         d.batches = 1;
+        d.tun_gro_writes = 3;
         d.drops[DropReason::Replay as usize] = 2;
         c.add(&d);
         let s1 = c.snapshot();

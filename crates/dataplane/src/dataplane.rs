@@ -11,6 +11,7 @@ use std::time::Instant;
 use crate::buf::{BatchBuf, BufLayout, PacketBuf};
 use crate::counters::{Counters, DropReason, Snapshot};
 use crate::netlink::{AddMode, Netlink, NetlinkError};
+use crate::offload::{Gro, MAX_SEGMENTS, OffloadError, Split, VNET_HDR_LEN, VnetHdr};
 use crate::sock::{BatchSocket, Datagram, MsgScratch, SocketOptions};
 use crate::tun::{Tun, TunConfig};
 
@@ -235,9 +236,11 @@ impl Dataplane {
         };
         validate(&config)?;
         let name = config.tun.name.clone();
-        let tuns = Tun::open(&name, workers).map_err(|source| DataplaneError::Tun {
-            name: name.clone(),
-            source,
+        let tuns = Tun::open_with(&name, workers, config.tun.vnet_hdr).map_err(|source| {
+            DataplaneError::Tun {
+                name: name.clone(),
+                source,
+            }
         })?;
         let tun_index = setup_link(&config.tun).map_err(|source| DataplaneError::Netlink {
             name: name.clone(),
@@ -445,9 +448,6 @@ impl std::fmt::Debug for Dataplane {
 
 fn validate(c: &Config) -> Result<(), DataplaneError> {
     let bad = |s: String| Err(DataplaneError::Config(s));
-    if c.tun.vnet_hdr {
-        return bad("vnet_hdr offloads are not implemented yet (issue 8)".into());
-    }
     if !(1..=1024).contains(&c.batch) {
         return bad(format!("batch size {} is not in 1..=1024", c.batch));
     }
@@ -533,7 +533,22 @@ struct Running<H: Handler> {
     tx_scratch: MsgScratch,
     out: Vec<Out>,
     sums: Snapshot,
+    /// With `IFF_VNET_HDR`: the super-packet buffers.
+    vnet: Option<Vnet>,
 }
+
+/// Preallocated state for TUN offloads (see [`offload`](crate::offload)).
+struct Vnet {
+    /// One read from the TUN device: vnet header + up to 64 KiB of packet.
+    read: Box<[u8]>,
+    /// The super-packet in `read` still being split: (plan, next segment, length).
+    pending: Option<(Split, usize, usize)>,
+    /// One coalesced write: vnet header, the first segment, the others' payloads.
+    iov: Vec<libc::iovec>,
+}
+
+/// vnet header + the largest IPv4 packet.
+const VNET_READ_LEN: usize = VNET_HDR_LEN + 65_535;
 
 impl<H: Handler> Worker<H> {
     fn run(self) {
@@ -548,6 +563,11 @@ impl<H: Handler> Worker<H> {
             tx_scratch: MsgScratch::new(self.batch),
             out: vec![Out::None; self.batch],
             sums: Snapshot::default(),
+            vnet: self.tun.vnet_hdr().then(|| Vnet {
+                read: vec![0; VNET_READ_LEN].into_boxed_slice(),
+                pending: None,
+                iov: Vec::with_capacity(MAX_SEGMENTS + 1),
+            }),
             ctx,
             w: self,
         };
@@ -608,6 +628,9 @@ impl<H: Handler> Running<H> {
     }
 
     fn drain_tun(&mut self) {
+        if self.vnet.is_some() {
+            return self.drain_tun_vnet();
+        }
         let (head, max) = (self.w.layout.headroom, self.w.layout.data);
         for _ in 0..ROUNDS {
             let cap = self.rx.capacity();
@@ -631,6 +654,79 @@ impl<H: Handler> Running<H> {
             if n < cap {
                 return;
             }
+        }
+    }
+
+    /// Reads (super-)packets with their vnet headers and splits them into the batch's
+    /// slots; a super-packet that does not fit the batch continues in the next one.
+    fn drain_tun_vnet(&mut self) {
+        let (head, max) = (self.w.layout.headroom, self.w.layout.data);
+        let cap = self.rx.capacity();
+        let mut n = 0;
+        let mut rounds = 0;
+        loop {
+            let Some(v) = self.vnet.as_mut() else { return };
+            if let Some((split, next, len)) = v.pending.as_mut() {
+                let pkt = &v.read[VNET_HDR_LEN..VNET_HDR_LEN + *len];
+                let (slots, _) = self.rx.slots_mut();
+                while *next < split.count() && n < cap {
+                    let slot = &mut slots[n];
+                    match split.segment(pkt, *next, slot.rx_slice(head, max)) {
+                        Some(len) => {
+                            slot.set_rx_len(len);
+                            n += 1;
+                        }
+                        None => self.sums.drops[DropReason::TooBig as usize] += 1,
+                    }
+                    *next += 1;
+                }
+                if *next >= split.count() {
+                    v.pending = None;
+                }
+            }
+            if n == cap {
+                self.rx.set_len(n);
+                self.process(Src::Tun);
+                n = 0;
+                rounds += 1;
+                continue;
+            }
+            // Only read when nothing is pending, so nothing read is ever left behind.
+            if rounds >= ROUNDS {
+                break;
+            }
+            let Some(v) = self.vnet.as_mut() else { return };
+            match self.w.tun.recv_raw(&mut v.read) {
+                Ok(Some(len)) => {
+                    let plan = VnetHdr::parse(&v.read[..len])
+                        .ok_or(OffloadError::Malformed("short vnet header"))
+                        .and_then(|h| Split::plan(&h, &v.read[VNET_HDR_LEN..len]));
+                    match plan {
+                        Ok(split) => {
+                            if split.count() > 1 {
+                                self.sums.tun_gso_reads += 1;
+                            }
+                            v.pending = Some((split, 0, len - VNET_HDR_LEN));
+                        }
+                        Err(e) => {
+                            let r = match e {
+                                OffloadError::Malformed(_) => DropReason::Malformed,
+                                OffloadError::Unsupported(_) => DropReason::Unsupported,
+                            };
+                            self.sums.drops[r as usize] += 1;
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(worker = self.w.index, err = %e, "TUN read failed");
+                    break;
+                }
+            }
+        }
+        if n > 0 {
+            self.rx.set_len(n);
+            self.process(Src::Tun);
         }
     }
 
@@ -732,13 +828,18 @@ impl<H: Handler> Running<H> {
     }
 
     fn flush(&mut self, n: usize) {
+        if self.vnet.is_some() {
+            self.flush_tun_vnet(n);
+        }
         let pkts = self.rx.packets();
         let outs = &self.out[..n];
-        for (pkt, o) in pkts.iter().zip(outs) {
-            if let Out::Tun = o {
-                match self.w.tun.send(pkt.data()) {
-                    Ok(()) => self.sums.tun_tx.add(pkt.len()),
-                    Err(_) => self.sums.drops[DropReason::SendFailed as usize] += 1,
+        if self.vnet.is_none() {
+            for (pkt, o) in pkts.iter().zip(outs) {
+                if let Out::Tun = o {
+                    match self.w.tun.send(pkt.data()) {
+                        Ok(()) => self.sums.tun_tx.add(pkt.len()),
+                        Err(_) => self.sums.drops[DropReason::SendFailed as usize] += 1,
+                    }
                 }
             }
         }
@@ -773,6 +874,75 @@ impl<H: Handler> Running<H> {
             self.sums.esp_tx.packets += r.sent as u64;
             self.sums.esp_tx.bytes += r.bytes as u64;
             self.sums.drops[DropReason::SendFailed as usize] += r.failed as u64;
+        }
+    }
+
+    /// Writes the batch's packets for the TUN device, consecutive TCP segments of one
+    /// flow coalesced into super-packets: one `writev` per run (vnet header, the first
+    /// segment with its header patched, the other segments' payloads in place).
+    fn flush_tun_vnet(&mut self, n: usize) {
+        let Some(v) = self.vnet.as_mut() else { return };
+        let pkts = self.rx.packets_mut();
+        let outs = &self.out[..n.min(pkts.len())];
+        let mut i = 0;
+        while i < outs.len() {
+            if !matches!(outs[i], Out::Tun) {
+                i += 1;
+                continue;
+            }
+            let first = i;
+            let mut j = i + 1;
+            let mut gro = Gro::start(pkts[first].data());
+            if let Some(g) = gro.as_mut() {
+                while j < outs.len() {
+                    if matches!(outs[j], Out::Tun) {
+                        let (a, b) = pkts.split_at_mut(j);
+                        if !g.append(a[first].data(), b[0].data()) {
+                            break;
+                        }
+                    }
+                    j += 1;
+                }
+            }
+            let hdr = match &gro {
+                Some(g) => g.finish(pkts[first].data_mut()),
+                None => VnetHdr::default(),
+            };
+            let skip = gro.as_ref().map_or(0, Gro::hdr_len);
+            let hbytes = hdr.encode();
+            v.iov.clear();
+            v.iov.push(libc::iovec {
+                iov_base: hbytes.as_ptr() as *mut libc::c_void,
+                iov_len: hbytes.len(),
+            });
+            let (mut count, mut bytes) = (0u64, 0usize);
+            for (k, p) in pkts[first..j].iter().enumerate() {
+                if !matches!(outs[first + k], Out::Tun) {
+                    continue;
+                }
+                let d = if k == 0 {
+                    p.data()
+                } else {
+                    p.data().get(skip..).unwrap_or_default()
+                };
+                v.iov.push(libc::iovec {
+                    iov_base: d.as_ptr() as *mut libc::c_void,
+                    iov_len: d.len(),
+                });
+                count += 1;
+                bytes += d.len();
+            }
+            match self.w.tun.send_iov(&v.iov) {
+                Ok(()) => {
+                    self.sums.tun_tx.packets += count;
+                    self.sums.tun_tx.bytes += bytes as u64;
+                    if count > 1 {
+                        self.sums.tun_gro_writes += 1;
+                    }
+                }
+                Err(_) => self.sums.drops[DropReason::SendFailed as usize] += count,
+            }
+            i = j;
         }
     }
 }

@@ -77,6 +77,7 @@ mod buf;
 mod counters;
 mod dataplane;
 pub mod netlink;
+pub mod offload;
 mod policy;
 mod route;
 mod sock;

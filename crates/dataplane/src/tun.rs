@@ -7,12 +7,13 @@
 //!
 //! # Offloads (issue 8)
 //!
-//! `IFF_VNET_HDR` with `TUNSETVNETHDRSZ` and `TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4 |
-//! TUN_F_USO4)` would let the kernel hand us 64 KiB TCP/UDP super-packets prefixed by a
-//! `virtio_net_hdr`, and take them back. The place for it is [`TunConfig::vnet_hdr`]
-//! (flag in [`open_queue`]) plus the read/write paths of the worker, which would then
-//! segment (or encrypt per segment) using the header's `gso_size`; the buffer layout
-//! would need `data` ≥ 64 KiB for those slots.
+//! With [`TunConfig::vnet_hdr`] the device is opened with `IFF_VNET_HDR` and
+//! `TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO_ECN [| TUN_F_USO4])` (USO when the
+//! kernel knows it, 6.2+): every read returns a `virtio_net_hdr` and up to 64 KiB of
+//! TCP (or UDP) super-packet, and every write must start with such a header — which is
+//! what lets the worker write ~45 coalesced TCP segments at once. The splitting and
+//! coalescing live in [`offload`](crate::offload). IPv6 offloads stay off: the ESP
+//! handler carries IPv4 only.
 
 use std::ffi::CString;
 use std::io;
@@ -25,6 +26,13 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+/// `_IOW('T', 208, unsigned int)`.
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUN_F_CSUM: libc::c_uint = 0x01;
+const TUN_F_TSO4: libc::c_uint = 0x02;
+const TUN_F_TSO_ECN: libc::c_uint = 0x08;
+const TUN_F_USO4: libc::c_uint = 0x20;
 
 /// How to create the TUN device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +43,8 @@ pub struct TunConfig {
     pub mtu: Option<u32>,
     /// Addresses to put on the device (replacing equal ones).
     pub addresses: Vec<ipnet::Ipv4Net>,
-    /// Reserved for `IFF_VNET_HDR` offloads (issue 8); must be false for now.
+    /// `IFF_VNET_HDR` with checksum and TSO4 (and USO4 if the kernel has it) offloads:
+    /// the data plane then reads GSO super-packets and writes coalesced TCP segments.
     pub vnet_hdr: bool,
 }
 
@@ -56,12 +65,62 @@ impl TunConfig {
 pub struct Tun {
     fd: OwnedFd,
     name: String,
+    vnet_hdr: bool,
 }
 
 impl Tun {
     /// Creates (or attaches to) device `name` and opens `queues` non-blocking queues.
     pub fn open(name: &str, queues: usize) -> io::Result<Vec<Tun>> {
-        (0..queues.max(1)).map(|_| open_queue(name)).collect()
+        (0..queues.max(1))
+            .map(|_| open_queue(name, false))
+            .collect()
+    }
+
+    /// Like [`open`](Self::open), with `IFF_VNET_HDR` and offloads if `vnet_hdr`.
+    pub fn open_with(name: &str, queues: usize, vnet_hdr: bool) -> io::Result<Vec<Tun>> {
+        (0..queues.max(1))
+            .map(|_| open_queue(name, vnet_hdr))
+            .collect()
+    }
+
+    /// True if every read and write carries a `virtio_net_hdr`.
+    pub fn vnet_hdr(&self) -> bool {
+        self.vnet_hdr
+    }
+
+    /// Reads one packet (with its vnet header, if any) into `buf`. `Ok(None)` when no
+    /// packet is waiting.
+    pub fn recv_raw(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        loop {
+            // SAFETY: buf is a live, mutably borrowed slice.
+            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n >= 0 {
+                return Ok(Some(n as usize));
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => return Ok(None),
+                _ => return Err(e),
+            }
+        }
+    }
+
+    /// Writes one packet gathered from `iov` (the vnet header first, if any).
+    pub fn send_iov(&self, iov: &[libc::iovec]) -> io::Result<()> {
+        loop {
+            // SAFETY: the caller's iovecs point at live memory for this call.
+            let n = unsafe {
+                libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int)
+            };
+            if n >= 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
     }
 
     /// The interface name.
@@ -111,7 +170,7 @@ impl Tun {
 }
 
 /// Opens one queue of device `name`.
-fn open_queue(name: &str) -> io::Result<Tun> {
+fn open_queue(name: &str, vnet_hdr: bool) -> io::Result<Tun> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', ' ', '\0']) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -137,15 +196,37 @@ fn open_queue(name: &str) -> io::Result<Tun> {
     for (dst, &src) in ifr.ifr_name.iter_mut().zip(name.as_bytes()) {
         *dst = src as libc::c_char;
     }
-    ifr.ifr_ifru.ifru_flags = IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE;
+    ifr.ifr_ifru.ifru_flags =
+        IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE | if vnet_hdr { IFF_VNET_HDR } else { 0 };
     // SAFETY: TUNSETIFF reads and writes a struct ifreq, which ifr is.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF as _, &mut ifr) };
     if rc < 0 {
         let e = io::Error::last_os_error();
         return Err(io::Error::new(e.kind(), format!("TUNSETIFF {name}: {e}")));
     }
+    if vnet_hdr {
+        set_offload(&fd, name)?;
+    }
     Ok(Tun {
         fd,
         name: name.to_owned(),
+        vnet_hdr,
     })
+}
+
+/// `TUNSETOFFLOAD`: checksum, TSO4 (with ECN) and, where the kernel has it, USO4.
+fn set_offload(fd: &OwnedFd, name: &str) -> io::Result<()> {
+    let base = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO_ECN;
+    for flags in [base | TUN_F_USO4, base] {
+        // SAFETY: TUNSETOFFLOAD takes its argument by value.
+        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD as _, flags as libc::c_ulong) };
+        if rc == 0 {
+            return Ok(());
+        }
+    }
+    let e = io::Error::last_os_error();
+    Err(io::Error::new(
+        e.kind(),
+        format!("TUNSETOFFLOAD {name}: {e}"),
+    ))
 }

@@ -134,6 +134,7 @@ const OUTER_B: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 fn start_side(
     ns: &Netns,
     mode: Mode,
+    vnet_hdr: bool,
     outer: Ipv4Addr,
     inner: &str,
     far: &str,
@@ -153,6 +154,7 @@ fn start_side(
         let mut tun = TunConfig::new("vpn0");
         tun.mtu = Some(1400);
         tun.addresses = vec![inner];
+        tun.vnet_hdr = vnet_hdr;
         let mut config = Config::new(tun);
         config.workers = 2;
         config.udp = vec![
@@ -170,15 +172,37 @@ fn start_side(
 
 impl Pair {
     fn new(mode: Mode) -> Pair {
-        let tag = match mode {
-            Mode::Udp => "u",
-            Mode::Esp => "e",
+        Pair::with_offloads(mode, false)
+    }
+
+    fn with_offloads(mode: Mode, vnet_hdr: bool) -> Pair {
+        let tag = match (mode, vnet_hdr) {
+            (Mode::Udp, false) => "u",
+            (Mode::Esp, false) => "e",
+            (Mode::Udp, true) => "uv",
+            (Mode::Esp, true) => "ev",
         };
         let na = Netns::new(&format!("{tag}a"));
         let nb = Netns::new(&format!("{tag}b"));
         veth(&na, "outa", "192.0.2.1/24", &nb, "outb", "192.0.2.2/24");
-        let da = start_side(&na, mode, OUTER_A, "10.1.0.1/24", "10.2.0.0/24", OUTER_B);
-        let db = start_side(&nb, mode, OUTER_B, "10.2.0.1/24", "10.1.0.0/24", OUTER_A);
+        let da = start_side(
+            &na,
+            mode,
+            vnet_hdr,
+            OUTER_A,
+            "10.1.0.1/24",
+            "10.2.0.0/24",
+            OUTER_B,
+        );
+        let db = start_side(
+            &nb,
+            mode,
+            vnet_hdr,
+            OUTER_B,
+            "10.2.0.1/24",
+            "10.1.0.0/24",
+            OUTER_A,
+        );
         // The kernel routes came from our netlink code; check that they are what we meant.
         let ra = na.ip(&["route", "show", "10.2.0.0/24"]);
         assert!(
@@ -357,7 +381,40 @@ fn raw_esp_tunnel_ping_both_ways_and_flood() {
 
 #[test]
 fn udp_tunnel_carries_iperf3_tcp() {
-    let mut p = Pair::new(Mode::Udp);
+    iperf3_tcp(Pair::new(Mode::Udp));
+}
+
+/// With `IFF_VNET_HDR` the kernel hands the sender's data plane TSO super-packets
+/// (split into packets for the handler) and the receiver's data plane writes coalesced
+/// segments back as super-packets; ping (not coalesced) and TCP both get through.
+#[test]
+fn offload_tunnels_split_and_coalesce_tcp() {
+    for mode in [Mode::Udp, Mode::Esp] {
+        let p = iperf3_tcp(Pair::with_offloads(mode, true));
+        // Fragments (MTU 1400) pass as plain packets.
+        let out = ping(
+            &p.a.ns,
+            "10.1.0.1",
+            "10.2.0.1",
+            &["-c", "2", "-s", "3000", "-W", "2"],
+        );
+        assert!(out.contains(" 0% packet loss"), "{mode:?}: {out}");
+        let (a, b) = (p.a.dp.totals(), p.b.dp.totals());
+        assert!(
+            a.tun_gso_reads > 0,
+            "{mode:?} A read no super-packet: {a:?}"
+        );
+        assert!(
+            b.tun_gro_writes > 0,
+            "{mode:?} B wrote no coalesced packet: {b:?}"
+        );
+        assert!(b.tun_tx.packets > 2 * b.tun_gro_writes, "{b:?}");
+        assert_eq!(a.dropped(DropReason::Malformed), 0, "{a:?}");
+        assert_eq!(b.dropped(DropReason::Malformed), 0, "{b:?}");
+    }
+}
+
+fn iperf3_tcp(mut p: Pair) -> Pair {
     p.b.ns
         .spawn(&["iperf3", "-s", "-1", "-B", "10.2.0.1", "-p", "5201"]);
     // The server needs a moment to listen; retry the client a few times.
@@ -379,6 +436,7 @@ fn udp_tunnel_carries_iperf3_tcp() {
         .join("\n");
     eprintln!("iperf3 through the UDP test tunnel (debug build unless --release):\n{summary}");
     let t = p.a.dp.totals();
-    assert!(t.udp_tx.packets > 1000, "{t:?}");
+    assert!(t.udp_tx.packets + t.esp_tx.packets > 1000, "{t:?}");
     assert!(t.batches > 0);
+    p
 }
