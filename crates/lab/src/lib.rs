@@ -74,6 +74,7 @@ pub mod frr;
 pub mod netns;
 pub mod nft;
 pub mod process;
+pub mod starter;
 pub mod strongswan;
 pub mod swanctl;
 pub mod topology;
@@ -93,5 +94,5 @@ pub use traffic::{
     Iperf3Result, Iperf3Server, LossInterval, PingMonitor, PingReport, PingResult, iperf3_client,
     ping, wait_ping,
 };
-pub use vpngw::{Vpngw, VpngwConfig};
+pub use vpngw::{ApiClient, Vpngw, VpngwConfig};
 pub use workdir::Workdir;

@@ -6,10 +6,14 @@
 //! — so they live here once. [`Vpngw`] stops the process on Drop (SIGTERM, then SIGKILL,
 //! through [`Process`]).
 //!
-//! The request helpers ([`Vpngw::post`], [`Vpngw::get`], …) are assertions: a non-2xx
-//! answer panics with the method, path, status and body, which is what a test wants to
-//! see. [`Vpngw::call`] returns the status for tests that expect an error.
+//! [`ApiClient`] is the API side alone, for tests that run the API in-process (the node
+//! crate's tests) and for [`Vpngw`], which dereferences to it. Its request helpers
+//! ([`ApiClient::post`], [`ApiClient::get`], …) are assertions: a non-2xx answer panics
+//! with the method, path, status and body, which is what a test wants to see;
+//! [`ApiClient::call`] returns the status for tests that expect an error. When a test
+//! panics, the [`Process`] prints vpngw's log tail as it is dropped.
 
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -21,16 +25,23 @@ use crate::{Netns, Process, Result, wait_until};
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bound of one HTTP request to the API.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often [`Vpngw::wait_tunnel`] polls.
+/// How often [`ApiClient::wait_tunnels`] polls.
 const POLL: Duration = Duration::from_millis(100);
 
-/// A running `vpngw serve` inside a namespace.
+/// A running `vpngw serve` inside a namespace; its API through [`Deref`] to
+/// [`ApiClient`].
 pub struct Vpngw<'a> {
-    ns: &'a Netns,
+    api: ApiClient<'a>,
     process: Process,
+    data_dir: PathBuf,
+}
+
+/// The vpngw HTTP API at `listen` inside a namespace, called with the admin token.
+#[derive(Debug, Clone)]
+pub struct ApiClient<'a> {
+    ns: &'a Netns,
     listen: String,
     token: String,
-    data_dir: PathBuf,
 }
 
 /// How to start `vpngw serve`.
@@ -77,10 +88,8 @@ impl<'a> Vpngw<'a> {
         })?;
         let token = std::fs::read_to_string(&token_file)?.trim().to_string();
         Ok(Vpngw {
-            ns,
+            api: ApiClient::new(ns, config.listen, &token),
             process,
-            listen: config.listen.to_string(),
-            token,
             data_dir,
         })
     }
@@ -88,11 +97,6 @@ impl<'a> Vpngw<'a> {
     /// The data directory (`store.db`, `admin.token`, …).
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
-    }
-
-    /// The admin token the API expects.
-    pub fn token(&self) -> &str {
-        &self.token
     }
 
     /// The process, e.g. for its log tail or to check it still runs.
@@ -103,6 +107,29 @@ impl<'a> Vpngw<'a> {
     /// The last `lines` lines of its output (stderr carries the tracing log).
     pub fn log_tail(&self, lines: usize) -> String {
         self.process.log_tail(lines)
+    }
+}
+
+impl<'a> Deref for Vpngw<'a> {
+    type Target = ApiClient<'a>;
+    fn deref(&self) -> &ApiClient<'a> {
+        &self.api
+    }
+}
+
+impl<'a> ApiClient<'a> {
+    /// The API listening on `listen` (e.g. `127.0.0.1:9280`) inside `ns`.
+    pub fn new(ns: &'a Netns, listen: &str, token: &str) -> ApiClient<'a> {
+        ApiClient {
+            ns,
+            listen: listen.to_string(),
+            token: token.to_string(),
+        }
+    }
+
+    /// The admin token the API expects.
+    pub fn token(&self) -> &str {
+        &self.token
     }
 
     /// One request with the token; returns the status and the body as text. Panics
@@ -129,10 +156,7 @@ impl<'a> Vpngw<'a> {
         });
         match answer {
             Ok(Ok(a)) => a,
-            Ok(Err(e)) => panic!(
-                "{method} {url}: {e}\nvpngw log:\n{}",
-                self.process.log_tail(40)
-            ),
+            Ok(Err(e)) => panic!("{method} {url}: {e}"),
             Err(e) => panic!("{method} {url}: cannot enter the namespace: {e}"),
         }
     }
@@ -191,8 +215,30 @@ impl<'a> Vpngw<'a> {
     }
 
     /// Polls the connection until `pred` holds for its tunnels (bounded by `timeout`)
-    /// and returns them; panics with the tunnels' status, the connection log and
-    /// vpngw's log otherwise.
+    /// and returns them; `Err` with the last tunnels seen when time runs out (the
+    /// caller adds what it knows, such as the peer's log).
+    pub fn try_wait_tunnels(
+        &self,
+        conn: &str,
+        timeout: Duration,
+        pred: impl Fn(&[Value]) -> bool,
+    ) -> std::result::Result<Vec<Value>, Vec<Value>> {
+        let start = Instant::now();
+        loop {
+            let c = self.get(&format!("/v1/vpn-connections/{conn}"));
+            let tunnels = c["tunnels"].as_array().cloned().unwrap_or_default();
+            if pred(&tunnels) {
+                return Ok(tunnels);
+            }
+            if start.elapsed() > timeout {
+                return Err(tunnels);
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// [`ApiClient::try_wait_tunnels`] that panics with the tunnels' status and the
+    /// connection log when time runs out.
     pub fn wait_tunnels(
         &self,
         conn: &str,
@@ -200,23 +246,14 @@ impl<'a> Vpngw<'a> {
         timeout: Duration,
         pred: impl Fn(&[Value]) -> bool,
     ) -> Vec<Value> {
-        let start = Instant::now();
-        loop {
-            let c = self.get(&format!("/v1/vpn-connections/{conn}"));
-            let tunnels = c["tunnels"].as_array().cloned().unwrap_or_default();
-            if pred(&tunnels) {
-                return tunnels;
-            }
-            if start.elapsed() > timeout {
+        self.try_wait_tunnels(conn, timeout, pred)
+            .unwrap_or_else(|tunnels| {
                 let statuses: Vec<&Value> = tunnels.iter().map(|t| &t["status"]).collect();
                 panic!(
-                    "timed out after {timeout:?} waiting for {what}; tunnel status: {statuses:#?}\nlogs: {:#?}\nvpngw log:\n{}",
+                    "timed out after {timeout:?} waiting for {what}; tunnel status: {statuses:#?}\nlogs: {:#?}",
                     self.logs(conn, 60),
-                    self.process.log_tail(40)
-                );
-            }
-            std::thread::sleep(POLL);
-        }
+                )
+            })
     }
 
     /// Polls the connection's tunnel number `index` (0-based) until `pred` holds for

@@ -9,194 +9,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers
 
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::mpsc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{Gateway, phase};
+use lab::vpngw::id;
 use lab::{Iperf3Server, PingMonitor, StrongSwan, SwanctlChild, SwanctlConn, Topology, swanctl};
-use node::{Node, NodeConfig};
 use serde_json::{Value, json};
-use store::{SqliteStore, Store};
 
 const PSK: &str = "lab-psk-Xq7";
 const SUITE: &str = "aes128-sha1-modp1024";
 const ONPREM: &str = "198.51.100.1";
 const GW1: &str = "192.0.2.1";
-
-/// The system under test: API + node in the `gw` namespace. Stopped on Drop.
-struct Gateway {
-    port: u16,
-    token: String,
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<JoinHandle<lab::Result<()>>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Gateway {
-    fn start(topo: &Topology) -> Gateway {
-        let dir = tempfile::tempdir().unwrap();
-        let path: PathBuf = dir.path().to_owned();
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let (stop_tx, stop_rx) = mpsc::channel::<()>();
-        let thread = topo
-            .gw
-            .spawn_thread(move || {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async move {
-                    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).unwrap());
-                    let token = api::load_or_create_admin_token(&path).unwrap();
-                    let state = api::AppState::new(Arc::clone(&store), token.clone());
-                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                    let port = listener.local_addr().unwrap().port();
-                    let router = api::router(state.clone());
-                    tokio::spawn(async move { axum::serve(listener, router).await });
-                    let config = NodeConfig {
-                        workers: 2,
-                        ..NodeConfig::default()
-                    };
-                    let node = Node::start(config, store, state.subscribe()).await.unwrap();
-                    state.set_node_control(Arc::new(node.commands()));
-                    ready_tx.send((port, token)).unwrap();
-                    let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
-                    node.shutdown().await;
-                });
-            })
-            .unwrap();
-        let (port, token) = ready_rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("gateway node started");
-        Gateway {
-            port,
-            token,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-            _dir: dir,
-        }
-    }
-
-    /// An API call from inside the `gw` namespace; returns (status, body).
-    fn call(&self, topo: &Topology, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let url = format!("http://127.0.0.1:{}{path}", self.port);
-        let auth = format!("Bearer {}", self.token);
-        let method = method.to_string();
-        topo.gw
-            .run_in(move || {
-                let req = ureq::request(&method, &url)
-                    .set("Authorization", &auth)
-                    .timeout(Duration::from_secs(10));
-                let r = match body {
-                    Some(b) => req.send_json(b),
-                    None => req.call(),
-                };
-                let resp = match r {
-                    Ok(r) => r,
-                    Err(ureq::Error::Status(_, r)) => r,
-                    Err(e) => panic!("{method} {url}: {e}"),
-                };
-                let status = resp.status();
-                let text = resp.into_string().unwrap_or_default();
-                (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-            })
-            .unwrap()
-    }
-
-    fn post(&self, topo: &Topology, path: &str, body: Value) -> Value {
-        let (s, v) = self.call(topo, "POST", path, Some(body));
-        assert!((200..300).contains(&s), "POST {path}: {s} {v}");
-        v
-    }
-
-    fn get(&self, topo: &Topology, path: &str) -> Value {
-        let (s, v) = self.call(topo, "GET", path, None);
-        assert_eq!(s, 200, "GET {path}: {v}");
-        v
-    }
-
-    fn patch(&self, topo: &Topology, path: &str, body: Value) -> Value {
-        let (s, v) = self.call(topo, "PATCH", path, Some(body));
-        assert_eq!(s, 200, "PATCH {path}: {v}");
-        v
-    }
-
-    /// Polls the connection until `pred` holds for its first tunnel's status.
-    fn wait_tunnel(
-        &self,
-        topo: &Topology,
-        conn: &str,
-        what: &str,
-        timeout: Duration,
-        pred: impl Fn(&Value) -> bool,
-    ) -> Value {
-        let start = Instant::now();
-        loop {
-            let c = self.get(topo, &format!("/v1/vpn-connections/{conn}"));
-            let t = c["tunnels"][0].clone();
-            if pred(&t["status"]) {
-                return t;
-            }
-            if start.elapsed() > timeout {
-                let logs = self.get(topo, &format!("/v1/vpn-connections/{conn}/logs?limit=50"));
-                panic!(
-                    "timed out waiting for {what}; tunnel: {:#}\nlogs: {:#}",
-                    t, logs["items"]
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn logs(&self, topo: &Topology, conn: &str) -> Vec<Value> {
-        self.get(topo, &format!("/v1/vpn-connections/{conn}/logs?limit=1000"))["items"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    /// Creates a single-tunnel gateway on 192.0.2.1 and the on-premises customer gateway;
-    /// returns (gateway id, customer gateway id).
-    fn base_resources(&self, topo: &Topology) -> (String, String) {
-        let gw = self.post(
-            topo,
-            "/v1/vpn-gateways",
-            json!({"name": "lab-gw", "ipsec_addresses": [GW1], "local_networks": ["172.16.0.0/16"]}),
-        );
-        let cgw = self.post(
-            topo,
-            "/v1/customer-gateways",
-            json!({"name": "onprem", "ip_address": ONPREM}),
-        );
-        (id(&gw), id(&cgw))
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let end = Instant::now() + Duration::from_secs(15);
-            while !t.is_finished() && Instant::now() < end {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if t.is_finished() {
-                let _ = t.join();
-            }
-        }
-    }
-}
-
-fn id(v: &Value) -> String {
-    v["id"].as_str().expect("id").to_string()
-}
-
-fn phase(s: &Value) -> &str {
-    s["phase"].as_str().unwrap_or("")
-}
 
 /// strongSwan on-premises as the product documentation configures it.
 fn onprem_conn(local_ts: &str, remote_ts: &str, psk: &str) -> SwanctlConn {
@@ -252,7 +77,7 @@ fn assert_established(t: &Value) {
 #[test]
 fn initiator_destination_mode_carries_ping_and_iperf() {
     let topo = Topology::new().unwrap();
-    let gw = Gateway::start(&topo);
+    let gw = Gateway::start(&topo.gw);
     let swan =
         StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
     swan.load(&swanctl::render(&[onprem_conn(
@@ -262,9 +87,8 @@ fn initiator_destination_mode_carries_ping_and_iperf() {
     )]))
     .unwrap();
 
-    let (gw_id, cgw_id) = gw.base_resources(&topo);
+    let (gw_id, cgw_id) = gw.base_resources(GW1, ONPREM);
     let conn = gw.post(
-        &topo,
         "/v1/vpn-connections",
         json!({
             "name": "to-onprem",
@@ -276,17 +100,12 @@ fn initiator_destination_mode_carries_ping_and_iperf() {
     );
     let conn_id = id(&conn);
     gw.post(
-        &topo,
         &format!("/v1/vpn-gateways/{gw_id}/routes"),
         json!({"destination": "10.2.0.0/24", "next_hop": conn_id, "weight": 100}),
     );
-    let t = gw.wait_tunnel(
-        &topo,
-        &conn_id,
-        "established",
-        Duration::from_secs(20),
-        |s| phase(s) == "established",
-    );
+    let t = gw.wait_tunnel(&conn_id, "established", Duration::from_secs(20), |s| {
+        phase(s) == "established"
+    });
     assert_established(&t);
     swan.wait_established("vpn", Duration::from_secs(10))
         .unwrap();
@@ -295,16 +114,16 @@ fn initiator_destination_mode_carries_ping_and_iperf() {
         json!(["0.0.0.0/0"]),
         "destination mode negotiates 0.0.0.0/0"
     );
-    let g = gw.get(&topo, &format!("/v1/vpn-gateways/{gw_id}"));
+    let g = gw.get(&format!("/v1/vpn-gateways/{gw_id}"));
     assert_eq!(g["status"], "running", "{g:#}");
 
     traffic_both_ways(&topo);
 
-    let t = gw.wait_tunnel(&topo, &conn_id, "counters", Duration::from_secs(6), |s| {
+    let t = gw.wait_tunnel(&conn_id, "counters", Duration::from_secs(6), |s| {
         s["child_sas"][0]["bytes_out"].as_u64().unwrap_or(0) >= 100_000_000
     });
     assert_eq!(t["status"]["carrying_traffic"], true);
-    let c = gw.get(&topo, &format!("/v1/vpn-connections/{conn_id}"));
+    let c = gw.get(&format!("/v1/vpn-connections/{conn_id}"));
     assert_eq!(c["connection_state"], "established");
 
     // Reset: the SAs are deleted and the tunnel renegotiates with new ones.
@@ -312,14 +131,12 @@ fn initiator_destination_mode_carries_ping_and_iperf() {
     let old_spi = t["status"]["child_sas"][0]["spi_in"].clone();
     let old_ike = t["status"]["ike_sa"]["spis"]["initiator"].clone();
     let (s, v) = gw.call(
-        &topo,
         "POST",
         &format!("/v1/vpn-connections/{conn_id}/tunnels/{tunnel_id}/reset"),
         None,
     );
     assert_eq!(s, 202, "{v}");
     gw.wait_tunnel(
-        &topo,
         &conn_id,
         "renegotiated after reset",
         Duration::from_secs(20),
@@ -340,20 +157,20 @@ fn initiator_destination_mode_carries_ping_and_iperf() {
     assert_eq!(r.received, 3, "after reset: {r:?}");
 
     let events: Vec<String> = gw
-        .logs(&topo, &conn_id)
+        .logs(&conn_id, 1000)
         .iter()
         .filter_map(|e| e["event"].as_str().map(str::to_string))
         .collect();
     assert!(events.iter().any(|e| e == "esp_sa_installed"), "{events:?}");
     assert!(events.iter().any(|e| e == "reset_requested"), "{events:?}");
-    let text = format!("{:?}", gw.logs(&topo, &conn_id));
+    let text = format!("{:?}", gw.logs(&conn_id, 1000));
     assert!(!text.contains(PSK), "the PSK must never be logged");
 }
 
 #[test]
 fn responder_protected_flows_rekeys_without_loss() {
     let topo = Topology::new().unwrap();
-    let gw = Gateway::start(&topo);
+    let gw = Gateway::start(&topo.gw);
     let swan =
         StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
     swan.load(&swanctl::render(&[onprem_conn(
@@ -363,9 +180,8 @@ fn responder_protected_flows_rekeys_without_loss() {
     )]))
     .unwrap();
 
-    let (gw_id, cgw_id) = gw.base_resources(&topo);
+    let (gw_id, cgw_id) = gw.base_resources(GW1, ONPREM);
     let conn = gw.post(
-        &topo,
         "/v1/vpn-connections",
         json!({
             "name": "flows",
@@ -383,19 +199,15 @@ fn responder_protected_flows_rekeys_without_loss() {
     );
     let conn_id = id(&conn);
     // Not effective immediately: the node waits for the peer.
-    let t = gw.wait_tunnel(&topo, &conn_id, "idle", Duration::from_secs(10), |s| {
+    let t = gw.wait_tunnel(&conn_id, "idle", Duration::from_secs(10), |s| {
         phase(s) == "idle" && s["reason"].as_str().is_some_and(|r| r.contains("waiting"))
     });
     assert!(t["status"]["ike_sa"].is_null());
 
     swan.initiate("net").unwrap();
-    let t = gw.wait_tunnel(
-        &topo,
-        &conn_id,
-        "established",
-        Duration::from_secs(20),
-        |s| phase(s) == "established",
-    );
+    let t = gw.wait_tunnel(&conn_id, "established", Duration::from_secs(20), |s| {
+        phase(s) == "established"
+    });
     assert_established(&t);
     assert_eq!(
         t["status"]["child_sas"][0]["local_ts"],
@@ -406,7 +218,7 @@ fn responder_protected_flows_rekeys_without_loss() {
         json!(["10.2.0.0/24"])
     );
     let first_spi = t["status"]["child_sas"][0]["spi_in"].clone();
-    let table = gw.get(&topo, &format!("/v1/vpn-gateways/{gw_id}/route-table"));
+    let table = gw.get(&format!("/v1/vpn-gateways/{gw_id}/route-table"));
     assert!(
         table["items"]
             .as_array()
@@ -430,7 +242,6 @@ fn responder_protected_flows_rekeys_without_loss() {
     )
     .unwrap();
     let t = gw.wait_tunnel(
-        &topo,
         &conn_id,
         "a rekeyed Child SA",
         Duration::from_secs(30),
@@ -450,7 +261,7 @@ fn responder_protected_flows_rekeys_without_loss() {
     );
     assert_established(&t);
     let events: Vec<String> = gw
-        .logs(&topo, &conn_id)
+        .logs(&conn_id, 1000)
         .iter()
         .filter_map(|e| e["event"].as_str().map(str::to_string))
         .collect();
@@ -469,12 +280,7 @@ fn responder_protected_flows_rekeys_without_loss() {
             .trim()
             .is_empty()
     );
-    let (s, v) = gw.call(
-        &topo,
-        "DELETE",
-        &format!("/v1/vpn-connections/{conn_id}"),
-        None,
-    );
+    let (s, v) = gw.call("DELETE", &format!("/v1/vpn-connections/{conn_id}"), None);
     assert_eq!(s, 204, "{v}");
     swan.wait_sa(Duration::from_secs(10), "no IKE SA left", |sas| {
         (!sas.iter().any(|sa| sa.name == "vpn")).then_some(())
@@ -494,7 +300,7 @@ fn responder_protected_flows_rekeys_without_loss() {
 #[test]
 fn negotiation_failures_are_reported() {
     let topo = Topology::new().unwrap();
-    let gw = Gateway::start(&topo);
+    let gw = Gateway::start(&topo.gw);
     let swan =
         StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
     swan.load(&swanctl::render(&[onprem_conn(
@@ -503,11 +309,10 @@ fn negotiation_failures_are_reported() {
         PSK,
     )]))
     .unwrap();
-    let (gw_id, cgw_id) = gw.base_resources(&topo);
+    let (gw_id, cgw_id) = gw.base_resources(GW1, ONPREM);
 
     // 1. Wrong pre-shared key: phase 1 fails on authentication.
     let conn = gw.post(
-        &topo,
         "/v1/vpn-connections",
         json!({
             "name": "failing",
@@ -521,27 +326,21 @@ fn negotiation_failures_are_reported() {
     );
     let conn_id = id(&conn);
     let tunnel_id = conn["tunnels"][0]["id"].as_str().unwrap().to_string();
-    let t = gw.wait_tunnel(
-        &topo,
-        &conn_id,
-        "phase1_failed",
-        Duration::from_secs(30),
-        |s| phase(s) == "phase1_failed",
-    );
+    let t = gw.wait_tunnel(&conn_id, "phase1_failed", Duration::from_secs(30), |s| {
+        phase(s) == "phase1_failed"
+    });
     let reason = t["status"]["reason"].as_str().unwrap().to_lowercase();
     assert!(reason.contains("authentication"), "{reason}");
-    let c = gw.get(&topo, &format!("/v1/vpn-connections/{conn_id}"));
+    let c = gw.get(&format!("/v1/vpn-connections/{conn_id}"));
     assert_eq!(c["connection_state"], "down");
 
     // 2. Right key, proposal mismatch: phase 1 fails naming the proposals.
     let path = format!("/v1/vpn-connections/{conn_id}/tunnels/{tunnel_id}");
     gw.patch(
-        &topo,
         &path,
         json!({"pre_shared_key": PSK, "ike": {"encryption": "aes256", "dh_group": "group14"}}),
     );
     let t = gw.wait_tunnel(
-        &topo,
         &conn_id,
         "phase1_failed (proposal)",
         Duration::from_secs(30),
@@ -555,44 +354,33 @@ fn negotiation_failures_are_reported() {
 
     // 3. Right proposal, traffic selectors the peer does not accept: phase 2 fails.
     gw.patch(
-        &topo,
         &path,
         json!({"ike": {"encryption": "aes", "dh_group": "group2"}}),
     );
     let (s, v) = gw.call(
-        &topo,
         "PATCH",
         &format!("/v1/vpn-connections/{conn_id}"),
         Some(json!({"remote_subnets": ["10.9.0.0/24"]})),
     );
     assert_eq!(s, 200, "{v}");
-    let t = gw.wait_tunnel(
-        &topo,
-        &conn_id,
-        "phase2_failed",
-        Duration::from_secs(40),
-        |s| phase(s) == "phase2_failed",
-    );
+    let t = gw.wait_tunnel(&conn_id, "phase2_failed", Duration::from_secs(40), |s| {
+        phase(s) == "phase2_failed"
+    });
     let reason = t["status"]["reason"].as_str().unwrap().to_lowercase();
     assert!(reason.contains("traffic selectors"), "{reason}");
 
     // 4. Repaired: the retries bring the tunnel up without operator action.
     let (s, v) = gw.call(
-        &topo,
         "PATCH",
         &format!("/v1/vpn-connections/{conn_id}"),
         Some(json!({"remote_subnets": ["10.2.0.0/24"]})),
     );
     assert_eq!(s, 200, "{v}");
-    gw.wait_tunnel(
-        &topo,
-        &conn_id,
-        "established",
-        Duration::from_secs(30),
-        |s| phase(s) == "established",
-    );
+    gw.wait_tunnel(&conn_id, "established", Duration::from_secs(30), |s| {
+        phase(s) == "established"
+    });
 
-    let logs = gw.logs(&topo, &conn_id);
+    let logs = gw.logs(&conn_id, 1000);
     let events: Vec<&str> = logs.iter().filter_map(|e| e["event"].as_str()).collect();
     for e in [
         "phase1_failed",
@@ -606,15 +394,13 @@ fn negotiation_failures_are_reported() {
     assert!(!text.contains(PSK) && !text.contains("not-the-psk"));
 
     // A gateway whose IPsec address is not on this node is in error, saying why.
-    let bad = gw.post(
-        &topo,
-        "/v1/vpn-gateways",
+    let bad = gw.post("/v1/vpn-gateways",
         json!({"name": "elsewhere", "ipsec_addresses": ["192.0.2.77"], "local_networks": ["172.20.0.0/16"]}),
     );
     let path = format!("/v1/vpn-gateways/{}", id(&bad));
     let start = Instant::now();
     loop {
-        let g = gw.get(&topo, &path);
+        let g = gw.get(&path);
         if g["status"] == "error" {
             let reason = g["status_reason"].as_str().unwrap();
             assert!(
@@ -627,7 +413,7 @@ fn negotiation_failures_are_reported() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(
-        gw.get(&topo, &format!("/v1/vpn-gateways/{gw_id}"))["status"],
+        gw.get(&format!("/v1/vpn-gateways/{gw_id}"))["status"],
         "running"
     );
 }
@@ -635,7 +421,7 @@ fn negotiation_failures_are_reported() {
 #[test]
 fn ikev1_main_mode_initiator_carries_ping() {
     let topo = Topology::new().unwrap();
-    let gw = Gateway::start(&topo);
+    let gw = Gateway::start(&topo.gw);
     let swan =
         StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
     let conn = SwanctlConn {
@@ -643,9 +429,8 @@ fn ikev1_main_mode_initiator_carries_ping() {
         ..onprem_conn("10.2.0.0/24", "172.16.1.0/24", PSK)
     };
     swan.load(&swanctl::render(&[conn])).unwrap();
-    let (gw_id, cgw_id) = gw.base_resources(&topo);
+    let (gw_id, cgw_id) = gw.base_resources(GW1, ONPREM);
     let conn = gw.post(
-        &topo,
         "/v1/vpn-connections",
         json!({
             "name": "v1",
@@ -663,7 +448,6 @@ fn ikev1_main_mode_initiator_carries_ping() {
     );
     let conn_id = id(&conn);
     let t = gw.wait_tunnel(
-        &topo,
         &conn_id,
         "established (IKEv1)",
         Duration::from_secs(20),
@@ -681,7 +465,7 @@ fn ikev1_main_mode_initiator_carries_ping() {
 #[test]
 fn traffic_from_the_vpc_triggers_negotiation() {
     let topo = Topology::new().unwrap();
-    let gw = Gateway::start(&topo);
+    let gw = Gateway::start(&topo.gw);
     let swan =
         StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
     swan.load(&swanctl::render(&[onprem_conn(
@@ -690,9 +474,8 @@ fn traffic_from_the_vpc_triggers_negotiation() {
         PSK,
     )]))
     .unwrap();
-    let (gw_id, cgw_id) = gw.base_resources(&topo);
+    let (gw_id, cgw_id) = gw.base_resources(GW1, ONPREM);
     let conn = gw.post(
-        &topo,
         "/v1/vpn-connections",
         json!({
             "name": "on-demand",
@@ -703,11 +486,10 @@ fn traffic_from_the_vpc_triggers_negotiation() {
     );
     let conn_id = id(&conn);
     gw.post(
-        &topo,
         &format!("/v1/vpn-gateways/{gw_id}/routes"),
         json!({"destination": "10.2.0.0/24", "next_hop": conn_id}),
     );
-    gw.wait_tunnel(&topo, &conn_id, "idle", Duration::from_secs(10), |s| {
+    gw.wait_tunnel(&conn_id, "idle", Duration::from_secs(10), |s| {
         phase(s) == "idle" && s["reason"].as_str().is_some_and(|r| r.contains("traffic"))
     });
     // Nothing negotiates on its own.
@@ -717,16 +499,12 @@ fn traffic_from_the_vpc_triggers_negotiation() {
     // The first packets from the VPC start the negotiation; ping then gets through.
     let vpc = topo.vpc_ip().to_string();
     lab::wait_ping(&topo.vpc, &vpc, "10.2.0.1", Duration::from_secs(15)).unwrap();
-    let t = gw.wait_tunnel(
-        &topo,
-        &conn_id,
-        "established",
-        Duration::from_secs(5),
-        |s| phase(s) == "established",
-    );
+    let t = gw.wait_tunnel(&conn_id, "established", Duration::from_secs(5), |s| {
+        phase(s) == "established"
+    });
     assert_established(&t);
     let events: Vec<String> = gw
-        .logs(&topo, &conn_id)
+        .logs(&conn_id, 1000)
         .iter()
         .filter_map(|e| e["event"].as_str().map(str::to_string))
         .collect();

@@ -11,211 +11,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers
 
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::mpsc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{Gateway, phase};
+use lab::vpngw::id;
 use lab::{Iperf3Server, PingMonitor, StrongSwan, SwanctlChild, SwanctlConn, Topology, swanctl};
-use node::{Node, NodeConfig};
 use serde_json::{Value, json};
-use store::{SqliteStore, Store};
 
 const PSK: &str = "lab-psk-Mx4";
 const ONPREM: &str = "198.51.100.1";
 const GW1: &str = "192.0.2.1";
-
-/// The system under test: API + node in the `gw` namespace. Stopped on Drop.
-struct Gateway {
-    port: u16,
-    token: String,
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<JoinHandle<lab::Result<()>>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Gateway {
-    fn start(topo: &Topology) -> Gateway {
-        let dir = tempfile::tempdir().unwrap();
-        let path: PathBuf = dir.path().to_owned();
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let (stop_tx, stop_rx) = mpsc::channel::<()>();
-        let thread = topo
-            .gw
-            .spawn_thread(move || {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async move {
-                    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).unwrap());
-                    let token = api::load_or_create_admin_token(&path).unwrap();
-                    let state = api::AppState::new(Arc::clone(&store), token.clone());
-                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                    let port = listener.local_addr().unwrap().port();
-                    let router = api::router(state.clone());
-                    tokio::spawn(async move { axum::serve(listener, router).await });
-                    let config = NodeConfig {
-                        workers: 2,
-                        ..NodeConfig::default()
-                    };
-                    let node = Node::start(config, store, state.subscribe()).await.unwrap();
-                    state.set_node_control(Arc::new(node.commands()));
-                    ready_tx.send((port, token)).unwrap();
-                    let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
-                    node.shutdown().await;
-                });
-            })
-            .unwrap();
-        let (port, token) = ready_rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("gateway node started");
-        Gateway {
-            port,
-            token,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-            _dir: dir,
-        }
-    }
-
-    /// An API call from inside the `gw` namespace; returns (status, body).
-    fn call(&self, topo: &Topology, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let url = format!("http://127.0.0.1:{}{path}", self.port);
-        let auth = format!("Bearer {}", self.token);
-        let method = method.to_string();
-        topo.gw
-            .run_in(move || {
-                let req = ureq::request(&method, &url)
-                    .set("Authorization", &auth)
-                    .timeout(Duration::from_secs(10));
-                let r = match body {
-                    Some(b) => req.send_json(b),
-                    None => req.call(),
-                };
-                let resp = match r {
-                    Ok(r) => r,
-                    Err(ureq::Error::Status(_, r)) => r,
-                    Err(e) => panic!("{method} {url}: {e}"),
-                };
-                let status = resp.status();
-                let text = resp.into_string().unwrap_or_default();
-                (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-            })
-            .unwrap()
-    }
-
-    fn post(&self, topo: &Topology, path: &str, body: Value) -> Value {
-        let (s, v) = self.call(topo, "POST", path, Some(body));
-        assert!((200..300).contains(&s), "POST {path}: {s} {v}");
-        v
-    }
-
-    fn get(&self, topo: &Topology, path: &str) -> Value {
-        let (s, v) = self.call(topo, "GET", path, None);
-        assert_eq!(s, 200, "GET {path}: {v}");
-        v
-    }
-
-    fn patch(&self, topo: &Topology, path: &str, body: Value) -> Value {
-        let (s, v) = self.call(topo, "PATCH", path, Some(body));
-        assert_eq!(s, 200, "PATCH {path}: {v}");
-        v
-    }
-
-    /// Polls the connection until `pred` holds for its first tunnel's status.
-    fn wait_tunnel(
-        &self,
-        topo: &Topology,
-        conn: &str,
-        what: &str,
-        timeout: Duration,
-        pred: impl Fn(&Value) -> bool,
-    ) -> Value {
-        let start = Instant::now();
-        loop {
-            let c = self.get(topo, &format!("/v1/vpn-connections/{conn}"));
-            let t = c["tunnels"][0].clone();
-            if pred(&t["status"]) {
-                return t;
-            }
-            if start.elapsed() > timeout {
-                let logs = self.get(topo, &format!("/v1/vpn-connections/{conn}/logs?limit=50"));
-                panic!(
-                    "timed out waiting for {what}; tunnel: {:#}\nlogs: {:#}",
-                    t, logs["items"]
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// Polls the connection until `pred` holds for its first tunnel's status; `None`
-    /// after `timeout` (the caller adds what it knows, such as the peer's log).
-    fn try_wait_tunnel(
-        &self,
-        topo: &Topology,
-        conn: &str,
-        timeout: Duration,
-        pred: impl Fn(&Value) -> bool,
-    ) -> Option<Value> {
-        let start = Instant::now();
-        loop {
-            let c = self.get(topo, &format!("/v1/vpn-connections/{conn}"));
-            let t = c["tunnels"][0].clone();
-            if pred(&t["status"]) {
-                return Some(t);
-            }
-            if start.elapsed() > timeout {
-                let logs = self.get(topo, &format!("/v1/vpn-connections/{conn}/logs?limit=30"));
-                eprintln!("tunnel: {t:#}\nlogs: {:#}", logs["items"]);
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Creates a single-tunnel gateway on 192.0.2.1 and the on-premises customer gateway;
-    /// returns (gateway id, customer gateway id).
-    fn base_resources(&self, topo: &Topology) -> (String, String) {
-        let gw = self.post(
-            topo,
-            "/v1/vpn-gateways",
-            json!({"name": "lab-gw", "ipsec_addresses": [GW1], "local_networks": ["172.16.0.0/16"]}),
-        );
-        let cgw = self.post(
-            topo,
-            "/v1/customer-gateways",
-            json!({"name": "onprem", "ip_address": ONPREM}),
-        );
-        (id(&gw), id(&cgw))
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let end = Instant::now() + Duration::from_secs(15);
-            while !t.is_finished() && Instant::now() < end {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if t.is_finished() {
-                let _ = t.join();
-            }
-        }
-    }
-}
-
-fn id(v: &Value) -> String {
-    v["id"].as_str().expect("id").to_string()
-}
-
-fn phase(s: &Value) -> &str {
-    s["phase"].as_str().unwrap_or("")
-}
 
 /// One row of the matrix, in API names.
 #[derive(Debug, Clone, Copy)]
@@ -354,7 +161,7 @@ const DEFAULT_ROW: Row = Row {
 /// Runs `rows` on one lab: vpngw initiates in protected-flows mode, strongSwan responds.
 fn run_matrix(rows: &[Row]) {
     let topo = Topology::new().unwrap();
-    let gw = Gateway::start(&topo);
+    let gw = Gateway::start(&topo.gw);
     let swan =
         StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
     let (local_ts, remote_ts) = ("10.2.0.0/24", "172.16.1.0/24");
@@ -364,9 +171,8 @@ fn run_matrix(rows: &[Row]) {
         remote_ts,
     )]))
     .unwrap();
-    let (gw_id, cgw_id) = gw.base_resources(&topo);
+    let (gw_id, cgw_id) = gw.base_resources(GW1, ONPREM);
     let conn = gw.post(
-        &topo,
         "/v1/vpn-connections",
         json!({
             "name": "matrix",
@@ -381,7 +187,6 @@ fn run_matrix(rows: &[Row]) {
     let conn_id = id(&conn);
     let tunnel_id = conn["tunnels"][0]["id"].as_str().unwrap().to_string();
     let mut t = gw.wait_tunnel(
-        &topo,
         &conn_id,
         "established (defaults)",
         Duration::from_secs(20),
@@ -394,10 +199,10 @@ fn run_matrix(rows: &[Row]) {
         let old_ike = t["status"]["ike_sa"]["spis"]["initiator"].clone();
         swan.load(&swanctl::render(&[onprem_conn(row, local_ts, remote_ts)]))
             .unwrap();
-        gw.patch(&topo, &path, row.patch());
+        gw.patch(&path, row.patch());
         let want_ike = row.swan_ike();
         let want_base = row.swan_esp_base();
-        let established = gw.try_wait_tunnel(&topo, &conn_id, Duration::from_secs(25), |s| {
+        let established = gw.try_wait_tunnel(&conn_id, Duration::from_secs(25), |s| {
             phase(s) == "established"
                 && s["ike_sa"]["spis"]["initiator"] != old_ike
                 && s["ike_sa"]["algorithms"] == want_ike.as_str()
@@ -415,7 +220,7 @@ fn run_matrix(rows: &[Row]) {
         // strongSwan rekeys the Child SA: CREATE_CHILD_SA with KE when PFS is on.
         swan.swanctl(&["--rekey", "--child", "net"]).unwrap();
         let want_esp = row.swan_esp();
-        let rekeyed = gw.try_wait_tunnel(&topo, &conn_id, Duration::from_secs(15), |s| {
+        let rekeyed = gw.try_wait_tunnel(&conn_id, Duration::from_secs(15), |s| {
             phase(s) == "established"
                 && s["child_sas"].as_array().is_some_and(|c| {
                     !c.is_empty()
@@ -557,12 +362,11 @@ fn traffic_both_ways(topo: &Topology) {
 /// the connection id.
 fn create_connection(
     gw: &Gateway,
-    topo: &Topology,
     mode: &str,
     effective_immediately: bool,
     tunnel: Value,
 ) -> String {
-    let (gw_id, cgw_id) = gw.base_resources(topo);
+    let (gw_id, cgw_id) = gw.base_resources(GW1, ONPREM);
     let mut tunnel = tunnel;
     tunnel["customer_gateway_id"] = json!(cgw_id);
     tunnel["pre_shared_key"] = json!(PSK);
@@ -577,10 +381,9 @@ fn create_connection(
         body["local_subnets"] = json!(["172.16.1.0/24"]);
         body["remote_subnets"] = json!(["10.2.0.0/24"]);
     }
-    let conn_id = id(&gw.post(topo, "/v1/vpn-connections", body));
+    let conn_id = id(&gw.post("/v1/vpn-connections", body));
     if mode == "destination" {
         gw.post(
-            topo,
             &format!("/v1/vpn-gateways/{gw_id}/routes"),
             json!({"destination": "10.2.0.0/24", "next_hop": conn_id, "weight": 100}),
         );
@@ -591,7 +394,7 @@ fn create_connection(
 #[test]
 fn responder_destination_mode_carries_ping_and_iperf() {
     let topo = Topology::new().unwrap();
-    let gw = Gateway::start(&topo);
+    let gw = Gateway::start(&topo.gw);
     let swan =
         StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
     swan.load(&swanctl::render(&[default_conn(
@@ -600,18 +403,14 @@ fn responder_destination_mode_carries_ping_and_iperf() {
         |_| {},
     )]))
     .unwrap();
-    let conn_id = create_connection(&gw, &topo, "destination", false, json!({}));
-    gw.wait_tunnel(&topo, &conn_id, "idle", Duration::from_secs(10), |s| {
+    let conn_id = create_connection(&gw, "destination", false, json!({}));
+    gw.wait_tunnel(&conn_id, "idle", Duration::from_secs(10), |s| {
         phase(s) == "idle"
     });
     swan.initiate("net").unwrap();
-    let t = gw.wait_tunnel(
-        &topo,
-        &conn_id,
-        "established",
-        Duration::from_secs(20),
-        |s| phase(s) == "established",
-    );
+    let t = gw.wait_tunnel(&conn_id, "established", Duration::from_secs(20), |s| {
+        phase(s) == "established"
+    });
     let sa = swan
         .wait_established("vpn", Duration::from_secs(5))
         .unwrap();
@@ -626,7 +425,7 @@ fn responder_destination_mode_carries_ping_and_iperf() {
         json!(["0.0.0.0/0"])
     );
     traffic_both_ways(&topo);
-    gw.wait_tunnel(&topo, &conn_id, "counters", Duration::from_secs(6), |s| {
+    gw.wait_tunnel(&conn_id, "counters", Duration::from_secs(6), |s| {
         s["child_sas"][0]["bytes_out"].as_u64().unwrap_or(0) >= 100_000_000
             || s["child_sas"][0]["bytes_in"].as_u64().unwrap_or(0) >= 100_000_000
     });
@@ -635,7 +434,7 @@ fn responder_destination_mode_carries_ping_and_iperf() {
 #[test]
 fn initiator_protected_flows_carries_ping_and_iperf() {
     let topo = Topology::new().unwrap();
-    let gw = Gateway::start(&topo);
+    let gw = Gateway::start(&topo.gw);
     let swan =
         StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
     swan.load(&swanctl::render(&[default_conn(
@@ -644,14 +443,10 @@ fn initiator_protected_flows_carries_ping_and_iperf() {
         |_| {},
     )]))
     .unwrap();
-    let conn_id = create_connection(&gw, &topo, "protected_flows", true, json!({}));
-    let t = gw.wait_tunnel(
-        &topo,
-        &conn_id,
-        "established",
-        Duration::from_secs(20),
-        |s| phase(s) == "established",
-    );
+    let conn_id = create_connection(&gw, "protected_flows", true, json!({}));
+    let t = gw.wait_tunnel(&conn_id, "established", Duration::from_secs(20), |s| {
+        phase(s) == "established"
+    });
     let sa = swan
         .wait_established("vpn", Duration::from_secs(5))
         .unwrap();
@@ -665,7 +460,7 @@ fn initiator_protected_flows_carries_ping_and_iperf() {
         json!(["10.2.0.0/24"])
     );
     traffic_both_ways(&topo);
-    gw.wait_tunnel(&topo, &conn_id, "counters", Duration::from_secs(6), |s| {
+    gw.wait_tunnel(&conn_id, "counters", Duration::from_secs(6), |s| {
         s["child_sas"][0]["bytes_out"].as_u64().unwrap_or(0) >= 100_000_000
             || s["child_sas"][0]["bytes_in"].as_u64().unwrap_or(0) >= 100_000_000
     });
@@ -707,7 +502,7 @@ fn ping_across(topo: &Topology, what: &str, timeout: Duration, mut done: impl Fn
 #[test]
 fn ike_sa_rekey_under_ping_loses_nothing() {
     let topo = Topology::new().unwrap();
-    let gw = Gateway::start(&topo);
+    let gw = Gateway::start(&topo.gw);
     let swan =
         StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
     swan.load(&swanctl::render(&[default_conn(
@@ -718,18 +513,13 @@ fn ike_sa_rekey_under_ping_loses_nothing() {
     .unwrap();
     let conn_id = create_connection(
         &gw,
-        &topo,
         "protected_flows",
         true,
         json!({"ike": {"lifetime_s": 30}}),
     );
-    let t = gw.wait_tunnel(
-        &topo,
-        &conn_id,
-        "established",
-        Duration::from_secs(20),
-        |s| phase(s) == "established",
-    );
+    let t = gw.wait_tunnel(&conn_id, "established", Duration::from_secs(20), |s| {
+        phase(s) == "established"
+    });
     let first_ike = t["status"]["ike_sa"]["spis"].clone();
     let child_spi = t["status"]["child_sas"][0]["spi_in"].clone();
     let first_uid = swan
@@ -739,7 +529,7 @@ fn ike_sa_rekey_under_ping_loses_nothing() {
     // Our IKE SA lifetime is 30 s: we rekey it (CREATE_CHILD_SA, RFC 7296 §2.18) a few
     // seconds before; the Child SA moves to the new IKE SA and ESP goes on.
     ping_across(&topo, "the IKE SA rekey", Duration::from_secs(45), || {
-        let c = gw.get(&topo, &format!("/v1/vpn-connections/{conn_id}"));
+        let c = gw.get(&format!("/v1/vpn-connections/{conn_id}"));
         let s = &c["tunnels"][0]["status"];
         phase(s) == "established"
             && !s["ike_sa"]["spis"].is_null()
@@ -764,7 +554,7 @@ fn ike_sa_rekey_under_ping_loses_nothing() {
     assert_eq!(r.received, 3, "after the IKE SA rekey: {r:?}");
     // A rekey, not a reauthentication: the same Child SA lives on under the new IKE SA
     // (RFC 7296 §2.18), so it was not torn down and recreated.
-    let t = gw.get(&topo, &format!("/v1/vpn-connections/{conn_id}"));
+    let t = gw.get(&format!("/v1/vpn-connections/{conn_id}"));
     let children = t["tunnels"][0]["status"]["child_sas"].clone();
     assert!(
         children
@@ -777,7 +567,7 @@ fn ike_sa_rekey_under_ping_loses_nothing() {
 #[test]
 fn strongswan_initiated_child_rekey_under_ping_loses_nothing() {
     let topo = Topology::new().unwrap();
-    let gw = Gateway::start(&topo);
+    let gw = Gateway::start(&topo.gw);
     let swan =
         StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
     // strongSwan rekeys its Child SA within 5–10 s (rekey_time minus up to rand_time,
@@ -793,14 +583,10 @@ fn strongswan_initiated_child_rekey_under_ping_loses_nothing() {
         },
     )]))
     .unwrap();
-    let conn_id = create_connection(&gw, &topo, "protected_flows", true, json!({}));
-    let t = gw.wait_tunnel(
-        &topo,
-        &conn_id,
-        "established",
-        Duration::from_secs(20),
-        |s| phase(s) == "established",
-    );
+    let conn_id = create_connection(&gw, "protected_flows", true, json!({}));
+    let t = gw.wait_tunnel(&conn_id, "established", Duration::from_secs(20), |s| {
+        phase(s) == "established"
+    });
     let mut seen = vec![t["status"]["child_sas"][0]["spi_in"].clone()];
     // Two rekeys by strongSwan; each time the new Child SA carries the PFS group.
     ping_across(
@@ -808,7 +594,7 @@ fn strongswan_initiated_child_rekey_under_ping_loses_nothing() {
         "two strongSwan Child SA rekeys",
         Duration::from_secs(30),
         || {
-            let c = gw.get(&topo, &format!("/v1/vpn-connections/{conn_id}"));
+            let c = gw.get(&format!("/v1/vpn-connections/{conn_id}"));
             for child in c["tunnels"][0]["status"]["child_sas"]
                 .as_array()
                 .into_iter()
@@ -821,13 +607,9 @@ fn strongswan_initiated_child_rekey_under_ping_loses_nothing() {
             seen.len() >= 3
         },
     );
-    let t = gw.wait_tunnel(
-        &topo,
-        &conn_id,
-        "established",
-        Duration::from_secs(5),
-        |s| phase(s) == "established",
-    );
+    let t = gw.wait_tunnel(&conn_id, "established", Duration::from_secs(5), |s| {
+        phase(s) == "established"
+    });
     assert_eq!(
         t["status"]["child_sas"][0]["algorithms"], "aes128-sha1-modp1024",
         "{t:#}"

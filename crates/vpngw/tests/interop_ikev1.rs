@@ -8,12 +8,14 @@
 //! ike=2, vpngw's log) and prints the tails.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
+use std::ops::Deref;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use lab::vpngw::{established, id, merge};
 use lab::{
-    Iperf3Server, Netns, PingMonitor, Process, StrongSwan, SwanctlChild, SwanctlConn, Topology,
-    swanctl,
+    Iperf3Server, Netns, PingMonitor, StrongSwan, SwanctlChild, SwanctlConn, Topology, Vpngw,
+    VpngwConfig, swanctl,
 };
 use serde_json::{Value, json};
 
@@ -27,90 +29,25 @@ const SUITE: &str = "aes128-sha1-modp1024";
 const GW_FQDN: &str = "vpngw.example.com";
 const ONPREM_FQDN: &str = "onprem.example.com";
 
-/// `vpngw serve` in a namespace; SIGTERM (then SIGKILL) on drop.
-struct Serve<'a> {
-    ns: &'a Netns,
-    process: Process,
-    token: String,
+/// `vpngw serve` in a namespace (the lab's driver) with this file's helpers.
+struct Serve<'a>(Vpngw<'a>);
+
+impl<'a> Deref for Serve<'a> {
+    type Target = Vpngw<'a>;
+    fn deref(&self) -> &Vpngw<'a> {
+        &self.0
+    }
 }
 
 impl<'a> Serve<'a> {
     fn start(ns: &'a Netns, dir: &Path) -> Serve<'a> {
-        let data_dir = dir.join("data");
-        std::fs::create_dir_all(&data_dir).unwrap();
-        let d = data_dir.to_string_lossy().to_string();
-        let mut process = ns
-            .spawn(
-                &[BIN, "--data-dir", &d, "serve", "--listen", LISTEN],
-                dir,
-                "vpngw-serve",
-            )
-            .unwrap();
-        let token_file = data_dir.join("admin.token");
-        lab::wait_until(Duration::from_secs(20), "vpngw serve healthy", || {
-            process.ensure_running()?;
-            let healthy = ns.run_in(|| {
-                ureq::get(&format!("http://{LISTEN}/healthz"))
-                    .timeout(Duration::from_secs(2))
-                    .call()
-                    .is_ok()
-            })?;
-            Ok((healthy && token_file.exists()).then_some(()))
-        })
-        .unwrap();
-        let token = std::fs::read_to_string(&token_file)
-            .unwrap()
-            .trim()
-            .to_string();
-        Serve { ns, process, token }
-    }
-
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let url = format!("http://{LISTEN}{path}");
-        let auth = format!("Bearer {}", self.token);
-        let method = method.to_string();
-        self.ns
-            .run_in(move || {
-                let req = ureq::request(&method, &url)
-                    .set("Authorization", &auth)
-                    .timeout(Duration::from_secs(10));
-                let r = match body {
-                    Some(b) => req.send_json(b),
-                    None => req.call(),
-                };
-                let resp = match r {
-                    Ok(r) => r,
-                    Err(ureq::Error::Status(_, r)) => r,
-                    Err(e) => panic!("{method} {url}: {e}"),
-                };
-                let status = resp.status();
-                let text = resp.into_string().unwrap_or_default();
-                (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-            })
-            .unwrap()
-    }
-
-    fn post(&self, path: &str, body: Value) -> Value {
-        let (s, v) = self.call("POST", path, Some(body));
-        assert!((200..300).contains(&s), "POST {path}: {s} {v}");
-        v
-    }
-
-    fn get(&self, path: &str) -> Value {
-        let (s, v) = self.call("GET", path, None);
-        assert_eq!(s, 200, "GET {path}: {v}");
-        v
-    }
-
-    fn patch(&self, path: &str, body: Value) -> Value {
-        let (s, v) = self.call("PATCH", path, Some(body));
-        assert_eq!(s, 200, "PATCH {path}: {v}");
-        v
-    }
-
-    fn delete(&self, path: &str) {
-        let (s, v) = self.call("DELETE", path, None);
-        assert!((200..300).contains(&s), "DELETE {path}: {s} {v}");
+        let config = VpngwConfig {
+            bin: BIN,
+            dir,
+            listen: LISTEN,
+            extra_args: &[],
+        };
+        Serve(Vpngw::start(ns, &config).unwrap())
     }
 
     /// A gateway on `addr` serving `local_networks`, and a customer gateway at `peer`.
@@ -163,55 +100,12 @@ impl<'a> Serve<'a> {
         timeout: Duration,
         pred: impl Fn(&Value) -> bool,
     ) -> Value {
-        let start = Instant::now();
-        loop {
-            let t = self.get(&format!("/v1/vpn-connections/{conn}"))["tunnels"][0].clone();
-            if pred(&t["status"]) {
-                return t;
-            }
-            if start.elapsed() > timeout {
-                let logs = self.get(&format!("/v1/vpn-connections/{conn}/logs?limit=40"));
-                panic!(
-                    "timed out after {timeout:?} waiting for {what}; tunnel: {t:#}\nlogs: {:#}\nvpngw log:\n{}",
-                    logs["items"],
-                    self.process.log_tail(40)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        self.0.wait_tunnel(conn, 0, what, timeout, pred)
     }
 
     fn wait_established(&self, conn: &str, timeout: Duration) -> Value {
-        self.wait_tunnel(conn, "established", timeout, |s| {
-            phase(s) == "established" && !s["child_sas"].as_array().is_none_or(Vec::is_empty)
-        })
+        self.wait_tunnel(conn, "established", timeout, established)
     }
-
-    fn events(&self, conn: &str) -> Vec<String> {
-        self.get(&format!("/v1/vpn-connections/{conn}/logs?limit=1000"))["items"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|e| e["event"].as_str().map(str::to_string))
-            .collect()
-    }
-}
-
-/// Merges JSON object `b` into `a`, recursively.
-fn merge(a: &mut Value, b: Value) {
-    match (a, b) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                merge(a.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (a, b) => *a = b,
-    }
-}
-
-fn id(v: &Value) -> String {
-    v["id"].as_str().expect("id").to_string()
 }
 
 fn phase(s: &Value) -> &str {

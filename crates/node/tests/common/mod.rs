@@ -1,0 +1,145 @@
+//! The gateway under test for the node's interop tests: the HTTP API and the node
+//! in-process inside the lab's `gw` namespace (what `vpngw serve` does: SQLite store,
+//! admin token, node subscribed to the API's change notification), driven through the
+//! lab's [`ApiClient`].
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)] // test helpers
+
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use lab::vpngw::id;
+use lab::{ApiClient, Netns};
+use node::{Node, NodeConfig};
+use serde_json::{Value, json};
+use store::{SqliteStore, Store};
+
+/// API + node in a namespace; its API through [`Deref`] to [`ApiClient`]. Stopped on
+/// Drop.
+pub struct Gateway<'a> {
+    api: ApiClient<'a>,
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<lab::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl<'a> Gateway<'a> {
+    /// Starts the API on an ephemeral loopback port and the node (two workers) in `ns`.
+    pub fn start(ns: &'a Netns) -> Gateway<'a> {
+        let dir = tempfile::tempdir().unwrap();
+        let path: PathBuf = dir.path().to_owned();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let thread = ns
+            .spawn_thread(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).unwrap());
+                    let token = api::load_or_create_admin_token(&path).unwrap();
+                    let state = api::AppState::new(Arc::clone(&store), token.clone());
+                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                    let port = listener.local_addr().unwrap().port();
+                    let router = api::router(state.clone());
+                    tokio::spawn(async move { axum::serve(listener, router).await });
+                    let config = NodeConfig {
+                        workers: 2,
+                        ..NodeConfig::default()
+                    };
+                    let node = Node::start(config, store, state.subscribe()).await.unwrap();
+                    state.set_node_control(Arc::new(node.commands()));
+                    ready_tx.send((port, token)).unwrap();
+                    let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
+                    node.shutdown().await;
+                });
+            })
+            .unwrap();
+        let (port, token) = ready_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("gateway node started");
+        Gateway {
+            api: ApiClient::new(ns, &format!("127.0.0.1:{port}"), &token),
+            stop: Some(stop_tx),
+            thread: Some(thread),
+            _dir: dir,
+        }
+    }
+
+    /// Polls the connection until `pred` holds for its first tunnel's status.
+    pub fn wait_tunnel(
+        &self,
+        conn: &str,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        self.api.wait_tunnel(conn, 0, what, timeout, pred)
+    }
+
+    /// Like [`Gateway::wait_tunnel`], but `None` after `timeout` (the tunnel and the
+    /// connection log are printed; the caller adds what it knows, such as the peer's
+    /// log).
+    pub fn try_wait_tunnel(
+        &self,
+        conn: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
+        match self.api.try_wait_tunnels(conn, timeout, |ts| {
+            ts.first().is_some_and(|t| pred(&t["status"]))
+        }) {
+            Ok(ts) => ts.into_iter().next(),
+            Err(ts) => {
+                eprintln!("tunnels: {ts:#?}\nlogs: {:#?}", self.api.logs(conn, 30));
+                None
+            }
+        }
+    }
+
+    /// Creates a single-tunnel gateway on `addr` serving 172.16.0.0/16 and a customer
+    /// gateway at `peer`; returns (gateway id, customer gateway id).
+    pub fn base_resources(&self, addr: &str, peer: &str) -> (String, String) {
+        let gw = self.post(
+            "/v1/vpn-gateways",
+            json!({"name": "lab-gw", "ipsec_addresses": [addr], "local_networks": ["172.16.0.0/16"]}),
+        );
+        let cgw = self.post(
+            "/v1/customer-gateways",
+            json!({"name": "onprem", "ip_address": peer}),
+        );
+        (id(&gw), id(&cgw))
+    }
+}
+
+impl<'a> Deref for Gateway<'a> {
+    type Target = ApiClient<'a>;
+    fn deref(&self) -> &ApiClient<'a> {
+        &self.api
+    }
+}
+
+impl Drop for Gateway<'_> {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let end = Instant::now() + Duration::from_secs(15);
+            while !t.is_finished() && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// A tunnel status's phase.
+pub fn phase(s: &Value) -> &str {
+    s["phase"].as_str().unwrap_or("")
+}
