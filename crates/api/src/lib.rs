@@ -20,6 +20,7 @@
 //! # Ok(()) }
 //! ```
 
+mod bgp_routes;
 mod body;
 mod connections;
 mod controller;
@@ -158,6 +159,7 @@ fn api_parts() -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi)
         .merge(connections::router())
         .merge(peer_config::router())
         .merge(routes::router())
+        .merge(bgp_routes::router())
         .merge(ops::router())
         .split_for_parts();
     let (open, open_doc) = ops::open_router().split_for_parts();

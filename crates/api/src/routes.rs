@@ -5,8 +5,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::Utc;
 use model::{
-    IdKind, Page, PolicyRoute, PolicyRouteSpec, Route, RouteSpec, RouteTableEntry, new_id,
-    route_table,
+    IdKind, Page, PolicyRoute, PolicyRouteSpec, Route, RouteSpec, RouteTableEntry,
+    bgp_route_entries, new_id, route_table,
 };
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -183,8 +183,9 @@ pub struct RouteTable {
     pub items: Vec<RouteTableEntry>,
 }
 
-/// The gateway's effective routes: static, policy, and `auto` policy routes from
-/// protected-flows connections, each with its state and the reason for it.
+/// The gateway's effective routes: static, policy, `auto` policy routes from
+/// protected-flows connections, and `bgp` routes learned by the connections' BGP
+/// sessions (with the tunnel that learned them), each with its state and the reason.
 #[utoipa::path(get, path = "/v1/vpn-gateways/{id}/route-table", tag = "routes",
     params(("id" = String, Path)),
     responses((status = 200, body = RouteTable), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -195,7 +196,8 @@ async fn get_route_table(
     let routes = state.store.routes(&gw_id).await?;
     let policy = state.store.policy_routes(&gw_id).await?;
     let conns = state.store.gateway_connections(&gw_id).await?;
-    Ok(Json(RouteTable {
-        items: route_table(&routes, &policy, &conns),
-    }))
+    let learned = crate::bgp_routes::learned(&state, &conns).await?;
+    let mut items = route_table(&routes, &policy, &conns);
+    items.extend(bgp_route_entries(&routes, &conns, &learned));
+    Ok(Json(RouteTable { items }))
 }

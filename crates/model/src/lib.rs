@@ -11,6 +11,7 @@
 //! (`tunnels[0].pre_shared_key`) and saying what is allowed.
 
 mod asn;
+mod bgp;
 mod connection;
 mod customer_gateway;
 mod enums;
@@ -24,6 +25,9 @@ mod status;
 mod validate;
 
 pub use asn::{AsnInput, parse_asn};
+pub use bgp::{
+    BgpOrigin, BgpRoute, BgpRoutes, TunnelBgpRoutes, bgp_route_entries, tunnel_bgp_routes,
+};
 pub use connection::{
     ConnectionContext, ConnectionState, ConnectionStatus, HealthCheck, HealthCheckSpec, IkeConfig,
     IkeSpec, IpsecConfig, IpsecSpec, PskInput, RoutingMode, Tunnel, TunnelBgp, TunnelBgpSpec,

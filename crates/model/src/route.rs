@@ -90,6 +90,9 @@ pub struct RouteTableEntry {
     pub priority: Option<u8>,
     /// The route's ID for `static` and `policy` routes.
     pub route_id: Option<String>,
+    /// `bgp` routes: the tunnel whose BGP session learned the route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -261,6 +264,7 @@ pub fn route_table(
             weight: r.weight,
             priority: None,
             route_id: Some(r.id.clone()),
+            tunnel_id: None,
         });
     }
     for r in policy_routes {
@@ -293,6 +297,7 @@ pub fn route_table(
             weight: r.weight,
             priority: Some(r.priority),
             route_id: Some(r.id.clone()),
+            tunnel_id: None,
         });
     }
     for c in connections
@@ -325,6 +330,7 @@ pub fn route_table(
                     weight: 100,
                     priority: Some(DEFAULT_POLICY_PRIORITY),
                     route_id: None,
+                    tunnel_id: None,
                 });
             }
         }

@@ -71,6 +71,22 @@ pub struct BgpStatus {
     pub peer_asn: Option<u32>,
     pub routes_received: u64,
     pub routes_advertised: u64,
+    /// When the session last reached `established`; null while it is not.
+    #[serde(default)]
+    pub established_at: Option<DateTime<Utc>>,
+    /// Seconds since `established_at`, computed when the status is read.
+    #[serde(default)]
+    pub uptime_s: Option<u64>,
+}
+
+impl BgpStatus {
+    /// Fills `uptime_s` from `established_at` as of `now`.
+    pub fn refresh_uptime(&mut self, now: DateTime<Utc>) {
+        self.uptime_s = self
+            .established_at
+            .filter(|_| self.state == BgpSessionState::Established)
+            .map(|at| u64::try_from((now - at).num_seconds()).unwrap_or(0));
+    }
 }
 
 /// BGP FSM states (RFC 4271 §8.2.2).

@@ -12,8 +12,10 @@
 //! stopped and what it learned is withdrawn. Learned prefixes go into
 //! [`BgpFwd::routes`] (next hop: the connection; its tunnels that learned the prefix,
 //! tunnel 1 first) and, as kernel routes, into the TUN device. A static route of the
-//! same prefix wins (see `fwd.rs`). The session status is read by the control thread
-//! into the stored tunnel status (`status.bgp`).
+//! same prefix wins (see `fwd.rs`). The session status is read by the node's writer
+//! into the stored tunnel status (`status.bgp`); the routes each session received and
+//! advertised are written to the store by this module's own writer task, for
+//! `GET …/bgp-routes` and the `origin: bgp` entries of the route table.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -21,14 +23,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bgp::{Event, Session};
+use bgp::{AsSegment, Event, PathAttrs, Session};
+use chrono::{DateTime, Utc};
 use dataplane::{AddMode, Netlink, RouteSpec, RouteTable};
 use esp::SaDb;
 use ipnet::{IpNet, Ipv4Net};
 use model::{
-    BgpSessionState, BgpStatus, ConnectionStatus, CustomerGateway, GatewayStatus, TunnelState,
-    VpnConnection, VpnGateway,
+    BgpOrigin, BgpRoute, BgpRoutes, BgpSessionState, BgpStatus, ConnectionStatus, CustomerGateway,
+    GatewayStatus, TunnelState, VpnConnection, VpnGateway,
 };
+use store::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -172,8 +176,13 @@ pub(crate) async fn run(
     fwd: Arc<ArcSwap<Fwd>>,
     sadb: Arc<SaDb<TunnelKey>>,
     tun_name: String,
+    store: Arc<dyn Store>,
 ) {
     let (reports_tx, mut reports) = mpsc::unbounded_channel::<Report>();
+    let (routes_tx, routes_rx) = watch::channel(HashMap::new());
+    let writer = tokio::spawn(write_routes(store, routes_rx));
+    // Stops the writer with the manager (it ends when `routes_tx` is dropped anyway).
+    let _writer = AbortOnDrop(writer);
     let mut m = Manager {
         shared,
         fwd,
@@ -183,9 +192,11 @@ pub(crate) async fn run(
         drivers: HashMap::new(),
         links: BTreeMap::new(),
         learned: HashMap::new(),
+        received: HashMap::new(),
         status: HashMap::new(),
         kernel: BTreeSet::new(),
         reports: reports_tx,
+        routes: routes_tx,
     };
     let mut tick = tokio::time::interval(TUNNEL_POLL);
     loop {
@@ -212,11 +223,21 @@ enum Report {
         tunnel_id: String,
         status: BgpStatus,
     },
-    /// The session's whole Adj-RIB-In after a change.
+    /// The session's whole Adj-RIB-In after a change: every route, and the prefixes
+    /// that may be installed (no AS path loop).
     Learned {
         tunnel_id: String,
         prefixes: BTreeSet<Ipv4Net>,
+        received: Vec<(Ipv4Net, Arc<PathAttrs>)>,
     },
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 struct Driver {
@@ -241,10 +262,14 @@ struct Manager {
     links: BTreeMap<String, (Ipv4Net, Ipv4Addr)>,
     /// Tunnel ID → prefixes its session has learned.
     learned: HashMap<String, BTreeSet<Ipv4Net>>,
+    /// Tunnel ID → its session's Adj-RIB-In, for the store.
+    received: HashMap<String, Vec<(Ipv4Net, Arc<PathAttrs>)>>,
     status: HashMap<String, BgpStatus>,
     /// Learned prefixes routed into the TUN device.
     kernel: BTreeSet<Ipv4Net>,
     reports: mpsc::UnboundedSender<Report>,
+    /// Tunnel ID → its session's routes, for the writer.
+    routes: watch::Sender<HashMap<String, BgpRoutes>>,
 }
 
 impl Manager {
@@ -264,6 +289,7 @@ impl Manager {
             .retain(|id, d| up.contains_key(id.as_str()) && want.contains(&d.spec));
         let running: BTreeSet<&String> = self.drivers.keys().collect();
         self.learned.retain(|id, _| running.contains(id));
+        self.received.retain(|id, _| running.contains(id));
         self.status
             .retain(|id, _| want.iter().any(|s| s.tunnel_id == *id));
         self.links_converge(want);
@@ -287,6 +313,8 @@ impl Manager {
                         peer_asn: Some(s.peer_asn),
                         routes_received: 0,
                         routes_advertised: 0,
+                        established_at: None,
+                        uptime_s: None,
                     },
                 );
             }
@@ -304,8 +332,10 @@ impl Manager {
             Report::Learned {
                 tunnel_id,
                 prefixes,
+                received,
             } => {
                 if self.drivers.contains_key(&tunnel_id) {
+                    self.received.insert(tunnel_id.clone(), received);
                     self.learned.insert(tunnel_id, prefixes);
                 }
             }
@@ -365,10 +395,32 @@ impl Manager {
 
     /// Publishes the packet-path tables, the kernel routes and the status.
     fn publish(&mut self, want: &[BgpSpec], fwd: &Fwd) {
-        let (out, kernel) = tables(want, &self.learned, &fwd.keys);
+        let (out, kernel, best) = tables(want, &self.learned, &fwd.keys);
         self.shared.fwd.store(Arc::new(out));
         self.kernel_converge(kernel, fwd);
         self.shared.set_status(self.status.clone());
+        let routes = want
+            .iter()
+            .map(|s| {
+                let established = self
+                    .status
+                    .get(&s.tunnel_id)
+                    .is_some_and(|st| st.state == BgpSessionState::Established);
+                let received = self
+                    .received
+                    .get(&s.tunnel_id)
+                    .map_or(&[][..], Vec::as_slice);
+                (
+                    s.tunnel_id.clone(),
+                    session_routes(s, want, established, received, &best),
+                )
+            })
+            .collect();
+        self.routes.send_if_modified(|r| {
+            let changed = *r != routes;
+            *r = routes;
+            changed
+        });
     }
 
     fn kernel_converge(&mut self, want: BTreeSet<Ipv4Net>, fwd: &Fwd) {
@@ -418,11 +470,12 @@ impl Drop for Manager {
 /// The packet-path tables and the kernel routes for what the sessions learned: each
 /// prefix goes to the connection of the first tunnel that learned it, tunnel 1's session
 /// preferred, then to that connection's other tunnel if it learned it too.
+/// Also returns, per prefix, the tunnel whose session's route is used first (`best`).
 fn tables(
     want: &[BgpSpec],
     learned: &HashMap<String, BTreeSet<Ipv4Net>>,
     keys: &HashMap<String, TunnelKey>,
-) -> (BgpFwd, BTreeSet<Ipv4Net>) {
+) -> (BgpFwd, BTreeSet<Ipv4Net>, BTreeMap<Ipv4Net, String>) {
     let mut out = BgpFwd::default();
     for s in want {
         if let Some(k) = keys.get(&s.tunnel_id) {
@@ -431,7 +484,7 @@ fn tables(
     }
     // Prefix → (connection, tunnel index, tunnel key) candidates in spec order
     // (connections in store order, tunnel 1 before tunnel 2).
-    let mut by_prefix: BTreeMap<Ipv4Net, Vec<(&str, usize, TunnelKey)>> = BTreeMap::new();
+    let mut by_prefix: BTreeMap<Ipv4Net, Vec<(&str, usize, TunnelKey, &str)>> = BTreeMap::new();
     for s in want {
         let (Some(prefixes), Some(k)) = (learned.get(&s.tunnel_id), keys.get(&s.tunnel_id)) else {
             continue;
@@ -440,32 +493,136 @@ fn tables(
             by_prefix
                 .entry(*p)
                 .or_default()
-                .push((&s.conn_id, s.tunnel_index, *k));
+                .push((&s.conn_id, s.tunnel_index, *k, &s.tunnel_id));
         }
     }
     let mut kernel = BTreeSet::new();
+    let mut best = BTreeMap::new();
     for (prefix, mut cands) in by_prefix {
         // Never a default route into the TUN device (LAB.md), nor our own links.
         if prefix.prefix_len() == 0 || out.links.get(prefix).is_some() {
             continue;
         }
-        cands.sort_by_key(|(_, i, _)| *i);
-        let Some(&(conn, _, first)) = cands.first() else {
+        cands.sort_by_key(|(_, i, _, _)| *i);
+        let Some(&(conn, _, first, tunnel)) = cands.first() else {
             continue;
         };
         let second = cands
             .iter()
             .skip(1)
-            .find(|(c, _, _)| *c == conn)
-            .map(|(_, _, k)| *k);
+            .find(|(c, _, _, _)| *c == conn)
+            .map(|(_, _, k, _)| *k);
         let Ok(i) = u32::try_from(out.targets.len()) else {
             break;
         };
         out.targets.push([Some(first), second]);
         out.routes.insert(prefix, i);
         kernel.insert(prefix);
+        best.insert(prefix, tunnel.to_string());
     }
-    (out, kernel)
+    (out, kernel, best)
+}
+
+/// What one session received and advertised, as `GET …/bgp-routes` shows it.
+fn session_routes(
+    s: &BgpSpec,
+    want: &[BgpSpec],
+    established: bool,
+    received: &[(Ipv4Net, Arc<PathAttrs>)],
+    best: &BTreeMap<Ipv4Net, String>,
+) -> BgpRoutes {
+    let received = received
+        .iter()
+        .map(|(prefix, a)| {
+            let as_path: Vec<u32> = a
+                .as_path
+                .iter()
+                .flat_map(|p| p.segments.iter())
+                .flat_map(|seg| match seg {
+                    AsSegment::Set(v)
+                    | AsSegment::Sequence(v)
+                    | AsSegment::ConfedSequence(v)
+                    | AsSegment::ConfedSet(v) => v.iter().copied(),
+                })
+                .collect();
+            // The same filters as `drive` (loops) and `tables` (default, links).
+            let ignored = if as_path.contains(&s.local_asn) {
+                Some(format!(
+                    "the AS path holds our own AS {} (a loop, RFC 4271 §9.1.2)",
+                    s.local_asn
+                ))
+            } else if prefix.prefix_len() == 0 {
+                Some("a default route is never installed".to_string())
+            } else if want.iter().any(|w| w.link == *prefix) {
+                Some("a BGP link network of this gateway".to_string())
+            } else {
+                None
+            };
+            BgpRoute {
+                prefix: *prefix,
+                as_path,
+                next_hop: a.next_hop,
+                origin: match a.origin {
+                    Some(bgp::Origin::Egp) => BgpOrigin::Egp,
+                    Some(bgp::Origin::Incomplete) => BgpOrigin::Incomplete,
+                    Some(bgp::Origin::Igp) | None => BgpOrigin::Igp,
+                },
+                med: a.med,
+                best: ignored.is_none() && best.get(prefix) == Some(&s.tunnel_id),
+                ignored,
+            }
+        })
+        .collect();
+    // RFC 4271 §5.1.2/§5.1.3: to an external peer we prepend our AS and are the next hop.
+    let advertised = if established {
+        s.advertise
+            .iter()
+            .map(|p| BgpRoute {
+                prefix: *p,
+                as_path: vec![s.local_asn],
+                next_hop: Some(s.local_ip),
+                origin: BgpOrigin::Igp,
+                med: None,
+                best: true,
+                ignored: None,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    BgpRoutes {
+        received,
+        advertised,
+    }
+}
+
+/// Writes each tunnel's routes to the store when they change; a tunnel that no longer
+/// runs BGP gets its routes cleared once.
+async fn write_routes(store: Arc<dyn Store>, mut rx: watch::Receiver<HashMap<String, BgpRoutes>>) {
+    let mut last: HashMap<String, BgpRoutes> = HashMap::new();
+    loop {
+        let now = rx.borrow_and_update().clone();
+        let gone = last
+            .keys()
+            .filter(|id| !now.contains_key(*id))
+            .map(|id| (id.clone(), BgpRoutes::default()));
+        let changed: Vec<(String, BgpRoutes)> = now
+            .iter()
+            .filter(|(id, r)| last.get(*id) != Some(r))
+            .map(|(id, r)| (id.clone(), r.clone()))
+            .chain(gone)
+            .collect();
+        for (id, r) in &changed {
+            match store.set_tunnel_bgp_routes(id, r).await {
+                Ok(()) | Err(store::StoreError::NotFound { .. }) => {}
+                Err(e) => tracing::warn!(error = %e, tunnel = id, "writing BGP routes"),
+            }
+        }
+        last = now;
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// One session's driver: TCP in and out, the engine's timers, reports to the manager.
@@ -491,6 +648,7 @@ async fn drive(spec: BgpSpec, reports: mpsc::UnboundedSender<Report>) {
     let mut connecting: Option<JoinHandle<std::io::Result<TcpStream>>> = None;
     let mut buf = vec![0u8; 8192];
     let mut last: Option<BgpStatus> = None;
+    let mut established_at: Option<DateTime<Utc>> = None;
     loop {
         // Outputs: transmit before events (a NOTIFICATION before its Close).
         let mut failed = false;
@@ -526,7 +684,10 @@ async fn drive(spec: BgpSpec, reports: mpsc::UnboundedSender<Report>) {
                     peer_asn,
                     hold_time,
                     ..
-                } => tracing::info!(peer_asn, hold_time, "BGP session established"),
+                } => {
+                    established_at = Some(Utc::now());
+                    tracing::info!(peer_asn, hold_time, "BGP session established");
+                }
                 Event::RoutesChanged(_) => learned_changed = true,
                 Event::Down { reason } => tracing::warn!(%reason, "BGP session down"),
                 Event::Log(l) => tracing::debug!(event = ?l, "bgp"),
@@ -544,12 +705,17 @@ async fn drive(spec: BgpSpec, reports: mpsc::UnboundedSender<Report>) {
                 })
                 .map(|(p, _)| *p)
                 .collect();
+            let received = s.adj_rib_in().map(|(p, a)| (*p, Arc::clone(a))).collect();
             let _ = reports.send(Report::Learned {
                 tunnel_id: spec.tunnel_id.clone(),
                 prefixes,
+                received,
             });
         }
-        let status = status_of(&s, spec.peer_asn);
+        if !s.is_established() {
+            established_at = None;
+        }
+        let status = status_of(&s, spec.peer_asn, established_at);
         if last.as_ref() != Some(&status) {
             last = Some(status.clone());
             let _ = reports.send(Report::Status {
@@ -607,7 +773,7 @@ async fn drive(spec: BgpSpec, reports: mpsc::UnboundedSender<Report>) {
     }
 }
 
-fn status_of(s: &Session, peer_asn: u32) -> BgpStatus {
+fn status_of(s: &Session, peer_asn: u32, established_at: Option<DateTime<Utc>>) -> BgpStatus {
     let established = s.is_established();
     BgpStatus {
         state: match s.state() {
@@ -625,6 +791,8 @@ fn status_of(s: &Session, peer_asn: u32) -> BgpStatus {
         } else {
             0
         },
+        established_at,
+        uptime_s: None,
     }
 }
 
@@ -782,7 +950,16 @@ mod tests {
                 ]),
             ),
         ]);
-        let (out, kernel) = tables(&want, &learned, &keys);
+        let (out, kernel, best) = tables(&want, &learned, &keys);
+        assert_eq!(
+            best.get(&net("10.2.0.0/24")).map(String::as_str),
+            Some("tun-1")
+        );
+        assert_eq!(
+            best.get(&net("10.3.0.0/16")).map(String::as_str),
+            Some("tun-2")
+        );
+        assert_eq!(best.get(&net("0.0.0.0/0")), None);
         assert_eq!(
             kernel,
             BTreeSet::from([net("10.2.0.0/24"), net("10.3.0.0/16")])
@@ -796,6 +973,63 @@ mod tests {
         assert_eq!(out.routes.lookup(Ipv4Addr::new(192, 0, 2, 9)), None);
         assert_eq!(out.links.lookup(Ipv4Addr::new(169, 254, 10, 2)), Some(11));
         assert_eq!(out.links.lookup(Ipv4Addr::new(169, 254, 11, 1)), Some(12));
+    }
+
+    #[test]
+    fn session_routes_mark_best_ignored_and_advertised() {
+        let (gw, cgw, c) = fixtures(true);
+        let want = specs(&[gw], &[cgw], &[c]);
+        let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        let attrs = |path: &[u32]| {
+            Arc::new(PathAttrs {
+                origin: Some(bgp::Origin::Incomplete),
+                as_path: Some(bgp::AsPath::sequence(path)),
+                next_hop: Some(Ipv4Addr::new(169, 254, 11, 1)),
+                med: Some(7),
+                ..Default::default()
+            })
+        };
+        let received = vec![
+            (net("10.2.0.0/24"), attrs(&[65530])),
+            (net("10.3.0.0/24"), attrs(&[65530])),
+            (net("172.16.0.0/16"), attrs(&[65530, 45104])),
+            (net("0.0.0.0/0"), attrs(&[65530])),
+            (net("169.254.10.0/30"), attrs(&[65530])),
+        ];
+        // Tunnel 1's session has the best route for 10.2.0.0/24, ours for 10.3.0.0/24.
+        let best = BTreeMap::from([
+            (net("10.2.0.0/24"), "tun-1".to_string()),
+            (net("10.3.0.0/24"), "tun-2".to_string()),
+        ]);
+        let r = session_routes(&want[1], &want, true, &received, &best);
+        let by = |p: &str| r.received.iter().find(|x| x.prefix == net(p)).unwrap();
+        assert!(!by("10.2.0.0/24").best);
+        assert_eq!(by("10.2.0.0/24").ignored, None);
+        let b = by("10.3.0.0/24");
+        assert!(b.best);
+        assert_eq!(b.as_path, vec![65530]);
+        assert_eq!(b.med, Some(7));
+        assert_eq!(b.origin, BgpOrigin::Incomplete);
+        assert_eq!(b.next_hop, Some(Ipv4Addr::new(169, 254, 11, 1)));
+        assert!(
+            by("172.16.0.0/16")
+                .ignored
+                .as_ref()
+                .unwrap()
+                .contains("loop")
+        );
+        assert!(by("0.0.0.0/0").ignored.is_some());
+        assert!(by("169.254.10.0/30").ignored.is_some());
+        assert_eq!(r.advertised.len(), 1);
+        assert_eq!(r.advertised[0].prefix, net("172.16.0.0/16"));
+        assert_eq!(r.advertised[0].as_path, vec![bgp::DEFAULT_LOCAL_ASN]);
+        assert_eq!(
+            r.advertised[0].next_hop,
+            Some(Ipv4Addr::new(169, 254, 11, 2))
+        );
+        // Nothing is advertised while the session is down.
+        let down = session_routes(&want[1], &want, false, &received, &best);
+        assert!(down.advertised.is_empty());
     }
 
     #[test]

@@ -183,6 +183,7 @@ impl Node {
             .spawn(move || {
                 // The endpoint (and its RNG) lives on this thread only.
                 let endpoint =
+            Arc::clone(&store),
                     ike::Endpoint::new(ike::EndpointConfig::default(), Box::new(crypto::OsRandom));
                 Control::new(endpoint, dp, ports, fwd, sadb, writes_tx).run(input_rx);
             })

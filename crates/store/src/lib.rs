@@ -13,8 +13,8 @@ mod sqlite;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use model::{
-    ConnectionStatus, CustomerGateway, GatewayStatus, LogEntry, Page, PolicyRoute, Route,
-    TunnelState, TunnelStatus, VpnConnection, VpnGateway,
+    BgpRoutes, ConnectionStatus, CustomerGateway, GatewayStatus, LogEntry, Page, PolicyRoute,
+    Route, TunnelState, TunnelStatus, VpnConnection, VpnGateway,
 };
 
 pub use sqlite::SqliteStore;
@@ -162,6 +162,11 @@ pub trait Store: Send + Sync + 'static {
     async fn set_tunnel_state(&self, tunnel_id: &str, state: TunnelState) -> Result<()>;
     /// Records what the gateway node observes about a tunnel.
     async fn set_tunnel_status(&self, tunnel_id: &str, status: &TunnelStatus) -> Result<()>;
+    /// Records the routes a tunnel's BGP session received and advertised (the node).
+    async fn set_tunnel_bgp_routes(&self, tunnel_id: &str, routes: &BgpRoutes) -> Result<()>;
+    /// The stored BGP routes of every tunnel of a connection, tunnel 1 first, as
+    /// (tunnel ID, routes). NotFound for an unknown connection.
+    async fn connection_bgp_routes(&self, connection_id: &str) -> Result<Vec<(String, BgpRoutes)>>;
     /// Deletes the connection, its tunnels and logs. Conflict while routes use it.
     async fn delete_connection(&self, id: &str) -> Result<()>;
 

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use model::{
-    ConnectionStatus, CustomerGateway, GatewayStatus, LogEntry, Page, PolicyRoute, Psk, Route,
-    Tags, Tunnel, TunnelState, TunnelStatus, VpnConnection, VpnGateway,
+    BgpRoutes, ConnectionStatus, CustomerGateway, GatewayStatus, LogEntry, Page, PolicyRoute, Psk,
+    Route, Tags, Tunnel, TunnelState, TunnelStatus, VpnConnection, VpnGateway,
 };
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::Serialize;
@@ -94,6 +94,11 @@ CREATE TABLE tunnel_event_counts (
     count     INTEGER NOT NULL,
     PRIMARY KEY (tunnel_id, event)
 );
+"#,
+    // 3: the routes each tunnel's BGP session received and advertised, written by the
+    // node beside the status (a JSON `BgpRoutes`; existing tunnels start with none).
+    r#"
+ALTER TABLE tunnels ADD COLUMN bgp_routes TEXT NOT NULL DEFAULT '{}';
 "#,
 ];
 
@@ -345,6 +350,9 @@ fn load_connection(tx: &Connection, doc: &str) -> Result<VpnConnection> {
             ))
         })?;
         t.status = from_json(&status)?;
+        if let Some(b) = t.status.bgp.as_mut() {
+            b.refresh_uptime(Utc::now());
+        }
         tunnels.push(t);
     }
     c.tunnels = tunnels;
@@ -924,6 +932,41 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn set_tunnel_bgp_routes(&self, tunnel_id: &str, routes: &BgpRoutes) -> Result<()> {
+        let (tunnel_id, routes) = (tunnel_id.to_string(), to_json(routes)?);
+        self.call(move |tx| {
+            let n = tx.execute(
+                "UPDATE tunnels SET bgp_routes = ?2 WHERE id = ?1",
+                params![tunnel_id, routes],
+            )?;
+            if n == 0 {
+                return Err(not_found("tunnel", &tunnel_id));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn connection_bgp_routes(&self, id: &str) -> Result<Vec<(String, BgpRoutes)>> {
+        let id = id.to_string();
+        self.call(move |tx| {
+            connection_in(tx, &id)?;
+            let mut stmt = tx.prepare_cached(
+                "SELECT id, bgp_routes FROM tunnels WHERE connection_id = ?1 ORDER BY idx",
+            )?;
+            let rows = stmt.query_map([&id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (tunnel_id, routes) = row?;
+                out.push((tunnel_id, from_json(&routes)?));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn delete_connection(&self, id: &str) -> Result<()> {
         let id = id.to_string();
         self.call(move |tx| {
@@ -1167,5 +1210,38 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM tunnel_event_counts", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn version_2_tunnels_keep_their_data_and_get_no_bgp_routes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v2.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.execute_batch(MIGRATIONS[1]).unwrap();
+            c.execute_batch(
+                "CREATE TABLE schema_version (version INTEGER NOT NULL);
+                 INSERT INTO schema_version (version) VALUES (2);
+                 INSERT INTO vpn_gateways (id, doc) VALUES ('vpn-1', '{}');
+                 INSERT INTO customer_gateways (id, doc) VALUES ('cgw-1', '{}');
+                 INSERT INTO vpn_connections (id, vpn_gateway_id, doc) VALUES ('vco-1', 'vpn-1', '{}');
+                 INSERT INTO tunnels (id, connection_id, idx, vpn_gateway_id,
+                     customer_gateway_id, psk, doc, status)
+                 VALUES ('tun-1', 'vco-1', 0, 'vpn-1', 'cgw-1', 'k', '{\"d\":1}', '{\"s\":2}');",
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open_file(&path).unwrap();
+        let conn = s.conn.lock().unwrap();
+        assert_eq!(current_version(&conn).unwrap(), MIGRATIONS.len());
+        let row: (String, String, String) = conn
+            .query_row(
+                "SELECT doc, status, bgp_routes FROM tunnels WHERE id = 'tun-1'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(row, (r#"{"d":1}"#.into(), r#"{"s":2}"#.into(), "{}".into()));
     }
 }

@@ -87,13 +87,13 @@ async fn creates_private_data_dir_and_db_and_migrates_once() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let s = SqliteStore::open(&data).unwrap();
-    assert_eq!(s.schema_version().await.unwrap(), 2);
+    assert_eq!(s.schema_version().await.unwrap(), 3);
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&data), 0o700);
     assert_eq!(mode(&data.join("vpngw.db")), 0o600);
     drop(s);
     let s = SqliteStore::open(&data).unwrap();
-    assert_eq!(s.schema_version().await.unwrap(), 2);
+    assert_eq!(s.schema_version().await.unwrap(), 3);
 }
 
 #[tokio::test]
@@ -546,4 +546,77 @@ async fn tunnel_event_counts_grow_per_tunnel_and_go_with_the_connection() {
         counts(s.tunnel_event_counts().await.unwrap()),
         [c("vco-b", "tun-vco-b-2", "phase2_established", 1)]
     );
+}
+
+#[tokio::test]
+async fn bgp_routes_per_tunnel_beside_the_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let gw = gateway("vpn-a", "hq");
+    let cgws = [cgw("cgw-a")];
+    s.create_gateway(&gw, None).await.unwrap();
+    s.create_customer_gateway(&cgws[0], None).await.unwrap();
+    let conn = connection(
+        "vco-a",
+        &gw,
+        &cgws,
+        ["cgw-a", "cgw-a"],
+        Some(["169.254.10.0/30", "169.254.11.0/30"]),
+    );
+    s.create_connection(&conn, None).await.unwrap();
+    // A new tunnel has none.
+    let empty = s.connection_bgp_routes("vco-a").await.unwrap();
+    assert_eq!(
+        empty,
+        [
+            ("tun-vco-a-1".to_string(), BgpRoutes::default()),
+            ("tun-vco-a-2".to_string(), BgpRoutes::default())
+        ]
+    );
+    let r = BgpRoute {
+        prefix: "10.2.0.0/24".parse().unwrap(),
+        as_path: vec![65010],
+        next_hop: Some("169.254.11.2".parse().unwrap()),
+        origin: BgpOrigin::Igp,
+        med: Some(5),
+        best: true,
+        ignored: None,
+    };
+    let routes = BgpRoutes {
+        received: vec![r.clone()],
+        advertised: vec![],
+    };
+    s.set_tunnel_bgp_routes("tun-vco-a-2", &routes)
+        .await
+        .unwrap();
+    // The status is written separately and leaves the routes alone.
+    let st = TunnelStatus {
+        phase: TunnelPhase::Established,
+        bgp: Some(BgpStatus {
+            state: BgpSessionState::Established,
+            peer_asn: Some(65010),
+            routes_received: 1,
+            routes_advertised: 1,
+            established_at: Some(Utc::now() - Duration::seconds(90)),
+            uptime_s: None,
+        }),
+        ..Default::default()
+    };
+    s.set_tunnel_status("tun-vco-a-2", &st).await.unwrap();
+    let got = s.connection_bgp_routes("vco-a").await.unwrap();
+    assert_eq!(got[1], ("tun-vco-a-2".to_string(), routes));
+    assert_eq!(got[0].1, BgpRoutes::default());
+    // Uptime is computed when read.
+    let c = s.connection("vco-a").await.unwrap();
+    let up = c.tunnels[1].status.bgp.as_ref().unwrap().uptime_s.unwrap();
+    assert!((90..100).contains(&up), "{up}");
+    assert!(matches!(
+        s.connection_bgp_routes("vco-nope").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.set_tunnel_bgp_routes("tun-nope", &BgpRoutes::default())
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
 }
