@@ -24,7 +24,7 @@ pub(crate) fn render(v: &PeerView<'_>) -> Result<String, RenderError> {
     );
     o.comment(
         0,
-        "The tunnel addresses go on the tunnels' interfaces (see the swanctl format):",
+        "This device's tunnel addresses must be local addresses (the swanctl format puts them on lo):",
     );
     for t in &v.tunnels {
         if let Some(b) = &t.bgp {
@@ -87,6 +87,14 @@ fn router(o: &mut Out, v: &PeerView<'_>, asn: u32, tunnels: &[&PeerTunnel<'_>]) 
                 b.remote_ip, t.number, t.id
             ));
             o.line(format!(" neighbor {} {TIMERS}", b.remote_ip));
+            // The tunnel is not a connected network when the address sits on lo (or
+            // when strongSwan uses policies rather than XFRM interfaces): source the
+            // session from our tunnel address and allow the one routed hop.
+            o.line(format!(
+                " neighbor {} update-source {}",
+                b.remote_ip, b.local_ip
+            ));
+            o.line(format!(" neighbor {} ebgp-multihop 2", b.remote_ip));
         }
     }
     o.line(" !");

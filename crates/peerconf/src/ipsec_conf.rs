@@ -20,18 +20,35 @@ pub(crate) fn render(v: &PeerView<'_>) -> String {
         "Put the first part in /etc/ipsec.conf and the second in /etc/ipsec.secrets, then: ipsec restart",
     );
     if v.routing == RoutingMode::Destination {
-        o.comment(
-            0,
-            "ipsec.conf installs plain policies: with 0.0.0.0/0 selectors all of this host's traffic",
-        );
-        o.comment(
-            0,
-            "goes into the tunnel. Prefer the swanctl format (XFRM interfaces) for destination mode,",
-        );
-        o.comment(
-            0,
-            "or use this on a dedicated VPN host whose only other traffic is IKE to vpngw.",
-        );
+        if v.tunnels.iter().any(|t| v.narrowed(t)) {
+            for line in [
+                "Destination mode: vpngw accepts any traffic (0.0.0.0/0 both ways); rightsubnet narrows",
+                "the VPC side to the VPC networks, so the policies and routes strongSwan installs carry",
+                "only traffic to the VPC and IKE/ESP to vpngw keep the normal routes.",
+            ] {
+                o.comment(0, line);
+            }
+        }
+        if v.tunnels.iter().any(|t| !v.narrowed(t)) {
+            for line in [
+                "WARNING: a conn below keeps rightsubnet=0.0.0.0/0 (IKEv1 carries one selector pair and",
+                "there is more than one VPC network, or none is known): its policy captures all of this",
+                "host's traffic. Use IKEv2, or swanctl with an XFRM interface.",
+            ] {
+                o.comment(0, line);
+            }
+        }
+        if v.bgp {
+            o.comment(
+                0,
+                "BGP: put this device's tunnel addresses on a local interface (lo works), then load the frr format:",
+            );
+            for t in &v.tunnels {
+                if let Some(b) = &t.bgp {
+                    o.comment(0, format!("  ip address add {}/32 dev lo", b.local_ip));
+                }
+            }
+        }
     }
     if v.active_standby() {
         o.comment(
@@ -108,20 +125,26 @@ fn conn(o: &mut Out, v: &PeerView<'_>, t: &PeerTunnel<'_>) {
         Some(a) => o.line(format!("    left={a}")),
         None => o.line("    left=%any"),
     }
+    let (local_ts, remote_ts) = v.policy_ts(t);
     o.line(format!("    leftid={}", t.local_id));
-    o.line(format!("    leftsubnet={}", subnets(&t.local_ts)));
+    o.line(format!("    leftsubnet={}", subnets(&local_ts)));
     o.line(format!("    right={}", t.remote_addr));
     o.line(format!("    rightid={}", t.remote_id));
-    o.line(format!("    rightsubnet={}", subnets(&t.remote_ts)));
-    if v.routing == RoutingMode::Destination {
+    if v.narrowed(t) {
         o.comment(
             4,
             format!(
-                "Destination routing mode: vpngw routes by destination; the VPC networks are {}.",
-                join(&v.remote_nets)
+                "Destination routing mode: the VPC networks ({}){}.",
+                join(&v.remote_nets),
+                if t.bgp.is_some() {
+                    " and vpngw's BGP address"
+                } else {
+                    ""
+                }
             ),
         );
     }
+    o.line(format!("    rightsubnet={}", subnets(&remote_ts)));
     if t.dpd {
         o.line("    dpdaction=restart");
         o.line(format!("    dpddelay={}s", t.dpd_interval_s));

@@ -16,7 +16,7 @@ pub(crate) fn render(v: &PeerView<'_>) -> String {
         0,
         "Install as /etc/swanctl/conf.d/<name>.conf (or swanctl.conf), then: swanctl --load-all",
     );
-    route_based_notes(&mut o, v);
+    destination_notes(&mut o, v);
     o.blank();
     o.line("connections {");
     for (i, t) in v.tunnels.iter().enumerate() {
@@ -39,73 +39,41 @@ pub(crate) fn render(v: &PeerView<'_>) -> String {
     o.finish()
 }
 
-/// In destination mode the selectors are 0.0.0.0/0: installed as plain policies they
-/// would capture all of this host's traffic, so the tunnels are bound to XFRM interfaces
-/// (`if_id`) and only the VPC networks are routed into them, as the product's strongSwan
-/// guide does.
-fn route_based(v: &PeerView<'_>) -> bool {
-    v.routing == RoutingMode::Destination
-}
-
-fn if_id(t: &PeerTunnel<'_>) -> usize {
-    40 + t.number
-}
-
-fn xfrm_name(v: &PeerView<'_>, t: &PeerTunnel<'_>) -> String {
-    format!("{}-x{}", v.slug, t.number)
-}
-
-fn route_based_notes(o: &mut Out, v: &PeerView<'_>) {
-    if !route_based(v) {
+/// Destination mode: what the narrowed selectors mean for this device, and where the
+/// BGP tunnel addresses go (see [`PeerView::policy_ts`]).
+fn destination_notes(o: &mut Out, v: &PeerView<'_>) {
+    if v.routing != RoutingMode::Destination {
         return;
     }
     o.comment(0, "");
-    o.comment(
-        0,
-        "Route-based setup (Linux >= 4.19, iproute2 >= 5.1): one XFRM interface per tunnel.",
-    );
-    o.comment(
-        0,
-        "Replace <WAN> with this device's Internet interface; if_id values must be unique on this device.",
-    );
-    for t in &v.tunnels {
-        let x = xfrm_name(v, t);
-        o.comment(
-            0,
-            format!("  ip link add {x} type xfrm dev <WAN> if_id {}", if_id(t)),
-        );
-        o.comment(0, format!("  ip link set {x} up"));
-        if let Some(b) = &t.bgp {
-            o.comment(
-                0,
-                format!(
-                    "  ip address add {}/{} dev {x}",
-                    b.local_ip,
-                    b.cidr.prefix_len()
-                ),
-            );
+    if v.tunnels.iter().any(|t| v.narrowed(t)) {
+        for line in [
+            "Destination mode: vpngw accepts any traffic (0.0.0.0/0 both ways). The children below",
+            "narrow the VPC side to the VPC networks, so strongSwan's policies and the routes it",
+            "installs (table 220) carry only traffic to the VPC, while IKE and ESP to both vpngw",
+            "addresses keep the normal routes. This works as is with kernel-netlink and with",
+            "kernel-libipsec; no XFRM interface is needed. Download again when the VPC networks change.",
+        ] {
+            o.comment(0, line);
+        }
+    }
+    if v.tunnels.iter().any(|t| !v.narrowed(t)) {
+        for line in [
+            "WARNING: a tunnel below keeps 0.0.0.0/0 on the VPC side (IKEv1 carries one selector pair",
+            "and there is more than one VPC network, or none is known): its policy captures all of this",
+            "host's traffic. Bind it to an XFRM interface (if_id_in/if_id_out) or use IKEv2.",
+        ] {
+            o.comment(0, line);
         }
     }
     if v.bgp {
         o.comment(
             0,
-            "The VPC routes are learned by BGP over these interfaces (see the frr format).",
-        );
-    } else {
-        o.comment(
-            0,
-            "Route the VPC networks into the tunnels, tunnel 1 preferred (e.g. from an updown script):",
+            "BGP: put this device's tunnel addresses on a local interface (lo works), then load the frr format:",
         );
         for t in &v.tunnels {
-            for n in &v.remote_nets {
-                o.comment(
-                    0,
-                    format!(
-                        "  ip route add {n} dev {} metric {}",
-                        xfrm_name(v, t),
-                        99 + t.number
-                    ),
-                );
+            if let Some(b) = &t.bgp {
+                o.comment(0, format!("  ip address add {}/32 dev lo", b.local_ip));
             }
         }
     }
@@ -193,22 +161,27 @@ fn connection(o: &mut Out, v: &PeerView<'_>, t: &PeerTunnel<'_>) {
     o.line("        }");
     o.line("        children {");
     o.line(format!("            {}-net {{", t.name));
-    if v.routing == RoutingMode::Destination {
+    let (local_ts, remote_ts) = v.policy_ts(t);
+    if v.narrowed(t) {
         o.comment(
             16,
             format!(
-                "Destination routing mode: 0.0.0.0/0 both ways; route the VPC networks ({}) into this tunnel.",
-                join(&v.remote_nets)
+                "Destination routing mode: any source here; the VPC networks ({}){} there.",
+                join(&v.remote_nets),
+                if t.bgp.is_some() {
+                    " and vpngw's BGP address"
+                } else {
+                    ""
+                }
             ),
         );
+    } else if v.routing == RoutingMode::Destination {
+        o.comment(16, "Destination routing mode: 0.0.0.0/0 both ways.");
     }
-    o.line(format!(
-        "                local_ts = {}",
-        ts_list(&t.local_ts)
-    ));
+    o.line(format!("                local_ts = {}", ts_list(&local_ts)));
     o.line(format!(
         "                remote_ts = {}",
-        ts_list(&t.remote_ts)
+        ts_list(&remote_ts)
     ));
     o.line(format!(
         "                esp_proposals = {}",
@@ -226,10 +199,6 @@ fn connection(o: &mut Out, v: &PeerView<'_>, t: &PeerTunnel<'_>) {
         ));
     }
     o.line("                mode = tunnel");
-    if route_based(v) {
-        o.line(format!("                if_id_in = {}", if_id(t)));
-        o.line(format!("                if_id_out = {}", if_id(t)));
-    }
     if v.active_standby() {
         o.comment(
             16,

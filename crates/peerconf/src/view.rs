@@ -181,6 +181,41 @@ impl<'a> PeerView<'a> {
         })
     }
 
+    /// The selectors a strongSwan peer installs as its policies, `(local_ts, remote_ts)`.
+    ///
+    /// Protected flows: the connection's CIDR sets. Destination mode: vpngw proposes and
+    /// accepts 0.0.0.0/0 both ways, but a Linux strongSwan that installs 0.0.0.0/0 as a
+    /// plain policy (kernel-netlink without XFRM interfaces, or kernel-libipsec, which
+    /// ignores `if_id`) routes *everything* into the tunnel, including IKE and ESP-in-UDP
+    /// to the other tunnel's vpngw address (kernel-libipsec adds its bypass ("throw")
+    /// route only for the first tunnel's peer, since the second default route already
+    /// exists). So the VPC side is narrowed to the VPC networks plus vpngw's BGP address
+    /// of the tunnel; vpngw accepts that narrowing (RFC 7296 §2.9) whichever side
+    /// initiates. IKEv1 Quick Mode carries one selector pair (RFC 2409 §5.5, strongSwan
+    /// uses the first only): with more than one network it stays 0.0.0.0/0.
+    pub fn policy_ts(&self, t: &PeerTunnel<'_>) -> (Vec<IpNet>, Vec<IpNet>) {
+        if self.routing == RoutingMode::ProtectedFlows {
+            return (t.local_ts.clone(), t.remote_ts.clone());
+        }
+        let mut remote: Vec<IpNet> = self.remote_nets.clone();
+        if let Some(b) = &t.bgp {
+            let host = IpNet::V4(Ipv4Net::from(b.remote_ip));
+            if !remote.iter().any(|n| n.contains(&host)) {
+                remote.push(host);
+            }
+        }
+        let single_pair = t.ike.version == IkeVersion::Ikev1;
+        if remote.is_empty() || (single_pair && remote.len() > 1) {
+            return (vec![any4()], vec![any4()]);
+        }
+        (vec![any4()], remote)
+    }
+
+    /// Whether [`PeerView::policy_ts`] narrowed the VPC side of tunnel `t`.
+    pub fn narrowed(&self, t: &PeerTunnel<'_>) -> bool {
+        self.routing == RoutingMode::Destination && self.policy_ts(t).1 != vec![any4()]
+    }
+
     /// Two tunnels carrying the same traffic: tunnel 1 active, tunnel 2 standby.
     pub fn active_standby(&self) -> bool {
         self.tunnels.len() > 1

@@ -384,11 +384,101 @@ fn ikev1_aggressive_mode_fqdn() {
     ping_both_ways(&topo, ONPREM_HOST, 3);
 }
 
-/// Dual tunnel in protected-flows mode. In destination mode the downloaded file's two
-/// 0.0.0.0/0 CHILD SAs rely on XFRM interfaces (`if_id`), which this lab's strongSwan
-/// (kernel-libipsec) does not have: both tunnels come up but pings are lost and
-/// vpngw counts megabytes in on both tunnels (traffic looping), so that combination is
-/// not tested here.
+/// Dual tunnel in destination mode with kernel-libipsec, which ignores `if_id` and would
+/// install `default dev ipsec0` in table 220 with a bypass route for the first vpngw
+/// address only, so tunnel 2's IKE and ESP-in-UDP would loop into tunnel 1. The file
+/// narrows the VPC side to the VPC networks instead: table 220 routes only those, both
+/// tunnels come up on their own paths, tunnel 1 carries the traffic, and when vpngw
+/// breaks tunnel 1 (a PSK the peer does not have) the traffic moves to tunnel 2.
+#[test]
+fn ikev2_dual_tunnel_destination_mode_fails_over() {
+    let topo = Topology::new().unwrap();
+    let serve = start_serve(&topo);
+    let (gw, cgw) = serve.base(&[GW1, GW2], &["172.16.0.0/16"]);
+    let conn = serve.connection(
+        &gw,
+        &cgw,
+        2,
+        json!({}),
+        json!({"ike": {"version": "ikev2"}}),
+    );
+    serve.route(&gw, "10.2.0.0/24", &conn);
+    let conf = serve.swanctl_conf(&conn);
+    assert!(!conf.contains("if_id"), "{conf}");
+
+    let (swan, _) = swan_with_downloaded_conf(&topo, &conf, 2);
+    let sas = swan.list_sas().unwrap();
+    for gw_addr in [GW1, GW2] {
+        assert!(
+            sas.iter().any(|sa| sa.remote_host == gw_addr),
+            "no IKE SA with {gw_addr}: {sas:#?}"
+        );
+    }
+    let t = serve.wait_established(&conn, 2, Duration::from_secs(20));
+    let tunnel_ids: Vec<String> = t.iter().map(id).collect();
+
+    // strongSwan routes only the VPC into ipsec0; both vpngw addresses keep the main
+    // table's route (no default route in table 220, nothing for vpngw to loop).
+    let table = topo.onprem.ip(&["route", "show", "table", "220"]).unwrap();
+    assert!(!table.contains("default"), "table 220:\n{table}");
+    assert!(table.contains("172.16.0.0/16"), "table 220:\n{table}");
+    for gw_addr in [GW1, GW2] {
+        let r = topo.onprem.ip(&["route", "get", gw_addr]).unwrap();
+        assert!(!r.contains("ipsec"), "route to {gw_addr}: {r}");
+    }
+
+    ping_both_ways(&topo, ONPREM_HOST, 3);
+    let t = serve.wait_tunnels(&conn, "tunnel 1 carrying", Duration::from_secs(10), |t| {
+        t.len() == 2 && carrying(&t[0]) && !carrying(&t[1])
+    });
+    assert!(established(&t[1]["status"]), "{t:#?}");
+    let t2_child = format!("{}-net", swan_name(&sas, GW2));
+    let via2_before = child_packets_out(&swan, &t2_child);
+
+    // Break tunnel 1 from vpngw's side: its SAs are deleted and cannot come back.
+    let path = format!("/v1/vpn-connections/{conn}/tunnels/{}", tunnel_ids[0]);
+    let (s, v) = serve.call(
+        "PATCH",
+        &path,
+        Some(json!({"pre_shared_key": "wrong-psk-0000"})),
+    );
+    assert!((200..300).contains(&s), "PATCH {path}: {s} {v}");
+    serve.wait_tunnels(&conn, "tunnel 2 carrying", Duration::from_secs(30), |t| {
+        t.len() == 2 && !established(&t[0]["status"]) && carrying(&t[1])
+    });
+    ping_both_ways(&topo, ONPREM_HOST, 3);
+    let via2 = child_packets_out(&swan, &t2_child);
+    assert!(
+        via2 >= via2_before + 3,
+        "strongSwan sent {via2_before} → {via2} packets through tunnel 2"
+    );
+}
+
+fn carrying(t: &Value) -> bool {
+    t["status"]["carrying_traffic"] == true
+}
+
+/// The IKE SA name strongSwan uses for the tunnel to `gw_addr`.
+fn swan_name(sas: &[lab::SaInfo], gw_addr: &str) -> String {
+    sas.iter()
+        .find(|sa| sa.remote_host == gw_addr)
+        .map(|sa| sa.name.clone())
+        .unwrap_or_else(|| panic!("no IKE SA with {gw_addr}: {sas:#?}"))
+}
+
+/// ESP packets strongSwan sent so far on its installed CHILD SA named `child`.
+fn child_packets_out(swan: &StrongSwan, child: &str) -> u64 {
+    swan.list_sas()
+        .unwrap()
+        .iter()
+        .flat_map(|sa| sa.children.iter())
+        .filter(|c| c.name == child && c.state == "INSTALLED")
+        .map(|c| c.packets_out)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Dual tunnel in protected-flows mode.
 #[test]
 fn ikev2_dual_tunnel_protected_flows() {
     let topo = Topology::new().unwrap();
