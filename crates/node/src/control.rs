@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::desired::Desired;
 use crate::fwd::{ConnFwd, Fwd, NONE, TunnelKey, carries_traffic};
+use crate::health::{self, Health};
 
 /// Tries in quick succession before a tunnel shows `phase1_failed`/`phase2_failed`
 /// (the product documentation: "if 3 retries still fail, it shows Phase 1 failed or
@@ -61,6 +62,8 @@ pub(crate) enum Input {
     Traffic,
     /// An outbound SA of this tunnel is near the end of its sequence space: rekey.
     SoftExpired(TunnelKey),
+    /// A worker recorded an answer to a health-check probe (see `health.rs`).
+    Health,
     Shutdown,
 }
 
@@ -96,6 +99,7 @@ pub(crate) struct Control {
     /// Connection ID → tunnel IDs in order, as last applied.
     conns: Vec<(String, Vec<String>)>,
     triggers: HashMap<String, Arc<AtomicBool>>,
+    health: Health,
     kernel_routes: BTreeSet<Ipv4Net>,
     notes_logged: HashSet<(String, String)>,
     next_peer: u64,
@@ -193,6 +197,7 @@ impl Control {
             notes_logged: HashSet::new(),
             next_peer: 1,
             next_tick: Instant::now() + STATUS_INTERVAL,
+            health: Health::new(&mut crypto::OsRandom),
         }
     }
 
@@ -222,6 +227,7 @@ impl Control {
                 self.endpoint.handle_timeout(now);
             }
             self.retries(now);
+            self.health_tick(now);
             self.flush();
             let refresh = now >= self.next_tick;
             if refresh {
@@ -234,6 +240,9 @@ impl Control {
 
     fn deadline(&self) -> Instant {
         let mut d = self.next_tick;
+        if let Some(t) = self.health.deadline() {
+            d = d.min(t);
+        }
         if let Some(t) = self.endpoint.poll_timeout() {
             d = d.min(t);
         }
@@ -269,7 +278,7 @@ impl Control {
                     tracing::debug!(error = %e, "rekey on sequence soft limit");
                 }
             }
-            Input::Shutdown => {}
+            Input::Health | Input::Shutdown => {}
         }
     }
 
@@ -420,6 +429,9 @@ impl Control {
             .iter()
             .map(|c| (c.id.clone(), c.tunnels.clone()))
             .collect();
+        let tunnels = &self.tunnels;
+        self.health
+            .configure(now, &d.conns, |id| tunnels.get(id).map(|t| t.peer.0));
         self.publish_fwd(&d);
         self.kernel(&d.kernel_routes);
         for (conn, note) in d.notes {
@@ -1038,6 +1050,26 @@ impl Control {
         }
     }
 
+    /// Health-check probes and their outcome (see `health.rs`).
+    fn health_tick(&mut self, now: Instant) {
+        for e in self.health.tick(now, &self.sadb, &self.dp) {
+            match e {
+                health::Event::Log {
+                    conn_id,
+                    tunnel_id,
+                    level,
+                    event,
+                    message,
+                } => self.log(&conn_id, Some(&tunnel_id), level, event, message),
+                health::Event::SoftExpired(key) => {
+                    if let Err(e) = self.endpoint.rekey_child(now, ike::PeerId(key)) {
+                        tracing::debug!(error = %e, "rekey on sequence soft limit");
+                    }
+                }
+            }
+        }
+    }
+
     // ---- forwarding and kernel routes --------------------------------------------------
 
     fn publish_fwd(&mut self, d: &Desired) {
@@ -1050,16 +1082,19 @@ impl Control {
                 .cloned()
                 .unwrap_or_else(|| Arc::new(AtomicBool::new(false)));
             triggers.insert(c.id.clone(), Arc::clone(&trigger));
+            let tunnels: Vec<TunnelKey> = c
+                .tunnels
+                .iter()
+                .filter_map(|id| self.tunnels.get(id).map(|t| t.peer.0))
+                .collect();
             fwd.conns.push(ConnFwd {
-                tunnels: c
-                    .tunnels
-                    .iter()
-                    .filter_map(|id| self.tunnels.get(id).map(|t| t.peer.0))
-                    .collect(),
+                health: tunnels.iter().map(|k| self.health.slot(*k)).collect(),
+                tunnels,
                 trigger,
             });
         }
         self.triggers = triggers;
+        fwd.health = self.health.fwd();
         fwd.keys = self
             .tunnels
             .iter()
@@ -1138,6 +1173,18 @@ impl Control {
                 .unwrap_or_default()
         };
         let sadb = Arc::clone(&self.sadb);
+        let (carrying, health) = match self.tunnels.get(id) {
+            Some(t) => (
+                carries_traffic(
+                    &sadb,
+                    &tunnels_of_conn,
+                    |k| self.health.withdrawn(k),
+                    t.peer.0,
+                ),
+                self.health.status(id, refresh_counters),
+            ),
+            None => return,
+        };
         let Some(t) = self.tunnels.get_mut(id) else {
             return;
         };
@@ -1163,7 +1210,7 @@ impl Control {
             phase: t.phase,
             reason,
             since: Some(t.since),
-            carrying_traffic: carries_traffic(&sadb, &tunnels_of_conn, t.peer.0),
+            carrying_traffic: carrying,
             ike_sa: t.ike.as_ref().map(|i| IkeSaStatus {
                 version: i.version,
                 spis: IkeSpis {
@@ -1198,7 +1245,7 @@ impl Control {
                 })
                 .collect(),
             bgp: None,
-            health: None,
+            health,
         };
         if t.written.as_ref() != Some(&status) {
             t.written = Some(status.clone());

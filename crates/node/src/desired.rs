@@ -41,6 +41,8 @@ pub(crate) struct ConnSpec {
     pub id: String,
     /// Tunnel IDs in order: tunnel 1 (primary), tunnel 2 (secondary).
     pub tunnels: Vec<String>,
+    /// The connection's health check, if enabled (see `health.rs`).
+    pub health: Option<crate::health::HealthSpec>,
 }
 
 /// Connections a prefix goes to: the active one and, if any, the standby.
@@ -112,9 +114,14 @@ pub(crate) fn build(
                     effective_immediately: c.effective_immediately,
                 });
             }
+            let health = crate::health::spec(c).unwrap_or_else(|why| {
+                d.notes.push((c.id.clone(), why));
+                None
+            });
             d.conns.push(ConnSpec {
                 id: c.id.clone(),
                 tunnels: ids,
+                health,
             });
         }
         let owned: Vec<VpnConnection> = conns.iter().map(|c| (*c).clone()).collect();

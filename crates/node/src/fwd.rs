@@ -22,6 +22,7 @@ use esp::{Decapsulated, EspError, SaDb, SaDbCache};
 
 use crate::bgp::BgpFwd;
 use crate::control::Input;
+use crate::health::{self, HealthFwd, Slot};
 
 /// Key of a tunnel's outbound SA in the [`SaDb`]: the tunnel's IKE peer ID.
 pub(crate) type TunnelKey = u64;
@@ -41,6 +42,8 @@ pub(crate) struct Fwd {
     pub conns: Vec<ConnFwd>,
     /// Tunnel ID → its key (not used per packet; the BGP task needs it).
     pub keys: HashMap<String, TunnelKey>,
+    /// Health-check answers to recognise after decapsulation (see `health.rs`).
+    pub health: HealthFwd,
 }
 
 /// One connection on the packet path.
@@ -48,6 +51,9 @@ pub(crate) struct ConnFwd {
     /// Tunnel 1 and tunnel 2 (SaDb keys); tunnel 1 carries traffic while it has an
     /// outbound SA.
     pub tunnels: Vec<TunnelKey>,
+    /// The health-check slot of each of `tunnels` (same order), if the connection has a
+    /// health check: a tunnel withdrawn by it does not carry the connection's traffic.
+    pub health: Vec<Option<Arc<Slot>>>,
     /// Set by a worker when a packet wants this connection and no tunnel is up; the
     /// control thread clears it and starts negotiating (effective_immediately = false).
     pub trigger: Arc<AtomicBool>,
@@ -192,7 +198,10 @@ impl Handler for EspHandler {
                 Ok(()) => Action::Control,
                 Err(_) => Action::Drop(DropReason::Malformed),
             },
-            Udp4500::Esp => decapsulate(&mut ctx.local.sadb, pkt),
+            Udp4500::Esp => {
+                let action = decapsulate(&mut ctx.local.sadb, pkt);
+                health::intercept(&mut ctx.local.fwd, &self.wake, action, pkt)
+            }
             Udp4500::Keepalive => Action::Drop(DropReason::Other),
             Udp4500::Invalid => Action::Drop(DropReason::Malformed),
         }
@@ -205,7 +214,8 @@ impl Handler for EspHandler {
         _remote: Ipv4Addr,
         pkt: &mut PacketBuf,
     ) -> Action {
-        decapsulate(&mut ctx.local.sadb, pkt)
+        let action = decapsulate(&mut ctx.local.sadb, pkt);
+        health::intercept(&mut ctx.local.fwd, &self.wake, action, pkt)
     }
 }
 
@@ -257,12 +267,21 @@ fn route(
         .or_else(|| active_tunnel(&fwd.conns, sadb, standby))
     {
         Some(k) => Routed::Tunnel(k),
+        // Up but withdrawn by its health check: nothing to negotiate.
+        None if fwd
+            .conns
+            .get(primary as usize)
+            .is_some_and(|c| c.tunnels.iter().any(|k| sadb.outbound(k).is_some())) =>
+        {
+            Routed::Drop(DropReason::NoRoute)
+        }
         None => Routed::NoSa(primary),
     }
 }
 
 /// The tunnel of connection `conn` that carries its traffic: tunnel 1 while it has an
-/// outbound SA, else tunnel 2 (active/standby, DESIGN.md).
+/// outbound SA, else tunnel 2 (active/standby, DESIGN.md); a tunnel withdrawn by the
+/// health check (switch_route) is skipped.
 #[inline]
 fn active_tunnel(
     conns: &[ConnFwd],
@@ -272,8 +291,15 @@ fn active_tunnel(
     let c = conns.get(conn as usize)?;
     c.tunnels
         .iter()
-        .copied()
-        .find(|k| sadb.outbound(k).is_some())
+        .enumerate()
+        .find(|(i, k)| {
+            !c.health
+                .get(*i)
+                .and_then(Option::as_ref)
+                .is_some_and(|s| s.withdrawn())
+                && sadb.outbound(k).is_some()
+        })
+        .map(|(_, k)| *k)
 }
 
 /// ESP (from the SPI on) → the inner IPv4 packet, in place.
@@ -311,11 +337,17 @@ fn drop_reason(e: EspError) -> DropReason {
     }
 }
 
-/// Whether connection `conn`'s tunnel `key` is the one carrying its traffic now.
+/// Whether connection `conn`'s tunnel `key` is the one carrying its traffic now (the
+/// rule of [`active_tunnel`]; `withdrawn` says which tunnels the health check withdrew).
 pub(crate) fn carries_traffic(
     sadb: &SaDb<TunnelKey>,
     tunnels: &[TunnelKey],
+    withdrawn: impl Fn(TunnelKey) -> bool,
     key: TunnelKey,
 ) -> bool {
-    tunnels.iter().copied().find(|k| sadb.outbound(k).is_some()) == Some(key)
+    tunnels
+        .iter()
+        .copied()
+        .find(|k| !withdrawn(*k) && sadb.outbound(k).is_some())
+        == Some(key)
 }

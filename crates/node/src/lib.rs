@@ -31,6 +31,7 @@ mod bgp;
 mod control;
 mod desired;
 mod fwd;
+mod health;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

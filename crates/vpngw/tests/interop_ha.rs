@@ -300,6 +300,21 @@ impl Ha {
         .unwrap()
     }
 
+    /// ESP packets strongSwan received on the child of connection `name` so far.
+    fn swan_packets_in(&self, name: &str) -> u64 {
+        self.swan
+            .sa(name)
+            .unwrap()
+            .and_then(|sa| {
+                sa.children
+                    .iter()
+                    .filter(|c| c.state == "INSTALLED")
+                    .map(|c| c.packets_in)
+                    .max()
+            })
+            .unwrap_or(0)
+    }
+
     /// ESP packets strongSwan sent on the child of connection `name` so far.
     fn swan_packets_out(&self, name: &str) -> u64 {
         self.swan
@@ -580,93 +595,113 @@ fn single_tunnel_gateway_carries_traffic_without_standby() {
     ha.wait_traffic();
 }
 
-#[test]
-fn weighted_routes_to_two_customer_gateways_fail_over_and_show_in_the_route_table() {
-    // Two customer gateways (two on-premises addresses of one strongSwan), two
-    // single-tunnel connections, destination routes with weight 100 / 0.
-    let cfg = lab::TopologyConfig::default();
-    let one = lab::topology::host(&cfg.onprem_public).to_string();
-    let two = "198.51.100.2";
-    let ha = Ha::start(HaConfig {
-        cgw_ip: one.clone(),
-        topo: cfg,
-        addresses: vec![GW1],
-        tunnel: json!({}),
-        onprem: vec![],
-    });
-    let (topo, serve) = (&ha.topo, &ha.serve);
-    topo.onprem.addr_add("eth0", &format!("{two}/24")).unwrap();
-    let cgw2 = serve.send(
-        topo,
-        "POST",
-        "/v1/customer-gateways",
-        json!({"name": "onprem-2", "ip_address": two}),
-    );
-    let b = serve.send(
-        topo,
-        "POST",
-        "/v1/vpn-connections",
-        json!({
-            "name": "to-onprem-2",
-            "vpn_gateway_id": ha.gw_id,
-            "effective_immediately": false,
-            "tunnels": [{"customer_gateway_id": id(&cgw2), "pre_shared_key": PSK}],
-        }),
-    );
-    let b_id = id(&b);
-    // `ha`'s own connection is protected flows; these two are destination routed.
-    let a = serve.send(
-        topo,
-        "POST",
-        "/v1/vpn-connections",
-        json!({
-            "name": "to-onprem-1",
-            "vpn_gateway_id": ha.gw_id,
-            "effective_immediately": false,
-            "tunnels": [{"customer_gateway_id": ha.serve.get(topo, &format!("/v1/vpn-connections/{}", ha.conn_id))["tunnels"][0]["customer_gateway_id"], "pre_shared_key": PSK}],
-        }),
-    );
-    let a_id = id(&a);
-    // The protected-flows connection of the fixture is not needed here.
-    let (s, v) = serve.call(
-        topo,
-        "DELETE",
-        &format!("/v1/vpn-connections/{}", ha.conn_id),
-        None,
-    );
-    assert!((200..300).contains(&s), "{s} {v}");
-    let routes = format!("/v1/vpn-gateways/{}/routes", ha.gw_id);
-    serve.send(
-        topo,
-        "POST",
-        &routes,
-        json!({"destination": ONPREM_NET, "next_hop": a_id, "weight": 100}),
-    );
-    serve.send(
-        topo,
-        "POST",
-        &routes,
-        json!({"destination": ONPREM_NET, "next_hop": b_id, "weight": 0}),
-    );
-    ha.swan
-        .load(&swanctl::render(&[
-            doc_conn("vco1", &one, GW1, 1, PSK),
-            doc_conn("vco2", two, GW1, 2, PSK),
-        ]))
-        .unwrap();
-    let up = |c: &str| {
-        serve.wait_conn(topo, c, "established", |t| established(&t[0]));
-    };
-    up(&a_id);
-    up(&b_id);
-    let table_path = format!("/v1/vpn-gateways/{}/route-table", ha.gw_id);
-    let wait_table = |what: &str, want: [&str; 2]| -> Vec<Value> {
+/// Two customer gateways (two on-premises addresses of one strongSwan), two
+/// single-tunnel destination-routed connections A and B, routes to the on-premises
+/// network with weight 100 via A and 0 via B; `health_a` is A's health check. Returns
+/// when both are established.
+struct Pair {
+    ha: Ha,
+    a: Value,
+    a_id: String,
+    b_id: String,
+}
+
+impl Pair {
+    fn start(health_a: Value) -> Pair {
+        // Two customer gateways (two on-premises addresses of one strongSwan), two
+        // single-tunnel connections, destination routes with weight 100 / 0.
+        let cfg = lab::TopologyConfig::default();
+        let one = lab::topology::host(&cfg.onprem_public).to_string();
+        let two = "198.51.100.2";
+        let ha = Ha::start(HaConfig {
+            cgw_ip: one.clone(),
+            topo: cfg,
+            addresses: vec![GW1],
+            tunnel: json!({}),
+            onprem: vec![],
+        });
+        let (topo, serve) = (&ha.topo, &ha.serve);
+        topo.onprem.addr_add("eth0", &format!("{two}/24")).unwrap();
+        let cgw2 = serve.send(
+            topo,
+            "POST",
+            "/v1/customer-gateways",
+            json!({"name": "onprem-2", "ip_address": two}),
+        );
+        let b = serve.send(
+            topo,
+            "POST",
+            "/v1/vpn-connections",
+            json!({
+                "name": "to-onprem-2",
+                "vpn_gateway_id": ha.gw_id,
+                "effective_immediately": false,
+                "tunnels": [{"customer_gateway_id": id(&cgw2), "pre_shared_key": PSK}],
+            }),
+        );
+        let b_id = id(&b);
+        // `ha`'s own connection is protected flows; these two are destination routed.
+        let a = serve.send(
+            topo,
+            "POST",
+            "/v1/vpn-connections",
+            json!({
+                "name": "to-onprem-1",
+                "health_check": health_a,
+                "vpn_gateway_id": ha.gw_id,
+                "effective_immediately": false,
+                "tunnels": [{"customer_gateway_id": ha.serve.get(topo, &format!("/v1/vpn-connections/{}", ha.conn_id))["tunnels"][0]["customer_gateway_id"], "pre_shared_key": PSK}],
+            }),
+        );
+        let a_id = id(&a);
+        // The protected-flows connection of the fixture is not needed here.
+        let (s, v) = serve.call(
+            topo,
+            "DELETE",
+            &format!("/v1/vpn-connections/{}", ha.conn_id),
+            None,
+        );
+        assert!((200..300).contains(&s), "{s} {v}");
+        let routes = format!("/v1/vpn-gateways/{}/routes", ha.gw_id);
+        serve.send(
+            topo,
+            "POST",
+            &routes,
+            json!({"destination": ONPREM_NET, "next_hop": a_id, "weight": 100}),
+        );
+        serve.send(
+            topo,
+            "POST",
+            &routes,
+            json!({"destination": ONPREM_NET, "next_hop": b_id, "weight": 0}),
+        );
+        ha.swan
+            .load(&swanctl::render(&[
+                doc_conn("vco1", &one, GW1, 1, PSK),
+                doc_conn("vco2", two, GW1, 2, PSK),
+            ]))
+            .unwrap();
+        let up = |c: &str| {
+            serve.wait_conn(topo, c, "established", |t| established(&t[0]));
+        };
+        up(&a_id);
+        up(&b_id);
+        Pair { ha, a, a_id, b_id }
+    }
+
+    fn table(&self) -> Vec<Value> {
+        let path = format!("/v1/vpn-gateways/{}/route-table", self.ha.gw_id);
+        self.ha.serve.get(&self.ha.topo, &path)["items"]
+            .as_array()
+            .cloned()
+            .unwrap()
+    }
+
+    /// Waits until the route table's states are `want` (bounded by [`WAIT`]).
+    fn wait_table(&self, what: &str, want: [&str; 2]) -> Vec<Value> {
         let start = Instant::now();
         loop {
-            let t = serve.get(topo, &table_path)["items"]
-                .as_array()
-                .cloned()
-                .unwrap();
+            let t = self.table();
             let states: Vec<&str> = t.iter().map(|e| e["state"].as_str().unwrap()).collect();
             if states == want {
                 return t;
@@ -674,11 +709,22 @@ fn weighted_routes_to_two_customer_gateways_fail_over_and_show_in_the_route_tabl
             assert!(start.elapsed() < WAIT, "{what}: route table {t:#?}");
             std::thread::sleep(Duration::from_millis(200));
         }
-    };
+    }
+}
+
+#[test]
+fn weighted_routes_to_two_customer_gateways_fail_over_and_show_in_the_route_table() {
+    let pair = Pair::start(json!({"enabled": false}));
+    let (ha, a, a_id) = (&pair.ha, &pair.a, &pair.a_id);
+    let (topo, serve) = (&ha.topo, &ha.serve);
+    let wait_table = |what: &str, want: [&str; 2]| pair.wait_table(what, want);
     let t = wait_table("weight 100 active, weight 0 standby", ["active", "standby"]);
     assert_eq!(t[0]["next_hop"], a_id.as_str());
     assert_eq!(t[0]["origin"], "static");
-    assert!(t[1]["reason"].as_str().unwrap().contains(&a_id), "{t:#?}");
+    assert!(
+        t[1]["reason"].as_str().unwrap().contains(a_id.as_str()),
+        "{t:#?}"
+    );
     ha.wait_traffic();
 
     let m = ha.monitor();
@@ -718,4 +764,183 @@ fn weighted_routes_to_two_customer_gateways_fail_over_and_show_in_the_route_tabl
         m,
         Duration::from_secs(1),
     );
+}
+
+/// The health check's probes: from an address of the VPC no host has (the gateway
+/// writes the echo requests itself) to an address of the on-premises network that the
+/// test can silence without touching the on-premises host the ping monitors use.
+const HC_SOURCE: &str = "172.16.1.250";
+const HC_DESTINATION: &str = "10.2.0.9";
+/// Short interval and retries so the failure shows after about 2 s.
+fn health_check(switch_route: bool) -> Value {
+    json!({
+        "enabled": true,
+        "source_ip": HC_SOURCE,
+        "destination_ip": HC_DESTINATION,
+        "interval_s": 1,
+        "retries": 2,
+        "switch_route": switch_route,
+    })
+}
+
+/// Makes `HC_DESTINATION` stop answering echo requests (on-premises firewall), or
+/// answer again.
+fn silence_destination(topo: &lab::Topology, silent: bool) {
+    let script = if silent {
+        format!(
+            "table inet hc {{
+  chain input {{
+    type filter hook input priority 0; policy accept;
+    ip daddr {HC_DESTINATION} icmp type echo-request drop
+  }}
+}}"
+        )
+    } else {
+        "delete table inet hc".to_string()
+    };
+    lab::nft::nft(&topo.onprem, &script).unwrap();
+}
+
+fn health(t: &Value) -> &str {
+    t["status"]["health"]["state"].as_str().unwrap_or("none")
+}
+
+fn health_rtt(t: &Value) -> Option<f64> {
+    t["status"]["health"]["last_rtt_ms"].as_f64()
+}
+
+fn logs(ha: &Ha, conn: &str) -> String {
+    ha.serve
+        .get(
+            &ha.topo,
+            &format!("/v1/vpn-connections/{conn}/logs?limit=1000"),
+        )
+        .to_string()
+}
+
+#[test]
+fn health_check_failure_withdraws_the_route_moves_traffic_and_recovery_restores_it() {
+    let pair = Pair::start(health_check(true));
+    let (ha, a_id, b_id) = (&pair.ha, &pair.a_id, &pair.b_id);
+    let (topo, serve) = (&ha.topo, &ha.serve);
+    let t = serve.wait_conn(topo, a_id, "health up with an RTT", |t| {
+        health(&t[0]) == "up" && health_rtt(&t[0]).is_some()
+    });
+    println!("health of {a_id}: {:#}", t[0]["status"]["health"]);
+    pair.wait_table("weight 100 active, weight 0 standby", ["active", "standby"]);
+    ha.wait_traffic();
+
+    // Continuous ping from the VPC host while the health check fails and recovers.
+    let vpc = topo.vpc_ip().to_string();
+    let m = PingMonitor::start(
+        &topo.vpc,
+        topo.workdir.path(),
+        &vpc,
+        ONPREM_HOST,
+        PING_EVERY,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let via_b_before = ha.swan_packets_in("vco2");
+
+    silence_destination(topo, true);
+    let silenced = Instant::now();
+    let t = serve.wait_conn(topo, a_id, "health down", |t| health(&t[0]) == "down");
+    println!("health down after {:?}", silenced.elapsed());
+    // The tunnel itself stays up; only its routes are withdrawn.
+    assert!(established(&t[0]), "{t:#?}");
+    assert!(!carrying(&t[0]), "withdrawn: A carries nothing: {t:#?}");
+    let table = pair.wait_table("A's route withdrawn, B's active", ["inactive", "active"]);
+    println!("route table with A's health check failed: {table:#?}");
+    assert_eq!(table[0]["next_hop"], a_id.as_str());
+    assert!(
+        table[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("health check"),
+        "{table:#?}"
+    );
+    assert_eq!(table[1]["next_hop"], b_id.as_str());
+    let log = logs(ha, a_id);
+    assert!(log.contains("health_check_failed"), "{log}");
+    assert!(
+        log.contains(&format!(
+            "no echo reply from {HC_DESTINATION} via tunnel 1 for 2 × 1 s"
+        )),
+        "{log}"
+    );
+    // VPC → on-premises now leaves through B: strongSwan receives on B's child.
+    lab::wait_until(WAIT, "strongSwan receiving through B", || {
+        Ok((ha.swan_packets_in("vco2") > via_b_before + 10).then_some(()))
+    })
+    .unwrap();
+
+    silence_destination(topo, false);
+    let restored = Instant::now();
+    let t = serve.wait_conn(topo, a_id, "health up again", |t| {
+        health(&t[0]) == "up" && carrying(&t[0])
+    });
+    println!("health up again after {:?}", restored.elapsed());
+    assert!(health_rtt(&t[0]).is_some(), "{t:#?}");
+    pair.wait_table("A's route restored", ["active", "standby"]);
+    assert!(logs(ha, a_id).contains("health_check_recovered"));
+    // Traffic returns to A.
+    let via_b = ha.swan_packets_in("vco2");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        ha.swan_packets_in("vco2") <= via_b + 2,
+        "traffic should have left B"
+    );
+    report(
+        "health check failure and recovery (weights 100/0), ping from the VPC",
+        m,
+        Duration::from_secs(1),
+    );
+}
+
+#[test]
+fn health_check_without_switch_route_only_reports() {
+    let ha = Ha::dual();
+    ha.wait_both_up();
+    ha.wait_traffic();
+    ha.serve.send(
+        &ha.topo,
+        "PATCH",
+        &format!("/v1/vpn-connections/{}", ha.conn_id),
+        json!({"health_check": health_check(false)}),
+    );
+    // Both tunnels are probed, each through its own SA.
+    let t = ha.wait("both tunnels' health up", |t| {
+        health(&t[0]) == "up" && health(&t[1]) == "up"
+    });
+    println!(
+        "health: {:#} {:#}",
+        t[0]["status"]["health"], t[1]["status"]["health"]
+    );
+
+    silence_destination(&ha.topo, true);
+    let t = ha.wait("both tunnels' health down", |t| {
+        health(&t[0]) == "down" && health(&t[1]) == "down"
+    });
+    // Reported only: tunnel 1 still carries, the route stays active, traffic flows.
+    assert!(carrying(&t[0]), "{t:#?}");
+    let table = ha.serve.get(
+        &ha.topo,
+        &format!("/v1/vpn-gateways/{}/route-table", ha.gw_id),
+    );
+    let items = table["items"].as_array().unwrap();
+    assert!(!items.is_empty(), "{table:#}");
+    for e in items {
+        assert_eq!(e["state"], "active", "{table:#}");
+    }
+    let vpc = ha.topo.vpc_ip().to_string();
+    let r = lab::ping(&ha.topo.vpc, &vpc, ONPREM_HOST, 5, Duration::from_secs(5)).unwrap();
+    assert_eq!(r.received, 5, "{r:?}");
+    let log = logs(&ha, &ha.conn_id);
+    assert!(log.contains("switch_route is off"), "{log}");
+
+    silence_destination(&ha.topo, false);
+    ha.wait("health up again", |t| {
+        health(&t[0]) == "up" && health(&t[1]) == "up"
+    });
 }
