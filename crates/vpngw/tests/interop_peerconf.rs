@@ -11,7 +11,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use lab::{Netns, Process, StrongSwan, Topology};
+use lab::starter::Starter;
+use lab::{Frr, Netns, Process, StrongSwan, Topology};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vpngw");
@@ -23,6 +24,9 @@ const LISTEN: &str = "127.0.0.1:9281";
 const ONPREM_HOST: &str = "10.2.0.1";
 /// The second on-premises network of the protected-flows scenario (added on `lo`).
 const ONPREM_HOST2: &str = "10.3.0.1";
+/// The line of the ipsec-conf download where ipsec.secrets begins
+/// (`peerconf::IPSEC_SECRETS_MARKER`; vpngw's tests do not depend on peerconf).
+const IPSEC_SECRETS_MARKER: &str = "# ---- /etc/ipsec.secrets ----";
 const GW_FQDN: &str = "vpngw.example.com";
 const ONPREM_FQDN: &str = "onprem.example.com";
 
@@ -150,7 +154,12 @@ impl<'a> Serve<'a> {
 
     /// The downloaded swanctl.conf, exactly as served.
     fn swanctl_conf(&self, conn: &str) -> String {
-        let path = format!("/v1/vpn-connections/{conn}/peer-config?format=swanctl");
+        self.peer_config(conn, "swanctl")
+    }
+
+    /// The downloaded peer configuration in `format`, exactly as served.
+    fn peer_config(&self, conn: &str, format: &str) -> String {
+        let path = format!("/v1/vpn-connections/{conn}/peer-config?format={format}");
         let (s, text) = self.call_text("GET", &path, None);
         assert_eq!(s, 200, "GET {path}: {text}");
         text
@@ -511,4 +520,130 @@ fn ikev2_dual_tunnel_protected_flows() {
     );
     serve.wait_established(&conn, 2, Duration::from_secs(20));
     ping_both_ways(&topo, ONPREM_HOST, 3);
+}
+
+/// The `ipsec-conf` download: the part before the marker is /etc/ipsec.conf, the rest
+/// /etc/ipsec.secrets; strongSwan's starter reads them unchanged, loads both conns over
+/// stroke, and the dual tunnel in destination mode comes up and carries pings.
+#[test]
+fn ipsec_conf_through_starter_dual_tunnel_destination_mode() {
+    let topo = Topology::new().unwrap();
+    let serve = start_serve(&topo);
+    let (gw, cgw) = serve.base(&[GW1, GW2], &["172.16.0.0/16"]);
+    let conn = serve.connection(
+        &gw,
+        &cgw,
+        2,
+        json!({}),
+        json!({"ike": {"version": "ikev2"}}),
+    );
+    serve.route(&gw, "10.2.0.0/24", &conn);
+    let text = serve.peer_config(&conn, "ipsec-conf");
+    let (conf, secrets) = text
+        .split_once(IPSEC_SECRETS_MARKER)
+        .expect("ipsec-conf output has a secrets part");
+    let starter = Starter::start(
+        &topo.onprem,
+        &topo.workdir.subdir("onprem-starter").unwrap(),
+        conf,
+        secrets,
+    )
+    .unwrap_or_else(|e| panic!("starter refused the download: {e}\n--- file ---\n{text}"));
+    let names = lab::starter::conn_names(conf);
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    assert_eq!(names.len(), 2, "{conf}");
+    starter
+        .wait_established(&names, Duration::from_secs(25))
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}\n--- file ---\n{text}\n--- charon.log ---\n{}",
+                starter.log_tail(60)
+            )
+        });
+    let status = starter.stroke(&["statusall"]).unwrap();
+    assert!(
+        status.contains(&format!("...{GW1}")) && status.contains(&format!("...{GW2}")),
+        "{status}"
+    );
+    serve.wait_established(&conn, 2, Duration::from_secs(20));
+    let table = topo.onprem.ip(&["route", "show", "table", "220"]).unwrap();
+    assert!(!table.contains("default"), "table 220:\n{table}");
+    ping_both_ways(&topo, ONPREM_HOST, 3);
+}
+
+/// BGP: the `frr` download loaded into bgpd on-premises, behind the strongSwan that
+/// loaded the `swanctl` download, establishes a session with vpngw over each tunnel and
+/// learns the VPC network. The only step besides the two files is the one the swanctl
+/// file prints: this device's tunnel addresses on `lo`.
+#[test]
+fn frr_download_establishes_both_bgp_sessions() {
+    const GW_ASN: u32 = 45104;
+    const ONPREM_ASN: u32 = 65530;
+    const VPC_NET: &str = "172.16.0.0/16";
+    let topo = Topology::new().unwrap();
+    let serve = start_serve(&topo);
+    let gw = id(&serve.post(
+        "/v1/vpn-gateways",
+        json!({"name": "lab-gw", "ipsec_addresses": [GW1, GW2], "local_networks": [VPC_NET]}),
+    ));
+    let cgw = id(&serve.post(
+        "/v1/customer-gateways",
+        json!({"name": "onprem", "ip_address": ONPREM, "asn": ONPREM_ASN}),
+    ));
+    let tunnel = |cidr: &str, ip: &str| {
+        json!({"customer_gateway_id": cgw, "pre_shared_key": PSK,
+               "bgp": {"tunnel_cidr": cidr, "local_ip": ip}})
+    };
+    let conn = id(&serve.post(
+        "/v1/vpn-connections",
+        json!({
+            "name": "peerconf-bgp",
+            "vpn_gateway_id": gw,
+            "effective_immediately": true,
+            "enable_bgp": true,
+            "local_asn": GW_ASN,
+            "tunnels": [tunnel("169.254.10.0/30", "169.254.10.1"),
+                        tunnel("169.254.20.0/30", "169.254.20.1")],
+        }),
+    ));
+    let swanctl = serve.swanctl_conf(&conn);
+    let frr_conf = serve.peer_config(&conn, "frr");
+
+    // The setup lines the swanctl file prints for BGP, run as printed.
+    let setup: Vec<&str> = swanctl
+        .lines()
+        .filter_map(|l| l.strip_prefix("#   ip "))
+        .collect();
+    assert_eq!(setup.len(), 2, "{swanctl}");
+    for line in setup {
+        let args: Vec<&str> = line.split_whitespace().collect();
+        topo.onprem.ip(&args).unwrap();
+    }
+    let (_swan, _) = swan_with_downloaded_conf(&topo, &swanctl, 2);
+    serve.wait_established(&conn, 2, Duration::from_secs(20));
+    let frr = Frr::start(
+        &topo.onprem,
+        &topo.workdir.subdir("frr").unwrap(),
+        &frr_conf,
+    )
+    .unwrap_or_else(|e| panic!("bgpd refused the download: {e}\n{frr_conf}"));
+    for neighbor in ["169.254.10.1", "169.254.20.1"] {
+        frr.wait_bgp_established(neighbor, Duration::from_secs(40))
+            .unwrap_or_else(|e| panic!("{e}\n{frr_conf}\nbgpd log:\n{}", frr.log()));
+    }
+    frr.wait_prefix(VPC_NET, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\nbgpd log:\n{}", frr.log()));
+    let t = serve.wait_tunnels(
+        &conn,
+        "BGP established on both tunnels",
+        Duration::from_secs(30),
+        |t| {
+            t.len() == 2
+                && t.iter()
+                    .all(|t| t["status"]["bgp"]["state"] == "established")
+        },
+    );
+    for t in &t {
+        assert_eq!(t["status"]["bgp"]["peer_asn"], ONPREM_ASN, "{t:#}");
+    }
 }
