@@ -351,3 +351,86 @@ pub(crate) fn carries_traffic(
         .find(|k| !withdrawn(*k) && sadb.outbound(k).is_some())
         == Some(key)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::tests::outbound;
+
+    /// 10.2.0.0/24 → connection 0 (weight 100, two tunnels: keys 1 and 2), standby
+    /// connection 1 (one tunnel: key 3); connection 0 has a health check on both tunnels.
+    fn fwd(slots: &[Arc<Slot>; 2]) -> Fwd {
+        let mut routes = RouteTable::new();
+        routes.insert("10.2.0.0/24".parse().unwrap(), 0);
+        Fwd {
+            routes,
+            targets: vec![[0, 1]],
+            conns: vec![
+                ConnFwd {
+                    tunnels: vec![1, 2],
+                    health: slots.iter().cloned().map(Some).collect(),
+                    trigger: Arc::default(),
+                },
+                ConnFwd {
+                    tunnels: vec![3],
+                    health: vec![None],
+                    trigger: Arc::default(),
+                },
+            ],
+            ..Fwd::default()
+        }
+    }
+
+    fn tunnel(fwd: &Fwd, sadb: &SaDb<TunnelKey>) -> Option<TunnelKey> {
+        let mut cache = sadb.cache();
+        match route(
+            fwd,
+            &BgpFwd::default(),
+            &mut cache,
+            Ipv4Addr::new(172, 16, 1, 10),
+            Ipv4Addr::new(10, 2, 0, 1),
+        ) {
+            Routed::Tunnel(k) => Some(k),
+            _ => None,
+        }
+    }
+
+    /// The packet path follows the route table's health rule: a withdrawn tunnel is
+    /// skipped, the connection's other tunnel carries, and with none left the prefix's
+    /// standby connection does; restored tunnels take the traffic back.
+    #[test]
+    fn health_withdrawn_tunnels_are_skipped() {
+        let slots = [Slot::for_test(1, false), Slot::for_test(2, false)];
+        let f = fwd(&slots);
+        let sadb = SaDb::new();
+        for k in 1..=3 {
+            sadb.set_outbound(k, outbound(0x100 + k as u32));
+        }
+        assert_eq!(tunnel(&f, &sadb), Some(1));
+        slots[0].set_withdrawn(true);
+        assert_eq!(
+            tunnel(&f, &sadb),
+            Some(2),
+            "tunnel 2 of the same connection"
+        );
+        assert!(carries_traffic(&sadb, &[1, 2], |k| k == 1, 2));
+        slots[1].set_withdrawn(true);
+        assert_eq!(tunnel(&f, &sadb), Some(3), "the standby connection");
+        // No standby tunnel either: dropped as unroutable, not a negotiation trigger.
+        sadb.remove_outbound(&3);
+        let mut cache = sadb.cache();
+        assert!(matches!(
+            route(
+                &f,
+                &BgpFwd::default(),
+                &mut cache,
+                Ipv4Addr::new(172, 16, 1, 10),
+                Ipv4Addr::new(10, 2, 0, 1),
+            ),
+            Routed::Drop(DropReason::NoRoute)
+        ));
+        sadb.set_outbound(3, outbound(0x103));
+        slots[0].set_withdrawn(false);
+        assert_eq!(tunnel(&f, &sadb), Some(1), "restored");
+    }
+}

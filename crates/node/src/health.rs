@@ -115,6 +115,25 @@ impl Slot {
     }
 }
 
+#[cfg(test)]
+impl Slot {
+    /// A slot for tunnel `key` in the given withdrawn state (packet-path tests).
+    pub(crate) fn for_test(key: TunnelKey, withdrawn: bool) -> Arc<Slot> {
+        Arc::new(Slot {
+            key,
+            source: Ipv4Addr::UNSPECIFIED,
+            epoch: Instant::now(),
+            answered: AtomicU32::new(0),
+            rtt_us: AtomicU32::new(0),
+            withdrawn: AtomicBool::new(withdrawn),
+        })
+    }
+
+    pub(crate) fn set_withdrawn(&self, w: bool) {
+        self.withdrawn.store(w, Ordering::Relaxed);
+    }
+}
+
 /// Probe and answer counts of the node (all health checks).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -123,6 +142,61 @@ pub(crate) struct Counters {
     /// Echo replies that looked like answers to our probes but were not valid (bad
     /// length or checksum, another node's nonce, unknown tunnel): dropped.
     pub malformed: AtomicU64,
+}
+
+/// The node's lines for `GET /metrics`: health-check probes sent, answers received and
+/// answers dropped as malformed, over all health checks. `vpngw serve` hands it to the
+/// API (`api::AppState::add_metrics_source`).
+#[derive(Clone)]
+pub struct NodeMetrics {
+    pub(crate) fwd: Arc<ArcSwap<Fwd>>,
+}
+
+impl std::fmt::Debug for NodeMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeMetrics").finish_non_exhaustive()
+    }
+}
+
+impl NodeMetrics {
+    /// Appends the Prometheus text lines (with `# HELP`/`# TYPE`).
+    pub fn render(&self, out: &mut String) {
+        render_counters(&self.fwd.load().health.counters, out);
+    }
+}
+
+#[cfg(feature = "api")]
+impl api::MetricsSource for NodeMetrics {
+    fn render(&self, out: &mut String) {
+        NodeMetrics::render(self, out);
+    }
+}
+
+fn render_counters(c: &Counters, out: &mut String) {
+    use std::fmt::Write;
+    for (name, help, v) in [
+        (
+            "vpngw_health_probes_total",
+            "Health-check echo requests sent through tunnels.",
+            &c.probes,
+        ),
+        (
+            "vpngw_health_replies_total",
+            "Echo replies to health-check probes received.",
+            &c.replies,
+        ),
+        (
+            "vpngw_health_malformed_total",
+            "Packets that claimed to answer a health-check probe but did not check out (dropped).",
+            &c.malformed,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            v.load(Ordering::Relaxed)
+        );
+    }
 }
 
 /// What the workers need to recognise answers (part of the [`Fwd`] snapshot).
@@ -644,7 +718,7 @@ fn parse_reply(pkt: &[u8], ident: u16, nonce: u64) -> Parsed {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const IDENT: u16 = 0x4a7b;
@@ -800,6 +874,20 @@ mod tests {
     }
 
     #[test]
+    fn counters_render_as_prometheus_text() {
+        let c = Counters::default();
+        c.probes.store(7, Ordering::Relaxed);
+        c.replies.store(5, Ordering::Relaxed);
+        c.malformed.store(1, Ordering::Relaxed);
+        let mut out = String::new();
+        render_counters(&c, &mut out);
+        assert!(out.contains("# TYPE vpngw_health_probes_total counter\n"));
+        assert!(out.contains("\nvpngw_health_probes_total 7\n"), "{out}");
+        assert!(out.contains("\nvpngw_health_replies_total 5\n"), "{out}");
+        assert!(out.contains("\nvpngw_health_malformed_total 1\n"), "{out}");
+    }
+
+    #[test]
     fn slot_records_the_latest_answer_and_rtt() {
         let epoch = Instant::now();
         let s = Slot {
@@ -847,7 +935,7 @@ mod tests {
         }
     }
 
-    fn outbound(spi: u32) -> Arc<OutboundSa> {
+    pub(crate) fn outbound(spi: u32) -> Arc<OutboundSa> {
         let params = esp::SaParams {
             spi,
             encr: crypto::Encr::AesCbc128,

@@ -47,6 +47,7 @@ use store::{ListQuery, Store};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 pub use control::{QUICK_RETRY, QUICK_TRIES, SLOW_RETRY, STATUS_INTERVAL};
+pub use health::NodeMetrics;
 
 use crate::control::{Control, Input, Ports, StoreWrite};
 use crate::fwd::{EspHandler, Fwd};
@@ -128,6 +129,9 @@ impl Node {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| NodeError::NoRuntime)?;
         let (input_tx, input_rx) = sync_channel::<Input>(INPUT_CAPACITY);
         let fwd = Arc::new(ArcSwap::from_pointee(Fwd::default()));
+        let metrics = NodeMetrics {
+            fwd: Arc::clone(&fwd),
+        };
         let sadb = Arc::new(esp::SaDb::new());
         let bgp_shared = Arc::new(bgp::BgpShared::default());
         let handler = Arc::new(EspHandler {
@@ -209,6 +213,7 @@ impl Node {
             reconciler,
             writer,
             stop,
+            metrics,
         })
     }
 
@@ -262,6 +267,7 @@ pub struct NodeHandle {
     reconciler: tokio::task::JoinHandle<()>,
     writer: tokio::task::JoinHandle<()>,
     stop: Arc<Notify>,
+    metrics: NodeMetrics,
 }
 
 /// A cloneable way to send commands to a running node (for the API's reset endpoint).
@@ -306,6 +312,11 @@ impl NodeHandle {
         NodeCommands {
             input: self.input.clone(),
         }
+    }
+
+    /// The node's `/metrics` lines (health-check probe counts).
+    pub fn metrics(&self) -> NodeMetrics {
+        self.metrics.clone()
     }
 
     /// See [`NodeCommands::reset_tunnel`].
