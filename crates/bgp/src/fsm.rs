@@ -61,6 +61,9 @@ pub enum Event {
     TcpConnectionFails,
     /// 19 BGPOpen: an OPEN that passed every check.
     BgpOpen,
+    /// 23 OpenCollisionDump: RFC 4271 §6.8 collision detection chose the
+    /// other connection with this peer; this one is closed.
+    OpenCollisionDump,
     /// 21 BGPHeaderErr / 22 BGPOpenMsgErr / 28 UpdateMsgErr: a decode
     /// error that resets the session.
     MessageError(DecodeError),
@@ -154,6 +157,8 @@ pub fn fsm_event(state: State, event: &Event, mode: Mode) -> (State, Vec<Action>
             Mode::Passive => (S::Active, vec![A::ArmConnectRetry]),
         },
         (S::Active, E::TcpConnectionFails) => (S::Active, vec![A::ArmConnectRetry]),
+        // No connection to dump.
+        (S::Connect | S::Active, E::OpenCollisionDump) => (state, vec![]),
         // A BGP message or a timer we never armed before a connection exists
         // cannot happen through Session; RFC 4271 says go to Idle.
         (S::Connect | S::Active, _) => (S::Idle, vec![A::StopTimers, A::Close]),
@@ -164,6 +169,11 @@ pub fn fsm_event(state: State, event: &Event, mode: Mode) -> (State, Vec<Action>
         }
         (S::OpenSent | S::OpenConfirm | S::Established, E::ManualStart | E::AutomaticStart) => {
             (state, vec![])
+        }
+        // RFC 4271 §6.8 / §8.2.2: Cease, subcode 7 Connection Collision
+        // Resolution (RFC 4486 §4).
+        (S::OpenSent | S::OpenConfirm | S::Established, E::OpenCollisionDump) => {
+            fail(Some(Notification::new(code::CEASE, 7)))
         }
         (S::OpenSent | S::OpenConfirm | S::Established, E::HoldTimerExpires) => {
             fail(Some(hold_expired()))

@@ -53,10 +53,12 @@
 //! accepted incoming connection (from the configured peer address only)
 //! while it is in `Connect`/`Active` state. A connection offered in `Idle`
 //! (for instance during the idle hold after a failure) gets [`Event::Close`].
-//! RFC 4271 §6.8 collision detection between two simultaneous connections
-//! is not implemented: a driver with both an outgoing and an incoming
-//! connection keeps the first one established and closes the other; running
-//! one side passive ([`fsm::Mode::Passive`]) avoids collisions entirely.
+//! RFC 4271 §6.8 collision detection: a driver that has both an outgoing and
+//! an incoming connection with the peer runs a second [`Session`] on the
+//! second connection and asks [`collision::resolve`] which one to close
+//! ([`Session::collision_dump`], Cease 6/7); the connection initiated by the
+//! speaker with the higher BGP Identifier stays. Running one side passive
+//! ([`fsm::Mode::Passive`]) avoids collisions entirely.
 //!
 //! Timers: ConnectRetry (`Config::connect_retry`), Hold (negotiated as the
 //! smaller of both OPENs; 240 s while waiting for the OPEN), Keepalive
@@ -72,7 +74,7 @@
 //!
 //! | RFC | what | here |
 //! |---|---|---|
-//! | 4271 | BGP-4 | messages, §6 errors, §8 FSM (no DelayOpen, no DampPeerOscillations, no §6.8 collision detection: one connection at a time), §9.1 decision process for eBGP |
+//! | 4271 | BGP-4 | messages, §6 errors, §8 FSM (no DelayOpen, no DampPeerOscillations), §6.8 collision detection ([`collision`]: one session per connection, the driver resolves), §9.1 decision process for eBGP |
 //! | 7606 | revised UPDATE error handling | treat-as-withdraw, attribute discard, session reset as §3–§7 say |
 //! | 5492 | capabilities | unknown capabilities kept; capability-less peers accepted |
 //! | 6793 | 4-octet AS | capability, AS_TRANS in My AS, 4-octet AS_PATH/AGGREGATOR; AS4_PATH sent to 2-octet peers, received AS4_PATH kept unmerged |
@@ -89,6 +91,7 @@
 //! soon as the origin set changes).
 
 mod codec;
+pub mod collision;
 pub mod debug;
 pub mod error;
 pub mod fsm;

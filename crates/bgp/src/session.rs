@@ -168,6 +168,8 @@ pub enum DownReason {
         received: usize,
         limit: u32,
     },
+    /// RFC 4271 §6.8: the other connection with the peer was kept.
+    CollisionResolved,
 }
 
 impl fmt::Display for DownReason {
@@ -184,6 +186,9 @@ impl fmt::Display for DownReason {
             Self::PrefixLimit { received, limit } => write!(
                 f,
                 "peer sent {received} prefixes, more than the limit of {limit}; sent NOTIFICATION 6/1 (Cease / Maximum Number of Prefixes Reached)"
+            ),
+            Self::CollisionResolved => f.write_str(
+                "connection collision: the other TCP connection with the peer was kept (RFC 4271 §6.8); sent NOTIFICATION 6/7",
             ),
         }
     }
@@ -389,6 +394,20 @@ impl Session {
         if self.is_established() && !gone.is_empty() {
             self.send_withdraw(now, &gone);
         }
+    }
+
+    /// RFC 4271 §6.8: collision detection ([`crate::collision::resolve`]) chose
+    /// another connection with this peer; close this session's connection
+    /// with Cease/Connection Collision Resolution (event 23,
+    /// OpenCollisionDump). The session does not restart by itself: the driver
+    /// goes on with the session of the kept connection.
+    pub fn collision_dump(&mut self, now: Instant) {
+        let _g = self.span.clone().entered();
+        self.started = false;
+        self.timers[Timer::IdleHold as usize] = None;
+        self.stop_reason = Some(DownReason::CollisionResolved);
+        self.step(now, FsmEvent::OpenCollisionDump);
+        self.stop_reason = None;
     }
 
     /// Ask the peer to resend its routes (RFC 2918), if it supports it.

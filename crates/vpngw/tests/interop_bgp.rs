@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use lab::{Frr, Process, StrongSwan, SwanctlChild, SwanctlConn, Topology, swanctl};
+use lab::{Frr, PingMonitor, Process, StrongSwan, SwanctlChild, SwanctlConn, Topology, swanctl};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vpngw");
@@ -233,6 +233,28 @@ fn bgp_over_a_tunnel_with_frr_routes_the_vpc_to_onprem() {
     lab::wait_ping(&topo.vpc, &vpc, &onprem_host, Duration::from_secs(10)).unwrap();
     let r = lab::ping(&topo.vpc, &vpc, &onprem_host, 5, Duration::from_secs(5)).unwrap();
     assert_eq!(r.received, 5, "VPC → on-premises over the BGP route: {r:?}");
+    let learned = bgp_entries(&serve, &topo, &gw_id);
+    assert_eq!(learned.len(), 1, "{learned:#?}");
+    assert_eq!(learned[0]["destination"], ONPREM_NET);
+    assert_eq!(learned[0]["next_hop"], conn_id.as_str());
+    assert_eq!(learned[0]["state"], "active", "{learned:#?}");
+    let br = serve.get(&topo, &format!("/v1/vpn-connections/{conn_id}/bgp-routes"));
+    let t1 = &br["items"][0];
+    assert_eq!(t1["state"], "established", "{br:#}");
+    let rx = t1["received"].as_array().unwrap();
+    let onprem = rx
+        .iter()
+        .find(|r| r["prefix"] == ONPREM_NET)
+        .expect("received");
+    assert_eq!(onprem["as_path"], json!([ONPREM_ASN]), "{br:#}");
+    assert_eq!(onprem["next_hop"], ONPREM_BGP_IP, "{br:#}");
+    assert_eq!(onprem["best"], true, "{br:#}");
+    assert_eq!(
+        t1["advertised"],
+        json!([{"prefix": VPC_NET, "as_path": [GW_ASN], "next_hop": GW_BGP_IP,
+                "origin": "igp", "med": null, "best": true}]),
+        "{br:#}"
+    );
 
     // bgpd goes away: the session drops and the learned route is withdrawn, so the
     // on-premises network is unreachable again although the tunnel stays up.
@@ -243,5 +265,315 @@ fn bgp_over_a_tunnel_with_frr_routes_the_vpc_to_onprem() {
     assert_eq!(t["status"]["phase"], "established", "{t:#}");
     let r = lab::ping(&topo.vpc, &vpc, &onprem_host, 2, Duration::from_secs(3)).unwrap();
     assert_eq!(r.received, 0, "the withdrawn route still forwards: {r:?}");
+    let learned = bgp_entries(&serve, &topo, &gw_id);
+    assert!(learned.is_empty(), "{learned:#?}");
+    drop(serve);
+}
+
+/// The `origin: bgp` entries of the gateway's route table.
+fn bgp_entries(serve: &Serve, topo: &Topology, gw_id: &str) -> Vec<Value> {
+    let t = serve.get(topo, &format!("/v1/vpn-gateways/{gw_id}/route-table"));
+    t["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["origin"] == "bgp")
+        .cloned()
+        .collect()
+}
+
+const LINK2: &str = "169.254.11.0/30";
+const GW_BGP_IP2: &str = "169.254.11.1";
+const ONPREM_BGP_IP2: &str = "169.254.11.2";
+/// Interval of the continuous ping that measures the failover loss.
+const PING_EVERY: Duration = Duration::from_millis(50);
+
+/// One on-premises connection per gateway address. Each child carries the data traffic
+/// and its own BGP link (so each session runs through its own tunnel); `priority` 1
+/// makes tunnel 1's policies win for the data traffic while its child is installed.
+fn onprem_dual_conn(
+    name: &str,
+    onprem: &str,
+    gw: &str,
+    link_local: &str,
+    link_peer: &str,
+    priority: u32,
+) -> SwanctlConn {
+    SwanctlConn {
+        proposals: vec![SUITE.into()],
+        dpd_delay: Some(10),
+        ..SwanctlConn::psk(name, onprem, gw, PSK)
+    }
+    .child(SwanctlChild {
+        local_ts: vec![ONPREM_NET.into(), format!("{link_local}/32")],
+        remote_ts: vec![VPC_NET.into(), format!("{link_peer}/32")],
+        esp_proposals: vec![SUITE.into()],
+        dpd_action: Some("restart".into()),
+        start_action: Some("start".into()),
+        close_action: Some("start".into()),
+        priority: Some(priority),
+        ..SwanctlChild::new(&format!("{name}-net"), ONPREM_NET, VPC_NET)
+    })
+}
+
+/// bgpd peering with both tunnels' BGP addresses.
+fn frr_dual_config() -> String {
+    let mut c = format!(
+        "log stdout informational\n!\nrouter bgp {ONPREM_ASN}\n bgp router-id {ONPREM_BGP_IP}\n \
+         no bgp ebgp-requires-policy\n no bgp network import-check\n"
+    );
+    for (gw, local) in [(GW_BGP_IP, ONPREM_BGP_IP), (GW_BGP_IP2, ONPREM_BGP_IP2)] {
+        c.push_str(&format!(
+            " neighbor {gw} remote-as {GW_ASN}\n neighbor {gw} update-source {local}\n \
+             neighbor {gw} ebgp-multihop 2\n neighbor {gw} timers 10 30\n \
+             neighbor {gw} timers connect 1\n"
+        ));
+    }
+    c.push_str(&format!(
+        " address-family ipv4 unicast\n  network {ONPREM_NET}\n exit-address-family\n!\n"
+    ));
+    c
+}
+
+/// Drops BGP (TCP 179) between on-premises and vpngw's BGP address `gw_bgp` in the
+/// `onprem` namespace: the session dies, the tunnel stays up.
+fn block_bgp(topo: &Topology, gw_bgp: &str) {
+    lab::nft::nft(
+        &topo.onprem,
+        &format!(
+            "table inet bgpcut {{
+  chain output {{
+    type filter hook output priority raw; policy accept;
+    ip daddr {gw_bgp} tcp dport 179 drop
+    ip daddr {gw_bgp} tcp sport 179 drop
+  }}
+  chain prerouting {{
+    type filter hook prerouting priority raw; policy accept;
+    ip saddr {gw_bgp} tcp dport 179 drop
+    ip saddr {gw_bgp} tcp sport 179 drop
+  }}
+}}
+"
+        ),
+    )
+    .unwrap();
+}
+
+fn unblock_bgp(topo: &Topology) {
+    lab::nft::nft(&topo.onprem, "delete table inet bgpcut\n").unwrap();
+}
+
+/// Stops a ping monitor and prints what it measured.
+fn report(what: &str, m: PingMonitor) -> lab::PingReport {
+    let r = m.stop().unwrap();
+    println!(
+        "{what}: sent {}, received {}, longest loss {:?}, losses {:?}",
+        r.sent,
+        r.received,
+        r.longest_loss(),
+        r.losses
+    );
+    assert!(r.sent > 20, "{what}: the ping monitor barely ran: {r:?}");
+    r
+}
+
+/// Both tunnels run a session with FRR. Losing tunnel 1's session (BGP blocked: the
+/// hold timer expires; then tunnel 1 itself broken by a PSK change) withdraws what it
+/// learned, the route table shows tunnel 2's route active, and the replies to a
+/// continuous ping from on-premises follow tunnel 2's session.
+#[test]
+fn bgp_failover_follows_tunnel_2s_session() {
+    let topo = Topology::new().unwrap();
+    let onprem_ip = topo.onprem_public_ip().to_string();
+    let gw1 = topo.gw_public_ip(0).unwrap().to_string();
+    let gw2 = topo.gw_public_ip(1).unwrap().to_string();
+    for a in [ONPREM_BGP_IP, ONPREM_BGP_IP2] {
+        topo.onprem.addr_add("lo", &format!("{a}/32")).unwrap();
+    }
+    let serve = Serve::start(&topo);
+    let swan =
+        StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
+    let frr = Frr::start(
+        &topo.onprem,
+        &topo.workdir.subdir("frr").unwrap(),
+        &frr_dual_config(),
+    )
+    .unwrap();
+    let gw = serve.post(
+        &topo,
+        "/v1/vpn-gateways",
+        json!({"name": "lab-gw", "ipsec_addresses": [gw1, gw2], "local_networks": [VPC_NET]}),
+    );
+    let gw_id = id(&gw);
+    let cgw = serve.post(
+        &topo,
+        "/v1/customer-gateways",
+        json!({"name": "onprem", "ip_address": onprem_ip, "asn": ONPREM_ASN}),
+    );
+    let tunnel = |link: &str, ip: &str| {
+        json!({"customer_gateway_id": id(&cgw), "pre_shared_key": PSK,
+               "bgp": {"tunnel_cidr": link, "local_ip": ip}})
+    };
+    let conn = serve.post(
+        &topo,
+        "/v1/vpn-connections",
+        json!({
+            "name": "to-onprem",
+            "vpn_gateway_id": gw_id,
+            // strongSwan starts both tunnels (start_action = start).
+            "effective_immediately": false,
+            "enable_bgp": true,
+            "local_asn": GW_ASN,
+            "tunnels": [tunnel(LINK, GW_BGP_IP), tunnel(LINK2, GW_BGP_IP2)],
+        }),
+    );
+    let conn_id = id(&conn);
+    let t_ids: Vec<String> = conn["tunnels"].as_array().unwrap().iter().map(id).collect();
+    swan.load(&swanctl::render(&[
+        onprem_dual_conn("vco1", &onprem_ip, &gw1, ONPREM_BGP_IP, GW_BGP_IP, 1),
+        onprem_dual_conn("vco2", &onprem_ip, &gw2, ONPREM_BGP_IP2, GW_BGP_IP2, 2),
+    ]))
+    .unwrap();
+
+    let wait_sessions = |what: &str, pred: &dyn Fn(&Value, &Value) -> bool| {
+        let start = Instant::now();
+        loop {
+            let c = serve.get(&topo, &format!("/v1/vpn-connections/{conn_id}"));
+            let (a, b) = (&c["tunnels"][0]["status"], &c["tunnels"][1]["status"]);
+            if pred(a, b) {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(90),
+                "timed out waiting for {what}: {c:#}\nvpngw log:\n{}\nbgpd log:\n{}",
+                serve.process.log_tail(40),
+                frr.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let up = |s: &Value| {
+        s["phase"] == "established"
+            && s["bgp"]["state"] == "established"
+            && s["bgp"]["routes_received"].as_u64() >= Some(1)
+    };
+    wait_sessions("both tunnels and both sessions up", &|a, b| up(a) && up(b));
+    for n in [GW_BGP_IP, GW_BGP_IP2] {
+        frr.wait_bgp_established(n, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{e}\nbgpd log:\n{}", frr.log()));
+    }
+    frr.wait_prefix(VPC_NET, Duration::from_secs(30)).unwrap();
+
+    // Both sessions learned the on-premises network: tunnel 1's route active, tunnel 2's
+    // standby; no static route anywhere.
+    let wait_table = |what: &str, pred: &dyn Fn(&[Value]) -> bool| {
+        let start = Instant::now();
+        loop {
+            let l = bgp_entries(&serve, &topo, &gw_id);
+            if pred(&l) {
+                return (start.elapsed(), l);
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "{what}: {l:#?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let state_of = |l: &[Value], t: &str| {
+        l.iter()
+            .find(|e| e["destination"] == ONPREM_NET && e["tunnel_id"] == t)
+            .map(|e| e["state"].as_str().unwrap_or_default().to_string())
+    };
+    let (_, l) = wait_table("tunnel 1 active, tunnel 2 standby", &|l| {
+        state_of(l, &t_ids[0]).as_deref() == Some("active")
+            && state_of(l, &t_ids[1]).as_deref() == Some("standby")
+    });
+    assert!(
+        l.iter().all(|e| e["next_hop"] == conn_id.as_str()),
+        "{l:#?}"
+    );
+    let routes = serve.get(&topo, &format!("/v1/vpn-gateways/{gw_id}/routes"));
+    assert_eq!(routes["items"], json!([]), "{routes:#}");
+    let vpc = topo.vpc_ip().to_string();
+    let onprem_host = topo.onprem_net_ip().unwrap_or("10.2.0.1").to_string();
+    lab::wait_ping(&topo.onprem, &onprem_host, &vpc, Duration::from_secs(20)).unwrap();
+
+    // 1. Tunnel 1's session dies (BGP blocked, tunnel up): its routes are withdrawn
+    //    when the hold timer (30 s) expires, and the replies follow tunnel 2's session.
+    let m = PingMonitor::start(
+        &topo.onprem,
+        topo.workdir.path(),
+        &onprem_host,
+        &vpc,
+        PING_EVERY,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    block_bgp(&topo, GW_BGP_IP);
+    let (took, l) = wait_table("tunnel 1's route withdrawn", &|l| {
+        state_of(l, &t_ids[0]).is_none() && state_of(l, &t_ids[1]).as_deref() == Some("active")
+    });
+    println!("tunnel 1's BGP route withdrawn {took:?} after its session was cut");
+    assert!(
+        took < Duration::from_secs(36),
+        "hold time 30 s, took {took:?}: {l:#?}"
+    );
+    let br = serve.get(&topo, &format!("/v1/vpn-connections/{conn_id}/bgp-routes"));
+    assert_ne!(br["items"][0]["state"], "established", "{br:#}");
+    assert_eq!(br["items"][0]["received"], json!([]), "{br:#}");
+    assert_eq!(br["items"][1]["received"][0]["best"], true, "{br:#}");
+    let via2 = |swan: &StrongSwan| {
+        swan.sa("vco2")
+            .unwrap()
+            .map(|sa| sa.children.iter().map(|c| c.packets_in).sum::<u64>())
+            .unwrap_or(0)
+    };
+    let before = via2(&swan);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        via2(&swan) > before + 20,
+        "the replies do not come through tunnel 2"
+    );
+    let r = report("BGP session of tunnel 1 cut (hold time)", m);
+    assert!(r.longest_loss() < Duration::from_secs(1), "{r:?}");
+
+    // Back: tunnel 1's session returns and takes the route back.
+    unblock_bgp(&topo);
+    wait_table("tunnel 1 active again", &|l| {
+        state_of(l, &t_ids[0]).as_deref() == Some("active")
+            && state_of(l, &t_ids[1]).as_deref() == Some("standby")
+    });
+
+    // 2. Tunnel 1 breaks (its PSK changes; vpngw deletes its SAs): its session and
+    //    routes go at once and the traffic follows tunnel 2's session.
+    let m = PingMonitor::start(
+        &topo.onprem,
+        topo.workdir.path(),
+        &onprem_host,
+        &vpc,
+        PING_EVERY,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let (s, v) = serve.call(
+        &topo,
+        "PATCH",
+        &format!("/v1/vpn-connections/{conn_id}/tunnels/{}", t_ids[0]),
+        Some(json!({"pre_shared_key": "wrong-psk-0000"})),
+    );
+    assert!((200..300).contains(&s), "{s} {v}");
+    let (took, _) = wait_table("tunnel 1's route withdrawn after the break", &|l| {
+        state_of(l, &t_ids[0]).is_none() && state_of(l, &t_ids[1]).as_deref() == Some("active")
+    });
+    println!("tunnel 1 broken: its BGP route withdrawn after {took:?}");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    std::thread::sleep(Duration::from_secs(3));
+    let r = report("tunnel 1 broken (PSK change)", m);
+    assert!(r.longest_loss() < Duration::from_secs(3), "{r:?}");
+    let c = serve.get(&topo, &format!("/v1/vpn-connections/{conn_id}"));
+    assert_eq!(
+        c["tunnels"][1]["status"]["bgp"]["state"], "established",
+        "{c:#}"
+    );
+    drop(frr);
+    drop(swan);
     drop(serve);
 }
