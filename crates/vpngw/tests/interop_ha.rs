@@ -948,3 +948,79 @@ fn health_check_without_switch_route_only_reports() {
         health(&t[0]) == "up" && health(&t[1]) == "up"
     });
 }
+
+/// Length of the outer IPv4 packet that carries one health-check probe through a tunnel
+/// of this lab (ESP in UDP 4500, aes128-sha1): IPv4 20 + UDP 8 + ESP header 8 + IV 16 +
+/// the probe (IPv4 20 + ICMP 8 + 40 payload = 68) padded with the 2-byte trailer to 80 +
+/// ICV 12. The monitors' 84-byte pings make 160-byte packets, IKE messages other sizes.
+const PROBE_ESP_LEN: u32 = 20 + 8 + 8 + 16 + 80 + 12;
+
+#[test]
+fn health_check_failure_of_tunnel_1_moves_traffic_to_tunnel_2_and_back() {
+    let ha = Ha::dual();
+    ha.wait_both_up();
+    ha.wait_traffic();
+    ha.serve.send(
+        &ha.topo,
+        "PATCH",
+        &format!("/v1/vpn-connections/{}", ha.conn_id),
+        json!({"health_check": health_check(true)}),
+    );
+    ha.wait("both tunnels' health up", |t| {
+        health(&t[0]) == "up" && health(&t[1]) == "up"
+    });
+    let m = ha.monitor();
+    std::thread::sleep(Duration::from_secs(1));
+    let via2 = ha.swan_packets_in("vco2");
+
+    // Only tunnel 1's probes are lost on the way (the "internet" drops ESP packets of
+    // exactly a probe's size from gateway address 1): the destination stops answering
+    // through tunnel 1 while tunnel 1 itself stays up and carries everything else.
+    lab::nft::nft(
+        &ha.topo.inet,
+        &format!(
+            "table ip hcdrop {{
+  chain forward {{
+    type filter hook forward priority 0; policy accept;
+    ip saddr {GW1} ip length {PROBE_ESP_LEN} drop
+  }}
+}}"
+        ),
+    )
+    .unwrap();
+    let t = ha.wait("tunnel 1's health down, tunnel 2 carrying", |t| {
+        health(&t[0]) == "down" && health(&t[1]) == "up" && carrying(&t[1])
+    });
+    assert!(established(&t[0]), "tunnel 1 stays negotiated: {t:#?}");
+    assert!(!carrying(&t[0]), "{t:#?}");
+    // The connection still has a healthy tunnel: its routes stay.
+    let table = ha.serve.get(
+        &ha.topo,
+        &format!("/v1/vpn-gateways/{}/route-table", ha.gw_id),
+    );
+    for e in table["items"].as_array().unwrap() {
+        assert_eq!(e["state"], "active", "{table:#}");
+    }
+    lab::wait_until(WAIT, "strongSwan receiving through tunnel 2", || {
+        Ok((ha.swan_packets_in("vco2") > via2 + 10).then_some(()))
+    })
+    .unwrap();
+    let log = logs(&ha, &ha.conn_id);
+    assert!(
+        log.contains(&format!(
+            "no echo reply from {HC_DESTINATION} via tunnel 1 for 2 × 1 s"
+        )),
+        "{log}"
+    );
+
+    lab::nft::nft(&ha.topo.inet, "delete table ip hcdrop").unwrap();
+    ha.wait("tunnel 1's health up and carrying again", |t| {
+        health(&t[0]) == "up" && carrying(&t[0]) && !carrying(&t[1])
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    report(
+        "health check failure of tunnel 1 and recovery (dual tunnel)",
+        m,
+        Duration::from_secs(1),
+    );
+}
