@@ -147,3 +147,55 @@ fn json_is_the_peer_view() {
     assert_eq!(t["remote_id"], "vpn.example.net");
     assert_eq!(t["ike"]["mode"], "aggressive");
 }
+
+/// Destination mode: the strongSwan formats narrow the VPC side (so a Linux strongSwan
+/// routes only the VPC into the tunnel, kernel-libipsec included), while the JSON and the
+/// vendor route-based templates keep vpngw's 0.0.0.0/0.
+#[test]
+fn strongswan_destination_mode_narrows_the_vpc_side() {
+    let lines = |text: &str, key: &str| -> Vec<String> {
+        text.lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with(key))
+            .map(str::to_owned)
+            .collect()
+    };
+    let f = common::ikev2_destination_dual();
+    let swanctl = render(Format::Swanctl, &f.ctx()).unwrap();
+    assert_eq!(lines(&swanctl, "remote_ts"), ["remote_ts = 10.0.0.0/16"; 2]);
+    assert_eq!(lines(&swanctl, "local_ts"), ["local_ts = 0.0.0.0/0"; 2]);
+    assert!(!swanctl.contains("if_id"), "{swanctl}");
+    let ipsec = render(Format::IpsecConf, &f.ctx()).unwrap();
+    assert_eq!(lines(&ipsec, "rightsubnet"), ["rightsubnet=10.0.0.0/16"; 2]);
+    let json: serde_json::Value =
+        serde_json::from_str(&render(Format::Json, &f.ctx()).unwrap()).unwrap();
+    assert_eq!(json["tunnels"][0]["remote_ts"][0], "0.0.0.0/0", "{json:#}");
+
+    // BGP: each tunnel also carries vpngw's BGP address of that tunnel.
+    let f = common::bgp_dual();
+    let swanctl = render(Format::Swanctl, &f.ctx()).unwrap();
+    assert_eq!(
+        lines(&swanctl, "remote_ts"),
+        [
+            "remote_ts = 192.168.0.0/16,169.254.10.1/32",
+            "remote_ts = 192.168.0.0/16,169.254.20.1/32"
+        ]
+    );
+    assert!(swanctl.contains("#   ip address add 169.254.20.2/32 dev lo"));
+
+    // IKEv1 has one selector pair per Quick Mode: two VPC networks stay 0.0.0.0/0, with a
+    // warning.
+    let f = common::ikev1_main();
+    let swanctl = render(Format::Swanctl, &f.ctx()).unwrap();
+    assert_eq!(lines(&swanctl, "remote_ts"), ["remote_ts = 0.0.0.0/0"; 2]);
+    assert!(swanctl.contains("WARNING: a tunnel below keeps 0.0.0.0/0"));
+
+    // Protected flows are unchanged.
+    let f = common::ikev2_protected_flows();
+    let swanctl = render(Format::Swanctl, &f.ctx()).unwrap();
+    assert!(
+        !lines(&swanctl, "remote_ts")
+            .iter()
+            .any(|l| l.contains("0.0.0.0/0"))
+    );
+}

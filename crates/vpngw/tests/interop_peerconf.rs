@@ -401,19 +401,26 @@ fn ikev1_aggressive_mode_fqdn() {
 /// breaks tunnel 1 (a PSK the peer does not have) the traffic moves to tunnel 2.
 #[test]
 fn ikev2_dual_tunnel_destination_mode_fails_over() {
+    dual_tunnel_destination_mode_fails_over(json!({"version": "ikev2"}));
+}
+
+/// The same with IKEv1 main mode (one VPC network: one selector pair per Quick Mode).
+#[test]
+fn ikev1_dual_tunnel_destination_mode_fails_over() {
+    dual_tunnel_destination_mode_fails_over(json!({"version": "ikev1", "mode": "main"}));
+}
+
+fn dual_tunnel_destination_mode_fails_over(ike: Value) {
     let topo = Topology::new().unwrap();
     let serve = start_serve(&topo);
     let (gw, cgw) = serve.base(&[GW1, GW2], &["172.16.0.0/16"]);
-    let conn = serve.connection(
-        &gw,
-        &cgw,
-        2,
-        json!({}),
-        json!({"ike": {"version": "ikev2"}}),
-    );
+    let conn = serve.connection(&gw, &cgw, 2, json!({}), json!({ "ike": ike }));
     serve.route(&gw, "10.2.0.0/24", &conn);
     let conf = serve.swanctl_conf(&conn);
-    assert!(!conf.contains("if_id"), "{conf}");
+    assert!(
+        !conf.lines().any(|l| l.trim_start().starts_with("if_id")),
+        "{conf}"
+    );
 
     let (swan, _) = swan_with_downloaded_conf(&topo, &conf, 2);
     let sas = swan.list_sas().unwrap();
