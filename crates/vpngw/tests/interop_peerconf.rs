@@ -546,6 +546,49 @@ fn ipsec_conf_through_starter_dual_tunnel_destination_mode() {
     );
     serve.route(&gw, "10.2.0.0/24", &conn);
     let text = serve.peer_config(&conn, "ipsec-conf");
+    let starter = starter_with_download(&topo, &text, 2);
+    let status = starter.stroke(&["statusall"]).unwrap();
+    assert!(
+        status.contains(&format!("...{GW1}")) && status.contains(&format!("...{GW2}")),
+        "{status}"
+    );
+    serve.wait_established(&conn, 2, Duration::from_secs(20));
+    let table = topo.onprem.ip(&["route", "show", "table", "220"]).unwrap();
+    assert!(!table.contains("default"), "table 220:\n{table}");
+    ping_both_ways(&topo, ONPREM_HOST, 3);
+}
+
+/// The `ipsec-conf` download of an IKEv1 aggressive-mode tunnel with FQDN identities,
+/// through starter/stroke.
+#[test]
+fn ipsec_conf_through_starter_ikev1_aggressive_fqdn() {
+    let topo = Topology::new().unwrap();
+    let serve = start_serve(&topo);
+    let (gw, cgw) = serve.base(&[GW1], &["172.16.0.0/16"]);
+    let conn = serve.connection(
+        &gw,
+        &cgw,
+        1,
+        json!({}),
+        json!({"ike": {"version": "ikev1", "mode": "aggressive",
+                       "local_id": GW_FQDN, "remote_id": ONPREM_FQDN}}),
+    );
+    serve.route(&gw, "10.2.0.0/24", &conn);
+    let text = serve.peer_config(&conn, "ipsec-conf");
+    let starter = starter_with_download(&topo, &text, 1);
+    let status = starter.stroke(&["statusall"]).unwrap();
+    assert!(
+        status.contains("IKEv1") && status.contains(&format!("[{GW_FQDN}]")),
+        "{status}"
+    );
+    let t = serve.wait_established(&conn, 1, Duration::from_secs(20));
+    assert_eq!(t[0]["status"]["ike_sa"]["version"], "ikev1", "{t:#?}");
+    ping_both_ways(&topo, ONPREM_HOST, 3);
+}
+
+/// Splits the ipsec-conf download into ipsec.conf and ipsec.secrets, starts starter in
+/// `onprem` with them unchanged and waits until its `n` conns are established.
+fn starter_with_download(topo: &Topology, text: &str, n: usize) -> Starter {
     let (conf, secrets) = text
         .split_once(IPSEC_SECRETS_MARKER)
         .expect("ipsec-conf output has a secrets part");
@@ -558,7 +601,7 @@ fn ipsec_conf_through_starter_dual_tunnel_destination_mode() {
     .unwrap_or_else(|e| panic!("starter refused the download: {e}\n--- file ---\n{text}"));
     let names = lab::starter::conn_names(conf);
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    assert_eq!(names.len(), 2, "{conf}");
+    assert_eq!(names.len(), n, "{conf}");
     starter
         .wait_established(&names, Duration::from_secs(25))
         .unwrap_or_else(|e| {
@@ -567,15 +610,7 @@ fn ipsec_conf_through_starter_dual_tunnel_destination_mode() {
                 starter.log_tail(60)
             )
         });
-    let status = starter.stroke(&["statusall"]).unwrap();
-    assert!(
-        status.contains(&format!("...{GW1}")) && status.contains(&format!("...{GW2}")),
-        "{status}"
-    );
-    serve.wait_established(&conn, 2, Duration::from_secs(20));
-    let table = topo.onprem.ip(&["route", "show", "table", "220"]).unwrap();
-    assert!(!table.contains("default"), "table 220:\n{table}");
-    ping_both_ways(&topo, ONPREM_HOST, 3);
+    starter
 }
 
 /// BGP: the `frr` download loaded into bgpd on-premises, behind the strongSwan that
