@@ -688,4 +688,8 @@ fn frr_download_establishes_both_bgp_sessions() {
     for t in &t {
         assert_eq!(t["status"]["bgp"]["peer_asn"], ONPREM_ASN, "{t:#}");
     }
+    // The same children carry the VPC's traffic (bgpd runs without zebra here, so the
+    // on-premises network comes from a static route rather than from BGP).
+    serve.route(&gw, "10.2.0.0/24", &conn);
+    ping_both_ways(&topo, ONPREM_HOST, 3);
 }
