@@ -90,6 +90,8 @@ pub(crate) struct Slot {
     source: Ipv4Addr,
     /// Origin of the send times in the probes.
     epoch: Instant,
+    /// Last probe number sent: an answer to a later one is not genuine.
+    sent: AtomicU32,
     /// Highest probe number answered (0: none yet).
     answered: AtomicU32,
     /// Round-trip time of the latest answer, in microseconds.
@@ -104,6 +106,13 @@ impl Slot {
     #[inline]
     pub(crate) fn withdrawn(&self) -> bool {
         self.withdrawn.load(Ordering::Relaxed)
+    }
+
+    /// Whether `r` answers a probe sent through this tunnel.
+    fn accepts(&self, r: &Reply) -> bool {
+        self.key == r.key
+            && self.source == r.destination
+            && r.probe <= self.sent.load(Ordering::Acquire)
     }
 
     fn record(&self, r: &Reply) {
@@ -123,6 +132,7 @@ impl Slot {
             key,
             source: Ipv4Addr::UNSPECIFIED,
             epoch: Instant::now(),
+            sent: AtomicU32::new(0),
             answered: AtomicU32::new(0),
             rtt_us: AtomicU32::new(0),
             withdrawn: AtomicBool::new(withdrawn),
@@ -233,7 +243,7 @@ pub(crate) fn intercept(
             Action::Drop(DropReason::Malformed)
         }
         Parsed::Reply(r) => match h.slots.get(r.slot as usize) {
-            Some(s) if s.key == r.key && s.source == r.destination => {
+            Some(s) if s.accepts(&r) => {
                 s.record(&r);
                 h.counters.replies.fetch_add(1, Ordering::Relaxed);
                 // Recovery is acted on at once, not at the next probe; a full channel
@@ -331,6 +341,7 @@ impl Health {
                             key: k,
                             source: spec.source,
                             epoch: self.epoch,
+                            sent: AtomicU32::new(0),
                             answered: AtomicU32::new(0),
                             rtt_us: AtomicU32::new(0),
                             withdrawn: AtomicBool::new(false),
@@ -450,6 +461,7 @@ impl Health {
                 }
             }
             c.sent = c.sent.wrapping_add(1).max(1);
+            c.slot.sent.store(c.sent, Ordering::Release);
             let sent_ns = u64::try_from(now.saturating_duration_since(self.epoch).as_nanos())
                 .unwrap_or(u64::MAX);
             let probe = Probe {
@@ -894,6 +906,7 @@ pub(crate) mod tests {
             key: 7,
             source: Ipv4Addr::new(172, 16, 1, 250),
             epoch,
+            sent: AtomicU32::new(0),
             answered: AtomicU32::new(0),
             rtt_us: AtomicU32::new(0),
             withdrawn: AtomicBool::new(false),
@@ -905,6 +918,16 @@ pub(crate) mod tests {
             slot: 0,
             sent_ns: 0,
         };
+        // Nothing sent yet: no answer is genuine; nor one for another tunnel or source.
+        assert!(!s.accepts(&reply(1)));
+        s.sent.store(6, Ordering::Relaxed);
+        assert!(s.accepts(&reply(6)));
+        assert!(!s.accepts(&reply(7)), "a probe not sent yet");
+        assert!(!s.accepts(&Reply { key: 8, ..reply(1) }));
+        assert!(!s.accepts(&Reply {
+            destination: Ipv4Addr::new(172, 16, 1, 251),
+            ..reply(1)
+        }));
         s.record(&reply(5));
         // A late answer to an older probe does not go back.
         s.record(&reply(3));
@@ -990,7 +1013,7 @@ pub(crate) mod tests {
                 panic!("not parsed")
             };
             let slot = &h.fwd().slots[r.slot as usize];
-            assert_eq!(slot.key, r.key);
+            assert!(slot.accepts(&r));
             slot.record(&r);
         };
         answer_last(&h, &sent);
