@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bgp::collision::{Initiator, Loser};
 use bgp::{AsSegment, Event, PathAttrs, Session};
 use chrono::{DateTime, Utc};
 use dataplane::{AddMode, Netlink, RouteSpec, RouteTable};
@@ -640,11 +641,20 @@ async fn drive(spec: BgpSpec, reports: mpsc::UnboundedSender<Report>) {
     let listener = listen(spec.local_ip)
         .map_err(|e| tracing::warn!(error = %e, "cannot accept BGP connections"))
         .ok();
-    let mut s = Session::new(config);
-    let now = Instant::now().into_std();
-    s.start(now);
-    s.advertise(now, &spec.advertise);
+    let new_session = |now| {
+        let mut s = Session::new(config.clone());
+        s.start(now);
+        s.advertise(now, &spec.advertise);
+        s
+    };
+    let mut s = new_session(Instant::now().into_std());
     let mut stream: Option<TcpStream> = None;
+    // Who opened `stream` (RFC 4271 §6.8 needs it).
+    let mut s_by = Initiator::Local;
+    // A second connection with the peer while `s` is opening its own (both sides
+    // connected at once): its own session until collision detection picks one.
+    let mut second: Option<(TcpStream, Session)> = None;
+    let mut buf2 = vec![0u8; 8192];
     let mut connecting: Option<JoinHandle<std::io::Result<TcpStream>>> = None;
     let mut buf = vec![0u8; 8192];
     let mut last: Option<BgpStatus> = None;
@@ -666,6 +676,43 @@ async fn drive(spec: BgpSpec, reports: mpsc::UnboundedSender<Report>) {
             continue;
         }
         let mut learned_changed = false;
+        let now = Instant::now().into_std();
+        if let Some((mut st2, mut s2)) = second.take() {
+            let mut open = true;
+            while let Some(bytes) = s2.poll_transmit() {
+                open = open && st2.write_all(&bytes).await.is_ok();
+            }
+            // Its Connect (it was started like `s`), Established and routes wait
+            // until it is kept.
+            while let Some(ev) = s2.poll_event() {
+                open = open && ev != Event::Close;
+            }
+            match bgp::collision::resolve((&s, s_by), (&s2, Initiator::Remote)) {
+                Some(Loser::Second) => {
+                    tracing::info!("BGP connection collision: keeping the first connection");
+                    s2.collision_dump(now);
+                    while let Some(bytes) = s2.poll_transmit() {
+                        let _ = st2.write_all(&bytes).await;
+                    }
+                }
+                Some(Loser::First) => {
+                    tracing::info!("BGP connection collision: keeping the peer's connection");
+                    s.collision_dump(now);
+                    while let Some(bytes) = s.poll_transmit() {
+                        if let Some(st) = stream.as_mut() {
+                            let _ = st.write_all(&bytes).await;
+                        }
+                    }
+                    (s, stream, s_by) = (s2, Some(st2), Initiator::Remote);
+                    if s.is_established() {
+                        established_at = Some(Utc::now());
+                    }
+                    learned_changed = true;
+                }
+                None if open => second = Some((st2, s2)),
+                None => {}
+            }
+        }
         while let Some(ev) = s.poll_event() {
             match ev {
                 Event::Connect => {
@@ -678,6 +725,15 @@ async fn drive(spec: BgpSpec, reports: mpsc::UnboundedSender<Report>) {
                     stream = None;
                     if let Some(c) = connecting.take() {
                         c.abort();
+                    }
+                    // The peer gave up our connection (it resolved the collision
+                    // first): go on with the other one.
+                    if let Some((st2, s2)) = second.take() {
+                        (s, stream, s_by) = (s2, Some(st2), Initiator::Remote);
+                        learned_changed = true;
+                        if s.is_established() {
+                            established_at = Some(Utc::now());
+                        }
                     }
                 }
                 Event::Established {
@@ -723,7 +779,12 @@ async fn drive(spec: BgpSpec, reports: mpsc::UnboundedSender<Report>) {
                 status,
             });
         }
-        let deadline = s.poll_timeout().map(Instant::from_std);
+        let deadline = s
+            .poll_timeout()
+            .into_iter()
+            .chain(second.as_ref().and_then(|(_, s2)| s2.poll_timeout()))
+            .min()
+            .map(Instant::from_std);
         tokio::select! {
             r = pending_connect(&mut connecting) => {
                 connecting = None;
@@ -731,6 +792,7 @@ async fn drive(spec: BgpSpec, reports: mpsc::UnboundedSender<Report>) {
                 match r {
                     Ok(Ok(st)) if stream.is_none() => {
                         stream = Some(st);
+                        s_by = Initiator::Local;
                         s.handle_connected(now);
                     }
                     Ok(Ok(_)) => {}
@@ -743,14 +805,27 @@ async fn drive(spec: BgpSpec, reports: mpsc::UnboundedSender<Report>) {
             }
             r = accept(listener.as_ref()) => {
                 match r {
-                    // Only the configured peer, and one connection at a time (the engine
-                    // does no RFC 4271 §6.8 collision detection).
+                    // Only the configured peer.
                     Ok((st, SocketAddr::V4(from))) if *from.ip() == spec.peer_ip && stream.is_none() => {
                         if let Some(c) = connecting.take() {
                             c.abort();
                         }
                         stream = Some(st);
+                        s_by = Initiator::Remote;
                         s.handle_connected(Instant::now().into_std());
+                    }
+                    // RFC 4271 §6.8: the peer connected while ours is opening; both
+                    // run until the OPENs tell which one stays. Once established,
+                    // a new connection is refused (closed) at once.
+                    Ok((st, SocketAddr::V4(from)))
+                        if *from.ip() == spec.peer_ip
+                            && second.is_none()
+                            && matches!(s.state(), bgp::State::OpenSent | bgp::State::OpenConfirm) =>
+                    {
+                        let now = Instant::now().into_std();
+                        let mut s2 = new_session(now);
+                        s2.handle_connected(now);
+                        second = Some((st, s2));
                     }
                     Ok(_) => {}
                     Err(e) => tracing::debug!(error = %e, "accepting a BGP connection"),
@@ -766,8 +841,21 @@ async fn drive(spec: BgpSpec, reports: mpsc::UnboundedSender<Report>) {
                     Ok(n) => s.handle_bytes(now, buf.get(..n).unwrap_or_default()),
                 }
             }
+            r = read(second.as_mut().map(|(st, _)| st), &mut buf2) => {
+                let now = Instant::now().into_std();
+                if let Some((_, s2)) = second.as_mut() {
+                    match r {
+                        Ok(0) | Err(_) => second = None,
+                        Ok(n) => s2.handle_bytes(now, buf2.get(..n).unwrap_or_default()),
+                    }
+                }
+            }
             () = sleep_until(deadline) => {
-                s.handle_timeout(Instant::now().into_std());
+                let now = Instant::now().into_std();
+                s.handle_timeout(now);
+                if let Some((_, s2)) = second.as_mut() {
+                    s2.handle_timeout(now);
+                }
             }
         }
     }

@@ -577,3 +577,182 @@ fn bgp_failover_follows_tunnel_2s_session() {
     drop(swan);
     drop(serve);
 }
+
+/// One site of the vpngw ↔ vpngw lab: its public address, VPC network and host, its
+/// ASN and its end of the BGP link.
+struct Site {
+    public: &'static str,
+    net: &'static str,
+    host: &'static str,
+    asn: u32,
+    bgp_ip: &'static str,
+}
+
+const SITE_A: Site = Site {
+    public: "192.0.2.1",
+    net: "172.16.1.0/24",
+    host: "172.16.1.10",
+    asn: 65000,
+    bgp_ip: "169.254.20.1",
+};
+const SITE_B: Site = Site {
+    public: "198.51.100.1",
+    net: "10.2.0.0/24",
+    host: "10.2.0.10",
+    asn: 65001,
+    bgp_ip: "169.254.20.2",
+};
+const PAIR_LINK: &str = "169.254.20.0/30";
+
+/// `host` ─ `gw` (vpc0 / pub0) ─ `inet`: one site's namespaces and links.
+fn site_netns(s: &Site, inet: &lab::Netns, inet_if: &str) -> (lab::Netns, lab::Netns) {
+    let host = lab::Netns::new("bgphost").unwrap();
+    let gw = lab::Netns::new("bgpgw").unwrap();
+    let gw_lan = s
+        .host
+        .rsplit_once('.')
+        .map(|(p, _)| format!("{p}.1"))
+        .unwrap();
+    let prefix = s.net.rsplit_once('/').unwrap().1;
+    lab::veth(&host, "eth0", &gw, "vpc0").unwrap();
+    host.addr_add("eth0", &format!("{}/{prefix}", s.host))
+        .unwrap();
+    gw.addr_add("vpc0", &format!("{gw_lan}/{prefix}")).unwrap();
+    host.route_add("default", &gw_lan).unwrap();
+    let router = s
+        .public
+        .rsplit_once('.')
+        .map(|(p, _)| format!("{p}.254"))
+        .unwrap();
+    lab::veth(&gw, "pub0", inet, inet_if).unwrap();
+    gw.addr_add("pub0", &format!("{}/24", s.public)).unwrap();
+    inet.addr_add(inet_if, &format!("{router}/24")).unwrap();
+    gw.route_add("default", &router).unwrap();
+    gw.enable_forwarding().unwrap();
+    (host, gw)
+}
+
+/// Configures one site's vpngw: its gateway, the other site as customer gateway with
+/// its ASN, a destination-mode connection with BGP and no route. Returns (gateway ID,
+/// connection ID).
+fn configure_site(
+    v: &lab::Vpngw<'_>,
+    own: &Site,
+    other: &Site,
+    initiate: bool,
+) -> (String, String) {
+    let g = v.post(
+        "/v1/vpn-gateways",
+        json!({"name": "site", "ipsec_addresses": [own.public], "local_networks": [own.net]}),
+    );
+    let cgw = v.post(
+        "/v1/customer-gateways",
+        json!({"name": "other-site", "ip_address": other.public, "asn": other.asn}),
+    );
+    let conn = v.post(
+        "/v1/vpn-connections",
+        json!({
+            "name": "to-other-site",
+            "vpn_gateway_id": id(&g),
+            "effective_immediately": initiate,
+            "enable_bgp": true,
+            "local_asn": own.asn,
+            "tunnels": [{
+                "customer_gateway_id": id(&cgw),
+                "pre_shared_key": PSK,
+                "bgp": {"tunnel_cidr": PAIR_LINK, "local_ip": own.bgp_ip},
+            }],
+        }),
+    );
+    (id(&g), id(&conn))
+}
+
+/// vpngw ↔ vpngw over BGP: two `vpngw serve` in two sites, BGP on both ends of the
+/// connection (both connect to each other: RFC 4271 §6.8 collisions are resolved), each
+/// learns the other's network, and the hosts reach each other only through the learned
+/// routes: no static route exists, and turning BGP off on one end cuts the traffic.
+#[test]
+fn vpngw_pair_over_bgp_learns_each_others_networks() {
+    let workdir = lab::Workdir::new("bgppair").unwrap();
+    let inet = lab::Netns::new("bgpinet").unwrap();
+    inet.enable_forwarding().unwrap();
+    let (host_a, gw_a) = site_netns(&SITE_A, &inet, "a0");
+    let (host_b, gw_b) = site_netns(&SITE_B, &inet, "b0");
+    let start = |ns, name| {
+        lab::Vpngw::start(
+            ns,
+            &lab::VpngwConfig {
+                bin: BIN,
+                dir: &workdir.subdir(name).unwrap(),
+                listen: "127.0.0.1:9282",
+                extra_args: &[],
+            },
+        )
+        .unwrap()
+    };
+    let a = start(&gw_a, "a");
+    let b = start(&gw_b, "b");
+    let (_, conn_b) = configure_site(&b, &SITE_B, &SITE_A, false);
+    let (gw_a_id, conn_a) = configure_site(&a, &SITE_A, &SITE_B, true);
+
+    let session_up = |s: &Value| {
+        s["phase"] == "established"
+            && s["bgp"]["state"] == "established"
+            && s["bgp"]["routes_received"] == 1
+            && s["bgp"]["routes_advertised"] == 1
+    };
+    let wait = Duration::from_secs(60);
+    a.wait_tunnel(&conn_a, 0, "A: tunnel and BGP session up", wait, session_up);
+    b.wait_tunnel(&conn_b, 0, "B: tunnel and BGP session up", wait, session_up);
+    for (v, conn, other, own) in [
+        (&a, &conn_a, &SITE_B, &SITE_A),
+        (&b, &conn_b, &SITE_A, &SITE_B),
+    ] {
+        let r = v.get(&format!("/v1/vpn-connections/{conn}/bgp-routes"));
+        let t = &r["items"][0];
+        assert_eq!(t["peer_asn"], other.asn, "{r:#}");
+        assert_eq!(
+            t["received"],
+            json!([{"prefix": other.net, "as_path": [other.asn], "next_hop": other.bgp_ip,
+                    "origin": "igp", "med": null, "best": true}]),
+            "{r:#}"
+        );
+        assert_eq!(t["advertised"][0]["prefix"], own.net, "{r:#}");
+    }
+    let table = a.get(&format!("/v1/vpn-gateways/{gw_a_id}/route-table"));
+    let items = table["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "only the learned route: {table:#}");
+    assert_eq!(items[0]["origin"], "bgp", "{table:#}");
+    assert_eq!(items[0]["destination"], SITE_B.net, "{table:#}");
+    assert_eq!(items[0]["state"], "active", "{table:#}");
+
+    lab::wait_ping(&host_a, SITE_A.host, SITE_B.host, Duration::from_secs(10)).unwrap();
+    let r = lab::ping(&host_a, SITE_A.host, SITE_B.host, 5, Duration::from_secs(5)).unwrap();
+    assert_eq!(r.received, 5, "site A → site B: {r:?}");
+    let r = lab::ping(&host_b, SITE_B.host, SITE_A.host, 5, Duration::from_secs(5)).unwrap();
+    assert_eq!(r.received, 5, "site B → site A: {r:?}");
+
+    // BGP off at A: A drops its session and what it learned; B's session goes down
+    // and B withdraws A's network. The tunnel stays, the traffic stops.
+    a.patch(
+        &format!("/v1/vpn-connections/{conn_a}"),
+        json!({"enable_bgp": false}),
+    );
+    b.wait_tunnel(
+        &conn_b,
+        0,
+        "B: session down, A's network withdrawn",
+        wait,
+        |s| {
+            s["phase"] == "established"
+                && s["bgp"]["state"] != "established"
+                && s["bgp"]["routes_received"] == 0
+        },
+    );
+    let table = a.get(&format!("/v1/vpn-gateways/{gw_a_id}/route-table"));
+    assert_eq!(table["items"], json!([]), "{table:#}");
+    let r = lab::ping(&host_a, SITE_A.host, SITE_B.host, 2, Duration::from_secs(3)).unwrap();
+    assert_eq!(r.received, 0, "no route, no traffic: {r:?}");
+    drop(a);
+    drop(b);
+}
