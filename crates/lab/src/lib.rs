@@ -19,6 +19,8 @@
 //! - [`StrongSwan`]: a charon with a private `/run`, its own strongswan.conf and vici
 //!   socket; [`SwanctlConn`]/[`SwanctlChild`] + [`swanctl::render`] write swanctl.conf;
 //!   [`StrongSwan::list_sas`] parses IKE/CHILD SA state into [`SaInfo`].
+//! - [`starter::Starter`]: strongSwan's legacy stack (starter + stroke) loading an
+//!   ipsec.conf and ipsec.secrets, for the `ipsec-conf` peer-config download.
 //! - [`Frr`]: a bgpd (`-N <ns> -Z`) configured from a [`BgpConfig`], driven by vtysh.
 //! - [`traffic`]: [`ping`], [`PingMonitor`] (loss intervals during failover),
 //!   [`Iperf3Server`]/[`iperf3_client`].
