@@ -431,7 +431,7 @@ impl Control {
             .collect();
         let tunnels = &self.tunnels;
         self.health
-            .configure(now, &d.conns, |id| tunnels.get(id).map(|t| t.peer.0));
+            .configure(&d.conns, |id| tunnels.get(id).map(|t| t.peer.0));
         self.publish_fwd(&d);
         self.kernel(&d.kernel_routes);
         for (conn, note) in d.notes {

@@ -301,7 +301,9 @@ struct Check {
     last_rtt_ms: Option<f64>,
     /// `last_rtt_ms` as last reported (refreshed with the status counters).
     shown_rtt_ms: Option<f64>,
-    next_at: Instant,
+    /// When the next probe is due; `None`: as soon as the tunnel has an outbound SA
+    /// (the control thread wakes up when one is installed, so no timer is needed).
+    next_at: Option<Instant>,
 }
 
 impl Health {
@@ -322,7 +324,6 @@ impl Health {
     /// not change, starts new ones, drops the rest. `key` maps a tunnel ID to its key.
     pub(crate) fn configure(
         &mut self,
-        now: Instant,
         conns: &[ConnSpec],
         key: impl Fn(&str) -> Option<TunnelKey>,
     ) {
@@ -353,7 +354,7 @@ impl Health {
                         state: HealthState::Unknown,
                         last_rtt_ms: None,
                         shown_rtt_ms: None,
-                        next_at: now,
+                        next_at: None,
                     },
                 };
                 self.checks.insert(id.clone(), check);
@@ -391,7 +392,7 @@ impl Health {
 
     /// When the next probe is due.
     pub(crate) fn deadline(&self) -> Option<Instant> {
-        self.checks.values().map(|c| c.next_at).min()
+        self.checks.values().filter_map(|c| c.next_at).min()
     }
 
     /// `status.health` of a tunnel (`None` without a health check). The RTT follows the
@@ -430,7 +431,7 @@ impl Health {
         for (id, c) in &mut self.checks {
             let Some(sa) = sadb.outbound(&c.slot.key) else {
                 // Not established: nothing to probe through; start afresh once it is.
-                c.reset(now);
+                c.reset();
                 continue;
             };
             let answered = c.slot.answered.load(Ordering::Acquire);
@@ -447,7 +448,7 @@ impl Health {
                     c.slot.withdrawn.store(false, Ordering::Relaxed);
                 }
             }
-            if now < c.next_at {
+            if c.next_at.is_some_and(|t| now < t) {
                 continue;
             }
             if c.sent > c.seen {
@@ -483,18 +484,18 @@ impl Health {
                 }
                 Err(e) => tracing::debug!(error = %e, tunnel = id, "sending health probe"),
             }
-            c.next_at = now + c.spec.interval;
+            c.next_at = Some(now + c.spec.interval);
         }
         events
     }
 }
 
 impl Check {
-    fn reset(&mut self, now: Instant) {
+    fn reset(&mut self) {
         self.state = HealthState::Unknown;
         self.misses = 0;
         self.seen = self.sent;
-        self.next_at = now;
+        self.next_at = None;
         self.slot.answered.store(self.sent, Ordering::Release);
         self.slot.withdrawn.store(false, Ordering::Relaxed);
     }
@@ -984,7 +985,7 @@ pub(crate) mod tests {
     fn misses_mark_down_and_one_answer_recovers() {
         let mut h = Health::new(&mut crypto::OsRandom);
         let t0 = Instant::now();
-        h.configure(t0, &[conn(true)], |id| match id {
+        h.configure(&[conn(true)], |id| match id {
             "tun-1" => Some(1),
             "tun-2" => Some(2),
             _ => None,
@@ -998,9 +999,10 @@ pub(crate) mod tests {
                 Ok(false)
             })
         };
-        // No SA yet: nothing to probe through.
+        // No SA yet: nothing to probe through, and no timer to wake up for.
         assert!(tick(&mut h, Duration::ZERO, &mut sent).is_empty());
         assert!(sent.is_empty());
+        assert_eq!(h.deadline(), None);
         assert_eq!(h.status("tun-1", true).unwrap().state, HealthState::Unknown);
 
         sadb.set_outbound(1, outbound(0x100));
@@ -1022,6 +1024,7 @@ pub(crate) mod tests {
         assert_eq!(st.state, HealthState::Up);
         assert!(st.last_rtt_ms.is_some());
         assert_eq!(sent.len(), 1, "no probe before the interval");
+        assert_eq!(h.deadline(), Some(t0 + Duration::from_secs(3)));
 
         // The destination stops answering: probes at 3, 6, 9 s go unanswered; the third
         // miss (noticed at 12 s) marks it down.
@@ -1071,7 +1074,7 @@ pub(crate) mod tests {
     fn without_switch_route_down_is_only_reported() {
         let mut h = Health::new(&mut crypto::OsRandom);
         let t0 = Instant::now();
-        h.configure(t0, &[conn(false)], |id| (id == "tun-1").then_some(1));
+        h.configure(&[conn(false)], |id| (id == "tun-1").then_some(1));
         let sadb = SaDb::new();
         sadb.set_outbound(1, outbound(0x100));
         let mut events = Vec::new();
@@ -1090,20 +1093,19 @@ pub(crate) mod tests {
     #[test]
     fn reconfiguring_keeps_unchanged_checks_and_drops_disabled_ones() {
         let mut h = Health::new(&mut crypto::OsRandom);
-        let t0 = Instant::now();
         let key = |id: &str| (id == "tun-1").then_some(1);
-        h.configure(t0, &[conn(true)], key);
+        h.configure(&[conn(true)], key);
         let before = h.slot(1).unwrap();
-        h.configure(t0, &[conn(true)], key);
+        h.configure(&[conn(true)], key);
         assert!(Arc::ptr_eq(&before, &h.slot(1).unwrap()), "same check kept");
-        h.configure(t0, &[conn(false)], key);
+        h.configure(&[conn(false)], key);
         assert!(
             !Arc::ptr_eq(&before, &h.slot(1).unwrap()),
             "settings changed"
         );
         let mut off = conn(true);
         off.health = None;
-        h.configure(t0, &[off], key);
+        h.configure(&[off], key);
         assert!(h.slot(1).is_none());
         assert!(h.fwd().slots.is_empty());
         assert!(h.status("tun-1", true).is_none());
