@@ -301,8 +301,9 @@ struct Check {
     last_rtt_ms: Option<f64>,
     /// `last_rtt_ms` as last reported (refreshed with the status counters).
     shown_rtt_ms: Option<f64>,
-    /// When the next probe is due; `None`: as soon as the tunnel has an outbound SA
-    /// (the control thread wakes up when one is installed, so no timer is needed).
+    /// When the next probe is due; `None`: once the tunnel has an outbound SA, at the
+    /// control thread's next pass (it passes at least every `STATUS_INTERVAL`, so no
+    /// timer of its own is needed).
     next_at: Option<Instant>,
 }
 
