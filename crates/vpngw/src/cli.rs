@@ -316,6 +316,11 @@ enum ConnectionCmd {
         #[arg(long, short = 'o', value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// The routes each tunnel's BGP session received and advertised.
+    #[command(name = "bgp-routes")]
+    BgpRoutes {
+        id: String,
+    },
     /// Negotiation and state events.
     Logs {
         id: String,
@@ -567,6 +572,7 @@ const ROUTE_TABLE_COLUMNS: &[(&str, &str)] = &[
     ("SOURCE", "/source"),
     ("NEXT HOP", "/next_hop"),
     ("ORIGIN", "/origin"),
+    ("TUNNEL", "/tunnel_id"),
     ("STATE", "/state"),
     ("WEIGHT", "/weight"),
     ("PRIORITY", "/priority"),
@@ -578,6 +584,49 @@ const FORMAT_COLUMNS: &[(&str, &str)] = &[
     ("TITLE", "/title"),
     ("TARGETS", "/targets"),
 ];
+const BGP_ROUTE_COLUMNS: &[(&str, &str)] = &[
+    ("TUNNEL", "/tunnel_id"),
+    ("SESSION", "/state"),
+    ("DIRECTION", "/direction"),
+    ("PREFIX", "/prefix"),
+    ("AS PATH", "/as_path"),
+    ("NEXT HOP", "/next_hop"),
+    ("ORIGIN", "/origin"),
+    ("MED", "/med"),
+    ("BEST", "/best"),
+    ("IGNORED", "/ignored"),
+];
+
+/// `GET …/bgp-routes` (per tunnel, received and advertised lists) as one table row per
+/// route; a tunnel without routes still gets a row showing its session state.
+fn bgp_route_rows(v: &Value) -> Value {
+    let mut rows = Vec::new();
+    for t in v["items"].as_array().into_iter().flatten() {
+        let mut any = false;
+        for dir in ["received", "advertised"] {
+            for r in t[dir].as_array().into_iter().flatten() {
+                any = true;
+                let path: Vec<String> = r["as_path"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(Value::to_string)
+                    .collect();
+                let mut row = r.clone();
+                row["tunnel_id"] = t["tunnel_id"].clone();
+                row["state"] = t["state"].clone();
+                row["direction"] = Value::from(dir);
+                row["as_path"] = Value::from(path.join(" "));
+                rows.push(row);
+            }
+        }
+        if !any {
+            rows.push(serde_json::json!({"tunnel_id": t["tunnel_id"], "state": t["state"]}));
+        }
+    }
+    serde_json::json!({ "items": rows })
+}
+
 const LOG_COLUMNS: &[(&str, &str)] = &[
     ("AT", "/at"),
     ("TUNNEL", "/tunnel_id"),
@@ -779,6 +828,11 @@ fn connection(c: &Client, out: &Out, cmd: ConnectionCmd) -> anyhow::Result<()> {
                     let _ = stdout.flush();
                 }
             }
+        }
+        ConnectionCmd::BgpRoutes { id } => {
+            let v = c.get(&format!("/v1/vpn-connections/{id}/bgp-routes"))?;
+            let rows = if out.json { v } else { bgp_route_rows(&v) };
+            out.list(&rows, BGP_ROUTE_COLUMNS);
         }
         ConnectionCmd::Logs { id, since, limit } => {
             let mut q = Vec::new();
@@ -1089,6 +1143,30 @@ fn encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bgp_routes_become_one_row_per_route() {
+        let v = serde_json::json!({"items": [
+            {"tunnel_id": "tun-1", "role": "primary", "state": "established", "peer_asn": 65530,
+             "received": [{"prefix": "10.2.0.0/24", "as_path": [65530, 65001], "next_hop": "169.254.10.2",
+                           "origin": "igp", "med": null, "best": true}],
+             "advertised": [{"prefix": "172.16.0.0/16", "as_path": [45104], "next_hop": "169.254.10.1",
+                             "origin": "igp", "med": null, "best": true}]},
+            {"tunnel_id": "tun-2", "role": "secondary", "state": "idle", "peer_asn": 65530,
+             "received": [], "advertised": []}]});
+        let rows = bgp_route_rows(&v);
+        let rows = rows["items"].as_array().unwrap();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[0]["direction"], "received");
+        assert_eq!(rows[0]["as_path"], "65530 65001");
+        assert_eq!(rows[0]["state"], "established");
+        assert_eq!(rows[1]["direction"], "advertised");
+        assert_eq!(rows[1]["prefix"], "172.16.0.0/16");
+        assert_eq!(
+            rows[2],
+            serde_json::json!({"tunnel_id": "tun-2", "state": "idle"})
+        );
+    }
 
     #[test]
     fn query_encoding() {
