@@ -1,0 +1,505 @@
+//! The endpoint's lookup structures, sized for many tunnels (issue 8: 10,000 tunnels
+//! from one peer address): the IKE SA table with an index by peer and a timer index,
+//! and the configured peers indexed by address and by remote identity. Nothing here
+//! scans every SA or every peer.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::time::Instant;
+
+use crate::config::{Identity, IkeVersion, PeerConfig, PeerId};
+use crate::sa::IkeSa;
+use crate::wire::Identification;
+use crate::wire::registry::IdType;
+
+/// IKE SAs by our SPI. Each SA is boxed: B-tree nodes hold eleven slots, and an inline
+/// `IkeSa` (about a kilobyte) made them most of the engine's heap.
+///
+/// Every SA that is processed is taken out ([`SaTable::remove`]) and put back
+/// ([`SaTable::insert`]); both keep the indexes exact, and [`SaTable::get_mut`] returns
+/// a guard that re-indexes the SA when dropped.
+#[derive(Default)]
+pub(crate) struct SaTable {
+    sas: BTreeMap<u64, Slot>,
+    /// (peer, our SPI) of every SA whose peer is known.
+    by_peer: BTreeSet<(PeerId, u64)>,
+    /// (remote address, our SPI) of responder SAs before IKE_AUTH named their peer.
+    unidentified: BTreeSet<(IpAddr, u64)>,
+    /// (deadline, our SPI): `IkeSa::next_timeout` of every SA that has one.
+    timers: BTreeSet<(Instant, u64)>,
+}
+
+struct Slot {
+    sa: Box<IkeSa>,
+    /// What the SA was indexed under, to remove exactly those entries.
+    peer: Option<PeerId>,
+    unidentified: Option<IpAddr>,
+    due: Option<Instant>,
+}
+
+impl SaTable {
+    pub fn len(&self) -> usize {
+        self.sas.len()
+    }
+
+    pub fn contains_key(&self, spi: &u64) -> bool {
+        self.sas.contains_key(spi)
+    }
+
+    pub fn get(&self, spi: &u64) -> Option<&IkeSa> {
+        self.sas.get(spi).map(|s| &*s.sa)
+    }
+
+    /// A mutable view that re-indexes the SA (its peer and timers) when dropped.
+    pub fn get_mut(&mut self, spi: &u64) -> Option<SaMut<'_>> {
+        self.sas.contains_key(spi).then_some(SaMut {
+            table: self,
+            spi: *spi,
+        })
+    }
+
+    pub fn insert(&mut self, spi: u64, sa: IkeSa) {
+        self.remove(&spi);
+        let mut slot = Slot {
+            sa: Box::new(sa),
+            peer: None,
+            unidentified: None,
+            due: None,
+        };
+        self.index(spi, &mut slot);
+        self.sas.insert(spi, slot);
+    }
+
+    pub fn remove(&mut self, spi: &u64) -> Option<IkeSa> {
+        let slot = self.sas.remove(spi)?;
+        self.unindex(*spi, &slot);
+        Some(*slot.sa)
+    }
+
+    /// The SAs of one peer, by SPI: O(log n + the peer's SAs).
+    pub fn of_peer(&self, peer: PeerId) -> impl Iterator<Item = (u64, &IkeSa)> {
+        self.by_peer
+            .range((peer, 0)..=(peer, u64::MAX))
+            .filter_map(|(_, spi)| self.get(spi).map(|s| (*spi, s)))
+    }
+
+    /// Responder SAs from `remote` whose peer IKE_AUTH has not named yet.
+    pub fn unidentified_from(&self, remote: IpAddr) -> impl Iterator<Item = (u64, &IkeSa)> {
+        self.unidentified
+            .range((remote, 0)..=(remote, u64::MAX))
+            .filter_map(|(_, spi)| self.get(spi).map(|s| (*spi, s)))
+    }
+
+    /// Every responder SA whose peer IKE_AUTH has not named yet (the half-open ones).
+    pub fn unidentified(&self) -> impl Iterator<Item = (u64, &IkeSa)> {
+        self.unidentified
+            .iter()
+            .filter_map(|(_, spi)| self.get(spi).map(|s| (*spi, s)))
+    }
+
+    /// The SPIs of SAs with a timer due at `now`, earliest first.
+    pub fn due(&self, now: Instant) -> Vec<u64> {
+        self.timers
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .map(|(_, spi)| *spi)
+            .collect()
+    }
+
+    /// The earliest timer of any SA.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        self.timers.first().map(|(t, _)| *t)
+    }
+
+    fn index(&mut self, spi: u64, slot: &mut Slot) {
+        let sa = &slot.sa;
+        slot.peer = sa.peer;
+        slot.unidentified = (sa.peer.is_none() && !sa.initiator).then(|| sa.remote.ip());
+        slot.due = sa.next_timeout();
+        if let Some(p) = slot.peer {
+            self.by_peer.insert((p, spi));
+        }
+        if let Some(ip) = slot.unidentified {
+            self.unidentified.insert((ip, spi));
+        }
+        if let Some(t) = slot.due {
+            self.timers.insert((t, spi));
+        }
+    }
+
+    fn unindex(&mut self, spi: u64, slot: &Slot) {
+        if let Some(p) = slot.peer {
+            self.by_peer.remove(&(p, spi));
+        }
+        if let Some(ip) = slot.unidentified {
+            self.unidentified.remove(&(ip, spi));
+        }
+        if let Some(t) = slot.due {
+            self.timers.remove(&(t, spi));
+        }
+    }
+}
+
+/// See [`SaTable::get_mut`].
+pub(crate) struct SaMut<'a> {
+    table: &'a mut SaTable,
+    spi: u64,
+}
+
+impl std::ops::Deref for SaMut<'_> {
+    type Target = IkeSa;
+
+    fn deref(&self) -> &IkeSa {
+        // The slot exists: `get_mut` checked it and the guard borrows the table.
+        &self.table.sas[&self.spi].sa
+    }
+}
+
+impl std::ops::DerefMut for SaMut<'_> {
+    fn deref_mut(&mut self) -> &mut IkeSa {
+        #[allow(clippy::expect_used)] // `get_mut` checked it and the guard borrows the table
+        let slot = self
+            .table
+            .sas
+            .get_mut(&self.spi)
+            .expect("slot checked by get_mut");
+        &mut slot.sa
+    }
+}
+
+impl Drop for SaMut<'_> {
+    fn drop(&mut self) {
+        if let Some(mut slot) = self.table.sas.remove(&self.spi) {
+            self.table.unindex(self.spi, &slot);
+            self.table.index(self.spi, &mut slot);
+            self.table.sas.insert(self.spi, slot);
+        }
+    }
+}
+
+/// IKEv2 peers by address and by remote identity: what the responder looks up per
+/// IKE_SA_INIT and IKE_AUTH.
+#[derive(Default)]
+pub(crate) struct PeerIndex {
+    /// (local IP, remote IP, or `None` for a peer that may come from anywhere).
+    by_addr: HashMap<(IpAddr, Option<IpAddr>), BTreeSet<PeerId>>,
+    by_remote_id: HashMap<IdKey, BTreeSet<PeerId>>,
+}
+
+/// An identity as compared on the wire: FQDNs case-insensitively (`Identity::matches`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct IdKey(IdType, Vec<u8>);
+
+impl IdKey {
+    pub fn of(id: &Identity) -> Self {
+        Self::from_wire(&id.to_wire())
+    }
+
+    pub fn from_wire(id: &Identification) -> Self {
+        let mut data = id.data.clone();
+        if id.id_type == IdType::FQDN {
+            data.make_ascii_lowercase();
+        }
+        Self(id.id_type, data)
+    }
+}
+
+impl PeerIndex {
+    pub fn add(&mut self, peer: PeerId, cfg: &PeerConfig) {
+        // IKEv1 tunnels are served by `crate::v1`, never by IKE_SA_INIT.
+        if cfg.version != IkeVersion::V2 {
+            return;
+        }
+        self.by_addr.entry(addr_key(cfg)).or_default().insert(peer);
+        self.by_remote_id
+            .entry(IdKey::of(&cfg.remote_id))
+            .or_default()
+            .insert(peer);
+    }
+
+    pub fn remove(&mut self, peer: PeerId, cfg: &PeerConfig) {
+        if cfg.version != IkeVersion::V2 {
+            return;
+        }
+        let k = addr_key(cfg);
+        if let Some(set) = self.by_addr.get_mut(&k) {
+            set.remove(&peer);
+            if set.is_empty() {
+                self.by_addr.remove(&k);
+            }
+        }
+        let k = IdKey::of(&cfg.remote_id);
+        if let Some(set) = self.by_remote_id.get_mut(&k) {
+            set.remove(&peer);
+            if set.is_empty() {
+                self.by_remote_id.remove(&k);
+            }
+        }
+    }
+
+    /// IKEv2 peers that accept IKE_SA_INIT from `remote` on `local`: those configured
+    /// with this exact address first, then "any" peers, each by id.
+    pub fn by_address(&self, local: IpAddr, remote: IpAddr) -> impl Iterator<Item = PeerId> {
+        let exact = self.by_addr.get(&(local, Some(remote)));
+        let any = self.by_addr.get(&(local, None));
+        exact.into_iter().chain(any).flatten().copied()
+    }
+
+    /// IKEv2 peers whose configured remote identity is `id`.
+    pub fn by_remote_id(&self, id: &Identification) -> impl Iterator<Item = PeerId> {
+        self.by_remote_id
+            .get(&IdKey::from_wire(id))
+            .into_iter()
+            .flatten()
+            .copied()
+    }
+}
+
+fn addr_key(cfg: &PeerConfig) -> (IpAddr, Option<IpAddr>) {
+    (cfg.local.ip(), cfg.remote_addr().map(|r| r.ip()))
+}
+
+/// Whether an IKE_SA_INIT from `remote` to `local` could be from this peer (the filter
+/// behind [`PeerIndex::by_address`]).
+pub(crate) fn accepts(cfg: &PeerConfig, local: IpAddr, remote: IpAddr) -> bool {
+    cfg.version == IkeVersion::V2
+        && cfg.local.ip() == local
+        && cfg.remote_addr().is_none_or(|r| r.ip() == remote)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddr};
+    use std::time::{Duration, Instant};
+
+    use crypto::{DhGroup, Encr, Integ, Random};
+
+    use crate::config::{EspProposal, IkeProposal, Ipv4Cidr, Psk, V1Mode};
+    use crate::{Endpoint, EndpointConfig, Event};
+
+    use super::*;
+
+    const GW: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+    const PEER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+
+    /// Many tunnels from one peer address, told apart by the initiator's FQDN (the
+    /// `labbench` setup test): the responder indexes them by identity.
+    #[test]
+    fn responder_finds_the_peer_by_identity_among_many() {
+        let (mut init, mut resp, now) = pair(300);
+        init.initiate(now, PeerId(137)).unwrap();
+        init.initiate(now, PeerId(5)).unwrap();
+        pump_init(&mut init, &mut resp, now);
+        // After IKE_SA_INIT: two half-open SAs, neither tied to one peer (300 peers
+        // share the addresses and algorithms), none indexed by peer yet.
+        let half: Vec<&IkeSa> = resp.sas.unidentified().map(|(_, s)| s).collect();
+        assert_eq!(half.len(), 2);
+        assert!(half.iter().all(|s| s.peer.is_none() && !s.sole_candidate));
+        assert_eq!(resp.half_open.len(), 2);
+        pump(&mut init, &mut resp, now);
+        assert_eq!(established(&mut resp), 2);
+        for p in [5, 137] {
+            assert_eq!(resp.child_sas(PeerId(p)).len(), 1, "peer {p}");
+            assert_eq!(resp.sas.of_peer(PeerId(p)).count(), 1);
+        }
+        assert!(resp.child_sas(PeerId(6)).is_empty());
+        assert_eq!(resp.sas.unidentified().count(), 0);
+        assert_eq!(resp.sas.len(), 2);
+    }
+
+    /// A peer configured with the initiator's exact address wins over an "any" peer
+    /// with the same identity, whatever their ids.
+    #[test]
+    fn exact_address_peer_comes_before_any_peer() {
+        let (mut init, mut resp, now) = pair(3);
+        let mut exact = responder(1);
+        exact.remote = Some(SocketAddr::from((PEER, 500)));
+        resp.add_peer(PeerId(1000), exact).unwrap();
+        init.initiate(now, PeerId(1)).unwrap();
+        pump(&mut init, &mut resp, now);
+        assert_eq!(resp.child_sas(PeerId(1000)).len(), 1);
+        assert!(resp.child_sas(PeerId(1)).is_empty());
+    }
+
+    /// The index follows `update_peer` and `remove_peer`.
+    #[test]
+    fn index_follows_peer_changes() {
+        let (mut init, mut resp, now) = pair(4);
+        let mut moved = responder(2);
+        moved.remote_id = Identity::Fqdn("T3.bench.example".into());
+        resp.remove_peer(now, PeerId(3)).unwrap();
+        resp.update_peer(now, PeerId(2), moved).unwrap();
+        let id = Identity::Fqdn("t3.bench.example".into()).to_wire();
+        assert_eq!(
+            resp.index.by_remote_id(&id).collect::<Vec<_>>(),
+            [PeerId(2)]
+        );
+        let old = Identity::Fqdn("t2.bench.example".into()).to_wire();
+        assert_eq!(resp.index.by_remote_id(&old).count(), 0);
+        init.initiate(now, PeerId(3)).unwrap();
+        pump(&mut init, &mut resp, now);
+        assert_eq!(resp.child_sas(PeerId(2)).len(), 1);
+    }
+
+    /// A half-open SA that times out leaves neither the SA table nor the map that
+    /// answers retransmitted IKE_SA_INITs.
+    #[test]
+    fn half_open_timeout_frees_every_index_entry() {
+        let (mut init, mut resp, now) = pair(2);
+        init.initiate(now, PeerId(0)).unwrap();
+        pump_init(&mut init, &mut resp, now);
+        assert_eq!(resp.half_open.len(), 1);
+        let t = resp.poll_timeout().unwrap();
+        assert_eq!(t, now + EndpointConfig::default().half_open_timeout);
+        resp.handle_timeout(t);
+        assert_eq!(resp.sas.len(), 0);
+        assert!(resp.half_open.is_empty());
+        assert_eq!(resp.sas.unidentified().count(), 0);
+        assert_eq!(resp.poll_timeout(), None);
+    }
+
+    /// Removing the only peer an IKE_SA_INIT could be from drops its half-open SA.
+    #[test]
+    fn remove_peer_drops_its_sole_half_open_sa() {
+        let (mut init, mut resp, now) = pair(1);
+        init.initiate(now, PeerId(0)).unwrap();
+        pump_init(&mut init, &mut resp, now);
+        assert!(resp.sas.unidentified().all(|(_, s)| s.sole_candidate));
+        resp.remove_peer(now, PeerId(0)).unwrap();
+        assert_eq!(resp.sas.len(), 0);
+    }
+
+    /// The timer index follows changes made through `get_mut` (ESP activity moves
+    /// the DPD deadline) and through take-out/put-back.
+    #[test]
+    fn timer_index_follows_dpd_activity() {
+        let (mut init, mut resp, now) = pair(1);
+        init.initiate(now, PeerId(0)).unwrap();
+        pump(&mut init, &mut resp, now);
+        // DPD (30 s) is the earliest deadline of the established SA.
+        assert_eq!(resp.poll_timeout(), Some(now + Duration::from_secs(30)));
+        resp.handle_child_activity(now + Duration::from_secs(10), PeerId(0));
+        assert_eq!(resp.poll_timeout(), Some(now + Duration::from_secs(40)));
+        // At the deadline the liveness check goes out and the next timer is its
+        // retransmission.
+        let t = now + Duration::from_secs(40);
+        resp.handle_timeout(t);
+        assert!(resp.poll_transmit().is_some());
+        assert_eq!(
+            resp.poll_timeout(),
+            Some(t + EndpointConfig::default().retransmit_base)
+        );
+    }
+
+    fn pair(n: u64) -> (Endpoint, Endpoint, Instant) {
+        let mut init = Endpoint::new(EndpointConfig::default(), Box::new(Rng(1)));
+        let mut resp = Endpoint::new(EndpointConfig::default(), Box::new(Rng(2)));
+        for i in 0..n {
+            init.add_peer(PeerId(i), initiator(i)).unwrap();
+            resp.add_peer(PeerId(i), responder(i)).unwrap();
+        }
+        (init, resp, epoch())
+    }
+
+    /// IKE_SA_INIT only: the initiator's requests to the responder and back.
+    fn pump_init(init: &mut Endpoint, resp: &mut Endpoint, now: Instant) {
+        while let Some(t) = init.poll_transmit() {
+            resp.handle_datagram(now, t.remote, t.local, &t.payload);
+        }
+    }
+
+    fn pump(init: &mut Endpoint, resp: &mut Endpoint, now: Instant) {
+        for _ in 0..8 {
+            let mut moved = false;
+            while let Some(t) = init.poll_transmit() {
+                resp.handle_datagram(now, t.remote, t.local, &t.payload);
+                moved = true;
+            }
+            while let Some(t) = resp.poll_transmit() {
+                init.handle_datagram(now, t.remote, t.local, &t.payload);
+                moved = true;
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn established(e: &mut Endpoint) -> usize {
+        std::iter::from_fn(|| e.poll_event())
+            .filter(|ev| matches!(ev, Event::ChildSaEstablished { .. }))
+            .count()
+    }
+
+    /// The gateway side: "any" peer address, told apart by remote identity.
+    fn responder(i: u64) -> PeerConfig {
+        PeerConfig {
+            local: SocketAddr::from((GW, 500)),
+            remote: None,
+            local_id: Identity::Ipv4(GW),
+            remote_id: Identity::Fqdn(format!("t{i}.bench.example")),
+            ..common()
+        }
+    }
+
+    fn initiator(i: u64) -> PeerConfig {
+        PeerConfig {
+            local: SocketAddr::from((PEER, 500)),
+            remote: Some(SocketAddr::from((GW, 500))),
+            local_id: Identity::Fqdn(format!("t{i}.bench.example")),
+            remote_id: Identity::Ipv4(GW),
+            ..common()
+        }
+    }
+
+    fn common() -> PeerConfig {
+        PeerConfig {
+            version: IkeVersion::V2,
+            v1_mode: V1Mode::Main,
+            local: SocketAddr::from((GW, 500)),
+            remote: None,
+            local_id: Identity::Ipv4(GW),
+            remote_id: Identity::Ipv4(PEER),
+            psk: Psk::new("table-test-psk"),
+            ike: IkeProposal {
+                encr: Encr::AesCbc128,
+                integ: Integ::HmacSha1_96,
+                dh: DhGroup::Curve25519,
+            },
+            esp: EspProposal {
+                encr: Encr::AesCbc128,
+                integ: Integ::HmacSha1_96,
+                pfs: None,
+            },
+            ike_lifetime: Duration::from_secs(3600),
+            child_lifetime: Duration::from_secs(1200),
+            local_ts: vec![Ipv4Cidr::ANY],
+            remote_ts: vec![Ipv4Cidr::ANY],
+            dpd_interval: Some(Duration::from_secs(30)),
+            dpd_timeout: Duration::from_secs(120),
+            nat_traversal: true,
+        }
+    }
+
+    /// The virtual clock's epoch: the engine never reads a clock itself.
+    #[allow(clippy::disallowed_methods)]
+    fn epoch() -> Instant {
+        Instant::now()
+    }
+
+    /// SplitMix64: deterministic SPIs, nonces and DH values.
+    struct Rng(u64);
+
+    impl Random for Rng {
+        fn fill(&mut self, buf: &mut [u8]) {
+            for chunk in buf.chunks_mut(8) {
+                self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut z = self.0;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                z ^= z >> 31;
+                chunk.copy_from_slice(&z.to_be_bytes()[..chunk.len()]);
+            }
+        }
+    }
+}
