@@ -518,6 +518,11 @@ impl Endpoint {
 
     /// Removes an SA, reporting its Child SAs and itself as deleted.
     pub(crate) fn remove_sa(&mut self, sa: &mut IkeSa, reason: DeleteReason) {
+        let reason = if sa.duplicate {
+            DeleteReason::Duplicate
+        } else {
+            reason
+        };
         if let Some(peer) = sa.peer {
             for c in sa.children.drain(..) {
                 self.io.child_spis.remove(&c.sa.spi_in);
@@ -572,6 +577,11 @@ impl Endpoint {
         }
         if sa.retire_at.is_some_and(|t| now >= t) {
             sa.retire_at = None;
+            if sa.duplicate && sa.pending.is_none() {
+                // The peer should have deleted its redundant IKE SA by now (a peer
+                // that does not resolve duplicates never will): delete it ourselves.
+                sa.tasks.push_back(Task::DeleteIke);
+            }
             let target = sa
                 .rekeyed_to
                 .filter(|n| self.sas.get(n).is_some_and(|s| !s.retiring && !s.dead));
@@ -666,6 +676,8 @@ impl Endpoint {
         }
         let what = p.kind.name();
         let retx = p.retx;
+        let waited = now.saturating_duration_since(p.first_sent).as_secs();
+        let dpd = matches!(p.kind, Req::Dpd);
         let peer = sa.peer;
         match p.kind {
             Req::Init | Req::Auth => {
@@ -688,19 +700,27 @@ impl Endpoint {
                 self.remove_sa(sa, reason);
             }
             _ => {
+                let reason = if dpd {
+                    // RFC 7296 §2.4: an unanswered liveness check.
+                    format!("DPD: peer {} did not answer for {waited} s", sa.remote)
+                } else {
+                    format!(
+                        "peer {} did not answer {what} for {waited} s ({retx} retransmissions)",
+                        sa.remote
+                    )
+                };
                 self.io.log(
                     peer,
                     Level::Error,
                     "peer_dead",
-                    format!(
-                        "peer {} did not answer {what}; declaring it dead",
-                        sa.remote
-                    ),
+                    format!("{reason}; declaring it dead"),
                 );
-                if let Some(peer) = peer {
-                    self.io.event(Event::PeerDead { peer });
-                }
+                // PeerDead last, once the SAs are reported gone: it is the verdict a
+                // driver shows an operator, not one more SA deletion (as in IKEv1).
                 self.remove_sa(sa, DeleteReason::PeerDead);
+                if let Some(peer) = peer {
+                    self.io.event(Event::PeerDead { peer, reason });
+                }
             }
         }
         true

@@ -129,6 +129,10 @@ pub enum DeleteReason {
     InitialContact,
     /// Negotiation failed before the SA was established.
     Failed,
+    /// Both ends initiated at once and this was the redundant one of the two IKE SAs
+    /// (the one made with the lowest nonce, as RFC 7296 §2.8.1 resolves rekey
+    /// collisions); the other IKE SA with the same peer stays.
+    Duplicate,
 }
 
 /// Severity of a [`Event::Log`] line.
@@ -180,13 +184,25 @@ pub enum Event {
         peer: PeerId,
         child: ChildSa,
     },
-    /// Make-before-break: install `child` now; the old SA stays valid until its
-    /// [`Event::ChildSaDeleted`] follows. Send on the newest Child SA.
+    /// Make-before-break: install `child`'s inbound SA now; the old SA stays valid
+    /// until its [`Event::ChildSaDeleted`] follows.
+    ///
+    /// When to send on the new SA depends on who can know that the peer has installed
+    /// its inbound side. IKEv2 (RFC 7296 §2.8): the responder installs both directions
+    /// before it answers CREATE_CHILD_SA, so the rekey *initiator* (`initiator: true`)
+    /// may send on the new SA at once; the *responder* only learns it when the
+    /// initiator deletes the old SA (or sends on the new one), and should keep sending
+    /// on the old SA until then. IKEv1 Quick Mode (RFC 2409 §5.5) is the other way
+    /// round: the responder installs on message 3, which the initiator sends after
+    /// installing both directions, so the responder may switch at once and the
+    /// initiator should wait.
     ChildSaRekeyed {
         peer: PeerId,
         old_spi_in: u32,
         old_spi_out: u32,
         child: ChildSa,
+        /// We initiated the exchange that created `child`.
+        initiator: bool,
     },
     ChildSaDeleted {
         peer: PeerId,
@@ -200,9 +216,12 @@ pub enum Event {
         remote: SocketAddr,
         udp_encap: bool,
     },
-    /// Retransmissions or a liveness check went unanswered; the IKE SA is gone.
+    /// Retransmissions or a liveness check went unanswered; the IKE SA is gone. Comes
+    /// after the [`Event::IkeSaDeleted`] of that SA: it is the verdict to show.
     PeerDead {
         peer: PeerId,
+        /// Operator-readable, e.g. "DPD: peer 192.0.2.1:500 did not answer for 130 s".
+        reason: String,
     },
     NegotiationFailed {
         peer: PeerId,

@@ -56,6 +56,7 @@ impl Endpoint {
             State::ExpectInitResponse(Box::new(st)),
             now,
         );
+        sa.from_init = true;
         self.io.log(
             Some(peer),
             Level::Info,
@@ -232,6 +233,7 @@ impl Endpoint {
             now,
         );
         sa.candidates = candidates;
+        sa.from_init = true;
         let nat_supported = sa.cfg.nat_traversal && has_nat_d(p);
         if nat_supported {
             // RFC 7296 §2.23: hashes in the request use SPIr = 0.
@@ -539,11 +541,14 @@ impl Endpoint {
                 .collect(),
         };
         let mut p = vec![Payload::IdI(idi)];
-        // RFC 7296 §2.4: tell the peer we have no other IKE SA with it.
-        let others = self
-            .sas
-            .values()
-            .any(|s| s.peer == sa.peer && s.established() && !s.dead);
+        // RFC 7296 §2.4: tell the peer we have no other IKE SA with it. An IKE SA the
+        // peer is setting up with us right now counts: with simultaneous initiation
+        // INITIAL_CONTACT would make the peer drop the IKE SA it initiated.
+        let others = self.sas.values().any(|s| {
+            !s.dead
+                && s.linger_until.is_none()
+                && (s.peer == sa.peer || sa.peer.is_some_and(|p| s.candidates.contains(&p)))
+        });
         if !others {
             p.push(Payload::Notify(Notify::new(
                 NotifyType::INITIAL_CONTACT,
@@ -678,7 +683,7 @@ impl Endpoint {
                     out.push(Payload::Sa(answer));
                     out.push(Payload::TsI(wire_ts(&remote_ts)));
                     out.push(Payload::TsR(wire_ts(&local_ts)));
-                    self.child_established(now, sa, child, None);
+                    self.child_established(now, sa, child, None, false);
                 }
                 Err((n, reason)) => {
                     self.io.fail(Some(peer), Phase::Phase2, reason);
@@ -744,7 +749,7 @@ impl Endpoint {
         }
         let (ni, nr) = (sa.ni.clone(), sa.nr.clone());
         match self.child_initiator(sa, &inner, &st.child, &ni, &nr, None) {
-            Ok(child) => self.child_established(now, sa, child, None),
+            Ok(child) => self.child_established(now, sa, child, None, true),
             Err(reason) => {
                 self.io.fail(peer, Phase::Phase2, reason);
                 sa.tasks
@@ -835,6 +840,65 @@ impl Endpoint {
             local: sa.local,
             remote: sa.remote,
         });
+        self.resolve_duplicates(now, sa);
+    }
+
+    /// Both ends initiated at once: each made one IKE SA as initiator and one as
+    /// responder, and both would carry a Child SA for the same tunnel. Once both are
+    /// established, both ends pick the same redundant one without talking: the IKE SA
+    /// whose IKE_SA_INIT used the lowest of the four nonces, the rule RFC 7296 §2.8.1
+    /// gives for simultaneous rekeys. Its initiator deletes it; its responder waits
+    /// for that Delete (and deletes it itself if none comes).
+    fn resolve_duplicates(&mut self, now: Instant, sa: &mut IkeSa) {
+        let Some(peer) = sa.peer else { return };
+        if !sa.from_init || sa.duplicate || sa.retiring {
+            return;
+        }
+        let other = self.sas.iter().find_map(|(spi, s)| {
+            (s.peer == Some(peer)
+                && s.from_init
+                && s.initiator != sa.initiator
+                && s.established()
+                && !s.dead
+                && !s.retiring
+                && !s.duplicate
+                && s.linger_until.is_none())
+            .then_some(*spi)
+        });
+        let Some(other_spi) = other else { return };
+        let Some(mut other) = self.sas.remove(&other_spi) else {
+            return;
+        };
+        let ours = (min_nonce(&sa.ni, &sa.nr), sa.spi_i);
+        let theirs = (min_nonce(&other.ni, &other.nr), other.spi_i);
+        let (redundant, kept) = if ours < theirs {
+            (&mut *sa, &other)
+        } else {
+            (&mut other, &*sa)
+        };
+        redundant.duplicate = true;
+        redundant.retiring = true;
+        redundant.rekey_at = None;
+        let who = if redundant.initiator {
+            redundant.tasks.clear();
+            redundant.tasks.push_back(Task::DeleteIke);
+            "deleting it"
+        } else {
+            // Our Delete-less fallback if the peer never deletes it.
+            redundant.retire_at = Some(now + self.cfg.retransmit_base * 8);
+            "the peer deletes it"
+        };
+        let msg = format!(
+            "simultaneous initiation: IKE SA {:016x}_{:016x} duplicates {:016x}_{:016x} \
+             and has the lowest nonce; {who}",
+            redundant.spi_i, redundant.spi_r, kept.spi_i, kept.spi_r
+        );
+        self.io
+            .log(Some(peer), Level::Info, "duplicate_ike_sa", msg);
+        if other.duplicate {
+            self.next_task(now, &mut other);
+        }
+        self.sas.insert(other_spi, other);
     }
 
     fn arm_ike_timers(&mut self, now: Instant, sa: &mut IkeSa) {
@@ -1023,13 +1087,15 @@ impl Endpoint {
         })
     }
 
-    /// Installs a Child SA and reports it (as a rekey of `old_in` if given).
+    /// Installs a Child SA and reports it (as a rekey of `old_in` if given);
+    /// `initiator`: we sent the request that created it.
     fn child_established(
         &mut self,
         now: Instant,
         sa: &mut IkeSa,
         child: ChildSa,
         old_in: Option<u32>,
+        initiator: bool,
     ) {
         let Some(peer) = sa.peer else { return };
         let msg = format!(
@@ -1065,6 +1131,7 @@ impl Endpoint {
                     old_spi_in,
                     old_spi_out,
                     child,
+                    initiator,
                 });
             }
             None => {
@@ -1277,7 +1344,7 @@ impl Endpoint {
                 out.push(Payload::TsR(wire_ts(&local_ts)));
                 respond(self, sa, out);
                 let new_in = child.spi_in;
-                self.child_established(now, sa, child, old_in);
+                self.child_established(now, sa, child, old_in, false);
                 if let Some(old) = old_in.and_then(|o| sa.child_by_in(o)) {
                     if old.state == ChildState::Rekeying {
                         // RFC 7296 §2.8.1: simultaneous rekey, resolved when ours completes.
@@ -1899,7 +1966,7 @@ impl Endpoint {
             }
             Ok(child) => {
                 let new_in = child.spi_in;
-                self.child_established(now, sa, child, rekey);
+                self.child_established(now, sa, child, rekey, true);
                 let Some(old) = rekey.and_then(|o| sa.child_by_in(o)) else {
                     return;
                 };

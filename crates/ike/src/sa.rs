@@ -173,6 +173,12 @@ pub(crate) struct IkeSa {
     pub retire_at: Option<Instant>,
     /// Simultaneous IKE SA rekey: the peer's exchange's lowest nonce and the SA it made.
     pub ike_collision: Option<(Vec<u8>, u64)>,
+    /// Made by IKE_SA_INIT (not by an IKE SA rekey): takes part in the duplicate check
+    /// after simultaneous initiation (see `Endpoint::resolve_duplicates`).
+    pub from_init: bool,
+    /// The redundant one of two IKE SAs that simultaneous initiation created; its
+    /// initiator deletes it (reported as [`crate::DeleteReason::Duplicate`]).
+    pub duplicate: bool,
     pub dead: bool,
 }
 
@@ -222,6 +228,8 @@ impl IkeSa {
             rekeyed_to: None,
             retire_at: None,
             ike_collision: None,
+            from_init: false,
+            duplicate: false,
             dead: false,
         }
     }

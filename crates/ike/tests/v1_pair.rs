@@ -445,6 +445,20 @@ fn quick_mode_rekey_on_lifetime_is_make_before_break() {
         assert_eq!(rekeyed(&p.b_events), 1, "{:?}", p.b_events);
         assert_eq!(child_deleted(&p.a_events), 1);
         assert_eq!(child_deleted(&p.b_events), 1);
+        // Exactly one side initiated the Quick Mode: the driver waits on that side
+        // before sending on the new SA (the responder installs it on message 3).
+        let initiated = |ev: &[Event]| {
+            Pair::count(ev, |e| {
+                matches!(
+                    e,
+                    Event::ChildSaRekeyed {
+                        initiator: true,
+                        ..
+                    }
+                )
+            })
+        };
+        assert_eq!(initiated(&p.a_events) + initiated(&p.b_events), 1);
         // The new SA is announced before the old one is deleted.
         let pos = |ev: &[Event], f: &dyn Fn(&Event) -> bool| ev.iter().position(f).unwrap();
         for ev in [&p.a_events, &p.b_events] {

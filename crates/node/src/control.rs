@@ -44,6 +44,11 @@ pub const SLOW_RETRY: Duration = Duration::from_secs(12);
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(2);
 /// Delay before renegotiating a tunnel that went down while it should be up.
 const RESTART_DELAY: Duration = Duration::from_secs(1);
+/// Longest a rekeyed Child SA's outbound side waits for proof that the peer has
+/// installed its inbound side (see [`ChildRt::defer`]).
+const SWITCH_DEFER: Duration = Duration::from_secs(5);
+/// How often a deferred outbound switch checks for ESP on the new inbound SA.
+const SWITCH_POLL: Duration = Duration::from_millis(100);
 /// Inputs handled before pending outputs are flushed.
 const BATCH: usize = 64;
 
@@ -149,6 +154,18 @@ struct ChildRt {
     outbound: Arc<OutboundSa>,
     /// Counters as of the last status refresh: bytes/packets in, bytes/packets out.
     counters: [u64; 4],
+    /// A rekey whose outbound side must not be used yet: the peer may not have
+    /// installed the matching inbound SA (see `ike::Event::ChildSaRekeyed`). Cleared
+    /// when the replaced SA is deleted, when ESP arrives on this SA's inbound side (the
+    /// peer sends on it, so it has both), or at the deadline.
+    defer: Option<Defer>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Defer {
+    /// Inbound SPI of the Child SA this one replaces.
+    old_spi_in: u32,
+    until: Instant,
 }
 
 impl TunnelRt {
@@ -227,6 +244,7 @@ impl Control {
                 self.endpoint.handle_timeout(now);
             }
             self.retries(now);
+            self.deferred_switches(now);
             self.health_tick(now);
             self.flush();
             let refresh = now >= self.next_tick;
@@ -249,6 +267,11 @@ impl Control {
         for t in self.tunnels.values() {
             if let Some(r) = t.retry_at {
                 d = d.min(r);
+            }
+            for c in &t.children {
+                if let Some(f) = c.defer {
+                    d = d.min(f.until).min(Instant::now() + SWITCH_POLL);
+                }
             }
         }
         d
@@ -691,8 +714,23 @@ impl Control {
             } else {
                 self.endpoint.reset(now, peer)
             };
-            if let Err(e) = r {
-                tracing::error!(error = %e, tunnel = id, "retry");
+            match r {
+                // API.md: `phase1_negotiating` while an IKE_SA_INIT is outstanding; a
+                // tunnel that already shows failed keeps showing it (and why).
+                Ok(()) => {
+                    if let Some(t) = self.tunnels.get_mut(&id).filter(|t| {
+                        matches!(
+                            t.phase,
+                            TunnelPhase::Idle
+                                | TunnelPhase::Phase1Negotiating
+                                | TunnelPhase::Phase2Negotiating
+                        )
+                    }) {
+                        let reason = t.reason.clone();
+                        t.set_phase(TunnelPhase::Phase1Negotiating, reason);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, tunnel = id, "retry"),
             }
             self.log(
                 &conn,
@@ -756,7 +794,7 @@ impl Control {
             | Event::ChildSaRekeyed { peer, .. }
             | Event::ChildSaDeleted { peer, .. }
             | Event::AddressesChanged { peer, .. }
-            | Event::PeerDead { peer }
+            | Event::PeerDead { peer, .. }
             | Event::NegotiationFailed { peer, .. }
             | Event::Log { peer, .. } => *peer,
         };
@@ -820,17 +858,40 @@ impl Control {
                     ike.established_at = Utc::now();
                 }
             }
-            Event::IkeSaDeleted { reason, .. } => {
+            Event::IkeSaDeleted {
+                reason,
+                spi_i,
+                spi_r,
+                ..
+            } => {
                 let Some(t) = self.tunnels.get_mut(&id) else {
                     return;
                 };
                 if reason == DeleteReason::Rekeyed {
                     return;
                 }
+                if reason == DeleteReason::Duplicate {
+                    // Both ends initiated at once; the other IKE SA with the peer stays
+                    // and carries the tunnel.
+                    let shown = t.ike.as_ref().map(|i| (i.spi_i, i.spi_r));
+                    if shown == Some((spi_i, spi_r)) {
+                        let kept = self
+                            .endpoint
+                            .ike_sas(t.peer)
+                            .into_iter()
+                            .find(|s| *s != (spi_i, spi_r));
+                        if let (Some(ike), Some((i, r))) = (t.ike.as_mut(), kept) {
+                            ike.spi_i = i;
+                            ike.spi_r = r;
+                        }
+                    }
+                    return;
+                }
                 t.ike = None;
                 let why = match reason {
                     DeleteReason::PeerDeleted => Some("the peer deleted the IKE SA"),
-                    DeleteReason::PeerDead => Some("the peer stopped answering"),
+                    // Event::PeerDead follows with the verdict (DPD or retransmissions).
+                    DeleteReason::PeerDead => None,
                     DeleteReason::InitialContact => {
                         Some("the peer re-authenticated (INITIAL_CONTACT)")
                     }
@@ -849,12 +910,23 @@ impl Control {
                 }
             }
             Event::ChildSaEstablished { child, .. } => {
-                self.install_child(&id, &child, None);
+                self.install_child(&id, &child, None, false);
             }
             Event::ChildSaRekeyed {
-                old_spi_in, child, ..
+                old_spi_in,
+                child,
+                initiator,
+                ..
             } => {
-                self.install_child(&id, &child, Some(old_spi_in));
+                // See the event's documentation: the side that cannot know whether the
+                // peer has installed the new inbound SA keeps sending on the old one.
+                let v1 = self
+                    .tunnels
+                    .get(&id)
+                    .and_then(|t| t.cfg.as_ref())
+                    .is_some_and(|c| c.version == ike::IkeVersion::V1);
+                let defer = if v1 { initiator } else { !initiator };
+                self.install_child(&id, &child, Some(old_spi_in), defer);
             }
             Event::ChildSaDeleted {
                 spi_in, spi_out, ..
@@ -880,22 +952,16 @@ impl Control {
                     );
                 }
             }
-            Event::PeerDead { .. } => {
+            Event::PeerDead { reason, .. } => {
                 let Some(t) = self.tunnels.get_mut(&id) else {
                     return;
                 };
                 t.ike = None;
                 if t.want_up && t.can_initiate() {
-                    t.set_phase(
-                        TunnelPhase::Idle,
-                        Some("the peer stopped answering (DPD); renegotiating".into()),
-                    );
+                    t.set_phase(TunnelPhase::Idle, Some(format!("{reason}; renegotiating")));
                     t.retry_at = Some(now + RESTART_DELAY);
                 } else {
-                    t.set_phase(
-                        TunnelPhase::Idle,
-                        Some("the peer stopped answering (DPD)".into()),
-                    );
+                    t.set_phase(TunnelPhase::Idle, Some(reason));
                 }
             }
             Event::NegotiationFailed { phase, reason, .. } => {
@@ -937,9 +1003,10 @@ impl Control {
     }
 
     /// Installs a new Child SA's ESP SAs; with `old_spi_in`, make-before-break: the new
-    /// inbound SA first, then the outbound switch; the old inbound SA stays until its
-    /// Delete.
-    fn install_child(&mut self, id: &str, child: &ChildSa, old_spi_in: Option<u32>) {
+    /// inbound SA first, then the outbound switch (at once, or with `defer` once the
+    /// peer has shown it has the new SA: see [`ChildRt::defer`]); the old inbound SA
+    /// stays until its Delete.
+    fn install_child(&mut self, id: &str, child: &ChildSa, old_spi_in: Option<u32>, defer: bool) {
         let Some(t) = self.tunnels.get_mut(id) else {
             return;
         };
@@ -963,10 +1030,18 @@ impl Control {
             }
         };
         let (inbound, outbound) = (Arc::new(inbound), Arc::new(outbound));
-        if let Err(e) = self
-            .sadb
-            .rekey(key, Arc::clone(&inbound), Arc::clone(&outbound))
-        {
+        let defer = old_spi_in.filter(|_| defer).map(|old| Defer {
+            old_spi_in: old,
+            until: Instant::now() + SWITCH_DEFER,
+        });
+        let installed = match defer {
+            Some(_) => self.sadb.install_inbound(Arc::clone(&inbound)),
+            None => self
+                .sadb
+                .rekey(key, Arc::clone(&inbound), Arc::clone(&outbound))
+                .map(|_| ()),
+        };
+        if let Err(e) = installed {
             let msg = format!("cannot install Child SA {:08x}: {e}", child.spi_in);
             self.log(
                 &conn,
@@ -989,12 +1064,18 @@ impl Control {
             inbound,
             outbound,
             counters: [0; 4],
+            defer,
         });
         t.failures = 0;
         t.retry_at = None;
         t.want_up = t.want_up || t.can_initiate();
         t.set_phase(TunnelPhase::Established, None);
         let msg = match old_spi_in {
+            Some(old) if defer.is_some() => format!(
+                "ESP SAs installed for rekeyed Child SA {:08x}/{:08x} (replacing {old:08x}); \
+                 sending on the new SA once the peer deletes {old:08x} or uses the new one",
+                child.spi_in, child.spi_out
+            ),
             Some(old) => format!(
                 "ESP SAs installed for rekeyed Child SA {:08x}/{:08x} (replacing {old:08x}); \
                  sending on the new SA",
@@ -1019,20 +1100,18 @@ impl Control {
             return;
         };
         t.children.retain(|c| c.spi_in != spi_in);
-        let key = t.peer.0;
-        if self
-            .sadb
-            .outbound(&key)
-            .is_some_and(|sa| sa.spi() == spi_out)
-        {
-            match t.children.last() {
-                Some(c) => {
-                    self.sadb.set_outbound(key, Arc::clone(&c.outbound));
-                }
-                None => {
-                    self.sadb.remove_outbound(&key);
-                }
+        // The replaced SA is gone, so the peer has its successor (RFC 7296 §2.8: the
+        // rekey initiator deletes the old SA once the new one is in place).
+        let mut released = false;
+        for c in &mut t.children {
+            if c.defer.is_some_and(|d| d.old_spi_in == spi_in) {
+                c.defer = None;
+                released = true;
             }
+        }
+        let current = self.sadb.outbound(&t.peer.0).map(|sa| sa.spi());
+        if released || current == Some(spi_out) {
+            select_outbound(&self.sadb, t);
         }
         if t.children.is_empty() && t.phase == TunnelPhase::Established {
             if t.want_up && t.can_initiate() {
@@ -1066,6 +1145,24 @@ impl Control {
                         tracing::debug!(error = %e, "rekey on sequence soft limit");
                     }
                 }
+            }
+        }
+    }
+
+    /// Ends deferred outbound switches whose deadline passed or whose new inbound SA
+    /// has carried ESP (the peer sends on it, so it installed both directions).
+    fn deferred_switches(&mut self, now: Instant) {
+        for t in self.tunnels.values_mut() {
+            let mut released = false;
+            for c in &mut t.children {
+                let Some(d) = c.defer else { continue };
+                if now >= d.until || c.inbound.stats().packets > 0 {
+                    c.defer = None;
+                    released = true;
+                }
+            }
+            if released {
+                select_outbound(&self.sadb, t);
             }
         }
     }
@@ -1290,6 +1387,22 @@ impl Control {
         self.publish_all(false);
         self.kernel(&BTreeSet::new());
         tracing::info!("gateway node control thread stopped");
+    }
+}
+
+/// Sends on the tunnel's newest Child SA whose outbound side may be used; stops
+/// sending when it has no Child SA.
+fn select_outbound(sadb: &SaDb<TunnelKey>, t: &TunnelRt) {
+    let key = t.peer.0;
+    let current = sadb.outbound(&key).map(|sa| sa.spi());
+    match t.children.iter().rev().find(|c| c.defer.is_none()) {
+        Some(c) if current != Some(c.spi_out) => {
+            sadb.set_outbound(key, Arc::clone(&c.outbound));
+        }
+        None if t.children.is_empty() => {
+            sadb.remove_outbound(&key);
+        }
+        _ => {}
     }
 }
 

@@ -1,7 +1,8 @@
 //! vpngw ↔ vpngw: two gateway nodes, each in its own namespace with its own data
 //! directory (SQLite store, admin token), configured to each other through their HTTP
 //! APIs; gateway A initiates, gateway B responds; hosts behind each ping each other
-//! (needs root).
+//! (needs root). With short Child SA lifetimes on both ends, both rekey in turn under a
+//! 50 ms ping that must not lose a packet.
 //!
 //! ```text
 //!  host-a eth0 172.16.1.10/24 — vpc0 172.16.1.1/24  gw-a  pub0 192.0.2.1/24 — gw0 192.0.2.254/24
@@ -20,7 +21,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use lab::{Netns, Workdir, veth};
+use lab::{Netns, PingMonitor, Workdir, veth};
 use node::{Node, NodeConfig};
 use serde_json::{Value, json};
 use store::{SqliteStore, Store};
@@ -32,6 +33,7 @@ const A_NET: &str = "172.16.1.0/24";
 const B_NET: &str = "10.2.0.0/24";
 const HOST_A: &str = "172.16.1.10";
 const HOST_B: &str = "10.2.0.10";
+const DAY: u32 = 86_400;
 
 /// The system under test: API + node in the `gw` namespace. Stopped on Drop.
 struct Gateway {
@@ -245,6 +247,7 @@ fn configure(
     peer_net: &str,
     mode: &str,
     initiate: bool,
+    child_lifetime_s: u32,
 ) -> String {
     let g = gw.post(
         ns,
@@ -265,7 +268,7 @@ fn configure(
             "customer_gateway_id": id(&cgw),
             "pre_shared_key": PSK,
             "ike": {"encryption": "aes256", "integrity": "sha256", "dh_group": "group14"},
-            "ipsec": {"encryption": "aes-gcm-128", "pfs": "group14"},
+            "ipsec": {"encryption": "aes-gcm-128", "pfs": "group14", "lifetime_s": child_lifetime_s},
         }],
     });
     if mode == "protected_flows" {
@@ -283,15 +286,60 @@ fn configure(
     conn
 }
 
-fn run_pair(mode: &str) {
+/// Child SA rekeys in the node's log: (ones we initiated, ones we answered). The node
+/// logs an answered IKEv2 rekey as waiting for the peer before sending on it.
+fn rekeys(gw: &Gateway, ns: &Netns, conn: &str) -> (usize, usize) {
+    let logs = gw.get(ns, &format!("/v1/vpn-connections/{conn}/logs?limit=1000"));
+    let installed: Vec<&str> = logs["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter(|e| e["event"] == "esp_sa_installed")
+                .filter_map(|e| e["message"].as_str())
+                .filter(|m| m.contains("rekeyed Child SA"))
+                .collect()
+        })
+        .unwrap_or_default();
+    let answered = installed
+        .iter()
+        .filter(|m| m.contains("once the peer deletes"))
+        .count();
+    (installed.len() - answered, answered)
+}
+
+/// `child_lifetime_s`: both ends' Child SA lifetime; below a day, both rekey in turn
+/// (whichever soft lifetime, 85–90 % with jitter, comes first) under a continuous ping,
+/// which must lose nothing.
+fn run_pair(mode: &str, child_lifetime_s: u32) {
     let p = Pair::new();
     // B only responds; A initiates as soon as it is configured.
-    let conn_b = configure(&p.gw_b, &p.b, B_PUB, B_NET, A_PUB, A_NET, mode, false);
+    let conn_b = configure(
+        &p.gw_b,
+        &p.b,
+        B_PUB,
+        B_NET,
+        A_PUB,
+        A_NET,
+        mode,
+        false,
+        child_lifetime_s,
+    );
     p.gw_b
         .wait_tunnel(&p.b, &conn_b, "B idle", Duration::from_secs(10), |s| {
             phase(s) == "idle"
         });
-    let conn_a = configure(&p.gw_a, &p.a, A_PUB, A_NET, B_PUB, B_NET, mode, true);
+    let conn_a = configure(
+        &p.gw_a,
+        &p.a,
+        A_PUB,
+        A_NET,
+        B_PUB,
+        B_NET,
+        mode,
+        true,
+        child_lifetime_s,
+    );
     let ta = p.gw_a.wait_tunnel(
         &p.a,
         &conn_a,
@@ -336,14 +384,78 @@ fn run_pair(mode: &str) {
                 && s["child_sas"][0]["packets_out"].as_u64().unwrap_or(0) >= 10
         });
     assert_eq!(tb["status"]["carrying_traffic"], true, "{tb:#}");
+    if child_lifetime_s == DAY {
+        return;
+    }
+    // Make-before-break in both directions (RFC 7296 §2.8): the rekey initiator sends
+    // on the new SA at once, the responder once the initiator deleted the old one. Both
+    // ends are vpngw: a ping every 50 ms must not notice.
+    let monitor = PingMonitor::start(
+        &p.host_a,
+        p._workdir.path(),
+        HOST_A,
+        HOST_B,
+        Duration::from_millis(50),
+    )
+    .unwrap();
+    let start = Instant::now();
+    let (mut ours, mut theirs) = (0, 0);
+    while (ours < 2 || theirs < 2) && start.elapsed() < Duration::from_secs(180) {
+        std::thread::sleep(Duration::from_secs(1));
+        (ours, theirs) = rekeys(&p.gw_a, &p.a, &conn_a);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let report = monitor.stop().unwrap();
+    println!(
+        "{:?}: A initiated {ours} Child SA rekeys and answered {theirs}; ping: {report:?}",
+        start.elapsed()
+    );
+    assert!(
+        ours >= 2 && theirs >= 2,
+        "rekeys by A: {ours}, by B: {theirs}"
+    );
+    assert_eq!(
+        rekeys(&p.gw_b, &p.b, &conn_b).1,
+        ours,
+        "B answered A's rekeys"
+    );
+    assert!(report.sent > 100, "{report:?}");
+    assert!(
+        report.losses.is_empty(),
+        "lost pings across the rekeys: {report:?}"
+    );
+    // Both ends moved to the same newest Child SA.
+    let ta = p.gw_a.get(&p.a, &format!("/v1/vpn-connections/{conn_a}"));
+    let tb = p.gw_b.get(&p.b, &format!("/v1/vpn-connections/{conn_b}"));
+    let (sa, sb) = (&ta["tunnels"][0]["status"], &tb["tunnels"][0]["status"]);
+    assert_eq!(
+        sa["child_sas"][0]["algorithms"], "aes128gcm16-modp2048",
+        "{sa:#}"
+    );
+    let newest = |s: &Value, k: &str| {
+        s["child_sas"]
+            .as_array()
+            .and_then(|c| c.last())
+            .map(|c| c[k].clone())
+    };
+    assert_eq!(
+        newest(sa, "spi_out"),
+        newest(sb, "spi_in"),
+        "A: {sa:#}\nB: {sb:#}"
+    );
 }
 
 #[test]
 fn vpngw_pair_protected_flows_hosts_ping_each_other() {
-    run_pair("protected_flows");
+    run_pair("protected_flows", DAY);
 }
 
 #[test]
 fn vpngw_pair_destination_mode_hosts_ping_each_other() {
-    run_pair("destination");
+    run_pair("destination", DAY);
+}
+
+#[test]
+fn vpngw_pair_child_rekeys_both_ways_under_ping_lose_nothing() {
+    run_pair("protected_flows", 12);
 }

@@ -1764,7 +1764,7 @@ fn qm2(
     );
     send_qm(cx, now, sa, qm, mid, &p, None);
     qm.linger_until = Some(now + linger(cx.ecfg));
-    install_child(cx, now, sa, child, rekey_of);
+    install_child(cx, now, sa, child, rekey_of, true);
     // Make-before-break: the replaced SA goes after a grace period, not with message 3.
     let grace_end = now + rekeyed_grace(cx.ecfg);
     if let Some(old) = rekey_of.and_then(|s| sa.children.iter_mut().find(|c| c.sa.spi_in == s)) {
@@ -1813,7 +1813,7 @@ fn qm3(
                 && c.sa.remote_ts == child.remote_ts
         })
         .map(|c| c.sa.spi_in);
-    install_child(cx, now, sa, *child, old);
+    install_child(cx, now, sa, *child, old, false);
     Outcome::Keep
 }
 
@@ -1870,12 +1870,14 @@ fn make_child(
     }
 }
 
+/// `initiator`: we initiated the Quick Mode that created `child`.
 fn install_child(
     cx: &mut Cx<'_>,
     now: Instant,
     sa: &mut P1Sa,
     child: ChildSa,
     rekey_of: Option<u32>,
+    initiator: bool,
 ) {
     let peer = sa.peer;
     let lifetime = child.lifetime;
@@ -1908,6 +1910,7 @@ fn install_child(
                 old_spi_in: o.sa.spi_in,
                 old_spi_out: o.sa.spi_out,
                 child: child.clone(),
+                initiator,
             });
         }
         None => cx.io.event(Event::ChildSaEstablished {
@@ -2390,7 +2393,14 @@ fn dpd_timers(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
             // PeerDead last, once the SAs are reported gone: it is the verdict a
             // driver shows an operator (RFC 3706 DPD), not one more SA deletion.
             remove_sa(cx, sa, DeleteReason::PeerDead);
-            cx.io.event(Event::PeerDead { peer: sa.peer });
+            cx.io.event(Event::PeerDead {
+                peer: sa.peer,
+                reason: format!(
+                    "DPD: peer {} did not answer for {} s",
+                    sa.remote,
+                    waited.as_secs()
+                ),
+            });
             return;
         }
         if now >= d.next_send {
