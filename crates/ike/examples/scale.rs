@@ -129,7 +129,7 @@ fn run(n: usize, dh: DhGroup) {
                 up_r += usize::from(matches!(e, Event::ChildSaEstablished { .. }));
             }
         });
-        if to_i.is_empty() || rounds > 16 {
+        if to_i.is_empty() || rounds > 4 * n + 16 {
             break;
         }
         measure(&mut grow_i, &mut || {

@@ -9,6 +9,7 @@ use crypto::{DhPrivate, Random};
 use crate::config::{IkeVersion, PeerConfig, PeerId};
 use crate::event::{ChildSa, DeleteReason, Event, Level, Phase, Stats, Transmit};
 use crate::sa::{Child, ChildState, IkeSa, Pending, Req, State, Task};
+use crate::table::{Pacing, PeerIndex, SaTable};
 use crate::wire::registry::{ExchangeType, NotifyType};
 use crate::wire::{Message, Payload};
 
@@ -23,6 +24,9 @@ pub struct EndpointConfig {
     pub retransmit_tries: u32,
     /// How long a responder keeps an IKE SA that saw only IKE_SA_INIT.
     pub half_open_timeout: Duration,
+    /// Our IKE SAs to one peer address that may be in IKE_SA_INIT/IKE_AUTH at once;
+    /// [`Endpoint::initiate`] queues the others (FIFO) until one completes or fails.
+    pub max_initiating: usize,
 }
 
 impl Default for EndpointConfig {
@@ -33,6 +37,9 @@ impl Default for EndpointConfig {
             retransmit_factor: 1.8,
             retransmit_tries: 5,
             half_open_timeout: Duration::from_secs(30),
+            // Enough to keep a peer's CPU busy over a WAN round trip, few enough that
+            // a burst fits in its socket buffer and stays under COOKIE thresholds.
+            max_initiating: 64,
         }
     }
 }
@@ -153,8 +160,12 @@ impl Io {
 pub struct Endpoint {
     pub(crate) cfg: EndpointConfig,
     pub(crate) peers: BTreeMap<PeerId, PeerConfig>,
-    /// IKE SAs by our SPI.
-    pub(crate) sas: BTreeMap<u64, IkeSa>,
+    /// The IKEv2 peers of `peers` by address and remote identity.
+    pub(crate) index: PeerIndex,
+    /// IKE SAs by our SPI, indexed by peer and by deadline.
+    pub(crate) sas: SaTable,
+    /// Our initiations per peer address (see [`EndpointConfig::max_initiating`]).
+    pub(crate) pacing: Pacing,
     /// Responder: (peer address, SPIi) → our SPI, to answer retransmitted IKE_SA_INITs.
     pub(crate) half_open: HashMap<(SocketAddr, u64), u64>,
     pub(crate) io: Io,
@@ -176,7 +187,9 @@ impl Endpoint {
         Self {
             cfg,
             peers: BTreeMap::new(),
-            sas: BTreeMap::new(),
+            index: PeerIndex::default(),
+            sas: SaTable::default(),
+            pacing: Pacing::default(),
             half_open: HashMap::new(),
             v1: Default::default(),
             io: Io {
@@ -205,10 +218,9 @@ impl Endpoint {
             return self.v1_ike_sas(peer);
         }
         self.sas
-            .values()
-            .filter(|s| {
-                s.peer == Some(peer) && s.established() && !s.dead && s.linger_until.is_none()
-            })
+            .of_peer(peer)
+            .map(|(_, s)| s)
+            .filter(|s| s.established() && !s.dead && s.linger_until.is_none())
             .map(|s| (s.spi_i, s.spi_r))
             .collect()
     }
@@ -219,8 +231,9 @@ impl Endpoint {
             return self.v1_child_sas(peer);
         }
         self.sas
-            .values()
-            .filter(|s| s.peer == Some(peer) && s.linger_until.is_none())
+            .of_peer(peer)
+            .map(|(_, s)| s)
+            .filter(|s| s.linger_until.is_none())
             .flat_map(|s| s.children.iter().map(|c| c.sa.clone()))
             .collect()
     }
@@ -231,6 +244,7 @@ impl Endpoint {
         if self.peers.contains_key(&peer) {
             return Err(Error::DuplicatePeer(peer));
         }
+        self.index.add(peer, &cfg);
         self.peers.insert(peer, cfg);
         Ok(())
     }
@@ -248,7 +262,10 @@ impl Endpoint {
             return Ok(());
         }
         let had = self.delete_peer_sas(now, peer);
-        self.peers.insert(peer, cfg.clone());
+        if let Some(old) = self.peers.insert(peer, cfg.clone()) {
+            self.index.remove(peer, &old);
+        }
+        self.index.add(peer, &cfg);
         self.io.log(
             Some(peer),
             Level::Info,
@@ -263,12 +280,15 @@ impl Endpoint {
 
     /// Removes a peer, deleting its SAs with an INFORMATIONAL Delete.
     pub fn remove_peer(&mut self, now: Instant, peer: PeerId) -> Result<(), Error> {
-        self.peers.remove(&peer).ok_or(Error::UnknownPeer(peer))?;
+        let cfg = self.peers.remove(&peer).ok_or(Error::UnknownPeer(peer))?;
+        self.index.remove(peer, &cfg);
         self.delete_peer_sas(now, peer);
         Ok(())
     }
 
     /// Starts IKE_SA_INIT with the peer (no-op if an IKE SA exists or is being made).
+    /// With [`EndpointConfig::max_initiating`] initiations to the peer's address in
+    /// flight, it waits its turn; it starts from a later `handle_*` call.
     pub fn initiate(&mut self, now: Instant, peer: PeerId) -> Result<(), Error> {
         let cfg = self
             .peers
@@ -280,9 +300,18 @@ impl Endpoint {
         }
         if self
             .sas
-            .values()
-            .any(|s| s.peer == Some(peer) && !s.dead && !s.retiring && s.linger_until.is_none())
+            .of_peer(peer)
+            .any(|(_, s)| !s.dead && !s.retiring && s.linger_until.is_none())
+            || self.pacing.is_queued(peer)
         {
+            return Ok(());
+        }
+        let remote = cfg.remote_addr().ok_or(Error::ResponderOnly(peer))?;
+        if !self
+            .pacing
+            .admit(remote.ip(), peer, self.cfg.max_initiating)
+        {
+            tracing::debug!(%peer, %remote, queued = self.pacing.queued(), "initiation queued");
             return Ok(());
         }
         self.start_init(now, peer, cfg)
@@ -403,36 +432,36 @@ impl Endpoint {
             self.handle_request(now, &mut sa, local, remote, data, msg);
         }
         self.put_back(sa);
+        self.start_queued(now);
     }
 
     /// Tells the engine that ESP traffic arrived from the peer: like strongSwan's
     /// `dpddelay`, liveness checks are only sent after that long without any traffic.
     pub fn handle_child_activity(&mut self, now: Instant, peer: PeerId) {
         self.v1_child_activity(now, peer);
-        for sa in self
+        let spis: Vec<u64> = self
             .sas
-            .values_mut()
-            .filter(|s| s.peer == Some(peer) && s.established())
-        {
-            sa.last_rx = sa.last_rx.max(now);
+            .of_peer(peer)
+            .filter(|(_, s)| s.established())
+            .map(|(spi, _)| spi)
+            .collect();
+        for spi in spis {
+            if let Some(mut sa) = self.sas.get_mut(&spi) {
+                sa.last_rx = sa.last_rx.max(now);
+            }
         }
     }
 
     /// Runs everything due at `now`: retransmissions, rekeys, DPD, expiry.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let due: Vec<u64> = self
-            .sas
-            .iter()
-            .filter(|(_, s)| s.next_timeout().is_some_and(|t| t <= now))
-            .map(|(k, _)| *k)
-            .collect();
-        for spi in due {
+        for spi in self.sas.due(now) {
             if let Some(mut sa) = self.sas.remove(&spi) {
                 self.sa_timers(now, &mut sa);
                 self.put_back(sa);
             }
         }
         self.v1_timeout(now);
+        self.start_queued(now);
     }
 
     // ---- outputs -------------------------------------------------------------------
@@ -448,8 +477,8 @@ impl Endpoint {
     /// When [`Endpoint::handle_timeout`] should be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.sas
-            .values()
-            .filter_map(IkeSa::next_timeout)
+            .next_timeout()
+            .into_iter()
             .chain(self.v1_poll_timeout())
             .min()
     }
@@ -458,22 +487,46 @@ impl Endpoint {
 
     fn established_spi(&self, peer: PeerId) -> Result<u64, Error> {
         self.sas
-            .iter()
-            .find(|(_, s)| {
-                s.peer == Some(peer) && s.established() && !s.retiring && s.linger_until.is_none()
-            })
-            .map(|(k, _)| *k)
+            .of_peer(peer)
+            .find(|(_, s)| s.established() && !s.retiring && s.linger_until.is_none())
+            .map(|(k, _)| k)
             .ok_or(Error::NotEstablished(peer))
     }
 
-    pub(crate) fn put_back(&mut self, sa: IkeSa) {
+    pub(crate) fn put_back(&mut self, mut sa: IkeSa) {
+        if let Some(ip) = sa.paced.filter(|_| sa.dead || sa.established()) {
+            sa.paced = None;
+            self.pacing.finished(ip);
+        }
         if sa.dead {
-            self.half_open.retain(|_, v| *v != sa.our_spi());
+            if let Some(k) = sa.half_open_key {
+                if self.half_open.get(&k) == Some(&sa.our_spi()) {
+                    self.half_open.remove(&k);
+                }
+            }
             for c in &sa.children {
                 self.io.child_spis.remove(&c.sa.spi_in);
             }
         } else {
             self.sas.insert(sa.our_spi(), sa);
+        }
+    }
+
+    /// Starts the initiations that waited for a slot (see `Pacing`).
+    fn start_queued(&mut self, now: Instant) {
+        while let Some(peer) = self.pacing.next_ready(self.cfg.max_initiating) {
+            let Some(cfg) = self.peers.get(&peer).cloned() else {
+                continue; // removed while it waited
+            };
+            let live = self
+                .sas
+                .of_peer(peer)
+                .any(|(_, s)| !s.dead && !s.retiring && s.linger_until.is_none());
+            if !live && cfg.version == IkeVersion::V2 {
+                if let Err(e) = self.start_init(now, peer, cfg) {
+                    tracing::warn!(%peer, error = %e, "queued initiation failed");
+                }
+            }
         }
     }
 
@@ -491,11 +544,16 @@ impl Endpoint {
     /// Deletes every SA of a peer, telling the peer; returns whether there were any.
     fn delete_peer_sas(&mut self, now: Instant, peer: PeerId) -> bool {
         let v1 = self.v1_delete_peer(peer);
+        // Half-open responder SAs that can only be this peer's go too.
+        let half_open = self
+            .sas
+            .unidentified()
+            .filter(|(_, s)| s.candidate == Some(peer) && s.sole_candidate);
         let spis: Vec<u64> = self
             .sas
-            .iter()
-            .filter(|(_, s)| s.peer == Some(peer) || s.candidates == [peer])
-            .map(|(k, _)| *k)
+            .of_peer(peer)
+            .chain(half_open)
+            .map(|(k, _)| k)
             .collect();
         let any = !spis.is_empty();
         for spi in spis {
@@ -507,6 +565,7 @@ impl Endpoint {
                 self.put_back(sa);
             }
         }
+        self.start_queued(now);
         any || v1
     }
 
@@ -555,7 +614,7 @@ impl Endpoint {
         if sa.half_open_until.is_some_and(|t| now >= t) {
             sa.half_open_until = None;
             if !sa.established() {
-                let peer = sa.candidates.first().copied();
+                let peer = sa.candidate;
                 self.io.log(
                     peer,
                     Level::Warn,
@@ -666,7 +725,7 @@ impl Endpoint {
             self.io.stats.retransmits += 1;
             let (bytes, what, n) = (p.bytes.clone(), p.kind.name(), p.retx);
             self.io.log(
-                sa.peer.or(sa.candidates.first().copied()),
+                sa.peer.or(sa.candidate),
                 Level::Debug,
                 "retransmit",
                 format!("retransmitting {what} (try {n})"),

@@ -57,6 +57,8 @@ impl Endpoint {
             now,
         );
         sa.from_init = true;
+        sa.paced = Some(remote.ip());
+        self.pacing.started(remote.ip());
         self.io.log(
             Some(peer),
             Level::Info,
@@ -128,20 +130,10 @@ impl Endpoint {
             }
             return;
         }
-        let mut cands: Vec<(PeerId, PeerConfig)> = self
-            .peers
-            .iter()
-            .filter(|(_, c)| {
-                // IKEv1 tunnels are served by `crate::v1`, never by IKE_SA_INIT.
-                c.version == crate::IkeVersion::V2
-                    && c.local.ip() == local.ip()
-                    && c.remote_addr().is_none_or(|r| r.ip() == remote.ip())
-            })
-            .map(|(id, c)| (*id, c.clone()))
-            .collect();
-        // Peers configured with this exact address come before "any" peers.
-        cands.sort_by_key(|(_, c)| c.remote_addr().is_none());
-        let Some(first) = cands.first().map(|(id, _)| *id) else {
+        // Peers configured with this exact address come before "any" peers (the
+        // index's order). Nothing here is O(peers) when they share one proposal: the
+        // peer itself is chosen by identity at IKE_AUTH.
+        let Some(first) = self.index.by_address(local.ip(), remote.ip()).next() else {
             self.io.stats.no_peer += 1;
             tracing::debug!(%remote, %local, "IKE_SA_INIT from an unknown peer");
             return;
@@ -157,16 +149,26 @@ impl Endpoint {
             );
             return;
         };
-        let chosen = cands.iter().find_map(|(id, c)| {
-            select_ike(sa_p, &c.ike, None)
-                .ok()
-                .map(|(ans, _)| (*id, c.clone(), ans))
-        });
-        let Some((_, cfg, answer)) = chosen else {
+        let mut tried: Vec<crate::IkeProposal> = Vec::new();
+        let chosen = self
+            .index
+            .by_address(local.ip(), remote.ip())
+            .find_map(|id| {
+                let c = self.peers.get(&id)?;
+                if tried.contains(&c.ike) {
+                    return None;
+                }
+                tried.push(c.ike);
+                select_ike(sa_p, &c.ike, None)
+                    .ok()
+                    .map(|(ans, _)| (id, c.clone(), ans))
+            });
+        let Some((candidate, cfg, answer)) = chosen else {
+            let allows = self.peers.get(&first).map(|c| c.ike.name());
             let reason = format!(
                 "peer proposed {}; this tunnel allows {}",
                 describe(sa_p),
-                cands[0].1.ike.name()
+                allows.unwrap_or_default()
             );
             self.io.fail(Some(first), Phase::Phase1, reason);
             self.send_init_error(
@@ -177,12 +179,14 @@ impl Endpoint {
             );
             return;
         };
-        let candidates: Vec<PeerId> = cands
-            .iter()
-            .filter(|(_, c)| c.ike == cfg.ike)
-            .map(|(id, _)| *id)
-            .collect();
-        let log_peer = candidates.first().copied();
+        // Whether another peer with these addresses and algorithms exists: then only
+        // the identity in IKE_AUTH tells them apart.
+        let sole_candidate = !self
+            .index
+            .by_address(local.ip(), remote.ip())
+            .filter(|id| *id != candidate)
+            .any(|id| self.peers.get(&id).is_some_and(|c| c.ike == cfg.ike));
+        let log_peer = Some(candidate);
         if ke.group != cfg.ike.dh.iana_id() {
             // RFC 7296 §1.2: ask for the group we want; the initiator retries with it.
             self.io.log(
@@ -232,7 +236,9 @@ impl Endpoint {
             State::ExpectAuthRequest(hs),
             now,
         );
-        sa.candidates = candidates;
+        sa.candidate = Some(candidate);
+        sa.sole_candidate = sole_candidate;
+        sa.half_open_key = Some((remote, h.spi_i));
         sa.from_init = true;
         let nat_supported = sa.cfg.nat_traversal && has_nat_d(p);
         if nat_supported {
@@ -544,10 +550,14 @@ impl Endpoint {
         // RFC 7296 §2.4: tell the peer we have no other IKE SA with it. An IKE SA the
         // peer is setting up with us right now counts: with simultaneous initiation
         // INITIAL_CONTACT would make the peer drop the IKE SA it initiated.
-        let others = self.sas.values().any(|s| {
-            !s.dead
-                && s.linger_until.is_none()
-                && (s.peer == sa.peer || sa.peer.is_some_and(|p| s.candidates.contains(&p)))
+        let live = |s: &IkeSa| !s.dead && s.linger_until.is_none();
+        let others = sa.peer.is_some_and(|p| {
+            self.sas.of_peer(p).any(|(_, s)| live(s))
+                || self.sas.unidentified_from(sa.remote.ip()).any(|(_, s)| {
+                    live(s)
+                        && s.cfg.ike == cfg.ike
+                        && crate::table::accepts(cfg, s.local.ip(), s.remote.ip())
+                })
         });
         if !others {
             p.push(Payload::Notify(Notify::new(
@@ -594,15 +604,29 @@ impl Endpoint {
             return;
         };
         let idr = find_idr(&inner);
-        let mut matching: Vec<(PeerId, PeerConfig)> = sa
-            .candidates
-            .iter()
-            .filter_map(|p| self.peers.get(p).map(|c| (*p, c.clone())))
-            .filter(|(_, c)| c.remote_id.matches(idi))
-            .collect();
-        matching.sort_by_key(|(_, c)| !idr.is_some_and(|r| c.local_id.matches(r)));
-        let Some((peer, cfg)) = matching.into_iter().next() else {
-            let first = sa.candidates.first().copied();
+        // The candidates of IKE_SA_INIT (same addresses and IKE algorithms) that
+        // claim this identity, looked up by identity; the one whose local id the
+        // peer asked for (IDr) first, then one configured with the peer's exact
+        // address, then the lowest id.
+        let matching = self
+            .index
+            .by_remote_id(idi)
+            .filter_map(|p| self.peers.get(&p).map(|c| (p, c)))
+            .filter(|(_, c)| {
+                c.ike == sa.cfg.ike
+                    && c.remote_id.matches(idi)
+                    && crate::table::accepts(c, sa.local.ip(), sa.remote.ip())
+            })
+            .min_by_key(|(p, c)| {
+                (
+                    !idr.is_some_and(|r| c.local_id.matches(r)),
+                    c.remote_addr().is_none(),
+                    *p,
+                )
+            })
+            .map(|(p, c)| (p, c.clone()));
+        let Some((peer, cfg)) = matching else {
+            let first = sa.candidate;
             let want = first
                 .and_then(|p| self.peers.get(&p))
                 .map(|c| c.remote_id.to_string())
@@ -789,11 +813,12 @@ impl Endpoint {
 
     /// RFC 7296 §2.4: INITIAL_CONTACT means the peer lost every other IKE SA with us.
     fn initial_contact(&mut self, sa: &IkeSa) {
+        let Some(peer) = sa.peer else { return };
         let others: Vec<u64> = self
             .sas
-            .iter()
-            .filter(|(_, s)| s.peer == sa.peer && s.established())
-            .map(|(k, _)| *k)
+            .of_peer(peer)
+            .filter(|(_, s)| s.established())
+            .map(|(k, _)| k)
             .collect();
         for spi in others {
             if let Some(mut old) = self.sas.remove(&spi) {
@@ -854,16 +879,15 @@ impl Endpoint {
         if !sa.from_init || sa.duplicate || sa.retiring {
             return;
         }
-        let other = self.sas.iter().find_map(|(spi, s)| {
-            (s.peer == Some(peer)
-                && s.from_init
+        let other = self.sas.of_peer(peer).find_map(|(spi, s)| {
+            (s.from_init
                 && s.initiator != sa.initiator
                 && s.established()
                 && !s.dead
                 && !s.retiring
                 && !s.duplicate
                 && s.linger_until.is_none())
-            .then_some(*spi)
+            .then_some(spi)
         });
         let Some(other_spi) = other else { return };
         let Some(mut other) = self.sas.remove(&other_spi) else {
@@ -1586,7 +1610,7 @@ impl Endpoint {
     /// Moves the Child SAs of a rekeyed IKE SA to its successor (RFC 7296 §2.18),
     /// with the Child SA work still queued on the old one.
     pub(crate) fn transfer_children(&mut self, now: Instant, old: &mut IkeSa, new_spi: u64) {
-        let Some(new) = self.sas.get_mut(&new_spi) else {
+        let Some(mut new) = self.sas.get_mut(&new_spi) else {
             return;
         };
         for mut c in old.children.drain(..) {

@@ -53,6 +53,7 @@ pub mod keys;
 pub mod proposal;
 mod sa;
 pub mod sk;
+mod table;
 pub mod ts;
 pub mod v1;
 pub mod wire;

@@ -134,8 +134,17 @@ pub(crate) struct Child {
 pub(crate) struct IkeSa {
     /// `None` for a responder until IKE_AUTH identifies the peer.
     pub peer: Option<PeerId>,
-    /// Responder: peers this SA could belong to (same addresses and IKE algorithms).
-    pub candidates: Vec<PeerId>,
+    /// Responder before IKE_AUTH: the first peer this SA could belong to (same
+    /// addresses and IKE algorithms), for logs, and whether it is the only one. The
+    /// whole set is not stored: IKE_AUTH looks the peer up by identity (`PeerIndex`);
+    /// with 10,000 tunnels from one address a list per SA was 10,000 ids (issue 8).
+    pub candidate: Option<PeerId>,
+    pub sole_candidate: bool,
+    /// Responder: our entry in `Endpoint::half_open` (peer address, SPIi).
+    pub half_open_key: Option<(SocketAddr, u64)>,
+    /// Initiator: holds a slot of `Endpoint::pacing` for this address until IKE_AUTH
+    /// completes or the SA dies.
+    pub paced: Option<std::net::IpAddr>,
     pub cfg: PeerConfig,
     /// We set the Initiator flag (original initiator, or initiator of the rekey
     /// exchange that created this SA).
@@ -197,7 +206,10 @@ impl IkeSa {
     ) -> Self {
         Self {
             peer,
-            candidates: peer.into_iter().collect(),
+            candidate: peer,
+            sole_candidate: peer.is_some(),
+            half_open_key: None,
+            paced: None,
             cfg,
             initiator,
             spi_i,

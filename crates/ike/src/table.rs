@@ -3,7 +3,7 @@
 //! and the configured peers indexed by address and by remote identity. Nothing here
 //! scans every SA or every peer.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::time::Instant;
 
@@ -255,6 +255,87 @@ impl PeerIndex {
     }
 }
 
+/// Our initiations in flight per peer address. A gateway told to bring up 10,000
+/// tunnels to one peer at once would otherwise send 10,000 IKE_SA_INITs in one burst:
+/// most are lost in socket buffers or answered with COOKIEs (RFC 7296 §2.6), and the
+/// rest of the setup is paced by retransmission timers (issue 8). At most
+/// `EndpointConfig::max_initiating` of our IKE SAs to one address are before the end
+/// of IKE_AUTH; the others wait in FIFO order and start as those complete or fail.
+#[derive(Default)]
+pub(crate) struct Pacing {
+    windows: HashMap<IpAddr, Window>,
+    queued: HashSet<PeerId>,
+    /// Addresses that may have a free slot and a waiting peer.
+    ready: BTreeSet<IpAddr>,
+}
+
+#[derive(Default)]
+struct Window {
+    in_flight: usize,
+    queue: VecDeque<PeerId>,
+}
+
+impl Pacing {
+    pub fn is_queued(&self, peer: PeerId) -> bool {
+        self.queued.contains(&peer)
+    }
+
+    /// Whether an initiation to `ip` may start now; if not, `peer` waits its turn.
+    pub fn admit(&mut self, ip: IpAddr, peer: PeerId, max: usize) -> bool {
+        let w = self.windows.entry(ip).or_default();
+        if w.in_flight < max.max(1) && w.queue.is_empty() {
+            return true;
+        }
+        if self.queued.insert(peer) {
+            w.queue.push_back(peer);
+        }
+        false
+    }
+
+    pub fn started(&mut self, ip: IpAddr) {
+        self.windows.entry(ip).or_default().in_flight += 1;
+    }
+
+    pub fn finished(&mut self, ip: IpAddr) {
+        let Some(w) = self.windows.get_mut(&ip) else {
+            return;
+        };
+        w.in_flight = w.in_flight.saturating_sub(1);
+        if !w.queue.is_empty() {
+            self.ready.insert(ip);
+        } else if w.in_flight == 0 {
+            self.windows.remove(&ip);
+        }
+    }
+
+    /// The next waiting peer whose address has a free slot.
+    pub fn next_ready(&mut self, max: usize) -> Option<PeerId> {
+        loop {
+            let ip = *self.ready.first()?;
+            match self.windows.get_mut(&ip) {
+                Some(w) if w.in_flight < max.max(1) => {
+                    if let Some(p) = w.queue.pop_front() {
+                        self.queued.remove(&p);
+                        return Some(p);
+                    }
+                    self.ready.remove(&ip);
+                    if w.in_flight == 0 {
+                        self.windows.remove(&ip);
+                    }
+                }
+                _ => {
+                    self.ready.remove(&ip);
+                }
+            }
+        }
+    }
+
+    /// Peers waiting for a slot.
+    pub fn queued(&self) -> usize {
+        self.queued.len()
+    }
+}
+
 fn addr_key(cfg: &PeerConfig) -> (IpAddr, Option<IpAddr>) {
     (cfg.local.ip(), cfg.remote_addr().map(|r| r.ip()))
 }
@@ -389,6 +470,70 @@ mod tests {
             resp.poll_timeout(),
             Some(t + EndpointConfig::default().retransmit_base)
         );
+    }
+
+    /// Initiations to one address beyond `max_initiating` wait and start, in order, as
+    /// earlier ones complete: the burst on the wire is bounded, every tunnel comes up.
+    #[test]
+    fn initiations_to_one_address_are_paced() {
+        let (mut init, mut resp, now) = pair(10);
+        init.cfg.max_initiating = 3;
+        for i in 0..10 {
+            init.initiate(now, PeerId(i)).unwrap();
+        }
+        // A queued peer is not queued twice nor started by a second `initiate`.
+        init.initiate(now, PeerId(9)).unwrap();
+        assert_eq!(init.pacing.queued(), 7);
+        let mut burst = Vec::new();
+        while let Some(t) = init.poll_transmit() {
+            burst.push(t);
+        }
+        assert_eq!(burst.len(), 3, "one IKE_SA_INIT per slot");
+        for t in burst {
+            resp.handle_datagram(now, t.remote, t.local, &t.payload);
+        }
+        let mut most = 0;
+        for _ in 0..40 {
+            let mut moved = false;
+            let mut in_flight = 0;
+            while let Some(t) = resp.poll_transmit() {
+                init.handle_datagram(now, t.remote, t.local, &t.payload);
+                moved = true;
+            }
+            while let Some(t) = init.poll_transmit() {
+                resp.handle_datagram(now, t.remote, t.local, &t.payload);
+                in_flight += 1;
+                moved = true;
+            }
+            most = most.max(in_flight);
+            if !moved {
+                break;
+            }
+        }
+        assert!(most <= 3, "{most} requests in one round");
+        assert_eq!(established(&mut resp), 10);
+        assert_eq!(init.pacing.queued(), 0);
+        for i in 0..10 {
+            assert_eq!(init.child_sas(PeerId(i)).len(), 1, "peer {i}");
+        }
+    }
+
+    /// A failed initiation frees its slot too: removing the peers in flight starts the
+    /// queued ones.
+    #[test]
+    fn removing_peers_in_flight_starts_queued_ones() {
+        let (mut init, mut resp, now) = pair(4);
+        init.cfg.max_initiating = 2;
+        for i in 0..4 {
+            init.initiate(now, PeerId(i)).unwrap();
+        }
+        while init.poll_transmit().is_some() {}
+        init.remove_peer(now, PeerId(0)).unwrap();
+        init.remove_peer(now, PeerId(1)).unwrap();
+        assert_eq!(init.pacing.queued(), 0);
+        pump(&mut init, &mut resp, now);
+        assert_eq!(established(&mut resp), 2);
+        assert_eq!(init.child_sas(PeerId(3)).len(), 1);
     }
 
     fn pair(n: u64) -> (Endpoint, Endpoint, Instant) {
