@@ -248,6 +248,7 @@ fn configure(
     mode: &str,
     initiate: bool,
     child_lifetime_s: u32,
+    tunnel: Value,
 ) -> String {
     let g = gw.post(
         ns,
@@ -271,6 +272,9 @@ fn configure(
             "ipsec": {"encryption": "aes-gcm-128", "pfs": "group14", "lifetime_s": child_lifetime_s},
         }],
     });
+    if let (Some(t), Some(extra)) = (body["tunnels"][0].as_object_mut(), tunnel.as_object()) {
+        t.extend(extra.clone());
+    }
     if mode == "protected_flows" {
         body["local_subnets"] = json!([own_net]);
         body["remote_subnets"] = json!([peer_net]);
@@ -324,6 +328,7 @@ fn run_pair(mode: &str, child_lifetime_s: u32) {
         mode,
         false,
         child_lifetime_s,
+        json!({}),
     );
     p.gw_b
         .wait_tunnel(&p.b, &conn_b, "B idle", Duration::from_secs(10), |s| {
@@ -339,6 +344,7 @@ fn run_pair(mode: &str, child_lifetime_s: u32) {
         mode,
         true,
         child_lifetime_s,
+        json!({}),
     );
     let ta = p.gw_a.wait_tunnel(
         &p.a,
@@ -458,4 +464,103 @@ fn vpngw_pair_destination_mode_hosts_ping_each_other() {
 #[test]
 fn vpngw_pair_child_rekeys_both_ways_under_ping_lose_nothing() {
     run_pair("protected_flows", 12);
+}
+
+/// DPD between two vpngw gateways: the path to B breaks, A's liveness checks go
+/// unanswered, and A's tunnel status says it was DPD and for how long; while A retries,
+/// the phase is `phase1_negotiating` (API.md), not `idle`; when the path is back the
+/// tunnel comes back by itself (both ends may initiate at once then: one IKE SA stays).
+#[test]
+fn vpngw_pair_dpd_reason_and_phase_while_retrying() {
+    let p = Pair::new();
+    let mode = "protected_flows";
+    let conn_b = configure(
+        &p.gw_b,
+        &p.b,
+        B_PUB,
+        B_NET,
+        A_PUB,
+        A_NET,
+        mode,
+        false,
+        DAY,
+        json!({"dpd_interval_s": 2, "dpd_timeout_s": 6}),
+    );
+    let conn_a = configure(
+        &p.gw_a,
+        &p.a,
+        A_PUB,
+        A_NET,
+        B_PUB,
+        B_NET,
+        mode,
+        true,
+        DAY,
+        json!({"dpd_interval_s": 2, "dpd_timeout_s": 6}),
+    );
+    for (gw, ns, conn) in [(&p.gw_a, &p.a, &conn_a), (&p.gw_b, &p.b, &conn_b)] {
+        gw.wait_tunnel(ns, conn, "established", Duration::from_secs(20), |s| {
+            phase(s) == "established"
+        });
+    }
+    lab::wait_ping(&p.host_a, HOST_A, HOST_B, Duration::from_secs(10)).unwrap();
+
+    // The path to B goes away: nothing from A reaches B any more.
+    p._inet.link_down("peer0").unwrap();
+    let broke = Instant::now();
+    let t = p.gw_a.wait_tunnel(
+        &p.a,
+        &conn_a,
+        "DPD declares B dead",
+        Duration::from_secs(40),
+        |s| phase(s) != "established",
+    );
+    let reason = t["status"]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    println!("after {:?}: {:#}", broke.elapsed(), t["status"]);
+    assert!(
+        reason.starts_with("DPD: peer 198.51.100.1:500 did not answer for "),
+        "{t:#}"
+    );
+    // Retrying: an IKE_SA_INIT is outstanding, and the reason still says why.
+    let t = p.gw_a.wait_tunnel(
+        &p.a,
+        &conn_a,
+        "A retrying in phase1_negotiating",
+        Duration::from_secs(10),
+        |s| phase(s) == "phase1_negotiating",
+    );
+    assert!(
+        t["status"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("DPD: ")),
+        "{t:#}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let s = &p.gw_a.get(&p.a, &format!("/v1/vpn-connections/{conn_a}"))["tunnels"][0]["status"];
+    assert_eq!(phase(s), "phase1_negotiating", "{s:#}");
+
+    // The path is back: the tunnel recovers without help and carries traffic.
+    p._inet.link_up("peer0").unwrap();
+    for (gw, ns, conn) in [(&p.gw_a, &p.a, &conn_a), (&p.gw_b, &p.b, &conn_b)] {
+        gw.wait_tunnel(ns, conn, "re-established", Duration::from_secs(60), |s| {
+            phase(s) == "established"
+        });
+    }
+    lab::wait_ping(&p.host_a, HOST_A, HOST_B, Duration::from_secs(10)).unwrap();
+    let r = lab::ping(&p.host_b, HOST_B, HOST_A, 5, Duration::from_secs(5)).unwrap();
+    assert_eq!(r.received, 5, "site B → site A after recovery: {r:?}");
+    // One IKE SA and one Child SA on each side, and they match.
+    std::thread::sleep(Duration::from_secs(4));
+    let ta = p.gw_a.get(&p.a, &format!("/v1/vpn-connections/{conn_a}"));
+    let tb = p.gw_b.get(&p.b, &format!("/v1/vpn-connections/{conn_b}"));
+    let (sa, sb) = (&ta["tunnels"][0]["status"], &tb["tunnels"][0]["status"]);
+    assert_eq!(
+        sa["ike_sa"]["spis"], sb["ike_sa"]["spis"],
+        "A: {sa:#}\nB: {sb:#}"
+    );
+    assert_eq!(sa["child_sas"].as_array().map(Vec::len), Some(1), "{sa:#}");
+    assert_eq!(sa["child_sas"][0]["spi_out"], sb["child_sas"][0]["spi_in"]);
 }
