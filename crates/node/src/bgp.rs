@@ -63,6 +63,8 @@ pub(crate) struct BgpSpec {
     pub peer_asn: u32,
     /// The gateway's local networks (IPv4), originated on the session.
     pub advertise: Vec<Ipv4Net>,
+    /// TCP port of both ends: [`BGP_PORT`] (tests use others).
+    pub port: u16,
 }
 
 /// The BGP part of the packet path, published by [`run`], read lock-free by the workers.
@@ -156,6 +158,7 @@ pub(crate) fn specs(
                 local_asn: c.local_asn,
                 peer_asn,
                 advertise: advertise.clone(),
+                port: BGP_PORT,
             });
         }
     }
@@ -638,7 +641,7 @@ async fn drive(spec: BgpSpec, reports: mpsc::UnboundedSender<Report>) {
         tracing::error!(error = %e, "BGP configuration refused");
         return;
     }
-    let listener = listen(spec.local_ip)
+    let listener = listen(spec.local_ip, spec.port)
         .map_err(|e| tracing::warn!(error = %e, "cannot accept BGP connections"))
         .ok();
     let new_session = |now| {
@@ -719,7 +722,11 @@ async fn drive(spec: BgpSpec, reports: mpsc::UnboundedSender<Report>) {
                     if let Some(c) = connecting.take() {
                         c.abort();
                     }
-                    connecting = Some(tokio::spawn(connect(spec.local_ip, spec.peer_ip)));
+                    connecting = Some(tokio::spawn(connect(
+                        spec.local_ip,
+                        spec.peer_ip,
+                        spec.port,
+                    )));
                 }
                 Event::Close => {
                     stream = None;
@@ -916,19 +923,19 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-fn listen(local: Ipv4Addr) -> std::io::Result<TcpListener> {
+fn listen(local: Ipv4Addr, port: u16) -> std::io::Result<TcpListener> {
     let sock = TcpSocket::new_v4()?;
     sock.set_reuseaddr(true)?;
-    sock.bind(SocketAddr::V4(SocketAddrV4::new(local, BGP_PORT)))?;
+    sock.bind(SocketAddr::V4(SocketAddrV4::new(local, port)))?;
     sock.listen(4)
 }
 
-async fn connect(local: Ipv4Addr, peer: Ipv4Addr) -> std::io::Result<TcpStream> {
+async fn connect(local: Ipv4Addr, peer: Ipv4Addr, port: u16) -> std::io::Result<TcpStream> {
     let sock = TcpSocket::new_v4()?;
     sock.bind(SocketAddr::V4(SocketAddrV4::new(local, 0)))?;
     let st = tokio::time::timeout(
         CONNECT_TIMEOUT,
-        sock.connect(SocketAddr::V4(SocketAddrV4::new(peer, BGP_PORT))),
+        sock.connect(SocketAddr::V4(SocketAddrV4::new(peer, port))),
     )
     .await
     .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
@@ -1118,6 +1125,68 @@ mod tests {
         // Nothing is advertised while the session is down.
         let down = session_routes(&want[1], &want, false, &received, &best);
         assert!(down.advertised.is_empty());
+    }
+
+    /// Two drivers over loopback TCP that connect to each other at the same moment
+    /// (on a current-thread runtime both listeners exist before either connect runs,
+    /// so both connections are accepted): RFC 4271 §6.8 keeps one connection and both
+    /// sessions come up once and stay up. Without collision detection each side
+    /// would drop the other's connection and both sessions would fail.
+    #[tokio::test(flavor = "current_thread")]
+    async fn simultaneous_connects_resolve_to_one_session() {
+        let port = 20_000 + (std::process::id() % 20_000) as u16;
+        let (a_ip, b_ip) = (Ipv4Addr::new(127, 0, 79, 1), Ipv4Addr::new(127, 0, 79, 2));
+        let spec = |local, peer, local_asn, peer_asn, net: &str| BgpSpec {
+            tunnel_id: format!("tun-{local}"),
+            conn_id: "vco-1".into(),
+            tunnel_index: 0,
+            link: "127.0.79.0/30".parse().unwrap(),
+            local_ip: local,
+            peer_ip: peer,
+            local_asn,
+            peer_asn,
+            advertise: vec![net.parse().unwrap()],
+            port,
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let a = tokio::spawn(drive(
+            spec(a_ip, b_ip, 65000, 65001, "172.16.1.0/24"),
+            tx.clone(),
+        ));
+        let b = tokio::spawn(drive(spec(b_ip, a_ip, 65001, 65000, "10.2.0.0/24"), tx));
+        let mut established: HashMap<String, usize> = HashMap::new();
+        let mut learned: HashMap<String, BTreeSet<Ipv4Net>> = HashMap::new();
+        let mut was_up: HashMap<String, bool> = HashMap::new();
+        let deadline = Instant::now() + Duration::from_secs(4);
+        while let Ok(Some(r)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+            match r {
+                Report::Status { tunnel_id, status } => {
+                    let up = status.state == BgpSessionState::Established;
+                    let was = was_up.insert(tunnel_id.clone(), up).unwrap_or(false);
+                    if up && !was {
+                        *established.entry(tunnel_id).or_default() += 1;
+                    }
+                }
+                Report::Learned {
+                    tunnel_id,
+                    prefixes,
+                    ..
+                } => {
+                    learned.insert(tunnel_id, prefixes);
+                }
+            }
+        }
+        a.abort();
+        b.abort();
+        let ta = format!("tun-{a_ip}");
+        let tb = format!("tun-{b_ip}");
+        assert_eq!(established.get(&ta), Some(&1), "{established:?} {was_up:?}");
+        assert_eq!(established.get(&tb), Some(&1), "{established:?} {was_up:?}");
+        assert_eq!(was_up.get(&ta), Some(&true));
+        assert_eq!(was_up.get(&tb), Some(&true));
+        let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        assert_eq!(learned[&ta], BTreeSet::from([net("10.2.0.0/24")]));
+        assert_eq!(learned[&tb], BTreeSet::from([net("172.16.1.0/24")]));
     }
 
     #[test]
