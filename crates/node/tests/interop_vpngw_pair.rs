@@ -564,3 +564,74 @@ fn vpngw_pair_dpd_reason_and_phase_while_retrying() {
     assert_eq!(sa["child_sas"].as_array().map(Vec::len), Some(1), "{sa:#}");
     assert_eq!(sa["child_sas"][0]["spi_out"], sb["child_sas"][0]["spi_in"]);
 }
+
+/// Both gateways initiate as soon as they are configured, within the same moment:
+/// each end sees two IKE SAs come up and both keep the same one (the engine's
+/// lowest-nonce rule), so each side ends with one IKE SA and one Child SA that match.
+#[test]
+fn vpngw_pair_both_initiate_end_with_one_ike_sa() {
+    let p = Pair::new();
+    let mode = "protected_flows";
+    let (conn_a, conn_b) = std::thread::scope(|s| {
+        let b = s.spawn(|| {
+            configure(
+                &p.gw_b,
+                &p.b,
+                B_PUB,
+                B_NET,
+                A_PUB,
+                A_NET,
+                mode,
+                true,
+                DAY,
+                json!({}),
+            )
+        });
+        let a = configure(
+            &p.gw_a,
+            &p.a,
+            A_PUB,
+            A_NET,
+            B_PUB,
+            B_NET,
+            mode,
+            true,
+            DAY,
+            json!({}),
+        );
+        (a, b.join().unwrap())
+    });
+    for (gw, ns, conn) in [(&p.gw_a, &p.a, &conn_a), (&p.gw_b, &p.b, &conn_b)] {
+        gw.wait_tunnel(ns, conn, "established", Duration::from_secs(30), |s| {
+            phase(s) == "established"
+        });
+    }
+    lab::wait_ping(&p.host_a, HOST_A, HOST_B, Duration::from_secs(10)).unwrap();
+    // Give a duplicate IKE SA time to be deleted (one round trip), then compare.
+    std::thread::sleep(Duration::from_secs(3));
+    let ta = p.gw_a.get(&p.a, &format!("/v1/vpn-connections/{conn_a}"));
+    let tb = p.gw_b.get(&p.b, &format!("/v1/vpn-connections/{conn_b}"));
+    let (sa, sb) = (&ta["tunnels"][0]["status"], &tb["tunnels"][0]["status"]);
+    let logs = p.gw_a.get(
+        &p.a,
+        &format!("/v1/vpn-connections/{conn_a}/logs?limit=1000"),
+    );
+    let duplicates = logs["items"].as_array().map_or(0, |i| {
+        i.iter()
+            .filter(|e| e["event"] == "duplicate_ike_sa")
+            .count()
+    });
+    println!("duplicate IKE SAs resolved at A: {duplicates}");
+    assert_eq!(sa["phase"], "established", "{sa:#}");
+    assert_eq!(sb["phase"], "established", "{sb:#}");
+    assert_eq!(
+        sa["ike_sa"]["spis"], sb["ike_sa"]["spis"],
+        "A: {sa:#}\nB: {sb:#}"
+    );
+    assert_eq!(sa["child_sas"].as_array().map(Vec::len), Some(1), "{sa:#}");
+    assert_eq!(sb["child_sas"].as_array().map(Vec::len), Some(1), "{sb:#}");
+    assert_eq!(sa["child_sas"][0]["spi_out"], sb["child_sas"][0]["spi_in"]);
+    assert_eq!(sa["child_sas"][0]["spi_in"], sb["child_sas"][0]["spi_out"]);
+    let r = lab::ping(&p.host_b, HOST_B, HOST_A, 5, Duration::from_secs(5)).unwrap();
+    assert_eq!(r.received, 5, "site B → site A: {r:?}");
+}
