@@ -182,13 +182,13 @@ impl Node {
             Arc::clone(&fwd),
             Arc::clone(&sadb),
             config.tun_name.clone(),
+            Arc::clone(&store),
         ));
         let control_thread = std::thread::Builder::new()
             .name("node-control".into())
             .spawn(move || {
                 // The endpoint (and its RNG) lives on this thread only.
                 let endpoint =
-            Arc::clone(&store),
                     ike::Endpoint::new(ike::EndpointConfig::default(), Box::new(crypto::OsRandom));
                 Control::new(endpoint, dp, ports, fwd, sadb, writes_tx).run(input_rx);
             })
