@@ -36,7 +36,7 @@ use model::{
 use store::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -48,6 +48,8 @@ pub const BGP_PORT: u16 = 179;
 const TUNNEL_POLL: Duration = Duration::from_secs(1);
 /// Bound on an outgoing TCP connect; the session's ConnectRetry timer retries.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long sessions that are turned off get to say so to the peer.
+const GRACEFUL_STOP: Duration = Duration::from_secs(1);
 
 /// One tunnel that runs BGP, from the desired state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,6 +207,7 @@ pub(crate) async fn run(
     let mut tick = tokio::time::interval(TUNNEL_POLL);
     loop {
         let want = specs.borrow_and_update().clone();
+        m.stop_gracefully(&want).await;
         m.converge(&want);
         tokio::select! {
             // The node stopped: dropping the manager stops the sessions and removes
@@ -247,6 +250,8 @@ impl Drop for AbortOnDrop {
 struct Driver {
     spec: BgpSpec,
     task: JoinHandle<()>,
+    /// Asks the driver to end the session with a NOTIFICATION (Cease) and return.
+    stop: Option<oneshot::Sender<()>>,
 }
 
 impl Drop for Driver {
@@ -277,6 +282,47 @@ struct Manager {
 }
 
 impl Manager {
+    /// Sessions whose tunnel still has its SA but whose configuration changed or went
+    /// away (BGP turned off, tunnel or connection deleted): tell the peer with Cease /
+    /// Administrative Shutdown (RFC 4486 §4, RFC 9003) and close the connection while
+    /// the link address is still there, so the peer withdraws our routes at once
+    /// instead of after its hold time. Bounded by [`GRACEFUL_STOP`].
+    async fn stop_gracefully(&mut self, want: &[BgpSpec]) {
+        let ids: Vec<String> = {
+            let fwd = self.fwd.load();
+            self.drivers
+                .iter()
+                .filter(|(id, d)| {
+                    !want.contains(&d.spec)
+                        && fwd
+                            .keys
+                            .get(id.as_str())
+                            .is_some_and(|k| self.sadb.outbound(k).is_some())
+                })
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        let mut stopping: Vec<Driver> = ids
+            .iter()
+            .filter_map(|id| self.drivers.remove(id))
+            .collect();
+        if stopping.is_empty() {
+            return;
+        }
+        for d in &mut stopping {
+            if let Some(tx) = d.stop.take() {
+                let _ = tx.send(());
+            }
+        }
+        let _ = tokio::time::timeout(GRACEFUL_STOP, async {
+            for d in &mut stopping {
+                let _ = (&mut d.task).await;
+            }
+        })
+        .await;
+        // Dropping them aborts what did not finish in time.
+    }
+
     fn converge(&mut self, want: &[BgpSpec]) {
         let fwd = self.fwd.load();
         let key = |id: &str| fwd.keys.get(id).copied();
@@ -300,12 +346,14 @@ impl Manager {
         for s in want {
             if up.contains_key(s.tunnel_id.as_str()) && !self.drivers.contains_key(&s.tunnel_id) {
                 tracing::info!(tunnel = s.tunnel_id, peer = %s.peer_ip, "starting BGP session");
-                let task = tokio::spawn(drive(s.clone(), self.reports.clone()));
+                let (stop, stopped) = oneshot::channel();
+                let task = tokio::spawn(drive(s.clone(), self.reports.clone(), stopped));
                 self.drivers.insert(
                     s.tunnel_id.clone(),
                     Driver {
                         spec: s.clone(),
                         task,
+                        stop: Some(stop),
                     },
                 );
             }
@@ -630,7 +678,11 @@ async fn write_routes(store: Arc<dyn Store>, mut rx: watch::Receiver<HashMap<Str
 }
 
 /// One session's driver: TCP in and out, the engine's timers, reports to the manager.
-async fn drive(spec: BgpSpec, reports: mpsc::UnboundedSender<Report>) {
+async fn drive(
+    spec: BgpSpec,
+    reports: mpsc::UnboundedSender<Report>,
+    mut stop: oneshot::Receiver<()>,
+) {
     let span = tracing::info_span!("bgp", tunnel = spec.tunnel_id, peer = %spec.peer_ip);
     let _enter = span.enter();
     let mut config = bgp::Config::new(spec.local_ip, spec.peer_ip, spec.peer_asn);
@@ -662,6 +714,7 @@ async fn drive(spec: BgpSpec, reports: mpsc::UnboundedSender<Report>) {
     let mut buf = vec![0u8; 8192];
     let mut last: Option<BgpStatus> = None;
     let mut established_at: Option<DateTime<Utc>> = None;
+    let mut stop_gone = false;
     loop {
         // Outputs: transmit before events (a NOTIFICATION before its Close).
         let mut failed = false;
@@ -856,6 +909,25 @@ async fn drive(spec: BgpSpec, reports: mpsc::UnboundedSender<Report>) {
                         Ok(n) => s2.handle_bytes(now, buf2.get(..n).unwrap_or_default()),
                     }
                 }
+            }
+            r = &mut stop, if !stop_gone => {
+                if r.is_err() {
+                    // The manager went away without asking (it aborts us as well).
+                    stop_gone = true;
+                    continue;
+                }
+                let now = Instant::now().into_std();
+                s.shutdown(now, "BGP turned off on this tunnel");
+                if let Some(mut st) = stream.take() {
+                    while let Some(bytes) = s.poll_transmit() {
+                        if st.write_all(&bytes).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = st.shutdown().await;
+                }
+                tracing::info!("BGP session stopped: turned off");
+                return;
             }
             () = sleep_until(deadline) => {
                 let now = Instant::now().into_std();
@@ -1149,11 +1221,18 @@ mod tests {
             port,
         };
         let (tx, mut rx) = mpsc::unbounded_channel();
+        let (_stop_a, stopped_a) = oneshot::channel();
+        let (_stop_b, stopped_b) = oneshot::channel();
         let a = tokio::spawn(drive(
             spec(a_ip, b_ip, 65000, 65001, "172.16.1.0/24"),
             tx.clone(),
+            stopped_a,
         ));
-        let b = tokio::spawn(drive(spec(b_ip, a_ip, 65001, 65000, "10.2.0.0/24"), tx));
+        let b = tokio::spawn(drive(
+            spec(b_ip, a_ip, 65001, 65000, "10.2.0.0/24"),
+            tx,
+            stopped_b,
+        ));
         let mut established: HashMap<String, usize> = HashMap::new();
         let mut learned: HashMap<String, BTreeSet<Ipv4Net>> = HashMap::new();
         let mut was_up: HashMap<String, bool> = HashMap::new();

@@ -638,7 +638,7 @@ fn site_netns(s: &Site, inet: &lab::Netns, inet_if: &str) -> (lab::Netns, lab::N
 /// its ASN, a destination-mode connection with BGP and no route. Returns (gateway ID,
 /// connection ID).
 fn configure_site(
-    v: &lab::Vpngw<'_>,
+    v: &lab::Vpngw,
     own: &Site,
     other: &Site,
     initiate: bool,
@@ -740,6 +740,7 @@ fn vpngw_pair_over_bgp_learns_each_others_networks() {
         &format!("/v1/vpn-connections/{conn_a}"),
         json!({"enable_bgp": false}),
     );
+    let off = Instant::now();
     b.wait_tunnel(
         &conn_b,
         0,
@@ -751,6 +752,11 @@ fn vpngw_pair_over_bgp_learns_each_others_networks() {
                 && s["bgp"]["routes_received"] == 0
         },
     );
+    // A said so (Cease / Administrative Shutdown) instead of leaving B to its hold
+    // timer (30 s).
+    let took = off.elapsed();
+    println!("B withdrew A's network {took:?} after BGP was turned off at A");
+    assert!(took < Duration::from_secs(10), "{took:?}");
     let table = a.get(&format!("/v1/vpn-gateways/{gw_a_id}/route-table"));
     assert_eq!(table["items"], json!([]), "{table:#}");
     let r = lab::ping(&host_a, SITE_A.host, SITE_B.host, 2, Duration::from_secs(3)).unwrap();
