@@ -74,6 +74,9 @@ pub struct NodeConfig {
     pub natt_port: u16,
     /// Also receive and send ESP as IP protocol 50 (peers not using UDP encapsulation).
     pub raw_esp: bool,
+    /// TUN offloads (`IFF_VNET_HDR`, TSO/checksum): the data plane reads TCP
+    /// super-packets and writes coalesced segments (dataplane's `offload` module).
+    pub tun_offloads: bool,
 }
 
 impl Default for NodeConfig {
@@ -85,6 +88,7 @@ impl Default for NodeConfig {
             ike_port: 500,
             natt_port: 4500,
             raw_esp: true,
+            tun_offloads: true,
         }
     }
 }
@@ -144,6 +148,7 @@ impl Node {
         });
         let mut dp_config = DpConfig::new(TunConfig {
             mtu: Some(config.tun_mtu),
+            vnet_hdr: config.tun_offloads,
             ..TunConfig::new(config.tun_name.clone())
         });
         dp_config.workers = config.workers;
