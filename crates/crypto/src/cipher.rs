@@ -3,9 +3,7 @@
 
 use core::fmt;
 
-use aes_gcm::aead::AeadInPlace;
-use aes_gcm::aead::KeyInit;
-use aes_gcm::{Aes128Gcm, Aes256Gcm, Nonce, Tag};
+use aes::cipher::KeyInit;
 use des::cipher::generic_array::{ArrayLength, GenericArray};
 use des::cipher::typenum::Unsigned;
 use des::cipher::{
@@ -32,8 +30,12 @@ enum Inner {
     Aes128(aes::Aes128),
     Aes192(aes::Aes192),
     Aes256(aes::Aes256),
-    Gcm128 { aead: Aes128Gcm, salt: [u8; 4] },
-    Gcm256 { aead: Aes256Gcm, salt: [u8; 4] },
+    /// AES-GCM through ring (its assembly interleaves AES-NI/VAES with PCLMUL GHASH);
+    /// the key size is in the key.
+    Gcm {
+        aead: ring::aead::LessSafeKey,
+        salt: [u8; 4],
+    },
 }
 
 impl Cipher {
@@ -49,20 +51,8 @@ impl Cipher {
             Encr::AesCbc128 => Inner::Aes128(keyed(key)?),
             Encr::AesCbc192 => Inner::Aes192(keyed(key)?),
             Encr::AesCbc256 => Inner::Aes256(keyed(key)?),
-            Encr::AesGcm16_128 => {
-                let (k, salt) = split_salt(key)?;
-                Inner::Gcm128 {
-                    aead: keyed(k)?,
-                    salt,
-                }
-            }
-            Encr::AesGcm16_256 => {
-                let (k, salt) = split_salt(key)?;
-                Inner::Gcm256 {
-                    aead: keyed(k)?,
-                    salt,
-                }
-            }
+            Encr::AesGcm16_128 => gcm(&ring::aead::AES_128_GCM, key)?,
+            Encr::AesGcm16_256 => gcm(&ring::aead::AES_256_GCM, key)?,
         };
         Ok(Cipher { encr, inner })
     }
@@ -81,7 +71,7 @@ impl Cipher {
             Inner::Aes128(c) => cbc_encrypt(c, iv, buf),
             Inner::Aes192(c) => cbc_encrypt(c, iv, buf),
             Inner::Aes256(c) => cbc_encrypt(c, iv, buf),
-            Inner::Gcm128 { .. } | Inner::Gcm256 { .. } => Err(Error::Unsupported),
+            Inner::Gcm { .. } => Err(Error::Unsupported),
         }
     }
 
@@ -93,7 +83,7 @@ impl Cipher {
             Inner::Aes128(c) => cbc_decrypt(c, iv, buf),
             Inner::Aes192(c) => cbc_decrypt(c, iv, buf),
             Inner::Aes256(c) => cbc_decrypt(c, iv, buf),
-            Inner::Gcm128 { .. } | Inner::Gcm256 { .. } => Err(Error::Unsupported),
+            Inner::Gcm { .. } => Err(Error::Unsupported),
         }
     }
 
@@ -111,22 +101,19 @@ impl Cipher {
         if tag.len() != GCM_TAG_LEN {
             return Err(Error::InvalidLength);
         }
-        let t = match &self.inner {
-            Inner::Gcm128 { aead, salt } => {
-                aead.encrypt_in_place_detached(&gcm_nonce(salt, iv)?, aad, buf)
-            }
-            Inner::Gcm256 { aead, salt } => {
-                aead.encrypt_in_place_detached(&gcm_nonce(salt, iv)?, aad, buf)
-            }
-            _ => return Err(Error::Unsupported),
-        }
-        .map_err(|_| Error::InvalidLength)?;
-        tag.copy_from_slice(&t);
+        let Inner::Gcm { aead, salt } = &self.inner else {
+            return Err(Error::Unsupported);
+        };
+        let t = aead
+            .seal_in_place_separate_tag(gcm_nonce(salt, iv)?, ring::aead::Aad::from(aad), buf)
+            .map_err(|_| Error::InvalidLength)?;
+        tag.copy_from_slice(t.as_ref());
         Ok(())
     }
 
-    /// Verifies `tag` and decrypts `buf` in place. On failure `buf` is left
-    /// as it was (the tag is checked before decryption).
+    /// Verifies `tag` and decrypts `buf` in place. On failure the contents of
+    /// `buf` are unspecified (the backend decrypts while it authenticates):
+    /// callers drop the packet or message.
     pub fn aead_open(
         &self,
         iv: &[u8],
@@ -137,16 +124,18 @@ impl Cipher {
         if tag.len() != GCM_TAG_LEN {
             return Err(Error::InvalidLength);
         }
-        let tag = Tag::from_slice(tag);
-        match &self.inner {
-            Inner::Gcm128 { aead, salt } => {
-                aead.decrypt_in_place_detached(&gcm_nonce(salt, iv)?, aad, buf, tag)
-            }
-            Inner::Gcm256 { aead, salt } => {
-                aead.decrypt_in_place_detached(&gcm_nonce(salt, iv)?, aad, buf, tag)
-            }
-            _ => return Err(Error::Unsupported),
-        }
+        let Inner::Gcm { aead, salt } = &self.inner else {
+            return Err(Error::Unsupported);
+        };
+        let tag: [u8; GCM_TAG_LEN] = tag.try_into().map_err(|_| Error::InvalidLength)?;
+        aead.open_in_place_separate_tag(
+            gcm_nonce(salt, iv)?,
+            ring::aead::Aad::from(aad),
+            ring::aead::Tag::from(tag),
+            buf,
+            0..,
+        )
+        .map(drop)
         .map_err(|_| Error::AuthenticationFailed)
     }
 }
@@ -168,6 +157,16 @@ fn keyed<C: KeyInit>(key: &[u8]) -> Result<C, Error> {
     C::new_from_slice(key).map_err(|_| Error::InvalidKeyLength)
 }
 
+/// RFC 4106 §8.1: the key is the AES key followed by a 4-byte salt.
+fn gcm(alg: &'static ring::aead::Algorithm, key: &[u8]) -> Result<Inner, Error> {
+    let (k, salt) = split_salt(key)?;
+    let unbound = ring::aead::UnboundKey::new(alg, k).map_err(|_| Error::InvalidKeyLength)?;
+    Ok(Inner::Gcm {
+        aead: ring::aead::LessSafeKey::new(unbound),
+        salt,
+    })
+}
+
 fn split_salt(key: &[u8]) -> Result<(&[u8], [u8; GCM_SALT_LEN]), Error> {
     let at = key
         .len()
@@ -180,17 +179,14 @@ fn split_salt(key: &[u8]) -> Result<(&[u8], [u8; GCM_SALT_LEN]), Error> {
 
 /// RFC 4106 §4: the 12-byte nonce is the 4-byte salt followed by the 8-byte
 /// explicit IV carried in the packet.
-fn gcm_nonce(
-    salt: &[u8; GCM_SALT_LEN],
-    iv: &[u8],
-) -> Result<Nonce<aes_gcm::aead::consts::U12>, Error> {
+fn gcm_nonce(salt: &[u8; GCM_SALT_LEN], iv: &[u8]) -> Result<ring::aead::Nonce, Error> {
     if iv.len() != GCM_IV_LEN {
         return Err(Error::InvalidLength);
     }
-    let mut nonce = Nonce::default();
+    let mut nonce = [0u8; ring::aead::NONCE_LEN];
     nonce[..GCM_SALT_LEN].copy_from_slice(salt);
     nonce[GCM_SALT_LEN..].copy_from_slice(iv);
-    Ok(nonce)
+    Ok(ring::aead::Nonce::assume_unique_for_key(nonce))
 }
 
 fn check_cbc<C: BlockSizeUser>(iv: &[u8], buf: &[u8]) -> Result<(), Error> {
@@ -547,8 +543,46 @@ mod tests {
         );
     }
 
+    /// ring against RustCrypto's aes-gcm (the previous backend) over every length up to
+    /// a few blocks past an MTU, both key sizes.
     #[test]
-    fn gcm_open_rejects_tampering_and_leaves_buffer() {
+    fn gcm_matches_an_independent_implementation() {
+        use aes_gcm::aead::{AeadInPlace, KeyInit};
+        for (encr, key_len) in [(Encr::AesGcm16_128, 16), (Encr::AesGcm16_256, 32)] {
+            let key: Vec<u8> = (0..key_len + 4).map(|i| (i * 29 + 7) as u8).collect();
+            let c = Cipher::new(encr, &key).unwrap();
+            let (k, salt) = key.split_at(key_len);
+            let iv = [0x5au8; 8];
+            let mut nonce = [0u8; 12];
+            nonce[..4].copy_from_slice(salt);
+            nonce[4..].copy_from_slice(&iv);
+            let aad = [1u8, 2, 3, 4, 0, 0, 0, 9];
+            for len in (0..1600).step_by(37).chain([1, 15, 16, 17, 1400, 1438]) {
+                let plain: Vec<u8> = (0..len).map(|i| (i * 13 + len) as u8).collect();
+                let mut ours = plain.clone();
+                let mut tag = [0u8; 16];
+                c.aead_seal(&iv, &aad, &mut ours, &mut tag).unwrap();
+                let mut theirs = plain.clone();
+                let t = if key_len == 16 {
+                    aes_gcm::Aes128Gcm::new_from_slice(k)
+                        .unwrap()
+                        .encrypt_in_place_detached(&nonce.into(), &aad, &mut theirs)
+                } else {
+                    aes_gcm::Aes256Gcm::new_from_slice(k)
+                        .unwrap()
+                        .encrypt_in_place_detached(&nonce.into(), &aad, &mut theirs)
+                }
+                .unwrap();
+                assert_eq!(ours, theirs, "{encr:?} len {len}");
+                assert_eq!(tag.as_slice(), t.as_slice(), "{encr:?} len {len}");
+                c.aead_open(&iv, &aad, &mut ours, &tag).unwrap();
+                assert_eq!(ours, plain);
+            }
+        }
+    }
+
+    #[test]
+    fn gcm_open_rejects_tampering_and_releases_no_plaintext() {
         let c = Cipher::new(Encr::AesGcm16_128, &[9; 20]).unwrap();
         let iv = [1u8; 8];
         let aad = b"spi+seq";
@@ -558,25 +592,23 @@ mod tests {
         let sealed = buf;
         let mut bad_tag = tag;
         bad_tag[0] ^= 0x80;
-        assert_eq!(
-            c.aead_open(&iv, aad, &mut buf, &bad_tag),
-            Err(Error::AuthenticationFailed)
-        );
-        assert_eq!(buf, sealed);
-        assert_eq!(
-            c.aead_open(&iv, b"spi+seR", &mut buf, &tag),
-            Err(Error::AuthenticationFailed)
-        );
-        assert_eq!(
-            c.aead_open(&[2; 8], aad, &mut buf, &tag),
-            Err(Error::AuthenticationFailed)
-        );
-        buf[3] ^= 1;
-        assert_eq!(
-            c.aead_open(&iv, aad, &mut buf, &tag),
-            Err(Error::AuthenticationFailed)
-        );
-        buf[3] ^= 1;
+        let mut tampered = sealed;
+        tampered[3] ^= 1;
+        type Case<'a> = (&'a [u8], &'a [u8], [u8; 16], &'a [u8]);
+        let cases: [Case; 4] = [
+            (&iv, aad, sealed, &bad_tag),
+            (&iv, b"spi+seR", sealed, &tag),
+            (&[2; 8], aad, sealed, &tag),
+            (&iv, aad, tampered, &tag),
+        ];
+        for (iv, aad, mut b, tag) in cases {
+            assert_eq!(
+                c.aead_open(iv, aad, &mut b, tag),
+                Err(Error::AuthenticationFailed)
+            );
+            // The buffer's contents are unspecified on failure, but never the plaintext.
+            assert_ne!(&b, b"inner ip packet!");
+        }
         c.aead_open(&iv, aad, &mut buf, &tag).unwrap();
         assert_eq!(&buf, b"inner ip packet!");
     }
