@@ -8,8 +8,12 @@
 //! The [`run`] task (tokio) watches the tunnels: once a tunnel has an outbound SA (its
 //! Child SA is established) it starts a driver task running a [`bgp::Session`] over TCP
 //! to the other usable host of the /30, port 179 (RFC 4271 §8), and also accepts the
-//! peer's connections on `local_ip:179`. When the tunnel loses its SA, the driver is
-//! stopped and what it learned is withdrawn. Learned prefixes go into
+//! peer's connections on `local_ip:179`. When both ends connect at once (a vpngw peer
+//! does), the peer's connection gets a second session until RFC 4271 §6.8 collision
+//! detection ([`bgp::collision`]) keeps one. When the tunnel loses its SA, the driver
+//! is stopped and what it learned is withdrawn; when BGP is turned off on a tunnel that
+//! is still up, the session first ends with Cease / Administrative Shutdown so the
+//! peer withdraws our routes at once. Learned prefixes go into
 //! [`BgpFwd::routes`] (next hop: the connection; its tunnels that learned the prefix,
 //! tunnel 1 first) and, as kernel routes, into the TUN device. A static route of the
 //! same prefix wins (see `fwd.rs`). The session status is read by the node's writer

@@ -603,6 +603,10 @@ async fn bgp_routes_per_tunnel_beside_the_status() {
         ..Default::default()
     };
     s.set_tunnel_status("tun-vco-a-2", &st).await.unwrap();
+    // A configuration change keeps them too.
+    let mut changed = conn.clone();
+    changed.name = "renamed".into();
+    s.update_connection(&changed).await.unwrap();
     let got = s.connection_bgp_routes("vco-a").await.unwrap();
     assert_eq!(got[1], ("tun-vco-a-2".to_string(), routes));
     assert_eq!(got[0].1, BgpRoutes::default());
