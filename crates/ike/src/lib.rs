@@ -30,8 +30,10 @@
 //! [`Event::ChildSaEstablished`] carries a [`ChildSa`] with SPIs, algorithms, the four
 //! keys (KEYMAT split per RFC 7296 §2.17), selectors, addresses and whether ESP is
 //! UDP-encapsulated. Rekeying is make-before-break: [`Event::ChildSaRekeyed`] announces
-//! the new SA while the old one stays valid until its [`Event::ChildSaDeleted`]; send on
-//! the newest. [`Event::AddressesChanged`] moves every Child SA of the peer (NAT-T).
+//! the new SA while the old one stays valid until its [`Event::ChildSaDeleted`]; its
+//! `initiator` flag tells when sending on the new SA is safe (at once for the IKEv2
+//! rekey initiator; for the responder once the old SA is deleted or the peer uses the
+//! new one). [`Event::AddressesChanged`] moves every Child SA of the peer (NAT-T).
 //! [`Event::NegotiationFailed`] carries an operator-readable reason, and
 //! [`Event::Log`] lines feed the connection's negotiation log. After
 //! [`Event::PeerDead`] or [`Event::IkeSaDeleted`] the endpoint does not renegotiate on
@@ -41,7 +43,9 @@
 //!
 //! PSK authentication, one Child SA per IKE_AUTH plus rekeys, IPv4 selectors, NAT-T,
 //! DPD, COOKIE and INVALID_KE handling as initiator, simultaneous rekey resolution
-//! (RFC 7296 §2.8.1). No fragmentation (RFC 7383), no certificates, no EAP, no CP.
+//! (RFC 7296 §2.8.1) and the same lowest-nonce rule for IKE SAs both ends initiated at
+//! once ([`DeleteReason::Duplicate`]). No fragmentation (RFC 7383), no certificates,
+//! no EAP, no CP.
 
 pub mod config;
 mod endpoint;
