@@ -127,7 +127,13 @@ impl Netns {
     /// so an async runtime built inside `f` runs entirely in it. A panic in `f` is
     /// propagated.
     pub fn run_in<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
-        let handle = File::open(self.path())?;
+        Self::run_in_path(&self.path(), f)
+    }
+
+    /// [`Netns::run_in`] for the namespace whose handle is `path` (from
+    /// [`Netns::path`]), for helpers that outlive a borrow of the [`Netns`].
+    pub fn run_in_path<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T> {
+        let handle = File::open(path)?;
         thread::scope(|s| {
             let joined = s
                 .spawn(move || -> Result<T> {

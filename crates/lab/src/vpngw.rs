@@ -30,16 +30,17 @@ const POLL: Duration = Duration::from_millis(100);
 
 /// A running `vpngw serve` inside a namespace; its API through [`Deref`] to
 /// [`ApiClient`].
-pub struct Vpngw<'a> {
-    api: ApiClient<'a>,
+pub struct Vpngw {
+    api: ApiClient,
     process: Process,
     data_dir: PathBuf,
 }
 
 /// The vpngw HTTP API at `listen` inside a namespace, called with the admin token.
 #[derive(Debug, Clone)]
-pub struct ApiClient<'a> {
-    ns: &'a Netns,
+pub struct ApiClient {
+    /// The namespace handle (`/run/netns/<name>`).
+    ns: PathBuf,
     listen: String,
     token: String,
 }
@@ -57,10 +58,10 @@ pub struct VpngwConfig<'p> {
     pub extra_args: &'p [&'p str],
 }
 
-impl<'a> Vpngw<'a> {
+impl Vpngw {
     /// Spawns `vpngw --data-dir <dir>/data serve --listen <listen>` in `ns` and waits
     /// until it is healthy and has written its admin token.
-    pub fn start(ns: &'a Netns, config: &VpngwConfig<'_>) -> Result<Vpngw<'a>> {
+    pub fn start(ns: &Netns, config: &VpngwConfig<'_>) -> Result<Vpngw> {
         let data_dir = config.dir.join("data");
         std::fs::create_dir_all(&data_dir)?;
         let d = data_dir.to_string_lossy().to_string();
@@ -110,18 +111,18 @@ impl<'a> Vpngw<'a> {
     }
 }
 
-impl<'a> Deref for Vpngw<'a> {
-    type Target = ApiClient<'a>;
-    fn deref(&self) -> &ApiClient<'a> {
+impl Deref for Vpngw {
+    type Target = ApiClient;
+    fn deref(&self) -> &ApiClient {
         &self.api
     }
 }
 
-impl<'a> ApiClient<'a> {
+impl ApiClient {
     /// The API listening on `listen` (e.g. `127.0.0.1:9280`) inside `ns`.
-    pub fn new(ns: &'a Netns, listen: &str, token: &str) -> ApiClient<'a> {
+    pub fn new(ns: &Netns, listen: &str, token: &str) -> ApiClient {
         ApiClient {
-            ns,
+            ns: ns.path(),
             listen: listen.to_string(),
             token: token.to_string(),
         }
@@ -138,7 +139,7 @@ impl<'a> ApiClient<'a> {
         let url = format!("http://{}{path}", self.listen);
         let auth = format!("Bearer {}", self.token);
         let target = url.clone();
-        let answer = self.ns.run_in(move || {
+        let answer = Netns::run_in_path(&self.ns, move || {
             let req = ureq::request(method, &target)
                 .set("Authorization", &auth)
                 .timeout(REQUEST_TIMEOUT);

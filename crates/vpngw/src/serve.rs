@@ -78,6 +78,7 @@ async fn start_node(state: &api::AppState, store: Arc<dyn Store>) -> Option<node
     {
         Ok(node) => {
             state.set_node_control(Arc::new(node.commands()));
+            state.add_metrics_source(Arc::new(node.metrics()));
             Some(node)
         }
         Err(e) => {

@@ -11,7 +11,10 @@
 
 use std::time::{Duration, Instant};
 
-use lab::{PingMonitor, Process, StrongSwan, SwanctlChild, SwanctlConn, Topology, swanctl};
+use lab::vpngw::id;
+use lab::{
+    PingMonitor, StrongSwan, SwanctlChild, SwanctlConn, Topology, Vpngw, VpngwConfig, swanctl,
+};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vpngw");
@@ -28,112 +31,16 @@ const WAIT: Duration = Duration::from_secs(30);
 /// Interval of the continuous ping that measures failover loss.
 const PING_EVERY: Duration = Duration::from_millis(50);
 
-/// `vpngw serve` in the `gw` namespace; SIGTERM (then SIGKILL) on drop.
-struct Serve {
-    process: Process,
-    token: String,
-}
-
-impl Serve {
-    fn start(topo: &Topology) -> Serve {
-        let data_dir = topo.workdir.subdir("vpngw-data").unwrap();
-        let dir = data_dir.to_string_lossy().to_string();
-        let mut process = topo
-            .gw
-            .spawn(
-                &[BIN, "--data-dir", &dir, "serve", "--listen", LISTEN],
-                topo.workdir.path(),
-                "vpngw-serve",
-            )
-            .unwrap();
-        let token_file = data_dir.join("admin.token");
-        lab::wait_until(Duration::from_secs(20), "vpngw serve healthy", || {
-            process.ensure_running()?;
-            let healthy = topo.gw.run_in(|| {
-                ureq::get(&format!("http://{LISTEN}/healthz"))
-                    .timeout(Duration::from_secs(2))
-                    .call()
-                    .is_ok()
-            })?;
-            Ok((healthy && token_file.exists()).then_some(()))
-        })
-        .unwrap();
-        let token = std::fs::read_to_string(&token_file)
-            .unwrap()
-            .trim()
-            .to_string();
-        Serve { process, token }
-    }
-
-    fn call(&self, topo: &Topology, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let url = format!("http://{LISTEN}{path}");
-        let auth = format!("Bearer {}", self.token);
-        let method = method.to_string();
-        topo.gw
-            .run_in(move || {
-                let req = ureq::request(&method, &url)
-                    .set("Authorization", &auth)
-                    .timeout(Duration::from_secs(10));
-                let r = match body {
-                    Some(b) => req.send_json(b),
-                    None => req.call(),
-                };
-                let resp = match r {
-                    Ok(r) => r,
-                    Err(ureq::Error::Status(_, r)) => r,
-                    Err(e) => panic!("{method} {url}: {e}"),
-                };
-                let status = resp.status();
-                let text = resp.into_string().unwrap_or_default();
-                (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-            })
-            .unwrap()
-    }
-
-    fn send(&self, topo: &Topology, method: &str, path: &str, body: Value) -> Value {
-        let (s, v) = self.call(topo, method, path, Some(body));
-        assert!((200..300).contains(&s), "{method} {path}: {s} {v}");
-        v
-    }
-
-    fn get(&self, topo: &Topology, path: &str) -> Value {
-        let (s, v) = self.call(topo, "GET", path, None);
-        assert_eq!(s, 200, "GET {path}: {v}");
-        v
-    }
-
-    /// Polls the connection until `pred` holds for its tunnels (bounded by [`WAIT`]);
-    /// panics with the tunnels, the connection log and vpngw's log otherwise.
-    fn wait_conn(
-        &self,
-        topo: &Topology,
-        conn: &str,
-        what: &str,
-        pred: impl Fn(&[Value]) -> bool,
-    ) -> Vec<Value> {
-        let start = Instant::now();
-        loop {
-            let c = self.get(topo, &format!("/v1/vpn-connections/{conn}"));
-            let tunnels = c["tunnels"].as_array().cloned().unwrap_or_default();
-            if pred(&tunnels) {
-                return tunnels;
-            }
-            if start.elapsed() > WAIT {
-                let logs = self.get(topo, &format!("/v1/vpn-connections/{conn}/logs?limit=1000"));
-                let statuses: Vec<&Value> = tunnels.iter().map(|t| &t["status"]).collect();
-                panic!(
-                    "timed out waiting for {what}; tunnel status: {statuses:#?}\nlogs: {:#}\nvpngw log:\n{}",
-                    logs["items"],
-                    self.process.log_tail(40)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-fn id(v: &Value) -> String {
-    v["id"].as_str().expect("id").to_string()
+/// `vpngw serve` in the `gw` namespace (the lab's driver); stopped on drop.
+fn serve(topo: &Topology) -> Vpngw {
+    let dir = topo.workdir.subdir("vpngw").unwrap();
+    let config = VpngwConfig {
+        bin: BIN,
+        dir: &dir,
+        listen: LISTEN,
+        extra_args: &[],
+    };
+    Vpngw::start(&topo.gw, &config).unwrap()
 }
 
 fn established(t: &Value) -> bool {
@@ -167,7 +74,7 @@ fn doc_conn(name: &str, local: &str, gw_addr: &str, priority: u32, psk: &str) ->
 /// tunnels are set up by `tunnel`.
 struct Ha {
     topo: Topology,
-    serve: Serve,
+    serve: Vpngw,
     swan: StrongSwan,
     gw_id: String,
     conn_id: String,
@@ -186,18 +93,16 @@ struct HaConfig {
 impl Ha {
     fn start(cfg: HaConfig) -> Ha {
         let topo = Topology::build(cfg.topo).unwrap();
-        let serve = Serve::start(&topo);
+        let serve = serve(&topo);
         let swan =
             StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
         let gw = serve.send(
-            &topo,
             "POST",
             "/v1/vpn-gateways",
             json!({"name": "ha-gw", "ipsec_addresses": cfg.addresses, "local_networks": [VPC_NET]}),
         );
         let gw_id = id(&gw);
         let cgw = serve.send(
-            &topo,
             "POST",
             "/v1/customer-gateways",
             json!({"name": "onprem", "ip_address": cfg.cgw_ip}),
@@ -214,7 +119,6 @@ impl Ha {
             })
             .collect();
         let conn = serve.send(
-            &topo,
             "POST",
             "/v1/vpn-connections",
             json!({
@@ -262,7 +166,7 @@ impl Ha {
     }
 
     fn wait(&self, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-        self.serve.wait_conn(&self.topo, &self.conn_id, what, pred)
+        self.serve.wait_tunnels(&self.conn_id, what, WAIT, pred)
     }
 
     fn tunnel_path(&self, i: usize) -> String {
@@ -363,7 +267,6 @@ fn dual_tunnel_failover_on_psk_change_and_back() {
     // Break tunnel 1: the gateway renegotiates with a PSK the peer does not have, so it
     // deletes tunnel 1's SAs (INFORMATIONAL Delete) and the peer moves to tunnel 2.
     ha.serve.send(
-        &ha.topo,
         "PATCH",
         &ha.tunnel_path(0),
         json!({"pre_shared_key": "wrong-psk-0000"}),
@@ -380,12 +283,8 @@ fn dual_tunnel_failover_on_psk_change_and_back() {
     assert!(via2 > 0, "strongSwan sent nothing through tunnel 2");
 
     // Repair: the old PSK again; tunnel 1 comes back and carries the traffic again.
-    ha.serve.send(
-        &ha.topo,
-        "PATCH",
-        &ha.tunnel_path(0),
-        json!({"pre_shared_key": PSK}),
-    );
+    ha.serve
+        .send("PATCH", &ha.tunnel_path(0), json!({"pre_shared_key": PSK}));
     ha.wait("tunnel 1 carrying traffic again", |t| {
         established(&t[0]) && carrying(&t[0]) && !carrying(&t[1])
     });
@@ -408,7 +307,6 @@ fn dual_tunnel_reset_of_tunnel_1_keeps_traffic_flowing() {
     let m = ha.monitor();
     std::thread::sleep(Duration::from_secs(1));
     let (s, v) = ha.serve.call(
-        &ha.topo,
         "POST",
         &format!("{}/reset", ha.tunnel_path(0)),
         Some(json!({})),
@@ -421,10 +319,10 @@ fn dual_tunnel_reset_of_tunnel_1_keeps_traffic_flowing() {
     ha.swan.wait_established("vco1", WAIT).unwrap();
     std::thread::sleep(Duration::from_secs(2));
     report("reset of tunnel 1", m, Duration::from_secs(1));
-    let logs = ha.serve.get(
-        &ha.topo,
-        &format!("/v1/vpn-connections/{}/logs?limit=1000", ha.conn_id),
-    );
+    let logs = ha.serve.get(&format!(
+        "/v1/vpn-connections/{}/logs?limit=1000",
+        ha.conn_id
+    ));
     assert!(logs.to_string().contains("reset_requested"), "{logs:#}");
 }
 
@@ -471,10 +369,10 @@ fn dpd_declares_tunnel_1_dead_fails_over_and_restarts_it() {
     ha.wait("tunnel 1 re-established by vpngw and carrying", |t| {
         established(&t[0]) && carrying(&t[0])
     });
-    let logs = ha.serve.get(
-        &ha.topo,
-        &format!("/v1/vpn-connections/{}/logs?limit=1000", ha.conn_id),
-    );
+    let logs = ha.serve.get(&format!(
+        "/v1/vpn-connections/{}/logs?limit=1000",
+        ha.conn_id
+    ));
     assert!(logs.to_string().contains("peer_dead"), "{logs:#}");
 }
 
@@ -513,10 +411,10 @@ fn nat_traversal_through_a_real_nat() {
     let vpc = ha.topo.vpc_ip().to_string();
     let r = lab::ping(&ha.topo.vpc, &vpc, ONPREM_HOST, 5, Duration::from_secs(5)).unwrap();
     assert_eq!(r.received, 5, "{r:?}");
-    let logs = ha.serve.get(
-        &ha.topo,
-        &format!("/v1/vpn-connections/{}/logs?limit=1000", ha.conn_id),
-    );
+    let logs = ha.serve.get(&format!(
+        "/v1/vpn-connections/{}/logs?limit=1000",
+        ha.conn_id
+    ));
     assert!(logs.to_string().contains("ESP in UDP"), "{logs:#}");
     assert!(
         t[0]["status"]["child_sas"]
@@ -554,7 +452,6 @@ fn any_address_customer_gateway_accepts_an_authenticated_peer_behind_nat() {
     // Responder only: a reset does not make vpngw initiate; the peer (close_action =
     // start) brings it back.
     let (s, v) = ha.serve.call(
-        &ha.topo,
         "POST",
         &format!("{}/reset", ha.tunnel_path(0)),
         Some(json!({})),
@@ -583,13 +480,10 @@ fn single_tunnel_gateway_carries_traffic_without_standby() {
     });
     assert_eq!(t[0]["role"], "primary", "{:#}", t[0]);
     ha.wait_traffic();
-    let gw = ha
-        .serve
-        .get(&ha.topo, &format!("/v1/vpn-gateways/{}", ha.gw_id));
+    let gw = ha.serve.get(&format!("/v1/vpn-gateways/{}", ha.gw_id));
     assert_eq!(gw["status"], "running", "{gw:#}");
     // A reset renegotiates; without a standby the traffic waits for it, then flows.
     let (s, v) = ha.serve.call(
-        &ha.topo,
         "POST",
         &format!("{}/reset", ha.tunnel_path(0)),
         Some(json!({})),
@@ -627,13 +521,11 @@ impl Pair {
         let (topo, serve) = (&ha.topo, &ha.serve);
         topo.onprem.addr_add("eth0", &format!("{two}/24")).unwrap();
         let cgw2 = serve.send(
-            topo,
             "POST",
             "/v1/customer-gateways",
             json!({"name": "onprem-2", "ip_address": two}),
         );
         let b = serve.send(
-            topo,
             "POST",
             "/v1/vpn-connections",
             json!({
@@ -645,22 +537,19 @@ impl Pair {
         );
         let b_id = id(&b);
         // `ha`'s own connection is protected flows; these two are destination routed.
-        let a = serve.send(
-            topo,
-            "POST",
+        let a = serve.send("POST",
             "/v1/vpn-connections",
             json!({
                 "name": "to-onprem-1",
                 "health_check": health_a,
                 "vpn_gateway_id": ha.gw_id,
                 "effective_immediately": false,
-                "tunnels": [{"customer_gateway_id": ha.serve.get(topo, &format!("/v1/vpn-connections/{}", ha.conn_id))["tunnels"][0]["customer_gateway_id"], "pre_shared_key": PSK}],
+                "tunnels": [{"customer_gateway_id": ha.serve.get(&format!("/v1/vpn-connections/{}", ha.conn_id))["tunnels"][0]["customer_gateway_id"], "pre_shared_key": PSK}],
             }),
         );
         let a_id = id(&a);
         // The protected-flows connection of the fixture is not needed here.
         let (s, v) = serve.call(
-            topo,
             "DELETE",
             &format!("/v1/vpn-connections/{}", ha.conn_id),
             None,
@@ -668,13 +557,11 @@ impl Pair {
         assert!((200..300).contains(&s), "{s} {v}");
         let routes = format!("/v1/vpn-gateways/{}/routes", ha.gw_id);
         serve.send(
-            topo,
             "POST",
             &routes,
             json!({"destination": ONPREM_NET, "next_hop": a_id, "weight": 100}),
         );
         serve.send(
-            topo,
             "POST",
             &routes,
             json!({"destination": ONPREM_NET, "next_hop": b_id, "weight": 0}),
@@ -686,7 +573,7 @@ impl Pair {
             ]))
             .unwrap();
         let up = |c: &str| {
-            serve.wait_conn(topo, c, "established", |t| established(&t[0]));
+            serve.wait_tunnels(c, "established", WAIT, |t| established(&t[0]));
         };
         up(&a_id);
         up(&b_id);
@@ -695,7 +582,7 @@ impl Pair {
 
     fn table(&self) -> Vec<Value> {
         let path = format!("/v1/vpn-gateways/{}/route-table", self.ha.gw_id);
-        self.ha.serve.get(&self.ha.topo, &path)["items"]
+        self.ha.serve.get(&path)["items"]
             .as_array()
             .cloned()
             .unwrap()
@@ -734,7 +621,6 @@ fn weighted_routes_to_two_customer_gateways_fail_over_and_show_in_the_route_tabl
     let m = ha.monitor();
     std::thread::sleep(Duration::from_secs(1));
     serve.send(
-        topo,
         "PATCH",
         &format!(
             "/v1/vpn-connections/{a_id}/tunnels/{}",
@@ -753,7 +639,6 @@ fn weighted_routes_to_two_customer_gateways_fail_over_and_show_in_the_route_tabl
     assert!(ha.swan_packets_out("vco2") > 0);
 
     serve.send(
-        topo,
         "PATCH",
         &format!(
             "/v1/vpn-connections/{a_id}/tunnels/{}",
@@ -815,10 +700,7 @@ fn health_rtt(t: &Value) -> Option<f64> {
 
 fn logs(ha: &Ha, conn: &str) -> String {
     ha.serve
-        .get(
-            &ha.topo,
-            &format!("/v1/vpn-connections/{conn}/logs?limit=1000"),
-        )
+        .get(&format!("/v1/vpn-connections/{conn}/logs?limit=1000"))
         .to_string()
 }
 
@@ -827,10 +709,18 @@ fn health_check_failure_withdraws_the_route_moves_traffic_and_recovery_restores_
     let pair = Pair::start(health_check(true));
     let (ha, a_id, b_id) = (&pair.ha, &pair.a_id, &pair.b_id);
     let (topo, serve) = (&ha.topo, &ha.serve);
-    let t = serve.wait_conn(topo, a_id, "health up with an RTT", |t| {
+    let t = serve.wait_tunnels(a_id, "health up with an RTT", WAIT, |t| {
         health(&t[0]) == "up" && health_rtt(&t[0]).is_some()
     });
     println!("health of {a_id}: {:#}", t[0]["status"]["health"]);
+    // The node's probe counters reach the API's /metrics.
+    let (s, metrics) = serve.call_text("GET", "/metrics", None);
+    assert_eq!(s, 200, "{metrics}");
+    let replies = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("vpngw_health_replies_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(replies.is_some_and(|n| n > 0), "{metrics}");
     pair.wait_table("weight 100 active, weight 0 standby", ["active", "standby"]);
     ha.wait_traffic();
 
@@ -849,7 +739,7 @@ fn health_check_failure_withdraws_the_route_moves_traffic_and_recovery_restores_
 
     silence_destination(topo, true);
     let silenced = Instant::now();
-    let t = serve.wait_conn(topo, a_id, "health down", |t| health(&t[0]) == "down");
+    let t = serve.wait_tunnels(a_id, "health down", WAIT, |t| health(&t[0]) == "down");
     println!("health down after {:?}", silenced.elapsed());
     // The tunnel itself stays up; only its routes are withdrawn.
     assert!(established(&t[0]), "{t:#?}");
@@ -881,7 +771,7 @@ fn health_check_failure_withdraws_the_route_moves_traffic_and_recovery_restores_
 
     silence_destination(topo, false);
     let restored = Instant::now();
-    let t = serve.wait_conn(topo, a_id, "health up again", |t| {
+    let t = serve.wait_tunnels(a_id, "health up again", WAIT, |t| {
         health(&t[0]) == "up" && carrying(&t[0])
     });
     println!("health up again after {:?}", restored.elapsed());
@@ -908,7 +798,6 @@ fn health_check_without_switch_route_only_reports() {
     ha.wait_both_up();
     ha.wait_traffic();
     ha.serve.send(
-        &ha.topo,
         "PATCH",
         &format!("/v1/vpn-connections/{}", ha.conn_id),
         json!({"health_check": health_check(false)}),
@@ -928,10 +817,9 @@ fn health_check_without_switch_route_only_reports() {
     });
     // Reported only: tunnel 1 still carries, the route stays active, traffic flows.
     assert!(carrying(&t[0]), "{t:#?}");
-    let table = ha.serve.get(
-        &ha.topo,
-        &format!("/v1/vpn-gateways/{}/route-table", ha.gw_id),
-    );
+    let table = ha
+        .serve
+        .get(&format!("/v1/vpn-gateways/{}/route-table", ha.gw_id));
     let items = table["items"].as_array().unwrap();
     assert!(!items.is_empty(), "{table:#}");
     for e in items {
@@ -961,7 +849,6 @@ fn health_check_failure_of_tunnel_1_moves_traffic_to_tunnel_2_and_back() {
     ha.wait_both_up();
     ha.wait_traffic();
     ha.serve.send(
-        &ha.topo,
         "PATCH",
         &format!("/v1/vpn-connections/{}", ha.conn_id),
         json!({"health_check": health_check(true)}),
@@ -994,10 +881,9 @@ fn health_check_failure_of_tunnel_1_moves_traffic_to_tunnel_2_and_back() {
     assert!(established(&t[0]), "tunnel 1 stays negotiated: {t:#?}");
     assert!(!carrying(&t[0]), "{t:#?}");
     // The connection still has a healthy tunnel: its routes stay.
-    let table = ha.serve.get(
-        &ha.topo,
-        &format!("/v1/vpn-gateways/{}/route-table", ha.gw_id),
-    );
+    let table = ha
+        .serve
+        .get(&format!("/v1/vpn-gateways/{}/route-table", ha.gw_id));
     for e in table["items"].as_array().unwrap() {
         assert_eq!(e["state"], "active", "{table:#}");
     }

@@ -30,17 +30,17 @@ const GW_FQDN: &str = "vpngw.example.com";
 const ONPREM_FQDN: &str = "onprem.example.com";
 
 /// `vpngw serve` in a namespace (the lab's driver) with this file's helpers.
-struct Serve<'a>(Vpngw<'a>);
+struct Serve(Vpngw);
 
-impl<'a> Deref for Serve<'a> {
-    type Target = Vpngw<'a>;
-    fn deref(&self) -> &Vpngw<'a> {
+impl Deref for Serve {
+    type Target = Vpngw;
+    fn deref(&self) -> &Vpngw {
         &self.0
     }
 }
 
-impl<'a> Serve<'a> {
-    fn start(ns: &'a Netns, dir: &Path) -> Serve<'a> {
+impl Serve {
+    fn start(ns: &Netns, dir: &Path) -> Serve {
         let config = VpngwConfig {
             bin: BIN,
             dir,
@@ -134,7 +134,7 @@ fn start_swan(topo: &Topology, conn: &SwanctlConn) -> StrongSwan {
     swan
 }
 
-fn start_serve(topo: &Topology) -> Serve<'_> {
+fn start_serve(topo: &Topology) -> Serve {
     Serve::start(&topo.gw, &topo.workdir.subdir("vpngw").unwrap())
 }
 

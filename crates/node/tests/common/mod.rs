@@ -19,16 +19,16 @@ use store::{SqliteStore, Store};
 
 /// API + node in a namespace; its API through [`Deref`] to [`ApiClient`]. Stopped on
 /// Drop.
-pub struct Gateway<'a> {
-    api: ApiClient<'a>,
+pub struct Gateway {
+    api: ApiClient,
     stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<lab::Result<()>>>,
     _dir: tempfile::TempDir,
 }
 
-impl<'a> Gateway<'a> {
+impl Gateway {
     /// Starts the API on an ephemeral loopback port and the node (two workers) in `ns`.
-    pub fn start(ns: &'a Netns) -> Gateway<'a> {
+    pub fn start(ns: &Netns) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let path: PathBuf = dir.path().to_owned();
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -117,14 +117,14 @@ impl<'a> Gateway<'a> {
     }
 }
 
-impl<'a> Deref for Gateway<'a> {
-    type Target = ApiClient<'a>;
-    fn deref(&self) -> &ApiClient<'a> {
+impl Deref for Gateway {
+    type Target = ApiClient;
+    fn deref(&self) -> &ApiClient {
         &self.api
     }
 }
 
-impl Drop for Gateway<'_> {
+impl Drop for Gateway {
     fn drop(&mut self) {
         drop(self.stop.take());
         if let Some(t) = self.thread.take() {
