@@ -7,8 +7,11 @@
 //!   `sendmmsg` over preallocated [`BatchBuf`]s; `SO_REUSEPORT` (UDP) or a per-worker SPI
 //!   BPF filter (raw ESP) spreads peers over the workers; UDP GSO (`UDP_SEGMENT`) sends
 //!   runs of equal-size datagrams to one peer as one message, probed per socket, with a
-//!   fallback to single datagrams. (Receive-side `UDP_GRO` is not used: it needs 64 KiB
-//!   slots and a split step; see the vnet_hdr note in [`tun`](crate::Tun).)
+//!   fallback to single datagrams. (Receive-side `UDP_GRO` is not used yet: it pays off
+//!   only when the peer sends with GSO, i.e. ESP in UDP between two vpngw.)
+//! - [`offload`]: with [`TunConfig::vnet_hdr`], TSO super-packets read from the TUN
+//!   device are split into packets for the handler, and TCP segments going to the TUN
+//!   device are coalesced into super-packets (one `writev` per run).
 //! - [`RouteTable`] (IPv4 longest-prefix match) and [`PolicyTable`] (source + destination
 //!   + priority), shared lock-free with the workers through [`SharedRoutes`].
 //! - [`Netlink`]: kernel routes, addresses, link state and policy rules (rtnetlink).
@@ -22,7 +25,9 @@
 //! shared eventfd for shutdown), reads up to [`Config::batch`] packets with one
 //! `recvmmsg` (or successive TUN `read`s), calls the handler once per packet, then writes
 //! the results grouped by destination: one `sendmmsg` per socket, one `write` per TUN
-//! packet. All buffers are allocated when the worker starts; the steady state allocates
+//! packet — or, with offloads, one `read` per super-packet (split into up to a batch of
+//! packets, the rest in the next batch) and one `writev` per run of coalesced TCP
+//! segments. All buffers are allocated when the worker starts; the steady state allocates
 //! nothing and takes no lock. Counters are summed locally and published once per poll
 //! round as relaxed atomics ([`Dataplane::counters`], [`Dataplane::totals`]).
 //!
