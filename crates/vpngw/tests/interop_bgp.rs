@@ -6,7 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use lab::{Frr, PingMonitor, Process, StrongSwan, SwanctlChild, SwanctlConn, Topology, swanctl};
+use lab::vpngw::id;
+use lab::{
+    Frr, PingMonitor, StrongSwan, SwanctlChild, SwanctlConn, Topology, Vpngw, VpngwConfig, swanctl,
+};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vpngw");
@@ -21,108 +24,21 @@ const ONPREM_BGP_IP: &str = "169.254.10.2";
 const GW_ASN: u32 = 45104;
 const ONPREM_ASN: u32 = 65530;
 
-/// `vpngw serve` in the `gw` namespace; SIGTERM (then SIGKILL) on drop.
-struct Serve {
-    process: Process,
-    token: String,
+/// `vpngw serve` in the `gw` namespace (the lab's driver); stopped on drop.
+fn serve(topo: &Topology) -> Vpngw {
+    let dir = topo.workdir.subdir("vpngw").unwrap();
+    let config = VpngwConfig {
+        bin: BIN,
+        dir: &dir,
+        listen: LISTEN,
+        extra_args: &[],
+    };
+    Vpngw::start(&topo.gw, &config).unwrap()
 }
 
-impl Serve {
-    fn start(topo: &Topology) -> Serve {
-        let data_dir = topo.workdir.subdir("vpngw-data").unwrap();
-        let dir = data_dir.to_string_lossy().to_string();
-        let mut process = topo
-            .gw
-            .spawn(
-                &[BIN, "--data-dir", &dir, "serve", "--listen", LISTEN],
-                topo.workdir.path(),
-                "vpngw-serve",
-            )
-            .unwrap();
-        let token_file = data_dir.join("admin.token");
-        lab::wait_until(Duration::from_secs(20), "vpngw serve healthy", || {
-            process.ensure_running()?;
-            let healthy = topo.gw.run_in(|| {
-                ureq::get(&format!("http://{LISTEN}/healthz"))
-                    .timeout(Duration::from_secs(2))
-                    .call()
-                    .is_ok()
-            })?;
-            Ok((healthy && token_file.exists()).then_some(()))
-        })
-        .unwrap();
-        let token = std::fs::read_to_string(&token_file)
-            .unwrap()
-            .trim()
-            .to_string();
-        Serve { process, token }
-    }
-
-    fn call(&self, topo: &Topology, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let url = format!("http://{LISTEN}{path}");
-        let auth = format!("Bearer {}", self.token);
-        let method = method.to_string();
-        topo.gw
-            .run_in(move || {
-                let req = ureq::request(&method, &url)
-                    .set("Authorization", &auth)
-                    .timeout(Duration::from_secs(10));
-                let r = match body {
-                    Some(b) => req.send_json(b),
-                    None => req.call(),
-                };
-                let resp = match r {
-                    Ok(r) => r,
-                    Err(ureq::Error::Status(_, r)) => r,
-                    Err(e) => panic!("{method} {url}: {e}"),
-                };
-                let status = resp.status();
-                let text = resp.into_string().unwrap_or_default();
-                (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-            })
-            .unwrap()
-    }
-
-    fn post(&self, topo: &Topology, path: &str, body: Value) -> Value {
-        let (s, v) = self.call(topo, "POST", path, Some(body));
-        assert!((200..300).contains(&s), "POST {path}: {s} {v}");
-        v
-    }
-
-    fn get(&self, topo: &Topology, path: &str) -> Value {
-        let (s, v) = self.call(topo, "GET", path, None);
-        assert_eq!(s, 200, "GET {path}: {v}");
-        v
-    }
-
-    fn wait_tunnel(
-        &self,
-        topo: &Topology,
-        conn: &str,
-        what: &str,
-        pred: impl Fn(&Value) -> bool,
-    ) -> Value {
-        let start = Instant::now();
-        loop {
-            let t = self.get(topo, &format!("/v1/vpn-connections/{conn}"))["tunnels"][0].clone();
-            if pred(&t["status"]) {
-                return t;
-            }
-            if start.elapsed() > Duration::from_secs(60) {
-                let logs = self.get(topo, &format!("/v1/vpn-connections/{conn}/logs"));
-                panic!(
-                    "timed out waiting for {what}; tunnel: {t:#}\nlogs: {:#}\nvpngw log:\n{}",
-                    logs["items"],
-                    self.process.log_tail(40)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-fn id(v: &Value) -> String {
-    v["id"].as_str().expect("id").to_string()
+/// Polls the connection's first tunnel until `pred` holds for its status.
+fn wait_tunnel(serve: &Vpngw, conn: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    serve.wait_tunnel(conn, 0, what, Duration::from_secs(60), pred)
 }
 
 /// strongSwan on-premises in destination mode (0.0.0.0/0 selectors): with
@@ -164,7 +80,7 @@ fn bgp_over_a_tunnel_with_frr_routes_the_vpc_to_onprem() {
     topo.onprem
         .addr_add("lo", &format!("{ONPREM_BGP_IP}/32"))
         .unwrap();
-    let serve = Serve::start(&topo);
+    let serve = serve(&topo);
     let swan =
         StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
     swan.load(&swanctl::render(&[onprem_conn(&onprem_ip, &gw_ip)]))
@@ -177,18 +93,15 @@ fn bgp_over_a_tunnel_with_frr_routes_the_vpc_to_onprem() {
     .unwrap();
 
     let gw = serve.post(
-        &topo,
         "/v1/vpn-gateways",
         json!({"name": "lab-gw", "ipsec_addresses": [gw_ip], "local_networks": [VPC_NET]}),
     );
     let gw_id = id(&gw);
     let cgw = serve.post(
-        &topo,
         "/v1/customer-gateways",
         json!({"name": "onprem", "ip_address": onprem_ip, "asn": ONPREM_ASN}),
     );
     let conn = serve.post(
-        &topo,
         "/v1/vpn-connections",
         json!({
             "name": "to-onprem",
@@ -204,12 +117,12 @@ fn bgp_over_a_tunnel_with_frr_routes_the_vpc_to_onprem() {
         }),
     );
     let conn_id = id(&conn);
-    serve.wait_tunnel(&topo, &conn_id, "established", |s| {
+    wait_tunnel(&serve, &conn_id, "established", |s| {
         s["phase"] == "established"
     });
 
     // The session comes up over the tunnel, both sides agree.
-    let t = serve.wait_tunnel(&topo, &conn_id, "BGP established", |s| {
+    let t = wait_tunnel(&serve, &conn_id, "BGP established", |s| {
         s["bgp"]["state"] == "established" && s["bgp"]["routes_received"].as_u64() >= Some(1)
     });
     assert_eq!(t["status"]["bgp"]["peer_asn"], ONPREM_ASN, "{t:#}");
@@ -224,7 +137,7 @@ fn bgp_over_a_tunnel_with_frr_routes_the_vpc_to_onprem() {
     assert!(table.contains(VPC_NET), "{table}");
 
     // No static route: the VPC reaches on-premises only through the learned route.
-    let routes = serve.get(&topo, &format!("/v1/vpn-gateways/{gw_id}/routes"));
+    let routes = serve.get(&format!("/v1/vpn-gateways/{gw_id}/routes"));
     assert_eq!(
         routes["items"].as_array().map_or(0, Vec::len),
         0,
@@ -235,12 +148,12 @@ fn bgp_over_a_tunnel_with_frr_routes_the_vpc_to_onprem() {
     lab::wait_ping(&topo.vpc, &vpc, &onprem_host, Duration::from_secs(10)).unwrap();
     let r = lab::ping(&topo.vpc, &vpc, &onprem_host, 5, Duration::from_secs(5)).unwrap();
     assert_eq!(r.received, 5, "VPC → on-premises over the BGP route: {r:?}");
-    let learned = bgp_entries(&serve, &topo, &gw_id);
+    let learned = bgp_entries(&serve, &gw_id);
     assert_eq!(learned.len(), 1, "{learned:#?}");
     assert_eq!(learned[0]["destination"], ONPREM_NET);
     assert_eq!(learned[0]["next_hop"], conn_id.as_str());
     assert_eq!(learned[0]["state"], "active", "{learned:#?}");
-    let br = serve.get(&topo, &format!("/v1/vpn-connections/{conn_id}/bgp-routes"));
+    let br = serve.get(&format!("/v1/vpn-connections/{conn_id}/bgp-routes"));
     let t1 = &br["items"][0];
     assert_eq!(t1["state"], "established", "{br:#}");
     let rx = t1["received"].as_array().unwrap();
@@ -261,20 +174,20 @@ fn bgp_over_a_tunnel_with_frr_routes_the_vpc_to_onprem() {
     // bgpd goes away: the session drops and the learned route is withdrawn, so the
     // on-premises network is unreachable again although the tunnel stays up.
     drop(frr);
-    let t = serve.wait_tunnel(&topo, &conn_id, "BGP down", |s| {
+    let t = wait_tunnel(&serve, &conn_id, "BGP down", |s| {
         s["bgp"]["state"] != "established" && s["bgp"]["routes_received"] == 0
     });
     assert_eq!(t["status"]["phase"], "established", "{t:#}");
     let r = lab::ping(&topo.vpc, &vpc, &onprem_host, 2, Duration::from_secs(3)).unwrap();
     assert_eq!(r.received, 0, "the withdrawn route still forwards: {r:?}");
-    let learned = bgp_entries(&serve, &topo, &gw_id);
+    let learned = bgp_entries(&serve, &gw_id);
     assert!(learned.is_empty(), "{learned:#?}");
     drop(serve);
 }
 
 /// The `origin: bgp` entries of the gateway's route table.
-fn bgp_entries(serve: &Serve, topo: &Topology, gw_id: &str) -> Vec<Value> {
-    let t = serve.get(topo, &format!("/v1/vpn-gateways/{gw_id}/route-table"));
+fn bgp_entries(serve: &Vpngw, gw_id: &str) -> Vec<Value> {
+    let t = serve.get(&format!("/v1/vpn-gateways/{gw_id}/route-table"));
     t["items"]
         .as_array()
         .unwrap()
@@ -392,7 +305,7 @@ fn bgp_failover_follows_tunnel_2s_session() {
     for a in [ONPREM_BGP_IP, ONPREM_BGP_IP2] {
         topo.onprem.addr_add("lo", &format!("{a}/32")).unwrap();
     }
-    let serve = Serve::start(&topo);
+    let serve = serve(&topo);
     let swan =
         StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
     let frr = Frr::start(
@@ -402,13 +315,11 @@ fn bgp_failover_follows_tunnel_2s_session() {
     )
     .unwrap();
     let gw = serve.post(
-        &topo,
         "/v1/vpn-gateways",
         json!({"name": "lab-gw", "ipsec_addresses": [gw1, gw2], "local_networks": [VPC_NET]}),
     );
     let gw_id = id(&gw);
     let cgw = serve.post(
-        &topo,
         "/v1/customer-gateways",
         json!({"name": "onprem", "ip_address": onprem_ip, "asn": ONPREM_ASN}),
     );
@@ -417,7 +328,6 @@ fn bgp_failover_follows_tunnel_2s_session() {
                "bgp": {"tunnel_cidr": link, "local_ip": ip}})
     };
     let conn = serve.post(
-        &topo,
         "/v1/vpn-connections",
         json!({
             "name": "to-onprem",
@@ -440,7 +350,7 @@ fn bgp_failover_follows_tunnel_2s_session() {
     let wait_sessions = |what: &str, pred: &dyn Fn(&Value, &Value) -> bool| {
         let start = Instant::now();
         loop {
-            let c = serve.get(&topo, &format!("/v1/vpn-connections/{conn_id}"));
+            let c = serve.get(&format!("/v1/vpn-connections/{conn_id}"));
             let (a, b) = (&c["tunnels"][0]["status"], &c["tunnels"][1]["status"]);
             if pred(a, b) {
                 return start.elapsed();
@@ -448,7 +358,7 @@ fn bgp_failover_follows_tunnel_2s_session() {
             assert!(
                 start.elapsed() < Duration::from_secs(90),
                 "timed out waiting for {what}: {c:#}\nvpngw log:\n{}\nbgpd log:\n{}",
-                serve.process.log_tail(40),
+                serve.log_tail(40),
                 frr.log()
             );
             std::thread::sleep(Duration::from_millis(200));
@@ -471,7 +381,7 @@ fn bgp_failover_follows_tunnel_2s_session() {
     let wait_table = |what: &str, pred: &dyn Fn(&[Value]) -> bool| {
         let start = Instant::now();
         loop {
-            let l = bgp_entries(&serve, &topo, &gw_id);
+            let l = bgp_entries(&serve, &gw_id);
             if pred(&l) {
                 return (start.elapsed(), l);
             }
@@ -492,7 +402,7 @@ fn bgp_failover_follows_tunnel_2s_session() {
         l.iter().all(|e| e["next_hop"] == conn_id.as_str()),
         "{l:#?}"
     );
-    let routes = serve.get(&topo, &format!("/v1/vpn-gateways/{gw_id}/routes"));
+    let routes = serve.get(&format!("/v1/vpn-gateways/{gw_id}/routes"));
     assert_eq!(routes["items"], json!([]), "{routes:#}");
     let vpc = topo.vpc_ip().to_string();
     let onprem_host = topo.onprem_net_ip().unwrap_or("10.2.0.1").to_string();
@@ -518,7 +428,7 @@ fn bgp_failover_follows_tunnel_2s_session() {
         took < Duration::from_secs(36),
         "hold time 30 s, took {took:?}: {l:#?}"
     );
-    let br = serve.get(&topo, &format!("/v1/vpn-connections/{conn_id}/bgp-routes"));
+    let br = serve.get(&format!("/v1/vpn-connections/{conn_id}/bgp-routes"));
     assert_ne!(br["items"][0]["state"], "established", "{br:#}");
     assert_eq!(br["items"][0]["received"], json!([]), "{br:#}");
     assert_eq!(br["items"][1]["received"][0]["best"], true, "{br:#}");
@@ -556,7 +466,6 @@ fn bgp_failover_follows_tunnel_2s_session() {
     .unwrap();
     std::thread::sleep(Duration::from_secs(1));
     let (s, v) = serve.call(
-        &topo,
         "PATCH",
         &format!("/v1/vpn-connections/{conn_id}/tunnels/{}", t_ids[0]),
         Some(json!({"pre_shared_key": "wrong-psk-0000"})),
@@ -570,7 +479,7 @@ fn bgp_failover_follows_tunnel_2s_session() {
     std::thread::sleep(Duration::from_secs(3));
     let r = report("tunnel 1 broken (PSK change)", m);
     assert!(r.longest_loss() < Duration::from_secs(3), "{r:?}");
-    let c = serve.get(&topo, &format!("/v1/vpn-connections/{conn_id}"));
+    let c = serve.get(&format!("/v1/vpn-connections/{conn_id}"));
     assert_eq!(
         c["tunnels"][1]["status"]["bgp"]["state"], "established",
         "{c:#}"
@@ -637,12 +546,7 @@ fn site_netns(s: &Site, inet: &lab::Netns, inet_if: &str) -> (lab::Netns, lab::N
 /// Configures one site's vpngw: its gateway, the other site as customer gateway with
 /// its ASN, a destination-mode connection with BGP and no route. Returns (gateway ID,
 /// connection ID).
-fn configure_site(
-    v: &lab::Vpngw,
-    own: &Site,
-    other: &Site,
-    initiate: bool,
-) -> (String, String) {
+fn configure_site(v: &lab::Vpngw, own: &Site, other: &Site, initiate: bool) -> (String, String) {
     let g = v.post(
         "/v1/vpn-gateways",
         json!({"name": "site", "ipsec_addresses": [own.public], "local_networks": [own.net]}),

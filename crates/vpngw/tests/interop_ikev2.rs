@@ -3,10 +3,12 @@
 //! Resources are created over HTTP with the admin token, as an operator would.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use lab::{Iperf3Server, Process, StrongSwan, SwanctlChild, SwanctlConn, Topology, swanctl};
+use lab::vpngw::id;
+use lab::{
+    Iperf3Server, StrongSwan, SwanctlChild, SwanctlConn, Topology, Vpngw, VpngwConfig, swanctl,
+};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vpngw");
@@ -16,117 +18,21 @@ const ONPREM: &str = "198.51.100.1";
 const GW1: &str = "192.0.2.1";
 const LISTEN: &str = "127.0.0.1:9280";
 
-/// `vpngw serve` in the `gw` namespace; SIGTERM (then SIGKILL) on drop.
-struct Serve {
-    process: Process,
-    data_dir: PathBuf,
-    token: String,
+/// `vpngw serve` in the `gw` namespace (the lab's driver); stopped on drop.
+fn serve(topo: &Topology) -> Vpngw {
+    let dir = topo.workdir.subdir("vpngw").unwrap();
+    let config = VpngwConfig {
+        bin: BIN,
+        dir: &dir,
+        listen: LISTEN,
+        extra_args: &[],
+    };
+    Vpngw::start(&topo.gw, &config).unwrap()
 }
 
-impl Serve {
-    fn start(topo: &Topology) -> Serve {
-        let data_dir = topo.workdir.subdir("vpngw-data").unwrap();
-        let dir = data_dir.to_string_lossy().to_string();
-        let mut process = topo
-            .gw
-            .spawn(
-                &[BIN, "--data-dir", &dir, "serve", "--listen", LISTEN],
-                topo.workdir.path(),
-                "vpngw-serve",
-            )
-            .unwrap();
-        let token_file = data_dir.join("admin.token");
-        lab::wait_until(Duration::from_secs(20), "vpngw serve healthy", || {
-            process.ensure_running()?;
-            let healthy = topo.gw.run_in(|| {
-                ureq::get(&format!("http://{LISTEN}/healthz"))
-                    .timeout(Duration::from_secs(2))
-                    .call()
-                    .is_ok()
-            })?;
-            Ok((healthy && token_file.exists()).then_some(()))
-        })
-        .unwrap();
-        let token = std::fs::read_to_string(&token_file)
-            .unwrap()
-            .trim()
-            .to_string();
-        Serve {
-            process,
-            data_dir,
-            token,
-        }
-    }
-
-    fn call(&self, topo: &Topology, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let url = format!("http://{LISTEN}{path}");
-        let auth = format!("Bearer {}", self.token);
-        let method = method.to_string();
-        topo.gw
-            .run_in(move || {
-                let req = ureq::request(&method, &url)
-                    .set("Authorization", &auth)
-                    .timeout(Duration::from_secs(10));
-                let r = match body {
-                    Some(b) => req.send_json(b),
-                    None => req.call(),
-                };
-                let resp = match r {
-                    Ok(r) => r,
-                    Err(ureq::Error::Status(_, r)) => r,
-                    Err(e) => panic!("{method} {url}: {e}"),
-                };
-                let status = resp.status();
-                let text = resp.into_string().unwrap_or_default();
-                (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-            })
-            .unwrap()
-    }
-
-    fn post(&self, topo: &Topology, path: &str, body: Value) -> Value {
-        let (s, v) = self.call(topo, "POST", path, Some(body));
-        assert!((200..300).contains(&s), "POST {path}: {s} {v}");
-        v
-    }
-
-    fn get(&self, topo: &Topology, path: &str) -> Value {
-        let (s, v) = self.call(topo, "GET", path, None);
-        assert_eq!(s, 200, "GET {path}: {v}");
-        v
-    }
-
-    fn wait_tunnel(
-        &self,
-        topo: &Topology,
-        conn: &str,
-        what: &str,
-        pred: impl Fn(&Value) -> bool,
-    ) -> Value {
-        let start = Instant::now();
-        loop {
-            let t = self.get(topo, &format!("/v1/vpn-connections/{conn}"))["tunnels"][0].clone();
-            if pred(&t["status"]) {
-                return t;
-            }
-            if start.elapsed() > Duration::from_secs(30) {
-                let logs = self.get(topo, &format!("/v1/vpn-connections/{conn}/logs"));
-                panic!(
-                    "timed out waiting for {what}; tunnel: {t:#}\nlogs: {:#}\nvpngw log:\n{}",
-                    logs["items"],
-                    self.process.log_tail(40)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn data_dir(&self) -> &Path {
-        &self.data_dir
-    }
-}
-
-fn id(v: &Value) -> String {
-    v["id"].as_str().expect("id").to_string()
+/// Polls the connection's first tunnel until `pred` holds for its status.
+fn wait_tunnel(serve: &Vpngw, conn: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    serve.wait_tunnel(conn, 0, what, Duration::from_secs(30), pred)
 }
 
 /// strongSwan on-premises as the product documentation configures it (destination
@@ -147,25 +53,22 @@ fn onprem_conn() -> SwanctlConn {
 #[test]
 fn vpngw_serve_brings_up_a_tunnel_with_strongswan() {
     let topo = Topology::new().unwrap();
-    let serve = Serve::start(&topo);
+    let serve = serve(&topo);
     assert!(serve.data_dir().join("admin.token").exists());
     let swan =
         StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
     swan.load(&swanctl::render(&[onprem_conn()])).unwrap();
 
     let gw = serve.post(
-        &topo,
         "/v1/vpn-gateways",
         json!({"name": "lab-gw", "ipsec_addresses": [GW1], "local_networks": ["172.16.0.0/16"]}),
     );
     let gw_id = id(&gw);
     let cgw = serve.post(
-        &topo,
         "/v1/customer-gateways",
         json!({"name": "onprem", "ip_address": ONPREM}),
     );
     let conn = serve.post(
-        &topo,
         "/v1/vpn-connections",
         json!({
             "name": "to-onprem",
@@ -176,18 +79,17 @@ fn vpngw_serve_brings_up_a_tunnel_with_strongswan() {
     );
     let conn_id = id(&conn);
     serve.post(
-        &topo,
         &format!("/v1/vpn-gateways/{gw_id}/routes"),
         json!({"destination": "10.2.0.0/24", "next_hop": conn_id}),
     );
-    let t = serve.wait_tunnel(&topo, &conn_id, "established", |s| {
+    let t = wait_tunnel(&serve, &conn_id, "established", |s| {
         s["phase"] == "established"
     });
     assert_eq!(t["status"]["ike_sa"]["algorithms"], SUITE);
     swan.wait_established("vpn", Duration::from_secs(10))
         .unwrap();
     assert_eq!(
-        serve.get(&topo, &format!("/v1/vpn-gateways/{gw_id}"))["status"],
+        serve.get(&format!("/v1/vpn-gateways/{gw_id}"))["status"],
         "running"
     );
 
@@ -209,14 +111,11 @@ fn vpngw_serve_brings_up_a_tunnel_with_strongswan() {
     .unwrap();
     assert!(r.bytes_sent >= 100_000_000, "{r:?}");
 
-    let t = serve.wait_tunnel(&topo, &conn_id, "counters", |s| {
+    let t = wait_tunnel(&serve, &conn_id, "counters", |s| {
         s["child_sas"][0]["bytes_out"].as_u64().unwrap_or(0) >= 100_000_000
     });
     assert_eq!(t["status"]["carrying_traffic"], true);
-    let logs = serve.get(
-        &topo,
-        &format!("/v1/vpn-connections/{conn_id}/logs?limit=1000"),
-    );
+    let logs = serve.get(&format!("/v1/vpn-connections/{conn_id}/logs?limit=1000"));
     let text = logs.to_string();
     assert!(text.contains("esp_sa_installed"), "{text}");
     assert!(!text.contains(PSK));

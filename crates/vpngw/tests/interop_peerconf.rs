@@ -8,11 +8,13 @@
 //! Every wait is bounded; everything started is stopped on Drop.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
+use std::ops::Deref;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lab::starter::Starter;
-use lab::{Frr, Netns, Process, StrongSwan, Topology};
+use lab::vpngw::{established, id, merge};
+use lab::{Frr, Netns, StrongSwan, Topology, Vpngw, VpngwConfig};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vpngw");
@@ -30,84 +32,25 @@ const IPSEC_SECRETS_MARKER: &str = "# ---- /etc/ipsec.secrets ----";
 const GW_FQDN: &str = "vpngw.example.com";
 const ONPREM_FQDN: &str = "onprem.example.com";
 
-/// `vpngw serve` in a namespace; SIGTERM (then SIGKILL) on drop.
-struct Serve<'a> {
-    ns: &'a Netns,
-    process: Process,
-    token: String,
+/// `vpngw serve` (the lab's driver) with this file's helpers.
+struct Serve(Vpngw);
+
+impl Deref for Serve {
+    type Target = Vpngw;
+    fn deref(&self) -> &Vpngw {
+        &self.0
+    }
 }
 
-impl<'a> Serve<'a> {
-    fn start(ns: &'a Netns, dir: &Path) -> Serve<'a> {
-        let data_dir = dir.join("data");
-        std::fs::create_dir_all(&data_dir).unwrap();
-        let d = data_dir.to_string_lossy().to_string();
-        let mut process = ns
-            .spawn(
-                &[BIN, "--data-dir", &d, "serve", "--listen", LISTEN],
-                dir,
-                "vpngw-serve",
-            )
-            .unwrap();
-        let token_file = data_dir.join("admin.token");
-        lab::wait_until(Duration::from_secs(20), "vpngw serve healthy", || {
-            process.ensure_running()?;
-            let healthy = ns.run_in(|| {
-                ureq::get(&format!("http://{LISTEN}/healthz"))
-                    .timeout(Duration::from_secs(2))
-                    .call()
-                    .is_ok()
-            })?;
-            Ok((healthy && token_file.exists()).then_some(()))
-        })
-        .unwrap();
-        let token = std::fs::read_to_string(&token_file)
-            .unwrap()
-            .trim()
-            .to_string();
-        Serve { ns, process, token }
-    }
-
-    /// Returns the status and the body as text.
-    fn call_text(&self, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
-        let url = format!("http://{LISTEN}{path}");
-        let auth = format!("Bearer {}", self.token);
-        let method = method.to_string();
-        self.ns
-            .run_in(move || {
-                let req = ureq::request(&method, &url)
-                    .set("Authorization", &auth)
-                    .timeout(Duration::from_secs(10));
-                let r = match body {
-                    Some(b) => req.send_json(b),
-                    None => req.call(),
-                };
-                let resp = match r {
-                    Ok(r) => r,
-                    Err(ureq::Error::Status(_, r)) => r,
-                    Err(e) => panic!("{method} {url}: {e}"),
-                };
-                let status = resp.status();
-                (status, resp.into_string().unwrap_or_default())
-            })
-            .unwrap()
-    }
-
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let (s, text) = self.call_text(method, path, body);
-        (s, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    fn post(&self, path: &str, body: Value) -> Value {
-        let (s, v) = self.call("POST", path, Some(body));
-        assert!((200..300).contains(&s), "POST {path}: {s} {v}");
-        v
-    }
-
-    fn get(&self, path: &str) -> Value {
-        let (s, v) = self.call("GET", path, None);
-        assert_eq!(s, 200, "GET {path}: {v}");
-        v
+impl Serve {
+    fn start(ns: &Netns, dir: &Path) -> Serve {
+        let config = VpngwConfig {
+            bin: BIN,
+            dir,
+            listen: LISTEN,
+            extra_args: &[],
+        };
+        Serve(Vpngw::start(ns, &config).unwrap())
     }
 
     /// A gateway on `addrs` serving `local_networks`, and a customer gateway at the
@@ -165,33 +108,6 @@ impl<'a> Serve<'a> {
         text
     }
 
-    /// Polls the connection until `pred` holds for its tunnels' statuses.
-    fn wait_tunnels(
-        &self,
-        conn: &str,
-        what: &str,
-        timeout: Duration,
-        pred: impl Fn(&[Value]) -> bool,
-    ) -> Vec<Value> {
-        let start = Instant::now();
-        loop {
-            let c = self.get(&format!("/v1/vpn-connections/{conn}"));
-            let tunnels = c["tunnels"].as_array().cloned().unwrap_or_default();
-            if pred(&tunnels) {
-                return tunnels;
-            }
-            if start.elapsed() > timeout {
-                let logs = self.get(&format!("/v1/vpn-connections/{conn}/logs?limit=40"));
-                panic!(
-                    "timed out after {timeout:?} waiting for {what}; tunnels: {tunnels:#?}\nlogs: {:#}\nvpngw log:\n{}",
-                    logs["items"],
-                    self.process.log_tail(40)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
     /// Waits until all `n` tunnels are established with a CHILD SA.
     fn wait_established(&self, conn: &str, n: usize, timeout: Duration) -> Vec<Value> {
         self.wait_tunnels(conn, "all tunnels established", timeout, |t| {
@@ -200,27 +116,7 @@ impl<'a> Serve<'a> {
     }
 }
 
-/// Merges JSON object `b` into `a`, recursively.
-fn merge(a: &mut Value, b: Value) {
-    match (a, b) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                merge(a.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (a, b) => *a = b,
-    }
-}
-
-fn id(v: &Value) -> String {
-    v["id"].as_str().expect("id").to_string()
-}
-
-fn established(s: &Value) -> bool {
-    s["phase"] == "established" && !s["child_sas"].as_array().is_none_or(Vec::is_empty)
-}
-
-fn start_serve(topo: &Topology) -> Serve<'_> {
+fn start_serve(topo: &Topology) -> Serve {
     Serve::start(&topo.gw, &topo.workdir.subdir("vpngw").unwrap())
 }
 
