@@ -15,16 +15,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers
 
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::mpsc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{Gateway, phase};
+use lab::vpngw::id;
 use lab::{Netns, PingMonitor, Workdir, veth};
-use node::{Node, NodeConfig};
 use serde_json::{Value, json};
-use store::{SqliteStore, Store};
 
 const PSK: &str = "pair-psk-7Hq";
 const A_PUB: &str = "192.0.2.1";
@@ -35,157 +33,15 @@ const HOST_A: &str = "172.16.1.10";
 const HOST_B: &str = "10.2.0.10";
 const DAY: u32 = 86_400;
 
-/// The system under test: API + node in the `gw` namespace. Stopped on Drop.
-struct Gateway {
-    port: u16,
-    token: String,
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<JoinHandle<lab::Result<()>>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Gateway {
-    fn start(ns: &Netns) -> Gateway {
-        let dir = tempfile::tempdir().unwrap();
-        let path: PathBuf = dir.path().to_owned();
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let (stop_tx, stop_rx) = mpsc::channel::<()>();
-        let thread = ns
-            .spawn_thread(move || {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async move {
-                    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).unwrap());
-                    let token = api::load_or_create_admin_token(&path).unwrap();
-                    let state = api::AppState::new(Arc::clone(&store), token.clone());
-                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                    let port = listener.local_addr().unwrap().port();
-                    let router = api::router(state.clone());
-                    tokio::spawn(async move { axum::serve(listener, router).await });
-                    let config = NodeConfig {
-                        workers: 2,
-                        ..NodeConfig::default()
-                    };
-                    let node = Node::start(config, store, state.subscribe()).await.unwrap();
-                    state.set_node_control(Arc::new(node.commands()));
-                    ready_tx.send((port, token)).unwrap();
-                    let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
-                    node.shutdown().await;
-                });
-            })
-            .unwrap();
-        let (port, token) = ready_rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("gateway node started");
-        Gateway {
-            port,
-            token,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-            _dir: dir,
-        }
-    }
-
-    /// An API call from inside the `gw` namespace; returns (status, body).
-    fn call(&self, ns: &Netns, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let url = format!("http://127.0.0.1:{}{path}", self.port);
-        let auth = format!("Bearer {}", self.token);
-        let method = method.to_string();
-        ns.run_in(move || {
-            let req = ureq::request(&method, &url)
-                .set("Authorization", &auth)
-                .timeout(Duration::from_secs(10));
-            let r = match body {
-                Some(b) => req.send_json(b),
-                None => req.call(),
-            };
-            let resp = match r {
-                Ok(r) => r,
-                Err(ureq::Error::Status(_, r)) => r,
-                Err(e) => panic!("{method} {url}: {e}"),
-            };
-            let status = resp.status();
-            let text = resp.into_string().unwrap_or_default();
-            (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-        })
-        .unwrap()
-    }
-
-    fn post(&self, ns: &Netns, path: &str, body: Value) -> Value {
-        let (s, v) = self.call(ns, "POST", path, Some(body));
-        assert!((200..300).contains(&s), "POST {path}: {s} {v}");
-        v
-    }
-
-    fn get(&self, ns: &Netns, path: &str) -> Value {
-        let (s, v) = self.call(ns, "GET", path, None);
-        assert_eq!(s, 200, "GET {path}: {v}");
-        v
-    }
-
-    /// Polls the connection until `pred` holds for its first tunnel's status.
-    fn wait_tunnel(
-        &self,
-        ns: &Netns,
-        conn: &str,
-        what: &str,
-        timeout: Duration,
-        pred: impl Fn(&Value) -> bool,
-    ) -> Value {
-        let start = Instant::now();
-        loop {
-            let c = self.get(ns, &format!("/v1/vpn-connections/{conn}"));
-            let t = c["tunnels"][0].clone();
-            if pred(&t["status"]) {
-                return t;
-            }
-            if start.elapsed() > timeout {
-                let logs = self.get(ns, &format!("/v1/vpn-connections/{conn}/logs?limit=50"));
-                panic!(
-                    "timed out waiting for {what}; tunnel: {:#}\nlogs: {:#}",
-                    t, logs["items"]
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let end = Instant::now() + Duration::from_secs(15);
-            while !t.is_finished() && Instant::now() < end {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if t.is_finished() {
-                let _ = t.join();
-            }
-        }
-    }
-}
-
-fn id(v: &Value) -> String {
-    v["id"].as_str().expect("id").to_string()
-}
-
-fn phase(s: &Value) -> &str {
-    s["phase"].as_str().unwrap_or("")
-}
-
 /// The two sites and the router between them. Field order is drop order: the
 /// gateways (nodes) stop before their namespaces go.
 struct Pair {
     gw_a: Gateway,
     gw_b: Gateway,
     host_a: Netns,
-    a: Netns,
+    _a: Netns,
     _inet: Netns,
-    b: Netns,
+    _b: Netns,
     host_b: Netns,
     _workdir: Workdir,
 }
@@ -226,9 +82,9 @@ impl Pair {
             gw_a,
             gw_b,
             host_a,
-            a,
+            _a: a,
             _inet: inet,
-            b,
+            _b: b,
             host_b,
             _workdir: workdir,
         }
@@ -240,7 +96,6 @@ impl Pair {
 #[allow(clippy::too_many_arguments)]
 fn configure(
     gw: &Gateway,
-    ns: &Netns,
     own_pub: &str,
     own_net: &str,
     peer_pub: &str,
@@ -251,12 +106,10 @@ fn configure(
     tunnel: Value,
 ) -> String {
     let g = gw.post(
-        ns,
         "/v1/vpn-gateways",
         json!({"name": "site", "ipsec_addresses": [own_pub], "local_networks": [own_net]}),
     );
     let cgw = gw.post(
-        ns,
         "/v1/customer-gateways",
         json!({"name": "other-site", "ip_address": peer_pub}),
     );
@@ -279,10 +132,9 @@ fn configure(
         body["local_subnets"] = json!([own_net]);
         body["remote_subnets"] = json!([peer_net]);
     }
-    let conn = id(&gw.post(ns, "/v1/vpn-connections", body));
+    let conn = id(&gw.post("/v1/vpn-connections", body));
     if mode == "destination" {
         gw.post(
-            ns,
             &format!("/v1/vpn-gateways/{}/routes", id(&g)),
             json!({"destination": peer_net, "next_hop": conn, "weight": 100}),
         );
@@ -292,8 +144,8 @@ fn configure(
 
 /// Child SA rekeys in the node's log: (ones we initiated, ones we answered). The node
 /// logs an answered IKEv2 rekey as waiting for the peer before sending on it.
-fn rekeys(gw: &Gateway, ns: &Netns, conn: &str) -> (usize, usize) {
-    let logs = gw.get(ns, &format!("/v1/vpn-connections/{conn}/logs?limit=1000"));
+fn rekeys(gw: &Gateway, conn: &str) -> (usize, usize) {
+    let logs = gw.get(&format!("/v1/vpn-connections/{conn}/logs?limit=1000"));
     let installed: Vec<&str> = logs["items"]
         .as_array()
         .map(|items| {
@@ -320,7 +172,6 @@ fn run_pair(mode: &str, child_lifetime_s: u32) {
     // B only responds; A initiates as soon as it is configured.
     let conn_b = configure(
         &p.gw_b,
-        &p.b,
         B_PUB,
         B_NET,
         A_PUB,
@@ -331,12 +182,11 @@ fn run_pair(mode: &str, child_lifetime_s: u32) {
         json!({}),
     );
     p.gw_b
-        .wait_tunnel(&p.b, &conn_b, "B idle", Duration::from_secs(10), |s| {
+        .wait_tunnel(&conn_b, "B idle", Duration::from_secs(10), |s| {
             phase(s) == "idle"
         });
     let conn_a = configure(
         &p.gw_a,
-        &p.a,
         A_PUB,
         A_NET,
         B_PUB,
@@ -346,20 +196,16 @@ fn run_pair(mode: &str, child_lifetime_s: u32) {
         child_lifetime_s,
         json!({}),
     );
-    let ta = p.gw_a.wait_tunnel(
-        &p.a,
-        &conn_a,
-        "A established",
-        Duration::from_secs(20),
-        |s| phase(s) == "established",
-    );
-    let tb = p.gw_b.wait_tunnel(
-        &p.b,
-        &conn_b,
-        "B established",
-        Duration::from_secs(10),
-        |s| phase(s) == "established",
-    );
+    let ta = p
+        .gw_a
+        .wait_tunnel(&conn_a, "A established", Duration::from_secs(20), |s| {
+            phase(s) == "established"
+        });
+    let tb = p
+        .gw_b
+        .wait_tunnel(&conn_b, "B established", Duration::from_secs(10), |s| {
+            phase(s) == "established"
+        });
     for t in [&ta, &tb] {
         assert_eq!(
             t["status"]["ike_sa"]["algorithms"], "aes256-sha256-modp2048",
@@ -385,7 +231,7 @@ fn run_pair(mode: &str, child_lifetime_s: u32) {
     // The traffic really went through the tunnel: both nodes counted it.
     let tb = p
         .gw_b
-        .wait_tunnel(&p.b, &conn_b, "B counters", Duration::from_secs(6), |s| {
+        .wait_tunnel(&conn_b, "B counters", Duration::from_secs(6), |s| {
             s["child_sas"][0]["packets_in"].as_u64().unwrap_or(0) >= 10
                 && s["child_sas"][0]["packets_out"].as_u64().unwrap_or(0) >= 10
         });
@@ -408,7 +254,7 @@ fn run_pair(mode: &str, child_lifetime_s: u32) {
     let (mut ours, mut theirs) = (0, 0);
     while (ours < 2 || theirs < 2) && start.elapsed() < Duration::from_secs(180) {
         std::thread::sleep(Duration::from_secs(1));
-        (ours, theirs) = rekeys(&p.gw_a, &p.a, &conn_a);
+        (ours, theirs) = rekeys(&p.gw_a, &conn_a);
     }
     std::thread::sleep(Duration::from_secs(2));
     let report = monitor.stop().unwrap();
@@ -420,19 +266,15 @@ fn run_pair(mode: &str, child_lifetime_s: u32) {
         ours >= 2 && theirs >= 2,
         "rekeys by A: {ours}, by B: {theirs}"
     );
-    assert_eq!(
-        rekeys(&p.gw_b, &p.b, &conn_b).1,
-        ours,
-        "B answered A's rekeys"
-    );
+    assert_eq!(rekeys(&p.gw_b, &conn_b).1, ours, "B answered A's rekeys");
     assert!(report.sent > 100, "{report:?}");
     assert!(
         report.losses.is_empty(),
         "lost pings across the rekeys: {report:?}"
     );
     // Both ends moved to the same newest Child SA.
-    let ta = p.gw_a.get(&p.a, &format!("/v1/vpn-connections/{conn_a}"));
-    let tb = p.gw_b.get(&p.b, &format!("/v1/vpn-connections/{conn_b}"));
+    let ta = p.gw_a.get(&format!("/v1/vpn-connections/{conn_a}"));
+    let tb = p.gw_b.get(&format!("/v1/vpn-connections/{conn_b}"));
     let (sa, sb) = (&ta["tunnels"][0]["status"], &tb["tunnels"][0]["status"]);
     assert_eq!(
         sa["child_sas"][0]["algorithms"], "aes128gcm16-modp2048",
@@ -476,7 +318,6 @@ fn vpngw_pair_dpd_reason_and_phase_while_retrying() {
     let mode = "protected_flows";
     let conn_b = configure(
         &p.gw_b,
-        &p.b,
         B_PUB,
         B_NET,
         A_PUB,
@@ -488,7 +329,6 @@ fn vpngw_pair_dpd_reason_and_phase_while_retrying() {
     );
     let conn_a = configure(
         &p.gw_a,
-        &p.a,
         A_PUB,
         A_NET,
         B_PUB,
@@ -498,8 +338,8 @@ fn vpngw_pair_dpd_reason_and_phase_while_retrying() {
         DAY,
         json!({"dpd_interval_s": 2, "dpd_timeout_s": 6}),
     );
-    for (gw, ns, conn) in [(&p.gw_a, &p.a, &conn_a), (&p.gw_b, &p.b, &conn_b)] {
-        gw.wait_tunnel(ns, conn, "established", Duration::from_secs(20), |s| {
+    for (gw, conn) in [(&p.gw_a, &conn_a), (&p.gw_b, &conn_b)] {
+        gw.wait_tunnel(conn, "established", Duration::from_secs(20), |s| {
             phase(s) == "established"
         });
     }
@@ -509,7 +349,6 @@ fn vpngw_pair_dpd_reason_and_phase_while_retrying() {
     p._inet.link_down("peer0").unwrap();
     let broke = Instant::now();
     let t = p.gw_a.wait_tunnel(
-        &p.a,
         &conn_a,
         "DPD declares B dead",
         Duration::from_secs(40),
@@ -526,7 +365,6 @@ fn vpngw_pair_dpd_reason_and_phase_while_retrying() {
     );
     // Retrying: an IKE_SA_INIT is outstanding, and the reason still says why.
     let t = p.gw_a.wait_tunnel(
-        &p.a,
         &conn_a,
         "A retrying in phase1_negotiating",
         Duration::from_secs(10),
@@ -539,13 +377,13 @@ fn vpngw_pair_dpd_reason_and_phase_while_retrying() {
         "{t:#}"
     );
     std::thread::sleep(Duration::from_secs(3));
-    let s = &p.gw_a.get(&p.a, &format!("/v1/vpn-connections/{conn_a}"))["tunnels"][0]["status"];
+    let s = &p.gw_a.get(&format!("/v1/vpn-connections/{conn_a}"))["tunnels"][0]["status"];
     assert_eq!(phase(s), "phase1_negotiating", "{s:#}");
 
     // The path is back: the tunnel recovers without help and carries traffic.
     p._inet.link_up("peer0").unwrap();
-    for (gw, ns, conn) in [(&p.gw_a, &p.a, &conn_a), (&p.gw_b, &p.b, &conn_b)] {
-        gw.wait_tunnel(ns, conn, "re-established", Duration::from_secs(60), |s| {
+    for (gw, conn) in [(&p.gw_a, &conn_a), (&p.gw_b, &conn_b)] {
+        gw.wait_tunnel(conn, "re-established", Duration::from_secs(60), |s| {
             phase(s) == "established"
         });
     }
@@ -554,8 +392,8 @@ fn vpngw_pair_dpd_reason_and_phase_while_retrying() {
     assert_eq!(r.received, 5, "site B → site A after recovery: {r:?}");
     // One IKE SA and one Child SA on each side, and they match.
     std::thread::sleep(Duration::from_secs(4));
-    let ta = p.gw_a.get(&p.a, &format!("/v1/vpn-connections/{conn_a}"));
-    let tb = p.gw_b.get(&p.b, &format!("/v1/vpn-connections/{conn_b}"));
+    let ta = p.gw_a.get(&format!("/v1/vpn-connections/{conn_a}"));
+    let tb = p.gw_b.get(&format!("/v1/vpn-connections/{conn_b}"));
     let (sa, sb) = (&ta["tunnels"][0]["status"], &tb["tunnels"][0]["status"]);
     assert_eq!(
         sa["ike_sa"]["spis"], sb["ike_sa"]["spis"],
@@ -576,7 +414,6 @@ fn vpngw_pair_both_initiate_end_with_one_ike_sa() {
         let b = s.spawn(|| {
             configure(
                 &p.gw_b,
-                &p.b,
                 B_PUB,
                 B_NET,
                 A_PUB,
@@ -589,7 +426,6 @@ fn vpngw_pair_both_initiate_end_with_one_ike_sa() {
         });
         let a = configure(
             &p.gw_a,
-            &p.a,
             A_PUB,
             A_NET,
             B_PUB,
@@ -601,21 +437,20 @@ fn vpngw_pair_both_initiate_end_with_one_ike_sa() {
         );
         (a, b.join().unwrap())
     });
-    for (gw, ns, conn) in [(&p.gw_a, &p.a, &conn_a), (&p.gw_b, &p.b, &conn_b)] {
-        gw.wait_tunnel(ns, conn, "established", Duration::from_secs(30), |s| {
+    for (gw, conn) in [(&p.gw_a, &conn_a), (&p.gw_b, &conn_b)] {
+        gw.wait_tunnel(conn, "established", Duration::from_secs(30), |s| {
             phase(s) == "established"
         });
     }
     lab::wait_ping(&p.host_a, HOST_A, HOST_B, Duration::from_secs(10)).unwrap();
     // Give a duplicate IKE SA time to be deleted (one round trip), then compare.
     std::thread::sleep(Duration::from_secs(3));
-    let ta = p.gw_a.get(&p.a, &format!("/v1/vpn-connections/{conn_a}"));
-    let tb = p.gw_b.get(&p.b, &format!("/v1/vpn-connections/{conn_b}"));
+    let ta = p.gw_a.get(&format!("/v1/vpn-connections/{conn_a}"));
+    let tb = p.gw_b.get(&format!("/v1/vpn-connections/{conn_b}"));
     let (sa, sb) = (&ta["tunnels"][0]["status"], &tb["tunnels"][0]["status"]);
-    let logs = p.gw_a.get(
-        &p.a,
-        &format!("/v1/vpn-connections/{conn_a}/logs?limit=1000"),
-    );
+    let logs = p
+        .gw_a
+        .get(&format!("/v1/vpn-connections/{conn_a}/logs?limit=1000"));
     let duplicates = logs["items"].as_array().map_or(0, |i| {
         i.iter()
             .filter(|e| e["event"] == "duplicate_ike_sa")
