@@ -51,6 +51,11 @@ const SWITCH_DEFER: Duration = Duration::from_secs(5);
 const SWITCH_POLL: Duration = Duration::from_millis(100);
 /// Inputs handled before pending outputs are flushed.
 const BATCH: usize = 64;
+/// The shortest time between two status publications of every tunnel (`publish_all`
+/// builds and compares each tunnel's status): once per loop turn it was O(tunnels)
+/// per received datagram batch, and with an O(connections) lookup per tunnel, while
+/// 10,000 tunnels came up (issue 8). Changes reach the store at most this late.
+const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 
 /// What the control thread is told.
 pub(crate) enum Input {
@@ -109,6 +114,9 @@ pub(crate) struct Control {
     notes_logged: HashSet<(String, String)>,
     next_peer: u64,
     next_tick: Instant,
+    /// When `publish_all` last ran, and whether a loop turn since then skipped it.
+    published_at: Instant,
+    publish_due: bool,
 }
 
 /// The node's view of one tunnel.
@@ -214,6 +222,8 @@ impl Control {
             notes_logged: HashSet::new(),
             next_peer: 1,
             next_tick: Instant::now() + STATUS_INTERVAL,
+            published_at: Instant::now(),
+            publish_due: false,
             health: Health::new(&mut crypto::OsRandom),
         }
     }
@@ -251,7 +261,13 @@ impl Control {
             if refresh {
                 self.next_tick = now + STATUS_INTERVAL;
             }
-            self.publish_all(refresh);
+            if refresh || now >= self.published_at + PUBLISH_EVERY {
+                self.published_at = now;
+                self.publish_due = false;
+                self.publish_all(refresh);
+            } else {
+                self.publish_due = true;
+            }
         }
         self.shutdown();
     }
@@ -263,6 +279,9 @@ impl Control {
         }
         if let Some(t) = self.endpoint.poll_timeout() {
             d = d.min(t);
+        }
+        if self.publish_due {
+            d = d.min(self.published_at + PUBLISH_EVERY);
         }
         for t in self.tunnels.values() {
             if let Some(r) = t.retry_at {
@@ -1248,33 +1267,35 @@ impl Control {
     // ---- status -------------------------------------------------------------------
 
     fn publish_all(&mut self, refresh_counters: bool) {
+        // Each connection's tunnel keys once, not one search of `conns` per tunnel.
+        let of_conn: HashMap<String, Vec<TunnelKey>> = self
+            .conns
+            .iter()
+            .map(|(c, ts)| {
+                let keys = ts
+                    .iter()
+                    .filter_map(|x| self.tunnels.get(x).map(|t| t.peer.0))
+                    .collect();
+                (c.clone(), keys)
+            })
+            .collect();
         let ids: Vec<String> = self.tunnels.keys().cloned().collect();
         for id in ids {
-            self.publish(&id, refresh_counters);
+            let conn = self.tunnels.get(&id).map(|t| t.conn_id.clone());
+            let keys = conn
+                .and_then(|c| of_conn.get(&c))
+                .map_or(&[][..], Vec::as_slice);
+            self.publish(&id, refresh_counters, keys);
         }
     }
 
-    fn publish(&mut self, id: &str, refresh_counters: bool) {
-        let tunnels_of_conn: Vec<TunnelKey> = {
-            let Some(t) = self.tunnels.get(id) else {
-                return;
-            };
-            self.conns
-                .iter()
-                .find(|(c, _)| *c == t.conn_id)
-                .map(|(_, ts)| {
-                    ts.iter()
-                        .filter_map(|x| self.tunnels.get(x).map(|t| t.peer.0))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
+    fn publish(&mut self, id: &str, refresh_counters: bool, tunnels_of_conn: &[TunnelKey]) {
         let sadb = Arc::clone(&self.sadb);
         let (carrying, health) = match self.tunnels.get(id) {
             Some(t) => (
                 carries_traffic(
                     &sadb,
-                    &tunnels_of_conn,
+                    tunnels_of_conn,
                     |k| self.health.withdrawn(k),
                     t.peer.0,
                 ),
