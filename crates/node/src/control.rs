@@ -114,6 +114,11 @@ pub(crate) struct Control {
     notes_logged: HashSet<(String, String)>,
     next_peer: u64,
     next_tick: Instant,
+    /// When the per-tunnel timers (retries, deferred outbound switches) are next due: no
+    /// earlier than this does a loop turn walk the tunnels for them. Every place that
+    /// sets such a timer lowers it, so a turn costs O(inputs), not O(tunnels), while
+    /// thousands of tunnels come up (issue 8).
+    next_walk: Instant,
     /// When `publish_all` last ran, and whether a loop turn since then skipped it.
     published_at: Instant,
     publish_due: bool,
@@ -222,6 +227,7 @@ impl Control {
             notes_logged: HashSet::new(),
             next_peer: 1,
             next_tick: Instant::now() + STATUS_INTERVAL,
+            next_walk: Instant::now(),
             published_at: Instant::now(),
             publish_due: false,
             health: Health::new(&mut crypto::OsRandom),
@@ -253,8 +259,11 @@ impl Control {
             if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
                 self.endpoint.handle_timeout(now);
             }
-            self.retries(now);
-            self.deferred_switches(now);
+            if now >= self.next_walk {
+                self.retries(now);
+                self.deferred_switches(now);
+                self.next_walk = self.tunnel_timers(now);
+            }
             self.health_tick(now);
             self.flush();
             let refresh = now >= self.next_tick;
@@ -283,13 +292,21 @@ impl Control {
         if self.publish_due {
             d = d.min(self.published_at + PUBLISH_EVERY);
         }
+        d.min(self.next_walk)
+    }
+
+    /// The earliest per-tunnel timer (a retry, a deferred switch's deadline, or the
+    /// next poll for traffic on a deferred SA), at most [`STATUS_INTERVAL`] away: one
+    /// walk over all tunnels, run only when [`Control::next_walk`] is due.
+    fn tunnel_timers(&self, now: Instant) -> Instant {
+        let mut d = now + STATUS_INTERVAL;
         for t in self.tunnels.values() {
             if let Some(r) = t.retry_at {
                 d = d.min(r);
             }
             for c in &t.children {
                 if let Some(f) = c.defer {
-                    d = d.min(f.until).min(Instant::now() + SWITCH_POLL);
+                    d = d.min(f.until).min(now + SWITCH_POLL);
                 }
             }
         }
@@ -923,6 +940,7 @@ impl Control {
                     if t.want_up && t.can_initiate() {
                         t.set_phase(TunnelPhase::Idle, Some(format!("{why}; renegotiating")));
                         t.retry_at = Some(now + RESTART_DELAY);
+                        self.next_walk = self.next_walk.min(now + RESTART_DELAY);
                     } else {
                         t.set_phase(TunnelPhase::Idle, Some(why.into()));
                     }
@@ -979,6 +997,7 @@ impl Control {
                 if t.want_up && t.can_initiate() {
                     t.set_phase(TunnelPhase::Idle, Some(format!("{reason}; renegotiating")));
                     t.retry_at = Some(now + RESTART_DELAY);
+                    self.next_walk = self.next_walk.min(now + RESTART_DELAY);
                 } else {
                     t.set_phase(TunnelPhase::Idle, Some(reason));
                 }
@@ -1011,10 +1030,12 @@ impl Control {
                         );
                     }
                     t.retry_at = Some(now + QUICK_RETRY);
+                    self.next_walk = self.next_walk.min(now + QUICK_RETRY);
                 } else {
                     t.set_phase(failed, Some(reason));
                     if can {
                         t.retry_at = Some(now + SLOW_RETRY);
+                        self.next_walk = self.next_walk.min(now + SLOW_RETRY);
                     }
                 }
             }
@@ -1053,6 +1074,10 @@ impl Control {
             old_spi_in: old,
             until: Instant::now() + SWITCH_DEFER,
         });
+        if defer.is_some() {
+            // Polled for traffic on the new SA every SWITCH_POLL until released.
+            self.next_walk = self.next_walk.min(Instant::now() + SWITCH_POLL);
+        }
         let installed = match defer {
             Some(_) => self.sadb.install_inbound(Arc::clone(&inbound)),
             None => self
@@ -1139,6 +1164,7 @@ impl Control {
                     Some(format!("Child SA {spi_in:08x} was deleted; renegotiating")),
                 );
                 t.retry_at = Some(now + RESTART_DELAY);
+                self.next_walk = self.next_walk.min(now + RESTART_DELAY);
             } else {
                 t.set_phase(
                     TunnelPhase::Idle,
