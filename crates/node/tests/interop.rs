@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{Gateway, phase};
+use common::{Gateway, phase, traffic_both_ways};
 use lab::vpngw::id;
-use lab::{Iperf3Server, PingMonitor, StrongSwan, SwanctlChild, SwanctlConn, Topology, swanctl};
+use lab::{PingMonitor, StrongSwan, SwanctlChild, SwanctlConn, Topology, swanctl};
 use serde_json::{Value, json};
 
 const PSK: &str = "lab-psk-Xq7";
@@ -35,30 +35,6 @@ fn onprem_conn(local_ts: &str, remote_ts: &str, psk: &str) -> SwanctlConn {
         dpd_action: Some("restart".into()),
         ..SwanctlChild::new("net", local_ts, remote_ts)
     })
-}
-
-fn traffic_both_ways(topo: &Topology) {
-    let vpc = topo.vpc_ip().to_string();
-    lab::wait_ping(&topo.vpc, &vpc, "10.2.0.1", Duration::from_secs(10)).unwrap();
-    let r = lab::ping(&topo.vpc, &vpc, "10.2.0.1", 5, Duration::from_secs(5)).unwrap();
-    assert_eq!(r.received, 5, "VPC → on-premises: {r:?}");
-    let r = lab::ping(&topo.onprem, "10.2.0.1", &vpc, 5, Duration::from_secs(5)).unwrap();
-    assert_eq!(r.received, 5, "on-premises → VPC: {r:?}");
-    let server = Iperf3Server::start(&topo.onprem, topo.workdir.path(), "10.2.0.1", 5201).unwrap();
-    let r = lab::iperf3_client(
-        &topo.vpc,
-        &vpc,
-        "10.2.0.1",
-        server.port(),
-        100_000_000,
-        Duration::from_secs(60),
-    )
-    .unwrap();
-    assert!(r.bytes_sent >= 100_000_000, "{r:?}");
-    eprintln!(
-        "iperf3 through the tunnel: {:.0} Mbit/s",
-        r.bits_per_second / 1e6
-    );
 }
 
 fn assert_established(t: &Value) {

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{Gateway, phase};
+use common::{Gateway, phase, traffic_both_ways};
 use lab::vpngw::id;
-use lab::{Iperf3Server, PingMonitor, StrongSwan, SwanctlChild, SwanctlConn, Topology, swanctl};
+use lab::{PingMonitor, StrongSwan, SwanctlChild, SwanctlConn, Topology, swanctl};
 use serde_json::{Value, json};
 
 const PSK: &str = "lab-psk-Mx4";
@@ -332,30 +332,6 @@ fn default_conn(
         child(c);
     }
     conn
-}
-
-fn traffic_both_ways(topo: &Topology) {
-    let vpc = topo.vpc_ip().to_string();
-    lab::wait_ping(&topo.vpc, &vpc, "10.2.0.1", Duration::from_secs(10)).unwrap();
-    let r = lab::ping(&topo.vpc, &vpc, "10.2.0.1", 5, Duration::from_secs(5)).unwrap();
-    assert_eq!(r.received, 5, "VPC → on-premises: {r:?}");
-    let r = lab::ping(&topo.onprem, "10.2.0.1", &vpc, 5, Duration::from_secs(5)).unwrap();
-    assert_eq!(r.received, 5, "on-premises → VPC: {r:?}");
-    let server = Iperf3Server::start(&topo.onprem, topo.workdir.path(), "10.2.0.1", 5201).unwrap();
-    let r = lab::iperf3_client(
-        &topo.vpc,
-        &vpc,
-        "10.2.0.1",
-        server.port(),
-        100_000_000,
-        Duration::from_secs(60),
-    )
-    .unwrap();
-    assert!(r.bytes_sent >= 100_000_000, "{r:?}");
-    eprintln!(
-        "iperf3 through the tunnel: {:.0} Mbit/s",
-        r.bits_per_second / 1e6
-    );
 }
 
 /// Creates the connection and, in destination mode, the route to on-premises; returns

@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use lab::vpngw::id;
-use lab::{ApiClient, Netns};
+use lab::{ApiClient, Iperf3Server, Netns, Topology};
 use node::{Node, NodeConfig};
 use serde_json::{Value, json};
 use store::{SqliteStore, Store};
@@ -142,4 +142,30 @@ impl Drop for Gateway {
 /// A tunnel status's phase.
 pub fn phase(s: &Value) -> &str {
     s["phase"].as_str().unwrap_or("")
+}
+
+/// Five pings each way between the VPC host and 10.2.0.1 on-premises, then 100 MB of
+/// iperf3 TCP from the VPC host, through the tunnel.
+pub fn traffic_both_ways(topo: &Topology) {
+    let vpc = topo.vpc_ip().to_string();
+    lab::wait_ping(&topo.vpc, &vpc, "10.2.0.1", Duration::from_secs(10)).unwrap();
+    let r = lab::ping(&topo.vpc, &vpc, "10.2.0.1", 5, Duration::from_secs(5)).unwrap();
+    assert_eq!(r.received, 5, "VPC → on-premises: {r:?}");
+    let r = lab::ping(&topo.onprem, "10.2.0.1", &vpc, 5, Duration::from_secs(5)).unwrap();
+    assert_eq!(r.received, 5, "on-premises → VPC: {r:?}");
+    let server = Iperf3Server::start(&topo.onprem, topo.workdir.path(), "10.2.0.1", 5201).unwrap();
+    let r = lab::iperf3_client(
+        &topo.vpc,
+        &vpc,
+        "10.2.0.1",
+        server.port(),
+        100_000_000,
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert!(r.bytes_sent >= 100_000_000, "{r:?}");
+    eprintln!(
+        "iperf3 through the tunnel: {:.0} Mbit/s",
+        r.bits_per_second / 1e6
+    );
 }
