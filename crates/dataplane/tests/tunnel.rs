@@ -226,9 +226,18 @@ fn ping(from: &Netns, src: &str, dst: &str, extra: &[&str]) -> String {
 /// Counter deltas on both sides once A has written `min_a` and B `min_b` packets to
 /// their TUN devices since `before` (workers publish once per poll round).
 fn settle(p: &Pair, before: (Snapshot, Snapshot), min_a: u64, min_b: u64) -> (Snapshot, Snapshot) {
+    // Until the flood has arrived and nothing is in flight: a packet the kernel sends
+    // on its own through a TUN device (IPv6 router solicitation, …) may still be on
+    // its way when the flood's last one is counted.
     wait_for(Duration::from_secs(3), || {
-        p.a.dp.totals().since(&before.0).tun_tx.packets >= min_a
-            && p.b.dp.totals().since(&before.1).tun_tx.packets >= min_b
+        let (a, b) = (
+            p.a.dp.totals().since(&before.0),
+            p.b.dp.totals().since(&before.1),
+        );
+        a.tun_tx.packets >= min_a
+            && b.tun_tx.packets >= min_b
+            && a.esp_rx == b.esp_tx
+            && b.esp_rx == a.esp_tx
     });
     (
         p.a.dp.totals().since(&before.0),
