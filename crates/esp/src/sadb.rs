@@ -1,22 +1,28 @@
 //! The SA database: inbound SAs by SPI, outbound SAs by a caller-chosen key (the tunnel).
 //!
-//! Lookups never lock: each table is an immutable snapshot behind an [`ArcSwap`]. Updates
-//! (rare: a Child SA is created, rekeyed or deleted) copy the table, change the copy and
-//! swap it in, one writer at a time. A worker that keeps an [`SaDbCache`] pays, per
-//! lookup, one relaxed load to see whether the table changed plus the hash probe.
+//! Lookups never lock: each table is split into [`SHARDS`] shards, each an immutable
+//! snapshot behind an [`ArcSwap`]. Updates (a Child SA is created, rekeyed or deleted)
+//! copy the one shard the key falls in, change the copy and swap it in, one writer at a
+//! time. One copy-on-write table per direction cost O(SAs) per update, O(n²) to bring up
+//! n tunnels (issue 8: 10,000 tunnels from one peer); a shard holds 1/[`SHARDS`] of them.
+//! A worker that keeps an [`SaDbCache`] pays, per lookup, the shard choice, one relaxed
+//! load to see whether that shard changed, and the hash probe.
 //!
 //! Make-before-break rekeying (RFC 7296 §2.8): [`SaDb::rekey`] installs the new inbound SA
 //! *before* it switches the outbound one, so packets the peer protects with the new SA are
 //! accepted from the moment we could have told the peer about it; the old inbound SA keeps
 //! accepting until [`SaDb::remove_inbound`] (after the IKE Delete).
 
-use core::hash::{BuildHasherDefault, Hash, Hasher};
+use core::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::{ArcSwap, Cache};
 
 use crate::sa::{InboundSa, OutboundSa};
+
+/// Shards per table (a power of two). With 10,000 tunnels an update copies ~160 entries.
+pub const SHARDS: usize = 64;
 
 /// Errors of SA database updates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -27,21 +33,27 @@ pub enum SaDbError {
     SpiInUse(u32),
 }
 
-type InboundMap = HashMap<u32, Arc<InboundSa>, BuildHasherDefault<SpiHasher>>;
-type OutboundMap<K> = HashMap<K, Arc<OutboundSa>>;
+type Hashing = BuildHasherDefault<SpiHasher>;
+type InboundMap = HashMap<u32, Arc<InboundSa>, Hashing>;
+type OutboundMap<K> = HashMap<K, Arc<OutboundSa>, Hashing>;
+type Shards<M> = Arc<[ArcSwap<M>]>;
 
 /// The SA database of one gateway node, shared by all workers (`Arc<SaDb<K>>`).
 pub struct SaDb<K> {
-    inbound: Arc<ArcSwap<InboundMap>>,
-    outbound: Arc<ArcSwap<OutboundMap<K>>>,
+    inbound: Shards<InboundMap>,
+    outbound: Shards<OutboundMap<K>>,
     writer: Mutex<()>,
 }
 
 impl<K: Eq + Hash + Clone> SaDb<K> {
     pub fn new() -> Self {
         Self {
-            inbound: Arc::new(ArcSwap::from_pointee(InboundMap::default())),
-            outbound: Arc::new(ArcSwap::from_pointee(OutboundMap::default())),
+            inbound: (0..SHARDS)
+                .map(|_| ArcSwap::from_pointee(InboundMap::default()))
+                .collect(),
+            outbound: (0..SHARDS)
+                .map(|_| ArcSwap::from_pointee(OutboundMap::default()))
+                .collect(),
             writer: Mutex::new(()),
         }
     }
@@ -49,36 +61,31 @@ impl<K: Eq + Hash + Clone> SaDb<K> {
     /// The inbound SA for `spi`. Lock-free; costs a reference-count increment, which a
     /// worker avoids with [`Self::cache`].
     pub fn inbound(&self, spi: u32) -> Option<Arc<InboundSa>> {
-        self.inbound.load().get(&spi).cloned()
+        self.inbound_shard(&spi).load().get(&spi).cloned()
     }
 
     /// The outbound SA of a tunnel. Lock-free.
     pub fn outbound(&self, key: &K) -> Option<Arc<OutboundSa>> {
-        self.outbound.load().get(key).cloned()
+        self.outbound_shard(key).load().get(key).cloned()
     }
 
     /// A per-worker view whose lookups touch no shared counter.
     pub fn cache(&self) -> SaDbCache<K> {
         SaDbCache {
-            inbound: Cache::new(Arc::clone(&self.inbound)),
-            outbound: Cache::new(Arc::clone(&self.outbound)),
+            inbound: (0..SHARDS)
+                .map(|i| Cache::new(ShardRef(Arc::clone(&self.inbound), i)))
+                .collect(),
+            outbound: (0..SHARDS)
+                .map(|i| Cache::new(ShardRef(Arc::clone(&self.outbound), i)))
+                .collect(),
         }
-    }
-
-    /// Number of inbound SAs.
-    pub fn inbound_len(&self) -> usize {
-        self.inbound.load().len()
-    }
-
-    /// Number of tunnels with an outbound SA.
-    pub fn outbound_len(&self) -> usize {
-        self.outbound.load().len()
     }
 
     /// Adds an inbound SA; it accepts packets as soon as this returns.
     pub fn install_inbound(&self, sa: Arc<InboundSa>) -> Result<(), SaDbError> {
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let current = self.inbound.load();
+        let shard = self.inbound_shard(&sa.spi());
+        let current = shard.load();
         if current.contains_key(&sa.spi()) {
             return Err(SaDbError::SpiInUse(sa.spi()));
         }
@@ -88,7 +95,7 @@ impl<K: Eq + Hash + Clone> SaDb<K> {
             "inbound SA installed"
         );
         next.insert(sa.spi(), sa);
-        self.inbound.store(Arc::new(next));
+        shard.store(Arc::new(next));
         Ok(())
     }
 
@@ -96,11 +103,12 @@ impl<K: Eq + Hash + Clone> SaDb<K> {
     /// Workers that looked it up before may finish the packets they hold.
     pub fn remove_inbound(&self, spi: u32) -> Option<Arc<InboundSa>> {
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let current = self.inbound.load();
+        let shard = self.inbound_shard(&spi);
+        let current = shard.load();
         let removed = current.get(&spi).cloned()?;
         let mut next = InboundMap::clone(&current);
         next.remove(&spi);
-        self.inbound.store(Arc::new(next));
+        shard.store(Arc::new(next));
         tracing::debug!(spi = format_args!("{spi:#010x}"), "inbound SA removed");
         Some(removed)
     }
@@ -108,10 +116,11 @@ impl<K: Eq + Hash + Clone> SaDb<K> {
     /// Makes `sa` the tunnel's outbound SA at once; returns the one it replaces.
     pub fn set_outbound(&self, key: K, sa: Arc<OutboundSa>) -> Option<Arc<OutboundSa>> {
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut next = OutboundMap::clone(&self.outbound.load());
+        let shard = self.outbound_shard(&key);
+        let mut next = OutboundMap::clone(&shard.load());
         let spi = sa.spi();
         let old = next.insert(key, sa);
-        self.outbound.store(Arc::new(next));
+        shard.store(Arc::new(next));
         tracing::debug!(
             spi = format_args!("{spi:#010x}"),
             replaced = ?old.as_ref().map(|sa| sa.spi()),
@@ -123,11 +132,12 @@ impl<K: Eq + Hash + Clone> SaDb<K> {
     /// Stops sending on a tunnel; returns its outbound SA.
     pub fn remove_outbound(&self, key: &K) -> Option<Arc<OutboundSa>> {
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let current = self.outbound.load();
+        let shard = self.outbound_shard(key);
+        let current = shard.load();
         let removed = current.get(key).cloned()?;
         let mut next = OutboundMap::clone(&current);
         next.remove(key);
-        self.outbound.store(Arc::new(next));
+        shard.store(Arc::new(next));
         tracing::debug!(
             spi = format_args!("{:#010x}", removed.spi()),
             "outbound SA removed"
@@ -147,6 +157,26 @@ impl<K: Eq + Hash + Clone> SaDb<K> {
         self.install_inbound(inbound)?;
         Ok(self.set_outbound(key, outbound))
     }
+
+    fn inbound_shard(&self, spi: &u32) -> &ArcSwap<InboundMap> {
+        &self.inbound[shard_of(spi)]
+    }
+
+    fn outbound_shard(&self, key: &K) -> &ArcSwap<OutboundMap<K>> {
+        &self.outbound[shard_of(key)]
+    }
+}
+
+impl<K> SaDb<K> {
+    /// Number of inbound SAs.
+    pub fn inbound_len(&self) -> usize {
+        self.inbound.iter().map(|s| s.load().len()).sum()
+    }
+
+    /// Number of tunnels with an outbound SA.
+    pub fn outbound_len(&self) -> usize {
+        self.outbound.iter().map(|s| s.load().len()).sum()
+    }
 }
 
 impl<K: Eq + Hash + Clone> Default for SaDb<K> {
@@ -158,28 +188,51 @@ impl<K: Eq + Hash + Clone> Default for SaDb<K> {
 impl<K> core::fmt::Debug for SaDb<K> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("SaDb")
-            .field("inbound", &self.inbound.load().len())
-            .field("outbound", &self.outbound.load().len())
+            .field("inbound", &self.inbound_len())
+            .field("outbound", &self.outbound_len())
             .finish()
     }
 }
 
 /// One worker's view of an [`SaDb`] (`Send`, not shared). Lookups return references into
-/// the snapshot the cache holds; the cache picks up a new snapshot on the next lookup after
-/// an update.
+/// the shard snapshots the cache holds; the cache picks up a shard's new snapshot on the
+/// next lookup in that shard after an update.
 pub struct SaDbCache<K> {
-    inbound: Cache<Arc<ArcSwap<InboundMap>>, Arc<InboundMap>>,
-    outbound: Cache<Arc<ArcSwap<OutboundMap<K>>>, Arc<OutboundMap<K>>>,
+    inbound: Box<[ShardCache<InboundMap>]>,
+    outbound: Box<[ShardCache<OutboundMap<K>>]>,
 }
+
+type ShardCache<M> = Cache<ShardRef<M>, Arc<M>>;
 
 impl<K: Eq + Hash> SaDbCache<K> {
     pub fn inbound(&mut self, spi: u32) -> Option<&Arc<InboundSa>> {
-        self.inbound.load().get(&spi)
+        self.inbound.get_mut(shard_of(&spi))?.load().get(&spi)
     }
 
     pub fn outbound(&mut self, key: &K) -> Option<&Arc<OutboundSa>> {
-        self.outbound.load().get(key)
+        self.outbound.get_mut(shard_of(key))?.load().get(key)
     }
+}
+
+/// One shard of a table, as an [`arc_swap::Cache`] wants it: something that derefs to
+/// the shard's [`ArcSwap`].
+struct ShardRef<M>(Shards<M>, usize);
+
+impl<M> core::ops::Deref for ShardRef<M> {
+    type Target = ArcSwap<M>;
+
+    fn deref(&self) -> &ArcSwap<M> {
+        // The index was taken from `0..SHARDS` over this same slice.
+        &self.0[self.1]
+    }
+}
+
+/// The shard of a key: bits of its hash above those a shard's own map uses for buckets
+/// and control bytes at any realistic size, so that the keys of one shard still spread
+/// over that shard's buckets.
+fn shard_of<Q: Hash + ?Sized>(key: &Q) -> usize {
+    let h = Hashing::default().hash_one(key);
+    (h >> 40) as usize & (SHARDS - 1)
 }
 
 /// Hasher for SPIs. Our inbound SPIs are random (chosen by us), and a peer can only look up
@@ -340,6 +393,114 @@ mod tests {
             }
         });
         assert_eq!(db.inbound_len(), 1 + 99);
+    }
+
+    #[test]
+    fn an_update_copies_only_its_shard() {
+        let db = SaDb::<u64>::new();
+        for spi in 0..1000 {
+            db.install_inbound(inbound(spi)).unwrap();
+            db.set_outbound(u64::from(spi), outbound(spi));
+        }
+        let before: Vec<_> = db.inbound.iter().map(ArcSwap::load_full).collect();
+        let out_before: Vec<_> = db.outbound.iter().map(ArcSwap::load_full).collect();
+        db.install_inbound(inbound(5000)).unwrap();
+        db.set_outbound(5000, outbound(5000));
+        fn changed<M>(old: &[Arc<M>], new: &[ArcSwap<M>]) -> Vec<usize> {
+            (0..SHARDS)
+                .filter(|&i| !Arc::ptr_eq(&old[i], &new[i].load()))
+                .collect()
+        }
+        assert_eq!(changed(&before, &db.inbound), vec![shard_of(&5000u32)]);
+        assert_eq!(changed(&out_before, &db.outbound), vec![shard_of(&5000u64)]);
+        // The copy holds its shard's share, not the whole table.
+        let largest = db.inbound.iter().map(|s| s.load().len()).max().unwrap();
+        assert!(largest < 3 * 1001 / SHARDS, "{largest}");
+    }
+
+    #[test]
+    fn many_sas_install_and_remove_across_shards() {
+        let db = SaDb::<u64>::new();
+        let mut cache = db.cache();
+        // Sequential SPIs (how some peers allocate them) and random-looking ones.
+        let spis: Vec<u32> = (1..=3000u32)
+            .map(|i| {
+                if i % 2 == 0 {
+                    i
+                } else {
+                    i.wrapping_mul(0x9e37_79b9)
+                }
+            })
+            .collect();
+        for &spi in &spis {
+            db.install_inbound(inbound(spi)).unwrap();
+            assert!(db.set_outbound(u64::from(spi), outbound(spi)).is_none());
+        }
+        assert_eq!(db.inbound_len(), spis.len());
+        assert_eq!(db.outbound_len(), spis.len());
+        assert!(db.inbound.iter().all(|s| !s.load().is_empty()));
+        for &spi in &spis {
+            assert_eq!(cache.inbound(spi).unwrap().spi(), spi);
+            assert_eq!(cache.outbound(&u64::from(spi)).unwrap().spi(), spi);
+        }
+        for &spi in spis.iter().step_by(3) {
+            assert_eq!(db.remove_inbound(spi).unwrap().spi(), spi);
+            assert_eq!(db.remove_outbound(&u64::from(spi)).unwrap().spi(), spi);
+        }
+        for (i, &spi) in spis.iter().enumerate() {
+            let kept = i % 3 != 0;
+            assert_eq!(cache.inbound(spi).is_some(), kept, "{spi:#x}");
+            assert_eq!(db.outbound(&u64::from(spi)).is_some(), kept, "{spi:#x}");
+            assert_eq!(
+                db.install_inbound(inbound(spi)) == Err(SaDbError::SpiInUse(spi)),
+                kept
+            );
+        }
+    }
+
+    #[test]
+    fn readers_in_every_shard_race_with_updates() {
+        let db = Arc::new(SaDb::<u64>::new());
+        // One SA that is never removed in each shard (and its tunnel's outbound SA).
+        let mut fixed = vec![None; SHARDS];
+        let mut spi = 1u32;
+        while fixed.iter().any(Option::is_none) {
+            fixed[shard_of(&spi)].get_or_insert(spi);
+            spi += 1;
+        }
+        let fixed: Vec<u32> = fixed.into_iter().flatten().collect();
+        for &spi in &fixed {
+            db.install_inbound(inbound(spi)).unwrap();
+            db.set_outbound(u64::from(spi), outbound(spi));
+        }
+        std::thread::scope(|scope| {
+            for _ in 0..2 {
+                let (db, fixed) = (Arc::clone(&db), &fixed);
+                scope.spawn(move || {
+                    let mut cache = db.cache();
+                    for round in 0..300 {
+                        for &spi in fixed {
+                            assert_eq!(cache.inbound(spi).map(|s| s.spi()), Some(spi));
+                            let key = u64::from(spi);
+                            assert_eq!(cache.outbound(&key).map(|s| s.spi()), Some(spi));
+                            if round % 50 == 0 {
+                                assert!(db.inbound(spi).is_some());
+                            }
+                        }
+                    }
+                });
+            }
+            for spi in 100_000..101_000u32 {
+                db.install_inbound(inbound(spi)).unwrap();
+                db.set_outbound(u64::from(spi), outbound(spi));
+                if spi % 2 == 0 {
+                    db.remove_inbound(spi);
+                    db.remove_outbound(&u64::from(spi));
+                }
+            }
+        });
+        assert_eq!(db.inbound_len(), fixed.len() + 500);
+        assert_eq!(db.outbound_len(), fixed.len() + 500);
     }
 
     #[test]
