@@ -25,6 +25,7 @@
 //! let mut s = Session::new(Config::new(local_ip, peer_ip, peer_asn));
 //! s.start(now);                          // ManualStart
 //! s.advertise(now, &[vpc_cidr]);         // networks the gateway originates
+//! s.advertise_learned(now, &routes);   // routes of other peers (our AS prepended)
 //! loop {
 //!     // 1. inputs, whichever happened:
 //!     s.handle_connected(now);           // TCP to/from peer_ip:179 is up

@@ -1,7 +1,7 @@
 //! One BGP neighbor: the sans-IO engine the node drives (see the crate
 //! docs for the driver loop).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -246,7 +246,9 @@ pub struct Session {
     ctx: Ctx,
     negotiated: Option<Negotiated>,
     adj_rib_in: BTreeMap<Ipv4Net, Arc<PathAttrs>>,
-    originated: BTreeSet<Ipv4Net>,
+    /// RFC 4271 §3.2 Adj-RIB-Out: what we advertise (or will, once
+    /// established), with the attributes as sent.
+    adj_rib_out: BTreeMap<Ipv4Net, Arc<PathAttrs>>,
     pending_update: Option<Update>,
     /// Why an AutomaticStop is about to happen.
     stop_reason: Option<DownReason>,
@@ -268,7 +270,7 @@ impl Session {
             ctx: Ctx::default(),
             negotiated: None,
             adj_rib_in: BTreeMap::new(),
-            originated: BTreeSet::new(),
+            adj_rib_out: BTreeMap::new(),
             pending_update: None,
             stop_reason: None,
             stats: Stats::default(),
@@ -328,9 +330,10 @@ impl Session {
         self.adj_rib_in.iter()
     }
 
-    /// Prefixes we originate towards this peer.
-    pub fn originated(&self) -> impl Iterator<Item = &Ipv4Net> {
-        self.originated.iter()
+    /// Routes we advertise to this peer (RFC 4271 §3.2 Adj-RIB-Out),
+    /// originated or re-advertised, with the attributes sent.
+    pub fn adj_rib_out(&self) -> impl Iterator<Item = (&Ipv4Net, &Arc<PathAttrs>)> {
+        self.adj_rib_out.iter()
     }
 
     pub fn stats(&self) -> Stats {
@@ -374,22 +377,50 @@ impl Session {
     /// NEXT_HOP `local_addr`); sent now if established, else on
     /// establishment.
     pub fn advertise(&mut self, now: Instant, prefixes: &[Ipv4Net]) {
-        let new: Vec<Ipv4Net> = prefixes
-            .iter()
-            .map(|p| p.trunc())
-            .filter(|p| self.originated.insert(*p))
-            .collect();
-        if self.is_established() && !new.is_empty() {
-            self.send_announce(now, &new);
-        }
+        let attrs = Arc::new(PathAttrs::originated(
+            self.config.local_asn,
+            self.config.local_addr,
+            self.config.is_ebgp(),
+        ));
+        let routes: Vec<(Ipv4Net, Arc<PathAttrs>)> =
+            prefixes.iter().map(|p| (*p, attrs.clone())).collect();
+        self.put_routes(now, routes);
     }
 
-    /// Stop originating `prefixes`.
+    /// Re-advertise routes learned from other peers (`learned`: the
+    /// attributes as received there), with the attributes RFC 4271 §5.1
+    /// prescribes ([`PathAttrs::exported`]: our AS prepended on eBGP, our
+    /// address as NEXT_HOP, no MED). A route whose communities forbid
+    /// advertising it (RFC 1997 NO_EXPORT, NO_ADVERTISE) is withdrawn if it
+    /// was advertised, else skipped. Replaces what was advertised for each
+    /// prefix (originated or learned); sent now if established, else on
+    /// establishment. The caller keeps a route away from the peer it came
+    /// from (RFC 4271 §9.2 leaves that to policy; the node never sends a
+    /// connection's routes back to it).
+    pub fn advertise_learned(&mut self, now: Instant, learned: &[(Ipv4Net, Arc<PathAttrs>)]) {
+        let mut routes = Vec::new();
+        let mut forbidden = Vec::new();
+        for (p, a) in learned {
+            match PathAttrs::exported(
+                a,
+                self.config.local_asn,
+                self.config.local_addr,
+                self.config.is_ebgp(),
+            ) {
+                Some(e) => routes.push((*p, Arc::new(e))),
+                None => forbidden.push(*p),
+            }
+        }
+        self.put_routes(now, routes);
+        self.withdraw(now, &forbidden);
+    }
+
+    /// Stop advertising `prefixes`.
     pub fn withdraw(&mut self, now: Instant, prefixes: &[Ipv4Net]) {
         let gone: Vec<Ipv4Net> = prefixes
             .iter()
             .map(|p| p.trunc())
-            .filter(|p| self.originated.remove(p))
+            .filter(|p| self.adj_rib_out.remove(p).is_some())
             .collect();
         if self.is_established() && !gone.is_empty() {
             self.send_withdraw(now, &gone);
@@ -760,34 +791,67 @@ impl Session {
         self.out.extend_from_slice(&msg.encode(&self.ctx));
     }
 
+    /// Puts `routes` into the Adj-RIB-Out and sends those that changed.
+    fn put_routes(&mut self, now: Instant, routes: Vec<(Ipv4Net, Arc<PathAttrs>)>) {
+        let mut new = Vec::new();
+        for (p, a) in routes {
+            let p = p.trunc();
+            if self.adj_rib_out.get(&p) != Some(&a) {
+                self.adj_rib_out.insert(p, a.clone());
+                new.push((p, a));
+            }
+        }
+        if self.is_established() && !new.is_empty() {
+            self.send_announce(now, &new);
+        }
+    }
+
     fn resend_all(&mut self, now: Instant) {
-        let all: Vec<Ipv4Net> = self.originated.iter().copied().collect();
+        let all: Vec<(Ipv4Net, Arc<PathAttrs>)> = self
+            .adj_rib_out
+            .iter()
+            .map(|(p, a)| (*p, a.clone()))
+            .collect();
         if !all.is_empty() {
             self.send_announce(now, &all);
         }
     }
 
-    fn send_announce(&mut self, now: Instant, prefixes: &[Ipv4Net]) {
-        let attrs = PathAttrs::originated(
-            self.config.local_asn,
-            self.config.local_addr,
-            self.config.is_ebgp(),
-        );
-        let probe = Message::Update(Update {
-            attrs: attrs.clone(),
-            ..Update::default()
-        })
-        .encode(&self.ctx);
-        // Each prefix takes at most 5 octets (RFC 4271 §4.3).
-        let per_msg = (MAX_MESSAGE_LEN.saturating_sub(probe.len()) / 5).max(1);
-        for chunk in prefixes.chunks(per_msg) {
-            self.stats.updates_out += 1;
-            let u = Update {
-                attrs: attrs.clone(),
-                nlri: chunk.to_vec(),
+    /// One UPDATE per set of equal attributes (RFC 4271 §4.3: the NLRI of
+    /// an UPDATE share its path attributes), split to fit the message size.
+    fn send_announce(&mut self, now: Instant, routes: &[(Ipv4Net, Arc<PathAttrs>)]) {
+        let mut groups: Vec<(Arc<PathAttrs>, Vec<Ipv4Net>)> = Vec::new();
+        let mut index: HashMap<Arc<PathAttrs>, usize> = HashMap::new();
+        for (p, a) in routes {
+            match index.get(a) {
+                Some(&i) => {
+                    if let Some(g) = groups.get_mut(i) {
+                        g.1.push(*p);
+                    }
+                }
+                None => {
+                    index.insert(a.clone(), groups.len());
+                    groups.push((a.clone(), vec![*p]));
+                }
+            }
+        }
+        for (attrs, prefixes) in groups {
+            let probe = Message::Update(Update {
+                attrs: (*attrs).clone(),
                 ..Update::default()
-            };
-            self.send(&Message::Update(u));
+            })
+            .encode(&self.ctx);
+            // Each prefix takes at most 5 octets (RFC 4271 §4.3).
+            let per_msg = (MAX_MESSAGE_LEN.saturating_sub(probe.len()) / 5).max(1);
+            for chunk in prefixes.chunks(per_msg) {
+                self.stats.updates_out += 1;
+                let u = Update {
+                    attrs: (*attrs).clone(),
+                    nlri: chunk.to_vec(),
+                    ..Update::default()
+                };
+                self.send(&Message::Update(u));
+            }
         }
         self.rearm_keepalive(now);
     }

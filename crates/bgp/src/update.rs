@@ -24,6 +24,13 @@ pub mod flags {
     pub const EXTENDED_LENGTH: u8 = 0x10;
 }
 
+/// Well-known communities (RFC 1997).
+pub mod community {
+    pub const NO_EXPORT: u32 = 0xFFFF_FF01;
+    pub const NO_ADVERTISE: u32 = 0xFFFF_FF02;
+    pub const NO_EXPORT_SUBCONFED: u32 = 0xFFFF_FF03;
+}
+
 /// Attribute type codes (RFC 4271 §5, RFC 1997, RFC 4760, RFC 6793).
 pub mod attr_type {
     pub const ORIGIN: u8 = 1;
@@ -370,6 +377,62 @@ impl PathAttrs {
             local_pref: (!ebgp).then_some(100),
             ..Self::default()
         }
+    }
+
+    /// Attributes for re-advertising a route learned from another peer
+    /// (RFC 4271 §9.2 Update-Send, with the §5.1 rules for each attribute),
+    /// or `None` when a well-known community forbids it (RFC 1997).
+    ///
+    /// - ORIGIN, ATOMIC_AGGREGATE, AGGREGATOR and communities pass unchanged
+    ///   (§5.1.1, §5.1.6, §5.1.7; RFC 1997 communities are transitive);
+    /// - AS_PATH: `local_asn` prepended towards an external peer (§5.1.2 b),
+    ///   unchanged towards an internal one (§5.1.2 a);
+    /// - NEXT_HOP: our own address (§5.1.3: the peer can reach only us);
+    /// - MULTI_EXIT_DISC is not passed to another AS (§5.1.4);
+    /// - LOCAL_PREF only towards an internal peer (§5.1.5), default 100;
+    /// - unrecognised optional transitive attributes pass with the Partial
+    ///   bit (§5), except AS4_PATH/AS4_AGGREGATOR kept from an old speaker:
+    ///   AS_PATH already holds the path our encoder turns into AS4_PATH when
+    ///   an old speaker needs one (RFC 6793 §4.2.2).
+    pub fn exported(
+        learned: &PathAttrs,
+        local_asn: u32,
+        next_hop: Ipv4Addr,
+        ebgp: bool,
+    ) -> Option<Self> {
+        let c = &learned.communities;
+        // RFC 1997: NO_ADVERTISE to nobody; NO_EXPORT and NO_EXPORT_SUBCONFED
+        // not outside the AS (we are no confederation).
+        if c.contains(&community::NO_ADVERTISE)
+            || (ebgp
+                && (c.contains(&community::NO_EXPORT)
+                    || c.contains(&community::NO_EXPORT_SUBCONFED)))
+        {
+            return None;
+        }
+        let path = learned.as_path.clone().unwrap_or_default();
+        Some(Self {
+            origin: Some(learned.origin.unwrap_or(Origin::Incomplete)),
+            as_path: Some(if ebgp { path.prepend(local_asn) } else { path }),
+            next_hop: Some(next_hop),
+            med: if ebgp { None } else { learned.med },
+            local_pref: (!ebgp).then(|| learned.local_pref.unwrap_or(100)),
+            atomic_aggregate: learned.atomic_aggregate,
+            aggregator: learned.aggregator,
+            communities: learned.communities.clone(),
+            mp_reach: None,
+            mp_unreach: None,
+            unknown: learned
+                .unknown
+                .iter()
+                .filter(|a| {
+                    a.flags & flags::OPTIONAL != 0
+                        && a.flags & flags::TRANSITIVE != 0
+                        && !matches!(a.type_code, attr_type::AS4_PATH | attr_type::AS4_AGGREGATOR)
+                })
+                .map(RawAttr::propagated)
+                .collect(),
+        })
     }
 
     fn encode(&self, ctx: &Ctx, out: &mut Vec<u8>) {
@@ -1133,5 +1196,86 @@ mod tests {
         assert!(p.contains(2));
         assert_eq!(p.prepend(45104).to_string(), "45104 65530 65531 {1 2 3}");
         assert_eq!(AsPath::default().prepend(1), AsPath::sequence(&[1]));
+    }
+
+    /// RFC 4271 §5.1 per attribute, for both kinds of peer.
+    #[test]
+    fn exported_attributes_follow_rfc_4271_5_1() {
+        let nh = Ipv4Addr::new(169, 254, 10, 1);
+        let learned = PathAttrs {
+            origin: Some(Origin::Incomplete),
+            as_path: Some(AsPath {
+                segments: vec![AsSegment::Set(vec![65001, 65002])],
+            }),
+            next_hop: Some(Ipv4Addr::new(169, 254, 30, 2)),
+            med: Some(7),
+            atomic_aggregate: true,
+            aggregator: Some(Aggregator {
+                asn: 65002,
+                addr: Ipv4Addr::new(10, 0, 0, 1),
+            }),
+            unknown: vec![
+                RawAttr {
+                    flags: flags::OPTIONAL | flags::TRANSITIVE,
+                    type_code: 99,
+                    value: vec![1],
+                },
+                RawAttr {
+                    flags: flags::OPTIONAL | flags::TRANSITIVE,
+                    type_code: attr_type::AS4_PATH,
+                    value: vec![2],
+                },
+                RawAttr {
+                    flags: flags::OPTIONAL,
+                    type_code: 98,
+                    value: vec![3],
+                },
+            ],
+            ..PathAttrs::default()
+        };
+        let e = PathAttrs::exported(&learned, 45104, nh, true).unwrap();
+        // A leading AS_SET gets a new AS_SEQUENCE in front (§5.1.2 b 3).
+        assert_eq!(
+            e.as_path.as_ref().unwrap().to_string(),
+            "45104 {65001 65002}"
+        );
+        assert_eq!(e.next_hop, Some(nh));
+        assert_eq!((e.med, e.local_pref), (None, None));
+        assert_eq!(e.origin, Some(Origin::Incomplete));
+        assert!(e.atomic_aggregate);
+        assert_eq!(e.aggregator, learned.aggregator);
+        // Only the unknown optional transitive one, with the Partial bit.
+        assert_eq!(
+            e.unknown,
+            [RawAttr {
+                flags: flags::OPTIONAL | flags::TRANSITIVE | flags::PARTIAL,
+                type_code: 99,
+                value: vec![1],
+            }]
+        );
+        // Towards an internal peer: path and MED kept, LOCAL_PREF added.
+        let i = PathAttrs::exported(&learned, 45104, nh, false).unwrap();
+        assert_eq!(i.as_path, learned.as_path);
+        assert_eq!((i.med, i.local_pref), (Some(7), Some(100)));
+        // The encoded UPDATE decodes back to the same attributes.
+        let u = Update {
+            attrs: e.clone(),
+            nlri: vec![net("10.30.0.0/24")],
+            ..Update::default()
+        };
+        let back = update(&Message::Update(u).encode(&FOUR), &FOUR).unwrap();
+        assert_eq!(back.attrs, e);
+        // RFC 1997 well-known communities.
+        let no_export = PathAttrs {
+            communities: vec![community::NO_EXPORT],
+            ..learned.clone()
+        };
+        assert_eq!(PathAttrs::exported(&no_export, 45104, nh, true), None);
+        assert!(PathAttrs::exported(&no_export, 45104, nh, false).is_some());
+        let no_adv = PathAttrs {
+            communities: vec![community::NO_ADVERTISE],
+            ..learned
+        };
+        assert_eq!(PathAttrs::exported(&no_adv, 45104, nh, false), None);
     }
 }

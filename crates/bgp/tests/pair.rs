@@ -785,3 +785,94 @@ fn mp_reach_ipv4_routes_are_accepted() {
     assert_eq!(p.a.adj_rib_in().count(), 0);
     assert!(p.established());
 }
+
+/// A route the gateway learned from another neighbour (AS 65001, with a MED)
+/// as its Adj-RIB-In holds it.
+fn learned_from_65001(med: Option<u32>, communities: Vec<u32>) -> Arc<PathAttrs> {
+    Arc::new(PathAttrs {
+        origin: Some(bgp::Origin::Egp),
+        as_path: Some(bgp::AsPath::sequence(&[65001, 65002])),
+        next_hop: Some(Ipv4Addr::new(169, 254, 30, 2)),
+        med,
+        communities,
+        ..PathAttrs::default()
+    })
+}
+
+/// RFC 4271 §9.2 / §5.1: a re-advertised route reaches the peer with our AS
+/// prepended to the learned AS path, our address as next hop, its ORIGIN and
+/// communities, and no MED; withdrawing it at the source withdraws it here.
+#[test]
+fn readvertised_routes_carry_the_learned_as_path_with_ours_prepended() {
+    let mut p = Pair::standard();
+    p.a.advertise(p.now, &[net("172.16.0.0/16")]);
+    p.start();
+    let learned = learned_from_65001(Some(50), vec![0xfde8_0001]);
+    p.a.advertise_learned(p.now, &[(net("10.30.0.0/24"), learned.clone())]);
+    p.drive();
+    let at_b: Vec<_> = p.b.adj_rib_in().map(|(n, a)| (*n, a.clone())).collect();
+    assert_eq!(at_b.len(), 2, "{at_b:?}");
+    let (prefix, attrs) = &at_b[0];
+    assert_eq!(*prefix, net("10.30.0.0/24"));
+    assert_eq!(
+        attrs.as_path.as_ref().unwrap().to_string(),
+        "45104 65001 65002"
+    );
+    assert_eq!(attrs.next_hop, Some(GW));
+    assert_eq!(attrs.origin, Some(bgp::Origin::Egp));
+    assert_eq!(attrs.med, None, "RFC 4271 §5.1.4: no MED to another AS");
+    assert_eq!(attrs.communities, [0xfde8_0001]);
+    // The originated network keeps its own attributes in its own UPDATE.
+    assert_eq!(at_b[1].1.as_path.as_ref().unwrap().to_string(), "45104");
+    assert_eq!(p.a.adj_rib_out().count(), 2);
+
+    // A changed path at the source is sent again; the same one is not.
+    let n = p.sent_a.len();
+    p.a.advertise_learned(p.now, &[(net("10.30.0.0/24"), learned)]);
+    p.drive();
+    assert_eq!(p.sent_a.len(), n, "nothing changed, nothing sent");
+    let longer = Arc::new(PathAttrs {
+        as_path: Some(bgp::AsPath::sequence(&[65001, 65003, 65002])),
+        ..(*learned_from_65001(None, vec![])).clone()
+    });
+    p.a.advertise_learned(p.now, &[(net("10.30.0.0/24"), longer)]);
+    p.drive();
+    let path = p.b.adj_rib_in().next().map(|(_, a)| a.as_path.clone());
+    assert_eq!(
+        path.flatten().unwrap().to_string(),
+        "45104 65001 65003 65002"
+    );
+
+    // Withdrawn at the source: withdrawn here.
+    p.a.withdraw(p.now, &[net("10.30.0.0/24")]);
+    p.drive();
+    let left: Vec<_> = p.b.adj_rib_in().map(|(n, _)| *n).collect();
+    assert_eq!(left, [net("172.16.0.0/16")]);
+}
+
+/// Re-advertised routes wait for establishment like originated ones and are
+/// sent again after a restart; RFC 1997 NO_EXPORT keeps a route inside the AS.
+#[test]
+fn readvertised_routes_survive_a_restart_and_no_export_stays_home() {
+    let mut p = Pair::standard();
+    p.a.advertise_learned(
+        p.now,
+        &[
+            (net("10.30.0.0/24"), learned_from_65001(None, vec![])),
+            (
+                net("10.31.0.0/24"),
+                learned_from_65001(None, vec![bgp::update::community::NO_EXPORT]),
+            ),
+        ],
+    );
+    p.start();
+    let at_b: Vec<_> = p.b.adj_rib_in().map(|(n, _)| *n).collect();
+    assert_eq!(at_b, [net("10.30.0.0/24")]);
+    p.b.stop(p.now);
+    p.drive();
+    p.b.start(p.now);
+    p.advance(Duration::from_secs(30));
+    assert!(p.established());
+    let at_b: Vec<_> = p.b.adj_rib_in().map(|(n, _)| *n).collect();
+    assert_eq!(at_b, [net("10.30.0.0/24")]);
+}

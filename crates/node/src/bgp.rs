@@ -987,7 +987,7 @@ fn status_of(s: &Session, peer_asn: u32, established_at: Option<DateTime<Utc>>) 
         peer_asn: Some(peer_asn),
         routes_received: s.adj_rib_in().count() as u64,
         routes_advertised: if established {
-            s.originated().count() as u64
+            s.adj_rib_out().count() as u64
         } else {
             0
         },
