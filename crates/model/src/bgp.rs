@@ -102,8 +102,9 @@ pub fn tunnel_bgp_routes(
 
 /// The `origin: bgp` entries of a gateway's route table: every usable received route of
 /// the BGP connections' sessions. `learned` holds, per connection, its tunnels' stored
-/// routes. A static route of the same destination wins over a learned one (the packet
-/// path does the same: `node/src/fwd.rs`).
+/// routes. A static route of the same destination wins over a learned one unless the
+/// connection has `bgp_override_static` (the packet path does the same:
+/// `node/src/fwd.rs`); with `bgp_ecmp` both tunnels' routes can be active at once.
 pub fn bgp_route_entries(
     static_routes: &[Route],
     connections: &[VpnConnection],
@@ -126,14 +127,29 @@ pub fn bgp_route_entries(
                     i + 1,
                     t.id
                 );
-                let (state, reason) = if static_routes.iter().any(|s| s.destination == destination)
-                {
+                let has_static = static_routes.iter().any(|s| s.destination == destination);
+                let (state, reason) = if has_static && !c.bgp_override_static {
                     (
                         RouteState::Inactive,
                         format!("{learned_on}; a static route to {destination} takes precedence"),
                     )
                 } else if r.best {
-                    (RouteState::Active, learned_on)
+                    let mut reason = learned_on;
+                    // ECMP: the connection's other tunnel uses the prefix too.
+                    if c.bgp_ecmp
+                        && tunnels.iter().any(|(id, o)| {
+                            *id != t.id && o.received.iter().any(|x| x.prefix == r.prefix && x.best)
+                        })
+                    {
+                        reason
+                            .push_str("; flows are spread over both tunnels' sessions (bgp_ecmp)");
+                    }
+                    if has_static {
+                        reason.push_str(&format!(
+                            "; replaces the static route to {destination} (bgp_override_static)"
+                        ));
+                    }
+                    (RouteState::Active, reason)
                 } else {
                     (
                         RouteState::Standby,
@@ -159,6 +175,30 @@ pub fn bgp_route_entries(
         }
     }
     out
+}
+
+/// Static routes that an active BGP route of a connection with `bgp_override_static`
+/// replaces become `inactive`, saying which connection's route is used instead.
+pub fn mark_overridden_static(items: &mut [RouteTableEntry], connections: &[VpnConnection]) {
+    let overriding: Vec<(IpNet, String)> = items
+        .iter()
+        .filter(|e| {
+            e.origin == RouteOrigin::Bgp
+                && e.state == RouteState::Active
+                && connections
+                    .iter()
+                    .any(|c| c.id == e.next_hop && c.bgp_override_static)
+        })
+        .map(|e| (e.destination, e.next_hop.clone()))
+        .collect();
+    for e in items.iter_mut().filter(|e| e.origin == RouteOrigin::Static) {
+        if let Some((_, conn)) = overriding.iter().find(|(d, _)| *d == e.destination) {
+            e.state = RouteState::Inactive;
+            e.reason = format!(
+                "a route learned over BGP on connection {conn} replaces it (bgp_override_static)"
+            );
+        }
+    }
 }
 
 fn as_path_text(p: &[u32]) -> String {
@@ -200,5 +240,110 @@ mod tests {
     fn as_path_reads_like_show_bgp() {
         assert_eq!(as_path_text(&[65530, 65001]), "65530 65001");
         assert_eq!(as_path_text(&[]), "(empty)");
+    }
+
+    /// A BGP connection (both tunnels learned 10.2.0.0/24) and a static route to the
+    /// same prefix through it.
+    fn table(ecmp: bool, override_static: bool, best2: bool) -> Vec<RouteTableEntry> {
+        use crate::testutil::*;
+        let gw = gateway(&["192.0.2.1", "192.0.2.2"]);
+        let cgws = vec![cgw("cgw-b", "203.0.113.8", Some(65010))];
+        let ctx = crate::ConnectionContext {
+            gateway: &gw,
+            customer_gateways: &cgws,
+            tunnel_cidrs_in_use: &[],
+        };
+        let mut s = spec();
+        s.enable_bgp = Some(true);
+        s.bgp_ecmp = Some(ecmp);
+        s.bgp_override_static = Some(override_static);
+        for (i, t) in s.tunnels.as_mut().unwrap().iter_mut().enumerate() {
+            t.customer_gateway_id = Some("cgw-b".into());
+            t.bgp = Some(crate::TunnelBgpSpec {
+                tunnel_cidr: Some(format!("169.254.1{i}.0/30")),
+                local_ip: Some(format!("169.254.1{i}.1")),
+            });
+        }
+        let ids = ["tun-1".to_string(), "tun-2".to_string()];
+        let c = s
+            .build(&ctx, "vco-1".into(), &ids, epoch(), &mut rng())
+            .unwrap();
+        let stat = crate::RouteSpec {
+            destination: Some("10.2.0.0/24".into()),
+            next_hop: Some("vco-1".into()),
+            ..Default::default()
+        }
+        .build(&gw, std::slice::from_ref(&c), "vrt-1".into(), epoch())
+        .unwrap();
+        let learned = vec![(
+            "vco-1".to_string(),
+            vec![
+                (
+                    ids[0].clone(),
+                    BgpRoutes {
+                        received: vec![route("10.2.0.0/24", true)],
+                        advertised: vec![],
+                    },
+                ),
+                (
+                    ids[1].clone(),
+                    BgpRoutes {
+                        received: vec![route("10.2.0.0/24", best2)],
+                        advertised: vec![],
+                    },
+                ),
+            ],
+        )];
+        let conns = vec![c];
+        let mut items = crate::route_table(std::slice::from_ref(&stat), &[], &conns);
+        items.extend(bgp_route_entries(
+            std::slice::from_ref(&stat),
+            &conns,
+            &learned,
+        ));
+        mark_overridden_static(&mut items, &conns);
+        items
+    }
+
+    fn states(items: &[RouteTableEntry]) -> Vec<(RouteOrigin, RouteState)> {
+        items.iter().map(|e| (e.origin, e.state)).collect()
+    }
+
+    #[test]
+    fn static_routes_win_unless_bgp_override_static() {
+        use RouteOrigin::{Bgp, Static};
+        use RouteState::{Active, Inactive, Standby};
+        assert_eq!(
+            states(&table(false, false, false)),
+            [(Static, Active), (Bgp, Inactive), (Bgp, Inactive)]
+        );
+        let t = table(false, true, false);
+        assert_eq!(
+            states(&t),
+            [(Static, Inactive), (Bgp, Active), (Bgp, Standby)]
+        );
+        assert!(
+            t[0].reason.contains("bgp_override_static"),
+            "{}",
+            t[0].reason
+        );
+        assert!(
+            t[1].reason.contains("replaces the static route"),
+            "{}",
+            t[1].reason
+        );
+    }
+
+    #[test]
+    fn ecmp_routes_are_active_on_both_tunnels() {
+        use RouteOrigin::{Bgp, Static};
+        use RouteState::Active;
+        let t = table(true, true, true);
+        assert_eq!(
+            states(&t),
+            [(Static, RouteState::Inactive), (Bgp, Active), (Bgp, Active)]
+        );
+        assert!(t[1].reason.contains("bgp_ecmp"), "{}", t[1].reason);
+        assert!(t[2].reason.contains("bgp_ecmp"), "{}", t[2].reason);
     }
 }

@@ -30,6 +30,20 @@ pub struct VpnConnection {
     pub effective_immediately: bool,
     pub enable_bgp: bool,
     pub local_asn: u32,
+    /// With BGP: a prefix both tunnels' sessions learned is used over both tunnels at
+    /// once, each flow (addresses, protocol and ports) staying on one tunnel; off,
+    /// tunnel 1's session is preferred and tunnel 2's is the standby.
+    #[serde(default)]
+    pub bgp_ecmp: bool,
+    /// With BGP: also advertise the routes learned over BGP on the gateway's other
+    /// connections (AS path: our AS prepended to the learned one; never sent back to
+    /// the connection they came from).
+    #[serde(default)]
+    pub bgp_advertise_learned: bool,
+    /// With BGP: a route learned on this connection replaces a static route of the
+    /// same destination; off, the static route wins.
+    #[serde(default)]
+    pub bgp_override_static: bool,
     pub tunnels: Vec<Tunnel>,
     pub health_check: HealthCheck,
     pub status: ConnectionStatus,
@@ -195,6 +209,15 @@ pub struct VpnConnectionSpec {
     pub enable_bgp: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_asn: Option<AsnInput>,
+    /// Default false; needs `enable_bgp` and two tunnels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp_ecmp: Option<bool>,
+    /// Default false; needs `enable_bgp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp_advertise_learned: Option<bool>,
+    /// Default false; needs `enable_bgp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp_override_static: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnels: Option<Vec<TunnelSpec>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -501,6 +524,28 @@ impl VpnConnectionSpec {
             }
         }
 
+        let bgp_ecmp = self.bgp_ecmp.unwrap_or(false);
+        let bgp_advertise_learned = self.bgp_advertise_learned.unwrap_or(false);
+        let bgp_override_static = self.bgp_override_static.unwrap_or(false);
+        for (field, on) in [
+            ("bgp_ecmp", bgp_ecmp),
+            ("bgp_advertise_learned", bgp_advertise_learned),
+            ("bgp_override_static", bgp_override_static),
+        ] {
+            if on && !enable_bgp {
+                return Err(FieldError::new(
+                    field,
+                    "can be true only with enable_bgp true: set enable_bgp (and each tunnel's bgp) as well, or leave it false",
+                ));
+            }
+        }
+        if bgp_ecmp && tunnels.len() < 2 {
+            return Err(FieldError::new(
+                "bgp_ecmp",
+                "spreads traffic over two tunnels, and this connection has one (its gateway has one IPsec address): leave it false",
+            ));
+        }
+
         let health_check = health_check(self.health_check.unwrap_or_default())
             .map_err(|e| e.within("health_check"))?;
 
@@ -516,6 +561,9 @@ impl VpnConnectionSpec {
             effective_immediately: self.effective_immediately.unwrap_or(true),
             enable_bgp,
             local_asn,
+            bgp_ecmp,
+            bgp_advertise_learned,
+            bgp_override_static,
             tunnels,
             health_check,
             status: ConnectionStatus::Creating,
@@ -675,6 +723,9 @@ impl VpnConnection {
             effective_immediately: Some(self.effective_immediately),
             enable_bgp: Some(self.enable_bgp),
             local_asn: Some(AsnInput::Number(u64::from(self.local_asn))),
+            bgp_ecmp: Some(self.bgp_ecmp),
+            bgp_advertise_learned: Some(self.bgp_advertise_learned),
+            bgp_override_static: Some(self.bgp_override_static),
             tunnels: Some(self.tunnels.iter().map(Tunnel::spec).collect()),
             health_check: Some(HealthCheckSpec {
                 enabled: Some(self.health_check.enabled),
@@ -1365,6 +1416,83 @@ mod tests {
         assert!(c.enable_bgp);
         s.tunnels.as_mut().unwrap()[1].bgp = None;
         assert_eq!(f.err(s).field, "tunnels[1].bgp");
+    }
+
+    /// A BGP connection on both tunnels with customer gateway cgw-b (AS 65010).
+    fn bgp_spec() -> VpnConnectionSpec {
+        let mut s = spec();
+        s.enable_bgp = Some(true);
+        for (i, t) in s.tunnels.as_mut().unwrap().iter_mut().enumerate() {
+            t.customer_gateway_id = Some("cgw-b".into());
+            t.bgp = bgp(&format!("169.254.1{i}.0/30"), &format!("169.254.1{i}.1"));
+        }
+        s
+    }
+
+    #[test]
+    fn bgp_options_default_off_need_bgp_and_change_without_renegotiating() {
+        let f = Fixture::new();
+        let c = f.build(bgp_spec()).unwrap();
+        assert!(!c.bgp_ecmp && !c.bgp_advertise_learned && !c.bgp_override_static);
+        let v = serde_json::to_value(&c).unwrap();
+        for k in ["bgp_ecmp", "bgp_advertise_learned", "bgp_override_static"] {
+            assert_eq!(v[k], false, "{k} shown in GET");
+        }
+        // Each needs enable_bgp, and says so with its own name.
+        for field in ["bgp_ecmp", "bgp_advertise_learned", "bgp_override_static"] {
+            let mut s = spec();
+            match field {
+                "bgp_ecmp" => s.bgp_ecmp = Some(true),
+                "bgp_advertise_learned" => s.bgp_advertise_learned = Some(true),
+                _ => s.bgp_override_static = Some(true),
+            }
+            let e = f.err(s);
+            assert_eq!(e.field, field);
+            assert!(e.message.contains("enable_bgp"), "{e}");
+        }
+        // On, and turned off again by a PATCH: no tunnel renegotiates.
+        let mut s = bgp_spec();
+        s.bgp_ecmp = Some(true);
+        s.bgp_advertise_learned = Some(true);
+        s.bgp_override_static = Some(true);
+        let on = f.build(s).unwrap();
+        assert!(on.bgp_ecmp && on.bgp_advertise_learned && on.bgp_override_static);
+        assert_eq!(on.spec().bgp_ecmp, Some(true));
+        let mut s = on.spec();
+        s.bgp_ecmp = Some(false);
+        s.bgp_override_static = Some(false);
+        let off = on.updated(s, &f.ctx(), &mut rng()).unwrap();
+        assert!(!off.bgp_ecmp && off.bgp_advertise_learned && !off.bgp_override_static);
+        assert!(off.tunnels.iter().all(|t| t.state == TunnelState::Active));
+        // Turning BGP off with an option still on names the option.
+        let mut s = on.spec();
+        s.enable_bgp = Some(false);
+        assert_eq!(
+            on.updated(s, &f.ctx(), &mut rng()).unwrap_err().field,
+            "bgp_ecmp"
+        );
+        // A document stored before the options existed reads as all off.
+        let mut old = serde_json::to_value(&c).unwrap();
+        for k in ["bgp_ecmp", "bgp_advertise_learned", "bgp_override_static"] {
+            old.as_object_mut().unwrap().remove(k);
+        }
+        let back = serde_json::from_value::<VpnConnection>(old).unwrap();
+        assert!(!back.bgp_ecmp && !back.bgp_advertise_learned && !back.bgp_override_static);
+        assert_eq!(serde_json::to_value(&back).unwrap(), v);
+    }
+
+    #[test]
+    fn bgp_ecmp_needs_two_tunnels() {
+        let mut f = Fixture::new();
+        f.gw = gateway(&["192.0.2.1"]);
+        let mut s = bgp_spec();
+        s.tunnels.as_mut().unwrap().truncate(1);
+        s.bgp_ecmp = Some(true);
+        let e = f.err(s.clone());
+        assert_eq!(e.field, "bgp_ecmp");
+        assert!(e.message.contains("two tunnels"), "{e}");
+        s.bgp_ecmp = Some(false);
+        assert!(f.build(s).is_ok());
     }
 
     #[test]

@@ -26,7 +26,8 @@ mod validate;
 
 pub use asn::{AsnInput, parse_asn};
 pub use bgp::{
-    BgpOrigin, BgpRoute, BgpRoutes, TunnelBgpRoutes, bgp_route_entries, tunnel_bgp_routes,
+    BgpOrigin, BgpRoute, BgpRoutes, TunnelBgpRoutes, bgp_route_entries, mark_overridden_static,
+    tunnel_bgp_routes,
 };
 pub use connection::{
     ConnectionContext, ConnectionState, ConnectionStatus, HealthCheck, HealthCheckSpec, IkeConfig,

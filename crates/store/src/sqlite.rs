@@ -100,6 +100,15 @@ CREATE TABLE tunnel_event_counts (
     r#"
 ALTER TABLE tunnels ADD COLUMN bgp_routes TEXT NOT NULL DEFAULT '{}';
 "#,
+    // 4: the connections' BGP options (issue 7): ECMP over both tunnels, re-advertising
+    // routes learned on other connections, overriding static routes. Existing
+    // connections get them written out as off, today's behaviour.
+    r#"
+UPDATE vpn_connections SET doc = json_insert(doc,
+    '$.bgp_ecmp', json('false'),
+    '$.bgp_advertise_learned', json('false'),
+    '$.bgp_override_static', json('false'));
+"#,
 ];
 
 const MAX_LOGS_PER_CONNECTION: i64 = 10_000;
@@ -1243,5 +1252,52 @@ mod tests {
             )
             .unwrap();
         assert_eq!(row, (r#"{"d":1}"#.into(), r#"{"s":2}"#.into(), "{}".into()));
+    }
+
+    /// A version-3 file holding a BGP connection stored before the BGP options existed:
+    /// after migration 4 its document has them (off) and everything else is unchanged.
+    #[test]
+    fn version_3_connections_get_the_bgp_options_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v3.db");
+        let old_doc = r#"{"id":"vco-1","name":"c","enable_bgp":true,"local_asn":65000}"#;
+        let kept = r#"{"id":"vco-2","bgp_ecmp":true}"#;
+        {
+            let c = Connection::open(&path).unwrap();
+            for m in &MIGRATIONS[..3] {
+                c.execute_batch(m).unwrap();
+            }
+            c.execute_batch(
+                "CREATE TABLE schema_version (version INTEGER NOT NULL);
+                 INSERT INTO schema_version (version) VALUES (3);
+                 INSERT INTO vpn_gateways (id, doc) VALUES ('vpn-1', '{}');",
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO vpn_connections (id, vpn_gateway_id, doc)
+                 VALUES ('vco-1', 'vpn-1', ?1), ('vco-2', 'vpn-1', ?2)",
+                [old_doc, kept],
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open_file(&path).unwrap();
+        let conn = s.conn.lock().unwrap();
+        assert_eq!(current_version(&conn).unwrap(), 4);
+        let doc = |id: &str| -> serde_json::Value {
+            let d: String = conn
+                .query_row("SELECT doc FROM vpn_connections WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .unwrap();
+            serde_json::from_str(&d).unwrap()
+        };
+        assert_eq!(
+            doc("vco-1"),
+            serde_json::json!({"id": "vco-1", "name": "c", "enable_bgp": true,
+                "local_asn": 65000, "bgp_ecmp": false, "bgp_advertise_learned": false,
+                "bgp_override_static": false})
+        );
+        // A value already there is never overwritten.
+        assert_eq!(doc("vco-2")["bgp_ecmp"], true);
     }
 }

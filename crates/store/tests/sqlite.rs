@@ -87,13 +87,13 @@ async fn creates_private_data_dir_and_db_and_migrates_once() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let s = SqliteStore::open(&data).unwrap();
-    assert_eq!(s.schema_version().await.unwrap(), 3);
+    assert_eq!(s.schema_version().await.unwrap(), 4);
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&data), 0o700);
     assert_eq!(mode(&data.join("vpngw.db")), 0o600);
     drop(s);
     let s = SqliteStore::open(&data).unwrap();
-    assert_eq!(s.schema_version().await.unwrap(), 3);
+    assert_eq!(s.schema_version().await.unwrap(), 4);
 }
 
 #[tokio::test]
@@ -166,6 +166,60 @@ async fn everything_survives_a_reopen() {
         (counts.vpn_gateways, counts.tunnels, counts.routes),
         (1, 2, 1)
     );
+}
+
+/// Migration 4 on a real file: a BGP connection written by a vpngw from before the BGP
+/// options (schema 3, documents without them) reads back unchanged, with them off; the
+/// options then persist like any other field.
+#[tokio::test]
+async fn bgp_options_migrate_from_schema_3_and_persist() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway("vpn-a", "hq");
+    let c1 = cgw("cgw-a");
+    let mut conn = connection(
+        "vco-a",
+        &gw,
+        std::slice::from_ref(&c1),
+        ["cgw-a", "cgw-a"],
+        Some(["169.254.10.0/30", "169.254.11.0/30"]),
+    );
+    conn.enable_bgp = true;
+    let path = {
+        let s = SqliteStore::open(dir.path()).unwrap();
+        s.create_gateway(&gw, None).await.unwrap();
+        s.create_customer_gateway(&c1, None).await.unwrap();
+        s.create_connection(&conn, None).await.unwrap();
+        s.path().to_path_buf()
+    };
+    // Back to what schema 3 wrote: no BGP options in the document.
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "UPDATE vpn_connections SET doc = json_remove(doc, '$.bgp_ecmp',
+                 '$.bgp_advertise_learned', '$.bgp_override_static');
+             UPDATE schema_version SET version = 3;",
+        )
+        .unwrap();
+        let doc: String = c
+            .query_row("SELECT doc FROM vpn_connections", [], |r| r.get(0))
+            .unwrap();
+        assert!(!doc.contains("bgp_ecmp"), "{doc}");
+    }
+    let s = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(s.schema_version().await.unwrap(), 4);
+    let back = s.connection("vco-a").await.unwrap();
+    assert_eq!(back, conn, "old data survives, options off");
+    assert!(!back.bgp_ecmp && !back.bgp_advertise_learned && !back.bgp_override_static);
+
+    let mut on = back.clone();
+    on.bgp_ecmp = true;
+    on.bgp_advertise_learned = true;
+    on.bgp_override_static = true;
+    s.update_connection(&on).await.unwrap();
+    drop(s);
+    let s = SqliteStore::open(dir.path()).unwrap();
+    let again = s.connection("vco-a").await.unwrap();
+    assert!(again.bgp_ecmp && again.bgp_advertise_learned && again.bgp_override_static);
 }
 
 #[tokio::test]
@@ -623,4 +677,63 @@ async fn bgp_routes_per_tunnel_beside_the_status() {
             .await,
         Err(StoreError::NotFound { .. })
     ));
+}
+
+#[tokio::test]
+async fn observed_batch_applies_each_write_on_its_own_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let gw = gateway("vpn-a", "hq");
+    let cgws = [cgw("cgw-a")];
+    s.create_gateway(&gw, None).await.unwrap();
+    s.create_customer_gateway(&cgws[0], None).await.unwrap();
+    s.create_connection(&connection("vco-a", &gw, &cgws, ["cgw-a", "cgw-a"], None), None)
+        .await
+        .unwrap();
+    let status = |phase: TunnelPhase| TunnelStatus {
+        phase,
+        reason: Some(format!("{phase:?}")),
+        ..Default::default()
+    };
+    let log = |conn: &str, event: &str| store::Observed::Log {
+        connection_id: conn.into(),
+        entry: LogEntry {
+            at: now(),
+            tunnel_id: Some("tun-vco-a-1".into()),
+            level: LogLevel::Info,
+            event: event.into(),
+            message: "m".into(),
+        },
+    };
+    let st = |tunnel: &str, phase| store::Observed::TunnelStatus {
+        tunnel_id: tunnel.into(),
+        status: status(phase),
+    };
+    let batch = [
+        st("tun-vco-a-1", TunnelPhase::Phase1Negotiating),
+        log("vco-a", "phase1_established"),
+        // A tunnel and a connection deleted meanwhile: NotFound, the rest still lands.
+        st("tun-gone", TunnelPhase::Established),
+        log("vco-gone", "phase1_established"),
+        st("tun-vco-a-1", TunnelPhase::Established),
+        log("vco-a", "phase2_established"),
+    ];
+    let results = s.record_observed(&batch).await;
+    let ok: Vec<bool> = results.iter().map(Result::is_ok).collect();
+    assert_eq!(ok, [true, true, false, false, true, true]);
+    assert!(matches!(results[2], Err(StoreError::NotFound { .. })));
+    assert!(matches!(results[3], Err(StoreError::NotFound { .. })));
+    // The later status of the same tunnel wins (order kept).
+    let c = s.connection("vco-a").await.unwrap();
+    assert_eq!(c.tunnels[0].status.phase, TunnelPhase::Established);
+    let events: Vec<String> = s
+        .logs("vco-a", None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event)
+        .collect();
+    assert_eq!(events, ["phase1_established", "phase2_established"]);
+    assert_eq!(s.tunnel_event_counts().await.unwrap().len(), 2);
+    assert!(s.logs("vco-gone", None, 10).await.is_err());
 }
