@@ -166,7 +166,7 @@ pub fn select_ike(
         .ok_or_else(|| describe(sa))
 }
 
-/// Responder: picks an ESP proposal. `dh`: see [`Wanted::dh`].
+/// Responder: picks an ESP proposal. `dh`: see `Wanted::dh`.
 pub fn select_esp(
     sa: &SaPayload,
     ours: &EspProposal,

@@ -1,11 +1,11 @@
 //! IKEv1 (RFC 2409 with RFC 2407/2408, RFC 3706 DPD, RFC 3947 NAT-T) in the same
-//! sans-IO [`Endpoint`](crate::Endpoint) as IKEv2.
+//! sans-IO [`Endpoint`] as IKEv2.
 //!
 //! A peer speaks IKEv1 when its [`PeerConfig::version`](crate::PeerConfig) is
 //! [`IkeVersion::V1`](crate::IkeVersion); [`V1Mode`](crate::V1Mode) picks Main or
 //! Aggressive Mode. As responder the ISAKMP header's major version picks the engine.
 //! Both engines report through the same [`Event`](crate::Event)s and
-//! [`ChildSa`](crate::ChildSa): the IKE SA's SPIs are the ISAKMP cookies
+//! [`ChildSa`]: the IKE SA's SPIs are the ISAKMP cookies
 //! (CKY-I, CKY-R), and a quick mode yields a Child SA whose KEYMAT is split
 //! encryption key first, then authentication key, per direction (RFC 2409 §5.5).
 //!
