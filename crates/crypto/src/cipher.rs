@@ -191,7 +191,7 @@ fn gcm_nonce(salt: &[u8; GCM_SALT_LEN], iv: &[u8]) -> Result<ring::aead::Nonce, 
 
 fn check_cbc<C: BlockSizeUser>(iv: &[u8], buf: &[u8]) -> Result<(), Error> {
     let bs = C::block_size();
-    if iv.len() != bs || buf.len() % bs != 0 {
+    if iv.len() != bs || !buf.len().is_multiple_of(bs) {
         return Err(Error::InvalidLength);
     }
     Ok(())

@@ -5,13 +5,17 @@
 //! `Cipher` and `Mac` sit on the ESP data path: they are keyed once in `new`
 //! and never allocate or lock per call.
 
+mod cbc_hmac;
 mod cipher;
 mod dh;
 mod mac;
 mod modp;
 mod prf;
+#[cfg(target_arch = "x86_64")]
+mod stitched;
 mod transform;
 
+pub use cbc_hmac::CbcHmac;
 pub use cipher::Cipher;
 pub use dh::DhPrivate;
 pub use mac::Mac;
@@ -62,7 +66,7 @@ pub(crate) mod test_util {
     /// the RFCs.
     pub(crate) fn hex(s: &str) -> Vec<u8> {
         let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-        assert!(digits.len() % 2 == 0, "odd hex length");
+        assert!(digits.len().is_multiple_of(2), "odd hex length");
         digits
             .chunks(2)
             .map(|p| u8::from_str_radix(core::str::from_utf8(p).unwrap(), 16).unwrap())

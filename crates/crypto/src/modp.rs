@@ -158,10 +158,10 @@ fn shared_secret<const L: usize>(
     let y_res = DynResidue::new(&y, params);
     // RFC 6989 §2.2: for groups with small subgroups, y^q = 1 proves y lies
     // in the prime-order subgroup. y and q are public: no secret involved.
-    if let Some(q) = &group.q {
-        if y_res.pow_bounded_exp(q, EXPONENT_BITS).retrieve() != Uint::ONE {
-            return Err(Error::InvalidPublicValue);
-        }
+    if let Some(q) = &group.q
+        && y_res.pow_bounded_exp(q, EXPONENT_BITS).retrieve() != Uint::ONE
+    {
+        return Err(Error::InvalidPublicValue);
     }
     let mut z_res = y_res.pow_bounded_exp(x, EXPONENT_BITS);
     let mut z = z_res.retrieve();

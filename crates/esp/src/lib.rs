@@ -47,10 +47,13 @@
 //! # Order of inbound checks
 //!
 //! Lengths → SPI → replay pre-check (cheap, RFC 4303 §3.4.3) → ICV in constant time
-//! (RFC 4303 §3.4.4; for AES-GCM the tag) → replay window update → decrypt → padding
+//! (RFC 4303 §3.4.4; for AES-GCM the tag) and decryption → replay window update → padding
 //! (RFC 4303 §2.4) → Next Header (4 delivers, 59 is a dummy, RFC 4303 §2.6) → inner IPv4
 //! lengths → traffic selectors (RFC 4301 §5.2). Every failure is an [`EspError`] and is
-//! counted in [`InboundStats`]; nothing on this path panics (fuzzed).
+//! counted in [`InboundStats`]; nothing on this path panics (fuzzed). AES-CBC with
+//! HMAC-SHA1 decrypts in the same pass as it hashes (`crypto::CbcHmac`): a packet whose
+//! ICV fails is dropped with none of its decrypted bytes used, and the replay window only
+//! moves for packets that passed.
 //!
 //! # Sharing between threads
 //!

@@ -7,7 +7,7 @@ use core::net::Ipv4Addr;
 use core::ops::Range;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use crypto::{Cipher, Encr, Integ, Mac, Random};
+use crypto::{CbcHmac, Cipher, Encr, Integ, Random};
 use zeroize::Zeroizing;
 
 use crate::EspError;
@@ -394,28 +394,31 @@ impl OutboundSa {
 
         let (seq, soft_expired) = self.next_seq(inner_len)?;
 
-        let (head, rest) = buf.split_at_mut(headroom);
-        let head = &mut head[esp_start..];
-        let (payload, rest) = rest.split_at_mut(ct_end - headroom);
+        // One contiguous ESP packet: header, IV, payload (then the ICV after it).
+        let (esp, rest) = buf[esp_start..].split_at_mut(ct_end - esp_start);
         let icv = &mut rest[..t.icv_len];
-        esp::emit_trailer(&mut payload[inner_len..], NEXT_HEADER_IPV4);
-        let (header, iv) = head.split_at_mut(ESP_HEADER_LEN);
+        let ct_start = ESP_HEADER_LEN + t.iv_len;
+        esp::emit_trailer(&mut esp[ct_start + inner_len..], NEXT_HEADER_IPV4);
         {
-            let mut packet = EspPacket::new_unchecked(&mut *header);
+            let mut packet = EspPacket::new_unchecked(&mut esp[..ESP_HEADER_LEN]);
             packet.set_spi(self.spi);
             packet.set_seq(seq);
         }
-        if t.aead {
-            // RFC 4106 §3.1: the IV must not repeat under one key; the sequence number
-            // never does on this SA. AAD is SPI || sequence number (RFC 4106 §5).
-            iv.copy_from_slice(&u64::from(seq).to_be_bytes());
-            t.cipher.aead_seal(iv, &*header, payload, icv)?;
-        } else {
-            self.cbc_iv(seq, iv)?;
-            t.cipher.cbc_encrypt(iv, payload)?;
-            if let Some(mac) = &t.mac {
-                // RFC 4303 §3.3.4: the ICV covers header, IV and ciphertext.
-                mac.compute(&[header, iv, payload], icv);
+        match &t.keys {
+            Keys::Aead(cipher) => {
+                let (head, payload) = esp.split_at_mut(ct_start);
+                let (header, iv) = head.split_at_mut(ESP_HEADER_LEN);
+                // RFC 4106 §3.1: the IV must not repeat under one key; the sequence
+                // number never does on this SA. AAD is SPI || sequence number (RFC 4106
+                // §5).
+                iv.copy_from_slice(&u64::from(seq).to_be_bytes());
+                cipher.aead_seal(iv, &*header, payload, icv)?;
+            }
+            Keys::Cbc(etm) => {
+                self.cbc_iv(etm, seq, &mut esp[ESP_HEADER_LEN..ct_start])?;
+                // RFC 4303 §3.3.4: the ICV covers header, IV and ciphertext; one pass
+                // (stitched AES-NI/SHA-NI for aes*-sha1) encrypts and authenticates.
+                etm.seal(esp, ct_start, icv)?;
             }
         }
 
@@ -455,7 +458,7 @@ impl OutboundSa {
     /// random draw per packet: the block cipher under the SA key applied to a unique input,
     /// the per-SA secret seed with the sequence number folded in (NIST SP 800-38A appendix
     /// C). Sequence numbers never repeat on an SA, so neither do the inputs.
-    fn cbc_iv(&self, seq: u32, iv: &mut [u8]) -> Result<(), EspError> {
+    fn cbc_iv(&self, etm: &CbcHmac, seq: u32, iv: &mut [u8]) -> Result<(), EspError> {
         let mut block = self.iv_seed;
         for (byte, s) in block.iter_mut().zip(u64::from(seq).to_be_bytes()) {
             *byte ^= s;
@@ -463,10 +466,7 @@ impl OutboundSa {
         let block = block
             .get_mut(..iv.len())
             .ok_or(EspError::Layout("IV longer than 16 bytes"))?;
-        // One block of CBC under a zero IV is the bare block cipher.
-        self.transform
-            .cipher
-            .cbc_encrypt(&[0u8; MAX_IV_LEN][..block.len()], block)?;
+        etm.encrypt_block(block)?;
         iv.copy_from_slice(block);
         Ok(())
     }
@@ -629,28 +629,30 @@ impl InboundSa {
             .map_err(|e| replay_error(e, seq))?;
 
         let (authenticated, icv) = buf.split_at_mut(ct_end);
-        let (head, ciphertext) = authenticated.split_at_mut(ct_start);
-        let (header, iv) = head.split_at(ESP_HEADER_LEN);
-        if t.aead {
-            // Verifies the tag before decrypting (RFC 4106 §3, crypto::Cipher::aead_open).
-            t.cipher
-                .aead_open(iv, header, ciphertext, icv)
-                .map_err(|_| EspError::AuthFailed)?;
-        } else {
-            let mac = t.mac.as_ref().ok_or(EspError::AuthFailed)?;
-            // RFC 4303 §3.4.4: constant-time ICV check before anything is decrypted.
-            if !mac.verify(&[header, iv, ciphertext], icv) {
-                return Err(EspError::AuthFailed);
+        match &t.keys {
+            Keys::Aead(cipher) => {
+                let (head, ciphertext) = authenticated.split_at_mut(ct_start);
+                let (header, iv) = head.split_at(ESP_HEADER_LEN);
+                // Verifies the tag before decrypting (RFC 4106 §3,
+                // crypto::Cipher::aead_open).
+                cipher
+                    .aead_open(iv, header, ciphertext, icv)
+                    .map_err(|_| EspError::AuthFailed)?;
             }
+            // RFC 4303 §3.4.4: the ICV is checked in constant time over header, IV and
+            // ciphertext. The stitched path decrypts while it hashes; on a bad ICV the
+            // packet is dropped with nothing of it used, which is the same to the outside
+            // as checking first.
+            Keys::Cbc(etm) => etm
+                .open(authenticated, ct_start, icv)
+                .map_err(|_| EspError::AuthFailed)?,
         }
         self.replay
             .accept(u64::from(seq))
             .map_err(|e| replay_error(e, seq))?;
-        if !t.aead {
-            t.cipher.cbc_decrypt(iv, ciphertext)?;
-        }
+        let plaintext = &authenticated[ct_start..];
 
-        let trailer = EspTrailer::new_checked(&*ciphertext).map_err(|_| EspError::BadPadding)?;
+        let trailer = EspTrailer::new_checked(plaintext).map_err(|_| EspError::BadPadding)?;
         if !trailer.padding_is_valid() {
             return Err(EspError::BadPadding);
         }
@@ -714,9 +716,7 @@ impl fmt::Debug for InboundSa {
 struct Transform {
     encr: Encr,
     integ: Option<Integ>,
-    cipher: Cipher,
-    mac: Option<Mac>,
-    aead: bool,
+    keys: Keys,
     iv_len: usize,
     block_len: usize,
     /// Ciphertext length granularity: the block, at least 4 (RFC 4303 §2.4).
@@ -731,13 +731,15 @@ impl Transform {
         if params.enc_key.len() != encr.key_len() {
             return Err(EspError::InvalidParams("encryption key length"));
         }
-        let cipher = Cipher::new(encr, params.enc_key.expose())?;
-        let (mac, icv_len) = match (aead, params.integ) {
+        let (keys, icv_len) = match (aead, params.integ) {
             (true, None) => {
                 if !params.integ_key.is_empty() {
                     return Err(EspError::InvalidParams("integrity key with an AEAD cipher"));
                 }
-                (None, encr.icv_len())
+                (
+                    Keys::Aead(Cipher::new(encr, params.enc_key.expose())?),
+                    encr.icv_len(),
+                )
             }
             (true, Some(_)) => {
                 return Err(EspError::InvalidParams("integrity algorithm with AEAD"));
@@ -750,7 +752,12 @@ impl Transform {
                     return Err(EspError::InvalidParams("integrity key length"));
                 }
                 (
-                    Some(Mac::new(integ, params.integ_key.expose())?),
+                    Keys::Cbc(CbcHmac::new(
+                        encr,
+                        params.enc_key.expose(),
+                        integ,
+                        params.integ_key.expose(),
+                    )?),
                     integ.icv_len(),
                 )
             }
@@ -765,15 +772,22 @@ impl Transform {
         Ok(Self {
             encr,
             integ: params.integ,
-            cipher,
-            mac,
-            aead,
+            keys,
             iv_len,
             block_len,
             align: block_len.max(4),
             icv_len,
         })
     }
+}
+
+/// The keyed algorithms: an AEAD cipher, or a CBC cipher with its HMAC (one pass when
+/// the CPU allows, `crypto::CbcHmac`).
+// One per SA direction, read by every packet: inline, no pointer chase.
+#[allow(clippy::large_enum_variant)]
+enum Keys {
+    Aead(Cipher),
+    Cbc(CbcHmac),
 }
 
 /// Counters written by every packet, kept on one cache line of their own.
@@ -882,6 +896,67 @@ mod tests {
     fn encap(out: &OutboundSa, buf: &mut [u8], payload: usize) -> Range<usize> {
         let len = peer_packet(&mut buf[HEADROOM_MAX..], payload);
         out.encapsulate(buf, HEADROOM_MAX, len).unwrap().range
+    }
+
+    /// The one-pass CBC + HMAC path (stitched AES-NI/SHA-NI for aes*-sha1 where the CPU
+    /// has them) against `crypto::Cipher` and `crypto::Mac` called one after the other:
+    /// what the SA sends opens with the reference, and what the reference seals opens in
+    /// the SA, for every CBC suite and many lengths.
+    #[test]
+    fn cbc_suites_match_the_separate_cipher_and_mac() {
+        use crypto::Mac;
+        for (encr, integ) in suites() {
+            let Some(integ_alg) = integ else { continue };
+            let (out, inb) = sa_pair(encr, integ, false);
+            let p = params(encr, integ, false);
+            let cipher = Cipher::new(encr, p.enc_key.expose()).unwrap();
+            let mac = Mac::new(integ_alg, p.integ_key.expose()).unwrap();
+            let (iv_len, icv_len) = (encr.iv_len(), integ_alg.icv_len());
+            for (n, payload) in (0..300).step_by(7).chain([1372]).enumerate() {
+                // Outbound, checked with the reference.
+                let mut buf = buffer_for(1400);
+                let inner_len = peer_packet(&mut buf[HEADROOM_MAX..], payload);
+                let original = buf[HEADROOM_MAX..HEADROOM_MAX + inner_len].to_vec();
+                let range = out
+                    .encapsulate(&mut buf, HEADROOM_MAX, inner_len)
+                    .unwrap()
+                    .range;
+                let esp = &mut buf[range];
+                let ct_end = esp.len() - icv_len;
+                let (authenticated, icv) = esp.split_at_mut(ct_end);
+                assert!(
+                    mac.verify(&[authenticated], icv),
+                    "{encr:?} {integ:?} {payload}"
+                );
+                let (head, ct) = authenticated.split_at_mut(8 + iv_len);
+                cipher.cbc_decrypt(&head[8..], ct).unwrap();
+                assert_eq!(
+                    ct[..inner_len],
+                    original[..],
+                    "{encr:?} {integ:?} {payload}"
+                );
+                assert_eq!(ct[ct.len() - 1], NEXT_HEADER_IPV4);
+
+                // Inbound, from the reference.
+                let mut plain = original.clone();
+                let pad = esp::pad_len_for(inner_len, encr.block_len());
+                plain.extend((1..=pad as u8).chain([pad as u8, NEXT_HEADER_IPV4]));
+                let mut packet = vec![0u8; plain.len() + 64];
+                let len = seal_raw(encr, integ, n as u32 + 1, &plain, &mut packet);
+                let got = inb.decapsulate(&mut packet[..len]).unwrap();
+                let Decapsulated::Packet { inner, .. } = got else {
+                    panic!("{got:?}");
+                };
+                assert_eq!(packet[inner], original[..], "{encr:?} {integ:?} {payload}");
+                // And a forged one (last ICV byte) is refused.
+                let len2 = seal_raw(encr, integ, n as u32 + 1000, &plain, &mut packet);
+                packet[len2 - 1] ^= 0x80;
+                assert_eq!(
+                    inb.decapsulate(&mut packet[..len2]),
+                    Err(EspError::AuthFailed)
+                );
+            }
+        }
     }
 
     #[test]

@@ -1,0 +1,484 @@
+//! A CBC cipher and an HMAC keyed together for encrypt-then-MAC, as ESP uses them
+//! (RFC 4303 §3.3.2 and §3.4.4) and IKEv2's Encrypted payload does (RFC 7296 §3.14).
+
+use core::fmt;
+
+use crate::{Cipher, Encr, Error, Integ, Mac};
+
+/// CBC encryption and HMAC under one SA's keys. With AES-CBC and HMAC-SHA1-96 on a CPU
+/// with AES-NI and SHA-NI, both run in one stitched pass over the data (the product's
+/// default suite); every other pair, and every other CPU, goes through [`Cipher`] and
+/// [`Mac`] one after the other. Both paths give the same bytes (tests below). Keyed once
+/// in [`CbcHmac::new`]; the per-packet calls work in place and never allocate.
+#[derive(Clone)]
+pub struct CbcHmac {
+    encr: Encr,
+    integ: Integ,
+    backend: Backend,
+}
+
+// One per SA direction, on the data path: inline, no pointer chase per packet.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone)]
+enum Backend {
+    #[cfg(target_arch = "x86_64")]
+    Stitched(crate::stitched::AesSha1),
+    Separate {
+        cipher: Cipher,
+        mac: Mac,
+    },
+}
+
+impl CbcHmac {
+    /// `encr` must be a CBC cipher (not AEAD); keys as for [`Cipher::new`] and
+    /// [`Mac::new`].
+    pub fn new(encr: Encr, enc_key: &[u8], integ: Integ, integ_key: &[u8]) -> Result<Self, Error> {
+        Self::with_backend(encr, enc_key, integ, integ_key, true)
+    }
+
+    /// True when this instance runs the stitched AES-NI/SHA-NI code.
+    pub fn is_stitched(&self) -> bool {
+        match self.backend {
+            #[cfg(target_arch = "x86_64")]
+            Backend::Stitched(_) => true,
+            Backend::Separate { .. } => false,
+        }
+    }
+
+    pub fn encr(&self) -> Encr {
+        self.encr
+    }
+
+    pub fn integ(&self) -> Integ {
+        self.integ
+    }
+
+    /// Encrypt-then-MAC in place. `msg` is everything the ICV covers; the ciphertext is
+    /// `msg[ct_start..]` (whole cipher blocks, padded by the caller) and the IV the
+    /// `encr().iv_len()` bytes just before it, as in ESP (SPI, sequence number, IV,
+    /// payload; RFC 4303 §2) and IKEv2. Writes the truncated ICV to `icv`, which must be
+    /// `integ().icv_len()` bytes.
+    pub fn seal(&self, msg: &mut [u8], ct_start: usize, icv: &mut [u8]) -> Result<(), Error> {
+        if icv.len() != self.integ.icv_len() {
+            return Err(Error::InvalidLength);
+        }
+        match &self.backend {
+            #[cfg(target_arch = "x86_64")]
+            Backend::Stitched(k) => k.seal(msg, ct_start, icv),
+            Backend::Separate { cipher, mac } => {
+                let (auth, ct) = split(msg, ct_start, self.encr.iv_len())?;
+                let iv_at = ct_start - self.encr.iv_len();
+                cipher.cbc_encrypt(auth.get(iv_at..).unwrap_or_default(), ct)?;
+                mac.compute(&[msg], icv);
+                Ok(())
+            }
+        }
+    }
+
+    /// Checks the ICV in constant time and decrypts `msg[ct_start..]` in place (layout as
+    /// in [`Self::seal`]). On [`Error::AuthenticationFailed`] the contents of
+    /// `msg[ct_start..]` are unspecified (the stitched path decrypts while it hashes):
+    /// the caller drops the packet and uses none of it.
+    pub fn open(&self, msg: &mut [u8], ct_start: usize, icv: &[u8]) -> Result<(), Error> {
+        if icv.len() != self.integ.icv_len() {
+            return Err(Error::AuthenticationFailed);
+        }
+        match &self.backend {
+            #[cfg(target_arch = "x86_64")]
+            Backend::Stitched(k) => k.open(msg, ct_start, icv),
+            Backend::Separate { cipher, mac } => {
+                split(msg, ct_start, self.encr.iv_len())?;
+                if !mac.verify(&[msg], icv) {
+                    return Err(Error::AuthenticationFailed);
+                }
+                let (auth, ct) = split(msg, ct_start, self.encr.iv_len())?;
+                let iv_at = ct_start - self.encr.iv_len();
+                cipher.cbc_decrypt(auth.get(iv_at..).unwrap_or_default(), ct)
+            }
+        }
+    }
+
+    /// The bare block cipher on one block of `encr().block_len()` bytes (ESP derives its
+    /// CBC IVs with it).
+    pub fn encrypt_block(&self, block: &mut [u8]) -> Result<(), Error> {
+        match &self.backend {
+            #[cfg(target_arch = "x86_64")]
+            Backend::Stitched(k) => {
+                let b: &mut [u8; 16] = block.try_into().map_err(|_| Error::InvalidLength)?;
+                k.encrypt_block(b);
+                Ok(())
+            }
+            Backend::Separate { cipher, .. } => {
+                // One block of CBC under a zero IV is the bare block cipher.
+                let zero = [0u8; 16];
+                let iv = zero.get(..block.len()).ok_or(Error::InvalidLength)?;
+                cipher.cbc_encrypt(iv, block)
+            }
+        }
+    }
+
+    /// `stitched: false` forces the separate path (tests and benches compare the two).
+    fn with_backend(
+        encr: Encr,
+        enc_key: &[u8],
+        integ: Integ,
+        integ_key: &[u8],
+        stitched: bool,
+    ) -> Result<Self, Error> {
+        if encr.is_aead() {
+            return Err(Error::Unsupported);
+        }
+        if enc_key.len() != encr.key_len() || integ_key.len() != integ.key_len() {
+            return Err(Error::InvalidKeyLength);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if stitched
+            && matches!(encr, Encr::AesCbc128 | Encr::AesCbc192 | Encr::AesCbc256)
+            && integ == Integ::HmacSha1_96
+            && let Some(k) = crate::stitched::AesSha1::new(enc_key, integ_key)?
+        {
+            return Ok(Self {
+                encr,
+                integ,
+                backend: Backend::Stitched(k),
+            });
+        }
+        let _ = stitched;
+        Ok(Self {
+            encr,
+            integ,
+            backend: Backend::Separate {
+                cipher: Cipher::new(encr, enc_key)?,
+                mac: Mac::new(integ, integ_key)?,
+            },
+        })
+    }
+
+    /// The RustCrypto path whatever the CPU, to compare the stitched one against.
+    #[doc(hidden)]
+    pub fn new_separate(
+        encr: Encr,
+        enc_key: &[u8],
+        integ: Integ,
+        integ_key: &[u8],
+    ) -> Result<Self, Error> {
+        Self::with_backend(encr, enc_key, integ, integ_key, false)
+    }
+}
+
+impl fmt::Debug for CbcHmac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CbcHmac")
+            .field("encr", &self.encr)
+            .field("integ", &self.integ)
+            .field("stitched", &self.is_stitched())
+            .field("keys", &"<redacted>")
+            .finish()
+    }
+}
+
+/// `(msg[..ct_start], msg[ct_start..])` after checking there is room for the IV and the
+/// ciphertext is whole blocks.
+fn split(msg: &mut [u8], ct_start: usize, iv_len: usize) -> Result<(&mut [u8], &mut [u8]), Error> {
+    if ct_start < iv_len || ct_start > msg.len() || !(msg.len() - ct_start).is_multiple_of(iv_len) {
+        return Err(Error::InvalidLength);
+    }
+    Ok(msg.split_at_mut(ct_start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::hex;
+
+    /// A small deterministic generator (xorshift64*) for the randomized comparisons.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn bytes(&mut self, n: usize) -> Vec<u8> {
+            (0..n).map(|_| self.next() as u8).collect()
+        }
+    }
+
+    const AES_CBC: [Encr; 3] = [Encr::AesCbc128, Encr::AesCbc192, Encr::AesCbc256];
+
+    fn stitched_or_skip(encr: Encr, key: &[u8], mac_key: &[u8]) -> Option<CbcHmac> {
+        let c = CbcHmac::new(encr, key, Integ::HmacSha1_96, mac_key).unwrap();
+        if !c.is_stitched() {
+            eprintln!("no AES-NI/SHA-NI here: only the separate path is tested");
+            return None;
+        }
+        Some(c)
+    }
+
+    #[test]
+    fn rfc3602_vectors_through_the_stitched_cipher() {
+        // RFC 3602 §4 cases #1 and #2: the CBC part of seal must give these bytes; the
+        // MAC key is irrelevant to them.
+        let cases = [
+            (
+                "06a9214036b8a15b512e03d534120006",
+                "3dafba429d9eb430b422da802c9fac41",
+                b"Single block msg".to_vec(),
+                "e353779c1079aeb82708942dbe77181a",
+            ),
+            (
+                "c286696d887c9aa0611bbb3e2025a45a",
+                "562e17996d093d28ddb3ba695a2e6f58",
+                (0u8..32).collect(),
+                "d296cd94c2cccf8a3a863028b5e1dc0a7586602d253cfff91b8266bea6d61ab1",
+            ),
+        ];
+        for (key, iv, plain, cipher) in cases {
+            let Some(c) = stitched_or_skip(Encr::AesCbc128, &hex(key), &[7; 20]) else {
+                return;
+            };
+            let mut msg = hex(iv);
+            msg.extend_from_slice(&plain);
+            let mut icv = [0u8; 12];
+            c.seal(&mut msg, 16, &mut icv).unwrap();
+            assert_eq!(msg[16..], hex(cipher)[..]);
+            c.open(&mut msg, 16, &icv).unwrap();
+            assert_eq!(msg[16..], plain[..]);
+        }
+    }
+
+    #[test]
+    fn sp800_38a_aes192_aes256_through_the_stitched_cipher() {
+        // NIST SP 800-38A F.2.3 and F.2.5, first two blocks.
+        let plain = hex("6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51");
+        let iv = hex("000102030405060708090a0b0c0d0e0f");
+        let cases = [
+            (
+                Encr::AesCbc192,
+                "8e73b0f7da0e6452c810f32b809079e562f8ead2522c6b7b",
+                "4f021db243bc633d7178183a9fa071e8b4d9ada9ad7dedf4e5e738763f69145a",
+            ),
+            (
+                Encr::AesCbc256,
+                "603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4",
+                "f58c4c04d6e5f1ba779eabfb5f7bfbd69cfc4e967edb808d679f777bc6702c7d",
+            ),
+        ];
+        for (encr, key, cipher) in cases {
+            let Some(c) = stitched_or_skip(encr, &hex(key), &[7; 20]) else {
+                return;
+            };
+            let mut msg = iv.clone();
+            msg.extend_from_slice(&plain);
+            let mut icv = [0u8; 12];
+            c.seal(&mut msg, 16, &mut icv).unwrap();
+            assert_eq!(msg[16..], hex(cipher)[..], "{encr:?}");
+        }
+    }
+
+    /// RFC 2202 §3 test cases 1-3 (20-byte keys, as ESP's HMAC-SHA1-96 uses), truncated
+    /// to 96 bits (RFC 2404 §3). The messages are the whole authenticated range: with
+    /// `ct_start` = the message length there is nothing to encrypt.
+    #[test]
+    fn rfc2202_hmac_sha1_through_the_stitched_mac() {
+        let cases: [(Vec<u8>, Vec<u8>, &str); 3] = [
+            (
+                vec![0x0b; 20],
+                b"Hi There".to_vec(),
+                "b617318655057264e28bc0b6",
+            ),
+            (vec![0xaa; 20], vec![0xdd; 50], "125d7342b9ac11cd91a39af4"),
+            (
+                b"Jefe\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0".to_vec(),
+                b"what do ya want for nothing?".to_vec(),
+                // RFC 2202 case 2 uses the 4-byte key "Jefe"; HMAC zero-pads keys to the
+                // block size, so the same key padded to 20 bytes gives the same MAC.
+                "effcdf6ae5eb2fa2d27416d5",
+            ),
+        ];
+        for (key, data, expected) in cases {
+            let Some(c) = stitched_or_skip(Encr::AesCbc128, &[1; 16], &key) else {
+                return;
+            };
+            // `ct_start` must leave room for an IV: case 1's 8 bytes are too short for
+            // the stitched call and are checked through `Mac` only.
+            let mut icv = [0u8; 12];
+            if data.len() >= 16 {
+                let mut msg = data.clone();
+                let n = msg.len();
+                c.seal(&mut msg, n, &mut icv).unwrap();
+                assert_eq!(msg, data);
+                assert_eq!(icv[..], hex(expected)[..]);
+                c.open(&mut msg, n, &icv).unwrap();
+            }
+            let mac = Mac::new(Integ::HmacSha1_96, &key).unwrap();
+            let mut want = [0u8; 12];
+            mac.compute(&[&data], &mut want);
+            assert_eq!(want[..], hex(expected)[..]);
+        }
+    }
+
+    /// Stitched and separate paths agree on ciphertext, ICV and plaintext for every AES
+    /// key size over many lengths, authenticated-prefix lengths and keys; and a flipped
+    /// bit anywhere fails to open on both.
+    #[test]
+    fn stitched_matches_separate_randomized() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for round in 0..600 {
+            let encr = AES_CBC[round % 3];
+            let key = rng.bytes(encr.key_len());
+            let mac_key = rng.bytes(20);
+            let Some(fast) = stitched_or_skip(encr, &key, &mac_key) else {
+                return;
+            };
+            let slow = CbcHmac::new_separate(encr, &key, Integ::HmacSha1_96, &mac_key).unwrap();
+            assert!(!slow.is_stitched());
+            // Authenticated-only prefix: the IV plus 0..100 bytes (ESP: 8).
+            let ct_start = 16 + (rng.next() % 101) as usize;
+            let blocks = if round < 200 {
+                round % 100
+            } else {
+                (rng.next() % 200) as usize
+            };
+            let mut msg = rng.bytes(ct_start + 16 * blocks);
+            let plain = msg.clone();
+            let mut a = msg.clone();
+            let (mut icv_a, mut icv_b) = ([0u8; 12], [0u8; 12]);
+            fast.seal(&mut a, ct_start, &mut icv_a).unwrap();
+            slow.seal(&mut msg, ct_start, &mut icv_b).unwrap();
+            assert_eq!(a, msg, "{encr:?} ct_start {ct_start} blocks {blocks}");
+            assert_eq!(icv_a, icv_b, "{encr:?} ct_start {ct_start} blocks {blocks}");
+
+            let mut b = a.clone();
+            fast.open(&mut a, ct_start, &icv_a).unwrap();
+            slow.open(&mut b, ct_start, &icv_b).unwrap();
+            assert_eq!(a, plain);
+            assert_eq!(b, plain);
+
+            // Tamper with one bit of the sealed message or of the ICV.
+            let mut sealed = plain.clone();
+            fast.seal(&mut sealed, ct_start, &mut icv_a).unwrap();
+            let bit = (rng.next() as usize) % ((sealed.len() + 12) * 8);
+            let mut icv_t = icv_a;
+            let mut t = sealed.clone();
+            if bit / 8 < t.len() {
+                t[bit / 8] ^= 1 << (bit % 8);
+            } else {
+                icv_t[bit / 8 - t.len()] ^= 1 << (bit % 8);
+            }
+            let mut u = t.clone();
+            assert_eq!(
+                fast.open(&mut t, ct_start, &icv_t),
+                Err(Error::AuthenticationFailed)
+            );
+            assert_eq!(
+                slow.open(&mut u, ct_start, &icv_t),
+                Err(Error::AuthenticationFailed)
+            );
+        }
+    }
+
+    #[test]
+    fn separate_path_for_other_suites_round_trips() {
+        let mut rng = Rng(7);
+        for encr in [Encr::Des, Encr::TripleDes, Encr::AesCbc256] {
+            for integ in Integ::ALL {
+                let key = rng.bytes(encr.key_len());
+                let mac_key = rng.bytes(integ.key_len());
+                let c = CbcHmac::new(encr, &key, integ, &mac_key).unwrap();
+                let bs = encr.block_len();
+                let plain = rng.bytes(8 + bs + 5 * bs);
+                let mut msg = plain.clone();
+                let mut icv = vec![0u8; integ.icv_len()];
+                c.seal(&mut msg, 8 + bs, &mut icv).unwrap();
+                assert_ne!(msg, plain);
+                // The ICV is HMAC over header, IV and ciphertext.
+                let mac = Mac::new(integ, &mac_key).unwrap();
+                assert!(mac.verify(&[&msg], &icv));
+                c.open(&mut msg, 8 + bs, &icv).unwrap();
+                assert_eq!(msg, plain);
+            }
+        }
+    }
+
+    #[test]
+    fn encrypt_block_is_the_bare_cipher() {
+        // FIPS-197 Appendix C.1, C.2, C.3.
+        let plain = hex("00112233445566778899aabbccddeeff");
+        let cases = [
+            (Encr::AesCbc128, "69c4e0d86a7b0430d8cdb78070b4c55a"),
+            (Encr::AesCbc192, "dda97ca4864cdfe06eaf70a0ec0d7191"),
+            (Encr::AesCbc256, "8ea2b7ca516745bfeafc49904b496089"),
+        ];
+        for (encr, expected) in cases {
+            let key: Vec<u8> = (0..encr.key_len() as u8).collect();
+            for c in [
+                CbcHmac::new(encr, &key, Integ::HmacSha1_96, &[0; 20]).unwrap(),
+                CbcHmac::new_separate(encr, &key, Integ::HmacSha1_96, &[0; 20]).unwrap(),
+            ] {
+                let mut block = plain.clone();
+                c.encrypt_block(&mut block).unwrap();
+                assert_eq!(
+                    block,
+                    hex(expected),
+                    "{encr:?} stitched {}",
+                    c.is_stitched()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bad_lengths_are_errors_not_panics() {
+        for c in [
+            CbcHmac::new(Encr::AesCbc128, &[1; 16], Integ::HmacSha1_96, &[2; 20]).unwrap(),
+            CbcHmac::new_separate(Encr::AesCbc128, &[1; 16], Integ::HmacSha1_96, &[2; 20]).unwrap(),
+        ] {
+            let mut icv = [0u8; 12];
+            let mut msg = [0u8; 40];
+            // Ciphertext not whole blocks, no room for the IV, start beyond the end.
+            assert_eq!(c.seal(&mut msg, 30, &mut icv), Err(Error::InvalidLength));
+            assert_eq!(
+                c.seal(&mut msg[..8], 8, &mut icv),
+                Err(Error::InvalidLength)
+            );
+            assert_eq!(c.seal(&mut msg, 41, &mut icv), Err(Error::InvalidLength));
+            assert_eq!(
+                c.seal(&mut msg[..24], 8, &mut icv[..11]),
+                Err(Error::InvalidLength)
+            );
+            assert!(c.open(&mut msg, 30, &icv).is_err());
+            assert!(c.open(&mut msg, 41, &icv).is_err());
+            assert_eq!(
+                c.open(&mut msg[..24], 8, &icv[..11]),
+                Err(Error::AuthenticationFailed)
+            );
+            let mut short = [0u8; 15];
+            assert_eq!(c.encrypt_block(&mut short), Err(Error::InvalidLength));
+        }
+        assert_eq!(
+            CbcHmac::new(Encr::AesGcm16_128, &[0; 20], Integ::HmacSha1_96, &[0; 20]).unwrap_err(),
+            Error::Unsupported
+        );
+        assert_eq!(
+            CbcHmac::new(Encr::AesCbc128, &[0; 16], Integ::HmacSha1_96, &[0; 16]).unwrap_err(),
+            Error::InvalidKeyLength
+        );
+    }
+
+    #[test]
+    fn debug_is_redacted() {
+        let c = CbcHmac::new(
+            Encr::AesCbc128,
+            &[0xa7; 16],
+            Integ::HmacSha1_96,
+            &[0xa7; 20],
+        )
+        .unwrap();
+        let s = format!("{c:?}");
+        assert!(s.contains("redacted") && !s.to_lowercase().contains("a7") && !s.contains("167"));
+    }
+}

@@ -1,0 +1,525 @@
+//! AES-CBC + HMAC-SHA1 in one pass over the data, with AES-NI and SHA-NI (x86_64).
+//!
+//! CBC encryption is serial: each block waits for the previous ciphertext, so one block's
+//! ten AES rounds are a chain of dependent instructions and the SHA unit sits idle. SHA-1
+//! is serial too, but over data the cipher produced earlier. Interleaving the two in one
+//! loop — the cipher a few blocks ahead, the hash over the ciphertext it already wrote —
+//! lets the CPU run both chains at once, so a packet costs about max(AES, SHA) instead of
+//! their sum (the idea of OpenSSL's `aesni_cbc_hmac_sha1`; this is our own code).
+//! Decryption is parallel across blocks and runs behind the hash: a block is decrypted in
+//! place only after the hash has read its ciphertext.
+//!
+//! Everything here is checked against the RustCrypto path (`aes`, `hmac`, `sha1`), which
+//! stays the fallback when the CPU lacks the features ([`available`]).
+
+use core::arch::x86_64::{
+    __m128i, _mm_add_epi32, _mm_aesdec_si128, _mm_aesdeclast_si128, _mm_aesenc_si128,
+    _mm_aesenclast_si128, _mm_aesimc_si128, _mm_aeskeygenassist_si128, _mm_cvtsi128_si32,
+    _mm_extract_epi32, _mm_loadu_si128, _mm_or_si128, _mm_set_epi32, _mm_set_epi64x,
+    _mm_setzero_si128, _mm_sha1msg1_epu32, _mm_sha1msg2_epu32, _mm_sha1nexte_epu32,
+    _mm_sha1rnds4_epu32, _mm_shuffle_epi8, _mm_storeu_si128, _mm_xor_si128,
+};
+
+use subtle::ConstantTimeEq;
+use zeroize::Zeroize;
+
+use crate::Error;
+
+/// AES block and SHA-1 block sizes.
+const BLOCK: usize = 16;
+const SHA1_BLOCK: usize = 64;
+
+/// True when this CPU has what the stitched code uses.
+pub(crate) fn available() -> bool {
+    std::is_x86_feature_detected!("aes")
+        && std::is_x86_feature_detected!("sha")
+        && std::is_x86_feature_detected!("sse4.1")
+        && std::is_x86_feature_detected!("ssse3")
+}
+
+/// AES round keys and the HMAC-SHA1 states after the ipad and opad blocks (RFC 2104 §4),
+/// computed once per SA. Only built after [`available`] said yes: every method relies on
+/// that.
+#[derive(Clone)]
+pub(crate) struct AesSha1 {
+    rounds: usize,
+    enc: [__m128i; 15],
+    /// Round keys of the Equivalent Inverse Cipher (FIPS-197 §5.3.5).
+    dec: [__m128i; 15],
+    inner: Sha1State,
+    outer: Sha1State,
+}
+
+impl AesSha1 {
+    /// `aes_key` is 16, 24 or 32 bytes, `mac_key` at most 64 (ESP uses 20, RFC 2404 §3).
+    /// Returns `None` when the CPU lacks AES-NI or SHA-NI.
+    pub(crate) fn new(aes_key: &[u8], mac_key: &[u8]) -> Result<Option<Self>, Error> {
+        if !matches!(aes_key.len(), 16 | 24 | 32) || mac_key.len() > SHA1_BLOCK {
+            return Err(Error::InvalidKeyLength);
+        }
+        if !available() {
+            return Ok(None);
+        }
+        // SAFETY: `available()` confirmed aes, sha, sse4.1 and ssse3 on this CPU.
+        Ok(Some(unsafe { Self::new_unchecked(aes_key, mac_key) }))
+    }
+
+    /// CBC-encrypts `msg[ct_start..]` in place with the IV `msg[ct_start - 16..ct_start]`,
+    /// then writes the first `icv.len()` (at most 20) bytes of HMAC-SHA1 over all of `msg`
+    /// to `icv`.
+    pub(crate) fn seal(
+        &self,
+        msg: &mut [u8],
+        ct_start: usize,
+        icv: &mut [u8],
+    ) -> Result<(), Error> {
+        check(msg, ct_start, icv.len())?;
+        // SAFETY: `self` exists only if `available()` held (see `new`).
+        let tag = unsafe { self.seal_unchecked(msg, ct_start) };
+        icv.copy_from_slice(&tag[..icv.len()]);
+        Ok(())
+    }
+
+    /// Checks `icv` (the first `icv.len()` bytes of HMAC-SHA1 over `msg`, compared in
+    /// constant time) and CBC-decrypts `msg[ct_start..]` in place. Decryption runs
+    /// alongside the hash, so after `AuthenticationFailed` the ciphertext is gone: the
+    /// caller drops the packet.
+    pub(crate) fn open(&self, msg: &mut [u8], ct_start: usize, icv: &[u8]) -> Result<(), Error> {
+        check(msg, ct_start, icv.len())?;
+        // SAFETY: as in `seal`.
+        let tag = unsafe { self.open_unchecked(msg, ct_start) };
+        if bool::from(tag[..icv.len()].ct_eq(icv)) {
+            Ok(())
+        } else {
+            Err(Error::AuthenticationFailed)
+        }
+    }
+
+    /// The bare block cipher on one block (the ESP CBC IV generator).
+    pub(crate) fn encrypt_block(&self, block: &mut [u8; BLOCK]) {
+        // SAFETY: as in `seal`.
+        unsafe { self.encrypt_block_unchecked(block) }
+    }
+
+    #[target_feature(enable = "aes,sha,sse4.1,ssse3")]
+    unsafe fn new_unchecked(aes_key: &[u8], mac_key: &[u8]) -> Self {
+        let (rounds, enc) = expand_key(aes_key);
+        let mut dec = [_mm_setzero_si128(); 15];
+        dec[0] = enc[rounds];
+        for i in 1..rounds {
+            dec[i] = _mm_aesimc_si128(enc[rounds - i]);
+        }
+        dec[rounds] = enc[0];
+        // RFC 2104 §2: K padded with zeros to the block size, XORed with ipad and opad.
+        let mut pad = [0u8; SHA1_BLOCK];
+        let mut inner = Sha1State::INIT;
+        let mut outer = Sha1State::INIT;
+        for (byte, state) in [(0x36u8, &mut inner), (0x5c, &mut outer)] {
+            pad.fill(byte);
+            for (p, k) in pad.iter_mut().zip(mac_key) {
+                *p ^= k;
+            }
+            let (mut abcd, mut e) = state.load();
+            compress_bytes(&mut abcd, &mut e, &pad);
+            *state = Sha1State::store(abcd, e);
+        }
+        pad.zeroize();
+        Self {
+            rounds,
+            enc,
+            dec,
+            inner,
+            outer,
+        }
+    }
+
+    #[target_feature(enable = "aes,sha,sse4.1,ssse3")]
+    unsafe fn encrypt_block_unchecked(&self, block: &mut [u8; BLOCK]) {
+        let x = aes_encrypt(&self.enc, self.rounds, load(block));
+        store(block, x);
+    }
+
+    #[target_feature(enable = "aes,sha,sse4.1,ssse3")]
+    unsafe fn seal_unchecked(&self, msg: &mut [u8], ct_start: usize) -> [u8; 20] {
+        let len = msg.len();
+        let (mut abcd, mut e) = self.inner.load();
+        let mut prev = load(block_at(msg, ct_start - BLOCK));
+        // msg[..done] is final (authenticated-only bytes and ciphertext); msg[..hashed]
+        // is in the hash.
+        let mut done = ct_start;
+        let mut hashed = 0;
+        while len - done >= 4 * BLOCK {
+            // The hash only reads bytes finished before this turn, so its rounds do not
+            // wait for this turn's AES chain and the two overlap.
+            let ready = done;
+            for _ in 0..4 {
+                let b = block_at_mut(msg, done);
+                prev = aes_encrypt(&self.enc, self.rounds, _mm_xor_si128(load(b), prev));
+                store(b, prev);
+                done += BLOCK;
+            }
+            if hashed + SHA1_BLOCK <= ready {
+                compress_bytes(&mut abcd, &mut e, sha1_block_at(msg, hashed));
+                hashed += SHA1_BLOCK;
+            }
+        }
+        while done < len {
+            let b = block_at_mut(msg, done);
+            prev = aes_encrypt(&self.enc, self.rounds, _mm_xor_si128(load(b), prev));
+            store(b, prev);
+            done += BLOCK;
+        }
+        self.finish(abcd, e, msg, hashed)
+    }
+
+    #[target_feature(enable = "aes,sha,sse4.1,ssse3")]
+    unsafe fn open_unchecked(&self, msg: &mut [u8], ct_start: usize) -> [u8; 20] {
+        let len = msg.len();
+        let (mut abcd, mut e) = self.inner.load();
+        let mut prev = load(block_at(msg, ct_start - BLOCK));
+        // msg[ct_start..done] is plaintext already; the hash has read msg[..hashed].
+        let mut done = ct_start;
+        let mut hashed = 0;
+        while hashed + SHA1_BLOCK <= len {
+            // The hash loads its block before the blocks under it are decrypted in
+            // place (program order), so it sees ciphertext.
+            compress_bytes(&mut abcd, &mut e, sha1_block_at(msg, hashed));
+            hashed += SHA1_BLOCK;
+            prev = self.decrypt_upto(msg, &mut done, hashed, prev);
+        }
+        // The tail (under one SHA-1 block) is hashed before it is decrypted, as above.
+        let tag = self.finish(abcd, e, msg, hashed);
+        self.decrypt_upto(msg, &mut done, len, prev);
+        tag
+    }
+
+    /// Decrypts the whole blocks in `msg[*done..limit]` in place, four at a time where it
+    /// can (they are independent in CBC decryption), and returns the last ciphertext
+    /// block for the next call.
+    #[target_feature(enable = "aes,sha,sse4.1,ssse3")]
+    fn decrypt_upto(
+        &self,
+        msg: &mut [u8],
+        done: &mut usize,
+        limit: usize,
+        mut prev: __m128i,
+    ) -> __m128i {
+        let limit = limit.min(msg.len());
+        while *done + 4 * BLOCK <= limit {
+            let at = *done;
+            let c = [
+                load(block_at(msg, at)),
+                load(block_at(msg, at + BLOCK)),
+                load(block_at(msg, at + 2 * BLOCK)),
+                load(block_at(msg, at + 3 * BLOCK)),
+            ];
+            let p = aes_decrypt4(&self.dec, self.rounds, c);
+            store(block_at_mut(msg, at), _mm_xor_si128(p[0], prev));
+            store(block_at_mut(msg, at + BLOCK), _mm_xor_si128(p[1], c[0]));
+            store(block_at_mut(msg, at + 2 * BLOCK), _mm_xor_si128(p[2], c[1]));
+            store(block_at_mut(msg, at + 3 * BLOCK), _mm_xor_si128(p[3], c[2]));
+            prev = c[3];
+            *done += 4 * BLOCK;
+        }
+        while *done + BLOCK <= limit {
+            let b = block_at_mut(msg, *done);
+            let c = load(b);
+            store(
+                b,
+                _mm_xor_si128(aes_decrypt(&self.dec, self.rounds, c), prev),
+            );
+            prev = c;
+            *done += BLOCK;
+        }
+        prev
+    }
+
+    /// Hashes `msg[hashed..]` (under two SHA-1 blocks) with the padding (FIPS 180-4
+    /// §5.1.1) and runs the outer hash (RFC 2104 §2).
+    #[target_feature(enable = "aes,sha,sse4.1,ssse3")]
+    fn finish(&self, mut abcd: __m128i, mut e: __m128i, msg: &[u8], mut hashed: usize) -> [u8; 20] {
+        while hashed + SHA1_BLOCK <= msg.len() {
+            compress_bytes(&mut abcd, &mut e, sha1_block_at(msg, hashed));
+            hashed += SHA1_BLOCK;
+        }
+        let tail = msg.get(hashed..).unwrap_or_default();
+        let mut last = [0u8; 2 * SHA1_BLOCK];
+        last[..tail.len()].copy_from_slice(tail);
+        last[tail.len()] = 0x80;
+        let blocks = if tail.len() < SHA1_BLOCK - 8 { 1 } else { 2 };
+        // The ipad block counts too.
+        let bits = ((SHA1_BLOCK + msg.len()) as u64) * 8;
+        let end = blocks * SHA1_BLOCK;
+        last[end - 8..end].copy_from_slice(&bits.to_be_bytes());
+        for block in last[..end].chunks_exact(SHA1_BLOCK) {
+            compress_bytes(&mut abcd, &mut e, sha1_block_at(block, 0));
+        }
+        // The outer message is the 20-byte inner digest, padded: in the byte-swapped
+        // word order the rounds take, A..D is `abcd` as it is, E goes first in the next
+        // word followed by the 0x80 pad byte, and the last word is the bit length
+        // (64 + 20 bytes).
+        let (mut oabcd, mut oe) = self.outer.load();
+        let m1 = _mm_or_si128(e, _mm_set_epi32(0, i32::MIN, 0, 0));
+        let m3 = _mm_set_epi32(0, 0, 0, ((SHA1_BLOCK + 20) * 8) as i32);
+        compress(&mut oabcd, &mut oe, [abcd, m1, _mm_setzero_si128(), m3]);
+        Sha1State::store(oabcd, oe).digest()
+    }
+}
+
+impl Drop for AesSha1 {
+    fn drop(&mut self) {
+        self.enc.zeroize();
+        self.dec.zeroize();
+        self.inner.0.zeroize();
+        self.outer.0.zeroize();
+    }
+}
+
+/// SHA-1's five words A..E.
+#[derive(Clone, Copy)]
+struct Sha1State([u32; 5]);
+
+impl Sha1State {
+    /// FIPS 180-4 §5.3.1.
+    const INIT: Self = Self([
+        0x6745_2301,
+        0xefcd_ab89,
+        0x98ba_dcfe,
+        0x1032_5476,
+        0xc3d2_e1f0,
+    ]);
+
+    /// The SHA-NI layout: A in the highest lane of one register, E in the highest lane of
+    /// another.
+    #[target_feature(enable = "sse4.1")]
+    fn load(&self) -> (__m128i, __m128i) {
+        let [a, b, c, d, e] = self.0.map(|w| w as i32);
+        (_mm_set_epi32(a, b, c, d), _mm_set_epi32(e, 0, 0, 0))
+    }
+
+    #[target_feature(enable = "sse4.1")]
+    fn store(abcd: __m128i, e: __m128i) -> Self {
+        Self([
+            _mm_extract_epi32::<3>(abcd) as u32,
+            _mm_extract_epi32::<2>(abcd) as u32,
+            _mm_extract_epi32::<1>(abcd) as u32,
+            _mm_extract_epi32::<0>(abcd) as u32,
+            _mm_extract_epi32::<3>(e) as u32,
+        ])
+    }
+
+    fn digest(&self) -> [u8; 20] {
+        let mut out = [0u8; 20];
+        for (o, w) in out.chunks_exact_mut(4).zip(self.0) {
+            o.copy_from_slice(&w.to_be_bytes());
+        }
+        out
+    }
+}
+
+fn check(msg: &[u8], ct_start: usize, icv_len: usize) -> Result<(), Error> {
+    let ct_len = msg
+        .len()
+        .checked_sub(ct_start)
+        .ok_or(Error::InvalidLength)?;
+    if ct_start < BLOCK || !ct_len.is_multiple_of(BLOCK) || icv_len > 20 {
+        return Err(Error::InvalidLength);
+    }
+    Ok(())
+}
+
+// Blocks at byte offsets the loops above keep in range; an offset outside would be a bug
+// here, never the peer's doing, and stops at the slice bound check.
+#[allow(clippy::indexing_slicing)]
+fn block_at(msg: &[u8], at: usize) -> &[u8; BLOCK] {
+    &msg[at..at + BLOCK].as_chunks::<BLOCK>().0[0]
+}
+
+#[allow(clippy::indexing_slicing)]
+fn block_at_mut(msg: &mut [u8], at: usize) -> &mut [u8; BLOCK] {
+    &mut msg[at..at + BLOCK].as_chunks_mut::<BLOCK>().0[0]
+}
+
+#[allow(clippy::indexing_slicing)]
+fn sha1_block_at(msg: &[u8], at: usize) -> &[u8; SHA1_BLOCK] {
+    &msg[at..at + SHA1_BLOCK].as_chunks::<SHA1_BLOCK>().0[0]
+}
+
+#[inline(always)]
+fn load(b: &[u8; BLOCK]) -> __m128i {
+    // SAFETY: `b` is 16 readable bytes; `loadu` has no alignment requirement; SSE2 is part
+    // of the x86_64 baseline.
+    unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
+}
+
+#[inline(always)]
+fn store(b: &mut [u8; BLOCK], v: __m128i) {
+    // SAFETY: `b` is 16 writable bytes; `storeu` has no alignment requirement.
+    unsafe { _mm_storeu_si128(b.as_mut_ptr().cast(), v) }
+}
+
+/// FIPS-197 §5.2 key expansion. SubWord comes from AESKEYGENASSIST (its lane 0 is
+/// SubWord of lane 1), which works the same for 128-, 192- and 256-bit keys. Words are
+/// little-endian, as the register lanes are, so RotWord is a right rotation by 8.
+#[target_feature(enable = "aes,sse4.1")]
+fn expand_key(key: &[u8]) -> (usize, [__m128i; 15]) {
+    const RCON: [u32; 10] = [0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80, 0x1b, 0x36];
+    let nk = key.len() / 4;
+    let rounds = nk + 6;
+    let mut w = [0u32; 4 * 15];
+    for (word, bytes) in w.iter_mut().zip(key.chunks_exact(4)) {
+        *word = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    }
+    for i in nk..4 * (rounds + 1) {
+        let mut t = w[i - 1];
+        if i % nk == 0 {
+            t = sub_word(t.rotate_right(8)) ^ RCON[i / nk - 1];
+        } else if nk > 6 && i % nk == 4 {
+            t = sub_word(t);
+        }
+        w[i] = w[i - nk] ^ t;
+    }
+    let mut keys = [_mm_setzero_si128(); 15];
+    for (k, words) in keys.iter_mut().zip(w.chunks_exact(4)).take(rounds + 1) {
+        *k = _mm_set_epi32(
+            words[3] as i32,
+            words[2] as i32,
+            words[1] as i32,
+            words[0] as i32,
+        );
+    }
+    w.zeroize();
+    (rounds, keys)
+}
+
+#[target_feature(enable = "aes,sse4.1")]
+fn sub_word(x: u32) -> u32 {
+    let v = _mm_set_epi32(0, 0, x as i32, 0);
+    _mm_cvtsi128_si32(_mm_aeskeygenassist_si128::<0>(v)) as u32
+}
+
+#[inline]
+#[target_feature(enable = "aes")]
+fn aes_encrypt(keys: &[__m128i; 15], rounds: usize, block: __m128i) -> __m128i {
+    let mut x = _mm_xor_si128(block, keys[0]);
+    // Written out per key size so the round count is a constant in each arm.
+    match rounds {
+        10 => {
+            for k in &keys[1..10] {
+                x = _mm_aesenc_si128(x, *k);
+            }
+            _mm_aesenclast_si128(x, keys[10])
+        }
+        12 => {
+            for k in &keys[1..12] {
+                x = _mm_aesenc_si128(x, *k);
+            }
+            _mm_aesenclast_si128(x, keys[12])
+        }
+        _ => {
+            for k in &keys[1..14] {
+                x = _mm_aesenc_si128(x, *k);
+            }
+            _mm_aesenclast_si128(x, keys[14])
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "aes")]
+fn aes_decrypt(keys: &[__m128i; 15], rounds: usize, block: __m128i) -> __m128i {
+    let mut x = _mm_xor_si128(block, keys[0]);
+    let last = rounds.min(14);
+    for k in &keys[1..last] {
+        x = _mm_aesdec_si128(x, *k);
+    }
+    _mm_aesdeclast_si128(x, keys[last])
+}
+
+#[inline]
+#[target_feature(enable = "aes")]
+fn aes_decrypt4(keys: &[__m128i; 15], rounds: usize, c: [__m128i; 4]) -> [__m128i; 4] {
+    let mut x = c;
+    for b in &mut x {
+        *b = _mm_xor_si128(*b, keys[0]);
+    }
+    let last = rounds.min(14);
+    for k in &keys[1..last] {
+        for b in &mut x {
+            *b = _mm_aesdec_si128(*b, *k);
+        }
+    }
+    for b in &mut x {
+        *b = _mm_aesdeclast_si128(*b, keys[last]);
+    }
+    x
+}
+
+/// One SHA-1 block from memory: its big-endian words byte-swapped into the lane order
+/// the SHA instructions expect (first word in the highest lane).
+#[inline]
+#[target_feature(enable = "sha,sse4.1,ssse3")]
+fn compress_bytes(abcd: &mut __m128i, e: &mut __m128i, block: &[u8; SHA1_BLOCK]) {
+    let swap = _mm_set_epi64x(0x0001_0203_0405_0607, 0x0809_0a0b_0c0d_0e0f);
+    let (words, _) = block.as_chunks::<BLOCK>();
+    let m = [
+        _mm_shuffle_epi8(load(&words[0]), swap),
+        _mm_shuffle_epi8(load(&words[1]), swap),
+        _mm_shuffle_epi8(load(&words[2]), swap),
+        _mm_shuffle_epi8(load(&words[3]), swap),
+    ];
+    compress(abcd, e, m);
+}
+
+/// The SHA-1 compression function (FIPS 180-4 §6.1.2) on SHA-NI, four rounds per
+/// SHA1RNDS4. `m` holds W0..W15 four to a register. The schedule runs four words at a
+/// time: W[t..t+4] = SHA1MSG2(SHA1MSG1(W[t-16..], W[t-12..]) ^ W[t-8..], W[t-4..]).
+/// SHA1NEXTE turns the A of the state four rounds back into this group's E and adds the
+/// words.
+#[inline]
+#[target_feature(enable = "sha,sse4.1")]
+fn compress(abcd: &mut __m128i, e: &mut __m128i, m: [__m128i; 4]) {
+    let abcd_in = *abcd;
+    let e_in = *e;
+    let [mut w0, mut w1, mut w2, mut w3] = m;
+    let mut x = *abcd;
+    let mut prev = x;
+    // Rounds 0-3: E is the input E.
+    let mut group_e = _mm_add_epi32(e_in, w0);
+    x = _mm_sha1rnds4_epu32::<0>(x, group_e);
+    // Written out (not a loop) so every register stays a register and the round function
+    // (FIPS 180-4 §4.1.1: f and K change every 20 rounds) is a constant.
+    macro_rules! group {
+        ($f:literal, $w:ident) => {
+            group_e = _mm_sha1nexte_epu32(prev, $w);
+            prev = x;
+            x = _mm_sha1rnds4_epu32::<$f>(x, group_e);
+        };
+        ($f:literal, $w:ident = $a:ident, $b:ident, $c:ident, $d:ident) => {
+            $w = _mm_sha1msg2_epu32(_mm_xor_si128(_mm_sha1msg1_epu32($a, $b), $c), $d);
+            group!($f, $w);
+        };
+    }
+    group!(0, w1);
+    group!(0, w2);
+    group!(0, w3);
+    group!(0, w0 = w0, w1, w2, w3);
+    group!(1, w1 = w1, w2, w3, w0);
+    group!(1, w2 = w2, w3, w0, w1);
+    group!(1, w3 = w3, w0, w1, w2);
+    group!(1, w0 = w0, w1, w2, w3);
+    group!(1, w1 = w1, w2, w3, w0);
+    group!(2, w2 = w2, w3, w0, w1);
+    group!(2, w3 = w3, w0, w1, w2);
+    group!(2, w0 = w0, w1, w2, w3);
+    group!(2, w1 = w1, w2, w3, w0);
+    group!(2, w2 = w2, w3, w0, w1);
+    group!(3, w3 = w3, w0, w1, w2);
+    group!(3, w0 = w0, w1, w2, w3);
+    group!(3, w1 = w1, w2, w3, w0);
+    group!(3, w2 = w2, w3, w0, w1);
+    group!(3, w3 = w3, w0, w1, w2);
+    let _ = (w0, w1, w2, w3, group_e);
+    *e = _mm_sha1nexte_epu32(prev, e_in);
+    *abcd = _mm_add_epi32(x, abcd_in);
+}
