@@ -45,7 +45,9 @@ pub async fn apply_without_node(state: &AppState) -> ApiResult<()> {
                 .await,
         )?;
     }
-    for c in crate::connections::all_connections(state).await? {
+    // Only what is left to settle: all connections after every create was O(n²) to
+    // create n connections (issue 8).
+    for c in state.store.unsettled_connections().await? {
         if matches!(
             c.status,
             ConnectionStatus::Creating | ConnectionStatus::Updating

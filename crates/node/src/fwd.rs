@@ -20,7 +20,7 @@ use dataplane::{Action, DropReason, Handler, PacketBuf, PolicyTable, RouteTable,
 use esp::wire::natt::{Udp4500, classify_udp4500};
 use esp::{Decapsulated, EspError, SaDb, SaDbCache};
 
-use crate::bgp::BgpFwd;
+use crate::bgp::{BgpFwd, BgpTarget};
 use crate::control::Input;
 use crate::health::{self, HealthFwd, Slot};
 
@@ -128,7 +128,7 @@ impl Handler for EspHandler {
             // A BGP session's own traffic goes through its tunnel, whichever tunnel
             // carries the connection's traffic.
             Some(link) => link,
-            None => match route(fwd, bgp, sadb, src, dst) {
+            None => match route(fwd, bgp, sadb, src, dst, d) {
                 Routed::Tunnel(key) => key,
                 Routed::Drop(reason) => return Action::Drop(reason),
                 Routed::NoSa(primary) => {
@@ -227,8 +227,10 @@ enum Routed {
     NoSa(u32),
 }
 
-/// The tunnel a packet from the VPC goes through: policy routes first, then the longest
-/// prefix of the static and BGP-learned routes (a static route wins at equal length).
+/// The tunnel a packet (`pkt`, the IPv4 packet from the VPC) goes through: policy routes
+/// first, then the longest prefix of the static and BGP-learned routes (a static route
+/// wins at equal length unless the learned route's connection has
+/// `bgp_override_static`).
 #[inline]
 fn route(
     fwd: &Fwd,
@@ -236,25 +238,29 @@ fn route(
     sadb: &mut SaDbCache<TunnelKey>,
     src: Ipv4Addr,
     dst: Ipv4Addr,
+    pkt: &[u8],
 ) -> Routed {
     let policy = fwd.policy.lookup(src, dst).map(|r| r.value);
     let fixed = fwd.routes.lookup_prefix(dst);
     let learned = match (policy, fixed, bgp.routes.lookup_prefix(dst)) {
         (None, None, Some((_, i))) => Some(i),
-        (None, Some((s, _)), Some((l, i))) if l.prefix_len() > s.prefix_len() => Some(i),
+        (None, Some((s, _)), Some((l, i)))
+            if l.prefix_len() > s.prefix_len()
+                || (l.prefix_len() == s.prefix_len()
+                    && bgp
+                        .targets
+                        .get(i as usize)
+                        .is_some_and(|t| t.override_static)) =>
+        {
+            Some(i)
+        }
         _ => None,
     };
     if let Some(i) = learned {
-        let Some(tunnels) = bgp.targets.get(i as usize) else {
+        let Some(target) = bgp.targets.get(i as usize) else {
             return Routed::Drop(DropReason::NoRoute);
         };
-        // Tunnel 1's session first, then tunnel 2's (module docs of `bgp.rs`).
-        return match tunnels
-            .iter()
-            .flatten()
-            .copied()
-            .find(|k| sadb.outbound(k).is_some())
-        {
+        return match bgp_tunnel(target, sadb, pkt) {
             Some(k) => Routed::Tunnel(k),
             None => Routed::Drop(DropReason::NoSa),
         };
@@ -277,6 +283,70 @@ fn route(
         }
         None => Routed::NoSa(primary),
     }
+}
+
+/// The tunnel of a BGP-learned route: with `bgp_ecmp` and both tunnels' SAs up, the one
+/// the packet's flow hashes to; else tunnel 1's session first, then tunnel 2's (module
+/// docs of `bgp.rs`). A tunnel without an outbound SA is never picked, so when one
+/// tunnel goes every flow moves to the other.
+#[inline]
+fn bgp_tunnel(
+    target: &BgpTarget,
+    sadb: &mut SaDbCache<TunnelKey>,
+    pkt: &[u8],
+) -> Option<TunnelKey> {
+    if let [Some(a), Some(b)] = target.tunnels
+        && target.ecmp
+        && sadb.outbound(&a).is_some()
+        && sadb.outbound(&b).is_some()
+    {
+        return Some(if flow_hash(pkt) & 1 == 0 { a } else { b });
+    }
+    target
+        .tunnels
+        .iter()
+        .flatten()
+        .copied()
+        .find(|k| sadb.outbound(k).is_some())
+}
+
+/// A stable hash of an IPv4 packet's flow for ECMP: addresses, protocol and, for TCP,
+/// UDP, SCTP and UDP-Lite packets that are not fragments, the ports. No seed and no
+/// state, so every worker and every packet of a flow agree (one TCP connection stays on
+/// one tunnel and is not reordered). Fragments hash without ports: all fragments of a
+/// datagram take the same tunnel. Short or odd packets hash what they have.
+#[inline]
+pub(crate) fn flow_hash(pkt: &[u8]) -> u32 {
+    let addrs = match pkt.get(12..20) {
+        Some(&[a, b, c, d, e, f, g, h]) => u64::from_be_bytes([a, b, c, d, e, f, g, h]),
+        _ => 0,
+    };
+    let proto = pkt.get(9).copied().unwrap_or(0);
+    let ihl = usize::from(pkt.first().copied().unwrap_or(0) & 0x0f) * 4;
+    // RFC 791: More Fragments bit and fragment offset.
+    let fragment = pkt
+        .get(6..8)
+        .is_some_and(|f| u16::from_be_bytes([f[0], f[1]]) & 0x3fff != 0);
+    let ports = match (proto, fragment) {
+        // TCP, UDP, UDP-Lite, SCTP: source and destination port first.
+        (6 | 17 | 132 | 136, false) => match pkt.get(ihl..ihl + 4) {
+            Some(&[a, b, c, d]) => u32::from_be_bytes([a, b, c, d]),
+            _ => 0,
+        },
+        _ => 0,
+    };
+    let h = mix64(addrs ^ mix64((u64::from(ports) << 8) | u64::from(proto)));
+    (h >> 32) as u32 ^ h as u32
+}
+
+/// MurmurHash3's 64-bit finalizer: every input bit affects every output bit.
+#[inline]
+fn mix64(mut k: u64) -> u64 {
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    k ^ (k >> 33)
 }
 
 /// The tunnel of connection `conn` that carries its traffic: tunnel 1 while it has an
@@ -389,6 +459,7 @@ mod tests {
             &mut cache,
             Ipv4Addr::new(172, 16, 1, 10),
             Ipv4Addr::new(10, 2, 0, 1),
+            &[],
         ) {
             Routed::Tunnel(k) => Some(k),
             _ => None,
@@ -426,11 +497,153 @@ mod tests {
                 &mut cache,
                 Ipv4Addr::new(172, 16, 1, 10),
                 Ipv4Addr::new(10, 2, 0, 1),
+                &[],
             ),
             Routed::Drop(DropReason::NoRoute)
         ));
         sadb.set_outbound(3, outbound(0x103));
         slots[0].set_withdrawn(false);
         assert_eq!(tunnel(&f, &sadb), Some(1), "restored");
+    }
+
+    /// An IPv4 packet 172.16.1.10 → 10.2.0.1 with a TCP (or other `proto`) header.
+    fn packet(proto: u8, sport: u16, dport: u16, id: u16, ttl: u8, payload: u8) -> Vec<u8> {
+        let mut p = vec![0x45, 0, 0, 44];
+        p.extend_from_slice(&id.to_be_bytes());
+        p.extend_from_slice(&[0, 0, ttl, proto, 0, 0, 172, 16, 1, 10, 10, 2, 0, 1]);
+        p.extend_from_slice(&sport.to_be_bytes());
+        p.extend_from_slice(&dport.to_be_bytes());
+        p.extend_from_slice(&[payload; 20]);
+        p
+    }
+
+    /// 10.2.0.0/24 learned over BGP on both tunnels (keys 1 and 2) of one connection; a
+    /// static route of the same prefix through another connection (tunnel key 3).
+    fn bgp_fwd(ecmp: bool, override_static: bool) -> (Fwd, BgpFwd) {
+        let mut routes = RouteTable::new();
+        routes.insert("10.2.0.0/24".parse().unwrap(), 0);
+        let fwd = Fwd {
+            routes,
+            targets: vec![[0, NONE]],
+            conns: vec![ConnFwd {
+                tunnels: vec![3],
+                health: vec![None],
+                trigger: Arc::default(),
+            }],
+            ..Fwd::default()
+        };
+        let mut bgp = BgpFwd::default();
+        bgp.routes.insert("10.2.0.0/24".parse().unwrap(), 0);
+        bgp.targets.push(BgpTarget {
+            tunnels: [Some(1), Some(2)],
+            ecmp,
+            override_static,
+        });
+        (fwd, bgp)
+    }
+
+    fn via(fwd: &Fwd, bgp: &BgpFwd, sadb: &SaDb<TunnelKey>, pkt: &[u8]) -> Option<TunnelKey> {
+        let mut cache = sadb.cache();
+        match route(
+            fwd,
+            bgp,
+            &mut cache,
+            Ipv4Addr::new(172, 16, 1, 10),
+            Ipv4Addr::new(10, 2, 0, 1),
+            pkt,
+        ) {
+            Routed::Tunnel(k) => Some(k),
+            _ => None,
+        }
+    }
+
+    /// bgp_ecmp: flows are spread over both tunnels, each flow always on the same one;
+    /// with one tunnel's SA gone every flow uses the other; off, tunnel 1 carries all.
+    #[test]
+    fn ecmp_spreads_flows_over_both_tunnels_and_keeps_each_flow_on_one() {
+        let sadb = SaDb::new();
+        for k in 1..=3 {
+            sadb.set_outbound(k, outbound(0x200 + k as u32));
+        }
+        let (fwd, bgp) = bgp_fwd(true, true);
+        let mut per_tunnel = [0u32; 3];
+        for sport in 40_000..40_400u16 {
+            let first = via(&fwd, &bgp, &sadb, &packet(6, sport, 443, 1, 64, 0)).unwrap();
+            // Every packet of the flow: other IP ID, TTL and payload, same tunnel.
+            for (id, ttl, payload) in [(2, 63, 7), (999, 1, 255)] {
+                let again = via(&fwd, &bgp, &sadb, &packet(6, sport, 443, id, ttl, payload));
+                assert_eq!(again, Some(first), "flow {sport} moved");
+            }
+            per_tunnel[first as usize - 1] += 1;
+        }
+        assert_eq!(per_tunnel[2], 0, "the static route lost to the BGP route");
+        assert!(
+            per_tunnel[0] > 140 && per_tunnel[1] > 140,
+            "400 flows spread {per_tunnel:?}"
+        );
+        // Tunnel 2 down: everything on tunnel 1; tunnel 1 down: everything on 2.
+        sadb.remove_outbound(&2);
+        for sport in 40_000..40_050u16 {
+            assert_eq!(
+                via(&fwd, &bgp, &sadb, &packet(17, sport, 53, 1, 64, 0)),
+                Some(1)
+            );
+        }
+        sadb.set_outbound(2, outbound(0x302));
+        sadb.remove_outbound(&1);
+        for sport in 40_000..40_050u16 {
+            assert_eq!(
+                via(&fwd, &bgp, &sadb, &packet(17, sport, 53, 1, 64, 0)),
+                Some(2)
+            );
+        }
+        // ECMP off: tunnel 1 preferred for every flow.
+        sadb.set_outbound(1, outbound(0x301));
+        let (fwd, bgp) = bgp_fwd(false, true);
+        for sport in 40_000..40_050u16 {
+            assert_eq!(
+                via(&fwd, &bgp, &sadb, &packet(6, sport, 443, 1, 64, 0)),
+                Some(1)
+            );
+        }
+    }
+
+    /// Without bgp_override_static the static route of the same prefix wins.
+    #[test]
+    fn static_route_wins_unless_bgp_override_static() {
+        let sadb = SaDb::new();
+        for k in 1..=3 {
+            sadb.set_outbound(k, outbound(0x400 + k as u32));
+        }
+        let pkt = packet(6, 1234, 80, 1, 64, 0);
+        let (fwd, bgp) = bgp_fwd(true, false);
+        assert_eq!(via(&fwd, &bgp, &sadb, &pkt), Some(3));
+        let (fwd, bgp) = bgp_fwd(false, true);
+        assert_eq!(via(&fwd, &bgp, &sadb, &pkt), Some(1));
+    }
+
+    /// The flow hash reads only the 5-tuple, ignores ports of fragments and never panics
+    /// on short input.
+    #[test]
+    fn flow_hash_is_the_5_tuple() {
+        let a = packet(6, 1000, 80, 1, 64, 0);
+        assert_eq!(flow_hash(&a), flow_hash(&packet(6, 1000, 80, 77, 9, 3)));
+        assert_ne!(flow_hash(&a), flow_hash(&packet(6, 1001, 80, 1, 64, 0)));
+        assert_ne!(flow_hash(&a), flow_hash(&packet(17, 1000, 80, 1, 64, 0)));
+        // ICMP has no ports: only addresses and protocol count.
+        assert_eq!(
+            flow_hash(&packet(1, 1, 2, 1, 64, 0)),
+            flow_hash(&packet(1, 3, 4, 1, 64, 0))
+        );
+        // A fragment (More Fragments set, or an offset) hashes without ports, like the
+        // later fragments of its datagram that have none.
+        let mut frag = packet(17, 1000, 80, 1, 64, 0);
+        frag[6] = 0x20;
+        let mut later = packet(17, 5555, 6666, 1, 64, 0);
+        later[7] = 0xb9;
+        assert_eq!(flow_hash(&frag), flow_hash(&later));
+        for n in 0..a.len() {
+            let _ = flow_hash(&a[..n]);
+        }
     }
 }

@@ -350,9 +350,14 @@ impl Drop for NodeHandle {
     }
 }
 
+/// Most observations written in one store transaction.
+const WRITE_BATCH: usize = 512;
+
 /// Writes observed state to the store in the order the control thread produced it, with
 /// each tunnel's BGP status (`status.bgp`, from the BGP task) filled in; a BGP status
-/// change rewrites the tunnel's last status.
+/// change rewrites the tunnel's last status. What has queued up meanwhile goes in one
+/// batch ([`Store::record_observed`]: one transaction): a commit per write held the
+/// writer, and the store's lock, behind while 10,000 tunnels came up (issue 8).
 async fn write_loop(
     store: Arc<dyn Store>,
     mut rx: mpsc::UnboundedReceiver<StoreWrite>,
@@ -370,46 +375,62 @@ async fn write_loop(
                     let b = bgp.status(id);
                     if status.bgp != b {
                         status.bgp = b;
-                        write(&*store, &StoreWrite::Status {
+                        batch.push(store::Observed::TunnelStatus {
                             tunnel_id: id.clone(),
                             status: status.clone(),
-                        })
-                        .await;
+                        });
                     }
                 }
+                write(&*store, &batch).await;
                 continue;
             }
         };
-        let w = match w {
-            StoreWrite::Status {
-                tunnel_id,
-                mut status,
-            } => {
-                status.bgp = bgp.status(&tunnel_id);
-                last.insert(tunnel_id.clone(), status.clone());
-                StoreWrite::Status { tunnel_id, status }
+        batch.push(observed(w, &bgp, &mut last));
+        while batch.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(w) => batch.push(observed(w, &bgp, &mut last)),
+                Err(_) => break,
             }
-            w => w,
-        };
-        write(&*store, &w).await;
+        }
+        write(&*store, &batch).await;
     }
 }
 
-async fn write(store: &dyn Store, w: &StoreWrite) {
-    let r = match w {
-        StoreWrite::Status { tunnel_id, status } => {
-            store.set_tunnel_status(tunnel_id, status).await
+fn observed(
+    w: StoreWrite,
+    bgp: &bgp::BgpShared,
+    last: &mut HashMap<String, model::TunnelStatus>,
+) -> store::Observed {
+    match w {
+        StoreWrite::Status {
+            tunnel_id,
+            mut status,
+        } => {
+            status.bgp = bgp.status(&tunnel_id);
+            last.insert(tunnel_id.clone(), status.clone());
+            store::Observed::TunnelStatus { tunnel_id, status }
         }
         StoreWrite::Log {
             connection_id,
             entry,
-        } => store.append_log(connection_id, entry).await,
-    };
-    match r {
-        Ok(()) => {}
-        // The resource was deleted meanwhile: nothing to report on.
-        Err(store::StoreError::NotFound { .. }) => {}
-        Err(e) => tracing::warn!(error = %e, "writing observed state"),
+        } => store::Observed::Log {
+            connection_id,
+            entry,
+        },
+    }
+}
+
+async fn write(store: &dyn Store, batch: &[store::Observed]) {
+    if batch.is_empty() {
+        return;
+    }
+    for r in store.record_observed(batch).await {
+        match r {
+            Ok(()) => {}
+            // The resource was deleted meanwhile: nothing to report on.
+            Err(store::StoreError::NotFound { .. }) => {}
+            Err(e) => tracing::warn!(error = %e, "writing observed state"),
+        }
     }
 }
 

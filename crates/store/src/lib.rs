@@ -111,6 +111,19 @@ pub struct EventCount {
     pub count: u64,
 }
 
+/// One observation of a gateway node, for [`Store::record_observed`].
+#[derive(Debug, Clone)]
+pub enum Observed {
+    TunnelStatus {
+        tunnel_id: String,
+        status: TunnelStatus,
+    },
+    Log {
+        connection_id: String,
+        entry: LogEntry,
+    },
+}
+
 /// The persistence interface. All methods are atomic: a failed call changes nothing.
 /// Reads fill the computed fields (`connection_count`, `tunnel_count`, the tunnels'
 /// observed `status`, `connection_state`) and the tunnels' pre-shared keys.
@@ -153,6 +166,11 @@ pub trait Store: Send + Sync + 'static {
     async fn list_connections(&self, q: &ListQuery) -> Result<Page<VpnConnection>>;
     /// Every connection of a gateway, oldest first.
     async fn gateway_connections(&self, gateway_id: &str) -> Result<Vec<VpnConnection>>;
+    /// Connections in `creating` or `updating`, or with a tunnel in `updating`, oldest
+    /// first: what the controller without a node has left to settle after a write.
+    /// Loading every connection for that after each create made creating n connections
+    /// O(n²) (issue 8).
+    async fn unsettled_connections(&self) -> Result<Vec<VpnConnection>>;
     /// The connection that holds a tunnel.
     async fn tunnel_connection(&self, tunnel_id: &str) -> Result<VpnConnection>;
     /// Replaces a connection's configuration and its tunnels' (same tunnel IDs); the
@@ -187,6 +205,27 @@ pub trait Store: Send + Sync + 'static {
     /// Appends an event; the oldest are dropped beyond 10 000 per connection. An entry
     /// with a `tunnel_id` of the connection also counts in [`Store::tunnel_event_counts`].
     async fn append_log(&self, connection_id: &str, entry: &LogEntry) -> Result<()>;
+    /// Records a gateway node's observations in order: each applies or fails on its own
+    /// (a tunnel deleted meanwhile is NotFound), as [`Store::set_tunnel_status`] and
+    /// [`Store::append_log`] would; the results are in the same order. The SQLite store
+    /// writes a batch in one transaction: one commit per status change or log entry
+    /// held the node's writer behind while 10,000 tunnels came up (issue 8).
+    async fn record_observed(&self, batch: &[Observed]) -> Vec<Result<()>> {
+        let mut out = Vec::with_capacity(batch.len());
+        for o in batch {
+            out.push(match o {
+                Observed::TunnelStatus { tunnel_id, status } => {
+                    self.set_tunnel_status(tunnel_id, status).await
+                }
+                Observed::Log {
+                    connection_id,
+                    entry,
+                } => self.append_log(connection_id, entry).await,
+            });
+        }
+        out
+    }
+
     /// With `since`: the first `limit` entries at or after it; without: the last
     /// `limit`. Oldest first either way.
     async fn logs(

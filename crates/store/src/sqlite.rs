@@ -19,8 +19,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::{
-    CLIENT_TOKEN_TTL, ClientToken, ClientTokenRecord, Counts, EventCount, ListQuery, Result, Store,
-    StoreError,
+    CLIENT_TOKEN_TTL, ClientToken, ClientTokenRecord, Counts, EventCount, ListQuery, Observed,
+    Result, Store, StoreError,
 };
 
 /// Schema migrations, applied in order; `schema_version` holds how many ran. Never edit
@@ -822,6 +822,25 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn unsettled_connections(&self) -> Result<Vec<VpnConnection>> {
+        self.call(move |tx| {
+            // The filter runs in SQLite over the stored text; only the few matching
+            // connections are deserialised.
+            let mut stmt = tx.prepare_cached(
+                "SELECT doc FROM vpn_connections
+                 WHERE json_extract(doc, '$.status') IN ('creating', 'updating')
+                    OR id IN (SELECT connection_id FROM tunnels
+                              WHERE json_extract(doc, '$.state') = 'updating')
+                 ORDER BY seq",
+            )?;
+            let docs = stmt
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            docs.iter().map(|d| load_connection(tx, d)).collect()
+        })
+        .await
+    }
+
     async fn gateway_connections(&self, gateway_id: &str) -> Result<Vec<VpnConnection>> {
         let gateway_id = gateway_id.to_string();
         self.call(move |tx| {
@@ -927,18 +946,8 @@ impl Store for SqliteStore {
     }
 
     async fn set_tunnel_status(&self, tunnel_id: &str, status: &TunnelStatus) -> Result<()> {
-        let (tunnel_id, status) = (tunnel_id.to_string(), to_json(status)?);
-        self.call(move |tx| {
-            let n = tx.execute(
-                "UPDATE tunnels SET status = ?2 WHERE id = ?1",
-                params![tunnel_id, status],
-            )?;
-            if n == 0 {
-                return Err(not_found("tunnel", &tunnel_id));
-            }
-            Ok(())
-        })
-        .await
+        let w = ObservedRow::status(tunnel_id, status)?;
+        self.call(move |tx| w.apply(tx)).await
     }
 
     async fn set_tunnel_bgp_routes(&self, tunnel_id: &str, routes: &BgpRoutes) -> Result<()> {
@@ -1075,32 +1084,65 @@ impl Store for SqliteStore {
     }
 
     async fn append_log(&self, connection_id: &str, entry: &LogEntry) -> Result<()> {
-        let (cid, at, doc) = (connection_id.to_string(), ts(&entry.at), to_json(entry)?);
-        let (tunnel_id, event) = (entry.tunnel_id.clone(), entry.event.clone());
-        self.call(move |tx| {
-            connection_in(tx, &cid)?;
-            tx.execute(
-                "INSERT INTO connection_logs (connection_id, at, doc) VALUES (?1, ?2, ?3)",
-                params![cid, at, doc],
-            )?;
-            tx.execute(
-                "DELETE FROM connection_logs WHERE connection_id = ?1 AND seq <= (
-                     SELECT seq FROM connection_logs WHERE connection_id = ?1
-                     ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
-                params![cid, MAX_LOGS_PER_CONNECTION],
-            )?;
-            if let Some(tunnel_id) = &tunnel_id {
-                // Only for a tunnel of this connection; any other tunnel ID is ignored.
-                tx.execute(
-                    "INSERT INTO tunnel_event_counts (tunnel_id, event, count)
-                     SELECT id, ?2, 1 FROM tunnels WHERE id = ?1 AND connection_id = ?3
-                     ON CONFLICT (tunnel_id, event) DO UPDATE SET count = count + 1",
-                    params![tunnel_id, event, cid],
-                )?;
+        let w = ObservedRow::log(connection_id, entry)?;
+        self.call(move |tx| w.apply(tx)).await
+    }
+
+    async fn record_observed(&self, batch: &[Observed]) -> Vec<Result<()>> {
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut out: Vec<Result<()>> = Vec::with_capacity(batch.len());
+        for o in batch {
+            let row = match o {
+                Observed::TunnelStatus { tunnel_id, status } => {
+                    ObservedRow::status(tunnel_id, status)
+                }
+                Observed::Log {
+                    connection_id,
+                    entry,
+                } => ObservedRow::log(connection_id, entry),
+            };
+            match row {
+                Ok(r) => {
+                    rows.push((out.len(), r));
+                    out.push(Ok(()));
+                }
+                Err(e) => out.push(Err(e)),
             }
-            Ok(())
-        })
-        .await
+        }
+        let applied = self
+            .call(move |tx| {
+                // A savepoint per row: one that fails changes nothing, the others stay.
+                let mut results = Vec::with_capacity(rows.len());
+                for (i, row) in rows {
+                    tx.execute_batch("SAVEPOINT observed")?;
+                    let r = row.apply(tx);
+                    if r.is_err() {
+                        tx.execute_batch("ROLLBACK TO observed")?;
+                    }
+                    tx.execute_batch("RELEASE observed")?;
+                    results.push((i, r));
+                }
+                Ok(results)
+            })
+            .await;
+        match applied {
+            Ok(results) => {
+                for (i, r) in results {
+                    if let Some(slot) = out.get_mut(i) {
+                        *slot = r;
+                    }
+                }
+            }
+            Err(e) => {
+                // The transaction failed as a whole (database gone, disk full): none
+                // of the rows is stored.
+                let msg = e.to_string();
+                for slot in out.iter_mut().filter(|r| r.is_ok()) {
+                    *slot = Err(StoreError::Backend(msg.clone()));
+                }
+            }
+        }
+        out
     }
 
     async fn tunnel_event_counts(&self) -> Result<Vec<EventCount>> {
@@ -1193,6 +1235,95 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
+
+/// A [`Observed`] ready for SQL (serialised outside the database lock).
+enum ObservedRow {
+    Status {
+        tunnel_id: String,
+        status: String,
+    },
+    Log {
+        cid: String,
+        at: String,
+        doc: String,
+        tunnel_id: Option<String>,
+        event: String,
+    },
+}
+
+impl ObservedRow {
+    fn status(tunnel_id: &str, status: &TunnelStatus) -> Result<Self> {
+        Ok(ObservedRow::Status {
+            tunnel_id: tunnel_id.to_string(),
+            status: to_json(status)?,
+        })
+    }
+
+    fn log(connection_id: &str, entry: &LogEntry) -> Result<Self> {
+        Ok(ObservedRow::Log {
+            cid: connection_id.to_string(),
+            at: ts(&entry.at),
+            doc: to_json(entry)?,
+            tunnel_id: entry.tunnel_id.clone(),
+            event: entry.event.clone(),
+        })
+    }
+
+    fn apply(&self, tx: &Connection) -> Result<()> {
+        match self {
+            ObservedRow::Status { tunnel_id, status } => {
+                let n = tx.execute(
+                    "UPDATE tunnels SET status = ?2 WHERE id = ?1",
+                    params![tunnel_id, status],
+                )?;
+                if n == 0 {
+                    return Err(not_found("tunnel", tunnel_id));
+                }
+                Ok(())
+            }
+            ObservedRow::Log {
+                cid,
+                at,
+                doc,
+                tunnel_id,
+                event,
+            } => append_log_in(tx, cid, at, doc, tunnel_id.as_deref(), event),
+        }
+    }
+}
+
+fn append_log_in(
+    tx: &Connection,
+    cid: &str,
+    at: &str,
+    doc: &str,
+    tunnel_id: Option<&str>,
+    event: &str,
+) -> Result<()> {
+    // Existence only: loading the connection deserialised it and its tunnels
+    // for every log entry.
+    doc_of(tx, "vpn_connections", cid)?.ok_or_else(|| not_found("VPN connection", cid))?;
+    tx.execute(
+        "INSERT INTO connection_logs (connection_id, at, doc) VALUES (?1, ?2, ?3)",
+        params![cid, at, doc],
+    )?;
+    tx.execute(
+        "DELETE FROM connection_logs WHERE connection_id = ?1 AND seq <= (
+             SELECT seq FROM connection_logs WHERE connection_id = ?1
+             ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
+        params![cid, MAX_LOGS_PER_CONNECTION],
+    )?;
+    if let Some(tunnel_id) = &tunnel_id {
+        // Only for a tunnel of this connection; any other tunnel ID is ignored.
+        tx.execute(
+            "INSERT INTO tunnel_event_counts (tunnel_id, event, count)
+             SELECT id, ?2, 1 FROM tunnels WHERE id = ?1 AND connection_id = ?3
+             ON CONFLICT (tunnel_id, event) DO UPDATE SET count = count + 1",
+            params![tunnel_id, event, cid],
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

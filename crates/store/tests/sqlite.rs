@@ -687,9 +687,12 @@ async fn observed_batch_applies_each_write_on_its_own_in_order() {
     let cgws = [cgw("cgw-a")];
     s.create_gateway(&gw, None).await.unwrap();
     s.create_customer_gateway(&cgws[0], None).await.unwrap();
-    s.create_connection(&connection("vco-a", &gw, &cgws, ["cgw-a", "cgw-a"], None), None)
-        .await
-        .unwrap();
+    s.create_connection(
+        &connection("vco-a", &gw, &cgws, ["cgw-a", "cgw-a"], None),
+        None,
+    )
+    .await
+    .unwrap();
     let status = |phase: TunnelPhase| TunnelStatus {
         phase,
         reason: Some(format!("{phase:?}")),
@@ -736,4 +739,45 @@ async fn observed_batch_applies_each_write_on_its_own_in_order() {
     assert_eq!(events, ["phase1_established", "phase2_established"]);
     assert_eq!(s.tunnel_event_counts().await.unwrap().len(), 2);
     assert!(s.logs("vco-gone", None, 10).await.is_err());
+}
+
+#[tokio::test]
+async fn unsettled_connections_are_those_in_transition() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let gw = gateway("vpn-a", "hq");
+    let cgws = [cgw("cgw-a")];
+    s.create_gateway(&gw, None).await.unwrap();
+    s.create_customer_gateway(&cgws[0], None).await.unwrap();
+    for id in ["vco-a", "vco-b", "vco-c", "vco-d"] {
+        s.create_connection(&connection(id, &gw, &cgws, ["cgw-a", "cgw-a"], None), None)
+            .await
+            .unwrap();
+    }
+    let ids = |v: Vec<VpnConnection>| v.into_iter().map(|c| c.id).collect::<Vec<_>>();
+    // New connections are `creating`.
+    assert_eq!(
+        ids(s.unsettled_connections().await.unwrap()),
+        ["vco-a", "vco-b", "vco-c", "vco-d"]
+    );
+    for id in ["vco-a", "vco-b", "vco-c", "vco-d"] {
+        s.set_connection_status(id, ConnectionStatus::Running)
+            .await
+            .unwrap();
+    }
+    assert!(s.unsettled_connections().await.unwrap().is_empty());
+    s.set_connection_status("vco-c", ConnectionStatus::Updating)
+        .await
+        .unwrap();
+    s.set_tunnel_state("tun-vco-b-2", TunnelState::Updating)
+        .await
+        .unwrap();
+    let unsettled = s.unsettled_connections().await.unwrap();
+    assert_eq!(ids(unsettled.clone()), ["vco-b", "vco-c"]);
+    // Whole connections, tunnels included.
+    assert_eq!(unsettled[0].tunnels[1].state, TunnelState::Updating);
+    s.set_tunnel_state("tun-vco-b-2", TunnelState::Active)
+        .await
+        .unwrap();
+    assert_eq!(ids(s.unsettled_connections().await.unwrap()), ["vco-c"]);
 }

@@ -245,6 +245,16 @@ struct ConnectionOpts {
     enable_bgp: Option<bool>,
     #[arg(long)]
     local_asn: Option<String>,
+    /// BGP: spread the flows of prefixes both tunnels' sessions learned over both
+    /// tunnels (default false: tunnel 1's session preferred).
+    #[arg(long)]
+    bgp_ecmp: Option<bool>,
+    /// BGP: also advertise the routes learned on the gateway's other connections.
+    #[arg(long)]
+    bgp_advertise_learned: Option<bool>,
+    /// BGP: learned routes replace static routes of the same destination.
+    #[arg(long)]
+    bgp_override_static: Option<bool>,
     /// BGP link of a tunnel as TUNNEL_CIDR,LOCAL_IP (repeat once per tunnel, in order).
     #[arg(long = "bgp", value_name = "CIDR,IP")]
     bgp: Vec<String>,
@@ -1023,6 +1033,9 @@ impl ConnectionOpts {
         if let Some(a) = &self.local_asn {
             body.insert("local_asn".into(), asn_value(a));
         }
+        put(body, "bgp_ecmp", self.bgp_ecmp);
+        put(body, "bgp_advertise_learned", self.bgp_advertise_learned);
+        put(body, "bgp_override_static", self.bgp_override_static);
     }
 }
 
@@ -1213,6 +1226,32 @@ mod tests {
     #[test]
     fn cli_parses() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bgp_option_flags_go_into_the_body() {
+        let cli = Cli::try_parse_from([
+            "vpngw",
+            "connection",
+            "update",
+            "vco-1",
+            "--bgp-ecmp",
+            "true",
+            "--bgp-advertise-learned",
+            "false",
+            "--bgp-override-static",
+            "true",
+        ])
+        .unwrap();
+        let Command::Connection(ConnectionCmd::Update { conn, .. }) = cli.command else {
+            panic!("{cli:?}");
+        };
+        let mut body = Map::new();
+        conn.apply(&mut body);
+        assert_eq!(
+            Value::Object(body),
+            json!({"bgp_ecmp": true, "bgp_advertise_learned": false, "bgp_override_static": true})
+        );
     }
 
     #[test]
