@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use chrono::Utc;
 use model::{
     IdKind, Page, PolicyRoute, PolicyRouteSpec, Route, RouteSpec, RouteTableEntry,
-    bgp_route_entries, new_id, route_table,
+    bgp_route_entries, mark_overridden_static, new_id, route_table,
 };
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -199,5 +199,6 @@ async fn get_route_table(
     let learned = crate::bgp_routes::learned(&state, &conns).await?;
     let mut items = route_table(&routes, &policy, &conns);
     items.extend(bgp_route_entries(&routes, &conns, &learned));
+    mark_overridden_static(&mut items, &conns);
     Ok(Json(RouteTable { items }))
 }

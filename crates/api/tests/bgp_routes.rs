@@ -318,3 +318,152 @@ async fn without_enable_bgp_nothing_learned_is_shown() {
         "{v:#}"
     );
 }
+
+/// The BGP options on create and PATCH: off by default and shown in GET, each
+/// refused with a 400 naming it when BGP is off (or, for ECMP, with one tunnel), and
+/// changeable later; the OpenAPI document lists them.
+#[tokio::test]
+async fn bgp_options_validate_persist_and_show() {
+    let api = Api::new();
+    let (gw, conn) = api.bgp_connection(true).await;
+    let id = conn["id"].as_str().unwrap().to_string();
+    for k in ["bgp_ecmp", "bgp_advertise_learned", "bgp_override_static"] {
+        assert_eq!(conn[k], false, "{k}: {conn:#}");
+    }
+    let uri = format!("/v1/vpn-connections/{id}");
+    let (s, v) = api
+        .call(
+            "PATCH",
+            &uri,
+            Some(TOKEN),
+            Some(json!({"bgp_ecmp": true, "bgp_advertise_learned": true, "bgp_override_static": true})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let got = api.get(&uri).await;
+    for k in ["bgp_ecmp", "bgp_advertise_learned", "bgp_override_static"] {
+        assert_eq!(got[k], true, "{k}: {got:#}");
+    }
+    // No tunnel renegotiates for a routing option.
+    assert!(
+        got["tunnels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["state"] == "active"),
+        "{got:#}"
+    );
+    // Turning BGP off while an option is on: 400 naming the option.
+    let (s, v) = api
+        .call(
+            "PATCH",
+            &uri,
+            Some(TOKEN),
+            Some(json!({"enable_bgp": false})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["field"], "bgp_ecmp", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("enable_bgp"),
+        "{v}"
+    );
+    // Wrong type: 400 as well.
+    let (s, v) = api
+        .call(
+            "PATCH",
+            &uri,
+            Some(TOKEN),
+            Some(json!({"bgp_override_static": "yes"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    // Create without BGP but with an option.
+    let cgw = api
+        .post(
+            "/v1/customer-gateways",
+            json!({"name": "b2", "ip_address": "203.0.113.9"}),
+        )
+        .await;
+    for k in ["bgp_ecmp", "bgp_advertise_learned", "bgp_override_static"] {
+        let (s, v) = api
+            .call(
+                "POST",
+                "/v1/vpn-connections",
+                Some(TOKEN),
+                Some(json!({"name": "x", "vpn_gateway_id": gw, "customer_gateway_id": cgw["id"], k: true})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{k}: {v}");
+        assert_eq!(v["error"]["field"], k, "{v}");
+    }
+    let doc = api.get("/v1/openapi.json").await;
+    let props = &doc["components"]["schemas"]["VpnConnection"]["properties"];
+    for k in ["bgp_ecmp", "bgp_advertise_learned", "bgp_override_static"] {
+        assert_eq!(props[k]["type"], "boolean", "{k} in OpenAPI: {props:#}");
+    }
+}
+
+/// `bgp_override_static`: the learned route is active and the static route of the same
+/// destination inactive, saying why.
+#[tokio::test]
+async fn route_table_learned_route_overrides_static_when_configured() {
+    let api = Api::new();
+    let (gw, conn) = api.bgp_connection(true).await;
+    let id = conn["id"].as_str().unwrap().to_string();
+    api.post(
+        &format!("/v1/vpn-gateways/{gw}/routes"),
+        json!({"destination": "10.2.0.0/24", "next_hop": id}),
+    )
+    .await;
+    let routes = BgpRoutes {
+        received: vec![route("10.2.0.0/24", &[65530], "169.254.10.2", true)],
+        advertised: vec![],
+    };
+    api.node_writes(&conn, 0, &routes).await;
+    let states = |t: &Value| -> Vec<(String, String)> {
+        t["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["destination"] == "10.2.0.0/24")
+            .map(|e| {
+                (
+                    e["origin"].as_str().unwrap().to_string(),
+                    e["state"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let table = format!("/v1/vpn-gateways/{gw}/route-table");
+    let t = api.get(&table).await;
+    assert_eq!(
+        states(&t),
+        [
+            ("static".into(), "active".into()),
+            ("bgp".into(), "inactive".into())
+        ],
+        "{t:#}"
+    );
+    let (s, v) = api
+        .call(
+            "PATCH",
+            &format!("/v1/vpn-connections/{id}"),
+            Some(TOKEN),
+            Some(json!({"bgp_override_static": true})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let t = api.get(&table).await;
+    assert_eq!(
+        states(&t),
+        [
+            ("static".into(), "inactive".into()),
+            ("bgp".into(), "active".into())
+        ],
+        "{t:#}"
+    );
+}

@@ -15,8 +15,16 @@
 //! is still up, the session first ends with Cease / Administrative Shutdown so the
 //! peer withdraws our routes at once. Learned prefixes go into
 //! [`BgpFwd::routes`] (next hop: the connection; its tunnels that learned the prefix,
-//! tunnel 1 first) and, as kernel routes, into the TUN device. A static route of the
-//! same prefix wins (see `fwd.rs`). The session status is read by the node's writer
+//! tunnel 1 first) and, as kernel routes, into the TUN device. With the connection's
+//! `bgp_ecmp` a prefix both tunnels' sessions learned is used over both: the packet path
+//! picks the tunnel by a hash of the flow ([`crate::fwd::flow_hash`]), so one flow stays
+//! on one tunnel, and when one session withdraws the prefix everything goes to the
+//! other. A static route of the same prefix wins unless the connection has
+//! `bgp_override_static` (see `fwd.rs`). With `bgp_advertise_learned` a connection's
+//! sessions also advertise the routes the gateway uses that other connections'
+//! sessions learned ([`bgp::Session::advertise_learned`]: our AS prepended to the
+//! learned AS path, RFC 4271 §5.1.2); never to the connection they came from, and
+//! withdrawn when the source withdraws them. The session status is read by the node's writer
 //! into the stored tunnel status (`status.bgp`); the routes each session received and
 //! advertised are written to the store by this module's own writer task, for
 //! `GET …/bgp-routes` and the `origin: bgp` entries of the route table.
@@ -71,7 +79,30 @@ pub(crate) struct BgpSpec {
     pub advertise: Vec<Ipv4Net>,
     /// TCP port of both ends: [`BGP_PORT`] (tests use others).
     pub port: u16,
+    /// The connection's `bgp_ecmp`: its prefixes go over both tunnels' sessions.
+    pub ecmp: bool,
+    /// The connection's `bgp_override_static`.
+    pub override_static: bool,
+    /// The connection's `bgp_advertise_learned`: re-advertise other connections' routes.
+    pub advertise_learned: bool,
 }
+
+impl BgpSpec {
+    /// Whether a session running for `self` goes on under `other`: the routing options
+    /// change the tables and what is re-advertised, never the session itself.
+    fn same_session(&self, other: &BgpSpec) -> bool {
+        let plain = |s: &BgpSpec| BgpSpec {
+            ecmp: false,
+            override_static: false,
+            advertise_learned: false,
+            ..s.clone()
+        };
+        plain(self) == plain(other)
+    }
+}
+
+/// Routes a session re-advertises: prefix and the attributes it was learned with.
+type Exports = Arc<Vec<(Ipv4Net, Arc<PathAttrs>)>>;
 
 /// The BGP part of the packet path, published by [`run`], read lock-free by the workers.
 #[derive(Default)]
@@ -80,8 +111,18 @@ pub(crate) struct BgpFwd {
     pub links: RouteTable<TunnelKey>,
     /// Learned prefix → index into `targets`.
     pub routes: RouteTable<u32>,
+    pub targets: Vec<BgpTarget>,
+}
+
+/// Where a learned prefix goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BgpTarget {
     /// The tunnels of the next-hop connection that learned the prefix, preferred first.
-    pub targets: Vec<[Option<TunnelKey>; 2]>,
+    pub tunnels: [Option<TunnelKey>; 2],
+    /// `bgp_ecmp`: flows are spread over both tunnels while both have an SA.
+    pub ecmp: bool,
+    /// `bgp_override_static`: used instead of a static route of the same prefix.
+    pub override_static: bool,
 }
 
 /// What the BGP task shares with the rest of the node.
@@ -165,6 +206,9 @@ pub(crate) fn specs(
                 peer_asn,
                 advertise: advertise.clone(),
                 port: BGP_PORT,
+                ecmp: c.bgp_ecmp,
+                override_static: c.bgp_override_static,
+                advertise_learned: c.bgp_advertise_learned,
             });
         }
     }
@@ -256,6 +300,8 @@ struct Driver {
     task: JoinHandle<()>,
     /// Asks the driver to end the session with a NOTIFICATION (Cease) and return.
     stop: Option<oneshot::Sender<()>>,
+    /// What the session re-advertises (`bgp_advertise_learned`).
+    export: watch::Sender<Exports>,
 }
 
 impl Drop for Driver {
@@ -297,7 +343,7 @@ impl Manager {
             self.drivers
                 .iter()
                 .filter(|(id, d)| {
-                    !want.contains(&d.spec)
+                    !want.iter().any(|w| w.same_session(&d.spec))
                         && fwd
                             .keys
                             .get(id.as_str())
@@ -339,8 +385,14 @@ impl Manager {
                     .map(|k| (s.tunnel_id.as_str(), k))
             })
             .collect();
-        self.drivers
-            .retain(|id, d| up.contains_key(id.as_str()) && want.contains(&d.spec));
+        self.drivers.retain(|id, d| {
+            up.contains_key(id.as_str()) && want.iter().any(|w| w.same_session(&d.spec))
+        });
+        for s in want {
+            if let Some(d) = self.drivers.get_mut(&s.tunnel_id) {
+                d.spec = s.clone();
+            }
+        }
         let running: BTreeSet<&String> = self.drivers.keys().collect();
         self.learned.retain(|id, _| running.contains(id));
         self.received.retain(|id, _| running.contains(id));
@@ -351,13 +403,15 @@ impl Manager {
             if up.contains_key(s.tunnel_id.as_str()) && !self.drivers.contains_key(&s.tunnel_id) {
                 tracing::info!(tunnel = s.tunnel_id, peer = %s.peer_ip, "starting BGP session");
                 let (stop, stopped) = oneshot::channel();
-                let task = tokio::spawn(drive(s.clone(), self.reports.clone(), stopped));
+                let (export, exports) = watch::channel(Exports::default());
+                let task = tokio::spawn(drive(s.clone(), self.reports.clone(), stopped, exports));
                 self.drivers.insert(
                     s.tunnel_id.clone(),
                     Driver {
                         spec: s.clone(),
                         task,
                         stop: Some(stop),
+                        export,
                     },
                 );
             }
@@ -455,6 +509,15 @@ impl Manager {
         self.shared.fwd.store(Arc::new(out));
         self.kernel_converge(kernel, fwd);
         self.shared.set_status(self.status.clone());
+        let exports = exports(want, &best, &self.received);
+        for (id, d) in &self.drivers {
+            let e = exports.get(id).cloned().unwrap_or_default();
+            d.export.send_if_modified(|cur| {
+                let changed = **cur != *e;
+                *cur = e;
+                changed
+            });
+        }
         let routes = want
             .iter()
             .map(|s| {
@@ -466,9 +529,10 @@ impl Manager {
                     .received
                     .get(&s.tunnel_id)
                     .map_or(&[][..], Vec::as_slice);
+                let exported = exports.get(&s.tunnel_id).map_or(&[][..], |e| e.as_slice());
                 (
                     s.tunnel_id.clone(),
-                    session_routes(s, want, established, received, &best),
+                    session_routes(s, want, established, received, &best, exported),
                 )
             })
             .collect();
@@ -525,31 +589,29 @@ impl Drop for Manager {
 
 /// The packet-path tables and the kernel routes for what the sessions learned: each
 /// prefix goes to the connection of the first tunnel that learned it, tunnel 1's session
-/// preferred, then to that connection's other tunnel if it learned it too.
-/// Also returns, per prefix, the tunnel whose session's route is used first (`best`).
+/// preferred, then to that connection's other tunnel if it learned it too (both at once
+/// with `bgp_ecmp`). Also returns, per prefix, the tunnels whose sessions' routes are in
+/// use (`best`: the first, or both with ECMP).
 fn tables(
     want: &[BgpSpec],
     learned: &HashMap<String, BTreeSet<Ipv4Net>>,
     keys: &HashMap<String, TunnelKey>,
-) -> (BgpFwd, BTreeSet<Ipv4Net>, BTreeMap<Ipv4Net, String>) {
+) -> (BgpFwd, BTreeSet<Ipv4Net>, BTreeMap<Ipv4Net, Vec<String>>) {
     let mut out = BgpFwd::default();
     for s in want {
         if let Some(k) = keys.get(&s.tunnel_id) {
             out.links.insert(s.link, *k);
         }
     }
-    // Prefix → (connection, tunnel index, tunnel key) candidates in spec order
-    // (connections in store order, tunnel 1 before tunnel 2).
-    let mut by_prefix: BTreeMap<Ipv4Net, Vec<(&str, usize, TunnelKey, &str)>> = BTreeMap::new();
+    // Prefix → (session, tunnel key) candidates in spec order (connections in store
+    // order, tunnel 1 before tunnel 2).
+    let mut by_prefix: BTreeMap<Ipv4Net, Vec<(&BgpSpec, TunnelKey)>> = BTreeMap::new();
     for s in want {
         let (Some(prefixes), Some(k)) = (learned.get(&s.tunnel_id), keys.get(&s.tunnel_id)) else {
             continue;
         };
         for p in prefixes {
-            by_prefix
-                .entry(*p)
-                .or_default()
-                .push((&s.conn_id, s.tunnel_index, *k, &s.tunnel_id));
+            by_prefix.entry(*p).or_default().push((s, *k));
         }
     }
     let mut kernel = BTreeSet::new();
@@ -559,24 +621,75 @@ fn tables(
         if prefix.prefix_len() == 0 || out.links.get(prefix).is_some() {
             continue;
         }
-        cands.sort_by_key(|(_, i, _, _)| *i);
-        let Some(&(conn, _, first, tunnel)) = cands.first() else {
+        cands.sort_by_key(|(s, _)| s.tunnel_index);
+        let Some(&(first, k1)) = cands.first() else {
             continue;
         };
         let second = cands
             .iter()
             .skip(1)
-            .find(|(c, _, _, _)| *c == conn)
-            .map(|(_, _, k, _)| *k);
+            .find(|(s, _)| s.conn_id == first.conn_id);
         let Ok(i) = u32::try_from(out.targets.len()) else {
             break;
         };
-        out.targets.push([Some(first), second]);
+        out.targets.push(BgpTarget {
+            tunnels: [Some(k1), second.map(|(_, k)| *k)],
+            ecmp: first.ecmp,
+            override_static: first.override_static,
+        });
         out.routes.insert(prefix, i);
         kernel.insert(prefix);
-        best.insert(prefix, tunnel.to_string());
+        let mut used = vec![first.tunnel_id.clone()];
+        if let Some((s2, _)) = second.filter(|_| first.ecmp) {
+            used.push(s2.tunnel_id.clone());
+        }
+        best.insert(prefix, used);
     }
     (out, kernel, best)
+}
+
+/// What each session re-advertises under `bgp_advertise_learned`: every prefix in use
+/// (`best`) that a session of another connection learned, with the attributes of the
+/// route in use; never a prefix the session originates (the gateway's networks).
+fn exports(
+    want: &[BgpSpec],
+    best: &BTreeMap<Ipv4Net, Vec<String>>,
+    received: &HashMap<String, Vec<(Ipv4Net, Arc<PathAttrs>)>>,
+) -> HashMap<String, Exports> {
+    let conn_of: HashMap<&str, &str> = want
+        .iter()
+        .map(|s| (s.tunnel_id.as_str(), s.conn_id.as_str()))
+        .collect();
+    let mut learned: Vec<(Ipv4Net, &str, Arc<PathAttrs>)> = Vec::new();
+    for (prefix, used) in best {
+        let Some(tunnel) = used.first() else { continue };
+        let Some(conn) = conn_of.get(tunnel.as_str()) else {
+            continue;
+        };
+        // The Adj-RIB-In is in prefix order (it comes from a BTreeMap).
+        let attrs = received.get(tunnel).and_then(|r| {
+            r.binary_search_by(|(p, _)| p.cmp(prefix))
+                .ok()
+                .and_then(|i| r.get(i))
+        });
+        if let Some((_, a)) = attrs {
+            learned.push((*prefix, conn, a.clone()));
+        }
+    }
+    want.iter()
+        .map(|s| {
+            let routes: Vec<(Ipv4Net, Arc<PathAttrs>)> = if s.advertise_learned {
+                learned
+                    .iter()
+                    .filter(|(p, conn, _)| *conn != s.conn_id && !s.advertise.contains(p))
+                    .map(|(p, _, a)| (*p, a.clone()))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (s.tunnel_id.clone(), Arc::new(routes))
+        })
+        .collect()
 }
 
 /// What one session received and advertised, as `GET …/bgp-routes` shows it.
@@ -585,22 +698,13 @@ fn session_routes(
     want: &[BgpSpec],
     established: bool,
     received: &[(Ipv4Net, Arc<PathAttrs>)],
-    best: &BTreeMap<Ipv4Net, String>,
+    best: &BTreeMap<Ipv4Net, Vec<String>>,
+    exported: &[(Ipv4Net, Arc<PathAttrs>)],
 ) -> BgpRoutes {
     let received = received
         .iter()
         .map(|(prefix, a)| {
-            let as_path: Vec<u32> = a
-                .as_path
-                .iter()
-                .flat_map(|p| p.segments.iter())
-                .flat_map(|seg| match seg {
-                    AsSegment::Set(v)
-                    | AsSegment::Sequence(v)
-                    | AsSegment::ConfedSequence(v)
-                    | AsSegment::ConfedSet(v) => v.iter().copied(),
-                })
-                .collect();
+            let as_path = flat_path(a);
             // The same filters as `drive` (loops) and `tables` (default, links).
             let ignored = if as_path.contains(&s.local_asn) {
                 Some(format!(
@@ -618,37 +722,69 @@ fn session_routes(
                 prefix: *prefix,
                 as_path,
                 next_hop: a.next_hop,
-                origin: match a.origin {
-                    Some(bgp::Origin::Egp) => BgpOrigin::Egp,
-                    Some(bgp::Origin::Incomplete) => BgpOrigin::Incomplete,
-                    Some(bgp::Origin::Igp) | None => BgpOrigin::Igp,
-                },
+                origin: origin_of(a),
                 med: a.med,
-                best: ignored.is_none() && best.get(prefix) == Some(&s.tunnel_id),
+                best: ignored.is_none()
+                    && best
+                        .get(prefix)
+                        .is_some_and(|used| used.contains(&s.tunnel_id)),
                 ignored,
             }
         })
         .collect();
     // RFC 4271 §5.1.2/§5.1.3: to an external peer we prepend our AS and are the next hop.
     let advertised = if established {
-        s.advertise
-            .iter()
-            .map(|p| BgpRoute {
+        let originated = s.advertise.iter().map(|p| BgpRoute {
+            prefix: *p,
+            as_path: vec![s.local_asn],
+            next_hop: Some(s.local_ip),
+            origin: BgpOrigin::Igp,
+            med: None,
+            best: true,
+            ignored: None,
+        });
+        // Exactly what the session sends (RFC 4271 §5.1; RFC 1997 communities).
+        let relayed = exported.iter().filter_map(|(p, a)| {
+            let e = PathAttrs::exported(a, s.local_asn, s.local_ip, s.local_asn != s.peer_asn)?;
+            Some(BgpRoute {
                 prefix: *p,
-                as_path: vec![s.local_asn],
-                next_hop: Some(s.local_ip),
-                origin: BgpOrigin::Igp,
-                med: None,
+                as_path: flat_path(&e),
+                next_hop: e.next_hop,
+                origin: origin_of(&e),
+                med: e.med,
                 best: true,
                 ignored: None,
             })
-            .collect()
+        });
+        originated.chain(relayed).collect()
     } else {
         Vec::new()
     };
     BgpRoutes {
         received,
         advertised,
+    }
+}
+
+/// An AS_PATH as the API lists it: nearest AS first, set members in place.
+fn flat_path(a: &PathAttrs) -> Vec<u32> {
+    a.as_path
+        .iter()
+        .flat_map(|p| p.segments.iter())
+        .flat_map(|seg| match seg {
+            AsSegment::Set(v)
+            | AsSegment::Sequence(v)
+            | AsSegment::ConfedSequence(v)
+            | AsSegment::ConfedSet(v) => v.iter().copied(),
+        })
+        .collect()
+}
+
+fn origin_of(a: &PathAttrs) -> BgpOrigin {
+    match a.origin {
+        Some(bgp::Origin::Egp) => BgpOrigin::Egp,
+        Some(bgp::Origin::Incomplete) => BgpOrigin::Incomplete,
+        Some(bgp::Origin::Igp) | None => BgpOrigin::Igp,
     }
 }
 
@@ -686,6 +822,7 @@ async fn drive(
     spec: BgpSpec,
     reports: mpsc::UnboundedSender<Report>,
     mut stop: oneshot::Receiver<()>,
+    mut export: watch::Receiver<Exports>,
 ) {
     let span = tracing::info_span!("bgp", tunnel = spec.tunnel_id, peer = %spec.peer_ip);
     let _enter = span.enter();
@@ -700,13 +837,16 @@ async fn drive(
     let listener = listen(spec.local_ip, spec.port)
         .map_err(|e| tracing::warn!(error = %e, "cannot accept BGP connections"))
         .ok();
-    let new_session = |now| {
+    let mut exported: Exports = export.borrow_and_update().clone();
+    let mut export_gone = false;
+    let new_session = |now, exported: &Exports| {
         let mut s = Session::new(config.clone());
         s.start(now);
         s.advertise(now, &spec.advertise);
+        s.advertise_learned(now, exported);
         s
     };
-    let mut s = new_session(Instant::now().into_std());
+    let mut s = new_session(Instant::now().into_std(), &exported);
     let mut stream: Option<TcpStream> = None;
     // Who opened `stream` (RFC 4271 §6.8 needs it).
     let mut s_by = Initiator::Local;
@@ -868,7 +1008,7 @@ async fn drive(
                         if second.is_none()
                             && matches!(s.state(), bgp::State::OpenSent | bgp::State::OpenConfirm) =>
                     {
-                        let mut s2 = new_session(now);
+                        let mut s2 = new_session(now, &exported);
                         s2.handle_connected(now);
                         second = Some((st, s2, Initiator::Local));
                     }
@@ -907,7 +1047,7 @@ async fn drive(
                     {
                         let _ = st.set_nodelay(true);
                         let now = Instant::now().into_std();
-                        let mut s2 = new_session(now);
+                        let mut s2 = new_session(now, &exported);
                         s2.handle_connected(now);
                         second = Some((st, s2, Initiator::Remote));
                     }
@@ -933,6 +1073,28 @@ async fn drive(
                         Ok(n) => s2.handle_bytes(now, buf2.get(..n).unwrap_or_default()),
                     }
                 }
+            }
+            r = export.changed(), if !export_gone => {
+                if r.is_err() {
+                    export_gone = true;
+                    continue;
+                }
+                // RFC 4271 §9.2: what the source withdrew is withdrawn here too.
+                let new = export.borrow_and_update().clone();
+                let keep: BTreeSet<Ipv4Net> = new.iter().map(|(p, _)| *p).collect();
+                let gone: Vec<Ipv4Net> = exported
+                    .iter()
+                    .map(|(p, _)| *p)
+                    .filter(|p| !keep.contains(p))
+                    .collect();
+                let now = Instant::now().into_std();
+                s.withdraw(now, &gone);
+                s.advertise_learned(now, &new);
+                if let Some((_, s2, _)) = second.as_mut() {
+                    s2.withdraw(now, &gone);
+                    s2.advertise_learned(now, &new);
+                }
+                exported = new;
             }
             r = &mut stop, if !stop_gone => {
                 if r.is_err() {
@@ -1152,12 +1314,12 @@ mod tests {
         ]);
         let (out, kernel, best) = tables(&want, &learned, &keys);
         assert_eq!(
-            best.get(&net("10.2.0.0/24")).map(String::as_str),
-            Some("tun-1")
+            best.get(&net("10.2.0.0/24")),
+            Some(&vec!["tun-1".to_string()])
         );
         assert_eq!(
-            best.get(&net("10.3.0.0/16")).map(String::as_str),
-            Some("tun-2")
+            best.get(&net("10.3.0.0/16")),
+            Some(&vec!["tun-2".to_string()])
         );
         assert_eq!(best.get(&net("0.0.0.0/0")), None);
         assert_eq!(
@@ -1168,8 +1330,10 @@ mod tests {
             let i = out.routes.lookup(Ipv4Addr::from(a)).unwrap();
             out.targets[i as usize]
         };
-        assert_eq!(target([10, 2, 0, 1]), [Some(11), Some(12)]);
-        assert_eq!(target([10, 3, 0, 1]), [Some(12), None]);
+        let t = target([10, 2, 0, 1]);
+        assert_eq!(t.tunnels, [Some(11), Some(12)]);
+        assert!(!t.ecmp && !t.override_static);
+        assert_eq!(target([10, 3, 0, 1]).tunnels, [Some(12), None]);
         assert_eq!(out.routes.lookup(Ipv4Addr::new(192, 0, 2, 9)), None);
         assert_eq!(out.links.lookup(Ipv4Addr::new(169, 254, 10, 2)), Some(11));
         assert_eq!(out.links.lookup(Ipv4Addr::new(169, 254, 11, 1)), Some(12));
@@ -1198,10 +1362,10 @@ mod tests {
         ];
         // Tunnel 1's session has the best route for 10.2.0.0/24, ours for 10.3.0.0/24.
         let best = BTreeMap::from([
-            (net("10.2.0.0/24"), "tun-1".to_string()),
-            (net("10.3.0.0/24"), "tun-2".to_string()),
+            (net("10.2.0.0/24"), vec!["tun-1".to_string()]),
+            (net("10.3.0.0/24"), vec!["tun-2".to_string()]),
         ]);
-        let r = session_routes(&want[1], &want, true, &received, &best);
+        let r = session_routes(&want[1], &want, true, &received, &best, &[]);
         let by = |p: &str| r.received.iter().find(|x| x.prefix == net(p)).unwrap();
         assert!(!by("10.2.0.0/24").best);
         assert_eq!(by("10.2.0.0/24").ignored, None);
@@ -1228,7 +1392,7 @@ mod tests {
             Some(Ipv4Addr::new(169, 254, 11, 2))
         );
         // Nothing is advertised while the session is down.
-        let down = session_routes(&want[1], &want, false, &received, &best);
+        let down = session_routes(&want[1], &want, false, &received, &best, &[]);
         assert!(down.advertised.is_empty());
     }
 
@@ -1252,19 +1416,26 @@ mod tests {
             peer_asn,
             advertise: vec![net.parse().unwrap()],
             port,
+            ecmp: false,
+            override_static: false,
+            advertise_learned: false,
         };
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (_stop_a, stopped_a) = oneshot::channel();
         let (_stop_b, stopped_b) = oneshot::channel();
+        let (_export_a, exports_a) = watch::channel(Exports::default());
+        let (_export_b, exports_b) = watch::channel(Exports::default());
         let a = tokio::spawn(drive(
             spec(a_ip, b_ip, 65000, 65001, "172.16.1.0/24"),
             tx.clone(),
             stopped_a,
+            exports_a,
         ));
         let b = tokio::spawn(drive(
             spec(b_ip, a_ip, 65001, 65000, "10.2.0.0/24"),
             tx,
             stopped_b,
+            exports_b,
         ));
         let mut established: HashMap<String, usize> = HashMap::new();
         let mut learned: HashMap<String, BTreeSet<Ipv4Net>> = HashMap::new();
@@ -1301,6 +1472,160 @@ mod tests {
         let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
         assert_eq!(learned[&ta], BTreeSet::from([net("10.2.0.0/24")]));
         assert_eq!(learned[&tb], BTreeSet::from([net("172.16.1.0/24")]));
+    }
+
+    /// bgp_ecmp: a prefix both sessions learned is in use on both tunnels (one packet
+    /// path target with both, both marked best); a prefix only one learned has one.
+    #[test]
+    fn ecmp_uses_both_sessions_routes() {
+        let (gw, cgw, mut c) = fixtures(true);
+        c.bgp_ecmp = true;
+        c.bgp_override_static = true;
+        let want = specs(&[gw], &[cgw], &[c]);
+        assert!(
+            want.iter()
+                .all(|s| s.ecmp && s.override_static && !s.advertise_learned)
+        );
+        let keys = HashMap::from([("tun-1".to_string(), 11), ("tun-2".to_string(), 12)]);
+        let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        let learned = HashMap::from([
+            ("tun-1".to_string(), BTreeSet::from([net("10.2.0.0/24")])),
+            (
+                "tun-2".to_string(),
+                BTreeSet::from([net("10.2.0.0/24"), net("10.3.0.0/16")]),
+            ),
+        ]);
+        let (out, _, best) = tables(&want, &learned, &keys);
+        let i = out.routes.lookup(Ipv4Addr::new(10, 2, 0, 1)).unwrap();
+        assert_eq!(
+            out.targets[i as usize],
+            BgpTarget {
+                tunnels: [Some(11), Some(12)],
+                ecmp: true,
+                override_static: true
+            }
+        );
+        assert_eq!(
+            best[&net("10.2.0.0/24")],
+            ["tun-1".to_string(), "tun-2".to_string()]
+        );
+        assert_eq!(best[&net("10.3.0.0/16")], ["tun-2".to_string()]);
+        // Tunnel 1's session withdraws it: tunnel 2 alone.
+        let learned = HashMap::from([("tun-2".to_string(), BTreeSet::from([net("10.2.0.0/24")]))]);
+        let (out, _, best) = tables(&want, &learned, &keys);
+        let i = out.routes.lookup(Ipv4Addr::new(10, 2, 0, 1)).unwrap();
+        assert_eq!(out.targets[i as usize].tunnels, [Some(12), None]);
+        assert_eq!(best[&net("10.2.0.0/24")], ["tun-2".to_string()]);
+        // Only the routing options changed: the sessions go on.
+        let mut other = want[0].clone();
+        other.ecmp = false;
+        other.advertise_learned = true;
+        assert!(other.same_session(&want[0]));
+        other.peer_asn = 65531;
+        assert!(!other.same_session(&want[0]));
+    }
+
+    /// bgp_advertise_learned: connection B's sessions re-advertise what A's session
+    /// learned (with A's attributes; the AS path the peer sees is ours prepended), never
+    /// B's own routes back to B, never the gateway's own networks, nothing without the
+    /// option; when A's session withdraws the prefix, B's export loses it.
+    #[test]
+    fn learned_routes_are_readvertised_to_other_connections_only() {
+        let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        let spec = |tunnel: &str, conn: &str, link: &str, advertise_learned: bool| BgpSpec {
+            tunnel_id: tunnel.into(),
+            conn_id: conn.into(),
+            tunnel_index: 0,
+            link: net(link),
+            local_ip: net(link).hosts().next().unwrap(),
+            peer_ip: net(link).hosts().nth(1).unwrap(),
+            local_asn: 45104,
+            peer_asn: if conn == "vco-a" { 65001 } else { 65002 },
+            advertise: vec![net("172.16.0.0/16")],
+            port: BGP_PORT,
+            ecmp: false,
+            override_static: false,
+            advertise_learned,
+        };
+        let want = vec![
+            spec("tun-a", "vco-a", "169.254.20.0/30", true),
+            spec("tun-b", "vco-b", "169.254.21.0/30", true),
+            spec("tun-c", "vco-c", "169.254.22.0/30", false),
+        ];
+        let keys: HashMap<String, TunnelKey> = [("tun-a", 1), ("tun-b", 2), ("tun-c", 3)]
+            .into_iter()
+            .map(|(t, k)| (t.to_string(), k))
+            .collect();
+        let attrs = |path: &[u32]| {
+            Arc::new(PathAttrs {
+                origin: Some(bgp::Origin::Igp),
+                as_path: Some(bgp::AsPath::sequence(path)),
+                next_hop: Some(Ipv4Addr::new(169, 254, 20, 2)),
+                med: Some(5),
+                ..Default::default()
+            })
+        };
+        let received = HashMap::from([
+            (
+                "tun-a".to_string(),
+                vec![
+                    (net("10.1.0.0/24"), attrs(&[65001])),
+                    (net("10.9.0.0/24"), attrs(&[65001, 65009])),
+                    // Our own network, sent back: never re-advertised.
+                    (net("172.16.0.0/16"), attrs(&[65001])),
+                ],
+            ),
+            (
+                "tun-b".to_string(),
+                vec![(net("10.2.0.0/24"), attrs(&[65002]))],
+            ),
+        ]);
+        let learned: HashMap<String, BTreeSet<Ipv4Net>> = received
+            .iter()
+            .map(|(t, r)| (t.clone(), r.iter().map(|(p, _)| *p).collect()))
+            .collect();
+        let (_, _, best) = tables(&want, &learned, &keys);
+        let ex = exports(&want, &best, &received);
+        let prefixes = |t: &str| ex[t].iter().map(|(p, _)| *p).collect::<Vec<_>>();
+        assert_eq!(
+            prefixes("tun-a"),
+            [net("10.2.0.0/24")],
+            "B's route to A, not A's own"
+        );
+        assert_eq!(
+            prefixes("tun-b"),
+            [net("10.1.0.0/24"), net("10.9.0.0/24")],
+            "A's routes to B, not our network"
+        );
+        assert!(prefixes("tun-c").is_empty(), "option off");
+        // What B's peer sees: our AS before A's path, our next hop, no MED.
+        let r = session_routes(&want[1], &want, true, &[], &best, &ex["tun-b"]);
+        let adv: Vec<_> = r
+            .advertised
+            .iter()
+            .map(|a| (a.prefix, a.as_path.clone(), a.next_hop, a.med))
+            .collect();
+        let nh = Some(Ipv4Addr::new(169, 254, 21, 1));
+        assert_eq!(
+            adv,
+            [
+                (net("172.16.0.0/16"), vec![45104], nh, None),
+                (net("10.1.0.0/24"), vec![45104, 65001], nh, None),
+                (net("10.9.0.0/24"), vec![45104, 65001, 65009], nh, None),
+            ]
+        );
+        // A's session withdraws 10.9.0.0/24: gone from B's export.
+        let mut learned = learned;
+        learned
+            .get_mut("tun-a")
+            .unwrap()
+            .remove(&net("10.9.0.0/24"));
+        let (_, _, best) = tables(&want, &learned, &keys);
+        let ex = exports(&want, &best, &received);
+        assert_eq!(
+            ex["tun-b"].iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+            [net("10.1.0.0/24")]
+        );
     }
 
     #[test]
