@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use crypto::{DhPrivate, Random};
 
 use crate::config::{IkeVersion, PeerConfig, PeerId};
+use crate::encap::EspEncap;
 use crate::event::{ChildSa, DeleteReason, Event, Level, Phase, Stats, Transmit};
 use crate::sa::{Child, ChildState, IkeSa, Pending, Req, State, Task};
 use crate::table::{Pacing, PeerIndex, SaTable};
@@ -27,6 +28,8 @@ pub struct EndpointConfig {
     /// Our IKE SAs to one peer address that may be in IKE_SA_INIT/IKE_AUTH at once;
     /// [`Endpoint::initiate`] queues the others (FIFO) until one completes or fails.
     pub max_initiating: usize,
+    /// Raw ESP or ESP in UDP when no NAT is detected (see [`EspEncap`]; IKEv2 only).
+    pub esp_encap: EspEncap,
 }
 
 impl Default for EndpointConfig {
@@ -40,6 +43,7 @@ impl Default for EndpointConfig {
             // Enough to keep a peer's CPU busy over a WAN round trip, few enough that
             // a burst fits in its socket buffer and stays under COOKIE thresholds.
             max_initiating: 64,
+            esp_encap: EspEncap::default(),
         }
     }
 }

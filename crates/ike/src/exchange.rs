@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use crypto::DhPrivate;
 
 use crate::config::{PeerConfig, PeerId};
+use crate::encap::VENDOR_ID as VPNGW_VENDOR_ID;
 use crate::endpoint::{Endpoint, Error, notify_name, spis_hex};
 use crate::event::{ChildSa, DeleteReason, Event, IkeAlgorithms, Level, Phase};
 use crate::keys::{ChildKeys, IkeKeys, nat_hash, psk_auth};
@@ -86,14 +87,23 @@ impl Endpoint {
         }));
         p.push(Payload::Nonce(st.ni.clone()));
         if sa.cfg.nat_traversal {
+            // RFC 7296 §2.23: a source hash that cannot match forces UDP encapsulation.
+            let source = if self.cfg.esp_encap.forces_as_initiator() {
+                self.io.nonce()[..20].to_vec()
+            } else {
+                nat_hash(sa.spi_i, 0, sa.local)
+            };
             p.push(Payload::Notify(Notify::new(
                 NotifyType::NAT_DETECTION_SOURCE_IP,
-                nat_hash(sa.spi_i, 0, sa.local),
+                source,
             )));
             p.push(Payload::Notify(Notify::new(
                 NotifyType::NAT_DETECTION_DESTINATION_IP,
                 nat_hash(sa.spi_i, 0, sa.remote),
             )));
+        }
+        if self.cfg.esp_encap.sends_vendor_id() {
+            p.push(Payload::Vendor(VPNGW_VENDOR_ID.to_vec()));
         }
         let bytes = Message {
             header: sa.header(ExchangeType::IKE_SA_INIT, false, 0),
@@ -241,12 +251,16 @@ impl Endpoint {
         sa.half_open_key = Some((remote, h.spi_i));
         sa.from_init = true;
         let nat_supported = sa.cfg.nat_traversal && has_nat_d(p);
+        // Another vpngw (its vendor ID) or the node's override: ESP in UDP without a NAT
+        // (see `encap.rs`).
+        let forced = nat_supported && self.cfg.esp_encap.forces_as_responder(p);
         if nat_supported {
             // RFC 7296 §2.23: hashes in the request use SPIr = 0.
             sa.nat_remote = !notifies(p, NotifyType::NAT_DETECTION_SOURCE_IP)
                 .any(|n| n.data == nat_hash(h.spi_i, 0, remote));
-            sa.nat_local = notifies(p, NotifyType::NAT_DETECTION_DESTINATION_IP)
-                .any(|n| n.data != nat_hash(h.spi_i, 0, local));
+            sa.nat_local = forced
+                || notifies(p, NotifyType::NAT_DETECTION_DESTINATION_IP)
+                    .any(|n| n.data != nat_hash(h.spi_i, 0, local));
         }
         let mut out = vec![
             Payload::Sa(answer),
@@ -257,14 +271,23 @@ impl Endpoint {
             Payload::Nonce(nr.clone()),
         ];
         if nat_supported {
+            // RFC 7296 §2.23: a source hash that cannot match forces UDP encapsulation.
+            let source = if forced {
+                self.io.nonce()[..20].to_vec()
+            } else {
+                nat_hash(h.spi_i, spi_r, local)
+            };
             out.push(Payload::Notify(Notify::new(
                 NotifyType::NAT_DETECTION_SOURCE_IP,
-                nat_hash(h.spi_i, spi_r, local),
+                source,
             )));
             out.push(Payload::Notify(Notify::new(
                 NotifyType::NAT_DETECTION_DESTINATION_IP,
                 nat_hash(h.spi_i, spi_r, remote),
             )));
+        }
+        if self.cfg.esp_encap.sends_vendor_id() {
+            out.push(Payload::Vendor(VPNGW_VENDOR_ID.to_vec()));
         }
         let bytes = Message {
             header: sa.header(ExchangeType::IKE_SA_INIT, true, 0),
@@ -288,7 +311,11 @@ impl Endpoint {
             format!(
                 "IKE_SA_INIT from {remote}: selected {}{}",
                 sa.cfg.ike.name(),
-                nat_note(&sa)
+                if forced {
+                    ", UDP encapsulation forced (RFC 7296 §2.23)".to_string()
+                } else {
+                    nat_note(&sa)
+                }
             ),
         );
         self.half_open.insert((remote, h.spi_i), spi_r);
@@ -485,9 +512,13 @@ impl Endpoint {
             sa.dead = true;
             return;
         }
+        let forced =
+            sa.cfg.nat_traversal && has_nat_d(p) && self.cfg.esp_encap.forces_as_initiator();
         if sa.cfg.nat_traversal && has_nat_d(p) {
-            sa.nat_local = notifies(p, NotifyType::NAT_DETECTION_DESTINATION_IP)
-                .any(|n| n.data != nat_hash(sa.spi_i, sa.spi_r, sa.local));
+            // We sent a source hash that cannot match: the peer sees us as translated.
+            sa.nat_local = forced
+                || notifies(p, NotifyType::NAT_DETECTION_DESTINATION_IP)
+                    .any(|n| n.data != nat_hash(sa.spi_i, sa.spi_r, sa.local));
             sa.nat_remote = !notifies(p, NotifyType::NAT_DETECTION_SOURCE_IP)
                 .any(|n| n.data == nat_hash(sa.spi_i, sa.spi_r, sa.remote));
         }
@@ -506,7 +537,11 @@ impl Endpoint {
                 "IKE_SA_INIT done with {}: {}{}",
                 sa.remote,
                 ours.name(),
-                nat_note(sa)
+                if forced {
+                    ", UDP encapsulation forced (RFC 7296 §2.23)".to_string()
+                } else {
+                    nat_note(sa)
+                }
             ),
         );
         let hs = Handshake {

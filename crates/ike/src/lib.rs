@@ -48,6 +48,7 @@
 //! no EAP, no CP.
 
 pub mod config;
+mod encap;
 mod endpoint;
 pub mod event;
 mod exchange;
@@ -65,6 +66,7 @@ pub mod wire;
 pub use config::{
     EspProposal, Identity, IkeProposal, IkeVersion, Ipv4Cidr, PeerConfig, PeerId, Psk, V1Mode,
 };
+pub use encap::{EspEncap, VENDOR_ID as VPNGW_VENDOR_ID};
 pub use endpoint::{Endpoint, EndpointConfig, Error};
 pub use event::{ChildSa, DeleteReason, Event, IkeAlgorithms, Level, Phase, Stats, Transmit};
 pub use keys::Key;
