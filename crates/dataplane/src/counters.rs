@@ -114,6 +114,12 @@ pub struct Snapshot {
     pub tun_gso_reads: u64,
     /// TUN offloads: writes that carried coalesced segments (more than one packet).
     pub tun_gro_writes: u64,
+    /// UDP GSO: messages sent that carried more than one datagram.
+    pub udp_gso_sends: u64,
+    /// UDP GRO: messages received that carried more than one datagram.
+    pub udp_gro_reads: u64,
+    /// UDP GSO turned off on a socket because the kernel refused it.
+    pub udp_gso_disabled: u64,
     /// Drops, indexed by `DropReason as usize`.
     pub drops: [u64; DropReason::COUNT],
 }
@@ -150,6 +156,9 @@ impl Snapshot {
             batches: self.batches.wrapping_sub(earlier.batches),
             tun_gso_reads: self.tun_gso_reads.wrapping_sub(earlier.tun_gso_reads),
             tun_gro_writes: self.tun_gro_writes.wrapping_sub(earlier.tun_gro_writes),
+            udp_gso_sends: self.udp_gso_sends.wrapping_sub(earlier.udp_gso_sends),
+            udp_gro_reads: self.udp_gro_reads.wrapping_sub(earlier.udp_gro_reads),
+            udp_gso_disabled: self.udp_gso_disabled.wrapping_sub(earlier.udp_gso_disabled),
             drops,
         }
     }
@@ -177,6 +186,9 @@ impl std::ops::Add for Snapshot {
             batches: self.batches + o.batches,
             tun_gso_reads: self.tun_gso_reads + o.tun_gso_reads,
             tun_gro_writes: self.tun_gro_writes + o.tun_gro_writes,
+            udp_gso_sends: self.udp_gso_sends + o.udp_gso_sends,
+            udp_gro_reads: self.udp_gro_reads + o.udp_gro_reads,
+            udp_gso_disabled: self.udp_gso_disabled + o.udp_gso_disabled,
             drops,
         }
     }
@@ -193,8 +205,8 @@ impl std::iter::Sum for Snapshot {
 #[derive(Debug, Default)]
 #[repr(align(128))]
 pub(crate) struct Counters {
-    // 7 flows × 2 + batches + the two offload counts, then the drops.
-    flows: [AtomicU64; 17],
+    // 7 flows × 2 + batches + the five offload counts, then the drops.
+    flows: [AtomicU64; 20],
     drops: [AtomicU64; DropReason::COUNT],
 }
 
@@ -219,6 +231,9 @@ impl Counters {
             d.batches,
             d.tun_gso_reads,
             d.tun_gro_writes,
+            d.udp_gso_sends,
+            d.udp_gro_reads,
+            d.udp_gso_disabled,
         ];
         for (c, v) in self.flows.iter().zip(flows) {
             if v != 0 {
@@ -253,6 +268,9 @@ impl Counters {
             batches: v(14),
             tun_gso_reads: v(15),
             tun_gro_writes: v(16),
+            udp_gso_sends: v(17),
+            udp_gro_reads: v(18),
+            udp_gso_disabled: v(19),
             drops,
         }
     }
@@ -278,6 +296,8 @@ mod tests {
         d.control.add(5);
         d.batches = 1;
         d.tun_gro_writes = 3;
+        d.udp_gro_reads = 4;
+        d.udp_gso_disabled = 1;
         d.drops[DropReason::Replay as usize] = 2;
         c.add(&d);
         let s1 = c.snapshot();

@@ -12,7 +12,7 @@ use crate::buf::{BatchBuf, BufLayout, PacketBuf};
 use crate::counters::{Counters, DropReason, Snapshot};
 use crate::netlink::{AddMode, Netlink, NetlinkError};
 use crate::offload::{Gro, MAX_SEGMENTS, OffloadError, Split, VNET_HDR_LEN, VnetHdr};
-use crate::sock::{BatchSocket, Datagram, MsgScratch, SocketOptions};
+use crate::sock::{BatchSocket, Datagram, GroScratch, MsgScratch, SocketOptions};
 use crate::tun::{Tun, TunConfig};
 
 /// How to start a [`Dataplane`].
@@ -48,7 +48,12 @@ impl Config {
             batch: 64,
             layout: BufLayout::default(),
             control_capacity: 1024,
-            socket: SocketOptions::default(),
+            // The workers read with `recv_gro`: coalesced ESP in UDP from a peer that
+            // sends with GSO arrives as one message.
+            socket: SocketOptions {
+                gro: true,
+                ..SocketOptions::default()
+            },
         }
     }
 }
@@ -212,6 +217,25 @@ pub enum DataplaneError {
 
 /// One worker's UDP sockets and raw ESP socket.
 type WorkerSockets = (Vec<Arc<BatchSocket>>, Option<Arc<BatchSocket>>);
+
+/// Reads a data plane's counters (see [`Dataplane::counter_reader`]).
+#[derive(Clone)]
+pub struct CounterReader(Arc<[Counters]>);
+
+impl CounterReader {
+    /// Counters summed over the workers.
+    pub fn totals(&self) -> Snapshot {
+        self.0.iter().map(Counters::snapshot).sum()
+    }
+}
+
+impl std::fmt::Debug for CounterReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CounterReader")
+            .field("workers", &self.0.len())
+            .finish()
+    }
+}
 
 /// A running data plane; dropping it stops and joins the workers.
 pub struct Dataplane {
@@ -401,6 +425,12 @@ impl Dataplane {
         self.counters.iter().map(Counters::snapshot).sum()
     }
 
+    /// A handle that reads the counters from anywhere, for as long as it lives (e.g. a
+    /// metrics endpoint on another thread).
+    pub fn counter_reader(&self) -> CounterReader {
+        CounterReader(Arc::clone(&self.counters))
+    }
+
     /// Number of workers.
     pub fn workers(&self) -> usize {
         self.counters.len()
@@ -483,6 +513,8 @@ fn setup_link(t: &TunConfig) -> Result<u32, NetlinkError> {
 
 /// Batches a worker reads from one source before looking at the others (fairness).
 const ROUNDS: usize = 8;
+/// Coalesced messages (up to 64 KiB each) one `UDP_GRO` read takes: 512 KiB per worker.
+const GRO_MESSAGES: usize = 8;
 
 #[derive(Clone, Copy)]
 enum Src {
@@ -530,6 +562,9 @@ struct Running<H: Handler> {
     ctx: WorkerCtx<H::Local>,
     rx: BatchBuf,
     rx_scratch: MsgScratch,
+    /// Large buffers for UDP sockets with `UDP_GRO` (shared by them: a socket's pending
+    /// segments are always handed out before another socket is read).
+    gro_scratch: GroScratch,
     tx_scratch: MsgScratch,
     out: Vec<Out>,
     sums: Snapshot,
@@ -560,6 +595,11 @@ impl<H: Handler> Worker<H> {
         let mut r = Running {
             rx: BatchBuf::new(self.batch, self.layout),
             rx_scratch: MsgScratch::new(self.batch),
+            gro_scratch: GroScratch::new(if self.udp.iter().any(|s| s.gro()) {
+                GRO_MESSAGES
+            } else {
+                1
+            }),
             tx_scratch: MsgScratch::new(self.batch),
             out: vec![Out::None; self.batch],
             sums: Snapshot::default(),
@@ -731,13 +771,18 @@ impl<H: Handler> Running<H> {
     }
 
     fn drain_socket(&mut self, from: Src, k: usize) {
-        for _ in 0..ROUNDS {
+        for round in 0.. {
             let sock = match from {
                 Src::Esp => self.w.esp.as_ref(),
                 _ => self.w.udp.get(k),
             };
             let Some(sock) = sock else { return };
-            let got = match sock.recv_batch(&mut self.rx, &mut self.rx_scratch) {
+            let got = if sock.gro() {
+                sock.recv_gro(&mut self.rx, &mut self.gro_scratch)
+            } else {
+                sock.recv_batch(&mut self.rx, &mut self.rx_scratch)
+            };
+            let got = match got {
                 Ok(got) => got,
                 Err(e) => {
                     tracing::warn!(worker = self.w.index, local = %sock.local(), err = %e, "receive failed");
@@ -746,10 +791,13 @@ impl<H: Handler> Running<H> {
             };
             self.sums.drops[DropReason::Truncated as usize] += got.truncated as u64;
             self.sums.drops[DropReason::Malformed as usize] += got.malformed as u64;
+            self.sums.udp_gro_reads += got.coalesced as u64;
             if got.packets > 0 {
                 self.process(from);
             }
-            if got.datagrams < self.rx.capacity() {
+            // Segments already received are never left behind; new reads stop after
+            // ROUNDS batches (fairness).
+            if !got.more || (round + 1 >= ROUNDS && !self.gro_scratch.pending()) {
                 return;
             }
         }
@@ -859,6 +907,8 @@ impl<H: Handler> Running<H> {
             let r = sock.send_batch(items, &mut self.tx_scratch);
             self.sums.udp_tx.packets += r.sent as u64;
             self.sums.udp_tx.bytes += r.bytes as u64;
+            self.sums.udp_gso_sends += r.coalesced as u64;
+            self.sums.udp_gso_disabled += u64::from(r.gso_disabled);
             self.sums.drops[DropReason::SendFailed as usize] += r.failed as u64;
         }
         if let Some(sock) = &self.w.esp {

@@ -7,8 +7,11 @@
 //!   `sendmmsg` over preallocated [`BatchBuf`]s; `SO_REUSEPORT` (UDP) or a per-worker SPI
 //!   BPF filter (raw ESP) spreads peers over the workers; UDP GSO (`UDP_SEGMENT`) sends
 //!   runs of equal-size datagrams to one peer as one message, probed per socket, with a
-//!   fallback to single datagrams. (Receive-side `UDP_GRO` is not used yet: it pays off
-//!   only when the peer sends with GSO, i.e. ESP in UDP between two vpngw.)
+//!   fallback to single datagrams (a socket whose GSO the kernel refuses stops using it,
+//!   counted as `udp_gso_disabled`). The workers' UDP sockets also turn on `UDP_GRO`:
+//!   a run of datagrams a peer sent with GSO (ESP in UDP between two vpngw) arrives as
+//!   one message and is split into the batch's slots by the segment size the kernel
+//!   reports ([`BatchSocket::recv_gro`]).
 //! - [`offload`]: with [`TunConfig::vnet_hdr`], TSO super-packets read from the TUN
 //!   device are split into packets for the handler, and TCP segments going to the TUN
 //!   device are coalesced into super-packets (one `writev` per run).
@@ -91,13 +94,14 @@ mod tun;
 pub use buf::{BatchBuf, BufLayout, NoRoom, PacketBuf, RecvMeta};
 pub use counters::{DropReason, Flow, Snapshot};
 pub use dataplane::{
-    Action, Config, ControlPacket, Dataplane, DataplaneError, Handler, Source, WorkerCtx,
+    Action, Config, ControlPacket, CounterReader, Dataplane, DataplaneError, Handler, Source,
+    WorkerCtx,
 };
 pub use netlink::{AddMode, Netlink, NetlinkError, RouteSpec, RuleSpec};
 pub use policy::{PolicyRule, PolicyTable};
 pub use route::{RouteReader, RouteTable, SharedRoutes};
 pub use sock::{
-    BatchSocket, Datagram, MsgScratch, Received, SendOutcome, SockKind, SocketOptions,
-    udp_gso_supported,
+    BatchSocket, Datagram, GroScratch, MsgScratch, Received, SendOutcome, SockKind,
+    SocketOptions, udp_gso_supported,
 };
 pub use tun::{Tun, TunConfig};

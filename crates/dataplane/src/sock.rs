@@ -43,6 +43,10 @@ pub struct SocketOptions {
     /// UDP: coalesce equal-size datagrams to one peer with `UDP_SEGMENT` when the kernel
     /// supports it.
     pub gso: bool,
+    /// UDP: let the kernel hand over runs of datagrams as one coalesced message
+    /// (`UDP_GRO`); such a socket must be read with [`BatchSocket::recv_gro`]. Off by
+    /// default here; [`crate::Config::new`] turns it on for the workers.
+    pub gro: bool,
 }
 
 impl Default for SocketOptions {
@@ -53,6 +57,7 @@ impl Default for SocketOptions {
             recv_buffer: Some(4 << 20),
             send_buffer: Some(4 << 20),
             gso: true,
+            gro: false,
         }
     }
 }
@@ -79,6 +84,11 @@ pub struct Received {
     pub truncated: usize,
     /// Datagrams that could not be parsed (raw ESP with a bad IP header), dropped.
     pub malformed: usize,
+    /// With `UDP_GRO`: messages that carried more than one datagram.
+    pub coalesced: usize,
+    /// The socket may have more to read now: the call filled its batch, or (with
+    /// `UDP_GRO`) segments of a coalesced message are still waiting for a batch slot.
+    pub more: bool,
 }
 
 /// What a batched send did.
@@ -94,6 +104,10 @@ pub struct SendOutcome {
     pub failed: usize,
     /// `sendmmsg` calls made.
     pub calls: usize,
+    /// Messages that carried more than one datagram (UDP GSO).
+    pub coalesced: usize,
+    /// The kernel refused UDP GSO on this socket during this call: it is off from now on.
+    pub gso_disabled: bool,
     /// The last error seen, if any.
     pub last_error: Option<io::ErrorKind>,
 }
@@ -172,6 +186,88 @@ impl std::fmt::Debug for MsgScratch {
     }
 }
 
+/// Receive buffers for [`BatchSocket::recv_gro`]: room for a few coalesced messages of
+/// up to 64 KiB each and the segments not yet handed out. Allocated once per worker.
+pub struct GroScratch {
+    bufs: Box<[u8]>,
+    hdrs: Vec<libc::mmsghdr>,
+    iovs: Vec<libc::iovec>,
+    names: Vec<libc::sockaddr_in>,
+    ctrl: Vec<Cmsg>,
+    msgs: Vec<GroMsg>,
+    /// Messages received by the last read, the one being split, and the offset in it.
+    count: usize,
+    next: usize,
+    offset: usize,
+}
+
+/// One received (possibly coalesced) message in [`GroScratch`].
+#[derive(Clone, Copy, Default)]
+struct GroMsg {
+    /// Index of its buffer.
+    buf: usize,
+    len: usize,
+    /// Segment size (the whole length when not coalesced); never 0.
+    seg: usize,
+    meta: RecvMeta,
+}
+
+// SAFETY: as for MsgScratch: the raw pointers are only used within one recv_gro call.
+unsafe impl Send for GroScratch {}
+
+impl GroScratch {
+    /// Room for `messages` coalesced messages per read.
+    pub fn new(messages: usize) -> Self {
+        let k = messages.max(1);
+        // SAFETY: these libc structs are plain data for which all-zero is valid.
+        unsafe {
+            Self {
+                bufs: vec![0; k * GRO_BUF_LEN].into_boxed_slice(),
+                hdrs: vec![zeroed(); k],
+                iovs: vec![zeroed(); k],
+                names: vec![zeroed(); k],
+                ctrl: vec![Cmsg([0; 64]); k],
+                msgs: vec![GroMsg::default(); k],
+                count: 0,
+                next: 0,
+                offset: 0,
+            }
+        }
+    }
+
+    /// Whether segments of the last read are still waiting.
+    pub fn pending(&self) -> bool {
+        self.next < self.count
+    }
+
+    /// The next segment and its addresses, advancing the cursor.
+    fn next_segment(&mut self) -> Option<(&[u8], RecvMeta)> {
+        if !self.pending() {
+            return None;
+        }
+        let m = *self.msgs.get(self.next)?;
+        let start = self.offset;
+        let end = start.saturating_add(m.seg).min(m.len);
+        if end >= m.len {
+            self.next += 1;
+            self.offset = 0;
+        } else {
+            self.offset = end;
+        }
+        let base = m.buf * GRO_BUF_LEN;
+        Some((self.bufs.get(base + start..base + end)?, m.meta))
+    }
+}
+
+impl std::fmt::Debug for GroScratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroScratch")
+            .field("messages", &self.msgs.len())
+            .field("pending", &self.pending())
+            .finish()
+    }
+}
+
 /// A UDP or raw-ESP socket bound to one local address, with batched IO.
 #[derive(Debug)]
 pub struct BatchSocket {
@@ -180,6 +276,8 @@ pub struct BatchSocket {
     kind: SockKind,
     /// UDP GSO in use; cleared if the kernel refuses it at send time.
     gso: AtomicBool,
+    /// `UDP_GRO` is on: read with [`BatchSocket::recv_gro`].
+    gro: bool,
 }
 
 impl BatchSocket {
@@ -245,11 +343,17 @@ impl BatchSocket {
         let gso = kind == SockKind::Udp
             && opts.gso
             && setsockopt(&fd, libc::IPPROTO_UDP, UDP_SEGMENT, 0 as libc::c_int).is_ok();
+        // Best effort too: without it (Linux < 5.0) the kernel delivers datagrams one by
+        // one and the plain receive path is used.
+        let gro = kind == SockKind::Udp
+            && opts.gro
+            && setsockopt(&fd, libc::IPPROTO_UDP, UDP_GRO, 1 as libc::c_int).is_ok();
         Ok(Self {
             fd,
             local,
             kind,
             gso: AtomicBool::new(gso),
+            gro,
         })
     }
 
@@ -338,6 +442,7 @@ impl BatchSocket {
         };
         let mut out = Received {
             datagrams: rc,
+            more: rc == n,
             ..Received::default()
         };
         let mut kept = 0;
@@ -378,6 +483,146 @@ impl BatchSocket {
         out.packets = kept;
         batch.set_len(kept);
         Ok(out)
+    }
+
+    /// Whether `UDP_GRO` is on (read with [`recv_gro`](Self::recv_gro)).
+    pub fn gro(&self) -> bool {
+        self.gro
+    }
+
+    /// Receives without blocking from a socket with `UDP_GRO`: coalesced messages land in
+    /// `scratch`'s large buffers and are split into the batch's slots by the segment size
+    /// the kernel reports (`UDP_GRO` control message; the last segment may be shorter).
+    /// Segments that do not fit the batch stay in `scratch` for the next call, which
+    /// hands them out before reading again; call it while [`Received::more`] is set so
+    /// none are left behind. Works on sockets without `UDP_GRO` too (every message is
+    /// one datagram).
+    pub fn recv_gro(&self, batch: &mut BatchBuf, scratch: &mut GroScratch) -> io::Result<Received> {
+        let layout = batch.layout();
+        let cap = batch.capacity();
+        let mut out = Received::default();
+        let mut n = 0;
+        let mut read = false;
+        loop {
+            let (pkts, metas) = batch.slots_mut();
+            while n < cap {
+                let Some(seg) = scratch.next_segment() else {
+                    break;
+                };
+                let (bytes, meta) = seg;
+                if bytes.len() > layout.data {
+                    out.truncated += 1;
+                    continue;
+                }
+                let dst = pkts[n].rx_slice(layout.headroom, layout.data);
+                if let Some(d) = dst.get_mut(..bytes.len()) {
+                    d.copy_from_slice(bytes);
+                    pkts[n].set_rx_len(bytes.len());
+                    metas[n] = meta;
+                    n += 1;
+                }
+            }
+            if n == cap || read {
+                break;
+            }
+            // Only read when nothing is pending, so nothing received is overwritten.
+            read = true;
+            match self.recv_gro_messages(scratch, &mut out) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    batch.set_len(n);
+                    return Err(e);
+                }
+            }
+        }
+        out.packets = n;
+        out.more |= scratch.pending();
+        batch.set_len(n);
+        Ok(out)
+    }
+
+    /// One `recvmmsg` into `scratch`'s buffers; records each message's length, segment
+    /// size and addresses.
+    fn recv_gro_messages(&self, s: &mut GroScratch, out: &mut Received) -> io::Result<()> {
+        let k = s.msgs.len();
+        for i in 0..k {
+            let base = i * GRO_BUF_LEN;
+            // SAFETY: base + GRO_BUF_LEN <= bufs.len() (k buffers of GRO_BUF_LEN).
+            s.iovs[i] = libc::iovec {
+                iov_base: unsafe { s.bufs.as_mut_ptr().add(base) }.cast(),
+                iov_len: GRO_BUF_LEN,
+            };
+            let h = &mut s.hdrs[i];
+            h.msg_len = 0;
+            h.msg_hdr.msg_name = (&mut s.names[i] as *mut libc::sockaddr_in).cast();
+            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_hdr.msg_iov = &mut s.iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = s.ctrl[i].0.as_mut_ptr().cast();
+            h.msg_hdr.msg_controllen = size_of::<Cmsg>() as _;
+            h.msg_hdr.msg_flags = 0;
+        }
+        let rc = loop {
+            // SAFETY: hdrs[..k] point at live iovecs (into `bufs`), names and control
+            // buffers, all inside `s`, borrowed mutably for this call.
+            let rc = unsafe {
+                libc::recvmmsg(
+                    self.fd.as_raw_fd(),
+                    s.hdrs.as_mut_ptr(),
+                    k as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                )
+            };
+            if rc >= 0 {
+                break rc as usize;
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        };
+        out.more = rc == k;
+        s.count = 0;
+        s.next = 0;
+        s.offset = 0;
+        for i in 0..rc {
+            let h = &s.hdrs[i];
+            let len = h.msg_len as usize;
+            if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                out.truncated += 1;
+                continue;
+            }
+            // SAFETY: the kernel filled msg_control/msg_controllen.
+            let seg = unsafe { gro_segment_size(&h.msg_hdr) };
+            let Some((seg, segs)) = segmentation(len, seg) else {
+                out.malformed += 1;
+                continue;
+            };
+            out.datagrams += segs;
+            if segs > 1 {
+                out.coalesced += 1;
+            }
+            let ip = if self.local.ip().is_unspecified() {
+                // SAFETY: the kernel filled msg_control/msg_controllen.
+                unsafe { pktinfo_dst(&h.msg_hdr) }.unwrap_or(Ipv4Addr::UNSPECIFIED)
+            } else {
+                *self.local.ip()
+            };
+            let meta = RecvMeta {
+                local: SocketAddrV4::new(ip, self.local.port()),
+                remote: from_sockaddr(&s.names[i]),
+            };
+            s.msgs[s.count] = GroMsg {
+                buf: i,
+                len,
+                seg,
+                meta,
+            };
+            s.count += 1;
+        }
+        Ok(())
     }
 
     /// Sends datagrams with as few `sendmmsg` calls as the scratch size allows. A datagram
@@ -504,6 +749,9 @@ impl BatchSocket {
                 for g in &s.groups[off..done] {
                     out.sent += g.count;
                     out.bytes += g.bytes;
+                    if g.count > 1 {
+                        out.coalesced += 1;
+                    }
                 }
                 out.messages += rc as usize;
                 off = done;
@@ -515,14 +763,22 @@ impl BatchSocket {
             }
             let g = s.groups[off];
             if g.count > 1 {
-                // A coalesced run was refused (e.g. a segment larger than the path MTU):
-                // send its datagrams one by one; a device without checksum offload (EIO)
-                // never takes GSO, so stop trying on this socket.
-                if e.raw_os_error() == Some(libc::EIO) {
-                    self.gso.store(false, Relaxed);
-                    tracing::warn!(local = %self.local, "UDP GSO refused; sending unsegmented");
-                }
+                // A coalesced run was refused: send its datagrams one by one. A device
+                // without checksum offload (EIO) never takes GSO; EINVAL is GSO itself
+                // refused when the same datagrams then go out one by one (not, say, a
+                // segment larger than the path MTU). Either way stop trying on this
+                // socket.
+                let failed = out.failed;
                 self.send_each(s, g, out);
+                let refused = match e.raw_os_error() {
+                    Some(libc::EIO) => true,
+                    Some(libc::EINVAL) => out.failed == failed,
+                    _ => false,
+                };
+                if refused && self.gso.swap(false, Relaxed) {
+                    out.gso_disabled = true;
+                    tracing::warn!(local = %self.local, err = %e, "UDP GSO refused; sending unsegmented");
+                }
             } else {
                 // The datagram was refused (e.g. no route, message too long).
                 out.failed += 1;
@@ -532,27 +788,46 @@ impl BatchSocket {
         }
     }
 
-    /// Sends a group's datagrams one `sendmsg` each (fallback path).
+    /// Sends a group's datagrams one `sendmsg` each (fallback path; nothing allocated).
     fn send_each(&self, s: &mut MsgScratch, g: Group, out: &mut SendOutcome) {
+        let pktinfo = self.local.ip().is_unspecified();
+        let src = (pktinfo && !g.local.is_unspecified()).then_some(g.local);
+        let mut name = sockaddr(g.remote);
+        let mut ctrl = Cmsg([0; 64]);
         for k in g.iov..g.iov + g.count {
-            let iov = s.iovs[k];
-            let mut one = MsgScratch::new(1);
-            one.iovs[0] = iov;
-            one.groups[0] = Group {
-                seg: iov.iov_len,
-                count: 1,
-                bytes: iov.iov_len,
-                iov: 0,
-                ..g
+            let Some(iov) = s.iovs.get_mut(k) else { break };
+            let len = iov.iov_len;
+            // SAFETY: msghdr is plain data for which all-zero is valid.
+            let mut h: libc::msghdr = unsafe { zeroed() };
+            h.msg_name = (&mut name as *mut libc::sockaddr_in).cast();
+            h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_iov = iov;
+            h.msg_iovlen = 1;
+            if src.is_some() {
+                ctrl.0 = [0; 64];
+                h.msg_control = ctrl.0.as_mut_ptr().cast();
+                h.msg_controllen = size_of::<Cmsg>() as _;
+                // SAFETY: the zeroed control buffer is 64 bytes, aligned, and described
+                // by the header.
+                h.msg_controllen = unsafe { write_cmsgs(&mut h, src, None) } as _;
+            }
+            let rc = loop {
+                // SAFETY: h points at live name, iovec (into the caller's packet) and
+                // control buffer.
+                let rc = unsafe { libc::sendmsg(self.fd.as_raw_fd(), &h, 0) };
+                if rc >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                    break rc;
+                }
             };
-            let mut r = SendOutcome::default();
-            self.flush(&mut one, 1, &mut r);
-            out.sent += r.sent;
-            out.bytes += r.bytes;
-            out.messages += r.messages;
-            out.calls += r.calls;
-            out.failed += r.failed;
-            out.last_error = r.last_error.or(out.last_error);
+            out.calls += 1;
+            if rc >= 0 {
+                out.sent += 1;
+                out.messages += 1;
+                out.bytes += len;
+            } else {
+                out.failed += 1;
+                out.last_error = Some(io::Error::last_os_error().kind());
+            }
         }
     }
 }
@@ -563,6 +838,10 @@ const GSO_MAX_SEGMENTS: usize = 64;
 const GSO_MAX_BYTES: usize = 65_000;
 /// `UDP_SEGMENT` (linux/udp.h).
 const UDP_SEGMENT: libc::c_int = 103;
+/// `UDP_GRO` (linux/udp.h): socket option and control message type.
+const UDP_GRO: libc::c_int = 104;
+/// One coalesced message: the largest UDP payload of an IPv4 datagram, rounded up.
+const GRO_BUF_LEN: usize = 65_536;
 
 /// Whether the kernel does UDP segmentation offload (`UDP_SEGMENT`, Linux ≥ 4.18).
 pub fn udp_gso_supported() -> bool {
@@ -654,6 +933,45 @@ unsafe fn pktinfo_dst(h: &libc::msghdr) -> Option<Ipv4Addr> {
         }
     }
     None
+}
+
+/// The segment size of a coalesced datagram from its `UDP_GRO` control message (the
+/// kernel sends it only when it merged more than one datagram).
+///
+/// # Safety
+/// `h` must describe a control buffer filled by the kernel (or built with the CMSG
+/// macros).
+unsafe fn gro_segment_size(h: &libc::msghdr) -> Option<u16> {
+    // SAFETY: per the contract, the CMSG macros walk a well-formed buffer.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_UDP
+                && (*c).cmsg_type == UDP_GRO
+                && (*c).cmsg_len as usize
+                    >= libc::CMSG_LEN(size_of::<libc::c_int>() as u32) as usize
+            {
+                let v = libc::CMSG_DATA(c).cast::<libc::c_int>().read_unaligned();
+                return u16::try_from(v).ok();
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    None
+}
+
+/// How a received message of `len` bytes splits: (segment size, segments). `None` for an
+/// empty message (nothing a peer sends on purpose). A missing or zero segment size means
+/// one datagram.
+fn segmentation(len: usize, seg: Option<u16>) -> Option<(usize, usize)> {
+    if len == 0 {
+        return None;
+    }
+    let seg = seg
+        .map(usize::from)
+        .filter(|&s| s > 0 && s < len)
+        .unwrap_or(len);
+    Some((seg, len.div_ceil(seg)))
 }
 
 /// Writes an `IP_PKTINFO` message choosing the source address and/or a `UDP_SEGMENT`
@@ -765,6 +1083,106 @@ mod tests {
             p.fill(64, bad).unwrap();
             assert!(strip_ipv4_header(&mut p).is_none(), "{bad:?}");
         }
+    }
+
+    /// A control buffer as the kernel fills it: `IP_PKTINFO` then `UDP_GRO`.
+    fn gro_cmsgs(seg: Option<libc::c_int>) -> (Cmsg, usize) {
+        let mut ctrl = Cmsg([0; 64]);
+        // SAFETY: msghdr is plain data; the buffer is 64 aligned bytes, room for both.
+        let len = unsafe {
+            let mut h: libc::msghdr = zeroed();
+            h.msg_control = ctrl.0.as_mut_ptr().cast();
+            h.msg_controllen = 64;
+            let mut len = write_cmsgs(&mut h, Some(Ipv4Addr::new(192, 0, 2, 1)), None);
+            if let Some(seg) = seg {
+                let c = (ctrl.0.as_mut_ptr().add(len)).cast::<libc::cmsghdr>();
+                (*c).cmsg_level = libc::SOL_UDP;
+                (*c).cmsg_type = UDP_GRO;
+                (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::c_int>() as u32) as _;
+                libc::CMSG_DATA(c)
+                    .cast::<libc::c_int>()
+                    .write_unaligned(seg);
+                len += libc::CMSG_SPACE(size_of::<libc::c_int>() as u32) as usize;
+            }
+            len
+        };
+        (ctrl, len)
+    }
+
+    fn parse_gro(ctrl: &mut Cmsg, len: usize) -> Option<u16> {
+        // SAFETY: msghdr is plain data; the control buffer was built with the macros.
+        unsafe {
+            let mut h: libc::msghdr = zeroed();
+            h.msg_control = ctrl.0.as_mut_ptr().cast();
+            h.msg_controllen = len as _;
+            gro_segment_size(&h)
+        }
+    }
+
+    #[test]
+    fn gro_segment_size_is_read_after_other_messages() {
+        let (mut c, len) = gro_cmsgs(Some(1452));
+        assert_eq!(parse_gro(&mut c, len), Some(1452));
+        let (mut c, len) = gro_cmsgs(None);
+        assert_eq!(parse_gro(&mut c, len), None, "not coalesced");
+        let (mut c, len) = gro_cmsgs(Some(-1));
+        assert_eq!(parse_gro(&mut c, len), None, "nonsense size");
+        let (mut c, len) = gro_cmsgs(Some(70_000));
+        assert_eq!(parse_gro(&mut c, len), None, "larger than any datagram");
+        assert_eq!(parse_gro(&mut Cmsg([0; 64]), 0), None, "no control data");
+    }
+
+    #[test]
+    fn segmentation_of_coalesced_messages() {
+        assert_eq!(segmentation(1452 * 44 + 100, Some(1452)), Some((1452, 45)));
+        assert_eq!(segmentation(1452 * 3, Some(1452)), Some((1452, 3)));
+        assert_eq!(segmentation(900, None), Some((900, 1)));
+        assert_eq!(segmentation(900, Some(0)), Some((900, 1)));
+        assert_eq!(segmentation(900, Some(1452)), Some((900, 1)));
+        assert_eq!(segmentation(0, Some(1452)), None);
+    }
+
+    /// Segments come out in order with the message's addresses, the last one shorter,
+    /// and a second message follows the first.
+    #[test]
+    fn gro_scratch_hands_out_segments_in_order() {
+        let mut g = GroScratch::new(2);
+        let a = RecvMeta {
+            local: "192.0.2.1:4500".parse().unwrap(),
+            remote: "198.51.100.1:4500".parse().unwrap(),
+        };
+        let b = RecvMeta {
+            remote: "203.0.113.7:4500".parse().unwrap(),
+            ..a
+        };
+        for (i, x) in g.bufs[..250].iter_mut().enumerate() {
+            *x = i as u8;
+        }
+        g.bufs[GRO_BUF_LEN..GRO_BUF_LEN + 10].fill(0xee);
+        g.msgs[0] = GroMsg {
+            buf: 0,
+            len: 250,
+            seg: 100,
+            meta: a,
+        };
+        g.msgs[1] = GroMsg {
+            buf: 1,
+            len: 10,
+            seg: 10,
+            meta: b,
+        };
+        g.count = 2;
+        assert!(g.pending());
+        let (s, m) = g.next_segment().unwrap();
+        assert_eq!((s.len(), s[0], s[99], m), (100, 0, 99, a));
+        let (s, _) = g.next_segment().unwrap();
+        assert_eq!((s.len(), s[0]), (100, 100));
+        let (s, _) = g.next_segment().unwrap();
+        assert_eq!((s.len(), s[0], s[49]), (50, 200, 249));
+        let (s, m) = g.next_segment().unwrap();
+        assert_eq!((s, m), (&[0xee; 10][..], b));
+        assert!(!g.pending());
+        assert!(g.next_segment().is_none());
     }
 
     #[test]
