@@ -422,10 +422,93 @@ pub(crate) fn carries_traffic(
         == Some(key)
 }
 
+/// The data plane's counters as `GET /metrics` lines: packets per path, the UDP and TUN
+/// offload counts (is GSO/GRO in use?) and drops by reason.
+pub(crate) fn render_dataplane(t: &dataplane::Snapshot, out: &mut String) {
+    use std::fmt::Write;
+    let name = "vpngw_dataplane_packets_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Packets the data plane moved, by path (esp: raw IP protocol 50).\n# TYPE {name} counter"
+    );
+    for (path, f) in [
+        ("tun_rx", t.tun_rx),
+        ("tun_tx", t.tun_tx),
+        ("udp_rx", t.udp_rx),
+        ("udp_tx", t.udp_tx),
+        ("esp_rx", t.esp_rx),
+        ("esp_tx", t.esp_tx),
+    ] {
+        let _ = writeln!(out, "{name}{{path=\"{path}\"}} {}", f.packets);
+    }
+    for (name, help, v) in [
+        (
+            "vpngw_dataplane_udp_gso_sends_total",
+            "UDP messages sent with GSO (more than one ESP-in-UDP datagram each).",
+            t.udp_gso_sends,
+        ),
+        (
+            "vpngw_dataplane_udp_gro_reads_total",
+            "UDP messages received coalesced by GRO (more than one datagram each).",
+            t.udp_gro_reads,
+        ),
+        (
+            "vpngw_dataplane_udp_gso_disabled_total",
+            "Sockets on which the kernel refused UDP GSO (sending unsegmented since).",
+            t.udp_gso_disabled,
+        ),
+        (
+            "vpngw_dataplane_tun_gso_reads_total",
+            "TSO super-packets read from the TUN device.",
+            t.tun_gso_reads,
+        ),
+        (
+            "vpngw_dataplane_tun_gro_writes_total",
+            "Coalesced writes to the TUN device.",
+            t.tun_gro_writes,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
+    }
+    let name = "vpngw_dataplane_drops_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Packets the data plane dropped, by reason.\n# TYPE {name} counter"
+    );
+    for r in DropReason::ALL {
+        let _ = writeln!(out, "{name}{{reason=\"{}\"}} {}", r.name(), t.dropped(r));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::health::tests::outbound;
+
+    #[test]
+    fn dataplane_metrics_lines() {
+        let mut t = dataplane::Snapshot::default();
+        t.udp_tx.packets = 90;
+        t.udp_gso_sends = 2;
+        t.udp_gro_reads = 3;
+        t.drops[DropReason::Replay as usize] = 4;
+        let mut out = String::new();
+        render_dataplane(&t, &mut out);
+        for line in [
+            "vpngw_dataplane_packets_total{path=\"udp_tx\"} 90",
+            "vpngw_dataplane_packets_total{path=\"esp_tx\"} 0",
+            "vpngw_dataplane_udp_gso_sends_total 2",
+            "vpngw_dataplane_udp_gro_reads_total 3",
+            "vpngw_dataplane_udp_gso_disabled_total 0",
+            "vpngw_dataplane_drops_total{reason=\"replay\"} 4",
+            "# TYPE vpngw_dataplane_drops_total counter",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} missing in\n{out}");
+        }
+    }
 
     /// 10.2.0.0/24 → connection 0 (weight 100, two tunnels: keys 1 and 2), standby
     /// connection 1 (one tunnel: key 3); connection 0 has a health check on both tunnels.

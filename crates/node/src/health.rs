@@ -160,6 +160,8 @@ pub(crate) struct Counters {
 #[derive(Clone)]
 pub struct NodeMetrics {
     pub(crate) fwd: Arc<ArcSwap<Fwd>>,
+    /// The data plane's packet counters (`fwd::render_dataplane`).
+    pub(crate) dataplane: dataplane::CounterReader,
 }
 
 impl std::fmt::Debug for NodeMetrics {
@@ -172,6 +174,7 @@ impl NodeMetrics {
     /// Appends the Prometheus text lines (with `# HELP`/`# TYPE`).
     pub fn render(&self, out: &mut String) {
         render_counters(&self.fwd.load().health.counters, out);
+        crate::fwd::render_dataplane(&self.dataplane.totals(), out);
     }
 }
 

@@ -48,6 +48,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 pub use control::{QUICK_RETRY, QUICK_TRIES, SLOW_RETRY, STATUS_INTERVAL};
 pub use health::NodeMetrics;
+pub use ike::EspEncap;
 
 use crate::control::{Control, Input, Ports, StoreWrite};
 use crate::fwd::{EspHandler, Fwd};
@@ -77,6 +78,10 @@ pub struct NodeConfig {
     /// TUN offloads (`IFF_VNET_HDR`, TSO/checksum): the data plane reads TCP
     /// super-packets and writes coalesced segments (dataplane's `offload` module).
     pub tun_offloads: bool,
+    /// Raw ESP or ESP in UDP without a NAT (IKEv2; `vpngw serve --esp-encap`): `Auto`
+    /// uses UDP between two vpngw (vendor ID, forced NAT detection), which the data
+    /// plane sends with UDP GSO and receives with UDP GRO.
+    pub esp_encap: ike::EspEncap,
 }
 
 impl Default for NodeConfig {
@@ -89,6 +94,7 @@ impl Default for NodeConfig {
             natt_port: 4500,
             raw_esp: true,
             tun_offloads: true,
+            esp_encap: ike::EspEncap::Auto,
         }
     }
 }
@@ -133,9 +139,6 @@ impl Node {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| NodeError::NoRuntime)?;
         let (input_tx, input_rx) = sync_channel::<Input>(INPUT_CAPACITY);
         let fwd = Arc::new(ArcSwap::from_pointee(Fwd::default()));
-        let metrics = NodeMetrics {
-            fwd: Arc::clone(&fwd),
-        };
         let sadb = Arc::new(esp::SaDb::new());
         let bgp_shared = Arc::new(bgp::BgpShared::default());
         let handler = Arc::new(EspHandler {
@@ -158,6 +161,10 @@ impl Node {
         ];
         dp_config.esp = config.raw_esp.then_some(std::net::Ipv4Addr::UNSPECIFIED);
         let mut dp = Dataplane::start(dp_config, handler)?;
+        let metrics = NodeMetrics {
+            fwd: Arc::clone(&fwd),
+            dataplane: dp.counter_reader(),
+        };
         let packets = dp.take_control().ok_or(NodeError::Stopped)?;
 
         // The data plane's control channel → the control thread's input channel.
@@ -193,8 +200,11 @@ impl Node {
             .name("node-control".into())
             .spawn(move || {
                 // The endpoint (and its RNG) lives on this thread only.
-                let endpoint =
-                    ike::Endpoint::new(ike::EndpointConfig::default(), Box::new(crypto::OsRandom));
+                let ike_config = ike::EndpointConfig {
+                    esp_encap: config.esp_encap,
+                    ..ike::EndpointConfig::default()
+                };
+                let endpoint = ike::Endpoint::new(ike_config, Box::new(crypto::OsRandom));
                 Control::new(endpoint, dp, ports, fwd, sadb, writes_tx).run(input_rx);
             })
             .map_err(|source| NodeError::Spawn {
@@ -365,6 +375,7 @@ async fn write_loop(
 ) {
     let mut last: HashMap<String, model::TunnelStatus> = HashMap::new();
     loop {
+        let mut batch = Vec::new();
         let w = tokio::select! {
             w = rx.recv() => match w {
                 Some(w) => w,

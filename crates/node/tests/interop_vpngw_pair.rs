@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{Gateway, phase};
+use common::{Gateway, metric, phase};
 use lab::vpngw::id;
-use lab::{Netns, PingMonitor, Workdir, veth};
+use lab::{Iperf3Server, Netns, PingMonitor, Workdir, veth};
 use serde_json::{Value, json};
 
 const PSK: &str = "pair-psk-7Hq";
@@ -360,7 +360,8 @@ fn vpngw_pair_dpd_reason_and_phase_while_retrying() {
         .to_string();
     println!("after {:?}: {:#}", broke.elapsed(), t["status"]);
     assert!(
-        reason.starts_with("DPD: peer 198.51.100.1:500 did not answer for "),
+        // ESP in UDP between two vpngw: IKE moved to 4500 too (RFC 7296 §2.23).
+        reason.starts_with("DPD: peer 198.51.100.1:4500 did not answer for "),
         "{t:#}"
     );
     // Retrying: an IKE_SA_INIT is outstanding, and the reason still says why.
@@ -469,4 +470,86 @@ fn vpngw_pair_both_initiate_end_with_one_ike_sa() {
     assert_eq!(sa["child_sas"][0]["spi_in"], sb["child_sas"][0]["spi_out"]);
     let r = lab::ping(&p.host_b, HOST_B, HOST_A, 5, Duration::from_secs(5)).unwrap();
     assert_eq!(r.received, 5, "site B → site A: {r:?}");
+}
+
+/// Two vpngw without a NAT between them carry ESP in UDP 4500 (the vpngw vendor ID makes
+/// the responder force UDP encapsulation, RFC 7296 §2.23), which the data plane sends
+/// with UDP GSO and receives with UDP GRO: 100 MB of TCP through the tunnel, not one raw
+/// ESP packet, and both offloads counted in `/metrics`.
+#[test]
+fn vpngw_pair_uses_esp_in_udp_with_gso_and_gro() {
+    let p = Pair::new();
+    let mode = "protected_flows";
+    let conn_b = configure(
+        &p.gw_b,
+        B_PUB,
+        B_NET,
+        A_PUB,
+        A_NET,
+        mode,
+        false,
+        DAY,
+        json!({}),
+    );
+    let conn_a = configure(
+        &p.gw_a,
+        A_PUB,
+        A_NET,
+        B_PUB,
+        B_NET,
+        mode,
+        true,
+        DAY,
+        json!({}),
+    );
+    for (gw, conn) in [(&p.gw_a, &conn_a), (&p.gw_b, &conn_b)] {
+        gw.wait_tunnel(conn, "established", Duration::from_secs(20), |s| {
+            phase(s) == "established"
+        });
+        let installed: Vec<String> = gw
+            .logs(conn, 100)
+            .iter()
+            .filter(|e| e["event"] == "esp_sa_installed")
+            .filter_map(|e| e["message"].as_str().map(String::from))
+            .collect();
+        assert!(
+            !installed.is_empty() && installed.iter().all(|m| m.contains("ESP in UDP")),
+            "{installed:#?}"
+        );
+    }
+    lab::wait_ping(&p.host_a, HOST_A, HOST_B, Duration::from_secs(10)).unwrap();
+    let server = Iperf3Server::start(&p.host_b, p._workdir.path(), HOST_B, 5201).unwrap();
+    let r = lab::iperf3_client(
+        &p.host_a,
+        HOST_A,
+        HOST_B,
+        server.port(),
+        100_000_000,
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert!(r.bytes_sent >= 100_000_000, "{r:?}");
+    println!(
+        "iperf3 through ESP in UDP: {:.0} Mbit/s",
+        r.bits_per_second / 1e6
+    );
+
+    let m = |gw: &Gateway, name: &str| metric(gw, name);
+    for gw in [&p.gw_a, &p.gw_b] {
+        assert_eq!(m(gw, r#"vpngw_dataplane_packets_total{path="esp_tx"}"#), 0);
+        assert_eq!(m(gw, r#"vpngw_dataplane_packets_total{path="esp_rx"}"#), 0);
+        assert_eq!(m(gw, "vpngw_dataplane_udp_gso_disabled_total"), 0);
+    }
+    // A sent the bulk: TSO super-packets from its TUN device went out as GSO runs, and B
+    // read them coalesced and wrote them to its TUN device coalesced again.
+    let (sends, reads) = (
+        m(&p.gw_a, "vpngw_dataplane_udp_gso_sends_total"),
+        m(&p.gw_b, "vpngw_dataplane_udp_gro_reads_total"),
+    );
+    println!("A: {sends} GSO sends; B: {reads} GRO reads");
+    assert!(m(&p.gw_a, "vpngw_dataplane_tun_gso_reads_total") > 0);
+    assert!(sends > 0, "A sent no GSO message");
+    assert!(reads > 0, "B received no GRO message");
+    assert!(m(&p.gw_b, "vpngw_dataplane_tun_gro_writes_total") > 0);
+    assert!(m(&p.gw_b, r#"vpngw_dataplane_packets_total{path="udp_rx"}"#) > 60_000);
 }

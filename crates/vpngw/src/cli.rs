@@ -45,6 +45,24 @@ pub struct Cli {
     command: Command,
 }
 
+/// `vpngw serve --esp-encap`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+enum EspEncapArg {
+    Auto,
+    Udp,
+    Raw,
+}
+
+impl From<EspEncapArg> for node::EspEncap {
+    fn from(a: EspEncapArg) -> Self {
+        match a {
+            EspEncapArg::Auto => Self::Auto,
+            EspEncapArg::Udp => Self::Udp,
+            EspEncapArg::Raw => Self::Raw,
+        }
+    }
+}
+
 // Parsed once per run: the size of the variants does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
@@ -57,6 +75,14 @@ enum Command {
         /// Run the controller (API) only, without a gateway node in this process.
         #[arg(long)]
         no_node: bool,
+        /// ESP encapsulation when no NAT is detected (IKEv2): `auto` uses ESP in UDP
+        /// 4500 between two vpngw gateways (recognised by vpngw's vendor ID; UDP lets
+        /// the data plane send with GSO and receive with GRO) and raw ESP with any other
+        /// peer; `udp` forces ESP in UDP with every peer (RFC 7296 §2.23, like
+        /// strongSwan's encap=yes); `raw` never asks for it (a peer still may). Behind a
+        /// NAT ESP is always in UDP. Tunnels with nat_traversal off always use raw ESP.
+        #[arg(long, value_enum, env = "VPNGW_ESP_ENCAP", default_value = "auto")]
+        esp_encap: EspEncapArg,
     },
     /// VPN gateways.
     #[command(subcommand)]
@@ -421,8 +447,13 @@ enum PolicyRouteCmd {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Command::Serve { listen, no_node } = cli.command {
-        return crate::serve::run(listen, &cli.data_dir, !no_node);
+    if let Command::Serve {
+        listen,
+        no_node,
+        esp_encap,
+    } = cli.command
+    {
+        return crate::serve::run(listen, &cli.data_dir, !no_node, esp_encap.into());
     }
     let client = Client::new(&cli.server, token(&cli.data_dir)?);
     let out = Out {

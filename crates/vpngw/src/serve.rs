@@ -10,7 +10,12 @@ use std::time::Duration;
 use anyhow::Context;
 use store::{SqliteStore, Store};
 
-pub fn run(listen: SocketAddr, data_dir: &Path, with_node: bool) -> anyhow::Result<()> {
+pub fn run(
+    listen: SocketAddr,
+    data_dir: &Path,
+    with_node: bool,
+    esp_encap: node::EspEncap,
+) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -45,7 +50,7 @@ pub fn run(listen: SocketAddr, data_dir: &Path, with_node: bool) -> anyhow::Resu
             data_dir.display()
         );
         let node = if with_node {
-            start_node(&state, state.store.clone()).await
+            start_node(&state, state.store.clone(), esp_encap).await
         } else {
             // Controller only: no node will move resources out of `creating`, so the
             // controller applies its desired state itself (gateways say no node is
@@ -68,14 +73,16 @@ pub fn run(listen: SocketAddr, data_dir: &Path, with_node: bool) -> anyhow::Resu
 /// Starts the gateway node beside the API. If it cannot start (not root, no
 /// /dev/net/tun, port 500 in use), the API keeps serving and every gateway shows `error`
 /// with the reason.
-async fn start_node(state: &api::AppState, store: Arc<dyn Store>) -> Option<node::NodeHandle> {
-    match node::Node::start(
-        node::NodeConfig::default(),
-        store.clone(),
-        state.subscribe(),
-    )
-    .await
-    {
+async fn start_node(
+    state: &api::AppState,
+    store: Arc<dyn Store>,
+    esp_encap: node::EspEncap,
+) -> Option<node::NodeHandle> {
+    let config = node::NodeConfig {
+        esp_encap,
+        ..node::NodeConfig::default()
+    };
+    match node::Node::start(config, store.clone(), state.subscribe()).await {
         Ok(node) => {
             state.set_node_control(Arc::new(node.commands()));
             state.add_metrics_source(Arc::new(node.metrics()));

@@ -54,6 +54,7 @@ impl Gateway {
                     };
                     let node = Node::start(config, store, state.subscribe()).await.unwrap();
                     state.set_node_control(Arc::new(node.commands()));
+                    state.add_metrics_source(Arc::new(node.metrics()));
                     ready_tx.send((port, token)).unwrap();
                     let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
                     node.shutdown().await;
@@ -137,6 +138,16 @@ impl Drop for Gateway {
             }
         }
     }
+}
+
+/// The value of one `GET /metrics` series (`name` with its labels, e.g.
+/// `vpngw_dataplane_packets_total{path="esp_tx"}`); panics when it is missing.
+pub fn metric(api: &ApiClient, name: &str) -> u64 {
+    let (status, text) = api.call_text("GET", "/metrics", None);
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
 }
 
 /// A tunnel status's phase.
