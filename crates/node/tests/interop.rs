@@ -194,6 +194,16 @@ fn responder_protected_flows_rekeys_without_loss() {
         json!(["10.2.0.0/24"])
     );
     let first_spi = t["status"]["child_sas"][0]["spi_in"].clone();
+    // strongSwan sends no vpngw vendor ID: we answer with the standard NAT detection
+    // (whatever encapsulation follows is strongSwan's own choice, as before).
+    let logs = gw.logs(&conn_id, 100);
+    assert!(
+        logs.iter().any(|e| e["event"] == "ike_sa_init")
+            && !logs.iter().any(|e| e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("UDP encapsulation forced"))),
+        "{logs:#?}"
+    );
     let table = gw.get(&format!("/v1/vpn-gateways/{gw_id}/route-table"));
     assert!(
         table["items"]
