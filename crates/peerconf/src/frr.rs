@@ -111,7 +111,15 @@ fn router(o: &mut Out, v: &PeerView<'_>, asn: u32, tunnels: &[&PeerTunnel<'_>]) 
             o.line(format!("  network {n}"));
         }
     }
-    if tunnels.len() > 1 {
+    if tunnels.len() > 1 && v.conn.bgp_ecmp {
+        // vpngw's bgp_ecmp: both tunnels carry traffic; eBGP multipath over the two
+        // sessions (same neighbouring AS) lets this side spread its flows likewise.
+        o.comment(
+            2,
+            "vpngw spreads flows over both tunnels (bgp_ecmp); use both for the way back too:",
+        );
+        o.line("  maximum-paths 2");
+    } else if tunnels.len() > 1 {
         o.comment(
             2,
             "Tunnel 1 is preferred by vpngw; both sessions stay up for a fast failover.",

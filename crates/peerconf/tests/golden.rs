@@ -71,6 +71,23 @@ fn frr_needs_bgp_and_says_so() {
     assert!(render(Format::Frr, &common::bgp_dual().ctx()).is_ok());
 }
 
+/// With the connection's `bgp_ecmp` the peer is told to use both sessions' routes.
+#[test]
+fn frr_with_bgp_ecmp_uses_both_tunnels_back() {
+    let mut f = common::bgp_dual();
+    let plain = render(Format::Frr, &f.ctx()).unwrap();
+    assert!(!plain.contains("maximum-paths"), "{plain}");
+    f.connection.bgp_ecmp = true;
+    let text = render(Format::Frr, &f.ctx()).unwrap();
+    let af = text
+        .split(" address-family ipv4 unicast")
+        .nth(1)
+        .and_then(|rest| rest.split(" exit-address-family").next())
+        .unwrap();
+    assert!(af.lines().any(|l| l == "  maximum-paths 2"), "{text}");
+    assert!(!text.contains("Tunnel 1 is preferred"), "{text}");
+}
+
 #[test]
 fn psks_are_in_the_output_and_never_in_errors_or_debug() {
     for f in common::all() {

@@ -189,6 +189,22 @@ fn frr_output_is_accepted_by_bgpd() {
     }
 }
 
+/// With `bgp_ecmp`, bgpd takes the `maximum-paths 2` line too.
+#[test]
+fn frr_ecmp_output_is_accepted_by_bgpd() {
+    let mut f = common::bgp_dual();
+    f.connection.bgp_ecmp = true;
+    let text = render(Format::Frr, &f.ctx()).unwrap();
+    let wd = Workdir::new("peerconf-frr-ecmp").unwrap();
+    let ns = Netns::new("pcfrre").unwrap();
+    let frr = Frr::start(&ns, &wd.subdir("frr").unwrap(), &text).unwrap();
+    let running = frr.vtysh("show running-config").unwrap();
+    assert!(
+        running.lines().any(|l| l.trim() == "maximum-paths 2"),
+        "maximum-paths missing in:\n{running}"
+    );
+}
+
 /// The rendered swanctl.conf on the on-premises strongSwan negotiates both tunnels with
 /// a strongSwan standing in for vpngw, configured independently from the tunnels'
 /// vpngw-side settings (its keys in hex, so no quoting is shared with the renderer).
