@@ -109,9 +109,25 @@ UPDATE vpn_connections SET doc = json_insert(doc,
     '$.bgp_advertise_learned', json('false'),
     '$.bgp_override_static', json('false'));
 "#,
+    // 5: indexes for what the controller without a node settles after each write
+    // (`unsettled_connections`): evaluating every document's JSON per create was
+    // O(n) per create, O(n²) to create n connections (issue 8).
+    r#"
+CREATE INDEX IF NOT EXISTS vpn_connections_status ON vpn_connections(json_extract(doc, '$.status'));
+CREATE INDEX IF NOT EXISTS tunnels_state ON tunnels(json_extract(doc, '$.state'));
+"#,
 ];
 
 const MAX_LOGS_PER_CONNECTION: i64 = 10_000;
+
+/// [`Store::unsettled_connections`]: (seq, doc) of connections in `creating`/`updating`
+/// or with a tunnel in `updating`, through the indexes of migration 5.
+const UNSETTLED: &str = "SELECT seq, doc FROM vpn_connections
+     WHERE json_extract(doc, '$.status') IN ('creating', 'updating')
+     UNION
+     SELECT c.seq, c.doc FROM tunnels t JOIN vpn_connections c ON c.id = t.connection_id
+     WHERE json_extract(t.doc, '$.state') = 'updating'
+     ORDER BY 1";
 
 /// The SQLite [`Store`].
 #[derive(Clone)]
@@ -824,17 +840,11 @@ impl Store for SqliteStore {
 
     async fn unsettled_connections(&self) -> Result<Vec<VpnConnection>> {
         self.call(move |tx| {
-            // The filter runs in SQLite over the stored text; only the few matching
-            // connections are deserialised.
-            let mut stmt = tx.prepare_cached(
-                "SELECT doc FROM vpn_connections
-                 WHERE json_extract(doc, '$.status') IN ('creating', 'updating')
-                    OR id IN (SELECT connection_id FROM tunnels
-                              WHERE json_extract(doc, '$.state') = 'updating')
-                 ORDER BY seq",
-            )?;
+            // Both filters are on indexed expressions (migration 5): the cost follows
+            // the few unsettled connections, not all of them.
+            let mut stmt = tx.prepare_cached(UNSETTLED)?;
             let docs = stmt
-                .query_map([], |r| r.get::<_, String>(0))?
+                .query_map([], |r| r.get::<_, String>(1))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             docs.iter().map(|d| load_connection(tx, d)).collect()
         })
@@ -1331,6 +1341,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn unsettled_connections_query_uses_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let conn = s.conn.lock().unwrap();
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {UNSETTLED}"))
+            .unwrap();
+        let plan: Vec<String> = stmt
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        // A SCAN of either table is O(rows) per call: once per create (issue 8).
+        assert!(plan.iter().all(|p| !p.starts_with("SCAN")), "{plan:#?}");
+        assert!(
+            plan.iter()
+                .any(|p| p.contains("USING INDEX vpn_connections_status")),
+            "{plan:#?}"
+        );
+        assert!(
+            plan.iter().any(|p| p.contains("USING INDEX tunnels_state")),
+            "{plan:#?}"
+        );
+    }
+
+    #[test]
     fn migrates_a_version_1_database() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v1.db");
@@ -1413,7 +1449,7 @@ mod tests {
         }
         let s = SqliteStore::open_file(&path).unwrap();
         let conn = s.conn.lock().unwrap();
-        assert_eq!(current_version(&conn).unwrap(), 4);
+        assert_eq!(current_version(&conn).unwrap(), MIGRATIONS.len());
         let doc = |id: &str| -> serde_json::Value {
             let d: String = conn
                 .query_row("SELECT doc FROM vpn_connections WHERE id = ?1", [id], |r| {
