@@ -534,6 +534,14 @@ fn vpngw_pair_uses_esp_in_udp_with_gso_and_gro() {
         r.bits_per_second / 1e6
     );
 
+    for (name, gw) in [("A", &p.gw_a), ("B", &p.gw_b)] {
+        let (_, text) = gw.call_text("GET", "/metrics", None);
+        let busy: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("vpngw_dataplane") && !l.ends_with(" 0"))
+            .collect();
+        println!("{name}: {busy:#?}");
+    }
     let m = |gw: &Gateway, name: &str| metric(gw, name);
     for gw in [&p.gw_a, &p.gw_b] {
         assert_eq!(m(gw, r#"vpngw_dataplane_packets_total{path="esp_tx"}"#), 0);
