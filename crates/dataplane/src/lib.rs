@@ -101,7 +101,7 @@ pub use netlink::{AddMode, Netlink, NetlinkError, RouteSpec, RuleSpec};
 pub use policy::{PolicyRule, PolicyTable};
 pub use route::{RouteReader, RouteTable, SharedRoutes};
 pub use sock::{
-    BatchSocket, Datagram, GroScratch, MsgScratch, Received, SendOutcome, SockKind,
-    SocketOptions, udp_gso_supported,
+    BatchSocket, Datagram, GroScratch, MsgScratch, Received, SendOutcome, SockKind, SocketOptions,
+    udp_gso_supported,
 };
 pub use tun::{Tun, TunConfig};
