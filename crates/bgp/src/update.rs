@@ -585,23 +585,21 @@ impl PathAttrs {
             let tw = ErrorAction::TreatAsWithdraw;
             let discard = ErrorAction::AttributeDiscard;
             // RFC 7606 §3 c: O/T bits in conflict with the type.
-            if let Some(expected) = expected_flags(type_code) {
-                if flags & (flags::OPTIONAL | flags::TRANSITIVE) != expected {
-                    // MP attributes carry NLRI we could not otherwise find:
-                    // RFC 7606 §5.3 makes their errors a session reset.
-                    if matches!(type_code, t::MP_REACH_NLRI | t::MP_UNREACH_NLRI) {
-                        return Err(
-                            UpdateError::MalformedAttributeList("MP attribute flags").into()
-                        );
-                    }
-                    // RFC 6793 §6: a malformed AS4_* attribute is discarded.
-                    if matches!(type_code, t::AS4_PATH | t::AS4_AGGREGATOR) {
-                        errors.push(err(AttrErrorKind::Flags(flags), discard));
-                        continue;
-                    }
-                    errors.push(err(AttrErrorKind::Flags(flags), tw));
+            if let Some(expected) = expected_flags(type_code)
+                && flags & (flags::OPTIONAL | flags::TRANSITIVE) != expected
+            {
+                // MP attributes carry NLRI we could not otherwise find:
+                // RFC 7606 §5.3 makes their errors a session reset.
+                if matches!(type_code, t::MP_REACH_NLRI | t::MP_UNREACH_NLRI) {
+                    return Err(UpdateError::MalformedAttributeList("MP attribute flags").into());
+                }
+                // RFC 6793 §6: a malformed AS4_* attribute is discarded.
+                if matches!(type_code, t::AS4_PATH | t::AS4_AGGREGATOR) {
+                    errors.push(err(AttrErrorKind::Flags(flags), discard));
                     continue;
                 }
+                errors.push(err(AttrErrorKind::Flags(flags), tw));
+                continue;
             }
             let len = value.len();
             let mut v = Reader::new(value);

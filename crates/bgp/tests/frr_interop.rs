@@ -136,15 +136,17 @@ fn drive(mut s: Session, cmds: Receiver<Cmd>, events: Sender<Event>) {
     s.start(Instant::now());
     loop {
         let now = Instant::now();
-        if let Some(Ok((t, from))) = listener.as_ref().map(TcpListener::accept) {
-            if tcp.is_none() && s.wants_connection() && from.ip() == s.config().peer_addr {
-                t.set_nonblocking(false).unwrap();
-                t.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-                tcp = Some(t);
-                s.handle_connected(now);
-            }
-            // Otherwise `t` drops here: connection closed.
+        if let Some(Ok((t, from))) = listener.as_ref().map(TcpListener::accept)
+            && tcp.is_none()
+            && s.wants_connection()
+            && from.ip() == s.config().peer_addr
+        {
+            t.set_nonblocking(false).unwrap();
+            t.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            tcp = Some(t);
+            s.handle_connected(now);
         }
+        // Otherwise `t` drops here: connection closed.
         match cmds.try_recv() {
             Ok(Cmd::Advertise(p)) => s.advertise(now, &p),
             Ok(Cmd::Withdraw(p)) => s.withdraw(now, &p),
@@ -178,11 +180,11 @@ fn drive(mut s: Session, cmds: Receiver<Cmd>, events: Sender<Event>) {
         }
         // Transmit first, then events (so a NOTIFICATION precedes Close).
         while let Some(bytes) = s.poll_transmit() {
-            if let Some(t) = tcp.as_mut() {
-                if t.write_all(&bytes).is_err() {
-                    tcp = None;
-                    s.handle_closed(Instant::now());
-                }
+            if let Some(t) = tcp.as_mut()
+                && t.write_all(&bytes).is_err()
+            {
+                tcp = None;
+                s.handle_closed(Instant::now());
             }
         }
         while let Some(ev) = s.poll_event() {

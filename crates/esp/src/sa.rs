@@ -613,7 +613,7 @@ impl InboundSa {
                 "esp payload",
             )))?;
         // RFC 4303 §2.4: the ciphertext is whole cipher blocks, and 4-byte aligned.
-        if (ct_end - ct_start) % t.align != 0 {
+        if !(ct_end - ct_start).is_multiple_of(t.align) {
             return Err(EspError::Malformed(crate::wire::WireError::Malformed(
                 "esp ciphertext length",
             )));

@@ -503,10 +503,10 @@ impl Endpoint {
             self.pacing.finished(ip);
         }
         if sa.dead {
-            if let Some(k) = sa.half_open_key {
-                if self.half_open.get(&k) == Some(&sa.our_spi()) {
-                    self.half_open.remove(&k);
-                }
+            if let Some(k) = sa.half_open_key
+                && self.half_open.get(&k) == Some(&sa.our_spi())
+            {
+                self.half_open.remove(&k);
             }
             for c in &sa.children {
                 self.io.child_spis.remove(&c.sa.spi_in);
@@ -526,10 +526,11 @@ impl Endpoint {
                 .sas
                 .of_peer(peer)
                 .any(|(_, s)| !s.dead && !s.retiring && s.linger_until.is_none());
-            if !live && cfg.version == IkeVersion::V2 {
-                if let Err(e) = self.start_init(now, peer, cfg) {
-                    tracing::warn!(%peer, error = %e, "queued initiation failed");
-                }
+            if !live
+                && cfg.version == IkeVersion::V2
+                && let Err(e) = self.start_init(now, peer, cfg)
+            {
+                tracing::warn!(%peer, error = %e, "queued initiation failed");
             }
         }
     }
@@ -701,10 +702,12 @@ impl Endpoint {
                 );
                 sa.tasks.push_front(Task::DeleteChildren(expired));
             }
-            if let Some(i) = sa.cfg.dpd_interval {
-                if sa.pending.is_none() && sa.tasks.is_empty() && now >= sa.last_rx + i {
-                    sa.tasks.push_back(Task::Dpd);
-                }
+            if let Some(i) = sa.cfg.dpd_interval
+                && sa.pending.is_none()
+                && sa.tasks.is_empty()
+                && now >= sa.last_rx + i
+            {
+                sa.tasks.push_back(Task::Dpd);
             }
         }
         self.next_task(now, sa);

@@ -420,19 +420,20 @@ impl Endpoint {
             let wanted = <[u8; 2]>::try_from(n.data.as_slice())
                 .ok()
                 .map(u16::from_be_bytes);
-            if wanted == Some(ours.dh.iana_id()) && st.dh.group() != ours.dh {
-                if let Ok(dh) = self.io.dh(ours.dh) {
-                    st.dh = dh;
-                    sa.pending = None;
-                    self.io.log(
-                        peer,
-                        Level::Info,
-                        "invalid_ke",
-                        format!("peer requested DH group {}; retrying", ours.dh.name()),
-                    );
-                    self.send_init(now, sa);
-                    return;
-                }
+            if wanted == Some(ours.dh.iana_id())
+                && st.dh.group() != ours.dh
+                && let Ok(dh) = self.io.dh(ours.dh)
+            {
+                st.dh = dh;
+                sa.pending = None;
+                self.io.log(
+                    peer,
+                    Level::Info,
+                    "invalid_ke",
+                    format!("peer requested DH group {}; retrying", ours.dh.name()),
+                );
+                self.send_init(now, sa);
+                return;
             }
             let g = wanted.map_or_else(|| "?".to_string(), group_name);
             self.io.fail(
@@ -1214,13 +1215,14 @@ impl Endpoint {
     ) {
         let h = msg.header;
         let id = h.message_id;
-        if let Some((rid, bytes)) = &sa.last_response {
-            if *rid == id && id.wrapping_add(1) == sa.peer_msg_id {
-                // RFC 7296 §2.1: a retransmitted request gets the cached response.
-                self.io.stats.duplicate_requests += 1;
-                self.io.send(local, remote, bytes.clone());
-                return;
-            }
+        if let Some((rid, bytes)) = &sa.last_response
+            && *rid == id
+            && id.wrapping_add(1) == sa.peer_msg_id
+        {
+            // RFC 7296 §2.1: a retransmitted request gets the cached response.
+            self.io.stats.duplicate_requests += 1;
+            self.io.send(local, remote, bytes.clone());
+            return;
         }
         if id != sa.peer_msg_id || sa.linger_until.is_some() {
             self.io.stats.unexpected += 1;

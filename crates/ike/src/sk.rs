@@ -140,7 +140,7 @@ impl SkCrypto {
             if !mac.verify(&[&bytes[..bytes.len() - icv_len]], icv) {
                 return Err(SkError::Integrity);
             }
-            if ct_len % encr.block_len().max(1) != 0 {
+            if !ct_len.is_multiple_of(encr.block_len().max(1)) {
                 return Err(DecodeError::InvalidLength("SK ciphertext").into());
             }
             self.inb

@@ -127,11 +127,11 @@ pub fn narrow(proposed: &[TrafficSelector], ours: &[TsRange]) -> Vec<TsRange> {
     let mut out: Vec<TsRange> = Vec::new();
     for p in proposed.iter().filter_map(TsRange::from_wire) {
         for o in ours {
-            if let Some(i) = p.intersect(o) {
-                if !out.iter().any(|x| x.contains(&i)) {
-                    out.retain(|x| !i.contains(x));
-                    out.push(i);
-                }
+            if let Some(i) = p.intersect(o)
+                && !out.iter().any(|x| x.contains(&i))
+            {
+                out.retain(|x| !i.contains(x));
+                out.push(i);
             }
         }
     }

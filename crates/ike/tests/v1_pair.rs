@@ -181,7 +181,7 @@ fn algorithm_matrix_establishes_with_matching_keys() {
         for (j, integ) in Integ::ALL.into_iter().enumerate() {
             let dh = groups[(i + j) % 3];
             let pfs = ((i + j) % 2 == 0).then_some(groups[(i + 2 * j) % 3]);
-            let mut a = v1(if n % 3 == 0 {
+            let mut a = v1(if n.is_multiple_of(3) {
                 V1Mode::Aggressive
             } else {
                 V1Mode::Main
@@ -189,7 +189,7 @@ fn algorithm_matrix_establishes_with_matching_keys() {
             a.ike = ike(encr, integ, dh);
             a.esp = EspProposal { encr, integ, pfs };
             let mut p = Pair::with_seed(a.clone(), mirror(&a), n + 100);
-            if n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 p.initiate_a();
             } else {
                 p.initiate_b();

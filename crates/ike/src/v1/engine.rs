@@ -238,14 +238,12 @@ impl Engine {
             if let Some(k) = self.half_open.get(&(remote, h.cky_i)).copied() {
                 // A retransmitted (or late) message 1 of an SA we already have.
                 cx.io.stats.duplicate_requests += 1;
-                if let Some(sa) = self.sas.get_mut(&k) {
-                    if sa.p1_last_rcvd.as_deref() == Some(data)
-                        && resend_due(cx, now, &mut sa.p1_sent_at)
-                    {
-                        if let Some(b) = sa.p1_last_sent.clone() {
-                            cx.io.send(sa.local, sa.remote, b);
-                        }
-                    }
+                if let Some(sa) = self.sas.get_mut(&k)
+                    && sa.p1_last_rcvd.as_deref() == Some(data)
+                    && resend_due(cx, now, &mut sa.p1_sent_at)
+                    && let Some(b) = sa.p1_last_sent.clone()
+                {
+                    cx.io.send(sa.local, sa.remote, b);
                 }
                 return;
             }
@@ -584,10 +582,10 @@ impl Engine {
         let mut sa = P1Sa::new(
             peer, cfg, false, mode, h.cky_i, cky_r, local, remote, state, now,
         );
-        if let Some(ours) = choice.lifetime.filter(|l| !l.is_zero()) {
-            if sa.lifetime.is_zero() || ours < sa.lifetime {
-                sa.lifetime = ours;
-            }
+        if let Some(ours) = choice.lifetime.filter(|l| !l.is_zero())
+            && (sa.lifetime.is_zero() || ours < sa.lifetime)
+        {
+            sa.lifetime = ours;
         }
         sa.hs.sai_b = chain.first(PayloadType::SA).unwrap_or_default().to_vec();
         note_vids(&mut sa, &chain);
@@ -663,10 +661,10 @@ fn on_phase1(
     // RFC 2408 §5: a retransmitted message gets our last answer again.
     if sa.p1_last_rcvd.as_deref() == Some(data) {
         cx.io.stats.duplicate_requests += 1;
-        if resend_due(cx, now, &mut sa.p1_sent_at) {
-            if let Some(b) = sa.p1_last_sent.clone() {
-                cx.io.send(sa.local, sa.remote, b);
-            }
+        if resend_due(cx, now, &mut sa.p1_sent_at)
+            && let Some(b) = sa.p1_last_sent.clone()
+        {
+            cx.io.send(sa.local, sa.remote, b);
         }
         return;
     }
@@ -967,10 +965,10 @@ fn am3(
 fn check_p1_answer(sa: &mut P1Sa, answer: &SaPayload) -> Result<(), Fail> {
     match p1_check_answer(answer, &sa.cfg) {
         Ok(life) => {
-            if let Some(l) = life.filter(|l| !l.is_zero()) {
-                if sa.lifetime.is_zero() || l < sa.lifetime {
-                    sa.lifetime = l;
-                }
+            if let Some(l) = life.filter(|l| !l.is_zero())
+                && (sa.lifetime.is_zero() || l < sa.lifetime)
+            {
+                sa.lifetime = l;
             }
             Ok(())
         }
@@ -1335,10 +1333,10 @@ fn start_qm(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa, rekey_of: Option<u32>)
         linger_until: None,
         sent_at: None,
     };
-    if let Some(s) = rekey_of {
-        if let Some(c) = sa.children.iter_mut().find(|c| c.sa.spi_in == s) {
-            c.state = ChildState::Rekeying;
-        }
+    if let Some(s) = rekey_of
+        && let Some(c) = sa.children.iter_mut().find(|c| c.sa.spi_in == s)
+    {
+        c.state = ChildState::Rekeying;
     }
     cx.io.log(
         Some(sa.peer),
@@ -1388,10 +1386,10 @@ fn on_quick(
     let fresh = qm.last_rcvd.is_empty() && qm.last_sent.is_none();
     if qm.last_rcvd == data {
         cx.io.stats.duplicate_requests += 1;
-        if resend_due(cx, now, &mut qm.sent_at) {
-            if let Some(b) = qm.last_sent.clone() {
-                cx.io.send(sa.local, sa.remote, b);
-            }
+        if resend_due(cx, now, &mut qm.sent_at)
+            && let Some(b) = qm.last_sent.clone()
+        {
+            cx.io.send(sa.local, sa.remote, b);
         }
         sa.qms.insert(mid, qm);
         return;
@@ -1663,10 +1661,10 @@ fn qm2(
     let fail = |cx: &mut Cx<'_>, sa: &mut P1Sa, reason: String| {
         cx.io.fail(Some(sa.peer), Phase::Phase2, reason);
         cx.io.child_spis.remove(&spi_in);
-        if let Some(s) = rekey_of {
-            if let Some(c) = sa.children.iter_mut().find(|c| c.sa.spi_in == s) {
-                c.state = ChildState::Installed;
-            }
+        if let Some(s) = rekey_of
+            && let Some(c) = sa.children.iter_mut().find(|c| c.sa.spi_in == s)
+        {
+            c.state = ChildState::Installed;
         }
     };
     let answer = c
@@ -1732,18 +1730,17 @@ fn qm2(
     // RFC 2407 §4.6.3.1: a responder may enforce a shorter lifetime.
     let mut lifetime = sa.cfg.child_lifetime;
     for n in c.all(PayloadType::N).filter_map(|b| Notify::decode(b).ok()) {
-        if n.msg_type == NotifyType::RESPONDER_LIFETIME {
-            if let Some(l) = responder_lifetime(&n.data) {
-                if lifetime.is_zero() || l < lifetime {
-                    lifetime = l;
-                }
-            }
-        }
-    }
-    if let Some(l) = life.filter(|l| !l.is_zero()) {
-        if lifetime.is_zero() || l < lifetime {
+        if n.msg_type == NotifyType::RESPONDER_LIFETIME
+            && let Some(l) = responder_lifetime(&n.data)
+            && (lifetime.is_zero() || l < lifetime)
+        {
             lifetime = l;
         }
+    }
+    if let Some(l) = life.filter(|l| !l.is_zero())
+        && (lifetime.is_zero() || l < lifetime)
+    {
+        lifetime = l;
     }
     let Some(keys) = sa.keys.clone() else {
         return Outcome::Drop;
@@ -2086,17 +2083,16 @@ fn on_notify(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa, n: &Notify) {
                     return;
                 }
                 for m in mids {
-                    if let Some(q) = sa.qms.remove(&m) {
-                        if let QmState::I2 {
+                    if let Some(q) = sa.qms.remove(&m)
+                        && let QmState::I2 {
                             spi_in, rekey_of, ..
                         } = q.state
+                    {
+                        cx.io.child_spis.remove(&spi_in);
+                        if let Some(s) = rekey_of
+                            && let Some(c) = sa.children.iter_mut().find(|c| c.sa.spi_in == s)
                         {
-                            cx.io.child_spis.remove(&spi_in);
-                            if let Some(s) = rekey_of {
-                                if let Some(c) = sa.children.iter_mut().find(|c| c.sa.spi_in == s) {
-                                    c.state = ChildState::Installed;
-                                }
-                            }
+                            c.state = ChildState::Installed;
                         }
                     }
                 }
@@ -2210,47 +2206,47 @@ fn on_delete(cx: &mut Cx<'_>, sa: &mut P1Sa, d: &Delete) {
 // ---- timers ---------------------------------------------------------------------------
 
 fn sa_timers(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
-    if let Some(r) = &mut sa.retx {
-        if now >= r.next {
-            if r.step(now, cx.ecfg) {
-                cx.io.stats.retransmits += 1;
-                let (b, what, n) = (r.bytes.clone(), r.what, r.tries);
+    if let Some(r) = &mut sa.retx
+        && now >= r.next
+    {
+        if r.step(now, cx.ecfg) {
+            cx.io.stats.retransmits += 1;
+            let (b, what, n) = (r.bytes.clone(), r.what, r.tries);
+            cx.io.log(
+                Some(sa.peer),
+                Level::Debug,
+                "retransmit",
+                format!("retransmitting {} {what} (try {n})", mode_name(sa.mode)),
+            );
+            cx.io.send(sa.local, sa.remote, b);
+        } else {
+            let what = r.what;
+            if sa.initiator {
+                cx.io.fail(
+                    Some(sa.peer),
+                    Phase::Phase1,
+                    format!(
+                        "peer {} did not answer {} {what} (waiting for {})",
+                        sa.remote,
+                        mode_name(sa.mode),
+                        sa.state.waiting_for()
+                    ),
+                );
+            } else {
                 cx.io.log(
                     Some(sa.peer),
-                    Level::Debug,
-                    "retransmit",
-                    format!("retransmitting {} {what} (try {n})", mode_name(sa.mode)),
+                    Level::Warn,
+                    "half_open_timeout",
+                    format!(
+                        "peer {} abandoned {} before {}",
+                        sa.remote,
+                        mode_name(sa.mode),
+                        sa.state.waiting_for()
+                    ),
                 );
-                cx.io.send(sa.local, sa.remote, b);
-            } else {
-                let what = r.what;
-                if sa.initiator {
-                    cx.io.fail(
-                        Some(sa.peer),
-                        Phase::Phase1,
-                        format!(
-                            "peer {} did not answer {} {what} (waiting for {})",
-                            sa.remote,
-                            mode_name(sa.mode),
-                            sa.state.waiting_for()
-                        ),
-                    );
-                } else {
-                    cx.io.log(
-                        Some(sa.peer),
-                        Level::Warn,
-                        "half_open_timeout",
-                        format!(
-                            "peer {} abandoned {} before {}",
-                            sa.remote,
-                            mode_name(sa.mode),
-                            sa.state.waiting_for()
-                        ),
-                    );
-                }
-                sa.dead = true;
-                return;
             }
+            sa.dead = true;
+            return;
         }
     }
     qm_timers(cx, now, sa);
@@ -2331,42 +2327,42 @@ fn qm_timers(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
         if q.linger_until.is_some_and(|t| now >= t) {
             continue;
         }
-        if let Some(r) = &mut q.retx {
-            if now >= r.next {
-                if r.step(now, cx.ecfg) {
-                    cx.io.stats.retransmits += 1;
-                    cx.io.send(sa.local, sa.remote, r.bytes.clone());
-                } else {
-                    let what = r.what;
-                    match q.state {
-                        QmState::I2 {
-                            spi_in, rekey_of, ..
-                        } => {
-                            cx.io.fail(
-                                Some(sa.peer),
-                                Phase::Phase2,
-                                format!("peer {} did not answer {what}", sa.remote),
-                            );
-                            cx.io.child_spis.remove(&spi_in);
-                            if let Some(s) = rekey_of {
-                                if let Some(c) = sa.children.iter_mut().find(|c| c.sa.spi_in == s) {
-                                    c.state = ChildState::Installed;
-                                }
-                            }
+        if let Some(r) = &mut q.retx
+            && now >= r.next
+        {
+            if r.step(now, cx.ecfg) {
+                cx.io.stats.retransmits += 1;
+                cx.io.send(sa.local, sa.remote, r.bytes.clone());
+            } else {
+                let what = r.what;
+                match q.state {
+                    QmState::I2 {
+                        spi_in, rekey_of, ..
+                    } => {
+                        cx.io.fail(
+                            Some(sa.peer),
+                            Phase::Phase2,
+                            format!("peer {} did not answer {what}", sa.remote),
+                        );
+                        cx.io.child_spis.remove(&spi_in);
+                        if let Some(s) = rekey_of
+                            && let Some(c) = sa.children.iter_mut().find(|c| c.sa.spi_in == s)
+                        {
+                            c.state = ChildState::Installed;
                         }
-                        QmState::R3 { child, .. } => {
-                            cx.io.child_spis.remove(&child.spi_in);
-                            cx.io.log(
-                                Some(sa.peer),
-                                Level::Warn,
-                                "phase2_abandoned",
-                                "peer never sent quick mode message 3".into(),
-                            );
-                        }
-                        QmState::Done => {}
                     }
-                    continue;
+                    QmState::R3 { child, .. } => {
+                        cx.io.child_spis.remove(&child.spi_in);
+                        cx.io.log(
+                            Some(sa.peer),
+                            Level::Warn,
+                            "phase2_abandoned",
+                            "peer never sent quick mode message 3".into(),
+                        );
+                    }
+                    QmState::Done => {}
                 }
+                continue;
             }
         }
         sa.qms.insert(mid, q);

@@ -20,19 +20,19 @@ use crate::{
 /// to the same values.
 pub fn decode(data: &[u8]) {
     let body = data.get(HEADER_LEN..).unwrap_or_default();
-    if let Ok(h) = Header::parse(data) {
-        if let Ok(c) = Chain::decode(h.next, body, false) {
-            let again = encode_plain(h, &c.payloads);
-            let h2 = Header::parse(&again).ok();
-            let c2 = h2.and_then(|h2| Chain::decode(h2.next, &again[HEADER_LEN..], false).ok());
-            assert_eq!(
-                c2.map(|c| c.payloads),
-                Some(c.payloads.clone()),
-                "re-encoding changed the chain"
-            );
-            for p in &c.payloads {
-                bodies(p.ptype, &p.body);
-            }
+    if let Ok(h) = Header::parse(data)
+        && let Ok(c) = Chain::decode(h.next, body, false)
+    {
+        let again = encode_plain(h, &c.payloads);
+        let h2 = Header::parse(&again).ok();
+        let c2 = h2.and_then(|h2| Chain::decode(h2.next, &again[HEADER_LEN..], false).ok());
+        assert_eq!(
+            c2.map(|c| c.payloads),
+            Some(c.payloads.clone()),
+            "re-encoding changed the chain"
+        );
+        for p in &c.payloads {
+            bodies(p.ptype, &p.body);
         }
     }
     let _ = Chain::decode(

@@ -276,7 +276,7 @@ pub fn cbc_seal(cipher: &Cipher, iv: &[u8], mut plain: Vec<u8>) -> Vec<u8> {
 /// positive multiple of the block size.
 pub fn cbc_open(cipher: &Cipher, iv: &[u8], ct: &[u8]) -> Option<Vec<u8>> {
     let block = cipher.encr().block_len().max(1);
-    if ct.is_empty() || ct.len() % block != 0 || iv.len() != block {
+    if ct.is_empty() || !ct.len().is_multiple_of(block) || iv.len() != block {
         return None;
     }
     let mut buf = ct.to_vec();
