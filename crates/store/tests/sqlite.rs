@@ -82,6 +82,15 @@ fn open(dir: &tempfile::TempDir) -> Arc<dyn Store> {
     Arc::new(SqliteStore::open(&dir.path().join("data")).unwrap())
 }
 
+/// Gateway `vpn-a` and customer gateway `cgw-a`, stored: what most tests start from.
+async fn stored_gateway_and_cgw(s: &Arc<dyn Store>) -> (VpnGateway, [CustomerGateway; 1]) {
+    let gw = gateway("vpn-a", "hq");
+    let cgws = [cgw("cgw-a")];
+    s.create_gateway(&gw, None).await.unwrap();
+    s.create_customer_gateway(&cgws[0], None).await.unwrap();
+    (gw, cgws)
+}
+
 #[tokio::test]
 async fn creates_private_data_dir_and_db_and_migrates_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -250,10 +259,7 @@ async fn failed_connection_write_leaves_nothing() {
 async fn tunnel_cidrs_unique_per_gateway() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir);
-    let gw = gateway("vpn-a", "hq");
-    let cgws = [cgw("cgw-a")];
-    s.create_gateway(&gw, None).await.unwrap();
-    s.create_customer_gateway(&cgws[0], None).await.unwrap();
+    let (gw, cgws) = stored_gateway_and_cgw(&s).await;
     let a = connection(
         "vco-a",
         &gw,
@@ -278,10 +284,7 @@ async fn tunnel_cidrs_unique_per_gateway() {
 async fn deletes_in_use_are_conflicts() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir);
-    let gw = gateway("vpn-a", "hq");
-    let cgws = [cgw("cgw-a")];
-    s.create_gateway(&gw, None).await.unwrap();
-    s.create_customer_gateway(&cgws[0], None).await.unwrap();
+    let (gw, cgws) = stored_gateway_and_cgw(&s).await;
     let conn = connection("vco-a", &gw, &cgws, ["cgw-a", "cgw-a"], None);
     s.create_connection(&conn, None).await.unwrap();
     let route = RouteSpec {
@@ -325,10 +328,7 @@ async fn deletes_in_use_are_conflicts() {
 async fn update_connection_keeps_observed_status() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir);
-    let gw = gateway("vpn-a", "hq");
-    let cgws = [cgw("cgw-a")];
-    s.create_gateway(&gw, None).await.unwrap();
-    s.create_customer_gateway(&cgws[0], None).await.unwrap();
+    let (gw, cgws) = stored_gateway_and_cgw(&s).await;
     let mut conn = connection("vco-a", &gw, &cgws, ["cgw-a", "cgw-a"], None);
     s.create_connection(&conn, None).await.unwrap();
     let st = TunnelStatus {
@@ -499,10 +499,7 @@ async fn lists_filter_and_page() {
 async fn logs_since_and_limit() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir);
-    let gw = gateway("vpn-a", "hq");
-    let cgws = [cgw("cgw-a")];
-    s.create_gateway(&gw, None).await.unwrap();
-    s.create_customer_gateway(&cgws[0], None).await.unwrap();
+    let (gw, cgws) = stored_gateway_and_cgw(&s).await;
     s.create_connection(
         &connection("vco-a", &gw, &cgws, ["cgw-a", "cgw-a"], None),
         None,
@@ -546,10 +543,7 @@ async fn logs_since_and_limit() {
 async fn tunnel_event_counts_grow_per_tunnel_and_go_with_the_connection() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir);
-    let gw = gateway("vpn-a", "hq");
-    let cgws = [cgw("cgw-a")];
-    s.create_gateway(&gw, None).await.unwrap();
-    s.create_customer_gateway(&cgws[0], None).await.unwrap();
+    let (gw, cgws) = stored_gateway_and_cgw(&s).await;
     for id in ["vco-a", "vco-b"] {
         s.create_connection(&connection(id, &gw, &cgws, ["cgw-a", "cgw-a"], None), None)
             .await
@@ -606,10 +600,7 @@ async fn tunnel_event_counts_grow_per_tunnel_and_go_with_the_connection() {
 async fn bgp_routes_per_tunnel_beside_the_status() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir);
-    let gw = gateway("vpn-a", "hq");
-    let cgws = [cgw("cgw-a")];
-    s.create_gateway(&gw, None).await.unwrap();
-    s.create_customer_gateway(&cgws[0], None).await.unwrap();
+    let (gw, cgws) = stored_gateway_and_cgw(&s).await;
     let conn = connection(
         "vco-a",
         &gw,
@@ -683,10 +674,7 @@ async fn bgp_routes_per_tunnel_beside_the_status() {
 async fn observed_batch_applies_each_write_on_its_own_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir);
-    let gw = gateway("vpn-a", "hq");
-    let cgws = [cgw("cgw-a")];
-    s.create_gateway(&gw, None).await.unwrap();
-    s.create_customer_gateway(&cgws[0], None).await.unwrap();
+    let (gw, cgws) = stored_gateway_and_cgw(&s).await;
     s.create_connection(
         &connection("vco-a", &gw, &cgws, ["cgw-a", "cgw-a"], None),
         None,
@@ -745,10 +733,7 @@ async fn observed_batch_applies_each_write_on_its_own_in_order() {
 async fn unsettled_connections_are_those_in_transition() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir);
-    let gw = gateway("vpn-a", "hq");
-    let cgws = [cgw("cgw-a")];
-    s.create_gateway(&gw, None).await.unwrap();
-    s.create_customer_gateway(&cgws[0], None).await.unwrap();
+    let (gw, cgws) = stored_gateway_and_cgw(&s).await;
     for id in ["vco-a", "vco-b", "vco-c", "vco-d"] {
         s.create_connection(&connection(id, &gw, &cgws, ["cgw-a", "cgw-a"], None), None)
             .await
