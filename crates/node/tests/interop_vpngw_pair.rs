@@ -89,6 +89,48 @@ impl Pair {
             _workdir: workdir,
         }
     }
+
+    /// Site A's side of a connection to B (see [`configure`]).
+    fn configure_a(
+        &self,
+        mode: &str,
+        initiate: bool,
+        child_lifetime_s: u32,
+        tunnel: Value,
+    ) -> String {
+        configure(
+            &self.gw_a,
+            A_PUB,
+            A_NET,
+            B_PUB,
+            B_NET,
+            mode,
+            initiate,
+            child_lifetime_s,
+            tunnel,
+        )
+    }
+
+    /// Site B's side of a connection to A (see [`configure`]).
+    fn configure_b(
+        &self,
+        mode: &str,
+        initiate: bool,
+        child_lifetime_s: u32,
+        tunnel: Value,
+    ) -> String {
+        configure(
+            &self.gw_b,
+            B_PUB,
+            B_NET,
+            A_PUB,
+            A_NET,
+            mode,
+            initiate,
+            child_lifetime_s,
+            tunnel,
+        )
+    }
 }
 
 /// Configures one side: its gateway, the other side as customer gateway, a
@@ -170,32 +212,12 @@ fn rekeys(gw: &Gateway, conn: &str) -> (usize, usize) {
 fn run_pair(mode: &str, child_lifetime_s: u32) {
     let p = Pair::new();
     // B only responds; A initiates as soon as it is configured.
-    let conn_b = configure(
-        &p.gw_b,
-        B_PUB,
-        B_NET,
-        A_PUB,
-        A_NET,
-        mode,
-        false,
-        child_lifetime_s,
-        json!({}),
-    );
+    let conn_b = p.configure_b(mode, false, child_lifetime_s, json!({}));
     p.gw_b
         .wait_tunnel(&conn_b, "B idle", Duration::from_secs(10), |s| {
             phase(s) == "idle"
         });
-    let conn_a = configure(
-        &p.gw_a,
-        A_PUB,
-        A_NET,
-        B_PUB,
-        B_NET,
-        mode,
-        true,
-        child_lifetime_s,
-        json!({}),
-    );
+    let conn_a = p.configure_a(mode, true, child_lifetime_s, json!({}));
     let ta = p
         .gw_a
         .wait_tunnel(&conn_a, "A established", Duration::from_secs(20), |s| {
@@ -316,23 +338,13 @@ fn vpngw_pair_child_rekeys_both_ways_under_ping_lose_nothing() {
 fn vpngw_pair_dpd_reason_and_phase_while_retrying() {
     let p = Pair::new();
     let mode = "protected_flows";
-    let conn_b = configure(
-        &p.gw_b,
-        B_PUB,
-        B_NET,
-        A_PUB,
-        A_NET,
+    let conn_b = p.configure_b(
         mode,
         false,
         DAY,
         json!({"dpd_interval_s": 2, "dpd_timeout_s": 6}),
     );
-    let conn_a = configure(
-        &p.gw_a,
-        A_PUB,
-        A_NET,
-        B_PUB,
-        B_NET,
+    let conn_a = p.configure_a(
         mode,
         true,
         DAY,
@@ -480,28 +492,8 @@ fn vpngw_pair_both_initiate_end_with_one_ike_sa() {
 fn vpngw_pair_uses_esp_in_udp_with_gso_and_gro() {
     let p = Pair::new();
     let mode = "protected_flows";
-    let conn_b = configure(
-        &p.gw_b,
-        B_PUB,
-        B_NET,
-        A_PUB,
-        A_NET,
-        mode,
-        false,
-        DAY,
-        json!({}),
-    );
-    let conn_a = configure(
-        &p.gw_a,
-        A_PUB,
-        A_NET,
-        B_PUB,
-        B_NET,
-        mode,
-        true,
-        DAY,
-        json!({}),
-    );
+    let conn_b = p.configure_b(mode, false, DAY, json!({}));
+    let conn_a = p.configure_a(mode, true, DAY, json!({}));
     for (gw, conn) in [(&p.gw_a, &conn_a), (&p.gw_b, &conn_b)] {
         gw.wait_tunnel(conn, "established", Duration::from_secs(20), |s| {
             phase(s) == "established"
