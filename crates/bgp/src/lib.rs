@@ -110,7 +110,7 @@ pub use ipnet::Ipv4Net;
 pub use message::{
     Capability, Ctx, Framer, Message, MessageType, Notification, Open, RouteRefresh,
 };
-pub use rib::{PeerId, PeerInfo, Rib, RibConfig, RibDiff, Route, Selected};
+pub use rib::{PeerId, PeerInfo, Rib, RibConfig, RibDiff, Route, Selected, most_preferred};
 pub use session::{
     Config, ConfigError, DEFAULT_LOCAL_ASN, DownReason, Event, RouteChanges, Session, Stats,
 };

@@ -227,19 +227,15 @@ impl Rib {
             .collect();
         // §9.1.2.1 a.. highest degree of preference.
         keep_best(&mut c, |r| std::cmp::Reverse(r.local_pref));
-        // §9.1.2.2 a: shortest AS_PATH.
-        keep_best(&mut c, |r| {
-            r.attrs.as_path.as_ref().map_or(0, |p| p.path_len())
-        });
-        // b: lowest ORIGIN.
-        keep_best(&mut c, |r| r.attrs.origin.unwrap_or(Origin::Incomplete));
-        // c: MED within the same neighbouring AS (missing MED = 0).
-        let meds: Vec<(Option<u32>, u32)> = c.iter().map(|r| (r.neighbor_as(), r.med())).collect();
-        c.retain(|r| {
-            !meds
-                .iter()
-                .any(|(n, m)| *n == r.neighbor_as() && *m < r.med())
-        });
+        // §9.1.2.2 a-c.
+        let attrs: Vec<&PathAttrs> = c.iter().map(|r| &**r.attrs).collect();
+        let keep = most_preferred(&attrs);
+        c = c
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| keep.contains(i))
+            .map(|(_, r)| r)
+            .collect();
         // d: eBGP over iBGP.
         keep_best(&mut c, |r| !r.peer.ebgp);
         // f, g: lowest BGP identifier, then lowest peer address.
@@ -260,22 +256,43 @@ impl Rib {
     }
 }
 
+/// RFC 4271 §9.1.2.2 a-c among routes of equal degree of preference: the indices (in
+/// input order) of the routes that survive, by elimination, the shortest AS_PATH, then
+/// the lowest ORIGIN, then the lowest MED among routes from the same neighbouring AS
+/// (a missing MED is 0; MEDs of different neighbouring ASes are not compared).
+pub fn most_preferred(routes: &[&PathAttrs]) -> Vec<usize> {
+    let path_len = |a: &PathAttrs| a.as_path.as_ref().map_or(0, |p| p.path_len());
+    let origin = |a: &PathAttrs| a.origin.unwrap_or(Origin::Incomplete);
+    let neighbor_as = |a: &PathAttrs| a.as_path.as_ref().and_then(|p| p.first_as());
+    let med = |a: &PathAttrs| a.med.unwrap_or(0);
+    let mut keep: Vec<usize> = (0..routes.len()).collect();
+    // a: shortest AS_PATH.
+    if let Some(best) = keep.iter().map(|&i| path_len(routes[i])).min() {
+        keep.retain(|&i| path_len(routes[i]) == best);
+    }
+    // b: lowest ORIGIN.
+    if let Some(best) = keep.iter().map(|&i| origin(routes[i])).min() {
+        keep.retain(|&i| origin(routes[i]) == best);
+    }
+    // c: MED within the same neighbouring AS.
+    let meds: Vec<(Option<u32>, u32)> = keep
+        .iter()
+        .map(|&i| (neighbor_as(routes[i]), med(routes[i])))
+        .collect();
+    keep.retain(|&i| {
+        !meds
+            .iter()
+            .any(|(n, m)| *n == neighbor_as(routes[i]) && *m < med(routes[i]))
+    });
+    keep
+}
+
 struct Cand<'a> {
     id: PeerId,
     peer: &'a PeerInfo,
     attrs: &'a Arc<PathAttrs>,
     next_hop: Ipv4Addr,
     local_pref: u32,
-}
-
-impl Cand<'_> {
-    fn neighbor_as(&self) -> Option<u32> {
-        self.attrs.as_path.as_ref().and_then(|p| p.first_as())
-    }
-
-    fn med(&self) -> u32 {
-        self.attrs.med.unwrap_or(0)
-    }
 }
 
 fn keep_best<K: Ord>(c: &mut Vec<Cand<'_>>, key: impl Fn(&Cand<'_>) -> K) {

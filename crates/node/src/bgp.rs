@@ -505,7 +505,7 @@ impl Manager {
 
     /// Publishes the packet-path tables, the kernel routes and the status.
     fn publish(&mut self, want: &[BgpSpec], fwd: &Fwd) {
-        let (out, kernel, best) = tables(want, &self.learned, &fwd.keys);
+        let (out, kernel, best) = tables(want, &self.learned, &self.received, &fwd.keys);
         self.shared.fwd.store(Arc::new(out));
         self.kernel_converge(kernel, fwd);
         self.shared.set_status(self.status.clone());
@@ -587,14 +587,20 @@ impl Drop for Manager {
     }
 }
 
-/// The packet-path tables and the kernel routes for what the sessions learned: each
-/// prefix goes to the connection of the first tunnel that learned it, tunnel 1's session
-/// preferred, then to that connection's other tunnel if it learned it too (both at once
-/// with `bgp_ecmp`). Also returns, per prefix, the tunnels whose sessions' routes are in
-/// use (`best`: the first, or both with ECMP).
+/// The packet-path tables and the kernel routes for what the sessions learned. Each
+/// connection that learned a prefix competes with its primary route (tunnel 1's session
+/// if it learned the prefix, else tunnel 2's: the product's primary/secondary roles); the
+/// connection whose route wins RFC 4271 §9.1.2.2 a-c (shortest AS_PATH, lowest ORIGIN,
+/// lowest MED from the same neighbouring AS) gets the prefix, ties to tunnel 1 routes,
+/// then to store order. Its other tunnel, if it learned the prefix too, is the fallback;
+/// with `bgp_ecmp` both carry flows at once, but only while their routes are equally
+/// good and have the same AS_PATH (as FRR's multipath without `multipath-relax`): a
+/// peer that prepends its AS on one tunnel makes that tunnel the backup. Also returns,
+/// per prefix, the tunnels whose sessions' routes are in use (`best`).
 fn tables(
     want: &[BgpSpec],
     learned: &HashMap<String, BTreeSet<Ipv4Net>>,
+    received: &HashMap<String, Vec<(Ipv4Net, Arc<PathAttrs>)>>,
     keys: &HashMap<String, TunnelKey>,
 ) -> (BgpFwd, BTreeSet<Ipv4Net>, BTreeMap<Ipv4Net, Vec<String>>) {
     let mut out = BgpFwd::default();
@@ -603,15 +609,23 @@ fn tables(
             out.links.insert(s.link, *k);
         }
     }
-    // Prefix → (session, tunnel key) candidates in spec order (connections in store
-    // order, tunnel 1 before tunnel 2).
-    let mut by_prefix: BTreeMap<Ipv4Net, Vec<(&BgpSpec, TunnelKey)>> = BTreeMap::new();
+    // A session's Adj-RIB-In comes in prefix order (a BTreeMap walked in order).
+    let attrs_of = |s: &BgpSpec, prefix: &Ipv4Net| -> Option<&PathAttrs> {
+        let rib = received.get(&s.tunnel_id)?;
+        let i = rib.binary_search_by(|(p, _)| p.cmp(prefix)).ok()?;
+        rib.get(i).map(|(_, a)| &**a)
+    };
+    // Prefix → (session, tunnel key, attributes) candidates in spec order (connections
+    // in store order, tunnel 1 before tunnel 2).
+    let mut by_prefix: BTreeMap<Ipv4Net, Vec<(&BgpSpec, TunnelKey, &PathAttrs)>> = BTreeMap::new();
     for s in want {
         let (Some(prefixes), Some(k)) = (learned.get(&s.tunnel_id), keys.get(&s.tunnel_id)) else {
             continue;
         };
         for p in prefixes {
-            by_prefix.entry(*p).or_default().push((s, *k));
+            if let Some(a) = attrs_of(s, p) {
+                by_prefix.entry(*p).or_default().push((s, *k, a));
+            }
         }
     }
     let mut kernel = BTreeSet::new();
@@ -621,26 +635,40 @@ fn tables(
         if prefix.prefix_len() == 0 || out.links.get(prefix).is_some() {
             continue;
         }
-        cands.sort_by_key(|(s, _)| s.tunnel_index);
-        let Some(&(first, k1)) = cands.first() else {
+        // Stable: spec order stays within each tunnel index.
+        cands.sort_by_key(|(s, _, _)| s.tunnel_index);
+        let mut primaries: Vec<(&BgpSpec, TunnelKey, &PathAttrs)> = Vec::new();
+        for c in &cands {
+            if !primaries.iter().any(|(p, _, _)| p.conn_id == c.0.conn_id) {
+                primaries.push(*c);
+            }
+        }
+        let paths: Vec<&PathAttrs> = primaries.iter().map(|(_, _, a)| *a).collect();
+        let Some(&(first, k1, a1)) = bgp::most_preferred(&paths)
+            .first()
+            .and_then(|&i| primaries.get(i))
+        else {
             continue;
         };
         let second = cands
             .iter()
-            .skip(1)
-            .find(|(s, _)| s.conn_id == first.conn_id);
+            .find(|(s, _, _)| s.conn_id == first.conn_id && s.tunnel_id != first.tunnel_id);
+        let ecmp = first.ecmp
+            && second.is_some_and(|(_, _, a2)| {
+                a1.as_path == a2.as_path && bgp::most_preferred(&[a1, a2]).len() == 2
+            });
         let Ok(i) = u32::try_from(out.targets.len()) else {
             break;
         };
         out.targets.push(BgpTarget {
-            tunnels: [Some(k1), second.map(|(_, k)| *k)],
-            ecmp: first.ecmp,
+            tunnels: [Some(k1), second.map(|(_, k, _)| *k)],
+            ecmp,
             override_static: first.override_static,
         });
         out.routes.insert(prefix, i);
         kernel.insert(prefix);
         let mut used = vec![first.tunnel_id.clone()];
-        if let Some((s2, _)) = second.filter(|_| first.ecmp) {
+        if let Some((s2, _, _)) = second.filter(|_| ecmp) {
             used.push(s2.tunnel_id.clone());
         }
         best.insert(prefix, used);
@@ -1223,6 +1251,31 @@ mod tests {
         DateTime::<Utc>::UNIX_EPOCH
     }
 
+    /// Route attributes as a session hands them over: AS path `path`, ORIGIN IGP.
+    fn path_attrs(path: &[u32]) -> Arc<PathAttrs> {
+        Arc::new(PathAttrs {
+            origin: Some(bgp::Origin::Igp),
+            as_path: Some(bgp::AsPath::sequence(path)),
+            next_hop: Some(Ipv4Addr::new(169, 254, 10, 2)),
+            ..Default::default()
+        })
+    }
+
+    /// Every learned prefix with the same attributes: only roles and order decide.
+    fn same_attrs(
+        learned: &HashMap<String, BTreeSet<Ipv4Net>>,
+    ) -> HashMap<String, Vec<(Ipv4Net, Arc<PathAttrs>)>> {
+        learned
+            .iter()
+            .map(|(t, ps)| {
+                (
+                    t.clone(),
+                    ps.iter().map(|p| (*p, path_attrs(&[65530]))).collect(),
+                )
+            })
+            .collect()
+    }
+
     fn fixtures(enable_bgp: bool) -> (VpnGateway, CustomerGateway, VpnConnection) {
         let gw = VpnGatewaySpec {
             name: Some("gw".into()),
@@ -1312,7 +1365,7 @@ mod tests {
                 ]),
             ),
         ]);
-        let (out, kernel, best) = tables(&want, &learned, &keys);
+        let (out, kernel, best) = tables(&want, &learned, &same_attrs(&learned), &keys);
         assert_eq!(
             best.get(&net("10.2.0.0/24")),
             Some(&vec!["tun-1".to_string()])
@@ -1495,7 +1548,7 @@ mod tests {
                 BTreeSet::from([net("10.2.0.0/24"), net("10.3.0.0/16")]),
             ),
         ]);
-        let (out, _, best) = tables(&want, &learned, &keys);
+        let (out, _, best) = tables(&want, &learned, &same_attrs(&learned), &keys);
         let i = out.routes.lookup(Ipv4Addr::new(10, 2, 0, 1)).unwrap();
         assert_eq!(
             out.targets[i as usize],
@@ -1512,7 +1565,7 @@ mod tests {
         assert_eq!(best[&net("10.3.0.0/16")], ["tun-2".to_string()]);
         // Tunnel 1's session withdraws it: tunnel 2 alone.
         let learned = HashMap::from([("tun-2".to_string(), BTreeSet::from([net("10.2.0.0/24")]))]);
-        let (out, _, best) = tables(&want, &learned, &keys);
+        let (out, _, best) = tables(&want, &learned, &same_attrs(&learned), &keys);
         let i = out.routes.lookup(Ipv4Addr::new(10, 2, 0, 1)).unwrap();
         assert_eq!(out.targets[i as usize].tunnels, [Some(12), None]);
         assert_eq!(best[&net("10.2.0.0/24")], ["tun-2".to_string()]);
@@ -1523,6 +1576,90 @@ mod tests {
         assert!(other.same_session(&want[0]));
         other.peer_asn = 65531;
         assert!(!other.same_session(&want[0]));
+    }
+
+    /// RFC 4271 §9.1.2.2 decides between the tunnels' routes: ECMP only over routes with
+    /// the same AS_PATH (a peer prepending on tunnel 2 makes it the backup, not an equal
+    /// path), and between connections the better route wins over store order.
+    #[test]
+    fn ecmp_needs_equal_routes_and_connections_compete_by_as_path() {
+        let (gw, cgw, mut c) = fixtures(true);
+        c.bgp_ecmp = true;
+        let want = specs(
+            std::slice::from_ref(&gw),
+            std::slice::from_ref(&cgw),
+            std::slice::from_ref(&c),
+        );
+        let keys = HashMap::from([("tun-1".to_string(), 11), ("tun-2".to_string(), 12)]);
+        let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        let p = net("10.2.0.0/24");
+        let learned = HashMap::from([
+            ("tun-1".to_string(), BTreeSet::from([p])),
+            ("tun-2".to_string(), BTreeSet::from([p])),
+        ]);
+        let received = |a1: &[u32], a2: &[u32]| {
+            HashMap::from([
+                ("tun-1".to_string(), vec![(p, path_attrs(a1))]),
+                ("tun-2".to_string(), vec![(p, path_attrs(a2))]),
+            ])
+        };
+        let target = |out: &BgpFwd| {
+            let i = out.routes.lookup(Ipv4Addr::new(10, 2, 0, 1)).unwrap();
+            out.targets[i as usize]
+        };
+        // Equal: both tunnels.
+        let (out, _, best) = tables(&want, &learned, &received(&[65530], &[65530]), &keys);
+        assert_eq!(target(&out).tunnels, [Some(11), Some(12)]);
+        assert!(target(&out).ecmp);
+        assert_eq!(best[&p].len(), 2);
+        // Tunnel 2's route prepended: tunnel 1 alone carries flows, 2 is the fallback.
+        let (out, _, best) = tables(&want, &learned, &received(&[65530], &[65530, 65530]), &keys);
+        assert_eq!(target(&out).tunnels, [Some(11), Some(12)]);
+        assert!(!target(&out).ecmp);
+        assert_eq!(best[&p], ["tun-1".to_string()]);
+        // Same length, different AS_PATH: not one multipath set either.
+        let (out, _, _) = tables(&want, &learned, &received(&[65530, 1], &[65530, 2]), &keys);
+        assert!(!target(&out).ecmp);
+
+        // Two connections learn the prefix; the first in store order has the longer path.
+        let mut c2 = c.clone();
+        c2.id = "vco-2".into();
+        c2.bgp_ecmp = false;
+        for (t, (id, link)) in c2
+            .tunnels
+            .iter_mut()
+            .zip([("tun-3", "169.254.30.0/30"), ("tun-4", "169.254.31.0/30")])
+        {
+            t.id = id.into();
+            if let Some(b) = t.bgp.as_mut() {
+                b.tunnel_cidr = net(link);
+                b.local_ip = net(link).hosts().next().unwrap();
+            }
+        }
+        let want = specs(&[gw], &[cgw], &[c, c2]);
+        assert_eq!(want.len(), 4);
+        let keys: HashMap<String, TunnelKey> =
+            [("tun-1", 11), ("tun-2", 12), ("tun-3", 13), ("tun-4", 14)]
+                .into_iter()
+                .map(|(t, k)| (t.to_string(), k))
+                .collect();
+        let learned: HashMap<String, BTreeSet<Ipv4Net>> = ["tun-1", "tun-3"]
+            .into_iter()
+            .map(|t| (t.to_string(), BTreeSet::from([p])))
+            .collect();
+        let received = HashMap::from([
+            (
+                "tun-1".to_string(),
+                vec![(p, path_attrs(&[65530, 65530, 65530]))],
+            ),
+            ("tun-3".to_string(), vec![(p, path_attrs(&[65530]))]),
+        ]);
+        let (out, _, best) = tables(&want, &learned, &received, &keys);
+        assert_eq!(target(&out).tunnels, [Some(13), None]);
+        assert_eq!(best[&p], ["tun-3".to_string()]);
+        // Equal paths: store order (the first connection) as before.
+        let (out, _, _) = tables(&want, &learned, &same_attrs(&learned), &keys);
+        assert_eq!(target(&out).tunnels, [Some(11), None]);
     }
 
     /// bgp_advertise_learned: connection B's sessions re-advertise what A's session
@@ -1584,7 +1721,7 @@ mod tests {
             .iter()
             .map(|(t, r)| (t.clone(), r.iter().map(|(p, _)| *p).collect()))
             .collect();
-        let (_, _, best) = tables(&want, &learned, &keys);
+        let (_, _, best) = tables(&want, &learned, &received, &keys);
         let ex = exports(&want, &best, &received);
         let prefixes = |t: &str| ex[t].iter().map(|(p, _)| *p).collect::<Vec<_>>();
         assert_eq!(
@@ -1620,7 +1757,7 @@ mod tests {
             .get_mut("tun-a")
             .unwrap()
             .remove(&net("10.9.0.0/24"));
-        let (_, _, best) = tables(&want, &learned, &keys);
+        let (_, _, best) = tables(&want, &learned, &received, &keys);
         let ex = exports(&want, &best, &received);
         assert_eq!(
             ex["tun-b"].iter().map(|(p, _)| *p).collect::<Vec<_>>(),
