@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{Netns, Process, Result, wait_until};
+use crate::{Netns, Process, Result, Topology, wait_until};
 
 /// How long `vpngw serve` may take to answer `/healthz` after it is spawned.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -93,6 +93,19 @@ impl Vpngw {
             process,
             data_dir,
         })
+    }
+
+    /// `vpngw serve` with the node in the topology's gateway namespace, its files in the
+    /// topology's work directory (`vpngw/`): what every single-gateway interop test runs.
+    pub fn start_on_gw(topo: &Topology, bin: &str, listen: &str) -> Result<Vpngw> {
+        let dir = topo.workdir.subdir("vpngw")?;
+        let config = VpngwConfig {
+            bin,
+            dir: &dir,
+            listen,
+            extra_args: &[],
+        };
+        Vpngw::start(&topo.gw, &config)
     }
 
     /// The data directory (`store.db`, `admin.token`, …).

@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use lab::vpngw::id;
-use lab::{Frr, StrongSwan, SwanctlChild, SwanctlConn, Topology, Vpngw, VpngwConfig, swanctl};
+use lab::{Frr, StrongSwan, SwanctlChild, SwanctlConn, Topology, Vpngw, swanctl};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vpngw");
@@ -34,14 +34,7 @@ const LINKS: [(&str, &str, &str); 4] = [
 ];
 
 fn serve(topo: &Topology) -> Vpngw {
-    let dir = topo.workdir.subdir("vpngw").unwrap();
-    let config = VpngwConfig {
-        bin: BIN,
-        dir: &dir,
-        listen: LISTEN,
-        extra_args: &[],
-    };
-    Vpngw::start(&topo.gw, &config).unwrap()
+    Vpngw::start_on_gw(topo, BIN, LISTEN).unwrap()
 }
 
 /// One strongSwan connection per tunnel: its own BGP link, plus (`data`) the networks.

@@ -12,9 +12,7 @@
 use std::time::{Duration, Instant};
 
 use lab::vpngw::id;
-use lab::{
-    PingMonitor, StrongSwan, SwanctlChild, SwanctlConn, Topology, Vpngw, VpngwConfig, swanctl,
-};
+use lab::{PingMonitor, StrongSwan, SwanctlChild, SwanctlConn, Topology, Vpngw, swanctl};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vpngw");
@@ -33,14 +31,7 @@ const PING_EVERY: Duration = Duration::from_millis(50);
 
 /// `vpngw serve` in the `gw` namespace (the lab's driver); stopped on drop.
 fn serve(topo: &Topology) -> Vpngw {
-    let dir = topo.workdir.subdir("vpngw").unwrap();
-    let config = VpngwConfig {
-        bin: BIN,
-        dir: &dir,
-        listen: LISTEN,
-        extra_args: &[],
-    };
-    Vpngw::start(&topo.gw, &config).unwrap()
+    Vpngw::start_on_gw(topo, BIN, LISTEN).unwrap()
 }
 
 fn established(t: &Value) -> bool {

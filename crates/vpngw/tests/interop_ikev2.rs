@@ -6,9 +6,7 @@
 use std::time::Duration;
 
 use lab::vpngw::id;
-use lab::{
-    Iperf3Server, StrongSwan, SwanctlChild, SwanctlConn, Topology, Vpngw, VpngwConfig, swanctl,
-};
+use lab::{Iperf3Server, StrongSwan, SwanctlChild, SwanctlConn, Topology, Vpngw, swanctl};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vpngw");
@@ -20,14 +18,7 @@ const LISTEN: &str = "127.0.0.1:9280";
 
 /// `vpngw serve` in the `gw` namespace (the lab's driver); stopped on drop.
 fn serve(topo: &Topology) -> Vpngw {
-    let dir = topo.workdir.subdir("vpngw").unwrap();
-    let config = VpngwConfig {
-        bin: BIN,
-        dir: &dir,
-        listen: LISTEN,
-        extra_args: &[],
-    };
-    Vpngw::start(&topo.gw, &config).unwrap()
+    Vpngw::start_on_gw(topo, BIN, LISTEN).unwrap()
 }
 
 /// Polls the connection's first tunnel until `pred` holds for its status.
