@@ -500,29 +500,40 @@ fn tcp_csum_ok(p: &[u8], ihl: usize) -> bool {
 }
 
 /// RFC 1071 one's-complement sum of `data` as big-endian 16-bit words, added to `init`
-/// (unfolded; [`fold`] it). Works 8 bytes at a time.
+/// (unfolded; [`fold`] it).
+///
+/// RFC 1071 §2(B): the sum is independent of byte order up to a final swap, so the bytes
+/// are added as native-endian 32-bit words into four 64-bit lanes (no carries to track
+/// below 2^32 words, and a loop the compiler vectorises), folded, and swapped once.
 pub fn sum(data: &[u8], init: u64) -> u64 {
-    let mut acc: u128 = u128::from(init);
-    let mut chunks = data.chunks_exact(8);
+    let mut lanes = [0u64; 4];
+    let mut chunks = data.chunks_exact(16);
     for c in &mut chunks {
-        let w = u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        acc += u128::from(w);
+        for (k, lane) in lanes.iter_mut().enumerate() {
+            let w = [c[4 * k], c[4 * k + 1], c[4 * k + 2], c[4 * k + 3]];
+            *lane += u64::from(u32::from_ne_bytes(w));
+        }
     }
     let mut rest = chunks.remainder();
-    let mut tail: u64 = 0;
+    let mut acc = lanes.iter().map(|&l| u128::from(l)).sum::<u128>();
     while let [a, b, r @ ..] = rest {
-        tail += u64::from(u16::from_be_bytes([*a, *b]));
+        acc += u128::from(u16::from_ne_bytes([*a, *b]));
         rest = r;
     }
     if let [a] = rest {
-        tail += u64::from(*a) << 8;
+        acc += u128::from(u16::from_ne_bytes([*a, 0]));
     }
-    acc += u128::from(tail);
-    // Fold 128 → 64 bits keeping end-around carries (the sum of 16-bit words is
-    // invariant under folding at 16-bit multiples).
-    let mut s = (acc as u64 as u128) + (acc >> 64);
-    s = (s as u64 as u128) + (s >> 64);
-    s as u64
+    // Fold to 16 bits at 16-bit multiples (the end-around carries stay in the sum).
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    let native = acc as u16;
+    let be = if cfg!(target_endian = "little") {
+        native.swap_bytes()
+    } else {
+        native
+    };
+    u64::from(be) + init
 }
 
 /// Folds a sum from [`sum`] to 16 bits (not complemented).

@@ -86,6 +86,9 @@ pub struct Received {
     pub malformed: usize,
     /// With `UDP_GRO`: messages that carried more than one datagram.
     pub coalesced: usize,
+    /// With `UDP_GRO`: packets copied into their slot from a spill buffer (the others
+    /// were received in place).
+    pub copied: usize,
     /// The socket may have more to read now: the call filled its batch, or (with
     /// `UDP_GRO`) segments of a coalesced message are still waiting for a batch slot.
     pub more: bool,
@@ -186,25 +189,35 @@ impl std::fmt::Debug for MsgScratch {
     }
 }
 
-/// Receive buffers for [`BatchSocket::recv_gro`]: room for a few coalesced messages of
-/// up to 64 KiB each and the segments not yet handed out. Allocated once per worker.
+/// Receive state for [`BatchSocket::recv_gro`]: per message read, a 64 KiB spill buffer
+/// for what does not land in batch slots, plus the segments not yet handed out and the
+/// segment size the next read expects. Allocated once per worker.
 pub struct GroScratch {
     bufs: Box<[u8]>,
     hdrs: Vec<libc::mmsghdr>,
+    /// Per message: its batch slots' iovecs, then its spill buffer's. Sized on the first
+    /// read for the batch's capacity and never again.
     iovs: Vec<libc::iovec>,
     names: Vec<libc::sockaddr_in>,
     ctrl: Vec<Cmsg>,
+    /// Per message of the last read: the batch slots `[start, end)` it was given.
+    slots: Vec<(usize, usize)>,
     msgs: Vec<GroMsg>,
-    /// Messages received by the last read, the one being split, and the offset in it.
+    /// Messages waiting in spill buffers, the one being split, and the offset in it.
     count: usize,
     next: usize,
     offset: usize,
+    /// The segment size of the last coalesced message (0: none yet). Reads give every
+    /// batch slot exactly this many bytes, so a message coalesced from segments of this
+    /// size lands one segment per slot, with no copy.
+    seg_guess: usize,
 }
 
-/// One received (possibly coalesced) message in [`GroScratch`].
+/// A received (possibly coalesced) message, or its tail, waiting in a spill buffer of
+/// [`GroScratch`].
 #[derive(Clone, Copy, Default)]
 struct GroMsg {
-    /// Index of its buffer.
+    /// Index of its spill buffer (the bytes start at the buffer's beginning).
     buf: usize,
     len: usize,
     /// Segment size (the whole length when not coalesced); never 0.
@@ -224,13 +237,15 @@ impl GroScratch {
             Self {
                 bufs: vec![0; k * GRO_BUF_LEN].into_boxed_slice(),
                 hdrs: vec![zeroed(); k],
-                iovs: vec![zeroed(); k],
+                iovs: Vec::new(),
                 names: vec![zeroed(); k],
                 ctrl: vec![Cmsg([0; 64]); k],
+                slots: vec![(0, 0); k],
                 msgs: vec![GroMsg::default(); k],
                 count: 0,
                 next: 0,
                 offset: 0,
+                seg_guess: 0,
             }
         }
     }
@@ -256,6 +271,43 @@ impl GroScratch {
         }
         let base = m.buf * GRO_BUF_LEN;
         Some((self.bufs.get(base + start..base + end)?, m.meta))
+    }
+
+    /// Copies waiting segments into the batch's slots from `n` on; returns the new count.
+    fn hand_out(&mut self, batch: &mut BatchBuf, mut n: usize, out: &mut Received) -> usize {
+        let layout = batch.layout();
+        let (pkts, metas) = batch.slots_mut();
+        while let Some(pkt) = pkts.get_mut(n) {
+            let Some((bytes, meta)) = self.next_segment() else {
+                break;
+            };
+            let dst = pkt.rx_slice(layout.headroom, layout.data);
+            let Some(d) = dst.get_mut(..bytes.len()) else {
+                out.truncated += 1;
+                continue;
+            };
+            d.copy_from_slice(bytes);
+            pkt.set_rx_len(bytes.len());
+            out.copied += 1;
+            if let Some(m) = metas.get_mut(n) {
+                *m = meta;
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// Queues a spill buffer's first `len` bytes as segments of `seg` bytes.
+    fn queue(&mut self, buf: usize, len: usize, seg: usize, meta: RecvMeta) {
+        if let Some(m) = self.msgs.get_mut(self.count) {
+            *m = GroMsg {
+                buf,
+                len,
+                seg,
+                meta,
+            };
+            self.count += 1;
+        }
     }
 }
 
@@ -402,42 +454,18 @@ impl BatchSocket {
                 iov_base: ptr.cast(),
                 iov_len: len,
             };
-            let h = &mut hdrs[i];
-            h.msg_len = 0;
-            h.msg_hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_in).cast();
-            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            h.msg_hdr.msg_iov = &mut iovs[i];
-            h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = ctrl[i].0.as_mut_ptr().cast();
-            h.msg_hdr.msg_controllen = size_of::<Cmsg>() as _;
-            h.msg_hdr.msg_flags = 0;
+            recv_hdr(&mut hdrs[i], &mut names[i], &mut iovs[i], 1, &mut ctrl[i]);
         }
-        let rc = loop {
-            // SAFETY: hdrs[..n] point at live iovecs, names and control buffers, and the
-            // iovecs at the slots' receive areas, all borrowed mutably for this call.
-            let rc = unsafe {
-                libc::recvmmsg(
-                    self.fd.as_raw_fd(),
-                    hdrs.as_mut_ptr(),
-                    n as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                    std::ptr::null_mut(),
-                )
-            };
-            if rc >= 0 {
-                break rc as usize;
-            }
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => {
-                    batch.set_len(0);
-                    return Ok(Received::default());
-                }
-                _ => {
-                    batch.set_len(0);
-                    return Err(e);
-                }
+        // SAFETY: hdrs[..n] point at live iovecs, names and control buffers, and the
+        // iovecs at the slots' receive areas, all borrowed mutably for this call.
+        let rc = match unsafe { recvmmsg(&self.fd, &mut hdrs[..n]) } {
+            Ok(rc) => rc,
+            Err(e) => {
+                batch.set_len(0);
+                return match e.kind() {
+                    io::ErrorKind::WouldBlock => Ok(Received::default()),
+                    _ => Err(e),
+                };
             }
         };
         let mut out = Received {
@@ -453,20 +481,8 @@ impl BatchSocket {
                 continue;
             }
             pkts[i].set_rx_len(h.msg_len as usize);
-            let remote = from_sockaddr(&names[i]);
             let meta = match self.kind {
-                SockKind::Udp => {
-                    let ip = if self.local.ip().is_unspecified() {
-                        // SAFETY: the kernel filled msg_control/msg_controllen.
-                        unsafe { pktinfo_dst(&h.msg_hdr) }.unwrap_or(Ipv4Addr::UNSPECIFIED)
-                    } else {
-                        *self.local.ip()
-                    };
-                    RecvMeta {
-                        local: SocketAddrV4::new(ip, self.local.port()),
-                        remote,
-                    }
-                }
+                SockKind::Udp => self.recv_meta(&h.msg_hdr, &names[i]),
                 SockKind::Esp => match strip_ipv4_header(&mut pkts[i]) {
                     Some(m) => m,
                     None => {
@@ -485,55 +501,52 @@ impl BatchSocket {
         Ok(out)
     }
 
+    /// The addresses of a datagram received on this UDP socket: ours from the bound
+    /// address or, on a wildcard socket, from `IP_PKTINFO`.
+    fn recv_meta(&self, h: &libc::msghdr, name: &libc::sockaddr_in) -> RecvMeta {
+        let ip = if self.local.ip().is_unspecified() {
+            // SAFETY: the kernel filled msg_control/msg_controllen.
+            unsafe { pktinfo_dst(h) }.unwrap_or(Ipv4Addr::UNSPECIFIED)
+        } else {
+            *self.local.ip()
+        };
+        RecvMeta {
+            local: SocketAddrV4::new(ip, self.local.port()),
+            remote: from_sockaddr(name),
+        }
+    }
+
     /// Whether `UDP_GRO` is on (read with [`recv_gro`](Self::recv_gro)).
     pub fn gro(&self) -> bool {
         self.gro
     }
 
-    /// Receives without blocking from a socket with `UDP_GRO`: coalesced messages land in
-    /// `scratch`'s large buffers and are split into the batch's slots by the segment size
-    /// the kernel reports (`UDP_GRO` control message; the last segment may be shorter).
-    /// Segments that do not fit the batch stay in `scratch` for the next call, which
-    /// hands them out before reading again; call it while [`Received::more`] is set so
-    /// none are left behind. Works on sockets without `UDP_GRO` too (every message is
-    /// one datagram).
+    /// Receives without blocking from a socket with `UDP_GRO`: a coalesced message is split
+    /// into the batch's slots by the segment size the kernel reports (`UDP_GRO` control
+    /// message; the last segment may be shorter). Segments that do not fit the batch stay
+    /// in `scratch` for the next call, which hands them out before reading again; call it
+    /// while [`Received::more`] is set so none are left behind. Works on sockets without
+    /// `UDP_GRO` too (every message is one datagram).
+    ///
+    /// No copy in the common case: each message is read straight into free batch slots,
+    /// every slot taking as many bytes as the last coalesced message's segment size, and
+    /// a 64 KiB spill buffer after them. When the size is still right, each slot holds
+    /// one segment. What spills over, and a message whose segment size changed, go
+    /// through the spill buffer and are copied into slots (in order, behind the others).
     pub fn recv_gro(&self, batch: &mut BatchBuf, scratch: &mut GroScratch) -> io::Result<Received> {
-        let layout = batch.layout();
-        let cap = batch.capacity();
         let mut out = Received::default();
-        let mut n = 0;
-        let mut read = false;
-        loop {
-            let (pkts, metas) = batch.slots_mut();
-            while n < cap {
-                let Some(seg) = scratch.next_segment() else {
-                    break;
-                };
-                let (bytes, meta) = seg;
-                if bytes.len() > layout.data {
-                    out.truncated += 1;
-                    continue;
-                }
-                let dst = pkts[n].rx_slice(layout.headroom, layout.data);
-                if let Some(d) = dst.get_mut(..bytes.len()) {
-                    d.copy_from_slice(bytes);
-                    pkts[n].set_rx_len(bytes.len());
-                    metas[n] = meta;
-                    n += 1;
-                }
-            }
-            if n == cap || read {
-                break;
-            }
-            // Only read when nothing is pending, so nothing received is overwritten.
-            read = true;
-            match self.recv_gro_messages(scratch, &mut out) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    batch.set_len(n);
+        let mut n = scratch.hand_out(batch, 0, &mut out);
+        // Only read when nothing is pending, so nothing received is overwritten.
+        if n < batch.capacity() && !scratch.pending() {
+            match self.recv_gro_messages(batch, n, scratch, &mut out) {
+                Ok(m) => n = scratch.hand_out(batch, m, &mut out),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // Segments already in the batch are still delivered.
+                Err(e) if n == 0 => {
+                    batch.set_len(0);
                     return Err(e);
                 }
+                Err(_) => {}
             }
         }
         out.packets = n;
@@ -542,51 +555,82 @@ impl BatchSocket {
         Ok(out)
     }
 
-    /// One `recvmmsg` into `scratch`'s buffers; records each message's length, segment
-    /// size and addresses.
-    fn recv_gro_messages(&self, s: &mut GroScratch, out: &mut Received) -> io::Result<()> {
-        let k = s.msgs.len();
+    /// One `recvmmsg` into the batch's slots from `n` on (and the spill buffers); leaves
+    /// the segments that landed one per slot at `n..` (returns the new count) and queues
+    /// the rest in `s`.
+    fn recv_gro_messages(
+        &self,
+        batch: &mut BatchBuf,
+        n: usize,
+        s: &mut GroScratch,
+        out: &mut Received,
+    ) -> io::Result<usize> {
+        let layout = batch.layout();
+        let (pkts, metas) = batch.slots_mut();
+        let cap = pkts.len();
+        let free = cap.saturating_sub(n);
+        let g = match s.seg_guess {
+            0 => layout.data,
+            x => x.min(layout.data),
+        }
+        .max(1);
+        // Slots one full message needs; as many whole messages as fit, at least one (what
+        // its slots cannot take spills).
+        let per = GRO_MAX_SEGMENTS.min(GRO_BUF_LEN.div_ceil(g));
+        let k = (free / per).clamp(1, s.msgs.len());
+        let need = free + k;
+        if s.iovs.len() < need {
+            // SAFETY: iovec is plain data for which all-zero is valid.
+            s.iovs.resize(need, unsafe { zeroed() });
+        }
+        let mut v = 0;
         for i in 0..k {
-            let base = i * GRO_BUF_LEN;
-            // SAFETY: base + GRO_BUF_LEN <= bufs.len() (k buffers of GRO_BUF_LEN).
-            s.iovs[i] = libc::iovec {
-                iov_base: unsafe { s.bufs.as_mut_ptr().add(base) }.cast(),
+            let start = (n + i * per).min(cap);
+            let end = if i + 1 == k { cap } else { start + per };
+            for p in &mut pkts[start..end] {
+                let (ptr, len) = p.rx_area(layout.headroom, g);
+                s.iovs[v] = libc::iovec {
+                    iov_base: ptr.cast(),
+                    iov_len: len,
+                };
+                v += 1;
+            }
+            // SAFETY: i < k buffers of GRO_BUF_LEN bytes each.
+            s.iovs[v] = libc::iovec {
+                iov_base: unsafe { s.bufs.as_mut_ptr().add(i * GRO_BUF_LEN) }.cast(),
                 iov_len: GRO_BUF_LEN,
             };
-            let h = &mut s.hdrs[i];
-            h.msg_len = 0;
-            h.msg_hdr.msg_name = (&mut s.names[i] as *mut libc::sockaddr_in).cast();
-            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            h.msg_hdr.msg_iov = &mut s.iovs[i];
-            h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = s.ctrl[i].0.as_mut_ptr().cast();
-            h.msg_hdr.msg_controllen = size_of::<Cmsg>() as _;
-            h.msg_hdr.msg_flags = 0;
+            v += 1;
+            s.slots[i] = (start, end);
         }
-        let rc = loop {
-            // SAFETY: hdrs[..k] point at live iovecs (into `bufs`), names and control
-            // buffers, all inside `s`, borrowed mutably for this call.
-            let rc = unsafe {
-                libc::recvmmsg(
-                    self.fd.as_raw_fd(),
-                    s.hdrs.as_mut_ptr(),
-                    k as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                    std::ptr::null_mut(),
-                )
-            };
-            if rc >= 0 {
-                break rc as usize;
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        };
+        let iov = s.iovs.as_mut_ptr();
+        let mut first = 0;
+        for i in 0..k {
+            let (start, end) = s.slots[i];
+            let count = end - start + 1;
+            // SAFETY: first + count <= v <= iovs.len().
+            let msg_iov = unsafe { iov.add(first) };
+            recv_hdr(
+                &mut s.hdrs[i],
+                &mut s.names[i],
+                msg_iov,
+                count,
+                &mut s.ctrl[i],
+            );
+            first += count;
+        }
+        // SAFETY: hdrs[..k] point at live iovecs (into the batch's slots, borrowed mutably
+        // for this call, and `bufs`), names and control buffers.
+        let rc = unsafe { recvmmsg(&self.fd, &mut s.hdrs[..k]) }?;
         out.more = rc == k;
         s.count = 0;
         s.next = 0;
         s.offset = 0;
+        // While true, every message so far sat wholly in its slots: the next may stay
+        // there too. After a message that needs the spill path, the rest follow it
+        // there, which keeps the datagrams in order.
+        let mut in_place = true;
+        let mut m = n;
         for i in 0..rc {
             let h = &s.hdrs[i];
             let len = h.msg_len as usize;
@@ -603,26 +647,45 @@ impl BatchSocket {
             out.datagrams += segs;
             if segs > 1 {
                 out.coalesced += 1;
+                s.seg_guess = seg;
             }
-            let ip = if self.local.ip().is_unspecified() {
-                // SAFETY: the kernel filled msg_control/msg_controllen.
-                unsafe { pktinfo_dst(&h.msg_hdr) }.unwrap_or(Ipv4Addr::UNSPECIFIED)
-            } else {
-                *self.local.ip()
-            };
-            let meta = RecvMeta {
-                local: SocketAddrV4::new(ip, self.local.port()),
-                remote: from_sockaddr(&s.names[i]),
-            };
-            s.msgs[s.count] = GroMsg {
-                buf: i,
-                len,
-                seg,
-                meta,
-            };
-            s.count += 1;
+            let meta = self.recv_meta(&h.msg_hdr, &s.names[i]);
+            let (start, end) = s.slots[i];
+            let in_slots = len.min((end - start) * g);
+            let base = i * GRO_BUF_LEN;
+            if in_place && (seg == g || (segs == 1 && len <= g)) {
+                // Segment j is in slot start + j; move it down to m (swapping boxes
+                // moves no packet bytes; later messages' slots are above start + j).
+                for j in 0..in_slots.div_ceil(g) {
+                    pkts.swap(m, start + j);
+                    pkts[m].set_rx_len((in_slots - j * g).min(g));
+                    metas[m] = meta;
+                    m += 1;
+                }
+                if len > in_slots {
+                    s.queue(i, len - in_slots, g, meta);
+                    in_place = false;
+                }
+                continue;
+            }
+            in_place = false;
+            // The segment size changed (or a datagram larger than the slots came): put
+            // the message together in its spill buffer, then split it from there.
+            if len > GRO_BUF_LEN {
+                out.truncated += segs;
+                continue;
+            }
+            let tail = len - in_slots;
+            s.bufs.copy_within(base..base + tail, base + in_slots);
+            for j in 0..in_slots.div_ceil(g) {
+                let p = &mut pkts[start + j];
+                p.set_rx_len((in_slots - j * g).min(g));
+                let at = base + j * g;
+                s.bufs[at..at + p.len()].copy_from_slice(p.data());
+            }
+            s.queue(i, len, seg, meta);
         }
-        Ok(())
+        Ok(m)
     }
 
     /// Sends datagrams with as few `sendmmsg` calls as the scratch size allows. A datagram
@@ -842,12 +905,59 @@ const UDP_SEGMENT: libc::c_int = 103;
 const UDP_GRO: libc::c_int = 104;
 /// One coalesced message: the largest UDP payload of an IPv4 datagram, rounded up.
 const GRO_BUF_LEN: usize = 65_536;
+/// At most this many datagrams in one coalesced message (`UDP_GRO_CNT_MAX`).
+const GRO_MAX_SEGMENTS: usize = 64;
 
 /// Whether the kernel does UDP segmentation offload (`UDP_SEGMENT`, Linux ≥ 4.18).
 pub fn udp_gso_supported() -> bool {
     socket(libc::SOCK_DGRAM, libc::IPPROTO_UDP)
         .and_then(|fd| setsockopt(&fd, libc::IPPROTO_UDP, UDP_SEGMENT, 1400 as libc::c_int))
         .is_ok()
+}
+
+/// Points `h` at one message's address, `iovlen` iovecs from `iov` and control buffer,
+/// for `recvmmsg`.
+fn recv_hdr(
+    h: &mut libc::mmsghdr,
+    name: &mut libc::sockaddr_in,
+    iov: *mut libc::iovec,
+    iovlen: usize,
+    ctrl: &mut Cmsg,
+) {
+    h.msg_len = 0;
+    h.msg_hdr.msg_name = (name as *mut libc::sockaddr_in).cast();
+    h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    h.msg_hdr.msg_iov = iov;
+    h.msg_hdr.msg_iovlen = iovlen as _;
+    h.msg_hdr.msg_control = ctrl.0.as_mut_ptr().cast();
+    h.msg_hdr.msg_controllen = size_of::<Cmsg>() as _;
+    h.msg_hdr.msg_flags = 0;
+}
+
+/// `recvmmsg` without blocking, retried on EINTR; returns the messages received.
+///
+/// # Safety
+/// Every header in `hdrs` must point at live, writable buffers it describes.
+unsafe fn recvmmsg(fd: &OwnedFd, hdrs: &mut [libc::mmsghdr]) -> io::Result<usize> {
+    loop {
+        // SAFETY: per the contract.
+        let rc = unsafe {
+            libc::recvmmsg(
+                fd.as_raw_fd(),
+                hdrs.as_mut_ptr(),
+                hdrs.len() as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc >= 0 {
+            return Ok(rc as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
 }
 
 fn socket(ty: libc::c_int, proto: libc::c_int) -> io::Result<OwnedFd> {
@@ -1130,6 +1240,16 @@ mod tests {
         let (mut c, len) = gro_cmsgs(Some(70_000));
         assert_eq!(parse_gro(&mut c, len), None, "larger than any datagram");
         assert_eq!(parse_gro(&mut Cmsg([0; 64]), 0), None, "no control data");
+        // A UDP_GRO message too short to hold its int is ignored, not read past.
+        let (mut c, len) = gro_cmsgs(Some(1452));
+        // SAFETY: CMSG_SPACE is arithmetic; `at` is where gro_cmsgs put the aligned
+        // UDP_GRO header.
+        unsafe {
+            let at = libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) as usize;
+            let h = c.0.as_mut_ptr().add(at).cast::<libc::cmsghdr>();
+            (*h).cmsg_len = libc::CMSG_LEN(2) as _;
+        }
+        assert_eq!(parse_gro(&mut c, len), None, "truncated UDP_GRO message");
     }
 
     #[test]
