@@ -135,12 +135,42 @@ pub struct Split {
     /// Packet length.
     len: usize,
     count: usize,
+    /// The super-packet's IP ID, TCP sequence number and TCP flags, which each segment
+    /// derives its own from.
+    id: u16,
+    seq: u32,
+    flags: u8,
+    /// Unfolded sums of the header words that are the same in every segment: the IPv4
+    /// header without total length, ID and checksum; the pseudo-header addresses and
+    /// protocol with the L4 header without sequence number, offset/flags, length and
+    /// checksum. Each segment's checksums start from these (RFC 1624: only the changed
+    /// words need summing).
+    ip_sum: u64,
+    l4_sum: u64,
 }
 
 impl Split {
     /// Checks `pkt` (the bytes after the vnet header) against `h`.
     pub fn plan(h: &VnetHdr, pkt: &[u8]) -> Result<Split, OffloadError> {
-        let len = pkt.len();
+        Self::plan_head(h, pkt, pkt.len())
+    }
+
+    /// Like [`plan`](Self::plan) when only the first bytes `head` of a `len`-byte packet
+    /// are at hand (they must hold its IP and L4 headers).
+    pub fn plan_head(h: &VnetHdr, head: &[u8], len: usize) -> Result<Split, OffloadError> {
+        let plain = |kind| Split {
+            kind,
+            ihl: 0,
+            hdr: 0,
+            mss: len,
+            len,
+            count: 1,
+            id: 0,
+            seq: 0,
+            flags: 0,
+            ip_sum: 0,
+            l4_sum: 0,
+        };
         match h.gso_type & !GSO_ECN {
             GSO_NONE => {
                 let csum = if h.flags & F_NEEDS_CSUM != 0 {
@@ -152,17 +182,11 @@ impl Split {
                 } else {
                     None
                 };
-                Ok(Split {
-                    kind: Kind::Plain(csum),
-                    ihl: 0,
-                    hdr: 0,
-                    mss: len,
-                    len,
-                    count: 1,
-                })
+                Ok(plain(Kind::Plain(csum)))
             }
             t @ (GSO_TCPV4 | GSO_UDP_L4) => {
-                let ihl = ipv4_header(pkt)?;
+                let pkt = head;
+                let ihl = ipv4_header(pkt, len)?;
                 let proto = pkt[9];
                 let (kind, hdr) = if t == GSO_TCPV4 {
                     if proto != PROTO_TCP {
@@ -183,7 +207,7 @@ impl Split {
                     }
                     (Kind::Udp4, ihl + 8)
                 };
-                if hdr > len {
+                if hdr > len || hdr > pkt.len() {
                     return Err(OffloadError::Malformed("L4 header beyond packet"));
                 }
                 let mss = usize::from(h.gso_size);
@@ -191,6 +215,23 @@ impl Split {
                     return Err(OffloadError::Malformed("GSO size 0"));
                 }
                 let count = (len - hdr).div_ceil(mss).max(1);
+                let ip_sum = sum(&pkt[..2], 0) + sum(&pkt[6..10], 0) + sum(&pkt[12..ihl], 0);
+                let l4 = &pkt[ihl..hdr];
+                let pseudo = sum(&pkt[12..20], u64::from(proto));
+                let (l4_sum, seq, flags) = if kind == Kind::Tcp4 {
+                    let sum = pseudo
+                        + sum(&l4[..4], 0)
+                        + sum(&l4[8..12], 0)
+                        + sum(&l4[14..16], 0)
+                        + sum(&l4[18..], 0);
+                    (
+                        sum,
+                        u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]]),
+                        l4[13],
+                    )
+                } else {
+                    (pseudo + sum(&l4[..4], 0), 0, 0)
+                };
                 Ok(Split {
                     kind,
                     ihl,
@@ -198,6 +239,11 @@ impl Split {
                     mss,
                     len,
                     count,
+                    id: u16::from_be_bytes([pkt[4], pkt[5]]),
+                    seq,
+                    flags,
+                    ip_sum,
+                    l4_sum,
                 })
             }
             _ => Err(OffloadError::Unsupported("GSO type not negotiated")),
@@ -207,6 +253,16 @@ impl Split {
     /// Number of packets.
     pub fn count(&self) -> usize {
         self.count
+    }
+
+    /// IP + L4 header bytes every segment starts with (0 for a plain packet).
+    pub fn hdr_len(&self) -> usize {
+        self.hdr
+    }
+
+    /// Payload bytes per segment (the whole length for a plain packet).
+    pub fn mss(&self) -> usize {
+        self.mss
     }
 
     /// Length of packet `i` (0 if `i` is out of range).
@@ -230,10 +286,31 @@ impl Split {
         if n == 0 || out.len() < n || pkt.len() != self.len {
             return None;
         }
+        match self.kind {
+            Kind::Plain(_) => out[..n].copy_from_slice(pkt),
+            Kind::Tcp4 | Kind::Udp4 => {
+                let hdr = self.hdr;
+                let start = hdr + i * self.mss;
+                out[..hdr].copy_from_slice(&pkt[..hdr]);
+                out[hdr..n].copy_from_slice(&pkt[start..start + (n - hdr)]);
+            }
+        }
+        self.finish_segment(i, out)
+    }
+
+    /// Makes packet `i` valid in place: `out` holds the super-packet's headers
+    /// ([`hdr_len`](Self::hdr_len) bytes) and then segment `i`'s payload (for a plain
+    /// packet: the packet). Sets lengths, ID, sequence number and flags and fills in the
+    /// checksums; returns the packet's length, or `None` if `i` is out of range or `out`
+    /// too short.
+    pub fn finish_segment(&self, i: usize, out: &mut [u8]) -> Option<usize> {
+        let n = self.segment_len(i);
+        if n == 0 || out.len() < n {
+            return None;
+        }
         let out = &mut out[..n];
         match self.kind {
             Kind::Plain(csum) => {
-                out.copy_from_slice(pkt);
                 if let Some((s, o)) = csum {
                     // The field holds the pseudo-header sum: summing it in finishes it.
                     let c = !fold(sum(&out[s..], 0));
@@ -243,45 +320,39 @@ impl Split {
             }
             Kind::Tcp4 | Kind::Udp4 => {
                 let (ihl, hdr) = (self.ihl, self.hdr);
-                let start = hdr + i * self.mss;
-                out[..hdr].copy_from_slice(&pkt[..hdr]);
-                out[hdr..].copy_from_slice(&pkt[start..start + (n - hdr)]);
-                let id = u16::from_be_bytes([out[4], out[5]]).wrapping_add(i as u16);
+                let id = self.id.wrapping_add(i as u16);
+                out[2..4].copy_from_slice(&(n as u16).to_be_bytes());
                 out[4..6].copy_from_slice(&id.to_be_bytes());
-                set_ipv4_len_and_csum(out, n);
-                let last = i + 1 == self.count;
+                let c = !fold(self.ip_sum + n as u64 + u64::from(id));
+                out[10..12].copy_from_slice(&c.to_be_bytes());
                 let l4 = n - ihl;
-                let off = if self.kind == Kind::Tcp4 {
-                    let seq = u32::from_be_bytes([
-                        out[ihl + 4],
-                        out[ihl + 5],
-                        out[ihl + 6],
-                        out[ihl + 7],
-                    ])
-                    .wrapping_add((i * self.mss) as u32);
+                let payload = sum(&out[hdr..], 0);
+                if self.kind == Kind::Tcp4 {
+                    let seq = self.seq.wrapping_add((i * self.mss) as u32);
                     out[ihl + 4..ihl + 8].copy_from_slice(&seq.to_be_bytes());
-                    let mut flags = out[ihl + 13];
-                    if !last {
+                    let mut flags = self.flags;
+                    if i + 1 != self.count {
                         flags &= !(TCP_FIN | TCP_PSH);
                     }
                     if i > 0 {
                         flags &= !TCP_CWR;
                     }
                     out[ihl + 13] = flags;
-                    TCP_CSUM_OFFSET
+                    let words = u64::from(seq >> 16)
+                        + u64::from(seq & 0xffff)
+                        + u64::from(u16::from_be_bytes([out[ihl + 12], flags]));
+                    let c = !fold(self.l4_sum + l4 as u64 + words + payload);
+                    out[ihl + TCP_CSUM_OFFSET..ihl + TCP_CSUM_OFFSET + 2]
+                        .copy_from_slice(&c.to_be_bytes());
                 } else {
                     out[ihl + 4..ihl + 6].copy_from_slice(&(l4 as u16).to_be_bytes());
-                    UDP_CSUM_OFFSET
-                };
-                out[ihl + off..ihl + off + 2].fill(0);
-                let c = !fold(sum(&out[ihl..], pseudo_sum(out, l4)));
-                // RFC 768: a computed 0 is sent as all ones (0 means "no checksum").
-                let c = if c == 0 && self.kind == Kind::Udp4 {
-                    0xffff
-                } else {
-                    c
-                };
-                out[ihl + off..ihl + off + 2].copy_from_slice(&c.to_be_bytes());
+                    // The length counts twice: pseudo-header and UDP header.
+                    let c = !fold(self.l4_sum + 2 * l4 as u64 + payload);
+                    // RFC 768: a computed 0 is sent as all ones (0 means "no checksum").
+                    let c = if c == 0 { 0xffff } else { c };
+                    out[ihl + UDP_CSUM_OFFSET..ihl + UDP_CSUM_OFFSET + 2]
+                        .copy_from_slice(&c.to_be_bytes());
+                }
             }
         }
         Some(n)
@@ -437,7 +508,7 @@ impl TcpSeg {
     /// A TCP segment in an unfragmented IPv4 packet without IP options whose total
     /// length is the packet's length.
     fn parse(p: &[u8]) -> Option<TcpSeg> {
-        let ihl = ipv4_header(p).ok()?;
+        let ihl = ipv4_header(p, p.len()).ok()?;
         let frag = u16::from_be_bytes([p[6], p[7]]);
         // RFC 791 §3.1: MF is 0x2000, the offset the low 13 bits.
         if ihl != 20 || p[9] != PROTO_TCP || frag & 0x3fff != 0 {
@@ -460,9 +531,9 @@ impl TcpSeg {
     }
 }
 
-/// Checks the IPv4 header of `p` and returns its length: version 4, IHL ≥ 5, total
-/// length equal to the packet's (RFC 791 §3.1).
-fn ipv4_header(p: &[u8]) -> Result<usize, OffloadError> {
+/// Checks the IPv4 header at the start of `p`, a packet of `len` bytes, and returns its
+/// length: version 4, IHL ≥ 5, total length equal to `len` (RFC 791 §3.1).
+fn ipv4_header(p: &[u8], len: usize) -> Result<usize, OffloadError> {
     let b0 = *p.first().ok_or(OffloadError::Malformed("empty packet"))?;
     if b0 >> 4 != 4 {
         return Err(OffloadError::Unsupported("not IPv4"));
@@ -471,7 +542,7 @@ fn ipv4_header(p: &[u8]) -> Result<usize, OffloadError> {
     if ihl < 20 || p.len() < ihl {
         return Err(OffloadError::Malformed("bad IPv4 header length"));
     }
-    if usize::from(u16::from_be_bytes([p[2], p[3]])) != p.len() {
+    if usize::from(u16::from_be_bytes([p[2], p[3]])) != len {
         return Err(OffloadError::Malformed(
             "IPv4 total length differs from packet",
         ));
@@ -690,6 +761,36 @@ mod tests {
             got.extend_from_slice(&s[52..]);
         }
         assert_eq!(got, data);
+    }
+
+    /// What the worker does when a super-packet was read straight into batch slots:
+    /// plan from the first bytes, then finish each slot (headers + its payload) in place.
+    #[test]
+    fn segments_finished_in_place_equal_copied_ones() {
+        let opts = [1, 1, 8, 10, 0, 0, 0, 9, 0, 0, 0, 5];
+        let data = payload(1448 * 3 + 100);
+        let p = tso(&opts, &data, TCP_ACK | TCP_PSH | TCP_CWR);
+        let h = tso_hdr(1448);
+        let s = Split::plan_head(&h, &p[..200], p.len()).unwrap();
+        assert_eq!(s, Split::plan(&h, &p).unwrap());
+        assert_eq!((s.hdr_len(), s.mss(), s.count()), (52, 1448, 4));
+        for i in 0..s.count() {
+            let mut slot = p[..52].to_vec();
+            slot.extend_from_slice(&p[52 + i * 1448..(52 + (i + 1) * 1448).min(p.len())]);
+            let n = s.finish_segment(i, &mut slot).unwrap();
+            let mut copied = vec![0; 2048];
+            let m = s.segment(&p, i, &mut copied).unwrap();
+            assert_eq!(&slot[..n], &copied[..m], "segment {i}");
+            assert_valid(&slot[..n]);
+        }
+        assert_eq!(s.finish_segment(4, &mut [0; 2048]), None, "out of range");
+        assert_eq!(s.finish_segment(0, &mut [0; 100]), None, "slot too short");
+        // The first bytes must hold the headers.
+        assert!(Split::plan_head(&h, &p[..40], p.len()).is_err());
+        assert!(
+            Split::plan_head(&h, &p[..200], p.len() - 1).is_err(),
+            "length"
+        );
     }
 
     #[test]
