@@ -78,7 +78,7 @@
 //! | 4271 | BGP-4 | messages, §6 errors, §8 FSM (no DelayOpen, no DampPeerOscillations), §6.8 collision detection ([`collision`]: one session per connection, the driver resolves), §9.1 decision process for eBGP, §9.2 Adj-RIB-Out with originated and re-advertised routes ([`Session::advertise_learned`], attributes per §5.1: [`PathAttrs::exported`]) |
 //! | 7606 | revised UPDATE error handling | treat-as-withdraw, attribute discard, session reset as §3–§7 say |
 //! | 5492 | capabilities | unknown capabilities kept; capability-less peers accepted |
-//! | 6793 | 4-octet AS | capability, AS_TRANS in My AS, 4-octet AS_PATH/AGGREGATOR; AS4_PATH sent to 2-octet peers, received AS4_PATH kept unmerged |
+//! | 6793 | 4-octet AS | capability, AS_TRANS in My AS, 4-octet AS_PATH/AGGREGATOR; AS4_PATH sent to 2-octet peers, AS4_PATH/AS4_AGGREGATOR from them merged (§4.2.3) |
 //! | 4760 | multiprotocol | IPv4 unicast MP_REACH/MP_UNREACH decoded; other families carried raw, never negotiated |
 //! | 2918 | route refresh | answered, and [`Session::request_refresh`] |
 //! | 1997 | communities | decoded and kept |

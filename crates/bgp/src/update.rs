@@ -391,9 +391,9 @@ impl PathAttrs {
     /// - MULTI_EXIT_DISC is not passed to another AS (§5.1.4);
     /// - LOCAL_PREF only towards an internal peer (§5.1.5), default 100;
     /// - unrecognised optional transitive attributes pass with the Partial
-    ///   bit (§5), except AS4_PATH/AS4_AGGREGATOR kept from an old speaker:
-    ///   AS_PATH already holds the path our encoder turns into AS4_PATH when
-    ///   an old speaker needs one (RFC 6793 §4.2.2).
+    ///   bit (§5), never AS4_PATH/AS4_AGGREGATOR: `decode` merges them into
+    ///   AS_PATH/AGGREGATOR (RFC 6793 §4.2.3) and our encoder builds a fresh
+    ///   AS4_PATH when an old speaker needs one (§4.2.2).
     pub fn exported(
         learned: &PathAttrs,
         local_asn: u32,
@@ -691,7 +691,105 @@ impl PathAttrs {
                 _ => {}
             }
         }
+        if !ctx.four_octet_as {
+            attrs.merge_as4(&mut errors);
+        }
         Ok((attrs, errors))
+    }
+
+    /// RFC 6793 §4.2.3: a NEW speaker rebuilds the path an OLD speaker carried in
+    /// AS4_PATH / AS4_AGGREGATOR (kept in `unknown` by `decode`) and drops those two
+    /// attributes, so the path holds the real 4-octet ASNs instead of AS_TRANS: loop
+    /// detection (§9.1.2 of RFC 4271) and path length then see the true path, and
+    /// re-advertising builds a fresh AS4_PATH where one is needed (§4.2.2).
+    fn merge_as4(&mut self, errors: &mut Vec<AttrError>) {
+        use attr_type as t;
+        let take = |unknown: &mut Vec<RawAttr>, code: u8| {
+            let i = unknown.iter().position(|a| a.type_code == code)?;
+            Some(unknown.remove(i).value)
+        };
+        let as4_path = take(&mut self.unknown, t::AS4_PATH);
+        let as4_aggregator = take(&mut self.unknown, t::AS4_AGGREGATOR);
+        let discard = |type_code, kind| AttrError {
+            type_code,
+            kind,
+            action: ErrorAction::AttributeDiscard,
+        };
+        // RFC 6793 §6: a malformed AS4_AGGREGATOR is discarded.
+        let as4_aggregator = as4_aggregator.and_then(|v| {
+            let mut r = Reader::new(&v);
+            match (v.len(), r.u32(), r.ipv4()) {
+                (8, Some(asn), Some(addr)) => Some(Aggregator { asn, addr }),
+                _ => {
+                    errors.push(discard(t::AS4_AGGREGATOR, AttrErrorKind::Length(v.len())));
+                    None
+                }
+            }
+        });
+        // §4.2.3: an AGGREGATOR with a real 2-octet ASN means the route was aggregated
+        // by an OLD speaker after the AS4_* attributes were attached: both are stale.
+        if self
+            .aggregator
+            .is_some_and(|a| a.asn != u32::from(AS_TRANS))
+        {
+            return;
+        }
+        if let (Some(a), Some(a4)) = (self.aggregator.as_mut(), as4_aggregator) {
+            *a = a4;
+        }
+        let Some(v) = as4_path else {
+            return;
+        };
+        // §6: malformed, or with confederation segments (§4.1: never in AS4_PATH).
+        let as4 = match decode_as_path(&v, 4) {
+            Some(p)
+                if p.segments
+                    .iter()
+                    .all(|s| matches!(s, AsSegment::Sequence(_) | AsSegment::Set(_))) =>
+            {
+                p
+            }
+            _ => {
+                errors.push(discard(t::AS4_PATH, AttrErrorKind::MalformedAsPath));
+                return;
+            }
+        };
+        let Some(path) = self.as_path.as_mut() else {
+            return;
+        };
+        // §4.2.3: AS4_PATH longer than AS_PATH is ignored; otherwise the leading ASes
+        // of AS_PATH that AS4_PATH lacks (added by OLD speakers) go before it.
+        let Some(mut missing) = path.path_len().checked_sub(as4.path_len()) else {
+            return;
+        };
+        let mut merged = Vec::new();
+        for seg in &path.segments {
+            match seg {
+                _ if missing == 0 => break,
+                AsSegment::Sequence(a) => {
+                    let n = missing.min(a.len());
+                    merged.push(AsSegment::Sequence(a.iter().take(n).copied().collect()));
+                    missing -= n;
+                }
+                AsSegment::Set(_) => {
+                    merged.push(seg.clone());
+                    missing -= 1;
+                }
+                // Not counted (RFC 6793 §4.2.3, as in RFC 4271 path length).
+                AsSegment::ConfedSequence(_) | AsSegment::ConfedSet(_) => merged.push(seg.clone()),
+            }
+        }
+        for seg in as4.segments {
+            match (merged.last_mut(), seg) {
+                (Some(AsSegment::Sequence(a)), AsSegment::Sequence(b))
+                    if a.len() + b.len() <= 255 =>
+                {
+                    a.extend(b)
+                }
+                (_, seg) => merged.push(seg),
+            }
+        }
+        path.segments = merged;
     }
 }
 
@@ -957,24 +1055,142 @@ mod tests {
             nlri: vec![net("10.3.0.0/16")],
             ..Update::default()
         };
-        let bytes = Message::Update(u).encode(&TWO);
+        let bytes = Message::Update(u.clone()).encode(&TWO);
+        // On the wire: AS_PATH with AS_TRANS (0x5ba0), the real path in AS4_PATH.
+        let as_path = [0x40, 2, 6, 2, 2, 0x5b, 0xa0, 0xfd, 0xe8];
+        let as4_path = [0xc0, 17, 10, 2, 2, 0xfa, 0x56, 0xea, 0x01, 0, 0, 0xfd, 0xe8];
+        let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+        assert!(has(&as_path) && has(&as4_path));
+        // A NEW speaker reading it rebuilds the real path (RFC 6793 §4.2.3).
         let d = update(&bytes, &TWO).unwrap();
-        assert_eq!(
-            d.attrs.as_path,
-            Some(AsPath::sequence(&[u32::from(AS_TRANS), 65000]))
-        );
-        assert_eq!(d.attrs.unknown.len(), 1);
-        assert_eq!(d.attrs.unknown[0].type_code, attr_type::AS4_PATH);
-        assert_eq!(
-            d.attrs.unknown[0].value,
-            [2, 2, 0xfa, 0x56, 0xea, 0x01, 0, 0, 0xfd, 0xe8]
-        );
+        assert_eq!(d.attrs, u.attrs);
         // The same bytes read by a 4-octet speaker: AS4_PATH discarded.
         let bytes = msg(FRR_UPDATE);
         let d = update(&bytes, &TWO).unwrap();
         // 4-octet path read as 2-octet: segment of 1 AS = [0] then garbage
         // => malformed => treat-as-withdraw (RFC 7606 §7.2).
         assert!(d.treat_as_withdraw());
+    }
+
+    /// RFC 6793 §4.2.3 on UPDATEs from an OLD speaker: the ASes it (and other OLD
+    /// speakers) added in front stay, AS_TRANS behind them is replaced by AS4_PATH;
+    /// AS4_PATH longer than AS_PATH is ignored; a real 2-octet AGGREGATOR makes both
+    /// AS4_* attributes stale; AS4_AGGREGATOR replaces an AS_TRANS aggregator; a
+    /// malformed AS4_PATH is discarded, never the route.
+    #[test]
+    fn as4_path_from_an_old_speaker_is_merged() {
+        let trans = AS_TRANS.to_be_bytes();
+        let two = |asns: &[&[u8; 2]]| {
+            let mut v = vec![2, u8::try_from(asns.len()).unwrap()];
+            for a in asns {
+                v.extend_from_slice(&a[..]);
+            }
+            v
+        };
+        let four = |segs: &[(u8, &[u32])]| {
+            let mut v = Vec::new();
+            for (ty, asns) in segs {
+                v.extend_from_slice(&[*ty, u8::try_from(asns.len()).unwrap()]);
+                for a in *asns {
+                    v.extend_from_slice(&a.to_be_bytes());
+                }
+            }
+            v
+        };
+        let decode = |as_path: Vec<u8>, extra: &[(u8, u8, Vec<u8>)]| {
+            let mut a = vec![0x40, 1, 1, 0];
+            a.extend_from_slice(&[0x40, 2, u8::try_from(as_path.len()).unwrap()]);
+            a.extend_from_slice(&as_path);
+            a.extend_from_slice(&[0x40, 3, 4, 10, 0, 0, 1]);
+            for (flags, code, v) in extra {
+                a.extend_from_slice(&[*flags, *code, u8::try_from(v.len()).unwrap()]);
+                a.extend_from_slice(v);
+            }
+            let mut body = vec![0, 0];
+            body.extend_from_slice(&u16::try_from(a.len()).unwrap().to_be_bytes());
+            body.extend_from_slice(&a);
+            body.extend_from_slice(&[16, 10, 3]);
+            let d = update(&msg(&body), &TWO).unwrap();
+            assert!(
+                d.attrs.unknown.is_empty(),
+                "AS4_* consumed: {:?}",
+                d.attrs.unknown
+            );
+            d
+        };
+        let path = |d: &Update| d.attrs.as_path.clone().unwrap();
+        let as4 = |segs: &[(u8, &[u32])]| (0xc0, attr_type::AS4_PATH, four(segs));
+        let seq = AsPath::sequence;
+
+        // 65001 (OLD) in front of two 4-octet ASes.
+        let d = decode(
+            two(&[&65001u16.to_be_bytes(), &trans, &trans]),
+            &[as4(&[(2, &[4_200_000_001, 4_200_000_002])])],
+        );
+        assert_eq!(path(&d), seq(&[65001, 4_200_000_001, 4_200_000_002]));
+        assert!(path(&d).contains(4_200_000_002), "loop detection sees it");
+        assert!(d.errors.is_empty());
+        // An AS_SET counts as one.
+        let mut p = two(&[&65001u16.to_be_bytes()]);
+        p.extend_from_slice(&[1, 2, 0, 1, 0, 2]);
+        let d = decode(p, &[as4(&[(1, &[4_200_000_001, 4_200_000_002])])]);
+        assert_eq!(
+            path(&d).segments,
+            [
+                AsSegment::Sequence(vec![65001]),
+                AsSegment::Set(vec![4_200_000_001, 4_200_000_002])
+            ]
+        );
+        // AS4_PATH longer than AS_PATH: ignored, AS_PATH as received.
+        let d = decode(
+            two(&[&trans]),
+            &[as4(&[(2, &[4_200_000_001, 4_200_000_002])])],
+        );
+        assert_eq!(path(&d), seq(&[u32::from(AS_TRANS)]));
+        // AGGREGATOR 65002 (a real 2-octet ASN): AS4_PATH and AS4_AGGREGATOR ignored.
+        let agg = |asn: [u8; 2]| {
+            (
+                0xc0,
+                attr_type::AGGREGATOR,
+                [&asn[..], &[10, 9, 9, 9]].concat(),
+            )
+        };
+        let as4_agg = (
+            0xc0,
+            attr_type::AS4_AGGREGATOR,
+            [&4_200_000_009u32.to_be_bytes()[..], &[10, 8, 8, 8]].concat(),
+        );
+        let d = decode(
+            two(&[&trans]),
+            &[
+                agg(65002u16.to_be_bytes()),
+                as4(&[(2, &[4_200_000_001])]),
+                as4_agg.clone(),
+            ],
+        );
+        assert_eq!(path(&d), seq(&[u32::from(AS_TRANS)]));
+        assert_eq!(d.attrs.aggregator.unwrap().asn, 65002);
+        // AGGREGATOR AS_TRANS: AS4_AGGREGATOR is the aggregator, AS4_PATH merged.
+        let d = decode(
+            two(&[&trans]),
+            &[agg(trans), as4(&[(2, &[4_200_000_001])]), as4_agg],
+        );
+        assert_eq!(path(&d), seq(&[4_200_000_001]));
+        assert_eq!(
+            d.attrs.aggregator,
+            Some(Aggregator {
+                asn: 4_200_000_009,
+                addr: Ipv4Addr::new(10, 8, 8, 8)
+            })
+        );
+        // Malformed AS4_PATH (confederation segment, truncated): discarded, route kept.
+        for bad in [four(&[(3, &[4_200_000_001])]), vec![2, 2, 0, 0]] {
+            let d = decode(two(&[&trans]), &[(0xc0, attr_type::AS4_PATH, bad)]);
+            assert_eq!(path(&d), seq(&[u32::from(AS_TRANS)]));
+            assert!(!d.treat_as_withdraw());
+            assert_eq!(d.errors.len(), 1);
+            assert_eq!(d.errors[0].action, ErrorAction::AttributeDiscard);
+        }
     }
 
     #[test]
