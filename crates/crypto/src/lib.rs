@@ -15,7 +15,7 @@ mod prf;
 mod stitched;
 mod transform;
 
-pub use cbc_hmac::CbcHmac;
+pub use cbc_hmac::{CbcHmac, OpenJob, SealJob};
 pub use cipher::Cipher;
 pub use dh::DhPrivate;
 pub use mac::Mac;
