@@ -120,6 +120,10 @@ pub struct Snapshot {
     pub udp_gro_reads: u64,
     /// UDP GSO turned off on a socket because the kernel refused it.
     pub udp_gso_disabled: u64,
+    /// Received packets copied into their batch slot (segments of a TUN super-packet or
+    /// of a coalesced UDP message that were not received in place; see `sock::recv_gro`
+    /// and the worker's TUN read).
+    pub rx_copied: u64,
     /// Drops, indexed by `DropReason as usize`.
     pub drops: [u64; DropReason::COUNT],
 }
@@ -159,6 +163,7 @@ impl Snapshot {
             udp_gso_sends: self.udp_gso_sends.wrapping_sub(earlier.udp_gso_sends),
             udp_gro_reads: self.udp_gro_reads.wrapping_sub(earlier.udp_gro_reads),
             udp_gso_disabled: self.udp_gso_disabled.wrapping_sub(earlier.udp_gso_disabled),
+            rx_copied: self.rx_copied.wrapping_sub(earlier.rx_copied),
             drops,
         }
     }
@@ -189,6 +194,7 @@ impl std::ops::Add for Snapshot {
             udp_gso_sends: self.udp_gso_sends + o.udp_gso_sends,
             udp_gro_reads: self.udp_gro_reads + o.udp_gro_reads,
             udp_gso_disabled: self.udp_gso_disabled + o.udp_gso_disabled,
+            rx_copied: self.rx_copied + o.rx_copied,
             drops,
         }
     }
@@ -205,8 +211,8 @@ impl std::iter::Sum for Snapshot {
 #[derive(Debug, Default)]
 #[repr(align(128))]
 pub(crate) struct Counters {
-    // 7 flows × 2 + batches + the five offload counts, then the drops.
-    flows: [AtomicU64; 20],
+    // 7 flows × 2 + batches + the five offload counts + copies, then the drops.
+    flows: [AtomicU64; 21],
     drops: [AtomicU64; DropReason::COUNT],
 }
 
@@ -234,6 +240,7 @@ impl Counters {
             d.udp_gso_sends,
             d.udp_gro_reads,
             d.udp_gso_disabled,
+            d.rx_copied,
         ];
         for (c, v) in self.flows.iter().zip(flows) {
             if v != 0 {
@@ -271,6 +278,7 @@ impl Counters {
             udp_gso_sends: v(17),
             udp_gro_reads: v(18),
             udp_gso_disabled: v(19),
+            rx_copied: v(20),
             drops,
         }
     }
@@ -298,6 +306,7 @@ mod tests {
         d.tun_gro_writes = 3;
         d.udp_gro_reads = 4;
         d.udp_gso_disabled = 1;
+        d.rx_copied = 6;
         d.drops[DropReason::Replay as usize] = 2;
         c.add(&d);
         let s1 = c.snapshot();

@@ -574,8 +574,14 @@ struct Running<H: Handler> {
 
 /// Preallocated state for TUN offloads (see [`offload`](crate::offload)).
 struct Vnet {
-    /// One read from the TUN device: vnet header + up to 64 KiB of packet.
+    /// One read from the TUN device: vnet header + up to 64 KiB of packet (also where
+    /// what batch slots cannot take lands).
     read: Box<[u8]>,
+    /// The scattered read: vnet header, batch slots, the rest of `read`.
+    riov: Vec<libc::iovec>,
+    /// Header length and segment payload of the last super-packet split: what reads
+    /// into batch slots are cut for (a plain packet fits the first slot anyway).
+    geometry: (usize, usize),
     /// The super-packet in `read` still being split: (plan, next segment, length).
     pending: Option<(Split, usize, usize)>,
     /// One coalesced write: vnet header, the first segment, the others' payloads.
@@ -584,6 +590,8 @@ struct Vnet {
 
 /// vnet header + the largest IPv4 packet.
 const VNET_READ_LEN: usize = VNET_HDR_LEN + 65_535;
+/// Largest IPv4 + TCP header (RFC 791 §3.1, RFC 9293 §3.1: 15 words each).
+const MAX_HDR_LEN: usize = 120;
 
 impl<H: Handler> Worker<H> {
     fn run(self) {
@@ -605,6 +613,8 @@ impl<H: Handler> Worker<H> {
             sums: Snapshot::default(),
             vnet: self.tun.vnet_hdr().then(|| Vnet {
                 read: vec![0; VNET_READ_LEN].into_boxed_slice(),
+                riov: Vec::with_capacity(self.batch + 2),
+                geometry: (0, self.layout.data),
                 pending: None,
                 iov: Vec::with_capacity(MAX_SEGMENTS + 1),
             }),
@@ -698,15 +708,17 @@ impl<H: Handler> Running<H> {
     }
 
     /// Reads (super-)packets with their vnet headers and splits them into the batch's
-    /// slots; a super-packet that does not fit the batch continues in the next one.
+    /// slots. A batch takes whole super-packets when it can (one UDP GSO message each
+    /// on the way out): a read that might not fit the free slots waits for the next
+    /// batch. A super-packet that does not fit at all continues in the next one.
     fn drain_tun_vnet(&mut self) {
-        let (head, max) = (self.w.layout.headroom, self.w.layout.data);
         let cap = self.rx.capacity();
         let mut n = 0;
         let mut rounds = 0;
         loop {
             let Some(v) = self.vnet.as_mut() else { return };
             if let Some((split, next, len)) = v.pending.as_mut() {
+                let (head, max) = (self.w.layout.headroom, self.w.layout.data);
                 let pkt = &v.read[VNET_HDR_LEN..VNET_HDR_LEN + *len];
                 let (slots, _) = self.rx.slots_mut();
                 while *next < split.count() && n < cap {
@@ -714,6 +726,7 @@ impl<H: Handler> Running<H> {
                     match split.segment(pkt, *next, slot.rx_slice(head, max)) {
                         Some(len) => {
                             slot.set_rx_len(len);
+                            self.sums.rx_copied += 1;
                             n += 1;
                         }
                         None => self.sums.drops[DropReason::TooBig as usize] += 1,
@@ -724,7 +737,9 @@ impl<H: Handler> Running<H> {
                     v.pending = None;
                 }
             }
-            if n == cap {
+            let wanted = self.tun_slots_wanted();
+            let full = n == cap || (wanted <= cap && n > 0 && cap - n < wanted);
+            if full {
                 self.rx.set_len(n);
                 self.process(Src::Tun);
                 n = 0;
@@ -735,28 +750,8 @@ impl<H: Handler> Running<H> {
             if rounds >= ROUNDS {
                 break;
             }
-            let Some(v) = self.vnet.as_mut() else { return };
-            match self.w.tun.recv_raw(&mut v.read) {
-                Ok(Some(len)) => {
-                    let plan = VnetHdr::parse(&v.read[..len])
-                        .ok_or(OffloadError::Malformed("short vnet header"))
-                        .and_then(|h| Split::plan(&h, &v.read[VNET_HDR_LEN..len]));
-                    match plan {
-                        Ok(split) => {
-                            if split.count() > 1 {
-                                self.sums.tun_gso_reads += 1;
-                            }
-                            v.pending = Some((split, 0, len - VNET_HDR_LEN));
-                        }
-                        Err(e) => {
-                            let r = match e {
-                                OffloadError::Malformed(_) => DropReason::Malformed,
-                                OffloadError::Unsupported(_) => DropReason::Unsupported,
-                            };
-                            self.sums.drops[r as usize] += 1;
-                        }
-                    }
-                }
+            match self.read_tun_vnet(n) {
+                Ok(Some(m)) => n = m,
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(worker = self.w.index, err = %e, "TUN read failed");
@@ -768,6 +763,155 @@ impl<H: Handler> Running<H> {
             self.rx.set_len(n);
             self.process(Src::Tun);
         }
+    }
+
+    /// Batch slots the next TUN read may fill in place: a largest super-packet of the
+    /// segment geometry last seen. `usize::MAX` when the batch is too small for that
+    /// (reads then go through the copy path and never wait for free slots).
+    fn tun_slots_wanted(&self) -> usize {
+        let Some(v) = self.vnet.as_ref() else {
+            return usize::MAX;
+        };
+        let (hdr, mss) = v.geometry;
+        let slots = (VNET_READ_LEN - VNET_HDR_LEN)
+            .saturating_sub(hdr)
+            .div_ceil(mss.max(1));
+        if slots > self.rx.capacity() || hdr + mss > self.w.layout.data {
+            usize::MAX
+        } else {
+            slots
+        }
+    }
+
+    /// Reads one packet from the TUN device with slots from `n` on free. With room for a
+    /// whole super-packet the read is scattered straight into the slots: the first slot
+    /// takes the headers and the first segment's payload, every further slot one
+    /// payload after a gap for the headers, which are then copied in and finished per
+    /// segment (no copy of the payload). When the geometry was not what the slots were
+    /// cut for, the pieces are put back together in the read buffer and split from
+    /// there (`pending`). Returns the new number of packets in the batch; `None` when
+    /// no packet was waiting.
+    fn read_tun_vnet(&mut self, n: usize) -> io::Result<Option<usize>> {
+        let wanted = self.tun_slots_wanted();
+        let cap = self.rx.capacity();
+        let head = self.w.layout.headroom;
+        let Some(v) = self.vnet.as_mut() else {
+            return Ok(None);
+        };
+        let zero_copy = wanted <= cap - n;
+        let (hdr, mss) = v.geometry;
+        let (slots, _) = self.rx.slots_mut();
+        v.riov.clear();
+        let read_base = v.read.as_mut_ptr();
+        let covered = if zero_copy {
+            v.riov.push(libc::iovec {
+                iov_base: read_base.cast(),
+                iov_len: VNET_HDR_LEN,
+            });
+            for (k, slot) in slots[n..n + wanted].iter_mut().enumerate() {
+                let (ptr, len) = slot.rx_area(head, hdr + mss);
+                let skip = if k == 0 { 0 } else { hdr };
+                v.riov.push(libc::iovec {
+                    // SAFETY: skip <= hdr < len (tun_slots_wanted checked hdr + mss <=
+                    // the data area).
+                    iov_base: unsafe { ptr.add(skip) }.cast(),
+                    iov_len: len - skip,
+                });
+            }
+            hdr + wanted * mss
+        } else {
+            0
+        };
+        // What the slots cannot take goes where it would be in one linear read.
+        let spill = VNET_HDR_LEN + covered;
+        if spill < v.read.len() {
+            v.riov.push(libc::iovec {
+                // SAFETY: spill < read.len().
+                iov_base: unsafe { read_base.add(spill) }.cast(),
+                iov_len: v.read.len() - spill,
+            });
+        }
+        let Some(got) = self.w.tun.recv_iov(&v.riov)? else {
+            return Ok(None);
+        };
+        let Some(h) = VnetHdr::parse(&v.read[..got.min(VNET_HDR_LEN)]) else {
+            self.sums.drops[DropReason::Malformed as usize] += 1;
+            return Ok(Some(n));
+        };
+        let len = got - VNET_HDR_LEN;
+        if zero_copy {
+            let first = &slots[n];
+            let head_bytes = &first.buffer()[head..head + len.min(hdr + mss)];
+            let plan = Split::plan_head(&h, head_bytes, len);
+            if let Ok(split) = plan
+                && (split.count() == 1 && len <= hdr + mss
+                    || (split.hdr_len(), split.mss()) == (hdr, mss))
+            {
+                if split.count() > 1 {
+                    self.sums.tun_gso_reads += 1;
+                }
+                let in_slots = split.count().min(wanted);
+                // Each slot gets the super-packet's headers before any is finished.
+                let mut hb = [0u8; MAX_HDR_LEN];
+                let hl = split.hdr_len();
+                if let (Some(dst), Some(src)) =
+                    (hb.get_mut(..hl), slots[n].buffer().get(head..head + hl))
+                {
+                    dst.copy_from_slice(src);
+                }
+                if in_slots < split.count() {
+                    // The rest is in the read buffer after where the headers belong.
+                    v.read[VNET_HDR_LEN..VNET_HDR_LEN + hl].copy_from_slice(&hb[..hl]);
+                    v.pending = Some((split, in_slots, len));
+                }
+                let mut m = n;
+                for i in 0..in_slots {
+                    let slot = &mut slots[n + i];
+                    slot.set_rx_len(split.segment_len(i));
+                    let d = slot.data_mut();
+                    if i > 0 {
+                        d[..hl].copy_from_slice(&hb[..hl]);
+                    }
+                    match split.finish_segment(i, d) {
+                        Some(_) => {
+                            slots.swap(m, n + i);
+                            m += 1;
+                        }
+                        None => self.sums.drops[DropReason::TooBig as usize] += 1,
+                    }
+                }
+                return Ok(Some(m));
+            }
+            // Not cut to this geometry: put the pieces back in line.
+            let mut at = 0;
+            for (k, slot) in slots[n..n + wanted].iter().enumerate() {
+                let skip = if k == 0 { 0 } else { hdr };
+                let take = (hdr + mss - skip).min(len.saturating_sub(at));
+                if take == 0 {
+                    break;
+                }
+                let src = &slot.buffer()[head + skip..head + skip + take];
+                v.read[VNET_HDR_LEN + at..VNET_HDR_LEN + at + take].copy_from_slice(src);
+                at += take;
+            }
+        }
+        match Split::plan(&h, &v.read[VNET_HDR_LEN..got]) {
+            Ok(split) => {
+                if split.count() > 1 {
+                    self.sums.tun_gso_reads += 1;
+                    v.geometry = (split.hdr_len(), split.mss());
+                }
+                v.pending = Some((split, 0, len));
+            }
+            Err(e) => {
+                let r = match e {
+                    OffloadError::Malformed(_) => DropReason::Malformed,
+                    OffloadError::Unsupported(_) => DropReason::Unsupported,
+                };
+                self.sums.drops[r as usize] += 1;
+            }
+        }
+        Ok(Some(n))
     }
 
     fn drain_socket(&mut self, from: Src, k: usize) {
@@ -792,6 +936,7 @@ impl<H: Handler> Running<H> {
             self.sums.drops[DropReason::Truncated as usize] += got.truncated as u64;
             self.sums.drops[DropReason::Malformed as usize] += got.malformed as u64;
             self.sums.udp_gro_reads += got.coalesced as u64;
+            self.sums.rx_copied += got.copied as u64;
             if got.packets > 0 {
                 self.process(from);
             }

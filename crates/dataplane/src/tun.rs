@@ -106,6 +106,25 @@ impl Tun {
         }
     }
 
+    /// Reads one packet (with its vnet header, if any) scattered over `iov`. `Ok(None)`
+    /// when no packet is waiting.
+    pub fn recv_iov(&self, iov: &[libc::iovec]) -> io::Result<Option<usize>> {
+        loop {
+            // SAFETY: the caller's iovecs point at live, writable memory for this call.
+            let n =
+                unsafe { libc::readv(self.fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
+            if n >= 0 {
+                return Ok(Some(n as usize));
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => return Ok(None),
+                _ => return Err(e),
+            }
+        }
+    }
+
     /// Writes one packet gathered from `iov` (the vnet header first, if any).
     pub fn send_iov(&self, iov: &[libc::iovec]) -> io::Result<()> {
         loop {
