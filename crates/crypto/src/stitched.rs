@@ -161,6 +161,13 @@ impl AesSha1 {
             } else {
                 Err(Error::InvalidLength)
             };
+            if job.result.is_ok() && job.msg.len() < LANE_MIN_LEN {
+                // SAFETY: `self` exists only if `available()` held; `check` passed.
+                let tag = unsafe { self.seal_unchecked(job.msg, job.ct_start) };
+                let n = job.icv.len();
+                job.icv.copy_from_slice(&tag[..n]);
+                continue;
+            }
             if job.result.is_ok()
                 && let Some(slot) = group.get_mut(n)
             {
@@ -189,6 +196,14 @@ impl AesSha1 {
             } else {
                 Err(Error::AuthenticationFailed)
             };
+            if job.result.is_ok() && job.msg.len() < LANE_MIN_LEN {
+                // SAFETY: as above.
+                let tag = unsafe { self.open_unchecked(job.msg, job.ct_start) };
+                if !bool::from(tag[..job.icv.len()].ct_eq(job.icv)) {
+                    job.result = Err(Error::AuthenticationFailed);
+                }
+                continue;
+            }
             if job.result.is_ok()
                 && let Some(slot) = group.get_mut(n)
             {
@@ -590,6 +605,10 @@ impl Drop for AesSha1 {
 /// chains fill the AES unit (measured: one chain 1.6 GB/s, four 5.4 GB/s at 1408 bytes);
 /// more would only add register pressure.
 pub(crate) const LANES: usize = 4;
+
+/// Shorter packets go one at a time: with a block or two per packet, setting up lanes
+/// costs more than it saves (crypto bench `cbc_hmac_many` at 64 bytes).
+const LANE_MIN_LEN: usize = 256;
 
 /// One packet's progress: `msg[..done]` is finished (sealed, or opened from `ct_start`),
 /// `msg[..hashed]` is in the inner hash `abcd`/`e`; `prev` is the last ciphertext block.
