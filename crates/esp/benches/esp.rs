@@ -11,7 +11,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use crypto::{Encr, Integ};
 use esp::fuzzing::{TestRandom, buffer_for, params, peer_packet, sa_pair};
 use esp::replay::ReplayWindow;
-use esp::{HEADROOM_MAX, InboundSa, SaDb};
+use esp::{HEADROOM_MAX, InboundSa, OpenJob, Opening, SaDb, SealJob};
 
 const SUITES: [(&str, Encr, Option<Integ>); 3] = [
     ("aes128-sha1", Encr::AesCbc128, Some(Integ::HmacSha1_96)),
@@ -76,6 +76,95 @@ fn decapsulate(c: &mut Criterion<CpuTime>) {
     group.finish();
 }
 
+/// aes128-sha1 over batches of 16 packets of one SA (segments of one TSO super-packet):
+/// `encapsulate_deferred` + `seal_many` and `decapsulate_deferred` + `open_many` against
+/// `encapsulate`/`decapsulate` one by one. Throughput counts all 16 packets.
+fn batched(c: &mut Criterion<CpuTime>) {
+    const BATCH: usize = 16;
+    let mut group = c.benchmark_group("batched");
+    let (encr, integ) = (Encr::AesCbc128, Some(Integ::HmacSha1_96));
+    let (out, _) = sa_pair(encr, integ, true);
+    for size in SIZES {
+        let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| buffer_for(size)).collect();
+        let len = peer_packet(&mut bufs[0][HEADROOM_MAX..], size - 28);
+        let first = bufs[0].clone();
+        for b in &mut bufs {
+            b.copy_from_slice(&first);
+        }
+        group.throughput(Throughput::Bytes((BATCH * size) as u64));
+        group.bench_function(BenchmarkId::new("encapsulate/one_by_one", size), |b| {
+            b.iter(|| {
+                for buf in &mut bufs {
+                    black_box(out.encapsulate(black_box(buf), HEADROOM_MAX, len)).ok();
+                }
+            });
+        });
+        group.bench_function(BenchmarkId::new("encapsulate/seal_many", size), |b| {
+            b.iter(|| {
+                let mut pending = [None; BATCH];
+                for (buf, p) in bufs.iter_mut().zip(&mut pending) {
+                    *p = out
+                        .encapsulate_deferred(black_box(buf), HEADROOM_MAX, len)
+                        .unwrap()
+                        .1;
+                }
+                let mut it = bufs.iter_mut().zip(pending);
+                let mut jobs: [SealJob<'_>; BATCH] = core::array::from_fn(|_| {
+                    let (buf, p) = it.next().unwrap();
+                    SealJob::new(buf, p.unwrap())
+                });
+                out.seal_many(&mut jobs);
+            });
+        });
+        // Inbound: a pool of distinct packets, batches taken in turn; a fresh SA when the
+        // pool is used up (as in `decapsulate`).
+        let pool: Vec<Vec<u8>> = (0..BATCH * 256)
+            .map(|_| {
+                let mut buf = first.clone();
+                let range = out.encapsulate(&mut buf, HEADROOM_MAX, len).unwrap().range;
+                buf[range].to_vec()
+            })
+            .collect();
+        let mut scratch: Vec<Vec<u8>> = pool[..BATCH].to_vec();
+        for (label, many) in [
+            ("decapsulate/one_by_one", false),
+            ("decapsulate/open_many", true),
+        ] {
+            group.bench_function(BenchmarkId::new(label, size), |b| {
+                let mut inb = InboundSa::new(params(encr, integ, true)).unwrap();
+                let mut next = 0;
+                b.iter(|| {
+                    if next == pool.len() {
+                        inb = InboundSa::new(params(encr, integ, true)).unwrap();
+                        next = 0;
+                    }
+                    for (s, p) in scratch.iter_mut().zip(&pool[next..next + BATCH]) {
+                        s.copy_from_slice(p);
+                    }
+                    next += BATCH;
+                    if !many {
+                        for s in &mut scratch {
+                            let _ = black_box(inb.decapsulate(black_box(s))).unwrap();
+                        }
+                        return;
+                    }
+                    let mut it = scratch.iter_mut();
+                    let mut jobs: [OpenJob<'_>; BATCH] = core::array::from_fn(|_| {
+                        let s = it.next().unwrap();
+                        let Ok(Opening::Pending(p)) = inb.decapsulate_deferred(s) else {
+                            panic!("not deferred");
+                        };
+                        OpenJob::new(s, p)
+                    });
+                    inb.open_many(&mut jobs);
+                    assert!(jobs.iter().all(|j| j.result().is_ok()));
+                });
+            });
+        }
+    }
+    group.finish();
+}
+
 fn anti_replay(c: &mut Criterion) {
     let mut group = c.benchmark_group("anti_replay");
     let window = ReplayWindow::new();
@@ -131,6 +220,6 @@ criterion_group!(benches, anti_replay, sa_lookup);
 criterion_group! {
     name = crypto_bound;
     config = Criterion::default().with_measurement(CpuTime);
-    targets = encapsulate, decapsulate
+    targets = encapsulate, decapsulate, batched
 }
 criterion_main!(crypto_bound, benches);

@@ -104,8 +104,8 @@ pub use error::EspError;
 pub use replay::REPLAY_WINDOW;
 pub use sa::{
     Decapsulated, ENCAP_OVERHEAD_MAX, Encapsulated, HEADROOM_MAX, InboundSa, InboundStats, Key,
-    Lifetime, MAX_ICV_LEN, MAX_IV_LEN, OutboundSa, OutboundStats, SEQ_HARD_LIMIT, SEQ_SOFT_LIMIT,
-    SaParams, TAILROOM_MAX, UdpEncap,
+    Lifetime, MAX_ICV_LEN, MAX_IV_LEN, OpenJob, Opening, OutboundSa, OutboundStats, PendingOpen,
+    PendingSeal, SEQ_HARD_LIMIT, SEQ_SOFT_LIMIT, SaParams, SealJob, TAILROOM_MAX, UdpEncap,
 };
 pub use sadb::{SaDb, SaDbCache, SaDbError};
 pub use selector::{Flow, Port, Selectors, TrafficSelector};
