@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crypto::{DhPrivate, Random};
@@ -163,7 +164,8 @@ impl Io {
 /// A sans-IO IKEv2 endpoint: see the crate documentation for the driving contract.
 pub struct Endpoint {
     pub(crate) cfg: EndpointConfig,
-    pub(crate) peers: BTreeMap<PeerId, PeerConfig>,
+    /// Shared with the IKE SAs made for the peer: one copy per peer, not one per SA.
+    pub(crate) peers: BTreeMap<PeerId, Arc<PeerConfig>>,
     /// The IKEv2 peers of `peers` by address and remote identity.
     pub(crate) index: PeerIndex,
     /// IKE SAs by our SPI, indexed by peer and by deadline.
@@ -213,7 +215,7 @@ impl Endpoint {
     }
 
     pub fn peer(&self, peer: PeerId) -> Option<&PeerConfig> {
-        self.peers.get(&peer)
+        self.peers.get(&peer).map(|c| &**c)
     }
 
     /// The established IKE SAs of a peer as (SPIi, SPIr).
@@ -249,7 +251,7 @@ impl Endpoint {
             return Err(Error::DuplicatePeer(peer));
         }
         self.index.add(peer, &cfg);
-        self.peers.insert(peer, cfg);
+        self.peers.insert(peer, Arc::new(cfg));
         Ok(())
     }
 
@@ -262,11 +264,11 @@ impl Endpoint {
         cfg: PeerConfig,
     ) -> Result<(), Error> {
         let old = self.peers.get(&peer).ok_or(Error::UnknownPeer(peer))?;
-        if *old == cfg {
+        if **old == cfg {
             return Ok(());
         }
         let had = self.delete_peer_sas(now, peer);
-        if let Some(old) = self.peers.insert(peer, cfg.clone()) {
+        if let Some(old) = self.peers.insert(peer, Arc::new(cfg.clone())) {
             self.index.remove(peer, &old);
         }
         self.index.add(peer, &cfg);
@@ -300,7 +302,7 @@ impl Endpoint {
             .ok_or(Error::UnknownPeer(peer))?
             .clone();
         if cfg.version == IkeVersion::V1 {
-            return self.v1_initiate(now, peer, cfg);
+            return self.v1_initiate(now, peer, PeerConfig::clone(&cfg));
         }
         if self
             .sas
@@ -336,7 +338,7 @@ impl Endpoint {
             "tunnel reset requested".into(),
         );
         if cfg.version == IkeVersion::V1 && cfg.remote_addr().is_some() {
-            self.v1_initiate(now, peer, cfg)
+            self.v1_initiate(now, peer, PeerConfig::clone(&cfg))
         } else if cfg.remote_addr().is_some() {
             self.start_init(now, peer, cfg)
         } else {
@@ -816,7 +818,7 @@ impl Endpoint {
         payloads: Vec<Payload>,
         kind: Req,
     ) {
-        let Some(sk) = &sa.sk else { return };
+        let Some(sk) = sa.sk() else { return };
         let msg_id = sa.next_msg_id;
         sa.next_msg_id = sa.next_msg_id.wrapping_add(1);
         let bytes = sk.seal(
@@ -825,7 +827,7 @@ impl Endpoint {
             &mut *self.io.rng,
         );
         self.io.send(sa.local, sa.remote, bytes.clone());
-        sa.pending = Some(Pending {
+        sa.pending = Some(Box::new(Pending {
             msg_id,
             exchange,
             bytes,
@@ -833,7 +835,7 @@ impl Endpoint {
             first_sent: now,
             next_retx: now + self.cfg.retransmit_base,
             retx: 0,
-        });
+        }));
     }
 
     /// Sends an encrypted response and caches it for retransmitted requests.
@@ -846,7 +848,7 @@ impl Endpoint {
         msg_id: u32,
         payloads: Vec<Payload>,
     ) {
-        let Some(sk) = &sa.sk else { return };
+        let Some(sk) = sa.sk() else { return };
         let bytes = sk.seal(
             sa.header(exchange, true, msg_id),
             &payloads,
@@ -874,6 +876,9 @@ impl Endpoint {
     pub(crate) fn install_child(&mut self, now: Instant, sa: &mut IkeSa, child: ChildSa) {
         let lifetime = sa.cfg.child_lifetime;
         let soft = crate::sa::soft_lifetime(lifetime, self.io.u32());
+        // Exactly one more slot: `push` on an empty Vec reserves four Child SAs (1.2 KiB)
+        // where an IKE SA nearly always holds one (issue 8).
+        sa.children.reserve_exact(1);
         sa.children.push(Child {
             sa: child,
             state: ChildState::Installed,

@@ -1,6 +1,7 @@
 //! The exchanges (RFC 7296 §1.2–§1.4), both roles.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crypto::DhPrivate;
@@ -32,7 +33,7 @@ impl Endpoint {
         &mut self,
         now: Instant,
         peer: PeerId,
-        cfg: PeerConfig,
+        cfg: Arc<PeerConfig>,
     ) -> Result<(), Error> {
         let remote = cfg.remote_addr().ok_or(Error::ResponderOnly(peer))?;
         let spi_i = self.new_ike_spi();
@@ -112,7 +113,7 @@ impl Endpoint {
         .encode();
         self.io.send(sa.local, sa.remote, bytes.clone());
         sa.next_msg_id = 1;
-        sa.pending = Some(Pending {
+        sa.pending = Some(Box::new(Pending {
             msg_id: 0,
             exchange: ExchangeType::IKE_SA_INIT,
             bytes,
@@ -120,7 +121,7 @@ impl Endpoint {
             first_sent: now,
             next_retx: now + self.cfg.retransmit_base,
             retx: 0,
-        });
+        }));
     }
 
     pub(crate) fn handle_init_request(
@@ -351,9 +352,9 @@ impl Endpoint {
     ) -> bool {
         let suite = sa.suite();
         let keys = IkeKeys::derive(suite, old, shared, ni, nr, sa.spi_i, sa.spi_r);
+        // Checked once here: `IkeSa::sk` rebuilds the transforms from these keys.
         match SkCrypto::new(suite, &keys, sa.initiator) {
-            Ok(sk) => {
-                sa.sk = Some(sk);
+            Ok(_) => {
                 sa.keys = Some(keys);
                 sa.ni = ni.to_vec();
                 sa.nr = nr.to_vec();
@@ -1232,7 +1233,7 @@ impl Endpoint {
             self.io.stats.malformed += 1;
             return;
         };
-        let Some(sk) = &sa.sk else { return };
+        let Some(sk) = sa.sk() else { return };
         let inner = match sk.open(data, enc) {
             Ok(p) => p,
             Err(SkError::Integrity) => {
@@ -1886,7 +1887,7 @@ impl Endpoint {
             self.io.stats.malformed += 1;
             return;
         };
-        let Some(sk) = &sa.sk else { return };
+        let Some(sk) = sa.sk() else { return };
         let inner = match sk.open(data, enc) {
             Ok(p) => p,
             Err(SkError::Integrity) => {

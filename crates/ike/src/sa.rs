@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crypto::{DhGroup, DhPrivate};
@@ -145,7 +146,8 @@ pub(crate) struct IkeSa {
     /// Initiator: holds a slot of `Endpoint::pacing` for this address until IKE_AUTH
     /// completes or the SA dies.
     pub paced: Option<std::net::IpAddr>,
-    pub cfg: PeerConfig,
+    /// The peer's configuration, shared with the endpoint's peer table.
+    pub cfg: Arc<PeerConfig>,
     /// We set the Initiator flag (original initiator, or initiator of the rekey
     /// exchange that created this SA).
     pub initiator: bool,
@@ -155,14 +157,18 @@ pub(crate) struct IkeSa {
     pub remote: SocketAddr,
     pub state: State,
     pub algs: Option<IkeAlgorithms>,
+    /// The SK keys; the keyed SK transforms are built from them per message
+    /// ([`IkeSa::sk`]) instead of being kept: expanded cipher and MAC states of both
+    /// directions were 2.6 KiB of every IKE SA (issue 8), an expansion costs microseconds.
     pub keys: Option<IkeKeys>,
-    pub sk: Option<SkCrypto>,
     pub ni: Vec<u8>,
     pub nr: Vec<u8>,
     pub next_msg_id: u32,
     pub peer_msg_id: u32,
     pub last_response: Option<(u32, Vec<u8>)>,
-    pub pending: Option<Pending>,
+    /// Boxed: 456 bytes (a DH key of a rekey in flight) that an established SA carries
+    /// only while one of its exchanges is outstanding (issue 8).
+    pub pending: Option<Box<Pending>>,
     pub tasks: VecDeque<Task>,
     pub children: Vec<Child>,
     pub nat_local: bool,
@@ -194,7 +200,7 @@ pub(crate) struct IkeSa {
 impl IkeSa {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        cfg: PeerConfig,
+        cfg: Arc<PeerConfig>,
         peer: Option<PeerId>,
         initiator: bool,
         spi_i: u64,
@@ -219,7 +225,6 @@ impl IkeSa {
             state,
             algs: None,
             keys: None,
-            sk: None,
             ni: Vec::new(),
             nr: Vec::new(),
             next_msg_id: 0,
@@ -285,6 +290,19 @@ impl IkeSa {
             integ: p.negotiated_integ(),
             prf: p.prf(),
         }
+    }
+
+    /// The SK payload transforms, keyed from [`Self::keys`] with the suite they were
+    /// derived for (`algs`); `None` before the keys exist.
+    pub fn sk(&self) -> Option<SkCrypto> {
+        let (a, keys) = (self.algs?, self.keys.as_ref()?);
+        let suite = IkeSuite {
+            encr: a.encr,
+            integ: a.integ,
+            prf: a.prf,
+        };
+        // The same keys were accepted when the SA was keyed (`set_ike_keys`).
+        SkCrypto::new(suite, keys, self.initiator).ok()
     }
 
     pub fn dh_group(&self) -> DhGroup {
@@ -365,6 +383,18 @@ pub(crate) fn soft_lifetime(lifetime: Duration, random: u32) -> Option<Duration>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ike_sa_stays_small() {
+        // Each IKE SA is boxed in the table: 10,000 tunnels hold 10,000 of these (issue 8).
+        // The SK transforms (2.6 KiB), an outstanding request and the peer's
+        // configuration are not kept inline.
+        assert!(
+            std::mem::size_of::<IkeSa>() <= 1024,
+            "IkeSa is {} bytes",
+            std::mem::size_of::<IkeSa>()
+        );
+    }
 
     #[test]
     fn soft_lifetime_bounds() {

@@ -31,7 +31,7 @@ use crate::v1::wire::{
 pub(crate) struct Cx<'a> {
     pub io: &'a mut Io,
     pub ecfg: &'a EndpointConfig,
-    pub peers: &'a BTreeMap<PeerId, PeerConfig>,
+    pub peers: &'a BTreeMap<PeerId, std::sync::Arc<PeerConfig>>,
 }
 
 /// The IKEv1 SAs of an endpoint.
@@ -458,7 +458,7 @@ impl Engine {
                     && c.local.ip() == local.ip()
                     && c.remote_addr().is_none_or(|r| r.ip() == remote.ip())
             })
-            .map(|(p, c)| (*p, c))
+            .map(|(p, c)| (*p, &**c))
             .collect();
         // Peers with a fixed address first; "any" peers are the fallback.
         by_addr.sort_by_key(|(_, c)| c.remote_addr().is_none());
