@@ -143,7 +143,11 @@ struct TunnelRt {
     children: Vec<ChildRt>,
     failures: u32,
     retry_at: Option<Instant>,
-    written: Option<TunnelStatus>,
+    /// Fingerprint of the status last sent to the writer ([`fingerprint`]), to send it
+    /// again only when it changed. A hash, not the status itself: a copy of every
+    /// tunnel's `TunnelStatus` (strings, a `Vec` per Child SA) was ~0.8 KiB per tunnel
+    /// (issue 8).
+    written: Option<u64>,
     /// Set when the peer's IKE_SA_INIT showed a NAT on the way while this tunnel has
     /// NAT traversal off (see [`Control::nat_check`]); shown in the status reason.
     nat_note: Option<String>,
@@ -1116,6 +1120,8 @@ impl Control {
         let Some(t) = self.tunnels.get_mut(id) else {
             return;
         };
+        // One more slot, not the four a first `push` reserves (issue 8).
+        t.children.reserve_exact(1);
         t.children.push(ChildRt {
             spi_in: child.spi_in,
             spi_out: child.spi_out,
@@ -1420,8 +1426,9 @@ impl Control {
             bgp: None,
             health,
         };
-        if t.written.as_ref() != Some(&status) {
-            t.written = Some(status.clone());
+        let print = fingerprint(&status);
+        if t.written != Some(print) {
+            t.written = Some(print);
             let _ = self.writes.send(StoreWrite::Status {
                 tunnel_id: id.to_string(),
                 status,
@@ -1465,6 +1472,26 @@ impl Control {
         self.kernel(&BTreeSet::new());
         tracing::info!("gateway node control thread stopped");
     }
+}
+
+/// A 64-bit hash of everything a status says (its derived `Debug` form, which prints
+/// every field, exactly): equal statuses give equal fingerprints, and two different
+/// ones collide with probability 2⁻⁶⁴, so a change goes unpublished (until the next one)
+/// about never. Formatting straight into the hasher allocates nothing.
+fn fingerprint(status: &TunnelStatus) -> u64 {
+    use std::fmt::Write as _;
+    use std::hash::Hasher as _;
+    struct HashWriter(std::hash::DefaultHasher);
+    impl std::fmt::Write for HashWriter {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0.write(s.as_bytes());
+            Ok(())
+        }
+    }
+    let mut w = HashWriter(std::hash::DefaultHasher::new());
+    // Writing into the hasher cannot fail.
+    let _ = write!(w, "{status:?}");
+    w.0.finish()
 }
 
 /// Which tunnels' status may have changed since the last publication. A tunnel's
@@ -1705,6 +1732,60 @@ mod tests {
         d.mark("c2t1");
         assert_eq!(take(&mut d, &conns).len(), 2000);
         assert!(take(&mut d, &conns).is_empty());
+    }
+
+    #[test]
+    fn fingerprint_changes_exactly_when_the_status_does() {
+        let child = ChildSaStatus {
+            spi_in: "c0000001".into(),
+            spi_out: "c0000002".into(),
+            local_ts: vec!["0.0.0.0/0".into()],
+            remote_ts: vec!["0.0.0.0/0".into()],
+            algorithms: "aes128-sha1".into(),
+            bytes_in: 0,
+            packets_in: 0,
+            bytes_out: 0,
+            packets_out: 0,
+        };
+        let base = TunnelStatus {
+            phase: TunnelPhase::Established,
+            reason: None,
+            since: Some(Utc::now()),
+            carrying_traffic: true,
+            ike_sa: Some(IkeSaStatus {
+                version: IkeVersion::Ikev2,
+                spis: IkeSpis {
+                    initiator: format!("{:016x}", 1u64),
+                    responder: format!("{:016x}", 2u64),
+                },
+                algorithms: "aes128-sha1-modp1024".into(),
+                established_at: Some(Utc::now()),
+                rekey_at: None,
+            }),
+            child_sas: vec![child],
+            bgp: None,
+            health: None,
+        };
+        // Equal values (built apart) give equal fingerprints: nothing is re-sent.
+        assert_eq!(fingerprint(&base), fingerprint(&base.clone()));
+        let variants: [fn(&mut TunnelStatus); 8] = [
+            |s| s.phase = TunnelPhase::Phase2Negotiating,
+            |s| s.reason = Some("peer went away".into()),
+            |s| s.carrying_traffic = false,
+            |s| s.ike_sa = None,
+            |s| s.child_sas[0].packets_in = 1,
+            |s| s.child_sas[0].bytes_out = 1500,
+            |s| s.child_sas[0].remote_ts.push("10.0.0.0/8".into()),
+            |s| s.child_sas.push(s.child_sas[0].clone()),
+        ];
+        let mut seen = vec![fingerprint(&base)];
+        for change in &variants {
+            let mut s = base.clone();
+            change(&mut s);
+            let print = fingerprint(&s);
+            assert!(!seen.contains(&print), "{s:?} fingerprints like another");
+            seen.push(print);
+        }
     }
 
     #[test]

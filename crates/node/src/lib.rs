@@ -365,15 +365,16 @@ const WRITE_BATCH: usize = 512;
 
 /// Writes observed state to the store in the order the control thread produced it, with
 /// each tunnel's BGP status (`status.bgp`, from the BGP task) filled in; a BGP status
-/// change rewrites the tunnel's last status. What has queued up meanwhile goes in one
-/// batch ([`Store::record_observed`]: one transaction): a commit per write held the
-/// writer, and the store's lock, behind while 10,000 tunnels came up (issue 8).
+/// change rewrites the tunnel's stored status with the new `bgp`. What has queued up
+/// meanwhile goes in one batch ([`Store::record_observed`]: one transaction): a commit
+/// per write held the writer, and the store's lock, behind while 10,000 tunnels came up
+/// (issue 8).
 async fn write_loop(
     store: Arc<dyn Store>,
     mut rx: mpsc::UnboundedReceiver<StoreWrite>,
     bgp: Arc<bgp::BgpShared>,
 ) {
-    let mut last: HashMap<String, model::TunnelStatus> = HashMap::new();
+    let mut written = BgpWritten::default();
     loop {
         let mut batch = Vec::new();
         let w = tokio::select! {
@@ -382,24 +383,25 @@ async fn write_loop(
                 None => return,
             },
             () = bgp.changed.notified() => {
-                for (id, status) in &mut last {
-                    let b = bgp.status(id);
-                    if status.bgp != b {
-                        status.bgp = b;
-                        batch.push(store::Observed::TunnelStatus {
-                            tunnel_id: id.clone(),
-                            status: status.clone(),
-                        });
+                // Every earlier batch is in the store (`write` is awaited), so the stored
+                // status is the last one written: only its `bgp` changes.
+                for (id, b) in written.changes(|id| bgp.status(id)) {
+                    match stored_status(&*store, &id).await {
+                        Some(mut status) => {
+                            status.bgp = b;
+                            batch.push(store::Observed::TunnelStatus { tunnel_id: id, status });
+                        }
+                        None => written.forget(&id),
                     }
                 }
                 write(&*store, &batch).await;
                 continue;
             }
         };
-        batch.push(observed(w, &bgp, &mut last));
+        batch.push(observed(w, &bgp, &mut written));
         while batch.len() < WRITE_BATCH {
             match rx.try_recv() {
-                Ok(w) => batch.push(observed(w, &bgp, &mut last)),
+                Ok(w) => batch.push(observed(w, &bgp, &mut written)),
                 Err(_) => break,
             }
         }
@@ -407,18 +409,82 @@ async fn write_loop(
     }
 }
 
-fn observed(
-    w: StoreWrite,
-    bgp: &bgp::BgpShared,
-    last: &mut HashMap<String, model::TunnelStatus>,
-) -> store::Observed {
+/// What the writer remembers of the statuses it wrote: which tunnels have one, and the
+/// `bgp` part of those that run BGP. Not the whole status: a copy of every tunnel's
+/// `TunnelStatus` was ~0.8 KiB per tunnel (issue 8); the store has it when BGP changes.
+#[derive(Default)]
+struct BgpWritten {
+    tunnels: std::collections::HashSet<String>,
+    bgp: HashMap<String, model::BgpStatus>,
+}
+
+impl BgpWritten {
+    /// Notes a status written for `id` with `bgp`.
+    fn wrote(&mut self, id: &str, bgp: Option<&model::BgpStatus>) {
+        if !self.tunnels.contains(id) {
+            self.tunnels.insert(id.to_string());
+        }
+        match bgp {
+            Some(b) => {
+                self.bgp.insert(id.to_string(), b.clone());
+            }
+            None => {
+                self.bgp.remove(id);
+            }
+        }
+    }
+
+    /// The tunnels whose BGP status (`current`) differs from the one last written, with
+    /// the new one; each counts as written from now on.
+    fn changes(
+        &mut self,
+        current: impl Fn(&str) -> Option<model::BgpStatus>,
+    ) -> Vec<(String, Option<model::BgpStatus>)> {
+        let changed: Vec<_> = self
+            .tunnels
+            .iter()
+            .filter_map(|id| {
+                let b = current(id);
+                (b.as_ref() != self.bgp.get(id)).then(|| (id.clone(), b))
+            })
+            .collect();
+        for (id, b) in &changed {
+            self.wrote(id, b.as_ref());
+        }
+        changed
+    }
+
+    /// The tunnel is gone from the store.
+    fn forget(&mut self, id: &str) {
+        self.tunnels.remove(id);
+        self.bgp.remove(id);
+    }
+}
+
+/// The tunnel's status as stored; `None` when the tunnel is gone (or unreadable: logged).
+async fn stored_status(store: &dyn Store, tunnel_id: &str) -> Option<model::TunnelStatus> {
+    match store.tunnel_connection(tunnel_id).await {
+        Ok(c) => c
+            .tunnels
+            .into_iter()
+            .find(|t| t.id == tunnel_id)
+            .map(|t| t.status),
+        Err(store::StoreError::NotFound { .. }) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, tunnel_id, "reading a tunnel's status for its BGP status");
+            None
+        }
+    }
+}
+
+fn observed(w: StoreWrite, bgp: &bgp::BgpShared, written: &mut BgpWritten) -> store::Observed {
     match w {
         StoreWrite::Status {
             tunnel_id,
             mut status,
         } => {
             status.bgp = bgp.status(&tunnel_id);
-            last.insert(tunnel_id.clone(), status.clone());
+            written.wrote(&tunnel_id, status.bgp.as_ref());
             store::Observed::TunnelStatus { tunnel_id, status }
         }
         StoreWrite::Log {
@@ -603,5 +669,67 @@ where
             Some(t) => q.page_token = Some(t),
             None => return Ok(out),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn established(routes: u64) -> model::BgpStatus {
+        model::BgpStatus {
+            state: model::BgpSessionState::Established,
+            peer_asn: Some(65001),
+            routes_received: routes,
+            routes_advertised: 1,
+            established_at: None,
+            uptime_s: None,
+        }
+    }
+
+    #[test]
+    fn bgp_changes_are_those_since_the_last_write() {
+        let mut w = BgpWritten::default();
+        w.wrote("t1", None);
+        w.wrote("t2", Some(&established(1)));
+        let now: HashMap<&str, model::BgpStatus> = [("t2", established(1))].into();
+        // Nothing moved: nothing to rewrite, and tunnels never written are not invented.
+        assert!(w.changes(|id| now.get(id).cloned()).is_empty());
+        // t1 starts BGP, t2 learns a route, t3 (no status written yet) is left alone.
+        let now: HashMap<&str, model::BgpStatus> = [
+            ("t1", established(0)),
+            ("t2", established(2)),
+            ("t3", established(0)),
+        ]
+        .into();
+        let mut got = w.changes(|id| now.get(id).cloned());
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            got,
+            [
+                ("t1".to_string(), Some(established(0))),
+                ("t2".to_string(), Some(established(2)))
+            ]
+        );
+        // Counted as written: asking again finds nothing.
+        assert!(w.changes(|id| now.get(id).cloned()).is_empty());
+        // BGP turned off on t2: its status loses `bgp`.
+        let now: HashMap<&str, model::BgpStatus> = [("t1", established(0))].into();
+        assert_eq!(
+            w.changes(|id| now.get(id).cloned()),
+            [("t2".to_string(), None)]
+        );
+        // A status the control thread writes records the BGP status it carried.
+        w.wrote("t1", Some(&established(5)));
+        assert_eq!(
+            w.changes(|id| now.get(id).cloned()),
+            [("t1".to_string(), Some(established(0)))]
+        );
+        // A tunnel gone from the store is not rewritten again.
+        w.forget("t1");
+        assert_eq!(
+            w.changes(|_| Some(established(9))),
+            [("t2".to_string(), Some(established(9)))]
+        );
     }
 }
