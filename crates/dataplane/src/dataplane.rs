@@ -124,6 +124,9 @@ pub struct WorkerCtx<L> {
     pub now: Instant,
     /// The handler's per-worker state (see [`Handler::Local`]).
     pub local: L,
+    /// The position in the batch of the packet being handled: the index
+    /// [`Handler::end_batch`] finds it at.
+    pub slot: usize,
 }
 
 /// Packet processing plugged into the workers. See the crate docs for the contract.
@@ -138,6 +141,19 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Called before each batch is processed (after `ctx.now` is updated).
     fn begin_batch(&self, _ctx: &mut WorkerCtx<Self::Local>) {}
+
+    /// Called after every packet of the batch went through `handle_*` and before any is
+    /// sent or written. A handler that left work for here (ESP crypto run over many
+    /// packets at once) finishes it and may change any packet's action; `pkts[i]` and
+    /// `actions[i]` are the packet that had `ctx.slot == i`. No allocation or lock here
+    /// either.
+    fn end_batch(
+        &self,
+        _ctx: &mut WorkerCtx<Self::Local>,
+        _pkts: &mut [PacketBuf],
+        _actions: &mut [Action],
+    ) {
+    }
 
     /// A packet read from the TUN device (an IP packet; outbound traffic).
     fn handle_tun(&self, ctx: &mut WorkerCtx<Self::Local>, pkt: &mut PacketBuf) -> Action;
@@ -567,6 +583,8 @@ struct Running<H: Handler> {
     gro_scratch: GroScratch,
     tx_scratch: MsgScratch,
     out: Vec<Out>,
+    /// The handler's verdicts for the batch, until [`Handler::end_batch`] has run.
+    actions: Vec<Action>,
     sums: Snapshot,
     /// With `IFF_VNET_HDR`: the super-packet buffers.
     vnet: Option<Vnet>,
@@ -599,6 +617,7 @@ impl<H: Handler> Worker<H> {
             worker: self.index,
             now: Instant::now(),
             local: self.handler.new_local(self.index),
+            slot: 0,
         };
         let mut r = Running {
             rx: BatchBuf::new(self.batch, self.layout),
@@ -610,6 +629,7 @@ impl<H: Handler> Worker<H> {
             }),
             tx_scratch: MsgScratch::new(self.batch),
             out: vec![Out::None; self.batch],
+            actions: vec![Action::Drop(DropReason::Other); self.batch],
             sums: Snapshot::default(),
             vnet: self.tun.vnet_hdr().then(|| Vnet {
                 read: vec![0; VNET_READ_LEN].into_boxed_slice(),
@@ -965,12 +985,25 @@ impl<H: Handler> Running<H> {
                 Src::Esp => &mut self.sums.esp_rx,
             };
             rx_flow.add(pkt.len());
+            self.ctx.slot = i;
             let action = match from {
                 Src::Tun => h.handle_tun(&mut self.ctx, pkt),
                 Src::Udp => h.handle_udp(&mut self.ctx, meta.local, meta.remote, pkt),
                 Src::Esp => h.handle_esp(&mut self.ctx, *meta.local.ip(), *meta.remote.ip(), pkt),
             };
-            self.out[i] = match action {
+            if let Some(a) = self.actions.get_mut(i) {
+                *a = action;
+            }
+        }
+        let n = n.min(self.actions.len());
+        if let Some(pkts) = self.rx.packets_mut().get_mut(..n) {
+            h.end_batch(&mut self.ctx, pkts, &mut self.actions[..n]);
+        }
+        for i in 0..n {
+            let Some((pkt, meta)) = self.rx.get_mut(i) else {
+                break;
+            };
+            self.out[i] = match self.actions[i] {
                 Action::ToTun => Out::Tun,
                 Action::ToUdp { local, remote } => {
                     match self.w.udp.iter().position(|s| s.serves(local)) {

@@ -154,7 +154,9 @@ pub enum Decapsulated {
 /// An outbound packet [`OutboundSa::encapsulate_deferred`] prepared (ESP header,
 /// sequence number, IV, padding and trailer written, the outer headers too) whose
 /// encryption and ICV are left for [`OutboundSa::seal_many`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `Default` is a placeholder for unused slots of a fixed array of jobs (sealing it
+/// fails).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PendingSeal {
     esp_start: usize,
     ct_end: usize,
@@ -198,7 +200,8 @@ pub enum Opening {
 
 /// A packet [`InboundSa::decapsulate_deferred`] checked and left for
 /// [`InboundSa::open_many`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `Default` is a placeholder, as for [`PendingSeal`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PendingOpen {
     seq: u32,
     ct_end: usize,

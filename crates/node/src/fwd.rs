@@ -18,7 +18,10 @@ use std::sync::mpsc::SyncSender;
 use arc_swap::{ArcSwap, Cache};
 use dataplane::{Action, DropReason, Handler, PacketBuf, PolicyTable, RouteTable, WorkerCtx};
 use esp::wire::natt::{Udp4500, classify_udp4500};
-use esp::{Decapsulated, EspError, SaDb, SaDbCache};
+use esp::{
+    Decapsulated, EspError, InboundSa, OpenJob, Opening, OutboundSa, PendingOpen, PendingSeal,
+    SaDb, SaDbCache, SealJob,
+};
 
 use crate::bgp::{BgpFwd, BgpTarget};
 use crate::control::Input;
@@ -72,12 +75,60 @@ pub(crate) struct EspHandler {
     pub natt_port: u16,
 }
 
-/// A worker's lock-free views.
+/// A worker's lock-free views, and the ESP crypto its batch left for `end_batch`.
 pub(crate) struct Local {
     fwd: Cache<Arc<ArcSwap<Fwd>>, Arc<Fwd>>,
     bgp: Cache<Arc<ArcSwap<BgpFwd>>, Arc<BgpFwd>>,
     sadb: SaDbCache<TunnelKey>,
+    seals: Deferred<OutboundSa, PendingSeal>,
+    opens: Deferred<InboundSa, PendingOpen>,
 }
+
+/// Packets of the current batch whose ESP crypto waits for `end_batch`, where each SA's
+/// packets are sealed or opened together (four at a time on AES-NI/SHA-NI:
+/// `crypto::CbcHmac::seal_many`). Sized for the largest batch once, so pushing never
+/// allocates; an SA is cloned (one reference count) only where it changes from the
+/// previous packet's, which for a TSO super-packet's segments is once.
+struct Deferred<S, P> {
+    /// (batch slot, what the SA returned), in slot order.
+    jobs: Vec<(usize, P)>,
+    /// (index of the first of `jobs` under the SA, the SA).
+    sas: Vec<(usize, Arc<S>)>,
+}
+
+impl<S, P> Deferred<S, P> {
+    fn new() -> Self {
+        Self {
+            jobs: Vec::with_capacity(MAX_BATCH),
+            sas: Vec::with_capacity(MAX_BATCH),
+        }
+    }
+
+    fn push(&mut self, sa: &Arc<S>, slot: usize, pending: P) {
+        if !self.sas.last().is_some_and(|(_, s)| Arc::ptr_eq(s, sa)) {
+            self.sas.push((self.jobs.len(), Arc::clone(sa)));
+        }
+        self.jobs.push((slot, pending));
+    }
+
+    /// Each SA with its jobs.
+    fn groups(&self) -> impl Iterator<Item = (&S, &[(usize, P)])> {
+        self.sas.iter().enumerate().map(|(g, (start, sa))| {
+            let end = self.sas.get(g + 1).map_or(self.jobs.len(), |(s, _)| *s);
+            (&**sa, self.jobs.get(*start..end).unwrap_or_default())
+        })
+    }
+
+    fn clear(&mut self) {
+        self.jobs.clear();
+        self.sas.clear();
+    }
+}
+
+/// The data plane's largest batch (`dataplane::Config::batch`).
+const MAX_BATCH: usize = 1024;
+/// Jobs handed to `seal_many`/`open_many` per call: a stack array.
+const CHUNK: usize = 16;
 
 impl Handler for EspHandler {
     type Local = Local;
@@ -87,7 +138,76 @@ impl Handler for EspHandler {
             fwd: Cache::new(Arc::clone(&self.fwd)),
             bgp: Cache::new(Arc::clone(&self.bgp)),
             sadb: self.sadb.cache(),
+            seals: Deferred::new(),
+            opens: Deferred::new(),
         }
+    }
+
+    /// Runs the ESP crypto the batch's packets left: each SA's packets sealed or opened
+    /// together. A packet that fails is dropped and counted as the one-packet path
+    /// would; opened packets then go through the health-check interception as before.
+    fn end_batch(
+        &self,
+        ctx: &mut WorkerCtx<Local>,
+        pkts: &mut [PacketBuf],
+        actions: &mut [Action],
+    ) {
+        let Local {
+            fwd, seals, opens, ..
+        } = &mut ctx.local;
+        for (sa, group) in seals.groups() {
+            for chunk in group.chunks(CHUNK) {
+                let mut pick = Picker::new(pkts);
+                let mut jobs: [SealJob<'_>; CHUNK] = core::array::from_fn(|k| {
+                    match chunk
+                        .get(k)
+                        .and_then(|(slot, p)| Some((pick.take(*slot)?, p)))
+                    {
+                        Some((pkt, p)) => SealJob::new(pkt.buffer_mut(), *p),
+                        None => SealJob::new(&mut [], PendingSeal::default()),
+                    }
+                });
+                sa.seal_many(&mut jobs[..chunk.len()]);
+                for ((slot, _), job) in chunk.iter().zip(&jobs) {
+                    // Never send a packet whose encryption did not run.
+                    if job.result().is_err()
+                        && let Some(a) = actions.get_mut(*slot)
+                    {
+                        *a = Action::Drop(DropReason::Other);
+                    }
+                }
+            }
+        }
+        seals.clear();
+        for (sa, group) in opens.groups() {
+            for chunk in group.chunks(CHUNK) {
+                let mut results: [Result<Decapsulated, EspError>; CHUNK] =
+                    core::array::from_fn(|_| Err(EspError::AuthFailed));
+                {
+                    let mut pick = Picker::new(pkts);
+                    let mut jobs: [OpenJob<'_>; CHUNK] = core::array::from_fn(|k| {
+                        match chunk
+                            .get(k)
+                            .and_then(|(slot, p)| Some((pick.take(*slot)?, p)))
+                        {
+                            Some((pkt, p)) => OpenJob::new(pkt.data_mut(), *p),
+                            None => OpenJob::new(&mut [], PendingOpen::default()),
+                        }
+                    });
+                    sa.open_many(&mut jobs[..chunk.len()]);
+                    for (r, job) in results.iter_mut().zip(&jobs) {
+                        *r = job.result().clone();
+                    }
+                }
+                for ((slot, _), r) in chunk.iter().zip(results) {
+                    if let (Some(pkt), Some(a)) = (pkts.get_mut(*slot), actions.get_mut(*slot)) {
+                        let action = delivered(r, pkt);
+                        *a = health::intercept(fwd, &self.wake, action, pkt);
+                    }
+                }
+            }
+        }
+        opens.clear();
     }
 
     fn handle_tun(&self, ctx: &mut WorkerCtx<Local>, pkt: &mut PacketBuf) -> Action {
@@ -121,7 +241,14 @@ impl Handler for EspHandler {
             ),
             _ => return Action::Drop(DropReason::Unsupported),
         };
-        let Local { fwd, bgp, sadb } = &mut ctx.local;
+        let slot = ctx.slot;
+        let Local {
+            fwd,
+            bgp,
+            sadb,
+            seals,
+            ..
+        } = &mut ctx.local;
         let fwd = fwd.load();
         let bgp = bgp.load();
         let key = match bgp.links.lookup(dst) {
@@ -151,8 +278,15 @@ impl Handler for EspHandler {
             return Action::Drop(DropReason::NoSa);
         };
         let (head, len) = (pkt.head(), pkt.len());
-        let out = match sa.encapsulate(pkt.buffer_mut(), head, len) {
-            Ok(out) => out,
+        // Sequence number, IV, padding and headers now; the encryption and ICV in
+        // `end_batch`, with the batch's other packets of this SA.
+        let out = match sa.encapsulate_deferred(pkt.buffer_mut(), head, len) {
+            Ok((out, pending)) => {
+                if let Some(p) = pending {
+                    seals.push(sa, slot, p);
+                }
+                out
+            }
             // The rekey was requested when the soft limit fired (once per SA); until the
             // new SA is installed these packets cannot be sent.
             Err(EspError::SequenceExhausted | EspError::HardExpired) => {
@@ -198,10 +332,7 @@ impl Handler for EspHandler {
                 Ok(()) => Action::Control,
                 Err(_) => Action::Drop(DropReason::Malformed),
             },
-            Udp4500::Esp => {
-                let action = decapsulate(&mut ctx.local.sadb, pkt);
-                health::intercept(&mut ctx.local.fwd, &self.wake, action, pkt)
-            }
+            Udp4500::Esp => self.decapsulate(ctx, pkt),
             Udp4500::Keepalive => Action::Drop(DropReason::Other),
             Udp4500::Invalid => Action::Drop(DropReason::Malformed),
         }
@@ -214,8 +345,62 @@ impl Handler for EspHandler {
         _remote: Ipv4Addr,
         pkt: &mut PacketBuf,
     ) -> Action {
-        let action = decapsulate(&mut ctx.local.sadb, pkt);
-        health::intercept(&mut ctx.local.fwd, &self.wake, action, pkt)
+        self.decapsulate(ctx, pkt)
+    }
+}
+
+impl EspHandler {
+    /// ESP (from the SPI on) → the inner IPv4 packet, in place. CBC SAs only run the
+    /// checks before the ICV here and leave the rest to `end_batch`; the action returned
+    /// for them is provisional.
+    fn decapsulate(&self, ctx: &mut WorkerCtx<Local>, pkt: &mut PacketBuf) -> Action {
+        let slot = ctx.slot;
+        let Local {
+            fwd, sadb, opens, ..
+        } = &mut ctx.local;
+        let spi = match pkt.data() {
+            [a, b, c, d, ..] => u32::from_be_bytes([*a, *b, *c, *d]),
+            _ => return Action::Drop(DropReason::Malformed),
+        };
+        let Some(sa) = sadb.inbound(spi) else {
+            return Action::Drop(DropReason::NoSa);
+        };
+        match sa.decapsulate_deferred(pkt.data_mut()) {
+            Ok(Opening::Pending(p)) => {
+                opens.push(sa, slot, p);
+                Action::ToTun
+            }
+            Ok(Opening::Done(d)) => {
+                let action = delivered(Ok(d), pkt);
+                health::intercept(fwd, &self.wake, action, pkt)
+            }
+            Err(e) => Action::Drop(drop_reason(e)),
+        }
+    }
+}
+
+/// `pkts[slot]` for strictly increasing slots, each borrowed for as long as `pkts`.
+struct Picker<'a> {
+    rest: &'a mut [PacketBuf],
+    base: usize,
+}
+
+impl<'a> Picker<'a> {
+    fn new(pkts: &'a mut [PacketBuf]) -> Self {
+        Self {
+            rest: pkts,
+            base: 0,
+        }
+    }
+
+    fn take(&mut self, slot: usize) -> Option<&'a mut PacketBuf> {
+        let skip = slot.checked_sub(self.base)?;
+        let rest = std::mem::take(&mut self.rest);
+        let (_, tail) = rest.split_at_mut_checked(skip)?;
+        let (first, tail) = tail.split_first_mut()?;
+        self.rest = tail;
+        self.base = slot + 1;
+        Some(first)
     }
 }
 
@@ -372,17 +557,10 @@ fn active_tunnel(
         .map(|(_, k)| *k)
 }
 
-/// ESP (from the SPI on) → the inner IPv4 packet, in place.
+/// What to do with a packet after its decapsulation: the inner packet to the TUN device.
 #[inline]
-fn decapsulate(sadb: &mut SaDbCache<TunnelKey>, pkt: &mut PacketBuf) -> Action {
-    let spi = match pkt.data() {
-        [a, b, c, d, ..] => u32::from_be_bytes([*a, *b, *c, *d]),
-        _ => return Action::Drop(DropReason::Malformed),
-    };
-    let Some(sa) = sadb.inbound(spi) else {
-        return Action::Drop(DropReason::NoSa);
-    };
-    match sa.decapsulate(pkt.data_mut()) {
+fn delivered(r: Result<Decapsulated, EspError>, pkt: &mut PacketBuf) -> Action {
+    match r {
         Ok(Decapsulated::Packet { inner, .. }) => {
             let head = pkt.head();
             match pkt.set_range(head + inner.start, inner.len()) {
