@@ -645,6 +645,11 @@ pub(crate) fn render_dataplane(t: &dataplane::Snapshot, out: &mut String) {
             "Coalesced writes to the TUN device.",
             t.tun_gro_writes,
         ),
+        (
+            "vpngw_dataplane_rx_copied_total",
+            "Received packets copied into their buffer (the others were read in place).",
+            t.rx_copied,
+        ),
     ] {
         let _ = writeln!(
             out,
