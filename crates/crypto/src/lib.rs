@@ -12,6 +12,8 @@ mod mac;
 mod modp;
 mod prf;
 #[cfg(target_arch = "x86_64")]
+mod sha1x16;
+#[cfg(target_arch = "x86_64")]
 mod stitched;
 mod transform;
 

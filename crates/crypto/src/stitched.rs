@@ -10,29 +10,35 @@
 //! place only after the hash has read its ciphertext.
 //!
 //!
-//! Several packets at once (`seal_many`/`open_many`, [`LANES`] at a time): a single CBC
-//! encryption chain is latency-bound (about 1.6 GB/s on the lab's Ice Lake), four
-//! chains of four packets interleaved round by round are not (5.4 GB/s), and four
-//! independent hashes overlap where one waits on its own rounds. On that CPU the AES and
-//! SHA instructions compete for the same execution port, so opening (whose decryption
-//! is parallel already) gains little; sealing about a fifth (docs/PERFORMANCE.md).
+//! Several packets at once (`seal_many`/`open_many`): a single CBC encryption chain is
+//! latency-bound (about 1.6 GB/s on the lab's Ice Lake), four chains of four packets
+//! interleaved round by round are not (5.4 GB/s). SHA-NI is the limit then: about 1.7
+//! GB/s however many streams are interleaved. With AVX-512 and six or more packets the
+//! hashes run sixteen packets wide in vector lanes instead (`sha1x16`, two to three
+//! times SHA-NI's throughput), after the CBC encryption (sealing) or before the
+//! decryption (opening); each packet's last blocks, padding and outer hash go through
+//! SHA-NI, four packets interleaved. Without AVX-512, or with fewer packets, four at a
+//! time are stitched as in the one-packet path. With VAES, CBC decryption runs four
+//! blocks per instruction.
 //!
 //! Everything here is checked against the RustCrypto path (`aes`, `hmac`, `sha1`), which
 //! stays the fallback when the CPU lacks the features ([`available`]).
 
 use core::arch::x86_64::{
-    __m128i, _mm_add_epi32, _mm_aesdec_si128, _mm_aesdeclast_si128, _mm_aesenc_si128,
+    __m128i, __m512i, _mm_add_epi32, _mm_aesdec_si128, _mm_aesdeclast_si128, _mm_aesenc_si128,
     _mm_aesenclast_si128, _mm_aesimc_si128, _mm_aeskeygenassist_si128, _mm_cvtsi128_si32,
     _mm_extract_epi32, _mm_loadu_si128, _mm_or_si128, _mm_set_epi32, _mm_set_epi64x,
     _mm_setzero_si128, _mm_sha1msg1_epu32, _mm_sha1msg2_epu32, _mm_sha1nexte_epu32,
-    _mm_sha1rnds4_epu32, _mm_shuffle_epi8, _mm_storeu_si128, _mm_xor_si128,
+    _mm_sha1rnds4_epu32, _mm_shuffle_epi8, _mm_storeu_si128, _mm_xor_si128, _mm512_aesdec_epi128,
+    _mm512_aesdeclast_epi128, _mm512_alignr_epi64, _mm512_broadcast_i32x4,
+    _mm512_extracti32x4_epi32, _mm512_loadu_si512, _mm512_storeu_si512, _mm512_xor_si512,
 };
 
 use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
-use crate::Error;
 use crate::cbc_hmac::{OpenJob, SealJob};
+use crate::{Error, sha1x16};
 
 /// AES block and SHA-1 block sizes.
 const BLOCK: usize = 16;
@@ -57,6 +63,10 @@ pub(crate) struct AesSha1 {
     dec: [__m128i; 15],
     inner: Sha1State,
     outer: Sha1State,
+    /// The CPU has VAES and AVX-512: CBC decryption runs four blocks per instruction.
+    vaes: bool,
+    /// The CPU has AVX-512F/BW: batches hash sixteen packets at once (`sha1x16`).
+    x16: bool,
 }
 
 impl AesSha1 {
@@ -139,6 +149,8 @@ impl AesSha1 {
             dec,
             inner,
             outer,
+            vaes: std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("vaes"),
+            x16: sha1x16::available(),
         }
     }
 
@@ -153,7 +165,7 @@ impl AesSha1 {
     /// independent chains fill the AES unit) and their hashes interleaved with them.
     /// `icv_len` is the SA's ICV length: other `icv` lengths are refused as in `seal`.
     pub(crate) fn seal_many(&self, jobs: &mut [SealJob<'_>], icv_len: usize) {
-        let mut group: [Option<&mut SealJob<'_>>; LANES] = Default::default();
+        let mut group: [Option<&mut SealJob<'_>>; WIDE] = Default::default();
         let mut n = 0;
         for job in jobs.iter_mut() {
             job.result = if job.icv.len() == icv_len {
@@ -174,13 +186,13 @@ impl AesSha1 {
                 *slot = Some(job);
                 n += 1;
             }
-            if n == LANES {
-                self.seal_group(&mut group);
+            if n == WIDE {
+                self.seal_wide(&mut group);
                 n = 0;
             }
         }
         if let Some(rest) = group.get_mut(..n) {
-            self.seal_group(rest);
+            self.seal_wide(rest);
         }
     }
 
@@ -188,7 +200,7 @@ impl AesSha1 {
     /// their hashes interleaved. As with [`Self::open`], a job that fails has its
     /// ciphertext decrypted anyway: the caller drops it.
     pub(crate) fn open_many(&self, jobs: &mut [OpenJob<'_>], icv_len: usize) {
-        let mut group: [Option<&mut OpenJob<'_>>; LANES] = Default::default();
+        let mut group: [Option<&mut OpenJob<'_>>; WIDE] = Default::default();
         let mut n = 0;
         for job in jobs.iter_mut() {
             job.result = if job.icv.len() == icv_len {
@@ -210,13 +222,174 @@ impl AesSha1 {
                 *slot = Some(job);
                 n += 1;
             }
-            if n == LANES {
-                self.open_group(&mut group);
+            if n == WIDE {
+                self.open_wide(&mut group);
                 n = 0;
             }
         }
         if let Some(rest) = group.get_mut(..n) {
-            self.open_group(rest);
+            self.open_wide(rest);
+        }
+    }
+
+    /// Up to [`WIDE`] checked jobs: with enough of them and AVX-512, the hashes run
+    /// sixteen lanes wide after the CBC encryption; else four at a time stitched.
+    fn seal_wide(&self, group: &mut [Option<&mut SealJob<'_>>]) {
+        if self.x16 && group.len() >= X16_MIN_JOBS {
+            let mut tags = [[0u8; 20]; WIDE];
+            // SAFETY: `x16` is set only when the CPU has AVX-512F/BW; every job passed
+            // `check`.
+            unsafe { self.seal_x16(group, &mut tags) };
+            for (job, tag) in group.iter_mut().zip(&tags) {
+                if let Some(job) = job {
+                    let n = job.icv.len();
+                    job.icv.copy_from_slice(&tag[..n]);
+                }
+            }
+            return;
+        }
+        for g in group.chunks_mut(LANES) {
+            self.seal_group(g);
+        }
+    }
+
+    fn open_wide(&self, group: &mut [Option<&mut OpenJob<'_>>]) {
+        if self.x16 && group.len() >= X16_MIN_JOBS {
+            let mut tags = [[0u8; 20]; WIDE];
+            // SAFETY: as in `seal_wide`.
+            unsafe { self.open_x16(group, &mut tags) };
+            for (job, tag) in group.iter_mut().zip(&tags) {
+                if let Some(job) = job {
+                    let n = job.icv.len();
+                    job.result = if bool::from(tag[..n].ct_eq(job.icv)) {
+                        Ok(())
+                    } else {
+                        Err(Error::AuthenticationFailed)
+                    };
+                }
+            }
+            return;
+        }
+        for g in group.chunks_mut(LANES) {
+            self.open_group(g);
+        }
+    }
+
+    /// CBC-encrypts every job (four chains interleaved at a time), then hashes all of
+    /// them sixteen lanes wide, then finishes the hashes four at a time.
+    #[target_feature(enable = "aes,sha,sse4.1,ssse3,avx512f,avx512bw")]
+    unsafe fn seal_x16(&self, group: &mut [Option<&mut SealJob<'_>>], tags: &mut [[u8; 20]; WIDE]) {
+        for g in group.chunks_mut(LANES) {
+            match g {
+                [Some(a), Some(b), Some(c), Some(d)] => {
+                    self.encrypt_lanes([a, b, c, d].map(seal_msg));
+                }
+                [Some(a), Some(b), Some(c)] => self.encrypt_lanes([a, b, c].map(seal_msg)),
+                [Some(a), Some(b)] => self.encrypt_lanes([a, b].map(seal_msg)),
+                [Some(a)] => self.encrypt_lanes([a].map(seal_msg)),
+                _ => {}
+            }
+        }
+        let mut lanes: [Lane<'_>; WIDE] = core::array::from_fn(|_| Lane::empty());
+        let mut n = 0;
+        for (lane, job) in lanes.iter_mut().zip(group.iter_mut()) {
+            if let Some(j) = job {
+                *lane = self.lane(&mut *j.msg, j.ct_start);
+                n += 1;
+            }
+        }
+        self.hash_x16(&mut lanes[..n]);
+        self.finish_many(&lanes[..n], tags);
+    }
+
+    /// Hashes every job sixteen lanes wide, finishes the hashes (which read the tails
+    /// before they are decrypted), then decrypts every job.
+    #[target_feature(enable = "aes,sha,sse4.1,ssse3,avx512f,avx512bw")]
+    unsafe fn open_x16(&self, group: &mut [Option<&mut OpenJob<'_>>], tags: &mut [[u8; 20]; WIDE]) {
+        let mut lanes: [Lane<'_>; WIDE] = core::array::from_fn(|_| Lane::empty());
+        let mut n = 0;
+        for (lane, job) in lanes.iter_mut().zip(group.iter_mut()) {
+            if let Some(j) = job {
+                *lane = self.lane(&mut *j.msg, j.ct_start);
+                n += 1;
+            }
+        }
+        self.hash_x16(&mut lanes[..n]);
+        self.finish_many(&lanes[..n], tags);
+        for l in &mut lanes[..n] {
+            let len = l.msg.len();
+            self.decrypt_upto(l.msg, &mut l.done, len, l.prev);
+        }
+    }
+
+    /// The whole SHA-1 blocks all lanes have, from each message's start, sixteen lanes
+    /// wide (`sha1x16`); each lane's state and `hashed` move on.
+    #[target_feature(enable = "aes,sha,sse4.1,ssse3,avx512f,avx512bw")]
+    fn hash_x16(&self, lanes: &mut [Lane<'_>]) {
+        let blocks = lanes
+            .iter()
+            .map(|l| l.msg.len() / SHA1_BLOCK)
+            .min()
+            .unwrap_or(0);
+        let mut refs: [&[u8]; WIDE] = [&[]; WIDE];
+        for (r, l) in refs.iter_mut().zip(lanes.iter()) {
+            *r = &*l.msg;
+        }
+        let n = lanes.len().min(WIDE);
+        // SAFETY: the caller's CPU has AVX-512F/BW; every lane has `blocks` blocks.
+        let states = unsafe { sha1x16::compress(self.inner.0, &refs[..n], blocks) };
+        for (l, st) in lanes.iter_mut().zip(states) {
+            (l.abcd, l.e) = Sha1State(st).load();
+            l.hashed = blocks * SHA1_BLOCK;
+        }
+    }
+
+    /// `finish_lanes` four lanes at a time.
+    #[target_feature(enable = "aes,sha,sse4.1,ssse3")]
+    fn finish_many(&self, lanes: &[Lane<'_>], tags: &mut [[u8; 20]; WIDE]) {
+        for (g, t) in lanes.chunks(LANES).zip(tags.chunks_mut(LANES)) {
+            let mut four = [[0u8; 20]; LANES];
+            match g {
+                [a, b, c, d] => self.finish_lanes([a, b, c, d], &mut four),
+                [a, b, c] => self.finish_lanes([a, b, c], &mut four),
+                [a, b] => self.finish_lanes([a, b], &mut four),
+                [a] => self.finish_lanes([a], &mut four),
+                _ => {}
+            }
+            for (dst, src) in t.iter_mut().zip(four) {
+                *dst = src;
+            }
+        }
+    }
+
+    /// CBC encryption only, `L` chains interleaved while all have blocks left.
+    #[target_feature(enable = "aes,sha,sse4.1,ssse3")]
+    fn encrypt_lanes<const L: usize>(&self, msgs: [(&mut [u8], usize); L]) {
+        let mut lanes = msgs.map(|(msg, ct_start)| self.lane(msg, ct_start));
+        let steps = lanes
+            .iter()
+            .map(|l| (l.msg.len() - l.done) / BLOCK)
+            .min()
+            .unwrap_or(0);
+        let mut prev = lanes.each_ref().map(|l| l.prev);
+        for _ in 0..steps {
+            let mut x = [_mm_setzero_si128(); L];
+            for ((x, p), l) in x.iter_mut().zip(&prev).zip(&lanes) {
+                *x = _mm_xor_si128(load(block_at(l.msg, l.done)), *p);
+            }
+            prev = aes_encrypt_lanes(&self.enc, self.rounds, x);
+            for (p, l) in prev.iter().zip(&mut lanes) {
+                store(block_at_mut(l.msg, l.done), *p);
+                l.done += BLOCK;
+            }
+        }
+        for (l, mut p) in lanes.iter_mut().zip(prev) {
+            while l.done < l.msg.len() {
+                let b = block_at_mut(l.msg, l.done);
+                p = aes_encrypt(&self.enc, self.rounds, _mm_xor_si128(load(b), p));
+                store(b, p);
+                l.done += BLOCK;
+            }
         }
     }
 
@@ -313,7 +486,7 @@ impl AesSha1 {
         for l in &mut lanes {
             self.seal_rest(l);
         }
-        self.finish_lanes(&lanes, tags);
+        self.finish_lanes(lanes.each_ref(), tags);
     }
 
     /// `L` packets opened together: each turn hashes two SHA-1 blocks of every packet
@@ -343,7 +516,7 @@ impl AesSha1 {
             self.open_hash_rest(l);
         }
         // The tails are hashed before they are decrypted, as in `open_from`.
-        self.finish_lanes(&lanes, tags);
+        self.finish_lanes(lanes.each_ref(), tags);
         for l in &mut lanes {
             let len = l.msg.len();
             self.decrypt_upto(l.msg, &mut l.done, len, l.prev);
@@ -353,12 +526,12 @@ impl AesSha1 {
     /// The last hash blocks of several packets (whole blocks, padding, outer hash), the
     /// packets' hashes interleaved: alone each is a chain of dependent SHA rounds.
     #[target_feature(enable = "aes,sha,sse4.1,ssse3")]
-    fn finish_lanes<const L: usize>(&self, lanes: &[Lane<'_>; L], tags: &mut [[u8; 20]; LANES]) {
+    fn finish_lanes<const L: usize>(&self, lanes: [&Lane<'_>; L], tags: &mut [[u8; 20]; LANES]) {
         let mut st = lanes.each_ref().map(|l| (l.abcd, l.e, l.hashed));
         let mut more = true;
         while more {
             more = false;
-            for (s, l) in st.iter_mut().zip(lanes) {
+            for (s, l) in st.iter_mut().zip(&lanes) {
                 if s.2 + SHA1_BLOCK <= l.msg.len() {
                     compress_bytes(&mut s.0, &mut s.1, sha1_block_at(l.msg, s.2));
                     s.2 += SHA1_BLOCK;
@@ -367,7 +540,7 @@ impl AesSha1 {
             }
         }
         let mut pads = [([0u8; 2 * SHA1_BLOCK], 0); L];
-        for ((p, s), l) in pads.iter_mut().zip(&st).zip(lanes) {
+        for ((p, s), l) in pads.iter_mut().zip(&st).zip(&lanes) {
             *p = pad(l.msg, s.2);
         }
         for b in 0..2 {
@@ -509,6 +682,10 @@ impl AesSha1 {
         mut prev: __m128i,
     ) -> __m128i {
         let limit = limit.min(msg.len());
+        if self.vaes && *done + 8 * BLOCK <= limit {
+            // SAFETY: `vaes` is set only when the CPU has AVX-512F and VAES.
+            prev = unsafe { self.decrypt_vaes(msg, done, limit, prev) };
+        }
         while *done + 8 * BLOCK <= limit {
             let at = *done;
             let mut c = [_mm_setzero_si128(); 8];
@@ -562,6 +739,46 @@ impl AesSha1 {
         prev
     }
 
+    /// `decrypt_upto` eight blocks at a time in two 512-bit registers (VAES: one
+    /// instruction per round for four blocks, a quarter of the AES-NI instructions). Each
+    /// block's CBC
+    /// "previous ciphertext" is the register shifted by one block, the first taken from
+    /// `prev`, so nothing is read back after it was decrypted in place.
+    #[target_feature(enable = "avx512f,vaes,aes,sse4.1")]
+    unsafe fn decrypt_vaes(
+        &self,
+        msg: &mut [u8],
+        done: &mut usize,
+        limit: usize,
+        prev: __m128i,
+    ) -> __m128i {
+        let last = self.rounds.min(14);
+        let mut prevz = _mm512_broadcast_i32x4(prev);
+        while *done + 8 * BLOCK <= limit {
+            let at = *done;
+            let c0 = load512(msg, at);
+            let c1 = load512(msg, at + 4 * BLOCK);
+            let p0 = _mm512_alignr_epi64::<6>(c0, prevz);
+            let p1 = _mm512_alignr_epi64::<6>(c1, c0);
+            let k0 = _mm512_broadcast_i32x4(self.dec[0]);
+            let mut x0 = _mm512_xor_si512(c0, k0);
+            let mut x1 = _mm512_xor_si512(c1, k0);
+            for k in &self.dec[1..last] {
+                let k = _mm512_broadcast_i32x4(*k);
+                x0 = _mm512_aesdec_epi128(x0, k);
+                x1 = _mm512_aesdec_epi128(x1, k);
+            }
+            let k = _mm512_broadcast_i32x4(self.dec[last]);
+            x0 = _mm512_aesdeclast_epi128(x0, k);
+            x1 = _mm512_aesdeclast_epi128(x1, k);
+            store512(msg, at, _mm512_xor_si512(x0, p0));
+            store512(msg, at + 4 * BLOCK, _mm512_xor_si512(x1, p1));
+            prevz = c1;
+            *done += 8 * BLOCK;
+        }
+        _mm512_extracti32x4_epi32::<3>(prevz)
+    }
+
     /// Hashes `msg[hashed..]` (under two SHA-1 blocks) with the padding (FIPS 180-4
     /// §5.1.1) and runs the outer hash (RFC 2104 §2).
     #[target_feature(enable = "aes,sha,sse4.1,ssse3")]
@@ -606,6 +823,13 @@ impl Drop for AesSha1 {
 /// more would only add register pressure.
 pub(crate) const LANES: usize = 4;
 
+/// Jobs gathered before a multi-packet call runs: one `sha1x16` call's worth.
+const WIDE: usize = sha1x16::WIDTH;
+
+/// Below this many jobs the sixteen-lane hash costs more than SHA-NI on each (it costs
+/// the same whatever the number of lanes used; one SHA-NI stream about a sixth of it).
+const X16_MIN_JOBS: usize = 6;
+
 /// Shorter packets go one at a time: with a block or two per packet, setting up lanes
 /// costs more than it saves (crypto bench `cbc_hmac_many` at 64 bytes).
 const LANE_MIN_LEN: usize = 256;
@@ -619,6 +843,22 @@ struct Lane<'a> {
     prev: __m128i,
     abcd: __m128i,
     e: __m128i,
+}
+
+impl Lane<'_> {
+    /// A placeholder in fixed arrays; never processed.
+    fn empty() -> Self {
+        // SAFETY: SSE2 is part of the x86_64 baseline.
+        let zero = unsafe { _mm_setzero_si128() };
+        Lane {
+            msg: &mut [],
+            done: 0,
+            hashed: 0,
+            prev: zero,
+            abcd: zero,
+            e: zero,
+        }
+    }
 }
 
 fn seal_msg<'a>(job: &'a mut &mut SealJob<'_>) -> (&'a mut [u8], usize) {
@@ -713,6 +953,26 @@ fn block_at_mut(msg: &mut [u8], at: usize) -> &mut [u8; BLOCK] {
 #[allow(clippy::indexing_slicing)]
 fn sha1_block_at(msg: &[u8], at: usize) -> &[u8; SHA1_BLOCK] {
     &msg[at..at + SHA1_BLOCK].as_chunks::<SHA1_BLOCK>().0[0]
+}
+
+/// Four blocks from `msg[at..]`; the callers keep `at + 64` in range (a bound check
+/// stops it otherwise).
+#[allow(clippy::indexing_slicing)]
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn load512(msg: &[u8], at: usize) -> __m512i {
+    let b = &msg[at..at + 4 * BLOCK];
+    // SAFETY: `b` is 64 readable bytes; `loadu` has no alignment requirement.
+    unsafe { _mm512_loadu_si512(b.as_ptr().cast()) }
+}
+
+#[allow(clippy::indexing_slicing)]
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn store512(msg: &mut [u8], at: usize, v: __m512i) {
+    let b = &mut msg[at..at + 4 * BLOCK];
+    // SAFETY: `b` is 64 writable bytes; `storeu` has no alignment requirement.
+    unsafe { _mm512_storeu_si512(b.as_mut_ptr().cast(), v) }
 }
 
 #[inline(always)]
