@@ -232,9 +232,9 @@ impl<'a> OpenJob<'a> {
     }
 }
 
-/// Packets handed to `CbcHmac::seal_many`/`open_many` per call (two groups of its four
-/// lanes); a stack array, no allocation.
-const CHUNK: usize = 8;
+/// Packets handed to `CbcHmac::seal_many`/`open_many` per call: two of its sixteen-lane
+/// hash groups; a stack array, no allocation.
+const CHUNK: usize = 32;
 
 /// Counters of an outbound SA, read with [`OutboundSa::stats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -85,8 +85,8 @@ pub(crate) struct Local {
 }
 
 /// Packets of the current batch whose ESP crypto waits for `end_batch`, where each SA's
-/// packets are sealed or opened together (four at a time on AES-NI/SHA-NI:
-/// `crypto::CbcHmac::seal_many`). Sized for the largest batch once, so pushing never
+/// packets are sealed or opened together (`crypto::CbcHmac::seal_many`: four CBC chains
+/// interleaved, hashes sixteen packets wide with AVX-512). Sized for the largest batch once, so pushing never
 /// allocates; an SA is cloned (one reference count) only where it changes from the
 /// previous packet's, which for a TSO super-packet's segments is once.
 struct Deferred<S, P> {
@@ -127,8 +127,9 @@ impl<S, P> Deferred<S, P> {
 
 /// The data plane's largest batch (`dataplane::Config::batch`).
 const MAX_BATCH: usize = 1024;
-/// Jobs handed to `seal_many`/`open_many` per call: a stack array.
-const CHUNK: usize = 16;
+/// Jobs handed to `seal_many`/`open_many` per call: a stack array that holds all the
+/// segments of a TSO super-packet (45 of 1448 bytes).
+const CHUNK: usize = 64;
 
 impl Handler for EspHandler {
     type Local = Local;
