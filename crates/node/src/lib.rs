@@ -137,6 +137,7 @@ impl Node {
         changes: watch::Receiver<T>,
     ) -> Result<NodeHandle, NodeError> {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| NodeError::NoRuntime)?;
+        fix_malloc_mmap_threshold();
         let (input_tx, input_rx) = sync_channel::<Input>(INPUT_CAPACITY);
         let fwd = Arc::new(ArcSwap::from_pointee(Fwd::default()));
         let sadb = Arc::new(esp::SaDb::new());
@@ -357,6 +358,21 @@ impl Drop for NodeHandle {
         self.stop.notify_one();
         self.reconciler.abort();
         let _ = self.input.try_send(Input::Shutdown);
+    }
+}
+
+/// glibc's malloc raises its mmap threshold to the size of each large block freed (up
+/// to 32 MiB, `mallopt(3)`); from then on transient buffers of up to that size (the
+/// forwarding snapshot and route tables rebuilt as tunnels come up, store pages) are
+/// carved from the heap arenas, whose free space stays resident. A fixed threshold keeps
+/// large blocks mmapped, returned to the kernel when freed: with 10,000 tunnels the
+/// responder grew by 7.1 KiB per tunnel instead of 8.0–8.3 (issue 8).
+fn fix_malloc_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` only sets an allocator parameter; M_MMAP_THRESHOLD with a value
+    // below its 32 MiB maximum is valid at any time and from any thread.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
 }
 
