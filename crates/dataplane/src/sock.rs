@@ -250,6 +250,17 @@ impl GroScratch {
         }
     }
 
+    /// Bytes per batch slot for the next read (of at most `data`), and the slots one
+    /// whole coalesced message of that segment size needs.
+    fn slot_geometry(&self, data: usize) -> (usize, usize) {
+        let g = match self.seg_guess {
+            0 => data,
+            x => x.min(data),
+        }
+        .max(1);
+        (g, GRO_MAX_SEGMENTS.min(GRO_BUF_LEN.div_ceil(g)))
+    }
+
     /// Whether segments of the last read are still waiting.
     pub fn pending(&self) -> bool {
         self.next < self.count
@@ -536,17 +547,27 @@ impl BatchSocket {
     pub fn recv_gro(&self, batch: &mut BatchBuf, scratch: &mut GroScratch) -> io::Result<Received> {
         let mut out = Received::default();
         let mut n = scratch.hand_out(batch, 0, &mut out);
-        // Only read when nothing is pending, so nothing received is overwritten.
-        if n < batch.capacity() && !scratch.pending() {
+        // Only read when nothing is pending, so nothing received is overwritten; read
+        // again while a whole message still fits in place (the rest of a super-packet
+        // the peer had to send as two GSO messages then shares this batch, and one TUN
+        // write, with its first part).
+        for _ in 0..GRO_READS {
+            if n >= batch.capacity() || scratch.pending() {
+                break;
+            }
             match self.recv_gro_messages(batch, n, scratch, &mut out) {
                 Ok(m) => n = scratch.hand_out(batch, m, &mut out),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 // Segments already in the batch are still delivered.
                 Err(e) if n == 0 => {
                     batch.set_len(0);
                     return Err(e);
                 }
-                Err(_) => {}
+                Err(_) => break,
+            }
+            let (_, per) = scratch.slot_geometry(batch.layout().data);
+            if batch.capacity() - n < per {
+                break;
             }
         }
         out.packets = n;
@@ -569,14 +590,9 @@ impl BatchSocket {
         let (pkts, metas) = batch.slots_mut();
         let cap = pkts.len();
         let free = cap.saturating_sub(n);
-        let g = match s.seg_guess {
-            0 => layout.data,
-            x => x.min(layout.data),
-        }
-        .max(1);
-        // Slots one full message needs; as many whole messages as fit, at least one (what
-        // its slots cannot take spills).
-        let per = GRO_MAX_SEGMENTS.min(GRO_BUF_LEN.div_ceil(g));
+        let (g, per) = s.slot_geometry(layout.data);
+        // As many whole messages as fit, at least one (what its slots cannot take
+        // spills).
         let k = (free / per).clamp(1, s.msgs.len());
         let need = free + k;
         if s.iovs.len() < need {
@@ -907,6 +923,8 @@ const UDP_GRO: libc::c_int = 104;
 const GRO_BUF_LEN: usize = 65_536;
 /// At most this many datagrams in one coalesced message (`UDP_GRO_CNT_MAX`).
 const GRO_MAX_SEGMENTS: usize = 64;
+/// At most this many `recvmmsg` calls per [`BatchSocket::recv_gro`].
+const GRO_READS: usize = 4;
 
 /// Whether the kernel does UDP segmentation offload (`UDP_SEGMENT`, Linux ≥ 4.18).
 pub fn udp_gso_supported() -> bool {

@@ -461,6 +461,19 @@ fn gro_receive_in_place_and_when_the_segment_size_changes() {
         send_runs(&tx, &rx, &[&b, &c]);
         let want: Vec<Vec<u8>> = [&b, &c].into_iter().flatten().cloned().collect();
         assert_eq!(recv_gro_all(&rx, &mut batch, &mut g, 65), (want, 0));
+        // The tail of one GSO send (three segments) and the next whole message: one
+        // call reads again while a whole message still fits, both in place.
+        let mut sixty = BatchBuf::new(60, BufLayout::default());
+        let t = run(8, 3, 1400, 10);
+        let u = run(9, 45, 1400, 1400);
+        send_runs(&tx, &rx, &[&t, &u]);
+        assert!(readable(rx.fd(), Duration::from_secs(2)));
+        let r = rx.recv_gro(&mut sixty, &mut g).expect("recv_gro");
+        assert_eq!((r.packets, r.copied, r.coalesced), (48, 0, 2), "{r:?}");
+        let got: Vec<Vec<u8>> = sixty.packets().iter().map(|p| p.data().to_vec()).collect();
+        let want: Vec<Vec<u8>> = [&t, &u].into_iter().flatten().cloned().collect();
+        assert_eq!(got, want);
+
         send_runs(&tx, &rx, &[&d, &e]);
         let want: Vec<Vec<u8>> = [&d, &e].into_iter().flatten().cloned().collect();
         assert_eq!(recv_gro_all(&rx, &mut batch, &mut g, 26), (want, 26));
