@@ -55,6 +55,15 @@
 //! ICV fails is dropped with none of its decrypted bytes used, and the replay window only
 //! moves for packets that passed.
 //!
+//! # Batches
+//!
+//! [`OutboundSa::encapsulate_deferred`] and [`InboundSa::decapsulate_deferred`] do
+//! everything but the AES-CBC + HMAC work (sequence number and IV; or the checks up to
+//! the replay pre-check) and [`OutboundSa::seal_many`] / [`InboundSa::open_many`] then
+//! run it for many packets of one SA at once (`crypto::CbcHmac::seal_many`), finishing
+//! each packet as the one-packet calls do, in order: the replay window moves only for
+//! packets whose ICV was good. AEAD SAs finish in the first step.
+//!
 //! # Sharing between threads
 //!
 //! [`OutboundSa`] and [`InboundSa`] are `Sync` and used through `&self` by any number of
