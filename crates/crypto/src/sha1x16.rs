@@ -64,42 +64,48 @@ pub(crate) unsafe fn compress(state: [u32; 5], msgs: &[&[u8]], blocks: usize) ->
             *wj = _mm512_shuffle_epi8(*wj, swap);
         }
         let [mut a, mut b, mut c, mut d, mut e] = h;
-        macro_rules! rounds {
-            ($range:expr, $f:literal, $k:literal) => {
-                for t in $range {
-                    let wt = if t < 16 {
-                        w[t]
-                    } else {
-                        // W[t] = ROTL1(W[t-3] ^ W[t-8] ^ W[t-14] ^ W[t-16]), kept in a
-                        // ring of sixteen.
-                        let x = _mm512_ternarylogic_epi32::<0x96>(
-                            w[(t - 3) % 16],
-                            w[(t - 8) % 16],
-                            w[(t - 14) % 16],
-                        );
-                        let n = _mm512_rol_epi32::<1>(_mm512_xor_si512(x, w[t % 16]));
-                        w[t % 16] = n;
-                        n
-                    };
-                    let f = _mm512_ternarylogic_epi32::<$f>(b, c, d);
-                    let kw = _mm512_add_epi32(wt, _mm512_set1_epi32($k as i32));
-                    let temp = _mm512_add_epi32(
-                        _mm512_add_epi32(_mm512_rol_epi32::<5>(a), f),
-                        _mm512_add_epi32(e, kw),
+        // Written out round by round (literal `t`), so the message ring stays in
+        // registers (there are 32) and `t < 16` is decided at compile time.
+        macro_rules! round {
+            ($t:literal, $f:literal, $k:literal) => {
+                let t: usize = $t;
+                let wt = if t < 16 {
+                    w[t]
+                } else {
+                    // W[t] = ROTL1(W[t-3] ^ W[t-8] ^ W[t-14] ^ W[t-16]), kept in a ring
+                    // of sixteen.
+                    let x = _mm512_ternarylogic_epi32::<0x96>(
+                        w[(t + 13) % 16],
+                        w[(t + 8) % 16],
+                        w[(t + 2) % 16],
                     );
-                    e = d;
-                    d = c;
-                    c = _mm512_rol_epi32::<30>(b);
-                    b = a;
-                    a = temp;
-                }
+                    let n = _mm512_rol_epi32::<1>(_mm512_xor_si512(x, w[t % 16]));
+                    w[t % 16] = n;
+                    n
+                };
+                let f = _mm512_ternarylogic_epi32::<$f>(b, c, d);
+                let kw = _mm512_add_epi32(wt, _mm512_set1_epi32($k as i32));
+                let temp = _mm512_add_epi32(
+                    _mm512_add_epi32(_mm512_rol_epi32::<5>(a), f),
+                    _mm512_add_epi32(e, kw),
+                );
+                e = d;
+                d = c;
+                c = _mm512_rol_epi32::<30>(b);
+                b = a;
+                a = temp;
+            };
+        }
+        macro_rules! rounds {
+            ($f:literal, $k:literal; $($t:literal)*) => {
+                $( round!($t, $f, $k); )*
             };
         }
         // FIPS 180-4 §4.1.1 and §4.2.1: Ch, Parity, Maj, Parity and their constants.
-        rounds!(0..20, 0xca, 0x5a82_7999u32);
-        rounds!(20..40, 0x96, 0x6ed9_eba1u32);
-        rounds!(40..60, 0xe8, 0x8f1b_bcdcu32);
-        rounds!(60..80, 0x96, 0xca62_c1d6u32);
+        rounds!(0xca, 0x5a82_7999u32; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19);
+        rounds!(0x96, 0x6ed9_eba1u32; 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39);
+        rounds!(0xe8, 0x8f1b_bcdcu32; 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59);
+        rounds!(0x96, 0xca62_c1d6u32; 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79);
         for (hv, v) in h.iter_mut().zip([a, b, c, d, e]) {
             *hv = _mm512_add_epi32(*hv, v);
         }
