@@ -91,38 +91,19 @@ impl Tun {
     /// Reads one packet (with its vnet header, if any) into `buf`. `Ok(None)` when no
     /// packet is waiting.
     pub fn recv_raw(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
-        loop {
-            // SAFETY: buf is a live, mutably borrowed slice.
-            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n >= 0 {
-                return Ok(Some(n as usize));
-            }
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => return Ok(None),
-                _ => return Err(e),
-            }
-        }
+        // SAFETY: buf is a live, mutably borrowed slice.
+        nonblocking_read(|| unsafe {
+            libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
+        })
     }
 
     /// Reads one packet (with its vnet header, if any) scattered over `iov`. `Ok(None)`
     /// when no packet is waiting.
     pub fn recv_iov(&self, iov: &[libc::iovec]) -> io::Result<Option<usize>> {
-        loop {
-            // SAFETY: the caller's iovecs point at live, writable memory for this call.
-            let n =
-                unsafe { libc::readv(self.fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
-            if n >= 0 {
-                return Ok(Some(n as usize));
-            }
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => return Ok(None),
-                _ => return Err(e),
-            }
-        }
+        // SAFETY: the caller's iovecs point at live, writable memory for this call.
+        nonblocking_read(|| unsafe {
+            libc::readv(self.fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int)
+        })
     }
 
     /// Writes one packet gathered from `iov` (the vnet header first, if any).
@@ -184,6 +165,23 @@ impl Tun {
             if e.kind() != io::ErrorKind::Interrupted {
                 return Err(e);
             }
+        }
+    }
+}
+
+/// Runs a non-blocking `read`/`readv` until it is not interrupted: `Ok(None)` when no
+/// packet is waiting (EAGAIN), the byte count otherwise.
+fn nonblocking_read(mut read: impl FnMut() -> isize) -> io::Result<Option<usize>> {
+    loop {
+        let n = read();
+        if let Ok(n) = usize::try_from(n) {
+            return Ok(Some(n));
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => return Ok(None),
+            _ => return Err(e),
         }
     }
 }
