@@ -509,22 +509,7 @@ fn vpngw_pair_uses_esp_in_udp_with_gso_and_gro() {
             "{installed:#?}"
         );
     }
-    lab::wait_ping(&p.host_a, HOST_A, HOST_B, Duration::from_secs(10)).unwrap();
-    let server = Iperf3Server::start(&p.host_b, p._workdir.path(), HOST_B, 5201).unwrap();
-    let r = lab::iperf3_client(
-        &p.host_a,
-        HOST_A,
-        HOST_B,
-        server.port(),
-        100_000_000,
-        Duration::from_secs(60),
-    )
-    .unwrap();
-    assert!(r.bytes_sent >= 100_000_000, "{r:?}");
-    println!(
-        "iperf3 through ESP in UDP: {:.0} Mbit/s",
-        r.bits_per_second / 1e6
-    );
+    bulk_tcp_a_to_b(&p, "ESP in UDP");
 
     for (name, gw) in [("A", &p.gw_a), ("B", &p.gw_b)] {
         let (_, text) = gw.call_text("GET", "/metrics", None);
@@ -554,6 +539,27 @@ fn vpngw_pair_uses_esp_in_udp_with_gso_and_gro() {
     assert!(m(&p.gw_b, r#"vpngw_dataplane_packets_total{path="udp_rx"}"#) > 60_000);
 }
 
+/// Once host A reaches host B through the tunnel, 100 MB of iperf3 TCP from A to B
+/// (bounded at 60 s); prints the rate under `what`.
+fn bulk_tcp_a_to_b(p: &Pair, what: &str) {
+    lab::wait_ping(&p.host_a, HOST_A, HOST_B, Duration::from_secs(10)).unwrap();
+    let server = Iperf3Server::start(&p.host_b, p._workdir.path(), HOST_B, 5201).unwrap();
+    let r = lab::iperf3_client(
+        &p.host_a,
+        HOST_A,
+        HOST_B,
+        server.port(),
+        100_000_000,
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert!(r.bytes_sent >= 100_000_000, "{r:?}");
+    println!(
+        "iperf3 through {what}: {:.0} Mbit/s",
+        r.bits_per_second / 1e6
+    );
+}
+
 /// The seed's default suite (AES-128-CBC + HMAC-SHA1-96, MODP1024 PFS) between two
 /// vpngw: the per-batch crypto (`Handler::end_batch`: four interleaved CBC chains, the
 /// HMAC sixteen packets wide where the CPU has AVX-512) seals and opens 100 MB of TCP
@@ -575,22 +581,7 @@ fn vpngw_pair_carries_bulk_tcp_with_the_default_cbc_suite() {
             "{t:#}"
         );
     }
-    lab::wait_ping(&p.host_a, HOST_A, HOST_B, Duration::from_secs(10)).unwrap();
-    let server = Iperf3Server::start(&p.host_b, p._workdir.path(), HOST_B, 5201).unwrap();
-    let r = lab::iperf3_client(
-        &p.host_a,
-        HOST_A,
-        HOST_B,
-        server.port(),
-        100_000_000,
-        Duration::from_secs(60),
-    )
-    .unwrap();
-    assert!(r.bytes_sent >= 100_000_000, "{r:?}");
-    println!(
-        "iperf3 through aes128-sha1: {:.0} Mbit/s",
-        r.bits_per_second / 1e6
-    );
+    bulk_tcp_a_to_b(&p, "aes128-sha1");
     for gw in [&p.gw_a, &p.gw_b] {
         for reason in ["auth_failed", "replay", "malformed", "truncated"] {
             let name = format!(r#"vpngw_dataplane_drops_total{{reason="{reason}"}}"#);
