@@ -3,7 +3,8 @@
 //!
 //! The window is a ring of 64-bit atomic slots. Each slot holds one 32-bit *block* of the
 //! bitmap together with the number of the block it currently describes:
-//! `slot = block_number << 32 | bitmap`, with `block_number = seq / 32` and the slot index
+//! `slot = block_number << 32 | bitmap` (the low 32 bits of the number, compared in
+//! serial number arithmetic: see `judge`), with `block_number = seq / 32` and the slot index
 //! `block_number % SLOTS` (the ring without bit shifting of RFC 6479, with a tag per slot).
 //! Because every slot names its block, a thread marks a sequence number with one
 //! compare-and-swap on one word and never has to clear other words when the window moves;
@@ -125,13 +126,26 @@ fn locate(seq: u64) -> (usize, u64, u64) {
 }
 
 /// The slot value after marking `mask` of `block`, or why it cannot be marked.
+///
+/// A slot has room for only the low 32 bits of its block number, and with extended
+/// sequence numbers (RFC 4303 §2.2.1) block numbers go up to 2^59. Tags are therefore
+/// compared in serial number arithmetic (RFC 1982 §3.2): `block` is newer than the tag
+/// when it is less than 2^31 blocks ahead modulo 2^32. That is exact while every slot is
+/// rewritten within 2^31 blocks (2^36 sequence numbers); a sender numbers consecutively
+/// (RFC 4303 §3.3.3), so each slot comes round again every `SLOTS` blocks.
+/// A slot never written is 0 (a written one has a bit set) and takes any block.
 fn judge(current: u64, block: u64, mask: u64) -> Result<u64, ReplayError> {
-    let tag = current >> 32;
-    if tag > block {
+    let tag = (current >> 32) as u32;
+    let low = block as u32;
+    let ahead = low.wrapping_sub(tag) as i32;
+    if current == 0 {
+        return Ok(u64::from(low) << 32 | mask);
+    }
+    if ahead < 0 {
         return Err(ReplayError::TooOld);
     }
-    if tag < block {
-        return Ok(block << 32 | mask);
+    if ahead > 0 {
+        return Ok(u64::from(low) << 32 | mask);
     }
     if current & mask != 0 {
         return Err(ReplayError::Replayed);
@@ -257,6 +271,27 @@ mod tests {
             assert_eq!(window.check(oldest - 1), Err(ReplayError::TooOld));
         }
         assert!(core::mem::size_of::<ReplayWindow>() <= 528);
+    }
+
+    #[test]
+    fn replays_are_refused_past_two_to_the_thirty_seven() {
+        // With extended sequence numbers (RFC 4303 §2.2.1) a long-lived SA passes 2^37
+        // packets, where the block number no longer fits the slot's 32-bit tag.
+        for top in [1u64 << 37, (1 << 37) + 31, (1 << 40) + 5, u64::MAX - 1] {
+            let window = ReplayWindow::new();
+            for seq in top - 3 * REPLAY_WINDOW..=top {
+                window.accept(seq).unwrap();
+            }
+            for seq in [top, top - 1, top - 40, top - REPLAY_WINDOW + 1] {
+                assert_eq!(window.check(seq), Err(ReplayError::Replayed), "{top} {seq}");
+                assert_eq!(
+                    window.accept(seq),
+                    Err(ReplayError::Replayed),
+                    "{top} {seq}"
+                );
+            }
+            assert_eq!(window.check(top - REPLAY_WINDOW), Err(ReplayError::TooOld));
+        }
     }
 
     #[test]
