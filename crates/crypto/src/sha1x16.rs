@@ -54,11 +54,21 @@ pub(crate) unsafe fn compress(state: [u32; 5], msgs: &[&[u8]], blocks: usize) ->
         0x0c0d_0e0f_0809_0a0b,
         0x0405_0607_0001_0203,
     );
-    let mut h = state.map(|w| _mm512_set1_epi32(w as i32));
+    // Plain loops rather than `array::map`: a closure does not inherit
+    // the function's target features, so it was called per lane and per block (about a
+    // fifth of the hashing time in a profile of the sending gateway) with every register
+    // passed through memory.
+    let mut h = [_mm512_setzero_si512(); 5];
+    for (hv, w) in h.iter_mut().zip(state) {
+        *hv = _mm512_set1_epi32(w as i32);
+    }
     for blk in 0..blocks {
         // Each lane's block in one register, then transposed so that register j holds
         // word j of every lane.
-        let rows = lanes.map(|m| load64(m, blk * 64));
+        let mut rows = [_mm512_setzero_si512(); WIDTH];
+        for (r, m) in rows.iter_mut().zip(lanes) {
+            *r = load64(m, blk * 64);
+        }
         let mut w = transpose(rows);
         for wj in &mut w {
             *wj = _mm512_shuffle_epi8(*wj, swap);
