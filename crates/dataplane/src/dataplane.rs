@@ -38,14 +38,21 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults: one worker per core, batches of 64, [`BufLayout::default`], no sockets.
+    /// Defaults: one worker per core, batches of 256, [`BufLayout::default`], no sockets.
+    ///
+    /// A 64 KiB TSO super-packet from the TUN is 48 segments of an MSS of 1348, and after
+    /// ESP they fill one and a half UDP GSO messages (65,507 bytes each at most). With
+    /// room for five super-packets a batch lets the segments of those that are waiting
+    /// share messages (measured: 1.5 messages per super-packet instead of 2, and on the
+    /// receiving side 0.77 TUN writes per GRO read instead of 1; issue 8). A batch takes
+    /// only what is ready, so an idle flow waits no longer than before.
     pub fn new(tun: TunConfig) -> Self {
         Self {
             workers: 0,
             tun,
             udp: Vec::new(),
             esp: None,
-            batch: 64,
+            batch: 256,
             layout: BufLayout::default(),
             control_capacity: 1024,
             // The workers read with `recv_gro`: coalesced ESP in UDP from a peer that
