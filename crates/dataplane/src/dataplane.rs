@@ -11,7 +11,7 @@ use std::time::Instant;
 use crate::buf::{BatchBuf, BufLayout, PacketBuf};
 use crate::counters::{Counters, DropReason, Snapshot};
 use crate::netlink::{AddMode, Netlink, NetlinkError};
-use crate::offload::{Gro, MAX_SEGMENTS, OffloadError, Split, VNET_HDR_LEN, VnetHdr};
+use crate::offload::{MAX_SEGMENTS, OffloadError, Split, TunRun, VNET_HDR_LEN, VnetHdr};
 use crate::sock::{BatchSocket, Datagram, GroScratch, MsgScratch, SocketOptions};
 use crate::tun::{Tun, TunConfig};
 
@@ -611,6 +611,8 @@ struct Vnet {
     pending: Option<(Split, usize, usize)>,
     /// One coalesced write: vnet header, the first segment, the others' payloads.
     iov: Vec<libc::iovec>,
+    /// The open TCP run for the TUN device held back across batches.
+    run: TunRun,
 }
 
 /// vnet header + the largest IPv4 packet.
@@ -644,6 +646,7 @@ impl<H: Handler> Worker<H> {
                 geometry: (0, self.layout.data),
                 pending: None,
                 iov: Vec::with_capacity(MAX_SEGMENTS + 1),
+                run: TunRun::new(self.layout),
             }),
             ctx,
             w: self,
@@ -668,8 +671,12 @@ impl<H: Handler> Running<H> {
         }
         let n_udp = self.w.udp.len();
         loop {
+            // With a TCP run held back for the TUN device, only look whether more input
+            // is ready: if none is, the run goes out before the worker blocks, so a flow
+            // that paused never waits on a coalescing buffer.
+            let timeout = if self.held_segments() > 0 { 0 } else { -1 };
             // SAFETY: fds is a live array of pollfd of the given length.
-            let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if rc < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -678,7 +685,15 @@ impl<H: Handler> Running<H> {
                 tracing::error!(worker = self.w.index, err = %e, "poll failed; worker stops");
                 return;
             }
+            if rc == 0 {
+                self.write_held();
+                self.w.counters[self.w.index].add(&self.sums);
+                self.sums = Snapshot::default();
+                continue;
+            }
             if fds[0].revents != 0 {
+                self.write_held();
+                self.w.counters[self.w.index].add(&self.sums);
                 return;
             }
             if fds.iter().any(|p| p.revents & libc::POLLNVAL != 0) {
@@ -699,9 +714,33 @@ impl<H: Handler> Running<H> {
             if fds.len() > 2 + n_udp && fds[2 + n_udp].revents != 0 {
                 self.drain_socket(Src::Esp, 0);
             }
+            // A run no segment joined during a whole pass belongs to a flow that paused:
+            // it does not wait behind other sources' traffic for the poll to come up
+            // empty.
+            if let Some(v) = self.vnet.as_mut()
+                && !v.run.take_fresh()
+            {
+                self.write_held();
+            }
             self.w.counters[self.w.index].add(&self.sums);
             self.sums = Snapshot::default();
         }
+    }
+
+    /// Segments held back for the TUN device.
+    fn held_segments(&self) -> usize {
+        self.vnet.as_ref().map_or(0, |v| v.run.pending())
+    }
+
+    /// Writes the TCP run held back for the TUN device, if any.
+    fn write_held(&mut self) {
+        let Some(v) = self.vnet.as_mut() else { return };
+        let (tun, sums) = (&self.w.tun, &mut self.sums);
+        let iov = &mut v.iov;
+        v.run
+            .flush(&mut |h: &VnetHdr, segs: &[PacketBuf], skip: usize| {
+                write_tun_vnet(tun, iov, sums, h, segs, skip)
+            });
     }
 
     fn drain_tun(&mut self) {
@@ -1114,70 +1153,62 @@ impl<H: Handler> Running<H> {
 
     /// Writes the batch's packets for the TUN device, consecutive TCP segments of one
     /// flow coalesced into super-packets: one `writev` per run (vnet header, the first
-    /// segment with its header patched, the other segments' payloads in place).
+    /// segment with its header patched, the other segments' payloads in place). The
+    /// last run stays open across batches while it may still grow (see [`TunRun`]).
     fn flush_tun_vnet(&mut self, n: usize) {
         let Some(v) = self.vnet.as_mut() else { return };
+        let (tun, sums) = (&self.w.tun, &mut self.sums);
+        let (iov, run) = (&mut v.iov, &mut v.run);
+        let mut write = |h: &VnetHdr, segs: &[PacketBuf], skip: usize| {
+            write_tun_vnet(tun, iov, sums, h, segs, skip)
+        };
         let pkts = self.rx.packets_mut();
-        let outs = &self.out[..n.min(pkts.len())];
-        let mut i = 0;
-        while i < outs.len() {
-            if !matches!(outs[i], Out::Tun) {
-                i += 1;
-                continue;
+        for (p, o) in pkts.iter_mut().zip(self.out.iter().take(n)) {
+            if matches!(o, Out::Tun) {
+                run.push(p, &mut write);
             }
-            let first = i;
-            let mut j = i + 1;
-            let mut gro = Gro::start(pkts[first].data());
-            if let Some(g) = gro.as_mut() {
-                while j < outs.len() {
-                    if matches!(outs[j], Out::Tun) {
-                        let (a, b) = pkts.split_at_mut(j);
-                        if !g.append(a[first].data(), b[0].data()) {
-                            break;
-                        }
-                    }
-                    j += 1;
-                }
-            }
-            let hdr = match &gro {
-                Some(g) => g.finish(pkts[first].data_mut()),
-                None => VnetHdr::default(),
-            };
-            let skip = gro.as_ref().map_or(0, Gro::hdr_len);
-            let hbytes = hdr.encode();
-            v.iov.clear();
-            v.iov.push(libc::iovec {
-                iov_base: hbytes.as_ptr() as *mut libc::c_void,
-                iov_len: hbytes.len(),
-            });
-            let (mut count, mut bytes) = (0u64, 0usize);
-            for (k, p) in pkts[first..j].iter().enumerate() {
-                if !matches!(outs[first + k], Out::Tun) {
-                    continue;
-                }
-                let d = if k == 0 {
-                    p.data()
-                } else {
-                    p.data().get(skip..).unwrap_or_default()
-                };
-                v.iov.push(libc::iovec {
-                    iov_base: d.as_ptr() as *mut libc::c_void,
-                    iov_len: d.len(),
-                });
-                count += 1;
-                bytes += d.len();
-            }
-            match self.w.tun.send_iov(&v.iov) {
-                Ok(()) => {
-                    self.sums.tun_tx.packets += count;
-                    self.sums.tun_tx.bytes += bytes as u64;
-                    if count > 1 {
-                        self.sums.tun_gro_writes += 1;
-                    }
-                }
-                Err(_) => self.sums.drops[DropReason::SendFailed as usize] += count,
-            }
-            i = j;
         }
+    }
+}
+
+/// One `writev` to the TUN device: the vnet header `h`, then `segs` (all of the first,
+/// the others from `skip` on) as one (super-)packet; counted in `sums`.
+fn write_tun_vnet(
+    tun: &Tun,
+    iov: &mut Vec<libc::iovec>,
+    sums: &mut Snapshot,
+    h: &VnetHdr,
+    segs: &[PacketBuf],
+    skip: usize,
+) {
+    let hbytes = h.encode();
+    iov.clear();
+    iov.push(libc::iovec {
+        iov_base: hbytes.as_ptr() as *mut libc::c_void,
+        iov_len: hbytes.len(),
+    });
+    let mut bytes = 0;
+    for (k, p) in segs.iter().enumerate() {
+        let d = if k == 0 {
+            p.data()
+        } else {
+            p.data().get(skip..).unwrap_or_default()
+        };
+        iov.push(libc::iovec {
+            iov_base: d.as_ptr() as *mut libc::c_void,
+            iov_len: d.len(),
+        });
+        bytes += d.len();
+    }
+    let count = segs.len() as u64;
+    match tun.send_iov(iov) {
+        Ok(()) => {
+            sums.tun_tx.packets += count;
+            sums.tun_tx.bytes += bytes as u64;
+            if count > 1 {
+                sums.tun_gro_writes += 1;
+            }
+        }
+        Err(_) => sums.drops[DropReason::SendFailed as usize] += count,
     }
 }

@@ -9,8 +9,9 @@
 //! *partial* (the pseudo-header sum, to be finished over `csum_start..`). It takes back
 //! super-packets the same way, which is how one `write` can deliver ~45 TCP segments.
 //!
-//! Everything here is pure: it reads and writes caller buffers, allocates nothing, and
-//! turns malformed input into an [`OffloadError`] (the worker drops and counts it).
+//! Everything here is pure: it reads and writes caller buffers, allocates nothing (but
+//! [`TunRun::new`]'s spare buffers, once per worker), and turns malformed input into an
+//! [`OffloadError`] (the worker drops and counts it).
 //!
 //! - [`Split::plan`] checks a packet read from the TUN device against its header and
 //!   [`Split::segment`] writes segment *i* as a complete IPv4 packet: IP total length,
@@ -22,6 +23,8 @@
 //!   length, ID and checksums, contiguous sequence numbers, equal segment sizes with a
 //!   shorter last one, no SYN/FIN/RST/URG, no CWR after the first, valid checksums) and
 //!   patches the first segment's header into the super-packet's header.
+//! - [`TunRun`] holds the last open run back across batches until it is full, the next
+//!   packet does not extend it, or the worker is about to wait for input.
 //!
 //! IPv4 only: the ESP handler carries IPv4, so TSO6 is not turned on and the kernel
 //! segments IPv6 itself.
@@ -39,6 +42,8 @@ pub const GSO_TCPV4: u8 = 1;
 pub const GSO_UDP_L4: u8 = 5;
 /// `VIRTIO_NET_HDR_GSO_ECN`: the segments carry ECN (CWR on the first only).
 pub const GSO_ECN: u8 = 0x80;
+
+use crate::buf::{BufLayout, PacketBuf};
 
 /// Most segments coalesced into one super-packet.
 pub const MAX_SEGMENTS: usize = 64;
@@ -413,6 +418,13 @@ impl Gro {
         self.hdr
     }
 
+    /// Whether another segment of the run's size may still join: no PSH or shorter
+    /// segment closed it, and neither the segment count nor the IPv4 total length
+    /// (RFC 791 §3.1: 16 bits) would be exceeded by one more.
+    pub fn is_open(&self) -> bool {
+        !self.closed && self.count < MAX_SEGMENTS && self.total + self.mss <= usize::from(u16::MAX)
+    }
+
     /// Adds `next` to the run if it continues it; `first` is the run's first segment.
     pub fn append(&mut self, first: &[u8], next: &[u8]) -> bool {
         if self.closed || self.count >= MAX_SEGMENTS {
@@ -490,6 +502,135 @@ impl Gro {
             csum_start: ihl as u16,
             csum_offset: TCP_CSUM_OFFSET as u16,
         }
+    }
+}
+
+/// The last open run of TCP segments bound for the TUN device, held back across UDP GRO
+/// messages and batches so that one write carries as many segments as the kernel takes
+/// (64 KiB) instead of ending at every batch boundary.
+///
+/// The peer's 64 KiB TSO super-packets leave it as two UDP GSO messages (the 65,507-byte
+/// UDP limit) and arrive as separate GRO messages, often in separate batches: cut at the
+/// batch, each TUN write carried about half a super-packet. Every write is one trip
+/// through the receiving host's TCP stack and a wakeup of its application.
+///
+/// Held segments are moved out of the batch by swapping their buffers with spare ones of
+/// the same layout (no bytes copied, nothing allocated after [`new`](Self::new)), so the
+/// batch's slots are free for the next read. A run is written (in order, before
+/// anything that follows it):
+/// - when a packet for the TUN device does not extend it ([`push`](Self::push)), which
+///   keeps every flow's and the device's packet order;
+/// - when it cannot grow: a PSH or shorter segment closed it, as the kernel's
+///   `tcp_gro_receive` flushes on them (a PSH marks where the sender wants the data
+///   delivered now), or the next full segment would pass 64 KiB or the segment limit;
+/// - when the worker asks ([`flush`](Self::flush)): before it blocks in `poll`, and
+///   after a pass over its sources in which no segment joined ([`take_fresh`](Self::take_fresh)),
+///   so a flow that pauses never waits for traffic that is not coming.
+pub struct TunRun {
+    /// `held[..len]` are the run's segments; the rest are spare buffers.
+    held: Box<[PacketBuf]>,
+    len: usize,
+    /// The run's state while `len > 0`.
+    gro: Option<Gro>,
+    /// A segment joined since the last [`take_fresh`](Self::take_fresh).
+    fresh: bool,
+}
+
+impl TunRun {
+    /// A run holder with [`MAX_SEGMENTS`] spare buffers of `layout` (the batch's).
+    pub fn new(layout: BufLayout) -> Self {
+        Self {
+            held: (0..MAX_SEGMENTS).map(|_| PacketBuf::new(layout)).collect(),
+            len: 0,
+            gro: None,
+            fresh: false,
+        }
+    }
+
+    /// Segments held back.
+    pub fn pending(&self) -> usize {
+        self.len
+    }
+
+    /// Whether a segment joined the run since the last call (and forgets it).
+    pub fn take_fresh(&mut self) -> bool {
+        std::mem::take(&mut self.fresh)
+    }
+
+    /// Takes `pkt`, the next packet for the TUN device. Calls `write` for every
+    /// (super-)packet that must go out now, in order, with its vnet header, its segments
+    /// and the header bytes to leave out of every segment but the first. `pkt` either
+    /// goes out at once or is held, in which case it is swapped with a spare buffer
+    /// (the caller must not rely on its contents afterwards).
+    pub fn push<W>(&mut self, pkt: &mut PacketBuf, write: &mut W)
+    where
+        W: FnMut(&VnetHdr, &[PacketBuf], usize),
+    {
+        if self.len > 0 {
+            // Only ask the run when a spare buffer is left: a segment it accepts must be
+            // held, or its header would count bytes that are not written.
+            let room = self.len < self.held.len();
+            let joined = room
+                && match (self.gro.as_mut(), self.held.first()) {
+                    (Some(g), Some(first)) => g.append(first.data(), pkt.data()),
+                    _ => false,
+                };
+            if joined && self.hold(pkt) {
+                if !self.gro.as_ref().is_some_and(Gro::is_open) {
+                    self.flush(write);
+                }
+                return;
+            }
+            self.flush(write);
+        }
+        match Gro::start(pkt.data()) {
+            Some(g) if g.is_open() => {
+                self.gro = Some(g);
+                if self.hold(pkt) {
+                    return;
+                }
+                self.gro = None;
+                write(&VnetHdr::default(), std::slice::from_ref(pkt), 0);
+            }
+            // Not coalescable, or closed by its own PSH: as it came.
+            _ => write(&VnetHdr::default(), std::slice::from_ref(pkt), 0),
+        }
+    }
+
+    /// Writes the held run, if any, through `write` (see [`push`](Self::push)).
+    pub fn flush<W>(&mut self, write: &mut W)
+    where
+        W: FnMut(&VnetHdr, &[PacketBuf], usize),
+    {
+        let n = std::mem::take(&mut self.len);
+        let Some(g) = self.gro.take() else { return };
+        let Some(run) = self.held.get_mut(..n) else {
+            return;
+        };
+        let Some(first) = run.first_mut() else { return };
+        let hdr = g.finish(first.data_mut());
+        write(&hdr, run, g.hdr_len());
+    }
+
+    /// Moves `pkt` into the next spare buffer; false if there is none.
+    fn hold(&mut self, pkt: &mut PacketBuf) -> bool {
+        let Some(slot) = self.held.get_mut(self.len) else {
+            return false;
+        };
+        std::mem::swap(slot, pkt);
+        self.len += 1;
+        self.fresh = true;
+        true
+    }
+}
+
+impl std::fmt::Debug for TunRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Held segments are cleartext user traffic: show only the state.
+        f.debug_struct("TunRun")
+            .field("pending", &self.len)
+            .field("fresh", &self.fresh)
+            .finish()
     }
 }
 
@@ -1011,5 +1152,165 @@ mod tests {
         assert_eq!(total, 80);
         assert_eq!(writes[0].0.gso_type, GSO_TCPV4);
         assert_eq!(split_all(&writes[0].0, &writes[0].1), pkts[..46].to_vec());
+    }
+
+    fn pbuf(bytes: &[u8]) -> PacketBuf {
+        let layout = BufLayout::default();
+        let mut p = PacketBuf::new(layout);
+        p.fill(layout.headroom, bytes).unwrap();
+        p
+    }
+
+    /// Feeds `calls` (each a batch of packets for the TUN device) through one
+    /// [`TunRun`], the run flushed after the calls listed in `idle` (the worker found no
+    /// more input); returns per write the call during which it happened and the
+    /// packets it carries after the kernel's segmentation.
+    fn run_calls(calls: &[Vec<Vec<u8>>], idle: &[usize]) -> Vec<(usize, Vec<Vec<u8>>)> {
+        let mut run = TunRun::new(BufLayout::default());
+        let mut writes = Vec::new();
+        for (c, call) in calls.iter().enumerate() {
+            let mut write = |h: &VnetHdr, segs: &[PacketBuf], skip: usize| {
+                let mut sp = segs[0].data().to_vec();
+                for s in &segs[1..] {
+                    sp.extend_from_slice(&s.data()[skip..]);
+                }
+                writes.push((c, split_all(h, &sp)));
+            };
+            // Batch slots, reused by the next call as the worker's are.
+            let mut slots: Vec<PacketBuf> = call.iter().map(|p| pbuf(p)).collect();
+            for slot in &mut slots {
+                run.push(slot, &mut write);
+            }
+            if idle.contains(&c) {
+                run.flush(&mut write);
+                assert_eq!(run.pending(), 0);
+            }
+        }
+        writes
+    }
+
+    fn seg(id: u16, seq: u32, flags: u8, n: usize) -> Vec<u8> {
+        tcp(id, seq, flags, &[], &payload(n))
+    }
+
+    #[test]
+    fn tun_run_extends_across_calls_until_idle() {
+        let pkts: Vec<Vec<u8>> = (0..6u32)
+            .map(|i| seg(i as u16, 1000 + i * 1000, TCP_ACK, 1000))
+            .collect();
+        // Three batches of two: nothing is written until the worker goes idle.
+        let calls = vec![
+            pkts[0..2].to_vec(),
+            pkts[2..4].to_vec(),
+            pkts[4..6].to_vec(),
+        ];
+        let writes = run_calls(&calls, &[2]);
+        assert_eq!(writes, vec![(2, pkts.clone())]);
+        // Idle after the first batch: that part goes out then, the rest at the end.
+        let writes = run_calls(&calls, &[0, 2]);
+        assert_eq!(
+            writes,
+            vec![(0, pkts[0..2].to_vec()), (2, pkts[2..6].to_vec())]
+        );
+    }
+
+    #[test]
+    fn tun_run_flushes_before_a_packet_that_does_not_extend_it() {
+        let a = |id, seq| seg(id, seq, TCP_ACK, 1000);
+        let mut other_flow = a(9, 50_000);
+        other_flow[21] ^= 1;
+        let c = ref_l4_csum(&{
+            let mut q = other_flow.clone();
+            q[36..38].fill(0);
+            q
+        });
+        other_flow[36..38].copy_from_slice(&c.to_be_bytes());
+        let pure_ack = seg(10, 9000, TCP_ACK, 0);
+        let udp = {
+            let mut q = a(11, 0);
+            q[9] = PROTO_UDP;
+            q
+        };
+        let calls = vec![
+            vec![a(1, 1000), a(2, 2000)],
+            // A gap in the sequence: the held run goes first, then a new one starts
+            // (and is held in turn).
+            vec![a(3, 3500), a(4, 4500)],
+            // Another flow, a pure ACK and a non-TCP packet each end what is held and
+            // leave in arrival order; nothing overtakes the held run.
+            vec![other_flow.clone(), pure_ack.clone(), udp.clone()],
+        ];
+        let writes = run_calls(&calls, &[2]);
+        assert_eq!(
+            writes,
+            vec![
+                (1, vec![a(1, 1000), a(2, 2000)]),
+                (2, vec![a(3, 3500), a(4, 4500)]),
+                (2, vec![other_flow]),
+                (2, vec![pure_ack]),
+                (2, vec![udp]),
+            ]
+        );
+    }
+
+    #[test]
+    fn tun_run_writes_at_once_when_full_or_closed_by_psh_or_a_short_segment() {
+        // 1400-byte segments: 46 fill 64 KiB (40 + 46 * 1400 = 64,440; one more would
+        // pass 65,535), so the 46th goes out in the call it arrived in.
+        let pkts: Vec<Vec<u8>> = (0..50u32)
+            .map(|i| seg(i as u16, i * 1400, TCP_ACK, 1400))
+            .collect();
+        let calls: Vec<Vec<Vec<u8>>> = pkts.chunks(10).map(<[_]>::to_vec).collect();
+        let writes = run_calls(&calls, &[4]);
+        assert_eq!(
+            writes,
+            vec![(4, pkts[..46].to_vec()), (4, pkts[46..].to_vec())]
+        );
+        let writes = run_calls(&calls[..1], &[]);
+        assert!(writes.is_empty(), "ten segments are still held");
+
+        // PSH (tcp_gro_receive flushes on it) and a shorter segment close the run: out
+        // in the same call, without waiting for the next packet.
+        let psh = vec![
+            seg(1, 0, TCP_ACK, 1000),
+            seg(2, 1000, TCP_ACK | TCP_PSH, 1000),
+        ];
+        assert_eq!(run_calls(std::slice::from_ref(&psh), &[]), vec![(0, psh)]);
+        let short = vec![seg(1, 0, TCP_ACK, 1000), seg(2, 1000, TCP_ACK, 10)];
+        assert_eq!(
+            run_calls(std::slice::from_ref(&short), &[]),
+            vec![(0, short)]
+        );
+        // A lone PSH segment is not held either.
+        let lone = vec![seg(1, 0, TCP_ACK | TCP_PSH, 1000)];
+        assert_eq!(run_calls(std::slice::from_ref(&lone), &[]), vec![(0, lone)]);
+    }
+
+    #[test]
+    fn tun_run_swaps_buffers_and_reports_fresh_joins() {
+        let mut run = TunRun::new(BufLayout::default());
+        let writes = std::cell::Cell::new(0);
+        let mut write = |_: &VnetHdr, _: &[PacketBuf], _: usize| writes.set(writes.get() + 1);
+        assert!(!run.take_fresh());
+        run.flush(&mut write);
+        let first = seg(1, 0, TCP_ACK, 1000);
+        let mut slot = pbuf(&first);
+        run.push(&mut slot, &mut write);
+        // The slot got a spare buffer: the segment itself is held.
+        assert_ne!(slot.data(), &first[..]);
+        assert_eq!(run.pending(), 1);
+        assert!(run.take_fresh());
+        assert!(!run.take_fresh(), "no join since");
+        let mut slot = pbuf(&seg(2, 1000, TCP_ACK, 1000));
+        run.push(&mut slot, &mut write);
+        assert!(run.take_fresh());
+        run.flush(&mut write);
+        run.flush(&mut write);
+        assert_eq!((run.pending(), writes.get()), (0, 1));
+        // Garbage is written as it came (the kernel judges it), never held.
+        let mut slot = pbuf(&[0x45, 0, 0]);
+        run.push(&mut slot, &mut write);
+        assert_eq!((run.pending(), writes.get()), (0, 2));
+        assert!(format!("{run:?}").contains("pending"));
     }
 }
