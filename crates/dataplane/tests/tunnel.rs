@@ -7,6 +7,7 @@
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -454,4 +455,137 @@ fn iperf3_tcp(mut p: Pair) -> Pair {
     assert!(t.udp_tx.packets + t.esp_tx.packets > 1000, "{t:?}");
     assert!(t.batches > 0);
     p
+}
+
+/// A TCP/IPv4 segment from 10.1.0.1:40000 to 10.2.0.1:40001 with only ACK set (no PSH:
+/// what a sender limited by its congestion window sends last before it waits for
+/// ACKs), `len` payload bytes and valid checksums (RFC 9293 §3.1, RFC 791 §3.1).
+fn tcp_segment(seq: u32, len: usize) -> Vec<u8> {
+    let total = 40 + len;
+    let mut p = vec![
+        0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 1, 0, 1, 10, 2, 0, 1,
+    ];
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p.extend_from_slice(&40000u16.to_be_bytes());
+    p.extend_from_slice(&40001u16.to_be_bytes());
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&1u32.to_be_bytes());
+    p.extend_from_slice(&[0x50, 0x10, 0xff, 0xff, 0, 0, 0, 0]);
+    p.extend((0..len).map(|i| i as u8));
+    let c = csum(&p[..20], 0);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut pseudo = u32::from(u16::from_be_bytes([10, 1])) + 1;
+    pseudo += u32::from(u16::from_be_bytes([10, 2])) + 1 + 6 + (total as u32 - 20);
+    let c = csum(&p[20..], pseudo);
+    p[36..38].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+/// RFC 1071 checksum of `data` with `init` already summed in.
+fn csum(data: &[u8], init: u32) -> u16 {
+    let mut s = init;
+    for c in data.chunks(2) {
+        s += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while s >> 16 != 0 {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
+}
+
+/// B's receive path holds the last open TCP run back for coalescing across batches, but
+/// never waits for input that is not coming: segments without PSH that end a burst
+/// reach B's host as soon as B's worker has nothing more to read, complete and in order.
+#[test]
+fn held_tcp_run_reaches_the_host_when_the_worker_goes_idle() {
+    let p = Pair::with_offloads(Mode::Udp, true);
+    let out = ping(&p.a.ns, "10.1.0.1", "10.2.0.1", &["-c", "1", "-W", "5"]);
+    assert!(out.contains(" 0% packet loss"), "{out}");
+    // A copy of every TCP segment B's host receives (nothing listens on the port).
+    let rx = p.b.ns.run(|| {
+        // SAFETY: plain socket(2) call, result checked.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP) };
+        assert!(
+            fd >= 0,
+            "raw TCP socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: fd is fresh and owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        // SAFETY: a live timeval of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        fd
+    });
+    let before = p.b.dp.totals();
+    for (round, count) in [1usize, 3].into_iter().enumerate() {
+        let seq0 = 1_000_000 * (round as u32 + 1);
+        let segs: Vec<Vec<u8>> = (0..count)
+            .map(|i| tcp_segment(seq0 + 100 * i as u32, 100))
+            .collect();
+        p.a.ns.run(move || {
+            // SAFETY: plain socket(2) call, result checked.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            // SAFETY: fd is fresh and owned by nobody else.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let dst = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(Ipv4Addr::new(10, 2, 0, 1)).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            for s in &segs {
+                // SAFETY: s and dst are live for the call, with the lengths passed.
+                let rc = unsafe {
+                    libc::sendto(
+                        fd.as_raw_fd(),
+                        s.as_ptr().cast(),
+                        s.len(),
+                        0,
+                        (&dst as *const libc::sockaddr_in).cast(),
+                        std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                    )
+                };
+                assert_eq!(rc, s.len() as isize, "{}", std::io::Error::last_os_error());
+            }
+        });
+        // Payload bytes of our segments at B's host, by sequence number: coalesced or
+        // not, they must all be there, once, in order, within the bound.
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        let want: Vec<u8> = (0..count).flat_map(|_| (0..100).map(|i| i as u8)).collect();
+        while got.len() < want.len() && std::time::Instant::now() < deadline {
+            let mut buf = vec![0u8; 70_000];
+            // SAFETY: buf is live and writable for its length.
+            let n = unsafe { libc::recv(rx.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 40 {
+                continue;
+            }
+            let pkt = &buf[..n as usize];
+            let seq = u32::from_be_bytes([pkt[24], pkt[25], pkt[26], pkt[27]]);
+            if pkt[22..24] != 40001u16.to_be_bytes() || !(seq0..seq0 + 300).contains(&seq) {
+                continue;
+            }
+            assert_eq!(seq, seq0 + got.len() as u32, "out of order or repeated");
+            got.extend_from_slice(&pkt[40..]);
+        }
+        assert_eq!(got, want, "round {round}: not all of the held run arrived");
+    }
+    let b = p.b.dp.totals().since(&before);
+    assert!(b.tun_tx.packets >= 4, "{b:?}");
 }
