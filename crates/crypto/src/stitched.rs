@@ -30,8 +30,10 @@ use core::arch::x86_64::{
     _mm_extract_epi32, _mm_loadu_si128, _mm_or_si128, _mm_set_epi32, _mm_set_epi64x,
     _mm_setzero_si128, _mm_sha1msg1_epu32, _mm_sha1msg2_epu32, _mm_sha1nexte_epu32,
     _mm_sha1rnds4_epu32, _mm_shuffle_epi8, _mm_storeu_si128, _mm_xor_si128, _mm512_aesdec_epi128,
-    _mm512_aesdeclast_epi128, _mm512_alignr_epi64, _mm512_broadcast_i32x4,
-    _mm512_extracti32x4_epi32, _mm512_loadu_si512, _mm512_storeu_si512, _mm512_xor_si512,
+    _mm512_aesdeclast_epi128, _mm512_aesenc_epi128, _mm512_aesenclast_epi128, _mm512_alignr_epi64,
+    _mm512_broadcast_i32x4, _mm512_castsi128_si512, _mm512_extracti32x4_epi32, _mm512_inserti32x4,
+    _mm512_loadu_si512, _mm512_setzero_si512, _mm512_storeu_si512, _mm512_ternarylogic_epi32,
+    _mm512_xor_si512,
 };
 
 use subtle::ConstantTimeEq;
@@ -275,21 +277,11 @@ impl AesSha1 {
         }
     }
 
-    /// CBC-encrypts every job (four chains interleaved at a time), then hashes all of
-    /// them sixteen lanes wide, then finishes the hashes four at a time.
+    /// CBC-encrypts every job (sixteen chains in 512-bit registers with VAES, else four
+    /// chains interleaved at a time), then hashes all of them sixteen lanes wide, then
+    /// finishes the hashes four at a time.
     #[target_feature(enable = "aes,sha,sse4.1,ssse3,avx512f,avx512bw")]
     unsafe fn seal_x16(&self, group: &mut [Option<&mut SealJob<'_>>], tags: &mut [[u8; 20]; WIDE]) {
-        for g in group.chunks_mut(LANES) {
-            match g {
-                [Some(a), Some(b), Some(c), Some(d)] => {
-                    self.encrypt_lanes([a, b, c, d].map(seal_msg));
-                }
-                [Some(a), Some(b), Some(c)] => self.encrypt_lanes([a, b, c].map(seal_msg)),
-                [Some(a), Some(b)] => self.encrypt_lanes([a, b].map(seal_msg)),
-                [Some(a)] => self.encrypt_lanes([a].map(seal_msg)),
-                _ => {}
-            }
-        }
         let mut lanes: [Lane<'_>; WIDE] = core::array::from_fn(|_| Lane::empty());
         let mut n = 0;
         for (lane, job) in lanes.iter_mut().zip(group.iter_mut()) {
@@ -298,8 +290,102 @@ impl AesSha1 {
                 n += 1;
             }
         }
+        if self.vaes {
+            // SAFETY: `vaes` is set only when the CPU has AVX-512F and VAES.
+            unsafe { self.encrypt_vaes(&mut lanes[..n]) };
+        } else {
+            self.encrypt_fours(&mut lanes[..n]);
+        }
+        // The hash starts from each message's first byte again: CBC left `hashed` alone.
         self.hash_x16(&mut lanes[..n]);
         self.finish_many(&lanes[..n], tags);
+    }
+
+    /// CBC encryption (NIST SP 800-38A §6.2) of up to [`WIDE`] lanes at once with VAES:
+    /// one `vaesenc` on a 512-bit register runs a round of four blocks, and here those
+    /// are the current blocks of four different packets' chains (within a packet each
+    /// block waits for the previous ciphertext, so only other packets fill the
+    /// register). Four registers keep sixteen chains in flight, enough to cover the
+    /// instruction's latency, against four 128-bit chains in `encrypt_lanes`.
+    ///
+    /// Runs in phases: every lane with blocks left takes a slot, and the phase lasts as
+    /// long as the shortest of them; a lane that runs out frees its slot for the next
+    /// phase (the common batch, equal segments plus a shorter last one, takes two).
+    /// Once four or fewer lanes are left, they finish in `encrypt_fours`: one register
+    /// of four chains is no faster than four 128-bit chains and costs the gathers.
+    #[target_feature(enable = "avx512f,vaes,aes,sha,sse4.1,ssse3")]
+    unsafe fn encrypt_vaes(&self, lanes: &mut [Lane<'_>]) {
+        let keys: [__m512i; 15] = self.enc.map(|k| _mm512_broadcast_i32x4(k));
+        loop {
+            let mut slots: [Option<&mut Lane<'_>>; WIDE] = Default::default();
+            let mut count = 0;
+            let mut steps = usize::MAX;
+            for l in lanes.iter_mut() {
+                let left = (l.msg.len() - l.done) / BLOCK;
+                if left > 0
+                    && let Some(slot) = slots.get_mut(count)
+                {
+                    steps = steps.min(left);
+                    *slot = Some(l);
+                    count += 1;
+                }
+            }
+            if count <= LANES {
+                break;
+            }
+            // Each slot's blocks for this phase, `steps` of them from where its lane
+            // stands; `steps` is at most what every slotted lane has left.
+            let mut prev = [_mm_setzero_si128(); WIDE];
+            let mut blocks: [&mut [[u8; BLOCK]]; WIDE] = Default::default();
+            for ((slot, p), b) in slots.iter_mut().zip(&mut prev).zip(&mut blocks) {
+                if let Some(l) = slot {
+                    *p = l.prev;
+                    let end = l.done + steps * BLOCK;
+                    if let Some(region) = l.msg.get_mut(l.done..end) {
+                        *b = region.as_chunks_mut::<BLOCK>().0;
+                    }
+                }
+            }
+            // The register count and the round count as constants, so the rounds are
+            // unrolled and the broadcast round keys stay in registers.
+            macro_rules! steps {
+                ($rounds:literal) => {
+                    match count.div_ceil(4) {
+                        2 => vaes_steps::<2, $rounds>(&keys, &mut blocks, &mut prev, steps),
+                        3 => vaes_steps::<3, $rounds>(&keys, &mut blocks, &mut prev, steps),
+                        _ => vaes_steps::<4, $rounds>(&keys, &mut blocks, &mut prev, steps),
+                    }
+                };
+            }
+            match self.rounds {
+                10 => steps!(10),
+                12 => steps!(12),
+                _ => steps!(14),
+            }
+            for (slot, p) in slots.iter_mut().zip(prev) {
+                if let Some(l) = slot {
+                    l.prev = p;
+                    l.done += steps * BLOCK;
+                }
+            }
+        }
+        self.encrypt_fours(lanes);
+    }
+
+    /// `encrypt_lanes` on the lanes with blocks left, four at a time.
+    #[target_feature(enable = "aes,sha,sse4.1,ssse3")]
+    fn encrypt_fours(&self, lanes: &mut [Lane<'_>]) {
+        let mut left = lanes.iter_mut().filter(|l| l.done < l.msg.len());
+        loop {
+            let four: [Option<&mut Lane<'_>>; LANES] = core::array::from_fn(|_| left.next());
+            match four {
+                [Some(a), Some(b), Some(c), Some(d)] => self.encrypt_lanes([a, b, c, d]),
+                [Some(a), Some(b), Some(c), None] => self.encrypt_lanes([a, b, c]),
+                [Some(a), Some(b), None, _] => self.encrypt_lanes([a, b]),
+                [Some(a), None, ..] => self.encrypt_lanes([a]),
+                [None, ..] => break,
+            }
+        }
     }
 
     /// Hashes every job sixteen lanes wide, finishes the hashes (which read the tails
@@ -362,10 +448,10 @@ impl AesSha1 {
         }
     }
 
-    /// CBC encryption only, `L` chains interleaved while all have blocks left.
+    /// CBC encryption only, `L` chains interleaved while all have blocks left, each
+    /// from where its lane stands.
     #[target_feature(enable = "aes,sha,sse4.1,ssse3")]
-    fn encrypt_lanes<const L: usize>(&self, msgs: [(&mut [u8], usize); L]) {
-        let mut lanes = msgs.map(|(msg, ct_start)| self.lane(msg, ct_start));
+    fn encrypt_lanes<const L: usize>(&self, mut lanes: [&mut Lane<'_>; L]) {
         let steps = lanes
             .iter()
             .map(|l| (l.msg.len() - l.done) / BLOCK)
@@ -390,6 +476,7 @@ impl AesSha1 {
                 store(b, p);
                 l.done += BLOCK;
             }
+            l.prev = p;
         }
     }
 
@@ -986,6 +1073,83 @@ fn load(b: &[u8; BLOCK]) -> __m128i {
 fn store(b: &mut [u8; BLOCK], v: __m128i) {
     // SAFETY: `b` is 16 writable bytes; `storeu` has no alignment requirement.
     unsafe { _mm_storeu_si128(b.as_mut_ptr().cast(), v) }
+}
+
+/// `steps` CBC steps on `4 * R` slots: slot `4r + j` is 128-bit lane `j` of register
+/// `r`. `blocks[s]` holds slot `s`'s blocks (empty for an unused slot, which then
+/// encrypts zeros that nobody stores); `prev[s]` is its last ciphertext block (the IV
+/// at first), updated on return. `ROUNDS` is 10, 12 or 14 (FIPS 197 §5, Nr).
+#[inline]
+#[target_feature(enable = "avx512f,vaes,aes,sse4.1")]
+fn vaes_steps<const R: usize, const ROUNDS: usize>(
+    keys: &[__m512i; 15],
+    blocks: &mut [&mut [[u8; BLOCK]]; WIDE],
+    prev: &mut [__m128i; WIDE],
+    steps: usize,
+) {
+    let mut c: [__m512i; R] = core::array::from_fn(|r| join4(prev, 4 * r));
+    for step in 0..steps {
+        let mut x = [_mm512_setzero_si512(); R];
+        for (r, x) in x.iter_mut().enumerate() {
+            let mut p = [_mm_setzero_si128(); 4];
+            for (j, p) in p.iter_mut().enumerate() {
+                if let Some(b) = blocks.get(4 * r + j).and_then(|b| b.get(step)) {
+                    *p = load(b);
+                }
+            }
+            // Plaintext XOR previous ciphertext XOR round key 0 in one instruction
+            // (SP 800-38A §6.2: C_j = CIPH_K(P_j ^ C_{j-1}); FIPS 197 §5.1
+            // AddRoundKey).
+            *x = _mm512_ternarylogic_epi32::<0x96>(join4(&p, 0), c[r], keys[0]);
+        }
+        for k in &keys[1..ROUNDS] {
+            for x in &mut x {
+                *x = _mm512_aesenc_epi128(*x, *k);
+            }
+        }
+        for x in &mut x {
+            *x = _mm512_aesenclast_epi128(*x, keys[ROUNDS]);
+        }
+        c = x;
+        for (r, x) in x.iter().enumerate() {
+            for (j, v) in split4(*x).into_iter().enumerate() {
+                if let Some(b) = blocks.get_mut(4 * r + j).and_then(|b| b.get_mut(step)) {
+                    store(b, v);
+                }
+            }
+        }
+    }
+    for (r, c) in c.iter().enumerate() {
+        for (j, v) in split4(*c).into_iter().enumerate() {
+            if let Some(p) = prev.get_mut(4 * r + j) {
+                *p = v;
+            }
+        }
+    }
+}
+
+/// Four blocks, `b[at..at + 4]`, as the four 128-bit lanes of one register (lane 0
+/// lowest); the caller keeps `at + 4` within `b` (a bound check stops it otherwise).
+#[allow(clippy::indexing_slicing)]
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn join4(b: &[__m128i], at: usize) -> __m512i {
+    let v = _mm512_castsi128_si512(b[at]);
+    let v = _mm512_inserti32x4::<1>(v, b[at + 1]);
+    let v = _mm512_inserti32x4::<2>(v, b[at + 2]);
+    _mm512_inserti32x4::<3>(v, b[at + 3])
+}
+
+/// The four 128-bit lanes of a register, lowest first.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn split4(v: __m512i) -> [__m128i; 4] {
+    [
+        _mm512_extracti32x4_epi32::<0>(v),
+        _mm512_extracti32x4_epi32::<1>(v),
+        _mm512_extracti32x4_epi32::<2>(v),
+        _mm512_extracti32x4_epi32::<3>(v),
+    ]
 }
 
 /// FIPS-197 §5.2 key expansion. SubWord comes from AESKEYGENASSIST (its lane 0 is
