@@ -1341,3 +1341,180 @@ fn compress(abcd: &mut __m128i, e: &mut __m128i, m: [__m128i; 4]) {
     *e = _mm_sha1nexte_epu32(prev, e_in);
     *abcd = _mm_add_epi32(x, abcd_in);
 }
+
+#[cfg(test)]
+mod tests {
+    use hmac::{Hmac, Mac};
+
+    use super::*;
+    use crate::test_util::hex;
+
+    /// A small deterministic generator (xorshift64*) for the length mixes.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        fn bytes(&mut self, n: usize) -> Vec<u8> {
+            (0..n).map(|_| self.next() as u8).collect()
+        }
+    }
+
+    /// The cipher as built for this CPU (VAES on) and a copy that CBC-encrypts four
+    /// chains at a time with AES-NI (the path without VAES); `None` (the test then has
+    /// nothing to compare) when the CPU lacks VAES or the sixteen-lane hash.
+    fn vaes_and_four(key: &[u8], mac_key: &[u8]) -> Option<(AesSha1, AesSha1)> {
+        let vaes = AesSha1::new(key, mac_key).unwrap()?;
+        if !vaes.vaes || !vaes.x16 {
+            eprintln!("no VAES/AVX-512 here: the sixteen-chain path is not tested");
+            return None;
+        }
+        let mut four = vaes.clone();
+        four.vaes = false;
+        Some((vaes, four))
+    }
+
+    /// `(ct_start, message)` pairs sealed with one `seal_many` call.
+    fn seal_batch(c: &AesSha1, plain: &[(usize, Vec<u8>)]) -> Vec<(Vec<u8>, [u8; 12])> {
+        let mut out: Vec<(Vec<u8>, [u8; 12])> =
+            plain.iter().map(|(_, m)| (m.clone(), [0u8; 12])).collect();
+        let mut jobs: Vec<SealJob<'_>> = out
+            .iter_mut()
+            .zip(plain)
+            .map(|((m, icv), (ct_start, _))| SealJob::new(m, *ct_start, icv))
+            .collect();
+        c.seal_many(&mut jobs, 12);
+        assert!(jobs.iter().all(|j| j.result.is_ok()));
+        drop(jobs);
+        out
+    }
+
+    /// The same packets through the one-packet path.
+    fn seal_each(c: &AesSha1, plain: &[(usize, Vec<u8>)]) -> Vec<(Vec<u8>, [u8; 12])> {
+        plain
+            .iter()
+            .map(|(ct_start, m)| {
+                let mut m = m.clone();
+                let mut icv = [0u8; 12];
+                c.seal(&mut m, *ct_start, &mut icv).unwrap();
+                (m, icv)
+            })
+            .collect()
+    }
+
+    /// Ciphertext blocks per packet for length mix `mix` of a batch of `jobs`.
+    fn mix_blocks(rng: &mut Rng, mix: usize, jobs: usize) -> Vec<usize> {
+        let base = 16 + rng.below(105);
+        (0..jobs)
+            .map(|j| match mix {
+                // Equal segments of one super-packet.
+                0 => base,
+                // Equal segments and a shorter last one (the common batch).
+                1 if j + 1 == jobs => 1 + rng.below(base),
+                1 => base,
+                // Anything, including packets short enough to go one by one.
+                2 => rng.below(121),
+                // Odd block counts: the SHA-1 blocks end inside an AES block run.
+                3 => 2 * rng.below(60) + 1,
+                // Around the smallest packets that go in lanes (`LANE_MIN_LEN`).
+                _ => (LANE_MIN_LEN - 32) / BLOCK - 1 + rng.below(4),
+            })
+            .collect()
+    }
+
+    /// The VAES path gives exactly the bytes and ICVs of the one-packet path and of the
+    /// four-chain AES-NI path, for 1..=16, 17 and 33 packets under every key size and
+    /// five length mixes (equal, equal plus a shorter last, random, odd block counts,
+    /// minimum sizes), with authenticated prefixes of several lengths.
+    #[test]
+    fn vaes_seal_many_matches_one_packet_path() {
+        let mut rng = Rng(0x5eed_0fa5_e5e5);
+        let batches = (1..=16).chain([17, 33]);
+        for (round, jobs) in batches.cycle().take(18 * 6).enumerate() {
+            let key = rng.bytes([16, 24, 32][round % 3]);
+            let mac_key = rng.bytes(20);
+            let Some((vaes, four)) = vaes_and_four(&key, &mac_key) else {
+                return;
+            };
+            for mix in 0..5 {
+                let plain: Vec<(usize, Vec<u8>)> = mix_blocks(&mut rng, mix, jobs)
+                    .into_iter()
+                    .map(|blocks| {
+                        // ESP: SPI, sequence number and IV (24 bytes), or other
+                        // prefixes of at least the IV.
+                        let ct_start = if round % 2 == 0 {
+                            24
+                        } else {
+                            16 + rng.below(40)
+                        };
+                        (ct_start, rng.bytes(ct_start + BLOCK * blocks))
+                    })
+                    .collect();
+                let want = seal_each(&four, &plain);
+                assert_eq!(
+                    seal_batch(&four, &plain),
+                    want,
+                    "four chains, {jobs} jobs mix {mix}"
+                );
+                assert_eq!(
+                    seal_batch(&vaes, &plain),
+                    want,
+                    "VAES, {jobs} jobs mix {mix}"
+                );
+            }
+        }
+    }
+
+    /// NIST SP 800-38A F.2.1 (AES-128) and F.2.5 (AES-256) CBC encryption, all four
+    /// blocks, as sixteen packets in one batch behind authenticated prefixes of sixteen
+    /// different lengths; each ICV is HMAC-SHA1 (RustCrypto `hmac`) over the packet.
+    #[test]
+    fn vaes_sixteen_packets_known_answer() {
+        let iv = hex("000102030405060708090a0b0c0d0e0f");
+        let plain = hex(
+            "6bc1bee22e409f96e93d7e117393172a ae2d8a571e03ac9c9eb76fac45af8e51
+             30c81c46a35ce411e5fbc1191a0a52ef f69f2445df4f9b17ad2b417be66c3710",
+        );
+        let cases = [
+            (
+                "2b7e151628aed2a6abf7158809cf4f3c",
+                "7649abac8119b246cee98e9b12e9197d 5086cb9b507219ee95db113a917678b2
+                 73bed6b8e3c1743b7116e69e22229516 3ff1caa1681fac09120eca307586e1a7",
+            ),
+            (
+                "603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4",
+                "f58c4c04d6e5f1ba779eabfb5f7bfbd6 9cfc4e967edb808d679f777bc6702c7d
+                 39f23369a9d9bacfa530e26304231461 b2eb05e2c39be9fcda6c19078c6a9d1b",
+            ),
+        ];
+        let mac_key = [0x0b; 20];
+        for (key, cipher) in cases {
+            let Some((vaes, _)) = vaes_and_four(&hex(key), &mac_key) else {
+                return;
+            };
+            // Prefixes of 200..=215 bytes: every packet is long enough to go in lanes.
+            let packets: Vec<(usize, Vec<u8>)> = (0..WIDE)
+                .map(|j| {
+                    let prefix = vec![j as u8; 200 + j];
+                    let msg = [&prefix[..], &iv[..], &plain[..]].concat();
+                    (prefix.len() + BLOCK, msg)
+                })
+                .collect();
+            for ((sealed, icv), (ct_start, _)) in seal_batch(&vaes, &packets).iter().zip(&packets) {
+                assert_eq!(sealed[*ct_start..], hex(cipher)[..], "key {key}");
+                let mut mac = Hmac::<sha1::Sha1>::new_from_slice(&mac_key).unwrap();
+                mac.update(sealed);
+                assert_eq!(icv[..], mac.finalize().into_bytes()[..12], "key {key}");
+            }
+        }
+    }
+}
