@@ -333,34 +333,51 @@ impl AesSha1 {
             if count <= LANES {
                 break;
             }
-            // Each slot's blocks for this phase, `steps` of them from where its lane
-            // stands; `steps` is at most what every slotted lane has left.
+            // Where each slot's blocks for this phase start: `steps` of them from where
+            // its lane stands (`steps` is at most what every slotted lane has left).
             let mut prev = [_mm_setzero_si128(); WIDE];
-            let mut blocks: [&mut [[u8; BLOCK]]; WIDE] = Default::default();
-            for ((slot, p), b) in slots.iter_mut().zip(&mut prev).zip(&mut blocks) {
+            let mut at = [core::ptr::null_mut::<u8>(); WIDE];
+            for ((slot, p), a) in slots.iter_mut().zip(&mut prev).zip(&mut at) {
                 if let Some(l) = slot {
                     *p = l.prev;
-                    let end = l.done + steps * BLOCK;
-                    if let Some(region) = l.msg.get_mut(l.done..end) {
-                        *b = region.as_chunks_mut::<BLOCK>().0;
+                    if let Some(region) = l.msg.get_mut(l.done..l.done + steps * BLOCK) {
+                        *a = region.as_mut_ptr();
                     }
                 }
+            }
+            if at.iter().take(count).any(|a| a.is_null()) {
+                // Not reachable (see `steps`); the four-chain path would still be right.
+                break;
+            }
+            // The unused slots of the last register repeat slot 0 (its blocks and its
+            // previous block): they compute, and store, exactly the bytes slot 0 does, so
+            // the loop needs no per-slot test.
+            let (at0, prev0) = (at[0], prev[0]);
+            for (a, p) in at.iter_mut().zip(&mut prev).skip(count) {
+                *a = at0;
+                *p = prev0;
             }
             // The register count and the round count as constants, so the rounds are
             // unrolled and the broadcast round keys stay in registers.
             macro_rules! steps {
                 ($rounds:literal) => {
                     match count.div_ceil(4) {
-                        2 => vaes_steps::<2, $rounds>(&keys, &mut blocks, &mut prev, steps),
-                        3 => vaes_steps::<3, $rounds>(&keys, &mut blocks, &mut prev, steps),
-                        _ => vaes_steps::<4, $rounds>(&keys, &mut blocks, &mut prev, steps),
+                        2 => vaes_steps::<2, $rounds>(&keys, &at, &mut prev, steps),
+                        3 => vaes_steps::<3, $rounds>(&keys, &at, &mut prev, steps),
+                        _ => vaes_steps::<4, $rounds>(&keys, &at, &mut prev, steps),
                     }
                 };
             }
-            match self.rounds {
-                10 => steps!(10),
-                12 => steps!(12),
-                _ => steps!(14),
+            // SAFETY: the CPU has AVX-512F and VAES (this function's contract). Every slot
+            // of the registers used points at `steps` blocks of one lane's message: its
+            // own slot's (disjoint from the others', and no reference to them is used until
+            // the call returns) or slot 0's with slot 0's previous block.
+            unsafe {
+                match self.rounds {
+                    10 => steps!(10),
+                    12 => steps!(12),
+                    _ => steps!(14),
+                }
             }
             for (slot, p) in slots.iter_mut().zip(prev) {
                 if let Some(l) = slot {
@@ -1076,30 +1093,37 @@ fn store(b: &mut [u8; BLOCK], v: __m128i) {
 }
 
 /// `steps` CBC steps on `4 * R` slots: slot `4r + j` is 128-bit lane `j` of register
-/// `r`. `blocks[s]` holds slot `s`'s blocks (empty for an unused slot, which then
-/// encrypts zeros that nobody stores); `prev[s]` is its last ciphertext block (the IV
-/// at first), updated on return. `ROUNDS` is 10, 12 or 14 (FIPS 197 §5, Nr).
+/// `r`; its blocks start at `at[4r + j]`, its last ciphertext block (the IV at first) is
+/// `prev[4r + j]`, updated on return. `ROUNDS` is 10, 12 or 14 (FIPS 197 §5, Nr).
+///
+/// # Safety
+///
+/// The CPU has AVX-512F and VAES. For every slot `s < 4 * R`, `at[s]` is valid for
+/// reads and writes of `steps * BLOCK` bytes and nothing else accesses them during the
+/// call; slots with the same `at` have the same `prev` (they then store the same bytes).
+// Slot indices are `4r + j` with `r < R <= 4` and `j < 4`: always below `WIDE`.
+#[allow(clippy::indexing_slicing)]
 #[inline]
 #[target_feature(enable = "avx512f,vaes,aes,sse4.1")]
-fn vaes_steps<const R: usize, const ROUNDS: usize>(
+unsafe fn vaes_steps<const R: usize, const ROUNDS: usize>(
     keys: &[__m512i; 15],
-    blocks: &mut [&mut [[u8; BLOCK]]; WIDE],
+    at: &[*mut u8; WIDE],
     prev: &mut [__m128i; WIDE],
     steps: usize,
 ) {
+    const { assert!(R <= WIDE / 4 && ROUNDS <= 14) };
     let mut c: [__m512i; R] = core::array::from_fn(|r| join4(prev, 4 * r));
     for step in 0..steps {
+        let off = step * BLOCK;
         let mut x = [_mm512_setzero_si512(); R];
         for (r, x) in x.iter_mut().enumerate() {
-            let mut p = [_mm_setzero_si128(); 4];
-            for (j, p) in p.iter_mut().enumerate() {
-                if let Some(b) = blocks.get(4 * r + j).and_then(|b| b.get(step)) {
-                    *p = load(b);
-                }
-            }
+            let p: [__m128i; 4] = core::array::from_fn(|j| {
+                // SAFETY: `off + BLOCK <= steps * BLOCK` bytes from `at` are readable
+                // (the caller's promise); `loadu` has no alignment requirement.
+                unsafe { _mm_loadu_si128(at[4 * r + j].add(off).cast()) }
+            });
             // Plaintext XOR previous ciphertext XOR round key 0 in one instruction
-            // (SP 800-38A §6.2: C_j = CIPH_K(P_j ^ C_{j-1}); FIPS 197 §5.1
-            // AddRoundKey).
+            // (SP 800-38A §6.2: C_j = CIPH_K(P_j ^ C_{j-1}); FIPS 197 §5.1 AddRoundKey).
             *x = _mm512_ternarylogic_epi32::<0x96>(join4(&p, 0), c[r], keys[0]);
         }
         for k in &keys[1..ROUNDS] {
@@ -1113,17 +1137,15 @@ fn vaes_steps<const R: usize, const ROUNDS: usize>(
         c = x;
         for (r, x) in x.iter().enumerate() {
             for (j, v) in split4(*x).into_iter().enumerate() {
-                if let Some(b) = blocks.get_mut(4 * r + j).and_then(|b| b.get_mut(step)) {
-                    store(b, v);
-                }
+                // SAFETY: as for the loads, writable; a slot sharing its `at` with another
+                // stores the same bytes (the caller's promise).
+                unsafe { _mm_storeu_si128(at[4 * r + j].add(off).cast(), v) };
             }
         }
     }
     for (r, c) in c.iter().enumerate() {
         for (j, v) in split4(*c).into_iter().enumerate() {
-            if let Some(p) = prev.get_mut(4 * r + j) {
-                *p = v;
-            }
+            prev[4 * r + j] = v;
         }
     }
 }
