@@ -315,7 +315,7 @@ impl AesSha1 {
     /// of four chains is no faster than four 128-bit chains and costs the gathers.
     #[target_feature(enable = "avx512f,vaes,aes,sha,sse4.1,ssse3")]
     unsafe fn encrypt_vaes(&self, lanes: &mut [Lane<'_>]) {
-        let keys: [__m512i; 15] = self.enc.map(|k| _mm512_broadcast_i32x4(k));
+        let mut keys: [__m512i; 15] = self.enc.map(|k| _mm512_broadcast_i32x4(k));
         loop {
             let mut slots: [Option<&mut Lane<'_>>; WIDE] = Default::default();
             let mut count = 0;
@@ -386,6 +386,8 @@ impl AesSha1 {
                 }
             }
         }
+        // The broadcast round keys are key material on the stack, as `enc` is in `self`.
+        keys.zeroize();
         self.encrypt_fours(lanes);
     }
 
