@@ -19,7 +19,8 @@
 //! decryption (opening); each packet's last blocks, padding and outer hash go through
 //! SHA-NI, four packets interleaved. Without AVX-512, or with fewer packets, four at a
 //! time are stitched as in the one-packet path. With VAES, CBC decryption runs four
-//! blocks per instruction.
+//! blocks per instruction, and the sixteen-lane seal CBC-encrypts sixteen packets' chains
+//! at once, four per 512-bit register (about 1.8x the batch seal of four 128-bit chains).
 //!
 //! Everything here is checked against the RustCrypto path (`aes`, `hmac`, `sha1`), which
 //! stays the fallback when the CPU lacks the features ([`available`]).
