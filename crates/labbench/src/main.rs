@@ -3,10 +3,11 @@
 //!
 //! ```text
 //! cargo build --release -p vpngw
-//! cargo run --release -p labbench -- [--quick] [--only NAME]... [--out FILE]
+//! cargo run --release -p labbench -- [--quick] [--repeat N] [--only NAME]... [--out FILE]
 //! ```
 //!
-//! Data path (iperf3 TCP and UDP, ping avg/p99) for plain routing, strongSwan↔strongSwan
+//! Data path (iperf3 TCP `--repeat` times back to back, reported as median and
+//! min–max; iperf3 UDP; ping avg/p99) for plain routing, strongSwan↔strongSwan
 //! (kernel-libipsec at both ends), vpngw↔strongSwan and vpngw↔vpngw, each with
 //! aes128-sha1, aes256-sha256 and aes-gcm-128; then IKEv2 tunnels established per
 //! second and responder memory for N tunnels from one peer (strongSwan→strongSwan and
@@ -37,7 +38,7 @@ use crate::report::{PathRow, Report, Setup, SetupPeers, SetupRow};
 #[derive(Debug, Parser)]
 #[command(name = "labbench", version)]
 struct Args {
-    /// Short runs: 3 s iperf3, 100 tunnels in the setup test.
+    /// Short runs: one 3 s iperf3 TCP run, 100 tunnels in the setup test.
     #[arg(long)]
     quick: bool,
     /// Run only these parts (repeatable): plain, swan-swan, vpngw-swan, vpngw-vpngw,
@@ -55,6 +56,10 @@ struct Args {
     /// iperf3 duration in seconds (default 10; 3 with --quick).
     #[arg(long, value_name = "SECS")]
     iperf_secs: Option<u32>,
+    /// iperf3 TCP runs per path and suite, back to back on the same tunnel; the table
+    /// shows their median and min–max (default 3; 1 with --quick).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    repeat: Option<u32>,
     /// The vpngw binary (default: `vpngw` next to this program, built if missing when
     /// run through cargo).
     #[arg(long, value_name = "PATH")]
@@ -96,6 +101,7 @@ fn main() -> Result<()> {
     };
     let durations = Durations {
         iperf_secs: args.iperf_secs.unwrap_or(if args.quick { 3 } else { 10 }),
+        tcp_repeat: args.repeat.unwrap_or(if args.quick { 1 } else { 3 }),
         pings: 100,
     };
     let tunnels = if !args.tunnels.is_empty() {
@@ -148,8 +154,13 @@ fn main() -> Result<()> {
             .map_err(|e| format!("{e:#}"));
             match &result {
                 Ok(m) => eprintln!(
-                    "labbench:   TCP {:.3} Gbit/s, UDP {}, ping avg {:.3} ms p99 {:.3} ms",
-                    m.tcp_bps / 1e9,
+                    "labbench:   TCP {:.3} Gbit/s (median of [{}]), UDP {}, ping avg {:.3} ms p99 {:.3} ms",
+                    m.tcp_bps() / 1e9,
+                    m.tcp
+                        .iter()
+                        .map(|r| format!("{:.3}", r.bps / 1e9))
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     match &m.udp {
                         Ok((bps, loss)) => format!("{:.3} Gbit/s ({loss:.1}% loss)", bps / 1e9),
                         Err(e) => format!("failed ({e})"),
@@ -314,8 +325,12 @@ fn machine_info(
         (
             "method".into(),
             format!(
-                "iperf3 TCP and UDP (-b 0, 1200-byte datagrams) {} s each from the VPC host to 10.2.0.1 on-premises; {} pings 10 ms apart; setup test with {} tunnels",
+                "iperf3 TCP and UDP (-b 0, 1200-byte datagrams) {} s each from the VPC host to 10.2.0.1 on-premises, TCP {} back to back on the same tunnel (median and min–max; retransmissions: median); {} pings 10 ms apart; setup test with {} tunnels",
                 d.iperf_secs,
+                match d.tcp_repeat {
+                    1 => "once".to_string(),
+                    n => format!("{n} times"),
+                },
                 d.pings,
                 tunnels
                     .iter()

@@ -14,7 +14,7 @@ use lab::{Iperf3Server, SwanctlChild, SwanctlConn, Topology, swanctl};
 use crate::charon::Charon;
 
 use crate::measure::{iperf3_tcp, iperf3_udp, ping};
-use crate::report::{PathMetrics, Setup};
+use crate::report::{PathMetrics, Setup, TcpRun};
 use crate::vpngw::{ConnSpec, Crypto, Serve};
 
 pub const PSK: &str = "labbench-psk-4Vq";
@@ -78,6 +78,8 @@ pub const SUITES: [Suite; 3] = [
 #[derive(Debug, Clone, Copy)]
 pub struct Durations {
     pub iperf_secs: u32,
+    /// iperf3 TCP runs per path, back to back on the same tunnel (at least 1).
+    pub tcp_repeat: u32,
     pub pings: u32,
 }
 
@@ -127,8 +129,16 @@ pub fn measure(setup: Setup, suite: &Suite, d: Durations, vpngw_bin: &Path) -> R
     lab::wait_ping(&topo.vpc, &vpc, ONPREM_HOST, Duration::from_secs(30))
         .context("first ping through the path")?;
     let _server = Iperf3Server::start(&topo.onprem, &dir, ONPREM_HOST, IPERF_PORT)?;
-    let (tcp_bps, tcp_retransmits) =
-        iperf3_tcp(&topo.vpc, &dir, &vpc, ONPREM_HOST, IPERF_PORT, d.iperf_secs)?;
+    // Same tunnel and daemons for every run: what varies between runs is where the
+    // kernel puts the threads, which is what the median and range describe. A failed
+    // run fails the row, as a single run did: a partial median would hide it.
+    let mut tcp = Vec::new();
+    for i in 1..=d.tcp_repeat.max(1) {
+        let (bps, retransmits) =
+            iperf3_tcp(&topo.vpc, &dir, &vpc, ONPREM_HOST, IPERF_PORT, d.iperf_secs)
+                .with_context(|| format!("TCP run {i} of {}", d.tcp_repeat.max(1)))?;
+        tcp.push(TcpRun { bps, retransmits });
+    }
     let ping = ping(&topo.vpc, &dir, &vpc, ONPREM_HOST, d.pings)?;
     // Last: a UDP flood can wedge iperf3's own control connection through a saturated
     // tunnel; then only the UDP figure is lost.
@@ -138,12 +148,7 @@ pub fn measure(setup: Setup, suite: &Suite, d: Durations, vpngw_bin: &Path) -> R
         // A vpngw that crashed under load must not pass as a measurement.
         s.ensure_running()?;
     }
-    Ok(PathMetrics {
-        tcp_bps,
-        tcp_retransmits,
-        udp,
-        ping,
-    })
+    Ok(PathMetrics { tcp, udp, ping })
 }
 
 #[derive(Default)]
