@@ -261,23 +261,7 @@ fn split(msg: &mut [u8], ct_start: usize, iv_len: usize) -> Result<(&mut [u8], &
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::hex;
-
-    /// A small deterministic generator (xorshift64*) for the randomized comparisons.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        fn bytes(&mut self, n: usize) -> Vec<u8> {
-            (0..n).map(|_| self.next() as u8).collect()
-        }
-    }
+    use crate::test_util::{Rng, hex};
 
     const AES_CBC: [Encr; 3] = [Encr::AesCbc128, Encr::AesCbc192, Encr::AesCbc256];
 

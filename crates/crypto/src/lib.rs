@@ -75,6 +75,27 @@ pub(crate) mod test_util {
             .collect()
     }
 
+    /// A small deterministic generator (xorshift64*) for randomized comparisons and
+    /// length mixes.
+    pub(crate) struct Rng(pub(crate) u64);
+
+    impl Rng {
+        pub(crate) fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        pub(crate) fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        pub(crate) fn bytes(&mut self, n: usize) -> Vec<u8> {
+            (0..n).map(|_| self.next() as u8).collect()
+        }
+    }
+
     /// Hands out preset bytes in order, so RFC test vectors' private keys
     /// can be injected; panics when it runs dry.
     pub(crate) struct Fixed(pub(crate) Vec<u8>);

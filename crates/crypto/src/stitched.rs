@@ -1372,27 +1372,7 @@ mod tests {
     use hmac::{Hmac, Mac};
 
     use super::*;
-    use crate::test_util::hex;
-
-    /// A small deterministic generator (xorshift64*) for the length mixes.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-
-        fn bytes(&mut self, n: usize) -> Vec<u8> {
-            (0..n).map(|_| self.next() as u8).collect()
-        }
-    }
+    use crate::test_util::{Rng, hex};
 
     /// The cipher as built for this CPU (VAES on) and a copy that CBC-encrypts four
     /// chains at a time with AES-NI (the path without VAES); `None` (the test then has
