@@ -157,6 +157,10 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Every statement after the migrations goes through the cache (`exec`,
+        // `prepare_cached`): parsing SQL was 40% of the writer's CPU while thousands of
+        // tunnels came up at once (docs/PERFORMANCE.md). Room for all of them.
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         migrate(&mut conn)?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
@@ -310,11 +314,13 @@ fn claim_token(tx: &Connection, token: Option<&ClientToken>, resource_id: &str) 
     if let Some(first) = find_token(tx, &t.scope, &t.token, t.created_at)? {
         return Err(StoreError::ClientTokenTaken(first));
     }
-    tx.execute(
+    exec(
+        tx,
         "DELETE FROM client_tokens WHERE scope = ?1 AND token = ?2",
         params![t.scope, t.token],
     )?;
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO client_tokens (scope, token, request_hash, resource_id, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5)",
         params![
@@ -387,13 +393,18 @@ fn load_connection(tx: &Connection, doc: &str) -> Result<VpnConnection> {
 
 fn doc_of(tx: &Connection, table: &str, id: &str) -> Result<Option<String>> {
     Ok(tx
-        .query_row(
-            &format!("SELECT doc FROM {table} WHERE id = ?1"),
-            [id],
-            |r| r.get(0),
-        )
+        .prepare_cached(&format!("SELECT doc FROM {table} WHERE id = ?1"))?
+        .query_row([id], |r| r.get(0))
         .optional()?)
 }
+
+/// `Connection::execute` through the statement cache: parsed once per connection.
+fn exec(tx: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    tx.prepare_cached(sql)?.execute(params)
+}
+
+/// Statements kept parsed: more than the distinct statements this file runs.
+const STATEMENT_CACHE: usize = 128;
 
 fn gateway_in(tx: &Connection, id: &str) -> Result<VpnGateway> {
     let doc = doc_of(tx, "vpn_gateways", id)?.ok_or_else(|| not_found("VPN gateway", id))?;
@@ -609,7 +620,8 @@ fn insert_route(
         )));
     }
     claim_token(tx, token, id)?;
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO routes (id, kind, vpn_gateway_id, next_hop, match_key, doc)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![id, kind, gateway_id, next_hop, match_key, doc],
@@ -619,7 +631,8 @@ fn insert_route(
 
 fn delete_route_row(tx: &Connection, gateway_id: &str, kind: &'static str, id: &str) -> Result<()> {
     gateway_in(tx, gateway_id)?;
-    let n = tx.execute(
+    let n = exec(
+        tx,
         "DELETE FROM routes WHERE vpn_gateway_id = ?1 AND kind = ?2 AND id = ?3",
         params![gateway_id, kind, id],
     )?;
@@ -645,7 +658,8 @@ impl Store for SqliteStore {
         let (id, doc, token) = (gw.id.clone(), to_json(gw)?, token.cloned());
         self.call(move |tx| {
             claim_token(tx, token.as_ref(), &id)?;
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO vpn_gateways (id, doc) VALUES (?1, ?2)",
                 params![id, doc],
             )?;
@@ -668,7 +682,8 @@ impl Store for SqliteStore {
     async fn update_gateway(&self, gw: &VpnGateway) -> Result<()> {
         let (id, doc) = (gw.id.clone(), to_json(gw)?);
         self.call(move |tx| {
-            let n = tx.execute(
+            let n = exec(
+                tx,
                 "UPDATE vpn_gateways SET doc = ?2 WHERE id = ?1",
                 params![id, doc],
             )?;
@@ -691,7 +706,8 @@ impl Store for SqliteStore {
             let mut gw = gateway_in(tx, &id)?;
             gw.status = status;
             gw.status_reason = reason;
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE vpn_gateways SET doc = ?2 WHERE id = ?1",
                 params![id, to_json(&gw)?],
             )?;
@@ -710,8 +726,8 @@ impl Store for SqliteStore {
                     gw.connection_count
                 )));
             }
-            tx.execute("DELETE FROM routes WHERE vpn_gateway_id = ?1", [&id])?;
-            tx.execute("DELETE FROM vpn_gateways WHERE id = ?1", [&id])?;
+            exec(tx, "DELETE FROM routes WHERE vpn_gateway_id = ?1", [&id])?;
+            exec(tx, "DELETE FROM vpn_gateways WHERE id = ?1", [&id])?;
             Ok(())
         })
         .await
@@ -725,7 +741,8 @@ impl Store for SqliteStore {
         let (id, doc, token) = (cgw.id.clone(), to_json(cgw)?, token.cloned());
         self.call(move |tx| {
             claim_token(tx, token.as_ref(), &id)?;
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO customer_gateways (id, doc) VALUES (?1, ?2)",
                 params![id, doc],
             )?;
@@ -753,7 +770,8 @@ impl Store for SqliteStore {
     async fn update_customer_gateway(&self, cgw: &CustomerGateway) -> Result<()> {
         let (id, doc) = (cgw.id.clone(), to_json(cgw)?);
         self.call(move |tx| {
-            let n = tx.execute(
+            let n = exec(
+                tx,
                 "UPDATE customer_gateways SET doc = ?2 WHERE id = ?1",
                 params![id, doc],
             )?;
@@ -777,7 +795,7 @@ impl Store for SqliteStore {
                     cgw.tunnel_count
                 )));
             }
-            tx.execute("DELETE FROM customer_gateways WHERE id = ?1", [&id])?;
+            exec(tx, "DELETE FROM customer_gateways WHERE id = ?1", [&id])?;
             Ok(())
         })
         .await
@@ -793,7 +811,8 @@ impl Store for SqliteStore {
             gateway_in(tx, &c.vpn_gateway_id)?;
             check_tunnel_cidrs(tx, &c)?;
             claim_token(tx, token.as_ref(), &c.id)?;
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO vpn_connections (id, vpn_gateway_id, doc) VALUES (?1, ?2, ?3)",
                 params![c.id, c.vpn_gateway_id, connection_doc(&c)?],
             )?;
@@ -805,7 +824,8 @@ impl Store for SqliteStore {
                         t.customer_gateway_id, t.id
                     )));
                 }
-                tx.execute(
+                exec(
+                    tx,
                     "INSERT INTO tunnels (id, connection_id, idx, vpn_gateway_id,
                          customer_gateway_id, bgp_tunnel_cidr, psk, doc, status)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -891,12 +911,14 @@ impl Store for SqliteStore {
                 ));
             }
             check_tunnel_cidrs(tx, &c)?;
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE vpn_connections SET doc = ?2 WHERE id = ?1",
                 params![c.id, connection_doc(&c)?],
             )?;
             for (i, t) in c.tunnels.iter().enumerate() {
-                let n = tx.execute(
+                let n = exec(
+                    tx,
                     "UPDATE tunnels SET bgp_tunnel_cidr = ?3, psk = ?4, doc = ?5
                      WHERE id = ?1 AND connection_id = ?2 AND idx = ?6",
                     params![
@@ -927,7 +949,8 @@ impl Store for SqliteStore {
         self.call(move |tx| {
             let mut c = connection_in(tx, &id)?;
             c.status = status;
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE vpn_connections SET doc = ?2 WHERE id = ?1",
                 params![id, connection_doc(&c)?],
             )?;
@@ -946,7 +969,8 @@ impl Store for SqliteStore {
                 .optional()?;
             let mut t: Tunnel = from_json(&doc.ok_or_else(|| not_found("tunnel", &tunnel_id))?)?;
             t.state = state;
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE tunnels SET doc = ?2 WHERE id = ?1",
                 params![tunnel_id, tunnel_doc(&t)?],
             )?;
@@ -963,7 +987,8 @@ impl Store for SqliteStore {
     async fn set_tunnel_bgp_routes(&self, tunnel_id: &str, routes: &BgpRoutes) -> Result<()> {
         let (tunnel_id, routes) = (tunnel_id.to_string(), to_json(routes)?);
         self.call(move |tx| {
-            let n = tx.execute(
+            let n = exec(
+                tx,
                 "UPDATE tunnels SET bgp_routes = ?2 WHERE id = ?1",
                 params![tunnel_id, routes],
             )?;
@@ -1010,12 +1035,13 @@ impl Store for SqliteStore {
                     routes.join(", ")
                 )));
             }
-            tx.execute(
+            exec(
+                tx,
                 "DELETE FROM connection_logs WHERE connection_id = ?1",
                 [&id],
             )?;
-            tx.execute("DELETE FROM tunnels WHERE connection_id = ?1", [&id])?;
-            tx.execute("DELETE FROM vpn_connections WHERE id = ?1", [&id])?;
+            exec(tx, "DELETE FROM tunnels WHERE connection_id = ?1", [&id])?;
+            exec(tx, "DELETE FROM vpn_connections WHERE id = ?1", [&id])?;
             Ok(())
         })
         .await
@@ -1124,12 +1150,12 @@ impl Store for SqliteStore {
                 // A savepoint per row: one that fails changes nothing, the others stay.
                 let mut results = Vec::with_capacity(rows.len());
                 for (i, row) in rows {
-                    tx.execute_batch("SAVEPOINT observed")?;
+                    exec(tx, "SAVEPOINT observed", [])?;
                     let r = row.apply(tx);
                     if r.is_err() {
-                        tx.execute_batch("ROLLBACK TO observed")?;
+                        exec(tx, "ROLLBACK TO observed", [])?;
                     }
-                    tx.execute_batch("RELEASE observed")?;
+                    exec(tx, "RELEASE observed", [])?;
                     results.push((i, r));
                 }
                 Ok(results)
@@ -1224,7 +1250,8 @@ impl Store for SqliteStore {
 
     async fn purge_client_tokens(&self, now: DateTime<Utc>) -> Result<usize> {
         self.call(move |tx| {
-            Ok(tx.execute(
+            Ok(exec(
+                tx,
                 "DELETE FROM client_tokens WHERE created_at < ?1",
                 [token_cutoff(now)],
             )?)
@@ -1283,7 +1310,8 @@ impl ObservedRow {
     fn apply(&self, tx: &Connection) -> Result<()> {
         match self {
             ObservedRow::Status { tunnel_id, status } => {
-                let n = tx.execute(
+                let n = exec(
+                    tx,
                     "UPDATE tunnels SET status = ?2 WHERE id = ?1",
                     params![tunnel_id, status],
                 )?;
@@ -1314,11 +1342,13 @@ fn append_log_in(
     // Existence only: loading the connection deserialised it and its tunnels
     // for every log entry.
     doc_of(tx, "vpn_connections", cid)?.ok_or_else(|| not_found("VPN connection", cid))?;
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO connection_logs (connection_id, at, doc) VALUES (?1, ?2, ?3)",
         params![cid, at, doc],
     )?;
-    tx.execute(
+    exec(
+        tx,
         "DELETE FROM connection_logs WHERE connection_id = ?1 AND seq <= (
              SELECT seq FROM connection_logs WHERE connection_id = ?1
              ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
@@ -1326,7 +1356,8 @@ fn append_log_in(
     )?;
     if let Some(tunnel_id) = &tunnel_id {
         // Only for a tunnel of this connection; any other tunnel ID is ignored.
-        tx.execute(
+        exec(
+            tx,
             "INSERT INTO tunnel_event_counts (tunnel_id, event, count)
              SELECT id, ?2, 1 FROM tunnels WHERE id = ?1 AND connection_id = ?3
              ON CONFLICT (tunnel_id, event) DO UPDATE SET count = count + 1",
