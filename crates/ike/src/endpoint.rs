@@ -68,6 +68,8 @@ pub enum Error {
 /// Randomness, queues and counters shared by every SA.
 pub(crate) struct Io {
     pub rng: Box<dyn Random>,
+    /// Key pairs made ahead of time, off the thread that drives the endpoint.
+    pub keys: Option<Box<dyn KeySource>>,
     pub transmits: VecDeque<Transmit>,
     pub events: VecDeque<Event>,
     pub stats: Stats,
@@ -156,9 +158,30 @@ impl Io {
         }
     }
 
+    /// A fresh key pair for one exchange: from the key source when it has one ready,
+    /// else drawn here. RFC 7296 §2.12 permits reusing exponentials; we never do, so
+    /// every exchange keeps perfect forward secrecy.
     pub fn dh(&mut self, group: crypto::DhGroup) -> Result<DhPrivate, crypto::Error> {
+        if let Some(key) = self.keys.as_mut().and_then(|k| k.take(group)) {
+            debug_assert_eq!(key.group(), group);
+            if key.group() == group {
+                self.stats.dh_keys_ready += 1;
+                return Ok(key);
+            }
+        }
+        self.stats.dh_keys_inline += 1;
         DhPrivate::generate(group, &mut *self.rng)
     }
+}
+
+/// Diffie-Hellman key pairs generated ahead of time (a pool filled by another thread):
+/// making a key pair is one modular exponentiation, half of the DH work of an exchange,
+/// and needs nothing from the exchange, so it need not run on the thread that drives
+/// the endpoint (issue 8: DH off the protocol thread).
+pub trait KeySource: Send {
+    /// A key pair of `group` never handed out before, or `None` when none is ready
+    /// (the endpoint then makes one itself).
+    fn take(&mut self, group: crypto::DhGroup) -> Option<DhPrivate>;
 }
 
 /// A sans-IO IKEv2 endpoint: see the crate documentation for the driving contract.
@@ -200,12 +223,19 @@ impl Endpoint {
             v1: Default::default(),
             io: Io {
                 rng,
+                keys: None,
                 transmits: VecDeque::new(),
                 events: VecDeque::new(),
                 stats: Stats::default(),
                 child_spis: HashSet::new(),
             },
         }
+    }
+
+    /// Where fresh DH key pairs come from (see [`KeySource`]); without one, each is
+    /// made when an exchange needs it.
+    pub fn set_key_source(&mut self, keys: Box<dyn KeySource>) {
+        self.io.keys = Some(keys);
     }
 
     // ---- getters -------------------------------------------------------------------

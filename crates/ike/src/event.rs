@@ -255,4 +255,8 @@ pub struct Stats {
     pub retransmits: u64,
     /// IKE_SA_INIT requests no configured peer could take.
     pub no_peer: u64,
+    /// DH key pairs taken ready-made from the [`crate::KeySource`].
+    pub dh_keys_ready: u64,
+    /// DH key pairs made by the endpoint itself (no key source, or none ready).
+    pub dh_keys_inline: u64,
 }

@@ -67,7 +67,7 @@ pub use config::{
     EspProposal, Identity, IkeProposal, IkeVersion, Ipv4Cidr, PeerConfig, PeerId, Psk, V1Mode,
 };
 pub use encap::{EspEncap, VENDOR_ID as VPNGW_VENDOR_ID};
-pub use endpoint::{Endpoint, EndpointConfig, Error};
+pub use endpoint::{Endpoint, EndpointConfig, Error, KeySource};
 pub use event::{ChildSa, DeleteReason, Event, IkeAlgorithms, Level, Phase, Stats, Transmit};
 pub use keys::Key;
 pub use ts::TsRange;

@@ -1100,3 +1100,77 @@ fn esp_activity_suppresses_liveness_checks() {
     p.advance(Duration::from_secs(31));
     assert!(p.a.stats().datagrams_out > sent);
 }
+
+/// A key source holding key pairs made in advance (the node's pool fills one from
+/// another thread); it records which public values it handed out.
+struct Premade {
+    keys: Vec<crypto::DhPrivate>,
+    handed_out: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl ike::KeySource for Premade {
+    fn take(&mut self, group: DhGroup) -> Option<crypto::DhPrivate> {
+        let i = self.keys.iter().position(|k| k.group() == group)?;
+        let key = self.keys.swap_remove(i);
+        if let Ok(mut v) = self.handed_out.lock() {
+            v.push(key.public_value().to_vec());
+        }
+        Some(key)
+    }
+}
+
+#[test]
+fn exchanges_use_key_pairs_from_the_key_source_once_each() {
+    let a = config_a();
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    let mut rng = TestRng(99);
+    let handed_out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    // One premade key for A; B's source has only a key of another group, so B must
+    // make its own.
+    p.a.set_key_source(Box::new(Premade {
+        keys: vec![crypto::DhPrivate::generate(a.ike.dh, &mut rng).unwrap()],
+        handed_out: handed_out.clone(),
+    }));
+    let other = if a.ike.dh == DhGroup::Curve25519 {
+        DhGroup::Ecp256
+    } else {
+        DhGroup::Curve25519
+    };
+    p.b.set_key_source(Box::new(Premade {
+        keys: vec![crypto::DhPrivate::generate(other, &mut rng).unwrap()],
+        handed_out: handed_out.clone(),
+    }));
+    p.initiate_a();
+    assert_eq!(established(&p.a_events), 1, "{:?}", p.a_events);
+    assert_eq!(children_up(&p.b_events), 1, "{:?}", p.b_events);
+    p.assert_ike_match();
+    p.assert_children_match();
+
+    // A's IKE_SA_INIT request carried the premade public value.
+    let handed_out = handed_out.lock().unwrap().clone();
+    assert_eq!(handed_out.len(), 1, "only A's key matched a group in use");
+    let init = Message::decode(&p.wire[0].payload).unwrap();
+    let ke = init
+        .payloads
+        .iter()
+        .find_map(|pl| match pl {
+            Payload::Ke(ke) => Some(ke.data.clone()),
+            _ => None,
+        })
+        .expect("KE payload");
+    assert_eq!(ke, handed_out[0]);
+    assert_eq!(
+        (p.a.stats().dh_keys_ready, p.a.stats().dh_keys_inline),
+        (1, 0)
+    );
+    assert_eq!(
+        (p.b.stats().dh_keys_ready, p.b.stats().dh_keys_inline),
+        (0, 1)
+    );
+
+    // The source is empty now: the next exchange's key is made by A itself, fresh.
+    p.a.reset(p.now, PEER_A).unwrap();
+    p.drive();
+    assert_eq!(p.a.stats().dh_keys_ready, 1);
+    assert!(p.a.stats().dh_keys_inline >= 1);
+}

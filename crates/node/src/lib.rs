@@ -30,6 +30,7 @@
 mod bgp;
 mod control;
 mod desired;
+mod dhpool;
 mod fwd;
 mod health;
 
@@ -205,7 +206,8 @@ impl Node {
                     esp_encap: config.esp_encap,
                     ..ike::EndpointConfig::default()
                 };
-                let endpoint = ike::Endpoint::new(ike_config, Box::new(crypto::OsRandom));
+                let mut endpoint = ike::Endpoint::new(ike_config, Box::new(crypto::OsRandom));
+                endpoint.set_key_source(Box::new(dhpool::DhPool::new(dhpool::DEPTH)));
                 Control::new(endpoint, dp, ports, fwd, sadb, writes_tx).run(input_rx);
             })
             .map_err(|source| NodeError::Spawn {
