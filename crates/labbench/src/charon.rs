@@ -55,12 +55,14 @@ pub struct Charon {
 }
 
 impl Charon {
-    pub fn start(ns: &Netns, dir: &Path) -> Result<Charon> {
+    /// Starts charon in `ns` with its files in `dir`; with `cpu`, confined to that CPU
+    /// (`--pin`).
+    pub fn start(ns: &Netns, dir: &Path, cpu: Option<usize>) -> Result<Charon> {
         lab::strongswan::check_plugins()?;
         std::fs::create_dir_all(dir)?;
         let conf = dir.join("strongswan.conf");
         std::fs::write(&conf, conf_text(dir))?;
-        let mut cmd = ns.command("unshare");
+        let mut cmd = crate::vpngw::pinned(ns, cpu, "unshare");
         cmd.args([
             "-m",
             "sh",

@@ -31,7 +31,7 @@ use clap::Parser;
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 
 use crate::measure::INTERRUPTED;
-use crate::paths::{Durations, SUITES};
+use crate::paths::{Durations, Pin, SUITES};
 use crate::report::{PathRow, Report, Setup, SetupPeers, SetupRow};
 
 /// Benchmarks vpngw against strongSwan in network namespaces (needs root).
@@ -60,6 +60,13 @@ struct Args {
     /// shows their median and min–max (default 3; 1 with --quick).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     repeat: Option<u32>,
+    /// Confine each gateway's daemon (vpngw or charon, whole process) to a core of its
+    /// own: the one in `gw` to CPU 0, the one in `onprem` to CPU 1 (`taskset -c`), as if
+    /// each ran on a one-core machine of its own; iperf3 and the kernel stay unpinned.
+    /// Without it the kernel may put both gateways on one core (see docs/PERFORMANCE.md).
+    /// Needs at least 2 CPUs; the data-path parts only.
+    #[arg(long)]
+    pin: bool,
     /// The vpngw binary (default: `vpngw` next to this program, built if missing when
     /// run through cargo).
     #[arg(long, value_name = "PATH")]
@@ -92,6 +99,15 @@ fn main() -> Result<()> {
             bail!("--suite {s}: expected aes128-sha1, aes256-sha256 or aes-gcm-128");
         }
     }
+    let pin = if args.pin {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if cpus < 2 {
+            bail!("--pin needs at least 2 CPUs, this process may use {cpus}");
+        }
+        Some(Pin { gw: 0, onprem: 1 })
+    } else {
+        None
+    };
     if !nix::unistd::geteuid().is_root() {
         bail!("labbench needs root (network namespaces, TUN devices, strongSwan)");
     }
@@ -149,6 +165,7 @@ fn main() -> Result<()> {
                 setup,
                 suite.unwrap_or(&SUITES[0]),
                 durations,
+                pin,
                 bin.as_deref().unwrap_or(std::path::Path::new("vpngw")),
             )
             .map_err(|e| format!("{e:#}"));
@@ -224,10 +241,16 @@ fn main() -> Result<()> {
             .push("the run was interrupted: the tables are incomplete".into());
     }
 
+    // "full" only when every part ran; otherwise the parts run name the report.
+    let scope = match (args.quick, args.only.is_empty()) {
+        (true, _) => "quick".to_string(),
+        (false, true) => "full".to_string(),
+        (false, false) => args.only.join(", "),
+    };
     let title = format!(
-        "labbench {} ({})",
+        "labbench {} ({scope}{})",
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
-        if args.quick { "quick" } else { "full" }
+        if args.pin { ", gateways pinned" } else { "" }
     );
     let md = report.markdown(&title);
     println!("{md}");
@@ -345,6 +368,12 @@ fn machine_info(
     }
     if !args.only.is_empty() {
         m.push(("parts".into(), args.only.join(", ")));
+    }
+    if args.pin {
+        m.push((
+            "placement".into(),
+            "--pin: the gateway daemon in gw (vpngw or charon, every thread) confined to CPU 0, the one in onprem to CPU 1 (taskset -c); iperf3 and the kernel unpinned".into(),
+        ));
     }
     m
 }

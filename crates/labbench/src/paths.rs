@@ -15,7 +15,7 @@ use crate::charon::Charon;
 
 use crate::measure::{iperf3_tcp, iperf3_udp, ping};
 use crate::report::{PathMetrics, Setup, TcpRun};
-use crate::vpngw::{ConnSpec, Crypto, Serve};
+use crate::vpngw::{ConnSpec, Crypto, Launch, Serve};
 
 pub const PSK: &str = "labbench-psk-4Vq";
 const GW: &str = "192.0.2.1";
@@ -74,6 +74,14 @@ pub const SUITES: [Suite; 3] = [
     },
 ];
 
+/// The CPUs the two gateways' daemons are confined to (`--pin`): the one in `gw` and
+/// the one in `onprem`, each on a core of its own as if on two one-core machines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pin {
+    pub gw: usize,
+    pub onprem: usize,
+}
+
 /// How long each measurement runs.
 #[derive(Debug, Clone, Copy)]
 pub struct Durations {
@@ -84,7 +92,14 @@ pub struct Durations {
 }
 
 /// Builds `setup` with `suite` (ignored for the plain path), measures, tears down.
-pub fn measure(setup: Setup, suite: &Suite, d: Durations, vpngw_bin: &Path) -> Result<PathMetrics> {
+pub fn measure(
+    setup: Setup,
+    suite: &Suite,
+    d: Durations,
+    pin: Option<Pin>,
+    vpngw_bin: &Path,
+) -> Result<PathMetrics> {
+    let (gw_cpu, onprem_cpu) = (pin.map(|p| p.gw), pin.map(|p| p.onprem));
     let topo = Topology::new().context("building the lab topology")?;
     let dir = topo.workdir.path().to_owned();
     // Declared after the topology: dropped (stopped) before the namespaces go.
@@ -92,8 +107,12 @@ pub fn measure(setup: Setup, suite: &Suite, d: Durations, vpngw_bin: &Path) -> R
     match setup {
         Setup::Plain => plain_routes(&topo)?,
         Setup::SwanSwan => {
-            let mut gw = Charon::start(&topo.gw, &topo.workdir.subdir("gw-swan")?)?;
-            let onprem = Charon::start(&topo.onprem, &topo.workdir.subdir("onprem-swan")?)?;
+            let mut gw = Charon::start(&topo.gw, &topo.workdir.subdir("gw-swan")?, gw_cpu)?;
+            let onprem = Charon::start(
+                &topo.onprem,
+                &topo.workdir.subdir("onprem-swan")?,
+                onprem_cpu,
+            )?;
             gw.load(
                 &swanctl::render(&[swan_conn(suite, GW, ONPREM, VPC_NET, ONPREM_NET)]),
                 LOAD_TIMEOUT,
@@ -107,21 +126,32 @@ pub fn measure(setup: Setup, suite: &Suite, d: Durations, vpngw_bin: &Path) -> R
             daemons.swans.extend([gw, onprem]);
         }
         Setup::VpngwSwan => {
-            let onprem = Charon::start(&topo.onprem, &topo.workdir.subdir("onprem-swan")?)?;
+            let onprem = Charon::start(
+                &topo.onprem,
+                &topo.workdir.subdir("onprem-swan")?,
+                onprem_cpu,
+            )?;
             // Destination routing mode: 0.0.0.0/0 selectors, as the product documents.
             onprem.load(
                 &swanctl::render(&[swan_conn(suite, ONPREM, GW, "0.0.0.0/0", "0.0.0.0/0")]),
                 LOAD_TIMEOUT,
             )?;
             daemons.swans.push(onprem);
-            let gw = vpngw_side(&topo, &dir, vpngw_bin, suite, Side::Gw, true)?;
+            let gw = vpngw_side(&topo, &dir, vpngw_bin, suite, (Side::Gw, gw_cpu), true)?;
             daemons.serves.push(gw);
         }
         Setup::VpngwVpngw => {
             // The on-premises vpngw answers; the gateway initiates.
-            let onprem = vpngw_side(&topo, &dir, vpngw_bin, suite, Side::Onprem, false)?;
+            let onprem = vpngw_side(
+                &topo,
+                &dir,
+                vpngw_bin,
+                suite,
+                (Side::Onprem, onprem_cpu),
+                false,
+            )?;
             daemons.serves.push(onprem);
-            let gw = vpngw_side(&topo, &dir, vpngw_bin, suite, Side::Gw, true)?;
+            let gw = vpngw_side(&topo, &dir, vpngw_bin, suite, (Side::Gw, gw_cpu), true)?;
             daemons.serves.push(gw);
         }
     }
@@ -188,7 +218,7 @@ fn vpngw_side(
     dir: &Path,
     bin: &Path,
     suite: &Suite,
-    side: Side,
+    (side, cpu): (Side, Option<usize>),
     initiate: bool,
 ) -> Result<Serve> {
     let (ns, own, peer, local_net, remote_net, port, label) = match side {
@@ -212,7 +242,18 @@ fn vpngw_side(
         ),
     };
     let data = topo.workdir.subdir(&format!("{label}-data"))?;
-    let serve = Serve::start(ns, bin, &data, dir, port, true, label)?;
+    let serve = Serve::start(
+        ns,
+        bin,
+        &data,
+        dir,
+        Launch {
+            port,
+            node: true,
+            label,
+            cpu,
+        },
+    )?;
     let gw = serve.gateway(ns, own, &[local_net])?;
     let cgw = serve.customer_gateway(ns, peer)?;
     let conn = serve.with_client(ns, |c| {

@@ -26,7 +26,7 @@ use crate::measure::{
 };
 use crate::paths::{PSK, SUITES};
 use crate::report::SetupMetrics;
-use crate::vpngw::{ConnSpec, Serve};
+use crate::vpngw::{ConnSpec, Launch, Serve};
 
 const GW: &str = "192.0.2.1";
 const ONPREM: &str = "198.51.100.1";
@@ -50,8 +50,8 @@ pub type Notes = Vec<String>;
 pub fn strongswan(n: usize) -> Result<SetupMetrics> {
     let topo = Topology::new().context("building the lab topology")?;
     let suite = &SUITES[0];
-    let responder = Charon::start(&topo.gw, &topo.workdir.subdir("gw-charon")?)?;
-    let initiator = Charon::start(&topo.onprem, &topo.workdir.subdir("onprem-charon")?)?;
+    let responder = Charon::start(&topo.gw, &topo.workdir.subdir("gw-charon")?, None)?;
+    let initiator = Charon::start(&topo.onprem, &topo.workdir.subdir("onprem-charon")?, None)?;
     let conns = |responder_side: bool| -> Vec<SwanctlConn> {
         (0..n)
             .map(|i| {
@@ -138,9 +138,12 @@ pub fn vpngw(n: usize, bin: &Path, notes: &mut Notes) -> Result<SetupMetrics> {
         bin,
         &r_data,
         &dir,
-        9281,
-        false,
-        "responder-config",
+        Launch {
+            port: 9281,
+            node: false,
+            label: "responder-config",
+            cpu: None,
+        },
     )?;
     let t = Instant::now();
     let r_gw = r_cfg.gateway(&topo.gw, GW, &["172.16.0.0/16"])?;
@@ -172,9 +175,12 @@ pub fn vpngw(n: usize, bin: &Path, notes: &mut Notes) -> Result<SetupMetrics> {
         bin,
         &i_data,
         &dir,
-        9282,
-        false,
-        "initiator-config",
+        Launch {
+            port: 9282,
+            node: false,
+            label: "initiator-config",
+            cpu: None,
+        },
     )?;
     let t = Instant::now();
     let i_gw = i_cfg.gateway(&topo.onprem, ONPREM, &["10.2.0.0/16"])?;
@@ -202,7 +208,18 @@ pub fn vpngw(n: usize, bin: &Path, notes: &mut Notes) -> Result<SetupMetrics> {
 
     // The responder with its node: wait until the gateway runs and memory settles (the
     // node has read and applied the N tunnels).
-    let mut responder = Serve::start(&topo.gw, bin, &r_data, &dir, 9281, true, "responder")?;
+    let mut responder = Serve::start(
+        &topo.gw,
+        bin,
+        &r_data,
+        &dir,
+        Launch {
+            port: 9281,
+            node: true,
+            label: "responder",
+            cpu: None,
+        },
+    )?;
     if comm(responder.pid()) != "vpngw" {
         bail!(
             "pid {} is {:?}, not vpngw",
@@ -232,7 +249,18 @@ pub fn vpngw(n: usize, bin: &Path, notes: &mut Notes) -> Result<SetupMetrics> {
     counter.skip_existing()?;
 
     let start = Instant::now();
-    let mut initiator = Serve::start(&topo.onprem, bin, &i_data, &dir, 9282, true, "initiator")?;
+    let mut initiator = Serve::start(
+        &topo.onprem,
+        bin,
+        &i_data,
+        &dir,
+        Launch {
+            port: 9282,
+            node: true,
+            label: "initiator",
+            cpu: None,
+        },
+    )?;
     let (established, seconds, note) = wait_count(n, start, &mut counter, &mut || {
         responder.ensure_running()?;
         initiator.ensure_running()

@@ -26,6 +26,32 @@ pub struct Crypto {
     pub ipsec_integrity: &'static str,
 }
 
+/// How [`Serve::start`] runs `vpngw serve`.
+#[derive(Debug, Clone, Copy)]
+pub struct Launch<'a> {
+    /// The API's port on the namespace's loopback.
+    pub port: u16,
+    /// With the gateway node (else `--no-node`: the controller alone).
+    pub node: bool,
+    /// Names the process in logs and errors.
+    pub label: &'a str,
+    /// Confine the whole process to this CPU (`taskset -c`); see `--pin`.
+    pub cpu: Option<usize>,
+}
+
+/// `program` in `ns`, under `taskset -c CPU` when `cpu` is given: every thread the
+/// process starts inherits the mask, and vpngw sizes its data plane by it (one worker).
+pub fn pinned(ns: &Netns, cpu: Option<usize>, program: &str) -> std::process::Command {
+    match cpu {
+        Some(c) => {
+            let mut cmd = ns.command("taskset");
+            cmd.args(["-c", &c.to_string(), program]);
+            cmd
+        }
+        None => ns.command(program),
+    }
+}
+
 impl Serve {
     /// Starts `bin --data-dir <data_dir> serve --listen 127.0.0.1:<port>` in `ns` (with
     /// `--no-node` unless `node`) and waits (bounded) until it answers /healthz.
@@ -34,13 +60,17 @@ impl Serve {
         bin: &Path,
         data_dir: &Path,
         log_dir: &Path,
-        port: u16,
-        node: bool,
-        label: &str,
+        launch: Launch<'_>,
     ) -> Result<Serve> {
+        let Launch {
+            port,
+            node,
+            label,
+            cpu,
+        } = launch;
         std::fs::create_dir_all(data_dir)?;
         let listen = format!("127.0.0.1:{port}");
-        let mut cmd = ns.command(&bin.to_string_lossy());
+        let mut cmd = pinned(ns, cpu, &bin.to_string_lossy());
         cmd.arg("--data-dir")
             .arg(data_dir)
             .args(["serve", "--listen", &listen]);
