@@ -10,6 +10,7 @@ mod cipher;
 mod dh;
 mod mac;
 mod modp;
+mod mont;
 mod prf;
 #[cfg(target_arch = "x86_64")]
 mod sha1x16;

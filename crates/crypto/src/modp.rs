@@ -1,13 +1,15 @@
 //! Finite-field (MODP) Diffie-Hellman: RFC 2409 §6, RFC 3526, RFC 5114 §2.3.
 //!
-//! Exponentiation with the secret exponent uses crypto-bigint's Montgomery
-//! `pow_bounded_exp`, whose running time depends on the exponent's bound,
-//! never on its value.
+//! Exponentiation uses our own constant-time fixed-window Montgomery
+//! exponentiation (mont.rs), whose sequence of operations depends on the
+//! exponent's public bit length only, never on its value. It replaced
+//! crypto-bigint's `pow_bounded_exp`, about 3x slower for modp1024; crypto-bigint
+//! stays the reference in the tests below.
 
-use crypto_bigint::modular::runtime_mod::{DynResidue, DynResidueParams};
 use crypto_bigint::{Limb, U256, U768, U1024, U1536, U2048, Uint, Word};
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::mont::Modulus;
 use crate::{DhGroup, Error, Random};
 
 /// A MODP private exponent, sized for its group.
@@ -71,9 +73,11 @@ impl Drop for ModpPrivate {
 }
 
 /// Bits of private exponent: at least twice the group's security strength
-/// (RFC 3526 §8 table, NIST SP 800-57); 256 bits covers every group here
-/// (group 14 gives ~112-bit strength, group 24 has a 256-bit subgroup).
-const EXPONENT_BITS: usize = 256;
+/// (RFC 3526 §8 table, NIST SP 800-57, NIST SP 800-56A rev3 §5.6.1.1.1); 256
+/// bits covers every group here (group 14 gives ~112-bit strength, group 24
+/// has a 256-bit subgroup). Every exponentiation runs over exactly this many
+/// bits, whatever the exponent's value.
+pub(crate) const EXPONENT_BITS: usize = 256;
 
 struct Group<const L: usize> {
     p: Uint<L>,
@@ -82,48 +86,49 @@ struct Group<const L: usize> {
     /// is not a safe prime: the private exponent is drawn below it, and peer
     /// values must lie in the subgroup (RFC 6989 §2.2).
     q: Option<Uint<L>>,
-    /// Montgomery constants of `p` (R mod p, R² mod p, −p⁻¹ mod 2⁶⁴), computed at
-    /// compile time: deriving R² takes a 2L-limb division, about a fifth of a
-    /// modp1024 exponentiation when done per call.
-    params: DynResidueParams<L>,
+    /// `p` with its Montgomery constants (R mod p, R² mod p, −p⁻¹ mod 2⁶⁴),
+    /// computed at compile time: deriving R² per call would cost a sizeable
+    /// part of an exponentiation.
+    modulus: Modulus<L>,
 }
 
 const GROUP1: Group<{ U768::LIMBS }> = Group {
     p: P768,
     g: Uint::from_u8(2),
     q: None,
-    params: DynResidueParams::new(&P768),
+    modulus: Modulus::new(&P768.to_words()),
 };
 const GROUP2: Group<{ U1024::LIMBS }> = Group {
     p: P1024,
     g: Uint::from_u8(2),
     q: None,
-    params: DynResidueParams::new(&P1024),
+    modulus: Modulus::new(&P1024.to_words()),
 };
 const GROUP5: Group<{ U1536::LIMBS }> = Group {
     p: P1536,
     g: Uint::from_u8(2),
     q: None,
-    params: DynResidueParams::new(&P1536),
+    modulus: Modulus::new(&P1536.to_words()),
 };
 const GROUP14: Group<{ U2048::LIMBS }> = Group {
     p: P2048,
     g: Uint::from_u8(2),
     q: None,
-    params: DynResidueParams::new(&P2048),
+    modulus: Modulus::new(&P2048.to_words()),
 };
 const GROUP24: Group<{ U2048::LIMBS }> = Group {
     p: P2048S256,
     g: G2048S256,
     q: Some(Q2048S256.resize()),
-    params: DynResidueParams::new(&P2048S256),
+    modulus: Modulus::new(&P2048S256.to_words()),
 };
 
 fn generate<const L: usize>(group: &Group<L>, rng: &mut dyn Random) -> (Uint<L>, Vec<u8>) {
     let x = draw_exponent(group, rng);
-    let y = DynResidue::new(&group.g, group.params)
-        .pow_bounded_exp(&x, EXPONENT_BITS)
-        .retrieve();
+    // RFC 7296 §3.4: the public value is g^x mod p.
+    let y = group
+        .modulus
+        .pow(group.g.as_words(), x.as_words(), EXPONENT_BITS);
     (x, to_be_bytes(&y))
 }
 
@@ -162,27 +167,25 @@ fn shared_secret<const L: usize>(
     if y <= Uint::ONE || y >= p_minus_1 {
         return Err(Error::InvalidPublicValue);
     }
-    let y_res = DynResidue::new(&y, group.params);
+    let y = y.as_words();
     // RFC 6989 §2.2: for groups with small subgroups, y^q = 1 proves y lies
-    // in the prime-order subgroup. y and q are public: no secret involved.
+    // in the prime-order subgroup. y and q are public: no secret involved;
+    // q has 256 bits (RFC 5114 §2.3), so EXPONENT_BITS covers it.
     if let Some(q) = &group.q
-        && y_res.pow_bounded_exp(q, EXPONENT_BITS).retrieve() != Uint::ONE
+        && *group.modulus.pow(y, q.as_words(), EXPONENT_BITS) != Uint::<L>::ONE.to_words()
     {
         return Err(Error::InvalidPublicValue);
     }
-    let mut z_res = y_res.pow_bounded_exp(x, EXPONENT_BITS);
-    let mut z = z_res.retrieve();
-    z_res.zeroize();
-    let out = Zeroizing::new(to_be_bytes(&z));
-    z.zeroize();
-    Ok(out)
+    // z is zeroized on drop (Zeroizing), as is the copy in wire form.
+    let z = group.modulus.pow(y, x.as_words(), EXPONENT_BITS);
+    Ok(Zeroizing::new(to_be_bytes(&z)))
 }
 
 /// Big-endian, left-padded to the full width (which is the prime's length
 /// for every group here: RFC 7296 §3.4, RFC 2631 §2.1.2).
-fn to_be_bytes<const L: usize>(x: &Uint<L>) -> Vec<u8> {
+fn to_be_bytes<const L: usize>(x: &[Word; L]) -> Vec<u8> {
     let mut out = Vec::with_capacity(L * Limb::BYTES);
-    for w in x.as_words().iter().rev() {
+    for w in x.iter().rev() {
         out.extend_from_slice(&w.to_be_bytes());
     }
     out
@@ -276,10 +279,11 @@ const Q2048S256: U256 =
 mod tests {
     use super::*;
     use crate::DhPrivate;
-    use crate::test_util::{Fixed, hex};
+    use crate::test_util::{Fixed, Rng, hex};
+    use crypto_bigint::modular::runtime_mod::{DynResidue, DynResidueParams};
 
     fn words<const L: usize>(x: &Uint<L>) -> Vec<u8> {
-        to_be_bytes(x)
+        to_be_bytes(x.as_words())
     }
 
     /// Fermat test base 2: a transcription error in a constant would make it
@@ -315,6 +319,135 @@ mod tests {
         );
     }
 
+    /// A value below p: random, or within 8 of either end.
+    fn below<const L: usize>(rng: &mut Rng, p: &Uint<L>) -> Uint<L> {
+        let small = Uint::<L>::from_u64(rng.next() % 8);
+        match rng.below(4) {
+            0 => small,
+            1 => p.wrapping_sub(&Uint::ONE).wrapping_sub(&small),
+            _ => {
+                let mut x = Uint::<L>::ZERO;
+                for w in x.as_words_mut() {
+                    *w = rng.next() as Word;
+                }
+                // Every group's p has its top bit set: one subtraction reduces.
+                if x >= *p { x.wrapping_sub(p) } else { x }
+            }
+        }
+    }
+
+    /// A 256-bit exponent in the low limbs of an L-limb value.
+    fn exponent_words<const L: usize>(rng: &mut Rng) -> Uint<L> {
+        let mut x = Uint::<L>::ZERO;
+        for w in x.as_words_mut()[..EXPONENT_BITS / Limb::BITS].iter_mut() {
+            *w = rng.next() as Word;
+        }
+        x
+    }
+
+    /// Our Montgomery product, taken out of Montgomery form, against
+    /// crypto-bigint's schoolbook product and division, for random operands
+    /// and operands next to 0 and p.
+    fn check_mul<const L: usize>(group: &Group<L>, rng: &mut Rng) {
+        let m = &group.modulus;
+        let p = group.p;
+        let r2 = Uint::const_rem_wide(
+            DynResidue::one(DynResidueParams::new(&p))
+                .as_montgomery()
+                .square_wide(),
+            &p,
+        )
+        .0;
+        let mut unit = Uint::<L>::ZERO.to_words();
+        unit[0] = 1;
+        for _ in 0..200 {
+            let a = below(rng, &p);
+            let b = below(rng, &p);
+            let want = Uint::const_rem_wide(a.mul_wide(&b), &p).0;
+            // (aR)(bR)R⁻¹ = abR, then ·1·R⁻¹ = ab.
+            let am = m.mul(a.as_words(), r2.as_words());
+            let bm = m.mul(b.as_words(), r2.as_words());
+            let got = m.mul(&m.mul(&am, &bm), &unit);
+            assert_eq!(Uint::from_words(got), want, "{a} * {b}");
+        }
+    }
+
+    #[test]
+    fn montgomery_mul_matches_crypto_bigint_for_every_group() {
+        let mut rng = Rng(0x6d6f_6478);
+        check_mul(&GROUP1, &mut rng);
+        check_mul(&GROUP2, &mut rng);
+        check_mul(&GROUP5, &mut rng);
+        check_mul(&GROUP14, &mut rng);
+        check_mul(&GROUP24, &mut rng);
+    }
+
+    /// Our exponentiation against crypto-bigint's `pow_bounded_exp` for random
+    /// bases and 256-bit exponents, and for the edge cases: exponents 0, 1 and
+    /// 2^256 − 1, bases 1, 2 and p − 2.
+    fn check_pow<const L: usize>(group: &Group<L>, rng: &mut Rng, rounds: usize) {
+        let p = group.p;
+        let params = DynResidueParams::new(&p);
+        let reference = |base: &Uint<L>, exp: &Uint<L>| {
+            DynResidue::new(base, params)
+                .pow_bounded_exp(exp, EXPONENT_BITS)
+                .retrieve()
+        };
+        let ours = |base: &Uint<L>, exp: &Uint<L>| {
+            Uint::from_words(
+                *group
+                    .modulus
+                    .pow(base.as_words(), exp.as_words(), EXPONENT_BITS),
+            )
+        };
+        let mut all_ones = Uint::<L>::ZERO;
+        for w in all_ones.as_words_mut()[..EXPONENT_BITS / Limb::BITS].iter_mut() {
+            *w = Word::MAX;
+        }
+        let p_minus_2 = p.wrapping_sub(&Uint::from_u8(2));
+        let bases = [Uint::ONE, Uint::from_u8(2), p_minus_2, group.g];
+        let exps = [Uint::ZERO, Uint::ONE, all_ones, exponent_words(rng)];
+        for base in &bases {
+            for exp in &exps {
+                assert_eq!(ours(base, exp), reference(base, exp), "{base}^{exp}");
+            }
+        }
+        assert_eq!(ours(&p_minus_2, &Uint::ZERO), Uint::ONE);
+        assert_eq!(ours(&p_minus_2, &Uint::ONE), p_minus_2);
+        for _ in 0..rounds {
+            let base = below(rng, &p);
+            let exp = exponent_words(rng);
+            assert_eq!(ours(&base, &exp), reference(&base, &exp), "{base}^{exp}");
+        }
+    }
+
+    #[test]
+    fn pow_matches_crypto_bigint_for_every_group() {
+        let mut rng = Rng(0x0065_7870);
+        check_pow(&GROUP1, &mut rng, 20);
+        check_pow(&GROUP2, &mut rng, 20);
+        check_pow(&GROUP5, &mut rng, 10);
+        check_pow(&GROUP14, &mut rng, 10);
+        check_pow(&GROUP24, &mut rng, 10);
+    }
+
+    #[test]
+    fn subgroup_check_uses_the_full_q() {
+        // q's own bit length is EXPONENT_BITS: g^q = 1 through our routine,
+        // and g^(q-1) = g^-1 != 1.
+        let q = GROUP24.q.unwrap();
+        let m = &GROUP24.modulus;
+        assert_eq!(
+            *m.pow(G2048S256.as_words(), q.as_words(), EXPONENT_BITS),
+            Uint::<{ U2048::LIMBS }>::ONE.to_words()
+        );
+        let q1 = q.wrapping_sub(&Uint::ONE);
+        assert_ne!(
+            *m.pow(G2048S256.as_words(), q1.as_words(), EXPONENT_BITS),
+            Uint::<{ U2048::LIMBS }>::ONE.to_words()
+        );
+    }
+
     #[test]
     fn safe_prime_groups_are_the_rfc_primes() {
         check_safe_prime(&GROUP1, 768);
@@ -338,7 +471,7 @@ mod tests {
         assert_eq!(g[..8], hex("3FB32C9B 73134D0B"));
         assert_eq!(g[252..], hex("6CC41659"));
         assert_eq!(
-            to_be_bytes(&Q2048S256),
+            words(&Q2048S256),
             hex("8CF83642 A709A097 B4479976 40129DA2 99B1A47D 1EB3750B A308B0FE 64F5FBD3")
         );
         assert!(fermat_base(&P2048S256, 2) && fermat_base(&P2048S256, 3));
@@ -461,7 +594,7 @@ mod tests {
             Error::InvalidPublicValue
         );
         // p - g is -g: in range, but of order 2q, so outside the subgroup.
-        let neg_g = to_be_bytes(&P2048S256.wrapping_sub(&G2048S256));
+        let neg_g = words(&P2048S256.wrapping_sub(&G2048S256));
         assert_eq!(
             a.shared_secret(&neg_g).unwrap_err(),
             Error::InvalidPublicValue

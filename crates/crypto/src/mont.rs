@@ -1,0 +1,381 @@
+//! Montgomery arithmetic modulo a fixed odd prime of `L` limbs, and the
+//! constant-time fixed-window exponentiation the MODP groups use (modp.rs).
+//!
+//! The multiplication is Montgomery's (HAC 14.36) in the Coarsely Integrated
+//! Operand Scanning form of Koç, Acar and Kaliski, "Analyzing and Comparing
+//! Montgomery Multiplication Algorithms", IEEE Micro 16(3), 1996: one pass per
+//! limb of `b` that both accumulates a·b_i and adds the multiple m·p that
+//! clears the low limb. Limbs are crypto-bigint's `Word` (u64 on 64-bit
+//! targets) with `WideWord` (u128) products.
+//!
+//! Nothing here branches on or indexes memory by secret data: the final
+//! subtraction selects with masks, the exponent is read in windows at public
+//! positions, and the window table is read by scanning every entry.
+
+use crypto_bigint::{WideWord, Word};
+use subtle::{ConditionallySelectable, ConstantTimeEq};
+use zeroize::Zeroizing;
+
+/// Bits in a limb.
+const WORD_BITS: usize = Word::BITS as usize;
+
+/// Exponent bits consumed per table multiplication. With 256-bit exponents a
+/// 4-bit window costs 252 squarings + 64 multiplications + 14 to build the
+/// table; a 5-bit one 255 + 52 + 30. It divides the limb size, so a window
+/// never straddles two limbs.
+const WINDOW: usize = 4;
+const TABLE: usize = 1 << WINDOW;
+const _: () = assert!(WORD_BITS.is_multiple_of(WINDOW));
+
+/// An odd modulus p with its Montgomery constants for R = 2^(WORD_BITS·L),
+/// all computed by `new`, which the MODP group constants call at compile time.
+pub(crate) struct Modulus<const L: usize> {
+    p: [Word; L],
+    /// −p⁻¹ mod 2^WORD_BITS (HAC 14.36's m′, restricted to one limb as CIOS
+    /// needs).
+    n0: Word,
+    /// R mod p: the Montgomery form of 1.
+    one: [Word; L],
+    /// R² mod p: mul(x, R²) = xR mod p converts x into Montgomery form.
+    r2: [Word; L],
+}
+
+impl<const L: usize> Modulus<L> {
+    /// Panics (at compile time, for the group constants) unless p is odd and
+    /// its top bit is set, which every MODP prime is: the top bit makes
+    /// R mod p = R − p.
+    pub(crate) const fn new(p: &[Word; L]) -> Self {
+        assert!(L > 0, "empty modulus");
+        assert!(
+            p[0] & 1 == 1,
+            "Montgomery multiplication needs an odd modulus"
+        );
+        assert!(p[L - 1] >> (WORD_BITS - 1) == 1, "modulus top bit not set");
+        let one = neg(p);
+        let mut m = Self {
+            p: *p,
+            n0: neg_inv(p[0]),
+            one,
+            r2: [0; L],
+        };
+        // R² = 2^(WORD_BITS·L)·R. Write WORD_BITS·L = k·2^s with k odd: k
+        // doublings of R give 2^k·R, and each Montgomery squaring turns 2^e·R
+        // into 2^(2e)·R, so s squarings reach R² mod p without a division.
+        let bits = WORD_BITS * L;
+        let s = bits.trailing_zeros();
+        let k = bits >> s;
+        let mut r2 = one;
+        let mut i = 0;
+        while i < k {
+            r2 = double_mod(&r2, p);
+            i += 1;
+        }
+        let mut i = 0;
+        while i < s {
+            r2 = m.mul(&r2, &r2);
+            i += 1;
+        }
+        m.r2 = r2;
+        m
+    }
+
+    /// Montgomery product a·b·R⁻¹ mod p for a, b < p (HAC 14.36, CIOS).
+    ///
+    /// The running value t stays below 2p (Koç et al. §3), so it fits L limbs
+    /// plus one carry bit, and one subtraction of p reduces it.
+    #[inline]
+    pub(crate) const fn mul(&self, a: &[Word; L], b: &[Word; L]) -> [Word; L] {
+        let p = &self.p;
+        let mut t = [0 as Word; L];
+        let mut t_hi: Word = 0;
+        let mut i = 0;
+        while i < L {
+            let bi = b[i];
+            // t + a·b_i and t + a·b_i + m·p are scanned together: m depends only
+            // on the low limb of t + a·b_i, which is the first one computed.
+            let (t0, mut c1) = mac(t[0], a[0], bi, 0);
+            let m = t0.wrapping_mul(self.n0);
+            let (_, mut c2) = mac(t0, m, p[0], 0);
+            let mut j = 1;
+            while j < L {
+                let (x, c) = mac(t[j], a[j], bi, c1);
+                c1 = c;
+                let (y, c) = mac(x, m, p[j], c2);
+                c2 = c;
+                // Dividing by 2^WORD_BITS: limb j lands in j − 1.
+                t[j - 1] = y;
+                j += 1;
+            }
+            let s = t_hi as WideWord + c1 as WideWord + c2 as WideWord;
+            t[L - 1] = s as Word;
+            t_hi = (s >> WORD_BITS) as Word;
+            i += 1;
+        }
+        sub_p_if_ge(&t, t_hi, p)
+    }
+
+    /// base^exp mod p for base < p, in constant time: the low `bits` bits of
+    /// `exp` (a public bound; limbs beyond `exp` count as zero) are read in
+    /// fixed 4-bit windows, left to right, each one a table multiplication
+    /// whether its value is zero or not (HAC 14.82 without its
+    /// zero-window shortcut).
+    pub(crate) fn pow(&self, base: &[Word; L], exp: &[Word], bits: usize) -> Zeroizing<[Word; L]> {
+        // table[k] = base^k in Montgomery form.
+        let mut table = Zeroizing::new([[0 as Word; L]; TABLE]);
+        table[0] = self.one;
+        table[1] = self.mul(base, &self.r2);
+        for k in 2..TABLE {
+            table[k] = self.mul(&table[k - 1], &table[1]);
+        }
+        let windows = bits.div_ceil(WINDOW);
+        let mut acc = Zeroizing::new(self.one);
+        let mut entry = Zeroizing::new([0 as Word; L]);
+        for w in (0..windows).rev() {
+            if w + 1 == windows {
+                // The first window needs no squarings of 1. Which window is
+                // first depends on `bits` only.
+                select(&table, window(exp, w), &mut acc);
+                continue;
+            }
+            for _ in 0..WINDOW {
+                *acc = self.mul(&acc, &acc);
+            }
+            select(&table, window(exp, w), &mut entry);
+            *acc = self.mul(&acc, &entry);
+        }
+        // Out of Montgomery form: acc·1·R⁻¹.
+        let mut unit = [0 as Word; L];
+        unit[0] = 1;
+        *acc = self.mul(&acc, &unit);
+        acc
+    }
+}
+
+/// t + a·b + c as (low, high) limbs; at most (2^w − 1)·2^w + … < 2^(2w),
+/// so it never overflows the wide word.
+#[inline(always)]
+const fn mac(t: Word, a: Word, b: Word, c: Word) -> (Word, Word) {
+    let s = t as WideWord + (a as WideWord) * (b as WideWord) + c as WideWord;
+    (s as Word, (s >> WORD_BITS) as Word)
+}
+
+/// (t_hi·R + t) − p if that is not negative, else t, for t_hi·R + t < 2p.
+/// The subtraction always runs; the borrow picks the result through a mask.
+#[inline(always)]
+const fn sub_p_if_ge<const L: usize>(t: &[Word; L], t_hi: Word, p: &[Word; L]) -> [Word; L] {
+    let mut d = [0 as Word; L];
+    let mut borrow: Word = 0;
+    let mut j = 0;
+    while j < L {
+        let s = (t[j] as WideWord)
+            .wrapping_sub(p[j] as WideWord)
+            .wrapping_sub(borrow as WideWord);
+        d[j] = s as Word;
+        borrow = (s >> (2 * WORD_BITS - 1)) as Word;
+        j += 1;
+    }
+    // The borrow out of the top limb goes into t_hi; if it underflows, t < p.
+    let (_, under) = t_hi.overflowing_sub(borrow);
+    let keep_t = (under as Word).wrapping_neg();
+    let mut j = 0;
+    while j < L {
+        d[j] = (t[j] & keep_t) | (d[j] & !keep_t);
+        j += 1;
+    }
+    d
+}
+
+/// Copies table[idx] into `out`, touching every entry the same way: the
+/// index is secret (a window of the exponent), so it may neither pick an
+/// address nor a branch.
+fn select<const L: usize>(table: &[[Word; L]; TABLE], idx: Word, out: &mut [Word; L]) {
+    *out = [0; L];
+    for (k, entry) in table.iter().enumerate() {
+        let hit = (k as Word).ct_eq(&idx);
+        for (o, v) in out.iter_mut().zip(entry) {
+            o.conditional_assign(v, hit);
+        }
+    }
+}
+
+/// Window `w` of the exponent: bits [4w, 4w + 4). The position is public.
+fn window(exp: &[Word], w: usize) -> Word {
+    let bit = w * WINDOW;
+    let limb = exp.get(bit / WORD_BITS).copied().unwrap_or(0);
+    (limb >> (bit % WORD_BITS)) & (TABLE as Word - 1)
+}
+
+/// −x⁻¹ mod 2^WORD_BITS for odd x, by Newton's iteration y ← y·(2 − x·y),
+/// which doubles the correct low bits; y = x is right to 3 bits since
+/// x² ≡ 1 mod 8 (HAC 14.36 needs m′ = −m⁻¹ mod b).
+const fn neg_inv(x: Word) -> Word {
+    let mut y = x;
+    let mut i = 0;
+    // 3 → 6 → 12 → 24 → 48 → 96 bits.
+    while i < 5 {
+        y = y.wrapping_mul((2 as Word).wrapping_sub(x.wrapping_mul(y)));
+        i += 1;
+    }
+    y.wrapping_neg()
+}
+
+/// R − p, which is R mod p when p > R/2.
+const fn neg<const L: usize>(p: &[Word; L]) -> [Word; L] {
+    let mut r = [0 as Word; L];
+    let mut borrow: Word = 0;
+    let mut j = 0;
+    while j < L {
+        let (d, b1) = (0 as Word).overflowing_sub(p[j]);
+        let (d, b2) = d.overflowing_sub(borrow);
+        r[j] = d;
+        borrow = (b1 | b2) as Word;
+        j += 1;
+    }
+    r
+}
+
+/// 2a mod p for a < p. Only used at compile time on public constants, so it
+/// may branch.
+const fn double_mod<const L: usize>(a: &[Word; L], p: &[Word; L]) -> [Word; L] {
+    let mut s = [0 as Word; L];
+    let mut carry: Word = 0;
+    let mut j = 0;
+    while j < L {
+        s[j] = (a[j] << 1) | carry;
+        carry = a[j] >> (WORD_BITS - 1);
+        j += 1;
+    }
+    let mut d = [0 as Word; L];
+    let mut borrow = false;
+    let mut j = 0;
+    while j < L {
+        let (x, b1) = s[j].overflowing_sub(p[j]);
+        let (x, b2) = x.overflowing_sub(borrow as Word);
+        d[j] = x;
+        borrow = b1 | b2;
+        j += 1;
+    }
+    if carry == 1 || !borrow { d } else { s }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::Rng;
+    use crypto_bigint::modular::runtime_mod::{DynResidue, DynResidueParams};
+    use crypto_bigint::{U64, U128, U192, Uint};
+
+    /// A random odd modulus with the top bit set.
+    fn modulus<const L: usize>(rng: &mut Rng) -> [Word; L] {
+        let mut p = [0 as Word; L];
+        for w in &mut p {
+            *w = rng.next() as Word;
+        }
+        p[0] |= 1;
+        p[L - 1] |= 1 << (WORD_BITS - 1);
+        p
+    }
+
+    /// A value below p, random or within 8 of either end.
+    fn below<const L: usize>(rng: &mut Rng, p: &Uint<L>) -> Uint<L> {
+        let small = Uint::<L>::from_u64(rng.next() % 8);
+        match rng.below(4) {
+            0 => small,
+            1 => p.wrapping_sub(&Uint::ONE).wrapping_sub(&small),
+            _ => {
+                let mut w = [0 as Word; L];
+                for x in &mut w {
+                    *x = rng.next() as Word;
+                }
+                let x = Uint::from_words(w);
+                // p > R/2, so one subtraction reduces any L-limb value.
+                if x >= *p { x.wrapping_sub(p) } else { x }
+            }
+        }
+    }
+
+    /// mul(a, b)·R ≡ a·b (mod p), against crypto-bigint's schoolbook product
+    /// and division, and its own Montgomery constants.
+    fn check_mul<const L: usize>(seed: u64) {
+        let mut rng = Rng(seed);
+        for _ in 0..50 {
+            let pw = modulus::<L>(&mut rng);
+            let m = Modulus::new(&pw);
+            let p = Uint::from_words(pw);
+            let params = DynResidueParams::new(&p);
+            assert_eq!(m.one, DynResidue::one(params).as_montgomery().to_words());
+            assert_eq!(pw[0].wrapping_mul(m.n0), Word::MAX);
+            for _ in 0..20 {
+                let a = below(&mut rng, &p);
+                let b = below(&mut rng, &p);
+                let ab = Uint::const_rem_wide(a.mul_wide(&b), &p).0;
+                let mont = Uint::from_words(m.mul(&a.to_words(), &b.to_words()));
+                assert!(mont < p);
+                let r = Uint::from_words(m.one);
+                assert_eq!(Uint::const_rem_wide(mont.mul_wide(&r), &p).0, ab);
+                // R² converts into the same Montgomery form crypto-bigint uses.
+                let am = m.mul(&a.to_words(), &m.r2);
+                assert_eq!(am, DynResidue::new(&a, params).as_montgomery().to_words());
+            }
+        }
+    }
+
+    #[test]
+    fn mul_matches_crypto_bigint_for_random_moduli() {
+        check_mul::<{ U64::LIMBS }>(1);
+        check_mul::<{ U128::LIMBS }>(2);
+        check_mul::<{ U192::LIMBS }>(3);
+    }
+
+    #[test]
+    fn neg_inv_is_the_inverse() {
+        let mut rng = Rng(7);
+        for _ in 0..1000 {
+            let x = rng.next() as Word | 1;
+            assert_eq!(x.wrapping_mul(neg_inv(x)), Word::MAX);
+        }
+    }
+
+    #[test]
+    fn select_returns_each_entry() {
+        let mut table = [[0 as Word; 3]; TABLE];
+        for (k, e) in table.iter_mut().enumerate() {
+            *e = [k as Word, 100 + k as Word, Word::MAX - k as Word];
+        }
+        let mut out = [7; 3];
+        for k in 0..TABLE {
+            select(&table, k as Word, &mut out);
+            assert_eq!(out, table[k]);
+        }
+    }
+
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn windows_cover_the_exponent_in_order() {
+        let exp = [0x0123_4567_89ab_cdef as Word, 0xf];
+        let got: Vec<Word> = (0..20).map(|w| window(&exp, w)).collect();
+        let want: Vec<Word> = (0..16).map(|k| (0xf - k) as Word).collect();
+        assert_eq!(got[..16], want[..]);
+        assert_eq!(got[16..], [0xf, 0, 0, 0]);
+    }
+
+    #[test]
+    fn pow_matches_crypto_bigint_for_random_moduli() {
+        let mut rng = Rng(11);
+        for _ in 0..30 {
+            let pw = modulus::<{ U128::LIMBS }>(&mut rng);
+            let m = Modulus::new(&pw);
+            let p = Uint::from_words(pw);
+            let params = DynResidueParams::new(&p);
+            let base = below(&mut rng, &p);
+            let exp = U128::from_words([rng.next() as Word, rng.next() as Word]);
+            for bits in [4, 64, 128] {
+                let want = DynResidue::new(&base, params)
+                    .pow_bounded_exp(&exp, bits)
+                    .retrieve();
+                let got = m.pow(&base.to_words(), exp.as_words(), bits);
+                assert_eq!(Uint::from_words(*got), want, "bits {bits}");
+            }
+        }
+    }
+}
