@@ -9,7 +9,9 @@
 use crypto_bigint::{Limb, U256, U768, U1024, U1536, U2048, Uint, Word};
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::mont::Modulus;
+use std::sync::OnceLock;
+
+use crate::mont::{FixedBase, Modulus};
 use crate::{DhGroup, Error, Random};
 
 /// A MODP private exponent, sized for its group.
@@ -90,45 +92,55 @@ struct Group<const L: usize> {
     /// computed at compile time: deriving R² per call would cost a sizeable
     /// part of an exponentiation.
     modulus: Modulus<L>,
+    /// Powers of g for `generate`, built on first use (about 1,100 Montgomery
+    /// multiplications once; 96–256 KiB per group used).
+    g_powers: OnceLock<FixedBase<L>>,
 }
 
-const GROUP1: Group<{ U768::LIMBS }> = Group {
+static GROUP1: Group<{ U768::LIMBS }> = Group {
     p: P768,
     g: Uint::from_u8(2),
     q: None,
     modulus: Modulus::new(&P768.to_words()),
+    g_powers: OnceLock::new(),
 };
-const GROUP2: Group<{ U1024::LIMBS }> = Group {
+static GROUP2: Group<{ U1024::LIMBS }> = Group {
     p: P1024,
     g: Uint::from_u8(2),
     q: None,
     modulus: Modulus::new(&P1024.to_words()),
+    g_powers: OnceLock::new(),
 };
-const GROUP5: Group<{ U1536::LIMBS }> = Group {
+static GROUP5: Group<{ U1536::LIMBS }> = Group {
     p: P1536,
     g: Uint::from_u8(2),
     q: None,
     modulus: Modulus::new(&P1536.to_words()),
+    g_powers: OnceLock::new(),
 };
-const GROUP14: Group<{ U2048::LIMBS }> = Group {
+static GROUP14: Group<{ U2048::LIMBS }> = Group {
     p: P2048,
     g: Uint::from_u8(2),
     q: None,
     modulus: Modulus::new(&P2048.to_words()),
+    g_powers: OnceLock::new(),
 };
-const GROUP24: Group<{ U2048::LIMBS }> = Group {
+static GROUP24: Group<{ U2048::LIMBS }> = Group {
     p: P2048S256,
     g: G2048S256,
     q: Some(Q2048S256.resize()),
     modulus: Modulus::new(&P2048S256.to_words()),
+    g_powers: OnceLock::new(),
 };
 
 fn generate<const L: usize>(group: &Group<L>, rng: &mut dyn Random) -> (Uint<L>, Vec<u8>) {
     let x = draw_exponent(group, rng);
-    // RFC 7296 §3.4: the public value is g^x mod p.
-    let y = group
-        .modulus
-        .pow(group.g.as_words(), x.as_words(), EXPONENT_BITS);
+    // RFC 7296 §3.4: the public value is g^x mod p. g is fixed: its powers
+    // are precomputed, which saves the squarings.
+    let g_powers = group
+        .g_powers
+        .get_or_init(|| group.modulus.fixed_base(group.g.as_words(), EXPONENT_BITS));
+    let y = group.modulus.pow_fixed(g_powers, x.as_words());
     (x, to_be_bytes(&y))
 }
 
@@ -418,6 +430,17 @@ mod tests {
             let base = below(rng, &p);
             let exp = exponent_words(rng);
             assert_eq!(ours(&base, &exp), reference(&base, &exp), "{base}^{exp}");
+        }
+        // The fixed-base path `generate` takes, on g.
+        let g_powers = group.modulus.fixed_base(group.g.as_words(), EXPONENT_BITS);
+        let fixed =
+            |exp: &Uint<L>| Uint::from_words(*group.modulus.pow_fixed(&g_powers, exp.as_words()));
+        for exp in &exps {
+            assert_eq!(fixed(exp), reference(&group.g, exp), "g^{exp}");
+        }
+        for _ in 0..rounds {
+            let exp = exponent_words(rng);
+            assert_eq!(fixed(&exp), reference(&group.g, &exp), "g^{exp}");
         }
     }
 
