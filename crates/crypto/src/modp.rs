@@ -381,6 +381,9 @@ mod tests {
             let bm = m.mul(b.as_words(), r2.as_words());
             let got = m.mul(&m.mul(&am, &bm), &unit);
             assert_eq!(Uint::from_words(got), want, "{a} * {b}");
+            let want = Uint::const_rem_wide(a.square_wide(), &p).0;
+            let got = m.mul(&m.sqr(&am), &unit);
+            assert_eq!(Uint::from_words(got), want, "{a}^2");
         }
     }
 
