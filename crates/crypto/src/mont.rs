@@ -8,6 +8,10 @@
 //! clears the low limb. Limbs are crypto-bigint's `Word` (u64 on 64-bit
 //! targets) with `WideWord` (u128) products.
 //!
+//! Squarings have their own routine (HAC 14.16 then Montgomery's reduction),
+//! and a fixed public base (the group generator) can have its powers
+//! precomputed (`FixedBase`), which removes the squarings from `generate`.
+//!
 //! Nothing here branches on or indexes memory by secret data: the final
 //! subtraction selects with masks, the exponent is read in windows at public
 //! positions, and the window table is read by scanning every entry.
