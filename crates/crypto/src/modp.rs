@@ -3,13 +3,15 @@
 //! Exponentiation uses our own constant-time fixed-window Montgomery
 //! exponentiation (mont.rs), whose sequence of operations depends on the
 //! exponent's public bit length only, never on its value. It replaced
-//! crypto-bigint's `pow_bounded_exp`, about 3x slower for modp1024; crypto-bigint
-//! stays the reference in the tests below.
+//! crypto-bigint's `pow_bounded_exp`: with the generator's powers precomputed,
+//! `generate` is 4-5x faster; `shared_secret` (the peer's base) is only about
+//! 10-25% faster (docs/PERFORMANCE.md). crypto-bigint stays the reference in
+//! the tests below.
+
+use std::sync::OnceLock;
 
 use crypto_bigint::{Limb, U256, U768, U1024, U1536, U2048, Uint, Word};
 use zeroize::{Zeroize, Zeroizing};
-
-use std::sync::OnceLock;
 
 use crate::mont::{FixedBase, Modulus};
 use crate::{DhGroup, Error, Random};
