@@ -3,46 +3,85 @@
 
 use core::fmt;
 
-use crate::{Cipher, Encr, Error, Integ, Mac};
+use crate::cipher::Cbc;
+use crate::{Direction, Encr, Error, Integ, Mac};
 
 /// CBC encryption and HMAC under one SA's keys. With AES-CBC and HMAC-SHA1-96 on a CPU
 /// with AES-NI and SHA-NI, both run in one stitched pass over the data (the product's
-/// default suite); every other pair, and every other CPU, goes through [`Cipher`] and
+/// default suite); every other pair, and every other CPU, goes through [`Cipher`](crate::Cipher) and
 /// [`Mac`] one after the other. Both paths give the same bytes (tests below). Keyed once
 /// in [`CbcHmac::new`]; the per-packet calls work in place and never allocate.
 #[derive(Clone)]
 pub struct CbcHmac {
     encr: Encr,
     integ: Integ,
+    /// `None`: both directions ([`CbcHmac::new`]).
+    direction: Option<Direction>,
     backend: Backend,
 }
 
-// One per SA direction, on the data path: inline, no pointer chase per packet.
+// One per SA direction, on the data path. The stitched state of one direction is inline
+// (no pointer chase per packet for the default suite); the two-direction form and every
+// other pair are boxed, so that the larger states (a second AES key schedule; an AES-256
+// key schedule with its software fallback and an HMAC-SHA-512, 1.3 KiB) do not size every
+// SA.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 enum Backend {
     #[cfg(target_arch = "x86_64")]
     Stitched(crate::stitched::AesSha1),
-    Separate {
-        cipher: Cipher,
-        mac: Mac,
-    },
+    #[cfg(target_arch = "x86_64")]
+    StitchedBoth(Box<StitchedBoth>),
+    Separate(Box<Separate>),
+}
+
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone)]
+struct StitchedBoth {
+    seal: crate::stitched::AesSha1,
+    open: crate::stitched::AesSha1,
+}
+
+#[derive(Clone)]
+struct Separate {
+    cipher: Cbc,
+    mac: Mac,
 }
 
 impl CbcHmac {
-    /// `encr` must be a CBC cipher (not AEAD); keys as for [`Cipher::new`] and
+    /// `encr` must be a CBC cipher (not AEAD); keys as for [`Cipher::new`](crate::Cipher::new) and
     /// [`Mac::new`].
+    /// Keyed for both directions (boxed); an ESP SA direction uses
+    /// [`CbcHmac::for_direction`].
     pub fn new(encr: Encr, enc_key: &[u8], integ: Integ, integ_key: &[u8]) -> Result<Self, Error> {
-        Self::with_backend(encr, enc_key, integ, integ_key, true)
+        Self::with_backend(encr, enc_key, integ, integ_key, true, None)
+    }
+
+    /// Keyed for `direction` only, inline: an outbound SA only seals, an inbound SA only
+    /// opens, and the other direction's AES key schedule is not kept. The other
+    /// direction's calls fail with [`Error::Unsupported`].
+    pub fn for_direction(
+        direction: Direction,
+        encr: Encr,
+        enc_key: &[u8],
+        integ: Integ,
+        integ_key: &[u8],
+    ) -> Result<Self, Error> {
+        Self::with_backend(encr, enc_key, integ, integ_key, true, Some(direction))
     }
 
     /// True when this instance runs the stitched AES-NI/SHA-NI code.
     pub fn is_stitched(&self) -> bool {
         match self.backend {
             #[cfg(target_arch = "x86_64")]
-            Backend::Stitched(_) => true,
-            Backend::Separate { .. } => false,
+            Backend::Stitched(_) | Backend::StitchedBoth(_) => true,
+            Backend::Separate(_) => false,
         }
+    }
+
+    /// The one direction this instance is keyed for, `None` for both.
+    pub fn direction(&self) -> Option<Direction> {
+        self.direction
     }
 
     pub fn encr(&self) -> Encr {
@@ -59,17 +98,21 @@ impl CbcHmac {
     /// payload; RFC 4303 §2) and IKEv2. Writes the truncated ICV to `icv`, which must be
     /// `integ().icv_len()` bytes.
     pub fn seal(&self, msg: &mut [u8], ct_start: usize, icv: &mut [u8]) -> Result<(), Error> {
+        self.keyed_for(Direction::Seal)?;
         if icv.len() != self.integ.icv_len() {
             return Err(Error::InvalidLength);
         }
         match &self.backend {
             #[cfg(target_arch = "x86_64")]
             Backend::Stitched(k) => k.seal(msg, ct_start, icv),
-            Backend::Separate { cipher, mac } => {
+            #[cfg(target_arch = "x86_64")]
+            Backend::StitchedBoth(k) => k.seal.seal(msg, ct_start, icv),
+            Backend::Separate(s) => {
                 let (auth, ct) = split(msg, ct_start, self.encr.iv_len())?;
                 let iv_at = ct_start - self.encr.iv_len();
-                cipher.cbc_encrypt(auth.get(iv_at..).unwrap_or_default(), ct)?;
-                mac.compute(&[msg], icv);
+                s.cipher
+                    .encrypt(auth.get(iv_at..).unwrap_or_default(), ct)?;
+                s.mac.compute(&[msg], icv);
                 Ok(())
             }
         }
@@ -80,20 +123,23 @@ impl CbcHmac {
     /// `msg[ct_start..]` are unspecified (the stitched path decrypts while it hashes):
     /// the caller drops the packet and uses none of it.
     pub fn open(&self, msg: &mut [u8], ct_start: usize, icv: &[u8]) -> Result<(), Error> {
+        self.keyed_for(Direction::Open)?;
         if icv.len() != self.integ.icv_len() {
             return Err(Error::AuthenticationFailed);
         }
         match &self.backend {
             #[cfg(target_arch = "x86_64")]
             Backend::Stitched(k) => k.open(msg, ct_start, icv),
-            Backend::Separate { cipher, mac } => {
+            #[cfg(target_arch = "x86_64")]
+            Backend::StitchedBoth(k) => k.open.open(msg, ct_start, icv),
+            Backend::Separate(s) => {
                 split(msg, ct_start, self.encr.iv_len())?;
-                if !mac.verify(&[msg], icv) {
+                if !s.mac.verify(&[msg], icv) {
                     return Err(Error::AuthenticationFailed);
                 }
                 let (auth, ct) = split(msg, ct_start, self.encr.iv_len())?;
                 let iv_at = ct_start - self.encr.iv_len();
-                cipher.cbc_decrypt(auth.get(iv_at..).unwrap_or_default(), ct)
+                s.cipher.decrypt(auth.get(iv_at..).unwrap_or_default(), ct)
             }
         }
     }
@@ -106,7 +152,9 @@ impl CbcHmac {
         match &self.backend {
             #[cfg(target_arch = "x86_64")]
             Backend::Stitched(k) => k.seal_many(jobs, self.integ.icv_len()),
-            Backend::Separate { .. } => {
+            #[cfg(target_arch = "x86_64")]
+            Backend::StitchedBoth(k) => k.seal.seal_many(jobs, self.integ.icv_len()),
+            Backend::Separate(_) => {
                 for job in jobs {
                     job.result = self.seal(job.msg, job.ct_start, job.icv);
                 }
@@ -120,7 +168,9 @@ impl CbcHmac {
         match &self.backend {
             #[cfg(target_arch = "x86_64")]
             Backend::Stitched(k) => k.open_many(jobs, self.integ.icv_len()),
-            Backend::Separate { .. } => {
+            #[cfg(target_arch = "x86_64")]
+            Backend::StitchedBoth(k) => k.open.open_many(jobs, self.integ.icv_len()),
+            Backend::Separate(_) => {
                 for job in jobs {
                     job.result = self.open(job.msg, job.ct_start, job.icv);
                 }
@@ -129,31 +179,46 @@ impl CbcHmac {
     }
 
     /// The bare block cipher on one block of `encr().block_len()` bytes (ESP derives its
-    /// CBC IVs with it).
+    /// CBC IVs with it); a sealing key's.
     pub fn encrypt_block(&self, block: &mut [u8]) -> Result<(), Error> {
+        self.keyed_for(Direction::Seal)?;
         match &self.backend {
             #[cfg(target_arch = "x86_64")]
             Backend::Stitched(k) => {
                 let b: &mut [u8; 16] = block.try_into().map_err(|_| Error::InvalidLength)?;
-                k.encrypt_block(b);
-                Ok(())
+                k.encrypt_block(b)
             }
-            Backend::Separate { cipher, .. } => {
+            #[cfg(target_arch = "x86_64")]
+            Backend::StitchedBoth(k) => {
+                let b: &mut [u8; 16] = block.try_into().map_err(|_| Error::InvalidLength)?;
+                k.seal.encrypt_block(b)
+            }
+            Backend::Separate(s) => {
                 // One block of CBC under a zero IV is the bare block cipher.
                 let zero = [0u8; 16];
                 let iv = zero.get(..block.len()).ok_or(Error::InvalidLength)?;
-                cipher.cbc_encrypt(iv, block)
+                s.cipher.encrypt(iv, block)
             }
         }
     }
 
-    /// `stitched: false` forces the separate path (tests and benches compare the two).
+    /// Unsupported when keyed for the other direction only.
+    fn keyed_for(&self, direction: Direction) -> Result<(), Error> {
+        match self.direction {
+            Some(d) if d != direction => Err(Error::Unsupported),
+            _ => Ok(()),
+        }
+    }
+
+    /// `stitched: false` forces the separate path (tests and benches compare the two);
+    /// `direction: None` keys both directions.
     fn with_backend(
         encr: Encr,
         enc_key: &[u8],
         integ: Integ,
         integ_key: &[u8],
         stitched: bool,
+        direction: Option<Direction>,
     ) -> Result<Self, Error> {
         if encr.is_aead() {
             return Err(Error::Unsupported);
@@ -165,22 +230,33 @@ impl CbcHmac {
         if stitched
             && matches!(encr, Encr::AesCbc128 | Encr::AesCbc192 | Encr::AesCbc256)
             && integ == Integ::HmacSha1_96
-            && let Some(k) = crate::stitched::AesSha1::new(enc_key, integ_key)?
+            && crate::stitched::available()
         {
+            use crate::stitched::AesSha1;
+            let keyed = |d| AesSha1::new(enc_key, integ_key, d)?.ok_or(Error::Unsupported);
+            let backend = match direction {
+                Some(d) => Backend::Stitched(keyed(d)?),
+                None => Backend::StitchedBoth(Box::new(StitchedBoth {
+                    seal: keyed(Direction::Seal)?,
+                    open: keyed(Direction::Open)?,
+                })),
+            };
             return Ok(Self {
                 encr,
                 integ,
-                backend: Backend::Stitched(k),
+                direction,
+                backend,
             });
         }
         let _ = stitched;
         Ok(Self {
             encr,
             integ,
-            backend: Backend::Separate {
-                cipher: Cipher::new(encr, enc_key)?,
+            direction,
+            backend: Backend::Separate(Box::new(Separate {
+                cipher: Cbc::new(encr, enc_key)?,
                 mac: Mac::new(integ, integ_key)?,
-            },
+            })),
         })
     }
 
@@ -192,7 +268,7 @@ impl CbcHmac {
         integ: Integ,
         integ_key: &[u8],
     ) -> Result<Self, Error> {
-        Self::with_backend(encr, enc_key, integ, integ_key, false)
+        Self::with_backend(encr, enc_key, integ, integ_key, false, None)
     }
 }
 
@@ -244,6 +320,7 @@ impl fmt::Debug for CbcHmac {
             .field("encr", &self.encr)
             .field("integ", &self.integ)
             .field("stitched", &self.is_stitched())
+            .field("direction", &self.direction)
             .field("keys", &"<redacted>")
             .finish()
     }
@@ -272,6 +349,15 @@ mod tests {
             return None;
         }
         Some(c)
+    }
+
+    /// One per ESP SA direction, inline: one direction's stitched state (one AES key
+    /// schedule and the two HMAC-SHA1 pad states); the two-direction form and the separate
+    /// path's RustCrypto states (1.3 KiB for AES-256 with HMAC-SHA-512) are boxed.
+    #[test]
+    fn a_cbc_hmac_stays_small() {
+        let n = size_of::<CbcHmac>();
+        assert!(n <= 320, "CbcHmac is {n} bytes");
     }
 
     #[test]
@@ -651,6 +737,66 @@ mod tests {
         }
     }
 
+    /// An SA direction's keys (`for_direction`) give the bytes of the two-direction form,
+    /// stitched (AES-SHA1, every key size) and separate (AES-SHA256, 3DES-SHA1), and refuse
+    /// every call of the other direction without touching the buffers.
+    #[test]
+    fn one_direction_keys_match_both_and_refuse_the_other() {
+        let mut rng = Rng(0x0d1e_c710_2a11);
+        let suites = [
+            (Encr::AesCbc128, Integ::HmacSha1_96),
+            (Encr::AesCbc192, Integ::HmacSha1_96),
+            (Encr::AesCbc256, Integ::HmacSha1_96),
+            (Encr::AesCbc256, Integ::HmacSha256_128),
+            (Encr::TripleDes, Integ::HmacSha1_96),
+        ];
+        for (encr, integ) in suites {
+            let key = rng.bytes(encr.key_len());
+            let mac_key = rng.bytes(integ.key_len());
+            let both = CbcHmac::new(encr, &key, integ, &mac_key).unwrap();
+            let keyed = |d| CbcHmac::for_direction(d, encr, &key, integ, &mac_key).unwrap();
+            let (sealer, opener) = (keyed(Direction::Seal), keyed(Direction::Open));
+            assert_eq!(sealer.direction(), Some(Direction::Seal));
+            assert_eq!(opener.direction(), Some(Direction::Open));
+            assert_eq!(both.direction(), None);
+            assert_eq!(sealer.is_stitched(), both.is_stitched(), "{encr:?}");
+            let (iv, bl) = (encr.iv_len(), encr.block_len());
+            for blocks in [1usize, 3, 16, 87] {
+                let ct_start = 8 + iv;
+                let plain = rng.bytes(ct_start + blocks * bl);
+                let icv_len = integ.icv_len();
+                let (mut a, mut b) = (plain.clone(), plain.clone());
+                let (mut icv_a, mut icv_b) = (vec![0u8; icv_len], vec![0u8; icv_len]);
+                sealer.seal(&mut a, ct_start, &mut icv_a).unwrap();
+                both.seal(&mut b, ct_start, &mut icv_b).unwrap();
+                assert_eq!((&a, &icv_a), (&b, &icv_b), "{encr:?} {blocks} blocks");
+                let sealed = a.clone();
+                opener.open(&mut a, ct_start, &icv_a).unwrap();
+                assert_eq!(a, plain, "{encr:?} {blocks} blocks");
+                // The other direction's calls.
+                let mut c = sealed.clone();
+                assert_eq!(
+                    sealer.open(&mut c, ct_start, &icv_a),
+                    Err(Error::Unsupported)
+                );
+                assert_eq!(
+                    opener.seal(&mut c, ct_start, &mut icv_b),
+                    Err(Error::Unsupported)
+                );
+                assert_eq!(c, sealed);
+                let mut block = vec![0u8; bl];
+                assert_eq!(opener.encrypt_block(&mut block), Err(Error::Unsupported));
+                let mut jobs = [OpenJob::new(&mut c, ct_start, &icv_a)];
+                sealer.open_many(&mut jobs);
+                assert_eq!(jobs[0].result, Err(Error::Unsupported));
+                let mut jobs = [SealJob::new(&mut c, ct_start, &mut icv_b)];
+                opener.seal_many(&mut jobs);
+                assert_eq!(jobs[0].result, Err(Error::Unsupported));
+                assert_eq!(c, sealed);
+            }
+        }
+    }
+
     #[test]
     fn encrypt_block_is_the_bare_cipher() {
         // FIPS-197 Appendix C.1, C.2, C.3.
@@ -665,6 +811,8 @@ mod tests {
             for c in [
                 CbcHmac::new(encr, &key, Integ::HmacSha1_96, &[0; 20]).unwrap(),
                 CbcHmac::new_separate(encr, &key, Integ::HmacSha1_96, &[0; 20]).unwrap(),
+                CbcHmac::for_direction(Direction::Seal, encr, &key, Integ::HmacSha1_96, &[0; 20])
+                    .unwrap(),
             ] {
                 let mut block = plain.clone();
                 c.encrypt_block(&mut block).unwrap();

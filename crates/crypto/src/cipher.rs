@@ -20,22 +20,73 @@ pub struct Cipher {
     inner: Inner,
 }
 
-// One Cipher exists per SA direction: keeping the key schedule inline
-// avoids a pointer chase per packet, which is worth the size difference.
+// AES-GCM is kept inline: it is an ESP suite of its own, read by every packet of its SA.
+// The CBC ciphers are boxed: on the ESP data path they run inside `CbcHmac` (the stitched
+// code, or its boxed separate path), so here they serve IKE messages, and inline they would
+// size every `Cipher` by the largest of them (AES-256, 960 bytes with the software
+// fallback's key schedule) against the 544 of a GCM key.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 enum Inner {
-    Des(des::Des),
-    TripleDes(des::TdesEde3),
-    Aes128(aes::Aes128),
-    Aes192(aes::Aes192),
-    Aes256(aes::Aes256),
+    Cbc(Box<Cbc>),
     /// AES-GCM through ring (its assembly interleaves AES-NI/VAES with PCLMUL GHASH);
     /// the key size is in the key.
     Gcm {
         aead: ring::aead::LessSafeKey,
         salt: [u8; 4],
     },
+}
+
+/// A keyed CBC block cipher, both directions (crate-private: [`Cipher`] and the separate
+/// path of `CbcHmac` box one each).
+// Boxed as a whole wherever it is kept, so its largest variant sizes only its own box.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone)]
+pub(crate) enum Cbc {
+    Des(des::Des),
+    TripleDes(des::TdesEde3),
+    Aes128(aes::Aes128),
+    Aes192(aes::Aes192),
+    Aes256(aes::Aes256),
+}
+
+impl Cbc {
+    /// `key` must be exactly `encr.key_len()` bytes; AEAD ciphers are refused.
+    pub(crate) fn new(encr: Encr, key: &[u8]) -> Result<Self, Error> {
+        if key.len() != encr.key_len() {
+            return Err(Error::InvalidKeyLength);
+        }
+        Ok(match encr {
+            Encr::Des => Cbc::Des(keyed(key)?),
+            Encr::TripleDes => Cbc::TripleDes(keyed(key)?),
+            Encr::AesCbc128 => Cbc::Aes128(keyed(key)?),
+            Encr::AesCbc192 => Cbc::Aes192(keyed(key)?),
+            Encr::AesCbc256 => Cbc::Aes256(keyed(key)?),
+            Encr::AesGcm16_128 | Encr::AesGcm16_256 => return Err(Error::Unsupported),
+        })
+    }
+
+    /// As [`Cipher::cbc_encrypt`].
+    pub(crate) fn encrypt(&self, iv: &[u8], buf: &mut [u8]) -> Result<(), Error> {
+        match self {
+            Cbc::Des(c) => cbc_encrypt(c, iv, buf),
+            Cbc::TripleDes(c) => cbc_encrypt(c, iv, buf),
+            Cbc::Aes128(c) => cbc_encrypt(c, iv, buf),
+            Cbc::Aes192(c) => cbc_encrypt(c, iv, buf),
+            Cbc::Aes256(c) => cbc_encrypt(c, iv, buf),
+        }
+    }
+
+    /// As [`Cipher::cbc_decrypt`].
+    pub(crate) fn decrypt(&self, iv: &[u8], buf: &mut [u8]) -> Result<(), Error> {
+        match self {
+            Cbc::Des(c) => cbc_decrypt(c, iv, buf),
+            Cbc::TripleDes(c) => cbc_decrypt(c, iv, buf),
+            Cbc::Aes128(c) => cbc_decrypt(c, iv, buf),
+            Cbc::Aes192(c) => cbc_decrypt(c, iv, buf),
+            Cbc::Aes256(c) => cbc_decrypt(c, iv, buf),
+        }
+    }
 }
 
 impl Cipher {
@@ -46,13 +97,11 @@ impl Cipher {
             return Err(Error::InvalidKeyLength);
         }
         let inner = match encr {
-            Encr::Des => Inner::Des(keyed(key)?),
-            Encr::TripleDes => Inner::TripleDes(keyed(key)?),
-            Encr::AesCbc128 => Inner::Aes128(keyed(key)?),
-            Encr::AesCbc192 => Inner::Aes192(keyed(key)?),
-            Encr::AesCbc256 => Inner::Aes256(keyed(key)?),
             Encr::AesGcm16_128 => gcm(&ring::aead::AES_128_GCM, key)?,
             Encr::AesGcm16_256 => gcm(&ring::aead::AES_256_GCM, key)?,
+            Encr::Des | Encr::TripleDes | Encr::AesCbc128 | Encr::AesCbc192 | Encr::AesCbc256 => {
+                Inner::Cbc(Box::new(Cbc::new(encr, key)?))
+            }
         };
         Ok(Cipher { encr, inner })
     }
@@ -66,11 +115,7 @@ impl Cipher {
     /// the caller's job (ESP and IKE pad differently).
     pub fn cbc_encrypt(&self, iv: &[u8], buf: &mut [u8]) -> Result<(), Error> {
         match &self.inner {
-            Inner::Des(c) => cbc_encrypt(c, iv, buf),
-            Inner::TripleDes(c) => cbc_encrypt(c, iv, buf),
-            Inner::Aes128(c) => cbc_encrypt(c, iv, buf),
-            Inner::Aes192(c) => cbc_encrypt(c, iv, buf),
-            Inner::Aes256(c) => cbc_encrypt(c, iv, buf),
+            Inner::Cbc(c) => c.encrypt(iv, buf),
             Inner::Gcm { .. } => Err(Error::Unsupported),
         }
     }
@@ -78,11 +123,7 @@ impl Cipher {
     /// CBC-decrypts `buf` in place; same length rules as `cbc_encrypt`.
     pub fn cbc_decrypt(&self, iv: &[u8], buf: &mut [u8]) -> Result<(), Error> {
         match &self.inner {
-            Inner::Des(c) => cbc_decrypt(c, iv, buf),
-            Inner::TripleDes(c) => cbc_decrypt(c, iv, buf),
-            Inner::Aes128(c) => cbc_decrypt(c, iv, buf),
-            Inner::Aes192(c) => cbc_decrypt(c, iv, buf),
-            Inner::Aes256(c) => cbc_decrypt(c, iv, buf),
+            Inner::Cbc(c) => c.decrypt(iv, buf),
             Inner::Gcm { .. } => Err(Error::Unsupported),
         }
     }
@@ -455,6 +496,14 @@ mod tests {
             Err(Error::InvalidLength)
         );
         assert_eq!(d.encr(), Encr::TripleDes);
+    }
+
+    /// An ESP AES-GCM SA keeps one inline: a ring key (544 bytes) and the salt, not the
+    /// 960 bytes of the boxed CBC ciphers' largest key schedule.
+    #[test]
+    fn a_cipher_stays_small() {
+        let n = size_of::<Cipher>();
+        assert!(n <= 576, "Cipher is {n} bytes");
     }
 
     #[test]

@@ -43,6 +43,17 @@ pub enum Error {
     InvalidPublicValue,
 }
 
+/// Which way a [`CbcHmac`] keyed with [`CbcHmac::for_direction`] works. One direction of
+/// an ESP SA only ever seals (outbound) or only ever opens (inbound), so it keeps one AES
+/// key schedule, not both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// `seal`, `seal_many` and `encrypt_block`.
+    Seal,
+    /// `open` and `open_many`.
+    Open,
+}
+
 /// Injected randomness, so protocol engines stay deterministic in tests.
 pub trait Random {
     fn fill(&mut self, buf: &mut [u8]);

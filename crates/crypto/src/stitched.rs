@@ -41,7 +41,7 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
 use crate::cbc_hmac::{OpenJob, SealJob};
-use crate::{Error, sha1x16};
+use crate::{Direction, Error, sha1x16};
 
 /// AES block and SHA-1 block sizes.
 const BLOCK: usize = 16;
@@ -55,15 +55,17 @@ pub(crate) fn available() -> bool {
         && std::is_x86_feature_detected!("ssse3")
 }
 
-/// AES round keys and the HMAC-SHA1 states after the ipad and opad blocks (RFC 2104 §4),
-/// computed once per SA. Only built after [`available`] said yes: every method relies on
-/// that.
+/// AES round keys of one direction and the HMAC-SHA1 states after the ipad and opad
+/// blocks (RFC 2104 §4), computed once per SA. Only built after [`available`] said yes:
+/// every method relies on that.
 #[derive(Clone)]
 pub(crate) struct AesSha1 {
     rounds: usize,
-    enc: [__m128i; 15],
-    /// Round keys of the Equivalent Inverse Cipher (FIPS-197 §5.3.5).
-    dec: [__m128i; 15],
+    /// Sealing: the cipher's round keys. Opening: those of the Equivalent Inverse Cipher
+    /// (FIPS-197 §5.3.5). One ESP SA direction only ever does one of the two, so the
+    /// other schedule (240 bytes) is not kept.
+    keys: [__m128i; 15],
+    direction: Direction,
     inner: Sha1State,
     outer: Sha1State,
     /// The CPU has VAES and AVX-512: CBC decryption runs four blocks per instruction.
@@ -74,8 +76,13 @@ pub(crate) struct AesSha1 {
 
 impl AesSha1 {
     /// `aes_key` is 16, 24 or 32 bytes, `mac_key` at most 64 (ESP uses 20, RFC 2404 §3).
-    /// Returns `None` when the CPU lacks AES-NI or SHA-NI.
-    pub(crate) fn new(aes_key: &[u8], mac_key: &[u8]) -> Result<Option<Self>, Error> {
+    /// Keyed for `direction` only: the other direction's calls fail with
+    /// [`Error::Unsupported`]. Returns `None` when the CPU lacks AES-NI or SHA-NI.
+    pub(crate) fn new(
+        aes_key: &[u8],
+        mac_key: &[u8],
+        direction: Direction,
+    ) -> Result<Option<Self>, Error> {
         if !matches!(aes_key.len(), 16 | 24 | 32) || mac_key.len() > SHA1_BLOCK {
             return Err(Error::InvalidKeyLength);
         }
@@ -83,7 +90,9 @@ impl AesSha1 {
             return Ok(None);
         }
         // SAFETY: `available()` confirmed aes, sha, sse4.1 and ssse3 on this CPU.
-        Ok(Some(unsafe { Self::new_unchecked(aes_key, mac_key) }))
+        Ok(Some(unsafe {
+            Self::new_unchecked(aes_key, mac_key, direction)
+        }))
     }
 
     /// CBC-encrypts `msg[ct_start..]` in place with the IV `msg[ct_start - 16..ct_start]`,
@@ -95,6 +104,7 @@ impl AesSha1 {
         ct_start: usize,
         icv: &mut [u8],
     ) -> Result<(), Error> {
+        self.keyed_for(Direction::Seal)?;
         check(msg, ct_start, icv.len())?;
         // SAFETY: `self` exists only if `available()` held (see `new`).
         let tag = unsafe { self.seal_unchecked(msg, ct_start) };
@@ -107,6 +117,7 @@ impl AesSha1 {
     /// alongside the hash, so after `AuthenticationFailed` the ciphertext is gone: the
     /// caller drops the packet.
     pub(crate) fn open(&self, msg: &mut [u8], ct_start: usize, icv: &[u8]) -> Result<(), Error> {
+        self.keyed_for(Direction::Open)?;
         check(msg, ct_start, icv.len())?;
         // SAFETY: as in `seal`.
         let tag = unsafe { self.open_unchecked(msg, ct_start) };
@@ -117,21 +128,40 @@ impl AesSha1 {
         }
     }
 
-    /// The bare block cipher on one block (the ESP CBC IV generator).
-    pub(crate) fn encrypt_block(&self, block: &mut [u8; BLOCK]) {
+    /// The bare block cipher on one block (the ESP CBC IV generator); sealing only.
+    pub(crate) fn encrypt_block(&self, block: &mut [u8; BLOCK]) -> Result<(), Error> {
+        self.keyed_for(Direction::Seal)?;
         // SAFETY: as in `seal`.
-        unsafe { self.encrypt_block_unchecked(block) }
+        unsafe { self.encrypt_block_unchecked(block) };
+        Ok(())
+    }
+
+    /// The entry points check the direction, so that the code behind them never runs
+    /// with the other direction's round keys.
+    fn keyed_for(&self, direction: Direction) -> Result<(), Error> {
+        if self.direction == direction {
+            Ok(())
+        } else {
+            Err(Error::Unsupported)
+        }
     }
 
     #[target_feature(enable = "aes,sha,sse4.1,ssse3")]
-    unsafe fn new_unchecked(aes_key: &[u8], mac_key: &[u8]) -> Self {
-        let (rounds, enc) = expand_key(aes_key);
-        let mut dec = [_mm_setzero_si128(); 15];
-        dec[0] = enc[rounds];
-        for i in 1..rounds {
-            dec[i] = _mm_aesimc_si128(enc[rounds - i]);
-        }
-        dec[rounds] = enc[0];
+    unsafe fn new_unchecked(aes_key: &[u8], mac_key: &[u8], direction: Direction) -> Self {
+        let (rounds, mut enc) = expand_key(aes_key);
+        let keys = match direction {
+            Direction::Seal => enc,
+            Direction::Open => {
+                let mut dec = [_mm_setzero_si128(); 15];
+                dec[0] = enc[rounds];
+                for i in 1..rounds {
+                    dec[i] = _mm_aesimc_si128(enc[rounds - i]);
+                }
+                dec[rounds] = enc[0];
+                enc.zeroize();
+                dec
+            }
+        };
         // RFC 2104 §2: K padded with zeros to the block size, XORed with ipad and opad.
         let mut pad = [0u8; SHA1_BLOCK];
         let mut inner = Sha1State::INIT;
@@ -148,8 +178,8 @@ impl AesSha1 {
         pad.zeroize();
         Self {
             rounds,
-            enc,
-            dec,
+            keys,
+            direction,
             inner,
             outer,
             vaes: std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("vaes"),
@@ -159,7 +189,7 @@ impl AesSha1 {
 
     #[target_feature(enable = "aes,sha,sse4.1,ssse3")]
     unsafe fn encrypt_block_unchecked(&self, block: &mut [u8; BLOCK]) {
-        let x = aes_encrypt(&self.enc, self.rounds, load(block));
+        let x = aes_encrypt(&self.keys, self.rounds, load(block));
         store(block, x);
     }
 
@@ -168,6 +198,12 @@ impl AesSha1 {
     /// independent chains fill the AES unit) and their hashes interleaved with them.
     /// `icv_len` is the SA's ICV length: other `icv` lengths are refused as in `seal`.
     pub(crate) fn seal_many(&self, jobs: &mut [SealJob<'_>], icv_len: usize) {
+        if let Err(e) = self.keyed_for(Direction::Seal) {
+            for job in jobs {
+                job.result = Err(e);
+            }
+            return;
+        }
         let mut group: [Option<&mut SealJob<'_>>; WIDE] = Default::default();
         let mut n = 0;
         for job in jobs.iter_mut() {
@@ -203,6 +239,12 @@ impl AesSha1 {
     /// their hashes interleaved. As with [`Self::open`], a job that fails has its
     /// ciphertext decrypted anyway: the caller drops it.
     pub(crate) fn open_many(&self, jobs: &mut [OpenJob<'_>], icv_len: usize) {
+        if let Err(e) = self.keyed_for(Direction::Open) {
+            for job in jobs {
+                job.result = Err(e);
+            }
+            return;
+        }
         let mut group: [Option<&mut OpenJob<'_>>; WIDE] = Default::default();
         let mut n = 0;
         for job in jobs.iter_mut() {
@@ -316,7 +358,7 @@ impl AesSha1 {
     /// of four chains is no faster than four 128-bit chains and costs the gathers.
     #[target_feature(enable = "avx512f,vaes,aes,sha,sse4.1,ssse3")]
     unsafe fn encrypt_vaes(&self, lanes: &mut [Lane<'_>]) {
-        let mut keys: [__m512i; 15] = self.enc.map(|k| _mm512_broadcast_i32x4(k));
+        let mut keys: [__m512i; 15] = self.keys.map(|k| _mm512_broadcast_i32x4(k));
         loop {
             let mut slots: [Option<&mut Lane<'_>>; WIDE] = Default::default();
             let mut count = 0;
@@ -483,7 +525,7 @@ impl AesSha1 {
             for ((x, p), l) in x.iter_mut().zip(&prev).zip(&lanes) {
                 *x = _mm_xor_si128(load(block_at(l.msg, l.done)), *p);
             }
-            prev = aes_encrypt_lanes(&self.enc, self.rounds, x);
+            prev = aes_encrypt_lanes(&self.keys, self.rounds, x);
             for (p, l) in prev.iter().zip(&mut lanes) {
                 store(block_at_mut(l.msg, l.done), *p);
                 l.done += BLOCK;
@@ -492,7 +534,7 @@ impl AesSha1 {
         for (l, mut p) in lanes.iter_mut().zip(prev) {
             while l.done < l.msg.len() {
                 let b = block_at_mut(l.msg, l.done);
-                p = aes_encrypt(&self.enc, self.rounds, _mm_xor_si128(load(b), p));
+                p = aes_encrypt(&self.keys, self.rounds, _mm_xor_si128(load(b), p));
                 store(b, p);
                 l.done += BLOCK;
             }
@@ -576,7 +618,7 @@ impl AesSha1 {
                 for ((x, p), l) in x.iter_mut().zip(&prev).zip(&lanes) {
                     *x = _mm_xor_si128(load(block_at(l.msg, l.done + step * BLOCK)), *p);
                 }
-                prev = aes_encrypt_lanes(&self.enc, self.rounds, x);
+                prev = aes_encrypt_lanes(&self.keys, self.rounds, x);
                 for (p, l) in prev.iter().zip(&mut lanes) {
                     store(block_at_mut(l.msg, l.done + step * BLOCK), *p);
                 }
@@ -714,7 +756,7 @@ impl AesSha1 {
             let ready = done;
             for _ in 0..4 {
                 let b = block_at_mut(msg, done);
-                prev = aes_encrypt(&self.enc, self.rounds, _mm_xor_si128(load(b), prev));
+                prev = aes_encrypt(&self.keys, self.rounds, _mm_xor_si128(load(b), prev));
                 store(b, prev);
                 done += BLOCK;
             }
@@ -725,7 +767,7 @@ impl AesSha1 {
         }
         while done < len {
             let b = block_at_mut(msg, done);
-            prev = aes_encrypt(&self.enc, self.rounds, _mm_xor_si128(load(b), prev));
+            prev = aes_encrypt(&self.keys, self.rounds, _mm_xor_si128(load(b), prev));
             store(b, prev);
             done += BLOCK;
         }
@@ -799,8 +841,8 @@ impl AesSha1 {
             for (i, b) in c.iter_mut().enumerate() {
                 *b = load(block_at(msg, at + i * BLOCK));
             }
-            let lo = aes_decrypt4(&self.dec, self.rounds, [c[0], c[1], c[2], c[3]]);
-            let hi = aes_decrypt4(&self.dec, self.rounds, [c[4], c[5], c[6], c[7]]);
+            let lo = aes_decrypt4(&self.keys, self.rounds, [c[0], c[1], c[2], c[3]]);
+            let hi = aes_decrypt4(&self.keys, self.rounds, [c[4], c[5], c[6], c[7]]);
             store(block_at_mut(msg, at), _mm_xor_si128(lo[0], prev));
             for i in 1..4 {
                 store(
@@ -825,7 +867,7 @@ impl AesSha1 {
                 load(block_at(msg, at + 2 * BLOCK)),
                 load(block_at(msg, at + 3 * BLOCK)),
             ];
-            let p = aes_decrypt4(&self.dec, self.rounds, c);
+            let p = aes_decrypt4(&self.keys, self.rounds, c);
             store(block_at_mut(msg, at), _mm_xor_si128(p[0], prev));
             store(block_at_mut(msg, at + BLOCK), _mm_xor_si128(p[1], c[0]));
             store(block_at_mut(msg, at + 2 * BLOCK), _mm_xor_si128(p[2], c[1]));
@@ -838,7 +880,7 @@ impl AesSha1 {
             let c = load(b);
             store(
                 b,
-                _mm_xor_si128(aes_decrypt(&self.dec, self.rounds, c), prev),
+                _mm_xor_si128(aes_decrypt(&self.keys, self.rounds, c), prev),
             );
             prev = c;
             *done += BLOCK;
@@ -867,15 +909,15 @@ impl AesSha1 {
             let c1 = load512(msg, at + 4 * BLOCK);
             let p0 = _mm512_alignr_epi64::<6>(c0, prevz);
             let p1 = _mm512_alignr_epi64::<6>(c1, c0);
-            let k0 = _mm512_broadcast_i32x4(self.dec[0]);
+            let k0 = _mm512_broadcast_i32x4(self.keys[0]);
             let mut x0 = _mm512_xor_si512(c0, k0);
             let mut x1 = _mm512_xor_si512(c1, k0);
-            for k in &self.dec[1..last] {
+            for k in &self.keys[1..last] {
                 let k = _mm512_broadcast_i32x4(*k);
                 x0 = _mm512_aesdec_epi128(x0, k);
                 x1 = _mm512_aesdec_epi128(x1, k);
             }
-            let k = _mm512_broadcast_i32x4(self.dec[last]);
+            let k = _mm512_broadcast_i32x4(self.keys[last]);
             x0 = _mm512_aesdeclast_epi128(x0, k);
             x1 = _mm512_aesdeclast_epi128(x1, k);
             store512(msg, at, _mm512_xor_si512(x0, p0));
@@ -918,8 +960,7 @@ impl AesSha1 {
 
 impl Drop for AesSha1 {
     fn drop(&mut self) {
-        self.enc.zeroize();
-        self.dec.zeroize();
+        self.keys.zeroize();
         self.inner.0.zeroize();
         self.outer.0.zeroize();
     }
@@ -1378,7 +1419,7 @@ mod tests {
     /// chains at a time with AES-NI (the path without VAES); `None` (the test then has
     /// nothing to compare) when the CPU lacks VAES or the sixteen-lane hash.
     fn vaes_and_four(key: &[u8], mac_key: &[u8]) -> Option<(AesSha1, AesSha1)> {
-        let vaes = AesSha1::new(key, mac_key).unwrap()?;
+        let vaes = AesSha1::new(key, mac_key, Direction::Seal).unwrap()?;
         if !vaes.vaes || !vaes.x16 {
             eprintln!("no VAES/AVX-512 here: the sixteen-chain path is not tested");
             return None;
