@@ -7,7 +7,7 @@ use core::net::Ipv4Addr;
 use core::ops::Range;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use crypto::{CbcHmac, Cipher, Encr, Integ, Random};
+use crypto::{CbcHmac, Cipher, Direction, Encr, Integ, Random};
 use zeroize::Zeroizing;
 
 use crate::EspError;
@@ -305,7 +305,7 @@ impl OutboundSa {
     /// Keys the SA. `rng` seeds the CBC IV generator once, here, so that no packet costs a
     /// system call.
     pub fn new(params: SaParams, rng: &mut dyn Random) -> Result<Self, EspError> {
-        let transform = Transform::new(&params)?;
+        let transform = Transform::new(&params, Direction::Seal)?;
         let mut iv_seed = [0u8; 16];
         rng.fill(&mut iv_seed);
         Ok(Self {
@@ -675,7 +675,7 @@ impl OutboundSa {
 
 impl InboundSa {
     pub fn new(params: SaParams) -> Result<Self, EspError> {
-        let transform = Transform::new(&params)?;
+        let transform = Transform::new(&params, Direction::Open)?;
         let selectors_any = is_any(&params.selectors);
         Ok(Self {
             hot: Hot::default(),
@@ -988,7 +988,8 @@ struct Transform {
 }
 
 impl Transform {
-    fn new(params: &SaParams) -> Result<Self, EspError> {
+    /// Keyed for `direction` only: an SA direction never needs the other one's state.
+    fn new(params: &SaParams, direction: Direction) -> Result<Self, EspError> {
         let encr = params.encr;
         let aead = encr.is_aead();
         if params.enc_key.len() != encr.key_len() {
@@ -1000,7 +1001,7 @@ impl Transform {
                     return Err(EspError::InvalidParams("integrity key with an AEAD cipher"));
                 }
                 (
-                    Keys::Aead(Cipher::new(encr, params.enc_key.expose())?),
+                    Keys::Aead(Box::new(Cipher::new(encr, params.enc_key.expose())?)),
                     encr.icv_len(),
                 )
             }
@@ -1015,7 +1016,8 @@ impl Transform {
                     return Err(EspError::InvalidParams("integrity key length"));
                 }
                 (
-                    Keys::Cbc(CbcHmac::new(
+                    Keys::Cbc(CbcHmac::for_direction(
+                        direction,
                         encr,
                         params.enc_key.expose(),
                         integ,
@@ -1045,11 +1047,16 @@ impl Transform {
 }
 
 /// The keyed algorithms: an AEAD cipher, or a CBC cipher with its HMAC (one pass when
-/// the CPU allows, `crypto::CbcHmac`).
-// One per SA direction, read by every packet: inline, no pointer chase.
+/// the CPU allows, `crypto::CbcHmac`, keyed for the SA's direction only).
+// One per SA direction, read by every packet. The stitched AES-CBC + HMAC-SHA1 state of
+// one direction is inline (304 bytes; its other CBC suites are boxed inside `CbcHmac`).
+// The AES-GCM key (ring's AES key schedule and GHASH table, 544 bytes, needed in both
+// directions) is boxed: inline it would size every SA's `Keys`, and the one pointer it
+// costs per packet is lost in the ~1,000 cycles of sealing 1,400 bytes (bench numbers in
+// docs/PERFORMANCE.md, "ESP SA memory").
 #[allow(clippy::large_enum_variant)]
 enum Keys {
-    Aead(Cipher),
+    Aead(Box<Cipher>),
     Cbc(CbcHmac),
 }
 
@@ -1287,6 +1294,25 @@ mod tests {
         shared::<OutboundSa>();
         shared::<InboundSa>();
         shared::<crate::SaDb<u64>>();
+    }
+
+    /// Issue 8: 10,000 tunnels in ≤ 8 KiB each, and an inbound plus an outbound SA per
+    /// tunnel. Were 2,176 + 1,600 bytes while every SA held inline the largest key state of
+    /// any suite (the separate CBC path's AES-256 and HMAC-SHA-512, 1,344 bytes, with both
+    /// AES key schedules); now `Keys` is one direction's stitched AES-SHA1 state, and the
+    /// other suites are boxed.
+    #[test]
+    fn sas_stay_small() {
+        assert!(
+            size_of::<InboundSa>() <= 1152,
+            "InboundSa is {} bytes",
+            size_of::<InboundSa>()
+        );
+        assert!(
+            size_of::<OutboundSa>() <= 576,
+            "OutboundSa is {} bytes",
+            size_of::<OutboundSa>()
+        );
     }
 
     #[test]
