@@ -1049,11 +1049,12 @@ impl Transform {
 /// The keyed algorithms: an AEAD cipher, or a CBC cipher with its HMAC (one pass when
 /// the CPU allows, `crypto::CbcHmac`, keyed for the SA's direction only).
 // One per SA direction, read by every packet. The stitched AES-CBC + HMAC-SHA1 state of
-// one direction is inline (304 bytes; its other CBC suites are boxed inside `CbcHmac`).
-// The AES-GCM key (ring's AES key schedule and GHASH table, 544 bytes, needed in both
-// directions) is boxed: inline it would size every SA's `Keys`, and the one pointer it
-// costs per packet is lost in the ~1,000 cycles of sealing 1,400 bytes (bench numbers in
-// docs/PERFORMANCE.md, "ESP SA memory").
+// one direction is inline (the other CBC suites are boxed inside `CbcHmac`). The AES-GCM
+// key (ring's AES key schedule and GHASH table, 544 bytes, needed in both directions) is
+// boxed: inline it would size every SA's `Keys`, and the one load it adds per packet
+// (from a cache line the SA's packets keep hot) is lost in the ~0.5 µs of sealing
+// 1,400 bytes: no difference above the noise in the esp benches (docs/PERFORMANCE.md,
+// "ESP SA memory").
 #[allow(clippy::large_enum_variant)]
 enum Keys {
     Aead(Box<Cipher>),
