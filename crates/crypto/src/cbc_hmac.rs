@@ -8,9 +8,10 @@ use crate::{Direction, Encr, Error, Integ, Mac};
 
 /// CBC encryption and HMAC under one SA's keys. With AES-CBC and HMAC-SHA1-96 on a CPU
 /// with AES-NI and SHA-NI, both run in one stitched pass over the data (the product's
-/// default suite); every other pair, and every other CPU, goes through [`Cipher`](crate::Cipher) and
-/// [`Mac`] one after the other. Both paths give the same bytes (tests below). Keyed once
-/// in [`CbcHmac::new`]; the per-packet calls work in place and never allocate.
+/// default suite); every other pair, and every other CPU, goes through the CBC cipher of
+/// [`Cipher`](crate::Cipher) and [`Mac`] one after the other. Both paths give the same
+/// bytes (tests below). Keyed once in [`CbcHmac::new`] or [`CbcHmac::for_direction`]; the
+/// per-packet calls work in place and never allocate.
 #[derive(Clone)]
 pub struct CbcHmac {
     encr: Encr,
@@ -49,17 +50,16 @@ struct Separate {
 }
 
 impl CbcHmac {
-    /// `encr` must be a CBC cipher (not AEAD); keys as for [`Cipher::new`](crate::Cipher::new) and
-    /// [`Mac::new`].
     /// Keyed for both directions (boxed); an ESP SA direction uses
-    /// [`CbcHmac::for_direction`].
+    /// [`CbcHmac::for_direction`]. `encr` must be a CBC cipher (not AEAD); keys as for
+    /// [`Cipher::new`](crate::Cipher::new) and [`Mac::new`].
     pub fn new(encr: Encr, enc_key: &[u8], integ: Integ, integ_key: &[u8]) -> Result<Self, Error> {
         Self::with_backend(encr, enc_key, integ, integ_key, true, None)
     }
 
-    /// Keyed for `direction` only, inline: an outbound SA only seals, an inbound SA only
-    /// opens, and the other direction's AES key schedule is not kept. The other
-    /// direction's calls fail with [`Error::Unsupported`].
+    /// Keyed for `direction` only: an outbound SA only seals, an inbound SA only opens.
+    /// The stitched state is then inline and keeps only that direction's AES key
+    /// schedule. The other direction's calls fail with [`Error::Unsupported`].
     pub fn for_direction(
         direction: Direction,
         encr: Encr,
