@@ -138,7 +138,18 @@ fn main() -> Result<()> {
     };
 
     let mut report = Report {
-        machine: machine_info(&args, durations, &tunnels, bin.as_deref()),
+        machine: machine_info(
+            &args,
+            durations,
+            Parts {
+                paths: Setup::ALL.iter().any(|s| wanted(s.name(), "paths")),
+                setup: [SetupPeers::SwanSwan, SetupPeers::VpngwVpngw]
+                    .iter()
+                    .any(|p| wanted(p.name(), "setup")),
+            },
+            &tunnels,
+            bin.as_deref(),
+        ),
         ..Report::default()
     };
     let suites: Vec<_> = SUITES
@@ -316,9 +327,17 @@ fn vpngw_binary(given: Option<PathBuf>) -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// Which kinds of parts run, so that the method line describes only those.
+#[derive(Clone, Copy)]
+struct Parts {
+    paths: bool,
+    setup: bool,
+}
+
 fn machine_info(
     args: &Args,
     d: Durations,
+    parts: Parts,
     tunnels: &[usize],
     bin: Option<&std::path::Path>,
 ) -> Vec<(String, String)> {
@@ -345,24 +364,30 @@ fn machine_info(
             sh("dpkg-query -W -f '${Version}' strongswan-charon 2>/dev/null"),
         ),
         ("iperf3".into(), sh("iperf3 --version | head -1")),
-        (
-            "method".into(),
-            format!(
-                "iperf3 TCP and UDP (-b 0, 1200-byte datagrams) {} s each from the VPC host to 10.2.0.1 on-premises, TCP {} back to back on the same tunnel (median and min–max; retransmissions: median); {} pings 10 ms apart; setup test with {} tunnels",
-                d.iperf_secs,
-                match d.tcp_repeat {
-                    1 => "once".to_string(),
-                    n => format!("{n} times"),
-                },
-                d.pings,
-                tunnels
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(" and ")
-            ),
-        ),
     ];
+    let mut method = Vec::new();
+    if parts.paths {
+        method.push(format!(
+            "iperf3 TCP and UDP (-b 0, 1200-byte datagrams) {} s each from the VPC host to 10.2.0.1 on-premises, TCP {} back to back on the same tunnel (median and min–max; retransmissions: median); {} pings 10 ms apart",
+            d.iperf_secs,
+            match d.tcp_repeat {
+                1 => "once".to_string(),
+                n => format!("{n} times"),
+            },
+            d.pings,
+        ));
+    }
+    if parts.setup {
+        method.push(format!(
+            "setup test with {} tunnels",
+            tunnels
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" and ")
+        ));
+    }
+    m.push(("method".into(), method.join("; ")));
     if let Some(b) = bin {
         m.push(("vpngw".into(), b.display().to_string()));
     }
