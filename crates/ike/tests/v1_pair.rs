@@ -523,6 +523,46 @@ fn isakmp_sa_is_replaced_before_expiry() {
     }
 }
 
+/// strongSwan moves the Child SAs of a replaced ISAKMP SA to the new one in a job it
+/// queues when the new SA is up; a Delete for the old SA handled before that job runs
+/// takes the Child SAs with it. So the initiator of the replacement deletes the old
+/// SA only after a grace period.
+#[test]
+fn replaced_isakmp_sa_is_deleted_after_a_grace_period() {
+    let mut p = lifetimes(V1Mode::Main, 1000, 0, None);
+    let rk = |ev: &[Event]| Pair::count(ev, |e| matches!(e, Event::IkeSaRekeyed { .. }));
+    let gone = |ev: &[Event]| {
+        Pair::count(ev, |e| {
+            matches!(
+                e,
+                Event::IkeSaDeleted {
+                    reason: DeleteReason::Rekeyed,
+                    ..
+                }
+            )
+        })
+    };
+    let mut waited = 0;
+    while rk(&p.a_events) == 0 {
+        assert!(waited < 2200, "no replacement in 1,100 s: {:?}", p.a_events);
+        p.advance(Duration::from_millis(500));
+        waited += 1;
+    }
+    assert_eq!(rk(&p.b_events), 1);
+    // For a while the peer keeps the old ISAKMP SA: no Delete came.
+    p.advance(Duration::from_secs(4));
+    assert_eq!(gone(&p.a_events), 0, "{:?}", p.a_events);
+    assert_eq!(gone(&p.b_events), 0, "{:?}", p.b_events);
+    p.assert_children_match();
+    // Then the initiator deletes the old one.
+    p.advance(Duration::from_secs(2));
+    assert_eq!(gone(&p.a_events), 1, "{:?}", p.a_events);
+    assert_eq!(gone(&p.b_events), 1, "{:?}", p.b_events);
+    assert_eq!(p.b.ike_sas(PEER_B).len(), 1);
+    assert_eq!(child_deleted(&p.b_events), 0);
+    p.assert_children_match();
+}
+
 #[test]
 fn dpd_declares_silent_peer_dead_after_the_timeout() {
     let mut a = v1(V1Mode::Main);

@@ -46,6 +46,9 @@ pub(crate) struct Engine {
 
 const MAX_SEEN_INFO: usize = 32;
 
+/// How long an ISAKMP SA we replaced lives on before we delete it (see `supersede`).
+pub(crate) const REPLACED_SA_GRACE: Duration = Duration::from_secs(5);
+
 impl Engine {
     // ---- commands --------------------------------------------------------------------
 
@@ -406,13 +409,22 @@ impl Engine {
                     old: (old.cky_i, old.cky_r),
                     new: (new.cky_i, new.cky_r),
                 });
-                if new.initiator {
-                    send_delete_isakmp(cx, &mut old);
-                    remove_sa(cx, &mut old, DeleteReason::Rekeyed);
-                } else {
-                    old.retiring = true;
-                    old.retire_at = Some(now + Duration::from_secs(30));
-                }
+                // The replaced SA has no Child SAs left; it is deleted once the peer has
+                // had time to move its Child SAs over. strongSwan does that in a job it
+                // queues when the new SA is up (IKEv1 has no rekey of the ISAKMP SA,
+                // only a new Main Mode), and a Delete for the old SA that it handles
+                // before that job runs takes the Child SAs with it: traffic stops. The
+                // initiator sends that Delete after `REPLACED_SA_GRACE` (strongSwan
+                // waits 10 s after its own reauthentication); the responder waits for
+                // it and deletes the old SA itself only after 30 s.
+                old.retiring = true;
+                old.retire_at = Some(
+                    now + if new.initiator {
+                        REPLACED_SA_GRACE
+                    } else {
+                        Duration::from_secs(30)
+                    },
+                );
             }
             self.put_back(cx, old);
         }
