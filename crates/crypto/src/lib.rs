@@ -106,6 +106,29 @@ pub(crate) mod test_util {
         pub(crate) fn bytes(&mut self, n: usize) -> Vec<u8> {
             (0..n).map(|_| self.next() as u8).collect()
         }
+
+        /// A residue below `p` (whose top bit is set): random, or within 8 of either
+        /// end, where the Montgomery arithmetic's carries and final subtraction bite.
+        pub(crate) fn residue<const L: usize>(
+            &mut self,
+            p: &crypto_bigint::Uint<L>,
+        ) -> crypto_bigint::Uint<L> {
+            use crypto_bigint::{Uint, Word};
+            let small = Uint::<L>::from_u64(self.next() % 8);
+            match self.below(4) {
+                0 => small,
+                1 => p.wrapping_sub(&Uint::ONE).wrapping_sub(&small),
+                _ => {
+                    let mut w = [0 as Word; L];
+                    for x in &mut w {
+                        *x = self.next() as Word;
+                    }
+                    let x = Uint::from_words(w);
+                    // p > 2^(64L-1), so one subtraction reduces any L-limb value.
+                    if x >= *p { x.wrapping_sub(p) } else { x }
+                }
+            }
+        }
     }
 
     /// Hands out preset bytes in order, so RFC test vectors' private keys

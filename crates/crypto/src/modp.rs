@@ -333,23 +333,6 @@ mod tests {
         );
     }
 
-    /// A value below p: random, or within 8 of either end.
-    fn below<const L: usize>(rng: &mut Rng, p: &Uint<L>) -> Uint<L> {
-        let small = Uint::<L>::from_u64(rng.next() % 8);
-        match rng.below(4) {
-            0 => small,
-            1 => p.wrapping_sub(&Uint::ONE).wrapping_sub(&small),
-            _ => {
-                let mut x = Uint::<L>::ZERO;
-                for w in x.as_words_mut() {
-                    *w = rng.next() as Word;
-                }
-                // Every group's p has its top bit set: one subtraction reduces.
-                if x >= *p { x.wrapping_sub(p) } else { x }
-            }
-        }
-    }
-
     /// A 256-bit exponent in the low limbs of an L-limb value.
     fn exponent_words<const L: usize>(rng: &mut Rng) -> Uint<L> {
         let mut x = Uint::<L>::ZERO;
@@ -375,8 +358,8 @@ mod tests {
         let mut unit = Uint::<L>::ZERO.to_words();
         unit[0] = 1;
         for _ in 0..200 {
-            let a = below(rng, &p);
-            let b = below(rng, &p);
+            let a = rng.residue(&p);
+            let b = rng.residue(&p);
             let want = Uint::const_rem_wide(a.mul_wide(&b), &p).0;
             // (aR)(bR)R⁻¹ = abR, then ·1·R⁻¹ = ab.
             let am = m.mul(a.as_words(), r2.as_words());
@@ -432,7 +415,7 @@ mod tests {
         assert_eq!(ours(&p_minus_2, &Uint::ZERO), Uint::ONE);
         assert_eq!(ours(&p_minus_2, &Uint::ONE), p_minus_2);
         for _ in 0..rounds {
-            let base = below(rng, &p);
+            let base = rng.residue(&p);
             let exp = exponent_words(rng);
             assert_eq!(ours(&base, &exp), reference(&base, &exp), "{base}^{exp}");
         }

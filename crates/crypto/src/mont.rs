@@ -399,24 +399,6 @@ mod tests {
         p
     }
 
-    /// A value below p, random or within 8 of either end.
-    fn below<const L: usize>(rng: &mut Rng, p: &Uint<L>) -> Uint<L> {
-        let small = Uint::<L>::from_u64(rng.next() % 8);
-        match rng.below(4) {
-            0 => small,
-            1 => p.wrapping_sub(&Uint::ONE).wrapping_sub(&small),
-            _ => {
-                let mut w = [0 as Word; L];
-                for x in &mut w {
-                    *x = rng.next() as Word;
-                }
-                let x = Uint::from_words(w);
-                // p > R/2, so one subtraction reduces any L-limb value.
-                if x >= *p { x.wrapping_sub(p) } else { x }
-            }
-        }
-    }
-
     /// mul(a, b)·R ≡ a·b (mod p), against crypto-bigint's schoolbook product
     /// and division, and its own Montgomery constants.
     fn check_mul<const L: usize>(seed: u64) {
@@ -429,8 +411,8 @@ mod tests {
             assert_eq!(m.one, DynResidue::one(params).as_montgomery().to_words());
             assert_eq!(pw[0].wrapping_mul(m.n0), Word::MAX);
             for _ in 0..20 {
-                let a = below(&mut rng, &p);
-                let b = below(&mut rng, &p);
+                let a = rng.residue(&p);
+                let b = rng.residue(&p);
                 let ab = Uint::const_rem_wide(a.mul_wide(&b), &p).0;
                 let mont = Uint::from_words(m.mul(&a.to_words(), &b.to_words()));
                 assert!(mont < p);
@@ -491,7 +473,7 @@ mod tests {
             let m = Modulus::new(&pw);
             let p = Uint::from_words(pw);
             let params = DynResidueParams::new(&p);
-            let base = below(&mut rng, &p);
+            let base = rng.residue(&p);
             let exp = U128::from_words([rng.next() as Word, rng.next() as Word]);
             for bits in [4, 64, 128] {
                 let want = DynResidue::new(&base, params)
