@@ -73,6 +73,13 @@ impl ike::KeySource for DhPool {
 /// Makes key pairs until the pool is gone: `send` blocks while `DEPTH` wait, and fails
 /// once the receiver is dropped.
 fn fill(group: DhGroup, tx: &SyncSender<DhPrivate>, _running: Arc<()>) {
+    // Spare CPU only: a filler that wakes to replace the key just taken must not delay
+    // the control thread, which installs the SAs the peer is about to use.
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sets this thread's (pid 0) scheduling policy; `param` lives for the call.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "DH key pool thread keeps its priority");
+    }
     loop {
         let key = match DhPrivate::generate(group, &mut OsRandom) {
             Ok(k) => k,
