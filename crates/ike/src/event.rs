@@ -184,6 +184,16 @@ pub enum Event {
         peer: PeerId,
         child: ChildSa,
     },
+    /// IKEv1 Quick Mode responder (RFC 2409 §5.5): install `child`'s *inbound* SA now,
+    /// and do not send on it yet. The initiator may install both directions as soon
+    /// as it has our message 2 and send on the new SA before its message 3 reaches us
+    /// (strongSwan does); without the inbound SA those packets would be lost. When
+    /// message 3 arrives, [`Event::ChildSaEstablished`] or [`Event::ChildSaRekeyed`]
+    /// with the same `spi_in` follows; when it never does, [`Event::ChildSaDeleted`].
+    ChildSaPending {
+        peer: PeerId,
+        child: ChildSa,
+    },
     /// Make-before-break: install `child`'s inbound SA now; the old SA stays valid
     /// until its [`Event::ChildSaDeleted`] follows.
     ///
@@ -193,9 +203,10 @@ pub enum Event {
     /// may send on the new SA at once; the *responder* only learns it when the
     /// initiator deletes the old SA (or sends on the new one), and should keep sending
     /// on the old SA until then. IKEv1 Quick Mode (RFC 2409 §5.5) is the other way
-    /// round: the responder installs on message 3, which the initiator sends after
-    /// installing both directions, so the responder may switch at once and the
-    /// initiator should wait.
+    /// round: the responder's inbound SA is in place from message 2 on
+    /// ([`Event::ChildSaPending`]) and this event comes on message 3, which the
+    /// initiator sends after installing both directions, so the responder may switch
+    /// at once and the initiator should wait.
     ChildSaRekeyed {
         peer: PeerId,
         old_spi_in: u32,

@@ -424,6 +424,168 @@ fn duplicated_datagrams_get_cached_answers() {
     }
 }
 
+/// `(spi_in, spi_out)` of every event `f` picks out.
+fn spis(events: &[Event], f: impl Fn(&Event) -> Option<&ike::ChildSa>) -> Vec<(u32, u32)> {
+    events
+        .iter()
+        .filter_map(f)
+        .map(|c| (c.spi_in, c.spi_out))
+        .collect()
+}
+
+fn pending(e: &Event) -> Option<&ike::ChildSa> {
+    match e {
+        Event::ChildSaPending { child, .. } => Some(child),
+        _ => None,
+    }
+}
+
+fn deleted_spis(events: &[Event]) -> Vec<(u32, u32)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ChildSaDeleted {
+                spi_in, spi_out, ..
+            } => Some((*spi_in, *spi_out)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn quick_mode_responder_announces_its_inbound_sa_with_message_2() {
+    // RFC 2409 §5.5: the initiator may send on the new SA once it has message 2, so
+    // the responder's inbound SA must be in place before message 2 leaves.
+    let a = v1(V1Mode::Main);
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    p.initiate_a();
+    assert_up(&p, "pending");
+    let ahead = spis(&p.b_events, pending);
+    let up = spis(&p.b_events, |e| match e {
+        Event::ChildSaEstablished { child, .. } => Some(child),
+        _ => None,
+    });
+    assert_eq!(ahead.len(), 1, "{:?}", p.b_events);
+    assert_eq!(ahead, up, "the pending SA is the one established");
+    let at = |f: &dyn Fn(&Event) -> bool| p.b_events.iter().position(f).unwrap();
+    assert!(
+        at(&|e| matches!(e, Event::ChildSaPending { .. }))
+            < at(&|e| matches!(e, Event::ChildSaEstablished { .. }))
+    );
+    // Same keys as the SA that is then established, and as A's outbound side.
+    let Some(Event::ChildSaPending { child, .. }) = p
+        .b_events
+        .iter()
+        .find(|e| matches!(e, Event::ChildSaPending { .. }))
+    else {
+        unreachable!()
+    };
+    assert_eq!(child, &p.b.child_sas(PEER_B)[0]);
+    let a_child = &p.a.child_sas(PEER_A)[0];
+    assert_eq!(child.encr_key_in, a_child.encr_key_out);
+    assert_eq!(child.integ_key_in, a_child.integ_key_out);
+    // The initiator announces nothing ahead: it installs when it has message 2.
+    assert!(spis(&p.a_events, pending).is_empty());
+}
+
+/// A pair whose Quick Mode message 3 never reaches B (A's first Quick Mode message
+/// does; every later one — message 3 and its retransmissions — is lost).
+fn message_3_lost() -> Pair {
+    let a = v1(V1Mode::Main);
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    let mut quick_to_b = 0;
+    p.fate = Box::new(move |pkt| {
+        let h = Header::parse(&pkt.payload).expect("ISAKMP header");
+        if matches!(pkt.to, Side::B) && h.exchange == Exchange::QUICK {
+            quick_to_b += 1;
+            if quick_to_b > 1 {
+                return Fate::Drop;
+            }
+        }
+        Fate::Deliver
+    });
+    p.initiate_a();
+    assert_eq!(established(&p.b_events), 1, "{:?}", p.b_events);
+    assert_eq!(children_up(&p.b_events), 0, "{:?}", p.b_events);
+    assert_eq!(spis(&p.b_events, pending).len(), 1, "{:?}", p.b_events);
+    p
+}
+
+#[test]
+fn pending_inbound_sa_is_deleted_when_message_3_never_comes() {
+    let mut p = message_3_lost();
+    let ahead = spis(&p.b_events, pending);
+    // Message 2 is retransmitted for 4 × (1 + 1.8 + … + 1.8⁵) ≈ 165 s.
+    p.advance(Duration::from_secs(300));
+    assert!(p.b.stats().retransmits >= 5);
+    assert_eq!(children_up(&p.b_events), 0, "{:?}", p.b_events);
+    assert_eq!(deleted_spis(&p.b_events), ahead, "{:?}", p.b_events);
+    assert!(p.b.child_sas(PEER_B).is_empty());
+}
+
+#[test]
+fn pending_inbound_sa_goes_with_its_isakmp_sa() {
+    let mut p = message_3_lost();
+    let ahead = spis(&p.b_events, pending);
+    p.b.remove_peer(p.now, PEER_B).unwrap();
+    p.drive();
+    assert_eq!(deleted_spis(&p.b_events), ahead, "{:?}", p.b_events);
+    // Reported once: the Quick Mode's own timer does not delete it again.
+    p.advance(Duration::from_secs(300));
+    assert_eq!(deleted_spis(&p.b_events), ahead, "{:?}", p.b_events);
+}
+
+/// A Quick Mode rekey that completes on an ISAKMP SA a new Main Mode replaced while
+/// it was in flight: its Child SA lives on under the new ISAKMP SA (and replaces the
+/// old Child SA there) instead of going away with the replaced one.
+#[test]
+fn quick_mode_finishing_on_a_replaced_isakmp_sa_keeps_its_child_sa() {
+    let a = v1(V1Mode::Main);
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    p.initiate_a();
+    assert_up(&p, "before");
+    let first = p.a.child_sas(PEER_A)[0].clone();
+    // B rekeys the Child SA; its message 3 to A is lost once, so A (the responder)
+    // waits for it on the ISAKMP SA that A's new Main Mode then replaces.
+    let mut quick_to_a = 0;
+    p.fate = Box::new(move |pkt| {
+        let h = Header::parse(&pkt.payload).expect("ISAKMP header");
+        if matches!(pkt.to, Side::A) && h.exchange == Exchange::QUICK {
+            quick_to_a += 1;
+            if quick_to_a == 2 {
+                return Fate::Drop;
+            }
+        }
+        Fate::Deliver
+    });
+    p.b.rekey_child(p.now, PEER_B).unwrap();
+    p.drive();
+    assert_eq!(spis(&p.a_events, pending).len(), 1, "{:?}", p.a_events);
+    p.a.rekey_ike(p.now, PEER_A).unwrap();
+    p.drive();
+    assert_eq!(established(&p.a_events), 2, "{:?}", p.a_events);
+    // A retransmits message 2 on the replaced SA, B answers with message 3 again;
+    // later the replaced SA is deleted.
+    p.advance(Duration::from_secs(60));
+    assert!(Pair::failures(&p.a_events).is_empty(), "{:?}", p.a_events);
+    let new_in = spis(&p.a_events, pending)[0];
+    assert_eq!(rekeyed(&p.a_events), 1, "{:?}", p.a_events);
+    assert_eq!(
+        deleted_spis(&p.a_events),
+        [(first.spi_in, first.spi_out)],
+        "only the rekeyed Child SA is deleted: {:?}",
+        p.a_events
+    );
+    assert_eq!(p.a.ike_sas(PEER_A).len(), 1);
+    let left: Vec<_> =
+        p.a.child_sas(PEER_A)
+            .iter()
+            .map(|c| (c.spi_in, c.spi_out))
+            .collect();
+    assert_eq!(left, [new_in]);
+    p.assert_children_match();
+}
+
 fn lifetimes(mode: V1Mode, ike_s: u64, child_s: u64, pfs: Option<DhGroup>) -> Pair {
     let mut a = v1(mode);
     a.ike_lifetime = Duration::from_secs(ike_s);
@@ -459,6 +621,24 @@ fn quick_mode_rekey_on_lifetime_is_make_before_break() {
             })
         };
         assert_eq!(initiated(&p.a_events) + initiated(&p.b_events), 1);
+        // The responder's inbound side was announced ahead, with message 2: B's for the
+        // first Child SA (B answered A's Quick Mode), then each side's for the rekeys
+        // it answered.
+        let first = spis(&p.b_events, |e| match e {
+            Event::ChildSaEstablished { child, .. } => Some(child),
+            _ => None,
+        });
+        for (ev, mut expected) in [(&p.a_events, Vec::new()), (&p.b_events, first)] {
+            expected.extend(spis(ev, |e| match e {
+                Event::ChildSaRekeyed {
+                    child,
+                    initiator: false,
+                    ..
+                } => Some(child),
+                _ => None,
+            }));
+            assert_eq!(spis(ev, pending), expected, "{ev:?}");
+        }
         // The new SA is announced before the old one is deleted.
         let pos = |ev: &[Event], f: &dyn Fn(&Event) -> bool| ev.iter().position(f).unwrap();
         for ev in [&p.a_events, &p.b_events] {

@@ -141,6 +141,9 @@ struct TunnelRt {
     since: DateTime<Utc>,
     ike: Option<IkeInfo>,
     children: Vec<ChildRt>,
+    /// IKEv1 Child SAs whose inbound side is installed while we wait for the
+    /// initiator's Quick Mode message 3 (`ike::Event::ChildSaPending`).
+    pending: Vec<PendingChild>,
     failures: u32,
     retry_at: Option<Instant>,
     /// Fingerprint of the status last sent to the writer ([`fingerprint`]), to send it
@@ -177,6 +180,14 @@ struct ChildRt {
     /// when the replaced SA is deleted, when ESP arrives on this SA's inbound side (the
     /// peer sends on it, so it has both), or at the deadline.
     defer: Option<Defer>,
+}
+
+/// A Child SA announced by `ike::Event::ChildSaPending`: its inbound SA is in the
+/// SADB; both SAs move to a [`ChildRt`] when the Child SA is established.
+struct PendingChild {
+    spi_in: u32,
+    inbound: Arc<InboundSa>,
+    outbound: Arc<OutboundSa>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -465,6 +476,7 @@ impl Control {
                     since: Utc::now(),
                     ike: None,
                     children: Vec::new(),
+                    pending: Vec::new(),
                     failures: 0,
                     retry_at: None,
                     written: None,
@@ -655,8 +667,11 @@ impl Control {
             self.flush();
         }
         if let Some(t) = self.tunnels.remove(id) {
-            for c in &t.children {
-                self.sadb.remove_inbound(c.spi_in);
+            for spi in t.children.iter().map(|c| c.spi_in) {
+                self.sadb.remove_inbound(spi);
+            }
+            for spi in t.pending.iter().map(|p| p.spi_in) {
+                self.sadb.remove_inbound(spi);
             }
             self.sadb.remove_outbound(&t.peer.0);
             self.by_peer.remove(&t.peer);
@@ -845,6 +860,7 @@ impl Control {
             | Event::IkeSaRekeyed { peer, .. }
             | Event::IkeSaDeleted { peer, .. }
             | Event::ChildSaEstablished { peer, .. }
+            | Event::ChildSaPending { peer, .. }
             | Event::ChildSaRekeyed { peer, .. }
             | Event::ChildSaDeleted { peer, .. }
             | Event::AddressesChanged { peer, .. }
@@ -970,6 +986,7 @@ impl Control {
             Event::ChildSaEstablished { child, .. } => {
                 self.install_child(&id, &child, None, false);
             }
+            Event::ChildSaPending { child, .. } => self.install_pending(&id, &child),
             Event::ChildSaRekeyed {
                 old_spi_in,
                 child,
@@ -1073,7 +1090,40 @@ impl Control {
         };
         let conn = t.conn_id.clone();
         let key = t.peer.0;
-        let (inbound, outbound) = match esp_sas(child, self.ports.natt) {
+        // Installed ahead on Quick Mode message 2: keep that inbound SA, with the
+        // replay window it may already have moved.
+        let pending = t
+            .pending
+            .iter()
+            .position(|p| p.spi_in == child.spi_in)
+            .map(|i| t.pending.swap_remove(i));
+        let defer = old_spi_in.filter(|_| defer).map(|old| Defer {
+            old_spi_in: old,
+            until: Instant::now() + SWITCH_DEFER,
+        });
+        let installed = match pending {
+            Some(p) => Ok((p.inbound, p.outbound, true)),
+            None => esp_sas(child, self.ports.natt)
+                .map(|(i, o)| (Arc::new(i), Arc::new(o), false))
+                .map_err(|e| e.to_string()),
+        }
+        .and_then(|(inbound, outbound, inbound_installed)| {
+            let done = match (defer, inbound_installed) {
+                (Some(_), true) => Ok(()),
+                (Some(_), false) => self.sadb.install_inbound(Arc::clone(&inbound)),
+                (None, true) => {
+                    self.sadb.set_outbound(key, Arc::clone(&outbound));
+                    Ok(())
+                }
+                (None, false) => self
+                    .sadb
+                    .rekey(key, Arc::clone(&inbound), Arc::clone(&outbound))
+                    .map(|_| ()),
+            };
+            done.map(|()| (inbound, outbound))
+                .map_err(|e| e.to_string())
+        });
+        let (inbound, outbound) = match installed {
             Ok(sas) => sas,
             Err(e) => {
                 let msg = format!(
@@ -1090,32 +1140,9 @@ impl Control {
                 return;
             }
         };
-        let (inbound, outbound) = (Arc::new(inbound), Arc::new(outbound));
-        let defer = old_spi_in.filter(|_| defer).map(|old| Defer {
-            old_spi_in: old,
-            until: Instant::now() + SWITCH_DEFER,
-        });
         if defer.is_some() {
             // Polled for traffic on the new SA every SWITCH_POLL until released.
             self.next_walk = self.next_walk.min(Instant::now() + SWITCH_POLL);
-        }
-        let installed = match defer {
-            Some(_) => self.sadb.install_inbound(Arc::clone(&inbound)),
-            None => self
-                .sadb
-                .rekey(key, Arc::clone(&inbound), Arc::clone(&outbound))
-                .map(|_| ()),
-        };
-        if let Err(e) = installed {
-            let msg = format!("cannot install Child SA {:08x}: {e}", child.spi_in);
-            self.log(
-                &conn,
-                Some(id),
-                LogLevel::Error,
-                "child_sa_install_failed",
-                msg,
-            );
-            return;
         }
         let Some(t) = self.tunnels.get_mut(id) else {
             return;
@@ -1161,11 +1188,51 @@ impl Control {
         self.log(&conn, Some(id), LogLevel::Info, "esp_sa_installed", msg);
     }
 
+    /// Installs the inbound side of a Child SA that is not established yet
+    /// (`ike::Event::ChildSaPending`).
+    fn install_pending(&mut self, id: &str, child: &ChildSa) {
+        let Some(conn) = self.tunnels.get(id).map(|t| t.conn_id.clone()) else {
+            return;
+        };
+        let installed = esp_sas(child, self.ports.natt)
+            .map_err(|e| e.to_string())
+            .and_then(|(i, o)| {
+                let i = Arc::new(i);
+                match self.sadb.install_inbound(Arc::clone(&i)) {
+                    Ok(()) => Ok((i, Arc::new(o))),
+                    Err(e) => Err(e.to_string()),
+                }
+            });
+        match installed {
+            Ok((inbound, outbound)) => {
+                if let Some(t) = self.tunnels.get_mut(id) {
+                    t.pending.push(PendingChild {
+                        spi_in: child.spi_in,
+                        inbound,
+                        outbound,
+                    });
+                }
+            }
+            // install_child tries again when the Child SA is established.
+            Err(e) => self.log(
+                &conn,
+                Some(id),
+                LogLevel::Warn,
+                "child_sa_install_failed",
+                format!(
+                    "cannot install the inbound SA {:08x} ahead of quick mode message 3: {e}",
+                    child.spi_in
+                ),
+            ),
+        }
+    }
+
     fn remove_child(&mut self, now: Instant, id: &str, spi_in: u32, spi_out: u32) {
         self.sadb.remove_inbound(spi_in);
         let Some(t) = self.tunnels.get_mut(id) else {
             return;
         };
+        t.pending.retain(|p| p.spi_in != spi_in);
         t.children.retain(|c| c.spi_in != spi_in);
         // The replaced SA is gone, so the peer has its successor (RFC 7296 §2.8: the
         // rekey initiator deletes the old SA once the new one is in place).
@@ -1465,6 +1532,7 @@ impl Control {
         self.flush();
         for t in self.tunnels.values_mut() {
             t.children.clear();
+            t.pending.clear();
             t.ike = None;
         }
         self.dirty.mark_all();

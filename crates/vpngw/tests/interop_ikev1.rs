@@ -138,6 +138,23 @@ fn start_serve(topo: &Topology) -> Serve {
     Serve::start(&topo.gw, &topo.workdir.subdir("vpngw").unwrap())
 }
 
+/// nftables table `inet qm3`: drops IKEv1 Quick Mode message 3 from `from` to `to`.
+/// The exchange type is in the clear at ISAKMP header byte 18 (RFC 2408 §3.1): bit
+/// 208 of the transport header on port 500 (after the 8-byte UDP header), bit 240 on
+/// port 4500 (after the 4-byte non-ESP marker too, RFC 3948 §2.2). Of a Quick Mode's
+/// three messages only the third is this short (HASH alone: 60 bytes with SHA-1).
+fn hold_quick_mode_3(from: &str, to: &str) -> String {
+    format!(
+        "table inet qm3 {{
+  chain prerouting {{
+    type filter hook prerouting priority raw; policy accept;
+    ip saddr {from} ip daddr {to} udp dport 500 @th,208,8 32 udp length < 100 counter drop
+    ip saddr {from} ip daddr {to} udp dport 4500 @th,240,8 32 udp length < 104 counter drop
+  }}
+}}"
+    )
+}
+
 /// `n` pings each way between the VPC host and 10.2.0.1, all answered.
 fn ping_both_ways(topo: &Topology, n: u32) {
     let vpc = topo.vpc_ip();
@@ -245,6 +262,12 @@ fn main_mode_responder_destination_mode() {
     // The rekeys strongSwan initiates, under a continuous ping: nothing lost. IKEv1 has
     // no implicit deletion: the replaced SA lives until its negotiated 25 s lifetime
     // ends (RFC 2407 §4.5), then it is deleted while traffic uses the new one.
+    //
+    // strongSwan installs the new SA when it has Quick Mode message 2 and sends on it
+    // at once, before its message 3 reaches us. The gateway holds strongSwan's
+    // message 3 of the first rekey back until strongSwan has sent replies on the new SA,
+    // so those can only arrive if vpngw had the inbound SA in place with message 2.
+    lab::nft::nft(&topo.gw, &hold_quick_mode_3(ONPREM, GW1)).unwrap();
     let monitor = PingMonitor::start(
         &topo.vpc,
         topo.workdir.path(),
@@ -253,10 +276,31 @@ fn main_mode_responder_destination_mode() {
         Duration::from_millis(50),
     )
     .unwrap();
+    let first_out = first_spi.as_str().unwrap_or_default().to_owned();
+    let sent_ahead = swan
+        .wait_sa(
+            Duration::from_secs(30),
+            "strongSwan's quick mode rekey, sending on the new SA",
+            |sas| {
+                let sa = sas.iter().find(|sa| sa.name == "vpn")?;
+                let new = sa.children.iter().find(|c| c.spi_out != first_out)?;
+                (new.packets_out >= 20).then_some(new.packets_out)
+            },
+        )
+        .unwrap();
+    let held = lab::nft::ruleset(&topo.gw).unwrap();
+    lab::nft::nft(&topo.gw, "delete table inet qm3").unwrap();
+    let dropped: u64 = held
+        .split("counter packets ")
+        .skip(1)
+        .filter_map(|s| s.split(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(dropped > 0, "message 3 was never held back: {held}");
+    eprintln!("strongSwan sent {sent_ahead} packets on the new SA before message 3 got through");
     serve.wait_tunnel(
         &conn,
         "strongSwan's quick mode rekey, then the first SA's expiry",
-        Duration::from_secs(30),
+        Duration::from_secs(40),
         |s| {
             phase(s) == "established"
                 && s["child_sas"]

@@ -256,7 +256,22 @@ impl Engine {
         let Some(mut sa) = self.sas.remove(&k) else {
             return;
         };
+        // A replaced ISAKMP SA handed its Child SAs to its heir (`supersede`), but a
+        // Quick Mode in flight on it finishes on it (its keys come from this SA's
+        // SKEYID_d), and the peer may delete Child SAs through it: for this message it
+        // holds the heir's Child SAs, so that a rekey finds the SA it replaces and what
+        // it creates lives on with the heir instead of dying with this SA.
+        let heir = sa
+            .retiring
+            .then(|| self.established_cookie(sa.peer))
+            .flatten();
+        if let Some(h) = heir.and_then(|h| self.sas.get_mut(&h)) {
+            sa.children = std::mem::take(&mut h.children);
+        }
         on_message(cx, now, &mut sa, local, remote, data, &h);
+        if let Some(h) = heir.and_then(|h| self.sas.get_mut(&h)) {
+            h.children = std::mem::take(&mut sa.children);
+        }
         let established = std::mem::take(&mut sa.just_established);
         let cookie = sa.our_cookie();
         self.put_back(cx, sa);
@@ -1621,6 +1636,12 @@ fn qm_responder(
         rts,
         lifetime,
     );
+    // The initiator may send on the new SA as soon as it has message 2: the inbound
+    // side must be in place before message 2 leaves (Event::ChildSaPending).
+    cx.io.event(Event::ChildSaPending {
+        peer: sa.peer,
+        child: child.clone(),
+    });
     qm.state = QmState::R3 {
         ni,
         nr,
@@ -2364,13 +2385,13 @@ fn qm_timers(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
                         }
                     }
                     QmState::R3 { child, .. } => {
-                        cx.io.child_spis.remove(&child.spi_in);
                         cx.io.log(
                             Some(sa.peer),
                             Level::Warn,
                             "phase2_abandoned",
                             "peer never sent quick mode message 3".into(),
                         );
+                        abandon_pending(cx, sa.peer, &child);
                     }
                     QmState::Done => {}
                 }
@@ -2608,9 +2629,32 @@ fn send_delete_isakmp(cx: &mut Cx<'_>, sa: &mut P1Sa) {
     send_info(cx, sa, vec![RawPayload::new(PayloadType::D, d.encode())]);
 }
 
-/// Removes an SA, reporting its Child SAs and itself as deleted.
+/// A Quick Mode we answered ended without message 3: the inbound SA announced by
+/// [`Event::ChildSaPending`] goes away.
+fn abandon_pending(cx: &mut Cx<'_>, peer: PeerId, child: &ChildSa) {
+    cx.io.child_spis.remove(&child.spi_in);
+    cx.io.event(Event::ChildSaDeleted {
+        peer,
+        spi_in: child.spi_in,
+        spi_out: child.spi_out,
+    });
+}
+
+/// Removes an SA, reporting its Child SAs (installed or pending) and itself as deleted.
+/// A replaced SA's Child SAs belong to its heir, even while it holds them for a
+/// message (`handle_datagram`): they stay.
 fn remove_sa(cx: &mut Cx<'_>, sa: &mut P1Sa, reason: DeleteReason) {
-    for c in sa.children.drain(..) {
+    for q in sa.qms.values_mut() {
+        if let QmState::R3 { child, .. } = std::mem::replace(&mut q.state, QmState::Done) {
+            abandon_pending(cx, sa.peer, &child);
+        }
+    }
+    let children = if sa.retiring {
+        Vec::new()
+    } else {
+        std::mem::take(&mut sa.children)
+    };
+    for c in children {
         cx.io.child_spis.remove(&c.sa.spi_in);
         cx.io.event(Event::ChildSaDeleted {
             peer: sa.peer,
