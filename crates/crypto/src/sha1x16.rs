@@ -9,18 +9,124 @@
 //! SHA-1 needs. Each lane's words are gathered from its own buffer.
 
 use core::arch::x86_64::{
-    __m512i, _mm512_add_epi32, _mm512_loadu_si512, _mm512_rol_epi32, _mm512_set_epi64,
-    _mm512_set1_epi32, _mm512_setzero_si512, _mm512_shuffle_epi8, _mm512_shuffle_i32x4,
-    _mm512_storeu_si512, _mm512_ternarylogic_epi32, _mm512_unpackhi_epi32, _mm512_unpackhi_epi64,
-    _mm512_unpacklo_epi32, _mm512_unpacklo_epi64, _mm512_xor_si512,
+    __m512i, _mm512_add_epi32, _mm512_loadu_si512, _mm512_mask_mov_epi32, _mm512_rol_epi32,
+    _mm512_set_epi64, _mm512_set1_epi32, _mm512_setzero_si512, _mm512_shuffle_epi8,
+    _mm512_shuffle_i32x4, _mm512_storeu_si512, _mm512_ternarylogic_epi32, _mm512_unpackhi_epi32,
+    _mm512_unpackhi_epi64, _mm512_unpacklo_epi32, _mm512_unpacklo_epi64, _mm512_xor_si512,
 };
 
 /// Lanes per call.
 pub(crate) const WIDTH: usize = 16;
 
-/// True when this CPU has what [`compress`] uses.
+/// True when this CPU has what [`States`] uses.
 pub(crate) fn available() -> bool {
     std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw")
+}
+
+/// Sixteen SHA-1 states A..E transposed: register `k` holds word `k` of every lane, so
+/// each lane can start from its own state (a packet's tail and padding after its
+/// message blocks) and an inner digest is already the first five words of the outer
+/// message (RFC 2104 §2).
+#[derive(Clone, Copy)]
+pub(crate) struct States([__m512i; 5]);
+
+impl States {
+    /// Every lane at `state`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) fn splat(state: [u32; 5]) -> Self {
+        let mut h = [_mm512_setzero_si512(); 5];
+        for (hv, w) in h.iter_mut().zip(state) {
+            *hv = _mm512_set1_epi32(w as i32);
+        }
+        Self(h)
+    }
+
+    /// `blocks` compressions on every lane: lane `l` hashes the first `blocks * 64`
+    /// bytes of `msgs[l]`. The batch's bulk: no per-lane choice or mask per block.
+    /// Does nothing (and returns false) unless every lane holds that many bytes.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(crate) fn compress_run(&mut self, msgs: &[&[u8]; WIDTH], blocks: usize) -> bool {
+        let Some(len) = blocks.checked_mul(64) else {
+            return false;
+        };
+        if msgs.iter().any(|m| m.len() < len) {
+            return false;
+        }
+        let base = msgs.map(<[u8]>::as_ptr);
+        let swap = byte_swap();
+        let mut h = self.0;
+        for at in (0..len).step_by(64) {
+            let mut rows = [_mm512_setzero_si512(); WIDTH];
+            for (r, b) in rows.iter_mut().zip(base) {
+                // SAFETY: `at + 64 <= len <= msgs[l].len()` (checked above), so the 64
+                // bytes are in lane `l`'s slice; `loadu` has no alignment requirement.
+                *r = unsafe { _mm512_loadu_si512(b.add(at).cast()) };
+            }
+            let mut w = transpose(rows);
+            for wj in &mut w {
+                *wj = _mm512_shuffle_epi8(*wj, swap);
+            }
+            h = rounds(h, w);
+        }
+        self.0 = h;
+        true
+    }
+
+    /// One SHA-1 compression per lane: lane `l` hashes `blocks[l]` when bit `l` of
+    /// `active` is set and keeps its state otherwise (the lane still computes, on
+    /// whatever block it points at, so the cost does not depend on which lanes run).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(crate) fn compress(&mut self, blocks: &[&[u8; 64]; WIDTH], active: u16) {
+        let mut rows = [_mm512_setzero_si512(); WIDTH];
+        for (r, m) in rows.iter_mut().zip(blocks) {
+            // SAFETY: `m` is 64 readable bytes; `loadu` has no alignment requirement.
+            *r = unsafe { _mm512_loadu_si512(m.as_ptr().cast()) };
+        }
+        let mut w = transpose(rows);
+        let swap = byte_swap();
+        for wj in &mut w {
+            *wj = _mm512_shuffle_epi8(*wj, swap);
+        }
+        let next = rounds(self.0, w);
+        for (h, n) in self.0.iter_mut().zip(next) {
+            *h = _mm512_mask_mov_epi32(*h, active, n);
+        }
+    }
+
+    /// The HMAC outer hash (RFC 2104 §2) of each lane's inner digest: one block from
+    /// `outer` (the state after the opad block) over the 20 digest bytes, the 0x80 byte
+    /// and the bit length of 64 + 20 bytes (FIPS 180-4 §5.1.1). The digest's words are
+    /// the message's words as they stand, so nothing is loaded or transposed.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(crate) fn outer(&self, outer: [u32; 5]) -> Self {
+        let mut w = [_mm512_setzero_si512(); WIDTH];
+        w[..5].copy_from_slice(&self.0);
+        w[5] = _mm512_set1_epi32(i32::MIN);
+        w[15] = _mm512_set1_epi32((64 + 20) * 8);
+        Self(rounds(Self::splat(outer).0, w))
+    }
+
+    /// Each lane's A..E.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) fn lanes(&self) -> [[u32; 5]; WIDTH] {
+        let mut words = [[0u32; WIDTH]; 5];
+        for (out, v) in words.iter_mut().zip(self.0) {
+            // SAFETY: `out` is 64 writable bytes; `storeu` has no alignment requirement.
+            unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), v) };
+        }
+        let mut lanes = [[0u32; 5]; WIDTH];
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            for (k, word) in lane.iter_mut().enumerate() {
+                *word = words[k][l];
+            }
+        }
+        lanes
+    }
 }
 
 /// Runs `blocks` SHA-1 compressions on each lane: lane `l` starts from `state` and
@@ -30,6 +136,7 @@ pub(crate) fn available() -> bool {
 /// # Safety
 ///
 /// The CPU has AVX-512F and AVX-512BW ([`available`]).
+#[cfg(test)]
 #[target_feature(enable = "avx512f,avx512bw")]
 pub(crate) unsafe fn compress(state: [u32; 5], msgs: &[&[u8]], blocks: usize) -> [[u32; 5]; WIDTH] {
     let first: &[u8] = msgs.first().copied().unwrap_or_default();
@@ -37,111 +144,93 @@ pub(crate) unsafe fn compress(state: [u32; 5], msgs: &[&[u8]], blocks: usize) ->
     for (l, m) in lanes.iter_mut().zip(msgs) {
         *l = m;
     }
-    // Every lane must hold `blocks` whole blocks.
-    let blocks = if lanes.iter().all(|m| m.len() >= blocks * 64) {
-        blocks
-    } else {
-        0
-    };
-    // Big-endian words (FIPS 180-4 §3.1): swap the bytes of each 32-bit lane.
-    let swap = _mm512_set_epi64(
-        0x0c0d_0e0f_0809_0a0b,
-        0x0405_0607_0001_0203,
-        0x0c0d_0e0f_0809_0a0b,
-        0x0405_0607_0001_0203,
-        0x0c0d_0e0f_0809_0a0b,
-        0x0405_0607_0001_0203,
-        0x0c0d_0e0f_0809_0a0b,
-        0x0405_0607_0001_0203,
-    );
-    // Plain loops rather than `array::map`: a closure does not inherit
-    // the function's target features, so it was called per lane and per block (about a
-    // fifth of the hashing time in a profile of the sending gateway) with every register
-    // passed through memory.
-    let mut h = [_mm512_setzero_si512(); 5];
-    for (hv, w) in h.iter_mut().zip(state) {
-        *hv = _mm512_set1_epi32(w as i32);
+    // Half the blocks in one run, the rest one block at a time, so that the test below
+    // checks both against the reference.
+    let mut h = States::splat(state);
+    assert!(h.compress_run(&lanes, blocks / 2));
+    for blk in blocks / 2..blocks {
+        let at = blk * 64;
+        let mut b = [&[0u8; 64]; WIDTH];
+        for (b, m) in b.iter_mut().zip(lanes) {
+            *b = &m[at..at + 64].as_chunks::<64>().0[0];
+        }
+        h.compress(&b, u16::MAX);
     }
-    for blk in 0..blocks {
-        // Each lane's block in one register, then transposed so that register j holds
-        // word j of every lane.
-        let mut rows = [_mm512_setzero_si512(); WIDTH];
-        for (r, m) in rows.iter_mut().zip(lanes) {
-            *r = load64(m, blk * 64);
-        }
-        let mut w = transpose(rows);
-        for wj in &mut w {
-            *wj = _mm512_shuffle_epi8(*wj, swap);
-        }
-        let [mut a, mut b, mut c, mut d, mut e] = h;
-        // Written out round by round (literal `t`), so the message ring stays in
-        // registers (there are 32) and `t < 16` is decided at compile time.
-        macro_rules! round {
-            ($t:literal, $f:literal, $k:literal) => {
-                let t: usize = $t;
-                let wt = if t < 16 {
-                    w[t]
-                } else {
-                    // W[t] = ROTL1(W[t-3] ^ W[t-8] ^ W[t-14] ^ W[t-16]), kept in a ring
-                    // of sixteen.
-                    let x = _mm512_ternarylogic_epi32::<0x96>(
-                        w[(t + 13) % 16],
-                        w[(t + 8) % 16],
-                        w[(t + 2) % 16],
-                    );
-                    let n = _mm512_rol_epi32::<1>(_mm512_xor_si512(x, w[t % 16]));
-                    w[t % 16] = n;
-                    n
-                };
-                let f = _mm512_ternarylogic_epi32::<$f>(b, c, d);
-                let kw = _mm512_add_epi32(wt, _mm512_set1_epi32($k as i32));
-                let temp = _mm512_add_epi32(
-                    _mm512_add_epi32(_mm512_rol_epi32::<5>(a), f),
-                    _mm512_add_epi32(e, kw),
-                );
-                e = d;
-                d = c;
-                c = _mm512_rol_epi32::<30>(b);
-                b = a;
-                a = temp;
-            };
-        }
-        macro_rules! rounds {
-            ($f:literal, $k:literal; $($t:literal)*) => {
-                $( round!($t, $f, $k); )*
-            };
-        }
-        // FIPS 180-4 §4.1.1 and §4.2.1: Ch, Parity, Maj, Parity and their constants.
-        rounds!(0xca, 0x5a82_7999u32; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19);
-        rounds!(0x96, 0x6ed9_eba1u32; 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39);
-        rounds!(0xe8, 0x8f1b_bcdcu32; 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59);
-        rounds!(0x96, 0xca62_c1d6u32; 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79);
-        for (hv, v) in h.iter_mut().zip([a, b, c, d, e]) {
-            *hv = _mm512_add_epi32(*hv, v);
-        }
-    }
-    let mut words = [[0u32; WIDTH]; 5];
-    for (out, v) in words.iter_mut().zip(h) {
-        // SAFETY: `out` is 64 writable bytes.
-        unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), v) };
-    }
-    let mut lanes = [[0u32; 5]; WIDTH];
-    for (l, lane) in lanes.iter_mut().enumerate() {
-        for (k, word) in lane.iter_mut().enumerate() {
-            *word = words[k][l];
-        }
-    }
-    lanes
+    h.lanes()
 }
 
-/// 64 bytes of `m` from `at` (kept in range by the caller; a bound check otherwise).
-#[allow(clippy::indexing_slicing)]
+/// Big-endian words (FIPS 180-4 §3.1): the shuffle that swaps the bytes of each 32-bit
+/// lane.
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn load64(m: &[u8], at: usize) -> __m512i {
-    let b = &m[at..at + 64];
-    // SAFETY: `b` is 64 readable bytes; `loadu` has no alignment requirement.
-    unsafe { _mm512_loadu_si512(b.as_ptr().cast()) }
+fn byte_swap() -> __m512i {
+    _mm512_set_epi64(
+        0x0c0d_0e0f_0809_0a0b,
+        0x0405_0607_0001_0203,
+        0x0c0d_0e0f_0809_0a0b,
+        0x0405_0607_0001_0203,
+        0x0c0d_0e0f_0809_0a0b,
+        0x0405_0607_0001_0203,
+        0x0c0d_0e0f_0809_0a0b,
+        0x0405_0607_0001_0203,
+    )
+}
+
+/// The 80 rounds (FIPS 180-4 §6.1.2) from `h` over the message words `w` (register `j`
+/// holds word `j` of every lane), plus the feed-forward: the next states.
+// The last rounds' schedule words go into the ring and are never read again.
+#[allow(unused_assignments)]
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn rounds(h: [__m512i; 5], mut w: [__m512i; WIDTH]) -> [__m512i; 5] {
+    let [mut a, mut b, mut c, mut d, mut e] = h;
+    // Written out round by round (literal `t`), so the message ring stays in
+    // registers (there are 32) and `t < 16` is decided at compile time.
+    macro_rules! round {
+        ($t:literal, $f:literal, $k:literal) => {
+            let t: usize = $t;
+            let wt = if t < 16 {
+                w[t]
+            } else {
+                // W[t] = ROTL1(W[t-3] ^ W[t-8] ^ W[t-14] ^ W[t-16]), kept in a ring
+                // of sixteen.
+                let x = _mm512_ternarylogic_epi32::<0x96>(
+                    w[(t + 13) % 16],
+                    w[(t + 8) % 16],
+                    w[(t + 2) % 16],
+                );
+                let n = _mm512_rol_epi32::<1>(_mm512_xor_si512(x, w[t % 16]));
+                w[t % 16] = n;
+                n
+            };
+            let f = _mm512_ternarylogic_epi32::<$f>(b, c, d);
+            let kw = _mm512_add_epi32(wt, _mm512_set1_epi32($k as i32));
+            let temp = _mm512_add_epi32(
+                _mm512_add_epi32(_mm512_rol_epi32::<5>(a), f),
+                _mm512_add_epi32(e, kw),
+            );
+            e = d;
+            d = c;
+            c = _mm512_rol_epi32::<30>(b);
+            b = a;
+            a = temp;
+        };
+    }
+    macro_rules! rounds {
+        ($f:literal, $k:literal; $($t:literal)*) => {
+            $( round!($t, $f, $k); )*
+        };
+    }
+    // FIPS 180-4 §4.1.1 and §4.2.1: Ch, Parity, Maj, Parity and their constants.
+    rounds!(0xca, 0x5a82_7999u32; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19);
+    rounds!(0x96, 0x6ed9_eba1u32; 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39);
+    rounds!(0xe8, 0x8f1b_bcdcu32; 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59);
+    rounds!(0x96, 0xca62_c1d6u32; 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79);
+    let mut out = h;
+    for (hv, v) in out.iter_mut().zip([a, b, c, d, e]) {
+        *hv = _mm512_add_epi32(*hv, v);
+    }
+    out
 }
 
 /// A 16×16 transpose of 32-bit words: out[j][i] = rows[i][j]. Within 128-bit chunks

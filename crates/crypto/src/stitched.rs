@@ -16,11 +16,12 @@
 //! GB/s however many streams are interleaved. With AVX-512 and six or more packets the
 //! hashes run sixteen packets wide in vector lanes instead (`sha1x16`, two to three
 //! times SHA-NI's throughput), after the CBC encryption (sealing) or before the
-//! decryption (opening); each packet's last blocks, padding and outer hash go through
-//! SHA-NI, four packets interleaved. Without AVX-512, or with fewer packets, four at a
-//! time are stitched as in the one-packet path. With VAES, CBC decryption runs four
-//! blocks per instruction, and the sixteen-lane seal CBC-encrypts sixteen packets' chains
-//! at once, four per 512-bit register (about 1.8x the batch seal of four 128-bit chains).
+//! decryption (opening), each packet's tail and padding and then the outer hashes too,
+//! as more lane steps (a lane whose packet ended sits them out). Without AVX-512, or with
+//! fewer packets, four at a time are stitched as in the one-packet path. With VAES, CBC
+//! decryption runs four blocks per instruction, and the sixteen-lane seal CBC-encrypts
+//! sixteen packets' chains at once, four per 512-bit register (about 1.8x the batch seal
+//! of four 128-bit chains).
 //!
 //! Everything here is checked against the RustCrypto path (`aes`, `hmac`, `sha1`), which
 //! stays the fallback when the CPU lacks the features ([`available`]).
@@ -339,9 +340,7 @@ impl AesSha1 {
         } else {
             self.encrypt_fours(&mut lanes[..n]);
         }
-        // The hash starts from each message's first byte again: CBC left `hashed` alone.
-        self.hash_x16(&mut lanes[..n]);
-        self.finish_many(&lanes[..n], tags);
+        self.hmac_x16(&lanes[..n], tags);
     }
 
     /// CBC encryption (NIST SP 800-38A §6.2) of up to [`WIDE`] lanes at once with VAES:
@@ -462,51 +461,99 @@ impl AesSha1 {
                 n += 1;
             }
         }
-        self.hash_x16(&mut lanes[..n]);
-        self.finish_many(&lanes[..n], tags);
+        // The whole HMAC before any decryption: it reads the ciphertext.
+        self.hmac_x16(&lanes[..n], tags);
         for l in &mut lanes[..n] {
             let len = l.msg.len();
             self.decrypt_upto(l.msg, &mut l.done, len, l.prev);
         }
     }
 
-    /// The whole SHA-1 blocks all lanes have, from each message's start, sixteen lanes
-    /// wide (`sha1x16`); each lane's state and `hashed` move on.
+    /// HMAC-SHA1 (RFC 2104 §2) of every lane's whole message, sixteen lanes wide: each
+    /// lane's whole blocks, then its tail and padding (FIPS 180-4 §5.1.1, one or two
+    /// blocks), then the outer hash of every lane as one more step. With packets of one
+    /// length all lanes end at the same step; a lane with fewer blocks sits out (its
+    /// state masked) once its own are done. Steps run while at least
+    /// [`X16_MIN_ACTIVE`] lanes have blocks left; the few longer lanes past that finish
+    /// on SHA-NI, as a sixteen-lane step costs about what four SHA-NI blocks do.
     #[target_feature(enable = "aes,sha,sse4.1,ssse3,avx512f,avx512bw")]
-    fn hash_x16(&self, lanes: &mut [Lane<'_>]) {
-        let blocks = lanes
-            .iter()
-            .map(|l| l.msg.len() / SHA1_BLOCK)
-            .min()
-            .unwrap_or(0);
-        let mut refs: [&[u8]; WIDE] = [&[]; WIDE];
-        for (r, l) in refs.iter_mut().zip(lanes.iter()) {
-            *r = &*l.msg;
-        }
+    fn hmac_x16(&self, lanes: &[Lane<'_>], tags: &mut [[u8; 20]; WIDE]) {
         let n = lanes.len().min(WIDE);
-        // SAFETY: the caller's CPU has AVX-512F/BW; every lane has `blocks` blocks.
-        let states = unsafe { sha1x16::compress(self.inner.0, &refs[..n], blocks) };
-        for (l, st) in lanes.iter_mut().zip(states) {
-            (l.abcd, l.e) = Sha1State(st).load();
-            l.hashed = blocks * SHA1_BLOCK;
+        let Some(first) = lanes.first() else {
+            return;
+        };
+        // Per lane: its whole blocks, its tail padded into `pads[l].1` blocks, the total.
+        let mut full = [0usize; WIDE];
+        let mut pads = [([0u8; 2 * SHA1_BLOCK], 0usize); WIDE];
+        let mut total = [0usize; WIDE];
+        for (((f, p), t), l) in full.iter_mut().zip(&mut pads).zip(&mut total).zip(lanes) {
+            *f = l.msg.len() / SHA1_BLOCK;
+            p.1 = pad_into(&mut p.0, l.msg, *f * SHA1_BLOCK);
+            *t = *f + p.1;
         }
-    }
-
-    /// `finish_lanes` four lanes at a time.
-    #[target_feature(enable = "aes,sha,sse4.1,ssse3")]
-    fn finish_many(&self, lanes: &[Lane<'_>], tags: &mut [[u8; 20]; WIDE]) {
-        for (g, t) in lanes.chunks(LANES).zip(tags.chunks_mut(LANES)) {
-            let mut four = [[0u8; 20]; LANES];
-            match g {
-                [a, b, c, d] => self.finish_lanes([a, b, c, d], &mut four),
-                [a, b, c] => self.finish_lanes([a, b, c], &mut four),
-                [a, b] => self.finish_lanes([a, b], &mut four),
-                [a] => self.finish_lanes([a], &mut four),
-                _ => {}
+        // The X16_MIN_ACTIVE-th longest lane (or the shortest, for fewer lanes) sets the
+        // steps: until then at least that many lanes compute something useful.
+        let mut longest = total;
+        longest[..n].sort_unstable_by(|a, b| b.cmp(a));
+        let steps = longest[X16_MIN_ACTIVE.min(n) - 1];
+        let mut h = sha1x16::States::splat(self.inner.0);
+        // First the blocks every lane has (all of them but the padding, for packets of
+        // one length) in one run; lanes past `n` repeat lane 0 and are ignored.
+        let common = full[..n].iter().copied().min().unwrap_or(0).min(steps);
+        let mut msgs: [&[u8]; WIDE] = [&*first.msg; WIDE];
+        for (m, l) in msgs.iter_mut().zip(lanes) {
+            *m = &*l.msg;
+        }
+        let common = if h.compress_run(&msgs, common) {
+            common
+        } else {
+            0
+        };
+        for s in common..steps {
+            // Done lanes, and those past `n`, point at lane 0's padding and are masked.
+            let mut blocks = [sha1_block_at(&pads[0].0, 0); WIDE];
+            let mut active = 0u16;
+            for (i, (((b, l), f), p)) in blocks
+                .iter_mut()
+                .zip(lanes)
+                .zip(&full)
+                .zip(&pads)
+                .enumerate()
+            {
+                if s < *f {
+                    *b = sha1_block_at(l.msg, s * SHA1_BLOCK);
+                    active |= 1 << i;
+                } else if s - f < p.1 {
+                    *b = sha1_block_at(&p.0, (s - f) * SHA1_BLOCK);
+                    active |= 1 << i;
+                }
             }
-            for (dst, src) in t.iter_mut().zip(four) {
-                *dst = src;
+            h.compress(&blocks, active);
+        }
+        let inner = h.lanes();
+        let finished = total[..n].iter().filter(|t| **t <= steps).count();
+        // One sixteen-lane outer block for all, unless only a few lanes need it.
+        let outer = (finished >= X16_MIN_ACTIVE).then(|| h.outer(self.outer.0).lanes());
+        for (i, (tag, st)) in tags.iter_mut().zip(inner).enumerate().take(n) {
+            let (mut abcd, mut e) = Sha1State(st).load();
+            if total[i] <= steps {
+                *tag = match &outer {
+                    Some(o) => Sha1State(o[i]).digest(),
+                    None => self.outer(abcd, e),
+                };
+                continue;
             }
+            // A long lane past the steps: its remaining blocks one after the other.
+            let (msg, f, p) = (&*lanes[i].msg, full[i], &pads[i]);
+            for s in steps..total[i] {
+                let block = if s < f {
+                    sha1_block_at(msg, s * SHA1_BLOCK)
+                } else {
+                    sha1_block_at(&p.0, (s - f) * SHA1_BLOCK)
+                };
+                compress_bytes(&mut abcd, &mut e, block);
+            }
+            *tag = self.outer(abcd, e);
         }
     }
 
@@ -974,6 +1021,9 @@ pub(crate) const LANES: usize = 4;
 /// Jobs gathered before a multi-packet call runs: one `sha1x16` call's worth.
 const WIDE: usize = sha1x16::WIDTH;
 
+/// Fewer lanes with blocks left than this finish on SHA-NI (see `hmac_x16`).
+const X16_MIN_ACTIVE: usize = 4;
+
 /// Below this many jobs the sixteen-lane hash costs more than SHA-NI on each (it costs
 /// the same whatever the number of lanes used; one SHA-NI stream about a sixth of it).
 const X16_MIN_JOBS: usize = 6;
@@ -1063,8 +1113,14 @@ impl Sha1State {
 /// left): the tail, the 0x80 byte, zeros and the bit length (FIPS 180-4 §5.1.1), counting
 /// the ipad block too.
 fn pad(msg: &[u8], hashed: usize) -> ([u8; 2 * SHA1_BLOCK], usize) {
-    let tail = msg.get(hashed..).unwrap_or_default();
     let mut last = [0u8; 2 * SHA1_BLOCK];
+    let blocks = pad_into(&mut last, msg, hashed);
+    (last, blocks)
+}
+
+/// [`pad`] into `last` (zeros on entry), returning the number of blocks.
+fn pad_into(last: &mut [u8; 2 * SHA1_BLOCK], msg: &[u8], hashed: usize) -> usize {
+    let tail = msg.get(hashed..).unwrap_or_default();
     let n = tail.len().min(SHA1_BLOCK - 1);
     last[..n].copy_from_slice(&tail[..n]);
     last[n] = 0x80;
@@ -1072,7 +1128,7 @@ fn pad(msg: &[u8], hashed: usize) -> ([u8; 2 * SHA1_BLOCK], usize) {
     let bits = ((SHA1_BLOCK + msg.len()) as u64) * 8;
     let end = blocks * SHA1_BLOCK;
     last[end - 8..end].copy_from_slice(&bits.to_be_bytes());
-    (last, blocks)
+    blocks
 }
 
 fn check(msg: &[u8], ct_start: usize, icv_len: usize) -> Result<(), Error> {
@@ -1516,6 +1572,177 @@ mod tests {
                     want,
                     "VAES, {jobs} jobs mix {mix}"
                 );
+            }
+        }
+    }
+
+    /// HMAC-SHA1 of `msg` with `mac_key` by RustCrypto `hmac`.
+    fn hmac_sha1(mac_key: &[u8], msg: &[u8]) -> [u8; 20] {
+        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(mac_key).unwrap();
+        mac.update(msg);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Message lengths (in bytes) of one `hmac_x16` batch of `n` lanes for shape `shape`.
+    fn hmac_lengths(rng: &mut Rng, shape: usize, n: usize) -> Vec<usize> {
+        // Tails that take one padding block (0, 1, 55 bytes) or two (56, 63).
+        let edge = |rng: &mut Rng| 64 * (1 + rng.below(23)) + [0, 1, 55, 56, 63][rng.below(5)];
+        let base = edge(rng);
+        (0..n)
+            .map(|l| match shape {
+                // One length for all (segments of one super-packet).
+                0 => base,
+                // Equal and a shorter last one.
+                1 if l + 1 == n => 16 + rng.below(base - 15),
+                1 => base,
+                // Block-boundary lengths, all different.
+                2 => edge(rng),
+                // Anything from 16 bytes (one AES block after the IV) up.
+                3 => 16 + rng.below(1500),
+                // One to five long lanes among short ones: the long ones run past the
+                // sixteen-lane steps and finish on SHA-NI (with fewer than four of them),
+                // or stay in lanes (four and more).
+                _ if l < 1 + shape - 4 => 1000 + rng.below(500),
+                _ => 16 + rng.below(200),
+            })
+            .collect()
+    }
+
+    /// `hmac_x16` (tails, padding and outer hashes in lanes, long lanes finished on
+    /// SHA-NI) gives RustCrypto's HMAC-SHA1 for 1..=16 lanes of every length shape:
+    /// equal, equal plus a shorter last, block-boundary tails needing one or two padding
+    /// blocks, random, and one to five long lanes among short ones.
+    #[test]
+    fn hmac_x16_matches_hmac() {
+        let mut rng = Rng(0x4ac_0016_1a4e);
+        for round in 0..200 {
+            let mac_key = rng.bytes(20);
+            let Some(c) = AesSha1::new(&[7; 16], &mac_key, Direction::Seal).unwrap() else {
+                return;
+            };
+            if !c.x16 {
+                eprintln!("no AVX-512 here: hmac_x16 is not tested");
+                return;
+            }
+            let n = 1 + round % WIDE;
+            let shape = (round / WIDE) % 9;
+            let mut msgs: Vec<Vec<u8>> = hmac_lengths(&mut rng, shape, n)
+                .into_iter()
+                .map(|len| rng.bytes(len))
+                .collect();
+            let want: Vec<[u8; 20]> = msgs.iter().map(|m| hmac_sha1(&mac_key, m)).collect();
+            let lanes: Vec<Lane<'_>> = msgs
+                .iter_mut()
+                // SAFETY: `c` exists, so the CPU has AES-NI, SHA-NI and SSE4.1.
+                .map(|m| unsafe { c.lane(m, BLOCK) })
+                .collect();
+            let mut tags = [[0u8; 20]; WIDE];
+            // SAFETY: `x16` is set only when the CPU has AVX-512F/BW; `c` exists, so the
+            // CPU has AES-NI and SHA-NI.
+            unsafe { c.hmac_x16(&lanes, &mut tags) };
+            for (l, (got, want)) in tags.iter().zip(&want).enumerate() {
+                assert_eq!(got, want, "lane {l} of {n}, shape {shape}");
+            }
+        }
+    }
+
+    /// Sixteen equal-length packets (the batch of a TSO super-packet) open in one call;
+    /// a changed ICV byte, a changed first ciphertext byte or a changed last byte (in
+    /// the padded tail block) fails its own job only, whichever lane it is in.
+    #[test]
+    fn sixteen_equal_packets_refuse_a_tampered_one() {
+        let mut rng = Rng(0x007a_3e4e_d1c5);
+        let (key, mac_key) = (rng.bytes(16), rng.bytes(20));
+        let Some(sealer) = AesSha1::new(&key, &mac_key, Direction::Seal).unwrap() else {
+            return;
+        };
+        let opener = AesSha1::new(&key, &mac_key, Direction::Open)
+            .unwrap()
+            .unwrap();
+        for len in [24 + 1408, 24 + 1392, 24 + 256] {
+            let plain: Vec<(usize, Vec<u8>)> = (0..WIDE).map(|_| (24, rng.bytes(len))).collect();
+            let sealed = seal_batch(&sealer, &plain);
+            for bad in 0..WIDE {
+                let mut msgs: Vec<Vec<u8>> = sealed.iter().map(|(m, _)| m.clone()).collect();
+                let mut icvs: Vec<[u8; 12]> = sealed.iter().map(|(_, icv)| *icv).collect();
+                match bad % 3 {
+                    0 => icvs[bad][bad % 12] ^= 0x01,
+                    1 => msgs[bad][24] ^= 0x80,
+                    _ => msgs[bad][len - 1] ^= 0x10,
+                }
+                let mut jobs: Vec<OpenJob<'_>> = msgs
+                    .iter_mut()
+                    .zip(&icvs)
+                    .map(|(m, icv)| OpenJob::new(m, 24, icv))
+                    .collect();
+                opener.open_many(&mut jobs, 12);
+                for (j, job) in jobs.iter().enumerate() {
+                    let want = if j == bad {
+                        Err(Error::AuthenticationFailed)
+                    } else {
+                        Ok(())
+                    };
+                    assert_eq!(job.result, want, "len {len}, job {j}, tampered {bad}");
+                }
+                drop(jobs);
+                for (j, (m, (_, p))) in msgs.iter().zip(&plain).enumerate() {
+                    if j != bad {
+                        assert_eq!(m, p, "len {len}, job {j} plaintext");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Without AVX-512 (`x16` off: four packets at a time, stitched on SHA-NI) and with
+    /// it, `seal_many` and `open_many` give the one-packet path's bytes, ICVs and
+    /// plaintexts for 1..=16, 17 and 33 packets of every length mix.
+    #[test]
+    fn many_with_and_without_lanes_match_one_packet_path() {
+        let mut rng = Rng(0xfa11_bac4);
+        for (round, jobs) in (1..=16).chain([17, 33]).enumerate() {
+            let (key, mac_key) = (rng.bytes(16), rng.bytes(20));
+            let Some(x16) = AesSha1::new(&key, &mac_key, Direction::Seal).unwrap() else {
+                return;
+            };
+            let mut plain_path = x16.clone();
+            plain_path.x16 = false;
+            plain_path.vaes = false;
+            let open_x16 = AesSha1::new(&key, &mac_key, Direction::Open)
+                .unwrap()
+                .unwrap();
+            let mut open_plain = open_x16.clone();
+            open_plain.x16 = false;
+            open_plain.vaes = false;
+            for mix in 0..5 {
+                let plain: Vec<(usize, Vec<u8>)> = mix_blocks(&mut rng, mix, jobs)
+                    .into_iter()
+                    .map(|blocks| {
+                        let ct_start = 16 + rng.below(40);
+                        (ct_start, rng.bytes(ct_start + BLOCK * blocks))
+                    })
+                    .collect();
+                let want = seal_each(&plain_path, &plain);
+                for (name, sealer, opener) in [
+                    ("lanes", &x16, &open_x16),
+                    ("no lanes", &plain_path, &open_plain),
+                ] {
+                    let sealed = seal_batch(sealer, &plain);
+                    assert_eq!(sealed, want, "{name}, round {round}, {jobs} jobs mix {mix}");
+                    let mut msgs: Vec<Vec<u8>> = sealed.iter().map(|(m, _)| m.clone()).collect();
+                    let mut jobs_v: Vec<OpenJob<'_>> = msgs
+                        .iter_mut()
+                        .zip(&sealed)
+                        .zip(&plain)
+                        .map(|((m, (_, icv)), (ct_start, _))| OpenJob::new(m, *ct_start, icv))
+                        .collect();
+                    opener.open_many(&mut jobs_v, 12);
+                    assert!(jobs_v.iter().all(|j| j.result.is_ok()), "{name} open");
+                    drop(jobs_v);
+                    for (m, (_, p)) in msgs.iter().zip(&plain) {
+                        assert_eq!(m, p, "{name} plaintext, {jobs} jobs mix {mix}");
+                    }
+                }
             }
         }
     }
