@@ -229,21 +229,25 @@ fn ping(from: &Netns, src: &str, dst: &str, extra: &[&str]) -> String {
 fn settle(p: &Pair, before: (Snapshot, Snapshot), min_a: u64, min_b: u64) -> (Snapshot, Snapshot) {
     // Until the flood has arrived and nothing is in flight: a packet the kernel sends
     // on its own through a TUN device (IPv6 router solicitation, …) may still be on
-    // its way when the flood's last one is counted.
-    wait_for(Duration::from_secs(3), || {
-        let (a, b) = (
+    // its way when the flood's last one is counted. The pair of snapshots returned is
+    // the one that was checked: one taken afterwards may already count a packet the
+    // other side has not received yet (seen once in CI under load).
+    let take = || {
+        (
             p.a.dp.totals().since(&before.0),
             p.b.dp.totals().since(&before.1),
-        );
+        )
+    };
+    let mut last = take();
+    wait_for(Duration::from_secs(10), || {
+        last = take();
+        let (a, b) = &last;
         a.tun_tx.packets >= min_a
             && b.tun_tx.packets >= min_b
             && a.esp_rx == b.esp_tx
             && b.esp_rx == a.esp_tx
     });
-    (
-        p.a.dp.totals().since(&before.0),
-        p.b.dp.totals().since(&before.1),
-    )
+    last
 }
 
 #[test]
