@@ -138,7 +138,6 @@ impl Node {
         changes: watch::Receiver<T>,
     ) -> Result<NodeHandle, NodeError> {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| NodeError::NoRuntime)?;
-        fix_malloc_mmap_threshold();
         let (input_tx, input_rx) = sync_channel::<Input>(INPUT_CAPACITY);
         let fwd = Arc::new(ArcSwap::from_pointee(Fwd::default()));
         let sadb = Arc::new(esp::SaDb::new());
@@ -369,7 +368,10 @@ impl Drop for NodeHandle {
 /// carved from the heap arenas, whose free space stays resident. A fixed threshold keeps
 /// large blocks mmapped, returned to the kernel when freed: with 10,000 tunnels the
 /// responder grew by 7.1 KiB per tunnel instead of 8.0–8.3 (issue 8).
-fn fix_malloc_mmap_threshold() {
+///
+/// A process-wide setting, so the program that runs the node calls it (`vpngw serve`
+/// does, before [`Node::start`]); a library does not change its host's allocator.
+pub fn fix_malloc_mmap_threshold() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: `mallopt` only sets an allocator parameter; M_MMAP_THRESHOLD with a value
     // below its 32 MiB maximum is valid at any time and from any thread.

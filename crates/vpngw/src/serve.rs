@@ -82,6 +82,7 @@ async fn start_node(
         esp_encap,
         ..node::NodeConfig::default()
     };
+    node::fix_malloc_mmap_threshold();
     match node::Node::start(config, store.clone(), state.subscribe()).await {
         Ok(node) => {
             state.set_node_control(Arc::new(node.commands()));
