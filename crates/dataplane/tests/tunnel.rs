@@ -224,14 +224,37 @@ fn ping(from: &Netns, src: &str, dst: &str, extra: &[&str]) -> String {
     from.exec(&cmd)
 }
 
+/// Whether every tunnel packet one side counted as sent the other counted as received
+/// (control packets come from `send_udp`, which no worker counts as sent).
+fn balanced(a: &Snapshot, b: &Snapshot) -> bool {
+    a.esp_rx == b.esp_tx
+        && b.esp_rx == a.esp_tx
+        && a.udp_rx.packets == b.udp_tx.packets + a.control.packets
+        && b.udp_rx.packets == a.udp_tx.packets + b.control.packets
+}
+
+/// Both sides' totals once nothing is in flight. Workers publish their counters after a
+/// poll round, when the round's packets are already out: a reply the peer has received
+/// (and its ping has counted) may still be missing from the sender's totals. A
+/// snapshot taken then and used as `before` made the flood's delta one packet too big
+/// (seen in CI: esp_tx 1001 against esp_rx 1000).
+fn quiesce(p: &Pair) -> (Snapshot, Snapshot) {
+    let mut last = (p.a.dp.totals(), p.b.dp.totals());
+    let ok = wait_for(Duration::from_secs(10), || {
+        last = (p.a.dp.totals(), p.b.dp.totals());
+        balanced(&last.0, &last.1)
+    });
+    assert!(ok, "packets still in flight after 10 s: {last:?}");
+    last
+}
+
 /// Counter deltas on both sides once A has written `min_a` and B `min_b` packets to
-/// their TUN devices since `before` (workers publish once per poll round).
+/// their TUN devices since `before` and nothing is in flight.
 fn settle(p: &Pair, before: (Snapshot, Snapshot), min_a: u64, min_b: u64) -> (Snapshot, Snapshot) {
-    // Until the flood has arrived and nothing is in flight: a packet the kernel sends
-    // on its own through a TUN device (IPv6 router solicitation, …) may still be on
-    // its way when the flood's last one is counted. The pair of snapshots returned is
-    // the one that was checked: one taken afterwards may already count a packet the
-    // other side has not received yet (seen once in CI under load).
+    // A packet the kernel sends on its own through a TUN device (IPv6 router
+    // solicitation, …) may still be on its way when the flood's last one is counted.
+    // The pair returned is the one that was checked: one taken afterwards may already
+    // count a packet the other side has not received yet.
     let take = || {
         (
             p.a.dp.totals().since(&before.0),
@@ -239,14 +262,12 @@ fn settle(p: &Pair, before: (Snapshot, Snapshot), min_a: u64, min_b: u64) -> (Sn
         )
     };
     let mut last = take();
-    wait_for(Duration::from_secs(10), || {
+    let ok = wait_for(Duration::from_secs(10), || {
         last = take();
         let (a, b) = &last;
-        a.tun_tx.packets >= min_a
-            && b.tun_tx.packets >= min_b
-            && a.esp_rx == b.esp_tx
-            && b.esp_rx == a.esp_tx
+        a.tun_tx.packets >= min_a && b.tun_tx.packets >= min_b && balanced(a, b)
     });
+    assert!(ok, "flood not settled after 10 s: {last:?}");
     last
 }
 
@@ -306,7 +327,7 @@ fn udp_tunnel_ping_both_ways_flood_counters_and_control() {
     }));
 
     // A flood: every packet that entered one side's TUN device left the other's.
-    let before = (p.a.dp.totals(), p.b.dp.totals());
+    let before = quiesce(&p);
     let out = ping(
         &p.a.ns,
         "10.1.0.1",
@@ -365,7 +386,7 @@ fn raw_esp_tunnel_ping_both_ways_and_flood() {
         "10.1.0.1",
         &["-c", "3", "-i", "0.2", "-w", "10"],
     );
-    let before = (p.a.dp.totals(), p.b.dp.totals());
+    let before = quiesce(&p);
     let out = ping(
         &p.b.ns,
         "10.2.0.1",
