@@ -278,8 +278,9 @@ pub fn parse_status(text: &str) -> Option<Mem> {
 
 /// The command name of a process (to check that a pid is the daemon, not a wrapper).
 pub fn comm(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|s| s.trim().to_string())
+    // The kernel cuts the name at 15 bytes, possibly inside a UTF-8 character.
+    std::fs::read(format!("/proc/{pid}/comm"))
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
         .unwrap_or_default()
 }
 

@@ -220,9 +220,12 @@ pub fn vpngw(n: usize, bin: &Path, notes: &mut Notes) -> Result<SetupMetrics> {
             cpu: None,
         },
     )?;
-    if comm(responder.pid()) != "vpngw" {
+    // The memory figures are read from this pid: make sure it is the daemon itself,
+    // not a wrapper (`ip netns exec`, `taskset`) that started it.
+    let want = program_comm(bin);
+    if comm(responder.pid()) != want {
         bail!(
-            "pid {} is {:?}, not vpngw",
+            "pid {} is {:?}, not {want:?} (the vpngw binary)",
             responder.pid(),
             comm(responder.pid())
         );
@@ -380,4 +383,28 @@ fn api_note(side: &str, n: usize, took: Duration) -> String {
         took.as_secs_f64(),
         n as f64 / took.as_secs_f64().max(1e-9)
     )
+}
+
+/// The name the kernel gives a process started from `bin` (`/proc/PID/comm`): the
+/// file name, cut to 15 bytes (TASK_COMM_LEN less the NUL). `--vpngw` may name a copy
+/// of the binary under another name.
+fn program_comm(bin: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let name = bin.file_name().map(|n| n.as_bytes()).unwrap_or_default();
+    String::from_utf8_lossy(&name[..name.len().min(15)]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn program_comm_is_the_file_name_cut_to_fifteen_bytes() {
+        assert_eq!(program_comm(Path::new("/usr/bin/vpngw")), "vpngw");
+        assert_eq!(program_comm(Path::new("/tmp/vpngw-head")), "vpngw-head");
+        assert_eq!(
+            program_comm(Path::new("/tmp/vpngw-0123456789abcdef")),
+            "vpngw-012345678"
+        );
+    }
 }
