@@ -9,24 +9,15 @@ use std::sync::Arc;
 use benchutil::CpuTime;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use crypto::{Encr, Integ};
-use esp::fuzzing::{TestRandom, buffer_for, params, peer_packet, sa_pair};
+use esp::fuzzing::{BENCH_SUITES, TestRandom, buffer_for, params, peer_packet, sa_pair};
 use esp::replay::ReplayWindow;
 use esp::{HEADROOM_MAX, InboundSa, OpenJob, Opening, SaDb, SealJob};
 
-const SUITES: [(&str, Encr, Option<Integ>); 3] = [
-    ("aes128-sha1", Encr::AesCbc128, Some(Integ::HmacSha1_96)),
-    (
-        "aes256-sha256",
-        Encr::AesCbc256,
-        Some(Integ::HmacSha256_128),
-    ),
-    ("aes128gcm16", Encr::AesGcm16_128, None),
-];
 const SIZES: [usize; 3] = [64, 512, 1400];
 
 fn encapsulate(c: &mut Criterion<CpuTime>) {
     let mut group = c.benchmark_group("encapsulate");
-    for (name, encr, integ) in SUITES {
+    for (name, encr, integ) in BENCH_SUITES {
         let (out, _) = sa_pair(encr, integ, true);
         for size in SIZES {
             let mut buf = buffer_for(size);
@@ -43,7 +34,7 @@ fn encapsulate(c: &mut Criterion<CpuTime>) {
 
 fn decapsulate(c: &mut Criterion<CpuTime>) {
     let mut group = c.benchmark_group("decapsulate");
-    for (name, encr, integ) in SUITES {
+    for (name, encr, integ) in BENCH_SUITES {
         let (out, _) = sa_pair(encr, integ, true);
         for size in SIZES {
             // A pool of distinct packets, so the replay window does not refuse repeats:

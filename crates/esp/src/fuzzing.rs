@@ -15,6 +15,18 @@ use crate::wire::{
 };
 use crate::{EspError, HEADROOM_MAX, TAILROOM_MAX};
 
+/// The benches' suites, by the names labbench and strongSwan give them: the product's
+/// default, the common stronger CBC pair, and AES-GCM.
+pub const BENCH_SUITES: [(&str, Encr, Option<Integ>); 3] = [
+    ("aes128-sha1", Encr::AesCbc128, Some(Integ::HmacSha1_96)),
+    (
+        "aes256-sha256",
+        Encr::AesCbc256,
+        Some(Integ::HmacSha256_128),
+    ),
+    ("aes128gcm16", Encr::AesGcm16_128, None),
+];
+
 /// Every supported (encryption, integrity) pair: 5 CBC ciphers × 5 HMACs, and the two
 /// AES-GCM ciphers.
 pub fn suites() -> Vec<(Encr, Option<Integ>)> {
