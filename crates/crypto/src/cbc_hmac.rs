@@ -3,6 +3,8 @@
 
 use core::fmt;
 
+use subtle::ConstantTimeEq;
+
 use crate::cipher::{Cbc, Chain};
 use crate::{Direction, Encr, Error, Integ, Mac};
 
@@ -47,6 +49,32 @@ struct StitchedBoth {
 struct Separate {
     cipher: Cbc,
     mac: Mac,
+    /// HMAC-SHA-256 with SHA-NI, several packets at once (`seal_many`/`open_many`).
+    #[cfg(target_arch = "x86_64")]
+    sha256: Option<crate::sha256x::HmacSha256>,
+}
+
+impl Separate {
+    /// The full MACs of `msgs` into `tags`, several at once when the lanes exist (the
+    /// caller truncates); `false` when they do not and `mac` must run one by one.
+    fn lane_tags(&self, msgs: &[&[u8]], tags: &mut [[u8; 32]]) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(h) = &self.sha256 {
+            use crate::sha256x::LANES;
+            for (m, t) in msgs.chunks(LANES).zip(tags.chunks_mut(LANES)) {
+                match *m {
+                    [a, b, c, d] => t.copy_from_slice(&h.tags([a, b, c, d])),
+                    [a, b, c] => t.copy_from_slice(&h.tags([a, b, c])),
+                    [a, b] => t.copy_from_slice(&h.tags([a, b])),
+                    [a] => t.copy_from_slice(&h.tags([a])),
+                    _ => {}
+                }
+            }
+            return true;
+        }
+        let _ = (msgs, tags);
+        false
+    }
 }
 
 impl CbcHmac {
@@ -195,10 +223,71 @@ impl CbcHmac {
                 let n = valid.iter().filter(|v| **v).count();
                 s.cipher.encrypt_many(&mut chains[..n])
             };
+            // The MACs over the ciphertexts, several at once where the lanes exist.
+            let mut tags = [[0u8; 32]; GROUP];
+            let n = {
+                let mut it = group
+                    .iter()
+                    .zip(&valid)
+                    .filter(|(_, v)| **v)
+                    .map(|(job, _)| &*job.msg);
+                let msgs: [&[u8]; GROUP] = core::array::from_fn(|_| it.next().unwrap_or_default());
+                let n = valid.iter().filter(|v| **v).count();
+                (encrypted.is_ok() && s.lane_tags(&msgs[..n], &mut tags[..n])).then_some(n)
+            };
+            let mut tag = tags.iter();
             for (job, v) in group.iter_mut().zip(&valid) {
                 if *v {
-                    job.result = encrypted.map(|()| s.mac.compute(&[job.msg], job.icv));
+                    job.result = encrypted.map(|()| match (n, tag.next()) {
+                        (Some(_), Some(t)) => job.icv.copy_from_slice(&t[..job.icv.len()]),
+                        _ => s.mac.compute(&[job.msg], job.icv),
+                    });
                 }
+            }
+        }
+    }
+
+    /// The separate path's `open_many`: with HMAC-SHA-256 lanes, the packets' ICVs are
+    /// computed several at once and each good packet is then decrypted; otherwise packet
+    /// by packet. A job whose layout is wrong gets the error [`Self::open`] gives it.
+    fn open_many_separate(&self, s: &Separate, jobs: &mut [OpenJob<'_>]) {
+        const GROUP: usize = 16;
+        let iv_len = self.encr.iv_len();
+        for group in jobs.chunks_mut(GROUP) {
+            let mut valid = [false; GROUP];
+            for (job, v) in group.iter_mut().zip(&mut valid) {
+                *v = self.keyed_for(Direction::Open).is_ok()
+                    && job.icv.len() == self.integ.icv_len()
+                    && split(job.msg, job.ct_start, iv_len).is_ok();
+            }
+            let mut tags = [[0u8; 32]; GROUP];
+            let lanes = {
+                let mut it = group
+                    .iter()
+                    .zip(&valid)
+                    .filter(|(_, v)| **v)
+                    .map(|(job, _)| &*job.msg);
+                let msgs: [&[u8]; GROUP] = core::array::from_fn(|_| it.next().unwrap_or_default());
+                let n = valid.iter().filter(|v| **v).count();
+                s.lane_tags(&msgs[..n], &mut tags[..n])
+            };
+            let mut tag = tags.iter();
+            for (job, v) in group.iter_mut().zip(&valid) {
+                // `tags` holds the valid jobs' MACs in order.
+                let t = if *v { tag.next() } else { None };
+                job.result = match (lanes, t) {
+                    (true, Some(t)) => {
+                        let want = t.get(..job.icv.len()).unwrap_or_default();
+                        if bool::from(want.ct_eq(job.icv)) {
+                            let (auth, ct) = job.msg.split_at_mut(job.ct_start);
+                            let iv = auth.get(job.ct_start - iv_len..).unwrap_or_default();
+                            s.cipher.decrypt(iv, ct)
+                        } else {
+                            Err(Error::AuthenticationFailed)
+                        }
+                    }
+                    _ => self.open(job.msg, job.ct_start, job.icv),
+                };
             }
         }
     }
@@ -211,11 +300,7 @@ impl CbcHmac {
             Backend::Stitched(k) => k.open_many(jobs, self.integ.icv_len()),
             #[cfg(target_arch = "x86_64")]
             Backend::StitchedBoth(k) => k.open.open_many(jobs, self.integ.icv_len()),
-            Backend::Separate(_) => {
-                for job in jobs {
-                    job.result = self.open(job.msg, job.ct_start, job.icv);
-                }
-            }
+            Backend::Separate(s) => self.open_many_separate(s, jobs),
         }
     }
 
@@ -297,6 +382,9 @@ impl CbcHmac {
             backend: Backend::Separate(Box::new(Separate {
                 cipher: Cbc::new(encr, enc_key)?,
                 mac: Mac::new(integ, integ_key)?,
+                #[cfg(target_arch = "x86_64")]
+                sha256: (stitched && integ == Integ::HmacSha256_128 && crate::sha256x::available())
+                    .then(|| crate::sha256x::HmacSha256::new(integ_key)),
             })),
         })
     }
@@ -778,11 +866,12 @@ mod tests {
         }
     }
 
-    /// The separate path's `seal_many` (CBC chains side by side, `Cbc::encrypt_many`)
-    /// gives exactly the bytes and ICVs of `seal` one by one, for every CBC cipher and
-    /// MAC, batches of 1 to 20 (a partly filled parallel group, a full one, two groups)
-    /// of uneven lengths, from 0 blocks up, with a malformed job in some batches; a
-    /// sealer refuses nothing it should not and an opener keyed the other way refuses all.
+    /// The separate path's `seal_many` (CBC chains side by side, `Cbc::encrypt_many`;
+    /// HMAC-SHA-256 in SHA-NI lanes) gives exactly the bytes and ICVs of `seal` one by one,
+    /// for every CBC cipher and MAC, batches of 1 to 20 (a partly filled parallel group, a
+    /// full one, two groups) of uneven lengths, from 0 blocks up, with a malformed job in
+    /// some batches; `open_many` gives the plaintexts back, a spoiled ICV failing only its
+    /// job; and the other direction's keys refuse every job.
     #[test]
     fn separate_seal_many_matches_seal_one_by_one() {
         let mut rng = Rng(0x5ea1_0f3a_1700);
@@ -837,7 +926,7 @@ mod tests {
                         drop(batch);
                         (msgs, icvs, results)
                     };
-                    let (msgs, icvs, results) = sealed_many(&c);
+                    let (mut msgs, mut icvs, results) = sealed_many(&c);
                     for (i, w) in want.iter().enumerate() {
                         let what = format!("{encr:?} {integ:?} job {i}/{jobs}");
                         assert_eq!(results[i], w.2, "{what}");
@@ -847,6 +936,38 @@ mod tests {
                     let opener =
                         CbcHmac::for_direction(Direction::Open, encr, &key, integ, &mac_key)
                             .unwrap();
+                    // Opened back in one batch, with the last good job's ICV spoiled when
+                    // there are several: it fails alone, the malformed job with the error
+                    // `open` gives it, the others give their plaintext back.
+                    let spoiled = (jobs > 1).then(|| (0..jobs).rev().find(|i| Some(*i) != bad));
+                    let spoiled = spoiled.flatten();
+                    if let Some(x) = spoiled {
+                        icvs[x][0] ^= 1;
+                    }
+                    let bad_open = bad.map(|b| {
+                        let mut m = msgs[b].clone();
+                        opener.open(&mut m, ct_start, &icvs[b])
+                    });
+                    let mut batch: Vec<OpenJob<'_>> = msgs
+                        .iter_mut()
+                        .zip(&icvs)
+                        .map(|(m, icv)| OpenJob::new(m, ct_start, icv))
+                        .collect();
+                    opener.open_many(&mut batch);
+                    let results: Vec<_> = batch.iter().map(|j| j.result).collect();
+                    drop(batch);
+                    for (i, r) in results.iter().enumerate() {
+                        let what = format!("{encr:?} {integ:?} open job {i}/{jobs}");
+                        if Some(i) == bad {
+                            assert_eq!(Some(*r), bad_open, "{what}");
+                            assert!(r.is_err(), "{what}");
+                        } else if Some(i) == spoiled {
+                            assert_eq!(*r, Err(Error::AuthenticationFailed), "{what}");
+                        } else {
+                            assert_eq!(*r, Ok(()), "{what}");
+                            assert_eq!(msgs[i], plain[i], "{what}");
+                        }
+                    }
                     let (msgs, _, results) = sealed_many(&opener);
                     assert!(results.iter().all(|r| *r == Err(Error::Unsupported)));
                     assert_eq!(msgs, plain, "an opener's seal_many left the buffers alone");

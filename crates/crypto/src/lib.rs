@@ -15,6 +15,8 @@ mod prf;
 #[cfg(target_arch = "x86_64")]
 mod sha1x16;
 #[cfg(target_arch = "x86_64")]
+mod sha256x;
+#[cfg(target_arch = "x86_64")]
 mod stitched;
 mod transform;
 
