@@ -191,15 +191,11 @@ impl CbcHmac {
     /// round's latency), then each packet's MAC. A job whose layout is wrong gets the
     /// error [`Self::seal`] gives it and takes no part.
     fn seal_many_separate(&self, s: &Separate, jobs: &mut [SealJob<'_>]) {
-        /// Packets per `encrypt_many` call: the stack array of chains.
-        const GROUP: usize = 16;
         let iv_len = self.encr.iv_len();
         for group in jobs.chunks_mut(GROUP) {
             let mut valid = [false; GROUP];
             for (job, v) in group.iter_mut().zip(&mut valid) {
-                *v = self.keyed_for(Direction::Seal).is_ok()
-                    && job.icv.len() == self.integ.icv_len()
-                    && split(job.msg, job.ct_start, iv_len).is_ok();
+                *v = self.well_formed(Direction::Seal, job.msg, job.ct_start, job.icv);
                 if !*v {
                     job.result = self.seal(job.msg, job.ct_start, job.icv);
                 }
@@ -226,13 +222,7 @@ impl CbcHmac {
             // The MACs over the ciphertexts, several at once where the lanes exist.
             let mut tags = [[0u8; 32]; GROUP];
             let n = {
-                let mut it = group
-                    .iter()
-                    .zip(&valid)
-                    .filter(|(_, v)| **v)
-                    .map(|(job, _)| &*job.msg);
-                let msgs: [&[u8]; GROUP] = core::array::from_fn(|_| it.next().unwrap_or_default());
-                let n = valid.iter().filter(|v| **v).count();
+                let (msgs, n) = valid_msgs(group.iter().map(|job| &*job.msg), &valid);
                 (encrypted.is_ok() && s.lane_tags(&msgs[..n], &mut tags[..n])).then_some(n)
             };
             let mut tag = tags.iter();
@@ -251,24 +241,15 @@ impl CbcHmac {
     /// computed several at once and each good packet is then decrypted; otherwise packet
     /// by packet. A job whose layout is wrong gets the error [`Self::open`] gives it.
     fn open_many_separate(&self, s: &Separate, jobs: &mut [OpenJob<'_>]) {
-        const GROUP: usize = 16;
         let iv_len = self.encr.iv_len();
         for group in jobs.chunks_mut(GROUP) {
             let mut valid = [false; GROUP];
-            for (job, v) in group.iter_mut().zip(&mut valid) {
-                *v = self.keyed_for(Direction::Open).is_ok()
-                    && job.icv.len() == self.integ.icv_len()
-                    && split(job.msg, job.ct_start, iv_len).is_ok();
+            for (job, v) in group.iter().zip(&mut valid) {
+                *v = self.well_formed(Direction::Open, job.msg, job.ct_start, job.icv);
             }
             let mut tags = [[0u8; 32]; GROUP];
             let lanes = {
-                let mut it = group
-                    .iter()
-                    .zip(&valid)
-                    .filter(|(_, v)| **v)
-                    .map(|(job, _)| &*job.msg);
-                let msgs: [&[u8]; GROUP] = core::array::from_fn(|_| it.next().unwrap_or_default());
-                let n = valid.iter().filter(|v| **v).count();
+                let (msgs, n) = valid_msgs(group.iter().map(|job| &*job.msg), &valid);
                 s.lane_tags(&msgs[..n], &mut tags[..n])
             };
             let mut tag = tags.iter();
@@ -326,6 +307,15 @@ impl CbcHmac {
                 s.cipher.encrypt(iv, block)
             }
         }
+    }
+
+    /// Whether a `seal_many`/`open_many` job can run as it is: keys for `direction`, the
+    /// ICV's length, room for the IV and whole blocks of ciphertext (the checks of
+    /// [`Self::seal`]/[`Self::open`] before they touch anything).
+    fn well_formed(&self, direction: Direction, msg: &[u8], ct_start: usize, icv: &[u8]) -> bool {
+        self.keyed_for(direction).is_ok()
+            && icv.len() == self.integ.icv_len()
+            && layout_ok(msg.len(), ct_start, self.encr.iv_len())
     }
 
     /// Unsupported when keyed for the other direction only.
@@ -458,10 +448,29 @@ impl fmt::Debug for CbcHmac {
 /// `(msg[..ct_start], msg[ct_start..])` after checking there is room for the IV and the
 /// ciphertext is whole blocks.
 fn split(msg: &mut [u8], ct_start: usize, iv_len: usize) -> Result<(&mut [u8], &mut [u8]), Error> {
-    if ct_start < iv_len || ct_start > msg.len() || !(msg.len() - ct_start).is_multiple_of(iv_len) {
+    if !layout_ok(msg.len(), ct_start, iv_len) {
         return Err(Error::InvalidLength);
     }
     Ok(msg.split_at_mut(ct_start))
+}
+
+/// Room for the IV before `ct_start`, and whole blocks (the IV's length) after it.
+fn layout_ok(len: usize, ct_start: usize, iv_len: usize) -> bool {
+    ct_start >= iv_len && ct_start <= len && (len - ct_start).is_multiple_of(iv_len)
+}
+
+/// Jobs per step of the separate path's `seal_many`/`open_many`: the stack arrays of
+/// chains, messages and MACs.
+const GROUP: usize = 16;
+
+/// The messages whose `valid` flag is set, in order, and how many.
+fn valid_msgs<'a>(
+    msgs: impl Iterator<Item = &'a [u8]>,
+    valid: &[bool; GROUP],
+) -> ([&'a [u8]; GROUP], usize) {
+    let mut it = msgs.zip(valid).filter(|(_, v)| **v).map(|(m, _)| m);
+    let out = core::array::from_fn(|_| it.next().unwrap_or_default());
+    (out, valid.iter().filter(|v| **v).count())
 }
 
 #[cfg(test)]
