@@ -221,16 +221,17 @@ impl CbcHmac {
             };
             // The MACs over the ciphertexts, several at once where the lanes exist.
             let mut tags = [[0u8; 32]; GROUP];
-            let n = {
+            let lanes = encrypted.is_ok() && {
                 let (msgs, n) = valid_msgs(group.iter().map(|job| &*job.msg), &valid);
-                (encrypted.is_ok() && s.lane_tags(&msgs[..n], &mut tags[..n])).then_some(n)
+                s.lane_tags(&msgs[..n], &mut tags[..n])
             };
+            // `tags` holds the valid jobs' MACs in order.
             let mut tag = tags.iter();
             for (job, v) in group.iter_mut().zip(&valid) {
                 if *v {
-                    job.result = encrypted.map(|()| match (n, tag.next()) {
-                        (Some(_), Some(t)) => job.icv.copy_from_slice(&t[..job.icv.len()]),
-                        _ => s.mac.compute(&[job.msg], job.icv),
+                    job.result = encrypted.map(|()| match tag.next().filter(|_| lanes) {
+                        Some(t) => job.icv.copy_from_slice(&t[..job.icv.len()]),
+                        None => s.mac.compute(&[job.msg], job.icv),
                     });
                 }
             }
