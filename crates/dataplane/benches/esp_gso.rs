@@ -14,14 +14,12 @@ use std::hint::black_box;
 use benchutil::CpuTime;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use dataplane::offload::{Gro, Split};
-use esp::fuzzing::{BENCH_SUITES, buffer_for, params, sa_pair};
-use esp::{Decapsulated, HEADROOM_MAX, InboundSa, OpenJob, Opening, SealJob};
+use esp::fuzzing::{BENCH_SUITES, PacketPool, buffer_for, params, sa_pair};
+use esp::{Decapsulated, HEADROOM_MAX, OpenJob, Opening, SealJob};
 
 const MSS: usize = 1448;
 const SEGMENTS: usize = 45;
-/// Super-packets encrypted ahead for the receive side: the replay window refuses a
-/// sequence number twice, so each iteration opens fresh packets, and a new inbound SA
-/// starts when the pool is used up.
+/// Super-packets encrypted ahead for the receive side (`PacketPool`).
 const POOL: usize = 64;
 /// 10.2.0.1 → 10.1.0.1: inside `esp::fuzzing`'s selectors.
 const DST: [u8; 4] = [10, 1, 0, 1];
@@ -83,18 +81,9 @@ fn esp_gso(c: &mut Criterion<CpuTime>) {
             .collect();
         let mut scratch: Vec<Vec<u8>> = pool[..SEGMENTS].to_vec();
         g.bench_function(BenchmarkId::new("decapsulate_coalesce_45", name), |b| {
-            let mut inb = InboundSa::new(params(encr, integ, true)).unwrap();
-            let mut next = 0;
+            let mut pool = PacketPool::new(pool.clone(), params(encr, integ, true));
             b.iter(|| {
-                if next == pool.len() {
-                    inb = InboundSa::new(params(encr, integ, true)).unwrap();
-                    next = 0;
-                }
-                // The receive buffers as recvmmsg would have filled them.
-                for (s, p) in scratch.iter_mut().zip(&pool[next..next + SEGMENTS]) {
-                    s.copy_from_slice(p);
-                }
-                next += SEGMENTS;
+                let inb = pool.next_into(&mut scratch);
                 let mut inner: [core::ops::Range<usize>; SEGMENTS] = core::array::from_fn(|_| 0..0);
                 let mut pending = [None; SEGMENTS];
                 for ((s, r), p) in scratch.iter_mut().zip(&mut inner).zip(&mut pending) {

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use benchutil::CpuTime;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use crypto::{Encr, Integ};
-use esp::fuzzing::{BENCH_SUITES, TestRandom, buffer_for, params, peer_packet, sa_pair};
+use esp::fuzzing::{
+    BENCH_SUITES, PacketPool, TestRandom, buffer_for, params, peer_packet, sa_pair,
+};
 use esp::replay::ReplayWindow;
 use esp::{HEADROOM_MAX, InboundSa, OpenJob, Opening, SaDb, SealJob};
 
@@ -47,19 +49,13 @@ fn decapsulate(c: &mut Criterion<CpuTime>) {
                     buf[range].to_vec()
                 })
                 .collect();
-            let mut scratch = pool[0].clone();
+            let mut scratch = [pool[0].clone()];
             group.throughput(Throughput::Bytes(size as u64));
             group.bench_function(BenchmarkId::new(name, size), |b| {
-                let mut inb = InboundSa::new(params(encr, integ, true)).unwrap();
-                let mut next = 0;
+                let mut pool = PacketPool::new(pool.clone(), params(encr, integ, true));
                 b.iter(|| {
-                    if next == pool.len() {
-                        inb = InboundSa::new(params(encr, integ, true)).unwrap();
-                        next = 0;
-                    }
-                    scratch.copy_from_slice(&pool[next]);
-                    next += 1;
-                    black_box(inb.decapsulate(black_box(&mut scratch))).unwrap()
+                    let inb = pool.next_into(&mut scratch);
+                    black_box(inb.decapsulate(black_box(&mut scratch[0]))).unwrap()
                 });
             });
         }
@@ -122,17 +118,9 @@ fn batched(c: &mut Criterion<CpuTime>) {
             ("decapsulate/open_many", true),
         ] {
             group.bench_function(BenchmarkId::new(label, size), |b| {
-                let mut inb = InboundSa::new(params(encr, integ, true)).unwrap();
-                let mut next = 0;
+                let mut pool = PacketPool::new(pool.clone(), params(encr, integ, true));
                 b.iter(|| {
-                    if next == pool.len() {
-                        inb = InboundSa::new(params(encr, integ, true)).unwrap();
-                        next = 0;
-                    }
-                    for (s, p) in scratch.iter_mut().zip(&pool[next..next + BATCH]) {
-                        s.copy_from_slice(p);
-                    }
-                    next += BATCH;
+                    let inb = pool.next_into(&mut scratch);
                     if !many {
                         for s in &mut scratch {
                             let _ = black_box(inb.decapsulate(black_box(s))).unwrap();

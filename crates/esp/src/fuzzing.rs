@@ -15,6 +15,44 @@ use crate::wire::{
 };
 use crate::{EspError, HEADROOM_MAX, TAILROOM_MAX};
 
+/// Distinct ESP packets for decapsulation benches. The replay window refuses a sequence
+/// number twice (RFC 4303 §3.4.3), so each step opens packets not opened before; when the
+/// pool is used up a new inbound SA starts over.
+pub struct PacketPool {
+    pool: Vec<Vec<u8>>,
+    next: usize,
+    params: SaParams,
+    sa: InboundSa,
+}
+
+impl PacketPool {
+    /// `pool`: packets sealed in order by the peer of an SA with `params`.
+    pub fn new(pool: Vec<Vec<u8>>, params: SaParams) -> Self {
+        let sa = InboundSa::new(params.clone()).unwrap();
+        Self {
+            pool,
+            next: 0,
+            params,
+            sa,
+        }
+    }
+
+    /// Copies the next `scratch.len()` packets into `scratch` (the buffers as recvmmsg
+    /// would have filled them) and returns the SA to open them with. The pool's length
+    /// must be a multiple of `scratch.len()`, and each buffer as long as its packet.
+    pub fn next_into(&mut self, scratch: &mut [Vec<u8>]) -> &InboundSa {
+        if self.next + scratch.len() > self.pool.len() {
+            self.sa = InboundSa::new(self.params.clone()).unwrap();
+            self.next = 0;
+        }
+        for (s, p) in scratch.iter_mut().zip(&self.pool[self.next..]) {
+            s.copy_from_slice(p);
+        }
+        self.next += scratch.len();
+        &self.sa
+    }
+}
+
 /// The benches' suites, by the names labbench and strongSwan give them: the product's
 /// default, the common stronger CBC pair, and AES-GCM.
 pub const BENCH_SUITES: [(&str, Encr, Option<Integ>); 3] = [
