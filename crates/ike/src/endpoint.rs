@@ -70,6 +70,10 @@ pub(crate) struct Io {
     pub rng: Box<dyn Random>,
     /// Key pairs made ahead of time, off the thread that drives the endpoint.
     pub keys: Option<Box<dyn KeySource>>,
+    /// Where IKE_SA_INIT's shared secrets are computed, if not on this thread.
+    pub offload: Option<Box<dyn crate::DhOffload>>,
+    /// The last [`crate::DhJob`]'s ticket.
+    pub next_ticket: u64,
     pub transmits: VecDeque<Transmit>,
     pub events: VecDeque<Event>,
     pub stats: Stats,
@@ -224,6 +228,8 @@ impl Endpoint {
             io: Io {
                 rng,
                 keys: None,
+                offload: None,
+                next_ticket: 0,
                 transmits: VecDeque::new(),
                 events: VecDeque::new(),
                 stats: Stats::default(),
@@ -423,6 +429,17 @@ impl Endpoint {
         data: &[u8],
     ) {
         self.io.stats.datagrams_in += 1;
+        self.dispatch(now, local, remote, data);
+    }
+
+    /// [`Endpoint::handle_datagram`] past the counter (also for held requests).
+    pub(crate) fn dispatch(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        remote: SocketAddr,
+        data: &[u8],
+    ) {
         if crate::v1::is_v1(data) {
             self.v1_datagram(now, local, remote, data);
             return;
@@ -462,6 +479,15 @@ impl Endpoint {
         };
         if sa.initiator == h.flags.initiator() || !other_ok {
             self.io.stats.unexpected += 1;
+        } else if let Some(k) = sa.keying.as_mut() {
+            // The keys to open it are still being computed (`offload.rs`): a request
+            // (the peer's IKE_AUTH) waits for them; nothing else is due yet.
+            if h.flags.response() {
+                self.io.stats.unexpected += 1;
+            } else {
+                k.hold(local, remote, data);
+                self.io.stats.dh_held += 1;
+            }
         } else if h.flags.response() {
             self.handle_response(now, &mut sa, local, remote, data, msg);
         } else {
@@ -549,7 +575,7 @@ impl Endpoint {
     }
 
     /// Starts the initiations that waited for a slot (see `Pacing`).
-    fn start_queued(&mut self, now: Instant) {
+    pub(crate) fn start_queued(&mut self, now: Instant) {
         while let Some(peer) = self.pacing.next_ready(self.cfg.max_initiating) {
             let Some(cfg) = self.peers.get(&peer).cloned() else {
                 continue; // removed while it waited
@@ -650,6 +676,15 @@ impl Endpoint {
         }
         if sa.half_open_until.is_some_and(|t| now >= t) {
             sa.half_open_until = None;
+            if sa.initiator && sa.keying.is_some() {
+                self.io.fail(
+                    sa.peer,
+                    Phase::Phase1,
+                    "the Diffie-Hellman computation did not finish in time".into(),
+                );
+                sa.dead = true;
+                return;
+            }
             if !sa.established() {
                 let peer = sa.candidate;
                 self.io.log(

@@ -270,4 +270,11 @@ pub struct Stats {
     pub dh_keys_ready: u64,
     /// DH key pairs made by the endpoint itself (no key source, or none ready).
     pub dh_keys_inline: u64,
+    /// IKE_SA_INIT shared secrets handed to the [`crate::DhOffload`].
+    pub dh_offloaded: u64,
+    /// Offloaded results that came back for an SA already gone (timed out, deleted).
+    pub dh_stale: u64,
+    /// Requests (the peer's IKE_AUTH) that arrived before their IKE SA's offloaded keys
+    /// and were kept until they were ready.
+    pub dh_held: u64,
 }

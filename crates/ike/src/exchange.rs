@@ -220,15 +220,22 @@ impl Endpoint {
         let Ok(dh) = self.io.dh(cfg.ike.dh) else {
             return;
         };
-        let Ok(shared) = dh.shared_secret(&ke.data) else {
-            self.io.stats.malformed += 1;
-            self.io.log(
-                log_peer,
-                Level::Warn,
-                "malformed",
-                "peer's Diffie-Hellman public value is invalid".into(),
-            );
-            return;
+        // In place unless offloaded: then the response goes out first and a bad
+        // public value shows when the computation returns (`offload.rs`).
+        let shared = if self.offloads_dh() {
+            None
+        } else {
+            let Ok(shared) = dh.shared_secret(&ke.data) else {
+                self.io.stats.malformed += 1;
+                self.io.log(
+                    log_peer,
+                    Level::Warn,
+                    "malformed",
+                    "peer's Diffie-Hellman public value is invalid".into(),
+                );
+                return;
+            };
+            Some(shared)
         };
         let spi_r = self.new_ike_spi();
         let nr = self.io.nonce();
@@ -295,7 +302,23 @@ impl Endpoint {
             payloads: out,
         }
         .encode();
-        if !self.set_ike_keys(&mut sa, None, &shared, ni, &nr) {
+        match shared {
+            Some(shared) => {
+                if !self.set_ike_keys(&mut sa, None, &shared, ni, &nr) {
+                    return;
+                }
+            }
+            None => self.offload_keys(
+                now,
+                &mut sa,
+                dh,
+                ke.data.clone(),
+                ni.to_vec(),
+                nr.clone(),
+                None,
+            ),
+        }
+        if sa.dead {
             return;
         }
         self.io.send(local, remote, bytes.clone());
@@ -342,7 +365,7 @@ impl Endpoint {
     }
 
     /// Derives and installs the IKE SA keys; false (and logged) if the cipher rejects them.
-    fn set_ike_keys(
+    pub(crate) fn set_ike_keys(
         &mut self,
         sa: &mut IkeSa,
         old: Option<(crypto::Prf, &[u8])>,
@@ -495,14 +518,20 @@ impl Endpoint {
             sa.dead = true;
             return;
         }
-        let Ok(shared) = st.dh.shared_secret(&ke.data) else {
-            self.io.fail(
-                peer,
-                Phase::Phase1,
-                "peer's Diffie-Hellman public value is invalid".into(),
-            );
-            sa.dead = true;
-            return;
+        // In place unless offloaded (`offload.rs`).
+        let shared = if self.offloads_dh() {
+            None
+        } else {
+            let Ok(shared) = st.dh.shared_secret(&ke.data) else {
+                self.io.fail(
+                    peer,
+                    Phase::Phase1,
+                    "peer's Diffie-Hellman public value is invalid".into(),
+                );
+                sa.dead = true;
+                return;
+            };
+            Some(shared)
         };
         let ni = st.ni.clone();
         let Some(pending) = sa.pending.take() else {
@@ -510,7 +539,9 @@ impl Endpoint {
         };
         sa.spi_r = msg.header.spi_r;
         sa.last_rx = now;
-        if !self.set_ike_keys(sa, None, &shared, &ni, nr) {
+        if let Some(shared) = &shared
+            && !self.set_ike_keys(sa, None, shared, &ni, nr)
+        {
             sa.dead = true;
             return;
         }
@@ -550,12 +581,20 @@ impl Endpoint {
             msg1: pending.bytes,
             msg2: data.to_vec(),
         };
-        self.send_auth(now, sa, hs);
+        if shared.is_some() {
+            self.send_auth(now, sa, hs);
+            return;
+        }
+        let State::ExpectInitResponse(st) = std::mem::replace(&mut sa.state, State::Keying) else {
+            return;
+        };
+        let peer_ke = ke.data.clone();
+        self.offload_keys(now, sa, st.dh, peer_ke, ni, nr.to_vec(), Some(hs));
     }
 
     // ---- IKE_AUTH --------------------------------------------------------------------
 
-    fn send_auth(&mut self, now: Instant, sa: &mut IkeSa, hs: Handshake) {
+    pub(crate) fn send_auth(&mut self, now: Instant, sa: &mut IkeSa, hs: Handshake) {
         let Some(keys) = &sa.keys else { return };
         let cfg = &sa.cfg;
         let prf = cfg.ike.prf();

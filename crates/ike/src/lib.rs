@@ -14,7 +14,9 @@
 //!   first; datagrams whose first four bytes are non-zero are ESP and do not belong
 //!   here), and [`Endpoint::handle_timeout`]`(now)` when the time returned by
 //!   [`Endpoint::poll_timeout`] has come. [`Endpoint::handle_child_activity`] reports
-//!   inbound ESP traffic so that DPD only probes idle peers.
+//!   inbound ESP traffic so that DPD only probes idle peers. With a [`DhOffload`]
+//!   ([`Endpoint::set_dh_offload`]), run each [`DhJob`] it receives on any thread and
+//!   feed the result to [`Endpoint::handle_dh_done`].
 //! * **Outputs**: after any input or command, drain [`Endpoint::poll_transmit`] (send
 //!   `payload` from `local` to `remote`; when either port is 4500, prepend the 4-byte
 //!   zero non-ESP marker, RFC 3948 §2.2), [`Endpoint::poll_event`], and re-arm one timer
@@ -55,6 +57,7 @@ mod exchange;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod keys;
+mod offload;
 pub mod proposal;
 mod sa;
 pub mod sk;
@@ -70,4 +73,5 @@ pub use encap::{EspEncap, VENDOR_ID as VPNGW_VENDOR_ID};
 pub use endpoint::{Endpoint, EndpointConfig, Error, KeySource};
 pub use event::{ChildSa, DeleteReason, Event, IkeAlgorithms, Level, Phase, Stats, Transmit};
 pub use keys::Key;
+pub use offload::{DhDone, DhJob, DhOffload};
 pub use ts::TsRange;

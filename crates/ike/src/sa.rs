@@ -10,6 +10,7 @@ use crypto::{DhGroup, DhPrivate};
 use crate::config::{PeerConfig, PeerId};
 use crate::event::{ChildSa, IkeAlgorithms};
 use crate::keys::{IkeKeys, IkeSuite};
+use crate::offload::Keying;
 use crate::sk::SkCrypto;
 use crate::ts::TsRange;
 use crate::wire::registry::ExchangeType;
@@ -24,6 +25,9 @@ pub(crate) enum State {
     ExpectAuthResponse(ExpectAuthResponse),
     /// Responder: IKE_SA_INIT answered, waiting for IKE_AUTH.
     ExpectAuthRequest(Handshake),
+    /// Initiator: IKE_SA_INIT answered, the shared secret computed elsewhere
+    /// ([`IkeSa::keying`]); IKE_AUTH goes out when it is ready.
+    Keying,
     Established,
 }
 
@@ -194,6 +198,9 @@ pub(crate) struct IkeSa {
     /// The redundant one of two IKE SAs that simultaneous initiation created; its
     /// initiator deletes it (reported as [`crate::DeleteReason::Duplicate`]).
     pub duplicate: bool,
+    /// The shared secret of IKE_SA_INIT is being computed off the endpoint's thread
+    /// (see `offload.rs`); `keys` is `None` until it is ready.
+    pub keying: Option<Box<Keying>>,
     pub dead: bool,
 }
 
@@ -247,6 +254,7 @@ impl IkeSa {
             ike_collision: None,
             from_init: false,
             duplicate: false,
+            keying: None,
             dead: false,
         }
     }

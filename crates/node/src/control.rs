@@ -73,6 +73,8 @@ pub(crate) enum Input {
     SoftExpired(TunnelKey),
     /// A worker recorded an answer to a health-check probe (see `health.rs`).
     Health,
+    /// A shared secret computed by a DH worker (`dhpool::DhWorkers`).
+    DhDone(ike::DhDone),
     Shutdown,
 }
 
@@ -354,6 +356,7 @@ impl Control {
                     tracing::debug!(error = %e, "rekey on sequence soft limit");
                 }
             }
+            Input::DhDone(done) => self.endpoint.handle_dh_done(now, done),
             Input::Health | Input::Shutdown => {}
         }
     }

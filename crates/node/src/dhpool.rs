@@ -1,4 +1,5 @@
-//! Diffie-Hellman key pairs made ahead of time, off the control thread.
+//! Diffie-Hellman off the control thread: key pairs made ahead of time (`DhPool`) and
+//! IKE_SA_INIT's shared secrets computed by a few worker threads (`DhWorkers`).
 //!
 //! Making a key pair is one modular exponentiation (or scalar multiplication): half of
 //! the DH work of an IKE_SA_INIT, a Child SA rekey with PFS or an IKEv1 exchange, and it
@@ -10,10 +11,11 @@
 //! ready the engine makes its own, so an empty pool never delays an exchange.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
+use std::sync::{Arc, Mutex};
 
 use crypto::{DhGroup, DhPrivate, OsRandom};
+use ike::{DhDone, DhJob};
 
 /// Key pairs kept ready per group: enough to cover a burst's first round trips, few
 /// enough to cost nothing when idle (~0.3 KiB each for modp1024).
@@ -94,6 +96,77 @@ fn fill(group: DhGroup, tx: &SyncSender<DhPrivate>, _running: Arc<()>) {
     }
 }
 
+/// Most threads computing shared secrets: beyond the cores, more threads only queue.
+const MAX_WORKERS: usize = 8;
+
+/// The shared secrets of IKE_SA_INIT (ike's `DhOffload`): a shared secret needs the
+/// peer's public value, so unlike key pairs it cannot be made ahead; it is computed
+/// here so the control thread goes on with other exchanges meanwhile. While many
+/// tunnels come up, one thread per core runs them side by side.
+pub(crate) struct DhWorkers {
+    /// Unbounded: `submit` never blocks the control thread. One job per IKE_SA_INIT
+    /// in flight, which the endpoint's pacing and half-open limits bound.
+    jobs: Sender<Box<DhJob>>,
+    /// Held by every worker thread while it runs (tests watch it).
+    #[cfg_attr(not(test), allow(dead_code))]
+    running: Arc<()>,
+}
+
+impl DhWorkers {
+    /// Starts up to `threads` workers; each result goes to `deliver`, and a worker ends
+    /// when `deliver` returns false or the `DhWorkers` is dropped. `None` if no thread
+    /// could be started (the endpoint then computes in place).
+    pub(crate) fn start<F>(threads: usize, deliver: F) -> Option<Self>
+    where
+        F: Fn(DhDone) -> bool + Clone + Send + 'static,
+    {
+        let (tx, rx) = channel::<Box<DhJob>>();
+        let rx = Arc::new(Mutex::new(rx));
+        let running = Arc::new(());
+        let mut started = 0;
+        for i in 0..threads.clamp(1, MAX_WORKERS) {
+            let (rx, deliver, running) = (Arc::clone(&rx), deliver.clone(), Arc::clone(&running));
+            let spawned = std::thread::Builder::new()
+                .name(format!("node-dh-{i}"))
+                .spawn(move || work(&rx, &deliver, running));
+            match spawned {
+                Ok(_) => started += 1,
+                Err(e) => tracing::warn!(error = %e, "DH worker thread not started"),
+            }
+        }
+        (started > 0).then_some(Self { jobs: tx, running })
+    }
+
+    /// Worker threads still running.
+    #[cfg(test)]
+    fn workers(&self) -> usize {
+        Arc::strong_count(&self.running) - 1
+    }
+}
+
+impl ike::DhOffload for DhWorkers {
+    fn submit(&mut self, job: Box<DhJob>) -> Result<(), Box<DhJob>> {
+        self.jobs.send(job).map_err(|e| e.0)
+    }
+}
+
+fn work(rx: &Mutex<Receiver<Box<DhJob>>>, deliver: &impl Fn(DhDone) -> bool, _running: Arc<()>) {
+    loop {
+        // The lock is held only while waiting for a job (one per tunnel setup), never
+        // while computing, so the workers compute side by side.
+        let job = {
+            let Ok(rx) = rx.lock() else { return };
+            match rx.recv() {
+                Ok(job) => job,
+                Err(_) => return, // the endpoint is gone
+            }
+        };
+        if !deliver(job.compute()) {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -147,6 +220,93 @@ mod tests {
             *ours.shared_secret(theirs.public_value()).unwrap(),
             *theirs.shared_secret(ours.public_value()).unwrap()
         );
+    }
+
+    /// Two endpoints whose IKE_SA_INIT shared secrets are all computed by worker
+    /// threads: datagrams and results interleave as the threads finish.
+    #[test]
+    fn workers_key_two_endpoints_back_to_back() {
+        use std::net::{Ipv4Addr, SocketAddr};
+        use std::sync::mpsc::RecvTimeoutError;
+        use std::time::Duration;
+
+        use ike::{Endpoint, EndpointConfig, EspProposal, Identity, IkeProposal, PeerConfig};
+
+        let addr = |i: u8| SocketAddr::from((Ipv4Addr::new(192, 0, 2, i), 500));
+        let config = |me: u8, them: u8| PeerConfig {
+            version: ike::IkeVersion::V2,
+            v1_mode: ike::V1Mode::Main,
+            local: addr(me),
+            remote: Some(addr(them)),
+            local_id: Identity::Ipv4(Ipv4Addr::new(192, 0, 2, me)),
+            remote_id: Identity::Ipv4(Ipv4Addr::new(192, 0, 2, them)),
+            psk: ike::Psk::new("dh-workers-test"),
+            ike: IkeProposal {
+                encr: crypto::Encr::AesCbc128,
+                integ: crypto::Integ::HmacSha1_96,
+                dh: DhGroup::Modp1024,
+            },
+            esp: EspProposal {
+                encr: crypto::Encr::AesCbc128,
+                integ: crypto::Integ::HmacSha1_96,
+                pfs: None,
+            },
+            ike_lifetime: Duration::ZERO,
+            child_lifetime: Duration::ZERO,
+            local_ts: vec![format!("10.{me}.0.0/16").parse().unwrap()],
+            remote_ts: vec![format!("10.{them}.0.0/16").parse().unwrap()],
+            dpd_interval: None,
+            dpd_timeout: Duration::from_secs(30),
+            nat_traversal: true,
+        };
+        let (tx, rx) = channel::<(usize, DhDone)>();
+        let mut eps = Vec::new();
+        for (i, (me, them)) in [(1, 2), (2, 1)].into_iter().enumerate() {
+            let mut ep = Endpoint::new(EndpointConfig::default(), Box::new(OsRandom));
+            ep.add_peer(ike::PeerId(1), config(me, them)).unwrap();
+            let tx = tx.clone();
+            let workers = DhWorkers::start(2, move |d| tx.send((i, d)).is_ok()).unwrap();
+            assert_eq!(workers.workers(), 2);
+            ep.set_dh_offload(Box::new(workers));
+            eps.push(ep);
+        }
+        let now = Instant::now();
+        eps[0].initiate(now, ike::PeerId(1)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while eps.iter().any(|e| e.child_sas(ike::PeerId(1)).is_empty()) {
+            assert!(Instant::now() < deadline, "not keyed in time");
+            for from in 0..2 {
+                while let Some(t) = eps[from].poll_transmit() {
+                    eps[1 - from].handle_datagram(now, t.remote, t.local, &t.payload);
+                }
+            }
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok((i, done)) => eps[i].handle_dh_done(now, done),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => panic!("workers gone"),
+            }
+        }
+        let (a, b) = (
+            &eps[0].child_sas(ike::PeerId(1))[0],
+            &eps[1].child_sas(ike::PeerId(1))[0],
+        );
+        assert_eq!(a.encr_key_out, b.encr_key_in);
+        assert_eq!(a.integ_key_in, b.integ_key_out);
+        for e in &eps {
+            assert_eq!(e.stats().dh_offloaded, 1);
+        }
+    }
+
+    #[test]
+    fn workers_end_with_the_offload() {
+        let (tx, _rx) = channel::<DhDone>();
+        let workers = DhWorkers::start(3, move |d| tx.send(d).is_ok()).unwrap();
+        assert_eq!(workers.workers(), 3);
+        let running = Arc::clone(&workers.running);
+        drop(workers);
+        wait_for("the workers to end", || {
+            (Arc::strong_count(&running) == 1).then_some(())
+        });
     }
 
     #[test]

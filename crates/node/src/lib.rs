@@ -197,6 +197,7 @@ impl Node {
             config.tun_name.clone(),
             Arc::clone(&store),
         ));
+        let dh_tx = input_tx.clone();
         let control_thread = std::thread::Builder::new()
             .name("node-control".into())
             .spawn(move || {
@@ -207,6 +208,14 @@ impl Node {
                 };
                 let mut endpoint = ike::Endpoint::new(ike_config, Box::new(crypto::OsRandom));
                 endpoint.set_key_source(Box::new(dhpool::DhPool::new(dhpool::DEPTH)));
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                let deliver = move |d: ike::DhDone| dh_tx.send(Input::DhDone(d)).is_ok();
+                match dhpool::DhWorkers::start(cores, deliver) {
+                    Some(w) => endpoint.set_dh_offload(Box::new(w)),
+                    None => tracing::warn!(
+                        "no DH worker threads; shared secrets are computed on the control thread"
+                    ),
+                }
                 Control::new(endpoint, dp, ports, fwd, sadb, writes_tx).run(input_rx);
             })
             .map_err(|source| NodeError::Spawn {

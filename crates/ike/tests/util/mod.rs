@@ -4,12 +4,15 @@
 
 #![allow(dead_code, clippy::unwrap_used)] // test support code, not a #[test] fn
 
+use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crypto::{DhGroup, Encr, Integ, Random};
 use ike::{
-    Endpoint, EndpointConfig, EspProposal, Event, Identity, IkeProposal, PeerConfig, PeerId, Psk,
+    DhJob, DhOffload, Endpoint, EndpointConfig, EspProposal, Event, Identity, IkeProposal,
+    PeerConfig, PeerId, Psk,
 };
 
 /// SplitMix64: deterministic and good enough for SPIs and nonces in tests.
@@ -109,6 +112,33 @@ pub fn mirror(a: &PeerConfig) -> PeerConfig {
     b
 }
 
+/// Diffie-Hellman jobs both endpoints handed out, in submission order.
+pub type DhQueue = Arc<Mutex<VecDeque<(Side, Box<DhJob>)>>>;
+
+/// A [`DhOffload`] that queues jobs for the harness to run when it chooses.
+struct QueuedDh {
+    side: Side,
+    queue: DhQueue,
+}
+
+impl DhOffload for QueuedDh {
+    fn submit(&mut self, job: Box<DhJob>) -> Result<(), Box<DhJob>> {
+        self.queue.lock().unwrap().push_back((self.side, job));
+        Ok(())
+    }
+}
+
+/// When [`Pair::drive`] runs offloaded Diffie-Hellman jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DhRun {
+    /// The oldest first, each once nothing is in flight.
+    Fifo,
+    /// The newest first, each once nothing is in flight.
+    Lifo,
+    /// Never: the test takes them from [`Pair::dh`].
+    Manual,
+}
+
 pub struct Pair {
     pub now: Instant,
     pub start: Instant,
@@ -122,6 +152,8 @@ pub struct Pair {
     pub sent: usize,
     /// Every datagram ever put on the wire, for inspection.
     pub wire: Vec<Pkt>,
+    /// With [`Pair::offload_dh`]: the jobs not run yet, and when to run them.
+    pub dh: Option<(DhQueue, DhRun)>,
 }
 
 impl Pair {
@@ -151,6 +183,48 @@ impl Pair {
             held: Vec::new(),
             sent: 0,
             wire: Vec::new(),
+            dh: None,
+        }
+    }
+
+    /// Both endpoints hand their IKE_SA_INIT shared secrets to a queue that
+    /// [`Pair::drive`] runs as `run` says (as the node's DH threads would).
+    pub fn offload_dh(&mut self, run: DhRun) -> DhQueue {
+        let queue = DhQueue::default();
+        for (side, ep) in [(Side::A, &mut self.a), (Side::B, &mut self.b)] {
+            ep.set_dh_offload(Box::new(QueuedDh {
+                side,
+                queue: queue.clone(),
+            }));
+        }
+        self.dh = Some((queue.clone(), run));
+        queue
+    }
+
+    /// Runs one queued job by [`DhRun`] and hands the result to its endpoint; false
+    /// if there was none to run.
+    fn run_dh(&mut self) -> bool {
+        let Some((queue, run)) = &self.dh else {
+            return false;
+        };
+        let next = match run {
+            DhRun::Fifo => queue.lock().unwrap().pop_front(),
+            DhRun::Lifo => queue.lock().unwrap().pop_back(),
+            DhRun::Manual => None,
+        };
+        let Some((side, job)) = next else {
+            return false;
+        };
+        self.finish_dh(side, job);
+        true
+    }
+
+    /// Computes `job` and gives the result to `side`'s endpoint.
+    pub fn finish_dh(&mut self, side: Side, job: Box<DhJob>) {
+        let done = job.compute();
+        match side {
+            Side::A => self.a.handle_dh_done(self.now, done),
+            Side::B => self.b.handle_dh_done(self.now, done),
         }
     }
 
@@ -245,6 +319,9 @@ impl Pair {
             let batch = self.collect();
             if batch.is_empty() {
                 if self.held.is_empty() {
+                    if self.run_dh() {
+                        continue;
+                    }
                     break;
                 }
                 // Nothing else is in flight: what was delayed arrives now.

@@ -1,0 +1,222 @@
+//! Diffie-Hellman shared secrets computed off the thread that drives the endpoint.
+//!
+//! Every IKE_SA_INIT costs each end one key pair and one shared secret (g^ir, RFC 7296
+//! §2.14). Key pairs come ready-made from a [`crate::KeySource`]; the shared secret
+//! needs the peer's public value, so it can only start once IKE_SA_INIT arrives. While
+//! thousands of tunnels come up it was the largest single cost of the protocol thread
+//! (docs/PERFORMANCE.md), and it serialised every setup behind one core.
+//!
+//! With a [`DhOffload`] the endpoint hands each IKE_SA_INIT's computation out as a
+//! [`DhJob`] and goes on with other SAs; the driver runs [`DhJob::compute`] on any
+//! thread and gives the [`DhDone`] back to [`Endpoint::handle_dh_done`]. Meanwhile the
+//! SA waits with its keys missing:
+//! - responder: the IKE_SA_INIT response goes out at once (it needs no keys); a
+//!   request that arrives before the keys (the peer's IKE_AUTH) is held and handled
+//!   when they are ready, rather than dropped for a retransmission seconds later;
+//! - initiator: IKE_AUTH goes out when the keys are ready.
+//!
+//! Only the initial exchange is offloaded. Rekeys with a KE payload (CREATE_CHILD_SA
+//! with PFS, IKE SA rekeys) and IKEv1 compute in place: they are spread over lifetimes
+//! and never come in bursts of thousands.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crypto::DhPrivate;
+use zeroize::Zeroizing;
+
+use crate::endpoint::Endpoint;
+use crate::event::{Level, Phase};
+use crate::sa::{Handshake, IkeSa};
+
+/// Where the endpoint sends its Diffie-Hellman computations (see the module docs).
+pub trait DhOffload: Send {
+    /// Queues `job` (boxed: a key pair is a few hundred bytes, and it crosses threads).
+    /// Its [`DhDone`] must come back through [`Endpoint::handle_dh_done`]; an offload
+    /// that cannot take the job returns it and the endpoint computes it in place.
+    fn submit(&mut self, job: Box<DhJob>) -> Result<(), Box<DhJob>>;
+}
+
+/// One shared secret to compute: our key pair and the peer's public value.
+pub struct DhJob {
+    spi: u64,
+    ticket: u64,
+    key: DhPrivate,
+    peer: Vec<u8>,
+}
+
+impl DhJob {
+    /// Validates the peer's public value and computes g^ir. Runs on any thread.
+    pub fn compute(self: Box<Self>) -> DhDone {
+        DhDone {
+            spi: self.spi,
+            ticket: self.ticket,
+            shared: self.key.shared_secret(&self.peer),
+        }
+    }
+}
+
+impl fmt::Debug for DhJob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DhJob")
+            .field("spi", &format_args!("{:016x}", self.spi))
+            .field("group", &self.key.group())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The result of a [`DhJob`], for [`Endpoint::handle_dh_done`].
+pub struct DhDone {
+    spi: u64,
+    ticket: u64,
+    shared: Result<Zeroizing<Vec<u8>>, crypto::Error>,
+}
+
+impl fmt::Debug for DhDone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the secret itself.
+        f.debug_struct("DhDone")
+            .field("spi", &format_args!("{:016x}", self.spi))
+            .field("ok", &self.shared.is_ok())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An IKE SA whose shared secret is being computed elsewhere.
+pub(crate) struct Keying {
+    /// Matches the [`DhDone`] to this SA and not to an earlier one that had its SPI.
+    ticket: u64,
+    ni: Vec<u8>,
+    nr: Vec<u8>,
+    /// Initiator: both IKE_SA_INIT messages, for the IKE_AUTH sent once keyed.
+    hs: Option<Handshake>,
+    /// A request that arrived before the keys, as (local, remote, datagram).
+    held: Option<(SocketAddr, SocketAddr, Vec<u8>)>,
+}
+
+impl Keying {
+    /// Keeps the peer's request (its IKE_AUTH) until the keys are ready; a
+    /// retransmission replaces it.
+    pub(crate) fn hold(&mut self, local: SocketAddr, remote: SocketAddr, data: &[u8]) {
+        self.held = Some((local, remote, data.to_vec()));
+    }
+}
+
+impl Endpoint {
+    /// Sends Diffie-Hellman shared secrets of IKE_SA_INIT to `offload` instead of
+    /// computing them on the caller's thread (see [`DhOffload`]).
+    pub fn set_dh_offload(&mut self, offload: Box<dyn DhOffload>) {
+        self.io.offload = Some(offload);
+    }
+
+    /// Whether shared secrets of IKE_SA_INIT go to a [`DhOffload`].
+    pub(crate) fn offloads_dh(&self) -> bool {
+        self.io.offload.is_some()
+    }
+
+    /// Hands the shared secret of `sa` (not in the SA table) to the offload; `sa` waits
+    /// in [`IkeSa::keying`] until [`Endpoint::handle_dh_done`]. Computes it here if
+    /// the offload refuses the job.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn offload_keys(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        key: DhPrivate,
+        peer: Vec<u8>,
+        ni: Vec<u8>,
+        nr: Vec<u8>,
+        hs: Option<Handshake>,
+    ) {
+        self.io.next_ticket += 1;
+        let ticket = self.io.next_ticket;
+        let job = Box::new(DhJob {
+            spi: sa.our_spi(),
+            ticket,
+            key,
+            peer,
+        });
+        sa.keying = Some(Box::new(Keying {
+            ticket,
+            ni,
+            nr,
+            hs,
+            held: None,
+        }));
+        if sa.initiator {
+            // Bounds the wait should the offload never answer (responders have this
+            // deadline from IKE_SA_INIT on).
+            sa.half_open_until = Some(now + self.cfg.half_open_timeout);
+        }
+        let refused = match self.io.offload.as_mut() {
+            Some(o) => o.submit(job).err(),
+            None => Some(job),
+        };
+        match refused {
+            None => self.io.stats.dh_offloaded += 1,
+            Some(job) => {
+                let done = job.compute();
+                self.keyed(now, sa, done);
+            }
+        }
+    }
+
+    /// Feeds the result of a [`DhJob`]: the SA gets its keys and goes on (initiator:
+    /// sends IKE_AUTH; responder: handles an IKE_AUTH that came meanwhile). A result
+    /// for an SA that is gone (it timed out, or was deleted) is dropped.
+    pub fn handle_dh_done(&mut self, now: Instant, done: DhDone) {
+        let Some(mut sa) = self.sas.remove(&done.spi) else {
+            self.io.stats.dh_stale += 1;
+            return;
+        };
+        if sa.keying.as_ref().map(|k| k.ticket) != Some(done.ticket) {
+            self.io.stats.dh_stale += 1;
+            self.put_back(sa);
+            return;
+        }
+        let held = self.keyed(now, &mut sa, done);
+        let alive = !sa.dead;
+        self.put_back(sa);
+        if let (Some((local, remote, data)), true) = (held, alive) {
+            // Not counted again in `datagrams_in`: it was when it arrived.
+            self.dispatch(now, local, remote, &data);
+        }
+        self.start_queued(now);
+    }
+
+    /// Installs the keys of a waiting SA; returns the request held meanwhile.
+    fn keyed(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        done: DhDone,
+    ) -> Option<(SocketAddr, SocketAddr, Vec<u8>)> {
+        let k = *sa.keying.take()?;
+        let shared = match done.shared {
+            Ok(s) => s,
+            Err(_) => {
+                let reason = "peer's Diffie-Hellman public value is invalid";
+                if sa.initiator {
+                    self.io.fail(sa.peer, Phase::Phase1, reason.into());
+                } else {
+                    // As when computed in place: a responder's peer is not known yet.
+                    self.io.stats.malformed += 1;
+                    self.io
+                        .log(sa.candidate, Level::Warn, "malformed", reason.into());
+                }
+                sa.dead = true;
+                return None;
+            }
+        };
+        if !self.set_ike_keys(sa, None, &shared, &k.ni, &k.nr) {
+            sa.dead = true;
+            return None;
+        }
+        if let Some(hs) = k.hs {
+            sa.half_open_until = None;
+            self.send_auth(now, sa, hs);
+        }
+        k.held
+    }
+}
