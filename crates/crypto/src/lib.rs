@@ -11,6 +11,8 @@ mod dh;
 mod mac;
 mod modp;
 mod mont;
+#[cfg(target_arch = "x86_64")]
+mod mont_x86;
 mod prf;
 #[cfg(target_arch = "x86_64")]
 mod sha1x16;

@@ -357,18 +357,31 @@ mod tests {
         .0;
         let mut unit = Uint::<L>::ZERO.to_words();
         unit[0] = 1;
-        for _ in 0..200 {
-            let a = rng.residue(&p);
-            let b = rng.residue(&p);
+        let p_minus_1 = p.wrapping_sub(&Uint::ONE);
+        let edges = [Uint::ZERO, Uint::ONE, p_minus_1];
+        let pairs = (edges.iter().flat_map(|a| edges.iter().map(|b| (*a, *b))))
+            .chain((0..200).map(|_| (rng.residue(&p), rng.residue(&p))));
+        for (a, b) in pairs {
             let want = Uint::const_rem_wide(a.mul_wide(&b), &p).0;
             // (aR)(bR)R⁻¹ = abR, then ·1·R⁻¹ = ab.
             let am = m.mul(a.as_words(), r2.as_words());
             let bm = m.mul(b.as_words(), r2.as_words());
-            let got = m.mul(&m.mul(&am, &bm), &unit);
+            let abm = m.mul(&am, &bm);
+            let got = m.mul(&abm, &unit);
             assert_eq!(Uint::from_words(got), want, "{a} * {b}");
             let want = Uint::const_rem_wide(a.square_wide(), &p).0;
-            let got = m.mul(&m.sqr(&am), &unit);
+            let am2 = m.sqr(&am);
+            let got = m.mul(&am2, &unit);
             assert_eq!(Uint::from_words(got), want, "{a}^2");
+            // The x86_64 path (where the CPU has it) against the portable one,
+            // on the raw operands and on their Montgomery forms.
+            assert_eq!(
+                m.mul(a.as_words(), b.as_words()),
+                m.mul_portable(a.as_words(), b.as_words())
+            );
+            assert_eq!(abm, m.mul_portable(&am, &bm), "{a} * {b}");
+            assert_eq!(am2, m.sqr_portable(&am), "{a}^2");
+            assert_eq!(m.sqr(b.as_words()), m.sqr_portable(b.as_words()), "{b}^2");
         }
     }
 

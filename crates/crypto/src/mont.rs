@@ -12,10 +12,17 @@
 //! and a fixed public base (the group generator) can have its powers
 //! precomputed (`FixedBase`), which removes the squarings from `generate`.
 //!
+//! On x86_64 CPUs with BMI2 and ADX, `mul` and `sqr` run mont_x86.rs instead,
+//! about twice as fast (`mulx` with two independent carry chains); it computes
+//! the same values, and the portable routines stay for other CPUs, for
+//! compile-time constants and as the tests' reference.
+//!
 //! Nothing here branches on or indexes memory by secret data: the final
 //! subtraction selects with masks, the exponent is read in windows at public
 //! positions, and the window table is read by scanning every entry.
 
+#[cfg(target_arch = "x86_64")]
+use crate::mont_x86;
 use crypto_bigint::{WideWord, Word};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 use zeroize::Zeroizing;
@@ -79,19 +86,46 @@ impl<const L: usize> Modulus<L> {
         }
         let mut i = 0;
         while i < s {
-            r2 = m.mul(&r2, &r2);
+            r2 = m.mul_portable(&r2, &r2);
             i += 1;
         }
         m.r2 = r2;
         m
     }
 
-    /// Montgomery product a·b·R⁻¹ mod p for a, b < p (HAC 14.36, CIOS).
+    /// Montgomery product a·b·R⁻¹ mod p for a, b < p: `mul_portable`'s value,
+    /// with `mulx`/`adcx`/`adox` on x86_64 CPUs that have them (mont_x86.rs).
+    #[inline]
+    pub(crate) fn mul(&self, a: &[Word; L], b: &[Word; L]) -> [Word; L] {
+        #[cfg(target_arch = "x86_64")]
+        if mont_x86::available() {
+            // SAFETY: `available()` confirmed BMI2 and ADX on this CPU.
+            let (t, t_hi) = unsafe { mont_x86::mul(a, b, &self.p, self.n0) };
+            return sub_p_if_ge(&t, t_hi, &self.p);
+        }
+        self.mul_portable(a, b)
+    }
+
+    /// Montgomery square a²·R⁻¹ mod p for a < p, the same value as `mul(a, a)`
+    /// and `sqr_portable(a)`, with `mulx`/`adcx`/`adox` where the CPU has them.
+    #[inline]
+    pub(crate) fn sqr(&self, a: &[Word; L]) -> [Word; L] {
+        #[cfg(target_arch = "x86_64")]
+        if mont_x86::available() {
+            // SAFETY: `available()` confirmed BMI2 and ADX on this CPU.
+            let (t, t_hi) = unsafe { mont_x86::sqr(a, &self.p, self.n0) };
+            return sub_p_if_ge(&t, t_hi, &self.p);
+        }
+        self.sqr_portable(a)
+    }
+
+    /// Montgomery product a·b·R⁻¹ mod p for a, b < p (HAC 14.36, CIOS), in
+    /// portable Rust; `new` runs it at compile time.
     ///
     /// The running value t stays below 2p (Koç et al. §3), so it fits L limbs
     /// plus one carry bit, and one subtraction of p reduces it.
     #[inline]
-    pub(crate) const fn mul(&self, a: &[Word; L], b: &[Word; L]) -> [Word; L] {
+    pub(crate) const fn mul_portable(&self, a: &[Word; L], b: &[Word; L]) -> [Word; L] {
         let p = &self.p;
         let mut t = [0 as Word; L];
         let mut t_hi: Word = 0;
@@ -128,7 +162,7 @@ impl<const L: usize> Modulus<L> {
     /// operand scanning of Koç et al.). 252 of an exponentiation's ~330
     /// operations are squarings.
     #[inline]
-    pub(crate) fn sqr(&self, a: &[Word; L]) -> [Word; L] {
+    pub(crate) fn sqr_portable(&self, a: &[Word; L]) -> [Word; L] {
         let p = &self.p;
         let mut t = [0 as Word; 2 * MAX_LIMBS];
         // Cross products a_i·a_j, i < j.
@@ -463,6 +497,87 @@ mod tests {
         let want: Vec<Word> = (0..16).map(|k| (0xf - k) as Word).collect();
         assert_eq!(got[..16], want[..]);
         assert_eq!(got[16..], [0xf, 0, 0, 0]);
+    }
+
+    /// Operands for `check_paths`: 0, 1, 2, p − 1, p − 2, R mod p and random
+    /// residues, then values in [p, R), which the API does not take but on which
+    /// both paths still compute the same (a·b + M·p)/R: p, p + 1, R − 1 and
+    /// random ones.
+    fn operands<const L: usize>(pw: &[Word; L], one: &[Word; L], rng: &mut Rng) -> Vec<[Word; L]> {
+        let p = Uint::from_words(*pw);
+        let small = |x: u64| Uint::<L>::from_u64(x).to_words();
+        let mut v = vec![
+            small(0),
+            small(1),
+            small(2),
+            p.wrapping_sub(&Uint::ONE).to_words(),
+            p.wrapping_sub(&Uint::from_u8(2)).to_words(),
+            *one,
+        ];
+        for _ in 0..6 {
+            v.push(rng.residue(&p).to_words());
+        }
+        v.push(*pw);
+        v.push(p.wrapping_add(&Uint::ONE).to_words());
+        v.push([Word::MAX; L]);
+        for _ in 0..3 {
+            let mut w = [0 as Word; L];
+            for x in &mut w {
+                *x = rng.next() as Word;
+            }
+            let x = Uint::from_words(w);
+            v.push(if x >= p { x } else { x.wrapping_add(&p) }.to_words());
+        }
+        v
+    }
+
+    /// `mul` and `sqr` (mont_x86.rs on x86_64 CPUs with BMI2 and ADX, else the
+    /// portable code) against `mul_portable` and `sqr_portable` on every pair of
+    /// `operands`, and, for operands below p, against crypto-bigint: mul(a, b)·R
+    /// ≡ a·b (mod p).
+    fn check_paths<const L: usize>(seed: u64, moduli: usize) {
+        let mut rng = Rng(seed);
+        for _ in 0..moduli {
+            let pw = modulus::<L>(&mut rng);
+            let m = Modulus::new(&pw);
+            let p = Uint::from_words(pw);
+            let r = Uint::from_words(m.one);
+            let ops = operands(&pw, &m.one, &mut rng);
+            for a in &ops {
+                let sq = m.sqr(a);
+                assert_eq!(sq, m.sqr_portable(a), "L {L}: sqr {a:x?}");
+                assert_eq!(sq, m.mul_portable(a, a), "L {L}: sqr {a:x?}");
+                for b in &ops {
+                    let got = m.mul(a, b);
+                    assert_eq!(got, m.mul_portable(a, b), "L {L}: {a:x?} * {b:x?}");
+                    let (ua, ub) = (Uint::from_words(*a), Uint::from_words(*b));
+                    if ua < p && ub < p {
+                        let got = Uint::from_words(got);
+                        assert!(got < p);
+                        let want = Uint::const_rem_wide(ua.mul_wide(&ub), &p).0;
+                        assert_eq!(Uint::const_rem_wide(got.mul_wide(&r), &p).0, want);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fast_and_portable_paths_agree_for_every_limb_count() {
+        // 1-5 cover mont_x86's single-limb and four-limb steps around the
+        // block edges; 12, 16, 24 and 32 are the MODP groups' sizes (modp.rs
+        // checks their own primes).
+        check_paths::<1>(21, 8);
+        check_paths::<2>(22, 8);
+        check_paths::<3>(23, 8);
+        check_paths::<4>(24, 8);
+        check_paths::<5>(25, 8);
+        check_paths::<7>(27, 4);
+        check_paths::<8>(28, 4);
+        check_paths::<12>(32, 3);
+        check_paths::<16>(36, 3);
+        check_paths::<24>(44, 2);
+        check_paths::<32>(52, 2);
     }
 
     #[test]
