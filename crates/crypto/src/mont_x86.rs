@@ -6,9 +6,11 @@
 //! halves wait on each other. `mulx` writes both halves without touching the flags, and
 //! `adcx` (carry flag) and `adox` (overflow flag) are two independent add-with-carry
 //! chains: in a row t += a·b the low halves ride one chain and the high halves the other,
-//! and the row runs at about one limb product per cycle (Ozturk, Guilford, Gopal and
+//! and no product waits for the previous one's carries (Ozturk, Guilford, Gopal and
 //! Feghali, "New Instructions Supporting Large Integer Arithmetic on Intel Architecture
-//! Processors", Intel white paper 327831, 2012, §3).
+//! Processors", Intel white paper 327831, 2012, §3). On the lab's Zen 4 (counted at its
+//! nominal 2.6 GHz) a 1024-bit Montgomery product takes about 1.4 cycles per limb
+//! product, the portable code 2.7.
 //!
 //! Every operation here is built from that one row, [`addmul_row`]:
 //! - multiplication is the Separated Operand Scanning form of Koç, Acar and Kaliski
@@ -57,7 +59,9 @@ pub(crate) unsafe fn mul<const L: usize>(
         // SAFETY: the caller checked BMI2 and ADX.
         t[i + L] = unsafe { addmul_row(&mut t[i..i + L], a, bi) };
     }
-    // SAFETY: as above.
+    // SAFETY: as above. Like the portable code's, `buf` is left on the stack for the
+    // next call to overwrite: the secrets worth wiping are in the callers' `Zeroizing`
+    // accumulators and tables.
     unsafe { reduce(t, p, n0) }
 }
 
