@@ -374,6 +374,12 @@ impl Report {
                     let x = m.rate() / b.rate();
                     goals.push((goal, format!("{x:.2}×"), yes_no(x >= 2.0)));
                 }
+                // strongSwan brought up none (it stalls at 10,000): any rate is more.
+                (Ok(m), Some(_)) if m.rate() > 0.0 => goals.push((
+                    goal,
+                    format!("{:.1}/s against none established", m.rate()),
+                    "yes",
+                )),
                 (Ok(_), _) => goals.push((goal, "no strongSwan baseline in this run".into(), "?")),
                 (Err(_), _) => goals.push((goal, "vpngw→vpngw failed".into(), "no")),
             }
@@ -636,6 +642,23 @@ mod tests {
         assert_eq!(find("setup rate").2, "yes");
         assert_eq!(find("< 30 s").2, "yes");
         assert_eq!(find("KiB per tunnel").1, "7.0 KiB");
+
+        // A baseline that established nothing: vpngw's rate is more than any multiple.
+        let mut none = setup(SetupPeers::SwanSwan, 10_000, 342.0, 50_000);
+        if let Ok(m) = &mut none.result {
+            m.established = 0;
+        }
+        let stalled = Report {
+            setups: vec![
+                none,
+                setup(SetupPeers::VpngwVpngw, 10_000, 25.0, 10_240 + 70_000),
+            ],
+            ..Report::default()
+        };
+        let goals = stalled.goals();
+        let rate = goals.iter().find(|g| g.0.contains("setup rate")).unwrap();
+        assert_eq!(rate.1, "400.0/s against none established");
+        assert_eq!(rate.2, "yes");
         let md = report.markdown("t");
         assert!(
             md.contains("| vpngw→vpngw | 10000 | 10000 | 25.00 | 400.0 | 4.00× |"),
