@@ -366,14 +366,14 @@ impl OutboundSa {
     /// Bytes any packet may need after the inner packet: longest padding, Pad Length,
     /// Next Header, ICV.
     pub fn tailroom_needed(&self) -> usize {
-        self.transform.align - 1 + esp::TRAILER_FIXED_LEN + self.transform.icv_len
+        self.transform.pad_to - 1 + esp::TRAILER_FIXED_LEN + self.transform.icv_len
     }
 
     /// Exact growth of an inner packet of `inner_len` bytes by [`Self::encapsulate`] (what
     /// the data plane subtracts from the path MTU).
     pub fn overhead(&self, inner_len: usize) -> usize {
         self.headroom_needed()
-            + esp::pad_len_for(inner_len, self.transform.block_len)
+            + esp::pad_len_for(inner_len, self.transform.pad_to)
             + esp::TRAILER_FIXED_LEN
             + self.transform.icv_len
     }
@@ -530,7 +530,7 @@ impl OutboundSa {
             .checked_add(inner_len)
             .filter(|&end| end <= buf.len())
             .ok_or(EspError::Layout("inner packet beyond the buffer"))?;
-        let ct_end = inner_end + esp::pad_len_for(inner_len, t.block_len) + esp::TRAILER_FIXED_LEN;
+        let ct_end = inner_end + esp::pad_len_for(inner_len, t.pad_to) + esp::TRAILER_FIXED_LEN;
         let end = ct_end + t.icv_len;
         if end > buf.len() {
             return Err(EspError::Layout("tailroom too small"));
@@ -981,9 +981,14 @@ struct Transform {
     integ: Option<Integ>,
     keys: Keys,
     iv_len: usize,
-    block_len: usize,
-    /// Ciphertext length granularity: the block, at least 4 (RFC 4303 §2.4).
+    /// Ciphertext length granularity: the block, at least 4 (RFC 4303 §2.4). What a
+    /// received packet must meet.
     align: usize,
+    /// What our padding reaches: `align`, except AES-GCM pads to whole 16-byte AES
+    /// blocks (RFC 4303 §2.4 allows any padding up to 255 bytes). Then the cipher never
+    /// handles a partial last block, on our side and on the peer's: ring encrypts it and
+    /// GHASHes it in separate calls per packet. A 1,400-byte packet carries 4 bytes more.
+    pad_to: usize,
     icv_len: usize,
 }
 
@@ -1039,8 +1044,8 @@ impl Transform {
             integ: params.integ,
             keys,
             iv_len,
-            block_len,
             align: block_len.max(4),
+            pad_to: if aead { 16 } else { block_len.max(4) },
             icv_len,
         })
     }
@@ -1271,6 +1276,10 @@ mod tests {
                     );
                     let esp = &mut buf[esp_at..sent.range.end];
                     assert_eq!(esp.len() % 4, 0, "RFC 4303 §2.4 alignment");
+                    if encr.is_aead() {
+                        // Whole AES blocks: header 8 + IV 8 + ciphertext + ICV 16.
+                        assert_eq!((esp.len() - 32) % 16, 0, "{encr:?} {payload}");
+                    }
                     let got = inb.decapsulate(esp).unwrap();
                     let Decapsulated::Packet {
                         inner,

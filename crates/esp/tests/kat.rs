@@ -9,10 +9,17 @@ use esp::fuzzing::{buffer_for, params, peer_packet, sa_pair};
 use esp::{Decapsulated, HEADROOM_MAX, InboundSa};
 
 /// AES-GCM-16 with a 128-bit key (key 01..10, salt 11..14), SPI c0ffee01, sequence
-/// number 1, IV = the sequence number, inner IPv4/UDP packet with a 4-byte payload.
+/// number 1, IV = the sequence number, inner IPv4/UDP packet with a 4-byte payload,
+/// padded to a whole AES block as vpngw sends it (32 + 14 + 2 = 48 bytes).
 const GCM128_SEQ1: &str = "c0ffee01000000010000000000000001907b19cdd0d0ed11da8d051f7436d178\
-                           ceb87c04ab7bbc544e41f2e3eaf73f88fbca223e87f07e9c77d425b8d5988a2f\
-                           3799c90d";
+                           ceb87c04ab7bbc544e41f2e3eaf73f88fbca233eb55a15950c0c6949317de9ad\
+                           98536f220d7949a0fe38d3cbf8ea70fa";
+
+/// The same packet padded only to 4 bytes (32 + 2 + 2 = 36), as the Linux kernel and
+/// strongSwan send it: vpngw must take both.
+const GCM128_SEQ1_PAD4: &str = "c0ffee01000000010000000000000001907b19cdd0d0ed11da8d051f7436d178\
+                                ceb87c04ab7bbc544e41f2e3eaf73f88fbca223e87f07e9c77d425b8d5988a2f\
+                                3799c90d";
 
 /// AES-128-CBC (key 01..10) with HMAC-SHA1-96 (key 80..93), sequence number 1, the IV
 /// our sender derives from its seed (`TestRandom(7)`) and the sequence number.
@@ -61,6 +68,12 @@ fn aes_gcm_128_encapsulation_matches_rfc_4106_construction() {
     assert_eq!(encapsulated(Encr::AesGcm16_128, None, 4), hex(GCM128_SEQ1));
     let sa = InboundSa::new(params(Encr::AesGcm16_128, None, false)).unwrap();
     assert_eq!(decapsulated(&sa, hex(GCM128_SEQ1)), expected_inner(4));
+}
+
+#[test]
+fn aes_gcm_128_packet_padded_to_4_bytes_decapsulates() {
+    let sa = InboundSa::new(params(Encr::AesGcm16_128, None, false)).unwrap();
+    assert_eq!(decapsulated(&sa, hex(GCM128_SEQ1_PAD4)), expected_inner(4));
 }
 
 #[test]

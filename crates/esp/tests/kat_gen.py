@@ -2,7 +2,8 @@
 """Derives the golden ESP packets of tests/kat.rs independently of the Rust code.
 
 Built from the RFC rules alone with the `cryptography` package (OpenSSL): RFC 4303 §2
-(layout, padding 1,2,3..., Pad Length, Next Header 4), RFC 4106 (AES-GCM: nonce = salt ||
+(layout, padding 1,2,3..., Pad Length, Next Header 4; vpngw pads AES-GCM to 16 bytes,
+peers such as the Linux kernel to 4), RFC 4106 (AES-GCM: nonce = salt ||
 IV, AAD = SPI || sequence number, 16-byte ICV), RFC 3602 + RFC 2404 (AES-CBC, ICV =
 HMAC-SHA1-96 over header || IV || ciphertext), RFC 4868 (HMAC-SHA-512-256).
 Run: python3 crates/esp/tests/kat_gen.py
@@ -51,13 +52,13 @@ def splitmix64(state, n):
     return out[:n]
 
 
-def gcm_packet(seq, payload_len):
+def gcm_packet(seq, payload_len, align):
     key = bytes(range(1, 21))  # 16-byte AES key || 4-byte salt (RFC 4106 §8.1)
     aes, salt = key[:16], key[16:]
     iv = struct.pack("!Q", seq)  # RFC 4106 §3.1: the sequence number as IV
     header = struct.pack("!II", SPI, seq)
     inner = inner_packet(payload_len)
-    plaintext = inner + trailer(len(inner), 4)
+    plaintext = inner + trailer(len(inner), align)
     sealed = AESGCM(aes).encrypt(salt + iv, plaintext, header)  # ciphertext || tag
     return header + iv + sealed
 
@@ -93,7 +94,8 @@ def cbc_sha512_packet(seq, payload_len, iv):
 
 
 if __name__ == "__main__":
-    print("GCM128 seq 1, 4-byte payload:", gcm_packet(1, 4).hex())
+    print("GCM128 seq 1, 4-byte payload, padded to 16 (vpngw):", gcm_packet(1, 4, 16).hex())
+    print("GCM128 seq 1, 4-byte payload, padded to 4 (a peer):", gcm_packet(1, 4, 4).hex())
     print("CBC128-SHA1 seq 1, 4-byte payload, seed TestRandom(7):",
           cbc_sha1_packet(1, 4, 7).hex())
     print("CBC256-SHA512 seq 5, 20-byte payload, IV 0xf0..0xff:",
