@@ -31,6 +31,11 @@ pub struct EndpointConfig {
     pub max_initiating: usize,
     /// Raw ESP or ESP in UDP when no NAT is detected (see [`EspEncap`]; IKEv2 only).
     pub esp_encap: EspEncap,
+    /// Half-open IKE SAs (IKE_SA_INIT answered, no IKE_AUTH yet) from which on the
+    /// responder answers an IKE_SA_INIT without a valid COOKIE with one, keeping no
+    /// state and computing no DH, until the initiator proves it gets our replies
+    /// (RFC 7296 §2.6). 0: always; `usize::MAX`: never.
+    pub cookie_threshold: usize,
 }
 
 impl Default for EndpointConfig {
@@ -45,6 +50,10 @@ impl Default for EndpointConfig {
             // a burst fits in its socket buffer and stays under COOKIE thresholds.
             max_initiating: 64,
             esp_encap: EspEncap::default(),
+            // strongSwan's charon.cookie_threshold is 10. With DH off the control
+            // thread an IKE SA is half-open for about one round trip, and one vpngw
+            // peer starts up to `max_initiating` (64) at once: above that, a flood.
+            cookie_threshold: 128,
         }
     }
 }
@@ -248,6 +257,11 @@ impl Endpoint {
 
     pub fn stats(&self) -> Stats {
         self.io.stats
+    }
+
+    /// IKE SAs that answered an IKE_SA_INIT and wait for the peer's IKE_AUTH.
+    pub fn half_open_count(&self) -> usize {
+        self.half_open.len()
     }
 
     pub fn peer(&self, peer: PeerId) -> Option<&PeerConfig> {

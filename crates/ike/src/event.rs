@@ -277,4 +277,11 @@ pub struct Stats {
     /// Requests (the peer's IKE_AUTH) that arrived before their IKE SA's offloaded keys
     /// and were kept until they were ready.
     pub dh_held: u64,
+    /// IKE_SA_INIT requests answered with a COOKIE instead of state, because the
+    /// responder had [`crate::EndpointConfig::cookie_threshold`] half-open IKE SAs
+    /// (RFC 7296 §2.6).
+    pub cookies_sent: u64,
+    /// IKE_SA_INIT requests whose COOKIE did not verify (forged, or made with a secret
+    /// already retired); answered like requests without one.
+    pub cookies_invalid: u64,
 }
