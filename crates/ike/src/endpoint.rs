@@ -210,6 +210,8 @@ pub struct Endpoint {
     pub(crate) pacing: Pacing,
     /// Responder: (peer address, SPIi) → our SPI, to answer retransmitted IKE_SA_INITs.
     pub(crate) half_open: HashMap<(SocketAddr, u64), u64>,
+    /// Responder: the secrets of IKE_SA_INIT cookies (RFC 7296 §2.6).
+    pub(crate) cookies: crate::cookie::CookieJar,
     pub(crate) io: Io,
     /// The IKEv1 engine's SAs (RFC 2409); see [`crate::v1`].
     pub(crate) v1: crate::v1::engine::Engine,
@@ -233,6 +235,7 @@ impl Endpoint {
             sas: SaTable::default(),
             pacing: Pacing::default(),
             half_open: HashMap::new(),
+            cookies: crate::cookie::CookieJar::default(),
             v1: Default::default(),
             io: Io {
                 rng,
@@ -259,9 +262,10 @@ impl Endpoint {
         self.io.stats
     }
 
-    /// IKE SAs that answered an IKE_SA_INIT and wait for the peer's IKE_AUTH.
+    /// Responder IKE SAs that answered an IKE_SA_INIT and wait for the peer's IKE_AUTH
+    /// (the count [`EndpointConfig::cookie_threshold`] is compared with).
     pub fn half_open_count(&self) -> usize {
-        self.half_open.len()
+        self.sas.unidentified_len()
     }
 
     pub fn peer(&self, peer: PeerId) -> Option<&PeerConfig> {

@@ -160,6 +160,30 @@ impl Endpoint {
             );
             return;
         };
+        if self.half_open_count() >= self.cfg.cookie_threshold {
+            // RFC 7296 §2.6: under load, state and DH only for an initiator that has
+            // shown it receives our replies by returning the cookie (first payload;
+            // accepted anywhere). An invalid one counts as none (§2.6).
+            let offered = find_notify(p, NotifyType::COOKIE);
+            let valid = offered
+                .is_some_and(|c| self.cookies.verify(now, &c.data, ni, remote.ip(), h.spi_i));
+            if !valid {
+                if offered.is_some() {
+                    self.io.stats.cookies_invalid += 1;
+                }
+                let c = self
+                    .cookies
+                    .make(now, &mut *self.io.rng, ni, remote.ip(), h.spi_i);
+                self.io.stats.cookies_sent += 1;
+                tracing::debug!(
+                    %remote,
+                    half_open = self.half_open_count(),
+                    "IKE_SA_INIT answered with a COOKIE (RFC 7296 §2.6)"
+                );
+                self.send_init_error(local, remote, h.spi_i, Notify::new(NotifyType::COOKIE, c));
+                return;
+            }
+        }
         let mut tried: Vec<crate::IkeProposal> = Vec::new();
         let chosen = self
             .index
@@ -2384,6 +2408,6 @@ fn child_refusal(n: NotifyType, cfg: &PeerConfig) -> String {
 }
 
 /// Compares MACs in constant time.
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

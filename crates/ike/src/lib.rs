@@ -50,6 +50,7 @@
 //! no EAP, no CP.
 
 pub mod config;
+mod cookie;
 mod encap;
 mod endpoint;
 pub mod event;

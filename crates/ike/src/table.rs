@@ -90,6 +90,11 @@ impl SaTable {
             .filter_map(|(_, spi)| self.get(spi).map(|s| (*spi, s)))
     }
 
+    /// How many responder SAs [`Self::unidentified`] yields, without walking them.
+    pub fn unidentified_len(&self) -> usize {
+        self.unidentified.len()
+    }
+
     /// Every responder SA whose peer IKE_AUTH has not named yet (the half-open ones).
     pub fn unidentified(&self) -> impl Iterator<Item = (u64, &IkeSa)> {
         self.unidentified

@@ -83,6 +83,10 @@ pub struct NodeConfig {
     /// uses UDP between two vpngw (vendor ID, forced NAT detection), which the data
     /// plane sends with UDP GSO and receives with UDP GRO.
     pub esp_encap: ike::EspEncap,
+    /// Half-open IKE SAs from which on an IKE_SA_INIT must return a COOKIE first
+    /// (`vpngw serve --ike-cookie-threshold`; RFC 7296 §2.6, see
+    /// [`ike::EndpointConfig::cookie_threshold`]).
+    pub ike_cookie_threshold: usize,
 }
 
 impl Default for NodeConfig {
@@ -96,6 +100,7 @@ impl Default for NodeConfig {
             raw_esp: true,
             tun_offloads: true,
             esp_encap: ike::EspEncap::Auto,
+            ike_cookie_threshold: ike::EndpointConfig::default().cookie_threshold,
         }
     }
 }
@@ -204,6 +209,7 @@ impl Node {
                 // The endpoint (and its RNG) lives on this thread only.
                 let ike_config = ike::EndpointConfig {
                     esp_encap: config.esp_encap,
+                    cookie_threshold: config.ike_cookie_threshold,
                     ..ike::EndpointConfig::default()
                 };
                 let mut endpoint = ike::Endpoint::new(ike_config, Box::new(crypto::OsRandom));

@@ -83,6 +83,12 @@ enum Command {
         /// NAT ESP is always in UDP. Tunnels with nat_traversal off always use raw ESP.
         #[arg(long, value_enum, env = "VPNGW_ESP_ENCAP", default_value = "auto")]
         esp_encap: EspEncapArg,
+        /// Half-open IKE SAs (IKE_SA_INIT answered, IKE_AUTH not yet) from which on an
+        /// IKEv2 IKE_SA_INIT is answered with a COOKIE that the peer must send back
+        /// before the gateway keeps any state or computes Diffie-Hellman for it
+        /// (RFC 7296 §2.6; strongSwan's charon.cookie_threshold). 0 demands one always.
+        #[arg(long, env = "VPNGW_IKE_COOKIE_THRESHOLD", default_value_t = node::NodeConfig::default().ike_cookie_threshold)]
+        ike_cookie_threshold: usize,
     },
     /// VPN gateways.
     #[command(subcommand)]
@@ -451,9 +457,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         listen,
         no_node,
         esp_encap,
+        ike_cookie_threshold,
     } = cli.command
     {
-        return crate::serve::run(listen, &cli.data_dir, !no_node, esp_encap.into());
+        let node = node::NodeConfig {
+            esp_encap: esp_encap.into(),
+            ike_cookie_threshold,
+            ..node::NodeConfig::default()
+        };
+        return crate::serve::run(listen, &cli.data_dir, !no_node, node);
     }
     let client = Client::new(&cli.server, token(&cli.data_dir)?);
     let out = Out {

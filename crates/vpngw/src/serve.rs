@@ -14,7 +14,7 @@ pub fn run(
     listen: SocketAddr,
     data_dir: &Path,
     with_node: bool,
-    esp_encap: node::EspEncap,
+    node_config: node::NodeConfig,
 ) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -50,7 +50,7 @@ pub fn run(
             data_dir.display()
         );
         let node = if with_node {
-            start_node(&state, state.store.clone(), esp_encap).await
+            start_node(&state, state.store.clone(), node_config).await
         } else {
             // Controller only: no node will move resources out of `creating`, so the
             // controller applies its desired state itself (gateways say no node is
@@ -76,12 +76,8 @@ pub fn run(
 async fn start_node(
     state: &api::AppState,
     store: Arc<dyn Store>,
-    esp_encap: node::EspEncap,
+    config: node::NodeConfig,
 ) -> Option<node::NodeHandle> {
-    let config = node::NodeConfig {
-        esp_encap,
-        ..node::NodeConfig::default()
-    };
     node::fix_malloc_mmap_threshold();
     match node::Node::start(config, store.clone(), state.subscribe()).await {
         Ok(node) => {

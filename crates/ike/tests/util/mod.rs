@@ -162,11 +162,28 @@ impl Pair {
     }
 
     pub fn with_seed(a_cfg: PeerConfig, b_cfg: PeerConfig, seed: u64) -> Self {
+        Self::with_endpoints(
+            a_cfg,
+            b_cfg,
+            seed,
+            EndpointConfig::default(),
+            EndpointConfig::default(),
+        )
+    }
+
+    /// Endpoints with these engine-wide settings.
+    pub fn with_endpoints(
+        a_cfg: PeerConfig,
+        b_cfg: PeerConfig,
+        seed: u64,
+        a_ep: EndpointConfig,
+        b_ep: EndpointConfig,
+    ) -> Self {
         #[allow(clippy::disallowed_methods)] // the one real clock read: the virtual epoch
         let start = Instant::now();
-        let mut a = Endpoint::new(EndpointConfig::default(), Box::new(TestRng(seed)));
+        let mut a = Endpoint::new(a_ep, Box::new(TestRng(seed)));
         let mut b = Endpoint::new(
-            EndpointConfig::default(),
+            b_ep,
             Box::new(TestRng(seed.wrapping_mul(7919) ^ 0xdead_beef)),
         );
         a.add_peer(PEER_A, a_cfg).unwrap();
