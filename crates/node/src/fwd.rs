@@ -620,43 +620,41 @@ pub(crate) fn render_dataplane(t: &dataplane::Snapshot, out: &mut String) {
     ] {
         let _ = writeln!(out, "{name}{{path=\"{path}\"}} {}", f.packets);
     }
-    for (name, help, v) in [
-        (
-            "vpngw_dataplane_udp_gso_sends_total",
-            "UDP messages sent with GSO (more than one ESP-in-UDP datagram each).",
-            t.udp_gso_sends,
-        ),
-        (
-            "vpngw_dataplane_udp_gro_reads_total",
-            "UDP messages received coalesced by GRO (more than one datagram each).",
-            t.udp_gro_reads,
-        ),
-        (
-            "vpngw_dataplane_udp_gso_disabled_total",
-            "Sockets on which the kernel refused UDP GSO (sending unsegmented since).",
-            t.udp_gso_disabled,
-        ),
-        (
-            "vpngw_dataplane_tun_gso_reads_total",
-            "TSO super-packets read from the TUN device.",
-            t.tun_gso_reads,
-        ),
-        (
-            "vpngw_dataplane_tun_gro_writes_total",
-            "Coalesced writes to the TUN device.",
-            t.tun_gro_writes,
-        ),
-        (
-            "vpngw_dataplane_rx_copied_total",
-            "Received packets copied into their buffer (the others were read in place).",
-            t.rx_copied,
-        ),
-    ] {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-        );
-    }
+    crate::health::write_counters(
+        out,
+        &[
+            (
+                "vpngw_dataplane_udp_gso_sends_total",
+                "UDP messages sent with GSO (more than one ESP-in-UDP datagram each).",
+                t.udp_gso_sends,
+            ),
+            (
+                "vpngw_dataplane_udp_gro_reads_total",
+                "UDP messages received coalesced by GRO (more than one datagram each).",
+                t.udp_gro_reads,
+            ),
+            (
+                "vpngw_dataplane_udp_gso_disabled_total",
+                "Sockets on which the kernel refused UDP GSO (sending unsegmented since).",
+                t.udp_gso_disabled,
+            ),
+            (
+                "vpngw_dataplane_tun_gso_reads_total",
+                "TSO super-packets read from the TUN device.",
+                t.tun_gso_reads,
+            ),
+            (
+                "vpngw_dataplane_tun_gro_writes_total",
+                "Coalesced writes to the TUN device.",
+                t.tun_gro_writes,
+            ),
+            (
+                "vpngw_dataplane_rx_copied_total",
+                "Received packets copied into their buffer (the others were read in place).",
+                t.rx_copied,
+            ),
+        ],
+    );
     let name = "vpngw_dataplane_drops_total";
     let _ = writeln!(
         out,

@@ -186,28 +186,36 @@ impl api::MetricsSource for NodeMetrics {
 }
 
 fn render_counters(c: &Counters, out: &mut String) {
+    write_counters(
+        out,
+        &[
+            (
+                "vpngw_health_probes_total",
+                "Health-check echo requests sent through tunnels.",
+                c.probes.load(Ordering::Relaxed),
+            ),
+            (
+                "vpngw_health_replies_total",
+                "Echo replies to health-check probes received.",
+                c.replies.load(Ordering::Relaxed),
+            ),
+            (
+                "vpngw_health_malformed_total",
+                "Packets that claimed to answer a health-check probe but did not check out (dropped).",
+                c.malformed.load(Ordering::Relaxed),
+            ),
+        ],
+    );
+}
+
+/// Appends each `(name, help, value)` as a counter without labels, with `# HELP` and
+/// `# TYPE` (the node's `/metrics` lines).
+pub(crate) fn write_counters(out: &mut String, counters: &[(&str, &str, u64)]) {
     use std::fmt::Write;
-    for (name, help, v) in [
-        (
-            "vpngw_health_probes_total",
-            "Health-check echo requests sent through tunnels.",
-            &c.probes,
-        ),
-        (
-            "vpngw_health_replies_total",
-            "Echo replies to health-check probes received.",
-            &c.replies,
-        ),
-        (
-            "vpngw_health_malformed_total",
-            "Packets that claimed to answer a health-check probe but did not check out (dropped).",
-            &c.malformed,
-        ),
-    ] {
+    for (name, help, v) in counters {
         let _ = writeln!(
             out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-            v.load(Ordering::Relaxed)
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
         );
     }
 }
