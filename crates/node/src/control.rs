@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::desired::Desired;
 use crate::fwd::{ConnFwd, Fwd, NONE, TunnelKey, carries_traffic};
 use crate::health::{self, Health};
+use crate::ikestats::{self, IkeSnapshot, SharedIkeStats};
 
 /// Tries in quick succession before a tunnel shows `phase1_failed`/`phase2_failed`
 /// (the product documentation: "if 3 retries still fail, it shows Phase 1 failed or
@@ -125,6 +126,8 @@ pub(crate) struct Control {
     publish_due: bool,
     /// Tunnels whose status may have changed since the last publication.
     dirty: Dirty,
+    /// The endpoint's counters as `GET /metrics` shows them, refreshed every loop pass.
+    ike_stats: SharedIkeStats,
 }
 
 /// The node's view of one tunnel.
@@ -221,6 +224,7 @@ impl Control {
         fwd: Arc<ArcSwap<Fwd>>,
         sadb: Arc<SaDb<TunnelKey>>,
         writes: mpsc::UnboundedSender<StoreWrite>,
+        ike_stats: SharedIkeStats,
     ) -> Self {
         let netlink = match Netlink::open() {
             Ok(n) => Some(n),
@@ -250,6 +254,7 @@ impl Control {
             publish_due: false,
             dirty: Dirty::default(),
             health: Health::new(&mut crypto::OsRandom),
+            ike_stats,
         }
     }
 
@@ -285,6 +290,15 @@ impl Control {
             }
             self.health_tick(now);
             self.flush();
+            // After the inputs and timers of this pass, so a dropped datagram shows in
+            // `GET /metrics` without waiting for the status tick.
+            ikestats::publish(
+                &self.ike_stats,
+                IkeSnapshot {
+                    stats: self.endpoint.stats(),
+                    half_open: self.endpoint.half_open_count(),
+                },
+            );
             let refresh = now >= self.next_tick;
             if refresh {
                 self.next_tick = now + STATUS_INTERVAL;

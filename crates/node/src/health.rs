@@ -155,13 +155,16 @@ pub(crate) struct Counters {
 }
 
 /// The node's lines for `GET /metrics`: health-check probes sent, answers received and
-/// answers dropped as malformed, over all health checks. `vpngw serve` hands it to the
-/// API (`api::AppState::add_metrics_source`).
+/// answers dropped as malformed, over all health checks; the data plane's packet
+/// counters; the IKE engine's counters and half-open IKE SAs. `vpngw serve` hands it to
+/// the API (`api::AppState::add_metrics_source`).
 #[derive(Clone)]
 pub struct NodeMetrics {
     pub(crate) fwd: Arc<ArcSwap<Fwd>>,
     /// The data plane's packet counters (`fwd::render_dataplane`).
     pub(crate) dataplane: dataplane::CounterReader,
+    /// What the control thread last published of the IKE endpoint (`ikestats.rs`).
+    pub(crate) ike: crate::ikestats::SharedIkeStats,
 }
 
 impl std::fmt::Debug for NodeMetrics {
@@ -175,6 +178,7 @@ impl NodeMetrics {
     pub fn render(&self, out: &mut String) {
         render_counters(&self.fwd.load().health.counters, out);
         crate::fwd::render_dataplane(&self.dataplane.totals(), out);
+        crate::ikestats::render(&self.ike.load(), out);
     }
 }
 

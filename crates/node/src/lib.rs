@@ -33,6 +33,7 @@ mod desired;
 mod dhpool;
 mod fwd;
 mod health;
+mod ikestats;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -167,9 +168,11 @@ impl Node {
         ];
         dp_config.esp = config.raw_esp.then_some(std::net::Ipv4Addr::UNSPECIFIED);
         let mut dp = Dataplane::start(dp_config, handler)?;
+        let ike_stats: ikestats::SharedIkeStats = Arc::default();
         let metrics = NodeMetrics {
             fwd: Arc::clone(&fwd),
             dataplane: dp.counter_reader(),
+            ike: Arc::clone(&ike_stats),
         };
         let packets = dp.take_control().ok_or(NodeError::Stopped)?;
 
@@ -222,7 +225,7 @@ impl Node {
                         "no DH worker threads; shared secrets are computed on the control thread"
                     ),
                 }
-                Control::new(endpoint, dp, ports, fwd, sadb, writes_tx).run(input_rx);
+                Control::new(endpoint, dp, ports, fwd, sadb, writes_tx, ike_stats).run(input_rx);
             })
             .map_err(|source| NodeError::Spawn {
                 what: "control thread",
@@ -346,7 +349,8 @@ impl NodeHandle {
         }
     }
 
-    /// The node's `/metrics` lines (health-check probe counts).
+    /// The node's `/metrics` lines (health-check probes, data plane and IKE engine
+    /// counters).
     pub fn metrics(&self) -> NodeMetrics {
         self.metrics.clone()
     }
