@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use lab::vpngw::id;
-use lab::{Iperf3Server, StrongSwan, SwanctlChild, SwanctlConn, Topology, Vpngw, swanctl};
+use lab::{
+    Iperf3Server, StrongSwan, SwanctlChild, SwanctlConn, Topology, Vpngw, VpngwConfig, swanctl,
+};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vpngw");
@@ -41,15 +43,9 @@ fn onprem_conn() -> SwanctlConn {
     })
 }
 
-#[test]
-fn vpngw_serve_brings_up_a_tunnel_with_strongswan() {
-    let topo = Topology::new().unwrap();
-    let serve = serve(&topo);
-    assert!(serve.data_dir().join("admin.token").exists());
-    let swan =
-        StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
-    swan.load(&swanctl::render(&[onprem_conn()])).unwrap();
-
+/// A gateway, strongSwan as its customer gateway, a one-tunnel connection and the route
+/// to on-premises through it; returns the gateway's and the connection's IDs.
+fn create_connection(serve: &Vpngw, effective_immediately: bool) -> (String, String) {
     let gw = serve.post(
         "/v1/vpn-gateways",
         json!({"name": "lab-gw", "ipsec_addresses": [GW1], "local_networks": ["172.16.0.0/16"]}),
@@ -64,7 +60,7 @@ fn vpngw_serve_brings_up_a_tunnel_with_strongswan() {
         json!({
             "name": "to-onprem",
             "vpn_gateway_id": gw_id,
-            "effective_immediately": true,
+            "effective_immediately": effective_immediately,
             "tunnels": [{"customer_gateway_id": id(&cgw), "pre_shared_key": PSK}],
         }),
     );
@@ -73,6 +69,34 @@ fn vpngw_serve_brings_up_a_tunnel_with_strongswan() {
         &format!("/v1/vpn-gateways/{gw_id}/routes"),
         json!({"destination": "10.2.0.0/24", "next_hop": conn_id}),
     );
+    (gw_id, conn_id)
+}
+
+/// The value of the `/metrics` line that starts with `series ` (0 if there is none).
+fn metric(serve: &Vpngw, series: &str) -> u64 {
+    let (status, text) = serve.call_text("GET", "/metrics", None);
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn vpngw_serve_brings_up_a_tunnel_with_strongswan() {
+    let topo = Topology::new().unwrap();
+    let serve = serve(&topo);
+    assert!(serve.data_dir().join("admin.token").exists());
+    let swan =
+        StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
+    swan.load(&swanctl::render(&[onprem_conn()])).unwrap();
+
+    let (gw_id, conn_id) = create_connection(&serve, true);
     let t = wait_tunnel(&serve, &conn_id, "established", |s| {
         s["phase"] == "established"
     });
@@ -119,4 +143,40 @@ fn vpngw_serve_brings_up_a_tunnel_with_strongswan() {
         |sas| (!sas.iter().any(|sa| sa.name == "vpn")).then_some(()),
     )
     .unwrap();
+}
+
+/// A responder under load (here `--ike-cookie-threshold 0`: every IKE_SA_INIT gets a
+/// COOKIE first) and strongSwan as the initiator: strongSwan repeats its request with
+/// the cookie (RFC 7296 §2.6) and the tunnel comes up and carries traffic.
+#[test]
+fn strongswan_returns_the_cookie_of_a_loaded_responder() {
+    let topo = Topology::new().unwrap();
+    let dir = topo.workdir.subdir("vpngw").unwrap();
+    let serve = Vpngw::start(
+        &topo.gw,
+        &VpngwConfig {
+            bin: BIN,
+            dir: &dir,
+            listen: LISTEN,
+            extra_args: &["--ike-cookie-threshold", "0"],
+        },
+    )
+    .unwrap();
+    let swan =
+        StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
+    swan.load(&swanctl::render(&[onprem_conn()])).unwrap();
+    // Not effective immediately: vpngw waits, strongSwan initiates.
+    let (_, conn_id) = create_connection(&serve, false);
+    assert_eq!(metric(&serve, "vpngw_ike_cookies_sent_total"), 0);
+    swan.initiate("net").unwrap();
+    let t = wait_tunnel(&serve, &conn_id, "established", |s| {
+        s["phase"] == "established"
+    });
+    assert_eq!(t["status"]["ike_sa"]["algorithms"], SUITE);
+    swan.wait_established("vpn", Duration::from_secs(10))
+        .unwrap();
+    assert!(metric(&serve, "vpngw_ike_cookies_sent_total") >= 1);
+    assert_eq!(metric(&serve, "vpngw_ike_cookies_invalid_total"), 0);
+    let vpc = topo.vpc_ip().to_string();
+    lab::wait_ping(&topo.vpc, &vpc, "10.2.0.1", Duration::from_secs(10)).unwrap();
 }
