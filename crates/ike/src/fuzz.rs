@@ -52,7 +52,20 @@ impl Random for Fixed {
 
 /// A responder endpoint configured for any peer, as hostile input meets it.
 pub fn responder() -> Endpoint {
-    let mut ep = Endpoint::new(EndpointConfig::default(), Box::new(Fixed(1)));
+    responder_with(EndpointConfig::default())
+}
+
+/// The same responder under load: every IKE_SA_INIT must return a cookie first
+/// (RFC 7296 §2.6).
+pub fn cookie_responder() -> Endpoint {
+    responder_with(EndpointConfig {
+        cookie_threshold: 0,
+        ..EndpointConfig::default()
+    })
+}
+
+fn responder_with(config: EndpointConfig) -> Endpoint {
+    let mut ep = Endpoint::new(config, Box::new(Fixed(1)));
     let cfg = PeerConfig {
         version: crate::IkeVersion::V2,
         v1_mode: crate::V1Mode::Main,
@@ -98,8 +111,22 @@ pub fn handle(ep: &mut Endpoint, now: Instant, data: &[u8]) {
 }
 
 /// The whole fuzz body: decoder and engine.
+///
+/// # Panics
+///
+/// If a responder that demands cookies kept state or made a Diffie-Hellman key for the
+/// datagram: no single datagram can carry the cookie it has not yet sent.
 pub fn message(data: &[u8], now: Instant) {
     decode(data);
     let mut ep = responder();
     handle(&mut ep, now, data);
+    let mut ep = cookie_responder();
+    handle(&mut ep, now, data);
+    let stats = ep.stats();
+    assert_eq!(ep.half_open_count(), 0, "state without a cookie");
+    assert_eq!(
+        stats.dh_keys_inline + stats.dh_keys_ready,
+        0,
+        "DH without a cookie"
+    );
 }

@@ -117,6 +117,24 @@ fn fuzz_body_over_mutated_inputs() {
         &types[..3],
         &[PayloadType::SA, PayloadType::KE, PayloadType::NONCE]
     );
+    // A cookie-demanding responder answers the same seed with N(COOKIE), and takes the
+    // seed back with that cookie first. In the fuzz body each input meets a fresh
+    // responder, so the cookie and its mutations only ever meet the verification.
+    let mut ep = ike::fuzz::cookie_responder();
+    ep.handle_datagram(now, sock(B_IP, 500), sock(A_IP, 500), &seeds[0]);
+    let answer = Message::decode(&ep.poll_transmit().expect("the COOKIE answer").payload).unwrap();
+    let Some(Payload::Notify(cookie)) = answer.payloads.first() else {
+        panic!("{answer:?}");
+    };
+    assert_eq!(cookie.ntype, NotifyType::COOKIE);
+    let mut with_cookie = Message::decode(&seeds[0]).unwrap();
+    with_cookie
+        .payloads
+        .insert(0, Payload::Notify(cookie.clone()));
+    let with_cookie = with_cookie.encode();
+    ep.handle_datagram(now, sock(B_IP, 500), sock(A_IP, 500), &with_cookie);
+    assert_eq!(ep.half_open_count(), 1, "the right cookie is taken");
+    seeds.push(with_cookie);
     // Real traffic of a whole negotiation, rekeys and DPD included.
     let mut a = config_a();
     a.dpd_interval = Some(Duration::from_secs(10));
