@@ -47,12 +47,7 @@ impl CookieJar {
         ip: IpAddr,
         spi_i: u64,
     ) -> Vec<u8> {
-        self.rotate(now, rng);
-        match &self.current {
-            Some(s) => cookie(s, ni, ip, spi_i),
-            // `rotate` always leaves a current secret.
-            None => Vec::new(),
-        }
+        compute(self.current_secret(now, rng), ni, ip, spi_i)
     }
 
     /// Whether `cookie` was made by the current or the previous secret for this
@@ -73,26 +68,27 @@ impl CookieJar {
             .into_iter()
             .flatten()
             .filter(|s| s.version == version)
-            .any(|s| crate::exchange::ct_eq(&crate::cookie::cookie(s, ni, ip, spi_i), cookie))
+            .any(|s| crate::exchange::ct_eq(&compute(s, ni, ip, spi_i), cookie))
     }
 
-    fn rotate(&mut self, now: Instant, rng: &mut dyn Random) {
+    /// The secret that makes cookies now: the current one, or a new one (the current
+    /// becoming the previous) once it has made cookies for [`ROTATE`].
+    fn current_secret(&mut self, now: Instant, rng: &mut dyn Random) -> &Secret {
         self.retire(now);
-        if self.current.as_ref().is_some_and(|s| now < s.made + ROTATE) {
-            return;
+        match self.current.take() {
+            Some(s) if now < s.made + ROTATE => self.current.insert(s),
+            old => {
+                let version = old.as_ref().map_or(0, |s| s.version.wrapping_add(1));
+                let mut key = Zeroizing::new([0u8; 32]);
+                rng.fill(&mut key[..]);
+                self.previous = old;
+                self.current.insert(Secret {
+                    version,
+                    key,
+                    made: now,
+                })
+            }
         }
-        let version = self
-            .current
-            .as_ref()
-            .map_or(0, |s| s.version.wrapping_add(1));
-        let mut key = Zeroizing::new([0u8; 32]);
-        rng.fill(&mut key[..]);
-        self.previous = self.current.take();
-        self.current = Some(Secret {
-            version,
-            key,
-            made: now,
-        });
     }
 
     /// Drops secrets whose cookies no longer verify: the previous one after it was
@@ -115,7 +111,7 @@ impl CookieJar {
     }
 }
 
-fn cookie(s: &Secret, ni: &[u8], ip: IpAddr, spi_i: u64) -> Vec<u8> {
+fn compute(s: &Secret, ni: &[u8], ip: IpAddr, spi_i: u64) -> Vec<u8> {
     let ip = match ip {
         IpAddr::V4(a) => a.octets().to_vec(),
         IpAddr::V6(a) => a.octets().to_vec(),
