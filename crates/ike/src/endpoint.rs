@@ -36,6 +36,14 @@ pub struct EndpointConfig {
     /// state and computing no DH, until the initiator proves it gets our replies
     /// (RFC 7296 §2.6). 0: always; `usize::MAX`: never.
     pub cookie_threshold: usize,
+    /// Half-open responder IKE SAs (IKEv2 waiting for IKE_AUTH, IKEv1 Main or
+    /// Aggressive Mode not finished) from which on a request that would start another
+    /// is dropped and counted ([`Stats::half_open_limited`](crate::Stats)); strongSwan's
+    /// `charon.init_limit_half_open`. IKEv2 asks for COOKIEs first, so only an
+    /// initiator that receives our replies reaches this; IKEv1 has no COOKIE exchange,
+    /// so against a flood of forged Main Mode first messages this limit is what bounds
+    /// the state they make. Each such SA times out after `half_open_timeout`.
+    pub half_open_limit: usize,
 }
 
 impl Default for EndpointConfig {
@@ -54,6 +62,10 @@ impl Default for EndpointConfig {
             // thread an IKE SA is half-open for about one round trip, and one vpngw
             // peer starts up to `max_initiating` (64) at once: above that, a flood.
             cookie_threshold: 128,
+            // One vpngw peer keeps at most `max_initiating` (64) per address in
+            // negotiation: this is 64 such peers setting up at once. An IKEv1
+            // responder SA holds about 2 KiB until it times out: 8 MiB at the limit.
+            half_open_limit: 4096,
         }
     }
 }
@@ -266,6 +278,12 @@ impl Endpoint {
     /// (the count [`EndpointConfig::cookie_threshold`] is compared with).
     pub fn half_open_count(&self) -> usize {
         self.sas.unidentified_len()
+    }
+
+    /// Half-open responder SAs of both versions (the count
+    /// [`EndpointConfig::half_open_limit`] is compared with).
+    pub fn half_open_total(&self) -> usize {
+        self.sas.unidentified_len() + self.v1.half_open_len()
     }
 
     pub fn peer(&self, peer: PeerId) -> Option<&PeerConfig> {

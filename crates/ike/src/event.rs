@@ -284,4 +284,8 @@ pub struct Stats {
     /// IKE_SA_INIT requests whose COOKIE did not verify (forged, or made with a secret
     /// already retired); answered like requests without one.
     pub cookies_invalid: u64,
+    /// Requests that would have started a negotiation (IKE_SA_INIT, IKEv1 Main or
+    /// Aggressive Mode message 1), dropped because
+    /// [`crate::EndpointConfig::half_open_limit`] responder SAs were half-open.
+    pub half_open_limited: u64,
 }

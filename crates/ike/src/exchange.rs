@@ -184,6 +184,13 @@ impl Endpoint {
                 return;
             }
         }
+        if self.half_open_total() >= self.cfg.half_open_limit {
+            // Dropped without an answer: the initiator retransmits, and gets in once
+            // half-open SAs have finished or timed out.
+            self.io.stats.half_open_limited += 1;
+            tracing::debug!(%remote, half_open = self.half_open_total(), "IKE_SA_INIT dropped: half-open limit");
+            return;
+        }
         let mut tried: Vec<crate::IkeProposal> = Vec::new();
         let chosen = self
             .index

@@ -296,7 +296,7 @@ impl Control {
                 &self.ike_stats,
                 IkeSnapshot {
                     stats: self.endpoint.stats(),
-                    half_open: self.endpoint.half_open_count(),
+                    half_open: self.endpoint.half_open_total(),
                 },
             );
             let refresh = now >= self.next_tick;

@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct IkeSnapshot {
     pub stats: ike::Stats,
-    /// `Endpoint::half_open_count`.
+    /// `Endpoint::half_open_total`.
     pub half_open: usize,
 }
 
@@ -50,7 +50,9 @@ pub(crate) fn render(s: &IkeSnapshot, out: &mut String) {
              or keys that do not match), unknown_spi (for an IKE SA this node does not have), \
              unexpected (request outside the window, response to nothing outstanding, or an \
              exchange the IKE SA does not expect), no_peer (IKE_SA_INIT or IKEv1 \
-             Main/Aggressive Mode from an address no configured tunnel accepts).",
+             Main/Aggressive Mode from an address no configured tunnel accepts), \
+             half_open_limit (IKE_SA_INIT or IKEv1 Main/Aggressive Mode message 1 while \
+             the half-open limit of responder SAs was reached).",
             "reason",
             &[
                 ("malformed", st.malformed),
@@ -58,6 +60,7 @@ pub(crate) fn render(s: &IkeSnapshot, out: &mut String) {
                 ("unknown_spi", st.unknown_spi),
                 ("unexpected", st.unexpected),
                 ("no_peer", st.no_peer),
+                ("half_open_limit", st.half_open_limited),
             ][..],
         ),
         (
@@ -123,7 +126,8 @@ pub(crate) fn render(s: &IkeSnapshot, out: &mut String) {
     let name = "vpngw_ike_half_open_sas";
     let _ = writeln!(
         out,
-        "# HELP {name} IKE SAs that answered an IKE_SA_INIT and wait for the peer's IKE_AUTH.\n\
+        "# HELP {name} Responder IKE SAs still negotiating: IKEv2 waiting for the peer's \
+         IKE_AUTH, IKEv1 in Main or Aggressive Mode (what --ike-half-open-limit bounds).\n\
          # TYPE {name} gauge\n{name} {}",
         s.half_open
     );
@@ -154,6 +158,7 @@ mod tests {
                 dh_held: 14,
                 cookies_sent: 15,
                 cookies_invalid: 16,
+                half_open_limited: 18,
             },
             half_open: 17,
         }
@@ -174,6 +179,7 @@ mod tests {
                 "vpngw_ike_dropped_total{reason=\"unknown_spi\"} 5",
                 "vpngw_ike_dropped_total{reason=\"unexpected\"} 6",
                 "vpngw_ike_dropped_total{reason=\"no_peer\"} 9",
+                "vpngw_ike_dropped_total{reason=\"half_open_limit\"} 18",
                 "vpngw_ike_dh_keys_total{source=\"ready\"} 10",
                 "vpngw_ike_dh_keys_total{source=\"inline\"} 11",
                 "vpngw_ike_duplicate_requests_total 7",
@@ -233,6 +239,7 @@ mod tests {
             "unknown_spi (",
             "unexpected (",
             "no_peer (",
+            "half_open_limit (",
         ] {
             assert!(dropped_help.contains(reason), "{reason}: {dropped_help}");
         }

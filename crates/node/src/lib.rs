@@ -88,6 +88,10 @@ pub struct NodeConfig {
     /// (`vpngw serve --ike-cookie-threshold`; RFC 7296 §2.6, see
     /// [`ike::EndpointConfig::cookie_threshold`]).
     pub ike_cookie_threshold: usize,
+    /// Half-open responder IKE SAs (both versions) from which on a request that would
+    /// start another negotiation is dropped (`vpngw serve --ike-half-open-limit`; see
+    /// [`ike::EndpointConfig::half_open_limit`]).
+    pub ike_half_open_limit: usize,
 }
 
 impl Default for NodeConfig {
@@ -102,6 +106,7 @@ impl Default for NodeConfig {
             tun_offloads: true,
             esp_encap: ike::EspEncap::Auto,
             ike_cookie_threshold: ike::EndpointConfig::default().cookie_threshold,
+            ike_half_open_limit: ike::EndpointConfig::default().half_open_limit,
         }
     }
 }
@@ -213,6 +218,7 @@ impl Node {
                 let ike_config = ike::EndpointConfig {
                     esp_encap: config.esp_encap,
                     cookie_threshold: config.ike_cookie_threshold,
+                    half_open_limit: config.ike_half_open_limit,
                     ..ike::EndpointConfig::default()
                 };
                 let mut endpoint = ike::Endpoint::new(ike_config, Box::new(crypto::OsRandom));

@@ -89,6 +89,13 @@ enum Command {
         /// (RFC 7296 §2.6; strongSwan's charon.cookie_threshold). 0 demands one always.
         #[arg(long, env = "VPNGW_IKE_COOKIE_THRESHOLD", default_value_t = node::NodeConfig::default().ike_cookie_threshold)]
         ike_cookie_threshold: usize,
+        /// Half-open IKE SAs (IKEv2 before IKE_AUTH, IKEv1 before Main or Aggressive
+        /// Mode finished) from which on a peer's request to start one more is dropped
+        /// until some finish or time out (strongSwan's charon.init_limit_half_open).
+        /// It bounds what a flood of IKEv1 first messages, which have no COOKIE
+        /// exchange, can make the gateway keep.
+        #[arg(long, env = "VPNGW_IKE_HALF_OPEN_LIMIT", default_value_t = node::NodeConfig::default().ike_half_open_limit)]
+        ike_half_open_limit: usize,
     },
     /// VPN gateways.
     #[command(subcommand)]
@@ -458,11 +465,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         no_node,
         esp_encap,
         ike_cookie_threshold,
+        ike_half_open_limit,
     } = cli.command
     {
         let node = node::NodeConfig {
             esp_encap: esp_encap.into(),
             ike_cookie_threshold,
+            ike_half_open_limit,
             ..node::NodeConfig::default()
         };
         return crate::serve::run(listen, &cli.data_dir, !no_node, node);

@@ -3,7 +3,7 @@
 //! (RFC 3947), both roles. It shares the endpoint's peers, randomness, queues and
 //! counters with the IKEv2 engine and reports through the same events.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,9 @@ pub(crate) struct Cx<'a> {
     pub io: &'a mut Io,
     pub ecfg: &'a EndpointConfig,
     pub peers: &'a BTreeMap<PeerId, std::sync::Arc<PeerConfig>>,
+    /// IKEv2's half-open responder SAs: they share
+    /// [`EndpointConfig::half_open_limit`] with ours.
+    pub v2_half_open: usize,
 }
 
 /// The IKEv1 SAs of an endpoint.
@@ -42,6 +45,10 @@ pub(crate) struct Engine {
     /// Responder: (peer address, CKY-I) → our cookie, to answer retransmitted first
     /// messages.
     pub half_open: HashMap<(SocketAddr, u64), u64>,
+    /// Responder ISAKMP SAs (our cookies) whose Main or Aggressive Mode has not
+    /// finished: what [`EndpointConfig::half_open_limit`] bounds. Kept by `put_back`,
+    /// through which every SA goes back into `sas`.
+    negotiating: HashSet<u64>,
 }
 
 const MAX_SEEN_INFO: usize = 32;
@@ -250,6 +257,14 @@ impl Engine {
                 }
                 return;
             }
+            if self.negotiating.len() + cx.v2_half_open >= cx.ecfg.half_open_limit {
+                // IKEv1 has no stateless COOKIE exchange (RFC 2408 §2.5.3 cookies are
+                // only echoed once the responder keeps state): past the limit, message
+                // 1 is dropped and the initiator retransmits it later.
+                cx.io.stats.half_open_limited += 1;
+                tracing::debug!(%remote, half_open = self.negotiating.len() + cx.v2_half_open, "IKEv1 message 1 dropped: half-open limit");
+                return;
+            }
             self.new_responder(cx, now, local, remote, data, h);
             return;
         };
@@ -340,10 +355,29 @@ impl Engine {
         }
     }
 
+    /// Responder SAs in Main or Aggressive Mode.
+    pub fn half_open_len(&self) -> usize {
+        self.negotiating.len()
+    }
+
     fn put_back(&mut self, cx: &mut Cx<'_>, sa: P1Sa) {
+        let k = sa.our_cookie();
+        if sa.initiator || sa.dead || sa.established() {
+            self.negotiating.remove(&k);
+        } else {
+            self.negotiating.insert(k);
+        }
         if sa.dead {
-            let k = sa.our_cookie();
-            self.half_open.retain(|_, v| *v != k);
+            if !sa.initiator {
+                // Keyed by where message 1 came from; after a NAT-T port float the
+                // address differs, and only then is the whole map searched.
+                let key = (sa.remote, sa.cky_i);
+                if self.half_open.get(&key) == Some(&k) {
+                    self.half_open.remove(&key);
+                } else {
+                    self.half_open.retain(|_, v| *v != k);
+                }
+            }
             for c in &sa.children {
                 cx.io.child_spis.remove(&c.sa.spi_in);
             }
@@ -617,6 +651,7 @@ impl Engine {
         sa.hs.sai_b = chain.first(PayloadType::SA).unwrap_or_default().to_vec();
         note_vids(&mut sa, &chain);
         sa.p1_last_rcvd = Some(data.to_vec());
+        sa.half_open_until = Some(now + cx.ecfg.half_open_timeout);
         cx.io.log(
             Some(peer),
             Level::Info,
@@ -651,7 +686,7 @@ impl Engine {
             }
         }
         self.half_open.insert((remote, h.cky_i), cky_r);
-        self.sas.insert(cky_r, sa);
+        self.put_back(cx, sa);
     }
 }
 
@@ -2239,6 +2274,22 @@ fn on_delete(cx: &mut Cx<'_>, sa: &mut P1Sa, d: &Delete) {
 // ---- timers ---------------------------------------------------------------------------
 
 fn sa_timers(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
+    if !sa.established() && sa.half_open_until.is_some_and(|t| now >= t) {
+        cx.io.log(
+            Some(sa.peer),
+            Level::Warn,
+            "half_open_timeout",
+            format!(
+                "peer {} did not finish {} within {} s (waiting for {})",
+                sa.remote,
+                mode_name(sa.mode),
+                cx.ecfg.half_open_timeout.as_secs(),
+                sa.state.waiting_for()
+            ),
+        );
+        sa.dead = true;
+        return;
+    }
     if let Some(r) = &mut sa.retx
         && now >= r.next
     {

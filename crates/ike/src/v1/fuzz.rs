@@ -131,7 +131,20 @@ pub fn peer_config(mode: V1Mode) -> PeerConfig {
 /// A responder endpoint with an IKEv1 Main Mode peer at [`REMOTE`] and an
 /// Aggressive Mode peer known by FQDN from anywhere, as hostile input meets it.
 pub fn responder() -> Endpoint {
-    let mut ep = Endpoint::new(EndpointConfig::default(), Box::new(Lcg(7)));
+    responder_with(EndpointConfig::default())
+}
+
+/// The same responder with no room for a half-open SA
+/// ([`EndpointConfig::half_open_limit`] 0), as a flood leaves it.
+pub fn full_responder() -> Endpoint {
+    responder_with(EndpointConfig {
+        half_open_limit: 0,
+        ..EndpointConfig::default()
+    })
+}
+
+fn responder_with(config: EndpointConfig) -> Endpoint {
+    let mut ep = Endpoint::new(config, Box::new(Lcg(7)));
     let _ = ep.add_peer(PeerId(1), peer_config(V1Mode::Main));
     let mut any = peer_config(V1Mode::Aggressive);
     any.remote = None;
@@ -156,8 +169,22 @@ pub fn handle(ep: &mut Endpoint, now: Instant, data: &[u8]) {
 }
 
 /// The whole fuzz body: decoders and engine.
+///
+/// # Panics
+///
+/// If a responder at its half-open limit kept state or made a Diffie-Hellman key for
+/// the datagram.
 pub fn message(data: &[u8], now: Instant) {
     decode(data);
     let mut ep = responder();
     handle(&mut ep, now, data);
+    let mut ep = full_responder();
+    handle(&mut ep, now, data);
+    let stats = ep.stats();
+    assert_eq!(ep.half_open_total(), 0, "state past the half-open limit");
+    assert_eq!(
+        stats.dh_keys_inline + stats.dh_keys_ready,
+        0,
+        "DH past the half-open limit"
+    );
 }

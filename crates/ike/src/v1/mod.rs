@@ -43,7 +43,12 @@ pub fn is_v1(data: &[u8]) -> bool {
 impl Endpoint {
     fn v1_cx(&mut self) -> (&mut engine::Engine, Cx<'_>) {
         let Endpoint {
-            cfg, peers, io, v1, ..
+            cfg,
+            peers,
+            io,
+            v1,
+            sas,
+            ..
         } = self;
         (
             v1,
@@ -51,6 +56,7 @@ impl Endpoint {
                 io,
                 ecfg: cfg,
                 peers,
+                v2_half_open: sas.unidentified_len(),
             },
         )
     }

@@ -199,6 +199,9 @@ pub(crate) struct P1Sa {
     /// Phase 1 completed during the last input; the engine looks at siblings.
     pub just_established: bool,
     pub dead: bool,
+    /// Responder: when the SA goes if Main or Aggressive Mode has not finished
+    /// ([`crate::EndpointConfig::half_open_timeout`], as for IKEv2).
+    pub half_open_until: Option<Instant>,
 }
 
 impl P1Sa {
@@ -256,6 +259,7 @@ impl P1Sa {
             retire_at: None,
             just_established: false,
             dead: false,
+            half_open_until: None,
         }
     }
 
@@ -293,6 +297,7 @@ impl P1Sa {
             at(q.linger_until);
         }
         if !self.established() {
+            at(self.half_open_until);
             return t;
         }
         at(self.retire_at);

@@ -455,3 +455,20 @@ impl Pair {
         assert_eq!(a, b);
     }
 }
+
+/// Hands everything `from` wants to send to `to`; returns the datagrams.
+pub fn relay(now: Instant, from: &mut Endpoint, to: &mut Endpoint) -> Vec<Vec<u8>> {
+    let mut sent = Vec::new();
+    while let Some(t) = from.poll_transmit() {
+        to.handle_datagram(now, t.remote, t.local, &t.payload);
+        sent.push(t.payload);
+    }
+    sent
+}
+
+/// Drains `e`'s events; returns how many were IKE SAs established.
+pub fn established_count(e: &mut Endpoint) -> usize {
+    std::iter::from_fn(|| e.poll_event())
+        .filter(|e| matches!(e, Event::IkeSaEstablished { .. }))
+        .count()
+}
