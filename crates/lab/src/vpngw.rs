@@ -175,6 +175,23 @@ impl ApiClient {
         }
     }
 
+    /// The value of `series` in `GET /metrics`: an unlabelled series, or one sample
+    /// with its labels spelled out (`name{label="value"}`); 0 when absent. Panics if
+    /// the scrape fails.
+    pub fn metric(&self, series: &str) -> u64 {
+        let (status, text) = self.call_text("GET", "/metrics", None);
+        assert_eq!(status, 200, "GET /metrics: {text}");
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    }
+
     /// One request with the token; returns the status and the JSON body (`Null` when
     /// the body is empty or not JSON).
     pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {

@@ -8,6 +8,7 @@
 //! ike=2, vpngw's log) and prints the tails.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
+use std::net::UdpSocket;
 use std::ops::Deref;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -83,6 +84,23 @@ impl Serve {
         let c = self.post("/v1/vpn-connections", body);
         let tunnel_id = c["tunnels"][0]["id"].as_str().unwrap().to_string();
         (id(&c), tunnel_id)
+    }
+
+    /// The lab's gateway with one IKEv1 connection to strongSwan that waits for it to
+    /// initiate (idle, routed to on-premises); returns the connection id.
+    fn responder_connection(&self) -> String {
+        let (gw, cgw) = self.base(GW1, &["172.16.0.0/16"], ONPREM);
+        let (conn, _) = self.connection(
+            &gw,
+            &cgw,
+            json!({"effective_immediately": false}),
+            json!({}),
+        );
+        self.route(&gw, "10.2.0.0/24", &conn);
+        self.wait_tunnel(&conn, "idle", Duration::from_secs(10), |s| {
+            phase(s) == "idle"
+        });
+        conn
     }
 
     fn route(&self, gw: &str, dst: &str, conn: &str) {
@@ -236,17 +254,7 @@ fn main_mode_responder_destination_mode() {
     conf.children[0].life_time = Some(25);
     let swan = start_swan(&topo, &conf);
 
-    let (gw, cgw) = serve.base(GW1, &["172.16.0.0/16"], ONPREM);
-    let (conn, _) = serve.connection(
-        &gw,
-        &cgw,
-        json!({"effective_immediately": false}),
-        json!({}),
-    );
-    serve.route(&gw, "10.2.0.0/24", &conn);
-    serve.wait_tunnel(&conn, "idle", Duration::from_secs(10), |s| {
-        phase(s) == "idle"
-    });
+    let conn = serve.responder_connection();
     swan.initiate("net").unwrap();
     let sa = swan
         .wait_established("vpn", Duration::from_secs(10))
@@ -772,6 +780,134 @@ fn vpngw_to_vpngw() {
     );
     ping_both_ways(&topo, 5);
     iperf_10mb(&topo);
+}
+
+/// A flood of forged Main Mode first messages from the peer's own address. IKEv1 has
+/// no COOKIE exchange, so each would make a half-open ISAKMP SA: vpngw keeps at most
+/// `--ike-half-open-limit` of them, drops and counts the rest, and the tunnel that is
+/// up keeps carrying traffic. Once the forged SAs time out (30 s, as in IKEv2),
+/// strongSwan negotiates a new ISAKMP SA.
+#[test]
+fn forged_main_mode_flood_is_bounded_and_the_tunnel_stays_up() {
+    const LIMIT: u64 = 16;
+    const FORGED: u64 = 300;
+    const DROPPED: &str = "vpngw_ike_dropped_total{reason=\"half_open_limit\"}";
+    const HALF_OPEN: &str = "vpngw_ike_half_open_sas";
+    let topo = Topology::new().unwrap();
+    let dir = topo.workdir.subdir("vpngw").unwrap();
+    let limit = LIMIT.to_string();
+    let serve = Serve(
+        Vpngw::start(
+            &topo.gw,
+            &VpngwConfig {
+                bin: BIN,
+                dir: &dir,
+                listen: LISTEN,
+                extra_args: &["--ike-half-open-limit", &limit],
+            },
+        )
+        .unwrap(),
+    );
+    let swan = start_swan(&topo, &onprem_v1(SUITE, SUITE, "0.0.0.0/0", "0.0.0.0/0"));
+    let conn = serve.responder_connection();
+    swan.initiate("net").unwrap();
+    swan.wait_established("vpn", Duration::from_secs(10))
+        .unwrap();
+    let up = serve.wait_established(&conn, Duration::from_secs(10));
+    ping_both_ways(&topo, 3);
+    assert_eq!(serve.metric(HALF_OPEN), 0);
+
+    // From another port of the peer's address, paced so that no socket buffer
+    // overflows: every forged message reaches the engine.
+    let first = main_mode_1();
+    topo.onprem
+        .run_in(|| {
+            let s = UdpSocket::bind((ONPREM, 0)).unwrap();
+            for k in 0..FORGED {
+                let mut m = first.clone();
+                // RFC 2408 §3.1: CKY-I is the header's first 8 bytes.
+                m[..8].copy_from_slice(&(0x5eed_0000 + k).to_be_bytes());
+                s.send_to(&m, (GW1, 500)).unwrap();
+                if k % 10 == 9 {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        })
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while serve.metric(DROPPED) < FORGED - LIMIT {
+        assert!(
+            Instant::now() < deadline,
+            "{DROPPED} at {} after 10 s",
+            serve.metric(DROPPED)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(serve.metric(DROPPED), FORGED - LIMIT);
+    assert_eq!(serve.metric(HALF_OPEN), LIMIT);
+
+    // The tunnel is untouched: the same ISAKMP SA, traffic both ways.
+    ping_both_ways(&topo, 3);
+    let t = serve.wait_established(&conn, Duration::from_secs(5));
+    let spis = &up["status"]["ike_sa"]["spis"];
+    assert!(spis["initiator"].is_string(), "{up:#}");
+    assert_eq!(&t["status"]["ike_sa"]["spis"], spis);
+
+    // The forged SAs go after 30 s; then strongSwan brings up a new ISAKMP SA.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while serve.metric(HALF_OPEN) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{HALF_OPEN} still {} after 45 s",
+            serve.metric(HALF_OPEN)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    swan.terminate_ike("vpn").unwrap();
+    swan.initiate("net").unwrap();
+    swan.wait_established("vpn", Duration::from_secs(10))
+        .unwrap();
+    let again = serve.wait_tunnel(&conn, "a new ISAKMP SA", Duration::from_secs(10), |s| {
+        established(s) && &s["ike_sa"]["spis"] != spis
+    });
+    assert_v1(&again, SUITE);
+    ping_both_ways(&topo, 3);
+    assert_eq!(serve.metric(DROPPED), FORGED - LIMIT);
+}
+
+/// Main Mode message 1 as a peer at `ONPREM` offering [`SUITE`] sends it.
+fn main_mode_1() -> Vec<u8> {
+    use crypto::{DhGroup, Encr, Integ};
+    let cfg = ike::PeerConfig {
+        version: ike::IkeVersion::V1,
+        v1_mode: ike::V1Mode::Main,
+        local: (ONPREM.parse::<std::net::Ipv4Addr>().unwrap(), 500).into(),
+        remote: Some((GW1.parse::<std::net::Ipv4Addr>().unwrap(), 500).into()),
+        local_id: ike::Identity::Ipv4(ONPREM.parse().unwrap()),
+        remote_id: ike::Identity::Ipv4(GW1.parse().unwrap()),
+        psk: ike::Psk::new(PSK),
+        ike: ike::IkeProposal {
+            encr: Encr::AesCbc128,
+            integ: Integ::HmacSha1_96,
+            dh: DhGroup::Modp1024,
+        },
+        esp: ike::EspProposal {
+            encr: Encr::AesCbc128,
+            integ: Integ::HmacSha1_96,
+            pfs: None,
+        },
+        ike_lifetime: Duration::from_secs(28_800),
+        child_lifetime: Duration::from_secs(3_600),
+        local_ts: vec![ike::Ipv4Cidr::ANY],
+        remote_ts: vec![ike::Ipv4Cidr::ANY],
+        dpd_interval: None,
+        dpd_timeout: Duration::from_secs(30),
+        nat_traversal: true,
+    };
+    let mut e = ike::Endpoint::new(ike::EndpointConfig::default(), Box::new(crypto::OsRandom));
+    e.add_peer(ike::PeerId(1), cfg).unwrap();
+    e.initiate(Instant::now(), ike::PeerId(1)).unwrap();
+    e.poll_transmit().unwrap().payload
 }
 
 fn kill9(pid: u32) {

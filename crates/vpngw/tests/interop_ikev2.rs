@@ -72,21 +72,6 @@ fn create_connection(serve: &Vpngw, effective_immediately: bool) -> (String, Str
     (gw_id, conn_id)
 }
 
-/// The value of the `/metrics` line that starts with `series ` (0 if there is none).
-fn metric(serve: &Vpngw, series: &str) -> u64 {
-    let (status, text) = serve.call_text("GET", "/metrics", None);
-    assert_eq!(status, 200, "{text}");
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
-}
-
 #[test]
 fn vpngw_serve_brings_up_a_tunnel_with_strongswan() {
     let topo = Topology::new().unwrap();
@@ -167,7 +152,7 @@ fn strongswan_returns_the_cookie_of_a_loaded_responder() {
     swan.load(&swanctl::render(&[onprem_conn()])).unwrap();
     // Not effective immediately: vpngw waits, strongSwan initiates.
     let (_, conn_id) = create_connection(&serve, false);
-    assert_eq!(metric(&serve, "vpngw_ike_cookies_sent_total"), 0);
+    assert_eq!(serve.metric("vpngw_ike_cookies_sent_total"), 0);
     swan.initiate("net").unwrap();
     let t = wait_tunnel(&serve, &conn_id, "established", |s| {
         s["phase"] == "established"
@@ -175,8 +160,8 @@ fn strongswan_returns_the_cookie_of_a_loaded_responder() {
     assert_eq!(t["status"]["ike_sa"]["algorithms"], SUITE);
     swan.wait_established("vpn", Duration::from_secs(10))
         .unwrap();
-    assert!(metric(&serve, "vpngw_ike_cookies_sent_total") >= 1);
-    assert_eq!(metric(&serve, "vpngw_ike_cookies_invalid_total"), 0);
+    assert!(serve.metric("vpngw_ike_cookies_sent_total") >= 1);
+    assert_eq!(serve.metric("vpngw_ike_cookies_invalid_total"), 0);
     let vpc = topo.vpc_ip().to_string();
     lab::wait_ping(&topo.vpc, &vpc, "10.2.0.1", Duration::from_secs(10)).unwrap();
 }
