@@ -44,6 +44,13 @@ pub struct EndpointConfig {
     /// so against a flood of forged Main Mode first messages this limit is what bounds
     /// the state they make. Each such SA times out after `half_open_timeout`.
     pub half_open_limit: usize,
+    /// IKEv1 responder SAs still in Main or Aggressive Mode from one address, past
+    /// which another first message from it is dropped (counted like the limit above).
+    /// A flood forged with one peer's address then holds back that address only, not
+    /// every tunnel's negotiations. IKEv2 needs none: from a forged address it never
+    /// gets past the COOKIE. (strongSwan's `block_threshold`, 5 by default, counts
+    /// both versions.)
+    pub half_open_per_address: usize,
 }
 
 impl Default for EndpointConfig {
@@ -66,6 +73,8 @@ impl Default for EndpointConfig {
             // negotiation: this is 64 such peers setting up at once. An IKEv1
             // responder SA holds about 2 KiB until it times out: 8 MiB at the limit.
             half_open_limit: 4096,
+            // Twice what one vpngw peer starts at once (`max_initiating`).
+            half_open_per_address: 128,
         }
     }
 }

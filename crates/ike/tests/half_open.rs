@@ -198,3 +198,54 @@ fn x_config() -> PeerConfig {
     x.local_id = Identity::Ipv4(NAT_IP);
     x
 }
+
+#[test]
+fn a_flood_from_one_address_leaves_room_for_others() {
+    let t0 = epoch();
+    // B takes IKEv1 Main Mode from A and from X.
+    let a = v1_main();
+    let mut x = x_config();
+    x.version = IkeVersion::V1;
+    let cfg = EndpointConfig {
+        half_open_per_address: 3,
+        ..limit(8)
+    };
+    let mut b = endpoint(cfg, 9, &[(PEER_B, mirror(&a)), (PeerId(3), mirror(&x))]);
+    let mut ae = endpoint(EndpointConfig::default(), 1, &[(PEER_A, a)]);
+    ae.initiate(t0, PEER_A).expect("initiate");
+    let mm1 = ae.poll_transmit().expect("Main Mode message 1");
+
+    // Ten forged with A's address: three make state.
+    for k in 0..10u64 {
+        b.handle_datagram(
+            t0,
+            mm1.remote,
+            mm1.local,
+            &with_cky_i(&mm1.payload, 0x7000 + k),
+        );
+    }
+    assert_eq!(b.half_open_total(), 3);
+    assert_eq!(b.stats().half_open_limited, 7);
+
+    // X, at another address, still gets in and finishes.
+    let mut xe = endpoint(EndpointConfig::default(), 2, &[(PEER_A, x)]);
+    xe.initiate(t0, PEER_A).expect("initiate");
+    relay(t0, &mut xe, &mut b);
+    assert_eq!(b.half_open_total(), 4);
+    for _ in 0..6 {
+        relay(t0, &mut b, &mut xe);
+        relay(t0, &mut xe, &mut b);
+    }
+    assert_eq!(established_count(&mut xe), 1);
+    assert_eq!(b.half_open_total(), 3);
+    assert_eq!(b.stats().half_open_limited, 7);
+
+    // A's own first message waits until the forged ones time out.
+    b.handle_datagram(t0, mm1.remote, mm1.local, &mm1.payload);
+    assert_eq!(b.stats().half_open_limited, 8);
+    let t1 = t0 + Duration::from_secs(31);
+    b.handle_timeout(t1);
+    assert_eq!(b.half_open_total(), 0);
+    b.handle_datagram(t1, mm1.remote, mm1.local, &mm1.payload);
+    assert_eq!(b.half_open_total(), 1);
+}

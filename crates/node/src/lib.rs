@@ -92,6 +92,9 @@ pub struct NodeConfig {
     /// start another negotiation is dropped (`vpngw serve --ike-half-open-limit`; see
     /// [`ike::EndpointConfig::half_open_limit`]).
     pub ike_half_open_limit: usize,
+    /// Of those, IKEv1 ones from one address (`vpngw serve
+    /// --ike-half-open-per-address`; see [`ike::EndpointConfig::half_open_per_address`]).
+    pub ike_half_open_per_address: usize,
 }
 
 impl Default for NodeConfig {
@@ -107,6 +110,7 @@ impl Default for NodeConfig {
             esp_encap: ike::EspEncap::Auto,
             ike_cookie_threshold: ike::EndpointConfig::default().cookie_threshold,
             ike_half_open_limit: ike::EndpointConfig::default().half_open_limit,
+            ike_half_open_per_address: ike::EndpointConfig::default().half_open_per_address,
         }
     }
 }
@@ -219,6 +223,7 @@ impl Node {
                     esp_encap: config.esp_encap,
                     cookie_threshold: config.ike_cookie_threshold,
                     half_open_limit: config.ike_half_open_limit,
+                    half_open_per_address: config.ike_half_open_per_address,
                     ..ike::EndpointConfig::default()
                 };
                 let mut endpoint = ike::Endpoint::new(ike_config, Box::new(crypto::OsRandom));

@@ -96,6 +96,11 @@ enum Command {
         /// exchange, can make the gateway keep.
         #[arg(long, env = "VPNGW_IKE_HALF_OPEN_LIMIT", default_value_t = node::NodeConfig::default().ike_half_open_limit)]
         ike_half_open_limit: usize,
+        /// Of those, IKEv1 ones from one address: a flood of first messages forged
+        /// with one peer's address then holds back that address only (strongSwan's
+        /// charon.block_threshold, for IKEv1; IKEv2 has COOKIEs).
+        #[arg(long, env = "VPNGW_IKE_HALF_OPEN_PER_ADDRESS", default_value_t = node::NodeConfig::default().ike_half_open_per_address)]
+        ike_half_open_per_address: usize,
     },
     /// VPN gateways.
     #[command(subcommand)]
@@ -466,12 +471,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         esp_encap,
         ike_cookie_threshold,
         ike_half_open_limit,
+        ike_half_open_per_address,
     } = cli.command
     {
         let node = node::NodeConfig {
             esp_encap: esp_encap.into(),
             ike_cookie_threshold,
             ike_half_open_limit,
+            ike_half_open_per_address,
             ..node::NodeConfig::default()
         };
         return crate::serve::run(listen, &cli.data_dir, !no_node, node);

@@ -784,8 +784,8 @@ fn vpngw_to_vpngw() {
 
 /// A flood of forged Main Mode first messages from the peer's own address. IKEv1 has
 /// no COOKIE exchange, so each would make a half-open ISAKMP SA: vpngw keeps at most
-/// `--ike-half-open-limit` of them, drops and counts the rest, and the tunnel that is
-/// up keeps carrying traffic. Once the forged SAs time out (30 s, as in IKEv2),
+/// `--ike-half-open-per-address` of them, drops and counts the rest, and the tunnel
+/// that is up keeps carrying traffic. Once the forged SAs time out (30 s, as in IKEv2),
 /// strongSwan negotiates a new ISAKMP SA.
 #[test]
 fn forged_main_mode_flood_is_bounded_and_the_tunnel_stays_up() {
@@ -803,7 +803,7 @@ fn forged_main_mode_flood_is_bounded_and_the_tunnel_stays_up() {
                 bin: BIN,
                 dir: &dir,
                 listen: LISTEN,
-                extra_args: &["--ike-half-open-limit", &limit],
+                extra_args: &["--ike-half-open-per-address", &limit],
             },
         )
         .unwrap(),

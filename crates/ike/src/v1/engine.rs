@@ -3,7 +3,8 @@
 //! (RFC 3947), both roles. It shares the endpoint's peers, randomness, queues and
 //! counters with the IKEv2 engine and reports through the same events.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -48,7 +49,10 @@ pub(crate) struct Engine {
     /// Responder ISAKMP SAs (our cookies) whose Main or Aggressive Mode has not
     /// finished: what [`EndpointConfig::half_open_limit`] bounds. Kept by `put_back`,
     /// through which every SA goes back into `sas`.
-    negotiating: HashSet<u64>,
+    negotiating: HashMap<u64, IpAddr>,
+    /// How many of `negotiating` came from each address
+    /// ([`EndpointConfig::half_open_per_address`]).
+    negotiating_from: HashMap<IpAddr, usize>,
 }
 
 const MAX_SEEN_INFO: usize = 32;
@@ -257,12 +261,18 @@ impl Engine {
                 }
                 return;
             }
-            if self.negotiating.len() + cx.v2_half_open >= cx.ecfg.half_open_limit {
+            let total = self.negotiating.len() + cx.v2_half_open;
+            let from = self
+                .negotiating_from
+                .get(&remote.ip())
+                .copied()
+                .unwrap_or(0);
+            if total >= cx.ecfg.half_open_limit || from >= cx.ecfg.half_open_per_address {
                 // IKEv1 has no stateless COOKIE exchange (RFC 2408 §2.5.3 cookies are
-                // only echoed once the responder keeps state): past the limit, message
+                // only echoed once the responder keeps state): past a limit, message
                 // 1 is dropped and the initiator retransmits it later.
                 cx.io.stats.half_open_limited += 1;
-                tracing::debug!(%remote, half_open = self.negotiating.len() + cx.v2_half_open, "IKEv1 message 1 dropped: half-open limit");
+                tracing::debug!(%remote, total, from, "IKEv1 message 1 dropped: half-open limit");
                 return;
             }
             self.new_responder(cx, now, local, remote, data, h);
@@ -363,9 +373,18 @@ impl Engine {
     fn put_back(&mut self, cx: &mut Cx<'_>, sa: P1Sa) {
         let k = sa.our_cookie();
         if sa.initiator || sa.dead || sa.established() {
-            self.negotiating.remove(&k);
-        } else {
-            self.negotiating.insert(k);
+            if let Some(ip) = self.negotiating.remove(&k)
+                && let Some(n) = self.negotiating_from.get_mut(&ip)
+            {
+                *n -= 1;
+                if *n == 0 {
+                    self.negotiating_from.remove(&ip);
+                }
+            }
+        } else if let Entry::Vacant(v) = self.negotiating.entry(k) {
+            // The address message 1 came from: a NAT-T port float keeps it.
+            let ip = *v.insert(sa.remote.ip());
+            *self.negotiating_from.entry(ip).or_default() += 1;
         }
         if sa.dead {
             if !sa.initiator {
