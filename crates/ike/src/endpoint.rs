@@ -109,9 +109,45 @@ pub(crate) struct Io {
     pub stats: Stats,
     /// Inbound ESP SPIs in use, so that no two Child SAs share one.
     pub child_spis: HashSet<u32>,
+    /// When a drop at a half-open limit was last logged as a warning.
+    pub limit_warned_at: Option<Instant>,
 }
 
+/// How often a drop at a half-open limit is logged as a warning (the others only
+/// count): often enough to explain a stall, seldom enough to survive a flood.
+const LIMIT_WARN_EVERY: Duration = Duration::from_secs(10);
+
 impl Io {
+    /// Counts a first message (`what`) dropped at a half-open limit; `total` and `from`
+    /// are the half-open SAs in all and from the sender's address.
+    pub fn half_open_limited(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        what: &str,
+        total: usize,
+        from: Option<usize>,
+    ) {
+        self.stats.half_open_limited += 1;
+        if self
+            .limit_warned_at
+            .is_some_and(|t| now < t + LIMIT_WARN_EVERY)
+        {
+            tracing::debug!(%remote, total, ?from, "{what} dropped: half-open limit");
+            return;
+        }
+        self.limit_warned_at = Some(now);
+        tracing::warn!(
+            %remote,
+            half_open = total,
+            half_open_from_address = ?from,
+            dropped_so_far = self.stats.half_open_limited,
+            "{what} dropped: too many IKE SAs half-open (a flood of first messages, or more \
+             peers setting up at once than --ike-half-open-limit or, for IKEv1 from one \
+             address, --ike-half-open-per-address allow); the peer will retransmit"
+        );
+    }
+
     pub fn send(&mut self, local: SocketAddr, remote: SocketAddr, payload: Vec<u8>) {
         self.stats.datagrams_out += 1;
         self.transmits.push_back(Transmit {
@@ -267,6 +303,7 @@ impl Endpoint {
                 events: VecDeque::new(),
                 stats: Stats::default(),
                 child_spis: HashSet::new(),
+                limit_warned_at: None,
             },
         }
     }

@@ -187,8 +187,9 @@ impl Endpoint {
         if self.half_open_total() >= self.cfg.half_open_limit {
             // Dropped without an answer: the initiator retransmits, and gets in once
             // half-open SAs have finished or timed out.
-            self.io.stats.half_open_limited += 1;
-            tracing::debug!(%remote, half_open = self.half_open_total(), "IKE_SA_INIT dropped: half-open limit");
+            let total = self.half_open_total();
+            self.io
+                .half_open_limited(now, remote, "IKE_SA_INIT", total, None);
             return;
         }
         let mut tried: Vec<crate::IkeProposal> = Vec::new();

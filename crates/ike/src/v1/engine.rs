@@ -271,8 +271,13 @@ impl Engine {
                 // IKEv1 has no stateless COOKIE exchange (RFC 2408 §2.5.3 cookies are
                 // only echoed once the responder keeps state): past a limit, message
                 // 1 is dropped and the initiator retransmits it later.
-                cx.io.stats.half_open_limited += 1;
-                tracing::debug!(%remote, total, from, "IKEv1 message 1 dropped: half-open limit");
+                let what = if h.exchange == Exchange::AGGRESSIVE {
+                    "IKEv1 Aggressive Mode message 1"
+                } else {
+                    "IKEv1 Main Mode message 1"
+                };
+                cx.io
+                    .half_open_limited(now, remote, what, total, Some(from));
                 return;
             }
             self.new_responder(cx, now, local, remote, data, h);
