@@ -1,7 +1,9 @@
 //! CPU cost of IKEv2 control traffic: decoding and encoding an IKE_SA_INIT request,
 //! sealing and opening an IKE_AUTH request (SK payload, RFC 7296 §3.14), and one whole
 //! tunnel setup (IKE_SA_INIT + IKE_AUTH, RFC 7296 §1.2) between two endpoints in memory
-//! per Diffie-Hellman group — the work a gateway does per tunnel it brings up.
+//! per Diffie-Hellman group — the work a gateway does per tunnel it brings up. And
+//! what an IKEv1 engine with many SAs costs the control thread on every pass: its next
+//! timer, and a tunnel's activity (asked per tunnel each status tick).
 //!
 //! `cargo bench -p ike` measures; `cargo test --benches -p ike` (or
 //! `cargo bench -p ike -- --test`) runs each once, as CI does.
@@ -137,7 +139,46 @@ fn tunnel_setup(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, ike_sa_init, ike_auth, tunnel_setup);
+/// An endpoint that has sent Main Mode message 1 to each of `n` IKEv1 peers (one SA
+/// each, waiting with a retransmission timer; no DH is made before message 3).
+fn v1_initiating(n: u32) -> Endpoint {
+    let mut e = Endpoint::new(EndpointConfig::default(), Box::new(Rng(u64::from(n))));
+    let now = epoch();
+    for i in 0..n {
+        let mut cfg = peer_config(DhGroup::Modp1024);
+        cfg.version = IkeVersion::V1;
+        let remote = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 0)) + i);
+        cfg.remote = Some(SocketAddr::from((remote, 500)));
+        cfg.remote_id = Identity::Ipv4(remote);
+        e.add_peer(PeerId(u64::from(i)), cfg).unwrap();
+        e.initiate(now, PeerId(u64::from(i))).unwrap();
+    }
+    while e.poll_transmit().is_some() {}
+    e
+}
+
+fn v1_engine_scale(c: &mut Criterion) {
+    let mut group = c.benchmark_group("v1_engine");
+    for n in [100u32, 1_000, 10_000] {
+        let mut e = v1_initiating(n);
+        assert_eq!(e.half_open_total(), 0, "initiator SAs are not half-open");
+        assert!(e.poll_timeout().is_some(), "retransmission timers pending");
+        group.bench_function(BenchmarkId::new("poll_timeout", n), |b| {
+            b.iter(|| black_box(&e).poll_timeout());
+        });
+        let now = epoch();
+        let mut i = 0u64;
+        group.bench_function(BenchmarkId::new("child_activity", n), |b| {
+            b.iter(|| {
+                i = (i + 1) % u64::from(n);
+                e.handle_child_activity(now, PeerId(black_box(i)));
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, ike_sa_init, ike_auth, tunnel_setup, v1_engine_scale);
 criterion_main!(benches);
 
 /// Runs IKE_SA_INIT + IKE_AUTH between an initiator and a responder endpoint (aes128-sha1

@@ -4,7 +4,7 @@
 //! counters with the IKEv2 engine and reports through the same events.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,17 @@ pub(crate) struct Engine {
     /// How many of `negotiating` came from each address
     /// ([`EndpointConfig::half_open_per_address`]).
     negotiating_from: HashMap<IpAddr, usize>,
+    /// `sas` by peer, and each SA's entry there: lookups by peer need not scan every
+    /// SA (the node asks per tunnel, thousands of times a status tick at scale).
+    /// Kept by `put_back`; an SA out of `sas` while it is handled keeps its entry.
+    by_peer: BTreeSet<(PeerId, u64)>,
+    peer_of: HashMap<u64, PeerId>,
+    /// Each SA's next timer when it was last put back, soonest first, and each SA's
+    /// entry there. A timer may only be indexed early, never late: an SA changed in
+    /// place (`rekey_ike`, an heir's Child SAs) is indexed again; one whose timer
+    /// moved later (`child_activity`) is looked at early and put back.
+    timers: BTreeSet<(Instant, u64)>,
+    timer_of: HashMap<u64, Instant>,
 }
 
 const MAX_SEEN_INFO: usize = 32;
@@ -65,9 +76,7 @@ impl Engine {
 
     /// Whether the peer has an ISAKMP SA that is up or being negotiated.
     pub fn active(&self, peer: PeerId) -> bool {
-        self.sas
-            .values()
-            .any(|s| s.peer == peer && !s.dead && !s.retiring)
+        self.of_peer(peer).any(|(_, s)| !s.dead && !s.retiring)
     }
 
     /// Starts Main or Aggressive Mode with the peer at `remote`.
@@ -100,10 +109,7 @@ impl Engine {
             V1Mode::Aggressive => P1State::AmI2,
         };
         let mut sa = P1Sa::new(peer, cfg, true, mode, cky_i, 0, local, remote, state, now);
-        sa.send_initial_contact = !self
-            .sas
-            .values()
-            .any(|s| s.peer == peer && s.established() && !s.dead);
+        sa.send_initial_contact = !self.of_peer(peer).any(|(_, s)| s.established() && !s.dead);
         let sa_body = offer.encode();
         sa.hs.sai_b = sa_body.clone();
         let mut p = vec![RawPayload::new(PayloadType::SA, sa_body)];
@@ -131,18 +137,13 @@ impl Engine {
             ),
         );
         send_p1(cx, now, &mut sa, p, false, Some("message 1"));
-        self.sas.insert(cky_i, sa);
+        self.put_back(cx, sa);
         Ok(())
     }
 
     /// Deletes every SA of a peer, telling the peer; returns whether there were any.
     pub fn delete_peer(&mut self, cx: &mut Cx<'_>, peer: PeerId) -> bool {
-        let ours: Vec<u64> = self
-            .sas
-            .iter()
-            .filter(|(_, s)| s.peer == peer)
-            .map(|(k, _)| *k)
-            .collect();
+        let ours: Vec<u64> = self.of_peer(peer).map(|(k, _)| k).collect();
         let any = !ours.is_empty();
         for k in ours {
             if let Some(mut sa) = self.sas.remove(&k) {
@@ -165,18 +166,16 @@ impl Engine {
     }
 
     pub fn ike_sas(&self, peer: PeerId) -> Vec<(u64, u64)> {
-        self.sas
-            .values()
-            .filter(|s| s.peer == peer && s.established() && !s.retiring && !s.dead)
-            .map(|s| (s.cky_i, s.cky_r))
+        self.of_peer(peer)
+            .filter(|(_, s)| s.established() && !s.retiring && !s.dead)
+            .map(|(_, s)| (s.cky_i, s.cky_r))
             .collect()
     }
 
     pub fn child_sas(&self, peer: PeerId) -> Vec<ChildSa> {
-        self.sas
-            .values()
-            .filter(|s| s.peer == peer && !s.dead)
-            .flat_map(|s| s.children.iter().map(|c| c.sa.clone()))
+        self.of_peer(peer)
+            .filter(|(_, s)| !s.dead)
+            .flat_map(|(_, s)| s.children.iter().map(|c| c.sa.clone()))
             .collect()
     }
 
@@ -207,18 +206,22 @@ impl Engine {
         };
         if let Some(sa) = self.sas.get_mut(&k) {
             sa.want_rekey = true;
+            let t = sa.next_timeout();
+            self.index_timer(k, t);
         }
         self.handle_timeout(cx, now);
         true
     }
 
     pub fn child_activity(&mut self, now: Instant, peer: PeerId) {
-        for sa in self
-            .sas
-            .values_mut()
-            .filter(|s| s.peer == peer && s.established())
-        {
-            sa.last_rx = sa.last_rx.max(now);
+        // Timers only move later here (DPD counts from `last_rx`): no re-indexing.
+        let keys = self.by_peer.range((peer, 0)..=(peer, u64::MAX));
+        for (_, k) in keys {
+            if let Some(sa) = self.sas.get_mut(k)
+                && sa.established()
+            {
+                sa.last_rx = sa.last_rx.max(now);
+            }
         }
     }
 
@@ -299,8 +302,13 @@ impl Engine {
             sa.children = std::mem::take(&mut h.children);
         }
         on_message(cx, now, &mut sa, local, remote, data, &h);
-        if let Some(h) = heir.and_then(|h| self.sas.get_mut(&h)) {
+        if let Some(hk) = heir
+            && let Some(h) = self.sas.get_mut(&hk)
+        {
             h.children = std::mem::take(&mut sa.children);
+            // Child SAs this message created or rekeyed have timers of their own.
+            let t = h.next_timeout();
+            self.index_timer(hk, t);
         }
         let established = std::mem::take(&mut sa.just_established);
         let cookie = sa.our_cookie();
@@ -313,15 +321,21 @@ impl Engine {
     /// Runs everything due at `now`.
     pub fn handle_timeout(&mut self, cx: &mut Cx<'_>, now: Instant) {
         let due: Vec<u64> = self
-            .sas
+            .timers
             .iter()
-            .filter(|(_, s)| s.next_timeout().is_some_and(|t| t <= now))
-            .map(|(k, _)| *k)
+            .take_while(|(t, _)| *t <= now)
+            .map(|(_, k)| *k)
             .collect();
         for k in due {
             let Some(mut sa) = self.sas.remove(&k) else {
+                self.index_timer(k, None);
                 continue;
             };
+            if sa.next_timeout().is_none_or(|t| t > now) {
+                // Indexed early (its timer moved later in place): not due yet.
+                self.put_back(cx, sa);
+                continue;
+            }
             sa_timers(cx, now, &mut sa);
             let rekey = std::mem::take(&mut sa.want_rekey) && !sa.dead && !sa.retiring;
             let (peer, cfg) = (sa.peer, sa.cfg.clone());
@@ -333,7 +347,31 @@ impl Engine {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.sas.values().filter_map(P1Sa::next_timeout).min()
+        let first = self.timers.first().map(|(t, _)| *t);
+        debug_assert!(
+            self.sas
+                .values()
+                .filter_map(P1Sa::next_timeout)
+                .min()
+                .is_none_or(|t| first.is_some_and(|f| f <= t)),
+            "an IKEv1 SA's timer is indexed late"
+        );
+        first
+    }
+
+    /// The peer's SAs (those in `sas`), by cookie.
+    fn of_peer(&self, peer: PeerId) -> impl DoubleEndedIterator<Item = (u64, &P1Sa)> {
+        self.by_peer
+            .range((peer, 0)..=(peer, u64::MAX))
+            .filter_map(|(_, k)| self.sas.get(k).map(|s| (*k, s)))
+    }
+
+    fn index_timer(&mut self, k: u64, t: Option<Instant>) {
+        reindex(&mut self.timers, &mut self.timer_of, k, t);
+    }
+
+    fn index_peer(&mut self, k: u64, peer: Option<PeerId>) {
+        reindex(&mut self.by_peer, &mut self.peer_of, k, peer);
     }
 
     // ---- internals -------------------------------------------------------------------
@@ -352,10 +390,9 @@ impl Engine {
     }
 
     fn established_cookie(&self, peer: PeerId) -> Option<u64> {
-        self.sas
-            .iter()
-            .filter(|(_, s)| s.peer == peer && s.established() && !s.retiring && !s.dead)
-            .map(|(k, _)| *k)
+        self.of_peer(peer)
+            .filter(|(_, s)| s.established() && !s.retiring && !s.dead)
+            .map(|(k, _)| k)
             .next_back()
     }
 
@@ -392,6 +429,15 @@ impl Engine {
             *self.negotiating_from.entry(ip).or_default() += 1;
         }
         if sa.dead {
+            self.index_timer(k, None);
+            self.index_peer(k, None);
+        } else {
+            self.index_timer(k, sa.next_timeout());
+            if self.peer_of.get(&k) != Some(&sa.peer) {
+                self.index_peer(k, Some(sa.peer));
+            }
+        }
+        if sa.dead {
             if !sa.initiator {
                 // Keyed by where message 1 came from; after a NAT-T port float the
                 // address differs, and only then is the whole map searched.
@@ -423,11 +469,7 @@ impl Engine {
         let Some(target) = cfg.remote_addr() else {
             return;
         };
-        if self
-            .sas
-            .values()
-            .any(|s| s.peer == peer && !s.dead && !s.established())
-        {
+        if self.of_peer(peer).any(|(_, s)| !s.dead && !s.established()) {
             return;
         }
         cx.io.log(
@@ -449,10 +491,9 @@ impl Engine {
             return;
         };
         let olds: Vec<u64> = self
-            .sas
-            .iter()
-            .filter(|(_, s)| s.peer == new.peer && s.established() && !s.retiring && !s.dead)
-            .map(|(k, _)| *k)
+            .of_peer(new.peer)
+            .filter(|(_, s)| s.established() && !s.retiring && !s.dead)
+            .map(|(k, _)| k)
             .collect();
         for k in olds {
             let Some(mut old) = self.sas.remove(&k) else {
@@ -711,6 +752,23 @@ impl Engine {
         }
         self.half_open.insert((remote, h.cky_i), cky_r);
         self.put_back(cx, sa);
+    }
+}
+
+/// Moves SA `k` to `(v, k)` in an ordered index (`None`: out of it); `of` remembers
+/// each SA's `v` so that the old entry can be found.
+fn reindex<V: Ord + Copy>(
+    index: &mut BTreeSet<(V, u64)>,
+    of: &mut HashMap<u64, V>,
+    k: u64,
+    v: Option<V>,
+) {
+    if let Some(old) = of.remove(&k) {
+        index.remove(&(old, k));
+    }
+    if let Some(v) = v {
+        index.insert((v, k));
+        of.insert(k, v);
     }
 }
 
