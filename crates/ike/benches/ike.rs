@@ -140,8 +140,9 @@ fn tunnel_setup(c: &mut Criterion) {
 }
 
 /// An endpoint that has sent Main Mode message 1 to each of `n` IKEv1 peers (one SA
-/// each, waiting with a retransmission timer; no DH is made before message 3).
-fn v1_initiating(n: u32) -> Endpoint {
+/// each, waiting with a retransmission timer; no DH is made before message 3), and the
+/// last of those messages.
+fn v1_initiating(n: u32) -> (Endpoint, Vec<u8>) {
     let mut e = Endpoint::new(EndpointConfig::default(), Box::new(Rng(u64::from(n))));
     let now = epoch();
     for i in 0..n {
@@ -153,14 +154,19 @@ fn v1_initiating(n: u32) -> Endpoint {
         e.add_peer(PeerId(u64::from(i)), cfg).unwrap();
         e.initiate(now, PeerId(u64::from(i))).unwrap();
     }
-    while e.poll_transmit().is_some() {}
-    e
+    let mut first = Vec::new();
+    while let Some(t) = e.poll_transmit() {
+        first = t.payload;
+    }
+    // Another initiator's: a CKY-I (RFC 2408 §3.1, bytes 0..8) of none of our SAs.
+    first[..8].copy_from_slice(&0x5eed_5eed_5eed_5eed_u64.to_be_bytes());
+    (e, first)
 }
 
 fn v1_engine_scale(c: &mut Criterion) {
     let mut group = c.benchmark_group("v1_engine");
     for n in [100u32, 1_000, 10_000] {
-        let mut e = v1_initiating(n);
+        let (mut e, first) = v1_initiating(n);
         assert_eq!(e.half_open_total(), 0, "initiator SAs are not half-open");
         assert!(e.poll_timeout().is_some(), "retransmission timers pending");
         group.bench_function(BenchmarkId::new("poll_timeout", n), |b| {
@@ -174,11 +180,26 @@ fn v1_engine_scale(c: &mut Criterion) {
                 e.handle_child_activity(now, PeerId(black_box(i)));
             });
         });
+        // A first message from an address no tunnel has: found unknown and dropped
+        // (what a flood from random addresses costs per datagram).
+        let (local, stranger) = (SocketAddr::from((A_IP, 500)), SocketAddr::from((B_IP, 500)));
+        let before = e.stats().no_peer;
+        e.handle_datagram(now, local, stranger, &first);
+        assert_eq!(e.stats().no_peer, before + 1, "dropped as from no peer");
+        group.bench_function(BenchmarkId::new("unknown_first_message", n), |b| {
+            b.iter(|| e.handle_datagram(now, local, stranger, black_box(&first)));
+        });
     }
     group.finish();
 }
 
-criterion_group!(benches, ike_sa_init, ike_auth, tunnel_setup, v1_engine_scale);
+criterion_group!(
+    benches,
+    ike_sa_init,
+    ike_auth,
+    tunnel_setup,
+    v1_engine_scale
+);
 criterion_main!(benches);
 
 /// Runs IKE_SA_INIT + IKE_AUTH between an initiator and a responder endpoint (aes128-sha1

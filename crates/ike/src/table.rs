@@ -182,12 +182,12 @@ impl Drop for SaMut<'_> {
     }
 }
 
-/// IKEv2 peers by address and by remote identity: what the responder looks up per
-/// IKE_SA_INIT and IKE_AUTH.
+/// Peers by version and address, and IKEv2 peers by remote identity: what the
+/// responder looks up per IKE_SA_INIT, IKEv1 first message and IKE_AUTH.
 #[derive(Default)]
 pub(crate) struct PeerIndex {
-    /// (local IP, remote IP, or `None` for a peer that may come from anywhere).
-    by_addr: HashMap<(IpAddr, Option<IpAddr>), BTreeSet<PeerId>>,
+    /// (version, local IP, remote IP or `None` for a peer that may come from anywhere).
+    by_addr: HashMap<(IkeVersion, IpAddr, Option<IpAddr>), BTreeSet<PeerId>>,
     by_remote_id: HashMap<IdKey, BTreeSet<PeerId>>,
 }
 
@@ -211,11 +211,11 @@ impl IdKey {
 
 impl PeerIndex {
     pub fn add(&mut self, peer: PeerId, cfg: &PeerConfig) {
-        // IKEv1 tunnels are served by `crate::v1`, never by IKE_SA_INIT.
+        self.by_addr.entry(addr_key(cfg)).or_default().insert(peer);
+        // IKEv1 identities are matched among the peers of an address (`crate::v1`).
         if cfg.version != IkeVersion::V2 {
             return;
         }
-        self.by_addr.entry(addr_key(cfg)).or_default().insert(peer);
         self.by_remote_id
             .entry(IdKey::of(&cfg.remote_id))
             .or_default()
@@ -223,15 +223,15 @@ impl PeerIndex {
     }
 
     pub fn remove(&mut self, peer: PeerId, cfg: &PeerConfig) {
-        if cfg.version != IkeVersion::V2 {
-            return;
-        }
         let k = addr_key(cfg);
         if let Some(set) = self.by_addr.get_mut(&k) {
             set.remove(&peer);
             if set.is_empty() {
                 self.by_addr.remove(&k);
             }
+        }
+        if cfg.version != IkeVersion::V2 {
+            return;
         }
         let k = IdKey::of(&cfg.remote_id);
         if let Some(set) = self.by_remote_id.get_mut(&k) {
@@ -245,8 +245,18 @@ impl PeerIndex {
     /// IKEv2 peers that accept IKE_SA_INIT from `remote` on `local`: those configured
     /// with this exact address first, then "any" peers, each by id.
     pub fn by_address(&self, local: IpAddr, remote: IpAddr) -> impl Iterator<Item = PeerId> {
-        let exact = self.by_addr.get(&(local, Some(remote)));
-        let any = self.by_addr.get(&(local, None));
+        self.by_version_address(IkeVersion::V2, local, remote)
+    }
+
+    /// [`PeerIndex::by_address`] for either version.
+    pub fn by_version_address(
+        &self,
+        version: IkeVersion,
+        local: IpAddr,
+        remote: IpAddr,
+    ) -> impl Iterator<Item = PeerId> {
+        let exact = self.by_addr.get(&(version, local, Some(remote)));
+        let any = self.by_addr.get(&(version, local, None));
         exact.into_iter().chain(any).flatten().copied()
     }
 
@@ -341,8 +351,12 @@ impl Pacing {
     }
 }
 
-fn addr_key(cfg: &PeerConfig) -> (IpAddr, Option<IpAddr>) {
-    (cfg.local.ip(), cfg.remote_addr().map(|r| r.ip()))
+fn addr_key(cfg: &PeerConfig) -> (IkeVersion, IpAddr, Option<IpAddr>) {
+    (
+        cfg.version,
+        cfg.local.ip(),
+        cfg.remote_addr().map(|r| r.ip()),
+    )
 }
 
 /// Whether an IKE_SA_INIT from `remote` to `local` could be from this peer (the filter

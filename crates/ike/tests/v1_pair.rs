@@ -923,3 +923,20 @@ fn version_mismatch_is_not_negotiated() {
     assert_eq!(established(&p.b_events), 0);
     assert_eq!(p.b.stats().no_peer, 1);
 }
+
+#[test]
+fn ikev1_towards_an_ikev2_tunnel_says_the_versions_differ() {
+    let a = v1(V1Mode::Main);
+    let mut b = mirror(&a);
+    b.version = IkeVersion::V2;
+    let mut p = Pair::new(a, b);
+    p.initiate_a();
+    let f = Pair::failures(&p.b_events);
+    assert!(
+        f.iter()
+            .any(|(ph, why)| *ph == Phase::Phase1 && why.contains("ike.version must match")),
+        "{f:?}"
+    );
+    assert!(p.b.stats().no_peer >= 1);
+    assert_eq!(established(&p.b_events), 0);
+}

@@ -36,6 +36,8 @@ pub(crate) struct Cx<'a> {
     /// IKEv2's half-open responder SAs: they share
     /// [`EndpointConfig::half_open_limit`] with ours.
     pub v2_half_open: usize,
+    /// Peers by version and address.
+    pub index: &'a crate::table::PeerIndex,
 }
 
 /// The IKEv1 SAs of an endpoint.
@@ -575,27 +577,20 @@ impl Engine {
         } else {
             V1Mode::Main
         };
-        // Peers that could own this: IKEv1, our address, their address (or any).
-        let mut by_addr: Vec<(PeerId, &PeerConfig)> = cx
-            .peers
-            .iter()
-            .filter(|(_, c)| {
-                c.version == crate::IkeVersion::V1
-                    && c.local.ip() == local.ip()
-                    && c.remote_addr().is_none_or(|r| r.ip() == remote.ip())
-            })
-            .map(|(p, c)| (*p, &**c))
+        // Peers that could own this: IKEv1, our address, their address (or any); those
+        // with a fixed address first, "any" peers as the fallback. Looked up, not
+        // scanned: this runs for every first message, a flood's included.
+        let by_addr: Vec<(PeerId, &PeerConfig)> = cx
+            .index
+            .by_version_address(crate::IkeVersion::V1, local.ip(), remote.ip())
+            .filter_map(|p| cx.peers.get(&p).map(|c| (p, &**c)))
             .collect();
-        // Peers with a fixed address first; "any" peers are the fallback.
-        by_addr.sort_by_key(|(_, c)| c.remote_addr().is_none());
         if by_addr.is_empty() {
             cx.io.stats.no_peer += 1;
-            let v2 = cx.peers.iter().find(|(_, c)| {
-                c.local.ip() == local.ip() && c.remote_addr().is_none_or(|r| r.ip() == remote.ip())
-            });
-            if let Some((p, _)) = v2 {
+            let v2 = cx.index.by_address(local.ip(), remote.ip()).next();
+            if let Some(p) = v2 {
                 cx.io.fail(
-                    Some(*p),
+                    Some(p),
                     Phase::Phase1,
                     format!(
                         "peer {remote} started IKEv1 {}; this tunnel is configured for IKEv2 \

@@ -48,6 +48,7 @@ impl Endpoint {
             io,
             v1,
             sas,
+            index,
             ..
         } = self;
         (
@@ -57,6 +58,7 @@ impl Endpoint {
                 ecfg: cfg,
                 peers,
                 v2_half_open: sas.unidentified_len(),
+                index,
             },
         )
     }
