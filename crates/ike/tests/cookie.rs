@@ -47,12 +47,6 @@ fn settle(now: Instant, a: &mut Endpoint, b: &mut Endpoint) {
     panic!("the endpoints never went quiet");
 }
 
-fn endpoint(cfg: EndpointConfig, seed: u64, peer: ike::PeerId, p: ike::PeerConfig) -> Endpoint {
-    let mut e = Endpoint::new(cfg, Box::new(TestRng(seed)));
-    e.add_peer(peer, p).expect("a new peer");
-    e
-}
-
 #[test]
 fn under_load_the_responder_answers_with_a_cookie_and_keeps_no_state() {
     let a = config_a();
@@ -108,8 +102,8 @@ fn below_the_threshold_no_cookie_is_asked() {
 fn a_forged_or_stale_cookie_is_answered_with_a_fresh_one() {
     let t0 = epoch();
     let cfg = config_a();
-    let mut a = endpoint(EndpointConfig::default(), 1, PEER_A, cfg.clone());
-    let mut b = endpoint(threshold(0), 2, PEER_B, mirror(&cfg));
+    let mut a = endpoint(EndpointConfig::default(), 1, &[(PEER_A, cfg.clone())]);
+    let mut b = endpoint(threshold(0), 2, &[(PEER_B, mirror(&cfg))]);
     a.initiate(t0, PEER_A).expect("initiate");
     relay(t0, &mut a, &mut b);
     relay(t0, &mut b, &mut a); // the first cookie
@@ -149,9 +143,9 @@ fn a_forged_or_stale_cookie_is_answered_with_a_fresh_one() {
 fn the_threshold_counts_half_open_sas_only() {
     let t0 = epoch();
     let cfg = config_a();
-    let mut b = endpoint(threshold(1), 9, PEER_B, mirror(&cfg));
-    let mut a1 = endpoint(EndpointConfig::default(), 1, PEER_A, cfg.clone());
-    let mut a2 = endpoint(EndpointConfig::default(), 2, PEER_A, cfg.clone());
+    let mut b = endpoint(threshold(1), 9, &[(PEER_B, mirror(&cfg))]);
+    let mut a1 = endpoint(EndpointConfig::default(), 1, &[(PEER_A, cfg.clone())]);
+    let mut a2 = endpoint(EndpointConfig::default(), 2, &[(PEER_A, cfg.clone())]);
 
     // A1's IKE_SA_INIT finds nothing half-open: answered with state, no cookie.
     a1.initiate(t0, PEER_A).expect("initiate");
@@ -194,7 +188,7 @@ fn the_threshold_counts_half_open_sas_only() {
     assert_eq!(b.half_open_count(), 0);
 
     // Established SAs do not count: A3 is answered without a cookie.
-    let mut a3 = endpoint(EndpointConfig::default(), 3, PEER_A, cfg);
+    let mut a3 = endpoint(EndpointConfig::default(), 3, &[(PEER_A, cfg)]);
     a3.initiate(t0, PEER_A).expect("initiate");
     relay(t0, &mut a3, &mut b);
     assert_eq!(b.stats().cookies_sent, 1);

@@ -9,7 +9,7 @@ mod util;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use ike::{Endpoint, EndpointConfig, Event, Identity, IkeVersion, PeerConfig, PeerId, V1Mode};
+use ike::{EndpointConfig, Event, Identity, IkeVersion, PeerConfig, PeerId, V1Mode};
 use util::*;
 
 /// The virtual clock's start; time moves only as the tests say.
@@ -40,14 +40,6 @@ fn with_cky_i(first: &[u8], cky_i: u64) -> Vec<u8> {
     let mut m = first.to_vec();
     m[..8].copy_from_slice(&cky_i.to_be_bytes());
     m
-}
-
-fn endpoint(cfg: EndpointConfig, seed: u64, peers: &[(PeerId, PeerConfig)]) -> Endpoint {
-    let mut e = Endpoint::new(cfg, Box::new(TestRng(seed)));
-    for (id, p) in peers {
-        e.add_peer(*id, p.clone()).expect("a new peer");
-    }
-    e
 }
 
 #[test]

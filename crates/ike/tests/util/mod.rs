@@ -472,3 +472,12 @@ pub fn established_count(e: &mut Endpoint) -> usize {
         .filter(|e| matches!(e, Event::IkeSaEstablished { .. }))
         .count()
 }
+
+/// A lone endpoint (no [`Pair`]) with these peers.
+pub fn endpoint(cfg: EndpointConfig, seed: u64, peers: &[(PeerId, PeerConfig)]) -> Endpoint {
+    let mut e = Endpoint::new(cfg, Box::new(TestRng(seed)));
+    for (id, p) in peers {
+        e.add_peer(*id, p.clone()).expect("a new peer");
+    }
+    e
+}
