@@ -940,3 +940,139 @@ fn ikev1_towards_an_ikev2_tunnel_says_the_versions_differ() {
     assert!(p.b.stats().no_peer >= 1);
     assert_eq!(established(&p.b_events), 0);
 }
+
+/// A Main Mode initiator named `branch.example` towards a responder whose tunnel for
+/// it accepts any address (customer gateway 0.0.0.0).
+fn branch() -> (PeerConfig, PeerConfig) {
+    let mut a = v1(V1Mode::Main);
+    a.local_id = Identity::Fqdn("branch.example".into());
+    let mut b = mirror(&a);
+    b.remote = None;
+    (a, b)
+}
+
+fn logged(events: &[Event], peer: ike::PeerId, event: &str) -> bool {
+    events
+        .iter()
+        .any(|e| matches!(e, Event::Log { peer: p, event: ev, .. } if *p == peer && *ev == event))
+}
+
+#[test]
+fn main_mode_responder_moves_to_the_tunnel_that_message_5_names() {
+    // RFC 2409 §5.4: the responder picks a tunnel (and key) by address before message
+    // 5 names the peer. Another tunnel that accepts the address and comes first in the
+    // lookup (a fixed address before 0.0.0.0, then by id) is picked first.
+    let decoy = ike::PeerId(1);
+    for same_key in [true, false] {
+        for fixed_address in [false, true] {
+            let what = format!("same_key={same_key} fixed_address={fixed_address}");
+            let (a, b) = branch();
+            let mut other = b.clone();
+            other.remote_id = Identity::Fqdn("other.example".into());
+            if !same_key {
+                other.psk = Psk::new("the other tunnel's key");
+            }
+            if fixed_address {
+                other.remote = Some(a.local);
+            }
+            let mut p = Pair::new(a, b);
+            p.b.add_peer(decoy, other).unwrap();
+            p.initiate_a();
+            assert_up(&p, &what);
+            assert!(logged(&p.b_events, decoy, "phase1_start"), "{what}");
+            assert!(logged(&p.b_events, decoy, "phase1_moved"), "{what}");
+            assert!(logged(&p.b_events, PEER_B, "phase1_start"), "{what}");
+            assert!(p.b.ike_sas(decoy).is_empty(), "{what}");
+            assert!(p.b.child_sas(decoy).is_empty(), "{what}");
+            assert_eq!(p.b.ike_sas(PEER_B).len(), 1, "{what}");
+            assert!(p.b_events.iter().any(|e| matches!(
+                e,
+                Event::IkeSaEstablished { peer, .. } if *peer == PEER_B
+            )));
+            // The moved SA lives on as the right tunnel's: DPD, rekeying and Delete
+            // find it there.
+            p.b.remove_peer(p.now, PEER_B).unwrap();
+            p.drive();
+            assert!(p.a.ike_sas(PEER_A).is_empty(), "{what}");
+        }
+    }
+}
+
+#[test]
+fn main_mode_responder_without_a_tunnel_for_message_5_says_why() {
+    // The peer's ID belongs to no tunnel: the picked tunnel reports the mismatch.
+    let (a, mut b) = branch();
+    b.remote_id = Identity::Fqdn("someone.else".into());
+    let mut other = b.clone();
+    other.remote_id = Identity::Fqdn("other.example".into());
+    let mut p = Pair::new(a.clone(), b.clone());
+    p.b.add_peer(ike::PeerId(3), other.clone()).unwrap();
+    p.initiate_a();
+    let fb = Pair::failures(&p.b_events);
+    assert_eq!(fb.len(), 1, "{fb:?}");
+    assert!(
+        fb[0].1.contains("identified as branch.example"),
+        "{}",
+        fb[0].1
+    );
+    assert!(!logged(&p.b_events, ike::PeerId(3), "phase1_moved"));
+    // The right ID, but on a tunnel whose key differs from the peer's: no tunnel's key
+    // decrypts message 5, and the failure says the others were tried.
+    let mut right = b.clone();
+    right.remote_id = Identity::Fqdn("branch.example".into());
+    right.psk = Psk::new("not the initiator's key");
+    other.psk = Psk::new("nor this one");
+    let mut p = Pair::new(a, b);
+    p.b.add_peer(ike::PeerId(3), other).unwrap();
+    p.b.add_peer(ike::PeerId(4), right).unwrap();
+    p.b.remove_peer(p.now, PEER_B).unwrap();
+    p.initiate_a();
+    let fb = Pair::failures(&p.b_events);
+    assert_eq!(fb.len(), 1, "{fb:?}");
+    assert!(
+        fb[0]
+            .1
+            .contains("could not be decrypted (nor with the keys of the 1 other tunnels"),
+        "{}",
+        fb[0].1
+    );
+    assert_eq!(established(&p.a_events) + established(&p.b_events), 0);
+}
+
+#[test]
+fn main_mode_responder_tries_a_bounded_number_of_other_keys() {
+    // The peer's tunnel comes after `others` tunnels with keys of their own.
+    for others in [64, 65] {
+        let (a, b) = branch();
+        let mut first = b.clone();
+        first.remote_id = Identity::Fqdn("t0.example".into());
+        first.psk = Psk::new("key 0");
+        let mut p = Pair::new(a, first);
+        for i in 1..others {
+            let mut t = b.clone();
+            t.remote_id = Identity::Fqdn(format!("t{i}.example"));
+            t.psk = Psk::new(format!("key {i}").as_str());
+            p.b.add_peer(ike::PeerId(10 + i), t).unwrap();
+        }
+        let right = ike::PeerId(1000);
+        p.b.add_peer(right, b).unwrap();
+        p.initiate_a();
+        if others == 64 {
+            // The bound tunnel plus 63 others, then the right one: the 64th trial.
+            assert!(Pair::failures(&p.b_events).is_empty(), "{:?}", p.b_events);
+            assert_eq!(p.b.ike_sas(right).len(), 1);
+        } else {
+            let fb = Pair::failures(&p.b_events);
+            assert_eq!(fb.len(), 1, "{fb:?}");
+            assert!(
+                fb[0]
+                    .1
+                    .contains("nor with the keys of 64 of the 65 other tunnels")
+                    && fb[0].1.contains("Aggressive Mode or IKEv2"),
+                "{}",
+                fb[0].1
+            );
+            assert!(p.b.ike_sas(right).is_empty());
+        }
+    }
+}

@@ -334,6 +334,71 @@ fn main_mode_responder_destination_mode() {
     assert_eq!(r.received, 3, "after the rekey: {r:?}");
 }
 
+/// Two responder-only IKEv1 Main Mode tunnels on customer gateway 0.0.0.0 (any peer,
+/// told apart by ID), each with a key of its own. Main Mode names the peer only in
+/// message 5, so vpngw first binds strongSwan to the tunnel that comes first; message
+/// 5 shows it belongs to the other one (its ID, its key), and the negotiation moves
+/// there. Before, the first tunnel failed with an undecryptable message 5.
+#[test]
+fn main_mode_responder_finds_the_tunnel_by_id_among_any_peers() {
+    let topo = Topology::new().unwrap();
+    let serve = start_serve(&topo);
+    let swan_conn = SwanctlConn {
+        local_id: Some(ONPREM_FQDN.into()),
+        remote_id: Some(GW1.into()),
+        ..onprem_v1(SUITE, SUITE, "0.0.0.0/0", "0.0.0.0/0")
+    };
+    let swan = start_swan(&topo, &swan_conn);
+    let (gw, any) = serve.base(GW1, &["172.16.0.0/16"], "0.0.0.0");
+    let idle = |conn: &str| {
+        serve.wait_tunnel(conn, "idle", Duration::from_secs(10), |s| {
+            phase(s) == "idle"
+        });
+    };
+    // Created (and so numbered) first: the tunnel Main Mode message 1 binds to.
+    let (other, _) = serve.connection(
+        &gw,
+        &any,
+        json!({"effective_immediately": false}),
+        json!({"pre_shared_key": "another-branch-9Zq",
+               "ike": {"remote_id": "other.example.com"}}),
+    );
+    idle(&other);
+    let (conn, _) = serve.connection(
+        &gw,
+        &any,
+        json!({"effective_immediately": false}),
+        json!({"ike": {"remote_id": ONPREM_FQDN}}),
+    );
+    serve.route(&gw, "10.2.0.0/24", &conn);
+    idle(&conn);
+
+    swan.initiate("net").unwrap();
+    let sa = swan
+        .wait_established("vpn", Duration::from_secs(15))
+        .unwrap();
+    assert!(sa.initiator && sa.version == 1);
+    assert_eq!(sa.local_id, ONPREM_FQDN);
+    let t = serve.wait_established(&conn, Duration::from_secs(10));
+    assert_v1(&t, SUITE);
+    ping_both_ways(&topo, 3);
+
+    let log = serve
+        .get(&format!("/v1/vpn-connections/{other}/logs?limit=100"))
+        .to_string();
+    assert!(log.contains("phase1_moved"), "{log}");
+    assert!(
+        !log.contains("another-branch-9Zq") && !log.contains(PSK),
+        "{log}"
+    );
+    let t = serve.get(&format!("/v1/vpn-connections/{other}"));
+    assert_eq!(phase(&t["tunnels"][0]["status"]), "idle", "{t:#}");
+    let log = serve
+        .get(&format!("/v1/vpn-connections/{conn}/logs?limit=100"))
+        .to_string();
+    assert!(log.contains("phase1_established"), "{log}");
+}
+
 /// Aggressive mode with FQDN identities, vpngw first initiator, then responder.
 #[test]
 fn aggressive_mode_fqdn_both_roles() {

@@ -703,11 +703,7 @@ impl Engine {
         let mut sa = P1Sa::new(
             peer, cfg, false, mode, h.cky_i, cky_r, local, remote, state, now,
         );
-        if let Some(ours) = choice.lifetime.filter(|l| !l.is_zero())
-            && (sa.lifetime.is_zero() || ours < sa.lifetime)
-        {
-            sa.lifetime = ours;
-        }
+        sa.lifetime = agreed_lifetime(sa.cfg.ike_lifetime, choice.lifetime);
         sa.hs.sai_b = chain.first(PayloadType::SA).unwrap_or_default().to_vec();
         note_vids(&mut sa, &chain);
         sa.p1_last_rcvd = Some(data.to_vec());
@@ -818,14 +814,18 @@ fn on_phase1(
     // Encrypted messages are opened with the phase 1 CBC chain; the IV advances
     // only if the message is accepted.
     let (chain, next_iv) = if h.encrypted() {
-        match (sa.keys.is_some(), open(sa, &sa.iv.clone(), h, data)) {
-            (true, Some(x)) => (x.0, Some(x.1)),
-            (true, None) => {
+        if sa.keys.is_none() {
+            cx.io.stats.unexpected += 1;
+            return;
+        }
+        let mut opened = open(sa, &sa.iv.clone(), h, data);
+        if sa.state == P1State::MmR5 {
+            opened = mm5_owner(cx, sa, h, data, opened);
+        }
+        match opened {
+            Some(x) => (x.0, Some(x.1)),
+            None => {
                 decrypt_failed(cx, sa, local, remote);
-                return;
-            }
-            (false, _) => {
-                cx.io.stats.unexpected += 1;
                 return;
             }
         }
@@ -919,6 +919,7 @@ fn mm3(
     sa.hs.gxr = dh.public_value().to_vec();
     sa.hs.nr = nonce(cx);
     derive_p1(sa, &shared);
+    sa.hs.gxy = Some(shared);
     nat_detect(sa, c, local, remote);
     let mut p = vec![
         RawPayload::new(PayloadType::KE, sa.hs.gxr.clone()),
@@ -986,6 +987,147 @@ fn mm5(
     send_p1(cx, now, sa, p, true, None);
     established(cx, now, sa);
     Ok(())
+}
+
+/// The ISAKMP SA's lifetime: ours, or the initiator's if it proposed a shorter one.
+fn agreed_lifetime(ours: Duration, proposed: Option<Duration>) -> Duration {
+    match proposed.filter(|l| !l.is_zero()) {
+        Some(p) if ours.is_zero() || p < ours => p,
+        _ => ours,
+    }
+}
+
+/// At most this many other pre-shared keys are tried on one message 5 (see
+/// [`mm5_owner`]): each costs a key derivation and a decryption, and a peer that
+/// completed messages 1–4 may send anything as message 5.
+const MM5_MAX_KEY_TRIALS: usize = 64;
+
+/// Main Mode responder, message 5: which tunnel it belongs to.
+///
+/// RFC 2409 §5.4: with pre-shared keys the responder needs the key for message 4's
+/// SKEYID before message 5 names the initiator, so the tunnel was picked by address
+/// in message 1: the first tunnel accepting that address and the proposal. When
+/// several accept it (customer gateways 0.0.0.0 told apart by their IDs, or two
+/// connections to one customer gateway), message 5 may belong to another one: its ID
+/// is that tunnel's remote ID and its HASH_I verifies with that tunnel's key. The SA
+/// then moves to that tunnel, as strongSwan switches peer configs on the ID. Unlike
+/// strongSwan, the other tunnels' keys are tried too (up to [`MM5_MAX_KEY_TRIALS`]),
+/// so such tunnels need not share one key.
+///
+/// `opened` is message 5 decrypted with the picked tunnel's keys; the answer is what
+/// the rest of Main Mode goes on with (unchanged when no other tunnel owns it).
+fn mm5_owner(
+    cx: &mut Cx<'_>,
+    sa: &mut P1Sa,
+    h: &Header,
+    data: &[u8],
+    opened: Option<(Chain, Vec<u8>)>,
+) -> Option<(Chain, Vec<u8>)> {
+    if let (Some((chain, _)), Some(keys)) = (&opened, &sa.keys)
+        && mm5_verifies(sa, keys, &sa.cfg, chain)
+    {
+        return opened;
+    }
+    let gxy = sa.hs.gxy.clone()?;
+    let ct = data.get(HEADER_LEN..)?;
+    let (encr, integ, _) = sa.suite;
+    let mut trials = 0;
+    let (index, peers) = (cx.index, cx.peers);
+    for p in index.by_version_address(crate::IkeVersion::V1, sa.local.ip(), sa.remote.ip()) {
+        let Some(cfg) = peers
+            .get(&p)
+            .filter(|c| p != sa.peer && mm5_candidate(c, sa))
+        else {
+            continue;
+        };
+        let same_key = ct_eq(&cfg.psk.0, &sa.cfg.psk.0);
+        let tried = if same_key {
+            opened.clone().zip(sa.keys.clone()).zip(sa.cipher.clone())
+        } else if trials < MM5_MAX_KEY_TRIALS {
+            trials += 1;
+            let keys = P1Keys::derive(
+                integ, encr, &cfg.psk.0, &sa.hs.ni, &sa.hs.nr, &gxy, sa.cky_i, sa.cky_r,
+            );
+            Cipher::new(encr, keys.enc_key.as_slice())
+                .ok()
+                .and_then(|cipher| {
+                    let plain = cbc_open(&cipher, &sa.iv, ct)?;
+                    let chain = Chain::decode(h.next, &plain, true).ok()?;
+                    Some((((chain, last_block(ct, sa.block())), keys), cipher))
+                })
+        } else {
+            None
+        };
+        let Some((((chain, next_iv), keys), cipher)) = tried else {
+            continue;
+        };
+        if !mm5_verifies(sa, &keys, cfg, &chain) {
+            continue;
+        }
+        let id = chain
+            .first(PayloadType::ID)
+            .and_then(|b| Id::decode(b).ok())
+            .map(|id| id.describe())
+            .unwrap_or_default();
+        cx.io.log(
+            Some(sa.peer),
+            Level::Info,
+            "phase1_moved",
+            format!(
+                "peer {} identified as {id} in Main Mode message 5: another tunnel that \
+                 accepts this address expects that ID; the negotiation continues there",
+                sa.remote
+            ),
+        );
+        let offered = SaPayload::decode(&sa.hs.sai_b)
+            .ok()
+            .and_then(|o| p1_choose(&o, cfg).ok())
+            .and_then(|c| c.lifetime);
+        sa.lifetime = agreed_lifetime(cfg.ike_lifetime, offered);
+        sa.peer = p;
+        sa.cfg = (**cfg).clone();
+        sa.keys = Some(keys);
+        sa.cipher = Some(cipher);
+        cx.io.log(
+            Some(p),
+            Level::Info,
+            "phase1_start",
+            format!(
+                "peer {} started IKEv1 Main Mode on another tunnel that accepts its address \
+                 and identified as {id} in message 5: continuing on this tunnel",
+                sa.remote
+            ),
+        );
+        return Some((chain, next_iv));
+    }
+    opened
+}
+
+/// The tunnels besides `sa`'s that could own its Main Mode (see [`mm5_owner`]) with
+/// a pre-shared key of their own.
+fn other_keys(cx: &Cx<'_>, sa: &P1Sa) -> usize {
+    cx.index
+        .by_version_address(crate::IkeVersion::V1, sa.local.ip(), sa.remote.ip())
+        .filter(|p| *p != sa.peer)
+        .filter_map(|p| cx.peers.get(&p))
+        .filter(|c| mm5_candidate(c, sa) && !ct_eq(&c.psk.0, &sa.cfg.psk.0))
+        .count()
+}
+
+/// A tunnel that could take over `sa`'s Main Mode: same mode and suite.
+fn mm5_candidate(c: &PeerConfig, sa: &P1Sa) -> bool {
+    c.v1_mode == V1Mode::Main && (c.ike.encr, c.ike.integ, c.ike.dh) == sa.suite
+}
+
+/// Message 5 (decrypted with `keys`) names `cfg`'s remote ID and its HASH_I verifies.
+fn mm5_verifies(sa: &P1Sa, keys: &P1Keys, cfg: &PeerConfig, chain: &Chain) -> bool {
+    let Some(id_b) = chain.first(PayloadType::ID) else {
+        return false;
+    };
+    let (Ok(id), Some(got)) = (Id::decode(id_b), chain.first(PayloadType::HASH)) else {
+        return false;
+    };
+    id_matches(&cfg.remote_id, &id) && ct_eq(got, &auth_hash_with(sa, keys, true, id_b))
 }
 
 fn mm6(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa, c: &Chain) -> Result<(), Fail> {
@@ -1163,13 +1305,30 @@ fn decrypt_failed(cx: &mut Cx<'_>, sa: &mut P1Sa, local: SocketAddr, remote: Soc
         P1State::AmR3 => "Aggressive Mode message 3",
         _ => "a message",
     };
+    let others = if sa.state == P1State::MmR5 {
+        other_keys(cx, sa)
+    } else {
+        0
+    };
+    let tried = match others {
+        0 => String::new(),
+        n if n <= MM5_MAX_KEY_TRIALS => {
+            format!(" (nor with the keys of the {n} other tunnels that accept this address)")
+        }
+        n => format!(
+            " (nor with the keys of {MM5_MAX_KEY_TRIALS} of the {n} other tunnels that accept \
+             this address: Main Mode must find the key by address, before the peer names \
+             itself; for that many peers on one address or on customer gateway 0.0.0.0 use \
+             Aggressive Mode or IKEv2)"
+        ),
+    };
     cx.io.fail(
         Some(sa.peer),
         Phase::Phase1,
         format!(
-            "authentication failed — the peer's {which} could not be decrypted: in IKEv1 a \
-             wrong pre-shared key shows up as an undecryptable (invalid) message 5; check \
-             the pre-shared key on both sides"
+            "authentication failed — the peer's {which} could not be decrypted{tried}: in \
+             IKEv1 a wrong pre-shared key shows up as an undecryptable (invalid) message 5; \
+             check the pre-shared key on both sides"
         ),
     );
     // The peer cannot read anything encrypted with our keys: tell it in the clear.
@@ -1203,9 +1362,14 @@ fn derive_p1(sa: &mut P1Sa, shared: &[u8]) {
 
 /// HASH_I (`initiator_hash`) or HASH_R over an ID payload body (RFC 2409 §5).
 fn auth_hash(sa: &P1Sa, initiator_hash: bool, id_b: &[u8]) -> Vec<u8> {
-    let Some(k) = &sa.keys else {
-        return Vec::new();
-    };
+    match &sa.keys {
+        Some(k) => auth_hash_with(sa, k, initiator_hash, id_b),
+        None => Vec::new(),
+    }
+}
+
+/// [`auth_hash`] with `k` instead of the SA's own keys.
+fn auth_hash_with(sa: &P1Sa, k: &P1Keys, initiator_hash: bool, id_b: &[u8]) -> Vec<u8> {
     if initiator_hash {
         k.auth_hash(
             &sa.hs.gxi,
@@ -1361,6 +1525,7 @@ fn established(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
     sa.rekey_at = soft.map(|d| now + d);
     sa.expire_at = (!sa.lifetime.is_zero()).then(|| now + sa.lifetime);
     sa.hs.dh = None;
+    sa.hs.gxy = None;
     let (encr, integ, dh) = sa.suite;
     let algorithms = IkeAlgorithms {
         encr,

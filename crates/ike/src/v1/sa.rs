@@ -54,6 +54,9 @@ pub(crate) struct Hs {
     pub gxr: Vec<u8>,
     /// Aggressive Mode responder: the body of the initiator's ID payload (`IDii_b`).
     pub idi_b: Vec<u8>,
+    /// Main Mode responder, from message 3 until message 5: `g^xy`, to derive the keys
+    /// of another tunnel's pre-shared key should message 5 name that tunnel's peer.
+    pub gxy: Option<zeroize::Zeroizing<Vec<u8>>>,
 }
 
 /// The last message we sent and are waiting to have answered.
