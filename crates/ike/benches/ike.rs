@@ -210,8 +210,54 @@ fn v1_engine_scale(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("unknown_first_message", n), |b| {
             b.iter(|| e.handle_datagram(now, local, stranger, black_box(&first)));
         });
+        // An Aggressive Mode first message naming an ID none of `n` "any" tunnels
+        // expects: refused without state (what a flood with random IDs costs).
+        let (mut r, am1) = v1_any_responder(n);
+        r.handle_datagram(now, local, stranger, &am1);
+        assert!(
+            r.poll_transmit().is_some(),
+            "answered INVALID-ID-INFORMATION"
+        );
+        assert_eq!(r.half_open_total(), 0, "no state kept");
+        group.bench_function(
+            BenchmarkId::new("aggressive_first_message_unknown_id", n),
+            |b| {
+                b.iter(|| {
+                    r.handle_datagram(now, local, stranger, black_box(&am1));
+                    while r.poll_transmit().is_some() {}
+                    while r.poll_event().is_some() {}
+                });
+            },
+        );
     }
     group.finish();
+}
+
+/// A responder with `n` IKEv1 Aggressive Mode tunnels that accept any address, told
+/// apart by ID (`t<i>.bench.example`), and an Aggressive Mode message 1 from
+/// `stranger.example`.
+fn v1_any_responder(n: u32) -> (Endpoint, Vec<u8>) {
+    let mut cfg = peer_config(DhGroup::Modp1024);
+    cfg.version = IkeVersion::V1;
+    cfg.v1_mode = V1Mode::Aggressive;
+    let mut r = Endpoint::new(EndpointConfig::default(), Box::new(Rng(5)));
+    for i in 0..n {
+        let mut t = cfg.clone();
+        (t.local, t.remote) = (SocketAddr::from((A_IP, 500)), None);
+        t.remote_id = Identity::Fqdn(format!("t{i}.bench.example"));
+        r.add_peer(PeerId(u64::from(i)), t).unwrap();
+    }
+    let mut i = Endpoint::new(EndpointConfig::default(), Box::new(Rng(6)));
+    cfg.local = SocketAddr::from((B_IP, 500));
+    cfg.remote = Some(SocketAddr::from((A_IP, 500)));
+    cfg.local_id = Identity::Fqdn("stranger.example".into());
+    i.add_peer(PEER, cfg).unwrap();
+    i.initiate(epoch(), PEER).unwrap();
+    let am1 = i
+        .poll_transmit()
+        .expect("Aggressive Mode message 1")
+        .payload;
+    (r, am1)
 }
 
 criterion_group!(

@@ -182,13 +182,14 @@ impl Drop for SaMut<'_> {
     }
 }
 
-/// Peers by version and address, and IKEv2 peers by remote identity: what the
-/// responder looks up per IKE_SA_INIT, IKEv1 first message and IKE_AUTH.
+/// Peers by version and address, and by version and remote identity: what the
+/// responder looks up per IKE_SA_INIT, IKEv1 first message, IKE_AUTH and IKEv1 message
+/// with an ID (Aggressive Mode 1, Main Mode 5).
 #[derive(Default)]
 pub(crate) struct PeerIndex {
     /// (version, local IP, remote IP or `None` for a peer that may come from anywhere).
     by_addr: HashMap<(IkeVersion, IpAddr, Option<IpAddr>), BTreeSet<PeerId>>,
-    by_remote_id: HashMap<IdKey, BTreeSet<PeerId>>,
+    by_remote_id: HashMap<(IkeVersion, IdKey), BTreeSet<PeerId>>,
 }
 
 /// An identity as compared on the wire: FQDNs case-insensitively (`Identity::matches`).
@@ -212,12 +213,8 @@ impl IdKey {
 impl PeerIndex {
     pub fn add(&mut self, peer: PeerId, cfg: &PeerConfig) {
         self.by_addr.entry(addr_key(cfg)).or_default().insert(peer);
-        // IKEv1 identities are matched among the peers of an address (`crate::v1`).
-        if cfg.version != IkeVersion::V2 {
-            return;
-        }
         self.by_remote_id
-            .entry(IdKey::of(&cfg.remote_id))
+            .entry((cfg.version, IdKey::of(&cfg.remote_id)))
             .or_default()
             .insert(peer);
     }
@@ -230,10 +227,7 @@ impl PeerIndex {
                 self.by_addr.remove(&k);
             }
         }
-        if cfg.version != IkeVersion::V2 {
-            return;
-        }
-        let k = IdKey::of(&cfg.remote_id);
+        let k = (cfg.version, IdKey::of(&cfg.remote_id));
         if let Some(set) = self.by_remote_id.get_mut(&k) {
             set.remove(&peer);
             if set.is_empty() {
@@ -254,7 +248,7 @@ impl PeerIndex {
         version: IkeVersion,
         local: IpAddr,
         remote: IpAddr,
-    ) -> impl Iterator<Item = PeerId> {
+    ) -> impl Iterator<Item = PeerId> + Clone {
         let exact = self.by_addr.get(&(version, local, Some(remote)));
         let any = self.by_addr.get(&(version, local, None));
         exact.into_iter().chain(any).flatten().copied()
@@ -262,8 +256,22 @@ impl PeerIndex {
 
     /// IKEv2 peers whose configured remote identity is `id`.
     pub fn by_remote_id(&self, id: &Identification) -> impl Iterator<Item = PeerId> {
+        self.by_version_remote_id(IkeVersion::V2, IdKey::from_wire(id))
+    }
+
+    /// IKEv1 peers whose configured remote identity is `id` (its type and data; the
+    /// protocol and port are not part of a tunnel's identity).
+    pub fn by_v1_remote_id(&self, id: &crate::v1::wire::Id) -> impl Iterator<Item = PeerId> {
+        let wire = Identification {
+            id_type: IdType(id.id_type),
+            data: id.data.clone(),
+        };
+        self.by_version_remote_id(IkeVersion::V1, IdKey::from_wire(&wire))
+    }
+
+    fn by_version_remote_id(&self, v: IkeVersion, k: IdKey) -> impl Iterator<Item = PeerId> {
         self.by_remote_id
-            .get(&IdKey::from_wire(id))
+            .get(&(v, k))
             .into_iter()
             .flatten()
             .copied()

@@ -167,6 +167,63 @@ fn aggressive_mode_responder_finds_dynamic_peer_by_fqdn() {
 }
 
 #[test]
+fn aggressive_mode_responder_looks_the_id_up_among_its_tunnels() {
+    let mut a = v1(V1Mode::Aggressive);
+    a.local_id = Identity::Fqdn("Branch.Example".into());
+    let b = mirror(&a);
+    let mut any = b.clone();
+    any.remote = None;
+    any.psk = Psk::new("the any tunnel's key");
+    // The same ID on a tunnel for the peer's own address and on one for any address:
+    // the fixed address wins, whatever the ids.
+    let mut p = Pair::new(a.clone(), b.clone());
+    p.b.add_peer(ike::PeerId(0), any.clone()).unwrap();
+    p.initiate_a();
+    assert_up(&p, "fixed address before any");
+    assert!(p.b.ike_sas(ike::PeerId(0)).is_empty());
+    // The ID on a tunnel for another address, or on our other address: not this peer's.
+    let mut elsewhere = b.clone();
+    elsewhere.remote = Some(sock(Ipv4Addr::new(203, 0, 113, 9), 500));
+    let mut other_local = any.clone();
+    other_local.local = sock(Ipv4Addr::new(192, 0, 2, 77), 500);
+    let mut p = Pair::new(a.clone(), any.clone());
+    p.b.add_peer(ike::PeerId(0), elsewhere).unwrap();
+    p.b.add_peer(ike::PeerId(1), other_local).unwrap();
+    p.a.remove_peer(p.now, PEER_A).unwrap();
+    let mut a2 = a.clone();
+    a2.psk = any.psk.clone();
+    p.a.add_peer(PEER_A, a2).unwrap();
+    p.initiate_a();
+    assert_eq!(p.b.ike_sas(PEER_B).len(), 1, "{:?}", p.b_events);
+    // The ID names a Main Mode tunnel: the mode mismatch is reported there.
+    let mut main = b.clone();
+    main.v1_mode = V1Mode::Main;
+    let mut p = Pair::new(a.clone(), main);
+    p.initiate_a();
+    let fb = Pair::failures(&p.b_events);
+    assert_eq!(fb.len(), 1, "{fb:?}");
+    assert!(fb[0].1.contains("configured for Main Mode"), "{}", fb[0].1);
+    // The ID names no tunnel: the first tunnel for the address says which it expects.
+    let mut p = Pair::new(a, any);
+    p.b.add_peer(ike::PeerId(5), {
+        let mut t = b.clone();
+        t.remote = None;
+        t.remote_id = Identity::Fqdn("t5.example".into());
+        t
+    })
+    .unwrap();
+    p.b.remove_peer(p.now, PEER_B).unwrap();
+    p.initiate_a();
+    let fb = Pair::failures(&p.b_events);
+    assert_eq!(fb.len(), 1, "{fb:?}");
+    assert!(
+        fb[0].1.contains("identified as Branch.Example") && fb[0].1.contains("t5.example"),
+        "{}",
+        fb[0].1
+    );
+}
+
+#[test]
 fn algorithm_matrix_establishes_with_matching_keys() {
     let groups = [DhGroup::Modp1024, DhGroup::Modp1536, DhGroup::Modp2048];
     let encrs = [

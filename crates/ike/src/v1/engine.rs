@@ -580,14 +580,13 @@ impl Engine {
         // Peers that could own this: IKEv1, our address, their address (or any); those
         // with a fixed address first, "any" peers as the fallback. Looked up, not
         // scanned: this runs for every first message, a flood's included.
-        let by_addr: Vec<(PeerId, &PeerConfig)> = cx
-            .index
+        let (index, peers) = (cx.index, cx.peers);
+        let by_addr = index
             .by_version_address(crate::IkeVersion::V1, local.ip(), remote.ip())
-            .filter_map(|p| cx.peers.get(&p).map(|c| (p, &**c)))
-            .collect();
-        if by_addr.is_empty() {
+            .filter_map(|p| peers.get(&p).map(|c| (p, &**c)));
+        let Some((first, first_cfg)) = by_addr.clone().next() else {
             cx.io.stats.no_peer += 1;
-            let v2 = cx.index.by_address(local.ip(), remote.ip()).next();
+            let v2 = index.by_address(local.ip(), remote.ip()).next();
             if let Some(p) = v2 {
                 cx.io.fail(
                     Some(p),
@@ -601,14 +600,8 @@ impl Engine {
             }
             tracing::debug!(%remote, "IKEv1 {} from an unknown peer", mode_name(mode));
             return;
-        }
-        let same_mode: Vec<(PeerId, &PeerConfig)> = by_addr
-            .iter()
-            .filter(|(_, c)| c.v1_mode == mode)
-            .copied()
-            .collect();
-        if same_mode.is_empty() {
-            let (p, c) = by_addr[0];
+        };
+        let mode_mismatch = |cx: &mut Cx<'_>, p: PeerId, c: &PeerConfig| {
             cx.io.fail(
                 Some(p),
                 Phase::Phase1,
@@ -627,11 +620,33 @@ impl Engine {
                 0,
                 NotifyType::NO_PROPOSAL_CHOSEN,
             );
-            return;
-        }
-        // Aggressive Mode names the peer in message 1: the PSK is found by its ID.
-        let mut cands = same_mode;
-        if mode == V1Mode::Aggressive {
+        };
+        let mut chosen = None;
+        let mut first_err = None;
+        let mut try_choose = |p: PeerId, c: &PeerConfig| match p1_choose(&offer, c) {
+            Ok(ch) => {
+                chosen = Some((p, c.clone(), ch));
+                true
+            }
+            Err(e) => {
+                first_err.get_or_insert((p, e));
+                false
+            }
+        };
+        if mode == V1Mode::Main {
+            let mut same_mode = by_addr.filter(|(_, c)| c.v1_mode == mode).peekable();
+            if same_mode.peek().is_none() {
+                mode_mismatch(cx, first, first_cfg);
+                return;
+            }
+            for (p, c) in same_mode {
+                if try_choose(p, c) {
+                    break;
+                }
+            }
+        } else {
+            // Aggressive Mode names the peer in message 1: the PSK is found by its ID,
+            // through the identity index (fixed addresses first, then "any").
             let Some(id) = chain
                 .first(PayloadType::ID)
                 .and_then(|b| Id::decode(b).ok())
@@ -639,21 +654,22 @@ impl Engine {
                 cx.io.stats.malformed += 1;
                 return;
             };
-            let matching: Vec<(PeerId, &PeerConfig)> = cands
-                .iter()
-                .filter(|(_, c)| id_matches(&c.remote_id, &id))
-                .copied()
+            let mut named: Vec<(PeerId, &PeerConfig)> = index
+                .by_v1_remote_id(&id)
+                .filter_map(|p| peers.get(&p).map(|c| (p, &**c)))
+                .filter(|(_, c)| accepts(c, local, remote))
                 .collect();
-            if matching.is_empty() {
-                let (p, c) = cands[0];
+            named.sort_by_key(|(p, c)| (c.remote_addr().is_none(), *p));
+            let (p0, c0) = named.first().copied().unwrap_or((first, first_cfg));
+            if named.is_empty() && first_cfg.v1_mode == mode {
                 cx.io.fail(
-                    Some(p),
+                    Some(first),
                     Phase::Phase1,
                     format!(
                         "peer {remote} identified as {}; this tunnel expects remote ID {} \
                          (check ike.remote_id here and the local ID on the peer)",
                         id.describe(),
-                        c.remote_id
+                        first_cfg.remote_id
                     ),
                 );
                 send_plain_notify(
@@ -666,18 +682,14 @@ impl Engine {
                 );
                 return;
             }
-            cands = matching;
-        }
-        let mut chosen = None;
-        let mut first_err = None;
-        for (p, c) in &cands {
-            match p1_choose(&offer, c) {
-                Ok(ch) => {
-                    chosen = Some((*p, (*c).clone(), ch));
+            let mut same_mode = named.iter().filter(|(_, c)| c.v1_mode == mode).peekable();
+            if same_mode.peek().is_none() {
+                mode_mismatch(cx, p0, c0);
+                return;
+            }
+            for &(p, c) in same_mode {
+                if try_choose(p, c) {
                     break;
-                }
-                Err(e) => {
-                    first_err.get_or_insert((*p, e));
                 }
             }
         }
@@ -1028,37 +1040,55 @@ fn mm5_owner(
     {
         return opened;
     }
+    let (index, peers) = (cx.index, cx.peers);
+    // Tunnels that share the picked tunnel's key: message 5 is readable, and its ID
+    // finds them in the identity index.
+    if let (Some((chain, next_iv)), Some(keys), Some(cipher)) = (&opened, &sa.keys, &sa.cipher)
+        && let Some(id) = chain
+            .first(PayloadType::ID)
+            .and_then(|b| Id::decode(b).ok())
+    {
+        for p in index.by_v1_remote_id(&id) {
+            let Some(cfg) = peers.get(&p).filter(|c| {
+                p != sa.peer
+                    && accepts(c, sa.local, sa.remote)
+                    && mm5_candidate(c, sa)
+                    && ct_eq(&c.psk.0, &sa.cfg.psk.0)
+            }) else {
+                continue;
+            };
+            if mm5_verifies(sa, keys, cfg, chain) {
+                let moved = (keys.clone(), cipher.clone());
+                move_mm5(cx, sa, p, cfg, moved, &id);
+                return Some((chain.clone(), next_iv.clone()));
+            }
+        }
+    }
+    // Tunnels with keys of their own: message 5 decrypted with each.
     let gxy = sa.hs.gxy.clone()?;
     let ct = data.get(HEADER_LEN..)?;
     let (encr, integ, _) = sa.suite;
     let mut trials = 0;
-    let (index, peers) = (cx.index, cx.peers);
     for p in index.by_version_address(crate::IkeVersion::V1, sa.local.ip(), sa.remote.ip()) {
         let Some(cfg) = peers
             .get(&p)
-            .filter(|c| p != sa.peer && mm5_candidate(c, sa))
+            .filter(|c| p != sa.peer && mm5_candidate(c, sa) && !ct_eq(&c.psk.0, &sa.cfg.psk.0))
         else {
             continue;
         };
-        let same_key = ct_eq(&cfg.psk.0, &sa.cfg.psk.0);
-        let tried = if same_key {
-            opened.clone().zip(sa.keys.clone()).zip(sa.cipher.clone())
-        } else if trials < MM5_MAX_KEY_TRIALS {
-            trials += 1;
-            let keys = P1Keys::derive(
-                integ, encr, &cfg.psk.0, &sa.hs.ni, &sa.hs.nr, &gxy, sa.cky_i, sa.cky_r,
-            );
-            Cipher::new(encr, keys.enc_key.as_slice())
-                .ok()
-                .and_then(|cipher| {
-                    let plain = cbc_open(&cipher, &sa.iv, ct)?;
-                    let chain = Chain::decode(h.next, &plain, true).ok()?;
-                    Some((((chain, last_block(ct, sa.block())), keys), cipher))
-                })
-        } else {
-            None
+        if trials == MM5_MAX_KEY_TRIALS {
+            break;
+        }
+        trials += 1;
+        let keys = P1Keys::derive(
+            integ, encr, &cfg.psk.0, &sa.hs.ni, &sa.hs.nr, &gxy, sa.cky_i, sa.cky_r,
+        );
+        let Ok(cipher) = Cipher::new(encr, keys.enc_key.as_slice()) else {
+            continue;
         };
-        let Some((((chain, next_iv), keys), cipher)) = tried else {
+        let Some(chain) = cbc_open(&cipher, &sa.iv, ct)
+            .and_then(|plain| Chain::decode(h.next, &plain, true).ok())
+        else {
             continue;
         };
         if !mm5_verifies(sa, &keys, cfg, &chain) {
@@ -1066,41 +1096,59 @@ fn mm5_owner(
         }
         let id = chain
             .first(PayloadType::ID)
-            .and_then(|b| Id::decode(b).ok())
-            .map(|id| id.describe())
-            .unwrap_or_default();
-        cx.io.log(
-            Some(sa.peer),
-            Level::Info,
-            "phase1_moved",
-            format!(
-                "peer {} identified as {id} in Main Mode message 5: another tunnel that \
-                 accepts this address expects that ID; the negotiation continues there",
-                sa.remote
-            ),
-        );
-        let offered = SaPayload::decode(&sa.hs.sai_b)
-            .ok()
-            .and_then(|o| p1_choose(&o, cfg).ok())
-            .and_then(|c| c.lifetime);
-        sa.lifetime = agreed_lifetime(cfg.ike_lifetime, offered);
-        sa.peer = p;
-        sa.cfg = (**cfg).clone();
-        sa.keys = Some(keys);
-        sa.cipher = Some(cipher);
-        cx.io.log(
-            Some(p),
-            Level::Info,
-            "phase1_start",
-            format!(
-                "peer {} started IKEv1 Main Mode on another tunnel that accepts its address \
-                 and identified as {id} in message 5: continuing on this tunnel",
-                sa.remote
-            ),
-        );
+            .and_then(|b| Id::decode(b).ok())?;
+        move_mm5(cx, sa, p, cfg, (keys, cipher), &id);
+        let next_iv = last_block(ct, sa.block());
         return Some((chain, next_iv));
     }
     opened
+}
+
+/// Moves a Main Mode responder SA to tunnel `p` (see [`mm5_owner`]), with the keys
+/// derived from `p`'s pre-shared key.
+fn move_mm5(
+    cx: &mut Cx<'_>,
+    sa: &mut P1Sa,
+    p: PeerId,
+    cfg: &PeerConfig,
+    (keys, cipher): (P1Keys, Cipher),
+    id: &Id,
+) {
+    let id = id.describe();
+    cx.io.log(
+        Some(sa.peer),
+        Level::Info,
+        "phase1_moved",
+        format!(
+            "peer {} identified as {id} in Main Mode message 5: another tunnel that accepts \
+             this address expects that ID; the negotiation continues there",
+            sa.remote
+        ),
+    );
+    let offered = SaPayload::decode(&sa.hs.sai_b)
+        .ok()
+        .and_then(|o| p1_choose(&o, cfg).ok())
+        .and_then(|c| c.lifetime);
+    sa.lifetime = agreed_lifetime(cfg.ike_lifetime, offered);
+    sa.peer = p;
+    sa.cfg = cfg.clone();
+    sa.keys = Some(keys);
+    sa.cipher = Some(cipher);
+    cx.io.log(
+        Some(p),
+        Level::Info,
+        "phase1_start",
+        format!(
+            "peer {} started IKEv1 Main Mode on another tunnel that accepts its address and \
+             identified as {id} in message 5: continuing on this tunnel",
+            sa.remote
+        ),
+    );
+}
+
+/// Whether a tunnel takes IKEv1 from `remote` on `local` (its address, or any).
+fn accepts(c: &PeerConfig, local: SocketAddr, remote: SocketAddr) -> bool {
+    c.local.ip() == local.ip() && c.remote_addr().is_none_or(|r| r.ip() == remote.ip())
 }
 
 /// The tunnels besides `sa`'s that could own its Main Mode (see [`mm5_owner`]) with
