@@ -83,6 +83,21 @@ fn capture(mode: V1Mode) -> Vec<Pkt> {
     p.wire.clone()
 }
 
+/// Tunnels on B that accept any address, with other IDs: one with B's key, one with
+/// a key of its own. They leave the capture unchanged (B's tunnel for A's address comes
+/// first) but a message 5 that fails to verify is tried against them (`mm5_owner`).
+fn add_decoys(p: &mut Pair, a: &PeerConfig) {
+    for (id, key) in [(60, None), (61, Some("a decoy's own key"))] {
+        let mut t = mirror(a);
+        t.remote = None;
+        t.remote_id = ike::Identity::Fqdn(format!("decoy{id}.example"));
+        if let Some(k) = key {
+            t.psk = ike::Psk::new(k);
+        }
+        p.b.add_peer(ike::PeerId(id), t).expect("decoy");
+    }
+}
+
 #[test]
 fn mutated_captured_traffic_in_place() {
     let mut rng = TestRng(0x5eed);
@@ -97,6 +112,7 @@ fn mutated_captured_traffic_in_place() {
                 // deliver the mutant instead of it.
                 let a = v1(mode);
                 let mut p = Pair::new(a.clone(), mirror(&a));
+                add_decoys(&mut p, &a);
                 let stop = k;
                 p.fate = Box::new(move |pkt| {
                     if pkt.seq >= stop {
