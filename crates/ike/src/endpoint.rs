@@ -419,15 +419,14 @@ impl Endpoint {
             .get(&peer)
             .ok_or(Error::UnknownPeer(peer))?
             .clone();
-        if cfg.version == IkeVersion::V1 {
-            return self.v1_initiate(now, peer, PeerConfig::clone(&cfg));
-        }
-        if self
-            .sas
-            .of_peer(peer)
-            .any(|(_, s)| !s.dead && !s.retiring && s.linger_until.is_none())
-            || self.pacing.is_queued(peer)
-        {
+        let live = if cfg.version == IkeVersion::V1 {
+            self.v1.active(peer)
+        } else {
+            self.sas
+                .of_peer(peer)
+                .any(|(_, s)| !s.dead && !s.retiring && s.linger_until.is_none())
+        };
+        if live || self.pacing.is_queued(peer) {
             return Ok(());
         }
         let remote = cfg.remote_addr().ok_or(Error::ResponderOnly(peer))?;
@@ -437,6 +436,9 @@ impl Endpoint {
         {
             tracing::debug!(%peer, %remote, queued = self.pacing.queued(), "initiation queued");
             return Ok(());
+        }
+        if cfg.version == IkeVersion::V1 {
+            return self.v1_initiate(now, peer, PeerConfig::clone(&cfg));
         }
         self.start_init(now, peer, cfg)
     }
@@ -524,6 +526,7 @@ impl Endpoint {
     ) {
         if crate::v1::is_v1(data) {
             self.v1_datagram(now, local, remote, data);
+            self.start_queued(now);
             return;
         }
         let msg = match Message::decode(data) {
@@ -666,10 +669,12 @@ impl Endpoint {
                 .sas
                 .of_peer(peer)
                 .any(|(_, s)| !s.dead && !s.retiring && s.linger_until.is_none());
-            if !live
-                && cfg.version == IkeVersion::V2
-                && let Err(e) = self.start_init(now, peer, cfg)
-            {
+            let started = match cfg.version {
+                IkeVersion::V1 => self.v1_initiate(now, peer, PeerConfig::clone(&cfg)),
+                IkeVersion::V2 if !live => self.start_init(now, peer, cfg),
+                IkeVersion::V2 => Ok(()),
+            };
+            if let Err(e) = started {
                 tracing::warn!(%peer, error = %e, "queued initiation failed");
             }
         }

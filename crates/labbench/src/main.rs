@@ -76,13 +76,14 @@ struct Args {
     out: Option<PathBuf>,
 }
 
-const PART_NAMES: [&str; 8] = [
+const PART_NAMES: [&str; 9] = [
     "plain",
     "swan-swan",
     "vpngw-swan",
     "vpngw-vpngw",
     "setup-swan",
     "setup-vpngw",
+    "setup-vpngw-ikev1",
     "paths",
     "setup",
 ];
@@ -115,6 +116,11 @@ fn main() -> Result<()> {
     let wanted = |name: &str, group: &str| {
         args.only.is_empty() || args.only.iter().any(|o| o == name || o == group)
     };
+    // IKEv1 setup has no goal: only when asked for by name.
+    let setup_wanted = |p: SetupPeers| match p {
+        SetupPeers::VpngwVpngwIkev1 => args.only.iter().any(|o| o == p.name()),
+        _ => wanted(p.name(), "setup"),
+    };
     let durations = Durations {
         iperf_secs: args.iperf_secs.unwrap_or(if args.quick { 3 } else { 10 }),
         tcp_repeat: args.repeat.unwrap_or(if args.quick { 1 } else { 3 }),
@@ -130,7 +136,8 @@ fn main() -> Result<()> {
     let needs_vpngw = Setup::ALL
         .iter()
         .any(|s| matches!(s, Setup::VpngwSwan | Setup::VpngwVpngw) && wanted(s.name(), "paths"))
-        || wanted("setup-vpngw", "setup");
+        || setup_wanted(SetupPeers::VpngwVpngw)
+        || setup_wanted(SetupPeers::VpngwVpngwIkev1);
     let bin = if needs_vpngw {
         Some(vpngw_binary(args.vpngw.clone())?)
     } else {
@@ -143,9 +150,7 @@ fn main() -> Result<()> {
             durations,
             Parts {
                 paths: Setup::ALL.iter().any(|s| wanted(s.name(), "paths")),
-                setup: [SetupPeers::SwanSwan, SetupPeers::VpngwVpngw]
-                    .iter()
-                    .any(|p| wanted(p.name(), "setup")),
+                setup: SetupPeers::ALL.into_iter().any(setup_wanted),
             },
             &tunnels,
             bin.as_deref(),
@@ -207,15 +212,16 @@ fn main() -> Result<()> {
     }
 
     for &n in &tunnels {
-        for peers in [SetupPeers::SwanSwan, SetupPeers::VpngwVpngw] {
-            if !wanted(peers.name(), "setup") || INTERRUPTED.load(Ordering::Relaxed) {
+        for peers in SetupPeers::ALL {
+            if !setup_wanted(peers) || INTERRUPTED.load(Ordering::Relaxed) {
                 continue;
             }
             eprintln!("labbench: {} tunnels, {}", n, peers.label());
+            let ikev1 = peers == SetupPeers::VpngwVpngwIkev1;
             let result = match (peers, bin.as_deref()) {
                 (SetupPeers::SwanSwan, _) => setup::strongswan(n),
-                (SetupPeers::VpngwVpngw, Some(bin)) => setup::vpngw(n, bin, &mut report.notes),
-                (SetupPeers::VpngwVpngw, None) => Err(anyhow::anyhow!("no vpngw binary")),
+                (_, Some(bin)) => setup::vpngw(n, bin, ikev1, &mut report.notes),
+                (_, None) => Err(anyhow::anyhow!("no vpngw binary")),
             }
             .map_err(|e| format!("{e:#}"));
             match &result {

@@ -265,6 +265,7 @@ fn vpngw_side(
             crypto: suite.vpngw,
             local_id: None,
             remote_id: None,
+            ikev1: false,
             effective_immediately: initiate,
         })?;
         c.route(&gw, remote_net, &conn)?;

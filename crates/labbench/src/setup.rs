@@ -1,6 +1,7 @@
-//! IKEv2 setup rate and memory: N tunnels from one peer (on-premises, 198.51.100.1) to
-//! one gateway (192.0.2.1), one IKE SA + one Child SA each, told apart by the
-//! initiator's identity (`t<i>.bench.example`, RFC 7296 §3.5 ID_FQDN).
+//! Setup rate and memory: N tunnels from one peer (on-premises, 198.51.100.1) to one
+//! gateway (192.0.2.1), one IKE SA + one Child SA each, told apart by the initiator's
+//! identity (`t<i>.bench.example`, RFC 7296 §3.5 ID_FQDN). IKEv2; between two vpngw
+//! also IKEv1 Main Mode, when asked for (`setup-vpngw-ikev1`).
 //!
 //! The clock starts when the initiator is told to bring every tunnel up at once
 //! (strongSwan: `swanctl --load-all` of connections with `start_action = start`; vpngw:
@@ -124,7 +125,10 @@ pub fn strongswan(n: usize) -> Result<SetupMetrics> {
     ))
 }
 
-pub fn vpngw(n: usize, bin: &Path, notes: &mut Notes) -> Result<SetupMetrics> {
+/// vpngw → vpngw; with `ikev1`, every tunnel speaks IKEv1 Main Mode. Main Mode names
+/// the initiator only in message 5, so the responder binds each negotiation to its
+/// first "any" tunnel and moves it to the tunnel of the ID in message 5 (`ike::v1`).
+pub fn vpngw(n: usize, bin: &Path, ikev1: bool, notes: &mut Notes) -> Result<SetupMetrics> {
     let topo = Topology::new().context("building the lab topology")?;
     let dir = topo.workdir.path().to_owned();
     let crypto = SUITES[0].vpngw;
@@ -162,6 +166,7 @@ pub fn vpngw(n: usize, bin: &Path, notes: &mut Notes) -> Result<SetupMetrics> {
                 local_id: None,
                 remote_id: Some(&id),
                 effective_immediately: false,
+                ikev1,
             })
             .with_context(|| format!("responder connection {i}"))?;
         }
@@ -198,6 +203,7 @@ pub fn vpngw(n: usize, bin: &Path, notes: &mut Notes) -> Result<SetupMetrics> {
                 local_id: Some(&id),
                 remote_id: None,
                 effective_immediately: true,
+                ikev1,
             })
             .with_context(|| format!("initiator connection {i}"))?;
         }

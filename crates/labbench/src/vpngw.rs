@@ -206,6 +206,8 @@ pub struct ConnSpec<'a> {
     /// `ike.remote_id` (default: the customer gateway's address).
     pub remote_id: Option<&'a str>,
     pub effective_immediately: bool,
+    /// `ike.version = ikev1` (Main Mode) instead of the default IKEv2.
+    pub ikev1: bool,
 }
 
 /// An API connection from inside the namespace.
@@ -269,6 +271,9 @@ impl Client {
         }
         if let Some(r) = spec.remote_id {
             ike["remote_id"] = json!(r);
+        }
+        if spec.ikev1 {
+            ike["version"] = json!("ikev1");
         }
         id(&self.post(
             "/v1/vpn-connections",

@@ -38,6 +38,9 @@ pub(crate) struct Cx<'a> {
     pub v2_half_open: usize,
     /// Peers by version and address.
     pub index: &'a crate::table::PeerIndex,
+    /// Our initiations in flight per address, shared with IKEv2
+    /// ([`EndpointConfig::max_initiating`]).
+    pub pacing: &'a mut crate::table::Pacing,
 }
 
 /// The IKEv1 SAs of an endpoint.
@@ -111,6 +114,9 @@ impl Engine {
             V1Mode::Aggressive => P1State::AmI2,
         };
         let mut sa = P1Sa::new(peer, cfg, true, mode, cky_i, 0, local, remote, state, now);
+        // Holds a slot until Main or Aggressive Mode ends (`put_back`).
+        cx.pacing.started(remote.ip());
+        sa.paced = Some(remote.ip());
         sa.send_initial_contact = !self.of_peer(peer).any(|(_, s)| s.established() && !s.dead);
         let sa_body = offer.encode();
         sa.hs.sai_b = sa_body.clone();
@@ -414,7 +420,11 @@ impl Engine {
         self.negotiating.len()
     }
 
-    fn put_back(&mut self, cx: &mut Cx<'_>, sa: P1Sa) {
+    fn put_back(&mut self, cx: &mut Cx<'_>, mut sa: P1Sa) {
+        if let Some(ip) = sa.paced.filter(|_| sa.dead || sa.established()) {
+            sa.paced = None;
+            cx.pacing.finished(ip);
+        }
         let k = sa.our_cookie();
         if sa.initiator || sa.dead || sa.established() {
             if let Some(ip) = self.negotiating.remove(&k)

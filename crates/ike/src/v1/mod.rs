@@ -49,6 +49,7 @@ impl Endpoint {
             v1,
             sas,
             index,
+            pacing,
             ..
         } = self;
         (
@@ -59,6 +60,7 @@ impl Endpoint {
                 peers,
                 v2_half_open: sas.unidentified_len(),
                 index,
+                pacing,
             },
         )
     }

@@ -205,6 +205,9 @@ pub(crate) struct P1Sa {
     /// Responder: when the SA goes if Main or Aggressive Mode has not finished
     /// ([`crate::EndpointConfig::half_open_timeout`], as for IKEv2).
     pub half_open_until: Option<Instant>,
+    /// Initiator: holds a slot of `Endpoint::pacing` for this address until Main or
+    /// Aggressive Mode completes or the SA dies.
+    pub paced: Option<std::net::IpAddr>,
 }
 
 impl P1Sa {
@@ -261,6 +264,7 @@ impl P1Sa {
             retiring: false,
             retire_at: None,
             just_established: false,
+            paced: None,
             dead: false,
             half_open_until: None,
         }
