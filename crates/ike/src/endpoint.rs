@@ -438,7 +438,7 @@ impl Endpoint {
             return Ok(());
         }
         if cfg.version == IkeVersion::V1 {
-            return self.v1_initiate(now, peer, PeerConfig::clone(&cfg));
+            return self.v1_initiate(now, peer, cfg);
         }
         self.start_init(now, peer, cfg)
     }
@@ -458,7 +458,7 @@ impl Endpoint {
             "tunnel reset requested".into(),
         );
         if cfg.version == IkeVersion::V1 && cfg.remote_addr().is_some() {
-            self.v1_initiate(now, peer, PeerConfig::clone(&cfg))
+            self.v1_initiate(now, peer, cfg)
         } else if cfg.remote_addr().is_some() {
             self.start_init(now, peer, cfg)
         } else {
@@ -670,7 +670,7 @@ impl Endpoint {
                 .of_peer(peer)
                 .any(|(_, s)| !s.dead && !s.retiring && s.linger_until.is_none());
             let started = match cfg.version {
-                IkeVersion::V1 => self.v1_initiate(now, peer, PeerConfig::clone(&cfg)),
+                IkeVersion::V1 => self.v1_initiate(now, peer, cfg),
                 IkeVersion::V2 if !live => self.start_init(now, peer, cfg),
                 IkeVersion::V2 => Ok(()),
             };

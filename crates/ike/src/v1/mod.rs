@@ -85,7 +85,7 @@ impl Endpoint {
         &mut self,
         now: Instant,
         peer: PeerId,
-        cfg: PeerConfig,
+        cfg: std::sync::Arc<PeerConfig>,
     ) -> Result<(), Error> {
         let remote = cfg.remote_addr().ok_or(Error::ResponderOnly(peer))?;
         let (v1, mut cx) = self.v1_cx();

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crypto::{Cipher, DhGroup, DhPrivate, Encr, Integ};
@@ -157,7 +158,8 @@ pub(crate) struct Dpd {
 /// An ISAKMP SA and everything negotiated under it.
 pub(crate) struct P1Sa {
     pub peer: PeerId,
-    pub cfg: PeerConfig,
+    /// The tunnel's configuration, shared with the endpoint's peer table.
+    pub cfg: Arc<PeerConfig>,
     pub initiator: bool,
     pub mode: V1Mode,
     pub cky_i: u64,
@@ -214,7 +216,7 @@ impl P1Sa {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         peer: PeerId,
-        cfg: PeerConfig,
+        cfg: Arc<PeerConfig>,
         initiator: bool,
         mode: V1Mode,
         cky_i: u64,
