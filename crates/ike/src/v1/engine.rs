@@ -47,8 +47,9 @@ pub(crate) struct Cx<'a> {
 /// The IKEv1 SAs of an endpoint.
 #[derive(Default)]
 pub(crate) struct Engine {
-    /// ISAKMP SAs by our cookie.
-    pub sas: BTreeMap<u64, P1Sa>,
+    /// ISAKMP SAs by our cookie. Boxed: an SA is 1.4 KiB and a map node holds eleven,
+    /// most of a node's slots empty or moving as SAs come and go.
+    pub sas: BTreeMap<u64, Box<P1Sa>>,
     /// Responder: (peer address, CKY-I) → our cookie, to answer retransmitted first
     /// messages.
     pub half_open: HashMap<(SocketAddr, u64), u64>,
@@ -126,7 +127,7 @@ impl Engine {
             let dh = cx.io.dh(sa.suite.2)?;
             sa.hs.gxi = dh.public_value().to_vec();
             sa.hs.ni = nonce(cx);
-            sa.hs.dh = Some(dh);
+            sa.hs.dh = Some(Box::new(dh));
             p.push(RawPayload::new(PayloadType::KE, sa.hs.gxi.clone()));
             p.push(RawPayload::new(PayloadType::NONCE, sa.hs.ni.clone()));
             p.push(RawPayload::new(
@@ -146,7 +147,7 @@ impl Engine {
             ),
         );
         send_p1(cx, now, &mut sa, p, false, Some("message 1"));
-        self.put_back(cx, sa);
+        self.put_back(cx, Box::new(sa));
         Ok(())
     }
 
@@ -360,7 +361,7 @@ impl Engine {
         debug_assert!(
             self.sas
                 .values()
-                .filter_map(P1Sa::next_timeout)
+                .filter_map(|s| s.next_timeout())
                 .min()
                 .is_none_or(|t| first.is_some_and(|f| f <= t)),
             "an IKEv1 SA's timer is indexed late"
@@ -372,7 +373,7 @@ impl Engine {
     fn of_peer(&self, peer: PeerId) -> impl DoubleEndedIterator<Item = (u64, &P1Sa)> {
         self.by_peer
             .range((peer, 0)..=(peer, u64::MAX))
-            .filter_map(|(_, k)| self.sas.get(k).map(|s| (*k, s)))
+            .filter_map(|(_, k)| self.sas.get(k).map(|s| (*k, &**s)))
     }
 
     fn index_timer(&mut self, k: u64, t: Option<Instant>) {
@@ -421,7 +422,12 @@ impl Engine {
         self.negotiating.len()
     }
 
-    fn put_back(&mut self, cx: &mut Cx<'_>, mut sa: P1Sa) {
+    fn put_back(&mut self, cx: &mut Cx<'_>, mut sa: Box<P1Sa>) {
+        if sa.qms.is_empty() {
+            // A BTreeMap emptied by `remove` keeps its leaf: 11 Quick Mode slots,
+            // 2.7 KiB per ISAKMP SA for as long as it lives.
+            sa.qms = BTreeMap::new();
+        }
         if let Some(ip) = sa.paced.filter(|_| sa.dead || sa.established()) {
             sa.paced = None;
             cx.pacing.finished(ip);
@@ -773,7 +779,7 @@ impl Engine {
             }
         }
         self.half_open.insert((remote, h.cky_i), cky_r);
-        self.put_back(cx, sa);
+        self.put_back(cx, Box::new(sa));
     }
 }
 
@@ -918,7 +924,7 @@ fn mm2(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa, c: &Chain) -> Result<(), Fa
     let dh = cx.io.dh(sa.suite.2).map_err(|_| Fail::Drop)?;
     sa.hs.gxi = dh.public_value().to_vec();
     sa.hs.ni = nonce(cx);
-    sa.hs.dh = Some(dh);
+    sa.hs.dh = Some(Box::new(dh));
     let mut p = vec![
         RawPayload::new(PayloadType::KE, sa.hs.gxi.clone()),
         RawPayload::new(PayloadType::NONCE, sa.hs.ni.clone()),
@@ -1726,7 +1732,7 @@ fn start_qm(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa, rekey_of: Option<u32>)
         ),
     );
     send_qm(cx, now, sa, &mut qm, mid, &p, Some("quick mode message 1"));
-    sa.qms.insert(mid, qm);
+    sa.qms.insert(mid, Box::new(qm));
 }
 
 fn on_quick(
@@ -1745,7 +1751,7 @@ fn on_quick(
     let mid = h.message_id;
     let mut qm = match sa.qms.remove(&mid) {
         Some(q) => q,
-        None => Qm {
+        None => Box::new(Qm {
             iv: phase2_iv(sa.suite.1, &sa.iv, mid, sa.block()),
             state: QmState::Done,
             last_sent: None,
@@ -1753,7 +1759,7 @@ fn on_quick(
             retx: None,
             linger_until: None,
             sent_at: None,
-        },
+        }),
     };
     let fresh = qm.last_rcvd.is_empty() && qm.last_sent.is_none();
     if qm.last_rcvd == data {

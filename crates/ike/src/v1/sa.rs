@@ -48,7 +48,8 @@ impl P1State {
 pub(crate) struct Hs {
     /// The body of the initiator's SA payload (`SAi_b`).
     pub sai_b: Vec<u8>,
-    pub dh: Option<DhPrivate>,
+    /// Boxed: a key pair is a few hundred bytes, and every SA carries an `Hs`.
+    pub dh: Option<Box<DhPrivate>>,
     pub ni: Vec<u8>,
     pub nr: Vec<u8>,
     pub gxi: Vec<u8>,
@@ -178,7 +179,8 @@ pub(crate) struct P1Sa {
     pub p1_last_rcvd: Option<Vec<u8>>,
     pub p1_sent_at: Option<Instant>,
     pub retx: Option<Retx>,
-    pub qms: BTreeMap<u32, Qm>,
+    /// Boxed: a map leaf holds eleven values, and most SAs have none or one.
+    pub qms: BTreeMap<u32, Box<Qm>>,
     /// Message IDs of informational exchanges seen, to drop replays.
     pub seen_info: VecDeque<u32>,
     pub children: Vec<Child>,
