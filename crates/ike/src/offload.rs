@@ -15,9 +15,14 @@
 //!   when they are ready, rather than dropped for a retransmission seconds later;
 //! - initiator: IKE_AUTH goes out when the keys are ready.
 //!
-//! Only the initial exchange is offloaded. Rekeys with a KE payload (CREATE_CHILD_SA
-//! with PFS, IKE SA rekeys) and IKEv1 compute in place: they are spread over lifetimes
-//! and never come in bursts of thousands.
+//! IKEv1 Main Mode offloads the same way (`crate::v1`): the responder sends message 4 at
+//! once and holds a message 5 that overtakes its keys; the initiator sends message 5
+//! when its keys are ready.
+//!
+//! Only the initial exchanges are offloaded. Rekeys with a KE payload (CREATE_CHILD_SA
+//! with PFS, IKE SA rekeys, Quick Mode PFS) and IKEv1 Aggressive Mode compute in place:
+//! the rekeys are spread over lifetimes and never come in bursts of thousands, and
+//! Aggressive Mode needs the keys for its very next message.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -44,6 +49,8 @@ pub struct DhJob {
     ticket: u64,
     key: DhPrivate,
     peer: Vec<u8>,
+    /// For an ISAKMP SA (`spi` is our cookie), not an IKEv2 SA.
+    v1: bool,
 }
 
 impl DhJob {
@@ -53,7 +60,21 @@ impl DhJob {
             spi: self.spi,
             ticket: self.ticket,
             shared: self.key.shared_secret(&self.peer),
+            v1: self.v1,
         }
+    }
+}
+
+impl DhJob {
+    /// An ISAKMP SA's job (`cookie`: our cookie).
+    pub(crate) fn v1(cookie: u64, ticket: u64, key: DhPrivate, peer: Vec<u8>) -> Box<Self> {
+        Box::new(Self {
+            spi: cookie,
+            ticket,
+            key,
+            peer,
+            v1: true,
+        })
     }
 }
 
@@ -68,9 +89,10 @@ impl fmt::Debug for DhJob {
 
 /// The result of a [`DhJob`], for [`Endpoint::handle_dh_done`].
 pub struct DhDone {
-    spi: u64,
-    ticket: u64,
-    shared: Result<Zeroizing<Vec<u8>>, crypto::Error>,
+    pub(crate) spi: u64,
+    pub(crate) ticket: u64,
+    pub(crate) shared: Result<Zeroizing<Vec<u8>>, crypto::Error>,
+    pub(crate) v1: bool,
 }
 
 impl fmt::Debug for DhDone {
@@ -136,6 +158,7 @@ impl Endpoint {
             ticket,
             key,
             peer,
+            v1: false,
         });
         sa.keying = Some(Box::new(Keying {
             ticket,
@@ -166,6 +189,11 @@ impl Endpoint {
     /// sends IKE_AUTH; responder: handles an IKE_AUTH that came meanwhile). A result
     /// for an SA that is gone (it timed out, or was deleted) is dropped.
     pub fn handle_dh_done(&mut self, now: Instant, done: DhDone) {
+        if done.v1 {
+            self.v1_dh_done(now, done);
+            self.start_queued(now);
+            return;
+        }
         let Some(mut sa) = self.sas.remove(&done.spi) else {
             self.io.stats.dh_stale += 1;
             return;

@@ -22,7 +22,7 @@ use crate::v1::keys::{P1Keys, cbc_open, cbc_seal, last_block, nat_d, phase1_iv, 
 use crate::v1::proposal::{
     esp_check_answer, esp_choose, esp_offer, p1_check_answer, p1_choose, p1_offer,
 };
-use crate::v1::sa::{Dpd, P1Sa, P1State, Qm, QmState, Retx, linger, rekeyed_grace};
+use crate::v1::sa::{Dpd, Keying, P1Sa, P1State, Qm, QmState, Retx, linger, rekeyed_grace};
 use crate::v1::wire::{
     Attr, Chain, Delete, Exchange, HEADER_LEN, Header, Id, LIFE_SECONDS, Notify, NotifyType,
     PayloadType, RawPayload, SaPayload, cookies, decode_attrs, encode_attrs, encode_chain,
@@ -420,6 +420,41 @@ impl Engine {
     /// Responder SAs in Main or Aggressive Mode.
     pub fn half_open_len(&self) -> usize {
         self.negotiating.len()
+    }
+
+    /// Main Mode's offloaded shared secret for the SA with our cookie `done.spi`: the
+    /// initiator sends message 5, the responder keys itself and returns a message 5
+    /// that came meanwhile. A result for an SA that is gone, or for an earlier one with
+    /// its cookie, is dropped.
+    pub fn dh_done(
+        &mut self,
+        cx: &mut Cx<'_>,
+        now: Instant,
+        done: crate::DhDone,
+    ) -> Option<(SocketAddr, SocketAddr, Vec<u8>)> {
+        let Some(mut sa) = self.sas.remove(&done.spi) else {
+            cx.io.stats.dh_stale += 1;
+            return None;
+        };
+        if sa.keying.as_ref().map(|k| k.ticket) != Some(done.ticket) {
+            cx.io.stats.dh_stale += 1;
+            self.put_back(cx, sa);
+            return None;
+        }
+        let held = sa.keying.take().and_then(|k| k.held);
+        let r = invalid_dh(&sa, done.shared).and_then(|shared| {
+            if sa.initiator {
+                sa.half_open_until = None;
+                mm4_keyed(cx, now, &mut sa, &shared)
+            } else {
+                mm3_keyed(&mut sa, shared);
+                Ok(())
+            }
+        });
+        settle(cx, &mut sa, r);
+        let held = held.filter(|_| !sa.dead);
+        self.put_back(cx, sa);
+        held
     }
 
     fn put_back(&mut self, cx: &mut Cx<'_>, mut sa: Box<P1Sa>) {
@@ -830,10 +865,12 @@ fn on_phase1(
     data: &[u8],
     h: &Header,
 ) {
-    // RFC 2408 §5: a retransmitted message gets our last answer again.
+    // RFC 2408 §5: a retransmitted message gets our last answer again (an initiator
+    // computing its keys elsewhere has no answer yet: message 5 follows them).
     if sa.p1_last_rcvd.as_deref() == Some(data) {
         cx.io.stats.duplicate_requests += 1;
-        if resend_due(cx, now, &mut sa.p1_sent_at)
+        if !(sa.initiator && sa.keying.is_some())
+            && resend_due(cx, now, &mut sa.p1_sent_at)
             && let Some(b) = sa.p1_last_sent.clone()
         {
             cx.io.send(sa.local, sa.remote, b);
@@ -852,7 +889,14 @@ fn on_phase1(
     // only if the message is accepted.
     let (chain, next_iv) = if h.encrypted() {
         if sa.keys.is_none() {
-            cx.io.stats.unexpected += 1;
+            match sa.keying.as_mut() {
+                // Message 5 overtook our keys: handled when they come.
+                Some(k) if !sa.initiator => {
+                    k.held = Some((local, remote, data.to_vec()));
+                    cx.io.stats.dh_held += 1;
+                }
+                _ => cx.io.stats.unexpected += 1,
+            }
             return;
         }
         let mut opened = open(sa, &sa.iv.clone(), h, data);
@@ -895,6 +939,11 @@ fn on_phase1(
         P1State::AmR3 => am3(cx, now, sa, &chain, local, remote),
         _ => Err(Fail::Drop),
     };
+    settle(cx, sa, r);
+}
+
+/// What a handshake step's outcome does to the SA.
+fn settle(cx: &mut Cx<'_>, sa: &mut P1Sa, r: Result<(), Fail>) {
     match r {
         Ok(()) => {}
         Err(Fail::Drop) => cx.io.stats.unexpected += 1,
@@ -945,18 +994,16 @@ fn mm3(
 ) -> Result<(), Fail> {
     let (gxi, ni) = ke_nonce(sa, c)?;
     let dh = cx.io.dh(sa.suite.2).map_err(|_| Fail::Drop)?;
-    let shared = dh.shared_secret(&gxi).map_err(|_| {
-        Fail::Phase1(
-            "peer's Diffie-Hellman public value is invalid".into(),
-            Some(NotifyType::INVALID_KEY_INFORMATION),
-        )
-    })?;
     sa.hs.gxi = gxi;
     sa.hs.ni = ni;
     sa.hs.gxr = dh.public_value().to_vec();
     sa.hs.nr = nonce(cx);
-    derive_p1(sa, &shared);
-    sa.hs.gxy = Some(shared);
+    // Message 4 needs no keys: with an offload it goes out now, and a message 5 that
+    // comes before the keys waits for them.
+    let theirs = sa.hs.gxi.clone();
+    if let Some(shared) = shared_secret(cx, now, sa, dh, theirs)? {
+        mm3_keyed(sa, shared);
+    }
     nat_detect(sa, c, local, remote);
     let mut p = vec![
         RawPayload::new(PayloadType::KE, sa.hs.gxr.clone()),
@@ -966,6 +1013,12 @@ fn mm3(
     sa.state = P1State::MmR5;
     send_p1(cx, now, sa, p, false, Some("message 4"));
     Ok(())
+}
+
+/// Main Mode responder: SKEYID and the rest from g^xy, kept for message 5 (`mm5_owner`).
+fn mm3_keyed(sa: &mut P1Sa, shared: Zeroizing<Vec<u8>>) {
+    derive_p1(sa, &shared);
+    sa.hs.gxy = Some(shared);
 }
 
 fn mm4(
@@ -978,14 +1031,21 @@ fn mm4(
 ) -> Result<(), Fail> {
     let (gxr, nr) = ke_nonce(sa, c)?;
     let dh = sa.hs.dh.take().ok_or(Fail::Drop)?;
-    let shared = dh
-        .shared_secret(&gxr)
-        .map_err(|_| Fail::Phase1("peer's Diffie-Hellman public value is invalid".into(), None))?;
     sa.hs.gxr = gxr;
     sa.hs.nr = nr;
-    derive_p1(sa, &shared);
     nat_detect(sa, c, local, remote);
     float(sa);
+    let theirs = sa.hs.gxr.clone();
+    match shared_secret(cx, now, sa, *dh, theirs)? {
+        Some(shared) => mm4_keyed(cx, now, sa, &shared),
+        // Message 5 goes out when the keys come (`Engine::dh_done`).
+        None => Ok(()),
+    }
+}
+
+/// Main Mode initiator with its keys: message 5.
+fn mm4_keyed(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa, shared: &[u8]) -> Result<(), Fail> {
+    derive_p1(sa, shared);
     let id_b = v1_id(&sa.cfg.local_id).encode();
     let hash_i = auth_hash(sa, true, &id_b);
     let mut p = vec![
@@ -996,6 +1056,51 @@ fn mm4(
     sa.state = P1State::MmI6;
     send_p1(cx, now, sa, p, true, Some("message 5"));
     Ok(())
+}
+
+/// Main Mode's g^xy from our key pair and the peer's public value: computed here, or
+/// (`Ok(None)`) handed to the endpoint's [`crate::DhOffload`], the SA waiting in
+/// `keying` until [`Engine::dh_done`]. An offload that refuses the job gets it computed
+/// here.
+fn shared_secret(
+    cx: &mut Cx<'_>,
+    now: Instant,
+    sa: &mut P1Sa,
+    key: crypto::DhPrivate,
+    theirs: Vec<u8>,
+) -> Result<Option<Zeroizing<Vec<u8>>>, Fail> {
+    let job = match cx.io.offload.as_mut() {
+        Some(o) => {
+            cx.io.next_ticket += 1;
+            let ticket = cx.io.next_ticket;
+            match o.submit(crate::DhJob::v1(sa.our_cookie(), ticket, key, theirs)) {
+                Ok(()) => {
+                    cx.io.stats.dh_offloaded += 1;
+                    sa.keying = Some(Box::new(Keying { ticket, held: None }));
+                    if sa.initiator {
+                        // Bounds the wait should the offload never answer (a responder
+                        // has this deadline from message 1 on).
+                        sa.half_open_until = Some(now + cx.ecfg.half_open_timeout);
+                    }
+                    return Ok(None);
+                }
+                Err(job) => job,
+            }
+        }
+        None => return invalid_dh(sa, key.shared_secret(&theirs)).map(Some),
+    };
+    invalid_dh(sa, job.compute().shared).map(Some)
+}
+
+/// A shared secret, or why phase 1 fails: the peer's public value was refused.
+fn invalid_dh(
+    sa: &P1Sa,
+    r: Result<Zeroizing<Vec<u8>>, crypto::Error>,
+) -> Result<Zeroizing<Vec<u8>>, Fail> {
+    r.map_err(|_| {
+        let n = (!sa.initiator).then_some(NotifyType::INVALID_KEY_INFORMATION);
+        Fail::Phase1("peer's Diffie-Hellman public value is invalid".into(), n)
+    })
 }
 
 fn mm5(
@@ -2590,6 +2695,15 @@ fn on_delete(cx: &mut Cx<'_>, sa: &mut P1Sa, d: &Delete) {
 // ---- timers ---------------------------------------------------------------------------
 
 fn sa_timers(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
+    if sa.initiator && sa.keying.is_some() && sa.half_open_until.is_some_and(|t| now >= t) {
+        cx.io.fail(
+            Some(sa.peer),
+            Phase::Phase1,
+            "the Diffie-Hellman computation did not finish in time".into(),
+        );
+        sa.dead = true;
+        return;
+    }
     if !sa.established() && sa.half_open_until.is_some_and(|t| now >= t) {
         cx.io.log(
             Some(sa.peer),

@@ -76,6 +76,15 @@ impl Endpoint {
         v1.handle_datagram(&mut cx, now, local, remote, data);
     }
 
+    /// An ISAKMP SA's offloaded shared secret (see `crate::offload`); a message 5 that
+    /// came before it is handled now.
+    pub(crate) fn v1_dh_done(&mut self, now: Instant, done: crate::DhDone) {
+        let (v1, mut cx) = self.v1_cx();
+        if let Some((local, remote, data)) = v1.dh_done(&mut cx, now, done) {
+            self.v1_datagram(now, local, remote, &data);
+        }
+    }
+
     pub(crate) fn v1_timeout(&mut self, now: Instant) {
         let (v1, mut cx) = self.v1_cx();
         v1.handle_timeout(&mut cx, now);

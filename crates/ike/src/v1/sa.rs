@@ -212,6 +212,16 @@ pub(crate) struct P1Sa {
     /// Initiator: holds a slot of `Endpoint::pacing` for this address until Main or
     /// Aggressive Mode completes or the SA dies.
     pub paced: Option<std::net::IpAddr>,
+    /// Main Mode's shared secret is being computed elsewhere (`crate::offload`).
+    pub keying: Option<Box<Keying>>,
+}
+
+/// An offloaded Main Mode shared secret, awaited.
+pub(crate) struct Keying {
+    /// Matches the result to this SA and not to an earlier one with its cookie.
+    pub ticket: u64,
+    /// Responder: a message 5 that came before the keys, as (local, remote, datagram).
+    pub held: Option<(std::net::SocketAddr, std::net::SocketAddr, Vec<u8>)>,
 }
 
 impl P1Sa {
@@ -269,6 +279,7 @@ impl P1Sa {
             retire_at: None,
             just_established: false,
             paced: None,
+            keying: None,
             dead: false,
             half_open_until: None,
         }
