@@ -1152,9 +1152,9 @@ const MM5_MAX_KEY_TRIALS: usize = 64;
 /// several accept it (customer gateways 0.0.0.0 told apart by their IDs, or two
 /// connections to one customer gateway), message 5 may belong to another one: its ID
 /// is that tunnel's remote ID and its HASH_I verifies with that tunnel's key. The SA
-/// then moves to that tunnel, as strongSwan switches peer configs on the ID. Unlike
-/// strongSwan, the other tunnels' keys are tried too (up to [`MM5_MAX_KEY_TRIALS`]),
-/// so such tunnels need not share one key.
+/// then moves to that tunnel (libreswan likewise switches connections once the ID is
+/// known). The other tunnels' keys are tried too (up to [`MM5_MAX_KEY_TRIALS`]), so
+/// such tunnels need not share one key.
 ///
 /// `opened` is message 5 decrypted with the picked tunnel's keys; the answer is what
 /// the rest of Main Mode goes on with (unchanged when no other tunnel owns it).
