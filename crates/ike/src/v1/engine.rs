@@ -1165,12 +1165,20 @@ fn mm5_owner(
     data: &[u8],
     opened: Option<(Chain, Vec<u8>)>,
 ) -> Option<(Chain, Vec<u8>)> {
+    let (index, peers) = (cx.index, cx.peers);
+    // No other tunnel takes this address (a lookup that stops at the first other one):
+    // `mm5` checks message 5 against the picked tunnel.
+    if !index
+        .by_version_address(crate::IkeVersion::V1, sa.local.ip(), sa.remote.ip())
+        .any(|p| p != sa.peer)
+    {
+        return opened;
+    }
     if let (Some((chain, _)), Some(keys)) = (&opened, &sa.keys)
         && mm5_verifies(sa, keys, &sa.cfg, chain)
     {
         return opened;
     }
-    let (index, peers) = (cx.index, cx.peers);
     // Tunnels that share the picked tunnel's key: message 5 is readable, and its ID
     // finds them in the identity index.
     if let (Some((chain, next_iv)), Some(keys), Some(cipher)) = (&opened, &sa.keys, &sa.cipher)
