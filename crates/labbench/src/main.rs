@@ -67,6 +67,12 @@ struct Args {
     /// Needs at least 2 CPUs; the data-path parts only.
     #[arg(long)]
     pin: bool,
+    /// TCP congestion control of the iperf3 sender (`iperf3 -C`) on every path
+    /// (default cubic, the kernel's default). Set so that the result does not depend on
+    /// the machine's `net.ipv4.tcp_congestion_control`; any name in
+    /// `/proc/sys/net/ipv4/tcp_available_congestion_control`.
+    #[arg(long, value_name = "NAME", default_value = "cubic")]
+    congestion_control: String,
     /// The vpngw binary (default: `vpngw` next to this program, built if missing when
     /// run through cargo).
     #[arg(long, value_name = "PATH")]
@@ -109,6 +115,7 @@ fn main() -> Result<()> {
     } else {
         None
     };
+    check_congestion_control(&args.congestion_control)?;
     if !nix::unistd::geteuid().is_root() {
         bail!("labbench needs root (network namespaces, TUN devices, strongSwan)");
     }
@@ -181,6 +188,7 @@ fn main() -> Result<()> {
                 setup,
                 suite.unwrap_or(&SUITES[0]),
                 durations,
+                &args.congestion_control,
                 pin,
                 bin.as_deref().unwrap_or(std::path::Path::new("vpngw")),
             )
@@ -333,6 +341,21 @@ fn vpngw_binary(given: Option<PathBuf>) -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// The sender's congestion control must be one the kernel has: iperf3 would otherwise
+/// fail only once the first path is up.
+fn check_congestion_control(name: &str) -> Result<()> {
+    const AVAILABLE: &str = "/proc/sys/net/ipv4/tcp_available_congestion_control";
+    let available =
+        std::fs::read_to_string(AVAILABLE).with_context(|| format!("reading {AVAILABLE}"))?;
+    if !available.split_whitespace().any(|a| a == name) {
+        bail!(
+            "--congestion-control {name}: not available in this kernel; expected one of: {}",
+            available.trim()
+        );
+    }
+    Ok(())
+}
+
 /// Which kinds of parts run, so that the method line describes only those.
 #[derive(Clone, Copy)]
 struct Parts {
@@ -374,12 +397,14 @@ fn machine_info(
     let mut method = Vec::new();
     if parts.paths {
         method.push(format!(
-            "iperf3 TCP and UDP (-b 0, 1200-byte datagrams) {} s each from the VPC host to 10.2.0.1 on-premises, TCP {} back to back on the same tunnel (median and min–max; retransmissions: median); {} pings 10 ms apart",
+            "iperf3 TCP and UDP (-b 0, 1200-byte datagrams) {} s each from the VPC host to 10.2.0.1 on-premises, TCP {} back to back on the same tunnel (median and min–max; retransmissions: median; congestion control {} on the sender, the machine's default is {}); {} pings 10 ms apart",
             d.iperf_secs,
             match d.tcp_repeat {
                 1 => "once".to_string(),
                 n => format!("{n} times"),
             },
+            args.congestion_control,
+            sh("cat /proc/sys/net/ipv4/tcp_congestion_control"),
             d.pings,
         ));
     }

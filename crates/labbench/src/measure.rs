@@ -83,15 +83,14 @@ pub fn ns_run(
     run_bounded(cmd, dir, label, timeout)
 }
 
-/// iperf3 TCP for `secs` seconds from `src` (in `ns`) to a server at `dst:port`:
-/// (receiver bits/s, sender retransmits).
+/// iperf3 TCP for `secs` seconds from `src` (in `ns`) to a server at `dst:port`, the
+/// sender using congestion control `cc`: (receiver bits/s, sender retransmits).
 pub fn iperf3_tcp(
     ns: &Netns,
     dir: &Path,
-    src: &str,
-    dst: &str,
-    port: u16,
+    (src, dst, port): (&str, &str, u16),
     secs: u32,
+    cc: &str,
 ) -> Result<(f64, u64)> {
     let json = ns_run(
         ns,
@@ -106,6 +105,8 @@ pub fn iperf3_tcp(
             &port.to_string(),
             "-t",
             &secs.to_string(),
+            "-C",
+            cc,
             "--connect-timeout",
             "3000",
         ],

@@ -96,6 +96,7 @@ pub fn measure(
     setup: Setup,
     suite: &Suite,
     d: Durations,
+    congestion_control: &str,
     pin: Option<Pin>,
     vpngw_bin: &Path,
 ) -> Result<PathMetrics> {
@@ -164,9 +165,14 @@ pub fn measure(
     // run fails the row, as a single run did: a partial median would hide it.
     let mut tcp = Vec::new();
     for i in 1..=d.tcp_repeat.max(1) {
-        let (bps, retransmits) =
-            iperf3_tcp(&topo.vpc, &dir, &vpc, ONPREM_HOST, IPERF_PORT, d.iperf_secs)
-                .with_context(|| format!("TCP run {i} of {}", d.tcp_repeat.max(1)))?;
+        let (bps, retransmits) = iperf3_tcp(
+            &topo.vpc,
+            &dir,
+            (&vpc, ONPREM_HOST, IPERF_PORT),
+            d.iperf_secs,
+            congestion_control,
+        )
+        .with_context(|| format!("TCP run {i} of {}", d.tcp_repeat.max(1)))?;
         tcp.push(TcpRun { bps, retransmits });
     }
     let ping = ping(&topo.vpc, &dir, &vpc, ONPREM_HOST, d.pings)?;
