@@ -111,11 +111,22 @@ pub(crate) struct Io {
     pub child_spis: HashSet<u32>,
     /// When a drop at a half-open limit was last logged as a warning.
     pub limit_warned_at: Option<Instant>,
+    /// When each tunnel last reported a refused first message ([`Io::refuse`]).
+    pub refused_at: HashMap<PeerId, Instant>,
 }
 
 /// How often a drop at a half-open limit is logged as a warning (the others only
 /// count): often enough to explain a stall, seldom enough to survive a flood.
 const LIMIT_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// How often one tunnel reports a refused first message as a failure ([`Io::refuse`]):
+/// a peer whose retries are refused shows why at once, a flood writes one row per
+/// period.
+pub(crate) const REFUSAL_REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// Past this many entries, [`Io::refused_at`] forgets the ones older than
+/// [`REFUSAL_REPORT_EVERY`] (those of removed tunnels included).
+const REFUSED_AT_PRUNE: usize = 4096;
 
 impl Io {
     /// Counts a first message (`what`) dropped at a half-open limit; `total` and `from`
@@ -146,6 +157,43 @@ impl Io {
              peers setting up at once than --ike-half-open-limit or, for IKEv1 from one \
              address, --ike-half-open-per-address allow); the peer will retransmit"
         );
+    }
+
+    /// A first message (IKE_SA_INIT, IKEv1 Main or Aggressive Mode message 1) refused
+    /// before any SA exists: no acceptable proposal, the other IKE version or mode, an
+    /// ID no tunnel expects. Anyone who can send from an address a tunnel accepts can
+    /// send these, so each is counted ([`Stats::refused`]) but reported as `peer`'s
+    /// failure — a log row the node stores — at most once per
+    /// [`REFUSAL_REPORT_EVERY`]; the others go to the debug log.
+    pub fn refuse(&mut self, now: Instant, peer: PeerId, phase: Phase, reason: String) {
+        self.stats.refused += 1;
+        if self.refusal_due(now, peer) {
+            self.fail(Some(peer), phase, reason);
+        } else {
+            tracing::debug!(
+                ?peer,
+                refused = self.stats.refused,
+                "refused again: {reason}"
+            );
+        }
+    }
+
+    /// Whether `peer`'s tunnel may report a refused or malformed first message now:
+    /// not if it did less than [`REFUSAL_REPORT_EVERY`] ago.
+    pub fn refusal_due(&mut self, now: Instant, peer: PeerId) -> bool {
+        if self
+            .refused_at
+            .get(&peer)
+            .is_some_and(|t| now < *t + REFUSAL_REPORT_EVERY)
+        {
+            return false;
+        }
+        if self.refused_at.len() >= REFUSED_AT_PRUNE {
+            self.refused_at
+                .retain(|_, t| now < *t + REFUSAL_REPORT_EVERY);
+        }
+        self.refused_at.insert(peer, now);
+        true
     }
 
     pub fn send(&mut self, local: SocketAddr, remote: SocketAddr, payload: Vec<u8>) {
@@ -304,6 +352,7 @@ impl Endpoint {
                 stats: Stats::default(),
                 child_spis: HashSet::new(),
                 limit_warned_at: None,
+                refused_at: HashMap::new(),
             },
         }
     }

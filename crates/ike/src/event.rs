@@ -288,4 +288,8 @@ pub struct Stats {
     /// Aggressive Mode message 1), dropped because
     /// [`crate::EndpointConfig::half_open_limit`] responder SAs were half-open.
     pub half_open_limited: u64,
+    /// First messages (IKE_SA_INIT, IKEv1 Main or Aggressive Mode message 1) refused
+    /// with a notification: no acceptable proposal, the other IKE version or mode, an
+    /// ID no tunnel expects. Each tunnel logs one as a failure at most every 10 s.
+    pub refused: u64,
 }

@@ -152,12 +152,14 @@ impl Endpoint {
         let p = &msg.payloads;
         let (Some(sa_p), Some(ke), Some(ni)) = (find_sa(p), find_ke(p), find_nonce(p)) else {
             self.io.stats.malformed += 1;
-            self.io.log(
-                Some(first),
-                Level::Warn,
-                "malformed",
-                format!("IKE_SA_INIT from {remote} lacks SA, KE or nonce"),
-            );
+            if self.io.refusal_due(now, first) {
+                self.io.log(
+                    Some(first),
+                    Level::Warn,
+                    "malformed",
+                    format!("IKE_SA_INIT from {remote} lacks SA, KE or nonce"),
+                );
+            }
             return;
         };
         if self.half_open_count() >= self.cfg.cookie_threshold {
@@ -213,7 +215,7 @@ impl Endpoint {
                 describe(sa_p),
                 allows.unwrap_or_default()
             );
-            self.io.fail(Some(first), Phase::Phase1, reason);
+            self.io.refuse(now, first, Phase::Phase1, reason);
             self.send_init_error(
                 local,
                 remote,

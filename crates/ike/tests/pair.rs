@@ -139,6 +139,39 @@ fn ike_proposal_mismatch_reasons() {
     );
 }
 
+/// Refused IKE_SA_INITs are each answered and counted, but a tunnel reports one as a
+/// failure (a stored log row) at most every 10 s: anyone at the peer's address can send
+/// them as fast as they like.
+#[test]
+fn refused_first_messages_report_once_per_period() {
+    let mut a = config_a();
+    a.ike = ike(Encr::AesCbc256, Integ::HmacSha256_128, DhGroup::Modp2048);
+    let mut b = mirror(&a);
+    b.ike = ike(Encr::AesCbc128, Integ::HmacSha1_96, DhGroup::Modp1024);
+    let mut p = Pair::new(a, b);
+    for _ in 0..5 {
+        p.initiate_a();
+        p.advance(Duration::from_secs(1));
+    }
+    assert_eq!(p.b.stats().refused, 5);
+    assert_eq!(Pair::failures(&p.b_events).len(), 1);
+    assert_eq!(
+        Pair::failures(&p.a_events).len(),
+        5,
+        "each rejection reaches A"
+    );
+    // 10 s after the report, the next refusal reports again.
+    p.advance(Duration::from_secs(5));
+    p.initiate_a();
+    assert_eq!(p.b.stats().refused, 6);
+    let fb = Pair::failures(&p.b_events);
+    assert_eq!(fb.len(), 2);
+    assert_eq!(
+        fb[1].1,
+        "peer proposed aes256-sha256-modp2048; this tunnel allows aes128-sha1-modp1024"
+    );
+}
+
 #[test]
 fn esp_proposal_mismatch_keeps_ike_sa() {
     let a = config_a();

@@ -356,6 +356,30 @@ fn phase1_proposal_mismatch() {
     assert!(fa[0].1.contains("NO-PROPOSAL-CHOSEN"), "{}", fa[0].1);
 }
 
+/// Main Mode message 1s that no tunnel accepts are each answered and counted; the
+/// tunnel reports one as a failure at most every 10 s.
+#[test]
+fn refused_main_modes_report_once_per_period() {
+    let a = v1(V1Mode::Main);
+    let mut b = mirror(&a);
+    b.ike = ike(Encr::AesCbc256, Integ::HmacSha256_128, DhGroup::Modp2048);
+    let mut p = Pair::new(a, b);
+    for _ in 0..4 {
+        p.initiate_a();
+        p.advance(Duration::from_secs(3));
+    }
+    assert_eq!(p.b.stats().refused, 4);
+    assert_eq!(Pair::failures(&p.b_events).len(), 1);
+    assert_eq!(
+        Pair::failures(&p.a_events).len(),
+        4,
+        "each notification reaches A"
+    );
+    p.initiate_a();
+    assert_eq!(p.b.stats().refused, 5);
+    assert_eq!(Pair::failures(&p.b_events).len(), 2);
+}
+
 #[test]
 fn mode_mismatch_is_explained() {
     let a = v1(V1Mode::Aggressive);

@@ -1061,6 +1061,16 @@ impl Control {
                 let Some(t) = self.tunnels.get_mut(&id) else {
                     return;
                 };
+                if t.phase == TunnelPhase::Established {
+                    // The tunnel's SAs still carry traffic. A negotiation that failed
+                    // beside them — a first message from anyone at the peer's address
+                    // that no tunnel accepts, a rekey the peer refused — is in the log
+                    // (the engine wrote it), not a reason to tear them down: when they
+                    // expire or the peer stops answering, their own events restart the
+                    // tunnel.
+                    tracing::debug!(tunnel = id, ?phase, %reason, "failure beside established SAs");
+                    return;
+                }
                 t.failures += 1;
                 let can = t.can_initiate();
                 if can {

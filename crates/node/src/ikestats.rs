@@ -87,6 +87,13 @@ pub(crate) fn render(s: &IkeSnapshot, out: &mut String) {
                 st.duplicate_requests,
             ),
             (
+                "vpngw_ike_refused_total",
+                "First messages (IKE_SA_INIT, IKEv1 Main or Aggressive Mode message 1) \
+                 answered with a refusal: no acceptable proposal, the other IKE version or \
+                 mode, or an ID no tunnel expects. Each tunnel logs one at most every 10 s.",
+                st.refused,
+            ),
+            (
                 "vpngw_ike_retransmits_total",
                 "Requests this node sent again because the peer had not answered yet.",
                 st.retransmits,
@@ -159,6 +166,7 @@ mod tests {
                 cookies_sent: 15,
                 cookies_invalid: 16,
                 half_open_limited: 18,
+                refused: 19,
             },
             half_open: 17,
         }
@@ -183,6 +191,7 @@ mod tests {
                 "vpngw_ike_dh_keys_total{source=\"ready\"} 10",
                 "vpngw_ike_dh_keys_total{source=\"inline\"} 11",
                 "vpngw_ike_duplicate_requests_total 7",
+                "vpngw_ike_refused_total 19",
                 "vpngw_ike_retransmits_total 8",
                 "vpngw_ike_dh_offloaded_total 12",
                 "vpngw_ike_dh_stale_total 13",
@@ -204,6 +213,7 @@ mod tests {
                 "vpngw_ike_dropped_total counter",
                 "vpngw_ike_dh_keys_total counter",
                 "vpngw_ike_duplicate_requests_total counter",
+                "vpngw_ike_refused_total counter",
                 "vpngw_ike_retransmits_total counter",
                 "vpngw_ike_dh_offloaded_total counter",
                 "vpngw_ike_dh_stale_total counter",

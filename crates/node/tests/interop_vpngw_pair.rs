@@ -90,6 +90,21 @@ impl Pair {
         }
     }
 
+    /// A protected-flows connection with day-long lifetimes, A initiating, established
+    /// at both ends: (A's connection, B's connection).
+    fn established() -> (Pair, String, String) {
+        let p = Pair::new();
+        let mode = "protected_flows";
+        let conn_b = p.configure_b(mode, false, DAY, json!({}));
+        let conn_a = p.configure_a(mode, true, DAY, json!({}));
+        for (gw, conn) in [(&p.gw_a, &conn_a), (&p.gw_b, &conn_b)] {
+            gw.wait_tunnel(conn, "established", Duration::from_secs(20), |s| {
+                phase(s) == "established"
+            });
+        }
+        (p, conn_a, conn_b)
+    }
+
     /// Site A's side of a connection to B (see [`configure`]).
     fn configure_a(
         &self,
@@ -490,14 +505,8 @@ fn vpngw_pair_both_initiate_end_with_one_ike_sa() {
 /// ESP packet, and both offloads counted in `/metrics`.
 #[test]
 fn vpngw_pair_uses_esp_in_udp_with_gso_and_gro() {
-    let p = Pair::new();
-    let mode = "protected_flows";
-    let conn_b = p.configure_b(mode, false, DAY, json!({}));
-    let conn_a = p.configure_a(mode, true, DAY, json!({}));
+    let (p, conn_a, conn_b) = Pair::established();
     for (gw, conn) in [(&p.gw_a, &conn_a), (&p.gw_b, &conn_b)] {
-        gw.wait_tunnel(conn, "established", Duration::from_secs(20), |s| {
-            phase(s) == "established"
-        });
         let installed: Vec<String> = gw
             .logs(conn, 100)
             .iter()
@@ -590,4 +599,106 @@ fn vpngw_pair_carries_bulk_tcp_with_the_default_cbc_suite() {
     }
     assert!(metric(&p.gw_b, r#"vpngw_dataplane_packets_total{path="udp_rx"}"#) > 60_000);
     lab::wait_ping(&p.host_b, HOST_B, HOST_A, Duration::from_secs(10)).unwrap();
+}
+
+/// IKE_SA_INIT with one proposal, 3DES-SHA1-MODP1024, that no tunnel here allows:
+/// header (RFC 7296 §3.1), SA with one IKE proposal of four transforms (§3.3), KE for
+/// group 2 and a nonce. `n` varies the initiator SPI.
+fn ike_sa_init_3des(n: u8) -> Vec<u8> {
+    let mut m = vec![0x5a, 0x17, 0, 0, 0, 0, 0, n]; // SPIi
+    m.extend([0; 8]); // SPIr
+    m.extend([33, 0x20, 34, 0x08]); // next SA, version 2.0, IKE_SA_INIT, initiator
+    m.extend([0; 4]); // message ID
+    m.extend(244u32.to_be_bytes());
+    m.extend([34, 0, 0, 44]); // SA, next KE
+    m.extend([0, 0, 0, 40, 1, 1, 0, 4]); // last proposal, #1, IKE, no SPI, 4 transforms
+    m.extend([3, 0, 0, 8, 1, 0, 0, 3]); // ENCR_3DES
+    m.extend([3, 0, 0, 8, 2, 0, 0, 2]); // PRF_HMAC_SHA1
+    m.extend([3, 0, 0, 8, 3, 0, 0, 2]); // AUTH_HMAC_SHA1_96
+    m.extend([0, 0, 0, 8, 4, 0, 0, 2]); // 1024-bit MODP
+    m.extend([40, 0, 0, 136, 0, 2, 0, 0]); // KE, next nonce, group 2
+    m.extend([0x5c; 128]);
+    m.extend([0, 0, 0, 36]); // nonce, last
+    m.extend([0xa7; 32]);
+    assert_eq!(m.len(), 244);
+    m
+}
+
+/// First messages that no tunnel accepts, from the peer's address — anyone can send
+/// them; here from another port of B's address: A answers each NO_PROPOSAL_CHOSEN,
+/// counts each, logs why once for the lot, and leaves the established tunnel alone:
+/// same IKE SA, same Child SA, still carrying traffic. (A refusal used to mark the
+/// tunnel failed, and two seconds later the retry reset its IKE SA.)
+#[test]
+fn vpngw_pair_refused_first_messages_leave_the_established_tunnel_alone() {
+    use ike::wire::registry::NotifyType;
+    use ike::wire::{Message, Payload};
+
+    let (p, conn_a, _) = Pair::established();
+    lab::wait_ping(&p.host_a, HOST_A, HOST_B, Duration::from_secs(10)).unwrap();
+    let status = |conn: &str| {
+        p.gw_a.get(&format!("/v1/vpn-connections/{conn}"))["tunnels"][0]["status"].clone()
+    };
+    let before = status(&conn_a);
+
+    const SENT: usize = 20;
+    let answers =
+        p._b.run_in(|| {
+            let sock = std::net::UdpSocket::bind((B_PUB, 0)).unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut answers = Vec::new();
+            for n in 0..SENT {
+                sock.send_to(&ike_sa_init_3des(n as u8), (A_PUB, 500))
+                    .unwrap();
+                let mut buf = [0u8; 1500];
+                if let Ok(len) = sock.recv(&mut buf) {
+                    answers.push(buf[..len].to_vec());
+                }
+            }
+            answers
+        })
+        .unwrap();
+    assert_eq!(answers.len(), SENT, "every refusal is answered");
+    for a in &answers {
+        let m = Message::decode(a).unwrap();
+        assert!(
+            m.payloads.iter().any(
+                |p| matches!(p, Payload::Notify(n) if n.ntype == NotifyType::NO_PROPOSAL_CHOSEN)
+            ),
+            "{m:?}"
+        );
+    }
+
+    // Longer than the node's quick retry (2 s) after a failure.
+    std::thread::sleep(Duration::from_secs(5));
+    let after = status(&conn_a);
+    assert_eq!(phase(&after), "established", "{after:#}");
+    assert_eq!(
+        after["ike_sa"]["spis"], before["ike_sa"]["spis"],
+        "{after:#}"
+    );
+    assert_eq!(
+        after["child_sas"][0]["spi_in"], before["child_sas"][0]["spi_in"],
+        "{after:#}"
+    );
+    let r = lab::ping(&p.host_a, HOST_A, HOST_B, 5, Duration::from_secs(5)).unwrap();
+    assert_eq!(r.received, 5, "site A → site B after the refusals: {r:?}");
+
+    let refusals: Vec<String> = p
+        .gw_a
+        .logs(&conn_a, 1000)
+        .iter()
+        .filter(|e| e["event"] == "phase1_failed")
+        .filter_map(|e| e["message"].as_str().map(String::from))
+        .collect();
+    assert_eq!(
+        refusals.len(),
+        1,
+        "one report for {SENT} refusals: {refusals:?}"
+    );
+    assert!(
+        refusals[0].starts_with("peer proposed 3des") && refusals[0].contains("this tunnel allows"),
+        "{refusals:?}"
+    );
+    assert_eq!(metric(&p.gw_a, "vpngw_ike_refused_total"), SENT as u64);
 }

@@ -646,8 +646,9 @@ impl Engine {
             cx.io.stats.no_peer += 1;
             let v2 = index.by_address(local.ip(), remote.ip()).next();
             if let Some(p) = v2 {
-                cx.io.fail(
-                    Some(p),
+                cx.io.refuse(
+                    now,
+                    p,
                     Phase::Phase1,
                     format!(
                         "peer {remote} started IKEv1 {}; this tunnel is configured for IKEv2 \
@@ -660,8 +661,9 @@ impl Engine {
             return;
         };
         let mode_mismatch = |cx: &mut Cx<'_>, p: PeerId, c: &PeerConfig| {
-            cx.io.fail(
-                Some(p),
+            cx.io.refuse(
+                now,
+                p,
                 Phase::Phase1,
                 format!(
                     "peer {remote} started IKEv1 {}; this tunnel is configured for {} \
@@ -720,8 +722,9 @@ impl Engine {
             named.sort_by_key(|(p, c)| (c.remote_addr().is_none(), *p));
             let (p0, c0) = named.first().copied().unwrap_or((first, first_cfg));
             if named.is_empty() && first_cfg.v1_mode == mode {
-                cx.io.fail(
-                    Some(first),
+                cx.io.refuse(
+                    now,
+                    first,
                     Phase::Phase1,
                     format!(
                         "peer {remote} identified as {}; this tunnel expects remote ID {} \
@@ -755,7 +758,7 @@ impl Engine {
             chosen.and_then(|(p, ch)| Some((p, Arc::clone(peers.get(&p)?), ch)))
         else {
             if let Some((p, e)) = first_err {
-                cx.io.fail(Some(p), Phase::Phase1, e);
+                cx.io.refuse(now, p, Phase::Phase1, e);
             }
             send_plain_notify(
                 cx,
