@@ -234,16 +234,19 @@ impl Endpoint {
         let log_peer = Some(candidate);
         if ke.group != cfg.ike.dh.iana_id() {
             // RFC 7296 §1.2: ask for the group we want; the initiator retries with it.
-            self.io.log(
-                log_peer,
-                Level::Info,
-                "invalid_ke",
-                format!(
-                    "peer sent a KE payload for DH group {}; requesting {}",
-                    ke.group,
-                    cfg.ike.dh.name()
-                ),
-            );
+            // Logged like a refusal (at most every 10 s per tunnel): no SA exists yet.
+            if self.io.refusal_due(now, candidate) {
+                self.io.log(
+                    log_peer,
+                    Level::Info,
+                    "invalid_ke",
+                    format!(
+                        "peer sent a KE payload for DH group {}; requesting {}",
+                        ke.group,
+                        cfg.ike.dh.name()
+                    ),
+                );
+            }
             let n = Notify::new(
                 NotifyType::INVALID_KE_PAYLOAD,
                 cfg.ike.dh.iana_id().to_be_bytes().to_vec(),
@@ -261,12 +264,14 @@ impl Endpoint {
         } else {
             let Ok(shared) = dh.shared_secret(&ke.data) else {
                 self.io.stats.malformed += 1;
-                self.io.log(
-                    log_peer,
-                    Level::Warn,
-                    "malformed",
-                    "peer's Diffie-Hellman public value is invalid".into(),
-                );
+                if self.io.refusal_due(now, candidate) {
+                    self.io.log(
+                        log_peer,
+                        Level::Warn,
+                        "malformed",
+                        "peer's Diffie-Hellman public value is invalid".into(),
+                    );
+                }
                 return;
             };
             Some(shared)

@@ -839,7 +839,7 @@ fn responder_asks_for_its_dh_group() {
         14,
         None,
     ));
-    let msg = Message {
+    let mut msg = Message {
         header: ike::wire::HeaderRepr {
             spi_i: 42,
             spi_r: 0,
@@ -870,6 +870,25 @@ fn responder_asks_for_its_dh_group() {
             vec![0, 2]
         ))]
     );
+    // Every such message is answered; the tunnel logs one per 10 s (anyone can send
+    // them, and each log row is stored).
+    for spi_i in 43..48 {
+        msg.header.spi_i = spi_i;
+        p.b.handle_datagram(p.now, sock(B_IP, 500), sock(A_IP, 500), &msg.encode());
+        assert!(p.b.poll_transmit().is_some());
+    }
+    p.collect_events();
+    let logged = |p: &Pair| {
+        Pair::count(
+            &p.b_events,
+            |e| matches!(e, Event::Log { event, .. } if *event == "invalid_ke"),
+        )
+    };
+    assert_eq!(logged(&p), 1);
+    p.now += Duration::from_secs(10);
+    p.b.handle_datagram(p.now, sock(B_IP, 500), sock(A_IP, 500), &msg.encode());
+    p.collect_events();
+    assert_eq!(logged(&p), 2);
 }
 
 #[test]

@@ -803,7 +803,7 @@ impl Engine {
             }
             V1Mode::Aggressive => {
                 if let Err(reason) = am_respond(cx, now, &mut sa, &chain, answer) {
-                    cx.io.fail(Some(peer), Phase::Phase1, reason);
+                    cx.io.refuse(now, peer, Phase::Phase1, reason);
                     send_plain_notify(
                         cx,
                         local,
