@@ -212,13 +212,9 @@ fn v1_engine_scale(c: &mut Criterion) {
         });
         // An Aggressive Mode first message naming an ID none of `n` "any" tunnels
         // expects: refused without state (what a flood with random IDs costs).
-        let (mut r, am1) = v1_any_responder(n);
-        r.handle_datagram(now, local, stranger, &am1);
-        assert!(
-            r.poll_transmit().is_some(),
-            "answered INVALID-ID-INFORMATION"
-        );
-        assert_eq!(r.half_open_total(), 0, "no state kept");
+        let ours = peer_config(DhGroup::Modp1024).ike;
+        let (mut r, am1) = any_responder(n, IkeVersion::V1, V1Mode::Aggressive, ours);
+        refused(&mut r, &am1);
         group.bench_function(
             BenchmarkId::new("aggressive_first_message_unknown_id", n),
             |b| {
@@ -229,17 +225,43 @@ fn v1_engine_scale(c: &mut Criterion) {
                 });
             },
         );
+        // First messages proposing what none of `n` "any" tunnels allows: refused
+        // without state (what a flood of them costs per datagram).
+        let theirs = IkeProposal {
+            encr: Encr::AesCbc256,
+            integ: Integ::HmacSha256_128,
+            dh: DhGroup::Modp2048,
+        };
+        for (name, version) in [
+            ("main_mode_first_message_no_proposal", IkeVersion::V1),
+            ("ike_sa_init_no_proposal", IkeVersion::V2),
+        ] {
+            let (mut r, m1) = any_responder(n, version, V1Mode::Main, theirs);
+            refused(&mut r, &m1);
+            group.bench_function(BenchmarkId::new(name, n), |b| {
+                b.iter(|| {
+                    r.handle_datagram(now, local, stranger, black_box(&m1));
+                    while r.poll_transmit().is_some() {}
+                    while r.poll_event().is_some() {}
+                });
+            });
+        }
     }
     group.finish();
 }
 
-/// A responder with `n` IKEv1 Aggressive Mode tunnels that accept any address, told
-/// apart by ID (`t<i>.bench.example`), and an Aggressive Mode message 1 from
-/// `stranger.example`.
-fn v1_any_responder(n: u32) -> (Endpoint, Vec<u8>) {
+/// A responder with `n` tunnels of `version` (and IKEv1 `mode`) that accept any
+/// address, told apart by ID (`t<i>.bench.example`), all allowing aes128-sha1-modp1024;
+/// and the first message of an initiator `stranger.example` proposing `offer`.
+fn any_responder(
+    n: u32,
+    version: IkeVersion,
+    mode: V1Mode,
+    offer: IkeProposal,
+) -> (Endpoint, Vec<u8>) {
     let mut cfg = peer_config(DhGroup::Modp1024);
-    cfg.version = IkeVersion::V1;
-    cfg.v1_mode = V1Mode::Aggressive;
+    cfg.version = version;
+    cfg.v1_mode = mode;
     let mut r = Endpoint::new(EndpointConfig::default(), Box::new(Rng(5)));
     for i in 0..n {
         let mut t = cfg.clone();
@@ -251,13 +273,19 @@ fn v1_any_responder(n: u32) -> (Endpoint, Vec<u8>) {
     cfg.local = SocketAddr::from((B_IP, 500));
     cfg.remote = Some(SocketAddr::from((A_IP, 500)));
     cfg.local_id = Identity::Fqdn("stranger.example".into());
+    cfg.ike = offer;
     i.add_peer(PEER, cfg).unwrap();
     i.initiate(epoch(), PEER).unwrap();
-    let am1 = i
-        .poll_transmit()
-        .expect("Aggressive Mode message 1")
-        .payload;
-    (r, am1)
+    let first = i.poll_transmit().expect("a first message").payload;
+    (r, first)
+}
+
+/// A first message that `r` answers at once and keeps no state for.
+fn refused(r: &mut Endpoint, first: &[u8]) {
+    let (local, stranger) = (SocketAddr::from((A_IP, 500)), SocketAddr::from((B_IP, 500)));
+    r.handle_datagram(epoch(), local, stranger, first);
+    assert!(r.poll_transmit().is_some(), "answered");
+    assert_eq!(r.half_open_total(), 0, "no state kept");
 }
 
 criterion_group!(

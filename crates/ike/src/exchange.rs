@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crypto::DhPrivate;
 
-use crate::config::{PeerConfig, PeerId};
+use crate::config::{IkeVersion, PeerConfig, PeerId};
 use crate::encap::VENDOR_ID as VPNGW_VENDOR_ID;
 use crate::endpoint::{Endpoint, Error, notify_name, spis_hex};
 use crate::event::{ChildSa, DeleteReason, Event, IkeAlgorithms, Level, Phase};
@@ -19,6 +19,7 @@ use crate::sa::{
     Req, State, Task, soft_lifetime,
 };
 use crate::sk::{SkCrypto, SkError};
+use crate::table::OfferKey;
 use crate::ts::{TsRange, accept_narrowed, list_to_string, narrow};
 use crate::wire::registry::{AuthMethod, ExchangeType, NotifyType, ProtocolId};
 use crate::wire::{
@@ -194,20 +195,14 @@ impl Endpoint {
                 .half_open_limited(now, remote, "IKE_SA_INIT", total, None);
             return;
         }
-        let mut tried: Vec<crate::IkeProposal> = Vec::new();
+        // Once per proposal among the candidates, not once per candidate.
         let chosen = self
             .index
-            .by_address(local.ip(), remote.ip())
-            .find_map(|id| {
-                let c = self.peers.get(&id)?;
-                if tried.contains(&c.ike) {
-                    return None;
-                }
-                tried.push(c.ike);
-                select_ike(sa_p, &c.ike, None)
-                    .ok()
-                    .map(|(ans, _)| (id, c.clone(), ans))
-            });
+            .first_accepting(IkeVersion::V2, local.ip(), remote.ip(), |o| {
+                Some(select_ike(sa_p, &o.ike, None).map(|(ans, _)| ans))
+            })
+            .ok()
+            .and_then(|(id, ans)| Some((id, self.peers.get(&id)?.clone(), ans)));
         let Some((candidate, cfg, answer)) = chosen else {
             let allows = self.peers.get(&first).map(|c| c.ike.name());
             let reason = format!(
@@ -226,11 +221,12 @@ impl Endpoint {
         };
         // Whether another peer with these addresses and algorithms exists: then only
         // the identity in IKE_AUTH tells them apart.
-        let sole_candidate = !self
-            .index
-            .by_address(local.ip(), remote.ip())
-            .filter(|id| *id != candidate)
-            .any(|id| self.peers.get(&id).is_some_and(|c| c.ike == cfg.ike));
+        let sole_candidate = self.index.count_with_offer(
+            IkeVersion::V2,
+            local.ip(),
+            remote.ip(),
+            &OfferKey::of(&cfg),
+        ) == 1;
         let log_peer = Some(candidate);
         if ke.group != cfg.ike.dh.iana_id() {
             // RFC 7296 §1.2: ask for the group we want; the initiator retries with it.

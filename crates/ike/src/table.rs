@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::time::Instant;
 
-use crate::config::{Identity, IkeVersion, PeerConfig, PeerId};
+use crate::config::{Identity, IkeProposal, IkeVersion, PeerConfig, PeerId, V1Mode};
 use crate::sa::IkeSa;
 use crate::wire::Identification;
 use crate::wire::registry::IdType;
@@ -187,9 +187,36 @@ impl Drop for SaMut<'_> {
 /// with an ID (Aggressive Mode 1, Main Mode 5).
 #[derive(Default)]
 pub(crate) struct PeerIndex {
-    /// (version, local IP, remote IP or `None` for a peer that may come from anywhere).
-    by_addr: HashMap<(IkeVersion, IpAddr, Option<IpAddr>), BTreeSet<PeerId>>,
+    by_addr: HashMap<AddrKey, BTreeSet<PeerId>>,
+    /// The same peers, per address key grouped by what a first message must match
+    /// ([`OfferKey`]), so that a first message is checked once per group, not once
+    /// per peer: a flood of refused ones towards 10,000 "any" tunnels that share a
+    /// proposal costs one check each.
+    by_offer: HashMap<AddrKey, Vec<(OfferKey, BTreeSet<PeerId>)>>,
     by_remote_id: HashMap<(IkeVersion, IdKey), BTreeSet<PeerId>>,
+}
+
+/// (version, local IP, remote IP or `None` for a peer that may come from anywhere).
+type AddrKey = (IkeVersion, IpAddr, Option<IpAddr>);
+
+/// What decides whether a tunnel takes a first message: its IKE proposal and, for
+/// IKEv1, its mode (the proposal alone for IKEv2, whose mode field is ignored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OfferKey {
+    pub ike: IkeProposal,
+    pub mode: V1Mode,
+}
+
+impl OfferKey {
+    pub fn of(cfg: &PeerConfig) -> Self {
+        Self {
+            ike: cfg.ike,
+            mode: match cfg.version {
+                IkeVersion::V1 => cfg.v1_mode,
+                IkeVersion::V2 => V1Mode::default(),
+            },
+        }
+    }
 }
 
 /// An identity as compared on the wire: FQDNs case-insensitively (`Identity::matches`).
@@ -213,6 +240,14 @@ impl IdKey {
 impl PeerIndex {
     pub fn add(&mut self, peer: PeerId, cfg: &PeerConfig) {
         self.by_addr.entry(addr_key(cfg)).or_default().insert(peer);
+        let groups = self.by_offer.entry(addr_key(cfg)).or_default();
+        let offer = OfferKey::of(cfg);
+        match groups.iter_mut().find(|(k, _)| *k == offer) {
+            Some((_, peers)) => {
+                peers.insert(peer);
+            }
+            None => groups.push((offer, BTreeSet::from([peer]))),
+        }
         self.by_remote_id
             .entry((cfg.version, IdKey::of(&cfg.remote_id)))
             .or_default()
@@ -225,6 +260,16 @@ impl PeerIndex {
             set.remove(&peer);
             if set.is_empty() {
                 self.by_addr.remove(&k);
+            }
+        }
+        if let Some(groups) = self.by_offer.get_mut(&k) {
+            let offer = OfferKey::of(cfg);
+            for (_, peers) in groups.iter_mut().filter(|(o, _)| *o == offer) {
+                peers.remove(&peer);
+            }
+            groups.retain(|(_, peers)| !peers.is_empty());
+            if groups.is_empty() {
+                self.by_offer.remove(&k);
             }
         }
         let k = (cfg.version, IdKey::of(&cfg.remote_id));
@@ -252,6 +297,65 @@ impl PeerIndex {
         let exact = self.by_addr.get(&(version, local, Some(remote)));
         let any = self.by_addr.get(&(version, local, None));
         exact.into_iter().chain(any).flatten().copied()
+    }
+
+    /// The peer that takes a first message of `version` from `remote` on `local`: `f`
+    /// runs once per group of candidates sharing an [`OfferKey`] (`None`: the group is
+    /// no candidate; `Err`: it refuses the message). The answer is the lowest id among
+    /// the accepting groups — those configured with this exact address before "any"
+    /// ones — which is the first accepting peer in [`Self::by_version_address`]
+    /// order. Without one: the refusal of the first refusing peer in that order (`None`
+    /// if no group was a candidate).
+    pub fn first_accepting<T, E>(
+        &self,
+        version: IkeVersion,
+        local: IpAddr,
+        remote: IpAddr,
+        mut f: impl FnMut(&OfferKey) -> Option<Result<T, E>>,
+    ) -> Result<(PeerId, T), Option<(PeerId, E)>> {
+        let mut refusal = None;
+        for key in [(version, local, Some(remote)), (version, local, None)] {
+            let mut best: Option<(PeerId, T)> = None;
+            let mut tier_refusal: Option<(PeerId, E)> = None;
+            for (offer, peers) in self.by_offer.get(&key).into_iter().flatten() {
+                let Some(&p) = peers.first() else {
+                    continue;
+                };
+                match f(offer) {
+                    None => {}
+                    Some(Ok(t)) if best.as_ref().is_none_or(|(b, _)| p < *b) => {
+                        best = Some((p, t));
+                    }
+                    Some(Err(e)) if tier_refusal.as_ref().is_none_or(|(b, _)| p < *b) => {
+                        tier_refusal = Some((p, e));
+                    }
+                    Some(_) => {}
+                }
+            }
+            if let Some(b) = best {
+                return Ok(b);
+            }
+            refusal = refusal.or(tier_refusal);
+        }
+        Err(refusal)
+    }
+
+    /// How many peers of `version` take first messages from `remote` on `local` with
+    /// this offer: O(groups).
+    pub fn count_with_offer(
+        &self,
+        version: IkeVersion,
+        local: IpAddr,
+        remote: IpAddr,
+        offer: &OfferKey,
+    ) -> usize {
+        [(version, local, Some(remote)), (version, local, None)]
+            .iter()
+            .filter_map(|k| self.by_offer.get(k))
+            .flatten()
+            .filter(|(o, _)| o == offer)
+            .map(|(_, peers)| peers.len())
+            .sum()
     }
 
     /// IKEv2 peers whose configured remote identity is `id`.
@@ -359,7 +463,7 @@ impl Pacing {
     }
 }
 
-fn addr_key(cfg: &PeerConfig) -> (IkeVersion, IpAddr, Option<IpAddr>) {
+fn addr_key(cfg: &PeerConfig) -> AddrKey {
     (
         cfg.version,
         cfg.local.ip(),
@@ -427,6 +531,91 @@ mod tests {
         pump(&mut init, &mut resp, now);
         assert_eq!(resp.child_sas(PeerId(1000)).len(), 1);
         assert!(resp.child_sas(PeerId(1)).is_empty());
+    }
+
+    /// A first message is checked once per group of candidates sharing an offer, and
+    /// the answer is what a walk over the candidates would find: exact addresses
+    /// before "any", then the lowest id; the refusal is the first refusing candidate's.
+    #[test]
+    fn first_accepting_checks_each_offer_once_in_candidate_order() {
+        let gw = IpAddr::from(GW);
+        let peer = IpAddr::from(PEER);
+        let ike = |dh| IkeProposal {
+            encr: Encr::AesCbc128,
+            integ: Integ::HmacSha1_96,
+            dh,
+        };
+        let (p1024, p2048) = (ike(DhGroup::Modp1024), ike(DhGroup::Modp2048));
+        let any = |i: u64, ike| PeerConfig {
+            ike,
+            ..responder(i)
+        };
+        let fixed = |i: u64, ike| PeerConfig {
+            remote: Some(SocketAddr::from((PEER, 500))),
+            ..any(i, ike)
+        };
+        let mut index = PeerIndex::default();
+        // "any": 10..=19 modp1024 except 12 (modp2048); fixed: 30 and 31 modp2048.
+        for i in 10..20 {
+            index.add(PeerId(i), &any(i, if i == 12 { p2048 } else { p1024 }));
+        }
+        index.add(PeerId(31), &fixed(31, p2048));
+        index.add(PeerId(30), &fixed(30, p2048));
+        let mut checks = 0;
+        let mut ask = |wanted: IkeProposal| {
+            index.first_accepting(IkeVersion::V2, gw, peer, |o| {
+                checks += 1;
+                Some(if o.ike == wanted {
+                    Ok(())
+                } else {
+                    Err(o.ike.dh)
+                })
+            })
+        };
+        // modp2048: the fixed-address tunnels come first, lowest id.
+        assert_eq!(ask(p2048), Ok((PeerId(30), ())));
+        // modp1024: no fixed tunnel has it; the lowest "any" one.
+        assert_eq!(ask(p1024), Ok((PeerId(10), ())));
+        // Nobody: the first refusing candidate in walk order is a fixed one.
+        let other = ike(DhGroup::Ecp256);
+        assert_eq!(ask(other), Err(Some((PeerId(30), DhGroup::Modp2048))));
+        // Three groups (fixed modp2048, any modp1024, any modp2048) per message, not
+        // 12 peers; the first message stopped after the fixed tier.
+        assert_eq!(checks, 1 + 3 + 3);
+        // Not a candidate at all (another version, or a filter saying no).
+        let none: Result<(PeerId, ()), Option<(PeerId, ())>> =
+            index.first_accepting(IkeVersion::V2, gw, peer, |_| None);
+        assert_eq!(none, Err(None));
+        assert_eq!(
+            index.first_accepting(IkeVersion::V1, gw, peer, |_| Some(Ok::<(), ()>(()))),
+            Err(None)
+        );
+        let key = |ike| OfferKey {
+            ike,
+            mode: V1Mode::default(),
+        };
+        assert_eq!(
+            index.count_with_offer(IkeVersion::V2, gw, peer, &key(p2048)),
+            3
+        );
+        assert_eq!(
+            index.count_with_offer(IkeVersion::V2, gw, peer, &key(p1024)),
+            9
+        );
+        // Removing peers shrinks and drops groups.
+        index.remove(PeerId(30), &fixed(30, p2048));
+        index.remove(PeerId(31), &fixed(31, p2048));
+        index.remove(PeerId(12), &any(12, p2048));
+        assert_eq!(
+            index.count_with_offer(IkeVersion::V2, gw, peer, &key(p2048)),
+            0
+        );
+        let mut groups = 0;
+        let found = index.first_accepting(IkeVersion::V2, gw, peer, |o| {
+            groups += 1;
+            Some(if o.ike == p2048 { Ok(()) } else { Err(()) })
+        });
+        assert_eq!((found, groups), (Err(Some((PeerId(10), ()))), 1));
     }
 
     /// The index follows `update_peer` and `remove_peer`.

@@ -683,7 +683,7 @@ impl Engine {
         };
         let mut chosen = None;
         let mut first_err = None;
-        let mut try_choose = |p: PeerId, c: &PeerConfig| match p1_choose(&offer, c) {
+        let mut try_choose = |p: PeerId, c: &PeerConfig| match p1_choose(&offer, &c.ike) {
             Ok(ch) => {
                 chosen = Some((p, ch));
                 true
@@ -694,14 +694,16 @@ impl Engine {
             }
         };
         if mode == V1Mode::Main {
-            let mut same_mode = by_addr.filter(|(_, c)| c.v1_mode == mode).peekable();
-            if same_mode.peek().is_none() {
-                mode_mismatch(cx, first, first_cfg);
-                return;
-            }
-            for (p, c) in same_mode {
-                if try_choose(p, c) {
-                    break;
+            // Once per proposal among the Main Mode candidates, not once per candidate:
+            // a refused message 1 towards n "any" tunnels costs O(proposals).
+            match index.first_accepting(crate::IkeVersion::V1, local.ip(), remote.ip(), |o| {
+                (o.mode == mode).then(|| p1_choose(&offer, &o.ike))
+            }) {
+                Ok(found) => chosen = Some(found),
+                Err(Some(refusal)) => first_err = Some(refusal),
+                Err(None) => {
+                    mode_mismatch(cx, first, first_cfg);
+                    return;
                 }
             }
         } else {
@@ -1268,7 +1270,7 @@ fn move_mm5(
     );
     let offered = SaPayload::decode(&sa.hs.sai_b)
         .ok()
-        .and_then(|o| p1_choose(&o, cfg).ok())
+        .and_then(|o| p1_choose(&o, &cfg.ike).ok())
         .and_then(|c| c.lifetime);
     sa.lifetime = agreed_lifetime(cfg.ike_lifetime, offered);
     sa.peer = p;

@@ -77,8 +77,8 @@ pub struct P1Choice {
 
 /// Chooses the peer's first transform that equals our configuration and uses
 /// pre-shared keys (RFC 2409 §5: the responder answers with one transform).
-pub fn p1_choose(offer: &SaPayload, cfg: &PeerConfig) -> Result<P1Choice, String> {
-    let want = (cfg.ike.encr, cfg.ike.integ, cfg.ike.dh);
+pub fn p1_choose(offer: &SaPayload, ike: &IkeProposal) -> Result<P1Choice, String> {
+    let want = (ike.encr, ike.integ, ike.dh);
     for p in offer
         .proposals
         .iter()
@@ -100,7 +100,7 @@ pub fn p1_choose(offer: &SaPayload, cfg: &PeerConfig) -> Result<P1Choice, String
     Err(format!(
         "no proposal chosen: peer proposed {}; this tunnel allows {} with a pre-shared key",
         p1_describe(offer),
-        cfg.ike.name()
+        ike.name()
     ))
 }
 
