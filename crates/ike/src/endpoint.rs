@@ -111,22 +111,23 @@ pub(crate) struct Io {
     pub child_spis: HashSet<u32>,
     /// When a drop at a half-open limit was last logged as a warning.
     pub limit_warned_at: Option<Instant>,
-    /// When each tunnel last reported a refused first message ([`Io::refuse`]).
-    pub refused_at: HashMap<PeerId, Instant>,
+    /// When each tunnel last wrote each kind of row that anyone at its peer's address
+    /// can cause ([`Io::row_due`]).
+    pub noted_at: HashMap<(PeerId, &'static str), Instant>,
 }
 
 /// How often a drop at a half-open limit is logged as a warning (the others only
 /// count): often enough to explain a stall, seldom enough to survive a flood.
 const LIMIT_WARN_EVERY: Duration = Duration::from_secs(10);
 
-/// How often one tunnel reports a refused first message as a failure ([`Io::refuse`]):
-/// a peer whose retries are refused shows why at once, a flood writes one row per
-/// period.
-pub(crate) const REFUSAL_REPORT_EVERY: Duration = Duration::from_secs(10);
+/// How often one tunnel writes a row of one kind that anyone at its peer's address can
+/// cause before authentication ([`Io::row_due`]): a real peer's attempt shows at once,
+/// a flood writes one row per kind and period instead of one per datagram.
+pub(crate) const UNAUTHENTICATED_ROW_EVERY: Duration = Duration::from_secs(10);
 
-/// Past this many entries, [`Io::refused_at`] forgets the ones older than
-/// [`REFUSAL_REPORT_EVERY`] (those of removed tunnels included).
-const REFUSED_AT_PRUNE: usize = 4096;
+/// Past this many entries, [`Io::noted_at`] forgets the ones older than
+/// [`UNAUTHENTICATED_ROW_EVERY`] (those of removed tunnels included).
+const NOTED_AT_PRUNE: usize = 4096;
 
 impl Io {
     /// Counts a first message (`what`) dropped at a half-open limit; `total` and `from`
@@ -164,10 +165,10 @@ impl Io {
     /// ID no tunnel expects. Anyone who can send from an address a tunnel accepts can
     /// send these, so each is counted ([`Stats::refused`]) but reported as `peer`'s
     /// failure — a log row the node stores — at most once per
-    /// [`REFUSAL_REPORT_EVERY`]; the others go to the debug log.
+    /// [`UNAUTHENTICATED_ROW_EVERY`]; the others go to the debug log.
     pub fn refuse(&mut self, now: Instant, peer: PeerId, phase: Phase, reason: String) {
         self.stats.refused += 1;
-        if self.refusal_due(now, peer) {
+        if self.row_due(now, peer, "refused") {
             self.fail(Some(peer), phase, reason);
         } else {
             tracing::debug!(
@@ -178,22 +179,42 @@ impl Io {
         }
     }
 
-    /// Whether `peer`'s tunnel may report a refused or malformed first message now:
-    /// not if it did less than [`REFUSAL_REPORT_EVERY`] ago.
-    pub fn refusal_due(&mut self, now: Instant, peer: PeerId) -> bool {
+    /// Whether `peer`'s tunnel may write a row of kind `what` that anyone at its peer's
+    /// address can cause (a refused, malformed or merely started first message, a
+    /// responder SA that never finished): not if it wrote one less than
+    /// [`UNAUTHENTICATED_ROW_EVERY`] ago.
+    pub fn row_due(&mut self, now: Instant, peer: PeerId, what: &'static str) -> bool {
         if self
-            .refused_at
-            .get(&peer)
-            .is_some_and(|t| now < *t + REFUSAL_REPORT_EVERY)
+            .noted_at
+            .get(&(peer, what))
+            .is_some_and(|t| now < *t + UNAUTHENTICATED_ROW_EVERY)
         {
             return false;
         }
-        if self.refused_at.len() >= REFUSED_AT_PRUNE {
-            self.refused_at
-                .retain(|_, t| now < *t + REFUSAL_REPORT_EVERY);
+        if self.noted_at.len() >= NOTED_AT_PRUNE {
+            self.noted_at
+                .retain(|_, t| now < *t + UNAUTHENTICATED_ROW_EVERY);
         }
-        self.refused_at.insert(peer, now);
+        self.noted_at.insert((peer, what), now);
         true
+    }
+
+    /// [`Io::log`] for a row anyone at the peer's address can cause: at most one of
+    /// each `event` per tunnel and [`UNAUTHENTICATED_ROW_EVERY`], the rest to the debug
+    /// log.
+    pub fn log_unauthenticated(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        level: Level,
+        event: &'static str,
+        message: String,
+    ) {
+        if self.row_due(now, peer, event) {
+            self.log(Some(peer), level, event, message);
+        } else {
+            tracing::debug!(?peer, event, "{message} (row written less than 10 s ago)");
+        }
     }
 
     pub fn send(&mut self, local: SocketAddr, remote: SocketAddr, payload: Vec<u8>) {
@@ -352,7 +373,7 @@ impl Endpoint {
                 stats: Stats::default(),
                 child_spis: HashSet::new(),
                 limit_warned_at: None,
-                refused_at: HashMap::new(),
+                noted_at: HashMap::new(),
             },
         }
     }
@@ -822,16 +843,17 @@ impl Endpoint {
                 return;
             }
             if !sa.established() {
-                let peer = sa.candidate;
-                self.io.log(
-                    peer,
-                    Level::Warn,
-                    "half_open_timeout",
-                    format!(
-                        "IKE SA with {} never completed IKE_AUTH; dropped",
-                        sa.remote
-                    ),
+                let msg = format!(
+                    "IKE SA with {} never completed IKE_AUTH; dropped",
+                    sa.remote
                 );
+                match sa.candidate {
+                    Some(p) => {
+                        self.io
+                            .log_unauthenticated(now, p, Level::Warn, "half_open_timeout", msg);
+                    }
+                    None => tracing::warn!("{msg}"),
+                }
                 sa.dead = true;
                 return;
             }

@@ -153,14 +153,13 @@ impl Endpoint {
         let p = &msg.payloads;
         let (Some(sa_p), Some(ke), Some(ni)) = (find_sa(p), find_ke(p), find_nonce(p)) else {
             self.io.stats.malformed += 1;
-            if self.io.refusal_due(now, first) {
-                self.io.log(
-                    Some(first),
-                    Level::Warn,
-                    "malformed",
-                    format!("IKE_SA_INIT from {remote} lacks SA, KE or nonce"),
-                );
-            }
+            self.io.log_unauthenticated(
+                now,
+                first,
+                Level::Warn,
+                "malformed",
+                format!("IKE_SA_INIT from {remote} lacks SA, KE or nonce"),
+            );
             return;
         };
         if self.half_open_count() >= self.cfg.cookie_threshold {
@@ -227,22 +226,19 @@ impl Endpoint {
             remote.ip(),
             &OfferKey::of(&cfg),
         ) == 1;
-        let log_peer = Some(candidate);
         if ke.group != cfg.ike.dh.iana_id() {
             // RFC 7296 §1.2: ask for the group we want; the initiator retries with it.
-            // Logged like a refusal (at most every 10 s per tunnel): no SA exists yet.
-            if self.io.refusal_due(now, candidate) {
-                self.io.log(
-                    log_peer,
-                    Level::Info,
-                    "invalid_ke",
-                    format!(
-                        "peer sent a KE payload for DH group {}; requesting {}",
-                        ke.group,
-                        cfg.ike.dh.name()
-                    ),
-                );
-            }
+            self.io.log_unauthenticated(
+                now,
+                candidate,
+                Level::Info,
+                "invalid_ke",
+                format!(
+                    "peer sent a KE payload for DH group {}; requesting {}",
+                    ke.group,
+                    cfg.ike.dh.name()
+                ),
+            );
             let n = Notify::new(
                 NotifyType::INVALID_KE_PAYLOAD,
                 cfg.ike.dh.iana_id().to_be_bytes().to_vec(),
@@ -260,14 +256,13 @@ impl Endpoint {
         } else {
             let Ok(shared) = dh.shared_secret(&ke.data) else {
                 self.io.stats.malformed += 1;
-                if self.io.refusal_due(now, candidate) {
-                    self.io.log(
-                        log_peer,
-                        Level::Warn,
-                        "malformed",
-                        "peer's Diffie-Hellman public value is invalid".into(),
-                    );
-                }
+                self.io.log_unauthenticated(
+                    now,
+                    candidate,
+                    Level::Warn,
+                    "malformed",
+                    "peer's Diffie-Hellman public value is invalid".into(),
+                );
                 return;
             };
             Some(shared)
@@ -363,8 +358,9 @@ impl Endpoint {
             hs.msg2 = bytes;
         }
         sa.half_open_until = Some(now + self.cfg.half_open_timeout);
-        self.io.log(
-            log_peer,
+        self.io.log_unauthenticated(
+            now,
+            candidate,
             Level::Info,
             "ike_sa_init",
             format!(

@@ -785,8 +785,9 @@ impl Engine {
         note_vids(&mut sa, &chain);
         sa.p1_last_rcvd = Some(data.to_vec());
         sa.half_open_until = Some(now + cx.ecfg.half_open_timeout);
-        cx.io.log(
-            Some(peer),
+        cx.io.log_unauthenticated(
+            now,
+            peer,
             Level::Info,
             "phase1_start",
             format!(
@@ -2718,8 +2719,10 @@ fn sa_timers(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
         return;
     }
     if !sa.established() && sa.half_open_until.is_some_and(|t| now >= t) {
-        cx.io.log(
-            Some(sa.peer),
+        // Only responders have this deadline: anyone at the address can start one.
+        cx.io.log_unauthenticated(
+            now,
+            sa.peer,
             Level::Warn,
             "half_open_timeout",
             format!(
@@ -2760,8 +2763,9 @@ fn sa_timers(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
                     ),
                 );
             } else {
-                cx.io.log(
-                    Some(sa.peer),
+                cx.io.log_unauthenticated(
+                    now,
+                    sa.peer,
                     Level::Warn,
                     "half_open_timeout",
                     format!(
