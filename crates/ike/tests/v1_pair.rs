@@ -888,6 +888,11 @@ fn nat_detected_float_to_4500_and_udp_encap() {
         let first_4500 = p.wire.iter().position(|w| w.dst.port() == 4500).unwrap();
         assert_eq!(first_4500, if mode == V1Mode::Main { 4 } else { 2 });
         assert!(p.wire[first_4500..].iter().all(|w| w.dst.port() != 500));
+        // The responder's SA goes: found in its map of first messages by the port
+        // message 1 came from, not the floated one (debug builds check).
+        p.b.remove_peer(p.now, PEER_B).unwrap();
+        p.drive();
+        assert!(p.b.ike_sas(PEER_B).is_empty());
     }
 }
 

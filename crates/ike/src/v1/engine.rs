@@ -493,12 +493,19 @@ impl Engine {
         }
         if sa.dead {
             if !sa.initiator {
-                // Keyed by where message 1 came from; after a NAT-T port float the
-                // address differs, and only then is the whole map searched.
-                let key = (sa.remote, sa.cky_i);
+                // Keyed by where message 1 came from: the port may have floated
+                // since (NAT-T); only if the peer's IP changed too (NAT rebinding) is
+                // the whole map searched.
+                let key = (SocketAddr::new(sa.remote.ip(), sa.first_port), sa.cky_i);
                 if self.half_open.get(&key) == Some(&k) {
                     self.half_open.remove(&key);
                 } else {
+                    debug_assert!(
+                        self.half_open
+                            .iter()
+                            .all(|((from, _), v)| *v != k || from.ip() != sa.remote.ip()),
+                        "the map of first messages has this SA under another port"
+                    );
                     self.half_open.retain(|_, v| *v != k);
                 }
             }

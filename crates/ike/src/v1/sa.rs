@@ -167,6 +167,9 @@ pub(crate) struct P1Sa {
     pub cky_r: u64,
     pub local: SocketAddr,
     pub remote: SocketAddr,
+    /// The port `remote` had at message 1: with the cookie, the SA's key in the
+    /// responder's map of first messages after a NAT-T float moved `remote`.
+    pub first_port: u16,
     pub state: P1State,
     pub hs: Hs,
     pub suite: (Encr, Integ, DhGroup),
@@ -247,6 +250,7 @@ impl P1Sa {
             mode,
             cky_i,
             cky_r,
+            first_port: remote.port(),
             local,
             remote,
             state,
