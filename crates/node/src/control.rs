@@ -108,6 +108,10 @@ pub(crate) struct Control {
     writes: mpsc::UnboundedSender<StoreWrite>,
     tunnels: BTreeMap<String, TunnelRt>,
     by_peer: HashMap<PeerId, String>,
+    /// Tunnels configured with NAT traversal off, the only ones [`Control::nat_check`]
+    /// looks at: it runs for every IKE_SA_INIT request, and a walk over all tunnels
+    /// there made a burst of n setups cost O(n²) (issue 8).
+    nat_off: BTreeSet<String>,
     /// Connection ID → tunnel IDs in order, as last applied.
     conns: BTreeMap<String, Vec<String>>,
     triggers: HashMap<String, Arc<AtomicBool>>,
@@ -243,6 +247,7 @@ impl Control {
             writes,
             tunnels: BTreeMap::new(),
             by_peer: HashMap::new(),
+            nat_off: BTreeSet::new(),
             conns: BTreeMap::new(),
             triggers: HashMap::new(),
             kernel_routes: BTreeSet::new(),
@@ -388,7 +393,7 @@ impl Control {
         let is_init = data.len() > 18
             && data.get(17) == Some(&0x20)
             && data.get(18) == Some(&ExchangeType::IKE_SA_INIT.0);
-        if !is_init || local.port() == self.ports.natt {
+        if self.nat_off.is_empty() || !is_init || local.port() == self.ports.natt {
             return;
         }
         let Ok(msg) = ike::wire::Message::decode(data) else {
@@ -433,7 +438,10 @@ impl Control {
             )
         });
         let mut logs = Vec::new();
-        for t in self.tunnels.values_mut() {
+        for id in &self.nat_off {
+            let Some(t) = self.tunnels.get_mut(id) else {
+                continue;
+            };
             let Some(cfg) = &t.cfg else { continue };
             if cfg.nat_traversal
                 || cfg.local.ip() != IpAddr::V4(*local.ip())
@@ -592,6 +600,11 @@ impl Control {
         let Some(t) = self.tunnels.get_mut(id) else {
             return;
         };
+        if t.cfg.as_ref().is_some_and(|c| !c.nat_traversal) {
+            self.nat_off.insert(id.to_string());
+        } else {
+            self.nat_off.remove(id);
+        }
         if t.cfg.is_none() {
             t.want_up = false;
             let reason = why.unwrap_or_else(|| "not configured".into());
@@ -683,6 +696,7 @@ impl Control {
             }
             self.flush();
         }
+        self.nat_off.remove(id);
         if let Some(t) = self.tunnels.remove(id) {
             for spi in t.children.iter().map(|c| c.spi_in) {
                 self.sadb.remove_inbound(spi);

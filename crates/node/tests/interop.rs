@@ -499,3 +499,68 @@ fn traffic_from_the_vpc_triggers_negotiation() {
         "{events:?}"
     );
 }
+
+/// A tunnel with NAT traversal off says why ESP will not pass when the peer's
+/// IKE_SA_INIT shows a NAT (here: strongSwan's `encap = yes`, which fakes its NAT
+/// detection hash, RFC 7296 §2.23), and stops saying so once NAT traversal is on.
+#[test]
+fn nat_traversal_off_names_the_nat_the_peer_reports() {
+    let topo = Topology::new().unwrap();
+    let gw = Gateway::start(&topo.gw);
+    let swan =
+        StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
+    let mut conn = onprem_conn("10.2.0.0/24", "172.16.1.0/24", PSK);
+    conn.encap = true;
+    swan.load(&swanctl::render(&[conn])).unwrap();
+    let (gw_id, cgw_id) = gw.base_resources(GW1, ONPREM);
+    let created = gw.post(
+        "/v1/vpn-connections",
+        json!({
+            "name": "no-natt",
+            "vpn_gateway_id": gw_id,
+            "routing_mode": "protected_flows",
+            "local_subnets": ["172.16.1.0/24"],
+            "remote_subnets": ["10.2.0.0/24"],
+            "effective_immediately": false,
+            "tunnels": [{
+                "customer_gateway_id": cgw_id,
+                "pre_shared_key": PSK,
+                "nat_traversal": false,
+            }],
+        }),
+    );
+    let conn_id = id(&created);
+    gw.wait_tunnel(&conn_id, "idle", Duration::from_secs(10), |s| {
+        phase(s) == "idle"
+    });
+    // Whether the exchange completes without NAT-T is strongSwan's affair; the
+    // IKE_SA_INIT request is what the note comes from.
+    let _ = swan.initiate("net");
+    let note = |s: &Value| {
+        s["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("enable nat_traversal"))
+    };
+    gw.wait_tunnel(&conn_id, "the NAT note", Duration::from_secs(15), note);
+    let logs = gw.logs(&conn_id, 100);
+    assert!(
+        logs.iter()
+            .any(|e| e["event"] == "nat_without_nat_traversal"),
+        "{logs:#?}"
+    );
+
+    // With NAT traversal on, the tunnel renegotiates in UDP 4500 and the note goes.
+    let tunnel_id = created["tunnels"][0]["id"].as_str().unwrap().to_string();
+    gw.patch(
+        &format!("/v1/vpn-connections/{conn_id}/tunnels/{tunnel_id}"),
+        json!({"nat_traversal": true}),
+    );
+    let _ = swan.initiate("net");
+    let t = gw.wait_tunnel(
+        &conn_id,
+        "established without the note",
+        Duration::from_secs(20),
+        |s| phase(s) == "established" && !note(s),
+    );
+    assert_established(&t);
+}
