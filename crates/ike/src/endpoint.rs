@@ -287,6 +287,13 @@ impl Io {
         n
     }
 
+    /// A new ticket for a [`crate::DhJob`], matching its result to the exchange that
+    /// waits for it and not to an earlier one in its place.
+    pub(crate) fn next_ticket(&mut self) -> u64 {
+        self.next_ticket += 1;
+        self.next_ticket
+    }
+
     pub fn child_spi(&mut self) -> u32 {
         loop {
             let s = self.u32();

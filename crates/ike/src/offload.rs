@@ -19,10 +19,15 @@
 //! once and holds a message 5 that overtakes its keys; the initiator sends message 5
 //! when its keys are ready.
 //!
-//! Only the initial exchanges are offloaded. Rekeys with a KE payload (CREATE_CHILD_SA
-//! with PFS, IKE SA rekeys, Quick Mode PFS) and IKEv1 Aggressive Mode compute in place:
-//! the rekeys are spread over lifetimes and never come in bursts of thousands, and
-//! Aggressive Mode needs the keys for its very next message.
+//! Quick Mode with PFS offloads too, initial or rekey: every IKEv1 tunnel's first Quick
+//! Mode has PFS by default (`ipsec.pfs` group2), so a burst of Main Modes is followed by
+//! as many Quick Mode secrets. The responder sends message 2 once its secret is ready
+//! (the inbound SA must be in place first); the initiator sends message 3 then.
+//!
+//! IKEv2 rekeys with a KE payload (CREATE_CHILD_SA with PFS, IKE SA rekeys) and IKEv1
+//! Aggressive Mode compute in place: the rekeys are spread over lifetimes (and their
+//! jitter) and never come in bursts of thousands, and Aggressive Mode needs the keys
+//! for its very next message.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -51,6 +56,8 @@ pub struct DhJob {
     peer: Vec<u8>,
     /// For an ISAKMP SA (`spi` is our cookie), not an IKEv2 SA.
     v1: bool,
+    /// IKEv1: the Quick Mode (message ID) whose PFS secret this is; `None` for Main Mode.
+    qm: Option<u32>,
 }
 
 impl DhJob {
@@ -61,19 +68,28 @@ impl DhJob {
             ticket: self.ticket,
             shared: self.key.shared_secret(&self.peer),
             v1: self.v1,
+            qm: self.qm,
         }
     }
 }
 
 impl DhJob {
-    /// An ISAKMP SA's job (`cookie`: our cookie).
-    pub(crate) fn v1(cookie: u64, ticket: u64, key: DhPrivate, peer: Vec<u8>) -> Box<Self> {
+    /// An ISAKMP SA's job (`cookie`: our cookie); `qm`: the message ID of the Quick
+    /// Mode whose PFS secret it is, `None` for Main Mode's g^xy.
+    pub(crate) fn v1(
+        cookie: u64,
+        qm: Option<u32>,
+        ticket: u64,
+        key: DhPrivate,
+        peer: Vec<u8>,
+    ) -> Box<Self> {
         Box::new(Self {
             spi: cookie,
             ticket,
             key,
             peer,
             v1: true,
+            qm,
         })
     }
 }
@@ -93,6 +109,7 @@ pub struct DhDone {
     pub(crate) ticket: u64,
     pub(crate) shared: Result<Zeroizing<Vec<u8>>, crypto::Error>,
     pub(crate) v1: bool,
+    pub(crate) qm: Option<u32>,
 }
 
 impl fmt::Debug for DhDone {
@@ -151,14 +168,14 @@ impl Endpoint {
         nr: Vec<u8>,
         hs: Option<Handshake>,
     ) {
-        self.io.next_ticket += 1;
-        let ticket = self.io.next_ticket;
+        let ticket = self.io.next_ticket();
         let job = Box::new(DhJob {
             spi: sa.our_spi(),
             ticket,
             key,
             peer,
             v1: false,
+            qm: None,
         });
         sa.keying = Some(Box::new(Keying {
             ticket,

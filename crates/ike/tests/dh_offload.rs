@@ -337,3 +337,180 @@ fn ikev1_responder_fails_when_the_offloaded_result_rejects_the_public_value() {
     assert!(p.b.ike_sas(PEER_B).is_empty());
     assert_eq!(p.b.half_open_total(), 0);
 }
+
+// ---- IKEv1 Quick Mode with PFS --------------------------------------------------------
+
+/// Main Mode with Quick Mode PFS, as every IKEv1 tunnel has by default (`ipsec.pfs`).
+fn v1_pfs() -> ike::PeerConfig {
+    let mut a = v1_main();
+    a.esp.pfs = Some(crypto::DhGroup::Modp1024);
+    a
+}
+
+fn sides(jobs: &[(Side, Box<DhJob>)]) -> Vec<Side> {
+    jobs.iter().map(|(s, _)| *s).collect()
+}
+
+/// Runs Main Mode with its secrets computed as they come, up to the first Quick Mode
+/// secret; returns that job (B's: the responder's, from message 1).
+fn v1_up_to_quick_mode(p: &mut Pair, q: &DhQueue) -> (Side, Box<DhJob>) {
+    p.initiate_a();
+    let mm = take_jobs(q);
+    assert_eq!(sides(&mm), [Side::B, Side::A], "Main Mode's secrets");
+    for (side, job) in mm {
+        p.finish_dh(side, job);
+    }
+    p.drive();
+    assert_eq!(established(&p.a_events), 1, "{:?}", p.a_events);
+    let mut qm = take_jobs(q);
+    assert_eq!(sides(&qm), [Side::B], "the responder's Quick Mode secret");
+    qm.pop().expect("one job")
+}
+
+fn abandoned(events: &[Event]) -> Vec<&str> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Log {
+                event: "phase2_abandoned",
+                message,
+                ..
+            } => Some(message.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn ikev1_quick_mode_pfs_is_offloaded_with_results_in_either_order() {
+    for run in [DhRun::Fifo, DhRun::Lifo] {
+        let a = v1_pfs();
+        let mut p = Pair::new(a.clone(), mirror(&a));
+        p.offload_dh(run);
+        p.initiate_a();
+        assert_eq!(children_up(&p.a_events), 1, "{run:?}: {:?}", p.a_events);
+        assert_eq!(children_up(&p.b_events), 1, "{run:?}: {:?}", p.b_events);
+        p.assert_children_match();
+        for s in [p.a.stats(), p.b.stats()] {
+            // Main Mode's g^xy and Quick Mode's PFS secret.
+            assert_eq!(s.dh_offloaded, 2, "{run:?}");
+            assert_eq!(s.retransmits, 0, "{run:?}");
+        }
+        assert_eq!(p.wire.len(), 9, "{run:?}");
+        assert_eq!(p.elapsed(), Duration::ZERO);
+
+        // A rekey's Quick Mode offloads its secret the same way.
+        let before = p.a.child_sas(PEER_A);
+        p.a.rekey_child(p.now, PEER_A).unwrap();
+        p.drive();
+        // Make-before-break: the replaced Child SA goes after the grace period.
+        p.advance(Duration::from_secs(10));
+        p.assert_children_match();
+        assert_ne!(p.a.child_sas(PEER_A), before, "{run:?}");
+        assert_eq!(p.a.stats().dh_offloaded, 3, "{run:?}");
+        assert_eq!(p.b.stats().dh_offloaded, 3, "{run:?}");
+    }
+}
+
+#[test]
+fn ikev1_quick_mode_answers_only_once_its_pfs_secret_is_ready() {
+    let a = v1_pfs();
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    let q = p.offload_dh(DhRun::Manual);
+    let (side, b_job) = v1_up_to_quick_mode(&mut p, &q);
+    let qm1 = p.wire.last().expect("message 1").clone();
+    assert_eq!(qm1.to, Side::B);
+    // B waits: a retransmitted message 1 gets no answer and no second computation.
+    let dup = p.b.stats().duplicate_requests;
+    p.b.handle_datagram(p.now, qm1.dst, qm1.src, &qm1.payload);
+    assert!(
+        p.b.poll_transmit().is_none(),
+        "no message 2 without the secret"
+    );
+    assert_eq!(p.b.stats().duplicate_requests, dup + 1);
+    assert!(take_jobs(&q).is_empty());
+    p.collect_events();
+    assert_eq!(children_up(&p.b_events), 0);
+
+    // B's secret: message 2 goes out, the inbound SA announced before it.
+    p.finish_dh(side, b_job);
+    p.drive();
+    assert!(
+        p.b_events
+            .iter()
+            .any(|e| matches!(e, Event::ChildSaPending { .. })),
+        "{:?}",
+        p.b_events
+    );
+    let mut jobs = take_jobs(&q);
+    assert_eq!(sides(&jobs), [Side::A], "the initiator's Quick Mode secret");
+    let qm2 = p.wire.last().expect("message 2").clone();
+    assert_eq!(qm2.to, Side::A);
+    // A waits: a retransmitted message 2 gets nothing (not message 1 again), also
+    // once the guard against answering a burst of copies has passed.
+    p.now += Duration::from_millis(1500);
+    p.a.handle_datagram(p.now, qm2.dst, qm2.src, &qm2.payload);
+    assert!(
+        p.a.poll_transmit().is_none(),
+        "no message 3 without the secret"
+    );
+    assert_eq!(children_up(&p.a_events), 0);
+
+    let (side, a_job) = jobs.pop().expect("A's job");
+    p.finish_dh(side, a_job);
+    p.drive();
+    assert_eq!(children_up(&p.a_events), 1, "{:?}", p.a_events);
+    assert_eq!(children_up(&p.b_events), 1, "{:?}", p.b_events);
+    p.assert_children_match();
+    assert_eq!(p.wire.len(), 9, "Main Mode and Quick Mode, nothing resent");
+    assert_eq!(p.a.stats().retransmits + p.b.stats().retransmits, 0);
+    assert_eq!(p.a.stats().dh_stale + p.b.stats().dh_stale, 0);
+}
+
+#[test]
+fn ikev1_quick_mode_responder_gives_up_when_its_pfs_secret_never_comes() {
+    let a = v1_pfs();
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    let q = p.offload_dh(DhRun::Manual);
+    let (side, b_job) = v1_up_to_quick_mode(&mut p, &q);
+    p.advance(Duration::from_secs(31));
+    assert_eq!(
+        abandoned(&p.b_events),
+        ["the PFS Diffie-Hellman computation did not finish"]
+    );
+    assert_eq!(children_up(&p.b_events), 0);
+    // Its result, late, finds no exchange waiting for it.
+    let stale = p.b.stats().dh_stale;
+    let out = p.b.stats().datagrams_out;
+    p.finish_dh(side, b_job);
+    assert_eq!(p.b.stats().dh_stale, stale + 1);
+    assert_eq!(p.b.stats().datagrams_out, out);
+}
+
+#[test]
+fn ikev1_quick_mode_initiator_fails_when_its_pfs_secret_never_comes() {
+    let a = v1_pfs();
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    let q = p.offload_dh(DhRun::Manual);
+    let (side, b_job) = v1_up_to_quick_mode(&mut p, &q);
+    p.finish_dh(side, b_job);
+    p.drive();
+    let mut jobs = take_jobs(&q);
+    assert_eq!(sides(&jobs), [Side::A]);
+    p.advance(Duration::from_secs(31));
+    let failures = Pair::failures(&p.a_events);
+    assert!(
+        failures.contains(&(
+            ike::Phase::Phase2,
+            "the PFS Diffie-Hellman computation did not finish".to_string()
+        )),
+        "{failures:?}"
+    );
+    assert_eq!(children_up(&p.a_events), 0);
+    let (side, a_job) = jobs.pop().expect("A's job");
+    let stale = p.a.stats().dh_stale;
+    p.finish_dh(side, a_job);
+    assert_eq!(p.a.stats().dh_stale, stale + 1);
+    p.collect_events();
+    assert_eq!(children_up(&p.a_events), 0);
+}

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crypto::{Cipher, Integ};
 use zeroize::Zeroizing;
 
+use crate::DhJob;
 use crate::config::{Identity, PeerConfig, PeerId, V1Mode};
 use crate::endpoint::{EndpointConfig, Io, spis_hex};
 use crate::event::{ChildSa, DeleteReason, Event, IkeAlgorithms, Level, Phase};
@@ -22,7 +23,9 @@ use crate::v1::keys::{P1Keys, cbc_open, cbc_seal, last_block, nat_d, phase1_iv, 
 use crate::v1::proposal::{
     esp_check_answer, esp_choose, esp_offer, p1_check_answer, p1_choose, p1_offer,
 };
-use crate::v1::sa::{Dpd, Keying, P1Sa, P1State, Qm, QmState, Retx, linger, rekeyed_grace};
+use crate::v1::sa::{
+    Dpd, Keying, P1Sa, P1State, Qm, QmAccepted, QmAnswer, QmState, Retx, linger, rekeyed_grace,
+};
 use crate::v1::wire::{
     Attr, Chain, Delete, Exchange, HEADER_LEN, Header, Id, LIFE_SECONDS, Notify, NotifyType,
     PayloadType, RawPayload, SaPayload, cookies, decode_attrs, encode_attrs, encode_chain,
@@ -436,6 +439,11 @@ impl Engine {
             cx.io.stats.dh_stale += 1;
             return None;
         };
+        if let Some(mid) = done.qm {
+            qm_dh_done(cx, now, &mut sa, mid, done);
+            self.put_back(cx, sa);
+            return None;
+        }
         if sa.keying.as_ref().map(|k| k.ticket) != Some(done.ticket) {
             cx.io.stats.dh_stale += 1;
             self.put_back(cx, sa);
@@ -513,11 +521,8 @@ impl Engine {
                 cx.io.child_spis.remove(&c.sa.spi_in);
             }
             for q in sa.qms.values() {
-                if let QmState::I2 { spi_in, .. } = q.state {
-                    cx.io.child_spis.remove(&spi_in);
-                }
-                if let QmState::R3 { child, .. } = &q.state {
-                    cx.io.child_spis.remove(&child.spi_in);
+                if let Some(spi) = q.state.spi_in() {
+                    cx.io.child_spis.remove(&spi);
                 }
             }
         } else {
@@ -1082,27 +1087,19 @@ fn shared_secret(
     key: crypto::DhPrivate,
     theirs: Vec<u8>,
 ) -> Result<Option<Zeroizing<Vec<u8>>>, Fail> {
-    let job = match cx.io.offload.as_mut() {
-        Some(o) => {
-            cx.io.next_ticket += 1;
-            let ticket = cx.io.next_ticket;
-            match o.submit(crate::DhJob::v1(sa.our_cookie(), ticket, key, theirs)) {
-                Ok(()) => {
-                    cx.io.stats.dh_offloaded += 1;
-                    sa.keying = Some(Box::new(Keying { ticket, held: None }));
-                    if sa.initiator {
-                        // Bounds the wait should the offload never answer (a responder
-                        // has this deadline from message 1 on).
-                        sa.half_open_until = Some(now + cx.ecfg.half_open_timeout);
-                    }
-                    return Ok(None);
-                }
-                Err(job) => job,
+    let ticket = cx.io.next_ticket();
+    match offload(cx, DhJob::v1(sa.our_cookie(), None, ticket, key, theirs)) {
+        Ok(()) => {
+            sa.keying = Some(Box::new(Keying { ticket, held: None }));
+            if sa.initiator {
+                // Bounds the wait should the offload never answer (a responder has this
+                // deadline from message 1 on).
+                sa.half_open_until = Some(now + cx.ecfg.half_open_timeout);
             }
+            Ok(None)
         }
-        None => return invalid_dh(sa, key.shared_secret(&theirs)).map(Some),
-    };
-    invalid_dh(sa, job.compute().shared).map(Some)
+        Err(job) => invalid_dh(sa, job.compute().shared).map(Some),
+    }
 }
 
 /// A shared secret, or why phase 1 fails: the peer's public value was refused.
@@ -1914,7 +1911,8 @@ fn on_quick(
         QmState::Done if fresh => qm_responder(cx, now, sa, &mut qm, mid, &chain, next_iv, data),
         QmState::I2 { .. } => qm2(cx, now, sa, &mut qm, mid, &chain, next_iv, data),
         QmState::R3 { .. } => qm3(cx, now, sa, &mut qm, mid, &chain, next_iv, data),
-        QmState::Done => Outcome::Reject,
+        // Waiting for the PFS secret: only retransmissions (above) are expected.
+        QmState::R2Keying { .. } | QmState::I2Keying { .. } | QmState::Done => Outcome::Reject,
     };
     if outcome != Outcome::Reject {
         sa.last_rx = now;
@@ -2029,7 +2027,7 @@ fn qm_responder(
         return Outcome::Drop;
     };
     let ke = c.first(PayloadType::KE);
-    let mut gxy = None;
+    let mut pfs = None;
     let mut my_ke = None;
     if let Some(g) = sa.cfg.esp.pfs {
         let Some(ke) = ke.filter(|k| k.len() == g.public_len()) else {
@@ -2044,18 +2042,12 @@ fn qm_responder(
         let Ok(dh) = cx.io.dh(g) else {
             return Outcome::Drop;
         };
-        let Ok(s) = dh.shared_secret(ke) else {
-            qm_refuse(
-                cx,
-                sa,
-                "peer's PFS Diffie-Hellman value is invalid".into(),
-                NotifyType::INVALID_KEY_INFORMATION,
-            );
-            return Outcome::Drop;
-        };
-        gxy = Some(s);
         my_ke = Some(dh.public_value().to_vec());
+        pfs = Some((dh, ke.to_vec()));
     }
+    let Some(keys) = &sa.keys else {
+        return Outcome::Drop;
+    };
     let ours = sa.cfg.child_lifetime;
     let lifetime = match choice.lifetime {
         Some(l) if !l.is_zero() && (ours.is_zero() || l < ours) => l,
@@ -2097,20 +2089,103 @@ fn qm_responder(
             .encode(),
         ));
     }
-    let Some(keys) = &sa.keys else {
+    let answer = QmAnswer {
+        payloads: hashed(keys, &[&mid.to_be_bytes(), &ni], p),
+        ni,
+        nr,
+        spi_in,
+        spi_out: choice.spi_out,
+        local_ts: lts,
+        remote_ts: rts,
+        lifetime,
+    };
+    let Some((dh, theirs)) = pfs else {
+        return qm1_keyed(cx, now, sa, qm, mid, answer, Ok(None));
+    };
+    match offload_qm(cx, sa, mid, dh, theirs) {
+        Ok(ticket) => {
+            qm.state = QmState::R2Keying {
+                ticket,
+                until: now + cx.ecfg.half_open_timeout,
+                answer: Box::new(answer),
+            };
+            Outcome::Keep
+        }
+        Err(shared) => qm1_keyed(cx, now, sa, qm, mid, answer, shared),
+    }
+}
+
+/// A Quick Mode's PFS secret is ready: the exchange goes on where it waited. A result
+/// for an exchange that is gone (it timed out, or its SA was replaced) is dropped.
+fn qm_dh_done(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa, mid: u32, done: crate::DhDone) {
+    let Some(mut qm) = sa.qms.remove(&mid) else {
+        cx.io.stats.dh_stale += 1;
+        return;
+    };
+    let shared = done.shared.map(Some);
+    let outcome = match std::mem::replace(&mut qm.state, QmState::Done) {
+        QmState::R2Keying { ticket, answer, .. } if ticket == done.ticket => {
+            qm1_keyed(cx, now, sa, &mut qm, mid, *answer, shared)
+        }
+        QmState::I2Keying {
+            ticket, accepted, ..
+        } if ticket == done.ticket => qm2_keyed(cx, now, sa, &mut qm, mid, *accepted, shared),
+        other => {
+            cx.io.stats.dh_stale += 1;
+            qm.state = other;
+            Outcome::Keep
+        }
+    };
+    if outcome == Outcome::Keep {
+        sa.qms.insert(mid, qm);
+    }
+}
+
+/// Quick Mode responder with its keys (and the PFS secret, if any): installs the
+/// inbound side and sends message 2.
+fn qm1_keyed(
+    cx: &mut Cx<'_>,
+    now: Instant,
+    sa: &mut P1Sa,
+    qm: &mut Qm,
+    mid: u32,
+    a: QmAnswer,
+    gxy: Result<Option<Zeroizing<Vec<u8>>>, crypto::Error>,
+) -> Outcome {
+    let Ok(gxy) = gxy else {
+        cx.io.child_spis.remove(&a.spi_in);
+        qm_refuse(
+            cx,
+            sa,
+            "peer's PFS Diffie-Hellman value is invalid".into(),
+            NotifyType::INVALID_KEY_INFORMATION,
+        );
         return Outcome::Drop;
     };
-    let p = hashed(keys, &[&mid.to_be_bytes(), &ni], p);
+    let Some(keys) = &sa.keys else {
+        cx.io.child_spis.remove(&a.spi_in);
+        return Outcome::Drop;
+    };
+    let QmAnswer {
+        ni,
+        nr,
+        spi_in,
+        spi_out,
+        local_ts,
+        remote_ts,
+        lifetime,
+        payloads,
+    } = a;
     let child = make_child(
         sa,
         keys,
         gxy.as_deref().map(|g| g.as_slice()),
         spi_in,
-        choice.spi_out,
+        spi_out,
         &ni,
         &nr,
-        lts,
-        rts,
+        local_ts,
+        remote_ts,
         lifetime,
     );
     // The initiator may send on the new SA as soon as it has message 2: the inbound
@@ -2124,7 +2199,15 @@ fn qm_responder(
         nr,
         child: Box::new(child),
     };
-    send_qm(cx, now, sa, qm, mid, &p, Some("quick mode message 2"));
+    send_qm(
+        cx,
+        now,
+        sa,
+        qm,
+        mid,
+        &payloads,
+        Some("quick mode message 2"),
+    );
     Outcome::Keep
 }
 
@@ -2169,13 +2252,7 @@ fn qm2(
     qm.last_rcvd = data.to_vec();
     qm.retx = None;
     let fail = |cx: &mut Cx<'_>, sa: &mut P1Sa, reason: String| {
-        cx.io.fail(Some(sa.peer), Phase::Phase2, reason);
-        cx.io.child_spis.remove(&spi_in);
-        if let Some(s) = rekey_of
-            && let Some(c) = sa.children.iter_mut().find(|c| c.sa.spi_in == s)
-        {
-            c.state = ChildState::Installed;
-        }
+        qm2_failed(cx, sa, spi_in, rekey_of, reason);
     };
     let answer = c
         .first(PayloadType::SA)
@@ -2219,14 +2296,8 @@ fn qm2(
             return Outcome::Drop;
         }
     }
-    let gxy = match (&dh, c.first(PayloadType::KE)) {
-        (Some(d), Some(ke)) => match d.shared_secret(ke) {
-            Ok(s) => Some(s),
-            Err(_) => {
-                fail(cx, sa, "peer's PFS Diffie-Hellman value is invalid".into());
-                return Outcome::Drop;
-            }
-        },
+    let pfs = match (dh, c.first(PayloadType::KE)) {
+        (Some(d), Some(ke)) => Some((d, ke.to_vec())),
         (Some(_), None) => {
             fail(
                 cx,
@@ -2252,6 +2323,110 @@ fn qm2(
     {
         lifetime = l;
     }
+    let accepted = QmAccepted {
+        ni,
+        nr,
+        spi_in,
+        spi_out,
+        local_ts,
+        remote_ts,
+        rekey_of,
+        lifetime,
+    };
+    let Some((dh, theirs)) = pfs else {
+        return qm2_keyed(cx, now, sa, qm, mid, accepted, Ok(None));
+    };
+    match offload_qm(cx, sa, mid, *dh, theirs) {
+        Ok(ticket) => {
+            // Message 1 is answered: a retransmitted message 2 gets nothing until
+            // message 3 exists.
+            qm.last_sent = None;
+            qm.state = QmState::I2Keying {
+                ticket,
+                until: now + cx.ecfg.half_open_timeout,
+                accepted: Box::new(accepted),
+            };
+            Outcome::Keep
+        }
+        Err(shared) => qm2_keyed(cx, now, sa, qm, mid, accepted, shared),
+    }
+}
+
+/// A Quick Mode we initiated failed: the reason, its inbound SPI freed, and the Child
+/// SA it was to replace (if a rekey) back to installed.
+fn qm2_failed(cx: &mut Cx<'_>, sa: &mut P1Sa, spi_in: u32, rekey_of: Option<u32>, reason: String) {
+    cx.io.fail(Some(sa.peer), Phase::Phase2, reason);
+    cx.io.child_spis.remove(&spi_in);
+    if let Some(s) = rekey_of
+        && let Some(c) = sa.children.iter_mut().find(|c| c.sa.spi_in == s)
+    {
+        c.state = ChildState::Installed;
+    }
+}
+
+/// Hands `job` to the endpoint's [`crate::DhOffload`]; gives it back when there is
+/// none or it refused, to be computed in place.
+fn offload(cx: &mut Cx<'_>, job: Box<DhJob>) -> Result<(), Box<DhJob>> {
+    let Some(o) = cx.io.offload.as_mut() else {
+        return Err(job);
+    };
+    o.submit(job)?;
+    cx.io.stats.dh_offloaded += 1;
+    Ok(())
+}
+
+/// A Quick Mode's PFS secret: handed to the offload (`Ok`: the ticket its result will
+/// carry) or, without one, computed here (`Err`: the secret, or why the peer's value
+/// was refused).
+#[allow(clippy::type_complexity)]
+fn offload_qm(
+    cx: &mut Cx<'_>,
+    sa: &P1Sa,
+    mid: u32,
+    key: crypto::DhPrivate,
+    theirs: Vec<u8>,
+) -> Result<u64, Result<Option<Zeroizing<Vec<u8>>>, crypto::Error>> {
+    let ticket = cx.io.next_ticket();
+    match offload(
+        cx,
+        DhJob::v1(sa.our_cookie(), Some(mid), ticket, key, theirs),
+    ) {
+        Ok(()) => Ok(ticket),
+        Err(job) => Err(job.compute().shared.map(Some)),
+    }
+}
+
+/// Quick Mode initiator with its keys (and the PFS secret, if any): sends message 3
+/// and installs the Child SA.
+fn qm2_keyed(
+    cx: &mut Cx<'_>,
+    now: Instant,
+    sa: &mut P1Sa,
+    qm: &mut Qm,
+    mid: u32,
+    a: QmAccepted,
+    gxy: Result<Option<Zeroizing<Vec<u8>>>, crypto::Error>,
+) -> Outcome {
+    let QmAccepted {
+        ni,
+        nr,
+        spi_in,
+        spi_out,
+        local_ts,
+        remote_ts,
+        rekey_of,
+        lifetime,
+    } = a;
+    let Ok(gxy) = gxy else {
+        qm2_failed(
+            cx,
+            sa,
+            spi_in,
+            rekey_of,
+            "peer's PFS Diffie-Hellman value is invalid".into(),
+        );
+        return Outcome::Drop;
+    };
     let Some(keys) = sa.keys.clone() else {
         return Outcome::Drop;
     };
@@ -2865,6 +3040,22 @@ fn qm_timers(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
         if q.linger_until.is_some_and(|t| now >= t) {
             continue;
         }
+        if q.state.keying_until().is_some_and(|t| now >= t) {
+            // The offload never answered (it only fails to when its threads are gone).
+            let why = "the PFS Diffie-Hellman computation did not finish".to_string();
+            match q.state {
+                QmState::I2Keying { accepted: a, .. } => {
+                    qm2_failed(cx, sa, a.spi_in, a.rekey_of, why);
+                }
+                QmState::R2Keying { answer, .. } => {
+                    cx.io.child_spis.remove(&answer.spi_in);
+                    cx.io
+                        .log(Some(sa.peer), Level::Warn, "phase2_abandoned", why);
+                }
+                _ => {}
+            }
+            continue;
+        }
         if let Some(r) = &mut q.retx
             && now >= r.next
         {
@@ -2898,7 +3089,7 @@ fn qm_timers(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
                         );
                         abandon_pending(cx, sa.peer, &child);
                     }
-                    QmState::Done => {}
+                    QmState::R2Keying { .. } | QmState::I2Keying { .. } | QmState::Done => {}
                 }
                 continue;
             }

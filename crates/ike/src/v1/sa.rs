@@ -13,6 +13,7 @@ use crate::event::ChildSa;
 use crate::sa::Child;
 use crate::ts::TsRange;
 use crate::v1::keys::P1Keys;
+use crate::v1::wire::RawPayload;
 
 /// Where phase 1 is. `I`/`R` is our role, the number the message we wait for
 /// (RFC 2409 §5: Main Mode messages 1–6, Aggressive Mode 1–3).
@@ -131,8 +132,69 @@ pub(crate) enum QmState {
         nr: Vec<u8>,
         child: Box<ChildSa>,
     },
+    /// Responder: message 1 accepted, its PFS secret computed elsewhere
+    /// (`crate::DhOffload`); message 2 goes out once it is ready.
+    R2Keying {
+        ticket: u64,
+        /// Given up (the inbound SPI freed) if the secret has not come by then.
+        until: Instant,
+        answer: Box<QmAnswer>,
+    },
+    /// Initiator: message 2 accepted, its PFS secret computed elsewhere; message 3
+    /// goes out and the Child SA is installed once it is ready.
+    I2Keying {
+        ticket: u64,
+        until: Instant,
+        accepted: Box<QmAccepted>,
+    },
     /// Finished; kept to answer retransmissions.
     Done,
+}
+
+impl QmState {
+    /// When a state waiting for its PFS secret gives up.
+    pub fn keying_until(&self) -> Option<Instant> {
+        match self {
+            QmState::R2Keying { until, .. } | QmState::I2Keying { until, .. } => Some(*until),
+            _ => None,
+        }
+    }
+
+    /// The inbound SPI this exchange holds, not yet in an installed Child SA.
+    pub fn spi_in(&self) -> Option<u32> {
+        match self {
+            QmState::I2 { spi_in, .. } => Some(*spi_in),
+            QmState::R3 { child, .. } => Some(child.spi_in),
+            QmState::R2Keying { answer, .. } => Some(answer.spi_in),
+            QmState::I2Keying { accepted, .. } => Some(accepted.spi_in),
+            QmState::Done => None,
+        }
+    }
+}
+
+/// A responder's Quick Mode message 2, ready but for the PFS secret.
+pub(crate) struct QmAnswer {
+    pub ni: Vec<u8>,
+    pub nr: Vec<u8>,
+    pub spi_in: u32,
+    pub spi_out: u32,
+    pub local_ts: TsRange,
+    pub remote_ts: TsRange,
+    pub lifetime: Duration,
+    /// Message 2's payloads, HASH(2) first.
+    pub payloads: Vec<RawPayload>,
+}
+
+/// What an initiator took from Quick Mode message 2, waiting for the PFS secret.
+pub(crate) struct QmAccepted {
+    pub ni: Vec<u8>,
+    pub nr: Vec<u8>,
+    pub spi_in: u32,
+    pub spi_out: u32,
+    pub local_ts: TsRange,
+    pub remote_ts: TsRange,
+    pub rekey_of: Option<u32>,
+    pub lifetime: Duration,
 }
 
 /// One quick mode exchange, by message ID (RFC 2409 §5.5).
@@ -321,6 +383,7 @@ impl P1Sa {
         for q in self.qms.values() {
             at(q.retx.as_ref().map(|r| r.next));
             at(q.linger_until);
+            at(q.state.keying_until());
         }
         if !self.established() {
             at(self.half_open_until);
