@@ -286,7 +286,9 @@ pub struct Stats {
     pub cookies_invalid: u64,
     /// Requests that would have started a negotiation (IKE_SA_INIT, IKEv1 Main or
     /// Aggressive Mode message 1), dropped because
-    /// [`crate::EndpointConfig::half_open_limit`] responder SAs were half-open.
+    /// [`crate::EndpointConfig::half_open_limit`] responder SAs were half-open; and
+    /// IKEv1 Quick Mode message 1s dropped because 16 Quick Modes the peer started on
+    /// that ISAKMP SA were still in progress.
     pub half_open_limited: u64,
     /// First messages (IKE_SA_INIT, IKEv1 Main or Aggressive Mode message 1) refused
     /// with a notification: no acceptable proposal, the other IKE version or mode, an

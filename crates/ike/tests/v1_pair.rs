@@ -1162,3 +1162,53 @@ fn main_mode_responder_tries_a_bounded_number_of_other_keys() {
         }
     }
 }
+
+/// A peer that keeps starting Quick Modes and never finishes them (its message 3s are
+/// lost) has 16 answered at once; a 17th message 1 is dropped and counted, with one
+/// log row, instead of holding another DH computation and inbound SA.
+#[test]
+fn responder_answers_at_most_sixteen_quick_modes_at_once() {
+    let a = v1(V1Mode::Main);
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    p.initiate_a();
+    assert_up(&p, "first child");
+    // From now on A's message 3s (a HASH alone: short) never reach B.
+    p.fate = Box::new(|w: &Pkt| {
+        let quick = Header::parse(&w.payload).is_ok_and(|h| h.exchange == Exchange::QUICK);
+        if w.to == Side::B && quick && w.payload.len() < 100 {
+            Fate::Drop
+        } else {
+            Fate::Deliver
+        }
+    });
+    let pending =
+        |p: &Pair| Pair::count(&p.b_events, |e| matches!(e, Event::ChildSaPending { .. }));
+    for round in 1..=16 {
+        p.a.rekey_child(p.now, PEER_A).unwrap();
+        p.drive();
+        assert_eq!(pending(&p), 1 + round, "round {round}");
+    }
+    assert_eq!(p.b.stats().half_open_limited, 0);
+    let out = p.b.stats().datagrams_out;
+    p.a.rekey_child(p.now, PEER_A).unwrap();
+    p.drive();
+    assert_eq!(p.b.stats().half_open_limited, 1);
+    assert_eq!(p.b.stats().datagrams_out, out, "no message 2 for the 17th");
+    assert_eq!(pending(&p), 17);
+    let rows = Pair::count(&p.b_events, |e| {
+        matches!(
+            e,
+            Event::Log {
+                event: "phase2_limited",
+                ..
+            }
+        )
+    });
+    assert_eq!(rows, 1);
+    // Message 3s get through again: B's retransmitted message 2s are answered, its
+    // Quick Modes finish, and A's retransmitted 17th message 1 is answered then.
+    p.fate = Box::new(|_| Fate::Deliver);
+    p.advance(Duration::from_secs(30));
+    assert_eq!(pending(&p), 18, "{:?}", p.b_events);
+    assert!(Pair::failures(&p.a_events).is_empty(), "{:?}", p.a_events);
+}

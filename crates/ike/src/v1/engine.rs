@@ -1900,6 +1900,23 @@ fn on_quick(
         sa.qms.insert(mid, qm);
         return;
     }
+    if fresh && answering(sa) >= MAX_ANSWERING_QMS {
+        // Each answered Quick Mode holds a DH computation and then an inbound SA until
+        // message 3: an authenticated peer starting them without end would pile both
+        // up. The peer retransmits message 1, and it is taken once others finish.
+        cx.io.stats.half_open_limited += 1;
+        cx.io.log_unauthenticated(
+            now,
+            sa.peer,
+            Level::Warn,
+            "phase2_limited",
+            format!(
+                "peer has {MAX_ANSWERING_QMS} quick modes waiting for an answer or for \
+                 message 3; dropping another until they finish"
+            ),
+        );
+        return;
+    }
     let Some((chain, next_iv)) = open(sa, &qm.iv, h, data) else {
         cx.io.stats.integrity_failures += 1;
         if !fresh {
@@ -1921,6 +1938,19 @@ fn on_quick(
     if outcome == Outcome::Keep || (outcome == Outcome::Reject && !fresh) {
         sa.qms.insert(mid, qm);
     }
+}
+
+/// Quick Modes a responder has in progress on one ISAKMP SA (waiting for their PFS
+/// secret or for message 3) before it drops further message 1s. strongSwan starts one
+/// per CHILD_SA, all at once; vpngw's own tunnels have one.
+const MAX_ANSWERING_QMS: usize = 16;
+
+/// Quick Modes we answer that are still in progress on `sa`.
+fn answering(sa: &P1Sa) -> usize {
+    sa.qms
+        .values()
+        .filter(|q| matches!(q.state, QmState::R2Keying { .. } | QmState::R3 { .. }))
+        .count()
 }
 
 /// What became of a quick mode message.
