@@ -96,13 +96,13 @@ async fn creates_private_data_dir_and_db_and_migrates_once() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let s = SqliteStore::open(&data).unwrap();
-    assert_eq!(s.schema_version().await.unwrap(), 5);
+    assert_eq!(s.schema_version().await.unwrap(), 6);
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&data), 0o700);
     assert_eq!(mode(&data.join("vpngw.db")), 0o600);
     drop(s);
     let s = SqliteStore::open(&data).unwrap();
-    assert_eq!(s.schema_version().await.unwrap(), 5);
+    assert_eq!(s.schema_version().await.unwrap(), 6);
 }
 
 #[tokio::test]
@@ -215,7 +215,7 @@ async fn bgp_options_migrate_from_schema_3_and_persist() {
         assert!(!doc.contains("bgp_ecmp"), "{doc}");
     }
     let s = SqliteStore::open(dir.path()).unwrap();
-    assert_eq!(s.schema_version().await.unwrap(), 5);
+    assert_eq!(s.schema_version().await.unwrap(), 6);
     let back = s.connection("vco-a").await.unwrap();
     assert_eq!(back, conn, "old data survives, options off");
     assert!(!back.bgp_ecmp && !back.bgp_advertise_learned && !back.bgp_override_static);
