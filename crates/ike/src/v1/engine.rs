@@ -24,7 +24,8 @@ use crate::v1::proposal::{
     esp_check_answer, esp_choose, esp_offer, p1_check_answer, p1_choose, p1_offer,
 };
 use crate::v1::sa::{
-    Dpd, Keying, P1Sa, P1State, Qm, QmAccepted, QmAnswer, QmState, Retx, linger, rekeyed_grace,
+    Dpd, Keying, P1Sa, P1State, Qm, QmAccepted, QmAnswer, QmState, QmTerms, Retx, linger,
+    rekeyed_grace,
 };
 use crate::v1::wire::{
     Attr, Chain, Delete, Exchange, HEADER_LEN, Header, Id, LIFE_SECONDS, Notify, NotifyType,
@@ -2121,13 +2122,15 @@ fn qm_responder(
     }
     let answer = QmAnswer {
         payloads: hashed(keys, &[&mid.to_be_bytes(), &ni], p),
-        ni,
-        nr,
-        spi_in,
-        spi_out: choice.spi_out,
-        local_ts: lts,
-        remote_ts: rts,
-        lifetime,
+        terms: QmTerms {
+            ni,
+            nr,
+            spi_in,
+            spi_out: choice.spi_out,
+            local_ts: lts,
+            remote_ts: rts,
+            lifetime,
+        },
     };
     let Some((dh, theirs)) = pfs else {
         return qm1_keyed(cx, now, sa, qm, mid, answer, Ok(None));
@@ -2183,7 +2186,7 @@ fn qm1_keyed(
     gxy: Result<Option<Zeroizing<Vec<u8>>>, crypto::Error>,
 ) -> Outcome {
     let Ok(gxy) = gxy else {
-        cx.io.child_spis.remove(&a.spi_in);
+        cx.io.child_spis.remove(&a.terms.spi_in);
         qm_refuse(
             cx,
             sa,
@@ -2193,31 +2196,11 @@ fn qm1_keyed(
         return Outcome::Drop;
     };
     let Some(keys) = &sa.keys else {
-        cx.io.child_spis.remove(&a.spi_in);
+        cx.io.child_spis.remove(&a.terms.spi_in);
         return Outcome::Drop;
     };
-    let QmAnswer {
-        ni,
-        nr,
-        spi_in,
-        spi_out,
-        local_ts,
-        remote_ts,
-        lifetime,
-        payloads,
-    } = a;
-    let child = make_child(
-        sa,
-        keys,
-        gxy.as_deref().map(|g| g.as_slice()),
-        spi_in,
-        spi_out,
-        &ni,
-        &nr,
-        local_ts,
-        remote_ts,
-        lifetime,
-    );
+    let child = make_child(sa, keys, gxy.as_deref().map(|g| g.as_slice()), &a.terms);
+    let QmAnswer { terms, payloads } = a;
     // The initiator may send on the new SA as soon as it has message 2: the inbound
     // side must be in place before message 2 leaves (Event::ChildSaPending).
     cx.io.event(Event::ChildSaPending {
@@ -2225,8 +2208,8 @@ fn qm1_keyed(
         child: child.clone(),
     });
     qm.state = QmState::R3 {
-        ni,
-        nr,
+        ni: terms.ni,
+        nr: terms.nr,
         child: Box::new(child),
     };
     send_qm(
@@ -2354,14 +2337,16 @@ fn qm2(
         lifetime = l;
     }
     let accepted = QmAccepted {
-        ni,
-        nr,
-        spi_in,
-        spi_out,
-        local_ts,
-        remote_ts,
+        terms: QmTerms {
+            ni,
+            nr,
+            spi_in,
+            spi_out,
+            local_ts,
+            remote_ts,
+            lifetime,
+        },
         rekey_of,
-        lifetime,
     };
     let Some((dh, theirs)) = pfs else {
         return qm2_keyed(cx, now, sa, qm, mid, accepted, Ok(None));
@@ -2437,21 +2422,12 @@ fn qm2_keyed(
     a: QmAccepted,
     gxy: Result<Option<Zeroizing<Vec<u8>>>, crypto::Error>,
 ) -> Outcome {
-    let QmAccepted {
-        ni,
-        nr,
-        spi_in,
-        spi_out,
-        local_ts,
-        remote_ts,
-        rekey_of,
-        lifetime,
-    } = a;
+    let QmAccepted { terms, rekey_of } = a;
     let Ok(gxy) = gxy else {
         qm2_failed(
             cx,
             sa,
-            spi_in,
+            terms.spi_in,
             rekey_of,
             "peer's PFS Diffie-Hellman value is invalid".into(),
         );
@@ -2460,20 +2436,9 @@ fn qm2_keyed(
     let Some(keys) = sa.keys.clone() else {
         return Outcome::Drop;
     };
-    let hash3 = keys.hash_a(&[&[0], &mid.to_be_bytes(), &ni, &nr]);
+    let hash3 = keys.hash_a(&[&[0], &mid.to_be_bytes(), &terms.ni, &terms.nr]);
     let p = vec![RawPayload::new(PayloadType::HASH, hash3)];
-    let child = make_child(
-        sa,
-        &keys,
-        gxy.as_deref().map(|g| g.as_slice()),
-        spi_in,
-        spi_out,
-        &ni,
-        &nr,
-        local_ts,
-        remote_ts,
-        lifetime,
-    );
+    let child = make_child(sa, &keys, gxy.as_deref().map(|g| g.as_slice()), &terms);
     send_qm(cx, now, sa, qm, mid, &p, None);
     qm.linger_until = Some(now + linger(cx.ecfg));
     install_child(cx, now, sa, child, rekey_of, true);
@@ -2534,19 +2499,16 @@ fn qm_refuse(cx: &mut Cx<'_>, sa: &mut P1Sa, reason: String, n: NotifyType) {
     notify_error(cx, sa, n);
 }
 
-#[allow(clippy::too_many_arguments)]
-fn make_child(
-    sa: &P1Sa,
-    keys: &P1Keys,
-    gxy: Option<&[u8]>,
-    spi_in: u32,
-    spi_out: u32,
-    ni: &[u8],
-    nr: &[u8],
-    local_ts: TsRange,
-    remote_ts: TsRange,
-    lifetime: Duration,
-) -> ChildSa {
+fn make_child(sa: &P1Sa, keys: &P1Keys, gxy: Option<&[u8]>, t: &QmTerms) -> ChildSa {
+    let QmTerms {
+        ref ni,
+        ref nr,
+        spi_in,
+        spi_out,
+        local_ts,
+        remote_ts,
+        lifetime,
+    } = *t;
     let esp = &sa.cfg.esp;
     let e = esp.encr.key_len();
     let i = esp.negotiated_integ().map_or(0, Integ::key_len);
@@ -3075,10 +3037,10 @@ fn qm_timers(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
             let why = "the PFS Diffie-Hellman computation did not finish".to_string();
             match q.state {
                 QmState::I2Keying { accepted: a, .. } => {
-                    qm2_failed(cx, sa, a.spi_in, a.rekey_of, why);
+                    qm2_failed(cx, sa, a.terms.spi_in, a.rekey_of, why);
                 }
                 QmState::R2Keying { answer, .. } => {
-                    cx.io.child_spis.remove(&answer.spi_in);
+                    cx.io.child_spis.remove(&answer.terms.spi_in);
                     cx.io
                         .log(Some(sa.peer), Level::Warn, "phase2_abandoned", why);
                 }

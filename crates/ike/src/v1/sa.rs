@@ -165,15 +165,16 @@ impl QmState {
         match self {
             QmState::I2 { spi_in, .. } => Some(*spi_in),
             QmState::R3 { child, .. } => Some(child.spi_in),
-            QmState::R2Keying { answer, .. } => Some(answer.spi_in),
-            QmState::I2Keying { accepted, .. } => Some(accepted.spi_in),
+            QmState::R2Keying { answer, .. } => Some(answer.terms.spi_in),
+            QmState::I2Keying { accepted, .. } => Some(accepted.terms.spi_in),
             QmState::Done => None,
         }
     }
 }
 
-/// A responder's Quick Mode message 2, ready but for the PFS secret.
-pub(crate) struct QmAnswer {
+/// What both ends agreed in a Quick Mode: all a Child SA's keys need besides the PFS
+/// secret (RFC 2409 §5.5).
+pub(crate) struct QmTerms {
     pub ni: Vec<u8>,
     pub nr: Vec<u8>,
     pub spi_in: u32,
@@ -181,20 +182,19 @@ pub(crate) struct QmAnswer {
     pub local_ts: TsRange,
     pub remote_ts: TsRange,
     pub lifetime: Duration,
+}
+
+/// A responder's Quick Mode message 2, ready but for the PFS secret.
+pub(crate) struct QmAnswer {
+    pub terms: QmTerms,
     /// Message 2's payloads, HASH(2) first.
     pub payloads: Vec<RawPayload>,
 }
 
 /// What an initiator took from Quick Mode message 2, waiting for the PFS secret.
 pub(crate) struct QmAccepted {
-    pub ni: Vec<u8>,
-    pub nr: Vec<u8>,
-    pub spi_in: u32,
-    pub spi_out: u32,
-    pub local_ts: TsRange,
-    pub remote_ts: TsRange,
+    pub terms: QmTerms,
     pub rekey_of: Option<u32>,
-    pub lifetime: Duration,
 }
 
 /// One quick mode exchange, by message ID (RFC 2409 §5.5).
