@@ -24,10 +24,15 @@
 //! as many Quick Mode secrets. The responder sends message 2 once its secret is ready
 //! (the inbound SA must be in place first); the initiator sends message 3 then.
 //!
-//! IKEv2 rekeys with a KE payload (CREATE_CHILD_SA with PFS, IKE SA rekeys) and IKEv1
-//! Aggressive Mode compute in place: the rekeys are spread over lifetimes (and their
-//! jitter) and never come in bursts of thousands, and Aggressive Mode needs the keys
-//! for its very next message.
+//! Aggressive Mode offloads too, though both of its later messages need the keys (RFC
+//! 2409 §5.4: HASH_R in message 2, HASH_I in message 3): the responder sends message 2
+//! once its keys are ready, the initiator checks it and sends message 3 then. Its
+//! message 1 costs the responder a computation before the peer has proven its address,
+//! so this keeps a flood of them off the endpoint's thread.
+//!
+//! IKEv2 rekeys with a KE payload (CREATE_CHILD_SA with PFS, IKE SA rekeys) compute in
+//! place: they are spread over lifetimes (and their jitter) and never come in bursts of
+//! thousands.
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -1,6 +1,7 @@
-//! IKE_SA_INIT's Diffie-Hellman shared secrets computed outside the endpoint
-//! (`DhOffload`): results in any order, requests that overtake them, results for SAs
-//! that are gone, and bad public values found only when the result comes back.
+//! Diffie-Hellman shared secrets computed outside the endpoint (`DhOffload`): IKEv2's
+//! IKE_SA_INIT, IKEv1 Main Mode, Aggressive Mode and Quick Mode PFS. Results in any
+//! order, requests that overtake them, results for SAs that are gone, and bad public
+//! values found only when the result comes back.
 
 mod util;
 
@@ -48,10 +49,15 @@ fn zero_ke(datagram: &[u8]) -> Vec<u8> {
 #[test]
 fn offloaded_setup_establishes_with_results_in_either_order() {
     // IKEv2: IKE_SA_INIT and IKE_AUTH. IKEv1: six Main Mode and three Quick Mode
-    // messages, the shared secret from messages 3 and 4.
-    for (a, messages) in [(config_a(), 4), (v1_main(), 9)] {
+    // messages, the shared secret from messages 3 and 4; or three Aggressive Mode
+    // messages, each side's secret needed for its next message, so nothing is held.
+    for (a, messages, lifo_held) in [
+        (config_a(), 4, 1),
+        (v1_main(), 9, 1),
+        (v1_aggressive(), 6, 0),
+    ] {
         for run in [DhRun::Fifo, DhRun::Lifo] {
-            let what = format!("{:?} {run:?}", a.version);
+            let what = format!("{:?} {:?} {run:?}", a.version, a.v1_mode);
             let mut p = Pair::new(a.clone(), mirror(&a));
             p.offload_dh(run);
             p.initiate_a();
@@ -68,7 +74,7 @@ fn offloaded_setup_establishes_with_results_in_either_order() {
             assert_eq!(p.elapsed(), Duration::ZERO);
             // Newest first, A's keys are ready before B's: B keeps A's IKE_AUTH (or
             // message 5) until its own are, and answers it then.
-            let held = if run == DhRun::Lifo { 1 } else { 0 };
+            let held = if run == DhRun::Lifo { lifo_held } else { 0 };
             assert_eq!(p.b.stats().dh_held, held, "{what}");
         }
     }
@@ -513,4 +519,149 @@ fn ikev1_quick_mode_initiator_fails_when_its_pfs_secret_never_comes() {
     assert_eq!(p.a.stats().dh_stale, stale + 1);
     p.collect_events();
     assert_eq!(children_up(&p.a_events), 0);
+}
+
+// ---- IKEv1 Aggressive Mode ------------------------------------------------------------
+
+fn v1_aggressive() -> ike::PeerConfig {
+    let mut a = v1_main();
+    a.v1_mode = ike::V1Mode::Aggressive;
+    a
+}
+
+/// Delivers `m` to `side`, and again 2 s later (past the resend guard): `side` sends
+/// nothing, not even for the retransmission, until its one job's result comes.
+fn answers_once_keyed(p: &mut Pair, q: &DhQueue, side: Side, m: &ike::Transmit, next: &str) {
+    for _ in 0..2 {
+        let ep = if side == Side::A { &mut p.a } else { &mut p.b };
+        ep.handle_datagram(p.now, m.remote, m.local, &m.payload);
+        assert!(ep.poll_transmit().is_none(), "no {next} without keys");
+        p.now += Duration::from_secs(2);
+    }
+    let mut jobs = take_jobs(q);
+    assert_eq!(sides(&jobs), [side]);
+    let (side, job) = jobs.pop().expect("one job");
+    p.finish_dh(side, job);
+}
+
+#[test]
+fn ikev1_aggressive_mode_answers_only_once_its_keys_are_ready() {
+    let a = v1_aggressive();
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    let q = p.offload_dh(DhRun::Manual);
+    p.a.initiate(p.now, PEER_A).expect("initiate");
+    let m1 = p.a.poll_transmit().expect("message 1");
+    // B's message 2 carries HASH_R, A checks it with its own keys: each answers only
+    // once its keys are ready.
+    answers_once_keyed(&mut p, &q, Side::B, &m1, "message 2");
+    let m2 = p.b.poll_transmit().expect("message 2 once B has its keys");
+    assert!(p.b.poll_transmit().is_none());
+    answers_once_keyed(&mut p, &q, Side::A, &m2, "message 3");
+    p.drive();
+    assert_eq!(established(&p.a_events), 1, "{:?}", p.a_events);
+    assert_eq!(established(&p.b_events), 1, "{:?}", p.b_events);
+    assert_eq!(children_up(&p.a_events), 1);
+    p.assert_children_match();
+    assert_eq!(p.b.stats().dh_held, 0);
+}
+
+#[test]
+fn ikev1_aggressive_mode_responder_drops_the_sa_when_its_keys_never_come() {
+    let a = v1_aggressive();
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    let q = p.offload_dh(DhRun::Manual);
+    p.a.initiate(p.now, PEER_A).unwrap();
+    let m1 = p.a.poll_transmit().unwrap();
+    p.b.handle_datagram(p.now, m1.remote, m1.local, &m1.payload);
+    assert_eq!(p.b.half_open_total(), 1);
+    let (side, job) = take_jobs(&q).pop().expect("B's job");
+    p.advance(Duration::from_secs(31));
+    assert_eq!(p.b.half_open_total(), 0);
+    assert!(p.b.ike_sas(PEER_B).is_empty());
+    let out = p.b.stats().datagrams_out;
+    p.finish_dh(side, job);
+    assert_eq!(p.b.stats().dh_stale, 1);
+    assert_eq!(
+        p.b.stats().datagrams_out,
+        out,
+        "no message 2 for a dropped SA"
+    );
+}
+
+#[test]
+fn ikev1_aggressive_mode_initiator_fails_when_its_keys_never_come() {
+    let a = v1_aggressive();
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    let q = p.offload_dh(DhRun::Manual);
+    p.a.initiate(p.now, PEER_A).unwrap();
+    let m1 = p.a.poll_transmit().unwrap();
+    p.b.handle_datagram(p.now, m1.remote, m1.local, &m1.payload);
+    let (side, job) = take_jobs(&q).pop().expect("B's job");
+    p.finish_dh(side, job);
+    let m2 = p.b.poll_transmit().unwrap();
+    p.a.handle_datagram(p.now, m2.remote, m2.local, &m2.payload);
+    let (side, a_job) = take_jobs(&q).pop().expect("A's job");
+    p.advance(Duration::from_secs(31));
+    assert_keys_timed_out(&p);
+    p.finish_dh(side, a_job);
+    assert_eq!(p.a.stats().dh_stale, 1);
+    p.collect_events();
+    assert_eq!(established(&p.a_events), 0);
+}
+
+/// `datagram`, an unencrypted IKEv1 message, with its KE payload's public value zeroed,
+/// which no MODP group accepts.
+fn v1_zero_ke(datagram: &[u8]) -> Vec<u8> {
+    use ike::v1::wire::{Chain, HEADER_LEN, PayloadType};
+    let chain = Chain::decode(PayloadType(datagram[16]), &datagram[HEADER_LEN..], false)
+        .expect("a payload chain");
+    let ke = chain.first(PayloadType::KE).expect("a KE payload");
+    let at = datagram
+        .windows(ke.len())
+        .position(|w| w == ke)
+        .expect("the KE data in the datagram");
+    let mut bad = datagram.to_vec();
+    bad[at..at + ke.len()].iter_mut().for_each(|b| *b = 0);
+    bad
+}
+
+#[test]
+fn ikev1_aggressive_mode_refuses_a_public_value_the_group_rejects() {
+    // With an offload the value is refused when the result comes; without one, in
+    // place. Either way: one log row, INVALID-KEY-INFORMATION, no SA left.
+    for offloaded in [true, false] {
+        let a = v1_aggressive();
+        let mut p = Pair::new(a.clone(), mirror(&a));
+        let q = offloaded.then(|| p.offload_dh(DhRun::Manual));
+        p.a.initiate(p.now, PEER_A).unwrap();
+        let m1 = p.a.poll_transmit().unwrap();
+        let bad = v1_zero_ke(&m1.payload);
+        p.b.handle_datagram(p.now, m1.remote, m1.local, &bad);
+        if let Some(q) = &q {
+            assert!(p.b.poll_transmit().is_none(), "nothing before the check");
+            let (side, job) = take_jobs(q).pop().expect("B's job");
+            p.finish_dh(side, job);
+        }
+        p.collect_events();
+        assert_eq!(
+            Pair::failures(&p.b_events),
+            [(
+                ike::Phase::Phase1,
+                "peer's Diffie-Hellman public value is invalid".to_string()
+            )],
+            "offloaded: {offloaded}"
+        );
+        // In the clear: an ISAKMP header and one notify payload (RFC 2408 §3.14.1).
+        let n = p.b.poll_transmit().expect("a notify");
+        assert_eq!(n.payload[16], 11, "first payload: N");
+        assert_eq!(
+            u16::from_be_bytes([n.payload[28 + 10], n.payload[28 + 11]]),
+            17,
+            "INVALID-KEY-INFORMATION"
+        );
+        assert!(p.b.poll_transmit().is_none());
+        assert!(p.b.ike_sas(PEER_B).is_empty());
+        assert_eq!(p.b.half_open_total(), 0);
+        assert_eq!(p.b.stats().dh_offloaded, u64::from(offloaded));
+    }
 }

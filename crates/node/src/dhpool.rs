@@ -1,6 +1,6 @@
 //! Diffie-Hellman off the control thread: key pairs made ahead of time (`DhPool`) and
-//! the shared secrets of IKE_SA_INIT, IKEv1 Main Mode and Quick Mode PFS computed by a
-//! few worker threads (`DhWorkers`).
+//! the shared secrets of IKE_SA_INIT, IKEv1 Main and Aggressive Mode and Quick Mode PFS
+//! computed by a few worker threads (`DhWorkers`).
 //!
 //! Making a key pair is one modular exponentiation (or scalar multiplication): half of
 //! the DH work of an IKE_SA_INIT, a Child SA rekey with PFS or an IKEv1 exchange, and it
@@ -100,8 +100,8 @@ fn fill(group: DhGroup, tx: &SyncSender<DhPrivate>, _running: Arc<()>) {
 /// Most threads computing shared secrets: beyond the cores, more threads only queue.
 const MAX_WORKERS: usize = 8;
 
-/// The shared secrets ike's `DhOffload` hands out (IKE_SA_INIT, Main Mode, Quick Mode
-/// PFS): a shared secret needs the
+/// The shared secrets ike's `DhOffload` hands out (IKE_SA_INIT, Main and Aggressive
+/// Mode, Quick Mode PFS): a shared secret needs the
 /// peer's public value, so unlike key pairs it cannot be made ahead; it is computed
 /// here so the control thread goes on with other exchanges meanwhile. While many
 /// tunnels come up, one thread per core runs them side by side.

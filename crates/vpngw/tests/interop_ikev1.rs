@@ -433,6 +433,9 @@ fn aggressive_mode_fqdn_both_roles() {
     assert!(!sa.initiator);
     assert_eq!(sa.remote_id, GW_FQDN);
     assert_eq!(sa.local_id, ONPREM_FQDN);
+    // Aggressive Mode's shared secret and Quick Mode's PFS secret were computed on the
+    // node's DH threads.
+    assert_eq!(serve.metric("vpngw_ike_dh_offloaded_total"), 2);
     ping_both_ways(&topo, 3);
 
     // 2. The connection goes (its SAs deleted at the peer); a responder-only one comes.
@@ -455,6 +458,8 @@ fn aggressive_mode_fqdn_both_roles() {
     assert_eq!(sa.remote_id, GW_FQDN);
     let t = serve.wait_established(&conn, Duration::from_secs(10));
     assert_v1(&t, SUITE);
+    // As responder too: message 2 went out once the DH threads had the keys.
+    assert_eq!(serve.metric("vpngw_ike_dh_offloaded_total"), 4);
     ping_both_ways(&topo, 3);
 }
 

@@ -24,7 +24,7 @@ use crate::v1::proposal::{
     esp_check_answer, esp_choose, esp_offer, p1_check_answer, p1_choose, p1_offer,
 };
 use crate::v1::sa::{
-    Dpd, Keying, P1Sa, P1State, Qm, QmAccepted, QmAnswer, QmState, QmTerms, Retx, linger,
+    AmNext, Dpd, Keying, P1Sa, P1State, Qm, QmAccepted, QmAnswer, QmState, QmTerms, Retx, linger,
     rekeyed_grace,
 };
 use crate::v1::wire::{
@@ -426,10 +426,11 @@ impl Engine {
         self.negotiating.len()
     }
 
-    /// Main Mode's offloaded shared secret for the SA with our cookie `done.spi`: the
-    /// initiator sends message 5, the responder keys itself and returns a message 5
-    /// that came meanwhile. A result for an SA that is gone, or for an earlier one with
-    /// its cookie, is dropped.
+    /// Main or Aggressive Mode's offloaded shared secret for the SA with our cookie
+    /// `done.spi`. Main Mode: the initiator sends message 5, the responder keys itself
+    /// and returns a message 5 that came meanwhile. Aggressive Mode: the responder
+    /// sends message 2, the initiator checks message 2 and sends message 3. A result
+    /// for an SA that is gone, or for an earlier one with its cookie, is dropped.
     pub fn dh_done(
         &mut self,
         cx: &mut Cx<'_>,
@@ -450,19 +451,43 @@ impl Engine {
             self.put_back(cx, sa);
             return None;
         }
-        let held = sa.keying.take().and_then(|k| k.held);
-        let r = invalid_dh(&sa, done.shared).and_then(|shared| {
-            if sa.initiator {
+        let (held, am) = match sa.keying.take() {
+            Some(k) => (k.held, k.am),
+            None => (None, None),
+        };
+        match am {
+            Some(AmNext::Answer(answer)) => match invalid_dh(&sa, done.shared) {
+                Ok(shared) => am_answer(cx, now, &mut sa, &shared, answer),
+                Err(f) => am_refuse(cx, now, &mut sa, f),
+            },
+            Some(AmNext::Check { id_b, hash_r }) => {
                 sa.half_open_until = None;
-                mm4_keyed(cx, now, &mut sa, &shared)
-            } else {
-                mm3_keyed(&mut sa, shared);
-                Ok(())
+                let r = invalid_dh(&sa, done.shared)
+                    .and_then(|shared| am2_keyed(cx, now, &mut sa, &shared, &id_b, &hash_r));
+                settle(cx, &mut sa, r);
             }
-        });
-        settle(cx, &mut sa, r);
+            None => {
+                let r = invalid_dh(&sa, done.shared).and_then(|shared| {
+                    if sa.initiator {
+                        sa.half_open_until = None;
+                        mm4_keyed(cx, now, &mut sa, &shared)
+                    } else {
+                        mm3_keyed(&mut sa, shared);
+                        Ok(())
+                    }
+                });
+                settle(cx, &mut sa, r);
+            }
+        }
         let held = held.filter(|_| !sa.dead);
+        // An Aggressive Mode initiator is up with message 3: its Quick Mode starts
+        // here, as after a datagram (`handle_datagram`).
+        let established = std::mem::take(&mut sa.just_established);
+        let cookie = sa.our_cookie();
         self.put_back(cx, sa);
+        if established {
+            self.supersede(cx, now, cookie);
+        }
         held
     }
 
@@ -830,6 +855,10 @@ impl Engine {
                     );
                     return;
                 }
+                if sa.dead {
+                    // Its public value was refused in place (`am_refuse`).
+                    return;
+                }
             }
         }
         self.half_open.insert((remote, h.cky_i), cky_r);
@@ -909,8 +938,9 @@ fn on_phase1(
     let (chain, next_iv) = if h.encrypted() {
         if sa.keys.is_none() {
             match sa.keying.as_mut() {
-                // Message 5 overtook our keys: handled when they come.
-                Some(k) if !sa.initiator => {
+                // Message 5 overtook our keys: handled when they come. (An Aggressive
+                // Mode responder has sent nothing the peer could answer yet.)
+                Some(k) if !sa.initiator && sa.mode == V1Mode::Main => {
                     k.held = Some((local, remote, data.to_vec()));
                     cx.io.stats.dh_held += 1;
                 }
@@ -1077,7 +1107,7 @@ fn mm4_keyed(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa, shared: &[u8]) -> Res
     Ok(())
 }
 
-/// Main Mode's g^xy from our key pair and the peer's public value: computed here, or
+/// Main or Aggressive Mode's g^xy from our key pair and the peer's public value: computed here, or
 /// (`Ok(None)`) handed to the endpoint's [`crate::DhOffload`], the SA waiting in
 /// `keying` until [`Engine::dh_done`]. An offload that refuses the job gets it computed
 /// here.
@@ -1091,7 +1121,11 @@ fn shared_secret(
     let ticket = cx.io.next_ticket();
     match offload(cx, DhJob::v1(sa.our_cookie(), None, ticket, key, theirs)) {
         Ok(()) => {
-            sa.keying = Some(Box::new(Keying { ticket, held: None }));
+            sa.keying = Some(Box::new(Keying {
+                ticket,
+                held: None,
+                am: None,
+            }));
             if sa.initiator {
                 // Bounds the wait should the offload never answer (a responder has this
                 // deadline from message 1 on).
@@ -1339,7 +1373,12 @@ fn mm6(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa, c: &Chain) -> Result<(), Fa
     Ok(())
 }
 
-/// Aggressive Mode responder: message 1 is in `c`; answers with message 2.
+/// Aggressive Mode responder: message 1 is in `c`; answers with message 2, which
+/// carries HASH_R and so needs the keys: with an offload it goes out when they come
+/// (`Engine::dh_done`). Until then a retransmitted message 1 gets no answer, and the
+/// half-open timeout bounds the wait. This is the one first message that costs a
+/// Diffie-Hellman computation (RFC 2409 §5.4), so it must not cost the control thread
+/// one. `Err`: message 1 is malformed, no SA is kept.
 fn am_respond(
     cx: &mut Cx<'_>,
     now: Instant,
@@ -1351,18 +1390,49 @@ fn am_respond(
     let (gxi, ni) =
         ke_nonce(sa, c).map_err(|_| "message 1 lacks a valid KE or nonce".to_string())?;
     let dh = cx.io.dh(sa.suite.2).map_err(|e| e.to_string())?;
-    let shared = dh
-        .shared_secret(&gxi)
-        .map_err(|_| "peer's Diffie-Hellman public value is invalid".to_string())?;
-    sa.hs.gxi = gxi;
-    sa.hs.ni = ni;
     sa.hs.gxr = dh.public_value().to_vec();
     sa.hs.nr = nonce(cx);
-    derive_p1(sa, &shared);
+    sa.hs.gxi = gxi.clone();
+    sa.hs.ni = ni;
+    match shared_secret(cx, now, sa, dh, gxi) {
+        Ok(Some(shared)) => am_answer(cx, now, sa, &shared, answer.body),
+        Ok(None) => {
+            if let Some(k) = sa.keying.as_mut() {
+                k.am = Some(AmNext::Answer(answer.body));
+            }
+        }
+        Err(f) => am_refuse(cx, now, sa, f),
+    }
+    Ok(())
+}
+
+/// Aggressive Mode responder whose peer's public value the group refused: the SA ends
+/// with INVALID-KEY-INFORMATION in the clear (RFC 2408 §3.14.1). As for any refused
+/// first message the log row is rate-limited: the sender's address is unproven.
+fn am_refuse(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa, f: Fail) {
+    let reason = match f {
+        Fail::Phase1(reason, _) => reason,
+        Fail::Drop => "peer's Diffie-Hellman public value is invalid".into(),
+    };
+    cx.io.refuse(now, sa.peer, Phase::Phase1, reason);
+    send_plain_notify(
+        cx,
+        sa.local,
+        sa.remote,
+        sa.cky_i,
+        sa.cky_r,
+        NotifyType::INVALID_KEY_INFORMATION,
+    );
+    sa.dead = true;
+}
+
+/// Aggressive Mode responder with the shared secret: message 2.
+fn am_answer(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa, shared: &[u8], answer: Vec<u8>) {
+    derive_p1(sa, shared);
     let my_id = v1_id(&sa.cfg.local_id).encode();
     let hash_r = auth_hash(sa, false, &my_id);
     let mut p = vec![
-        answer,
+        RawPayload::new(PayloadType::SA, answer),
         RawPayload::new(PayloadType::KE, sa.hs.gxr.clone()),
         RawPayload::new(PayloadType::NONCE, sa.hs.nr.clone()),
         RawPayload::new(PayloadType::ID, my_id),
@@ -1371,7 +1441,6 @@ fn am_respond(
     p.extend(nat_d_payloads(sa));
     p.push(RawPayload::new(PayloadType::HASH, hash_r));
     send_p1(cx, now, sa, p, false, Some("message 2"));
-    Ok(())
 }
 
 fn am2(
@@ -1392,20 +1461,42 @@ fn am2(
     let id_b = c.first(PayloadType::ID).ok_or(Fail::Drop)?.to_vec();
     let id = Id::decode(&id_b).map_err(|_| Fail::Drop)?;
     check_peer_id(sa, &id)?;
+    let hash_r = c.first(PayloadType::HASH).ok_or(Fail::Drop)?.to_vec();
     let dh = sa.hs.dh.take().ok_or(Fail::Drop)?;
-    let shared = dh
-        .shared_secret(&gxr)
-        .map_err(|_| Fail::Phase1("peer's Diffie-Hellman public value is invalid".into(), None))?;
     sa.hs.gxr = gxr;
     sa.hs.nr = nr;
-    derive_p1(sa, &shared);
-    let got = c.first(PayloadType::HASH).ok_or(Fail::Drop)?;
-    if !ct_eq(got, &auth_hash(sa, false, &id_b)) {
+    // Only records what the NAT-D payloads say; the move to port 4500 waits for
+    // HASH_R (`am2_keyed`).
+    nat_detect(sa, c, local, remote);
+    let theirs = sa.hs.gxr.clone();
+    match shared_secret(cx, now, sa, *dh, theirs)? {
+        Some(shared) => am2_keyed(cx, now, sa, &shared, &id_b, &hash_r),
+        // Message 2 is checked when the keys come (`Engine::dh_done`).
+        None => {
+            if let Some(k) = sa.keying.as_mut() {
+                k.am = Some(AmNext::Check { id_b, hash_r });
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Aggressive Mode initiator with its keys: checks message 2's HASH_R over the
+/// responder's ID payload body `id_b`, then sends message 3.
+fn am2_keyed(
+    cx: &mut Cx<'_>,
+    now: Instant,
+    sa: &mut P1Sa,
+    shared: &[u8],
+    id_b: &[u8],
+    hash_r: &[u8],
+) -> Result<(), Fail> {
+    derive_p1(sa, shared);
+    if !ct_eq(hash_r, &auth_hash(sa, false, id_b)) {
         // Keys from different PSKs: the peer could not read an encrypted notify.
         sa.keys = None;
         return Err(auth_failed("HASH_R in Aggressive Mode message 2"));
     }
-    nat_detect(sa, c, local, remote);
     float(sa);
     let my_id = v1_id(&sa.cfg.local_id).encode();
     let hash_i = auth_hash(sa, true, &my_id);

@@ -277,16 +277,30 @@ pub(crate) struct P1Sa {
     /// Initiator: holds a slot of `Endpoint::pacing` for this address until Main or
     /// Aggressive Mode completes or the SA dies.
     pub paced: Option<std::net::IpAddr>,
-    /// Main Mode's shared secret is being computed elsewhere (`crate::offload`).
+    /// Main or Aggressive Mode's shared secret is being computed elsewhere
+    /// (`crate::offload`).
     pub keying: Option<Box<Keying>>,
 }
 
-/// An offloaded Main Mode shared secret, awaited.
+/// An offloaded Main or Aggressive Mode shared secret, awaited.
 pub(crate) struct Keying {
     /// Matches the result to this SA and not to an earlier one with its cookie.
     pub ticket: u64,
-    /// Responder: a message 5 that came before the keys, as (local, remote, datagram).
+    /// Main Mode responder: a message 5 that came before the keys, as (local, remote,
+    /// datagram).
     pub held: Option<(std::net::SocketAddr, std::net::SocketAddr, Vec<u8>)>,
+    /// Aggressive Mode: the step that needs the keys.
+    pub am: Option<AmNext>,
+}
+
+/// What an Aggressive Mode SA does once its keys come: both of its steps after
+/// message 1 carry or check a hash made with them (RFC 2409 §5.4).
+pub(crate) enum AmNext {
+    /// Responder: send message 2, answering with this SA payload body.
+    Answer(Vec<u8>),
+    /// Initiator: check message 2's HASH_R over the peer's ID payload body, then send
+    /// message 3.
+    Check { id_b: Vec<u8>, hash_r: Vec<u8> },
 }
 
 impl P1Sa {
