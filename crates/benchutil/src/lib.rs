@@ -1,4 +1,7 @@
-//! Shared by the criterion benches of `crypto` and `esp` (dev-dependency only).
+//! Shared by the criterion benches of `crypto` and `esp` and by the no-allocation tests
+//! ([`alloc`]) of the data-path crates (dev-dependency only).
+
+pub mod alloc;
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 

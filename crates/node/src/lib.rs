@@ -34,6 +34,8 @@ mod dhpool;
 mod fwd;
 mod health;
 mod ikestats;
+#[cfg(test)]
+mod no_alloc_tests;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
