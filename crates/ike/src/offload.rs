@@ -78,6 +78,16 @@ impl DhJob {
     }
 }
 
+#[cfg(feature = "testing")]
+impl DhJob {
+    /// Replaces the peer's public value with zeros, which no group accepts: how tests
+    /// reach the refusal of a value that arrived encrypted (IKEv1 Quick Mode's PFS KE),
+    /// where a test cannot edit the datagram.
+    pub fn spoil_peer_value(&mut self) {
+        self.peer.iter_mut().for_each(|b| *b = 0);
+    }
+}
+
 impl DhJob {
     /// An ISAKMP SA's job (`cookie`: our cookie); `qm`: the message ID of the Quick
     /// Mode whose PFS secret it is, `None` for Main Mode's g^xy.

@@ -493,8 +493,9 @@ fn ikev1_quick_mode_responder_gives_up_when_its_pfs_secret_never_comes() {
     assert_eq!(p.b.stats().datagrams_out, out);
 }
 
-#[test]
-fn ikev1_quick_mode_initiator_fails_when_its_pfs_secret_never_comes() {
+/// Main Mode and the responder's Quick Mode secret done; returns the pair and the
+/// initiator's Quick Mode job, not yet run.
+fn v1_up_to_initiator_pfs() -> (Pair, (Side, Box<DhJob>)) {
     let a = v1_pfs();
     let mut p = Pair::new(a.clone(), mirror(&a));
     let q = p.offload_dh(DhRun::Manual);
@@ -503,6 +504,13 @@ fn ikev1_quick_mode_initiator_fails_when_its_pfs_secret_never_comes() {
     p.drive();
     let mut jobs = take_jobs(&q);
     assert_eq!(sides(&jobs), [Side::A]);
+    let job = jobs.pop().expect("A's job");
+    (p, job)
+}
+
+#[test]
+fn ikev1_quick_mode_initiator_fails_when_its_pfs_secret_never_comes() {
+    let (mut p, (side, a_job)) = v1_up_to_initiator_pfs();
     p.advance(Duration::from_secs(31));
     let failures = Pair::failures(&p.a_events);
     assert!(
@@ -513,12 +521,62 @@ fn ikev1_quick_mode_initiator_fails_when_its_pfs_secret_never_comes() {
         "{failures:?}"
     );
     assert_eq!(children_up(&p.a_events), 0);
-    let (side, a_job) = jobs.pop().expect("A's job");
     let stale = p.a.stats().dh_stale;
     p.finish_dh(side, a_job);
     assert_eq!(p.a.stats().dh_stale, stale + 1);
     p.collect_events();
     assert_eq!(children_up(&p.a_events), 0);
+}
+
+/// The peer's PFS value is only seen inside encrypted Quick Mode messages, so the job
+/// is spoiled instead (`DhJob::spoil_peer_value`): the responder refuses the Quick Mode
+/// with INVALID-KEY-INFORMATION and frees the inbound SPI it had reserved; the ISAKMP
+/// SA stays.
+#[test]
+fn ikev1_quick_mode_responder_refuses_a_pfs_value_the_group_rejects() {
+    let a = v1_pfs();
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    let q = p.offload_dh(DhRun::Manual);
+    let (side, mut b_job) = v1_up_to_quick_mode(&mut p, &q);
+    b_job.spoil_peer_value();
+    let out = p.b.stats().datagrams_out;
+    p.finish_dh(side, b_job);
+    p.collect_events();
+    assert_eq!(
+        Pair::failures(&p.b_events),
+        [(
+            ike::Phase::Phase2,
+            "peer's PFS Diffie-Hellman value is invalid".to_string()
+        )]
+    );
+    assert_eq!(children_up(&p.b_events), 0);
+    assert!(p.b.child_sas(PEER_B).is_empty());
+    // One encrypted informational (the notify), no message 2.
+    assert_eq!(p.b.stats().datagrams_out, out + 1);
+    assert_eq!(p.b.ike_sas(PEER_B).len(), 1, "the ISAKMP SA stays");
+}
+
+/// The initiator's side of the same: it fails the exchange instead of sending message 3
+/// (the responder's pending inbound SA goes when its Quick Mode times out).
+#[test]
+fn ikev1_quick_mode_initiator_refuses_a_pfs_value_the_group_rejects() {
+    let (mut p, (side, mut a_job)) = v1_up_to_initiator_pfs();
+    a_job.spoil_peer_value();
+    let out = p.a.stats().datagrams_out;
+    p.finish_dh(side, a_job);
+    p.collect_events();
+    let failures = Pair::failures(&p.a_events);
+    assert!(
+        failures.contains(&(
+            ike::Phase::Phase2,
+            "peer's PFS Diffie-Hellman value is invalid".to_string()
+        )),
+        "{failures:?}"
+    );
+    assert_eq!(children_up(&p.a_events), 0);
+    assert!(p.a.child_sas(PEER_A).is_empty());
+    assert_eq!(p.a.stats().datagrams_out, out, "no message 3");
+    assert_eq!(p.a.ike_sas(PEER_A).len(), 1, "the ISAKMP SA stays");
 }
 
 // ---- IKEv1 Aggressive Mode ------------------------------------------------------------
