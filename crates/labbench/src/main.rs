@@ -82,7 +82,7 @@ struct Args {
     out: Option<PathBuf>,
 }
 
-const PART_NAMES: [&str; 9] = [
+const PART_NAMES: [&str; 10] = [
     "plain",
     "swan-swan",
     "vpngw-swan",
@@ -90,6 +90,7 @@ const PART_NAMES: [&str; 9] = [
     "setup-swan",
     "setup-vpngw",
     "setup-vpngw-ikev1",
+    "setup-vpngw-ikev1-aggressive",
     "paths",
     "setup",
 ];
@@ -125,7 +126,9 @@ fn main() -> Result<()> {
     };
     // IKEv1 setup has no goal: only when asked for by name.
     let setup_wanted = |p: SetupPeers| match p {
-        SetupPeers::VpngwVpngwIkev1 => args.only.iter().any(|o| o == p.name()),
+        SetupPeers::VpngwVpngwIkev1 | SetupPeers::VpngwVpngwIkev1Aggressive => {
+            args.only.iter().any(|o| o == p.name())
+        }
         _ => wanted(p.name(), "setup"),
     };
     let durations = Durations {
@@ -144,7 +147,8 @@ fn main() -> Result<()> {
         .iter()
         .any(|s| matches!(s, Setup::VpngwSwan | Setup::VpngwVpngw) && wanted(s.name(), "paths"))
         || setup_wanted(SetupPeers::VpngwVpngw)
-        || setup_wanted(SetupPeers::VpngwVpngwIkev1);
+        || setup_wanted(SetupPeers::VpngwVpngwIkev1)
+        || setup_wanted(SetupPeers::VpngwVpngwIkev1Aggressive);
     let bin = if needs_vpngw {
         Some(vpngw_binary(args.vpngw.clone())?)
     } else {
@@ -225,10 +229,9 @@ fn main() -> Result<()> {
                 continue;
             }
             eprintln!("labbench: {} tunnels, {}", n, peers.label());
-            let ikev1 = peers == SetupPeers::VpngwVpngwIkev1;
             let result = match (peers, bin.as_deref()) {
                 (SetupPeers::SwanSwan, _) => setup::strongswan(n),
-                (_, Some(bin)) => setup::vpngw(n, bin, ikev1, &mut report.notes),
+                (_, Some(bin)) => setup::vpngw(n, bin, peers.ike(), &mut report.notes),
                 (_, None) => Err(anyhow::anyhow!("no vpngw binary")),
             }
             .map_err(|e| format!("{e:#}"));

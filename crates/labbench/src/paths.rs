@@ -15,7 +15,7 @@ use crate::charon::Charon;
 
 use crate::measure::{iperf3_tcp, iperf3_udp, ping};
 use crate::report::{PathMetrics, Setup, TcpRun};
-use crate::vpngw::{ConnSpec, Crypto, Launch, Serve};
+use crate::vpngw::{ConnSpec, Crypto, Ike, Launch, Serve};
 
 pub const PSK: &str = "labbench-psk-4Vq";
 const GW: &str = "192.0.2.1";
@@ -271,7 +271,7 @@ fn vpngw_side(
             crypto: suite.vpngw,
             local_id: None,
             remote_id: None,
-            ikev1: false,
+            ike: Ike::V2,
             effective_immediately: initiate,
         })?;
         c.route(&gw, remote_net, &conn)?;

@@ -1,6 +1,7 @@
 //! What one run measured, and its Markdown rendering with ratios to the
 //! strongSwan↔strongSwan baseline and the project's goals.
 
+use crate::vpngw::Ike;
 use std::fmt::Write;
 
 /// Who is at each end of the measured path.
@@ -133,13 +134,16 @@ pub enum SetupPeers {
     /// The same as [`SetupPeers::VpngwVpngw`] over IKEv1 Main Mode: no goal and no
     /// baseline, run only when asked for by name.
     VpngwVpngwIkev1,
+    /// The same over IKEv1 Aggressive Mode (likewise).
+    VpngwVpngwIkev1Aggressive,
 }
 
 impl SetupPeers {
-    pub const ALL: [SetupPeers; 3] = [
+    pub const ALL: [SetupPeers; 4] = [
         SetupPeers::SwanSwan,
         SetupPeers::VpngwVpngw,
         SetupPeers::VpngwVpngwIkev1,
+        SetupPeers::VpngwVpngwIkev1Aggressive,
     ];
 
     pub fn name(self) -> &'static str {
@@ -147,6 +151,7 @@ impl SetupPeers {
             SetupPeers::SwanSwan => "setup-swan",
             SetupPeers::VpngwVpngw => "setup-vpngw",
             SetupPeers::VpngwVpngwIkev1 => "setup-vpngw-ikev1",
+            SetupPeers::VpngwVpngwIkev1Aggressive => "setup-vpngw-ikev1-aggressive",
         }
     }
 
@@ -155,12 +160,22 @@ impl SetupPeers {
             SetupPeers::SwanSwan => "strongSwan→strongSwan",
             SetupPeers::VpngwVpngw => "vpngw→vpngw",
             SetupPeers::VpngwVpngwIkev1 => "vpngw→vpngw, IKEv1 Main Mode",
+            SetupPeers::VpngwVpngwIkev1Aggressive => "vpngw→vpngw, IKEv1 Aggressive Mode",
         }
     }
 
     /// Whether its row has a ratio to strongSwan→strongSwan (IKEv2) in the same run.
     fn compared(self) -> bool {
-        self != SetupPeers::VpngwVpngwIkev1
+        matches!(self, SetupPeers::SwanSwan | SetupPeers::VpngwVpngw)
+    }
+
+    /// What the vpngw rows' tunnels speak.
+    pub fn ike(self) -> Ike {
+        match self {
+            SetupPeers::VpngwVpngwIkev1 => Ike::V1Main,
+            SetupPeers::VpngwVpngwIkev1Aggressive => Ike::V1Aggressive,
+            SetupPeers::SwanSwan | SetupPeers::VpngwVpngw => Ike::V2,
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! Setup rate and memory: N tunnels from one peer (on-premises, 198.51.100.1) to one
 //! gateway (192.0.2.1), one IKE SA + one Child SA each, told apart by the initiator's
 //! identity (`t<i>.bench.example`, RFC 7296 §3.5 ID_FQDN). IKEv2; between two vpngw
-//! also IKEv1 Main Mode, when asked for (`setup-vpngw-ikev1`).
+//! also IKEv1 Main or Aggressive Mode, when asked for (`setup-vpngw-ikev1`,
+//! `setup-vpngw-ikev1-aggressive`).
 //!
 //! The clock starts when the initiator is told to bring every tunnel up at once
 //! (strongSwan: `swanctl --load-all` of connections with `start_action = start`; vpngw:
@@ -27,7 +28,7 @@ use crate::measure::{
 };
 use crate::paths::{PSK, SUITES};
 use crate::report::SetupMetrics;
-use crate::vpngw::{ConnSpec, Launch, Serve};
+use crate::vpngw::{ConnSpec, Ike, Launch, Serve};
 
 const GW: &str = "192.0.2.1";
 const ONPREM: &str = "198.51.100.1";
@@ -125,10 +126,11 @@ pub fn strongswan(n: usize) -> Result<SetupMetrics> {
     ))
 }
 
-/// vpngw → vpngw; with `ikev1`, every tunnel speaks IKEv1 Main Mode. Main Mode names
-/// the initiator only in message 5, so the responder binds each negotiation to its
-/// first "any" tunnel and moves it to the tunnel of the ID in message 5 (`ike::v1`).
-pub fn vpngw(n: usize, bin: &Path, ikev1: bool, notes: &mut Notes) -> Result<SetupMetrics> {
+/// vpngw → vpngw, every tunnel speaking `ike`. IKEv1 Main Mode names the initiator only
+/// in message 5, so the responder binds each negotiation to its first "any" tunnel and
+/// moves it to the tunnel of the ID in message 5 (`ike::v1`); Aggressive Mode names it
+/// in message 1, and its responder computes the Diffie-Hellman secret on message 1.
+pub fn vpngw(n: usize, bin: &Path, ike: Ike, notes: &mut Notes) -> Result<SetupMetrics> {
     let topo = Topology::new().context("building the lab topology")?;
     let dir = topo.workdir.path().to_owned();
     let crypto = SUITES[0].vpngw;
@@ -166,7 +168,7 @@ pub fn vpngw(n: usize, bin: &Path, ikev1: bool, notes: &mut Notes) -> Result<Set
                 local_id: None,
                 remote_id: Some(&id),
                 effective_immediately: false,
-                ikev1,
+                ike,
             })
             .with_context(|| format!("responder connection {i}"))?;
         }
@@ -203,7 +205,7 @@ pub fn vpngw(n: usize, bin: &Path, ikev1: bool, notes: &mut Notes) -> Result<Set
                 local_id: Some(&id),
                 remote_id: None,
                 effective_immediately: true,
-                ikev1,
+                ike,
             })
             .with_context(|| format!("initiator connection {i}"))?;
         }

@@ -206,8 +206,17 @@ pub struct ConnSpec<'a> {
     /// `ike.remote_id` (default: the customer gateway's address).
     pub remote_id: Option<&'a str>,
     pub effective_immediately: bool,
-    /// `ike.version = ikev1` (Main Mode) instead of the default IKEv2.
-    pub ikev1: bool,
+    /// Which IKE the connection speaks.
+    pub ike: Ike,
+}
+
+/// IKEv2 (the default), or IKEv1 in one of its phase 1 modes (`ike.version`,
+/// `ike.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ike {
+    V2,
+    V1Main,
+    V1Aggressive,
 }
 
 /// An API connection from inside the namespace.
@@ -272,8 +281,13 @@ impl Client {
         if let Some(r) = spec.remote_id {
             ike["remote_id"] = json!(r);
         }
-        if spec.ikev1 {
-            ike["version"] = json!("ikev1");
+        match spec.ike {
+            Ike::V2 => {}
+            Ike::V1Main => ike["version"] = json!("ikev1"),
+            Ike::V1Aggressive => {
+                ike["version"] = json!("ikev1");
+                ike["mode"] = json!("aggressive");
+            }
         }
         id(&self.post(
             "/v1/vpn-connections",
