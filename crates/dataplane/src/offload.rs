@@ -647,12 +647,19 @@ struct TcpSeg {
 
 impl TcpSeg {
     /// A TCP segment in an unfragmented IPv4 packet without IP options whose total
-    /// length is the packet's length.
+    /// length is the packet's length and whose header checksum verifies. The checksum
+    /// matters because coalescing replaces every header but the first and recomputes
+    /// that one: a segment whose header the kernel would have refused (RFC 1122
+    /// §3.2.1.2; `inet_gro_receive` does not merge it either) must go out alone, to be
+    /// refused, not be laundered into a valid super-packet.
     fn parse(p: &[u8]) -> Option<TcpSeg> {
         let ihl = ipv4_header(p, p.len()).ok()?;
         let frag = u16::from_be_bytes([p[6], p[7]]);
         // RFC 791 §3.1: MF is 0x2000, the offset the low 13 bits.
         if ihl != 20 || p[9] != PROTO_TCP || frag & 0x3fff != 0 {
+            return None;
+        }
+        if fold(sum(&p[..ihl], 0)) != 0xffff {
             return None;
         }
         let doff = usize::from(*p.get(ihl + 12)? >> 4) * 4;
@@ -1203,9 +1210,13 @@ mod tests {
     #[test]
     fn gro_keeps_apart_what_must_not_merge() {
         let a = |id, seq, flags, n| tcp(id, seq, flags, &[], &payload(n));
-        // A gap in the sequence, a SYN, a pure ACK and a bad checksum each start anew.
+        // A gap in the sequence, a SYN, a pure ACK, a bad TCP checksum and a bad IP
+        // header checksum (the ID changed: not covered by the TCP checksum) each start
+        // anew.
         let mut bad_csum = a(4, 3800, TCP_ACK, 1000);
         bad_csum[60] ^= 0xff;
+        let mut bad_ip_csum = a(8, 12_000, TCP_ACK, 1000);
+        bad_ip_csum[5] ^= 1;
         let pkts = vec![
             a(1, 1000, TCP_ACK, 1000),
             a(2, 2000, TCP_ACK, 1000),
@@ -1213,12 +1224,20 @@ mod tests {
             bad_csum,
             a(5, 0, TCP_SYN, 0),
             a(6, 9000, TCP_ACK, 0),
+            a(7, 11_000, TCP_ACK, 1000),
+            bad_ip_csum,
         ];
         let writes = coalesce(&pkts);
         let counts: Vec<u8> = writes.iter().map(|(h, _)| h.gso_type).collect();
         assert_eq!(
             counts,
-            vec![GSO_TCPV4, GSO_NONE, GSO_NONE, GSO_NONE, GSO_NONE]
+            vec![
+                GSO_TCPV4, GSO_NONE, GSO_NONE, GSO_NONE, GSO_NONE, GSO_NONE, GSO_NONE
+            ]
+        );
+        assert_eq!(
+            writes[6].1, pkts[7],
+            "written as received, for the kernel to refuse"
         );
         assert_eq!(writes[0].1.len(), 40 + 2000);
         // Unmerged packets are written exactly as received.
@@ -1424,5 +1443,125 @@ mod tests {
         run.push(&mut slot, &mut write);
         assert_eq!((run.pending(), writes.get()), (0, 2));
         assert!(format!("{run:?}").contains("pending"));
+    }
+
+    /// Whether both checksums of `p` verify (the reference computation), without
+    /// panicking on packets that are not IPv4/TCP at all.
+    fn checksums_verify(p: &[u8]) -> bool {
+        let ihl = usize::from(p.first().map_or(0, |b| b & 0xf)) * 4;
+        ihl >= 20 && p.len() >= ihl + 20 && ref_csum(&p[..ihl]) == 0 && ref_l4_csum(p) == 0
+    }
+
+    /// `p` without its IP ID and header checksum: the kernel's segmentation numbers a
+    /// super-packet's segments from the first one's ID, and with DF set coalescing does
+    /// not require consecutive IDs (RFC 6864 §4.1: the ID of an atomic datagram carries
+    /// no meaning).
+    fn without_id(p: &[u8]) -> Vec<u8> {
+        let mut q = p.to_vec();
+        q[4..6].fill(0);
+        q[10..12].fill(0);
+        q
+    }
+
+    /// The packets for the TUN device come from hosts behind the peer's gateway and are
+    /// whatever those hosts send. Streams of segments mutated at random — bits flipped
+    /// and bytes replaced anywhere, cut short (to nothing, too), flags, sizes, gaps and
+    /// repeats — go through a `TunRun` in batches of random size, flushed at random.
+    /// Nothing panics; every packet leaves exactly once and in order; one written alone
+    /// is written exactly as received; and a coalesced write holds only segments whose
+    /// checksums verified, since the kernel trusts a super-packet's checksum
+    /// (`NEEDS_CSUM` recomputes it, which would launder a corrupted segment), and splits
+    /// back into those same segments.
+    #[test]
+    fn hostile_streams_leave_whole_in_order_and_never_coalesce_a_bad_segment() {
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n.max(1)
+        };
+        let opts = [1, 1, 8, 10, 0, 0, 0, 9, 0, 0, 0, 5];
+        let (mut coalesced, mut alone) = (0usize, 0usize);
+        for _ in 0..400 {
+            let mut pkts = Vec::new();
+            let mut seq = rnd(u64::from(u32::MAX)) as u32;
+            for i in 0..1 + rnd(150) {
+                let len = match rnd(8) {
+                    0 => 0,
+                    1 => rnd(1400) as usize,
+                    _ => 1348,
+                };
+                let flags = match rnd(24) {
+                    0 => TCP_ACK | TCP_PSH,
+                    1 => TCP_ACK | TCP_CWR,
+                    2 => TCP_SYN,
+                    3 => TCP_ACK | TCP_FIN,
+                    4 => TCP_ACK | TCP_URG,
+                    _ => TCP_ACK,
+                };
+                let o: &[u8] = if rnd(5) == 0 { &[] } else { &opts };
+                let mut p = tcp(i as u16, seq, flags, o, &payload(len));
+                // Mostly the next segment; sometimes a repeat, sometimes a gap.
+                match rnd(10) {
+                    0 => {}
+                    1 => seq = seq.wrapping_add(len as u32 + 1),
+                    _ => seq = seq.wrapping_add(len as u32),
+                }
+                match rnd(12) {
+                    0 => {
+                        let k = rnd(p.len() as u64) as usize;
+                        p[k] ^= 1 << rnd(8);
+                    }
+                    1 => p.truncate(rnd(p.len() as u64 + 1) as usize),
+                    2 => {
+                        let k = rnd(60.min(p.len() as u64)) as usize;
+                        p[k] = rnd(256) as u8;
+                    }
+                    _ => {}
+                }
+                pkts.push(p);
+            }
+            let mut run = TunRun::new(BufLayout::default());
+            let mut next = 0usize;
+            let mut write = |h: &VnetHdr, segs: &[PacketBuf], skip: usize| {
+                let ins = &pkts[next..next + segs.len()];
+                next += segs.len();
+                if segs.len() == 1 {
+                    assert_eq!(*h, VnetHdr::default());
+                    assert_eq!(segs[0].data(), &ins[0][..], "a packet alone is as it came");
+                    alone += 1;
+                    return;
+                }
+                coalesced += 1;
+                for p in ins {
+                    assert!(checksums_verify(p), "a bad segment joined: {p:02x?}");
+                }
+                let mut sp = segs[0].data().to_vec();
+                for s in &segs[1..] {
+                    sp.extend_from_slice(&s.data()[skip..]);
+                }
+                assert!(sp.len() <= usize::from(u16::MAX));
+                let back: Vec<Vec<u8>> = split_all(h, &sp).iter().map(|p| without_id(p)).collect();
+                let sent: Vec<Vec<u8>> = ins.iter().map(|p| without_id(p)).collect();
+                assert_eq!(back, sent, "the kernel's segmentation gives back what came");
+            };
+            let mut i = 0;
+            while i < pkts.len() {
+                let n = (1 + rnd(64) as usize).min(pkts.len() - i);
+                let mut slots: Vec<PacketBuf> = pkts[i..i + n].iter().map(|p| pbuf(p)).collect();
+                for slot in &mut slots {
+                    run.push(slot, &mut write);
+                }
+                if rnd(3) == 0 {
+                    run.flush(&mut write);
+                }
+                i += n;
+            }
+            run.flush(&mut write);
+            assert_eq!(next, pkts.len(), "every packet left exactly once");
+        }
+        // The streams exercise both outcomes.
+        assert!(coalesced > 100 && alone > 1000, "{coalesced} {alone}");
     }
 }
