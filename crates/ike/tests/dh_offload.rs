@@ -30,6 +30,13 @@ fn assert_keys_timed_out(p: &Pair) {
     );
 }
 
+/// A pair of endpoints with `a` (and its mirror) whose jobs the test runs by hand.
+fn manual(a: ike::PeerConfig) -> (Pair, DhQueue) {
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    let q = p.offload_dh(DhRun::Manual);
+    (p, q)
+}
+
 fn take_jobs(q: &DhQueue) -> Vec<(Side, Box<DhJob>)> {
     q.lock().expect("queue lock").drain(..).collect()
 }
@@ -107,9 +114,7 @@ fn offloaded_setup_survives_duplicated_datagrams_and_rekeys_in_place() {
 
 #[test]
 fn results_for_sas_that_timed_out_are_dropped() {
-    let a = config_a();
-    let mut p = Pair::new(a.clone(), mirror(&a));
-    let q = p.offload_dh(DhRun::Manual);
+    let (mut p, q) = manual(config_a());
     p.initiate_a();
     let mut jobs = take_jobs(&q);
     assert_eq!(
@@ -135,9 +140,7 @@ fn results_for_sas_that_timed_out_are_dropped() {
 
 #[test]
 fn an_initiator_whose_result_never_comes_fails_and_drops_it_later() {
-    let a = config_a();
-    let mut p = Pair::new(a.clone(), mirror(&a));
-    let q = p.offload_dh(DhRun::Manual);
+    let (mut p, q) = manual(config_a());
     p.initiate_a();
     let jobs = take_jobs(&q);
     p.advance(Duration::from_secs(31));
@@ -152,9 +155,7 @@ fn an_initiator_whose_result_never_comes_fails_and_drops_it_later() {
 
 #[test]
 fn responder_drops_the_sa_when_the_offloaded_result_rejects_the_public_value() {
-    let a = config_a();
-    let mut p = Pair::new(a.clone(), mirror(&a));
-    let q = p.offload_dh(DhRun::Manual);
+    let (mut p, q) = manual(config_a());
     p.a.initiate(p.now, PEER_A).unwrap();
     let init = p.a.poll_transmit().unwrap();
     let bad = zero_ke(&init.payload);
@@ -189,9 +190,7 @@ fn responder_drops_the_sa_when_the_offloaded_result_rejects_the_public_value() {
 
 #[test]
 fn initiator_fails_when_the_offloaded_result_rejects_the_public_value() {
-    let a = config_a();
-    let mut p = Pair::new(a.clone(), mirror(&a));
-    let q = p.offload_dh(DhRun::Manual);
+    let (mut p, q) = manual(config_a());
     p.a.initiate(p.now, PEER_A).unwrap();
     let init = p.a.poll_transmit().unwrap();
     p.b.handle_datagram(p.now, init.remote, init.local, &init.payload);
@@ -269,9 +268,7 @@ fn v1_up_to_message_4(p: &mut Pair, q: &DhQueue) -> (Vec<(Side, Box<DhJob>)>, ik
 
 #[test]
 fn ikev1_results_for_sas_that_are_gone_are_dropped() {
-    let a = v1_main();
-    let mut p = Pair::new(a.clone(), mirror(&a));
-    let q = p.offload_dh(DhRun::Manual);
+    let (mut p, q) = manual(v1_main());
     let (mut jobs, _) = v1_up_to_message_4(&mut p, &q);
     // A keys itself and sends message 5; B's keys never come, and B holds it.
     let (side, job) = jobs.pop().unwrap();
@@ -292,9 +289,7 @@ fn ikev1_results_for_sas_that_are_gone_are_dropped() {
 
 #[test]
 fn ikev1_initiator_whose_result_never_comes_fails() {
-    let a = v1_main();
-    let mut p = Pair::new(a.clone(), mirror(&a));
-    let q = p.offload_dh(DhRun::Manual);
+    let (mut p, q) = manual(v1_main());
     let (mut jobs, m4) = v1_up_to_message_4(&mut p, &q);
     let a_job = jobs.pop().unwrap();
     // A retransmitted message 4 gets no answer while A waits: it has none yet.
@@ -309,9 +304,7 @@ fn ikev1_initiator_whose_result_never_comes_fails() {
 
 #[test]
 fn ikev1_responder_fails_when_the_offloaded_result_rejects_the_public_value() {
-    let a = v1_main();
-    let mut p = Pair::new(a.clone(), mirror(&a));
-    let q = p.offload_dh(DhRun::Manual);
+    let (mut p, q) = manual(v1_main());
     p.a.initiate(p.now, PEER_A).unwrap();
     let m1 = p.a.poll_transmit().unwrap();
     p.b.handle_datagram(p.now, m1.remote, m1.local, &m1.payload);
@@ -420,9 +413,7 @@ fn ikev1_quick_mode_pfs_is_offloaded_with_results_in_either_order() {
 
 #[test]
 fn ikev1_quick_mode_answers_only_once_its_pfs_secret_is_ready() {
-    let a = v1_pfs();
-    let mut p = Pair::new(a.clone(), mirror(&a));
-    let q = p.offload_dh(DhRun::Manual);
+    let (mut p, q) = manual(v1_pfs());
     let (side, b_job) = v1_up_to_quick_mode(&mut p, &q);
     let qm1 = p.wire.last().expect("message 1").clone();
     assert_eq!(qm1.to, Side::B);
@@ -475,9 +466,7 @@ fn ikev1_quick_mode_answers_only_once_its_pfs_secret_is_ready() {
 
 #[test]
 fn ikev1_quick_mode_responder_gives_up_when_its_pfs_secret_never_comes() {
-    let a = v1_pfs();
-    let mut p = Pair::new(a.clone(), mirror(&a));
-    let q = p.offload_dh(DhRun::Manual);
+    let (mut p, q) = manual(v1_pfs());
     let (side, b_job) = v1_up_to_quick_mode(&mut p, &q);
     p.advance(Duration::from_secs(31));
     assert_eq!(
@@ -496,9 +485,7 @@ fn ikev1_quick_mode_responder_gives_up_when_its_pfs_secret_never_comes() {
 /// Main Mode and the responder's Quick Mode secret done; returns the pair and the
 /// initiator's Quick Mode job, not yet run.
 fn v1_up_to_initiator_pfs() -> (Pair, (Side, Box<DhJob>)) {
-    let a = v1_pfs();
-    let mut p = Pair::new(a.clone(), mirror(&a));
-    let q = p.offload_dh(DhRun::Manual);
+    let (mut p, q) = manual(v1_pfs());
     let (side, b_job) = v1_up_to_quick_mode(&mut p, &q);
     p.finish_dh(side, b_job);
     p.drive();
@@ -534,9 +521,7 @@ fn ikev1_quick_mode_initiator_fails_when_its_pfs_secret_never_comes() {
 /// SA stays.
 #[test]
 fn ikev1_quick_mode_responder_refuses_a_pfs_value_the_group_rejects() {
-    let a = v1_pfs();
-    let mut p = Pair::new(a.clone(), mirror(&a));
-    let q = p.offload_dh(DhRun::Manual);
+    let (mut p, q) = manual(v1_pfs());
     let (side, mut b_job) = v1_up_to_quick_mode(&mut p, &q);
     b_job.spoil_peer_value();
     let out = p.b.stats().datagrams_out;
@@ -604,9 +589,7 @@ fn answers_once_keyed(p: &mut Pair, q: &DhQueue, side: Side, m: &ike::Transmit, 
 
 #[test]
 fn ikev1_aggressive_mode_answers_only_once_its_keys_are_ready() {
-    let a = v1_aggressive();
-    let mut p = Pair::new(a.clone(), mirror(&a));
-    let q = p.offload_dh(DhRun::Manual);
+    let (mut p, q) = manual(v1_aggressive());
     p.a.initiate(p.now, PEER_A).expect("initiate");
     let m1 = p.a.poll_transmit().expect("message 1");
     // B's message 2 carries HASH_R, A checks it with its own keys: each answers only
@@ -625,9 +608,7 @@ fn ikev1_aggressive_mode_answers_only_once_its_keys_are_ready() {
 
 #[test]
 fn ikev1_aggressive_mode_responder_drops_the_sa_when_its_keys_never_come() {
-    let a = v1_aggressive();
-    let mut p = Pair::new(a.clone(), mirror(&a));
-    let q = p.offload_dh(DhRun::Manual);
+    let (mut p, q) = manual(v1_aggressive());
     p.a.initiate(p.now, PEER_A).unwrap();
     let m1 = p.a.poll_transmit().unwrap();
     p.b.handle_datagram(p.now, m1.remote, m1.local, &m1.payload);
@@ -648,9 +629,7 @@ fn ikev1_aggressive_mode_responder_drops_the_sa_when_its_keys_never_come() {
 
 #[test]
 fn ikev1_aggressive_mode_initiator_fails_when_its_keys_never_come() {
-    let a = v1_aggressive();
-    let mut p = Pair::new(a.clone(), mirror(&a));
-    let q = p.offload_dh(DhRun::Manual);
+    let (mut p, q) = manual(v1_aggressive());
     p.a.initiate(p.now, PEER_A).unwrap();
     let m1 = p.a.poll_transmit().unwrap();
     p.b.handle_datagram(p.now, m1.remote, m1.local, &m1.payload);
