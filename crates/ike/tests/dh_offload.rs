@@ -30,6 +30,15 @@ fn assert_keys_timed_out(p: &Pair) {
     );
 }
 
+/// A's Quick Mode failed for `reason` (phase 2), among its other failures.
+fn assert_a_phase2_failed(p: &Pair, reason: &str) {
+    let failures = Pair::failures(&p.a_events);
+    assert!(
+        failures.contains(&(ike::Phase::Phase2, reason.to_string())),
+        "{failures:?}"
+    );
+}
+
 /// A pair of endpoints with `a` (and its mirror) whose jobs the test runs by hand.
 fn manual(a: ike::PeerConfig) -> (Pair, DhQueue) {
     let mut p = Pair::new(a.clone(), mirror(&a));
@@ -499,14 +508,7 @@ fn v1_up_to_initiator_pfs() -> (Pair, (Side, Box<DhJob>)) {
 fn ikev1_quick_mode_initiator_fails_when_its_pfs_secret_never_comes() {
     let (mut p, (side, a_job)) = v1_up_to_initiator_pfs();
     p.advance(Duration::from_secs(31));
-    let failures = Pair::failures(&p.a_events);
-    assert!(
-        failures.contains(&(
-            ike::Phase::Phase2,
-            "the PFS Diffie-Hellman computation did not finish".to_string()
-        )),
-        "{failures:?}"
-    );
+    assert_a_phase2_failed(&p, "the PFS Diffie-Hellman computation did not finish");
     assert_eq!(children_up(&p.a_events), 0);
     let stale = p.a.stats().dh_stale;
     p.finish_dh(side, a_job);
@@ -550,14 +552,7 @@ fn ikev1_quick_mode_initiator_refuses_a_pfs_value_the_group_rejects() {
     let out = p.a.stats().datagrams_out;
     p.finish_dh(side, a_job);
     p.collect_events();
-    let failures = Pair::failures(&p.a_events);
-    assert!(
-        failures.contains(&(
-            ike::Phase::Phase2,
-            "peer's PFS Diffie-Hellman value is invalid".to_string()
-        )),
-        "{failures:?}"
-    );
+    assert_a_phase2_failed(&p, "peer's PFS Diffie-Hellman value is invalid");
     assert_eq!(children_up(&p.a_events), 0);
     assert!(p.a.child_sas(PEER_A).is_empty());
     assert_eq!(p.a.stats().datagrams_out, out, "no message 3");
