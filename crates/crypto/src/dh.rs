@@ -10,6 +10,10 @@ use crate::modp::ModpPrivate;
 use crate::{DhGroup, Error, Random};
 
 /// An ephemeral Diffie-Hellman private key with its public value.
+///
+/// `Clone` lets an IKE exchange hand a copy to a thread that computes the shared
+/// secret while it keeps its own for the exchange; every copy wipes its key on drop.
+#[derive(Clone)]
 pub struct DhPrivate {
     group: DhGroup,
     key: Key,
@@ -18,6 +22,7 @@ pub struct DhPrivate {
 
 // A key lives for one exchange, so the size spread does not matter.
 #[allow(clippy::large_enum_variant)]
+#[derive(Clone)]
 enum Key {
     Modp(ModpPrivate),
     // SecretKey zeroizes its scalar on drop; NonZeroScalar alone does not.

@@ -17,6 +17,7 @@ use crate::mont::{FixedBase, Modulus};
 use crate::{DhGroup, Error, Random};
 
 /// A MODP private exponent, sized for its group.
+#[derive(Clone)]
 pub(crate) enum ModpPrivate {
     M768(Uint<{ U768::LIMBS }>),
     M1024(Uint<{ U1024::LIMBS }>),

@@ -10,6 +10,7 @@ use crypto::{DhPrivate, Random};
 use crate::config::{IkeVersion, PeerConfig, PeerId};
 use crate::encap::EspEncap;
 use crate::event::{ChildSa, DeleteReason, Event, Level, Phase, Stats, Transmit};
+use crate::offload::ExchangeDh;
 use crate::sa::{Child, ChildState, IkeSa, Pending, Req, State, Task};
 use crate::table::{Pacing, PeerIndex, SaTable};
 use crate::wire::registry::{ExchangeType, NotifyType};
@@ -954,6 +955,9 @@ impl Endpoint {
         if !dpd_expired && now < p.next_retx {
             return false;
         }
+        // The answer is here; only its shared secret is still being computed elsewhere
+        // (`offload.rs`). The retransmission schedule bounds that wait.
+        let computing = ExchangeDh::waits(&sa.exchange_dh, p.msg_id, true);
         if !dpd_expired && p.retx < self.cfg.retransmit_tries {
             p.retx += 1;
             let factor = self
@@ -961,6 +965,9 @@ impl Endpoint {
                 .retransmit_factor
                 .powi(i32::try_from(p.retx).unwrap_or(i32::MAX));
             p.next_retx = now + self.cfg.retransmit_base.mul_f64(factor);
+            if computing {
+                return false;
+            }
             self.io.stats.retransmits += 1;
             let (bytes, what, n) = (p.bytes.clone(), p.kind.name(), p.retx);
             self.io.log(
@@ -977,6 +984,23 @@ impl Endpoint {
         let waited = now.saturating_duration_since(p.first_sent).as_secs();
         let dpd = matches!(p.kind, Req::Dpd);
         let peer = sa.peer;
+        if computing {
+            let phase = match p.kind {
+                Req::RekeyIke { .. } => Phase::Phase1,
+                _ => Phase::Phase2,
+            };
+            self.io.fail(
+                peer,
+                phase,
+                format!(
+                    "the Diffie-Hellman computation for {what} did not finish in time; \
+                     deleting the IKE SA"
+                ),
+            );
+            self.send_delete_ike_once(now, sa);
+            self.remove_sa(sa, DeleteReason::LocalRequest);
+            return true;
+        }
         match p.kind {
             Req::Init | Req::Auth => {
                 self.io.fail(

@@ -259,9 +259,11 @@ pub struct Stats {
     pub integrity_failures: u64,
     /// Messages for IKE SAs we do not have.
     pub unknown_spi: u64,
-    /// Requests outside the window and responses to nothing outstanding.
+    /// Requests outside the window and responses to nothing outstanding (or copies of
+    /// a response that waits for its offloaded shared secret).
     pub unexpected: u64,
-    /// Duplicate requests answered from the response cache.
+    /// Duplicate requests answered from the response cache, or dropped while the first
+    /// copy waits for its offloaded shared secret.
     pub duplicate_requests: u64,
     pub retransmits: u64,
     /// IKE_SA_INIT requests no configured peer could take.
@@ -270,7 +272,8 @@ pub struct Stats {
     pub dh_keys_ready: u64,
     /// DH key pairs made by the endpoint itself (no key source, or none ready).
     pub dh_keys_inline: u64,
-    /// IKE_SA_INIT shared secrets handed to the [`crate::DhOffload`].
+    /// Shared secrets handed to the [`crate::DhOffload`] (IKE_SA_INIT, CREATE_CHILD_SA
+    /// with a KE payload, IKEv1 Main, Aggressive and Quick Mode).
     pub dh_offloaded: u64,
     /// Offloaded results that came back for an SA already gone (timed out, deleted).
     pub dh_stale: u64,

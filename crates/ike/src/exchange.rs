@@ -11,6 +11,7 @@ use crate::encap::VENDOR_ID as VPNGW_VENDOR_ID;
 use crate::endpoint::{Endpoint, Error, notify_name, spis_hex};
 use crate::event::{ChildSa, DeleteReason, Event, IkeAlgorithms, Level, Phase};
 use crate::keys::{ChildKeys, IkeKeys, nat_hash, psk_auth};
+use crate::offload::{Datagram, DhResult, ExchangeDh};
 use crate::proposal::{
     check_esp_answer, check_ike_answer, describe, esp_offer, ike_offer, select_esp, select_ike,
 };
@@ -1134,7 +1135,8 @@ impl Endpoint {
         Ok((answer, remote_ts, local_ts, child))
     }
 
-    /// Initiator side: checks the responder's answer against what we proposed.
+    /// Initiator side: checks the responder's answer against what we proposed. `dh`: with
+    /// PFS, our key pair and the shared secret if it was computed already.
     fn child_initiator(
         &mut self,
         sa: &IkeSa,
@@ -1142,20 +1144,20 @@ impl Endpoint {
         req: &ChildRequest,
         ni: &[u8],
         nr: &[u8],
-        dh: Option<&DhPrivate>,
+        dh: Option<(DhPrivate, Option<DhResult>)>,
     ) -> Result<ChildSa, String> {
         let cfg = &sa.cfg;
+        let pfs = dh.as_ref().map(|(d, _)| d.group());
         let sa_p = find_sa(inner).ok_or("peer's answer has no SA payload for the Child SA")?;
-        let spi_out =
-            check_esp_answer(sa_p, &cfg.esp, dh.map(DhPrivate::group)).ok_or_else(|| {
-                format!(
-                    "peer chose {} for the Child SA, which we did not offer; this tunnel allows {}",
-                    describe(sa_p),
-                    cfg.esp.name()
-                )
-            })?;
+        let spi_out = check_esp_answer(sa_p, &cfg.esp, pfs).ok_or_else(|| {
+            format!(
+                "peer chose {} for the Child SA, which we did not offer; this tunnel allows {}",
+                describe(sa_p),
+                cfg.esp.name()
+            )
+        })?;
         let shared = match dh {
-            Some(d) => {
+            Some((d, ready)) => {
                 let ke = find_ke(inner)
                     .ok_or("peer's answer has no KE payload although PFS is configured")?;
                 if ke.group != d.group().iana_id() {
@@ -1166,7 +1168,8 @@ impl Endpoint {
                     ));
                 }
                 Some(
-                    d.shared_secret(&ke.data)
+                    ready
+                        .unwrap_or_else(|| d.shared_secret(&ke.data))
                         .map_err(|_| "peer's Diffie-Hellman public value is invalid")?,
                 )
             }
@@ -1213,7 +1216,7 @@ impl Endpoint {
             remote: sa.remote,
             udp_encap: sa.udp_encap(),
             local_behind_nat: sa.nat_local,
-            pfs: dh.map(DhPrivate::group),
+            pfs,
             lifetime: cfg.child_lifetime,
         })
     }
@@ -1327,6 +1330,11 @@ impl Endpoint {
                 return;
             }
         };
+        if ExchangeDh::waits(&sa.exchange_dh, id, false) {
+            // Its first copy waits for its shared secret (`offload.rs`).
+            self.io.stats.duplicate_requests += 1;
+            return;
+        }
         sa.last_rx = now;
         self.update_addresses(sa, local, remote);
         match (h.exchange, &sa.state) {
@@ -1334,7 +1342,7 @@ impl Endpoint {
                 self.auth_request(now, sa, local, remote, id, inner)
             }
             (ExchangeType::CREATE_CHILD_SA, State::Established) => {
-                self.create_child_request(now, sa, local, remote, id, inner)
+                self.create_child_request(now, sa, (local, remote, data), id, inner)
             }
             (ExchangeType::INFORMATIONAL, _) => {
                 self.informational_request(now, sa, local, remote, id, inner)
@@ -1356,15 +1364,16 @@ impl Endpoint {
         }
     }
 
+    /// `dgram`: the request as it arrived, kept if its shared secret is offloaded.
     fn create_child_request(
         &mut self,
         now: Instant,
         sa: &mut IkeSa,
-        local: SocketAddr,
-        remote: SocketAddr,
+        dgram: Datagram<'_>,
         id: u32,
         inner: Vec<Payload>,
     ) {
+        let (local, remote, _) = dgram;
         let respond = |this: &mut Self, sa: &mut IkeSa, p: Vec<Payload>| {
             this.send_response(sa, local, remote, ExchangeType::CREATE_CHILD_SA, id, p)
         };
@@ -1375,7 +1384,7 @@ impl Endpoint {
         };
         let ni = ni.to_vec();
         if sa_p.proposals.first().map(|p| p.protocol) == Some(ProtocolId::IKE) {
-            self.rekey_ike_request(now, sa, local, remote, id, &inner, ni);
+            self.rekey_ike_request(now, sa, dgram, id, &inner, ni);
             return;
         }
         // RFC 7296 §2.25.2: no Child SA work while the IKE SA is being rekeyed.
@@ -1421,8 +1430,10 @@ impl Endpoint {
         if let Some(g) = pfs {
             match find_ke(&inner) {
                 Some(ke) if ke.group == g.iana_id() => {
-                    let Ok(d) = self.io.dh(g) else { return };
-                    match d.shared_secret(&ke.data) {
+                    let Some((d, s)) = self.request_secret(sa, id, g, &ke.data, dgram) else {
+                        return;
+                    };
+                    match s {
                         Ok(s) => shared = Some(s),
                         Err(_) => {
                             respond(self, sa, vec![notify(NotifyType::INVALID_SYNTAX)]);
@@ -1490,17 +1501,16 @@ impl Endpoint {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn rekey_ike_request(
         &mut self,
         now: Instant,
         sa: &mut IkeSa,
-        local: SocketAddr,
-        remote: SocketAddr,
+        dgram: Datagram<'_>,
         id: u32,
         inner: &[Payload],
         ni: Vec<u8>,
     ) {
+        let (local, remote, _) = dgram;
         let respond = |this: &mut Self, sa: &mut IkeSa, p: Vec<Payload>| {
             this.send_response(sa, local, remote, ExchangeType::CREATE_CHILD_SA, id, p)
         };
@@ -1508,7 +1518,10 @@ impl Endpoint {
             sa.pending.as_ref().map(|p| &p.kind),
             Some(Req::CreateChild { .. })
         );
-        if busy || sa.rekeyed_to.is_some() {
+        // RFC 7296 §2.25: not while a Child SA exchange of ours is outstanding, nor on an
+        // IKE SA that is already being replaced (our rekey completed first, and its Delete
+        // is on the way).
+        if busy || sa.rekeyed_to.is_some() || sa.retiring {
             respond(self, sa, vec![notify(NotifyType::TEMPORARY_FAILURE)]);
             return;
         }
@@ -1545,8 +1558,10 @@ impl Endpoint {
             );
             return;
         };
-        let Ok(dh) = self.io.dh(g) else { return };
-        let Ok(shared) = dh.shared_secret(&ke.data) else {
+        let Some((dh, shared)) = self.request_secret(sa, id, g, &ke.data, dgram) else {
+            return;
+        };
+        let Ok(shared) = shared else {
             respond(self, sa, vec![notify(NotifyType::INVALID_SYNTAX)]);
             return;
         };
@@ -1969,8 +1984,27 @@ impl Endpoint {
                 return;
             }
         };
+        if ExchangeDh::waits(&sa.exchange_dh, h.message_id, true) {
+            // Its first copy waits for its shared secret (`offload.rs`).
+            self.io.stats.unexpected += 1;
+            return;
+        }
         let Some(pending) = sa.pending.take() else {
             return;
+        };
+        let shared = match response_key(&pending.kind, &inner) {
+            Some((key, theirs)) => {
+                let dgram = (local, remote, data);
+                match self.response_secret(sa, h.message_id, key, theirs, dgram) {
+                    Some(s) => Some(s),
+                    None => {
+                        // Offloaded: handled again when the secret is back.
+                        sa.pending = Some(pending);
+                        return;
+                    }
+                }
+            }
+            None => None,
         };
         sa.last_rx = now;
         self.update_addresses(sa, local, remote);
@@ -1981,9 +2015,12 @@ impl Endpoint {
                 child,
                 ni,
                 dh,
-            } => self.create_child_response(now, sa, inner, rekey, child, ni, dh),
+            } => {
+                let ours = dh.map(|d| (d, shared));
+                self.create_child_response(now, sa, inner, rekey, child, ni, ours)
+            }
             Req::RekeyIke { new_spi, ni, dh } => {
-                self.rekey_ike_response(now, sa, inner, new_spi, ni, dh)
+                self.rekey_ike_response(now, sa, inner, new_spi, ni, dh, shared)
             }
             Req::DeleteChildren(spis) => {
                 for s in spis {
@@ -2015,6 +2052,7 @@ impl Endpoint {
         }
     }
 
+    /// `dh`: with PFS, our key pair and the shared secret if it was computed already.
     #[allow(clippy::too_many_arguments)]
     fn create_child_response(
         &mut self,
@@ -2024,7 +2062,7 @@ impl Endpoint {
         rekey: Option<u32>,
         req: ChildRequest,
         ni: Vec<u8>,
-        dh: Option<DhPrivate>,
+        dh: Option<(DhPrivate, Option<DhResult>)>,
     ) {
         let peer = sa.peer;
         if let Some(n) = inner.iter().find_map(error_notify) {
@@ -2088,7 +2126,7 @@ impl Endpoint {
             self.io.stats.malformed += 1;
             return;
         };
-        match self.child_initiator(sa, &inner, &req, &ni, &nr, dh.as_ref()) {
+        match self.child_initiator(sa, &inner, &req, &ni, &nr, dh) {
             Err(reason) => {
                 self.io.fail(peer, Phase::Phase2, reason);
                 if let Some(c) = rekey.and_then(|o| sa.child_by_in(o)) {
@@ -2127,6 +2165,8 @@ impl Endpoint {
         }
     }
 
+    /// `ready`: the shared secret, if it was computed already.
+    #[allow(clippy::too_many_arguments)]
     fn rekey_ike_response(
         &mut self,
         now: Instant,
@@ -2135,6 +2175,7 @@ impl Endpoint {
         new_spi: u64,
         ni: Vec<u8>,
         dh: DhPrivate,
+        ready: Option<DhResult>,
     ) {
         let peer = sa.peer;
         if let Some(n) = inner.iter().find_map(error_notify) {
@@ -2177,7 +2218,11 @@ impl Endpoint {
             );
             return;
         };
-        let Ok(shared) = dh.shared_secret(&ke.data).map_err(|_| ()).and_then(|s| {
+        let shared = match ready {
+            Some(s) => s,
+            None => dh.shared_secret(&ke.data),
+        };
+        let Ok(shared) = shared.map_err(|_| ()).and_then(|s| {
             if ke.group == dh.group().iana_id() {
                 Ok(s)
             } else {
@@ -2249,6 +2294,20 @@ impl Endpoint {
 
 /// Our SA answer, narrowed TSi and TSr, and the Child SA.
 type ChildOffer = (SaPayload, Vec<TsRange>, Vec<TsRange>, ChildSa);
+
+/// Our key pair and the peer's public value when its answer to our CREATE_CHILD_SA needs
+/// the shared secret: it carries a KE payload of our group and no error.
+fn response_key<'a>(kind: &'a Req, inner: &'a [Payload]) -> Option<(&'a DhPrivate, &'a [u8])> {
+    let key = match kind {
+        Req::CreateChild { dh: Some(d), .. } | Req::RekeyIke { dh: d, .. } => d,
+        _ => return None,
+    };
+    if inner.iter().any(|p| error_notify(p).is_some()) {
+        return None;
+    }
+    let ke = find_ke(inner).filter(|k| k.group == key.group().iana_id())?;
+    Some((key, &ke.data))
+}
 
 fn notify(t: NotifyType) -> Payload {
     Payload::Notify(Notify::new(t, Vec::new()))

@@ -30,15 +30,22 @@
 //! message 1 costs the responder a computation before the peer has proven its address,
 //! so this keeps a flood of them off the endpoint's thread.
 //!
-//! IKEv2 rekeys with a KE payload (CREATE_CHILD_SA with PFS, IKE SA rekeys) compute in
-//! place: they are spread over lifetimes (and their jitter) and never come in bursts of
-//! thousands.
+//! IKEv2's CREATE_CHILD_SA with a KE payload (a Child SA with PFS, new or rekeyed; an
+//! IKE SA rekey) offloads too. The message whose KE needs the secret — the peer's
+//! request, or the answer to ours — is kept in [`ExchangeDh`] and handled again when the
+//! secret is back, as if it had arrived only then. Everything before the computation
+//! only reads the SA, so the exchange's rules (simultaneous rekeys, RFC 7296 §2.8.1;
+//! TEMPORARY_FAILURE while the IKE SA is rekeyed, §2.25) see nothing they would not see
+//! with a slower network. A retransmission of the kept message is dropped meanwhile. One
+//! such exchange per IKE SA waits at a time; a second one (both ends rekeying at once)
+//! is computed in place. Rekeys are spread over lifetimes and their jitter, so this
+//! matters less for speed than for keeping every modular exponentiation off the thread.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use crypto::DhPrivate;
+use crypto::{DhGroup, DhPrivate};
 use zeroize::Zeroizing;
 
 use crate::endpoint::Endpoint;
@@ -157,14 +164,43 @@ impl Keying {
     }
 }
 
+/// A datagram as it arrived: (local, remote, bytes).
+pub(crate) type Datagram<'a> = (SocketAddr, SocketAddr, &'a [u8]);
+
+/// g^ir, or why the peer's public value was refused.
+pub(crate) type DhResult = Result<Zeroizing<Vec<u8>>, crypto::Error>;
+
+/// A CREATE_CHILD_SA message of an established IKE SA whose shared secret is computed
+/// elsewhere (see the module docs).
+pub(crate) struct ExchangeDh {
+    ticket: u64,
+    msg_id: u32,
+    /// The message is the peer's response to our request, not its request.
+    response: bool,
+    /// Responder: our key pair, whose public value goes into the response.
+    key: Option<DhPrivate>,
+    /// Until the secret is back: the message, handled again then.
+    held: Option<(SocketAddr, SocketAddr, Vec<u8>)>,
+    /// Once it is back, until the message takes it.
+    shared: Option<DhResult>,
+}
+
+impl ExchangeDh {
+    /// The message `msg_id` (a request, or a `response`) waits for its secret.
+    pub(crate) fn waits(x: &Option<Box<Self>>, msg_id: u32, response: bool) -> bool {
+        x.as_ref()
+            .is_some_and(|x| x.msg_id == msg_id && x.response == response && x.shared.is_none())
+    }
+}
+
 impl Endpoint {
-    /// Sends Diffie-Hellman shared secrets of IKE_SA_INIT to `offload` instead of
-    /// computing them on the caller's thread (see [`DhOffload`]).
+    /// Sends Diffie-Hellman shared secrets to `offload` instead of computing them on the
+    /// caller's thread (see [`DhOffload`] and the module docs for which).
     pub fn set_dh_offload(&mut self, offload: Box<dyn DhOffload>) {
         self.io.offload = Some(offload);
     }
 
-    /// Whether shared secrets of IKE_SA_INIT go to a [`DhOffload`].
+    /// Whether shared secrets go to a [`DhOffload`].
     pub(crate) fn offloads_dh(&self) -> bool {
         self.io.offload.is_some()
     }
@@ -231,6 +267,14 @@ impl Endpoint {
             return;
         };
         if sa.keying.as_ref().map(|k| k.ticket) != Some(done.ticket) {
+            let waiting = sa
+                .exchange_dh
+                .as_ref()
+                .is_some_and(|x| x.ticket == done.ticket && x.shared.is_none());
+            if waiting {
+                self.exchange_keyed(now, sa, done);
+                return;
+            }
             self.io.stats.dh_stale += 1;
             self.put_back(sa);
             return;
@@ -243,6 +287,124 @@ impl Endpoint {
             self.dispatch(now, local, remote, &data);
         }
         self.start_queued(now);
+    }
+
+    /// The result of a CREATE_CHILD_SA's job: its message is handled again with the
+    /// secret at hand.
+    fn exchange_keyed(&mut self, now: Instant, mut sa: IkeSa, done: DhDone) {
+        let spi = sa.our_spi();
+        let held = sa.exchange_dh.as_mut().and_then(|x| {
+            x.shared = Some(done.shared);
+            x.held.take()
+        });
+        self.put_back(sa);
+        if let Some((local, remote, data)) = held {
+            self.dispatch(now, local, remote, &data);
+        }
+        // The message may have ended elsewhere (the SA is being rekeyed: TEMPORARY_FAILURE)
+        // without taking its secret.
+        if let Some(mut sa) = self.sas.get_mut(&spi)
+            && sa
+                .exchange_dh
+                .as_ref()
+                .is_some_and(|x| x.ticket == done.ticket)
+        {
+            sa.exchange_dh = None;
+        }
+        self.start_queued(now);
+    }
+
+    /// Responder of CREATE_CHILD_SA request `msg_id`, whose KE (`theirs`) is of our group
+    /// `g`: a fresh key pair and the shared secret. `None` when they went to the offload
+    /// (the request, `dgram`, is kept and handled again when they are back) or no key
+    /// pair could be made.
+    pub(crate) fn request_secret(
+        &mut self,
+        sa: &mut IkeSa,
+        msg_id: u32,
+        g: DhGroup,
+        theirs: &[u8],
+        dgram: Datagram<'_>,
+    ) -> Option<(DhPrivate, DhResult)> {
+        if let Some(x) = Self::take_secret(sa, msg_id, false) {
+            return Some((x.key?, x.shared?));
+        }
+        let key = self.io.dh(g).ok()?;
+        match self.exchange_job(sa, msg_id, false, &key, theirs, dgram) {
+            Some(shared) => Some((key, shared)),
+            None => {
+                if let Some(x) = sa.exchange_dh.as_mut() {
+                    x.key = Some(key);
+                }
+                None
+            }
+        }
+    }
+
+    /// Initiator: the shared secret of our `key` and the KE (`theirs`) of the peer's
+    /// response `msg_id`. `None` when it went to the offload; the response (`dgram`) is
+    /// kept and handled again when it is back.
+    pub(crate) fn response_secret(
+        &mut self,
+        sa: &mut IkeSa,
+        msg_id: u32,
+        key: &DhPrivate,
+        theirs: &[u8],
+        dgram: Datagram<'_>,
+    ) -> Option<DhResult> {
+        if let Some(x) = Self::take_secret(sa, msg_id, true) {
+            return x.shared;
+        }
+        self.exchange_job(sa, msg_id, true, key, theirs, dgram)
+    }
+
+    /// The secret of message `msg_id` that came back from the offload, if any.
+    fn take_secret(sa: &mut IkeSa, msg_id: u32, response: bool) -> Option<ExchangeDh> {
+        let x = sa.exchange_dh.take()?;
+        if x.msg_id == msg_id && x.response == response && x.shared.is_some() {
+            return Some(*x);
+        }
+        sa.exchange_dh = Some(x);
+        None
+    }
+
+    /// Hands g^ir of `key` and `theirs` to the offload and keeps `dgram`; computes it
+    /// here (and returns it) without an offload, when the offload refuses the job, or
+    /// while another message of this SA waits.
+    fn exchange_job(
+        &mut self,
+        sa: &mut IkeSa,
+        msg_id: u32,
+        response: bool,
+        key: &DhPrivate,
+        theirs: &[u8],
+        (local, remote, data): Datagram<'_>,
+    ) -> Option<DhResult> {
+        if self.io.offload.is_none() || sa.exchange_dh.is_some() {
+            return Some(key.shared_secret(theirs));
+        }
+        let ticket = self.io.next_ticket();
+        let job = Box::new(DhJob {
+            spi: sa.our_spi(),
+            ticket,
+            key: key.clone(),
+            peer: theirs.to_vec(),
+            v1: false,
+            qm: None,
+        });
+        if let Some(Err(job)) = self.io.offload.as_mut().map(|o| o.submit(job)) {
+            return Some(job.compute().shared);
+        }
+        self.io.stats.dh_offloaded += 1;
+        sa.exchange_dh = Some(Box::new(ExchangeDh {
+            ticket,
+            msg_id,
+            response,
+            key: None,
+            held: Some((local, remote, data.to_vec())),
+            shared: None,
+        }));
+        None
     }
 
     /// Installs the keys of a waiting SA; returns the request held meanwhile.

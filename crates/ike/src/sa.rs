@@ -10,7 +10,7 @@ use crypto::{DhGroup, DhPrivate};
 use crate::config::{PeerConfig, PeerId};
 use crate::event::{ChildSa, IkeAlgorithms};
 use crate::keys::{IkeKeys, IkeSuite};
-use crate::offload::Keying;
+use crate::offload::{ExchangeDh, Keying};
 use crate::sk::SkCrypto;
 use crate::ts::TsRange;
 use crate::wire::registry::ExchangeType;
@@ -201,6 +201,8 @@ pub(crate) struct IkeSa {
     /// The shared secret of IKE_SA_INIT is being computed off the endpoint's thread
     /// (see `offload.rs`); `keys` is `None` until it is ready.
     pub keying: Option<Box<Keying>>,
+    /// A CREATE_CHILD_SA message waiting for its offloaded shared secret (`offload.rs`).
+    pub exchange_dh: Option<Box<ExchangeDh>>,
     pub dead: bool,
 }
 
@@ -255,6 +257,7 @@ impl IkeSa {
             from_init: false,
             duplicate: false,
             keying: None,
+            exchange_dh: None,
             dead: false,
         }
     }

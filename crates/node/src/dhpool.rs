@@ -1,6 +1,7 @@
 //! Diffie-Hellman off the control thread: key pairs made ahead of time (`DhPool`) and
-//! the shared secrets of IKE_SA_INIT, IKEv1 Main and Aggressive Mode and Quick Mode PFS
-//! computed by a few worker threads (`DhWorkers`).
+//! the shared secrets of IKE_SA_INIT, CREATE_CHILD_SA with a KE payload (PFS, IKE SA
+//! rekeys), IKEv1 Main and Aggressive Mode and Quick Mode PFS computed by a few worker
+//! threads (`DhWorkers`).
 //!
 //! Making a key pair is one modular exponentiation (or scalar multiplication): half of
 //! the DH work of an IKE_SA_INIT, a Child SA rekey with PFS or an IKEv1 exchange, and it

@@ -100,8 +100,9 @@ pub(crate) fn render(s: &IkeSnapshot, out: &mut String) {
             ),
             (
                 "vpngw_ike_dh_offloaded_total",
-                "IKE_SA_INIT shared secrets computed on the DH worker threads instead of the \
-                 control thread.",
+                "Diffie-Hellman shared secrets (IKE_SA_INIT, IKEv1 Main, Aggressive and Quick \
+                 Mode, CREATE_CHILD_SA with a KE payload) computed on the DH worker threads \
+                 instead of the control thread.",
                 st.dh_offloaded,
             ),
             (

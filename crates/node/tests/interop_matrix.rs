@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{Gateway, phase, traffic_both_ways};
+use common::{Gateway, metric, phase, traffic_both_ways};
 use lab::vpngw::id;
 use lab::{PingMonitor, StrongSwan, SwanctlChild, SwanctlConn, Topology, swanctl};
 use serde_json::{Value, json};
@@ -475,6 +475,9 @@ fn ping_across(topo: &Topology, what: &str, timeout: Duration, mut done: impl Fn
     eprintln!("{what}: {} pings, none lost", report.sent);
 }
 
+/// Shared secrets computed on the node's DH threads.
+const OFFLOADED: &str = "vpngw_ike_dh_offloaded_total";
+
 #[test]
 fn ike_sa_rekey_under_ping_loses_nothing() {
     let topo = Topology::new().unwrap();
@@ -502,6 +505,7 @@ fn ike_sa_rekey_under_ping_loses_nothing() {
         .wait_established("vpn", Duration::from_secs(5))
         .unwrap()
         .uniqueid;
+    let offloaded = metric(&gw, OFFLOADED);
     // Our IKE SA lifetime is 30 s: we rekey it (CREATE_CHILD_SA, RFC 7296 §2.18) a few
     // seconds before; the Child SA moves to the new IKE SA and ESP goes on.
     ping_across(&topo, "the IKE SA rekey", Duration::from_secs(45), || {
@@ -528,6 +532,8 @@ fn ike_sa_rekey_under_ping_loses_nothing() {
     )
     .unwrap();
     assert_eq!(r.received, 3, "after the IKE SA rekey: {r:?}");
+    // strongSwan's KE in its answer went to the DH threads (ike/src/offload.rs).
+    assert!(metric(&gw, OFFLOADED) > offloaded);
     // A rekey, not a reauthentication: the same Child SA lives on under the new IKE SA
     // (RFC 7296 §2.18), so it was not torn down and recreated.
     let t = gw.get(&format!("/v1/vpn-connections/{conn_id}"));
@@ -564,6 +570,7 @@ fn strongswan_initiated_child_rekey_under_ping_loses_nothing() {
         phase(s) == "established"
     });
     let mut seen = vec![t["status"]["child_sas"][0]["spi_in"].clone()];
+    let offloaded = metric(&gw, OFFLOADED);
     // Two rekeys by strongSwan; each time the new Child SA carries the PFS group.
     ping_across(
         &topo,
@@ -590,6 +597,8 @@ fn strongswan_initiated_child_rekey_under_ping_loses_nothing() {
         t["status"]["child_sas"][0]["algorithms"], "aes128-sha1-modp1024",
         "{t:#}"
     );
+    // Each request's PFS secret was computed on the DH threads, its answer sent then.
+    assert!(metric(&gw, OFFLOADED) >= offloaded + 2);
     // They were rekeys (CREATE_CHILD_SA with REKEY_SA, RFC 7296 §2.8) initiated by
     // strongSwan, not expiries followed by new Child SAs.
     let log = std::fs::read_to_string(swan.log_path()).unwrap();

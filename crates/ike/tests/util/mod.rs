@@ -115,6 +115,18 @@ pub fn mirror(a: &PeerConfig) -> PeerConfig {
 /// Diffie-Hellman jobs both endpoints handed out, in submission order.
 pub type DhQueue = Arc<Mutex<VecDeque<(Side, Box<DhJob>)>>>;
 
+/// A pair of endpoints with `a` (and its mirror) whose jobs the test runs by hand.
+pub fn manual(a: PeerConfig) -> (Pair, DhQueue) {
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    let q = p.offload_dh(DhRun::Manual);
+    (p, q)
+}
+
+/// The jobs not run yet, oldest first.
+pub fn take_jobs(q: &DhQueue) -> Vec<(Side, Box<DhJob>)> {
+    q.lock().expect("queue lock").drain(..).collect()
+}
+
 /// A [`DhOffload`] that queues jobs for the harness to run when it chooses.
 struct QueuedDh {
     side: Side,
@@ -216,6 +228,13 @@ impl Pair {
         }
         self.dh = Some((queue.clone(), run));
         queue
+    }
+
+    /// From now on, runs the offloaded jobs as `run` says.
+    pub fn set_dh_run(&mut self, run: DhRun) {
+        if let Some((_, r)) = &mut self.dh {
+            *r = run;
+        }
     }
 
     /// Runs one queued job by [`DhRun`] and hands the result to its endpoint; false
