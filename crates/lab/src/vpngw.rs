@@ -181,15 +181,7 @@ impl ApiClient {
     pub fn metric(&self, series: &str) -> u64 {
         let (status, text) = self.call_text("GET", "/metrics", None);
         assert_eq!(status, 200, "GET /metrics: {text}");
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(series)?
-                    .strip_prefix(' ')?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0)
+        sample(&text, series)
     }
 
     /// One request with the token; returns the status and the JSON body (`Null` when
@@ -304,6 +296,20 @@ impl ApiClient {
     }
 }
 
+/// The value of `series` — an unlabelled series, or one sample with its labels spelled
+/// out (`name{label="value"}`) — in a metrics exposition (`GET /metrics`); 0 when absent.
+pub fn sample(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
 /// The `id` of an API resource.
 pub fn id(v: &Value) -> String {
     v["id"].as_str().unwrap_or_default().to_string()
@@ -339,6 +345,22 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_sample_is_found_by_its_name_and_labels() {
+        let text = "# TYPE vpngw_ike_dh_keys_total counter\n\
+                    vpngw_ike_dh_keys_total{source=\"ready\"} 10\n\
+                    vpngw_ike_dh_keys_total{source=\"inline\"} 11\n\
+                    vpngw_ike_dh_offloaded_total 12\n";
+        assert_eq!(
+            sample(text, "vpngw_ike_dh_keys_total{source=\"inline\"}"),
+            11
+        );
+        assert_eq!(sample(text, "vpngw_ike_dh_offloaded_total"), 12);
+        // A name that is only a prefix of another series is not that series.
+        assert_eq!(sample(text, "vpngw_ike_dh_keys_total"), 0);
+        assert_eq!(sample(text, "vpngw_ike_dh_stale_total"), 0);
+    }
 
     #[test]
     fn merge_overrides_nests_and_deletes() {

@@ -19,7 +19,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use lab::{SwanctlChild, SwanctlConn, Topology, swanctl};
+use lab::{Netns, SwanctlChild, SwanctlConn, Topology, swanctl};
 
 use crate::charon::Charon;
 use crate::measure::{
@@ -298,6 +298,8 @@ pub fn vpngw(n: usize, bin: &Path, ike: Ike, notes: &mut Notes) -> Result<SetupM
             Err(e) => break format!("listing connections failed: {e:#}"),
         }
     };
+    notes.push(dh_note("responder", &responder, &topo.gw));
+    notes.push(dh_note("initiator", &initiator, &topo.onprem));
     if established < n {
         notes.push(format!(
             "vpngw responder log tail ({established}/{n} up): {}",
@@ -375,6 +377,24 @@ fn metrics(
         hwm_kib: after.hwm_kib,
         rss_after_kib: after.rss_kib,
         note,
+    }
+}
+
+/// Where a node's Diffie-Hellman work went during the run: key pairs from the pool or
+/// made on the control thread, shared secrets computed on the DH threads.
+fn dh_note(side: &str, serve: &Serve, ns: &Netns) -> String {
+    const SERIES: [&str; 3] = [
+        "vpngw_ike_dh_keys_total{source=\"ready\"}",
+        "vpngw_ike_dh_keys_total{source=\"inline\"}",
+        "vpngw_ike_dh_offloaded_total",
+    ];
+    match serve.with_client(ns, |c| c.metrics(&SERIES)) {
+        Ok(v) => format!(
+            "vpngw {side} DH: {} key pairs from the pool, {} made on the control thread; \
+             {} shared secrets on the DH threads",
+            v[0], v[1], v[2]
+        ),
+        Err(e) => format!("vpngw {side} metrics: {e:#}"),
     }
 }
 

@@ -1,6 +1,7 @@
 //! `vpngw serve` as a process in a lab namespace, configured over its HTTP API with the
 //! admin token — as an operator would.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -243,6 +244,25 @@ impl Client {
             .set("Authorization", &self.auth)
             .call();
         answer("GET", path, r)
+    }
+
+    /// The values of `series` (each spelled with its labels, as in the exposition
+    /// format) in one `GET /metrics` scrape; 0 for a series that is absent.
+    pub fn metrics(&self, series: &[&str]) -> Result<Vec<u64>> {
+        let mut text = String::new();
+        // Not `into_string`: its 10 MB cap is below the per-tunnel series of 10,000
+        // tunnels.
+        self.agent
+            .get(&format!("{}/metrics", self.base))
+            .set("Authorization", &self.auth)
+            .call()
+            .map_err(|e| anyhow!("GET /metrics: {e}"))?
+            .into_reader()
+            .read_to_string(&mut text)?;
+        Ok(series
+            .iter()
+            .map(|s| lab::vpngw::sample(&text, s))
+            .collect())
     }
 
     /// Every item of a paginated collection (`page_size` 1000).
