@@ -73,6 +73,11 @@ pub struct DhJob {
 }
 
 impl DhJob {
+    /// The group of the key pair this job uses.
+    pub fn group(&self) -> DhGroup {
+        self.key.group()
+    }
+
     /// Validates the peer's public value and computes g^ir. Runs on any thread.
     pub fn compute(self: Box<Self>) -> DhDone {
         DhDone {
@@ -92,6 +97,19 @@ impl DhJob {
     /// where a test cannot edit the datagram.
     pub fn spoil_peer_value(&mut self) {
         self.peer.iter_mut().for_each(|b| *b = 0);
+    }
+
+    /// A job that belongs to no exchange: how tests outside this crate (the node's DH
+    /// workers) get jobs to run.
+    pub fn standalone(key: DhPrivate, peer: Vec<u8>) -> Box<Self> {
+        Box::new(Self {
+            spi: 0,
+            ticket: 0,
+            key,
+            peer,
+            v1: false,
+            qm: None,
+        })
     }
 }
 

@@ -11,8 +11,16 @@
 //! shared secrets. Each key pair is handed out once (RFC 7296 §2.12 permits reusing
 //! exponentials; we do not, so every exchange keeps its forward secrecy). When none is
 //! ready the engine makes its own, so an empty pool never delays an exchange.
+//!
+//! The filler runs on spare CPU only, and during a burst of setups there is none: the
+//! pool ran dry and the control thread made a quarter of the responder's key pairs
+//! itself at 10,000 tunnels (docs/PERFORMANCE.md). So each DH worker, after a job, also
+//! puts one key pair back into a pool that is not full ([`TopUp`]): every exchange that
+//! offloads a secret took one key pair, and the workers replace it at the rate they are
+//! taken, at the priority the secrets themselves run at.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 
@@ -26,9 +34,53 @@ pub(crate) const DEPTH: usize = 64;
 pub(crate) struct DhPool {
     depth: usize,
     /// `None`: the filler thread could not be started; the engine makes every key.
-    groups: HashMap<DhGroup, Option<Receiver<DhPrivate>>>,
+    groups: HashMap<DhGroup, Option<Ready>>,
+    /// The way in for the DH workers.
+    top_up: TopUp,
     /// Held by every filler thread while it runs (tests watch it).
     running: Arc<()>,
+    /// Tests: no filler threads, so that only [`TopUp`] fills the pool.
+    fillers: bool,
+}
+
+/// One group's key pairs, as the control thread takes them.
+struct Ready {
+    rx: Receiver<DhPrivate>,
+    /// Shared with the group's [`Slot`].
+    count: Arc<AtomicUsize>,
+}
+
+/// Lets the DH workers put key pairs into the pool (see the module docs).
+#[derive(Clone, Default)]
+pub(crate) struct TopUp(Arc<Mutex<HashMap<DhGroup, Slot>>>);
+
+/// One group's way into the pool.
+#[derive(Clone)]
+struct Slot {
+    tx: SyncSender<DhPrivate>,
+    /// Key pairs waiting in the pool (approximately: the sides count on their own).
+    ready: Arc<AtomicUsize>,
+    depth: usize,
+}
+
+impl TopUp {
+    /// After a job of `group`: one key pair into the pool unless it is full (or the group
+    /// has no pool yet).
+    fn after_job(&self, group: DhGroup) {
+        let slot = match self.0.lock() {
+            Ok(m) => m.get(&group).cloned(),
+            Err(_) => None,
+        };
+        let Some(slot) = slot else { return };
+        if slot.ready.load(Ordering::Relaxed) >= slot.depth {
+            return;
+        }
+        if let Ok(key) = DhPrivate::generate(group, &mut OsRandom)
+            && slot.tx.try_send(key).is_ok()
+        {
+            slot.ready.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl DhPool {
@@ -36,8 +88,24 @@ impl DhPool {
         Self {
             depth,
             groups: HashMap::new(),
+            top_up: TopUp::default(),
             running: Arc::new(()),
+            fillers: true,
         }
+    }
+
+    /// A pool that only the DH workers fill.
+    #[cfg(test)]
+    fn without_fillers(depth: usize) -> Self {
+        Self {
+            fillers: false,
+            ..Self::new(depth)
+        }
+    }
+
+    /// The handle for [`DhWorkers::start`].
+    pub(crate) fn top_up(&self) -> TopUp {
+        self.top_up.clone()
     }
 
     /// Filler threads still running; they end once the pool is dropped.
@@ -46,14 +114,27 @@ impl DhPool {
         Arc::strong_count(&self.running) - 1
     }
 
-    fn start(&self, group: DhGroup) -> Option<Receiver<DhPrivate>> {
+    fn start(&self, group: DhGroup) -> Option<Ready> {
         let (tx, rx) = sync_channel(self.depth);
+        let ready = Arc::new(AtomicUsize::new(0));
+        if let Ok(mut m) = self.top_up.0.lock() {
+            let slot = Slot {
+                tx: tx.clone(),
+                ready: Arc::clone(&ready),
+                depth: self.depth,
+            };
+            m.insert(group, slot);
+        }
+        if !self.fillers {
+            return Some(Ready { rx, count: ready });
+        }
         let running = Arc::clone(&self.running);
+        let counter = Arc::clone(&ready);
         let spawned = std::thread::Builder::new()
             .name("node-dh".into())
-            .spawn(move || fill(group, &tx, running));
+            .spawn(move || fill(group, &tx, &counter, running));
         match spawned {
-            Ok(_) => Some(rx),
+            Ok(_) => Some(Ready { rx, count: ready }),
             Err(e) => {
                 tracing::warn!(group = group.name(), error = %e, "DH key pool not started; keys are made on the control thread");
                 None
@@ -65,7 +146,13 @@ impl DhPool {
 impl ike::KeySource for DhPool {
     fn take(&mut self, group: DhGroup) -> Option<DhPrivate> {
         if let Some(slot) = self.groups.get(&group) {
-            return slot.as_ref()?.try_recv().ok();
+            let ready = slot.as_ref()?;
+            let key = ready.rx.try_recv().ok()?;
+            // Saturating: a key counted after it was sent may be taken first.
+            let _ = ready
+                .count
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            return Some(key);
         }
         // The first key of a group starts its filler; this one the engine makes.
         let rx = self.start(group);
@@ -76,7 +163,7 @@ impl ike::KeySource for DhPool {
 
 /// Makes key pairs until the pool is gone: `send` blocks while `DEPTH` wait, and fails
 /// once the receiver is dropped.
-fn fill(group: DhGroup, tx: &SyncSender<DhPrivate>, _running: Arc<()>) {
+fn fill(group: DhGroup, tx: &SyncSender<DhPrivate>, ready: &AtomicUsize, _running: Arc<()>) {
     // Spare CPU only: a filler that wakes to replace the key just taken must not delay
     // the control thread, which installs the SAs the peer is about to use.
     let param = libc::sched_param { sched_priority: 0 };
@@ -95,6 +182,7 @@ fn fill(group: DhGroup, tx: &SyncSender<DhPrivate>, _running: Arc<()>) {
         if tx.send(key).is_err() {
             return;
         }
+        ready.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -120,7 +208,8 @@ impl DhWorkers {
     /// Starts up to `threads` workers; each result goes to `deliver`, and a worker ends
     /// when `deliver` returns false or the `DhWorkers` is dropped. `None` if no thread
     /// could be started (the endpoint then computes in place).
-    pub(crate) fn start<F>(threads: usize, deliver: F) -> Option<Self>
+    /// `top_up`: the key pool each job replaces a key pair of (see the module docs).
+    pub(crate) fn start<F>(threads: usize, deliver: F, top_up: TopUp) -> Option<Self>
     where
         F: Fn(DhDone) -> bool + Clone + Send + 'static,
     {
@@ -130,9 +219,10 @@ impl DhWorkers {
         let mut started = 0;
         for i in 0..threads.clamp(1, MAX_WORKERS) {
             let (rx, deliver, running) = (Arc::clone(&rx), deliver.clone(), Arc::clone(&running));
+            let top_up = top_up.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("node-dh-{i}"))
-                .spawn(move || work(&rx, &deliver, running));
+                .spawn(move || work(&rx, &deliver, &top_up, running));
             match spawned {
                 Ok(_) => started += 1,
                 Err(e) => tracing::warn!(error = %e, "DH worker thread not started"),
@@ -154,7 +244,12 @@ impl ike::DhOffload for DhWorkers {
     }
 }
 
-fn work(rx: &Mutex<Receiver<Box<DhJob>>>, deliver: &impl Fn(DhDone) -> bool, _running: Arc<()>) {
+fn work(
+    rx: &Mutex<Receiver<Box<DhJob>>>,
+    deliver: &impl Fn(DhDone) -> bool,
+    top_up: &TopUp,
+    _running: Arc<()>,
+) {
     loop {
         // The lock is held only while waiting for a job (one per tunnel setup), never
         // while computing, so the workers compute side by side.
@@ -165,9 +260,12 @@ fn work(rx: &Mutex<Receiver<Box<DhJob>>>, deliver: &impl Fn(DhDone) -> bool, _ru
                 Err(_) => return, // the endpoint is gone
             }
         };
+        let group = job.group();
         if !deliver(job.compute()) {
             return;
         }
+        // After the result is on its way: the exchange goes on meanwhile.
+        top_up.after_job(group);
     }
 }
 
@@ -269,7 +367,8 @@ mod tests {
             let mut ep = Endpoint::new(EndpointConfig::default(), Box::new(OsRandom));
             ep.add_peer(ike::PeerId(1), config(me, them)).unwrap();
             let tx = tx.clone();
-            let workers = DhWorkers::start(2, move |d| tx.send((i, d)).is_ok()).unwrap();
+            let workers =
+                DhWorkers::start(2, move |d| tx.send((i, d)).is_ok(), TopUp::default()).unwrap();
             assert_eq!(workers.workers(), 2);
             ep.set_dh_offload(Box::new(workers));
             eps.push(ep);
@@ -301,10 +400,48 @@ mod tests {
         }
     }
 
+    /// With no filler, only the workers fill the pool: a key pair per job while it is
+    /// not full, and again once keys were taken (the channel's capacity bounds it).
+    #[test]
+    fn workers_replace_the_key_pairs_their_jobs_took() {
+        use ike::DhOffload;
+
+        let g = DhGroup::Modp1024;
+        let mut pool = DhPool::without_fillers(4);
+        // The first request opens the group's pool (and gets nothing).
+        assert!(pool.take(g).is_none());
+        assert_eq!(pool.fillers(), 0);
+        let (tx, rx) = channel::<DhDone>();
+        let mut workers = DhWorkers::start(2, move |d| tx.send(d).is_ok(), pool.top_up()).unwrap();
+        let mut run_jobs = |n: usize| {
+            for _ in 0..n {
+                let key = DhPrivate::generate(g, &mut OsRandom).unwrap();
+                let theirs = DhPrivate::generate(g, &mut OsRandom).unwrap();
+                let job = DhJob::standalone(key, theirs.public_value().to_vec());
+                assert!(workers.submit(job).is_ok());
+            }
+            for _ in 0..n {
+                rx.recv_timeout(Duration::from_secs(20)).expect("a result");
+            }
+        };
+        let mut seen = HashSet::new();
+        let mut take = |pool: &mut DhPool, n: usize| {
+            for _ in 0..n {
+                let key = wait_for("a key from a worker", || pool.take(g));
+                assert!(seen.insert(key.public_value().to_vec()), "key twice");
+            }
+        };
+        run_jobs(6);
+        take(&mut pool, 4);
+        // Taking counts down, or the workers would believe the pool still full.
+        run_jobs(4);
+        take(&mut pool, 4);
+    }
+
     #[test]
     fn workers_end_with_the_offload() {
         let (tx, _rx) = channel::<DhDone>();
-        let workers = DhWorkers::start(3, move |d| tx.send(d).is_ok()).unwrap();
+        let workers = DhWorkers::start(3, move |d| tx.send(d).is_ok(), TopUp::default()).unwrap();
         assert_eq!(workers.workers(), 3);
         let running = Arc::clone(&workers.running);
         drop(workers);

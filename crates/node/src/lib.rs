@@ -229,10 +229,12 @@ impl Node {
                     ..ike::EndpointConfig::default()
                 };
                 let mut endpoint = ike::Endpoint::new(ike_config, Box::new(crypto::OsRandom));
-                endpoint.set_key_source(Box::new(dhpool::DhPool::new(dhpool::DEPTH)));
+                let pool = dhpool::DhPool::new(dhpool::DEPTH);
+                let top_up = pool.top_up();
+                endpoint.set_key_source(Box::new(pool));
                 let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
                 let deliver = move |d: ike::DhDone| dh_tx.send(Input::DhDone(d)).is_ok();
-                match dhpool::DhWorkers::start(cores, deliver) {
+                match dhpool::DhWorkers::start(cores, deliver, top_up) {
                     Some(w) => endpoint.set_dh_offload(Box::new(w)),
                     None => tracing::warn!(
                         "no DH worker threads; shared secrets are computed on the control thread"
