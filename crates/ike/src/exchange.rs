@@ -1518,7 +1518,7 @@ impl Endpoint {
             sa.pending.as_ref().map(|p| &p.kind),
             Some(Req::CreateChild { .. })
         );
-        // RFC 7296 §2.25: not while a Child SA exchange of ours is outstanding, nor on an
+        // RFC 7296 §2.25.2: not while a Child SA exchange of ours is outstanding, nor on an
         // IKE SA that is already being replaced (our rekey completed first, and its Delete
         // is on the way).
         if busy || sa.rekeyed_to.is_some() || sa.retiring {

@@ -35,7 +35,7 @@
 //! request, or the answer to ours — is kept in [`ExchangeDh`] and handled again when the
 //! secret is back, as if it had arrived only then. Everything before the computation
 //! only reads the SA, so the exchange's rules (simultaneous rekeys, RFC 7296 §2.8.1;
-//! TEMPORARY_FAILURE while the IKE SA is rekeyed, §2.25) see nothing they would not see
+//! TEMPORARY_FAILURE while the IKE SA is rekeyed, §2.25.2) see nothing they would not see
 //! with a slower network. A retransmission of the kept message is dropped meanwhile. One
 //! such exchange per IKE SA waits at a time; a second one (both ends rekeying at once)
 //! is computed in place. Rekeys are spread over lifetimes and their jitter, so this
