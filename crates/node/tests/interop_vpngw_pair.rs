@@ -304,6 +304,13 @@ fn run_pair(mode: &str, child_lifetime_s: u32) {
         "rekeys by A: {ours}, by B: {theirs}"
     );
     assert_eq!(rekeys(&p.gw_b, &conn_b).1, ours, "B answered A's rekeys");
+    // Each end computed its PFS secrets (group14) on its DH threads, as initiator and as
+    // responder: at least IKE_SA_INIT's and those of the four rekeys, less one computed
+    // in place for each collision (ike/src/offload.rs); without the offload only 1.
+    for gw in [&p.gw_a, &p.gw_b] {
+        let offloaded = metric(gw, "vpngw_ike_dh_offloaded_total");
+        assert!(offloaded >= 3, "{offloaded} shared secrets offloaded");
+    }
     assert!(report.sent > 100, "{report:?}");
     assert!(
         report.losses.is_empty(),
