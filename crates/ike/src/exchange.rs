@@ -1609,6 +1609,7 @@ impl Endpoint {
             Some(Req::RekeyIke { .. })
         ) {
             sa.ike_collision = Some((min_nonce(&ni, &nr), new_spi));
+            new.rekey_collision = true;
         }
         sa.rekeyed_to = Some(new_spi);
         sa.retiring = true;
@@ -1650,6 +1651,12 @@ impl Endpoint {
                             continue;
                         };
                         let c = sa.children.remove(pos);
+                        if c.state == ChildState::Rekeying && c.collision.is_some() {
+                            // RFC 7296 §2.8.1: both ends rekeyed it, the peer's rekey
+                            // survived and the peer deleted it; what our own rekey
+                            // makes is redundant (`create_child_response`).
+                            sa.lost_rekey = Some(c.sa.spi_in);
+                        }
                         // RFC 7296 §1.4.1: answer with our inbound SPI, unless we are
                         // deleting it ourselves already.
                         if c.state != ChildState::Deleting {
@@ -1692,6 +1699,10 @@ impl Endpoint {
             let reason = if let Some(new_spi) = moved {
                 self.transfer_children(now, sa, new_spi);
                 DeleteReason::Rekeyed
+            } else if sa.rekey_collision {
+                // The redundant one of two simultaneous rekeys (RFC 7296 §2.8.1), deleted
+                // by the peer that made it, perhaps before our own rekey's answer came.
+                DeleteReason::Duplicate
             } else {
                 self.io.log(
                     peer,
@@ -1736,6 +1747,7 @@ impl Endpoint {
         let Some(mut new) = self.sas.get_mut(&new_spi) else {
             return;
         };
+        let mut deleting = Vec::new();
         for mut c in old.children.drain(..) {
             if c.state == ChildState::Rekeying {
                 // That exchange dies with the old IKE SA: rekey again on the new one.
@@ -1746,12 +1758,21 @@ impl Endpoint {
             if c.state == ChildState::Installed && c.rekey_at.is_none() && c.expire_at.is_some() {
                 c.rekey_at = Some(now);
             }
+            if c.state == ChildState::Deleting {
+                deleting.push(c.sa.spi_in);
+            }
             new.children.push(c);
         }
         for t in old.tasks.drain(..) {
             if matches!(t, Task::DeleteChildren(_) | Task::RekeyChild(_)) {
                 new.tasks.push_back(t);
             }
+        }
+        if !deleting.is_empty() {
+            // Our Delete of them was outstanding on the old IKE SA and dies with it: send
+            // it again on the new one, or the peer keeps them (a replaced Child SA pair
+            // would stay beside its successor).
+            new.tasks.push_back(Task::DeleteChildren(deleting));
         }
         let (o, n) = ((old.spi_i, old.spi_r), (new.spi_i, new.spi_r));
         if let Some(peer) = old.peer {
@@ -2065,6 +2086,7 @@ impl Endpoint {
         dh: Option<(DhPrivate, Option<DhResult>)>,
     ) {
         let peer = sa.peer;
+        let lost = rekey.is_some() && sa.lost_rekey.take() == rekey;
         if let Some(n) = inner.iter().find_map(error_notify) {
             self.io.child_spis.remove(&req.spi_in);
             let ntype = n.ntype;
@@ -2137,6 +2159,22 @@ impl Endpoint {
             Ok(child) => {
                 let new_in = child.spi_in;
                 self.child_established(now, sa, child, rekey, true);
+                if lost {
+                    // The answer came after the peer's rekey of the same Child SA won
+                    // and the peer deleted it (its answer to our rekey, which told us of
+                    // the collision, came late or was lost).
+                    self.io.log(
+                        peer,
+                        Level::Info,
+                        "rekey_collision",
+                        format!(
+                            "simultaneous rekey: the peer's survived; deleting our redundant \
+                             Child SA {new_in:08x}"
+                        ),
+                    );
+                    sa.tasks.push_back(Task::DeleteChildren(vec![new_in]));
+                    return;
+                }
                 let Some(old) = rekey.and_then(|o| sa.child_by_in(o)) else {
                     return;
                 };
@@ -2282,11 +2320,40 @@ impl Endpoint {
             return;
         }
         self.sas.insert(new_spi, new);
+        if let Some((_, theirs)) = sa.ike_collision.take() {
+            self.collision_lost(now, theirs);
+        }
         self.transfer_children(now, sa, new_spi);
         sa.retiring = true;
         sa.rekeyed_to = None;
         sa.tasks.clear();
         sa.tasks.push_back(Task::DeleteIke);
+    }
+
+    /// Simultaneous IKE SA rekey, ours survives: the IKE SA the peer's rekey made
+    /// (`spi`, ours) is redundant and the peer deletes it (RFC 7296 §2.8.1). Marked as
+    /// the duplicate it is, so that its deletion is not taken for the tunnel's; should
+    /// the peer's Delete never come (its answer to our rekey was lost, so it never
+    /// learned of the collision), we delete it ourselves after a while.
+    fn collision_lost(&mut self, now: Instant, spi: u64) {
+        let Some(mut theirs) = self.sas.get_mut(&spi) else {
+            return;
+        };
+        theirs.duplicate = true;
+        theirs.retiring = true;
+        theirs.rekey_at = None;
+        theirs.retire_at = Some(now + self.cfg.retransmit_base * 8);
+        let (i, r, peer) = (theirs.spi_i, theirs.spi_r, theirs.peer);
+        drop(theirs);
+        self.io.log(
+            peer,
+            Level::Info,
+            "rekey_collision",
+            format!(
+                "simultaneous IKE SA rekey: ours survives; the peer deletes its redundant \
+                 IKE SA {i:016x}_{r:016x}"
+            ),
+        );
     }
 }
 

@@ -192,6 +192,12 @@ pub(crate) struct IkeSa {
     pub retire_at: Option<Instant>,
     /// Simultaneous IKE SA rekey: the peer's exchange's lowest nonce and the SA it made.
     pub ike_collision: Option<(Vec<u8>, u64)>,
+    /// The Child SA (our inbound SPI) our outstanding rekey was for, deleted by the peer
+    /// after its simultaneous rekey of it survived: our rekey's result is redundant.
+    pub lost_rekey: Option<u32>,
+    /// Made by the peer's IKE SA rekey while ours of the same IKE SA was outstanding
+    /// (RFC 7296 §2.8.1): if the peer deletes it, it was the redundant one.
+    pub rekey_collision: bool,
     /// Made by IKE_SA_INIT (not by an IKE SA rekey): takes part in the duplicate check
     /// after simultaneous initiation (see `Endpoint::resolve_duplicates`).
     pub from_init: bool,
@@ -254,6 +260,8 @@ impl IkeSa {
             rekeyed_to: None,
             retire_at: None,
             ike_collision: None,
+            rekey_collision: false,
+            lost_rekey: None,
             from_init: false,
             duplicate: false,
             keying: None,
