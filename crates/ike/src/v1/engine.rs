@@ -492,6 +492,9 @@ impl Engine {
     }
 
     fn put_back(&mut self, cx: &mut Cx<'_>, mut sa: Box<P1Sa>) {
+        if sa.retiring && !sa.dead && !sa.children.is_empty() {
+            self.hand_over_children(&mut sa);
+        }
         if sa.qms.is_empty() {
             // A BTreeMap emptied by `remove` keeps its leaf: 11 Quick Mode slots,
             // 2.7 KiB per ISAKMP SA for as long as it lives.
@@ -584,6 +587,24 @@ impl Engine {
 
     /// A new ISAKMP SA is up: older ones of the same peer hand over their Child SAs
     /// (make-before-break), or go away with INITIAL-CONTACT (RFC 2407 §4.6.3.3).
+    /// A Quick Mode that was in progress on `sa` when a new ISAKMP SA replaced it made
+    /// its Child SA after `supersede` had moved the others: it joins them on the
+    /// successor. Left on the replaced SA, it would vanish with it, unreported, while
+    /// the peer and the data plane keep it.
+    fn hand_over_children(&mut self, sa: &mut P1Sa) {
+        let heir = self
+            .of_peer(sa.peer)
+            .find(|(_, s)| s.established() && !s.retiring && !s.dead)
+            .map(|(k, _)| k);
+        let Some(k) = heir else { return };
+        let Some(heir) = self.sas.get_mut(&k) else {
+            return;
+        };
+        heir.children.append(&mut sa.children);
+        let next = heir.next_timeout();
+        self.index_timer(k, next);
+    }
+
     fn supersede(&mut self, cx: &mut Cx<'_>, now: Instant, new_key: u64) {
         let Some(mut new) = self.sas.remove(&new_key) else {
             return;
@@ -593,10 +614,47 @@ impl Engine {
             .filter(|(_, s)| s.established() && !s.retiring && !s.dead)
             .map(|(k, _)| k)
             .collect();
+        let mut redundant = false;
         for k in olds {
             let Some(mut old) = self.sas.remove(&k) else {
                 continue;
             };
+            let sibling = old
+                .replaced
+                .is_some_and(|p| self.sas.get(&p).is_some_and(|s| !s.dead));
+            if sibling && !new.initial_contact && (old.cky_i, old.cky_r) > (new.cky_i, new.cky_r) {
+                // Both ends replaced the ISAKMP SA at once, and each end sees the two new
+                // ones complete in the opposite order. Each end keeping the newer one
+                // and deleting the other deleted both. Both keep the one with the
+                // greater cookies instead; this one is redundant, and its initiator
+                // deletes it (the peer waits for that, as for any replaced SA).
+                cx.io.log(
+                    Some(new.peer),
+                    Level::Info,
+                    "ike_rekeyed",
+                    format!(
+                        "both ends replaced the ISAKMP SA at once: keeping {:016x}_i {:016x}_r, \
+                         {:016x}_i {:016x}_r is redundant",
+                        old.cky_i, old.cky_r, new.cky_i, new.cky_r
+                    ),
+                );
+                cx.io.event(Event::IkeSaRekeyed {
+                    peer: new.peer,
+                    old: (new.cky_i, new.cky_r),
+                    new: (old.cky_i, old.cky_r),
+                });
+                redundant = true;
+                new.retiring = true;
+                new.retire_at = Some(
+                    now + if new.initiator {
+                        REPLACED_SA_GRACE
+                    } else {
+                        Duration::from_secs(30)
+                    },
+                );
+                self.put_back(cx, old);
+                continue;
+            }
             if new.initial_contact {
                 cx.io.log(
                     Some(new.peer),
@@ -621,6 +679,7 @@ impl Engine {
                     old: (old.cky_i, old.cky_r),
                     new: (new.cky_i, new.cky_r),
                 });
+                new.replaced = Some(k);
                 // The replaced SA has no Child SAs left; it is deleted once the peer has
                 // had time to move its Child SAs over. strongSwan does that in a job it
                 // queues when the new SA is up (IKEv1 has no rekey of the ISAKMP SA,
@@ -640,7 +699,7 @@ impl Engine {
             }
             self.put_back(cx, old);
         }
-        if new.initiator && new.children.is_empty() && new.qms.is_empty() {
+        if new.initiator && !redundant && new.children.is_empty() && new.qms.is_empty() {
             start_qm(cx, now, &mut new, None);
         }
         self.put_back(cx, new);

@@ -268,6 +268,9 @@ pub(crate) struct P1Sa {
     /// Replaced by a newer ISAKMP SA; waiting for the peer's Delete.
     pub retiring: bool,
     pub retire_at: Option<Instant>,
+    /// Our cookie of the ISAKMP SA this one replaced: while that one still exists, a
+    /// second replacement of it is a sibling (both ends started a Main Mode at once).
+    pub replaced: Option<u64>,
     /// Phase 1 completed during the last input; the engine looks at siblings.
     pub just_established: bool,
     pub dead: bool,
@@ -357,6 +360,7 @@ impl P1Sa {
             want_rekey: false,
             retiring: false,
             retire_at: None,
+            replaced: None,
             just_established: false,
             paced: None,
             keying: None,
