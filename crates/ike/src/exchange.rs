@@ -1411,6 +1411,13 @@ impl Endpoint {
                     respond(self, sa, vec![notify(NotifyType::TEMPORARY_FAILURE)]);
                     return;
                 }
+                // Still on the IKE SA this one replaces: the peer's request overtook the
+                // Delete that moves it here (RFC 7296 §2.18). Not found would make the
+                // peer delete its side of a Child SA that both still need.
+                _ if n.spi32().is_some_and(|s| self.child_elsewhere(sa, s)) => {
+                    respond(self, sa, vec![notify(NotifyType::TEMPORARY_FAILURE)]);
+                    return;
+                }
                 _ => {
                     let nn = Notify {
                         protocol: ProtocolId::ESP,
@@ -1739,6 +1746,15 @@ impl Endpoint {
         };
         self.send_response(sa, local, remote, ExchangeType::INFORMATIONAL, id, out);
         let _ = now;
+    }
+
+    /// Whether another IKE SA with `sa`'s peer holds the Child SA whose outbound SPI is
+    /// `spi_out`.
+    fn child_elsewhere(&self, sa: &IkeSa, spi_out: u32) -> bool {
+        let Some(peer) = sa.peer else { return false };
+        self.sas
+            .of_peer(peer)
+            .any(|(_, s)| s.children.iter().any(|c| c.sa.spi_out == spi_out))
     }
 
     /// Moves the Child SAs of a rekeyed IKE SA to its successor (RFC 7296 §2.18),

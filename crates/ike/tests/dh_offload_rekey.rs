@@ -9,7 +9,7 @@ mod util;
 use std::time::Duration;
 
 use crypto::DhGroup;
-use ike::{DeleteReason, DhJob, Event, Phase};
+use ike::{DhJob, Event, Phase};
 use util::*;
 
 /// A's configuration with PFS for its Child SAs.
@@ -396,17 +396,7 @@ fn rekeys_over_a_bad_network(seed: u64, scenario: u64, run: Option<DhRun>, what:
         p.offload_dh(run);
     }
     p.initiate_a();
-    let mut rng = TestRng(seed ^ 0x5eed);
-    p.fate = Box::new(move |_| {
-        let mut r = [0u8; 2];
-        crypto::Random::fill(&mut rng, &mut r);
-        match r[0] % 10 {
-            0 => Fate::Drop,
-            1 => Fate::Duplicate,
-            2 => Fate::Delay(usize::from(r[1] % 3) + 1),
-            _ => Fate::Deliver,
-        }
-    });
+    p.fate = lossy(seed, 10);
     let (child_a, child_b) = (scenario & 1 == 0, scenario & 2 == 0);
     if child_a {
         p.a.rekey_child(p.now, PEER_A).expect("established");
@@ -431,13 +421,7 @@ fn rekeys_over_a_bad_network(seed: u64, scenario: u64, run: Option<DhRun>, what:
     let (ca, cb) = (p.a.child_sas(PEER_A), p.b.child_sas(PEER_B));
     assert_eq!((ca.len(), cb.len()), (1, 1), "{what}: A {ca:?}\nB {cb:?}");
     p.assert_children_match();
-    for events in [&p.a_events, &p.b_events] {
-        let down = |e: &Event| {
-            matches!(e, Event::IkeSaDeleted { reason, .. }
-                if !matches!(reason, DeleteReason::Rekeyed | DeleteReason::Duplicate))
-        };
-        assert_eq!(Pair::count(events, down), 0, "{what}: {events:#?}");
-    }
+    assert_no_tunnel_down(&p, what);
     // And the tunnel still rekeys.
     p.a.rekey_child(p.now, PEER_A).expect("established");
     p.drive();

@@ -3245,6 +3245,15 @@ fn dpd_timers(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
         return;
     };
     if let Some(d) = &sa.dpd {
+        if now >= d.first_sent + sa.cfg.dpd_timeout && sa.last_rx > d.first_sent {
+            // No acknowledgement, but authenticated traffic from the peer since the first
+            // R-U-THERE (its own R-U-THERE, a Quick Mode, a Delete, ESP through
+            // `handle_child_activity`): it is alive, and only the acknowledgements were
+            // lost (RFC 3706 §5.3: any traffic from the peer proves liveness).
+            sa.dpd_seq = d.first_seq.wrapping_add(d.sent);
+            sa.dpd = None;
+            return;
+        }
         if now >= d.first_sent + sa.cfg.dpd_timeout {
             let waited = now - d.first_sent;
             cx.io.log(

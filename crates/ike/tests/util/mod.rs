@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use crypto::{DhGroup, Encr, Integ, Random};
 use ike::{
-    DhJob, DhOffload, Endpoint, EndpointConfig, EspProposal, Event, Identity, IkeProposal,
-    PeerConfig, PeerId, Psk,
+    DeleteReason, DhJob, DhOffload, Endpoint, EndpointConfig, EspProposal, Event, Identity,
+    IkeProposal, PeerConfig, PeerId, Psk,
 };
 
 /// SplitMix64: deterministic and good enough for SPIs and nonces in tests.
@@ -114,6 +114,66 @@ pub fn mirror(a: &PeerConfig) -> PeerConfig {
 
 /// Diffie-Hellman jobs both endpoints handed out, in submission order.
 pub type DhQueue = Arc<Mutex<VecDeque<(Side, Box<DhJob>)>>>;
+
+/// A pair with `a` and its mirror, DH in place or offloaded as `run` says, whose
+/// tunnel `a` initiated and is up.
+pub fn up_with(a: PeerConfig, seed: u64, run: Option<DhRun>) -> Pair {
+    let mut p = Pair::with_seed(a.clone(), mirror(&a), seed);
+    if let Some(run) = run {
+        p.offload_dh(run);
+    }
+    p.initiate_a();
+    p.advance(Duration::from_secs(1));
+    p.assert_children_match();
+    p
+}
+
+/// A network that drops, duplicates and delays one datagram in `one_in` each (seeded).
+pub fn lossy(seed: u64, one_in: u8) -> Box<dyn FnMut(&Pkt) -> Fate> {
+    let mut rng = TestRng(seed ^ 0x5eed);
+    Box::new(move |_| {
+        let mut r = [0u8; 2];
+        rng.fill(&mut r);
+        match r[0] % one_in {
+            0 => Fate::Drop,
+            1 => Fate::Duplicate,
+            2 => Fate::Delay(usize::from(r[1] % 3) + 1),
+            _ => Fate::Deliver,
+        }
+    })
+}
+
+/// Child SAs as (A's inbound, A's outbound) SPIs, sorted.
+pub type SpiPairs = Vec<(u32, u32)>;
+
+/// Both sides' Child SAs as [`SpiPairs`]: equal when the two ends agree.
+pub fn child_pairs(p: &Pair) -> (SpiPairs, SpiPairs) {
+    let mut a: Vec<_> =
+        p.a.child_sas(PEER_A)
+            .iter()
+            .map(|c| (c.spi_in, c.spi_out))
+            .collect();
+    let mut b: Vec<_> =
+        p.b.child_sas(PEER_B)
+            .iter()
+            .map(|c| (c.spi_out, c.spi_in))
+            .collect();
+    a.sort_unstable();
+    b.sort_unstable();
+    (a, b)
+}
+
+/// Every IKE SA either side deleted was replaced (rekeyed) or redundant (a duplicate):
+/// nothing a driver would take for the tunnel going down.
+pub fn assert_no_tunnel_down(p: &Pair, what: &str) {
+    for events in [&p.a_events, &p.b_events] {
+        let down = |e: &Event| {
+            matches!(e, Event::IkeSaDeleted { reason, .. }
+                if !matches!(reason, DeleteReason::Rekeyed | DeleteReason::Duplicate))
+        };
+        assert_eq!(Pair::count(events, down), 0, "{what}: {events:#?}");
+    }
+}
 
 /// A pair of endpoints with `a` (and its mirror) whose jobs the test runs by hand.
 pub fn manual(a: PeerConfig) -> (Pair, DhQueue) {
