@@ -41,17 +41,7 @@ fn rekeys(bad_network: bool, seed: u64, scenario: u64, run: Option<DhRun>, what:
     if bad_network {
         p.fate = lossy(seed, 10);
     }
-    let (child_a, child_b) = (scenario & 1 == 0, scenario & 2 == 0);
-    if child_a {
-        p.a.rekey_child(p.now, PEER_A).expect("established");
-    } else {
-        p.a.rekey_ike(p.now, PEER_A).expect("established");
-    }
-    if child_b {
-        p.b.rekey_child(p.now, PEER_B).expect("established");
-    } else {
-        p.b.rekey_ike(p.now, PEER_B).expect("established");
-    }
+    let (child_a, child_b) = rekey_both(&mut p, scenario);
     p.drive();
     p.advance(Duration::from_secs(2));
     p.fate = Box::new(|_| Fate::Deliver);

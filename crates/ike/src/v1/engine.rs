@@ -585,8 +585,6 @@ impl Engine {
         }
     }
 
-    /// A new ISAKMP SA is up: older ones of the same peer hand over their Child SAs
-    /// (make-before-break), or go away with INITIAL-CONTACT (RFC 2407 §4.6.3.3).
     /// A Quick Mode that was in progress on `sa` when a new ISAKMP SA replaced it made
     /// its Child SA after `supersede` had moved the others: it joins them on the
     /// successor. Left on the replaced SA, it would vanish with it, unreported, while
@@ -605,6 +603,8 @@ impl Engine {
         self.index_timer(k, next);
     }
 
+    /// A new ISAKMP SA is up: older ones of the same peer hand over their Child SAs
+    /// (make-before-break), or go away with INITIAL-CONTACT (RFC 2407 §4.6.3.3).
     fn supersede(&mut self, cx: &mut Cx<'_>, now: Instant, new_key: u64) {
         let Some(mut new) = self.sas.remove(&new_key) else {
             return;
@@ -645,13 +645,7 @@ impl Engine {
                 });
                 redundant = true;
                 new.retiring = true;
-                new.retire_at = Some(
-                    now + if new.initiator {
-                        REPLACED_SA_GRACE
-                    } else {
-                        Duration::from_secs(30)
-                    },
-                );
+                new.retire_at = Some(now + replaced_wait(new.initiator));
                 self.put_back(cx, old);
                 continue;
             }
@@ -689,13 +683,7 @@ impl Engine {
                 // waits 10 s after its own reauthentication); the responder waits for
                 // it and deletes the old SA itself only after 30 s.
                 old.retiring = true;
-                old.retire_at = Some(
-                    now + if new.initiator {
-                        REPLACED_SA_GRACE
-                    } else {
-                        Duration::from_secs(30)
-                    },
-                );
+                old.retire_at = Some(now + replaced_wait(new.initiator));
             }
             self.put_back(cx, old);
         }
@@ -3249,7 +3237,7 @@ fn dpd_timers(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
             // No acknowledgement, but authenticated traffic from the peer since the first
             // R-U-THERE (its own R-U-THERE, a Quick Mode, a Delete, ESP through
             // `handle_child_activity`): it is alive, and only the acknowledgements were
-            // lost (RFC 3706 §5.3: any traffic from the peer proves liveness).
+            // lost. RFC 3706 asks for proof of liveness only when the peer is silent.
             sa.dpd_seq = d.first_seq.wrapping_add(d.sent);
             sa.dpd = None;
             return;
@@ -3521,6 +3509,17 @@ fn remove_sa(cx: &mut Cx<'_>, sa: &mut P1Sa, reason: DeleteReason) {
 }
 
 // ---- small helpers --------------------------------------------------------------------
+
+/// How long a replaced ISAKMP SA lives on (see `Engine::supersede`): the initiator of its
+/// replacement deletes it after `REPLACED_SA_GRACE`; the responder waits for that Delete
+/// and deletes it itself after 30 s.
+fn replaced_wait(initiated_replacement: bool) -> Duration {
+    if initiated_replacement {
+        REPLACED_SA_GRACE
+    } else {
+        Duration::from_secs(30)
+    }
+}
 
 /// Whether a retransmitted message should get our last message again. Both IKEv1
 /// peers answer retransmissions (RFC 2408 §5), so copies that arrive together

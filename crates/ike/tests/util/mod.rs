@@ -128,6 +128,26 @@ pub fn up_with(a: PeerConfig, seed: u64, run: Option<DhRun>) -> Pair {
     p
 }
 
+/// Both ends start a rekey at once, each of its Child SA or of its IKE SA: bit 0 of
+/// `scenario` clear for A's Child SA, bit 1 clear for B's. Returns which were Child SAs.
+pub fn rekey_both(p: &mut Pair, scenario: u64) -> (bool, bool) {
+    let (child_a, child_b) = (scenario & 1 == 0, scenario & 2 == 0);
+    let now = p.now;
+    let a = if child_a {
+        p.a.rekey_child(now, PEER_A)
+    } else {
+        p.a.rekey_ike(now, PEER_A)
+    };
+    a.expect("A has an established IKE SA");
+    let b = if child_b {
+        p.b.rekey_child(now, PEER_B)
+    } else {
+        p.b.rekey_ike(now, PEER_B)
+    };
+    b.expect("B has an established IKE SA");
+    (child_a, child_b)
+}
+
 /// A network that drops, duplicates and delays one datagram in `one_in` each (seeded).
 pub fn lossy(seed: u64, one_in: u8) -> Box<dyn FnMut(&Pkt) -> Fate> {
     let mut rng = TestRng(seed ^ 0x5eed);
