@@ -440,6 +440,28 @@ impl Endpoint {
             .collect()
     }
 
+    /// The Child SAs of `peer` that are neither replaced by a rekey nor being deleted:
+    /// what carries the tunnel once the replaced ones are gone.
+    #[cfg(feature = "testing")]
+    pub fn current_child_sas(&self, peer: PeerId) -> Vec<ChildSa> {
+        use crate::sa::{Child, ChildState};
+        let current = |c: &Child| matches!(c.state, ChildState::Installed | ChildState::Rekeying);
+        if self.is_v1(peer) {
+            return self.v1.children(peer, current);
+        }
+        self.sas
+            .of_peer(peer)
+            .map(|(_, s)| s)
+            .filter(|s| s.linger_until.is_none())
+            .flat_map(|s| {
+                s.children
+                    .iter()
+                    .filter(|c| current(c))
+                    .map(|c| c.sa.clone())
+            })
+            .collect()
+    }
+
     // ---- commands ------------------------------------------------------------------
 
     pub fn add_peer(&mut self, peer: PeerId, cfg: PeerConfig) -> Result<(), Error> {
@@ -1139,6 +1161,8 @@ impl Endpoint {
             rekey_at: soft.map(|d| now + d),
             expire_at: (!lifetime.is_zero()).then(|| now + lifetime),
             collision: None,
+            installed: now,
+            initiated: false,
         });
     }
 }

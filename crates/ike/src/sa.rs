@@ -134,6 +134,10 @@ pub(crate) struct Child {
     /// The peer rekeyed this child while we were rekeying it (RFC 7296 §2.8.1): the
     /// lowest nonce of the peer's exchange and the SPI of the child it created.
     pub collision: Option<(Vec<u8>, u32)>,
+    /// When it was installed.
+    pub installed: Instant,
+    /// IKEv1: we initiated the Quick Mode that created it (IKEv2 leaves it false).
+    pub initiated: bool,
 }
 
 pub(crate) struct IkeSa {

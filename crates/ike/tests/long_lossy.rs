@@ -2,13 +2,16 @@
 //! 120 s, PFS) and DPD every 10 s, over a network that drops, duplicates and reorders
 //! 5% of datagrams each, DH in place or offloaded, IKEv2 and IKEv1: rekeys of both
 //! kinds from both ends cross each other, DPD runs between them. Afterwards both ends
-//! must agree on what they have.
+//! must agree on what they have: one IKE SA and one current Child SA.
 //!
 //! Found with it (each fixed): an IKEv1 end declared its peer dead when only the
 //! R-U-THERE acknowledgements were lost, although the peer's Quick Modes and Deletes kept
 //! arriving (in 9 of 30 seeds at 5% loss); and an IKEv2 rekey request for a Child SA that
 //! overtook the Delete moving it to the new IKE SA was answered CHILD_SA_NOT_FOUND, so
-//! both ends deleted the tunnel's only Child SA.
+//! both ends deleted the tunnel's only Child SA. And IKEv1 kept both Child SAs of Quick
+//! Mode rekeys that crossed, each rekeyed on its own from then on: four pairs at the end
+//! of the first seed here, up to eight after two virtual hours, and the two ends could
+//! disagree about which were replaced.
 
 mod util;
 
@@ -49,16 +52,15 @@ fn hold(v1: bool, seed: u64, run: Option<DhRun>, what: &str) {
     assert_eq!(ia, ib, "{what}");
     let (ca, cb) = child_pairs(&p);
     assert_eq!(ca, cb, "{what}");
+    let (ca, cb) = current_child_pairs(&p);
+    assert_eq!(ca, cb, "{what}");
     let verdicts = |events: &[Event]| Pair::count(events, |e| matches!(e, Event::PeerDead { .. }));
     let dead = verdicts(&p.a_events) + verdicts(&p.b_events);
     if v1 || dead == 0 {
         // IKEv1 DPD counts any traffic from the peer as a sign of life (RFC 3706).
         assert_eq!(dead, 0, "{what}: {:#?}", p.a_events);
         assert_eq!(ia.len(), 1, "{what}");
-        assert!(!ca.is_empty(), "{what}");
-        if !v1 {
-            assert_eq!(ca.len(), 1, "{what}");
-        }
+        assert_eq!(ca.len(), 1, "{what}");
         assert_no_tunnel_down(&p, what);
     } else {
         // IKEv2: a request unanswered through all its retransmissions is a dead peer

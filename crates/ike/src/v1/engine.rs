@@ -187,9 +187,14 @@ impl Engine {
     }
 
     pub fn child_sas(&self, peer: PeerId) -> Vec<ChildSa> {
+        self.children(peer, |_| true)
+    }
+
+    /// The Child SAs of `peer` for which `keep` holds.
+    pub(crate) fn children(&self, peer: PeerId, keep: impl Fn(&Child) -> bool) -> Vec<ChildSa> {
         self.of_peer(peer)
             .filter(|(_, s)| !s.dead)
-            .flat_map(|(_, s)| s.children.iter().map(|c| c.sa.clone()))
+            .flat_map(|(_, s)| s.children.iter().filter(|c| keep(c)).map(|c| c.sa.clone()))
             .collect()
     }
 
@@ -303,27 +308,9 @@ impl Engine {
         let Some(mut sa) = self.sas.remove(&k) else {
             return;
         };
-        // A replaced ISAKMP SA handed its Child SAs to its heir (`supersede`), but a
-        // Quick Mode in flight on it finishes on it (its keys come from this SA's
-        // SKEYID_d), and the peer may delete Child SAs through it: for this message it
-        // holds the heir's Child SAs, so that a rekey finds the SA it replaces and what
-        // it creates lives on with the heir instead of dying with this SA.
-        let heir = sa
-            .retiring
-            .then(|| self.established_cookie(sa.peer))
-            .flatten();
-        if let Some(h) = heir.and_then(|h| self.sas.get_mut(&h)) {
-            sa.children = std::mem::take(&mut h.children);
-        }
+        let heir = self.borrow_children(&mut sa);
         on_message(cx, now, &mut sa, local, remote, data, &h);
-        if let Some(hk) = heir
-            && let Some(h) = self.sas.get_mut(&hk)
-        {
-            h.children = std::mem::take(&mut sa.children);
-            // Child SAs this message created or rekeyed have timers of their own.
-            let t = h.next_timeout();
-            self.index_timer(hk, t);
-        }
+        self.return_children(&mut sa, heir);
         let established = std::mem::take(&mut sa.just_established);
         let cookie = sa.our_cookie();
         self.put_back(cx, sa);
@@ -350,7 +337,9 @@ impl Engine {
                 self.put_back(cx, sa);
                 continue;
             }
+            let heir = self.borrow_children(&mut sa);
             sa_timers(cx, now, &mut sa);
+            self.return_children(&mut sa, heir);
             let rekey = std::mem::take(&mut sa.want_rekey) && !sa.dead && !sa.retiring;
             let (peer, cfg) = (sa.peer, sa.cfg.clone());
             self.put_back(cx, sa);
@@ -442,7 +431,9 @@ impl Engine {
             return None;
         };
         if let Some(mid) = done.qm {
+            let heir = self.borrow_children(&mut sa);
             qm_dh_done(cx, now, &mut sa, mid, done);
+            self.return_children(&mut sa, heir);
             self.put_back(cx, sa);
             return None;
         }
@@ -489,6 +480,34 @@ impl Engine {
             self.supersede(cx, now, cookie);
         }
         held
+    }
+
+    /// A replaced ISAKMP SA handed its Child SAs to its heir (`supersede`), but a Quick
+    /// Mode in flight on it finishes on it (its keys come from this SA's SKEYID_d), with
+    /// a datagram, a PFS result or a timeout, and the peer may delete Child SAs through
+    /// it. While it handles one of these it holds the heir's Child SAs, so that a rekey
+    /// finds the SA it replaces, a failed one puts it back, a crossing one is found
+    /// redundant, and what it creates lives on with the heir instead of dying with this
+    /// SA. Returns the heir, for [`Self::return_children`].
+    fn borrow_children(&mut self, sa: &mut P1Sa) -> Option<u64> {
+        let heir = sa
+            .retiring
+            .then(|| self.established_cookie(sa.peer))
+            .flatten()?;
+        let h = self.sas.get_mut(&heir)?;
+        sa.children = std::mem::take(&mut h.children);
+        Some(heir)
+    }
+
+    fn return_children(&mut self, sa: &mut P1Sa, heir: Option<u64>) {
+        if let Some(hk) = heir
+            && let Some(h) = self.sas.get_mut(&hk)
+        {
+            h.children = std::mem::take(&mut sa.children);
+            // Child SAs created or rekeyed meanwhile have timers of their own.
+            let t = h.next_timeout();
+            self.index_timer(hk, t);
+        }
     }
 
     fn put_back(&mut self, cx: &mut Cx<'_>, mut sa: Box<P1Sa>) {
@@ -2403,7 +2422,7 @@ fn qm2(
     qm.last_rcvd = data.to_vec();
     qm.retx = None;
     let fail = |cx: &mut Cx<'_>, sa: &mut P1Sa, reason: String| {
-        qm2_failed(cx, sa, spi_in, rekey_of, reason);
+        qm2_failed(cx, now, sa, spi_in, rekey_of, reason);
     };
     let answer = c
         .first(PayloadType::SA)
@@ -2507,15 +2526,40 @@ fn qm2(
 
 /// A Quick Mode we initiated failed: the reason, its inbound SPI freed, and the Child
 /// SA it was to replace (if a rekey) back to installed.
-fn qm2_failed(cx: &mut Cx<'_>, sa: &mut P1Sa, spi_in: u32, rekey_of: Option<u32>, reason: String) {
+fn qm2_failed(
+    cx: &mut Cx<'_>,
+    now: Instant,
+    sa: &mut P1Sa,
+    spi_in: u32,
+    rekey_of: Option<u32>,
+    reason: String,
+) {
     cx.io.fail(Some(sa.peer), Phase::Phase2, reason);
     cx.io.child_spis.remove(&spi_in);
-    if let Some(s) = rekey_of
-        && let Some(c) = sa.children.iter_mut().find(|c| c.sa.spi_in == s)
-    {
-        c.state = ChildState::Installed;
-    }
+    rekey_failed(now, sa, rekey_of);
 }
+
+/// Our rekey of Child SA `rekey_of` failed. Unless the peer's own rekey replaced it
+/// meanwhile, it is installed again, and the rekey is tried again halfway to its end:
+/// left alone it would run out and take the tunnel with it, although the next Quick
+/// Mode would most likely get through (a lossy path, a peer that was busy).
+fn rekey_failed(now: Instant, sa: &mut P1Sa, rekey_of: Option<u32>) {
+    let Some(c) = rekey_of.and_then(|s| sa.children.iter_mut().find(|c| c.sa.spi_in == s)) else {
+        return;
+    };
+    if c.state != ChildState::Rekeying {
+        return;
+    }
+    c.state = ChildState::Installed;
+    c.rekey_at = c
+        .expire_at
+        .map(|t| t.saturating_duration_since(now) / 2)
+        .filter(|d| *d >= MIN_REKEY_RETRY)
+        .map(|d| now + d);
+}
+
+/// The shortest wait before a failed Child SA rekey is tried again.
+const MIN_REKEY_RETRY: Duration = Duration::from_secs(5);
 
 /// Hands `job` to the endpoint's [`crate::DhOffload`]; gives it back when there is
 /// none or it refused, to be computed in place.
@@ -2564,6 +2608,7 @@ fn qm2_keyed(
     let Ok(gxy) = gxy else {
         qm2_failed(
             cx,
+            now,
             sa,
             terms.spi_in,
             rekey_of,
@@ -2617,15 +2662,28 @@ fn qm3(
     qm.last_rcvd = data.to_vec();
     qm.retx = None;
     qm.linger_until = Some(now + linger(cx.ecfg));
-    // A new Child SA with the selectors of an installed one replaces it: the peer
-    // rekeyed and will delete the old one.
+    // A new Child SA with the selectors of one we have replaces it: the peer rekeyed
+    // and will delete the old one. IKEv1 does not say which one (IKEv2 has REKEY_SA).
+    // One that we are rekeying, or just rekeyed, comes first: the two rekeys crossed,
+    // and taking the Child SA our own rekey made for the replaced one would leave each
+    // end with a different one marked replaced. Otherwise the oldest installed one,
+    // unless it is too young to be due for a rekey: then it is what our crossing rekey
+    // made, and the one both replaced is gone already.
+    let same = |c: &&Child| c.sa.local_ts == child.local_ts && c.sa.remote_ts == child.remote_ts;
+    let young = |c: &Child| {
+        let due = (c.sa.lifetime / 2).min(linger(cx.ecfg));
+        now.saturating_duration_since(c.installed) < due
+    };
     let old = sa
         .children
         .iter()
-        .find(|c| {
-            matches!(c.state, ChildState::Installed | ChildState::Rekeying)
-                && c.sa.local_ts == child.local_ts
-                && c.sa.remote_ts == child.remote_ts
+        .filter(same)
+        .find(|c| matches!(c.state, ChildState::Rekeying | ChildState::Rekeyed))
+        .or_else(|| {
+            sa.children
+                .iter()
+                .filter(same)
+                .find(|c| c.state == ChildState::Installed && !young(c))
         })
         .map(|c| c.sa.spi_in);
     install_child(cx, now, sa, *child, old, false);
@@ -2736,7 +2794,60 @@ fn install_child(
         rekey_at: soft.map(|d| now + d),
         expire_at: (!lifetime.is_zero()).then(|| now + lifetime),
         collision: None,
+        installed: now,
+        initiated: initiator,
     });
+    drop_redundant(cx, now, sa);
+}
+
+/// Both ends rekeyed a Child SA at once, or one end's rekey took the other's new
+/// Child SA for the old one: now there are two installed Child SAs with the same
+/// selectors, and each would be rekeyed on its own from then on, for as long as the
+/// tunnel lives (a lossy network makes more of them at each crossing). IKEv1 has no
+/// rule for this; like RFC 7296 §2.8.1, both ends keep the same one, here the one with
+/// the greatest SPIs, which both ends see, and each other one is deleted by the end
+/// that initiated it, after the grace period of a rekeyed one. A peer that does not
+/// do this (strongSwan) keeps its own; those of ours still go.
+fn drop_redundant(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
+    let Some((lts, rts)) = sa
+        .children
+        .last()
+        .map(|c| (c.sa.local_ts.clone(), c.sa.remote_ts.clone()))
+    else {
+        return;
+    };
+    let spis = |c: &Child| {
+        let (i, o) = (c.sa.spi_in, c.sa.spi_out);
+        (i.min(o), i.max(o))
+    };
+    let same = |c: &Child| {
+        c.state == ChildState::Installed && c.sa.local_ts == lts && c.sa.remote_ts == rts
+    };
+    let Some(keep) = sa.children.iter().filter(|c| same(c)).map(spis).max() else {
+        return;
+    };
+    let grace_end = now + rekeyed_grace(cx.ecfg);
+    let mut redundant = Vec::new();
+    for c in sa.children.iter_mut() {
+        if same(c) && c.initiated && spis(c) != keep {
+            c.state = ChildState::Rekeyed;
+            c.rekey_at = None;
+            c.expire_at = Some(c.expire_at.map_or(grace_end, |t| t.min(grace_end)));
+            redundant.push(c.sa.spi_in);
+        }
+    }
+    if !redundant.is_empty() {
+        cx.io.log(
+            Some(sa.peer),
+            Level::Info,
+            "child_redundant",
+            format!(
+                "both ends rekeyed at once: Child SA {} is redundant and goes in {} s",
+                spis_hex(&redundant),
+                rekeyed_grace(cx.ecfg).as_secs()
+            ),
+        );
+    }
 }
 
 /// Deletes our Child SAs `spis` (inbound SPIs), telling the peer (RFC 2408 §3.15).
@@ -2904,11 +3015,7 @@ fn on_notify(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa, n: &Notify) {
                         } = q.state
                     {
                         cx.io.child_spis.remove(&spi_in);
-                        if let Some(s) = rekey_of
-                            && let Some(c) = sa.children.iter_mut().find(|c| c.sa.spi_in == s)
-                        {
-                            c.state = ChildState::Installed;
-                        }
+                        rekey_failed(now, sa, rekey_of);
                     }
                 }
                 Phase::Phase2
@@ -3175,7 +3282,7 @@ fn qm_timers(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
             let why = "the PFS Diffie-Hellman computation did not finish".to_string();
             match q.state {
                 QmState::I2Keying { accepted: a, .. } => {
-                    qm2_failed(cx, sa, a.terms.spi_in, a.rekey_of, why);
+                    qm2_failed(cx, now, sa, a.terms.spi_in, a.rekey_of, why);
                 }
                 QmState::R2Keying { answer, .. } => {
                     cx.io.child_spis.remove(&answer.terms.spi_in);
@@ -3204,11 +3311,7 @@ fn qm_timers(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
                             format!("peer {} did not answer {what}", sa.remote),
                         );
                         cx.io.child_spis.remove(&spi_in);
-                        if let Some(s) = rekey_of
-                            && let Some(c) = sa.children.iter_mut().find(|c| c.sa.spi_in == s)
-                        {
-                            c.state = ChildState::Installed;
-                        }
+                        rekey_failed(now, sa, rekey_of);
                     }
                     QmState::R3 { child, .. } => {
                         cx.io.log(

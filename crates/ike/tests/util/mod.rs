@@ -183,6 +183,28 @@ pub fn child_pairs(p: &Pair) -> (SpiPairs, SpiPairs) {
     (a, b)
 }
 
+/// Like [`child_pairs`], of the Child SAs neither replaced nor being deleted.
+pub fn current_child_pairs(p: &Pair) -> (SpiPairs, SpiPairs) {
+    let pairs = |cs: Vec<ike::ChildSa>, a: bool| {
+        let mut v: Vec<_> = cs
+            .iter()
+            .map(|c| {
+                if a {
+                    (c.spi_in, c.spi_out)
+                } else {
+                    (c.spi_out, c.spi_in)
+                }
+            })
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    (
+        pairs(p.a.current_child_sas(PEER_A), true),
+        pairs(p.b.current_child_sas(PEER_B), false),
+    )
+}
+
 /// Every IKE SA either side deleted was replaced (rekeyed) or redundant (a duplicate):
 /// nothing a driver would take for the tunnel going down.
 pub fn assert_no_tunnel_down(p: &Pair, what: &str) {
