@@ -448,6 +448,139 @@ fn ikev1_main_mode_initiator_carries_ping() {
     assert_eq!(r.received, 5, "on-premises → VPC over IKEv1: {r:?}");
 }
 
+/// IKEv1 Quick Mode rekeys with strongSwan started by either end: ours on the Child SA
+/// lifetime (20 s, so at 17.1-18 s; strongSwan's own would come at 50-55 s),
+/// strongSwan's by `swanctl --rekey` halfway through. No ping is lost across them, and
+/// the Child SAs do not pile up on either end.
+#[test]
+fn ikev1_quick_mode_rekeys_from_both_ends_lose_no_ping() {
+    let topo = Topology::new().unwrap();
+    let gw = Gateway::start(&topo.gw);
+    let swan =
+        StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
+    let mut conn = SwanctlConn {
+        version: 1,
+        ..onprem_conn("10.2.0.0/24", "172.16.1.0/24", PSK)
+    };
+    conn.children[0].rekey_time = Some(55);
+    conn.children[0].life_time = Some(60);
+    swan.load(&swanctl::render(&[conn])).unwrap();
+    let (gw_id, cgw_id) = gw.base_resources(GW1, ONPREM);
+    let conn = gw.post(
+        "/v1/vpn-connections",
+        json!({
+            "name": "v1-rekeys",
+            "vpn_gateway_id": gw_id,
+            "routing_mode": "protected_flows",
+            "local_subnets": ["172.16.1.0/24"],
+            "remote_subnets": ["10.2.0.0/24"],
+            "effective_immediately": true,
+            "tunnels": [{
+                "customer_gateway_id": cgw_id,
+                "pre_shared_key": PSK,
+                "ike": {"version": "ikev1", "mode": "main"},
+                "ipsec": {"lifetime_s": 20},
+            }],
+        }),
+    );
+    let conn_id = id(&conn);
+    gw.wait_tunnel(
+        &conn_id,
+        "established (IKEv1)",
+        Duration::from_secs(20),
+        |s| phase(s) == "established",
+    );
+    swan.wait_established("vpn", Duration::from_secs(10))
+        .unwrap();
+    let vpc = topo.vpc_ip().to_string();
+    lab::wait_ping(&topo.vpc, &vpc, "10.2.0.1", Duration::from_secs(10)).unwrap();
+
+    let monitor = PingMonitor::start(
+        &topo.vpc,
+        topo.workdir.path(),
+        &vpc,
+        "10.2.0.1",
+        Duration::from_millis(50),
+    )
+    .unwrap();
+    // The most Child SAs either end held at once, sampled while `until` runs.
+    let mut most = (0, 0);
+    let sample = |most: &mut (usize, usize)| {
+        let c = gw.get(&format!("/v1/vpn-connections/{conn_id}"));
+        let ours = c["tunnels"][0]["status"]["child_sas"]
+            .as_array()
+            .map_or(0, Vec::len);
+        let theirs: usize = swan
+            .list_sas()
+            .unwrap()
+            .iter()
+            .filter(|sa| sa.name == "vpn")
+            .map(|sa| sa.children.len())
+            .sum();
+        *most = (most.0.max(ours), most.1.max(theirs));
+    };
+    let ours = |gw: &Gateway| {
+        gw.logs(&conn_id, 1000)
+            .iter()
+            .filter(|e| {
+                e["event"] == "phase2_start"
+                    && e["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("rekeying"))
+            })
+            .count()
+    };
+    let wait_ours = |n: usize, most: &mut (usize, usize)| {
+        let until = Instant::now() + Duration::from_secs(25);
+        while ours(&gw) < n {
+            assert!(
+                Instant::now() < until,
+                "no rekey of ours: {:#?}",
+                gw.logs(&conn_id, 60)
+            );
+            sample(most);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    // Ours, then strongSwan's halfway through the next Child SA's life, then ours.
+    wait_ours(1, &mut most);
+    let until = Instant::now() + Duration::from_secs(11);
+    while Instant::now() < until {
+        sample(&mut most);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let before = gw.events(&conn_id).len();
+    swan.swanctl(&["--rekey", "--child", "net"]).unwrap();
+    wait_ours(2, &mut most);
+    std::thread::sleep(Duration::from_secs(3));
+    sample(&mut most);
+    let report = monitor.stop().unwrap();
+
+    assert!(report.sent > 500, "{report:?}");
+    assert!(
+        report.losses.is_empty(),
+        "lost pings across the rekeys: {report:?}"
+    );
+    let logs = gw.logs(&conn_id, 1000);
+    let installed = |from: usize| {
+        logs.iter()
+            .skip(from)
+            .filter(|e| e["event"] == "esp_sa_installed")
+            .count()
+    };
+    // strongSwan's rekey installed a Child SA of its own between ours.
+    assert!(installed(before) >= 2, "{logs:#?}");
+    assert!(installed(0) >= 4, "{logs:#?}");
+    // A replaced Child SA lives on for a while beside its successor; more than two at
+    // a time means they pile up.
+    assert!(most.0 <= 2, "vpngw held {} Child SAs: {logs:#?}", most.0);
+    assert!(most.1 <= 2, "strongSwan held {} Child SAs", most.1);
+    let t = gw.wait_tunnel(&conn_id, "established", Duration::from_secs(5), |s| {
+        phase(s) == "established"
+    });
+    assert_eq!(t["status"]["ike_sa"]["version"], "ikev1", "{t:#}");
+}
+
 #[test]
 fn traffic_from_the_vpc_triggers_negotiation() {
     let topo = Topology::new().unwrap();
