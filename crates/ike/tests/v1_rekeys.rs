@@ -10,10 +10,14 @@
 //! Quick Mode that completed on an ISAKMP SA just replaced left its Child SA there, to
 //! vanish unreported with it while the peer kept it. Two Quick Mode rekeys made at once
 //! left both new Child SAs installed, and a late one could mark the other end's new
-//! Child SA as the replaced one, so the ends disagreed on what carries the tunnel.
+//! Child SA as the replaced one, so the ends disagreed on what carries the tunnel. And
+//! an end whose new ISAKMP SA's last message was lost deleted the old SA anyway, so
+//! the peer deleted its Child SAs with it.
 
 mod util;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crypto::DhGroup;
@@ -121,4 +125,71 @@ fn a_failed_quick_mode_rekey_is_tried_again() {
     assert_eq!(Pair::count(&p.a_events, expired), 0, "{:#?}", p.a_events);
     assert_eq!(Pair::count(&p.b_events, expired), 0, "{:#?}", p.b_events);
     assert_no_tunnel_down(&p, "after the blackout");
+}
+
+/// A new ISAKMP SA whose last message is lost: Aggressive Mode message 3 (nothing
+/// acknowledges it) or Main Mode message 6 with all of message 5's retransmissions
+/// for a while. The end that thinks the new SA is up must not delete the old one
+/// before the other end has the new one, or the other end, with nothing to hand its
+/// Child SAs to, deletes them with the old SA and reports the peer gone.
+#[test]
+fn a_replaced_isakmp_sa_stays_until_the_peer_has_its_successor() {
+    for mode in [V1Mode::Aggressive, V1Mode::Main] {
+        for run in [None, Some(DhRun::Fifo)] {
+            let what = format!("{mode:?} {run:?}");
+            let mut a = config_a();
+            a.version = IkeVersion::V1;
+            a.v1_mode = mode;
+            a.dpd_interval = Some(Duration::from_secs(10));
+            let mut p = up_with(a, 3, run);
+            let child = p.a.child_sas(PEER_A)[0].clone();
+            // The new SA's last message, and everything after it on phase 1 for 40 s.
+            let (last, to) = match mode {
+                V1Mode::Aggressive => (ike::v1::wire::Exchange::AGGRESSIVE, Side::B),
+                V1Mode::Main => (ike::v1::wire::Exchange::MAIN, Side::A),
+            };
+            let start = p.elapsed();
+            let dropped = Arc::new(AtomicUsize::new(0));
+            let seen = Arc::clone(&dropped);
+            p.fate = Box::new(move |pkt| {
+                let Ok(h) = ike::v1::wire::Header::parse(&pkt.payload) else {
+                    return Fate::Deliver;
+                };
+                let final_msg = h.exchange == last && h.encrypted() && pkt.to == to;
+                if final_msg && pkt.at < start + Duration::from_secs(40) {
+                    seen.fetch_add(1, Ordering::Relaxed);
+                    return Fate::Drop;
+                }
+                Fate::Deliver
+            });
+            p.a.rekey_ike(p.now, PEER_A).unwrap();
+            p.drive();
+            p.advance(Duration::from_secs(200));
+            let what = &what;
+            assert!(
+                dropped.load(Ordering::Relaxed) >= 2,
+                "{what}: the last message got through"
+            );
+            assert_no_tunnel_down(&p, what);
+            let deleted = |e: &Event| matches!(e, Event::ChildSaDeleted { .. });
+            assert_eq!(
+                Pair::count(&p.a_events, deleted),
+                0,
+                "{what}: {:#?}",
+                p.a_events
+            );
+            assert_eq!(
+                Pair::count(&p.b_events, deleted),
+                0,
+                "{what}: {:#?}",
+                p.b_events
+            );
+            let (ia, ib) = (p.a.ike_sas(PEER_A), p.b.ike_sas(PEER_B));
+            assert_eq!(ia.len(), 1, "{what}: {:#?}", p.b_events);
+            assert_eq!(ia, ib, "{what}");
+            let (ca, cb) = current_child_pairs(&p);
+            assert_eq!(ca, cb, "{what}");
+            assert_eq!(ca, [(child.spi_in, child.spi_out)], "{what}");
+        }
+    }
 }

@@ -308,9 +308,15 @@ impl Engine {
         let Some(mut sa) = self.sas.remove(&k) else {
             return;
         };
+        let was_established = sa.established();
         let heir = self.borrow_children(&mut sa);
         on_message(cx, now, &mut sa, local, remote, data, &h);
         self.return_children(&mut sa, heir);
+        if was_established && sa.last_rx == now && !sa.dead {
+            // An authenticated message from the peer on this SA: it has the SA.
+            sa.unconfirmed_since = None;
+            self.heard_from(sa.peer, now);
+        }
         let established = std::mem::take(&mut sa.just_established);
         let cookie = sa.our_cookie();
         self.put_back(cx, sa);
@@ -337,9 +343,13 @@ impl Engine {
                 self.put_back(cx, sa);
                 continue;
             }
+            self.retire_due(cx, now, &mut sa);
             let heir = self.borrow_children(&mut sa);
             sa_timers(cx, now, &mut sa);
             self.return_children(&mut sa, heir);
+            if std::mem::take(&mut sa.disowned) {
+                self.disown(cx, now, &mut sa);
+            }
             let rekey = std::mem::take(&mut sa.want_rekey) && !sa.dead && !sa.retiring;
             let (peer, cfg) = (sa.peer, sa.cfg.clone());
             self.put_back(cx, sa);
@@ -480,6 +490,99 @@ impl Engine {
             self.supersede(cx, now, cookie);
         }
         held
+    }
+
+    /// The peer was heard from on one of its ISAKMP SAs: that is a sign of life for
+    /// DPD on the others too (RFC 3706 asks whether the peer is alive, not each SA).
+    /// While a new SA is unconfirmed, the peer may still send everything on the old
+    /// one, and the new one would otherwise declare it dead.
+    fn heard_from(&mut self, peer: PeerId, now: Instant) {
+        let keys: Vec<u64> = self
+            .of_peer(peer)
+            .filter(|(_, s)| s.established() && !s.dead)
+            .map(|(k, _)| k)
+            .collect();
+        for k in keys {
+            if let Some(s) = self.sas.get_mut(&k) {
+                s.last_rx = s.last_rx.max(now);
+            }
+        }
+    }
+
+    /// Whether the replaced SA `sa` may go now that its time has come: not while the
+    /// peer may lack its successor (its last message lost, `P1Sa::unconfirmed_since`),
+    /// for deleting it then leaves the peer with nothing to move its Child SAs to, so
+    /// they go with it and the tunnel is down at the peer. It waits, asking the
+    /// successor for a sign of life, until the peer uses the successor or this SA
+    /// reaches its own end of life.
+    fn retire_due(&mut self, cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
+        if !sa.retiring || sa.retire_at.is_none_or(|t| now < t) {
+            return;
+        }
+        if sa.expire_at.is_some_and(|t| now >= t) {
+            return;
+        }
+        let Some(hk) = self.established_cookie(sa.peer) else {
+            return;
+        };
+        let Some(heir) = self.sas.get_mut(&hk) else {
+            return;
+        };
+        if heir.unconfirmed_since.is_none() {
+            return;
+        }
+        sa.retire_at = Some(now + REPLACED_SA_GRACE);
+        if heir.dpd.is_none() && heir.peer_dpd && heir.cfg.dpd_interval.is_some() {
+            start_dpd(cx, now, heir);
+            let t = heir.next_timeout();
+            self.index_timer(hk, t);
+        }
+    }
+
+    /// `sa` replaced an ISAKMP SA that is still there, but the peer does not have `sa`
+    /// (the last message of its Main or Aggressive Mode never arrived, and the peer
+    /// gave up on it): the replaced SA takes its Child SAs back and carries the tunnel
+    /// again, and a new replacement is negotiated soon. `sa` goes without a Delete,
+    /// which the peer could not read.
+    fn disown(&mut self, cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
+        let Some(ok) = self
+            .of_peer(sa.peer)
+            .filter(|(_, s)| s.established() && s.retiring && !s.dead)
+            .map(|(k, _)| k)
+            .next_back()
+        else {
+            return;
+        };
+        let Some(old) = self.sas.get_mut(&ok) else {
+            return;
+        };
+        cx.io.log(
+            Some(sa.peer),
+            Level::Warn,
+            "ike_rekey_lost",
+            format!(
+                "the peer never used ISAKMP SA {:016x}_i {:016x}_r (the last message of its {} \
+                 was lost) but still uses {:016x}_i {:016x}_r: keeping that one and \
+                 negotiating a replacement again",
+                sa.cky_i,
+                sa.cky_r,
+                mode_name(sa.mode),
+                old.cky_i,
+                old.cky_r
+            ),
+        );
+        old.children.append(&mut sa.children);
+        old.retiring = false;
+        old.retire_at = None;
+        old.rekey_at = Some(now + REPLACED_SA_GRACE);
+        cx.io.event(Event::IkeSaRekeyed {
+            peer: sa.peer,
+            old: (sa.cky_i, sa.cky_r),
+            new: (old.cky_i, old.cky_r),
+        });
+        let t = old.next_timeout();
+        self.index_timer(ok, t);
+        remove_sa(cx, sa, DeleteReason::Rekeyed);
     }
 
     /// A replaced ISAKMP SA handed its Child SAs to its heir (`supersede`), but a Quick
@@ -1868,6 +1971,9 @@ fn established(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
     sa.state = P1State::Established;
     sa.just_established = true;
     sa.last_rx = now;
+    // The last message of the exchange is the Main Mode responder's message 6 or the
+    // Aggressive Mode initiator's message 3: its sender cannot know it arrived.
+    sa.unconfirmed_since = (sa.initiator == (sa.mode == V1Mode::Aggressive)).then_some(now);
     // The initiator replaces the SA first; the responder only if that never happens,
     // so that both rarely negotiate replacements at once (IKEv1 has no collision
     // handling for them).
@@ -3225,7 +3331,13 @@ fn sa_timers(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
         return;
     }
     if sa.rekey_at.is_some_and(|t| now >= t) {
-        sa.rekey_at = None;
+        // Tried again halfway to the end if no replacement has taken over by then (its
+        // Main Mode failed, or the peer never got its last message).
+        sa.rekey_at = sa
+            .expire_at
+            .map(|t| t.saturating_duration_since(now) / 2)
+            .filter(|d| *d >= MIN_REKEY_RETRY)
+            .map(|d| now + d);
         sa.want_rekey = true;
     }
     let mut expired = Vec::new();
@@ -3341,8 +3453,14 @@ fn dpd_timers(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
             // R-U-THERE (its own R-U-THERE, a Quick Mode, a Delete, ESP through
             // `handle_child_activity`): it is alive, and only the acknowledgements were
             // lost. RFC 3706 asks for proof of liveness only when the peer is silent.
+            // Unless the peer never used this SA at all, for longer than it could
+            // still be retransmitting the exchange that made it: then it spoke on
+            // another one and does not have this one.
             sa.dpd_seq = d.first_seq.wrapping_add(d.sent);
             sa.dpd = None;
+            sa.disowned = sa
+                .unconfirmed_since
+                .is_some_and(|t| now >= t + linger(cx.ecfg));
             return;
         }
         if now >= d.first_sent + sa.cfg.dpd_timeout {
@@ -3386,15 +3504,20 @@ fn dpd_timers(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
         return;
     }
     if now >= sa.last_rx + interval {
-        send_r_u_there(cx, sa);
-        let first_seq = sa.dpd_seq;
-        sa.dpd = Some(Dpd {
-            first_seq,
-            first_sent: now,
-            next_send: now + cx.ecfg.retransmit_base,
-            sent: 1,
-        });
+        start_dpd(cx, now, sa);
     }
+}
+
+/// Sends the first R-U-THERE of a liveness check (RFC 3706 §5).
+fn start_dpd(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
+    send_r_u_there(cx, sa);
+    let first_seq = sa.dpd_seq;
+    sa.dpd = Some(Dpd {
+        first_seq,
+        first_sent: now,
+        next_send: now + cx.ecfg.retransmit_base,
+        sent: 1,
+    });
 }
 
 fn send_r_u_there(cx: &mut Cx<'_>, sa: &mut P1Sa) {

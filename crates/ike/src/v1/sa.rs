@@ -273,6 +273,15 @@ pub(crate) struct P1Sa {
     pub replaced: Option<u64>,
     /// Phase 1 completed during the last input; the engine looks at siblings.
     pub just_established: bool,
+    /// Established, but the peer may not have it (since when): nothing acknowledges a
+    /// Main Mode responder's message 6 or an Aggressive Mode initiator's message 3, and
+    /// the peer's end of the SA exists only once it has that message. Cleared by the
+    /// peer's first authenticated message on the SA; while it is set, the SA this one
+    /// replaced is not deleted (`Engine::retire_due`).
+    pub unconfirmed_since: Option<Instant>,
+    /// Unconfirmed, and its R-U-THEREs went unanswered while the peer spoke on another
+    /// ISAKMP SA: the peer does not have this one (`Engine::disown`).
+    pub disowned: bool,
     pub dead: bool,
     /// Responder: when the SA goes if Main or Aggressive Mode has not finished
     /// ([`crate::EndpointConfig::half_open_timeout`], as for IKEv2).
@@ -362,6 +371,8 @@ impl P1Sa {
             retire_at: None,
             replaced: None,
             just_established: false,
+            unconfirmed_since: None,
+            disowned: false,
             paced: None,
             keying: None,
             dead: false,
