@@ -1163,6 +1163,7 @@ impl Endpoint {
             collision: None,
             installed: now,
             initiated: false,
+            our_rekey: false,
         });
     }
 }

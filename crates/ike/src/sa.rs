@@ -138,6 +138,8 @@ pub(crate) struct Child {
     pub installed: Instant,
     /// IKEv1: we initiated the Quick Mode that created it (IKEv2 leaves it false).
     pub initiated: bool,
+    /// IKEv1: that Quick Mode was our rekey of another Child SA.
+    pub our_rekey: bool,
 }
 
 pub(crate) struct IkeSa {

@@ -193,3 +193,26 @@ fn a_replaced_isakmp_sa_stays_until_the_peer_has_its_successor() {
         }
     }
 }
+
+/// A peer may rekey a Child SA long before it is due (strongSwan with a short
+/// `rekey_time` and a long `rand_time`, or by hand): the responder still takes the new
+/// Child SA for a rekey of the old one, not for a second one beside it that it would
+/// then rekey itself.
+#[test]
+fn an_early_rekey_by_the_peer_replaces_the_child_sa() {
+    let mut a = config_a();
+    a.version = IkeVersion::V1;
+    a.v1_mode = V1Mode::Main;
+    a.child_lifetime = Duration::from_secs(120);
+    let mut p = up_with(a, 5, None);
+    let first = p.a.child_sas(PEER_A)[0].clone();
+    p.advance(Duration::from_secs(10));
+    p.b.rekey_child(p.now, PEER_B).unwrap();
+    p.drive();
+    let rekeyed = |e: &Event| matches!(e, Event::ChildSaRekeyed { old_spi_in, .. } if *old_spi_in == first.spi_in);
+    assert_eq!(Pair::count(&p.a_events, rekeyed), 1, "{:#?}", p.a_events);
+    let (ca, cb) = current_child_pairs(&p);
+    assert_eq!(ca, cb);
+    assert_eq!(ca.len(), 1, "{ca:x?}");
+    assert_ne!(ca[0].0, first.spi_in);
+}

@@ -2773,12 +2773,14 @@ fn qm3(
     // One that we are rekeying, or just rekeyed, comes first: the two rekeys crossed,
     // and taking the Child SA our own rekey made for the replaced one would leave each
     // end with a different one marked replaced. Otherwise the oldest installed one,
-    // unless it is too young to be due for a rekey: then it is what our crossing rekey
-    // made, and the one both replaced is gone already.
+    // unless our own rekey made it so recently that it cannot be due yet: then the two
+    // rekeys crossed and the one both replaced is gone already. (A peer may rekey any
+    // Child SA early; it will not rekey the product of our rekey before it could even
+    // have been retransmitting the crossing one.)
     let same = |c: &&Child| c.sa.local_ts == child.local_ts && c.sa.remote_ts == child.remote_ts;
     let young = |c: &Child| {
         let due = (c.sa.lifetime / 2).min(linger(cx.ecfg));
-        now.saturating_duration_since(c.installed) < due
+        c.our_rekey && now.saturating_duration_since(c.installed) < due
     };
     let old = sa
         .children
@@ -2902,6 +2904,7 @@ fn install_child(
         collision: None,
         installed: now,
         initiated: initiator,
+        our_rekey: initiator && rekey_of.is_some(),
     });
     drop_redundant(cx, now, sa);
 }
