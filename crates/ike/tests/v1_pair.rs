@@ -1212,3 +1212,40 @@ fn responder_answers_at_most_sixteen_quick_modes_at_once() {
     assert_eq!(pending(&p), 18, "{:?}", p.b_events);
     assert!(Pair::failures(&p.a_events).is_empty(), "{:?}", p.a_events);
 }
+
+/// A late copy of an earlier phase 1 message (the network duplicated and delayed
+/// Main Mode message 2) that arrives while the initiator waits for message 6 is
+/// ignored; the initiator keeps retransmitting message 5 when message 6 is lost.
+///
+/// Before: the copy cleared the retransmission of message 5, and with message 6
+/// lost the exchange waited forever, holding whatever it held.
+#[test]
+fn a_late_copy_of_an_earlier_message_does_not_stall_main_mode() {
+    use std::sync::{Arc, Mutex};
+    let a = v1(V1Mode::Main);
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    let kept: Arc<Mutex<Option<Pkt>>> = Arc::default();
+    let keep = Arc::clone(&kept);
+    let mut dropped_mm6 = false;
+    p.fate = Box::new(move |pkt| {
+        let Ok(h) = Header::parse(&pkt.payload) else {
+            return Fate::Deliver;
+        };
+        if pkt.to == Side::A && h.exchange == Exchange::MAIN {
+            if !h.encrypted() {
+                keep.lock().unwrap().get_or_insert_with(|| pkt.clone());
+            } else if !dropped_mm6 {
+                dropped_mm6 = true;
+                return Fate::Drop;
+            }
+        }
+        Fate::Deliver
+    });
+    p.initiate_a();
+    assert_eq!(established(&p.a_events), 0, "message 6 was not lost");
+    let mm2 = kept.lock().unwrap().clone().expect("message 2");
+    p.a.handle_datagram(p.now, mm2.dst, mm2.src, &mm2.payload);
+    p.drive();
+    p.advance(Duration::from_secs(30));
+    assert_up(&p, "after a late message 2 and a lost message 6");
+}

@@ -1137,11 +1137,20 @@ fn on_phase1(
             }
         }
     };
+    // A message the current step does not take (a late copy of an earlier one, out
+    // of order on the network) leaves everything as it was: it used to clear the
+    // retransmission of our last message, and the exchange then waited forever.
+    let before = (
+        next_iv.is_some().then(|| sa.iv.clone()),
+        sa.p1_last_rcvd.take(),
+        sa.retx.take(),
+        sa.last_rx,
+        sa.cky_r,
+    );
     if let Some(iv) = next_iv {
         sa.iv = iv;
     }
     sa.p1_last_rcvd = Some(data.to_vec());
-    sa.retx = None;
     sa.last_rx = now;
     if h.cky_r != 0 && sa.cky_r == 0 {
         sa.cky_r = h.cky_r;
@@ -1157,6 +1166,16 @@ fn on_phase1(
         P1State::AmR3 => am3(cx, now, sa, &chain, local, remote),
         _ => Err(Fail::Drop),
     };
+    if matches!(r, Err(Fail::Drop)) {
+        let (iv, last_rcvd, retx, last_rx, cky_r) = before;
+        if let Some(iv) = iv {
+            sa.iv = iv;
+        }
+        sa.p1_last_rcvd = last_rcvd;
+        sa.retx = retx;
+        sa.last_rx = last_rx;
+        sa.cky_r = cky_r;
+    }
     settle(cx, sa, r);
 }
 
