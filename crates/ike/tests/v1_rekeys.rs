@@ -170,26 +170,7 @@ fn a_replaced_isakmp_sa_stays_until_the_peer_has_its_successor() {
                 dropped.load(Ordering::Relaxed) >= 2,
                 "{what}: the last message got through"
             );
-            assert_no_tunnel_down(&p, what);
-            let deleted = |e: &Event| matches!(e, Event::ChildSaDeleted { .. });
-            assert_eq!(
-                Pair::count(&p.a_events, deleted),
-                0,
-                "{what}: {:#?}",
-                p.a_events
-            );
-            assert_eq!(
-                Pair::count(&p.b_events, deleted),
-                0,
-                "{what}: {:#?}",
-                p.b_events
-            );
-            let (ia, ib) = (p.a.ike_sas(PEER_A), p.b.ike_sas(PEER_B));
-            assert_eq!(ia.len(), 1, "{what}: {:#?}", p.b_events);
-            assert_eq!(ia, ib, "{what}");
-            let (ca, cb) = current_child_pairs(&p);
-            assert_eq!(ca, cb, "{what}");
-            assert_eq!(ca, [(child.spi_in, child.spi_out)], "{what}");
+            assert_kept(&p, &child, what);
         }
     }
 }
@@ -215,4 +196,83 @@ fn an_early_rekey_by_the_peer_replaces_the_child_sa() {
     assert_eq!(ca, cb);
     assert_eq!(ca.len(), 1, "{ca:x?}");
     assert_ne!(ca[0].0, first.spi_in);
+}
+
+/// An ISAKMP SA that reaches the end of its lifetime while its replacement is still
+/// being negotiated (the responder's Main Mode message 6 lost until then) hands its
+/// Child SAs to the replacement instead of deleting them: IKEv1 Child SAs do not
+/// depend on the ISAKMP SA that made them.
+///
+/// Before: the initiator deleted them at the old SA's end, and the tunnel was down
+/// until the driver negotiated a new one.
+#[test]
+fn an_isakmp_sa_that_ends_during_its_replacement_hands_over_its_child_sas() {
+    for run in [None, Some(DhRun::Fifo)] {
+        let what = &format!("{run:?}");
+        let mut a = config_a();
+        a.version = IkeVersion::V1;
+        a.v1_mode = V1Mode::Main;
+        a.ike_lifetime = Duration::from_secs(300);
+        a.dpd_interval = Some(Duration::from_secs(10));
+        let mut p = up_with(a, 11, run);
+        let child = p.a.child_sas(PEER_A)[0].clone();
+        // The replacement starts at 256-270 s; its message 6 is lost until just after
+        // the old SA's end at 300 s, and message 5's retransmission at +47.5 s gets it.
+        let start = p.elapsed();
+        let window = (
+            start + Duration::from_secs(250),
+            start + Duration::from_secs(301),
+        );
+        p.fate = Box::new(move |pkt| {
+            let last = ike::v1::wire::Header::parse(&pkt.payload)
+                .is_ok_and(|h| h.exchange == ike::v1::wire::Exchange::MAIN && h.encrypted());
+            if last && pkt.to == Side::A && pkt.at >= window.0 && pkt.at < window.1 {
+                Fate::Drop
+            } else {
+                Fate::Deliver
+            }
+        });
+        p.advance(Duration::from_secs(400));
+        assert_kept(&p, &child, what);
+        let parked = |e: &Event| {
+            matches!(
+                e,
+                Event::Log {
+                    event: "ike_replaced_early",
+                    ..
+                }
+            )
+        };
+        assert_eq!(
+            Pair::count(&p.a_events, parked),
+            1,
+            "{what}: {:#?}",
+            p.a_events
+        );
+    }
+}
+
+/// The tunnel never went down: no Child SA deleted, no IKE SA lost, and both ends
+/// hold one ISAKMP SA and still the Child SA `child`.
+fn assert_kept(p: &Pair, child: &ike::ChildSa, what: &str) {
+    let deleted = |e: &Event| matches!(e, Event::ChildSaDeleted { .. });
+    assert_eq!(
+        Pair::count(&p.a_events, deleted),
+        0,
+        "{what}: {:#?}",
+        p.a_events
+    );
+    assert_eq!(
+        Pair::count(&p.b_events, deleted),
+        0,
+        "{what}: {:#?}",
+        p.b_events
+    );
+    assert_no_tunnel_down(p, what);
+    let (ia, ib) = (p.a.ike_sas(PEER_A), p.b.ike_sas(PEER_B));
+    assert_eq!(ia.len(), 1, "{what}: {:#?}", p.a_events);
+    assert_eq!(ia, ib, "{what}");
+    let (ca, cb) = current_child_pairs(p);
+    assert_eq!(ca, cb, "{what}");
+    assert_eq!(ca, [(child.spi_in, child.spi_out)], "{what}");
 }

@@ -309,9 +309,11 @@ impl Engine {
             return;
         };
         let was_established = sa.established();
+        let pending = self.note_replacement(&mut sa);
         let heir = self.borrow_children(&mut sa);
         on_message(cx, now, &mut sa, local, remote, data, &h);
         self.return_children(&mut sa, heir);
+        self.park_children(cx, &mut sa, pending);
         if was_established && sa.last_rx == now && !sa.dead {
             // An authenticated message from the peer on this SA: it has the SA.
             sa.unconfirmed_since = None;
@@ -344,9 +346,11 @@ impl Engine {
                 continue;
             }
             self.retire_due(cx, now, &mut sa);
+            let pending = self.note_replacement(&mut sa);
             let heir = self.borrow_children(&mut sa);
             sa_timers(cx, now, &mut sa);
             self.return_children(&mut sa, heir);
+            self.park_children(cx, &mut sa, pending);
             if std::mem::take(&mut sa.disowned) {
                 self.disown(cx, now, &mut sa);
             }
@@ -490,6 +494,45 @@ impl Engine {
             self.supersede(cx, now, cookie);
         }
         held
+    }
+
+    /// Marks an established SA whose peer has a replacement ISAKMP SA in negotiation
+    /// (`P1Sa::successor_pending`); returns that replacement.
+    fn note_replacement(&self, sa: &mut P1Sa) -> Option<u64> {
+        let pending = (sa.established() && !sa.retiring)
+            .then(|| {
+                self.of_peer(sa.peer)
+                    .filter(|(_, s)| !s.dead && !s.established())
+                    .map(|(k, _)| k)
+                    .next_back()
+            })
+            .flatten();
+        sa.successor_pending = pending.is_some();
+        pending
+    }
+
+    /// `sa` went while its replacement `pending` was negotiated: its Child SAs wait on
+    /// the replacement (`P1Sa::adopted`).
+    fn park_children(&mut self, cx: &mut Cx<'_>, sa: &mut P1Sa, pending: Option<u64>) {
+        sa.successor_pending = false;
+        let Some(hk) = pending.filter(|_| sa.dead && !sa.children.is_empty()) else {
+            return;
+        };
+        let Some(h) = self.sas.get_mut(&hk) else {
+            return;
+        };
+        cx.io.log(
+            Some(sa.peer),
+            Level::Info,
+            "ike_replaced_early",
+            format!(
+                "ISAKMP SA {:016x}_i {:016x}_r is gone while its replacement is negotiated; \
+                 its Child SAs wait for the replacement",
+                sa.cky_i, sa.cky_r
+            ),
+        );
+        h.children.append(&mut sa.children);
+        h.adopted = Some((sa.cky_i, sa.cky_r));
     }
 
     /// The peer was heard from on one of its ISAKMP SAs: that is a sign of life for
@@ -668,6 +711,34 @@ impl Engine {
                     self.half_open.retain(|_, v| *v != k);
                 }
             }
+            if !sa.established() && !sa.children.is_empty() {
+                // A replacement that held the Child SAs of an SA that went
+                // (`park_children`) failed: they go now.
+                cx.io.log(
+                    Some(sa.peer),
+                    Level::Warn,
+                    "child_deleted",
+                    format!(
+                        "the replacement ISAKMP SA failed; deleting the Child SAs it held: {}",
+                        spis_hex(&sa.children.iter().map(|c| c.sa.spi_in).collect::<Vec<_>>())
+                    ),
+                );
+                for c in &sa.children {
+                    cx.io.event(Event::ChildSaDeleted {
+                        peer: sa.peer,
+                        spi_in: c.sa.spi_in,
+                        spi_out: c.sa.spi_out,
+                    });
+                }
+                if let Some((spi_i, spi_r)) = sa.adopted.take() {
+                    cx.io.event(Event::IkeSaDeleted {
+                        peer: sa.peer,
+                        spi_i,
+                        spi_r,
+                        reason: DeleteReason::LocalRequest,
+                    });
+                }
+            }
             for c in &sa.children {
                 cx.io.child_spis.remove(&c.sa.spi_in);
             }
@@ -731,6 +802,23 @@ impl Engine {
         let Some(mut new) = self.sas.remove(&new_key) else {
             return;
         };
+        if let Some(old) = new.adopted.take() {
+            cx.io.log(
+                Some(new.peer),
+                Level::Info,
+                "ike_rekeyed",
+                format!(
+                    "ISAKMP SA {:016x}_i {:016x}_r replaced by {:016x}_i {:016x}_r, which \
+                     now holds its Child SAs",
+                    old.0, old.1, new.cky_i, new.cky_r
+                ),
+            );
+            cx.io.event(Event::IkeSaRekeyed {
+                peer: new.peer,
+                old,
+                new: (new.cky_i, new.cky_r),
+            });
+        }
         let olds: Vec<u64> = self
             .of_peer(new.peer)
             .filter(|(_, s)| s.established() && !s.retiring && !s.dead)
@@ -3209,6 +3297,11 @@ fn on_delete(cx: &mut Cx<'_>, sa: &mut P1Sa, d: &Delete) {
             if d.spis.contains(&ours) {
                 let reason = if sa.retiring {
                     DeleteReason::Rekeyed
+                } else if sa.successor_pending {
+                    // The peer has its replacement already, we not yet (its last
+                    // message is still on the way): the Child SAs wait for it.
+                    sa.retiring = true;
+                    DeleteReason::Rekeyed
                 } else {
                     cx.io.log(
                         Some(sa.peer),
@@ -3337,6 +3430,14 @@ fn sa_timers(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
             send_delete_isakmp(cx, sa);
             remove_sa(cx, sa, DeleteReason::Rekeyed);
         }
+        return;
+    }
+    if sa.expire_at.is_some_and(|t| now >= t) && sa.successor_pending {
+        // Its replacement is still being negotiated (a lossy path): the Child SAs wait
+        // for it.
+        send_delete_isakmp(cx, sa);
+        sa.retiring = true;
+        remove_sa(cx, sa, DeleteReason::Rekeyed);
         return;
     }
     if sa.expire_at.is_some_and(|t| now >= t) {

@@ -279,6 +279,15 @@ pub(crate) struct P1Sa {
     /// peer's first authenticated message on the SA; while it is set, the SA this one
     /// replaced is not deleted (`Engine::retire_due`).
     pub unconfirmed_since: Option<Instant>,
+    /// A replacement of this peer's ISAKMP SA is being negotiated (set by the engine
+    /// while this SA handles an input): if this SA goes now (the peer deletes it or its
+    /// lifetime ends), its Child SAs wait for the replacement instead of going with it
+    /// (IKEv1 Child SAs do not depend on the ISAKMP SA that made them).
+    pub successor_pending: bool,
+    /// Not yet established, holding the Child SAs of the peer's ISAKMP SA (these
+    /// cookies) that went while this one was negotiated: this one replaces it once
+    /// established; if it fails, they are deleted.
+    pub adopted: Option<(u64, u64)>,
     /// Unconfirmed, and its R-U-THEREs went unanswered while the peer spoke on another
     /// ISAKMP SA: the peer does not have this one (`Engine::disown`).
     pub disowned: bool,
@@ -373,6 +382,8 @@ impl P1Sa {
             just_established: false,
             unconfirmed_since: None,
             disowned: false,
+            successor_pending: false,
+            adopted: None,
             paced: None,
             keying: None,
             dead: false,
