@@ -13,12 +13,16 @@
 //! of the first seed here, up to eight after two virtual hours, and the two ends could
 //! disagree about which were replaced.
 
+//!
+//! A second test reboots the peer three times in an hour over the same network, with
+//! a driver that starts over as the node does: the tunnel comes back every time.
+
 mod util;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crypto::DhGroup;
-use ike::{Event, IkeVersion, V1Mode};
+use ike::{Endpoint, EndpointConfig, Event, IkeVersion, PeerId, V1Mode};
 use util::*;
 
 #[test]
@@ -68,4 +72,75 @@ fn hold(v1: bool, seed: u64, run: Option<DhRun>, what: &str) {
         // (the driver, not the engine, starts again).
         assert!(ia.is_empty() && ca.is_empty(), "{what}");
     }
+}
+
+/// The peer reboots (loses every SA) three times in an hour over the same lossy
+/// network, and each end's driver starts over as the node does when a tunnel has no
+/// Child SA left: a new negotiation, or a fresh IKE SA if one without Child SAs is
+/// left. Each time the tunnel comes back to one IKE SA and one Child SA pair on both
+/// ends (INITIAL_CONTACT, unknown SPIs, DPD and half-open SAs on the way).
+#[test]
+fn a_tunnel_comes_back_after_the_peer_loses_its_state() {
+    for (v1, mode) in [
+        (false, V1Mode::Main),
+        (true, V1Mode::Main),
+        (true, V1Mode::Aggressive),
+    ] {
+        for seed in 1..=8u64 {
+            let what = format!("v1 {v1} {mode:?} seed {seed}");
+            let mut a = config_a();
+            if v1 {
+                a.version = IkeVersion::V1;
+                a.v1_mode = mode;
+            }
+            a.esp.pfs = Some(DhGroup::Modp1024);
+            a.ike_lifetime = Duration::from_secs(600);
+            a.child_lifetime = Duration::from_secs(240);
+            a.dpd_interval = Some(Duration::from_secs(10));
+            let b_cfg = mirror(&a);
+            let mut p = up_with(a, seed, None);
+            p.fate = lossy(seed, 20);
+            let mut idle = (None, None);
+            for second in 0..3900u64 {
+                if second == 3600 {
+                    p.fate = Box::new(|_| Fate::Deliver);
+                }
+                if second % 900 == 450 && second < 3600 {
+                    let fresh = EndpointConfig::default();
+                    p.b = endpoint(fresh, seed * 10_000 + second, &[(PEER_B, b_cfg.clone())]);
+                }
+                p.advance(Duration::from_secs(1));
+                let now = p.now;
+                restart_if_idle(&mut p.a, now, PEER_A, &mut idle.0);
+                restart_if_idle(&mut p.b, now, PEER_B, &mut idle.1);
+                p.drive();
+            }
+            let (ia, ib) = (p.a.ike_sas(PEER_A), p.b.ike_sas(PEER_B));
+            assert_eq!(ia.len(), 1, "{what}: {ia:x?} {ib:x?}");
+            assert_eq!(ia, ib, "{what}");
+            let (ca, cb) = current_child_pairs(&p);
+            assert_eq!(ca.len(), 1, "{what}: {ca:x?} {cb:x?}");
+            assert_eq!(ca, cb, "{what}");
+        }
+    }
+}
+
+/// What the node does for a tunnel without a Child SA, five seconds on: negotiate, or
+/// start over with a fresh IKE SA if one without Child SAs is left.
+fn restart_if_idle(e: &mut Endpoint, now: Instant, peer: PeerId, idle: &mut Option<Instant>) {
+    if !e.current_child_sas(peer).is_empty() {
+        *idle = None;
+        return;
+    }
+    let since = *idle.get_or_insert(now);
+    if now < since + Duration::from_secs(5) {
+        return;
+    }
+    *idle = Some(now);
+    let r = if e.ike_sas(peer).is_empty() {
+        e.initiate(now, peer)
+    } else {
+        e.reset(now, peer)
+    };
+    r.expect("the peer is configured and has an address");
 }
