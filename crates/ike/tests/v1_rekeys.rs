@@ -234,6 +234,15 @@ fn an_isakmp_sa_that_ends_during_its_replacement_hands_over_its_child_sas() {
         });
         p.advance(Duration::from_secs(400));
         assert_kept(&p, &child, what);
+        // The node learns which ISAKMP SA now carries the tunnel.
+        let ia = p.a.ike_sas(PEER_A);
+        let reported = |e: &Event| matches!(e, Event::IkeSaRekeyed { new, .. } if *new == ia[0]);
+        assert_eq!(
+            Pair::count(&p.a_events, reported),
+            1,
+            "{what}: {:#?}",
+            p.a_events
+        );
         let parked = |e: &Event| {
             matches!(
                 e,
@@ -275,4 +284,64 @@ fn assert_kept(p: &Pair, child: &ike::ChildSa, what: &str) {
     let (ca, cb) = current_child_pairs(p);
     assert_eq!(ca, cb, "{what}");
     assert_eq!(ca, [(child.spi_in, child.spi_out)], "{what}");
+}
+
+/// The peer reboots shortly before our ISAKMP SA ends, and its new Main Mode (with
+/// INITIAL-CONTACT) is still being negotiated when ours ends: the Child SAs parked on
+/// the new SA are the ones the peer lost and go, instead of standing beside the new
+/// one.
+#[test]
+fn child_sas_parked_for_a_peer_that_started_over_go() {
+    let mut a = config_a();
+    a.version = IkeVersion::V1;
+    a.v1_mode = V1Mode::Main;
+    a.ike_lifetime = Duration::from_secs(300);
+    let b_cfg = mirror(&a);
+    // B initiates, so A (the responder) would replace the SA only at 291 s, and not
+    // while B's new Main Mode is under way.
+    let mut p = Pair::with_seed(a, b_cfg.clone(), 13);
+    p.initiate_b();
+    p.assert_children_match();
+    let start = p.elapsed();
+    // B's own replacement of the SA (256-270 s) never reaches A. At 277 s B loses its
+    // state and starts over; its message 5 is lost until just after A's ISAKMP SA ends
+    // at 300 s (its retransmission at 301.2 s gets through).
+    let s = move |secs| start + Duration::from_secs(secs);
+    p.fate = Box::new(move |pkt| {
+        let Ok(h) = ike::v1::wire::Header::parse(&pkt.payload) else {
+            return Fate::Deliver;
+        };
+        let main = h.exchange == ike::v1::wire::Exchange::MAIN && pkt.to == Side::A;
+        let replacement = main && !h.encrypted() && pkt.at >= s(250) && pkt.at < s(277);
+        let mm5 = main && h.encrypted() && pkt.at < s(301);
+        if replacement || mm5 {
+            Fate::Drop
+        } else {
+            Fate::Deliver
+        }
+    });
+    p.advance(Duration::from_secs(277));
+    p.b = endpoint(ike::EndpointConfig::default(), 99, &[(PEER_B, b_cfg)]);
+    let stale = p.a.child_sas(PEER_A)[0].spi_in;
+    p.b.initiate(p.now, PEER_B).unwrap();
+    p.drive();
+    p.advance(Duration::from_secs(60));
+    let gone = |e: &Event| matches!(e, Event::ChildSaDeleted { spi_in, .. } if *spi_in == stale);
+    assert_eq!(Pair::count(&p.a_events, gone), 1, "{:#?}", p.a_events);
+    let parked = |e: &Event| {
+        matches!(
+            e,
+            Event::Log {
+                event: "ike_replaced_early",
+                ..
+            }
+        )
+    };
+    assert_eq!(Pair::count(&p.a_events, parked), 1, "{:#?}", p.a_events);
+    let (ia, ib) = (p.a.ike_sas(PEER_A), p.b.ike_sas(PEER_B));
+    assert_eq!(ia.len(), 1, "{:#?}", p.a_events);
+    assert_eq!(ia, ib);
+    let (ca, cb) = current_child_pairs(&p);
+    assert_eq!(ca.len(), 1, "{ca:x?} {cb:x?}");
+    assert_eq!(ca, cb);
 }

@@ -802,6 +802,20 @@ impl Engine {
         let Some(mut new) = self.sas.remove(&new_key) else {
             return;
         };
+        if new.initial_contact
+            && let Some(old) = new.adopted.take()
+        {
+            // The peer started over (RFC 2407 §4.6.3.3): the Child SAs parked here
+            // are gone at its end too.
+            let spis: Vec<u32> = new.children.iter().map(|c| c.sa.spi_in).collect();
+            delete_children(cx, &mut new, &spis);
+            cx.io.event(Event::IkeSaDeleted {
+                peer: new.peer,
+                spi_i: old.0,
+                spi_r: old.1,
+                reason: DeleteReason::InitialContact,
+            });
+        }
         if let Some(old) = new.adopted.take() {
             cx.io.log(
                 Some(new.peer),
