@@ -408,18 +408,35 @@ fn negotiation_failures_are_reported() {
 fn ikev1_main_mode_initiator_carries_ping() {
     let topo = Topology::new().unwrap();
     let gw = Gateway::start(&topo.gw);
+    let (_swan, _conn_id) = ikev1_tunnel(&topo, &gw, "v1", |_| {}, json!({}));
+    let vpc = topo.vpc_ip().to_string();
+    let r = lab::ping(&topo.onprem, "10.2.0.1", &vpc, 5, Duration::from_secs(5)).unwrap();
+    assert_eq!(r.received, 5, "on-premises → VPC over IKEv1: {r:?}");
+}
+
+/// An IKEv1 Main Mode tunnel that vpngw initiates to strongSwan (its CHILD_SA shaped
+/// by `child`, ours by `ipsec`), up on both ends and carrying pings from the VPC:
+/// strongSwan and the connection's id.
+fn ikev1_tunnel(
+    topo: &Topology,
+    gw: &Gateway,
+    name: &str,
+    child: impl FnOnce(&mut SwanctlChild),
+    ipsec: Value,
+) -> (StrongSwan, String) {
     let swan =
         StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
-    let conn = SwanctlConn {
+    let mut conn = SwanctlConn {
         version: 1,
         ..onprem_conn("10.2.0.0/24", "172.16.1.0/24", PSK)
     };
+    child(&mut conn.children[0]);
     swan.load(&swanctl::render(&[conn])).unwrap();
     let (gw_id, cgw_id) = gw.base_resources(GW1, ONPREM);
     let conn = gw.post(
         "/v1/vpn-connections",
         json!({
-            "name": "v1",
+            "name": name,
             "vpn_gateway_id": gw_id,
             "routing_mode": "protected_flows",
             "local_subnets": ["172.16.1.0/24"],
@@ -429,6 +446,7 @@ fn ikev1_main_mode_initiator_carries_ping() {
                 "customer_gateway_id": cgw_id,
                 "pre_shared_key": PSK,
                 "ike": {"version": "ikev1", "mode": "main"},
+                "ipsec": ipsec,
             }],
         }),
     );
@@ -444,8 +462,7 @@ fn ikev1_main_mode_initiator_carries_ping() {
         .unwrap();
     let vpc = topo.vpc_ip().to_string();
     lab::wait_ping(&topo.vpc, &vpc, "10.2.0.1", Duration::from_secs(10)).unwrap();
-    let r = lab::ping(&topo.onprem, "10.2.0.1", &vpc, 5, Duration::from_secs(5)).unwrap();
-    assert_eq!(r.received, 5, "on-premises → VPC over IKEv1: {r:?}");
+    (swan, conn_id)
 }
 
 /// IKEv1 Quick Mode rekeys with strongSwan started by either end: ours on the Child SA
@@ -456,44 +473,17 @@ fn ikev1_main_mode_initiator_carries_ping() {
 fn ikev1_quick_mode_rekeys_from_both_ends_lose_no_ping() {
     let topo = Topology::new().unwrap();
     let gw = Gateway::start(&topo.gw);
-    let swan =
-        StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
-    let mut conn = SwanctlConn {
-        version: 1,
-        ..onprem_conn("10.2.0.0/24", "172.16.1.0/24", PSK)
-    };
-    conn.children[0].rekey_time = Some(55);
-    conn.children[0].life_time = Some(60);
-    swan.load(&swanctl::render(&[conn])).unwrap();
-    let (gw_id, cgw_id) = gw.base_resources(GW1, ONPREM);
-    let conn = gw.post(
-        "/v1/vpn-connections",
-        json!({
-            "name": "v1-rekeys",
-            "vpn_gateway_id": gw_id,
-            "routing_mode": "protected_flows",
-            "local_subnets": ["172.16.1.0/24"],
-            "remote_subnets": ["10.2.0.0/24"],
-            "effective_immediately": true,
-            "tunnels": [{
-                "customer_gateway_id": cgw_id,
-                "pre_shared_key": PSK,
-                "ike": {"version": "ikev1", "mode": "main"},
-                "ipsec": {"lifetime_s": 20},
-            }],
-        }),
+    let (swan, conn_id) = ikev1_tunnel(
+        &topo,
+        &gw,
+        "v1-rekeys",
+        |c| {
+            c.rekey_time = Some(55);
+            c.life_time = Some(60);
+        },
+        json!({"lifetime_s": 20}),
     );
-    let conn_id = id(&conn);
-    gw.wait_tunnel(
-        &conn_id,
-        "established (IKEv1)",
-        Duration::from_secs(20),
-        |s| phase(s) == "established",
-    );
-    swan.wait_established("vpn", Duration::from_secs(10))
-        .unwrap();
     let vpc = topo.vpc_ip().to_string();
-    lab::wait_ping(&topo.vpc, &vpc, "10.2.0.1", Duration::from_secs(10)).unwrap();
 
     let monitor = PingMonitor::start(
         &topo.vpc,
