@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{Gateway, phase, traffic_both_ways};
+use common::{Gateway, phase, traffic_both_ways, vpc_ping_monitor};
 use lab::vpngw::id;
-use lab::{PingMonitor, StrongSwan, SwanctlChild, SwanctlConn, Topology, swanctl};
+use lab::{StrongSwan, SwanctlChild, SwanctlConn, Topology, swanctl};
 use serde_json::{Value, json};
 
 const PSK: &str = "lab-psk-Xq7";
@@ -218,15 +218,7 @@ fn responder_protected_flows_rekeys_without_loss() {
 
     // The Child SA lifetime is 20 s: we rekey at 17–18 s. A ping every 50 ms across it
     // must not lose a packet (make-before-break).
-    let vpc = topo.vpc_ip().to_string();
-    let monitor = PingMonitor::start(
-        &topo.vpc,
-        topo.workdir.path(),
-        &vpc,
-        "10.2.0.1",
-        Duration::from_millis(50),
-    )
-    .unwrap();
+    let monitor = vpc_ping_monitor(&topo);
     let t = gw.wait_tunnel(
         &conn_id,
         "a rekeyed Child SA",
@@ -483,16 +475,7 @@ fn ikev1_quick_mode_rekeys_from_both_ends_lose_no_ping() {
         },
         json!({"lifetime_s": 20}),
     );
-    let vpc = topo.vpc_ip().to_string();
-
-    let monitor = PingMonitor::start(
-        &topo.vpc,
-        topo.workdir.path(),
-        &vpc,
-        "10.2.0.1",
-        Duration::from_millis(50),
-    )
-    .unwrap();
+    let monitor = vpc_ping_monitor(&topo);
     // The most Child SAs either end held at once, sampled while `until` runs.
     let mut most = (0, 0);
     let sample = |most: &mut (usize, usize)| {

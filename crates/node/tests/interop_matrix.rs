@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{Gateway, metric, phase, traffic_both_ways};
+use common::{Gateway, metric, phase, traffic_both_ways, vpc_ping_monitor};
 use lab::vpngw::id;
-use lab::{PingMonitor, StrongSwan, SwanctlChild, SwanctlConn, Topology, swanctl};
+use lab::{StrongSwan, SwanctlChild, SwanctlConn, Topology, swanctl};
 use serde_json::{Value, json};
 
 const PSK: &str = "lab-psk-Mx4";
@@ -447,14 +447,7 @@ fn initiator_protected_flows_carries_ping_and_iperf() {
 fn ping_across(topo: &Topology, what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let vpc = topo.vpc_ip().to_string();
     lab::wait_ping(&topo.vpc, &vpc, "10.2.0.1", Duration::from_secs(10)).unwrap();
-    let monitor = PingMonitor::start(
-        &topo.vpc,
-        topo.workdir.path(),
-        &vpc,
-        "10.2.0.1",
-        Duration::from_millis(50),
-    )
-    .unwrap();
+    let monitor = vpc_ping_monitor(topo);
     let start = Instant::now();
     let mut ok = false;
     while start.elapsed() < timeout {

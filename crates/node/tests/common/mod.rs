@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use lab::vpngw::id;
-use lab::{ApiClient, Iperf3Server, Netns, Topology};
+use lab::{ApiClient, Iperf3Server, Netns, PingMonitor, Topology};
 use node::{Node, NodeConfig};
 use serde_json::{Value, json};
 use store::{SqliteStore, Store};
@@ -179,4 +179,18 @@ pub fn traffic_both_ways(topo: &Topology) {
         "iperf3 through the tunnel: {:.0} Mbit/s",
         r.bits_per_second / 1e6
     );
+}
+
+/// Pings 10.2.0.1 (on-premises) from the VPC host every 50 ms until stopped: the
+/// monitor the make-before-break tests read losses from.
+pub fn vpc_ping_monitor(topo: &Topology) -> PingMonitor {
+    let vpc = topo.vpc_ip().to_string();
+    PingMonitor::start(
+        &topo.vpc,
+        topo.workdir.path(),
+        &vpc,
+        "10.2.0.1",
+        Duration::from_millis(50),
+    )
+    .unwrap()
 }
