@@ -28,10 +28,7 @@ fn limit(n: usize) -> EndpointConfig {
 }
 
 fn v1_main() -> PeerConfig {
-    let mut a = config_a();
-    a.version = IkeVersion::V1;
-    a.v1_mode = V1Mode::Main;
-    a
+    config_v1(V1Mode::Main)
 }
 
 /// `first` with CKY-I (bytes 0..8, RFC 2408 §3.1) replaced: the first message of

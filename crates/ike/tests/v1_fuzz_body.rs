@@ -8,13 +8,11 @@ mod util;
 use std::time::Duration;
 
 use crypto::Random;
-use ike::{Event, IkeVersion, PeerConfig, V1Mode};
+use ike::{Event, PeerConfig, V1Mode};
 use util::*;
 
 fn v1(mode: V1Mode) -> PeerConfig {
-    let mut a = config_a();
-    a.version = IkeVersion::V1;
-    a.v1_mode = mode;
+    let mut a = config_v1(mode);
     a.dpd_interval = Some(Duration::from_secs(10));
     a
 }

@@ -12,10 +12,7 @@ use ike::{DeleteReason, EspProposal, Event, Identity, IkeVersion, PeerConfig, Ph
 use util::*;
 
 fn v1(mode: V1Mode) -> PeerConfig {
-    let mut a = config_a();
-    a.version = IkeVersion::V1;
-    a.v1_mode = mode;
-    a
+    config_v1(mode)
 }
 
 fn established(events: &[Event]) -> usize {

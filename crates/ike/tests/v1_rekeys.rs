@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crypto::DhGroup;
-use ike::{Event, IkeVersion, V1Mode};
+use ike::{Event, V1Mode};
 use util::*;
 
 #[test]
@@ -39,9 +39,7 @@ fn rekeys_from_both_ends_end_in_agreement() {
 }
 
 fn rekeys(bad_network: bool, seed: u64, scenario: u64, run: Option<DhRun>, what: &str) {
-    let mut a = config_a();
-    a.version = IkeVersion::V1;
-    a.v1_mode = V1Mode::Main;
+    let mut a = config_v1(V1Mode::Main);
     a.esp.pfs = Some(DhGroup::Modp1024);
     let mut p = up_with(a, seed, run);
     if bad_network {
@@ -76,9 +74,7 @@ fn rekeys(bad_network: bool, seed: u64, scenario: u64, run: Option<DhRun>, what:
 /// time, so it expired at the end of its lifetime and was deleted.
 #[test]
 fn a_failed_quick_mode_rekey_is_tried_again() {
-    let mut a = config_a();
-    a.version = IkeVersion::V1;
-    a.v1_mode = V1Mode::Main;
+    let mut a = config_v1(V1Mode::Main);
     a.child_lifetime = Duration::from_secs(3600);
     let mut p = up_with(a, 7, None);
     let first = p.a.child_sas(PEER_A)[0].clone();
@@ -137,9 +133,7 @@ fn a_replaced_isakmp_sa_stays_until_the_peer_has_its_successor() {
     for mode in [V1Mode::Aggressive, V1Mode::Main] {
         for run in [None, Some(DhRun::Fifo)] {
             let what = format!("{mode:?} {run:?}");
-            let mut a = config_a();
-            a.version = IkeVersion::V1;
-            a.v1_mode = mode;
+            let mut a = config_v1(mode);
             a.dpd_interval = Some(Duration::from_secs(10));
             let mut p = up_with(a, 3, run);
             let child = p.a.child_sas(PEER_A)[0].clone();
@@ -181,9 +175,7 @@ fn a_replaced_isakmp_sa_stays_until_the_peer_has_its_successor() {
 /// then rekey itself.
 #[test]
 fn an_early_rekey_by_the_peer_replaces_the_child_sa() {
-    let mut a = config_a();
-    a.version = IkeVersion::V1;
-    a.v1_mode = V1Mode::Main;
+    let mut a = config_v1(V1Mode::Main);
     a.child_lifetime = Duration::from_secs(120);
     let mut p = up_with(a, 5, None);
     let first = p.a.child_sas(PEER_A)[0].clone();
@@ -209,9 +201,7 @@ fn an_early_rekey_by_the_peer_replaces_the_child_sa() {
 fn an_isakmp_sa_that_ends_during_its_replacement_hands_over_its_child_sas() {
     for run in [None, Some(DhRun::Fifo)] {
         let what = &format!("{run:?}");
-        let mut a = config_a();
-        a.version = IkeVersion::V1;
-        a.v1_mode = V1Mode::Main;
+        let mut a = config_v1(V1Mode::Main);
         a.ike_lifetime = Duration::from_secs(300);
         a.dpd_interval = Some(Duration::from_secs(10));
         let mut p = up_with(a, 11, run);
@@ -292,9 +282,7 @@ fn assert_kept(p: &Pair, child: &ike::ChildSa, what: &str) {
 /// one.
 #[test]
 fn child_sas_parked_for_a_peer_that_started_over_go() {
-    let mut a = config_a();
-    a.version = IkeVersion::V1;
-    a.v1_mode = V1Mode::Main;
+    let mut a = config_v1(V1Mode::Main);
     a.ike_lifetime = Duration::from_secs(300);
     let b_cfg = mirror(&a);
     // B initiates, so A (the responder) would replace the SA only at 291 s, and not

@@ -101,6 +101,14 @@ pub fn config_a() -> PeerConfig {
     }
 }
 
+/// [`config_a`] for IKEv1 in `mode`.
+pub fn config_v1(mode: ike::V1Mode) -> PeerConfig {
+    let mut a = config_a();
+    a.version = ike::IkeVersion::V1;
+    a.v1_mode = mode;
+    a
+}
+
 pub fn mirror(a: &PeerConfig) -> PeerConfig {
     let mut b = a.clone();
     b.local = a.remote.unwrap();
