@@ -440,6 +440,41 @@ impl Endpoint {
             .collect()
     }
 
+    /// Starts another IKE SA with `peer` beside the established one, as a peer that
+    /// re-authenticates make-before-break does (RFC 7296 §2.8.3; strongSwan's
+    /// `make_before_break`). vpngw itself renews IKEv2 SAs by rekeying; this lets
+    /// engine tests play such a peer.
+    #[cfg(feature = "testing")]
+    pub fn initiate_beside(&mut self, now: Instant, peer: PeerId) -> Result<(), Error> {
+        let cfg = self
+            .peers
+            .get(&peer)
+            .ok_or(Error::UnknownPeer(peer))?
+            .clone();
+        self.start_init(now, peer, cfg)
+    }
+
+    /// Deletes the IKE SA `spis` (initiator, responder) of `peer` and its Child SAs,
+    /// telling the peer: the last step of a make-before-break re-authentication.
+    #[cfg(feature = "testing")]
+    pub fn delete_ike_sa(&mut self, now: Instant, peer: PeerId, spis: (u64, u64)) -> bool {
+        let Some(spi) = self
+            .sas
+            .of_peer(peer)
+            .find(|(_, s)| (s.spi_i, s.spi_r) == spis)
+            .map(|(k, _)| k)
+        else {
+            return false;
+        };
+        let Some(mut sa) = self.sas.remove(&spi) else {
+            return false;
+        };
+        self.send_delete_ike_once(now, &mut sa);
+        self.remove_sa(&mut sa, DeleteReason::LocalRequest);
+        self.put_back(sa);
+        true
+    }
+
     /// The Child SAs of `peer` that are neither replaced by a rekey nor being deleted:
     /// what carries the tunnel once the replaced ones are gone.
     #[cfg(feature = "testing")]

@@ -133,6 +133,9 @@ pub enum DeleteReason {
     /// (the one made with the lowest nonce, as RFC 7296 §2.8.1 resolves rekey
     /// collisions); the other IKE SA with the same peer stays.
     Duplicate,
+    /// The peer deleted it after re-authenticating (RFC 7296 §2.8.3): a newer IKE SA
+    /// with the same peer, from a new IKE_SA_INIT and with its own Child SAs, stays.
+    Reauthenticated,
 }
 
 /// Severity of a [`Event::Log`] line.
@@ -183,6 +186,11 @@ pub enum Event {
     ChildSaEstablished {
         peer: PeerId,
         child: ChildSa,
+        /// We initiated the exchange that created `child`. A new Child SA can come
+        /// beside one that carries the same traffic (the peer re-authenticated, RFC 7296
+        /// §2.8.3, and builds the new IKE SA before deleting the old): then the same
+        /// rule as for [`Event::ChildSaRekeyed`] says which end may send on it at once.
+        initiator: bool,
     },
     /// IKEv1 Quick Mode responder (RFC 2409 §5.5): install `child`'s *inbound* SA now,
     /// and do not send on it yet. The initiator may install both directions as soon
@@ -190,10 +198,7 @@ pub enum Event {
     /// (strongSwan does); without the inbound SA those packets would be lost. When
     /// message 3 arrives, [`Event::ChildSaEstablished`] or [`Event::ChildSaRekeyed`]
     /// with the same `spi_in` follows; when it never does, [`Event::ChildSaDeleted`].
-    ChildSaPending {
-        peer: PeerId,
-        child: ChildSa,
-    },
+    ChildSaPending { peer: PeerId, child: ChildSa },
     /// Make-before-break: install `child`'s inbound SA now; the old SA stays valid
     /// until its [`Event::ChildSaDeleted`] follows.
     ///

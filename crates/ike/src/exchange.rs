@@ -947,6 +947,7 @@ impl Endpoint {
 
     fn established(&mut self, now: Instant, sa: &mut IkeSa) {
         sa.state = State::Established;
+        sa.established_at = Some(now);
         self.arm_ike_timers(now, sa);
         let (Some(peer), Some(algorithms)) = (sa.peer, sa.algs) else {
             return;
@@ -982,15 +983,29 @@ impl Endpoint {
     /// whose IKE_SA_INIT used the lowest of the four nonces, the rule RFC 7296 §2.8.1
     /// gives for simultaneous rekeys. Its initiator deletes it; its responder waits
     /// for that Delete (and deletes it itself if none comes).
+    ///
+    /// A peer that re-authenticates (RFC 7296 §2.8.3; strongSwan's `make_before_break`)
+    /// also builds a second IKE SA beside the first, and then deletes the old one
+    /// itself. This rule may pick the new one: then we wait for a Delete that never
+    /// comes, and the peer's Delete of the old one hands the tunnel to the new one
+    /// ([`Self::successor_by_reauth`]). If it picks the old one and we initiated that,
+    /// we give the peer a moment to delete it first. Arrival times cannot tell the
+    /// two cases apart here: a retransmitted IKE_SA_INIT of a simultaneous initiation
+    /// can arrive after our own IKE SA came up, and the peer, seeing both overlap,
+    /// expects the rule. Only our own deliberate second IKE SA (started after the
+    /// other was established) is left out.
     fn resolve_duplicates(&mut self, now: Instant, sa: &mut IkeSa) {
         let Some(peer) = sa.peer else { return };
         if !sa.from_init || sa.duplicate || sa.retiring {
             return;
         }
+        let started = sa.started;
+        let ours_after = sa.initiator;
         let other = self.sas.of_peer(peer).find_map(|(spi, s)| {
             (s.from_init
                 && s.initiator != sa.initiator
                 && s.established()
+                && !(ours_after && s.established_at.is_some_and(|at| at < started))
                 && !s.dead
                 && !s.retiring
                 && !s.duplicate
@@ -1001,6 +1016,7 @@ impl Endpoint {
         let Some(mut other) = self.sas.remove(&other_spi) else {
             return;
         };
+        let overlapped = other.established_at.is_some_and(|at| at >= started);
         let ours = (min_nonce(&sa.ni, &sa.nr), sa.spi_i);
         let theirs = (min_nonce(&other.ni, &other.nr), other.spi_i);
         let (redundant, kept) = if ours < theirs {
@@ -1011,7 +1027,13 @@ impl Endpoint {
         redundant.duplicate = true;
         redundant.retiring = true;
         redundant.rekey_at = None;
-        let who = if redundant.initiator {
+        let who = if redundant.initiator && !overlapped {
+            // A re-authenticating peer deletes the old IKE SA itself right after the
+            // new one's IKE_AUTH. Our Delete, sent now, would reach it before our
+            // IKE_AUTH answer and take its old Child SA away before it has the new one.
+            redundant.retire_at = Some(now + self.cfg.retransmit_base / 2);
+            "deleting it unless the peer does first"
+        } else if redundant.initiator {
             redundant.tasks.clear();
             redundant.tasks.push_back(Task::DeleteIke);
             "deleting it"
@@ -1020,9 +1042,15 @@ impl Endpoint {
             redundant.retire_at = Some(now + self.cfg.retransmit_base * 8);
             "the peer deletes it"
         };
+        let how = if overlapped {
+            "simultaneous initiation"
+        } else {
+            "the peer started a second IKE SA (a re-authentication, or a late retry of \
+             a simultaneous initiation)"
+        };
         let msg = format!(
-            "simultaneous initiation: IKE SA {:016x}_{:016x} duplicates {:016x}_{:016x} \
-             and has the lowest nonce; {who}",
+            "{how}: IKE SA {:016x}_{:016x} duplicates {:016x}_{:016x} and has the lowest \
+             nonce; {who}",
             redundant.spi_i, redundant.spi_r, kept.spi_i, kept.spi_r
         );
         self.io
@@ -1031,6 +1059,33 @@ impl Endpoint {
             self.next_task(now, &mut other);
         }
         self.sas.insert(other_spi, other);
+    }
+
+    /// The IKE SA (its SPIs) that the peer made to replace `sa` by re-authentication:
+    /// another established one with the same peer that carries Child SAs and is not on
+    /// its way out. One that the duplicate rule marked redundant while we wait for the
+    /// peer to delete it counts too: the peer deleting the other one instead shows that
+    /// it re-authenticated, so it is taken back into service.
+    fn successor_by_reauth(&mut self, now: Instant, sa: &IkeSa) -> Option<(u64, u64)> {
+        let peer = sa.peer?;
+        let spi = self.sas.of_peer(peer).find_map(|(spi, s)| {
+            (s.established()
+                && !s.children.is_empty()
+                && !s.dead
+                && s.linger_until.is_none()
+                && (!s.retiring || (s.duplicate && !s.initiator)))
+                .then_some(spi)
+        })?;
+        let mut s = self.sas.remove(&spi)?;
+        if s.duplicate {
+            s.duplicate = false;
+            s.retiring = false;
+            s.retire_at = None;
+            self.arm_ike_timers(now, &mut s);
+        }
+        let spis = (s.spi_i, s.spi_r);
+        self.sas.insert(spi, s);
+        Some(spis)
     }
 
     fn arm_ike_timers(&mut self, now: Instant, sa: &mut IkeSa) {
@@ -1271,7 +1326,11 @@ impl Endpoint {
             None => {
                 self.io
                     .log(Some(peer), Level::Info, "phase2_established", msg);
-                self.io.event(Event::ChildSaEstablished { peer, child });
+                self.io.event(Event::ChildSaEstablished {
+                    peer,
+                    child,
+                    initiator,
+                });
             }
         }
     }
@@ -1589,6 +1648,7 @@ impl Endpoint {
         );
         new.nat_local = sa.nat_local;
         new.nat_remote = sa.nat_remote;
+        new.established_at = Some(now);
         if !self.set_ike_keys(
             &mut new,
             Some((sa.cfg.ike.prf(), sk_d.as_slice())),
@@ -1710,6 +1770,20 @@ impl Endpoint {
                 // The redundant one of two simultaneous rekeys (RFC 7296 §2.8.1), deleted
                 // by the peer that made it, perhaps before our own rekey's answer came.
                 DeleteReason::Duplicate
+            } else if let Some((i, r)) = self.successor_by_reauth(now, sa) {
+                // RFC 7296 §2.8.3: the peer built a new IKE SA with its Child SAs and
+                // now deletes the old one; the tunnel lives on in the new one.
+                self.io.log(
+                    peer,
+                    Level::Info,
+                    "ike_reauthenticated",
+                    format!(
+                        "peer deleted IKE SA {:016x}_{:016x} after re-authenticating; \
+                         IKE SA {i:016x}_{r:016x} carries the tunnel",
+                        sa.spi_i, sa.spi_r
+                    ),
+                );
+                DeleteReason::Reauthenticated
             } else {
                 self.io.log(
                     peer,
@@ -2306,6 +2380,7 @@ impl Endpoint {
         );
         new.nat_local = sa.nat_local;
         new.nat_remote = sa.nat_remote;
+        new.established_at = Some(now);
         if !self.set_ike_keys(
             &mut new,
             Some((sa.cfg.ike.prf(), sk_d.as_slice())),

@@ -210,6 +210,10 @@ pub(crate) struct IkeSa {
     /// The redundant one of two IKE SAs that simultaneous initiation created; its
     /// initiator deletes it (reported as [`crate::DeleteReason::Duplicate`]).
     pub duplicate: bool,
+    /// When this SA's first message went out or came in.
+    pub started: Instant,
+    /// When it was established (IKE_AUTH done, or the rekey that made it).
+    pub established_at: Option<Instant>,
     /// The shared secret of IKE_SA_INIT is being computed off the endpoint's thread
     /// (see `offload.rs`); `keys` is `None` until it is ready.
     pub keying: Option<Box<Keying>>,
@@ -270,6 +274,8 @@ impl IkeSa {
             lost_rekey: None,
             from_init: false,
             duplicate: false,
+            started: now,
+            established_at: None,
             keying: None,
             exchange_dh: None,
             dead: false,

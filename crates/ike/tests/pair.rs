@@ -608,6 +608,138 @@ fn simultaneous_initiation_leaves_one_ike_sa() {
     );
 }
 
+/// B re-authenticates make-before-break (RFC 7296 §2.8.3), as strongSwan does: a new
+/// IKE SA from IKE_SA_INIT with its Child SA beside the established ones, then a Delete
+/// of the old IKE SA. When A initiated the old one, the roles make the pair look like a
+/// simultaneous initiation to A, and its lowest-nonce rule may pick either: the new one
+/// (A waits for a Delete of it, gets one of the old one instead, and keeps the new one)
+/// or the old one (A would delete it, but first gives B a moment to). Either way one
+/// IKE SA stays, the new one, and A never reports the tunnel down.
+#[test]
+fn a_peer_that_reauthenticates_make_before_break_keeps_the_tunnel() {
+    let mut picked = [0; 2];
+    for seed in 1..=10 {
+        for a_initiated in [true, false] {
+            let a = config_a();
+            let mut p = Pair::with_seed(a.clone(), mirror(&a), seed);
+            if a_initiated {
+                p.initiate_a();
+            } else {
+                p.initiate_b();
+            }
+            let old = p.b.ike_sas(PEER_B)[0];
+            p.advance(Duration::from_secs(60));
+            p.b.initiate_beside(p.now, PEER_B).unwrap();
+            p.drive();
+            let new = *p.b.ike_sas(PEER_B).iter().find(|s| **s != old).unwrap();
+            // A answered the new IKE_AUTH: it did not initiate the new Child SA, which
+            // tells the node to keep sending on the old one for now.
+            assert!(
+                matches!(
+                    p.a_events
+                        .iter()
+                        .rev()
+                        .find(|e| matches!(e, Event::ChildSaEstablished { .. })),
+                    Some(Event::ChildSaEstablished {
+                        initiator: false,
+                        ..
+                    })
+                ),
+                "{:#?}",
+                p.a_events
+            );
+            // A does not delete the old one itself: it leaves that to B for a moment.
+            assert!(p.b.delete_ike_sa(p.now, PEER_B, old));
+            p.drive();
+            let gone = |reason: DeleteReason| {
+                move |e: &Event| {
+                    matches!(e, Event::IkeSaDeleted { spi_i, spi_r, reason: r, .. }
+                        if (*spi_i, *spi_r) == old && *r == reason)
+                }
+            };
+            let handed_over = Pair::count(&p.a_events, gone(DeleteReason::Reauthenticated));
+            let redundant = Pair::count(&p.a_events, gone(DeleteReason::Duplicate));
+            assert_eq!(
+                handed_over + redundant,
+                1,
+                "seed {seed}, a_initiated {a_initiated}: {:#?}",
+                p.a_events
+            );
+            picked[redundant] += 1;
+            assert_eq!(p.a.ike_sas(PEER_A), vec![new]);
+            p.assert_ike_match();
+            p.assert_children_match();
+            assert_eq!(p.a.child_sas(PEER_A).len(), 1);
+            // The new IKE SA lives on: it rekeys itself and its Child SA on lifetimes.
+            p.advance(Duration::from_secs(6 * 3600));
+            p.assert_ike_match();
+            p.assert_children_match();
+            assert_eq!(p.a.ike_sas(PEER_A).len(), 1);
+            // On A, every other IKE SA that went was replaced by a rekey.
+            let down = |e: &Event| {
+                matches!(e, Event::IkeSaDeleted { reason, .. }
+                    if !matches!(reason, DeleteReason::Rekeyed | DeleteReason::Reauthenticated | DeleteReason::Duplicate))
+            };
+            assert_eq!(Pair::count(&p.a_events, down), 0, "{:#?}", p.a_events);
+        }
+    }
+    // Both of A's choices were taken.
+    assert!(picked.iter().all(|&n| n > 0), "{picked:?}");
+}
+
+/// A simultaneous initiation where A's IKE_SA_INIT is lost: B's IKE SA is up on both
+/// ends before A's retransmission arrives. B cannot tell that from a re-authentication
+/// (a second IKE SA started while the first was up); A saw both negotiations overlap
+/// and applies the lowest-nonce rule. Whichever IKE SA the rule picks, its initiator
+/// deletes it within seconds, and both ends keep the same single IKE SA.
+#[test]
+fn a_late_retry_of_a_simultaneous_initiation_leaves_one_ike_sa() {
+    let mut kept_initiated_by_a = [0; 2];
+    for seed in 1..=12 {
+        let a = config_a();
+        let mut p = Pair::with_seed(a.clone(), mirror(&a), seed);
+        p.fate = Box::new(|pkt| {
+            if pkt.seq == 0 {
+                Fate::Drop
+            } else {
+                Fate::Deliver
+            }
+        });
+        p.a.initiate(p.now, PEER_A).unwrap();
+        p.drive();
+        p.initiate_b();
+        assert_eq!(p.a.ike_sas(PEER_A).len(), 1, "seed {seed}");
+        // A retransmits its IKE_SA_INIT (first after 4 s) and that IKE SA comes up too.
+        p.advance(Duration::from_secs(5));
+        assert_eq!(
+            established(&p.a_events),
+            2,
+            "seed {seed}: {:#?}",
+            p.a_events
+        );
+        p.advance(Duration::from_secs(5));
+        assert_eq!(
+            p.a.ike_sas(PEER_A).len(),
+            1,
+            "seed {seed}: {:#?}",
+            p.a_events
+        );
+        p.assert_ike_match();
+        p.assert_children_match();
+        assert_eq!(p.a.child_sas(PEER_A).len(), 1, "seed {seed}");
+        assert_no_tunnel_down(&p, "late retry");
+        let (spi_i, _) = p.a.ike_sas(PEER_A)[0];
+        let a_initiated = p.a_events.iter().any(|e| {
+            matches!(e, Event::IkeSaEstablished { spi_i: s, initiator: true, .. } if *s == spi_i)
+        });
+        kept_initiated_by_a[usize::from(a_initiated)] += 1;
+    }
+    assert!(
+        kept_initiated_by_a.iter().all(|&n| n > 0),
+        "{kept_initiated_by_a:?}"
+    );
+}
+
 #[test]
 fn dpd_declares_silent_peer_dead() {
     let mut a = config_a();

@@ -3015,6 +3015,7 @@ fn install_child(
         None => cx.io.event(Event::ChildSaEstablished {
             peer,
             child: child.clone(),
+            initiator,
         }),
     }
     sa.children.push(Child {
