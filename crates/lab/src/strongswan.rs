@@ -43,10 +43,16 @@ impl StrongSwan {
     /// Starts charon in `ns`, with its files in `dir` (created; one directory per
     /// instance), and waits until its vici socket answers.
     pub fn start(ns: &Netns, dir: &Path) -> Result<StrongSwan> {
+        StrongSwan::start_with(ns, dir, "")
+    }
+
+    /// [`start`](Self::start) with `charon_settings` (`key = value` lines) added to the
+    /// `charon` section of strongswan.conf, e.g. `make_before_break = yes`.
+    pub fn start_with(ns: &Netns, dir: &Path, charon_settings: &str) -> Result<StrongSwan> {
         check_plugins()?;
         std::fs::create_dir_all(dir)?;
         let conf = dir.join("strongswan.conf");
-        std::fs::write(&conf, strongswan_conf(dir))?;
+        std::fs::write(&conf, strongswan_conf_with(dir, charon_settings))?;
         let mut cmd = ns.command("unshare");
         // unshare makes the new mount namespace private, so the tmpfs stays ours.
         cmd.args([
@@ -251,9 +257,15 @@ fn plugin_package(plugin: &str) -> &'static str {
 
 /// The strongswan.conf of an instance living in `dir`.
 pub fn strongswan_conf(dir: &Path) -> String {
+    strongswan_conf_with(dir, "")
+}
+
+/// [`strongswan_conf`] with `charon_settings` added to the `charon` section.
+pub fn strongswan_conf_with(dir: &Path, charon_settings: &str) -> String {
     let d = dir.display();
     format!(
         "charon {{
+  {charon_settings}
   load = {PLUGINS}
   install_routes = yes
   # The lab lets vpngw initiate IKEv1 aggressive mode with a PSK (LAB.md).

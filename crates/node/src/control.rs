@@ -974,9 +974,12 @@ impl Control {
                 if reason == DeleteReason::Rekeyed {
                     return;
                 }
-                if reason == DeleteReason::Duplicate {
-                    // Both ends initiated at once; the other IKE SA with the peer stays
-                    // and carries the tunnel.
+                if matches!(
+                    reason,
+                    DeleteReason::Duplicate | DeleteReason::Reauthenticated
+                ) {
+                    // Both ends initiated at once, or the peer re-authenticated: the
+                    // other IKE SA with the peer stays and carries the tunnel.
                     let shown = t.ike.as_ref().map(|i| (i.spi_i, i.spi_r));
                     if shown == Some((spi_i, spi_r)) {
                         let kept = self
@@ -1014,8 +1017,23 @@ impl Control {
                     }
                 }
             }
-            Event::ChildSaEstablished { child, .. } => {
-                self.install_child(&id, &child, None, false);
+            Event::ChildSaEstablished {
+                child, initiator, ..
+            } => {
+                // A new Child SA beside one that carries the tunnel: the peer
+                // re-authenticated and built a new IKE SA before deleting the old one
+                // (RFC 7296 §2.8.3). Whether we may send on it at once is the same
+                // question as for a rekey (see `ChildSaRekeyed` below).
+                let t = self.tunnels.get(&id);
+                let v1 = t
+                    .and_then(|t| t.cfg.as_ref())
+                    .is_some_and(|c| c.version == ike::IkeVersion::V1);
+                let defer = if v1 { initiator } else { !initiator };
+                let carrying = t
+                    .and_then(|t| t.children.iter().rev().find(|c| c.defer.is_none()))
+                    .map(|c| c.spi_in)
+                    .filter(|_| defer);
+                self.install_child(&id, &child, carrying, defer, false);
             }
             Event::ChildSaPending { child, .. } => self.install_pending(&id, &child),
             Event::ChildSaRekeyed {
@@ -1032,7 +1050,7 @@ impl Control {
                     .and_then(|t| t.cfg.as_ref())
                     .is_some_and(|c| c.version == ike::IkeVersion::V1);
                 let defer = if v1 { initiator } else { !initiator };
-                self.install_child(&id, &child, Some(old_spi_in), defer);
+                self.install_child(&id, &child, Some(old_spi_in), defer, true);
             }
             Event::ChildSaDeleted {
                 spi_in, spi_out, ..
@@ -1125,7 +1143,17 @@ impl Control {
     /// inbound SA first, then the outbound switch (at once, or with `defer` once the
     /// peer has shown it has the new SA: see [`ChildRt::defer`]); the old inbound SA
     /// stays until its Delete.
-    fn install_child(&mut self, id: &str, child: &ChildSa, old_spi_in: Option<u32>, defer: bool) {
+    /// Installs a Child SA's ESP SAs. With `old_spi_in` it replaces that Child SA
+    /// (`rekeyed`) or comes beside it (a re-authentication); with `defer` outbound
+    /// traffic stays on the old one until the peer deletes it or uses the new one.
+    fn install_child(
+        &mut self,
+        id: &str,
+        child: &ChildSa,
+        old_spi_in: Option<u32>,
+        defer: bool,
+        rekeyed: bool,
+    ) {
         let Some(t) = self.tunnels.get_mut(id) else {
             return;
         };
@@ -1206,6 +1234,12 @@ impl Control {
         t.want_up = t.want_up || t.can_initiate();
         t.set_phase(TunnelPhase::Established, None);
         let msg = match old_spi_in {
+            Some(old) if defer.is_some() && !rekeyed => format!(
+                "ESP SAs installed for Child SA {:08x}/{:08x} of a new IKE SA beside \
+                 {old:08x} (the peer re-authenticated); sending on the new SA once the \
+                 peer deletes {old:08x} or uses the new one",
+                child.spi_in, child.spi_out
+            ),
             Some(old) if defer.is_some() => format!(
                 "ESP SAs installed for rekeyed Child SA {:08x}/{:08x} (replacing {old:08x}); \
                  sending on the new SA once the peer deletes {old:08x} or uses the new one",

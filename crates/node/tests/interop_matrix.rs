@@ -367,6 +367,53 @@ fn create_connection(
     conn_id
 }
 
+/// A protected-flows tunnel with strongSwan (default suite; `charon_settings` added to
+/// its strongswan.conf), established: vpngw initiates if `vpngw_initiates`, else
+/// strongSwan does. Fields drop in order (the daemons before the namespaces), and so
+/// do destructured bindings listed in reverse.
+struct Up {
+    swan: StrongSwan,
+    gw: Gateway,
+    conn_id: String,
+    /// The tunnel as it was when established.
+    tunnel: Value,
+    topo: Topology,
+}
+
+fn protected_flows_up(charon_settings: &str, vpngw_initiates: bool) -> Up {
+    let topo = Topology::new().unwrap();
+    let gw = Gateway::start(&topo.gw);
+    let swan = StrongSwan::start_with(
+        &topo.onprem,
+        &topo.workdir.subdir("onprem-swan").unwrap(),
+        charon_settings,
+    )
+    .unwrap();
+    swan.load(&swanctl::render(&[default_conn(
+        "10.2.0.0/24",
+        "172.16.1.0/24",
+        |_| {},
+    )]))
+    .unwrap();
+    let conn_id = create_connection(&gw, "protected_flows", vpngw_initiates, json!({}));
+    if !vpngw_initiates {
+        gw.wait_tunnel(&conn_id, "idle", Duration::from_secs(10), |s| {
+            phase(s) == "idle"
+        });
+        swan.initiate("net").unwrap();
+    }
+    let tunnel = gw.wait_tunnel(&conn_id, "established", Duration::from_secs(20), |s| {
+        phase(s) == "established"
+    });
+    Up {
+        swan,
+        gw,
+        conn_id,
+        tunnel,
+        topo,
+    }
+}
+
 #[test]
 fn responder_destination_mode_carries_ping_and_iperf() {
     let topo = Topology::new().unwrap();
@@ -409,20 +456,14 @@ fn responder_destination_mode_carries_ping_and_iperf() {
 
 #[test]
 fn initiator_protected_flows_carries_ping_and_iperf() {
-    let topo = Topology::new().unwrap();
-    let gw = Gateway::start(&topo.gw);
-    let swan =
-        StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
-    swan.load(&swanctl::render(&[default_conn(
-        "10.2.0.0/24",
-        "172.16.1.0/24",
-        |_| {},
-    )]))
-    .unwrap();
-    let conn_id = create_connection(&gw, "protected_flows", true, json!({}));
-    let t = gw.wait_tunnel(&conn_id, "established", Duration::from_secs(20), |s| {
-        phase(s) == "established"
-    });
+    // Bindings drop in reverse: the daemons before the namespaces.
+    let Up {
+        topo,
+        gw,
+        swan,
+        conn_id,
+        tunnel: t,
+    } = protected_flows_up("", true);
     let sa = swan
         .wait_established("vpn", Duration::from_secs(5))
         .unwrap();
@@ -611,4 +652,172 @@ fn strongswan_initiated_child_rekey_under_ping_loses_nothing() {
         "{}",
         swan.log_tail(60)
     );
+}
+
+/// The tunnel's status after strongSwan reauthenticated (`swanctl --rekey --ike vpn
+/// --reauth`, RFC 7296 §2.8.3): a new IKE SA from IKE_SA_INIT on, with a new Child SA,
+/// and the old IKE SA deleted: true once both ends show exactly that.
+fn reauthenticated(
+    gw: &Gateway,
+    swan: &StrongSwan,
+    conn_id: &str,
+    first_ike: &Value,
+    first_uid: u32,
+) -> bool {
+    let c = gw.get(&format!("/v1/vpn-connections/{conn_id}"));
+    let s = &c["tunnels"][0]["status"];
+    let swan_new = swan
+        .sa("vpn")
+        .ok()
+        .flatten()
+        .is_some_and(|sa| sa.uniqueid != first_uid && sa.child("net").is_some());
+    phase(s) == "established"
+        && !s["ike_sa"]["spis"].is_null()
+        && s["ike_sa"]["spis"] != *first_ike
+        && s["child_sas"].as_array().is_some_and(|c| c.len() == 1)
+        && swan_new
+        && swan.list_sas().is_ok_and(|l| l.len() == 1)
+}
+
+/// The `event` names of the connection's log, oldest first.
+fn log_events(gw: &Gateway, conn_id: &str) -> Vec<String> {
+    let page = gw.get(&format!("/v1/vpn-connections/{conn_id}/logs?limit=1000"));
+    page["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["event"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// strongSwan with `make_before_break = yes` re-authenticates a tunnel that vpngw
+/// (`vpngw_initiated`) or strongSwan brought up: it builds a new IKE SA with its Child
+/// SA beside the old ones, then deletes the old IKE SA (RFC 7296 §2.8.3). vpngw has to
+/// take the second IKE SA of the same peer as the replacement: not as the twin of a
+/// simultaneous initiation to be deleted while strongSwan deletes the other, and the
+/// old one's Delete not as the tunnel going down (which would renegotiate). No ping may
+/// be lost: vpngw, the
+/// responder of the new IKE_AUTH, keeps sending on the old Child SA until strongSwan
+/// uses the new one or deletes the old.
+fn make_before_break_reauthentication(vpngw_initiated: bool) {
+    // Bindings drop in reverse: the daemons before the namespaces.
+    let Up {
+        topo,
+        gw,
+        swan,
+        conn_id,
+        tunnel: t,
+    } = protected_flows_up("make_before_break = yes", vpngw_initiated);
+    let first_ike = t["status"]["ike_sa"]["spis"].clone();
+    let first = swan
+        .wait_established("vpn", Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(first.initiator, !vpngw_initiated, "{first:?}");
+    let mut asked = false;
+    ping_across(
+        &topo,
+        "the reauthentication",
+        Duration::from_secs(30),
+        || {
+            if !asked {
+                // Pings cross the old SAs for a while first.
+                std::thread::sleep(Duration::from_secs(1));
+                swan.swanctl(&["--rekey", "--ike", "vpn", "--reauth"])
+                    .unwrap();
+                asked = true;
+            }
+            reauthenticated(&gw, &swan, &conn_id, &first_ike, first.uniqueid)
+        },
+    );
+    // Past the node's restart delay: nothing renegotiates behind the new IKE SA.
+    std::thread::sleep(Duration::from_secs(3));
+    let sas = swan.list_sas().unwrap();
+    assert_eq!(sas.len(), 1, "{sas:?}");
+    assert_eq!(
+        sas[0].uniqueid,
+        first.uniqueid + 1,
+        "strongSwan's re-authenticated IKE SA stays: {sas:?}"
+    );
+    assert!(sas[0].initiator, "{sas:?}");
+    // strongSwan's Delete of the old IKE SA handed the tunnel over. When vpngw
+    // initiated the old one, the pair looks like a simultaneous initiation to vpngw:
+    // its lowest-nonce rule picked the new one (and took it back when strongSwan
+    // deleted the old one) or the old one (which strongSwan deleted, as vpngw waited).
+    let events = log_events(&gw, &conn_id);
+    let count = |name: &str| events.iter().filter(|e| *e == name).count();
+    let (reauth, dup) = (count("ike_reauthenticated"), count("duplicate_ike_sa"));
+    if vpngw_initiated {
+        assert_eq!(dup, 1, "{events:?}");
+        assert!(reauth <= 1, "{events:?}");
+    } else {
+        assert_eq!((reauth, dup), (1, 0), "{events:?}");
+    }
+    assert_eq!(
+        count("phase1_start"),
+        usize::from(vpngw_initiated),
+        "{events:?}"
+    );
+    for wrong in ["ike_deleted", "retry", "reset"] {
+        assert_eq!(count(wrong), 0, "{wrong} in {events:?}");
+    }
+    let c = gw.get(&format!("/v1/vpn-connections/{conn_id}"));
+    let s = &c["tunnels"][0]["status"];
+    assert_eq!(phase(s), "established", "{c:#}");
+    assert_eq!(
+        s["ike_sa"]["spis"],
+        json!({"initiator": sas[0].spi_i, "responder": sas[0].spi_r}),
+        "{c:#}"
+    );
+    let log = std::fs::read_to_string(swan.log_path()).unwrap();
+    assert!(
+        log.contains("reauthenticating IKE_SA"),
+        "{}",
+        swan.log_tail(60)
+    );
+}
+
+#[test]
+fn strongswan_reauthenticates_a_tunnel_vpngw_initiated_without_loss() {
+    make_before_break_reauthentication(true);
+}
+
+#[test]
+fn strongswan_reauthenticates_a_tunnel_it_initiated_without_loss() {
+    make_before_break_reauthentication(false);
+}
+
+#[test]
+fn strongswan_break_before_make_reauthentication_brings_the_tunnel_back() {
+    // Bindings drop in reverse: the daemons before the namespaces.
+    let Up {
+        topo,
+        gw,
+        swan,
+        conn_id,
+        tunnel: t,
+    } = protected_flows_up("", true);
+    let first_ike = t["status"]["ike_sa"]["spis"].clone();
+    let first_uid = swan
+        .wait_established("vpn", Duration::from_secs(5))
+        .unwrap()
+        .uniqueid;
+    let vpc = topo.vpc_ip().to_string();
+    lab::wait_ping(&topo.vpc, &vpc, "10.2.0.1", Duration::from_secs(10)).unwrap();
+    // strongSwan 5.9's default: delete the old IKE SA first, then start over. The
+    // tunnel is down for the round trips of IKE_SA_INIT and IKE_AUTH and comes back
+    // without anyone touching vpngw.
+    swan.swanctl(&["--rekey", "--ike", "vpn", "--reauth"])
+        .unwrap();
+    let start = Instant::now();
+    while !reauthenticated(&gw, &swan, &conn_id, &first_ike, first_uid) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "not reauthenticated: {:#}\n{}",
+            gw.get(&format!("/v1/vpn-connections/{conn_id}")),
+            swan.log_tail(60)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let r = lab::ping(&topo.vpc, &vpc, "10.2.0.1", 3, Duration::from_secs(5)).unwrap();
+    assert_eq!(r.received, 3, "after the reauthentication: {r:?}");
 }
