@@ -554,6 +554,78 @@ fn ikev1_quick_mode_rekeys_from_both_ends_lose_no_ping() {
     assert_eq!(t["status"]["ike_sa"]["version"], "ikev1", "{t:#}");
 }
 
+/// strongSwan renews the ISAKMP SA of an IKEv1 tunnel vpngw initiated. IKEv1 cannot
+/// rekey it, so `swanctl --rekey --ike` re-authenticates: a new Main Mode, to which
+/// strongSwan moves its CHILD_SA at once (with `make_before_break` or without), keeping
+/// the old ISAKMP SA for a while. No ping may be lost, nothing may renegotiate behind
+/// it, and each end uses one ISAKMP SA, strongSwan's new one, with one Child SA.
+#[test]
+fn ikev1_strongswan_reauthentication_loses_no_ping() {
+    let topo = Topology::new().unwrap();
+    let gw = Gateway::start(&topo.gw);
+    let (swan, conn_id) = ikev1_tunnel(&topo, &gw, "v1-reauth", |_| {}, json!({}));
+    let first = swan
+        .wait_established("vpn", Duration::from_secs(5))
+        .unwrap();
+    let monitor = vpc_ping_monitor(&topo);
+    std::thread::sleep(Duration::from_secs(1));
+    swan.swanctl(&["--rekey", "--ike", "vpn", "--reauth"])
+        .unwrap();
+    // strongSwan moves its CHILD_SA to the new IKE_SA at once and keeps the old one
+    // (REKEYING, no children) for a while; the established ones must match ours.
+    let settled = || {
+        let mut sas = swan.list_sas().unwrap_or_default();
+        sas.retain(|sa| sa.state == "ESTABLISHED");
+        let c = gw.get(&format!("/v1/vpn-connections/{conn_id}"));
+        let s = &c["tunnels"][0]["status"];
+        sas.len() == 1
+            && sas[0].uniqueid != first.uniqueid
+            && sas[0].children.len() == 1
+            && phase(s) == "established"
+            && s["child_sas"].as_array().is_some_and(|c| c.len() == 1)
+            && s["ike_sa"]["spis"] == json!({"initiator": sas[0].spi_i, "responder": sas[0].spi_r})
+    };
+    let until = Instant::now() + Duration::from_secs(30);
+    while !settled() {
+        assert!(
+            Instant::now() < until,
+            "not settled: {:#?}\n{:?}\n{}",
+            gw.logs(&conn_id, 60),
+            swan.list_sas(),
+            swan.log_tail(80)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // Past the replacement grace periods: still one of each, nothing renegotiated.
+    std::thread::sleep(Duration::from_secs(6));
+    let report = monitor.stop().unwrap();
+    assert!(settled(), "{:#?}", gw.logs(&conn_id, 60));
+    assert!(report.sent > 100, "{report:?}");
+    assert!(
+        report.losses.is_empty(),
+        "lost pings across the reauthentication: {report:?}\n{:#?}",
+        gw.logs(&conn_id, 60)
+    );
+    // vpngw took strongSwan's Main Mode as the replacement of the ISAKMP SA and began
+    // none of its own after the first.
+    let logs = gw.logs(&conn_id, 1000);
+    let ours = logs
+        .iter()
+        .filter(|e| {
+            e["event"] == "phase1_start"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("initiating"))
+        })
+        .count();
+    assert_eq!(ours, 1, "{logs:#?}");
+    let events = gw.events(&conn_id);
+    assert!(events.iter().any(|e| e == "ike_rekeyed"), "{events:?}");
+    for wrong in ["retry", "reset", "ike_deleted"] {
+        assert!(!events.iter().any(|e| e == wrong), "{wrong} in {events:?}");
+    }
+}
+
 #[test]
 fn traffic_from_the_vpc_triggers_negotiation() {
     let topo = Topology::new().unwrap();

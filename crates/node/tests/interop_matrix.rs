@@ -679,17 +679,6 @@ fn reauthenticated(
         && swan.list_sas().is_ok_and(|l| l.len() == 1)
 }
 
-/// The `event` names of the connection's log, oldest first.
-fn log_events(gw: &Gateway, conn_id: &str) -> Vec<String> {
-    let page = gw.get(&format!("/v1/vpn-connections/{conn_id}/logs?limit=1000"));
-    page["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e["event"].as_str().map(str::to_owned))
-        .collect()
-}
-
 /// strongSwan with `make_before_break = yes` re-authenticates a tunnel that vpngw
 /// (`vpngw_initiated`) or strongSwan brought up: it builds a new IKE SA with its Child
 /// SA beside the old ones, then deletes the old IKE SA (RFC 7296 §2.8.3). vpngw has to
@@ -743,7 +732,7 @@ fn make_before_break_reauthentication(vpngw_initiated: bool) {
     // initiated the old one, the pair looks like a simultaneous initiation to vpngw:
     // its lowest-nonce rule picked the new one (and took it back when strongSwan
     // deleted the old one) or the old one (which strongSwan deleted, as vpngw waited).
-    let events = log_events(&gw, &conn_id);
+    let events = gw.events(&conn_id);
     let count = |name: &str| events.iter().filter(|e| *e == name).count();
     let (reauth, dup) = (count("ike_reauthenticated"), count("duplicate_ike_sa"));
     if vpngw_initiated {
