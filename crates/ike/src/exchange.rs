@@ -16,8 +16,8 @@ use crate::proposal::{
     check_esp_answer, check_ike_answer, describe, esp_offer, ike_offer, select_esp, select_ike,
 };
 use crate::sa::{
-    ChildRequest, ChildState, ExpectAuthResponse, ExpectInitResponse, Handshake, IkeSa, Pending,
-    Req, State, Task, soft_lifetime,
+    Child, ChildRequest, ChildState, ExpectAuthResponse, ExpectInitResponse, Handshake, IkeSa,
+    Pending, Req, State, Task, soft_lifetime,
 };
 use crate::sk::{SkCrypto, SkError};
 use crate::table::OfferKey;
@@ -1541,6 +1541,30 @@ impl Endpoint {
                 self.io.fail(peer, Phase::Phase2, reason);
                 respond(self, sa, vec![Payload::Notify(n)]);
             }
+            Ok((_, remote_ts, local_ts, child))
+                if old_in.is_none() && self.other_traffic(sa, &local_ts, &remote_ts) =>
+            {
+                // The node sends a tunnel's traffic on one Child SA at a time; a second
+                // one for other subnets would take over their traffic (RFC 7296
+                // §3.10.1: NO_ADDITIONAL_SAS). Several subnets go in one Child SA's
+                // traffic selectors (IKEv2), as the product documentation configures
+                // strongSwan.
+                self.io.child_spis.remove(&child.spi_in);
+                self.io.log(
+                    peer,
+                    Level::Warn,
+                    "child_sa_refused",
+                    format!(
+                        "refused another Child SA for {} === {} (NO_ADDITIONAL_SAS): the \
+                         tunnel carries one Child SA, {}; list every subnet in the peer's \
+                         one child (its traffic selectors) instead",
+                        list_to_string(&local_ts),
+                        list_to_string(&remote_ts),
+                        self.current_traffic(sa).unwrap_or_default()
+                    ),
+                );
+                respond(self, sa, vec![notify(NotifyType::NO_ADDITIONAL_SAS)]);
+            }
             Ok((answer, remote_ts, local_ts, child)) => {
                 let mut out = vec![Payload::Sa(answer), Payload::Nonce(nr.clone())];
                 if let Some(d) = &dh {
@@ -1565,6 +1589,42 @@ impl Endpoint {
                 }
             }
         }
+    }
+
+    /// The installed Child SAs of `sa`'s peer (on any of its IKE SAs) that carry
+    /// traffic other than `local === remote`.
+    fn other_traffic(&self, sa: &IkeSa, local: &[TsRange], remote: &[TsRange]) -> bool {
+        let same =
+            |a: &[TsRange], b: &[TsRange]| a.len() == b.len() && a.iter().all(|t| b.contains(t));
+        let differs = |c: &Child| {
+            matches!(c.state, ChildState::Installed | ChildState::Rekeying)
+                && !(same(&c.sa.local_ts, local) && same(&c.sa.remote_ts, remote))
+        };
+        sa.children.iter().any(differs)
+            || sa.peer.is_some_and(|p| {
+                self.sas
+                    .of_peer(p)
+                    .any(|(_, s)| !s.dead && s.children.iter().any(differs))
+            })
+    }
+
+    /// `local === remote` of the first installed Child SA of `sa`'s peer, for logs.
+    fn current_traffic(&self, sa: &IkeSa) -> Option<String> {
+        let peer = sa.peer;
+        std::iter::once(sa)
+            .chain(
+                peer.into_iter()
+                    .flat_map(|p| self.sas.of_peer(p).map(|(_, s)| s)),
+            )
+            .flat_map(|s| s.children.iter())
+            .find(|c| matches!(c.state, ChildState::Installed | ChildState::Rekeying))
+            .map(|c| {
+                format!(
+                    "{} === {}",
+                    list_to_string(&c.sa.local_ts),
+                    list_to_string(&c.sa.remote_ts)
+                )
+            })
     }
 
     fn rekey_ike_request(

@@ -1235,9 +1235,9 @@ impl Control {
         t.set_phase(TunnelPhase::Established, None);
         let msg = match old_spi_in {
             Some(old) if defer.is_some() && !rekeyed => format!(
-                "ESP SAs installed for Child SA {:08x}/{:08x} of a new IKE SA beside \
-                 {old:08x} (the peer re-authenticated); sending on the new SA once the \
-                 peer deletes {old:08x} or uses the new one",
+                "ESP SAs installed for Child SA {:08x}/{:08x} beside {old:08x}, for the \
+                 same traffic (the peer re-authenticated, or made a second one); sending \
+                 on the new SA once the peer deletes {old:08x} or uses the new one",
                 child.spi_in, child.spi_out
             ),
             Some(old) if defer.is_some() => format!(

@@ -37,6 +37,29 @@ fn onprem_conn(local_ts: &str, remote_ts: &str, psk: &str) -> SwanctlConn {
     })
 }
 
+/// Creates a protected-flows connection (172.16.1.0/24 here, 10.2.0.0/24 on-premises)
+/// with one tunnel to strongSwan: the PSK, a new customer gateway and `tunnel`'s
+/// settings. Returns the created connection.
+fn flows_connection(gw: &Gateway, name: &str, effective_immediately: bool, tunnel: Value) -> Value {
+    let (gw_id, cgw_id) = gw.base_resources(GW1, ONPREM);
+    let mut t = json!({"customer_gateway_id": cgw_id, "pre_shared_key": PSK});
+    if let (Some(t), Value::Object(extra)) = (t.as_object_mut(), tunnel) {
+        t.extend(extra);
+    }
+    gw.post(
+        "/v1/vpn-connections",
+        json!({
+            "name": name,
+            "vpn_gateway_id": gw_id,
+            "routing_mode": "protected_flows",
+            "local_subnets": ["172.16.1.0/24"],
+            "remote_subnets": ["10.2.0.0/24"],
+            "effective_immediately": effective_immediately,
+            "tunnels": [t],
+        }),
+    )
+}
+
 fn assert_established(t: &Value) {
     let s = &t["status"];
     assert_eq!(phase(s), "established", "{t:#}");
@@ -156,23 +179,7 @@ fn responder_protected_flows_rekeys_without_loss() {
     )]))
     .unwrap();
 
-    let (gw_id, cgw_id) = gw.base_resources(GW1, ONPREM);
-    let conn = gw.post(
-        "/v1/vpn-connections",
-        json!({
-            "name": "flows",
-            "vpn_gateway_id": gw_id,
-            "routing_mode": "protected_flows",
-            "local_subnets": ["172.16.1.0/24"],
-            "remote_subnets": ["10.2.0.0/24"],
-            "effective_immediately": false,
-            "tunnels": [{
-                "customer_gateway_id": cgw_id,
-                "pre_shared_key": PSK,
-                "ipsec": {"lifetime_s": 20},
-            }],
-        }),
-    );
+    let conn = flows_connection(&gw, "flows", false, json!({"ipsec": {"lifetime_s": 20}}));
     let conn_id = id(&conn);
     // Not effective immediately: the node waits for the peer.
     let t = gw.wait_tunnel(&conn_id, "idle", Duration::from_secs(10), |s| {
@@ -204,6 +211,7 @@ fn responder_protected_flows_rekeys_without_loss() {
                 .is_some_and(|m| m.contains("UDP encapsulation forced"))),
         "{logs:#?}"
     );
+    let gw_id = conn["vpn_gateway_id"].as_str().unwrap();
     let table = gw.get(&format!("/v1/vpn-gateways/{gw_id}/route-table"));
     assert!(
         table["items"]
@@ -424,23 +432,11 @@ fn ikev1_tunnel(
     };
     child(&mut conn.children[0]);
     swan.load(&swanctl::render(&[conn])).unwrap();
-    let (gw_id, cgw_id) = gw.base_resources(GW1, ONPREM);
-    let conn = gw.post(
-        "/v1/vpn-connections",
-        json!({
-            "name": name,
-            "vpn_gateway_id": gw_id,
-            "routing_mode": "protected_flows",
-            "local_subnets": ["172.16.1.0/24"],
-            "remote_subnets": ["10.2.0.0/24"],
-            "effective_immediately": true,
-            "tunnels": [{
-                "customer_gateway_id": cgw_id,
-                "pre_shared_key": PSK,
-                "ike": {"version": "ikev1", "mode": "main"},
-                "ipsec": ipsec,
-            }],
-        }),
+    let conn = flows_connection(
+        gw,
+        name,
+        true,
+        json!({"ike": {"version": "ikev1", "mode": "main"}, "ipsec": ipsec}),
     );
     let conn_id = id(&conn);
     let t = gw.wait_tunnel(
@@ -626,6 +622,69 @@ fn ikev1_strongswan_reauthentication_loses_no_ping() {
     }
 }
 
+/// strongSwan with one IKEv1 child per subnet pair (as a crypto ACL of several lines
+/// makes a policy-based device do) starts a Quick Mode for the second pair. A tunnel
+/// carries one Child SA, so vpngw refuses it, naming both pairs and what to configure
+/// instead, and the first Child SA keeps carrying its traffic.
+#[test]
+fn ikev1_quick_mode_for_other_subnets_is_refused_with_the_reason() {
+    let topo = Topology::new().unwrap();
+    let gw = Gateway::start(&topo.gw);
+    let swan =
+        StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
+    let mut conn = SwanctlConn {
+        version: 1,
+        ..onprem_conn("10.2.0.0/25", "172.16.1.0/24", PSK)
+    };
+    let mut second = conn.children[0].clone();
+    second.name = "net2".into();
+    second.local_ts = vec!["10.2.0.128/25".into()];
+    conn.children.push(second);
+    swan.load(&swanctl::render(&[conn])).unwrap();
+    let conn_id = id(&flows_connection(
+        &gw,
+        "v1-two-pairs",
+        false,
+        json!({"ike": {"version": "ikev1", "mode": "main"}}),
+    ));
+    gw.wait_tunnel(&conn_id, "idle", Duration::from_secs(10), |s| {
+        phase(s) == "idle"
+    });
+    swan.initiate("net").unwrap();
+    gw.wait_tunnel(&conn_id, "established", Duration::from_secs(20), |s| {
+        phase(s) == "established"
+    });
+    let vpc = topo.vpc_ip().to_string();
+    lab::wait_ping(&topo.vpc, &vpc, "10.2.0.1", Duration::from_secs(10)).unwrap();
+    let monitor = vpc_ping_monitor(&topo);
+    assert!(swan.initiate("net2").is_err());
+    std::thread::sleep(Duration::from_secs(3));
+    let report = monitor.stop().unwrap();
+    assert!(report.losses.is_empty(), "{report:?}");
+    let logs = gw.logs(&conn_id, 100);
+    let why = logs
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .find(|m| m.starts_with("refused a quick mode"))
+        .unwrap_or_else(|| panic!("{logs:#?}"));
+    assert!(
+        why.contains("172.16.1.0/24 === 10.2.0.128/25")
+            && why.contains("172.16.1.0/24 === 10.2.0.0/25")
+            && why.contains("IKEv2"),
+        "{why}"
+    );
+    let log = std::fs::read_to_string(swan.log_path()).unwrap();
+    assert!(
+        log.contains("INVALID_ID_INFORMATION"),
+        "{}",
+        swan.log_tail(40)
+    );
+    let c = gw.get(&format!("/v1/vpn-connections/{conn_id}"));
+    let s = &c["tunnels"][0]["status"];
+    assert_eq!(phase(s), "established", "{c:#}");
+    assert_eq!(s["child_sas"].as_array().map(Vec::len), Some(1), "{c:#}");
+}
+
 #[test]
 fn traffic_from_the_vpc_triggers_negotiation() {
     let topo = Topology::new().unwrap();
@@ -690,23 +749,7 @@ fn nat_traversal_off_names_the_nat_the_peer_reports() {
     let mut conn = onprem_conn("10.2.0.0/24", "172.16.1.0/24", PSK);
     conn.encap = true;
     swan.load(&swanctl::render(&[conn])).unwrap();
-    let (gw_id, cgw_id) = gw.base_resources(GW1, ONPREM);
-    let created = gw.post(
-        "/v1/vpn-connections",
-        json!({
-            "name": "no-natt",
-            "vpn_gateway_id": gw_id,
-            "routing_mode": "protected_flows",
-            "local_subnets": ["172.16.1.0/24"],
-            "remote_subnets": ["10.2.0.0/24"],
-            "effective_immediately": false,
-            "tunnels": [{
-                "customer_gateway_id": cgw_id,
-                "pre_shared_key": PSK,
-                "nat_traversal": false,
-            }],
-        }),
-    );
+    let created = flows_connection(&gw, "no-natt", false, json!({"nat_traversal": false}));
     let conn_id = id(&created);
     gw.wait_tunnel(&conn_id, "idle", Duration::from_secs(10), |s| {
         phase(s) == "idle"

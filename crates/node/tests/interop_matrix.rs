@@ -810,3 +810,58 @@ fn strongswan_break_before_make_reauthentication_brings_the_tunnel_back() {
     let r = lab::ping(&topo.vpc, &vpc, "10.2.0.1", 3, Duration::from_secs(5)).unwrap();
     assert_eq!(r.received, 3, "after the reauthentication: {r:?}");
 }
+
+/// strongSwan configured with one child per subnet (as policy-based devices often are)
+/// asks for a second Child SA on the IKE SA for other subnets. vpngw carries a tunnel
+/// on one Child SA at a time, so it refuses the second (NO_ADDITIONAL_SAS) and says why
+/// and what to configure instead, and the first one keeps carrying its traffic.
+#[test]
+fn a_second_child_sa_for_other_subnets_is_refused_with_the_reason() {
+    let topo = Topology::new().unwrap();
+    let gw = Gateway::start(&topo.gw);
+    let swan =
+        StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
+    let mut conn = default_conn("10.2.0.0/25", "172.16.1.0/24", |_| {});
+    let mut second = conn.children[0].clone();
+    second.name = "net2".into();
+    second.local_ts = vec!["10.2.0.128/25".into()];
+    conn.children.push(second);
+    swan.load(&swanctl::render(&[conn])).unwrap();
+    let conn_id = create_connection(&gw, "protected_flows", false, json!({}));
+    gw.wait_tunnel(&conn_id, "idle", Duration::from_secs(10), |s| {
+        phase(s) == "idle"
+    });
+    swan.initiate("net").unwrap();
+    gw.wait_tunnel(&conn_id, "established", Duration::from_secs(20), |s| {
+        phase(s) == "established"
+    });
+    let monitor = vpc_ping_monitor(&topo);
+    let refused = swan.initiate("net2").unwrap_err().to_string();
+    assert!(refused.contains("NO_ADDITIONAL_SAS"), "{refused}");
+    // Past the 5 s a Child SA beside another would wait before taking the traffic.
+    std::thread::sleep(Duration::from_secs(7));
+    let report = monitor.stop().unwrap();
+    assert!(report.sent > 100, "{report:?}");
+    assert!(report.losses.is_empty(), "{report:?}");
+    let logs = gw.logs(&conn_id, 100);
+    let why = logs
+        .iter()
+        .find(|e| e["event"] == "child_sa_refused")
+        .and_then(|e| e["message"].as_str())
+        .unwrap_or_else(|| panic!("{logs:#?}"));
+    assert!(
+        why.contains("172.16.1.0/24 === 10.2.0.128/25")
+            && why.contains("172.16.1.0/24 === 10.2.0.0/25")
+            && why.contains("one child"),
+        "{why}"
+    );
+    let c = gw.get(&format!("/v1/vpn-connections/{conn_id}"));
+    let s = &c["tunnels"][0]["status"];
+    assert_eq!(phase(s), "established", "{c:#}");
+    assert_eq!(s["child_sas"].as_array().map(Vec::len), Some(1), "{c:#}");
+    assert_eq!(
+        s["child_sas"][0]["remote_ts"],
+        json!(["10.2.0.0/25"]),
+        "{c:#}"
+    );
+}

@@ -18,7 +18,7 @@ use crate::endpoint::{EndpointConfig, Io, spis_hex};
 use crate::event::{ChildSa, DeleteReason, Event, IkeAlgorithms, Level, Phase};
 use crate::keys::Key;
 use crate::sa::{Child, ChildState, soft_lifetime};
-use crate::ts::TsRange;
+use crate::ts::{TsRange, list_to_string};
 use crate::v1::keys::{P1Keys, cbc_open, cbc_seal, last_block, nat_d, phase1_iv, phase2_iv};
 use crate::v1::proposal::{
     esp_check_answer, esp_choose, esp_offer, p1_check_answer, p1_choose, p1_offer,
@@ -2441,6 +2441,27 @@ fn qm_responder(
         qm_refuse(cx, sa, reason, NotifyType::INVALID_ID_INFORMATION);
         return Outcome::Drop;
     };
+    // The node sends a tunnel's traffic on one Child SA at a time: a Quick Mode for
+    // other subnets than the installed Child SA's (a peer with one IPsec SA per subnet
+    // pair, such as a crypto ACL of several lines) would take their traffic over.
+    // Rekeys repeat the same IDs.
+    let other = sa.children.iter().find(|ch| {
+        matches!(ch.state, ChildState::Installed | ChildState::Rekeying)
+            && (ch.sa.local_ts != [lts] || ch.sa.remote_ts != [rts])
+    });
+    if let Some(ch) = other {
+        let reason = format!(
+            "refused a quick mode for {} === {}: the tunnel carries one Child SA, {} === {}; \
+             IKEv1 carries one pair of subnets per tunnel (use IKEv2 and list every subnet \
+             in the peer's one child for several)",
+            list_to_string(&[lts]),
+            list_to_string(&[rts]),
+            list_to_string(&ch.sa.local_ts),
+            list_to_string(&ch.sa.remote_ts)
+        );
+        qm_refuse(cx, sa, reason, NotifyType::INVALID_ID_INFORMATION);
+        return Outcome::Drop;
+    }
     let ke = c.first(PayloadType::KE);
     let mut pfs = None;
     let mut my_ke = None;
