@@ -121,6 +121,34 @@ pub fn list_to_string(list: &[TsRange]) -> String {
         .join(" ")
 }
 
+/// A note for the log when a Child SA's selectors (`local === remote`) cover less than
+/// the tunnel's subnets: the peer narrowed our proposal or proposed less itself (RFC
+/// 7296 §2.9; IKEv1 IDs, RFC 2409 §5.5). Traffic for the rest has no SA and is dropped,
+/// which an operator otherwise finds only by its absence.
+pub fn narrowed_note(
+    local: &[TsRange],
+    remote: &[TsRange],
+    ours_local: &[Ipv4Cidr],
+    ours_remote: &[Ipv4Cidr],
+) -> Option<String> {
+    let ranges =
+        |c: &[Ipv4Cidr]| -> Vec<TsRange> { c.iter().copied().map(TsRange::from_cidr).collect() };
+    let (ours_local, ours_remote) = (ranges(ours_local), ranges(ours_remote));
+    let covers =
+        |got: &[TsRange], ours: &[TsRange]| ours.iter().all(|o| got.iter().any(|g| g.contains(o)));
+    if covers(local, &ours_local) && covers(remote, &ours_remote) {
+        return None;
+    }
+    Some(format!(
+        "the Child SA covers {} === {}, less than the tunnel's {} === {}: traffic outside \
+         it is dropped (check the subnets configured on both sides)",
+        list_to_string(local),
+        list_to_string(remote),
+        list_to_string(&ours_local),
+        list_to_string(&ours_remote)
+    ))
+}
+
 /// Responder narrowing: the intersection of what the peer proposed with what we allow,
 /// minus ranges fully covered by another result. Empty means TS_UNACCEPTABLE.
 pub fn narrow(proposed: &[TrafficSelector], ours: &[TsRange]) -> Vec<TsRange> {

@@ -740,6 +740,46 @@ fn a_late_retry_of_a_simultaneous_initiation_leaves_one_ike_sa() {
     );
 }
 
+/// B allows only part of A's remote subnets: the Child SA comes up narrowed (RFC 7296
+/// §2.9), and A, whose traffic for the rest will be dropped, says so with both sides'
+/// selectors. IKEv1 has no narrowing; there B proposes its smaller IDs itself.
+#[test]
+fn a_child_sa_narrower_than_the_tunnel_is_reported() {
+    for v1 in [false, true] {
+        let a = if v1 {
+            config_v1(ike::V1Mode::Main)
+        } else {
+            config_a()
+        };
+        let mut b = mirror(&a);
+        b.local_ts = vec!["10.2.1.0/24".parse().unwrap()];
+        let mut p = Pair::new(a, b);
+        let narrowed = |events: &[Event]| {
+            events.iter().find_map(|e| match e {
+                Event::Log { event, message, .. } if *event == "ts_narrowed" => {
+                    Some(message.clone())
+                }
+                _ => None,
+            })
+        };
+        if v1 {
+            // Our IKEv1 initiator proposes the tunnel's IDs, which B would refuse.
+            p.initiate_b();
+        } else {
+            p.initiate_a();
+        }
+        p.assert_children_match();
+        let note = narrowed(&p.a_events).unwrap_or_else(|| panic!("v1 {v1}: {:#?}", p.a_events));
+        assert!(
+            note.contains("10.1.0.0/16 === 10.2.1.0/24")
+                && note.contains("less than the tunnel's 10.1.0.0/16 === 10.2.0.0/16"),
+            "{note}"
+        );
+        // B got all it asked for.
+        assert_eq!(narrowed(&p.b_events), None, "v1 {v1}");
+    }
+}
+
 #[test]
 fn dpd_declares_silent_peer_dead() {
     let mut a = config_a();

@@ -662,6 +662,13 @@ fn ikev1_quick_mode_for_other_subnets_is_refused_with_the_reason() {
     let report = monitor.stop().unwrap();
     assert!(report.losses.is_empty(), "{report:?}");
     let logs = gw.logs(&conn_id, 100);
+    assert!(
+        logs.iter().any(|e| e["event"] == "ts_narrowed"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("=== 10.2.0.0/25, less"))),
+        "{logs:#?}"
+    );
     let why = logs
         .iter()
         .filter_map(|e| e["message"].as_str())

@@ -844,6 +844,18 @@ fn a_second_child_sa_for_other_subnets_is_refused_with_the_reason() {
     assert!(report.sent > 100, "{report:?}");
     assert!(report.losses.is_empty(), "{report:?}");
     let logs = gw.logs(&conn_id, 100);
+    // The first Child SA covers half of what the tunnel allows, and the log says so.
+    let narrowed = logs
+        .iter()
+        .find(|e| e["event"] == "ts_narrowed")
+        .and_then(|e| e["message"].as_str())
+        .unwrap_or_else(|| panic!("{logs:#?}"));
+    assert!(
+        narrowed.contains(
+            "172.16.1.0/24 === 10.2.0.0/25, less than the tunnel's 172.16.1.0/24 === 10.2.0.0/24"
+        ),
+        "{narrowed}"
+    );
     let why = logs
         .iter()
         .find(|e| e["event"] == "child_sa_refused")
