@@ -1038,8 +1038,10 @@ impl Endpoint {
             redundant.tasks.push_back(Task::DeleteIke);
             "deleting it"
         } else {
-            // Our Delete-less fallback if the peer never deletes it.
-            redundant.retire_at = Some(now + self.cfg.retransmit_base * 8);
+            // Our fallback if the peer never deletes it: strongSwan, for one, keeps
+            // both IKE SAs. A vpngw peer's Delete comes at once, or with its first
+            // retransmission.
+            redundant.retire_at = Some(now + self.cfg.retransmit_base * 2);
             "the peer deletes it"
         };
         let how = if overlapped {
