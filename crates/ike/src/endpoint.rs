@@ -231,6 +231,15 @@ impl Io {
         self.events.push_back(e);
     }
 
+    /// Logs `ts_narrowed` (see [`crate::ts::narrowed_note`]) if the new Child SA
+    /// covers less than `cfg`'s subnets.
+    pub fn warn_if_narrowed(&mut self, peer: PeerId, child: &ChildSa, cfg: &PeerConfig) {
+        let (l, r) = (&child.local_ts, &child.remote_ts);
+        if let Some(note) = crate::ts::narrowed_note(l, r, &cfg.local_ts, &cfg.remote_ts) {
+            self.log(Some(peer), Level::Warn, "ts_narrowed", note);
+        }
+    }
+
     pub fn log(
         &mut self,
         peer: Option<PeerId>,

@@ -21,7 +21,7 @@ use crate::sa::{
 };
 use crate::sk::{SkCrypto, SkError};
 use crate::table::OfferKey;
-use crate::ts::{TsRange, accept_narrowed, list_to_string, narrow, narrowed_note};
+use crate::ts::{TsRange, accept_narrowed, list_to_string, narrow};
 use crate::wire::registry::{AuthMethod, ExchangeType, NotifyType, ProtocolId};
 use crate::wire::{
     Auth, Codec, Delete, Identification, KeyExchange, Message, Notify, Payload, SaPayload,
@@ -1328,15 +1328,7 @@ impl Endpoint {
             None => {
                 self.io
                     .log(Some(peer), Level::Info, "phase2_established", msg);
-                let cfg = &sa.cfg;
-                if let Some(note) = narrowed_note(
-                    &child.local_ts,
-                    &child.remote_ts,
-                    &cfg.local_ts,
-                    &cfg.remote_ts,
-                ) {
-                    self.io.log(Some(peer), Level::Warn, "ts_narrowed", note);
-                }
+                self.io.warn_if_narrowed(peer, &child, &sa.cfg);
                 self.io.event(Event::ChildSaEstablished {
                     peer,
                     child,

@@ -17,7 +17,7 @@ mod common;
 
 use common::{Gateway, metric, phase, traffic_both_ways, vpc_ping_monitor};
 use lab::vpngw::id;
-use lab::{StrongSwan, SwanctlChild, SwanctlConn, Topology, swanctl};
+use lab::{SaInfo, StrongSwan, SwanctlChild, SwanctlConn, Topology, swanctl};
 use serde_json::{Value, json};
 
 const PSK: &str = "lab-psk-Mx4";
@@ -377,6 +377,8 @@ struct Up {
     conn_id: String,
     /// The tunnel as it was when established.
     tunnel: Value,
+    /// strongSwan's IKE SA as it was then.
+    first: SaInfo,
     topo: Topology,
 }
 
@@ -405,11 +407,15 @@ fn protected_flows_up(charon_settings: &str, vpngw_initiates: bool) -> Up {
     let tunnel = gw.wait_tunnel(&conn_id, "established", Duration::from_secs(20), |s| {
         phase(s) == "established"
     });
+    let first = swan
+        .wait_established("vpn", Duration::from_secs(5))
+        .unwrap();
     Up {
         swan,
         gw,
         conn_id,
         tunnel,
+        first,
         topo,
     }
 }
@@ -463,6 +469,7 @@ fn initiator_protected_flows_carries_ping_and_iperf() {
         swan,
         conn_id,
         tunnel: t,
+        ..
     } = protected_flows_up("", true);
     let sa = swan
         .wait_established("vpn", Duration::from_secs(5))
@@ -657,13 +664,10 @@ fn strongswan_initiated_child_rekey_under_ping_loses_nothing() {
 /// The tunnel's status after strongSwan reauthenticated (`swanctl --rekey --ike vpn
 /// --reauth`, RFC 7296 §2.8.3): a new IKE SA from IKE_SA_INIT on, with a new Child SA,
 /// and the old IKE SA deleted: true once both ends show exactly that.
-fn reauthenticated(
-    gw: &Gateway,
-    swan: &StrongSwan,
-    conn_id: &str,
-    first_ike: &Value,
-    first_uid: u32,
-) -> bool {
+fn reauthenticated(up: &Up) -> bool {
+    let (gw, swan, conn_id) = (&up.gw, &up.swan, &up.conn_id);
+    let first_ike = &up.tunnel["status"]["ike_sa"]["spis"];
+    let first_uid = up.first.uniqueid;
     let c = gw.get(&format!("/v1/vpn-connections/{conn_id}"));
     let s = &c["tunnels"][0]["status"];
     let swan_new = swan
@@ -689,22 +693,12 @@ fn reauthenticated(
 /// responder of the new IKE_AUTH, keeps sending on the old Child SA until strongSwan
 /// uses the new one or deletes the old.
 fn make_before_break_reauthentication(vpngw_initiated: bool) {
-    // Bindings drop in reverse: the daemons before the namespaces.
-    let Up {
-        topo,
-        gw,
-        swan,
-        conn_id,
-        tunnel: t,
-    } = protected_flows_up("make_before_break = yes", vpngw_initiated);
-    let first_ike = t["status"]["ike_sa"]["spis"].clone();
-    let first = swan
-        .wait_established("vpn", Duration::from_secs(5))
-        .unwrap();
+    let up = protected_flows_up("make_before_break = yes", vpngw_initiated);
+    let (topo, gw, swan, conn_id, first) = (&up.topo, &up.gw, &up.swan, &up.conn_id, &up.first);
     assert_eq!(first.initiator, !vpngw_initiated, "{first:?}");
     let mut asked = false;
     ping_across(
-        &topo,
+        topo,
         "the reauthentication",
         Duration::from_secs(30),
         || {
@@ -715,7 +709,7 @@ fn make_before_break_reauthentication(vpngw_initiated: bool) {
                     .unwrap();
                 asked = true;
             }
-            reauthenticated(&gw, &swan, &conn_id, &first_ike, first.uniqueid)
+            reauthenticated(&up)
         },
     );
     // Past the node's restart delay: nothing renegotiates behind the new IKE SA.
@@ -732,7 +726,7 @@ fn make_before_break_reauthentication(vpngw_initiated: bool) {
     // initiated the old one, the pair looks like a simultaneous initiation to vpngw:
     // its lowest-nonce rule picked the new one (and took it back when strongSwan
     // deleted the old one) or the old one (which strongSwan deleted, as vpngw waited).
-    let events = gw.events(&conn_id);
+    let events = gw.events(conn_id);
     let count = |name: &str| events.iter().filter(|e| *e == name).count();
     let (reauth, dup) = (count("ike_reauthenticated"), count("duplicate_ike_sa"));
     if vpngw_initiated {
@@ -777,19 +771,8 @@ fn strongswan_reauthenticates_a_tunnel_it_initiated_without_loss() {
 
 #[test]
 fn strongswan_break_before_make_reauthentication_brings_the_tunnel_back() {
-    // Bindings drop in reverse: the daemons before the namespaces.
-    let Up {
-        topo,
-        gw,
-        swan,
-        conn_id,
-        tunnel: t,
-    } = protected_flows_up("", true);
-    let first_ike = t["status"]["ike_sa"]["spis"].clone();
-    let first_uid = swan
-        .wait_established("vpn", Duration::from_secs(5))
-        .unwrap()
-        .uniqueid;
+    let up = protected_flows_up("", true);
+    let (topo, gw, swan, conn_id) = (&up.topo, &up.gw, &up.swan, &up.conn_id);
     let vpc = topo.vpc_ip().to_string();
     lab::wait_ping(&topo.vpc, &vpc, "10.2.0.1", Duration::from_secs(10)).unwrap();
     // strongSwan 5.9's default: delete the old IKE SA first, then start over. The
@@ -798,7 +781,7 @@ fn strongswan_break_before_make_reauthentication_brings_the_tunnel_back() {
     swan.swanctl(&["--rekey", "--ike", "vpn", "--reauth"])
         .unwrap();
     let start = Instant::now();
-    while !reauthenticated(&gw, &swan, &conn_id, &first_ike, first_uid) {
+    while !reauthenticated(&up) {
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "not reauthenticated: {:#}\n{}",

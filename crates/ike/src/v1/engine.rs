@@ -18,7 +18,7 @@ use crate::endpoint::{EndpointConfig, Io, spis_hex};
 use crate::event::{ChildSa, DeleteReason, Event, IkeAlgorithms, Level, Phase};
 use crate::keys::Key;
 use crate::sa::{Child, ChildState, soft_lifetime};
-use crate::ts::{TsRange, list_to_string, narrowed_note};
+use crate::ts::{TsRange, list_to_string};
 use crate::v1::keys::{P1Keys, cbc_open, cbc_seal, last_block, nat_d, phase1_iv, phase2_iv};
 use crate::v1::proposal::{
     esp_check_answer, esp_choose, esp_offer, p1_check_answer, p1_choose, p1_offer,
@@ -3034,15 +3034,7 @@ fn install_child(
             });
         }
         None => {
-            let cfg = &sa.cfg;
-            if let Some(note) = narrowed_note(
-                &child.local_ts,
-                &child.remote_ts,
-                &cfg.local_ts,
-                &cfg.remote_ts,
-            ) {
-                cx.io.log(Some(peer), Level::Warn, "ts_narrowed", note);
-            }
+            cx.io.warn_if_narrowed(peer, &child, &sa.cfg);
             cx.io.event(Event::ChildSaEstablished {
                 peer,
                 child: child.clone(),
