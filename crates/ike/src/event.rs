@@ -133,8 +133,9 @@ pub enum DeleteReason {
     /// (the one made with the lowest nonce, as RFC 7296 §2.8.1 resolves rekey
     /// collisions); the other IKE SA with the same peer stays.
     Duplicate,
-    /// The peer deleted it after re-authenticating (RFC 7296 §2.8.3): a newer IKE SA
-    /// with the same peer, from a new IKE_SA_INIT and with its own Child SAs, stays.
+    /// The peer deleted it while another established IKE SA with it carries Child SAs,
+    /// which stays: what a peer that re-authenticates make-before-break does (RFC 7296
+    /// §2.8.3).
     Reauthenticated,
 }
 
