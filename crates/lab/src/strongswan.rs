@@ -88,6 +88,13 @@ impl StrongSwan {
         self.process.pid()
     }
 
+    /// Kills charon with SIGKILL, as a crash or a power cut would: it sends no Delete,
+    /// and the peer sees only silence. Returns once it has exited.
+    pub fn crash(mut self) -> Result<()> {
+        self.process.signal(nix::sys::signal::Signal::SIGKILL)?;
+        self.process.wait_exit(START_TIMEOUT).map(drop)
+    }
+
     /// Runs `swanctl <args>` against this instance and returns its stdout.
     pub fn swanctl(&self, args: &[&str]) -> Result<String> {
         run(Command::new("swanctl")

@@ -994,6 +994,16 @@ impl Control {
                     }
                     return;
                 }
+                // The tunnel shows another IKE SA of the peer, and that one is up: it
+                // does not go down with this one. IKEv1 reports a Main Mode that
+                // carries INITIAL-CONTACT (RFC 2407 §4.6.3.3) before the old SAs it
+                // removes; the Child SAs of this one go with their own events.
+                let shown = t.ike.as_ref().map(|i| (i.spi_i, i.spi_r));
+                if shown.is_some_and(|s| {
+                    s != (spi_i, spi_r) && self.endpoint.ike_sas(t.peer).contains(&s)
+                }) {
+                    return;
+                }
                 t.ike = None;
                 let why = match reason {
                     DeleteReason::PeerDeleted => Some("the peer deleted the IKE SA"),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{Gateway, phase, traffic_both_ways, vpc_ping_monitor};
+use common::{Gateway, phase, swan_reconnects, traffic_both_ways, vpc_ping_monitor};
 use lab::vpngw::id;
 use lab::{StrongSwan, SwanctlChild, SwanctlConn, Topology, swanctl};
 use serde_json::{Value, json};
@@ -550,6 +550,18 @@ fn ikev1_quick_mode_rekeys_from_both_ends_lose_no_ping() {
     assert_eq!(t["status"]["ike_sa"]["version"], "ikev1", "{t:#}");
 }
 
+/// How many of the connection's log entries say vpngw started a phase 1 itself.
+fn main_modes_we_started(logs: &[Value]) -> usize {
+    logs.iter()
+        .filter(|e| {
+            e["event"] == "phase1_start"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("initiating"))
+        })
+        .count()
+}
+
 /// strongSwan renews the ISAKMP SA of an IKEv1 tunnel vpngw initiated. IKEv1 cannot
 /// rekey it, so `swanctl --rekey --ike` re-authenticates: a new Main Mode, to which
 /// strongSwan moves its CHILD_SA at once (with `make_before_break` or without), keeping
@@ -605,21 +617,60 @@ fn ikev1_strongswan_reauthentication_loses_no_ping() {
     // vpngw took strongSwan's Main Mode as the replacement of the ISAKMP SA and began
     // none of its own after the first.
     let logs = gw.logs(&conn_id, 1000);
-    let ours = logs
-        .iter()
-        .filter(|e| {
-            e["event"] == "phase1_start"
-                && e["message"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with("initiating"))
-        })
-        .count();
+    let ours = main_modes_we_started(&logs);
     assert_eq!(ours, 1, "{logs:#?}");
     let events = gw.events(&conn_id);
     assert!(events.iter().any(|e| e == "ike_rekeyed"), "{events:?}");
     for wrong in ["retry", "reset", "ike_deleted"] {
         assert!(!events.iter().any(|e| e == wrong), "{wrong} in {events:?}");
     }
+}
+
+/// An IKEv1 peer that restarts (a crash, a reboot) and comes back with a new Main Mode
+/// carrying INITIAL-CONTACT (RFC 2407 §4.6.3.3): vpngw removes the SAs of the old
+/// incarnation at once, carries the tunnel on the new ones and starts no Main Mode of its
+/// own beside them.
+#[test]
+fn ikev1_restarted_strongswan_that_reconnects_replaces_the_old_sas() {
+    let topo = Topology::new().unwrap();
+    let gw = Gateway::start(&topo.gw);
+    let (swan, conn_id) = ikev1_tunnel(&topo, &gw, "v1-restart", |_| {}, json!({}));
+    let first = swan
+        .wait_established("vpn", Duration::from_secs(5))
+        .unwrap();
+    swan.crash().unwrap();
+    let swan =
+        StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan-2").unwrap()).unwrap();
+    let conn = SwanctlConn {
+        version: 1,
+        ..onprem_conn("10.2.0.0/24", "172.16.1.0/24", PSK)
+    };
+    swan.load(&swanctl::render(&[conn])).unwrap();
+    let new = swan_reconnects(&gw, &conn_id, &swan, &topo);
+    let spis = json!({"initiator": new.spi_i, "responder": new.spi_r});
+    assert_ne!(
+        spis,
+        json!({"initiator": first.spi_i, "responder": first.spi_r})
+    );
+    // Past the node's restart delay: nothing renegotiates beside the new SAs.
+    std::thread::sleep(Duration::from_secs(3));
+    let sas = swan.list_sas().unwrap();
+    assert_eq!(sas.len(), 1, "{sas:?}");
+    assert_eq!(sas[0].uniqueid, new.uniqueid, "{sas:?}");
+    assert_eq!(sas[0].children.len(), 1, "{sas:?}");
+    let logs = gw.logs(&conn_id, 1000);
+    let ours = main_modes_we_started(&logs);
+    assert_eq!(ours, 1, "only the first Main Mode: {logs:#?}");
+    let events = gw.events(&conn_id);
+    assert!(events.iter().any(|e| e == "initial_contact"), "{events:?}");
+    for wrong in ["retry", "reset"] {
+        assert!(!events.iter().any(|e| e == wrong), "{wrong} in {events:?}");
+    }
+    let c = gw.get(&format!("/v1/vpn-connections/{conn_id}"));
+    let s = &c["tunnels"][0]["status"];
+    assert_eq!(phase(s), "established", "{c:#}");
+    assert_eq!(s["ike_sa"]["spis"], spis, "{c:#}");
+    assert_eq!(s["child_sas"].as_array().map(Vec::len), Some(1), "{c:#}");
 }
 
 /// strongSwan with one IKEv1 child per subnet pair (as a crypto ACL of several lines

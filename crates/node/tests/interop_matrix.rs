@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{Gateway, metric, phase, traffic_both_ways, vpc_ping_monitor};
+use common::{Gateway, metric, phase, swan_reconnects, traffic_both_ways, vpc_ping_monitor};
 use lab::vpngw::id;
 use lab::{SaInfo, StrongSwan, SwanctlChild, SwanctlConn, Topology, swanctl};
 use serde_json::{Value, json};
@@ -792,6 +792,57 @@ fn strongswan_break_before_make_reauthentication_brings_the_tunnel_back() {
     }
     let r = lab::ping(&topo.vpc, &vpc, "10.2.0.1", 3, Duration::from_secs(5)).unwrap();
     assert_eq!(r.received, 3, "after the reauthentication: {r:?}");
+}
+
+/// An on-premises device that restarts (a crash, a reboot) forgets its SAs and, coming
+/// back, starts a new IKE SA with INITIAL_CONTACT (RFC 7296 §2.4): it holds no other
+/// IKE SA with us. vpngw drops what it held with the old incarnation at once, carries
+/// the tunnel on the new SAs and does not negotiate an IKE SA of its own beside them.
+#[test]
+fn a_restarted_strongswan_that_reconnects_replaces_the_old_sas() {
+    let up = protected_flows_up("", true);
+    let Up {
+        swan,
+        gw,
+        conn_id,
+        tunnel,
+        first: _,
+        topo,
+    } = up;
+    let vpc = topo.vpc_ip().to_string();
+    lab::wait_ping(&topo.vpc, &vpc, "10.2.0.1", Duration::from_secs(10)).unwrap();
+    swan.crash().unwrap();
+    let swan =
+        StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan-2").unwrap()).unwrap();
+    swan.load(&swanctl::render(&[default_conn(
+        "10.2.0.0/24",
+        "172.16.1.0/24",
+        |_| {},
+    )]))
+    .unwrap();
+    let new = swan_reconnects(&gw, &conn_id, &swan, &topo);
+    let spis = json!({"initiator": new.spi_i, "responder": new.spi_r});
+    assert_ne!(tunnel["status"]["ike_sa"]["spis"], spis);
+    // Past the node's restart delay: nothing renegotiates beside the new IKE SA.
+    std::thread::sleep(Duration::from_secs(3));
+    let sas = swan.list_sas().unwrap();
+    assert_eq!(sas.len(), 1, "{sas:?}");
+    assert_eq!(sas[0].uniqueid, new.uniqueid, "{sas:?}");
+    let events = gw.events(&conn_id);
+    let count = |name: &str| events.iter().filter(|e| *e == name).count();
+    assert_eq!(count("initial_contact"), 1, "{events:?}");
+    assert_eq!(
+        count("phase1_start"),
+        1,
+        "only the first IKE SA: {events:?}"
+    );
+    for wrong in ["duplicate_ike_sa", "retry", "reset"] {
+        assert_eq!(count(wrong), 0, "{wrong} in {events:?}");
+    }
+    let c = gw.get(&format!("/v1/vpn-connections/{conn_id}"));
+    let s = &c["tunnels"][0]["status"];
+    assert_eq!(phase(s), "established", "{c:#}");
+    assert_eq!(s["ike_sa"]["spis"], spis, "{c:#}");
 }
 
 /// strongSwan configured with one child per subnet (as policy-based devices often are)

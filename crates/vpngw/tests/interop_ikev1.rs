@@ -781,8 +781,7 @@ fn dpd_detects_a_dead_peer_and_the_tunnel_comes_back() {
     assert!(probes >= 2 && acks >= 2, "R-U-THERE {probes}, ACK {acks}");
 
     // SIGKILL: no Delete reaches the gateway, only silence.
-    kill9(swan.pid());
-    drop(swan);
+    swan.crash().unwrap();
     let killed = Instant::now();
     let t = serve.wait_tunnel(
         &conn,
@@ -981,12 +980,4 @@ fn main_mode_1() -> Vec<u8> {
     e.add_peer(ike::PeerId(1), cfg).unwrap();
     e.initiate(Instant::now(), ike::PeerId(1)).unwrap();
     e.poll_transmit().unwrap().payload
-}
-
-fn kill9(pid: u32) {
-    let st = std::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success(), "kill -KILL {pid}");
 }

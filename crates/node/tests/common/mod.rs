@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use lab::vpngw::id;
-use lab::{ApiClient, Iperf3Server, Netns, PingMonitor, Topology};
+use lab::{ApiClient, Iperf3Server, Netns, PingMonitor, SaInfo, StrongSwan, Topology};
 use node::{Node, NodeConfig};
 use serde_json::{Value, json};
 use store::{SqliteStore, Store};
@@ -193,4 +193,29 @@ pub fn vpc_ping_monitor(topo: &Topology) -> PingMonitor {
         Duration::from_millis(50),
     )
     .unwrap()
+}
+
+/// strongSwan brings up its connection `vpn` (child `net`) towards the gateway, e.g.
+/// after a restart; waits until the first tunnel of `conn` runs on strongSwan's new IKE
+/// SA with one Child SA and pings cross it, and returns that IKE SA.
+pub fn swan_reconnects(gw: &Gateway, conn: &str, swan: &StrongSwan, topo: &Topology) -> SaInfo {
+    swan.initiate("net").unwrap();
+    let new = swan
+        .wait_established("vpn", Duration::from_secs(5))
+        .unwrap();
+    let spis = json!({"initiator": new.spi_i, "responder": new.spi_r});
+    gw.wait_tunnel(
+        conn,
+        "established on strongSwan's new IKE SA",
+        Duration::from_secs(10),
+        |s| {
+            phase(s) == "established"
+                && s["ike_sa"]["spis"] == spis
+                && s["child_sas"].as_array().is_some_and(|c| c.len() == 1)
+        },
+    );
+    let vpc = topo.vpc_ip().to_string();
+    let r = lab::ping(&topo.vpc, &vpc, "10.2.0.1", 3, Duration::from_secs(5)).unwrap();
+    assert_eq!(r.received, 3, "on the new SAs: {r:?}");
+    new
 }
