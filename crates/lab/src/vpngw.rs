@@ -122,6 +122,13 @@ impl Vpngw {
     pub fn log_tail(&self, lines: usize) -> String {
         self.process.log_tail(lines)
     }
+
+    /// Kills it with SIGKILL, as a crash would: it deletes nothing at its peers.
+    /// Returns once it has exited; its data directory stays for a restart.
+    pub fn crash(mut self) -> Result<()> {
+        self.process.signal(nix::sys::signal::Signal::SIGKILL)?;
+        self.process.wait_exit(START_TIMEOUT).map(drop)
+    }
 }
 
 impl Deref for Vpngw {

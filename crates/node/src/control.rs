@@ -9,7 +9,7 @@
 //! timer (IKE retransmissions/rekeys/DPD, retries, the status refresh).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -70,6 +70,9 @@ pub(crate) enum Input {
     },
     /// A worker saw traffic for a connection without a tunnel up (see `ConnFwd::trigger`).
     Traffic,
+    /// A worker saw ESP with an unknown SPI from a customer gateway (see
+    /// `Fwd::unknown_spi`).
+    UnknownSpi,
     /// An outbound SA of this tunnel is near the end of its sequence space: rekey.
     SoftExpired(TunnelKey),
     /// A worker recorded an answer to a health-check probe (see `health.rs`).
@@ -115,6 +118,9 @@ pub(crate) struct Control {
     /// Connection ID → tunnel IDs in order, as last applied.
     conns: BTreeMap<String, Vec<String>>,
     triggers: HashMap<String, Arc<AtomicBool>>,
+    /// The flags of `Fwd::unknown_spi`, kept across snapshots; re-armed every status
+    /// tick, so a peer sending on stale SAs wakes this thread at most once per tick.
+    unknown_spi: HashMap<(Ipv4Addr, Ipv4Addr), Arc<AtomicBool>>,
     health: Health,
     kernel_routes: BTreeSet<Ipv4Net>,
     notes_logged: HashSet<(String, String)>,
@@ -250,6 +256,7 @@ impl Control {
             nat_off: BTreeSet::new(),
             conns: BTreeMap::new(),
             triggers: HashMap::new(),
+            unknown_spi: HashMap::new(),
             kernel_routes: BTreeSet::new(),
             notes_logged: HashSet::new(),
             next_peer: 1,
@@ -307,6 +314,9 @@ impl Control {
             let refresh = now >= self.next_tick;
             if refresh {
                 self.next_tick = now + STATUS_INTERVAL;
+                for flag in self.unknown_spi.values() {
+                    flag.store(false, Ordering::Release);
+                }
             }
             if refresh || now >= self.published_at + PUBLISH_EVERY {
                 self.published_at = now;
@@ -370,6 +380,7 @@ impl Control {
                 let _ = reply.send(self.reset(now, &tunnel_id));
             }
             Input::Traffic => self.traffic(now),
+            Input::UnknownSpi => self.unknown_spi(now),
             Input::SoftExpired(key) => {
                 if let Err(e) = self.endpoint.rekey_child(now, PeerId(key)) {
                     tracing::debug!(error = %e, "rekey on sequence soft limit");
@@ -786,6 +797,44 @@ impl Control {
                 );
             }
             self.start(now, &id, "traffic from the VPC");
+        }
+    }
+
+    /// ESP with an SPI we do not have came from a tunnel's customer gateway: the peer
+    /// still holds SAs this node lost (it restarted, or the SAs were deleted without
+    /// the peer hearing of it), and sends into the void until its DPD gives up, which
+    /// takes minutes. An idle tunnel to that address negotiates now (Cisco's
+    /// invalid-SPI recovery, Juniper's respond-bad-spi); with no other IKE SA to the
+    /// peer it sends INITIAL_CONTACT (RFC 7296 §2.4), so the peer drops the stale SAs.
+    fn unknown_spi(&mut self, now: Instant) {
+        let from: Vec<(Ipv4Addr, Ipv4Addr)> = self
+            .unknown_spi
+            .iter()
+            .filter(|(_, f)| f.load(Ordering::Acquire))
+            .map(|(k, _)| *k)
+            .collect();
+        let start: Vec<(String, String, Ipv4Addr)> = self
+            .tunnels
+            .values()
+            .filter(|t| t.phase == TunnelPhase::Idle && t.ike.is_none() && t.can_initiate())
+            .filter_map(|t| {
+                let key = t.cfg.as_ref().and_then(addresses_v4)?;
+                from.contains(&key)
+                    .then(|| (t.id.clone(), t.conn_id.clone(), key.1))
+            })
+            .collect();
+        for (id, conn, peer) in start {
+            self.log(
+                &conn,
+                Some(&id),
+                LogLevel::Info,
+                "esp_unknown_spi",
+                format!(
+                    "ESP from {peer} on an SA this gateway does not have: the peer still \
+                     holds SAs this gateway lost (a restart?); negotiating new ones"
+                ),
+            );
+            self.start(now, &id, "the peer sends on SAs this gateway lost");
         }
     }
 
@@ -1412,6 +1461,17 @@ impl Control {
             });
         }
         self.triggers = triggers;
+        for t in self.tunnels.values() {
+            if let Some(key) = t.cfg.as_ref().and_then(addresses_v4) {
+                let flag = self
+                    .unknown_spi
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(AtomicBool::new(false)));
+                fwd.unknown_spi.insert(key, flag);
+            }
+        }
+        self.unknown_spi = fwd.unknown_spi.clone();
         fwd.health = self.health.fwd();
         fwd.keys = self
             .tunnels
@@ -1803,6 +1863,15 @@ fn ts_strings(list: &[TsRange]) -> Vec<String> {
 /// `SocketAddrV4` of a wildcard local address on a port.
 pub(crate) fn any(port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, port)
+}
+
+/// A tunnel's (our address, the customer gateway's address), if both are IPv4 and the
+/// customer gateway is a real address (not "any").
+fn addresses_v4(cfg: &PeerConfig) -> Option<(Ipv4Addr, Ipv4Addr)> {
+    match (cfg.local.ip(), cfg.remote_addr()?.ip()) {
+        (IpAddr::V4(l), IpAddr::V4(r)) => Some((l, r)),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

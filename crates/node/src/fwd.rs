@@ -47,6 +47,9 @@ pub(crate) struct Fwd {
     pub keys: HashMap<String, TunnelKey>,
     /// Health-check answers to recognise after decapsulation (see `health.rs`).
     pub health: HealthFwd,
+    /// (our address, customer gateway address) of the tunnels that may initiate → set
+    /// by a worker when ESP with an SPI we do not have arrives from there.
+    pub unknown_spi: HashMap<(Ipv4Addr, Ipv4Addr), Arc<AtomicBool>>,
 }
 
 /// One connection on the packet path.
@@ -318,7 +321,7 @@ impl Handler for EspHandler {
         &self,
         ctx: &mut WorkerCtx<Local>,
         local: SocketAddrV4,
-        _remote: SocketAddrV4,
+        remote: SocketAddrV4,
         pkt: &mut PacketBuf,
     ) -> Action {
         if local.port() == self.ike_port {
@@ -333,7 +336,7 @@ impl Handler for EspHandler {
                 Ok(()) => Action::Control,
                 Err(_) => Action::Drop(DropReason::Malformed),
             },
-            Udp4500::Esp => self.decapsulate(ctx, pkt),
+            Udp4500::Esp => self.decapsulate(ctx, (*local.ip(), *remote.ip()), pkt),
             Udp4500::Keepalive => Action::Drop(DropReason::Other),
             Udp4500::Invalid => Action::Drop(DropReason::Malformed),
         }
@@ -342,19 +345,24 @@ impl Handler for EspHandler {
     fn handle_esp(
         &self,
         ctx: &mut WorkerCtx<Local>,
-        _local: Ipv4Addr,
-        _remote: Ipv4Addr,
+        local: Ipv4Addr,
+        remote: Ipv4Addr,
         pkt: &mut PacketBuf,
     ) -> Action {
-        self.decapsulate(ctx, pkt)
+        self.decapsulate(ctx, (local, remote), pkt)
     }
 }
 
 impl EspHandler {
     /// ESP (from the SPI on) → the inner IPv4 packet, in place. CBC SAs only run the
     /// checks before the ICV here and leave the rest to `end_batch`; the action returned
-    /// for them is provisional.
-    fn decapsulate(&self, ctx: &mut WorkerCtx<Local>, pkt: &mut PacketBuf) -> Action {
+    /// for them is provisional. `from` is (our address, the sender's).
+    fn decapsulate(
+        &self,
+        ctx: &mut WorkerCtx<Local>,
+        from: (Ipv4Addr, Ipv4Addr),
+        pkt: &mut PacketBuf,
+    ) -> Action {
         let slot = ctx.slot;
         let Local {
             fwd, sadb, opens, ..
@@ -364,6 +372,15 @@ impl EspHandler {
             _ => return Action::Drop(DropReason::Malformed),
         };
         let Some(sa) = sadb.inbound(spi) else {
+            // From a tunnel's customer gateway: the peer holds SAs this node does not
+            // (it restarted). One wake-up per flag flip; the control thread re-arms
+            // the flag every status tick.
+            if let Some(flag) = fwd.load().unknown_spi.get(&from)
+                && !flag.swap(true, Ordering::AcqRel)
+                && self.wake.try_send(Input::UnknownSpi).is_err()
+            {
+                flag.store(false, Ordering::Release);
+            }
             return Action::Drop(DropReason::NoSa);
         };
         match sa.decapsulate_deferred(pkt.data_mut()) {

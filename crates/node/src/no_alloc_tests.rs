@@ -11,7 +11,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
-use std::sync::mpsc::sync_channel;
+use std::sync::mpsc::{Receiver, sync_channel};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -96,6 +96,33 @@ fn batch(
     h.end_batch(ctx, pkts, actions);
 }
 
+/// The node's handler over `fwd` and `sadb`, and the control thread's end of its
+/// wake-up channel.
+fn handler(
+    fwd: Fwd,
+    sadb: Arc<SaDb<crate::fwd::TunnelKey>>,
+) -> (EspHandler, Receiver<crate::control::Input>) {
+    let (wake, wakes) = sync_channel(16);
+    let h = EspHandler {
+        fwd: Arc::new(ArcSwap::from_pointee(fwd)),
+        bgp: Arc::new(ArcSwap::from_pointee(BgpFwd::default())),
+        sadb,
+        wake,
+        ike_port: 500,
+        natt_port: 4500,
+    };
+    (h, wakes)
+}
+
+fn worker_ctx(h: &EspHandler) -> WorkerCtx<crate::fwd::Local> {
+    WorkerCtx {
+        worker: 0,
+        now: Instant::now(),
+        local: h.new_local(0),
+        slot: 0,
+    }
+}
+
 #[test]
 fn whole_batches_through_the_handler_make_no_allocation() {
     for (encr, integ) in [
@@ -133,22 +160,9 @@ fn whole_batches_through_the_handler_make_no_allocation() {
             }],
             ..Fwd::default()
         };
-        let (wake, _wakes) = sync_channel(16);
-        let h = EspHandler {
-            fwd: Arc::new(ArcSwap::from_pointee(fwd)),
-            bgp: Arc::new(ArcSwap::from_pointee(BgpFwd::default())),
-            sadb,
-            wake,
-            ike_port: 500,
-            natt_port: 4500,
-        };
+        let (h, _wakes) = handler(fwd, sadb);
         let layout = BufLayout::default();
-        let mut ctx = WorkerCtx {
-            worker: 0,
-            now: Instant::now(),
-            local: h.new_local(0),
-            slot: 0,
-        };
+        let mut ctx = worker_ctx(&h);
         let mut pkts: Vec<PacketBuf> = (0..BATCH).map(|_| PacketBuf::new(layout)).collect();
         let mut actions = vec![Action::Control; BATCH];
 
@@ -220,4 +234,69 @@ fn whole_batches_through_the_handler_make_no_allocation() {
         );
         assert!(pkts.iter().all(|p| p.data() == back), "{what}: decrypted");
     }
+}
+
+/// ESP with an SPI the node does not have, from the address of a tunnel's customer
+/// gateway, wakes the control thread once per flag flip (invalid-SPI recovery, see
+/// `Control::unknown_spi`) and is dropped; from any other address it is only dropped.
+/// A flood of either allocates nothing.
+#[test]
+fn esp_on_unknown_spis_wakes_the_control_thread_once_per_flip_without_allocating() {
+    let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fwd = Fwd {
+        unknown_spi: [((GW, PEER), Arc::clone(&flag))].into_iter().collect(),
+        ..Fwd::default()
+    };
+    let (h, wakes) = handler(fwd, Arc::new(SaDb::new()));
+    let layout = BufLayout::default();
+    let mut ctx = worker_ctx(&h);
+    let mut pkts: Vec<PacketBuf> = (0..BATCH).map(|_| PacketBuf::new(layout)).collect();
+    let mut actions = vec![Action::Control; BATCH];
+    // SPI, sequence number, then what would be the IV and ciphertext.
+    let mut esp = vec![0u8; 200];
+    esp[..4].copy_from_slice(&0x0bad_5b1fu32.to_be_bytes());
+    esp[7] = 1;
+    let mut receive = |from: Ipv4Addr, pkts: &mut [PacketBuf], actions: &mut [Action]| {
+        batch(
+            &h,
+            &mut ctx,
+            pkts,
+            actions,
+            |_, p| p.fill(layout.headroom, &esp).unwrap(),
+            |h, ctx, p| {
+                h.handle_udp(
+                    ctx,
+                    SocketAddrV4::new(GW, 4500),
+                    SocketAddrV4::new(from, 4500),
+                    p,
+                )
+            },
+        );
+    };
+    let stranger = Ipv4Addr::new(203, 0, 113, 9);
+    receive(stranger, &mut pkts, &mut actions);
+    assert!(wakes.try_recv().is_err(), "not from a customer gateway");
+    let n = allocations_in(|| {
+        for _ in 0..4 {
+            receive(PEER, &mut pkts, &mut actions);
+            receive(stranger, &mut pkts, &mut actions);
+        }
+    });
+    assert_eq!(n, 0, "allocations dropping 8 batches");
+    let no_sa = Action::Drop(dataplane::DropReason::NoSa);
+    assert!(actions.iter().all(|a| *a == no_sa), "{actions:?}");
+    assert!(matches!(
+        wakes.try_recv(),
+        Ok(crate::control::Input::UnknownSpi)
+    ));
+    assert!(wakes.try_recv().is_err(), "one wake-up for 256 packets");
+    // The control thread re-arms the flag (every status tick): the next packet wakes
+    // it again.
+    flag.store(false, std::sync::atomic::Ordering::Release);
+    receive(PEER, &mut pkts, &mut actions);
+    assert!(matches!(
+        wakes.try_recv(),
+        Ok(crate::control::Input::UnknownSpi)
+    ));
+    assert!(wakes.try_recv().is_err());
 }

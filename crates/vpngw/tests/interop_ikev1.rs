@@ -746,6 +746,60 @@ fn algorithm_matrix() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
+/// The gateway crashes while strongSwan, which started the tunnel, holds its IKEv1 SAs,
+/// and is started again on its data directory: ESP from strongSwan on the SAs it lost
+/// makes it negotiate a new Main Mode at once, whose INITIAL-CONTACT (RFC 2407
+/// §4.6.3.3) makes strongSwan drop the stale SAs (see the IKEv2 test in
+/// `interop_ikev2.rs`).
+#[test]
+fn a_restarted_gateway_recovers_the_main_mode_tunnel_the_peer_still_holds() {
+    let topo = Topology::new().unwrap();
+    let serve = start_serve(&topo);
+    let swan = start_swan(&topo, &onprem_v1(SUITE, SUITE, "0.0.0.0/0", "0.0.0.0/0"));
+    let conn = serve.responder_connection();
+    swan.initiate("net").unwrap();
+    let old = swan
+        .wait_established("vpn", Duration::from_secs(10))
+        .unwrap();
+    serve.wait_established(&conn, Duration::from_secs(10));
+    ping_both_ways(&topo, 2);
+
+    let Serve(crashed) = serve;
+    crashed.crash().unwrap();
+    let serve = start_serve(&topo);
+    let t = serve.wait_tunnel(
+        &conn,
+        "idle after the restart",
+        Duration::from_secs(10),
+        |s| phase(s) == "idle",
+    );
+    assert!(t["status"]["ike_sa"].is_null(), "{t:#}");
+    // On-premises traffic crosses strongSwan's old SAs to the restarted gateway.
+    let pinger = PingMonitor::start(
+        &topo.onprem,
+        topo.workdir.path(),
+        "10.2.0.1",
+        topo.vpc_ip(),
+        Duration::from_millis(100),
+    )
+    .unwrap();
+    serve.wait_established(&conn, Duration::from_secs(15));
+    swan.wait_sa(
+        Duration::from_secs(10),
+        "one ISAKMP SA with one Child SA, the new ones",
+        |sas| {
+            (sas.len() == 1 && sas[0].uniqueid != old.uniqueid && sas[0].children.len() == 1)
+                .then_some(())
+        },
+    )
+    .unwrap();
+    let report = pinger.stop().unwrap();
+    assert!(report.received > 0, "{report:?}");
+    ping_both_ways(&topo, 3);
+    let events = serve.events(&conn);
+    assert!(events.iter().any(|e| e == "esp_unknown_spi"), "{events:?}");
+}
+
 /// strongSwan dies: DPD declares the peer dead; strongSwan comes back with the same
 /// configuration and the gateway renegotiates by itself.
 #[test]

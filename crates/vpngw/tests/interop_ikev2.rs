@@ -130,6 +130,70 @@ fn vpngw_serve_brings_up_a_tunnel_with_strongswan() {
     .unwrap();
 }
 
+/// `vpngw serve` crashes while strongSwan, which initiated the tunnel, holds its SAs,
+/// and is started again on its data directory. strongSwan keeps sending ESP on SAs the
+/// gateway no longer has (its DPD would take minutes to give up): the gateway takes ESP
+/// with an unknown SPI from the address of a tunnel's customer gateway as the sign that
+/// the peer holds SAs it lost, and negotiates new ones at once (Cisco calls this
+/// invalid-SPI recovery). Its INITIAL_CONTACT (RFC 7296 §2.4) makes strongSwan drop the
+/// stale SAs.
+#[test]
+fn a_restarted_gateway_recovers_the_tunnel_the_peer_still_holds() {
+    let topo = Topology::new().unwrap();
+    let swan =
+        StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
+    swan.load(&swanctl::render(&[onprem_conn()])).unwrap();
+    let serve = serve(&topo);
+    let (_, conn_id) = create_connection(&serve, false);
+    wait_tunnel(&serve, &conn_id, "idle", |s| s["phase"] == "idle");
+    swan.initiate("net").unwrap();
+    let old = swan
+        .wait_established("vpn", Duration::from_secs(10))
+        .unwrap();
+    wait_tunnel(&serve, &conn_id, "established", |s| {
+        s["phase"] == "established"
+    });
+    let vpc = topo.vpc_ip().to_string();
+    lab::wait_ping(&topo.vpc, &vpc, "10.2.0.1", Duration::from_secs(10)).unwrap();
+
+    serve.crash().unwrap();
+    let serve = self::serve(&topo);
+    // A responder-side tunnel waits after a restart: nothing negotiates on its own.
+    let t = wait_tunnel(&serve, &conn_id, "idle after the restart", |s| {
+        s["phase"] == "idle"
+    });
+    assert!(t["status"]["ike_sa"].is_null(), "{t:#}");
+    // On-premises traffic crosses strongSwan's old SAs to the restarted gateway.
+    let pinger = lab::PingMonitor::start(
+        &topo.onprem,
+        topo.workdir.path(),
+        "10.2.0.1",
+        &vpc,
+        Duration::from_millis(100),
+    )
+    .unwrap();
+    let t = wait_tunnel(&serve, &conn_id, "established on new SAs", |s| {
+        s["phase"] == "established"
+    });
+    let spis = &t["status"]["ike_sa"]["spis"];
+    let sas = swan
+        .wait_sa(Duration::from_secs(10), "one IKE SA, the new one", |sas| {
+            (sas.len() == 1 && sas[0].uniqueid != old.uniqueid).then(|| sas.to_vec())
+        })
+        .unwrap();
+    assert_eq!(
+        *spis,
+        json!({"initiator": sas[0].spi_i, "responder": sas[0].spi_r}),
+        "{t:#}"
+    );
+    let report = pinger.stop().unwrap();
+    assert!(report.received > 0, "{report:?}");
+    let r = lab::ping(&topo.vpc, &vpc, "10.2.0.1", 3, Duration::from_secs(5)).unwrap();
+    assert_eq!(r.received, 3, "VPC → on-premises on the new SAs: {r:?}");
+    let events = serve.events(&conn_id);
+    assert!(events.iter().any(|e| e == "esp_unknown_spi"), "{events:?}");
+}
+
 /// A responder under load (here `--ike-cookie-threshold 0`: every IKE_SA_INIT gets a
 /// COOKIE first) and strongSwan as the initiator: strongSwan repeats its request with
 /// the cookie (RFC 7296 §2.6) and the tunnel comes up and carries traffic.
