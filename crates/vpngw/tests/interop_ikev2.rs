@@ -130,23 +130,25 @@ fn vpngw_serve_brings_up_a_tunnel_with_strongswan() {
     .unwrap();
 }
 
-/// `vpngw serve` crashes while strongSwan, which initiated the tunnel, holds its SAs,
-/// and is started again on its data directory. strongSwan keeps sending ESP on SAs the
-/// gateway no longer has (its DPD would take minutes to give up): the gateway takes ESP
-/// with an unknown SPI from the address of a tunnel's customer gateway as the sign that
-/// the peer holds SAs it lost, and negotiates new ones at once (Cisco calls this
-/// invalid-SPI recovery). Its INITIAL_CONTACT (RFC 7296 §2.4) makes strongSwan drop the
-/// stale SAs.
-#[test]
-fn a_restarted_gateway_recovers_the_tunnel_the_peer_still_holds() {
+/// `vpngw serve` crashes while strongSwan holds the tunnel's SAs, and is started again
+/// on its data directory. A tunnel that initiates (`effective_immediately`) negotiates
+/// at once. One that waits for the peer (strongSwan initiated it) would wait until
+/// strongSwan's DPD gives up, minutes later, while strongSwan keeps sending ESP on SAs
+/// the gateway no longer has: the gateway takes ESP with an unknown SPI from the address
+/// of a tunnel's customer gateway as the sign that the peer holds SAs it lost, and
+/// negotiates new ones at once (Cisco calls this invalid-SPI recovery). Either way its
+/// INITIAL_CONTACT (RFC 7296 §2.4) makes strongSwan drop the stale SAs.
+fn restart_under_an_established_tunnel(effective_immediately: bool) {
     let topo = Topology::new().unwrap();
     let swan =
         StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
     swan.load(&swanctl::render(&[onprem_conn()])).unwrap();
     let serve = serve(&topo);
-    let (_, conn_id) = create_connection(&serve, false);
-    wait_tunnel(&serve, &conn_id, "idle", |s| s["phase"] == "idle");
-    swan.initiate("net").unwrap();
+    let (_, conn_id) = create_connection(&serve, effective_immediately);
+    if !effective_immediately {
+        wait_tunnel(&serve, &conn_id, "idle", |s| s["phase"] == "idle");
+        swan.initiate("net").unwrap();
+    }
     let old = swan
         .wait_established("vpn", Duration::from_secs(10))
         .unwrap();
@@ -158,22 +160,29 @@ fn a_restarted_gateway_recovers_the_tunnel_the_peer_still_holds() {
 
     serve.crash().unwrap();
     let serve = self::serve(&topo);
-    // A responder-side tunnel waits after a restart: nothing negotiates on its own.
-    let t = wait_tunnel(&serve, &conn_id, "idle after the restart", |s| {
-        s["phase"] == "idle"
-    });
-    assert!(t["status"]["ike_sa"].is_null(), "{t:#}");
-    // On-premises traffic crosses strongSwan's old SAs to the restarted gateway.
-    let pinger = lab::PingMonitor::start(
-        &topo.onprem,
-        topo.workdir.path(),
-        "10.2.0.1",
-        &vpc,
-        Duration::from_millis(100),
-    )
-    .unwrap();
+    let mut pinger = None;
+    if !effective_immediately {
+        // A tunnel that waits for the peer waits after a restart too.
+        let t = wait_tunnel(&serve, &conn_id, "idle after the restart", |s| {
+            s["phase"] == "idle"
+        });
+        assert!(t["status"]["ike_sa"].is_null(), "{t:#}");
+        // On-premises traffic crosses strongSwan's old SAs to the restarted gateway.
+        pinger = Some(
+            lab::PingMonitor::start(
+                &topo.onprem,
+                topo.workdir.path(),
+                "10.2.0.1",
+                &vpc,
+                Duration::from_millis(100),
+            )
+            .unwrap(),
+        );
+    }
+    // The status stored before the crash names the old IKE SA.
+    let stale = json!({"initiator": old.spi_i, "responder": old.spi_r});
     let t = wait_tunnel(&serve, &conn_id, "established on new SAs", |s| {
-        s["phase"] == "established"
+        s["phase"] == "established" && s["ike_sa"]["spis"] != stale
     });
     let spis = &t["status"]["ike_sa"]["spis"];
     let sas = swan
@@ -186,12 +195,32 @@ fn a_restarted_gateway_recovers_the_tunnel_the_peer_still_holds() {
         json!({"initiator": sas[0].spi_i, "responder": sas[0].spi_r}),
         "{t:#}"
     );
-    let report = pinger.stop().unwrap();
-    assert!(report.received > 0, "{report:?}");
+    assert!(
+        !sas[0].initiator,
+        "vpngw negotiated the new IKE SA: {sas:?}"
+    );
+    if let Some(p) = pinger {
+        let report = p.stop().unwrap();
+        assert!(report.received > 0, "{report:?}");
+    }
     let r = lab::ping(&topo.vpc, &vpc, "10.2.0.1", 3, Duration::from_secs(5)).unwrap();
     assert_eq!(r.received, 3, "VPC → on-premises on the new SAs: {r:?}");
     let events = serve.events(&conn_id);
-    assert!(events.iter().any(|e| e == "esp_unknown_spi"), "{events:?}");
+    assert_eq!(
+        events.iter().any(|e| e == "esp_unknown_spi"),
+        !effective_immediately,
+        "{events:?}"
+    );
+}
+
+#[test]
+fn a_restarted_gateway_renegotiates_the_tunnel_it_initiated() {
+    restart_under_an_established_tunnel(true);
+}
+
+#[test]
+fn a_restarted_gateway_recovers_the_tunnel_the_peer_still_holds() {
+    restart_under_an_established_tunnel(false);
 }
 
 /// A responder under load (here `--ike-cookie-threshold 0`: every IKE_SA_INIT gets a
