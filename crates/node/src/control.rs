@@ -803,9 +803,10 @@ impl Control {
     /// ESP with an SPI we do not have came from a tunnel's customer gateway: the peer
     /// still holds SAs this node lost (it restarted, or the SAs were deleted without
     /// the peer hearing of it), and sends into the void until its DPD gives up, which
-    /// takes minutes. An idle tunnel to that address negotiates now (Cisco's
-    /// invalid-SPI recovery, Juniper's respond-bad-spi); with no other IKE SA to the
-    /// peer it sends INITIAL_CONTACT (RFC 7296 §2.4), so the peer drops the stale SAs.
+    /// takes minutes. The idle tunnels of the connections with a tunnel to that address
+    /// negotiate now (Cisco's invalid-SPI recovery, Juniper's respond-bad-spi); with no
+    /// other IKE SA to the peer each sends INITIAL_CONTACT (RFC 7296 §2.4), so the peer
+    /// drops the stale SAs.
     fn unknown_spi(&mut self, now: Instant) {
         let from: Vec<(Ipv4Addr, Ipv4Addr)> = self
             .unknown_spi
@@ -813,27 +814,46 @@ impl Control {
             .filter(|(_, f)| f.load(Ordering::Acquire))
             .map(|(k, _)| *k)
             .collect();
-        let start: Vec<(String, String, Ipv4Addr)> = self
+        // The connections with a tunnel to such an address: a restart lost the SAs of
+        // all their tunnels, though the peer sends on one only (the standby tunnel of
+        // a dual-tunnel connection carries nothing to tell us).
+        let mut conns: Vec<&str> = self
             .tunnels
             .values()
-            .filter(|t| t.phase == TunnelPhase::Idle && t.ike.is_none() && t.can_initiate())
-            .filter_map(|t| {
-                let key = t.cfg.as_ref().and_then(addresses_v4)?;
-                from.contains(&key)
-                    .then(|| (t.id.clone(), t.conn_id.clone(), key.1))
+            .filter(|t| {
+                t.cfg
+                    .as_ref()
+                    .and_then(addresses_v4)
+                    .is_some_and(|k| from.contains(&k))
             })
+            .map(|t| t.conn_id.as_str())
             .collect();
-        for (id, conn, peer) in start {
-            self.log(
-                &conn,
-                Some(&id),
-                LogLevel::Info,
-                "esp_unknown_spi",
-                format!(
-                    "ESP from {peer} on an SA this gateway does not have: the peer still \
-                     holds SAs this gateway lost (a restart?); negotiating new ones"
-                ),
-            );
+        conns.sort_unstable();
+        conns.dedup();
+        let mut start = Vec::new();
+        for conn in conns {
+            for id in self.conns.get(conn).into_iter().flatten() {
+                let Some(t) = self.tunnels.get(id) else {
+                    continue;
+                };
+                if t.phase != TunnelPhase::Idle || t.ike.is_some() || !t.can_initiate() {
+                    continue;
+                }
+                let key = t.cfg.as_ref().and_then(addresses_v4);
+                let message = match key.filter(|k| from.contains(k)) {
+                    Some((_, peer)) => format!(
+                        "ESP from {peer} on an SA this gateway does not have: the peer \
+                         still holds SAs this gateway lost (a restart?); negotiating new ones"
+                    ),
+                    None => "the peer sends on SAs this gateway lost (a restart?) on another \
+                             tunnel of this connection; negotiating this one too"
+                        .to_string(),
+                };
+                start.push((id.clone(), conn.to_string(), message));
+            }
+        }
+        for (id, conn, message) in start {
+            self.log(&conn, Some(&id), LogLevel::Info, "esp_unknown_spi", message);
             self.start(now, &id, "the peer sends on SAs this gateway lost");
         }
     }

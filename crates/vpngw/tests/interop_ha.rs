@@ -317,6 +317,63 @@ fn dual_tunnel_reset_of_tunnel_1_keeps_traffic_flowing() {
     assert!(logs.to_string().contains("reset_requested"), "{logs:#}");
 }
 
+/// `vpngw serve` crashes under both tunnels of a dual-tunnel connection that strongSwan
+/// started, and is started again on its data directory. The tunnels wait for the peer
+/// (`effective_immediately` false) and strongSwan sends on tunnel 1 only, but its ESP on
+/// the lost SAs brings both back at once (invalid-SPI recovery, see `control.rs`); with
+/// INITIAL_CONTACT strongSwan drops its stale IKE SAs instead of waiting for DPD.
+#[test]
+fn a_restarted_gateway_recovers_both_tunnels_the_peer_still_holds() {
+    let ha = Ha::dual();
+    ha.wait_both_up();
+    ha.wait_traffic();
+    let old: Vec<u32> = ["vco1", "vco2"]
+        .iter()
+        .map(|n| ha.swan.sa(n).unwrap().unwrap().uniqueid)
+        .collect();
+    let Ha {
+        topo,
+        serve: crashed,
+        swan,
+        gw_id,
+        conn_id,
+        tunnel_ids,
+    } = ha;
+    crashed.crash().unwrap();
+    let ha = Ha {
+        serve: serve(&topo),
+        topo,
+        swan,
+        gw_id,
+        conn_id,
+        tunnel_ids,
+    };
+    ha.wait("both tunnels idle after the restart", |t| {
+        t.len() == 2 && t.iter().all(|t| t["status"]["phase"] == "idle")
+    });
+    // On-premises traffic goes out on strongSwan's old tunnel-1 SAs.
+    let m = ha.monitor();
+    ha.wait_both_up();
+    ha.swan
+        .wait_sa(WAIT, "two IKE SAs, both new", |sas| {
+            (sas.len() == 2 && sas.iter().all(|sa| !old.contains(&sa.uniqueid))).then_some(())
+        })
+        .unwrap();
+    let r = m.stop().unwrap();
+    assert!(r.received > 0, "{r:?}");
+    ha.wait_traffic();
+    let logs = ha.serve.logs(&ha.conn_id, 1000);
+    let mut recovered: Vec<&str> = logs
+        .iter()
+        .filter(|e| e["event"] == "esp_unknown_spi")
+        .filter_map(|e| e["tunnel_id"].as_str())
+        .collect();
+    recovered.sort_unstable();
+    let mut want: Vec<&str> = ha.tunnel_ids.iter().map(String::as_str).collect();
+    want.sort_unstable();
+    assert_eq!(recovered, want, "{logs:#?}");
+}
+
 #[test]
 fn dpd_declares_tunnel_1_dead_fails_over_and_restarts_it() {
     // Short DPD so the test stays well under a minute: probe after 2 s idle, dead after
