@@ -746,6 +746,31 @@ fn algorithm_matrix() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
+/// Kills the lab's gateway (SIGKILL), starts it again on its data directory, waits
+/// until `conn`'s tunnel shows idle (it waits for the peer) and starts pinging the VPC
+/// from on-premises, over the peer's old SAs.
+fn crash_and_restart(topo: &Topology, serve: Serve, conn: &str) -> (Serve, PingMonitor) {
+    let Serve(crashed) = serve;
+    crashed.crash().unwrap();
+    let serve = start_serve(topo);
+    let t = serve.wait_tunnel(
+        conn,
+        "idle after the restart",
+        Duration::from_secs(10),
+        |s| phase(s) == "idle",
+    );
+    assert!(t["status"]["ike_sa"].is_null(), "{t:#}");
+    let pinger = PingMonitor::start(
+        &topo.onprem,
+        topo.workdir.path(),
+        "10.2.0.1",
+        topo.vpc_ip(),
+        Duration::from_millis(100),
+    )
+    .unwrap();
+    (serve, pinger)
+}
+
 /// The gateway crashes while strongSwan, which started the tunnel, holds its IKEv1 SAs,
 /// and is started again on its data directory: ESP from strongSwan on the SAs it lost
 /// makes it negotiate a new Main Mode at once, whose INITIAL-CONTACT (RFC 2407
@@ -764,25 +789,7 @@ fn a_restarted_gateway_recovers_the_main_mode_tunnel_the_peer_still_holds() {
     serve.wait_established(&conn, Duration::from_secs(10));
     ping_both_ways(&topo, 2);
 
-    let Serve(crashed) = serve;
-    crashed.crash().unwrap();
-    let serve = start_serve(&topo);
-    let t = serve.wait_tunnel(
-        &conn,
-        "idle after the restart",
-        Duration::from_secs(10),
-        |s| phase(s) == "idle",
-    );
-    assert!(t["status"]["ike_sa"].is_null(), "{t:#}");
-    // On-premises traffic crosses strongSwan's old SAs to the restarted gateway.
-    let pinger = PingMonitor::start(
-        &topo.onprem,
-        topo.workdir.path(),
-        "10.2.0.1",
-        topo.vpc_ip(),
-        Duration::from_millis(100),
-    )
-    .unwrap();
+    let (serve, pinger) = crash_and_restart(&topo, serve, &conn);
     serve.wait_established(&conn, Duration::from_secs(15));
     swan.wait_sa(
         Duration::from_secs(10),
@@ -876,6 +883,13 @@ fn dpd_detects_a_dead_peer_and_the_tunnel_comes_back() {
 /// gateway B in `onprem` (serving 10.2.0.0/24 on its `lo`). B initiates main mode.
 #[test]
 fn vpngw_to_vpngw() {
+    let (topo, _a, _b, _, _) = vpngw_pair();
+    iperf_10mb(&topo);
+}
+
+/// Two `vpngw serve` speaking IKEv1 as in [`vpngw_to_vpngw`], tunnel up: (topology, A,
+/// B, A's connection, B's connection).
+fn vpngw_pair() -> (Topology, Serve, Serve, String, String) {
     let topo = Topology::new().unwrap();
     let a = start_serve(&topo);
     let b = Serve::start(&topo.onprem, &topo.workdir.subdir("vpngw-b").unwrap());
@@ -905,7 +919,41 @@ fn vpngw_to_vpngw() {
         tb["status"]["child_sas"][0]["spi_out"]
     );
     ping_both_ways(&topo, 5);
-    iperf_10mb(&topo);
+    (topo, a, b, a_conn, b_conn)
+}
+
+/// The responding gateway of a vpngw pair crashes and is started again on its data
+/// directory: the other one keeps sending on the old SAs, which makes the restarted one
+/// negotiate at once (invalid-SPI recovery), and the other one takes its Main Mode with
+/// INITIAL-CONTACT as the replacement of everything it had: one ISAKMP SA and one Child
+/// SA on each side, the same ones.
+#[test]
+fn vpngw_to_vpngw_recovers_from_a_crash_of_the_responder() {
+    let (topo, a, b, a_conn, b_conn) = vpngw_pair();
+    let (a, m) = crash_and_restart(&topo, a, &a_conn);
+    let ta = a.wait_established(&a_conn, Duration::from_secs(15));
+    let spis = ta["status"]["ike_sa"]["spis"].clone();
+    let tb = b.wait_tunnel(&b_conn, "on A's new SAs", Duration::from_secs(10), |s| {
+        established(s) && s["ike_sa"]["spis"] == spis
+    });
+    assert_eq!(
+        ta["status"]["child_sas"][0]["spi_in"], tb["status"]["child_sas"][0]["spi_out"],
+        "{ta:#}\n{tb:#}"
+    );
+    assert_eq!(tb["status"]["child_sas"].as_array().map(Vec::len), Some(1));
+    let r = m.stop().unwrap();
+    assert!(r.received > 0, "{r:?}");
+    ping_both_ways(&topo, 3);
+    assert!(
+        a.events(&a_conn).iter().any(|e| e == "esp_unknown_spi"),
+        "{:?}",
+        a.events(&a_conn)
+    );
+    assert!(
+        b.events(&b_conn).iter().any(|e| e == "initial_contact"),
+        "{:?}",
+        b.events(&b_conn)
+    );
 }
 
 /// A flood of forged Main Mode first messages from the peer's own address. IKEv1 has
