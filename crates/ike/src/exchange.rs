@@ -837,7 +837,9 @@ impl Endpoint {
         let peer = sa.peer;
         let (Some(idr), Some(auth)) = (find_idr(&inner), find_auth(&inner)) else {
             let reason = if find_notify(&inner, NotifyType::AUTHENTICATION_FAILED).is_some() {
-                "authentication failed — check the pre-shared key (peer answered AUTHENTICATION_FAILED)".to_string()
+                // A peer answers so for a wrong key and for an identity it has no
+                // configuration for alike (strongSwan: "no matching peer config").
+                rejected_auth("answered AUTHENTICATION_FAILED", &sa.cfg)
             } else if let Some(n) = inner.iter().find_map(error_notify) {
                 format!("peer rejected IKE_AUTH ({})", notify_name(n.ntype))
             } else {
@@ -1860,11 +1862,8 @@ impl Endpoint {
             return;
         }
         if !sa.initiator && find_notify(&inner, NotifyType::AUTHENTICATION_FAILED).is_some() {
-            self.io.fail(
-                peer,
-                Phase::Phase1,
-                "authentication failed — check the pre-shared key (peer rejected our AUTH)".into(),
-            );
+            let reason = rejected_auth("rejected our AUTH (AUTHENTICATION_FAILED)", &sa.cfg);
+            self.io.fail(peer, Phase::Phase1, reason);
             self.send_response(
                 sa,
                 local,
@@ -2697,4 +2696,14 @@ fn child_refusal(n: NotifyType, cfg: &PeerConfig) -> String {
 /// Compares MACs in constant time.
 pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The reason for a peer's AUTHENTICATION_FAILED: the pre-shared key, or an identity of
+/// ours the peer does not expect (RFC 7296 §2.21.2 does not tell them apart).
+fn rejected_auth(what: &str, cfg: &PeerConfig) -> String {
+    format!(
+        "authentication failed — the peer {what}: check the pre-shared key, and that the \
+         peer expects our identity {} (ike.local_id here, the remote ID on the peer)",
+        cfg.local_id
+    )
 }

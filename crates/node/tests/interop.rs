@@ -316,7 +316,10 @@ fn negotiation_failures_are_reported() {
         phase(s) == "phase1_failed"
     });
     let reason = t["status"]["reason"].as_str().unwrap().to_lowercase();
-    assert!(reason.contains("authentication"), "{reason}");
+    assert!(
+        reason.contains("authentication") && reason.contains("pre-shared key"),
+        "{reason}"
+    );
     let c = gw.get(&format!("/v1/vpn-connections/{conn_id}"));
     assert_eq!(c["connection_state"], "down");
 
@@ -365,6 +368,34 @@ fn negotiation_failures_are_reported() {
     gw.wait_tunnel(&conn_id, "established", Duration::from_secs(30), |s| {
         phase(s) == "established"
     });
+
+    // 5. An identity of ours the peer does not expect (strongSwan expects our address):
+    // the peer answers AUTHENTICATION_FAILED as for a wrong key, so the reason names
+    // both and the identity we sent.
+    gw.patch(&path, json!({"ike": {"local_id": "gw.example.com"}}));
+    let t = gw.wait_tunnel(
+        &conn_id,
+        "phase1_failed (identity)",
+        Duration::from_secs(30),
+        |s| {
+            phase(s) == "phase1_failed"
+                && s["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("gw.example.com"))
+        },
+    );
+    let reason = t["status"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("pre-shared key") && reason.contains("ike.local_id"),
+        "{reason}"
+    );
+    gw.patch(&path, json!({"ike": {"local_id": GW1}}));
+    gw.wait_tunnel(
+        &conn_id,
+        "established (identity repaired)",
+        Duration::from_secs(30),
+        |s| phase(s) == "established",
+    );
 
     let logs = gw.logs(&conn_id, 1000);
     let events: Vec<&str> = logs.iter().filter_map(|e| e["event"].as_str()).collect();
