@@ -874,3 +874,51 @@ fn nat_traversal_off_names_the_nat_the_peer_reports() {
     );
     assert_established(&t);
 }
+
+/// IKEv1 with an identity of ours that strongSwan has no configuration for: it answers
+/// AUTHENTICATION-FAILED as for a wrong key ("no peer config found"), so the reason
+/// names the key and the identity we sent; setting `ike.local_id` right brings the
+/// tunnel up.
+#[test]
+fn ikev1_an_identity_the_peer_does_not_expect_is_named() {
+    let topo = Topology::new().unwrap();
+    let gw = Gateway::start(&topo.gw);
+    let swan =
+        StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
+    let conn = SwanctlConn {
+        version: 1,
+        ..onprem_conn("10.2.0.0/24", "172.16.1.0/24", PSK)
+    };
+    swan.load(&swanctl::render(&[conn])).unwrap();
+    let conn = flows_connection(
+        &gw,
+        "v1-id",
+        true,
+        json!({"ike": {"version": "ikev1", "mode": "main", "local_id": "gw.example.com"}}),
+    );
+    let conn_id = id(&conn);
+    let t = gw.wait_tunnel(&conn_id, "phase1_failed", Duration::from_secs(30), |s| {
+        phase(s) == "phase1_failed"
+    });
+    let reason = t["status"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("pre-shared key")
+            && reason.contains("our identity gw.example.com")
+            && reason.contains("ike.local_id"),
+        "{reason}"
+    );
+    let log = std::fs::read_to_string(swan.log_path()).unwrap();
+    assert!(
+        log.contains("no peer config found"),
+        "{}",
+        swan.log_tail(40)
+    );
+    let tunnel_id = conn["tunnels"][0]["id"].as_str().unwrap();
+    gw.patch(
+        &format!("/v1/vpn-connections/{conn_id}/tunnels/{tunnel_id}"),
+        json!({"ike": {"local_id": GW1}}),
+    );
+    gw.wait_tunnel(&conn_id, "established", Duration::from_secs(30), |s| {
+        phase(s) == "established"
+    });
+}

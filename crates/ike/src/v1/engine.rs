@@ -3277,7 +3277,7 @@ fn on_notify(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa, n: &Notify) {
             } else {
                 Phase::Phase1
             };
-            let reason = notify_reason(t, during, sa.state);
+            let reason = notify_reason(t, during, sa.state, &sa.cfg.local_id);
             cx.io.fail(Some(sa.peer), during, reason);
             if during == Phase::Phase1 {
                 sa.dead = true;
@@ -3287,7 +3287,9 @@ fn on_notify(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa, n: &Notify) {
     }
 }
 
-fn notify_reason(t: NotifyType, phase: Phase, state: P1State) -> String {
+/// `ours` is the identity we sent (a peer without a configuration for it reports
+/// AUTHENTICATION-FAILED as for a wrong key: strongSwan's "no peer config found").
+fn notify_reason(t: NotifyType, phase: Phase, state: P1State, ours: &Identity) -> String {
     let what = if phase == Phase::Phase1 {
         "IKE (phase 1)"
     } else {
@@ -3313,7 +3315,9 @@ fn notify_reason(t: NotifyType, phase: Phase, state: P1State) -> String {
             }
         ),
         NotifyType::AUTHENTICATION_FAILED | NotifyType::INVALID_HASH_INFORMATION => format!(
-            "authentication failed — peer reported {}: check the pre-shared key on both sides",
+            "authentication failed — peer reported {}: check the pre-shared key on both sides, \
+             and that the peer expects our identity {ours} (ike.local_id here, the remote ID \
+             on the peer)",
             t.name()
         ),
         NotifyType::PAYLOAD_MALFORMED | NotifyType::INVALID_PAYLOAD_TYPE
