@@ -1121,13 +1121,28 @@ impl Endpoint {
         let spi_in = self.io.child_spi();
         let (answer, spi_out) = select_esp(sa_p, &cfg.esp, dh, spi_in).map_err(|offer| {
             self.io.child_spis.remove(&spi_in);
-            (
-                notify_n(NotifyType::NO_PROPOSAL_CHOSEN),
-                format!(
-                    "peer proposed {offer} for the Child SA; this tunnel allows {}",
-                    cfg.esp.name()
-                ),
-            )
+            let mut reason = format!(
+                "peer proposed {offer} for the Child SA; this tunnel allows {}",
+                cfg.esp.name()
+            );
+            // In CREATE_CHILD_SA (`dh` set) an offer that only the DH group keeps out
+            // is a PFS mismatch, which IKE_AUTH cannot show (no KE there, RFC 7296
+            // §1.2): the tunnel came up and fails at its first rekey.
+            if dh.is_some() && select_esp(sa_p, &cfg.esp, None, 0).is_ok() {
+                reason.push_str(&match cfg.esp.pfs {
+                    None => " (the peer uses PFS on rekeys and this tunnel has ipsec.pfs \
+                              disabled: set ipsec.pfs to the peer's group, or the Child SA \
+                              expires at the end of its lifetime)"
+                        .to_string(),
+                    Some(g) => format!(
+                        " (only the PFS group differs: this tunnel has ipsec.pfs {}; set \
+                         the peer's group, or the Child SA expires at the end of its \
+                         lifetime)",
+                        g.name()
+                    ),
+                });
+            }
+            (notify_n(NotifyType::NO_PROPOSAL_CHOSEN), reason)
         })?;
         let (tsi, tsr) = (
             find_tsi(inner).unwrap_or_default(),
@@ -2289,6 +2304,19 @@ impl Endpoint {
                         .map_or_else(|_| "?".into(), group_name);
                     let ours = sa.cfg.esp.pfs.map_or("none", |g| g.name());
                     self.io.fail(peer, Phase::Phase2, format!("peer requires PFS group {g} (INVALID_KE_PAYLOAD); this tunnel uses {ours}"));
+                }
+                NotifyType::NO_PROPOSAL_CHOSEN if rekey.is_some() && sa.cfg.esp.pfs.is_some() => {
+                    // The same algorithms without a DH group were accepted for the
+                    // Child SA this one replaces (IKE_AUTH carries no KE, RFC 7296
+                    // §1.2): what the peer refuses is our PFS group.
+                    let reason = format!(
+                        "{}: the Child SA being rekeyed has the same algorithms without \
+                         PFS, so the peer does not use PFS {}; set ipsec.pfs as on the \
+                         peer, or the Child SA expires at the end of its lifetime",
+                        child_refusal(NotifyType::NO_PROPOSAL_CHOSEN, &sa.cfg),
+                        sa.cfg.esp.pfs.map_or("", |g| g.name()),
+                    );
+                    self.io.fail(peer, Phase::Phase2, reason);
                 }
                 other => self
                     .io

@@ -922,3 +922,61 @@ fn ikev1_an_identity_the_peer_does_not_expect_is_named() {
         phase(s) == "established"
     });
 }
+
+/// A PFS mismatch cannot show when the tunnel comes up (the first Child SA comes with
+/// IKE_AUTH, without KE: RFC 7296 §1.2); it shows at the first rekey, which one side
+/// then refuses, and the Child SA would expire at the end of its lifetime. vpngw says
+/// so, whichever side has PFS and whichever side rekeys.
+#[test]
+fn a_pfs_mismatch_is_named_at_the_first_rekey() {
+    // (strongSwan's ESP proposal, our ipsec.pfs, what the reason says)
+    for (swan_esp, ours, says) in [
+        // strongSwan rekeys with a DH group; we have PFS off.
+        ("aes128-sha1-modp2048", "disabled", "ipsec.pfs disabled"),
+        // strongSwan rekeys without one; we have PFS on. Then our own rekey (20 s
+        // lifetime) is refused too.
+        ("aes128-sha1", "group14", "only the PFS group differs"),
+    ] {
+        let topo = Topology::new().unwrap();
+        let gw = Gateway::start(&topo.gw);
+        let swan =
+            StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
+        let mut conn = onprem_conn("10.2.0.0/24", "172.16.1.0/24", PSK);
+        conn.children[0].esp_proposals = vec![swan_esp.into()];
+        swan.load(&swanctl::render(&[conn])).unwrap();
+        let conn = flows_connection(
+            &gw,
+            "pfs",
+            true,
+            json!({"ipsec": {"pfs": ours, "lifetime_s": 20}}),
+        );
+        let conn_id = id(&conn);
+        gw.wait_tunnel(&conn_id, "established", Duration::from_secs(30), |s| {
+            phase(s) == "established"
+        });
+        swan.swanctl(&["--rekey", "--child", "net"]).unwrap();
+        let failed = |needle: &str| {
+            gw.logs(&conn_id, 100).into_iter().find(|e| {
+                e["event"] == "phase2_failed"
+                    && e["message"].as_str().is_some_and(|m| m.contains(needle))
+            })
+        };
+        let until = Instant::now() + Duration::from_secs(10);
+        while failed(says).is_none() {
+            assert!(
+                Instant::now() < until,
+                "{swan_esp} / {ours}: {:#?}",
+                gw.logs(&conn_id, 100)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        if ours != "disabled" {
+            // Our rekey at 17–18 s: strongSwan answers NO_PROPOSAL_CHOSEN.
+            let until = Instant::now() + Duration::from_secs(25);
+            while failed("the peer does not use PFS modp2048").is_none() {
+                assert!(Instant::now() < until, "{:#?}", gw.logs(&conn_id, 100));
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+    }
+}
