@@ -1180,6 +1180,15 @@ impl Control {
                     // expire or the peer stops answering, their own events restart the
                     // tunnel.
                     tracing::debug!(tunnel = id, ?phase, %reason, "failure beside established SAs");
+                    // A Child SA negotiation inside the IKE SA (authenticated, unlike
+                    // a refused first message), usually a rekey: if it keeps failing
+                    // the tunnel goes down when its SAs expire, so the status shows it
+                    // until a Child SA is installed again (`install_child` clears it).
+                    if phase == Phase::Phase2 {
+                        t.reason = Some(format!(
+                            "{reason} (the tunnel's current SAs still carry traffic)"
+                        ));
+                    }
                     return;
                 }
                 t.failures += 1;
