@@ -367,12 +367,16 @@ impl Control {
             Input::Packet(p) => {
                 if let Source::Udp { local, remote } = p.source {
                     self.nat_check(local, remote, &p.data);
+                    let unknown = self.endpoint.stats().unknown_spi;
                     self.endpoint.handle_datagram(
                         now,
                         SocketAddr::V4(local),
                         SocketAddr::V4(remote),
                         &p.data,
                     );
+                    if self.endpoint.stats().unknown_spi > unknown {
+                        self.unknown_ike_spi(now, (*local.ip(), *remote.ip()));
+                    }
                 }
             }
             Input::Desired(d) => self.apply(now, *d),
@@ -814,6 +818,26 @@ impl Control {
             .filter(|(_, f)| f.load(Ordering::Acquire))
             .map(|(k, _)| *k)
             .collect();
+        self.recover_lost_sas(now, &from, Lost::Esp);
+    }
+
+    /// An IKE message on an IKE SA we do not have came from `from` (our address, the
+    /// sender's): from a tunnel's customer gateway that is the peer's DPD check on SAs
+    /// this node lost, which recovers a tunnel that carries no traffic (see
+    /// [`Control::unknown_spi`]). The address's flag bounds this to once per status
+    /// tick, as for ESP: anyone can send such messages from the peer's address.
+    fn unknown_ike_spi(&mut self, now: Instant, from: (Ipv4Addr, Ipv4Addr)) {
+        if self
+            .unknown_spi
+            .get(&from)
+            .is_some_and(|f| !f.swap(true, Ordering::AcqRel))
+        {
+            self.recover_lost_sas(now, &[from], Lost::Ike);
+        }
+    }
+
+    /// Starts the idle tunnels of every connection with a tunnel to one of `from`.
+    fn recover_lost_sas(&mut self, now: Instant, from: &[(Ipv4Addr, Ipv4Addr)], lost: Lost) {
         // The connections with a tunnel to such an address: a restart lost the SAs of
         // all their tunnels, though the peer sends on one only (the standby tunnel of
         // a dual-tunnel connection carries nothing to tell us).
@@ -842,8 +866,9 @@ impl Control {
                 let key = t.cfg.as_ref().and_then(addresses_v4);
                 let message = match key.filter(|k| from.contains(k)) {
                     Some((_, peer)) => format!(
-                        "ESP from {peer} on an SA this gateway does not have: the peer \
-                         still holds SAs this gateway lost (a restart?); negotiating new ones"
+                        "{} from {peer} on an SA this gateway does not have: the peer \
+                         still holds SAs this gateway lost (a restart?); negotiating new ones",
+                        lost.what()
                     ),
                     None => "the peer sends on SAs this gateway lost (a restart?) on another \
                              tunnel of this connection; negotiating this one too"
@@ -853,7 +878,7 @@ impl Control {
             }
         }
         for (id, conn, message) in start {
-            self.log(&conn, Some(&id), LogLevel::Info, "esp_unknown_spi", message);
+            self.log(&conn, Some(&id), LogLevel::Info, lost.event(), message);
             self.start(now, &id, "the peer sends on SAs this gateway lost");
         }
     }
@@ -1892,6 +1917,29 @@ fn ts_strings(list: &[TsRange]) -> Vec<String> {
 /// `SocketAddrV4` of a wildcard local address on a port.
 pub(crate) fn any(port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, port)
+}
+
+/// What arrived on SAs this node does not have (see [`Control::recover_lost_sas`]).
+#[derive(Debug, Clone, Copy)]
+enum Lost {
+    Esp,
+    Ike,
+}
+
+impl Lost {
+    fn what(self) -> &'static str {
+        match self {
+            Lost::Esp => "ESP",
+            Lost::Ike => "an IKE message",
+        }
+    }
+
+    fn event(self) -> &'static str {
+        match self {
+            Lost::Esp => "esp_unknown_spi",
+            Lost::Ike => "ike_unknown_spi",
+        }
+    }
 }
 
 /// A tunnel's (our address, the customer gateway's address), if both are IPv4 and the

@@ -136,13 +136,19 @@ fn vpngw_serve_brings_up_a_tunnel_with_strongswan() {
 /// strongSwan's DPD gives up, minutes later, while strongSwan keeps sending ESP on SAs
 /// the gateway no longer has: the gateway takes ESP with an unknown SPI from the address
 /// of a tunnel's customer gateway as the sign that the peer holds SAs it lost, and
-/// negotiates new ones at once (Cisco calls this invalid-SPI recovery). Either way its
-/// INITIAL_CONTACT (RFC 7296 §2.4) makes strongSwan drop the stale SAs.
-fn restart_under_an_established_tunnel(effective_immediately: bool) {
+/// negotiates new ones at once (Cisco calls this invalid-SPI recovery). Without
+/// `peer_traffic` strongSwan's DPD check (an INFORMATIONAL on the old IKE SA, here
+/// after 2 s idle) does the same. Either way the gateway's INITIAL_CONTACT (RFC 7296
+/// §2.4) makes strongSwan drop the stale SAs.
+fn restart_under_an_established_tunnel(effective_immediately: bool, peer_traffic: bool) {
     let topo = Topology::new().unwrap();
     let swan =
         StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
-    swan.load(&swanctl::render(&[onprem_conn()])).unwrap();
+    let mut conf = onprem_conn();
+    if !peer_traffic {
+        conf.dpd_delay = Some(2);
+    }
+    swan.load(&swanctl::render(&[conf])).unwrap();
     let serve = serve(&topo);
     let (_, conn_id) = create_connection(&serve, effective_immediately);
     if !effective_immediately {
@@ -161,8 +167,9 @@ fn restart_under_an_established_tunnel(effective_immediately: bool) {
     serve.crash().unwrap();
     let serve = self::serve(&topo);
     let mut pinger = None;
-    if !effective_immediately {
-        // A tunnel that waits for the peer waits after a restart too.
+    if !effective_immediately && peer_traffic {
+        // A tunnel that waits for the peer waits after a restart too (until the peer's
+        // traffic: strongSwan's DPD check may come first, so only with traffic).
         let t = wait_tunnel(&serve, &conn_id, "idle after the restart", |s| {
             s["phase"] == "idle"
         });
@@ -206,21 +213,33 @@ fn restart_under_an_established_tunnel(effective_immediately: bool) {
     let r = lab::ping(&topo.vpc, &vpc, "10.2.0.1", 3, Duration::from_secs(5)).unwrap();
     assert_eq!(r.received, 3, "VPC → on-premises on the new SAs: {r:?}");
     let events = serve.events(&conn_id);
+    let recovered_by = |e: &str| events.iter().any(|x| x == e);
     assert_eq!(
-        events.iter().any(|e| e == "esp_unknown_spi"),
-        !effective_immediately,
+        (
+            recovered_by("esp_unknown_spi"),
+            recovered_by("ike_unknown_spi")
+        ),
+        (
+            !effective_immediately && peer_traffic,
+            !effective_immediately && !peer_traffic
+        ),
         "{events:?}"
     );
 }
 
 #[test]
 fn a_restarted_gateway_renegotiates_the_tunnel_it_initiated() {
-    restart_under_an_established_tunnel(true);
+    restart_under_an_established_tunnel(true, true);
 }
 
 #[test]
 fn a_restarted_gateway_recovers_the_tunnel_the_peer_still_holds() {
-    restart_under_an_established_tunnel(false);
+    restart_under_an_established_tunnel(false, true);
+}
+
+#[test]
+fn a_restarted_gateway_recovers_an_idle_tunnel_on_the_peers_dpd() {
+    restart_under_an_established_tunnel(false, false);
 }
 
 /// A responder under load (here `--ike-cookie-threshold 0`: every IKE_SA_INIT gets a
