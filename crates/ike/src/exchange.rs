@@ -739,11 +739,22 @@ impl Endpoint {
                 .and_then(|p| self.peers.get(&p))
                 .map(|c| c.remote_id.to_string())
                 .unwrap_or_default();
-            self.io.fail(
-                first,
-                Phase::Phase1,
-                format!("peer identity {idi} does not match the configured remote id {want}"),
-            );
+            let mut reason =
+                format!("peer identity {idi} does not match the configured remote id {want}");
+            // RFC 7296 §2.23: the NAT_DETECTION hashes showed the peer behind a NAT. A
+            // device there identifies itself by its own (private) address unless told
+            // otherwise; the tunnel expects the address the customer gateway names.
+            if sa.nat_remote
+                && idi.id_type == crate::wire::registry::IdType::IPV4_ADDR
+                && idi.to_string() != remote.ip().to_string()
+            {
+                reason.push_str(&format!(
+                    " (the peer is behind a NAT, at {}, and identifies itself by its own \
+                     address: set its local ID to {want}, or ike.remote_id here to {idi})",
+                    remote.ip()
+                ));
+            }
+            self.io.fail(first, Phase::Phase1, reason);
             self.send_response(
                 sa,
                 local,
@@ -839,7 +850,7 @@ impl Endpoint {
             let reason = if find_notify(&inner, NotifyType::AUTHENTICATION_FAILED).is_some() {
                 // A peer answers so for a wrong key and for an identity it has no
                 // configuration for alike (strongSwan: "no matching peer config").
-                rejected_auth("answered AUTHENTICATION_FAILED", &sa.cfg)
+                rejected_auth("answered AUTHENTICATION_FAILED", &sa.cfg, sa.nat_remote)
             } else if let Some(n) = inner.iter().find_map(error_notify) {
                 format!("peer rejected IKE_AUTH ({})", notify_name(n.ntype))
             } else {
@@ -1877,7 +1888,11 @@ impl Endpoint {
             return;
         }
         if !sa.initiator && find_notify(&inner, NotifyType::AUTHENTICATION_FAILED).is_some() {
-            let reason = rejected_auth("rejected our AUTH (AUTHENTICATION_FAILED)", &sa.cfg);
+            let reason = rejected_auth(
+                "rejected our AUTH (AUTHENTICATION_FAILED)",
+                &sa.cfg,
+                sa.nat_remote,
+            );
             self.io.fail(peer, Phase::Phase1, reason);
             self.send_response(
                 sa,
@@ -2728,10 +2743,20 @@ pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// The reason for a peer's AUTHENTICATION_FAILED: the pre-shared key, or an identity of
 /// ours the peer does not expect (RFC 7296 §2.21.2 does not tell them apart).
-fn rejected_auth(what: &str, cfg: &PeerConfig) -> String {
+/// We name the peer's identity too (IDr, RFC 7296 §3.5), which a peer checks against its
+/// own. `nat`: the peer is behind a NAT (RFC 7296 §2.23).
+fn rejected_auth(what: &str, cfg: &PeerConfig, nat: bool) -> String {
     format!(
-        "authentication failed — the peer {what}: check the pre-shared key, and that the \
-         peer expects our identity {} (ike.local_id here, the remote ID on the peer)",
-        cfg.local_id
+        "authentication failed — the peer {what}: check the pre-shared key, that the peer \
+         expects our identity {} (ike.local_id here, the remote ID on the peer), and that \
+         its own identity is {} (ike.remote_id here, the local ID on the peer){}",
+        cfg.local_id,
+        cfg.remote_id,
+        if nat {
+            "; the peer is behind a NAT, and a device there identifies itself by its \
+             private address unless told otherwise"
+        } else {
+            ""
+        }
     )
 }

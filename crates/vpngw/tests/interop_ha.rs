@@ -485,6 +485,42 @@ fn nat_traversal_through_a_real_nat() {
     );
 }
 
+/// A peer behind a NAT that identifies itself by its own private address (strongSwan's
+/// default) does not match the tunnel's default remote ID, the customer gateway's public
+/// address: the reason says the peer is behind a NAT and what to set on either side,
+/// and setting `ike.remote_id` brings the tunnel up.
+#[test]
+fn a_peer_behind_a_nat_identified_by_its_private_address_is_told_what_to_set() {
+    let cfg = lab::TopologyConfig::with_nat();
+    let private = lab::topology::host(&cfg.nat.as_ref().unwrap().onprem_private).to_string();
+    let ha = nat_lab("198.51.100.1", json!({}), Some(&private));
+    let t = ha.wait("phase 1 failed on the identity", |t| {
+        t.len() == 1
+            && t[0]["status"]["phase"] == "phase1_failed"
+            && t[0]["status"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("behind a NAT"))
+    });
+    let reason = t[0]["status"]["reason"].as_str().unwrap();
+    assert!(reason.contains("ike.remote_id"), "{reason}");
+    // strongSwan started (start_action = start): as responder vpngw saw the identity.
+    let logs = ha.serve.logs(&ha.conn_id, 100);
+    assert!(
+        logs.iter().any(|e| e["message"].as_str().is_some_and(|m| {
+            m.contains(&format!("peer identity {private} does not match"))
+                && m.contains(&format!("ike.remote_id here to {private}"))
+                && m.contains("set its local ID to 198.51.100.1")
+        })),
+        "{logs:#?}"
+    );
+    ha.serve
+        .patch(&ha.tunnel_path(0), json!({"ike": {"remote_id": private}}));
+    ha.wait("established with the remote ID set", |t| {
+        t.len() == 1 && established(&t[0])
+    });
+    ha.wait_traffic();
+}
+
 #[test]
 fn nat_traversal_off_with_a_nat_is_reported() {
     let ha = nat_lab("198.51.100.1", json!({"nat_traversal": false}), None);
