@@ -121,6 +121,9 @@ pub(crate) struct Control {
     /// The flags of `Fwd::unknown_spi`, kept across snapshots; re-armed every status
     /// tick, so a peer sending on stale SAs wakes this thread at most once per tick.
     unknown_spi: HashMap<(Ipv4Addr, Ipv4Addr), Arc<AtomicBool>>,
+    /// The same addresses → the connections with a tunnel between them, so a flag
+    /// costs a lookup, not a walk over every tunnel.
+    unknown_spi_conns: HashMap<(Ipv4Addr, Ipv4Addr), Vec<String>>,
     health: Health,
     kernel_routes: BTreeSet<Ipv4Net>,
     notes_logged: HashSet<(String, String)>,
@@ -257,6 +260,7 @@ impl Control {
             conns: BTreeMap::new(),
             triggers: HashMap::new(),
             unknown_spi: HashMap::new(),
+            unknown_spi_conns: HashMap::new(),
             kernel_routes: BTreeSet::new(),
             notes_logged: HashSet::new(),
             next_peer: 1,
@@ -841,16 +845,11 @@ impl Control {
         // The connections with a tunnel to such an address: a restart lost the SAs of
         // all their tunnels, though the peer sends on one only (the standby tunnel of
         // a dual-tunnel connection carries nothing to tell us).
-        let mut conns: Vec<&str> = self
-            .tunnels
-            .values()
-            .filter(|t| {
-                t.cfg
-                    .as_ref()
-                    .and_then(addresses_v4)
-                    .is_some_and(|k| from.contains(&k))
-            })
-            .map(|t| t.conn_id.as_str())
+        let mut conns: Vec<&str> = from
+            .iter()
+            .filter_map(|k| self.unknown_spi_conns.get(k))
+            .flatten()
+            .map(String::as_str)
             .collect();
         conns.sort_unstable();
         conns.dedup();
@@ -1515,6 +1514,7 @@ impl Control {
             });
         }
         self.triggers = triggers;
+        self.unknown_spi_conns.clear();
         for t in self.tunnels.values() {
             if let Some(key) = t.cfg.as_ref().and_then(addresses_v4) {
                 let flag = self
@@ -1523,6 +1523,10 @@ impl Control {
                     .cloned()
                     .unwrap_or_else(|| Arc::new(AtomicBool::new(false)));
                 fwd.unknown_spi.insert(key, flag);
+                self.unknown_spi_conns
+                    .entry(key)
+                    .or_default()
+                    .push(t.conn_id.clone());
             }
         }
         self.unknown_spi = fwd.unknown_spi.clone();
