@@ -555,6 +555,7 @@ fn held_tcp_run_reaches_the_host_when_the_worker_goes_idle() {
         fd
     });
     let before = p.b.dp.totals();
+    let a_before = p.a.dp.totals();
     for (round, count) in [1usize, 3].into_iter().enumerate() {
         let seq0 = 1_000_000 * (round as u32 + 1);
         let segs: Vec<Vec<u8>> = (0..count)
@@ -610,6 +611,22 @@ fn held_tcp_run_reaches_the_host_when_the_worker_goes_idle() {
             got.extend_from_slice(&pkt[40..]);
         }
         assert_eq!(got, want, "round {round}: not all of the held run arrived");
+        if round == 0 {
+            // Nothing listens at B, so B's host answers with a RST. When A's worker
+            // writes it into A's TUN device, the kernel's flow steering for multi-queue
+            // TUN (`tun_flow_update`) moves the flow's later packets to that worker's
+            // queue. Round 1 must not straddle the move: its first segment on one queue
+            // and the others on another go through two workers and may arrive out of
+            // order (seen in CI once: the second segment first).
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            while p.a.dp.totals().since(&a_before).tun_tx.packets < 1 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "B's RST never reached A's host"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
     }
     // The worker adds a pass's counters right after the write that delivered them, so
     // B's host can hold the data a moment before the counters show it (seen in CI: the
