@@ -632,6 +632,31 @@ impl Endpoint {
         Ok(())
     }
 
+    /// Negotiates the tunnel's Child SA on the peer's established IKE SA if that has
+    /// none and none is under way (the peer deleted it): CREATE_CHILD_SA without
+    /// REKEY_SA (RFC 7296 §1.3.1), or an IKEv1 Quick Mode on the ISAKMP SA. The
+    /// IKE SA, its authentication and its DPD stay; [`Endpoint::reset`] would replace
+    /// them. `NotEstablished` without an established IKE SA.
+    pub fn create_child(&mut self, now: Instant, peer: PeerId) -> Result<(), Error> {
+        if self.is_v1(peer) {
+            return self.v1_create_child(now, peer);
+        }
+        let spi = self.established_spi(peer)?;
+        if let Some(mut sa) = self.sas.remove(&spi) {
+            let under_way = sa.tasks.contains(&Task::CreateChild)
+                || matches!(
+                    sa.pending.as_ref().map(|p| &p.kind),
+                    Some(Req::CreateChild { rekey: None, .. })
+                );
+            if !under_way {
+                sa.tasks.push_back(Task::CreateChild);
+                self.next_task(now, &mut sa);
+            }
+            self.sas.insert(spi, sa);
+        }
+        Ok(())
+    }
+
     /// Rekeys the peer's IKE SA now (normally driven by lifetimes).
     pub fn rekey_ike(&mut self, now: Instant, peer: PeerId) -> Result<(), Error> {
         if self.is_v1(peer) {

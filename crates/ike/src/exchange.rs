@@ -639,20 +639,11 @@ impl Endpoint {
             &sa.nr,
             &idi.encoded(),
         );
+        let (local_ts, remote_ts) = configured_ts(cfg);
         let child = ChildRequest {
             spi_in: self.io.child_spi(),
-            local_ts: cfg
-                .local_ts
-                .iter()
-                .copied()
-                .map(TsRange::from_cidr)
-                .collect(),
-            remote_ts: cfg
-                .remote_ts
-                .iter()
-                .copied()
-                .map(TsRange::from_cidr)
-                .collect(),
+            local_ts,
+            remote_ts,
         };
         let mut p = vec![Payload::IdI(idi)];
         // RFC 7296 §2.4: tell the peer we have no other IKE SA with it. An IKE SA the
@@ -1946,7 +1937,10 @@ impl Endpoint {
             new.children.push(c);
         }
         for t in old.tasks.drain(..) {
-            if matches!(t, Task::DeleteChildren(_) | Task::RekeyChild(_)) {
+            if matches!(
+                t,
+                Task::DeleteChildren(_) | Task::RekeyChild(_) | Task::CreateChild
+            ) {
                 new.tasks.push_back(t);
             }
         }
@@ -2010,6 +2004,69 @@ impl Endpoint {
 
     // ---- our requests ----------------------------------------------------------------------
 
+    /// Sends CREATE_CHILD_SA for a Child SA with selectors `ts` (ours, the peer's),
+    /// replacing the one with inbound SPI `rekey` (REKEY_SA, RFC 7296 §1.3.3) or a new
+    /// one beside none (§1.3.1); with PFS configured it carries a KE.
+    fn send_create_child(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        rekey: Option<u32>,
+        (local_ts, remote_ts): (Vec<TsRange>, Vec<TsRange>),
+    ) {
+        let peer = sa.peer;
+        let pfs = sa.cfg.esp.pfs;
+        let dh = match pfs.map(|g| self.io.dh(g)).transpose() {
+            Ok(d) => d,
+            Err(e) => {
+                self.io.log(
+                    peer,
+                    Level::Error,
+                    "internal",
+                    format!("cannot generate a DH key: {e}"),
+                );
+                return;
+            }
+        };
+        let child = ChildRequest {
+            spi_in: self.io.child_spi(),
+            local_ts,
+            remote_ts,
+        };
+        let ni = self.io.nonce();
+        let mut p = Vec::with_capacity(6);
+        if let Some(spi) = rekey {
+            p.push(Payload::Notify(Notify {
+                protocol: ProtocolId::ESP,
+                spi: spi.to_be_bytes().to_vec(),
+                ntype: NotifyType::REKEY_SA,
+                data: Vec::new(),
+            }));
+        }
+        p.push(Payload::Sa(esp_offer(&sa.cfg.esp, child.spi_in, pfs)));
+        p.push(Payload::Nonce(ni.clone()));
+        if let Some(d) = &dh {
+            p.push(Payload::Ke(KeyExchange {
+                group: d.group().iana_id(),
+                data: d.public_value().to_vec(),
+            }));
+        }
+        p.push(Payload::TsI(wire_ts(&child.local_ts)));
+        p.push(Payload::TsR(wire_ts(&child.remote_ts)));
+        self.send_request(
+            now,
+            sa,
+            ExchangeType::CREATE_CHILD_SA,
+            p,
+            Req::CreateChild {
+                rekey,
+                child,
+                ni,
+                dh,
+            },
+        );
+    }
+
     pub(crate) fn start_task(&mut self, now: Instant, sa: &mut IkeSa, task: Task) {
         let peer = sa.peer;
         match task {
@@ -2021,63 +2078,29 @@ impl Endpoint {
                     return;
                 };
                 c.state = ChildState::Rekeying;
-                let (local_ts, remote_ts) = (c.sa.local_ts.clone(), c.sa.remote_ts.clone());
-                let pfs = sa.cfg.esp.pfs;
-                let dh = match pfs.map(|g| self.io.dh(g)).transpose() {
-                    Ok(d) => d,
-                    Err(e) => {
-                        self.io.log(
-                            peer,
-                            Level::Error,
-                            "internal",
-                            format!("cannot generate a DH key: {e}"),
-                        );
-                        return;
-                    }
-                };
-                let child = ChildRequest {
-                    spi_in: self.io.child_spi(),
-                    local_ts,
-                    remote_ts,
-                };
-                let ni = self.io.nonce();
-                let n = Notify {
-                    protocol: ProtocolId::ESP,
-                    spi: spi.to_be_bytes().to_vec(),
-                    ntype: NotifyType::REKEY_SA,
-                    data: Vec::new(),
-                };
-                let mut p = vec![
-                    Payload::Notify(n),
-                    Payload::Sa(esp_offer(&sa.cfg.esp, child.spi_in, pfs)),
-                    Payload::Nonce(ni.clone()),
-                ];
-                if let Some(d) = &dh {
-                    p.push(Payload::Ke(KeyExchange {
-                        group: d.group().iana_id(),
-                        data: d.public_value().to_vec(),
-                    }));
-                }
-                p.push(Payload::TsI(wire_ts(&child.local_ts)));
-                p.push(Payload::TsR(wire_ts(&child.remote_ts)));
+                let ts = (c.sa.local_ts.clone(), c.sa.remote_ts.clone());
                 self.io.log(
                     peer,
                     Level::Info,
                     "child_rekey",
                     format!("rekeying Child SA {spi:08x}"),
                 );
-                self.send_request(
-                    now,
-                    sa,
-                    ExchangeType::CREATE_CHILD_SA,
-                    p,
-                    Req::CreateChild {
-                        rekey: Some(spi),
-                        child,
-                        ni,
-                        dh,
-                    },
+                self.send_create_child(now, sa, Some(spi), ts);
+            }
+            Task::CreateChild => {
+                // Only while the IKE SA has no Child SA that could carry the tunnel:
+                // the peer may have negotiated one meanwhile.
+                if sa.children.iter().any(|c| c.state != ChildState::Deleting) {
+                    return;
+                }
+                let ts = configured_ts(&sa.cfg);
+                self.io.log(
+                    peer,
+                    Level::Info,
+                    "child_create",
+                    "the IKE SA has no Child SA: negotiating one on it (CREATE_CHILD_SA)".into(),
                 );
+                self.send_create_child(now, sa, None, ts);
             }
             Task::RekeyIke => {
                 if sa.retiring {
@@ -2287,14 +2310,16 @@ impl Endpoint {
                     // RFC 7296 §2.25: retry after a short random delay.
                     let delay = Duration::from_millis(2000 + u64::from(self.io.u32() % 4000));
                     sa.retry_at = Some(now + delay);
-                    if let Some(o) = rekey {
-                        sa.tasks.push_front(Task::RekeyChild(o));
-                    }
+                    sa.tasks
+                        .push_front(rekey.map_or(Task::CreateChild, Task::RekeyChild));
                     self.io.log(
                         peer,
                         Level::Info,
                         "temporary_failure",
-                        "peer is busy (TEMPORARY_FAILURE); retrying the rekey".into(),
+                        format!(
+                            "peer is busy (TEMPORARY_FAILURE); retrying the {}",
+                            if rekey.is_some() { "rekey" } else { "Child SA" }
+                        ),
                     );
                 }
                 NotifyType::TEMPORARY_FAILURE => {}
@@ -2759,4 +2784,15 @@ fn rejected_auth(what: &str, cfg: &PeerConfig, nat: bool) -> String {
             ""
         }
     )
+}
+
+/// The configured subnets as traffic selectors (ours, the peer's).
+fn configured_ts(cfg: &PeerConfig) -> (Vec<TsRange>, Vec<TsRange>) {
+    let ranges = |v: &[crate::config::Ipv4Cidr]| {
+        v.iter()
+            .copied()
+            .map(TsRange::from_cidr)
+            .collect::<Vec<_>>()
+    };
+    (ranges(&cfg.local_ts), ranges(&cfg.remote_ts))
 }

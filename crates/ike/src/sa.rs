@@ -109,6 +109,9 @@ impl Req {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Task {
     RekeyChild(u32),
+    /// A Child SA with the configured selectors on this IKE SA, which has none (the
+    /// peer deleted it): CREATE_CHILD_SA without REKEY_SA (RFC 7296 §1.3.1).
+    CreateChild,
     RekeyIke,
     DeleteChildren(Vec<u32>),
     DeleteIke,

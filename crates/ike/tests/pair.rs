@@ -202,6 +202,55 @@ fn esp_proposal_mismatch_keeps_ike_sa() {
     assert!(p.a.child_sas(PEER_A).is_empty());
 }
 
+/// `create_child` on an IKE SA without a Child SA sends CREATE_CHILD_SA without
+/// REKEY_SA (RFC 7296 §1.3.1) on the same IKE SA; the peer evaluates it like the Child
+/// SA of IKE_AUTH (here: refuses it again, and both ends say why). Beside an installed
+/// Child SA it sends nothing.
+#[test]
+fn create_child_negotiates_on_the_existing_ike_sa() {
+    let a = config_a();
+    let mut b = mirror(&a);
+    b.esp.encr = Encr::AesCbc256;
+    let mut p = Pair::new(a.clone(), b);
+    p.initiate_a();
+    assert!(p.a.child_sas(PEER_A).is_empty());
+    let ike = p.a.ike_sas(PEER_A);
+    let sent = p.wire.len();
+    p.a_events.clear();
+    p.b_events.clear();
+    p.a.create_child(p.now, PEER_A).unwrap();
+    // A second call while the first is under way adds nothing.
+    p.a.create_child(p.now, PEER_A).unwrap();
+    p.drive();
+    p.collect_events();
+    let exchanges: Vec<ExchangeType> = p.wire[sent..]
+        .iter()
+        .map(|pkt| Message::decode(&pkt.payload).unwrap().header.exchange)
+        .collect();
+    assert_eq!(
+        exchanges,
+        [ExchangeType::CREATE_CHILD_SA, ExchangeType::CREATE_CHILD_SA]
+    );
+    assert_eq!(p.a.ike_sas(PEER_A), ike);
+    assert_eq!(
+        Pair::failures(&p.a_events),
+        vec![(
+            Phase::Phase2,
+            "peer rejected our proposal aes128-sha1 (NO_PROPOSAL_CHOSEN)".to_string()
+        )]
+    );
+    assert_eq!(Pair::failures(&p.b_events).len(), 1, "{:?}", p.b_events);
+    assert_eq!(established(&p.a_events), 0);
+
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    p.initiate_a();
+    let sent = p.wire.len();
+    p.a.create_child(p.now, PEER_A).unwrap();
+    p.drive();
+    assert_eq!(p.wire.len(), sent, "a Child SA is installed");
+    assert_eq!(children_up(&p.a_events), 1);
+}
+
 #[test]
 fn traffic_selector_mismatch() {
     let a = config_a();

@@ -218,6 +218,33 @@ impl Engine {
         true
     }
 
+    /// Starts a Quick Mode for the tunnel's Child SA on the established ISAKMP SA when
+    /// it carries none and none is being negotiated on it (the peer deleted the last
+    /// one); false without an established ISAKMP SA.
+    pub fn create_child(&mut self, cx: &mut Cx<'_>, now: Instant, peer: PeerId) -> bool {
+        let Some(k) = self.established_cookie(peer) else {
+            return false;
+        };
+        if let Some(mut sa) = self.sas.remove(&k) {
+            let has_child = sa
+                .children
+                .iter()
+                .any(|c| matches!(c.state, ChildState::Installed | ChildState::Rekeying));
+            let negotiating = sa.qms.values().any(|q| !matches!(q.state, QmState::Done));
+            if !has_child && !negotiating {
+                cx.io.log(
+                    Some(peer),
+                    Level::Info,
+                    "child_create",
+                    "the ISAKMP SA has no IPsec SA: negotiating one on it (Quick Mode)".into(),
+                );
+                start_qm(cx, now, &mut sa, None);
+            }
+            self.put_back(cx, sa);
+        }
+        true
+    }
+
     /// Negotiates a replacement ISAKMP SA now; false without an SA.
     pub fn rekey_ike(&mut self, cx: &mut Cx<'_>, now: Instant, peer: PeerId) -> bool {
         let Some(k) = self.established_cookie(peer) else {

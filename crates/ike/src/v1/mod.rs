@@ -119,6 +119,15 @@ impl Endpoint {
         }
     }
 
+    pub(crate) fn v1_create_child(&mut self, now: Instant, peer: PeerId) -> Result<(), Error> {
+        let (v1, mut cx) = self.v1_cx();
+        if v1.create_child(&mut cx, now, peer) {
+            Ok(())
+        } else {
+            Err(Error::NotEstablished(peer))
+        }
+    }
+
     pub(crate) fn v1_rekey_ike(&mut self, now: Instant, peer: PeerId) -> Result<(), Error> {
         let (v1, mut cx) = self.v1_cx();
         if v1.rekey_ike(&mut cx, now, peer) {
