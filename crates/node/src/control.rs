@@ -164,6 +164,10 @@ struct TunnelRt {
     pending: Vec<PendingChild>,
     failures: u32,
     retry_at: Option<Instant>,
+    /// The pending retry follows the deletion of the tunnel's last Child SA while its
+    /// IKE SA stayed up (the peer deleted it, or it expired): the retry negotiates a
+    /// Child SA on that IKE SA instead of replacing the IKE SA (see [`Control::retries`]).
+    child_gone: bool,
     /// Fingerprint of the status last sent to the writer ([`fingerprint`]), to send it
     /// again only when it changed. A hash, not the status itself: a copy of every
     /// tunnel's `TunnelStatus` (strings, a `Vec` per Child SA) was ~0.8 KiB per tunnel
@@ -523,6 +527,7 @@ impl Control {
                     pending: Vec::new(),
                     failures: 0,
                     retry_at: None,
+                    child_gone: false,
                     written: None,
                     nat_note: None,
                 };
@@ -895,17 +900,31 @@ impl Control {
             };
             self.dirty.mark(&id);
             t.retry_at = None;
+            let child_gone = std::mem::take(&mut t.child_gone);
             if !t.want_up || !t.can_initiate() || t.phase == TunnelPhase::Established {
                 continue;
             }
             let peer = t.peer;
             let conn = t.conn_id.clone();
-            // An IKE SA without a Child SA (phase 2 failed) cannot be told to create
-            // one: start over with a fresh IKE SA.
-            let r = if self.endpoint.ike_sas(peer).is_empty() {
-                self.endpoint.initiate(now, peer)
+            // The peer deleted the last Child SA (or it expired) and kept the IKE SA: a
+            // new Child SA on it, as strongSwan does (RFC 7296 §1.3.1; IKEv1: a Quick
+            // Mode). It keeps the peer's IKE SA, which an IKEv1 peer that reconnected
+            // with INITIAL-CONTACT may still be about to use for its own Quick Mode.
+            // After a failed negotiation start over with a fresh IKE SA: a peer checks
+            // a new Child SA against the configuration its IKE SA was made with, so a
+            // fix loaded there since applies only to a new IKE SA.
+            let (r, phase) = if self.endpoint.ike_sas(peer).is_empty() {
+                (
+                    self.endpoint.initiate(now, peer),
+                    TunnelPhase::Phase1Negotiating,
+                )
+            } else if child_gone && self.endpoint.create_child(now, peer).is_ok() {
+                (Ok(()), TunnelPhase::Phase2Negotiating)
             } else {
-                self.endpoint.reset(now, peer)
+                (
+                    self.endpoint.reset(now, peer),
+                    TunnelPhase::Phase1Negotiating,
+                )
             };
             match r {
                 // API.md: `phase1_negotiating` while an IKE_SA_INIT is outstanding; a
@@ -920,7 +939,7 @@ impl Control {
                         )
                     }) {
                         let reason = t.reason.clone();
-                        t.set_phase(TunnelPhase::Phase1Negotiating, reason);
+                        t.set_phase(phase, reason);
                     }
                 }
                 Err(e) => tracing::error!(error = %e, tunnel = id, "retry"),
@@ -930,7 +949,11 @@ impl Control {
                 Some(&id),
                 LogLevel::Info,
                 "retry",
-                "negotiating again".into(),
+                if phase == TunnelPhase::Phase2Negotiating {
+                    "negotiating a new Child SA on the IKE SA".into()
+                } else {
+                    "negotiating again".into()
+                },
             );
         }
     }
@@ -1441,6 +1464,7 @@ impl Control {
                     Some(format!("Child SA {spi_in:08x} was deleted; renegotiating")),
                 );
                 t.retry_at = Some(now + RESTART_DELAY);
+                t.child_gone = true;
                 self.next_walk = self.next_walk.min(now + RESTART_DELAY);
             } else {
                 t.set_phase(

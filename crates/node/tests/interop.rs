@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{Gateway, phase, swan_reconnects, traffic_both_ways, vpc_ping_monitor};
+use common::{
+    Gateway, phase, swan_deletes_the_child, swan_reconnects, traffic_both_ways, vpc_ping_monitor,
+};
 use lab::vpngw::id;
 use lab::{StrongSwan, SwanctlChild, SwanctlConn, Topology, swanctl};
 use serde_json::{Value, json};
@@ -655,6 +657,16 @@ fn ikev1_strongswan_reauthentication_loses_no_ping() {
     for wrong in ["retry", "reset", "ike_deleted"] {
         assert!(!events.iter().any(|e| e == wrong), "{wrong} in {events:?}");
     }
+}
+
+/// strongSwan deletes the IPsec SA of an IKEv1 tunnel and keeps the ISAKMP SA: vpngw
+/// starts a Quick Mode on that ISAKMP SA rather than a new Main Mode.
+#[test]
+fn ikev1_a_child_sa_the_peer_deletes_is_negotiated_again_on_the_same_isakmp_sa() {
+    let topo = Topology::new().unwrap();
+    let gw = Gateway::start(&topo.gw);
+    let (swan, conn_id) = ikev1_tunnel(&topo, &gw, "v1-child-gone", |_| {}, json!({}));
+    swan_deletes_the_child(&gw, &conn_id, &swan, &topo);
 }
 
 /// An IKEv1 peer that restarts (a crash, a reboot) and comes back with a new Main Mode

@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{Gateway, metric, phase, swan_reconnects, traffic_both_ways, vpc_ping_monitor};
+use common::{
+    Gateway, metric, phase, swan_deletes_the_child, swan_reconnects, traffic_both_ways,
+    vpc_ping_monitor,
+};
 use lab::vpngw::id;
 use lab::{SaInfo, StrongSwan, SwanctlChild, SwanctlConn, Topology, swanctl};
 use serde_json::{Value, json};
@@ -792,6 +795,17 @@ fn strongswan_break_before_make_reauthentication_brings_the_tunnel_back() {
     }
     let r = lab::ping(&topo.vpc, &vpc, "10.2.0.1", 3, Duration::from_secs(5)).unwrap();
     assert_eq!(r.received, 3, "after the reauthentication: {r:?}");
+}
+
+/// strongSwan deletes the tunnel's Child SA and keeps the IKE SA: vpngw negotiates a new
+/// Child SA on that IKE SA (CREATE_CHILD_SA without REKEY_SA, RFC 7296 §1.3.1) rather
+/// than replacing the IKE SA, whether it or strongSwan initiated the IKE SA.
+#[test]
+fn a_child_sa_the_peer_deletes_is_negotiated_again_on_the_same_ike_sa() {
+    for vpngw_initiates in [true, false] {
+        let up = protected_flows_up("", vpngw_initiates);
+        swan_deletes_the_child(&up.gw, &up.conn_id, &up.swan, &up.topo);
+    }
 }
 
 /// An on-premises device that restarts (a crash, a reboot) forgets its SAs and, coming

@@ -219,3 +219,40 @@ pub fn swan_reconnects(gw: &Gateway, conn: &str, swan: &StrongSwan, topo: &Topol
     assert_eq!(r.received, 3, "on the new SAs: {r:?}");
     new
 }
+
+/// strongSwan deletes the tunnel's Child SA and keeps the IKE SA (`swanctl --terminate
+/// --child net`). Waits until the first tunnel of `conn` is established on a new Child
+/// SA that the gateway negotiated on that same IKE SA, as strongSwan itself would, and
+/// checks that pings cross it.
+pub fn swan_deletes_the_child(gw: &Gateway, conn: &str, swan: &StrongSwan, topo: &Topology) {
+    let before = swan
+        .wait_established("vpn", Duration::from_secs(5))
+        .unwrap();
+    let t = gw.wait_tunnel(conn, "established", Duration::from_secs(5), |s| {
+        phase(s) == "established"
+    });
+    let (ike, child) = (
+        t["status"]["ike_sa"]["spis"].clone(),
+        t["status"]["child_sas"][0]["spi_in"].clone(),
+    );
+    swan.terminate_child("net").unwrap();
+    let t = gw.wait_tunnel(
+        conn,
+        "established on a new Child SA",
+        Duration::from_secs(10),
+        |s| phase(s) == "established" && s["child_sas"][0]["spi_in"] != child,
+    );
+    assert_eq!(t["status"]["ike_sa"]["spis"], ike, "the same IKE SA: {t:#}");
+    let sas = swan.list_sas().unwrap();
+    assert_eq!(sas.len(), 1, "{sas:?}");
+    assert_eq!(sas[0].uniqueid, before.uniqueid, "the same IKE SA: {sas:?}");
+    assert_eq!(sas[0].children.len(), 1, "{sas:?}");
+    assert_eq!(sas[0].children[0].state, "INSTALLED", "{sas:?}");
+    let vpc = topo.vpc_ip().to_string();
+    lab::wait_ping(&topo.vpc, &vpc, "10.2.0.1", Duration::from_secs(5)).unwrap();
+    let r = lab::ping(&topo.vpc, &vpc, "10.2.0.1", 3, Duration::from_secs(5)).unwrap();
+    assert_eq!(r.received, 3, "on the new Child SA: {r:?}");
+    let events = gw.events(conn);
+    assert!(events.iter().any(|e| e == "child_create"), "{events:?}");
+    assert!(!events.iter().any(|e| e == "reset"), "{events:?}");
+}
