@@ -180,6 +180,12 @@ pub trait Store: Send + Sync + 'static {
     async fn set_tunnel_state(&self, tunnel_id: &str, state: TunnelState) -> Result<()>;
     /// Records what the gateway node observes about a tunnel.
     async fn set_tunnel_status(&self, tunnel_id: &str, status: &TunnelStatus) -> Result<()>;
+    /// At start-up, before any node reports: what the previous run observed (its SAs,
+    /// carrying traffic, BGP session and routes, health, a failure) ended with it, so
+    /// every tunnel that shows more than `idle` is set to `idle` since `at` with
+    /// `reason`, and its BGP routes are emptied. Configuration and logs stay. Returns
+    /// how many tunnels changed.
+    async fn end_observed_state(&self, reason: &str, at: DateTime<Utc>) -> Result<usize>;
     /// Records the routes a tunnel's BGP session received and advertised (the node).
     async fn set_tunnel_bgp_routes(&self, tunnel_id: &str, routes: &BgpRoutes) -> Result<()>;
     /// The stored BGP routes of every tunnel of a connection, tunnel 1 first, as

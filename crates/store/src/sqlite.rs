@@ -996,6 +996,46 @@ impl Store for SqliteStore {
         self.call(move |tx| w.apply(tx)).await
     }
 
+    async fn end_observed_state(&self, reason: &str, at: DateTime<Utc>) -> Result<usize> {
+        let ended = TunnelStatus {
+            reason: Some(reason.to_string()),
+            since: Some(at),
+            ..TunnelStatus::default()
+        };
+        let (status, routes) = (to_json(&ended)?, to_json(&BgpRoutes::default())?);
+        self.call(move |tx| {
+            let mut stmt = tx.prepare("SELECT id, status, bgp_routes FROM tunnels")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })?;
+            let mut changed = Vec::new();
+            for row in rows {
+                let (id, old, old_routes) = row?;
+                let old: TunnelStatus = from_json(&old)?;
+                let plain_idle = TunnelStatus {
+                    since: None,
+                    ..old.clone()
+                } == TunnelStatus::default();
+                if !plain_idle || from_json::<BgpRoutes>(&old_routes)? != BgpRoutes::default() {
+                    changed.push(id);
+                }
+            }
+            for id in &changed {
+                exec(
+                    tx,
+                    "UPDATE tunnels SET status = ?2, bgp_routes = ?3 WHERE id = ?1",
+                    params![id, status, routes],
+                )?;
+            }
+            Ok(changed.len())
+        })
+        .await
+    }
+
     async fn set_tunnel_bgp_routes(&self, tunnel_id: &str, routes: &BgpRoutes) -> Result<()> {
         let (tunnel_id, routes) = (tunnel_id.to_string(), to_json(routes)?);
         self.call(move |tx| {

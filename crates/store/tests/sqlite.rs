@@ -766,3 +766,37 @@ async fn unsettled_connections_are_those_in_transition() {
         .unwrap();
     assert_eq!(ids(s.unsettled_connections().await.unwrap()), ["vco-c"]);
 }
+
+/// `end_observed_state` at start-up: a tunnel that showed SAs or a failure is `idle`
+/// with the reason, one that was plain `idle` is left alone, and both survive reopening
+/// the file.
+#[tokio::test]
+async fn end_observed_state_leaves_plain_idle_tunnels_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (idle_since, at) = (now() - chrono::Duration::hours(1), now());
+    {
+        let s = open(&dir);
+        let (gw, cgws) = stored_gateway_and_cgw(&s).await;
+        let conn = connection("vco-a", &gw, &cgws, ["cgw-a", "cgw-a"], None);
+        s.create_connection(&conn, None).await.unwrap();
+        let failed = TunnelStatus {
+            phase: TunnelPhase::Phase1Failed,
+            reason: Some("no proposal chosen".into()),
+            ..Default::default()
+        };
+        s.set_tunnel_status("tun-vco-a-1", &failed).await.unwrap();
+        let idle = TunnelStatus {
+            since: Some(idle_since),
+            ..Default::default()
+        };
+        s.set_tunnel_status("tun-vco-a-2", &idle).await.unwrap();
+        assert_eq!(s.end_observed_state("restarted", at).await.unwrap(), 1);
+    }
+    let s = open(&dir);
+    let c = s.connection("vco-a").await.unwrap();
+    assert_eq!(c.tunnels[0].status.phase, TunnelPhase::Idle);
+    assert_eq!(c.tunnels[0].status.reason.as_deref(), Some("restarted"));
+    assert_eq!(c.tunnels[0].status.since, Some(at));
+    assert_eq!(c.tunnels[1].status.since, Some(idle_since), "untouched");
+    assert_eq!(c.tunnels.len(), 2);
+}

@@ -38,6 +38,20 @@ pub fn run(
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
+        // The SAs, BGP sessions and health checks of the previous run ended with its
+        // process: what it stored about them is history before anything reads it.
+        let now = chrono::Utc::now();
+        let reason = format!(
+            "vpngw restarted at {}: the SAs of the previous run ended with it",
+            now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        let ended = store
+            .end_observed_state(&reason, now)
+            .await
+            .context("clearing the tunnel status of the previous run")?;
+        if ended > 0 {
+            tracing::info!(tunnels = ended, "tunnel status of the previous run cleared");
+        }
         let state = api::AppState::new(store.clone(), token);
         tokio::spawn(purge_client_tokens(store));
         let listener = tokio::net::TcpListener::bind(listen)

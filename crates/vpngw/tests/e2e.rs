@@ -481,3 +481,106 @@ fn cli_needs_a_token() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("VPNGW_TOKEN"));
 }
+
+/// The SAs, BGP session and routes a tunnel had ended with the process that had them:
+/// after a restart the tunnel shows `idle` and says why, not what the previous run
+/// last stored (with `--no-node` nothing would ever replace it). Configuration and logs
+/// stay.
+#[test]
+fn a_restart_clears_what_the_previous_run_observed() {
+    use store::Store;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let server = Server::start(&data);
+    let gw = server.json(&[
+        "gateway",
+        "create",
+        "--name",
+        "hq",
+        "--ipsec-address",
+        "192.0.2.1",
+        "--local-network",
+        "10.0.0.0/16",
+    ]);
+    let cgw = server.json(&[
+        "customer-gateway",
+        "create",
+        "--name",
+        "branch",
+        "--ip-address",
+        "203.0.113.7",
+    ]);
+    let conn = server.json(&[
+        "connection",
+        "create",
+        "--name",
+        "to-branch",
+        "--gateway",
+        s(&gw["id"]),
+        "--customer-gateway",
+        s(&cgw["id"]),
+        "--psk",
+        "Sup3r-Secret!",
+    ]);
+    let conn_id = s(&conn["id"]).to_string();
+    let tun_id = s(&conn["tunnels"][0]["id"]).to_string();
+    server.kill();
+
+    // What a node stored just before the process died: an established tunnel carrying
+    // traffic, with a BGP session and a route it learned.
+    let observed: model::TunnelStatus = serde_json::from_value(serde_json::json!({
+        "phase": "established",
+        "reason": null,
+        "since": "2026-11-24T10:00:00Z",
+        "carrying_traffic": true,
+        "ike_sa": {"version": "ikev2", "spis": {"initiator": "0102030405060708",
+                   "responder": "1112131415161718"}, "algorithms": "aes128-sha1-modp1024",
+                   "established_at": "2026-11-24T10:00:00Z", "rekey_at": null},
+        "child_sas": [{"spi_in": "c0000001", "spi_out": "c0000002", "local_ts": ["10.0.0.0/16"],
+                       "remote_ts": ["172.16.0.0/24"], "algorithms": "aes128-sha1",
+                       "bytes_in": 1, "bytes_out": 2, "packets_in": 1, "packets_out": 1}],
+        "bgp": {"state": "established", "peer_asn": 65530, "routes_received": 1,
+                "routes_advertised": 1},
+        "health": {"state": "up", "last_rtt_ms": 0.4},
+    }))
+    .unwrap();
+    let routes: model::BgpRoutes = serde_json::from_value(serde_json::json!({
+        "received": [{"prefix": "172.16.9.0/24", "as_path": [65530], "next_hop": "169.254.10.2",
+                      "origin": "igp", "med": null, "best": true}],
+    }))
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = store::SqliteStore::open(&data).unwrap();
+        store.set_tunnel_status(&tun_id, &observed).await.unwrap();
+        store.set_tunnel_bgp_routes(&tun_id, &routes).await.unwrap();
+    });
+
+    let server = Server::start(&data);
+    let t = server.json(&["tunnel", "show", &conn_id, &tun_id]);
+    let status = &t["status"];
+    assert_eq!(status["phase"], "idle", "{t:#}");
+    assert!(
+        s(&status["reason"]).starts_with("vpngw restarted at "),
+        "{t:#}"
+    );
+    assert_eq!(status["carrying_traffic"], false, "{t:#}");
+    for gone in ["ike_sa", "bgp", "health"] {
+        assert!(status[gone].is_null(), "{gone}: {t:#}");
+    }
+    assert_eq!(status["child_sas"], serde_json::json!([]), "{t:#}");
+    let bgp = server.json(&["connection", "bgp-routes", &conn_id]);
+    assert_eq!(
+        bgp["items"][0]["received"],
+        serde_json::json!([]),
+        "{bgp:#}"
+    );
+    assert_eq!(t["pre_shared_key"], Value::Null, "never shown unasked");
+    let revealed = server.json(&["tunnel", "show", &conn_id, &tun_id, "--reveal-psk"]);
+    assert_eq!(revealed["pre_shared_key"], "Sup3r-Secret!");
+    let logs = server.json(&["connection", "logs", &conn_id]);
+    assert_eq!(logs["items"][0]["event"], "created", "{logs:#}");
+}
