@@ -13,7 +13,8 @@ use crate::event::{ChildSa, DeleteReason, Event, IkeAlgorithms, Level, Phase};
 use crate::keys::{ChildKeys, IkeKeys, nat_hash, psk_auth};
 use crate::offload::{Datagram, DhResult, ExchangeDh};
 use crate::proposal::{
-    check_esp_answer, check_ike_answer, describe, esp_offer, ike_offer, select_esp, select_ike,
+    ESN_NOTE, check_esp_answer, check_ike_answer, describe, esp_needs_esn, esp_offer, ike_offer,
+    select_esp, select_ike,
 };
 use crate::sa::{
     Child, ChildRequest, ChildState, ExpectAuthResponse, ExpectInitResponse, Handshake, IkeSa,
@@ -1127,6 +1128,9 @@ impl Endpoint {
                 "peer proposed {offer} for the Child SA; this tunnel allows {}",
                 cfg.esp.name()
             );
+            if esp_needs_esn(sa_p, &cfg.esp, dh) {
+                reason.push_str(ESN_NOTE);
+            }
             // In CREATE_CHILD_SA (`dh` set) an offer that only the DH group keeps out
             // is a PFS mismatch, which IKE_AUTH cannot show (no KE there, RFC 7296
             // §1.2): the tunnel came up and fails at its first rekey.

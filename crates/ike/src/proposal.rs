@@ -189,6 +189,23 @@ pub fn select_esp(
         .ok_or_else(|| describe(sa))
 }
 
+/// Appended to a refused ESP offer's reason when only ESN keeps it out.
+pub(crate) const ESN_NOTE: &str = " (the peer offers only extended sequence numbers \
+     (ESN), which vpngw does not use: allow 32-bit sequence numbers on the peer, e.g. \
+     strongSwan's esp_proposals without esn or with noesn added)";
+
+/// The peer's ESP offer would be acceptable but for extended sequence numbers: each
+/// proposal that carries our algorithms offers only ESN (RFC 7296 §3.3.2, transform
+/// type 5), which vpngw does not use (it rekeys before the 32-bit counter runs out,
+/// RFC 4303 §3.3.3).
+pub fn esp_needs_esn(sa: &SaPayload, ours: &EspProposal, dh: Option<Option<DhGroup>>) -> bool {
+    let w = Wanted {
+        esn: false,
+        ..esp_wanted(ours, dh)
+    };
+    sa.proposals.iter().any(|p| matches(p, &w))
+}
+
 /// Initiator: the responder must answer with one proposal made of exactly what we
 /// offered. Returns the responder's SPI field.
 pub fn check_ike_answer(sa: &SaPayload, ours: &IkeProposal) -> Option<Vec<u8>> {
@@ -247,6 +264,16 @@ pub fn describe(sa: &SaPayload) -> String {
                         None if t.id == 0 => continue,
                         None => format!("dh{}", t.id),
                     },
+                    // strongSwan's names: "esn" when only extended sequence numbers
+                    // are offered, nothing for "noesn" (the default).
+                    TransformType::ESN
+                        if t.id == 1 && offers(p, TransformType::ESN).all(|e| e.id != 0) =>
+                    {
+                        if names.last().is_some_and(|n| n == "esn") {
+                            continue;
+                        }
+                        "esn".to_string()
+                    }
                     _ => continue,
                 };
                 names.push(n);
@@ -272,6 +299,44 @@ mod tests {
             integ: Integ::HmacSha1_96,
             dh: DhGroup::Modp1024,
         }
+    }
+
+    /// A peer that offers only extended sequence numbers (strongSwan's "-esn"): its
+    /// offer is refused, named as strongSwan names it, and ESN is found to be the one
+    /// difference; an offer with both is answered with "no ESN".
+    #[test]
+    fn esn_only_offers_are_refused_and_named() {
+        let ours = EspProposal {
+            encr: Encr::AesCbc128,
+            integ: Integ::HmacSha1_96,
+            pfs: None,
+        };
+        let mut offer = esp_offer(&ours, 7, None);
+        for t in &mut offer.proposals[0].transforms {
+            if t.ttype == TransformType::ESN {
+                t.id = 1;
+            }
+        }
+        assert_eq!(describe(&offer), "aes128-sha1-esn");
+        assert_eq!(
+            select_esp(&offer, &ours, None, 9),
+            Err("aes128-sha1-esn".into())
+        );
+        assert!(esp_needs_esn(&offer, &ours, None));
+        let other = EspProposal {
+            encr: Encr::AesCbc256,
+            ..ours
+        };
+        assert!(!esp_needs_esn(&offer, &other, None));
+        offer.proposals[0]
+            .transforms
+            .push(Transform::new(TransformType::ESN, 0, None));
+        assert_eq!(describe(&offer), "aes128-sha1");
+        let (answer, _) = select_esp(&offer, &ours, None, 9).unwrap();
+        let esn: Vec<u16> = offers(&answer.proposals[0], TransformType::ESN)
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(esn, [0]);
     }
 
     #[test]

@@ -301,6 +301,32 @@ impl ApiClient {
         });
         tunnels[index].clone()
     }
+
+    /// Polls the connection's log (its last 1,000 entries) until an entry's message
+    /// contains `needle` and returns that message; panics with the tunnels' status and
+    /// the log when `timeout` runs out.
+    pub fn wait_log_message(&self, conn: &str, needle: &str, timeout: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let logs = self.logs(conn, 1000);
+            if let Some(m) = logs
+                .iter()
+                .filter_map(|e| e["message"].as_str())
+                .find(|m| m.contains(needle))
+            {
+                return m.to_string();
+            }
+            if start.elapsed() > timeout {
+                let c = self.get(&format!("/v1/vpn-connections/{conn}"));
+                panic!(
+                    "timed out after {timeout:?} waiting for a log message with {needle:?}; \
+                     tunnels: {:#?}\nlogs: {logs:#?}",
+                    c["tunnels"]
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
 }
 
 /// The value of `series` — an unlabelled series, or one sample with its labels spelled

@@ -749,6 +749,37 @@ fn algorithm_matrix() {
 /// Kills the lab's gateway (SIGKILL), starts it again on its data directory, waits
 /// until `conn`'s tunnel shows idle (it waits for the peer) and starts pinging the VPC
 /// from on-premises, over the peer's old SAs.
+/// strongSwan asks for extended sequence numbers only (`-esn`, RFC 4304), which vpngw
+/// does not use. vpngw refuses the Quick Mode and says that ESN is the one difference;
+/// taking the transform without noticing the attribute would have brought up SAs whose
+/// every packet fails the integrity check (the ICV covers the counter's high half).
+#[test]
+fn a_peer_that_offers_only_esn_is_told_so() {
+    let topo = Topology::new().unwrap();
+    let serve = start_serve(&topo);
+    let swan = start_swan(
+        &topo,
+        &onprem_v1(SUITE, "aes128-sha1-modp1024-esn", "0.0.0.0/0", "0.0.0.0/0"),
+    );
+    let conn = serve.responder_connection();
+    // Fails: vpngw answers the Quick Mode with NO-PROPOSAL-CHOSEN.
+    let _ = swan.initiate("net");
+    let m = serve.wait_log_message(
+        &conn,
+        "extended sequence numbers (ESN)",
+        Duration::from_secs(15),
+    );
+    assert!(
+        m.contains("peer proposed ESP aes128-sha1-modp1024-esn;"),
+        "{m}"
+    );
+    let sas = swan.list_sas().unwrap();
+    assert!(
+        sas.iter().all(|sa| sa.children.is_empty()),
+        "no IPsec SA: {sas:?}"
+    );
+}
+
 fn crash_and_restart(topo: &Topology, serve: Serve, conn: &str) -> (Serve, PingMonitor) {
     let Serve(crashed) = serve;
     crashed.crash().unwrap();

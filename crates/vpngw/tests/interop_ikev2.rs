@@ -242,6 +242,33 @@ fn a_restarted_gateway_recovers_an_idle_tunnel_on_the_peers_dpd() {
     restart_under_an_established_tunnel(false, false);
 }
 
+/// strongSwan offers extended sequence numbers only (`aes128-sha1-esn`), which vpngw
+/// does not use: the Child SA of IKE_AUTH is refused (the IKE SA stays, RFC 7296
+/// §1.2) and the reason says that ESN is the one difference.
+#[test]
+fn a_peer_that_offers_only_esn_is_told_so() {
+    let topo = Topology::new().unwrap();
+    let swan =
+        StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
+    let mut conf = onprem_conn();
+    conf.children[0].esp_proposals = vec!["aes128-sha1-esn".into()];
+    swan.load(&swanctl::render(&[conf])).unwrap();
+    let serve = serve(&topo);
+    let (_, conn_id) = create_connection(&serve, false);
+    wait_tunnel(&serve, &conn_id, "idle", |s| s["phase"] == "idle");
+    // Fails: vpngw answers IKE_AUTH with NO_PROPOSAL_CHOSEN for the Child SA.
+    let _ = swan.initiate("net");
+    let m = serve.wait_log_message(
+        &conn_id,
+        "extended sequence numbers (ESN)",
+        Duration::from_secs(15),
+    );
+    assert!(
+        m.contains("peer proposed aes128-sha1-esn for the Child SA"),
+        "{m}"
+    );
+}
+
 /// A responder under load (here `--ike-cookie-threshold 0`: every IKE_SA_INIT gets a
 /// COOKIE first) and strongSwan as the initiator: strongSwan repeats its request with
 /// the cookie (RFC 7296 §2.6) and the tunnel comes up and carries traffic.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use crypto::{DhGroup, Encr, Integ};
 
 use crate::config::{EspProposal, IkeProposal, PeerConfig, suite_name};
+use crate::proposal::ESN_NOTE;
 use crate::v1::keys::{
     encr_from_p1, esp_auth_id, integ_from_esp_auth, integ_from_p1_hash, p1_encr, p1_hash_id,
 };
@@ -218,6 +219,13 @@ pub fn esp_suite(t: &Transform) -> Option<(Encr, Option<Integ>, Option<DhGroup>)
     Some((encr, integ, pfs))
 }
 
+/// The transform asks for extended sequence numbers (RFC 4304), which vpngw does not
+/// use: with them the ICV covers the counter's high half (RFC 4303 §2.2.1), so a
+/// transform taken without noticing would fail every packet's integrity check.
+fn esn(t: &Transform) -> bool {
+    t.attr(p2::EXT_SEQ_NUMBER).and_then(Attr::as_u32) == Some(1)
+}
+
 fn encap_ok(t: &Transform) -> bool {
     matches!(
         t.attr(p2::ENCAP_MODE).and_then(Attr::as_u32),
@@ -243,7 +251,7 @@ pub fn esp_choose(offer: &SaPayload, esp: &EspProposal) -> Result<EspChoice, Str
             continue;
         };
         for t in &p.transforms {
-            if esp_suite(t) == Some(want) && encap_ok(t) {
+            if esp_suite(t) == Some(want) && encap_ok(t) && !esn(t) {
                 let mut chosen = p.clone();
                 chosen.transforms = vec![t.clone()];
                 return Ok(EspChoice {
@@ -255,11 +263,18 @@ pub fn esp_choose(offer: &SaPayload, esp: &EspProposal) -> Result<EspChoice, Str
             }
         }
     }
+    let only_esn = offer
+        .proposals
+        .iter()
+        .filter(|p| p.protocol == proto::ESP)
+        .flat_map(|p| &p.transforms)
+        .any(|t| esp_suite(t) == Some(want) && encap_ok(t));
     Err(format!(
-        "no proposal chosen: peer proposed ESP {}; this tunnel allows {} (PFS {})",
+        "no proposal chosen: peer proposed ESP {}; this tunnel allows {} (PFS {}){}",
         esp_describe(offer),
         esp.name(),
-        esp.pfs.map_or("disabled", |g| g.name())
+        esp.pfs.map_or("disabled", |g| g.name()),
+        if only_esn { ESN_NOTE } else { "" }
     ))
 }
 
@@ -277,7 +292,9 @@ pub fn esp_check_answer(
     let Ok(spi) = <[u8; 4]>::try_from(p.spi.as_slice()) else {
         return Err("peer's ESP SPI is not 4 bytes".into());
     };
-    if p.protocol != proto::ESP || esp_suite(t) != Some((esp.encr, esp.negotiated_integ(), esp.pfs))
+    if p.protocol != proto::ESP
+        || esp_suite(t) != Some((esp.encr, esp.negotiated_integ(), esp.pfs))
+        || esn(t)
     {
         return Err(format!(
             "peer chose ESP {} which we did not offer (we offered {})",
@@ -298,6 +315,7 @@ pub fn esp_describe(sa: &SaPayload) -> String {
         .filter(|p| p.protocol == proto::ESP)
         .flat_map(|p| p.transforms.iter())
         .map(|t| match esp_suite(t) {
+            Some((e, i, g)) if esn(t) => format!("{}-esn", suite_name(e, i, None, g)),
             Some((e, i, g)) => suite_name(e, i, None, g),
             None => format!("unsupported transform {}", describe_attrs(t)),
         })
@@ -372,5 +390,42 @@ mod tests {
         let err = esp_choose(&sa, &no_pfs).unwrap_err();
         assert!(err.contains("aes256gcm16-modp1536"), "{err}");
         assert!(err.contains("PFS disabled"), "{err}");
+    }
+
+    /// RFC 4304: a transform that asks for extended sequence numbers is never chosen
+    /// (nor accepted as an answer); one without them beside it is.
+    #[test]
+    fn extended_sequence_numbers_are_refused_and_named() {
+        let esp = EspProposal {
+            encr: Encr::AesCbc128,
+            integ: Integ::HmacSha1_96,
+            pfs: None,
+        };
+        let plain = esp_offer(&esp, 0x2000, Duration::from_secs(3600), false);
+        let mut only_esn = plain.clone();
+        only_esn.proposals[0].transforms[0]
+            .attrs
+            .push(Attr::basic(p2::EXT_SEQ_NUMBER, 1));
+        let err = esp_choose(&only_esn, &esp).unwrap_err();
+        assert!(err.contains("peer proposed ESP aes128-sha1-esn;"), "{err}");
+        assert!(err.contains("extended sequence numbers (ESN)"), "{err}");
+        assert!(esp_check_answer(&only_esn, &esp).is_err());
+
+        let mut both = only_esn.clone();
+        let mut no_esn = plain.proposals[0].transforms[0].clone();
+        no_esn.num = 2;
+        both.proposals[0].transforms.push(no_esn);
+        let c = esp_choose(&both, &esp).unwrap();
+        assert!(c.answer.transforms[0].attr(p2::EXT_SEQ_NUMBER).is_none());
+
+        let other = EspProposal {
+            encr: Encr::AesCbc256,
+            ..esp
+        };
+        let err = esp_choose(&plain, &other).unwrap_err();
+        assert!(
+            !err.contains("ESN"),
+            "only when ESN is the difference: {err}"
+        );
     }
 }

@@ -222,6 +222,8 @@ pub mod p2 {
     pub const ENCAP_MODE: u16 = 4;
     pub const AUTH_ALG: u16 = 5;
     pub const KEY_LENGTH: u16 = 6;
+    /// RFC 4304 §2: value 1 asks for 64-bit (extended) sequence numbers.
+    pub const EXT_SEQ_NUMBER: u16 = 11;
 
     pub const ENCAP_TUNNEL: u16 = 1;
     pub const ENCAP_TRANSPORT: u16 = 2;
