@@ -13,8 +13,8 @@ use crate::event::{ChildSa, DeleteReason, Event, IkeAlgorithms, Level, Phase};
 use crate::keys::{ChildKeys, IkeKeys, nat_hash, psk_auth};
 use crate::offload::{Datagram, DhResult, ExchangeDh};
 use crate::proposal::{
-    ESN_NOTE, check_esp_answer, check_ike_answer, describe, esp_needs_esn, esp_offer, ike_offer,
-    select_esp, select_ike,
+    ESN_NOTE, UNKNOWN_TYPES_NOTE, check_esp_answer, check_ike_answer, describe, esp_needs_esn,
+    esp_offer, ike_offer, needs_unknown_types, select_esp, select_ike,
 };
 use crate::sa::{
     Child, ChildRequest, ChildState, ExpectAuthResponse, ExpectInitResponse, Handshake, IkeSa,
@@ -205,12 +205,15 @@ impl Endpoint {
             .ok()
             .and_then(|(id, ans)| Some((id, self.peers.get(&id)?.clone(), ans)));
         let Some((candidate, cfg, answer)) = chosen else {
-            let allows = self.peers.get(&first).map(|c| c.ike.name());
-            let reason = format!(
+            let ours = self.peers.get(&first).map(|c| c.ike);
+            let mut reason = format!(
                 "peer proposed {}; this tunnel allows {}",
                 describe(sa_p),
-                allows.unwrap_or_default()
+                ours.map(|o| o.name()).unwrap_or_default()
             );
+            if needs_unknown_types(sa_p, ours.as_ref(), None) {
+                reason.push_str(UNKNOWN_TYPES_NOTE);
+            }
             self.io.refuse(now, first, Phase::Phase1, reason);
             self.send_init_error(
                 local,
@@ -1131,6 +1134,9 @@ impl Endpoint {
             if esp_needs_esn(sa_p, &cfg.esp, dh) {
                 reason.push_str(ESN_NOTE);
             }
+            if needs_unknown_types(sa_p, None, Some((&cfg.esp, dh))) {
+                reason.push_str(UNKNOWN_TYPES_NOTE);
+            }
             // In CREATE_CHILD_SA (`dh` set) an offer that only the DH group keeps out
             // is a PFS mismatch, which IKE_AUTH cannot show (no KE there, RFC 7296
             // §1.2): the tunnel came up and fails at its first rekey.
@@ -1686,8 +1692,13 @@ impl Endpoint {
                     sa.peer,
                     Phase::Phase1,
                     format!(
-                        "peer proposed {offer} to rekey the IKE SA; this tunnel allows {}",
-                        sa.cfg.ike.name()
+                        "peer proposed {offer} to rekey the IKE SA; this tunnel allows {}{}",
+                        sa.cfg.ike.name(),
+                        if needs_unknown_types(sa_p, Some(&sa.cfg.ike), None) {
+                            UNKNOWN_TYPES_NOTE
+                        } else {
+                            ""
+                        }
                     ),
                 );
                 respond(self, sa, vec![notify(NotifyType::NO_PROPOSAL_CHOSEN)]);

@@ -68,7 +68,21 @@ fn offers(p: &Proposal, ty: TransformType) -> impl Iterator<Item = &Transform> {
     p.transforms.iter().filter(move |t| t.ttype == ty)
 }
 
+/// A transform type this engine does not know, such as RFC 9370's additional key
+/// exchanges (types 6-12) that strongSwan 6 offers for ML-KEM (`ke1_mlkem768`).
+fn unknown_type(t: &Transform) -> bool {
+    t.ttype.name().is_none()
+}
+
 fn matches(p: &Proposal, w: &Wanted) -> bool {
+    // RFC 7296 §3.3.6: a proposal with a transform type the responder does not
+    // understand is unacceptable (other proposals are processed as usual). Answering it
+    // without them would leave out what the peer requires.
+    matches_known(p, w) && !p.transforms.iter().any(unknown_type)
+}
+
+/// [`matches`] over the transform types this engine knows, ignoring the others.
+fn matches_known(p: &Proposal, w: &Wanted) -> bool {
     if p.protocol != w.protocol {
         return false;
     }
@@ -194,6 +208,32 @@ pub(crate) const ESN_NOTE: &str = " (the peer offers only extended sequence numb
      (ESN), which vpngw does not use: allow 32-bit sequence numbers on the peer, e.g. \
      strongSwan's esp_proposals without esn or with noesn added)";
 
+/// Appended to a refused offer's reason when only transform types this engine does not
+/// know keep it out.
+pub(crate) const UNKNOWN_TYPES_NOTE: &str = " (the peer's matching proposal also requires \
+     transform types vpngw does not support, such as additional key exchanges (RFC 9370, \
+     strongSwan's ke1_...): have the peer offer a proposal without them as well)";
+
+/// Some proposal of the peer carries our algorithms but also transform types this engine
+/// does not know, and no proposal is acceptable. `ike`: an IKE offer (else ESP, with
+/// `dh` as for [`select_esp`]).
+pub fn needs_unknown_types(
+    sa: &SaPayload,
+    ike: Option<&IkeProposal>,
+    esp: Option<(&EspProposal, Option<Option<DhGroup>>)>,
+) -> bool {
+    let w = match (ike, esp) {
+        (Some(ours), _) => ike_wanted(ours),
+        (None, Some((ours, dh))) => esp_wanted(ours, dh),
+        (None, None) => return false,
+    };
+    !sa.proposals.iter().any(|p| matches(p, &w))
+        && sa
+            .proposals
+            .iter()
+            .any(|p| matches_known(p, &w) && p.transforms.iter().any(unknown_type))
+}
+
 /// The peer's ESP offer would be acceptable but for extended sequence numbers: each
 /// proposal that carries our algorithms offers only ESN (RFC 7296 §3.3.2, transform
 /// type 5), which vpngw does not use (it rekeys before the 32-bit counter runs out,
@@ -264,6 +304,21 @@ pub fn describe(sa: &SaPayload) -> String {
                         None if t.id == 0 => continue,
                         None => format!("dh{}", t.id),
                     },
+                    // RFC 9370 additional key exchanges, as strongSwan 6 names them.
+                    ty if (6..=12).contains(&ty.0) => {
+                        let n = ty.0 - 5;
+                        match t.id {
+                            0 => format!("ke{n}_none"),
+                            35 => format!("ke{n}_mlkem512"),
+                            36 => format!("ke{n}_mlkem768"),
+                            37 => format!("ke{n}_mlkem1024"),
+                            id => match DhGroup::from_iana(id) {
+                                Some(g) => format!("ke{n}_{}", g.name()),
+                                None => format!("ke{n}_{id}"),
+                            },
+                        }
+                    }
+                    ty if ty.name().is_none() => format!("type{}_{}", ty.0, t.id),
                     // strongSwan's names: "esn" when only extended sequence numbers
                     // are offered, nothing for "noesn" (the default).
                     TransformType::ESN

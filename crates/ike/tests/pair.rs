@@ -1053,6 +1053,37 @@ fn update_peer_renegotiates() {
     assert_eq!(p.a.child_sas(PEER_A)[0].integ, None);
 }
 
+/// An IKE_SA_INIT request as another initiator would send it: `sa`, a KE of
+/// (group, length) with a dummy value, a nonce, then `extra`.
+fn init_request(
+    spi_i: u64,
+    sa: ike::wire::SaPayload,
+    ke: (u16, usize),
+    extra: Vec<Payload>,
+) -> Message {
+    let mut payloads = vec![
+        Payload::Sa(sa),
+        Payload::Ke(KeyExchange {
+            group: ke.0,
+            data: vec![7; ke.1],
+        }),
+        Payload::Nonce(vec![1; 32]),
+    ];
+    payloads.extend(extra);
+    Message {
+        header: ike::wire::HeaderRepr {
+            spi_i,
+            spi_r: 0,
+            next_payload: PayloadType::NONE,
+            exchange: ExchangeType::IKE_SA_INIT,
+            flags: ike::wire::Flags(ike::wire::Flags::INITIATOR),
+            message_id: 0,
+            length: 0,
+        },
+        payloads,
+    }
+}
+
 #[test]
 fn responder_asks_for_its_dh_group() {
     // A strongSwan-like initiator offers two groups and guesses the wrong one first.
@@ -1064,26 +1095,15 @@ fn responder_asks_for_its_dh_group() {
         14,
         None,
     ));
-    let mut msg = Message {
-        header: ike::wire::HeaderRepr {
-            spi_i: 42,
-            spi_r: 0,
-            next_payload: PayloadType::NONE,
-            exchange: ExchangeType::IKE_SA_INIT,
-            flags: ike::wire::Flags(ike::wire::Flags::INITIATOR),
-            message_id: 0,
-            length: 0,
-        },
-        payloads: vec![
-            Payload::Sa(sa),
-            Payload::Ke(KeyExchange {
-                group: 14,
-                data: vec![7; 256],
-            }),
-            Payload::Nonce(vec![1; 32]),
-            Payload::Notify(Notify::new(NotifyType::MULTIPLE_AUTH_SUPPORTED, vec![])),
-        ],
-    };
+    let mut msg = init_request(
+        42,
+        sa,
+        (14, 256),
+        vec![Payload::Notify(Notify::new(
+            NotifyType::MULTIPLE_AUTH_SUPPORTED,
+            vec![],
+        ))],
+    );
     p.b.handle_datagram(p.now, sock(B_IP, 500), sock(A_IP, 500), &msg.encode());
     let t = p.b.poll_transmit().expect("an answer");
     let m = Message::decode(&t.payload).unwrap();
@@ -1114,6 +1134,59 @@ fn responder_asks_for_its_dh_group() {
     p.b.handle_datagram(p.now, sock(B_IP, 500), sock(A_IP, 500), &msg.encode());
     p.collect_events();
     assert_eq!(logged(&p), 2);
+}
+
+/// An IKE_SA_INIT from a strongSwan 6-like initiator with an additional key exchange
+/// (RFC 9370 transform type 6, ML-KEM-768): a transform type this engine does not know
+/// makes that proposal unacceptable (RFC 7296 §3.3.6), the reason names it as strongSwan
+/// does and says what to change; a second proposal without it is chosen.
+#[test]
+fn proposals_with_unknown_transform_types_are_refused_and_named() {
+    let a = config_a();
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    let addke = ike::wire::Transform::new(ike::wire::registry::TransformType(6), 36, None);
+    let mut pq = ike::proposal::ike_offer(&a.ike, None);
+    pq.proposals[0].transforms.push(addke);
+    let init = |sa, spi_i| init_request(spi_i, sa, (2, 128), vec![]).encode();
+    p.b.handle_datagram(
+        p.now,
+        sock(B_IP, 500),
+        sock(A_IP, 500),
+        &init(pq.clone(), 42),
+    );
+    let m = Message::decode(&p.b.poll_transmit().expect("an answer").payload).unwrap();
+    assert_eq!(
+        m.payloads,
+        vec![Payload::Notify(Notify::new(
+            NotifyType::NO_PROPOSAL_CHOSEN,
+            vec![]
+        ))]
+    );
+    p.collect_events();
+    let fb = Pair::failures(&p.b_events);
+    assert_eq!(fb.len(), 1, "{fb:?}");
+    assert!(
+        fb[0].1.starts_with(
+            "peer proposed aes128-sha1-modp1024-ke1_mlkem768; this tunnel allows \
+             aes128-sha1-modp1024 (the peer's matching proposal also requires transform \
+             types vpngw does not support"
+        ),
+        "{}",
+        fb[0].1
+    );
+
+    // The same proposal first, then one without the additional key exchange.
+    let mut both = pq;
+    let mut plain = ike::proposal::ike_offer(&a.ike, None).proposals.remove(0);
+    plain.num = 2;
+    both.proposals.push(plain);
+    p.b.handle_datagram(p.now, sock(B_IP, 500), sock(A_IP, 500), &init(both, 43));
+    let m = Message::decode(&p.b.poll_transmit().expect("an answer").payload).unwrap();
+    let Some(Payload::Sa(chosen)) = m.payloads.first() else {
+        panic!("{m:?}")
+    };
+    assert_eq!(chosen.proposals.len(), 1);
+    assert_eq!(chosen.proposals[0].num, 2, "{chosen:?}");
 }
 
 #[test]
