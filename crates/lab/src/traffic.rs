@@ -129,6 +129,21 @@ impl PingMonitor {
         Ok(PingMonitor { process, interval })
     }
 
+    /// Waits (at most `timeout`) until at least `n` echo replies have come back. A test
+    /// that asserts replies calls this before [`PingMonitor::stop`]: a recovery faster
+    /// than the interval would otherwise leave only the request that was lost.
+    pub fn wait_replies(&self, n: usize, timeout: Duration) -> Result<()> {
+        wait_until(timeout, &format!("{n} echo replies"), || {
+            let got = self
+                .process
+                .stdout()
+                .lines()
+                .filter(|l| l.contains(" bytes from "))
+                .count();
+            Ok((got >= n).then_some(()))
+        })
+    }
+
     /// Stops the ping (SIGINT, so it prints its summary) and reports losses. Requests
     /// still in flight when it stops do not count as lost.
     pub fn stop(mut self) -> Result<PingReport> {

@@ -359,6 +359,7 @@ fn a_restarted_gateway_recovers_both_tunnels_the_peer_still_holds() {
             (sas.len() == 2 && sas.iter().all(|sa| !old.contains(&sa.uniqueid))).then_some(())
         })
         .unwrap();
+    m.wait_replies(1, Duration::from_secs(5)).unwrap();
     let r = m.stop().unwrap();
     assert!(r.received > 0, "{r:?}");
     ha.wait_traffic();

@@ -831,6 +831,7 @@ fn a_restarted_gateway_recovers_the_main_mode_tunnel_the_peer_still_holds() {
         },
     )
     .unwrap();
+    pinger.wait_replies(1, Duration::from_secs(5)).unwrap();
     let report = pinger.stop().unwrap();
     assert!(report.received > 0, "{report:?}");
     ping_both_ways(&topo, 3);
@@ -972,6 +973,7 @@ fn vpngw_to_vpngw_recovers_from_a_crash_of_the_responder() {
         "{ta:#}\n{tb:#}"
     );
     assert_eq!(tb["status"]["child_sas"].as_array().map(Vec::len), Some(1));
+    m.wait_replies(1, Duration::from_secs(5)).unwrap();
     let r = m.stop().unwrap();
     assert!(r.received > 0, "{r:?}");
     ping_both_ways(&topo, 3);

@@ -207,6 +207,7 @@ fn restart_under_an_established_tunnel(effective_immediately: bool, peer_traffic
         "vpngw negotiated the new IKE SA: {sas:?}"
     );
     if let Some(p) = pinger {
+        p.wait_replies(1, Duration::from_secs(5)).unwrap();
         let report = p.stop().unwrap();
         assert!(report.received > 0, "{report:?}");
     }
