@@ -774,13 +774,12 @@ impl Endpoint {
             &idi.encoded(),
         );
         if auth.method != AuthMethod::SHARED_KEY_MIC || !ct_eq(&expected, &auth.data) {
-            self.io.fail(
-                Some(peer),
-                Phase::Phase1,
-                format!(
-                    "authentication failed — check the pre-shared key (peer {idi} at {remote})"
-                ),
-            );
+            let reason = if auth.method == AuthMethod::SHARED_KEY_MIC {
+                format!("authentication failed — check the pre-shared key (peer {idi} at {remote})")
+            } else {
+                other_auth_method(auth.method, &format!("peer {idi} at {remote}"))
+            };
+            self.io.fail(Some(peer), Phase::Phase1, reason);
             self.send_response(
                 sa,
                 local,
@@ -874,9 +873,12 @@ impl Endpoint {
             &idr.encoded(),
         );
         if auth.method != AuthMethod::SHARED_KEY_MIC || !ct_eq(&expected, &auth.data) {
-            let reason =
+            let reason = if auth.method == AuthMethod::SHARED_KEY_MIC {
                 "authentication failed — check the pre-shared key (the peer's AUTH did not verify)"
-                    .to_string();
+                    .to_string()
+            } else {
+                other_auth_method(auth.method, &format!("peer {idr}"))
+            };
             self.auth_failed_as_initiator(now, sa, st.child.spi_in, reason);
             return;
         }
@@ -2798,6 +2800,26 @@ fn rejected_auth(what: &str, cfg: &PeerConfig, nat: bool) -> String {
         } else {
             ""
         }
+    )
+}
+
+/// The reason for a peer's AUTH payload that is not a pre-shared key MIC: the peer is
+/// set up for certificates (or no authentication), which no key here can match.
+/// RFC 7296 §3.8; RFC 4754 §7 (ECDSA), RFC 7427 §3 (digital signature), RFC 7619 §3
+/// (NULL).
+fn other_auth_method(method: AuthMethod, who: &str) -> String {
+    let name = match method.0 {
+        1 => "RSA signatures (a certificate)".to_string(),
+        3 => "DSS signatures (a certificate)".to_string(),
+        9..=11 => "ECDSA signatures (a certificate)".to_string(),
+        13 => "no authentication (NULL)".to_string(),
+        14 => "digital signatures (a certificate)".to_string(),
+        m => format!("authentication method {m}"),
+    };
+    format!(
+        "authentication failed — the {who} authenticates with {name}; vpngw authenticates \
+         with the pre-shared key alone: set the peer's authentication to a pre-shared key \
+         (strongSwan: auth = psk in local and remote)"
     )
 }
 

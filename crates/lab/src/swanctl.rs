@@ -44,6 +44,9 @@ pub struct SwanctlConn {
     pub keyingtries: Option<u32>,
     /// `mobike`; `None` keeps strongSwan's default (yes).
     pub mobike: Option<bool>,
+    /// A second local authentication round `auth = xauth`, as an IKEv1 remote-access
+    /// client is set up (Main Mode then offers XAUTHInitPreShared).
+    pub xauth: bool,
     pub children: Vec<SwanctlChild>,
 }
 
@@ -90,6 +93,7 @@ impl SwanctlConn {
             over_time: None,
             keyingtries: None,
             mobike: None,
+            xauth: false,
             children: Vec::new(),
         }
     }
@@ -211,6 +215,11 @@ fn render_conn(out: &mut String, c: &SwanctlConn) {
         let _ = writeln!(out, "    {section} {{");
         kv(out, 6, "auth", Some("psk"));
         kv(out, 6, "id", Some(id));
+        out.push_str("    }\n");
+    }
+    if c.xauth {
+        out.push_str("    local-xauth {\n");
+        kv(out, 6, "auth", Some("xauth"));
         out.push_str("    }\n");
     }
     out.push_str("    children {\n");

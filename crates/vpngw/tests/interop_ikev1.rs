@@ -746,28 +746,31 @@ fn algorithm_matrix() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
-/// Kills the lab's gateway (SIGKILL), starts it again on its data directory, waits
-/// until `conn`'s tunnel shows idle (it waits for the peer) and starts pinging the VPC
-/// from on-premises, over the peer's old SAs.
+/// A lab with `vpngw serve` waiting for the peer on a responder connection and
+/// strongSwan loaded with `conf`, which the caller made to be refused; strongSwan
+/// initiates. Returns the lab, strongSwan and the log message containing `needle` (in
+/// that order, so that bindings drop strongSwan before the lab).
+fn refused_as_responder(conf: &SwanctlConn, needle: &str) -> (Topology, StrongSwan, String) {
+    let topo = Topology::new().unwrap();
+    let serve = start_serve(&topo);
+    let swan = start_swan(&topo, conf);
+    let conn = serve.responder_connection();
+    // Fails, as the caller arranged.
+    let _ = swan.initiate("net");
+    let m = serve.wait_log_message(&conn, needle, Duration::from_secs(15));
+    (topo, swan, m)
+}
+
 /// strongSwan asks for extended sequence numbers only (`-esn`, RFC 4304), which vpngw
 /// does not use. vpngw refuses the Quick Mode and says that ESN is the one difference;
 /// taking the transform without noticing the attribute would have brought up SAs whose
 /// every packet fails the integrity check (the ICV covers the counter's high half).
 #[test]
 fn a_peer_that_offers_only_esn_is_told_so() {
-    let topo = Topology::new().unwrap();
-    let serve = start_serve(&topo);
-    let swan = start_swan(
-        &topo,
+    // vpngw answers the Quick Mode with NO-PROPOSAL-CHOSEN.
+    let (_topo, swan, m) = refused_as_responder(
         &onprem_v1(SUITE, "aes128-sha1-modp1024-esn", "0.0.0.0/0", "0.0.0.0/0"),
-    );
-    let conn = serve.responder_connection();
-    // Fails: vpngw answers the Quick Mode with NO-PROPOSAL-CHOSEN.
-    let _ = swan.initiate("net");
-    let m = serve.wait_log_message(
-        &conn,
         "extended sequence numbers (ESN)",
-        Duration::from_secs(15),
     );
     assert!(
         m.contains("peer proposed ESP aes128-sha1-modp1024-esn;"),
@@ -780,6 +783,29 @@ fn a_peer_that_offers_only_esn_is_told_so() {
     );
 }
 
+/// strongSwan set up as an IKEv1 remote-access client (a second round with XAUTH)
+/// offers Main Mode with XAUTHInitPreShared: vpngw refuses it and says that the
+/// algorithms match and the authentication method does not.
+#[test]
+fn a_peer_that_offers_xauth_is_told_so() {
+    // vpngw answers Main Mode with NO-PROPOSAL-CHOSEN.
+    let (_topo, swan, m) = refused_as_responder(
+        &SwanctlConn {
+            xauth: true,
+            ..onprem_v1(SUITE, SUITE, "0.0.0.0/0", "0.0.0.0/0")
+        },
+        "the authentication method does not",
+    );
+    assert!(
+        m.contains("peer proposed aes128-sha1-modp1024 with XAUTH and a pre-shared key;"),
+        "{m}"
+    );
+    assert!(swan.list_sas().unwrap().is_empty());
+}
+
+/// Kills the lab's gateway (SIGKILL), starts it again on its data directory, waits
+/// until `conn`'s tunnel shows idle (it waits for the peer) and starts pinging the VPC
+/// from on-premises, over the peer's old SAs.
 fn crash_and_restart(topo: &Topology, serve: Serve, conn: &str) -> (Serve, PingMonitor) {
     let Serve(crashed) = serve;
     crashed.crash().unwrap();

@@ -243,6 +243,17 @@ fn a_restarted_gateway_recovers_an_idle_tunnel_on_the_peers_dpd() {
     restart_under_an_established_tunnel(false, false);
 }
 
+/// `vpngw serve` with a connection that waits for the peer; strongSwan (configured by
+/// the caller to be refused) initiates. Returns the log message containing `needle`.
+fn refused_as_responder(topo: &Topology, swan: &StrongSwan, needle: &str) -> String {
+    let serve = serve(topo);
+    let (_, conn_id) = create_connection(&serve, false);
+    wait_tunnel(&serve, &conn_id, "idle", |s| s["phase"] == "idle");
+    // Fails, as the caller arranged.
+    let _ = swan.initiate("net");
+    serve.wait_log_message(&conn_id, needle, Duration::from_secs(15))
+}
+
 /// strongSwan offers extended sequence numbers only (`aes128-sha1-esn`), which vpngw
 /// does not use: the Child SA of IKE_AUTH is refused (the IKE SA stays, RFC 7296
 /// §1.2) and the reason says that ESN is the one difference.
@@ -254,20 +265,55 @@ fn a_peer_that_offers_only_esn_is_told_so() {
     let mut conf = onprem_conn();
     conf.children[0].esp_proposals = vec!["aes128-sha1-esn".into()];
     swan.load(&swanctl::render(&[conf])).unwrap();
-    let serve = serve(&topo);
-    let (_, conn_id) = create_connection(&serve, false);
-    wait_tunnel(&serve, &conn_id, "idle", |s| s["phase"] == "idle");
-    // Fails: vpngw answers IKE_AUTH with NO_PROPOSAL_CHOSEN for the Child SA.
-    let _ = swan.initiate("net");
-    let m = serve.wait_log_message(
-        &conn_id,
-        "extended sequence numbers (ESN)",
-        Duration::from_secs(15),
-    );
+    // vpngw answers IKE_AUTH with NO_PROPOSAL_CHOSEN for the Child SA.
+    let m = refused_as_responder(&topo, &swan, "extended sequence numbers (ESN)");
     assert!(
         m.contains("peer proposed aes128-sha1-esn for the Child SA"),
         "{m}"
     );
+}
+
+/// strongSwan set up to authenticate with a certificate (`auth = pubkey`, a
+/// self-signed RSA certificate made here with openssl) against a tunnel with a
+/// pre-shared key: vpngw refuses IKE_AUTH and says the peer uses signatures, not that
+/// the key is wrong.
+#[test]
+fn a_peer_that_authenticates_with_a_certificate_is_told_so() {
+    let topo = Topology::new().unwrap();
+    let swan =
+        StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
+    // swanctl loads credentials from beside the swanctl.conf it is given: the key from
+    // private/, the certificate from x509/.
+    for d in ["private", "x509"] {
+        std::fs::create_dir_all(swan.dir().join(d)).unwrap();
+    }
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", &format!("/CN={ONPREM}")])
+        .args(["-addext", &format!("subjectAltName=IP:{ONPREM}")])
+        .arg("-keyout")
+        .arg(swan.dir().join("private/onprem.key"))
+        .arg("-out")
+        .arg(swan.dir().join("x509/onprem.pem"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = swanctl::render(&[onprem_conn()]).replacen(
+        "    local {\n      auth = psk\n",
+        "    local {\n      auth = pubkey\n      certs = onprem.pem\n",
+        1,
+    );
+    swan.load(&text).unwrap();
+    // vpngw answers IKE_AUTH with AUTHENTICATION_FAILED.
+    let m = refused_as_responder(
+        &topo,
+        &swan,
+        "vpngw authenticates with the pre-shared key alone",
+    );
+    assert!(m.contains("signatures (a certificate)"), "{m}");
+    assert!(!m.contains("check the pre-shared key"), "{m}");
 }
 
 /// A responder under load (here `--ike-cookie-threshold 0`: every IKE_SA_INIT gets a

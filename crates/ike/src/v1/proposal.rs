@@ -98,10 +98,24 @@ pub fn p1_choose(offer: &SaPayload, ike: &IkeProposal) -> Result<P1Choice, Strin
             }
         }
     }
+    let other_auth = offer
+        .proposals
+        .iter()
+        .filter(|p| p.protocol == proto::ISAKMP)
+        .flat_map(|p| &p.transforms)
+        .any(|t| t.id == KEY_IKE && p1_suite(t) == Some(want));
     Err(format!(
-        "no proposal chosen: peer proposed {}; this tunnel allows {} with a pre-shared key",
+        "no proposal chosen: peer proposed {}; this tunnel allows {} with a pre-shared key{}",
         p1_describe(offer),
-        ike.name()
+        ike.name(),
+        if other_auth {
+            " (the algorithms match, the authentication method does not: vpngw \
+             authenticates IKEv1 peers with the pre-shared key alone, so set the peer to \
+             a pre-shared key without XAUTH or certificates; strongSwan: one local and \
+             one remote round with auth = psk)"
+        } else {
+            ""
+        }
     ))
 }
 
@@ -130,7 +144,14 @@ pub fn p1_describe(sa: &SaPayload) -> String {
         .iter()
         .flat_map(|p| p.transforms.iter())
         .map(|t| match p1_suite(t) {
-            Some((e, i, g)) => suite_name(e, Some(i), None, Some(g)),
+            Some((e, i, g)) => {
+                let suite = suite_name(e, Some(i), None, Some(g));
+                match t.attr(p1::AUTH_METHOD).and_then(Attr::as_u32) {
+                    Some(m) if m == u32::from(p1::AUTH_PSK) => suite,
+                    Some(m) => format!("{suite} with {}", auth_method_name(m)),
+                    None => format!("{suite} without an authentication method"),
+                }
+            }
             None => format!("unsupported transform {}", describe_attrs(t)),
         })
         .collect();
@@ -138,6 +159,23 @@ pub fn p1_describe(sa: &SaPayload) -> String {
         "nothing".into()
     } else {
         names.join(", ")
+    }
+}
+
+/// An IKEv1 authentication method (RFC 2409 Appendix A; RFC 4754 §3 for ECDSA; the
+/// XAUTH and hybrid values of draft-ietf-ipsec-isakmp-xauth and -hybrid-auth, which
+/// remote-access clients and some firewalls send).
+fn auth_method_name(m: u32) -> String {
+    match m {
+        1 => "a pre-shared key".into(),
+        2 => "DSS signatures".into(),
+        3 => "RSA signatures".into(),
+        4 | 5 => "RSA encryption".into(),
+        9..=11 => "ECDSA signatures".into(),
+        64221..=64222 => "hybrid authentication".into(),
+        65001 | 65002 => "XAUTH and a pre-shared key".into(),
+        65003..=65010 => "XAUTH and signatures or encryption".into(),
+        m => format!("authentication method {m}"),
     }
 }
 
@@ -390,6 +428,37 @@ mod tests {
         let err = esp_choose(&sa, &no_pfs).unwrap_err();
         assert!(err.contains("aes256gcm16-modp1536"), "{err}");
         assert!(err.contains("PFS disabled"), "{err}");
+    }
+
+    /// A Main Mode offer with our algorithms but XAUTH (a remote-access client's) or
+    /// signatures: refused, with the method named and the one difference said.
+    #[test]
+    fn other_authentication_methods_are_named() {
+        let ours = ike(Encr::AesCbc128, Integ::HmacSha1_96, DhGroup::Modp1024);
+        let mut offer = p1_offer(&ours, Duration::from_secs(3600)).unwrap();
+        for a in &mut offer.proposals[0].transforms[0].attrs {
+            if a.typ == p1::AUTH_METHOD {
+                *a = Attr::basic(p1::AUTH_METHOD, 65001);
+            }
+        }
+        let err = p1_choose(&offer, &ours).unwrap_err();
+        assert!(
+            err.contains("peer proposed aes128-sha1-modp1024 with XAUTH and a pre-shared key;"),
+            "{err}"
+        );
+        assert!(err.contains("the authentication method does not"), "{err}");
+        let other = ike(Encr::AesCbc256, Integ::HmacSha1_96, DhGroup::Modp1024);
+        let err = p1_choose(&offer, &other).unwrap_err();
+        assert!(!err.contains("authentication method does not"), "{err}");
+        for a in &mut offer.proposals[0].transforms[0].attrs {
+            if a.typ == p1::AUTH_METHOD {
+                *a = Attr::basic(p1::AUTH_METHOD, 3);
+            }
+        }
+        assert_eq!(
+            p1_describe(&offer),
+            "aes128-sha1-modp1024 with RSA signatures"
+        );
     }
 
     /// RFC 4304: a transform that asks for extended sequence numbers is never chosen
