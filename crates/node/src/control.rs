@@ -45,6 +45,11 @@ pub const SLOW_RETRY: Duration = Duration::from_secs(12);
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(2);
 /// Delay before renegotiating a tunnel that went down while it should be up.
 const RESTART_DELAY: Duration = Duration::from_secs(1);
+/// How often a gateway address reports first IKE messages from unexpected addresses to
+/// its tunnels (see [`Control::unknown_peer`]).
+const UNKNOWN_PEER_EVERY: Duration = Duration::from_secs(30);
+/// How many of a gateway address's tunnels get such a report at most.
+const UNKNOWN_PEER_TUNNELS: usize = 16;
 /// Longest a rekeyed Child SA's outbound side waits for proof that the peer has
 /// installed its inbound side (see [`ChildRt::defer`]).
 const SWITCH_DEFER: Duration = Duration::from_secs(5);
@@ -124,6 +129,9 @@ pub(crate) struct Control {
     /// The same addresses → the connections with a tunnel between them, so a flag
     /// costs a lookup, not a walk over every tunnel.
     unknown_spi_conns: HashMap<(Ipv4Addr, Ipv4Addr), Vec<String>>,
+    /// Gateway address → when a first IKE message from an address no tunnel there
+    /// expects was last reported to its tunnels ([`Control::unknown_peer`]).
+    unknown_peer_at: HashMap<Ipv4Addr, Instant>,
     health: Health,
     kernel_routes: BTreeSet<Ipv4Net>,
     notes_logged: HashSet<(String, String)>,
@@ -176,6 +184,9 @@ struct TunnelRt {
     /// Set when the peer's IKE_SA_INIT showed a NAT on the way while this tunnel has
     /// NAT traversal off (see [`Control::nat_check`]); shown in the status reason.
     nat_note: Option<String>,
+    /// Set while the tunnel is not established and a peer no tunnel expects knocked on
+    /// its gateway address (see [`Control::unknown_peer`]); shown in the status reason.
+    peer_note: Option<String>,
 }
 
 struct IkeInfo {
@@ -265,6 +276,7 @@ impl Control {
             triggers: HashMap::new(),
             unknown_spi: HashMap::new(),
             unknown_spi_conns: HashMap::new(),
+            unknown_peer_at: HashMap::new(),
             kernel_routes: BTreeSet::new(),
             notes_logged: HashSet::new(),
             next_peer: 1,
@@ -375,15 +387,19 @@ impl Control {
             Input::Packet(p) => {
                 if let Source::Udp { local, remote } = p.source {
                     self.nat_check(local, remote, &p.data);
-                    let unknown = self.endpoint.stats().unknown_spi;
+                    let before = self.endpoint.stats();
                     self.endpoint.handle_datagram(
                         now,
                         SocketAddr::V4(local),
                         SocketAddr::V4(remote),
                         &p.data,
                     );
-                    if self.endpoint.stats().unknown_spi > unknown {
+                    let after = self.endpoint.stats();
+                    if after.unknown_spi > before.unknown_spi {
                         self.unknown_ike_spi(now, (*local.ip(), *remote.ip()));
+                    }
+                    if after.no_peer > before.no_peer {
+                        self.unknown_peer(now, local, remote);
                     }
                 }
             }
@@ -530,6 +546,7 @@ impl Control {
                     child_gone: false,
                     written: None,
                     nat_note: None,
+                    peer_note: None,
                 };
                 self.by_peer.insert(peer, spec.id.clone());
                 self.tunnels.insert(spec.id.clone(), t);
@@ -596,6 +613,7 @@ impl Control {
         t.failures = 0;
         t.retry_at = None;
         t.nat_note = None;
+        t.peer_note = None;
         let mut renegotiating = false;
         match (had, cfg) {
             (true, Some(c)) => {
@@ -845,6 +863,54 @@ impl Control {
         }
     }
 
+    /// A first IKE message (IKE_SA_INIT, Main or Aggressive Mode message 1) from an
+    /// address that no tunnel on the gateway address it reached expects: the engine
+    /// counts and drops it (`no_peer`). The classic cause is a customer gateway whose
+    /// `ip_address` is not the device's public address (a NAT's in front of it), so the
+    /// tunnels on that address that are not up say so in their status and log. At
+    /// most once per [`UNKNOWN_PEER_EVERY`] per gateway address and to at most
+    /// [`UNKNOWN_PEER_TUNNELS`] tunnels: anyone can send such messages.
+    fn unknown_peer(&mut self, now: Instant, local: SocketAddrV4, remote: SocketAddrV4) {
+        let at = self.unknown_peer_at.entry(*local.ip()).or_insert(now);
+        if *at > now {
+            return;
+        }
+        *at = now + UNKNOWN_PEER_EVERY;
+        let seen = Utc::now().format("%H:%M:%S UTC");
+        let mut logs = Vec::new();
+        for t in self.tunnels.values_mut() {
+            if logs.len() == UNKNOWN_PEER_TUNNELS {
+                break;
+            }
+            let Some(expected) = t
+                .cfg
+                .as_ref()
+                .filter(|_| t.phase != TunnelPhase::Established)
+                .and_then(|c| {
+                    (c.local.ip() == IpAddr::V4(*local.ip()))
+                        .then(|| c.remote_addr())
+                        .flatten()
+                })
+            else {
+                continue;
+            };
+            let note = format!(
+                "at {seen} IKE from {remote} reached {local}, where no tunnel expects \
+                 that address; this tunnel expects {}: if {} is the peer, set the \
+                 customer gateway's ip_address to it (behind a NAT, the NAT's public \
+                 address)",
+                expected.ip(),
+                remote.ip()
+            );
+            t.peer_note = Some(note.clone());
+            self.dirty.mark(&t.id);
+            logs.push((t.conn_id.clone(), t.id.clone(), note));
+        }
+        for (conn, id, note) in logs {
+            self.log(&conn, Some(&id), LogLevel::Warn, "unknown_peer", note);
+        }
+    }
+
     /// Starts the idle tunnels of every connection with a tunnel to one of `from`.
     fn recover_lost_sas(&mut self, now: Instant, from: &[(Ipv4Addr, Ipv4Addr)], lost: Lost) {
         // The connections with a tunnel to such an address: a restart lost the SAs of
@@ -1052,6 +1118,9 @@ impl Control {
                 let Some(t) = self.tunnels.get_mut(&id) else {
                     return;
                 };
+                // The expected peer got through: a stranger's knock no longer explains
+                // anything.
+                t.peer_note = None;
                 t.ike = Some(IkeInfo {
                     version: match t.cfg.as_ref().map(|c| c.version) {
                         Some(ike::IkeVersion::V1) => IkeVersion::Ikev1,
@@ -1675,10 +1744,9 @@ impl Control {
             // strongSwan's dpd_delay, RFC 3706 §5.3 for the idea).
             self.endpoint.handle_child_activity(Instant::now(), t.peer);
         }
-        let reason = match (&t.reason, &t.nat_note) {
-            (Some(r), Some(n)) => Some(format!("{r}; {n}")),
-            (r, n) => r.clone().or_else(|| n.clone()),
-        };
+        let notes = [&t.reason, &t.nat_note, &t.peer_note];
+        let parts: Vec<&str> = notes.iter().filter_map(|n| n.as_deref()).collect();
+        let reason = (!parts.is_empty()).then(|| parts.join("; "));
         let status = TunnelStatus {
             phase: t.phase,
             reason,

@@ -316,6 +316,54 @@ fn a_peer_that_authenticates_with_a_certificate_is_told_so() {
     assert!(!m.contains("check the pre-shared key"), "{m}");
 }
 
+/// The customer gateway names an address that is not the device's (198.51.100.77;
+/// strongSwan is at 198.51.100.1, as if behind a NAT nobody told vpngw about): vpngw's
+/// own IKE_SA_INIT goes unanswered and strongSwan's is dropped as from no known peer.
+/// The tunnel says that IKE came from 198.51.100.1 and which setting to change.
+#[test]
+fn a_customer_gateway_at_the_wrong_address_is_named() {
+    let topo = Topology::new().unwrap();
+    let swan =
+        StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
+    swan.load(&swanctl::render(&[onprem_conn()])).unwrap();
+    let serve = serve(&topo);
+    let gw = serve.post(
+        "/v1/vpn-gateways",
+        json!({"name": "lab-gw", "ipsec_addresses": [GW1], "local_networks": ["172.16.0.0/16"]}),
+    );
+    let cgw = serve.post(
+        "/v1/customer-gateways",
+        json!({"name": "onprem", "ip_address": "198.51.100.77"}),
+    );
+    let conn = serve.post(
+        "/v1/vpn-connections",
+        json!({
+            "name": "to-onprem",
+            "vpn_gateway_id": id(&gw),
+            "tunnels": [{"customer_gateway_id": id(&cgw), "pre_shared_key": PSK}],
+        }),
+    );
+    let conn_id = id(&conn);
+    // Unanswered: swanctl gives up waiting after a second, charon keeps trying.
+    let _ = swan.swanctl(&["--initiate", "--child", "net", "--timeout", "1"]);
+    let m = serve.wait_log_message(
+        &conn_id,
+        "where no tunnel expects that address",
+        Duration::from_secs(15),
+    );
+    assert!(
+        m.contains(&format!("IKE from {ONPREM}:500 reached {GW1}:500")),
+        "{m}"
+    );
+    assert!(m.contains("this tunnel expects 198.51.100.77"), "{m}");
+    let t = wait_tunnel(&serve, &conn_id, "the note in the status", |s| {
+        s["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("set the customer gateway's ip_address"))
+    });
+    assert_ne!(t["status"]["phase"], "established", "{t:#}");
+}
+
 /// A responder under load (here `--ike-cookie-threshold 0`: every IKE_SA_INIT gets a
 /// COOKIE first) and strongSwan as the initiator: strongSwan repeats its request with
 /// the cookie (RFC 7296 §2.6) and the tunnel comes up and carries traffic.
