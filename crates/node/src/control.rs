@@ -100,10 +100,12 @@ pub(crate) enum StoreWrite {
     },
 }
 
-/// Ports of the data plane (4500 normally; IKE on 500 needs no special handling here).
+/// NAT traversal settings of the data plane: the port (4500 normally; IKE on 500 needs
+/// no special handling here) and the NAT-keepalive interval (zero: none).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Ports {
     pub natt: u16,
+    pub nat_keepalive: Duration,
 }
 
 pub(crate) struct Control {
@@ -129,6 +131,9 @@ pub(crate) struct Control {
     /// The same addresses → the connections with a tunnel between them, so a flag
     /// costs a lookup, not a walk over every tunnel.
     unknown_spi_conns: HashMap<(Ipv4Addr, Ipv4Addr), Vec<String>>,
+    /// Tunnels with a Child SA behind a NAT: the only ones
+    /// [`Control::nat_keepalives`] looks at.
+    natted: BTreeSet<String>,
     /// Gateway address → when a first IKE message from an address no tunnel there
     /// expects was last reported to its tunnels ([`Control::unknown_peer`]).
     unknown_peer_at: HashMap<Ipv4Addr, Instant>,
@@ -187,6 +192,9 @@ struct TunnelRt {
     /// Set while the tunnel is not established and a peer no tunnel expects knocked on
     /// its gateway address (see [`Control::unknown_peer`]); shown in the status reason.
     peer_note: Option<String>,
+    /// NAT-keepalive state of the Child SA that sends: its outbound packet count when
+    /// last looked at, and when a keepalive is due if that count stays.
+    keepalive: (u64, Instant),
 }
 
 struct IkeInfo {
@@ -213,6 +221,9 @@ struct ChildRt {
     /// when the replaced SA is deleted, when ESP arrives on this SA's inbound side (the
     /// peer sends on it, so it has both), or at the deadline.
     defer: Option<Defer>,
+    /// Behind a NAT (ESP in UDP): our and the peer's NAT-T address, which NAT-keepalives
+    /// go between while the SA sends nothing (see [`Control::nat_keepalives`]).
+    keepalive: Option<(SocketAddrV4, SocketAddrV4)>,
 }
 
 /// A Child SA announced by `ike::Event::ChildSaPending`: its inbound SA is in the
@@ -277,6 +288,7 @@ impl Control {
             unknown_spi: HashMap::new(),
             unknown_spi_conns: HashMap::new(),
             unknown_peer_at: HashMap::new(),
+            natted: BTreeSet::new(),
             kernel_routes: BTreeSet::new(),
             notes_logged: HashSet::new(),
             next_peer: 1,
@@ -334,6 +346,7 @@ impl Control {
             let refresh = now >= self.next_tick;
             if refresh {
                 self.next_tick = now + STATUS_INTERVAL;
+                self.nat_keepalives(now);
                 for flag in self.unknown_spi.values() {
                     flag.store(false, Ordering::Release);
                 }
@@ -547,6 +560,7 @@ impl Control {
                     written: None,
                     nat_note: None,
                     peer_note: None,
+                    keepalive: (0, now),
                 };
                 self.by_peer.insert(peer, spec.id.clone());
                 self.tunnels.insert(spec.id.clone(), t);
@@ -739,6 +753,7 @@ impl Control {
             self.flush();
         }
         self.nat_off.remove(id);
+        self.natted.remove(id);
         if let Some(t) = self.tunnels.remove(id) {
             for spi in t.children.iter().map(|c| c.spi_in) {
                 self.sadb.remove_inbound(spi);
@@ -860,6 +875,50 @@ impl Control {
             .is_some_and(|f| !f.swap(true, Ordering::AcqRel))
         {
             self.recover_lost_sas(now, &[from], Lost::Ike);
+        }
+    }
+
+    /// NAT-keepalives (RFC 3948 §2.3: one octet 0xFF in UDP between the NAT-T
+    /// addresses, no non-ESP marker) for Child SAs behind a NAT whose outbound side sent
+    /// nothing for [`Ports::nat_keepalive`]: the NAT's mapping would time out and drop
+    /// what the peer sends until we next send. Checked each status tick (2 s), over
+    /// the tunnels with such an SA only.
+    fn nat_keepalives(&mut self, now: Instant) {
+        let every = self.ports.nat_keepalive;
+        if every.is_zero() {
+            return;
+        }
+        let sadb = Arc::clone(&self.sadb);
+        for id in &self.natted {
+            let Some(t) = self.tunnels.get_mut(id) else {
+                continue;
+            };
+            // The Child SA the tunnel sends on, else the newest behind the NAT.
+            let current = sadb.outbound(&t.peer.0).map(|sa| sa.spi());
+            let Some((c, (local, remote))) = t
+                .children
+                .iter()
+                .rev()
+                .filter_map(|c| c.keepalive.map(|k| (c, k)))
+                .find(|(c, _)| Some(c.spi_out) == current)
+                .or_else(|| {
+                    t.children
+                        .iter()
+                        .rev()
+                        .find_map(|c| c.keepalive.map(|k| (c, k)))
+                })
+            else {
+                continue;
+            };
+            let sent = c.outbound.stats().packets;
+            if sent != t.keepalive.0 {
+                t.keepalive = (sent, now + every);
+            } else if now >= t.keepalive.1 {
+                t.keepalive.1 = now + every;
+                if let Err(e) = self.dp.send_udp(local, remote, &[0xFF]) {
+                    tracing::debug!(error = %e, %remote, "sending a NAT-keepalive");
+                }
+            }
         }
     }
 
@@ -1432,7 +1491,20 @@ impl Control {
             outbound,
             counters: [0; 4],
             defer,
+            keepalive: match (child.local, child.remote) {
+                (SocketAddr::V4(l), SocketAddr::V4(r))
+                    if child.local_behind_nat && child.udp_encap =>
+                {
+                    Some((l, r))
+                }
+                _ => None,
+            },
         });
+        if t.children.iter().any(|c| c.keepalive.is_some()) {
+            // A count no SA has: the next check takes the new SA's as its start.
+            t.keepalive.0 = u64::MAX;
+            self.natted.insert(t.id.clone());
+        }
         t.failures = 0;
         t.retry_at = None;
         t.want_up = t.want_up || t.can_initiate();
@@ -1513,6 +1585,9 @@ impl Control {
         };
         t.pending.retain(|p| p.spi_in != spi_in);
         t.children.retain(|c| c.spi_in != spi_in);
+        if !t.children.iter().any(|c| c.keepalive.is_some()) {
+            self.natted.remove(&t.id);
+        }
         // The replaced SA is gone, so the peer has its successor (RFC 7296 §2.8: the
         // rekey initiator deletes the old SA once the new one is in place).
         let mut released = false;

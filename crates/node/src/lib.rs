@@ -97,6 +97,10 @@ pub struct NodeConfig {
     /// Of those, IKEv1 ones from one address (`vpngw serve
     /// --ike-half-open-per-address`; see [`ike::EndpointConfig::half_open_per_address`]).
     pub ike_half_open_per_address: usize,
+    /// How long a Child SA behind a NAT may send nothing before the node sends a
+    /// NAT-keepalive (RFC 3948 §2.3) to keep the NAT's mapping; zero: never (`vpngw
+    /// serve --nat-keepalive`; strongSwan's charon.keep_alive, 20 s).
+    pub nat_keepalive: std::time::Duration,
 }
 
 impl Default for NodeConfig {
@@ -113,6 +117,7 @@ impl Default for NodeConfig {
             ike_cookie_threshold: ike::EndpointConfig::default().cookie_threshold,
             ike_half_open_limit: ike::EndpointConfig::default().half_open_limit,
             ike_half_open_per_address: ike::EndpointConfig::default().half_open_per_address,
+            nat_keepalive: std::time::Duration::from_secs(20),
         }
     }
 }
@@ -206,6 +211,7 @@ impl Node {
         let (writes_tx, writes_rx) = mpsc::unbounded_channel();
         let ports = Ports {
             natt: config.natt_port,
+            nat_keepalive: config.nat_keepalive,
         };
         let (bgp_tx, bgp_rx) = watch::channel(Vec::new());
         rt.spawn(bgp::run(

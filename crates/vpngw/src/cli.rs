@@ -101,6 +101,11 @@ enum Command {
         /// charon.block_threshold, for IKEv1; IKEv2 has COOKIEs).
         #[arg(long, env = "VPNGW_IKE_HALF_OPEN_PER_ADDRESS", default_value_t = node::NodeConfig::default().ike_half_open_per_address)]
         ike_half_open_per_address: usize,
+        /// Seconds a Child SA behind a NAT may send nothing before the gateway sends a
+        /// NAT-keepalive to keep the NAT's mapping open (RFC 3948 §2.3; strongSwan's
+        /// charon.keep_alive). 0 sends none.
+        #[arg(long, env = "VPNGW_NAT_KEEPALIVE", default_value_t = node::NodeConfig::default().nat_keepalive.as_secs())]
+        nat_keepalive: u64,
     },
     /// VPN gateways.
     #[command(subcommand)]
@@ -472,6 +477,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         ike_cookie_threshold,
         ike_half_open_limit,
         ike_half_open_per_address,
+        nat_keepalive,
     } = cli.command
     {
         let node = node::NodeConfig {
@@ -479,6 +485,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             ike_cookie_threshold,
             ike_half_open_limit,
             ike_half_open_per_address,
+            nat_keepalive: std::time::Duration::from_secs(nat_keepalive),
             ..node::NodeConfig::default()
         };
         return crate::serve::run(listen, &cli.data_dir, !no_node, node);

@@ -364,6 +364,110 @@ fn a_customer_gateway_at_the_wrong_address_is_named() {
     assert_ne!(t["status"]["phase"], "established", "{t:#}");
 }
 
+/// Packets from `from` to `to`:4500 that are NAT-keepalives (RFC 3948 §2.3: one octet,
+/// so the UDP length is 9), as counted by the `nat` namespace's table `inet ka`.
+fn keepalives(topo: &Topology, from: &str) -> u64 {
+    let ruleset = lab::nft::ruleset(topo.nat.as_ref().unwrap()).unwrap();
+    ruleset
+        .lines()
+        .find(|l| l.contains(&format!("ip saddr {from} ")))
+        .and_then(|l| l.split("counter packets ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no counter for {from} in {ruleset}"))
+}
+
+/// Gateway B, a second `vpngw serve`, sits behind the lab's masquerading NAT and
+/// initiates to gateway A. B knows it is behind a NAT (RFC 7296 §2.23) and, with
+/// `--nat-keepalive 2`, sends a NAT-keepalive whenever its Child SA sent nothing for
+/// 2 s, so the NAT keeps its mapping while the tunnel is idle; none while traffic
+/// flows, and none from A, which is not behind a NAT.
+#[test]
+fn a_gateway_behind_a_nat_sends_keepalives_while_idle() {
+    let topo = Topology::build(lab::TopologyConfig::with_nat()).unwrap();
+    let public = topo.onprem_public_ip().to_string();
+    let private = topo.onprem_local_ip().to_string();
+    // Counters in the NAT's forward hook, which sees B's private address (the
+    // masquerading comes after it).
+    lab::nft::nft(
+        topo.nat.as_ref().unwrap(),
+        &format!(
+            "table inet ka {{
+  chain counting {{
+    type filter hook forward priority 0; policy accept;
+    ip saddr {private} ip daddr {GW1} udp dport 4500 udp length 9 counter
+    ip saddr {GW1} ip daddr {private} udp dport 4500 udp length 9 counter
+  }}
+}}"
+        ),
+    )
+    .unwrap();
+    let a = serve(&topo);
+    let (_, a_conn) = create_connection(&a, false);
+    let b_dir = topo.workdir.subdir("vpngw-b").unwrap();
+    let b = Vpngw::start(
+        &topo.onprem,
+        &VpngwConfig {
+            bin: BIN,
+            dir: &b_dir,
+            listen: LISTEN,
+            extra_args: &["--nat-keepalive", "2"],
+        },
+    )
+    .unwrap();
+    let b_gw = b.post(
+        "/v1/vpn-gateways",
+        json!({"name": "onprem", "ipsec_addresses": [private], "local_networks": ["10.2.0.0/24"]}),
+    );
+    let b_cgw = b.post(
+        "/v1/customer-gateways",
+        json!({"name": "vpc", "ip_address": GW1}),
+    );
+    let b_conn = id(&b.post(
+        "/v1/vpn-connections",
+        json!({
+            "name": "to-vpc",
+            "vpn_gateway_id": id(&b_gw),
+            "tunnels": [{"customer_gateway_id": id(&b_cgw), "pre_shared_key": PSK,
+                         "ike": {"local_id": public}}],
+        }),
+    ));
+    b.post(
+        &format!("/v1/vpn-gateways/{}/routes", id(&b_gw)),
+        json!({"destination": "172.16.0.0/16", "next_hop": b_conn}),
+    );
+    wait_tunnel(&a, &a_conn, "established", |s| s["phase"] == "established");
+    let vpc = topo.vpc_ip().to_string();
+    lab::wait_ping(&topo.vpc, &vpc, "10.2.0.1", Duration::from_secs(10)).unwrap();
+
+    // Idle: B's keepalives every 2 s (checked on its 2 s status tick).
+    let idle_from = keepalives(&topo, &private);
+    std::thread::sleep(Duration::from_secs(9));
+    let idle = keepalives(&topo, &private) - idle_from;
+    assert!(
+        (2..=5).contains(&idle),
+        "{idle} keepalives in 9 idle seconds"
+    );
+
+    // Traffic: B's echo replies go out on the Child SA, so no keepalive is due.
+    let pinger = lab::PingMonitor::start(
+        &topo.vpc,
+        topo.workdir.path(),
+        &vpc,
+        "10.2.0.1",
+        Duration::from_millis(200),
+    )
+    .unwrap();
+    pinger.wait_replies(1, Duration::from_secs(5)).unwrap();
+    let busy_from = keepalives(&topo, &private);
+    std::thread::sleep(Duration::from_secs(6));
+    let busy = keepalives(&topo, &private) - busy_from;
+    let r = pinger.stop().unwrap();
+    assert!(r.received >= 25, "{r:?}");
+    assert!(busy <= 1, "{busy} keepalives in 6 seconds of traffic");
+    assert_eq!(keepalives(&topo, GW1), 0, "A is not behind a NAT");
+}
+
 /// A responder under load (here `--ike-cookie-threshold 0`: every IKE_SA_INIT gets a
 /// COOKIE first) and strongSwan as the initiator: strongSwan repeats its request with
 /// the cookie (RFC 7296 §2.6) and the tunnel comes up and carries traffic.
