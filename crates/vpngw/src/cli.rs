@@ -103,8 +103,9 @@ enum Command {
         ike_half_open_per_address: usize,
         /// Seconds a Child SA behind a NAT may send nothing before the gateway sends a
         /// NAT-keepalive to keep the NAT's mapping open (RFC 3948 §2.3; strongSwan's
-        /// charon.keep_alive). 0 sends none.
-        #[arg(long, env = "VPNGW_NAT_KEEPALIVE", default_value_t = node::NodeConfig::default().nat_keepalive.as_secs())]
+        /// charon.keep_alive). 0 sends none; at most 86400.
+        #[arg(long, env = "VPNGW_NAT_KEEPALIVE", default_value_t = node::NodeConfig::default().nat_keepalive.as_secs(),
+              value_parser = clap::value_parser!(u64).range(0..=86_400))]
         nat_keepalive: u64,
     },
     /// VPN gateways.
@@ -1292,6 +1293,19 @@ mod tests {
     #[test]
     fn cli_parses() {
         Cli::command().debug_assert();
+    }
+
+    /// `--nat-keepalive` is bounded: a huge value would overflow the control thread's
+    /// `Instant` arithmetic. The error names the option and the allowed range.
+    #[test]
+    fn nat_keepalive_is_bounded() {
+        let serve = |v: &str| Cli::try_parse_from(["vpngw", "serve", "--nat-keepalive", v]);
+        assert!(serve("0").is_ok());
+        assert!(serve("86400").is_ok());
+        let err = serve("18446744073709551615").unwrap_err().to_string();
+        assert!(err.contains("--nat-keepalive"), "{err}");
+        assert!(err.contains("0..=86400"), "{err}");
+        assert!(serve("-1").is_err());
     }
 
     #[test]
