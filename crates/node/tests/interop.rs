@@ -457,10 +457,23 @@ fn ikev1_tunnel(
     child: impl FnOnce(&mut SwanctlChild),
     ipsec: Value,
 ) -> (StrongSwan, String) {
+    ikev1_tunnel_in(topo, gw, name, "main", child, ipsec)
+}
+
+/// [`ikev1_tunnel`] in IKEv1 `mode` (`main` or `aggressive`, on both ends).
+fn ikev1_tunnel_in(
+    topo: &Topology,
+    gw: &Gateway,
+    name: &str,
+    mode: &str,
+    child: impl FnOnce(&mut SwanctlChild),
+    ipsec: Value,
+) -> (StrongSwan, String) {
     let swan =
         StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
     let mut conn = SwanctlConn {
         version: 1,
+        aggressive: mode == "aggressive",
         ..onprem_conn("10.2.0.0/24", "172.16.1.0/24", PSK)
     };
     child(&mut conn.children[0]);
@@ -469,7 +482,7 @@ fn ikev1_tunnel(
         gw,
         name,
         true,
-        json!({"ike": {"version": "ikev1", "mode": "main"}, "ipsec": ipsec}),
+        json!({"ike": {"version": "ikev1", "mode": mode}, "ipsec": ipsec}),
     );
     let conn_id = id(&conn);
     let t = gw.wait_tunnel(
@@ -602,9 +615,20 @@ fn main_modes_we_started(logs: &[Value]) -> usize {
 /// it, and each end uses one ISAKMP SA, strongSwan's new one, with one Child SA.
 #[test]
 fn ikev1_strongswan_reauthentication_loses_no_ping() {
+    strongswan_reauthentication("main");
+}
+
+/// The same in Aggressive Mode: strongSwan's new Aggressive Mode arrives beside the
+/// ISAKMP SA vpngw initiated, and vpngw answers it as the replacement.
+#[test]
+fn ikev1_aggressive_mode_strongswan_reauthentication_loses_no_ping() {
+    strongswan_reauthentication("aggressive");
+}
+
+fn strongswan_reauthentication(mode: &str) {
     let topo = Topology::new().unwrap();
     let gw = Gateway::start(&topo.gw);
-    let (swan, conn_id) = ikev1_tunnel(&topo, &gw, "v1-reauth", |_| {}, json!({}));
+    let (swan, conn_id) = ikev1_tunnel_in(&topo, &gw, "v1-reauth", mode, |_| {}, json!({}));
     let first = swan
         .wait_established("vpn", Duration::from_secs(5))
         .unwrap();
