@@ -33,11 +33,14 @@ pub enum DropReason {
     SendFailed,
     /// Anything else the handler decided.
     Other,
+    /// A NAT-keepalive from a peer behind a NAT (RFC 3948 §2.3): one octet that only
+    /// keeps the NAT's mapping; nothing to forward.
+    NatKeepalive,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 14;
     /// Every reason, in index order.
     pub const ALL: [DropReason; Self::COUNT] = [
         Self::Unsupported,
@@ -53,6 +56,7 @@ impl DropReason {
         Self::ControlFull,
         Self::SendFailed,
         Self::Other,
+        Self::NatKeepalive,
     ];
 
     /// Stable snake_case name (for metrics labels).
@@ -71,6 +75,7 @@ impl DropReason {
             Self::ControlFull => "control_full",
             Self::SendFailed => "send_failed",
             Self::Other => "other",
+            Self::NatKeepalive => "nat_keepalive",
         }
     }
 }

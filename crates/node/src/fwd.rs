@@ -337,7 +337,7 @@ impl Handler for EspHandler {
                 Err(_) => Action::Drop(DropReason::Malformed),
             },
             Udp4500::Esp => self.decapsulate(ctx, (*local.ip(), *remote.ip()), pkt),
-            Udp4500::Keepalive => Action::Drop(DropReason::Other),
+            Udp4500::Keepalive => Action::Drop(DropReason::NatKeepalive),
             Udp4500::Invalid => Action::Drop(DropReason::Malformed),
         }
     }

@@ -466,6 +466,13 @@ fn a_gateway_behind_a_nat_sends_keepalives_while_idle() {
     assert!(r.received >= 25, "{r:?}");
     assert!(busy <= 1, "{busy} keepalives in 6 seconds of traffic");
     assert_eq!(keepalives(&topo, GW1), 0, "A is not behind a NAT");
+    // A consumed them without counting them as anything wrong.
+    let consumed = a.metric("vpngw_dataplane_drops_total{reason=\"nat_keepalive\"}");
+    assert!(consumed >= idle, "{consumed} < {idle}");
+    assert_eq!(
+        a.metric("vpngw_dataplane_drops_total{reason=\"malformed\"}"),
+        0
+    );
 }
 
 /// A responder under load (here `--ike-cookie-threshold 0`: every IKE_SA_INIT gets a
