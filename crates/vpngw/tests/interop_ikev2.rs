@@ -319,13 +319,24 @@ fn a_peer_that_authenticates_with_a_certificate_is_told_so() {
 /// The customer gateway names an address that is not the device's (198.51.100.77;
 /// strongSwan is at 198.51.100.1, as if behind a NAT nobody told vpngw about): vpngw's
 /// own IKE_SA_INIT goes unanswered and strongSwan's is dropped as from no known peer.
-/// The tunnel says that IKE came from 198.51.100.1 and which setting to change.
+/// The tunnel says that IKE came from 198.51.100.1 and which setting to change; with
+/// IKEv1 the same for strongSwan's Main Mode message 1.
 #[test]
 fn a_customer_gateway_at_the_wrong_address_is_named() {
+    for version in [2, 1] {
+        customer_gateway_at_the_wrong_address(version);
+    }
+}
+
+fn customer_gateway_at_the_wrong_address(version: u8) {
     let topo = Topology::new().unwrap();
     let swan =
         StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
-    swan.load(&swanctl::render(&[onprem_conn()])).unwrap();
+    let conf = SwanctlConn {
+        version,
+        ..onprem_conn()
+    };
+    swan.load(&swanctl::render(&[conf])).unwrap();
     let serve = serve(&topo);
     let gw = serve.post(
         "/v1/vpn-gateways",
@@ -340,7 +351,8 @@ fn a_customer_gateway_at_the_wrong_address_is_named() {
         json!({
             "name": "to-onprem",
             "vpn_gateway_id": id(&gw),
-            "tunnels": [{"customer_gateway_id": id(&cgw), "pre_shared_key": PSK}],
+            "tunnels": [{"customer_gateway_id": id(&cgw), "pre_shared_key": PSK,
+                         "ike": {"version": format!("ikev{version}")}}],
         }),
     );
     let conn_id = id(&conn);
