@@ -45,6 +45,9 @@ pub const SLOW_RETRY: Duration = Duration::from_secs(12);
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(2);
 /// Delay before renegotiating a tunnel that went down while it should be up.
 const RESTART_DELAY: Duration = Duration::from_secs(1);
+/// How long a Child SA negotiated on an existing IKE SA (see [`Control::retries`]) may
+/// take before the retry after it starts over with a new IKE SA.
+const CHILD_SA_WAIT: Duration = Duration::from_secs(30);
 /// How often a gateway address reports first IKE messages from unexpected addresses to
 /// its tunnels (see [`Control::unknown_peer`]).
 const UNKNOWN_PEER_EVERY: Duration = Duration::from_secs(30);
@@ -1065,6 +1068,13 @@ impl Control {
                     }) {
                         let reason = t.reason.clone();
                         t.set_phase(phase, reason);
+                        if phase == TunnelPhase::Phase2Negotiating {
+                            // A safety net: a Child SA negotiation already under way
+                            // on the IKE SA (the peer's Quick Mode) may be abandoned
+                            // without a failure to report. Installing one cancels it.
+                            t.retry_at = Some(now + CHILD_SA_WAIT);
+                            self.next_walk = self.next_walk.min(now + CHILD_SA_WAIT);
+                        }
                     }
                 }
                 Err(e) => tracing::error!(error = %e, tunnel = id, "retry"),
