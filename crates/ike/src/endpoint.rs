@@ -1094,11 +1094,12 @@ impl Endpoint {
         }
         match p.kind {
             Req::Init | Req::Auth => {
+                let hint = unanswered_hint(matches!(p.kind, Req::Init), sa.local, sa.remote);
                 self.io.fail(
                     peer,
                     Phase::Phase1,
                     format!(
-                        "peer {} did not respond to {what} ({retx} retransmissions)",
+                        "peer {} did not respond to {what} ({retx} retransmissions){hint}",
                         sa.remote
                     ),
                 );
@@ -1247,4 +1248,33 @@ pub(crate) fn spis_hex(spis: &[u32]) -> String {
 pub(crate) fn notify_name(n: NotifyType) -> String {
     n.name()
         .map_or_else(|| format!("notify {}", n.0), str::to_string)
+}
+
+/// What to check when the peer never answered our first exchanges. Nothing at all:
+/// reachability and the peer's configuration for our address. IKE_SA_INIT answered but
+/// not IKE_AUTH on UDP 4500, where IKE moves once a NAT is detected (RFC 7296 §2.23):
+/// the classic firewall that lets UDP 500 through and not 4500. IKEv1's Main Mode
+/// messages 5 and 6 move the same way (RFC 3947 §4).
+pub(crate) fn unanswered_hint(first: bool, local: SocketAddr, remote: SocketAddr) -> String {
+    if first {
+        format!(
+            ": nothing came back from {}; check that the device is reachable there over \
+             UDP 500 and 4500 (firewalls, ACLs) and has a connection for this gateway's \
+             address {}",
+            remote.ip(),
+            local.ip()
+        )
+    } else if remote.port() == 4500 || local.port() == 4500 {
+        format!(
+            ": the peer answered on UDP 500, but nothing came back on UDP 4500, where IKE \
+             moved because a NAT was detected (or encapsulation was forced); check that UDP \
+             4500 is open both ways between {} and {}",
+            local.ip(),
+            remote.ip()
+        )
+    } else {
+        ": the peer answered the first exchange but not this one; its own log says why it \
+         dropped it"
+            .to_string()
+    }
 }

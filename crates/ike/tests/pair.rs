@@ -1409,6 +1409,41 @@ fn identity_mismatches_are_reported() {
     assert!(fa[0].1.contains("AUTHENTICATION_FAILED"), "{}", fa[0].1);
 }
 
+/// Behind a NAT IKE moves to UDP 4500 after IKE_SA_INIT (RFC 7296 §2.23). A firewall
+/// that drops UDP 4500 leaves IKE_AUTH unanswered, and the reason says where to look.
+#[test]
+fn an_unanswered_ike_auth_on_udp_4500_names_the_port() {
+    let a = config_a();
+    let mut b = mirror(&a);
+    b.remote = Some(sock(NAT_IP, 500)); // what B sees
+    let mut p = Pair::with_nat(a, b);
+    p.fate = Box::new(|pkt| {
+        if pkt.dst.port() == 4500 || pkt.dst.port() == 44500 {
+            Fate::Drop
+        } else {
+            Fate::Deliver
+        }
+    });
+    p.initiate_a();
+    p.advance(Duration::from_secs(170));
+    let fa = Pair::failures(&p.a_events);
+    assert_eq!(fa.len(), 1, "{fa:?}");
+    assert!(
+        fa[0]
+            .1
+            .starts_with("peer 198.51.100.2:4500 did not respond to IKE_AUTH"),
+        "{}",
+        fa[0].1
+    );
+    assert!(
+        fa[0]
+            .1
+            .contains("nothing came back on UDP 4500, where IKE moved because a NAT"),
+        "{}",
+        fa[0].1
+    );
+}
+
 #[test]
 fn unanswered_init_gives_up_after_retransmissions() {
     let a = config_a();
@@ -1423,7 +1458,11 @@ fn unanswered_init_gives_up_after_retransmissions() {
         fa,
         vec![(
             Phase::Phase1,
-            "peer 198.51.100.2:500 did not respond to IKE_SA_INIT (5 retransmissions)".to_string()
+            "peer 198.51.100.2:500 did not respond to IKE_SA_INIT (5 retransmissions): \
+             nothing came back from 198.51.100.2; check that the device is reachable there \
+             over UDP 500 and 4500 (firewalls, ACLs) and has a connection for this \
+             gateway's address 192.0.2.1"
+                .to_string()
         )]
     );
     // 4 s, then ×1.8 each time: 0, 4, 11.2, 24.16, 47.5, 89.5 s.

@@ -953,7 +953,39 @@ fn lost_responder_gives_up_with_a_reason() {
     let f = Pair::failures(&p.a_events);
     assert_eq!(f.len(), 1, "{f:?}");
     assert!(f[0].1.contains("did not answer"), "{}", f[0].1);
+    assert!(f[0].1.contains("nothing came back from"), "{}", f[0].1);
     assert!(p.a.poll_timeout().is_none());
+}
+
+/// Behind a NAT, Main Mode messages 5 and 6 move to UDP 4500 (RFC 3947 §4): a firewall
+/// that drops UDP 4500 leaves message 5 unanswered, and the reason names the port.
+#[test]
+fn an_unanswered_main_mode_on_udp_4500_names_the_port() {
+    let a = v1(V1Mode::Main);
+    let mut b = mirror(&a);
+    b.remote = None; // the peer's public address is the NAT's
+    let mut p = Pair::with_nat(a, b);
+    p.fate = Box::new(|pkt| {
+        if pkt.dst.port() == 4500 || pkt.dst.port() == 44500 {
+            Fate::Drop
+        } else {
+            Fate::Deliver
+        }
+    });
+    p.initiate_a();
+    p.advance(Duration::from_secs(600));
+    let f = Pair::failures(&p.a_events);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(
+        f[0].1.contains("(waiting for Main Mode message 6)"),
+        "{}",
+        f[0].1
+    );
+    assert!(
+        f[0].1.contains("nothing came back on UDP 4500"),
+        "{}",
+        f[0].1
+    );
 }
 
 #[test]

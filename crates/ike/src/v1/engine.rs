@@ -3466,10 +3466,15 @@ fn sa_timers(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
                     Some(sa.peer),
                     Phase::Phase1,
                     format!(
-                        "peer {} did not answer {} {what} (waiting for {})",
+                        "peer {} did not answer {} {what} (waiting for {}){}",
                         sa.remote,
                         mode_name(sa.mode),
-                        sa.state.waiting_for()
+                        sa.state.waiting_for(),
+                        crate::endpoint::unanswered_hint(
+                            matches!(sa.state, P1State::MmI2 | P1State::AmI2),
+                            sa.local,
+                            sa.remote
+                        )
                     ),
                 );
             } else {
