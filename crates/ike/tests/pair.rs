@@ -1417,13 +1417,7 @@ fn an_unanswered_ike_auth_on_udp_4500_names_the_port() {
     let mut b = mirror(&a);
     b.remote = Some(sock(NAT_IP, 500)); // what B sees
     let mut p = Pair::with_nat(a, b);
-    p.fate = Box::new(|pkt| {
-        if pkt.dst.port() == 4500 || pkt.dst.port() == 44500 {
-            Fate::Drop
-        } else {
-            Fate::Deliver
-        }
-    });
+    p.fate = drop_udp_4500();
     p.initiate_a();
     p.advance(Duration::from_secs(170));
     let fa = Pair::failures(&p.a_events);

@@ -965,13 +965,7 @@ fn an_unanswered_main_mode_on_udp_4500_names_the_port() {
     let mut b = mirror(&a);
     b.remote = None; // the peer's public address is the NAT's
     let mut p = Pair::with_nat(a, b);
-    p.fate = Box::new(|pkt| {
-        if pkt.dst.port() == 4500 || pkt.dst.port() == 44500 {
-            Fate::Drop
-        } else {
-            Fate::Deliver
-        }
-    });
+    p.fate = drop_udp_4500();
     p.initiate_a();
     p.advance(Duration::from_secs(600));
     let f = Pair::failures(&p.a_events);

@@ -157,6 +157,18 @@ pub fn rekey_both(p: &mut Pair, scenario: u64) -> (bool, bool) {
 }
 
 /// A network that drops, duplicates and delays one datagram in `one_in` each (seeded).
+/// A firewall that drops UDP 4500 both ways (with the pair's NAT, B sends to the NAT's
+/// mapped port 44500).
+pub fn drop_udp_4500() -> Box<dyn FnMut(&Pkt) -> Fate> {
+    Box::new(|pkt| {
+        if matches!(pkt.dst.port(), 4500 | 44500) {
+            Fate::Drop
+        } else {
+            Fate::Deliver
+        }
+    })
+}
+
 pub fn lossy(seed: u64, one_in: u8) -> Box<dyn FnMut(&Pkt) -> Fate> {
     let mut rng = TestRng(seed ^ 0x5eed);
     Box::new(move |_| {
