@@ -801,6 +801,29 @@ impl Endpoint {
 
     // ---- internals -----------------------------------------------------------------
 
+    /// [`Event::Unanswered`] from the second retransmission of a first exchange on
+    /// (IKEv2: about 11 s after the first send; strongSwan's schedule).
+    pub(crate) fn unanswered(
+        &mut self,
+        peer: PeerId,
+        first: bool,
+        (local, remote): (SocketAddr, SocketAddr),
+        what: &str,
+        retransmissions: u32,
+    ) {
+        if retransmissions < 2 {
+            return;
+        }
+        let hint = unanswered_hint(first, local, remote);
+        self.io.event(Event::Unanswered {
+            peer,
+            reason: format!(
+                "no answer yet from {remote} to {what} (sent {} times){hint}",
+                retransmissions + 1
+            ),
+        });
+    }
+
     fn established_spi(&self, peer: PeerId) -> Result<u64, Error> {
         self.sas
             .of_peer(peer)
@@ -1061,6 +1084,11 @@ impl Endpoint {
             }
             self.io.stats.retransmits += 1;
             let (bytes, what, n) = (p.bytes.clone(), p.kind.name(), p.retx);
+            let first = match p.kind {
+                Req::Init => Some(true),
+                Req::Auth => Some(false),
+                _ => None,
+            };
             self.io.log(
                 sa.peer.or(sa.candidate),
                 Level::Debug,
@@ -1068,6 +1096,9 @@ impl Endpoint {
                 format!("retransmitting {what} (try {n})"),
             );
             self.io.send(sa.local, sa.remote, bytes);
+            if let (Some(first), Some(peer)) = (first, sa.peer) {
+                self.unanswered(peer, first, (sa.local, sa.remote), what, n);
+            }
             return false;
         }
         let what = p.kind.name();

@@ -245,6 +245,11 @@ pub enum Event {
         phase: Phase,
         reason: String,
     },
+    /// Our first exchange with the peer (IKE_SA_INIT or IKE_AUTH; IKEv1 Main or
+    /// Aggressive Mode) is still unanswered after a few retransmissions. `reason` says
+    /// so and what to check, for the status while the negotiation goes on; a reply, a
+    /// [`Event::NegotiationFailed`] or an established SA replaces it.
+    Unanswered { peer: PeerId, reason: String },
     /// A line for the connection's negotiation log.
     Log {
         peer: PeerId,

@@ -1444,7 +1444,31 @@ fn unanswered_init_gives_up_after_retransmissions() {
     let mut p = Pair::new(a.clone(), mirror(&a));
     p.fate = Box::new(|_| Fate::Drop);
     p.initiate_a();
-    p.advance(Duration::from_secs(160));
+    // From the second retransmission (11.2 s) on, the tunnel can say what it waits for.
+    p.advance(Duration::from_secs(11));
+    let unanswered = |p: &Pair| -> Vec<String> {
+        p.a_events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Unanswered { reason, .. } => Some(reason.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(unanswered(&p).is_empty());
+    p.advance(Duration::from_secs(1));
+    let u = unanswered(&p);
+    assert_eq!(u.len(), 1);
+    assert!(
+        u[0].starts_with(
+            "no answer yet from 198.51.100.2:500 to IKE_SA_INIT (sent 3 times): nothing \
+             came back from 198.51.100.2;"
+        ),
+        "{}",
+        u[0]
+    );
+    p.advance(Duration::from_secs(148));
+    assert_eq!(unanswered(&p).len(), 4);
     assert!(Pair::failures(&p.a_events).is_empty());
     p.advance(Duration::from_secs(10));
     let fa = Pair::failures(&p.a_events);

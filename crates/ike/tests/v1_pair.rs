@@ -955,6 +955,11 @@ fn lost_responder_gives_up_with_a_reason() {
     assert!(f[0].1.contains("did not answer"), "{}", f[0].1);
     assert!(f[0].1.contains("nothing came back from"), "{}", f[0].1);
     assert!(p.a.poll_timeout().is_none());
+    let waiting = Pair::count(&p.a_events, |e| {
+        matches!(e, Event::Unanswered { reason, .. }
+            if reason.starts_with("no answer yet from 198.51.100.2:500 to Main Mode"))
+    });
+    assert!(waiting >= 1, "{:?}", p.a_events);
 }
 
 /// Behind a NAT, Main Mode messages 5 and 6 move to UDP 4500 (RFC 3947 §4): a firewall

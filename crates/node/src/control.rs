@@ -1148,6 +1148,7 @@ impl Control {
             | Event::AddressesChanged { peer, .. }
             | Event::PeerDead { peer, .. }
             | Event::NegotiationFailed { peer, .. }
+            | Event::Unanswered { peer, .. }
             | Event::Log { peer, .. } => *peer,
         };
         let Some(id) = self.by_peer.get(&peer).cloned() else {
@@ -1351,6 +1352,17 @@ impl Control {
                     self.next_walk = self.next_walk.min(now + RESTART_DELAY);
                 } else {
                     t.set_phase(TunnelPhase::Idle, Some(reason));
+                }
+            }
+            Event::Unanswered { reason, .. } => {
+                // While the first exchange is retransmitted: a tunnel that already
+                // shows a failure keeps showing it until this attempt has its verdict.
+                if let Some(t) = self
+                    .tunnels
+                    .get_mut(&id)
+                    .filter(|t| t.phase == TunnelPhase::Phase1Negotiating)
+                {
+                    t.reason = Some(reason);
                 }
             }
             Event::NegotiationFailed { phase, reason, .. } => {

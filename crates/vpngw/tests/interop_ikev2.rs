@@ -374,6 +374,14 @@ fn customer_gateway_at_the_wrong_address(version: u8) {
             .is_some_and(|r| r.contains("set the customer gateway's ip_address"))
     });
     assert_ne!(t["status"]["phase"], "established", "{t:#}");
+    // vpngw's own first message to .77 goes unanswered: from its second
+    // retransmission (about 11 s) the status says so while it keeps trying.
+    let t = wait_tunnel(&serve, &conn_id, "the unanswered first exchange", |s| {
+        s["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no answer yet from 198.51.100.77:500 to "))
+    });
+    assert_eq!(t["status"]["phase"], "phase1_negotiating", "{t:#}");
 }
 
 /// Packets from `from` to `to`:4500 that are NAT-keepalives (RFC 3948 §2.3: one octet,

@@ -3459,6 +3459,22 @@ fn sa_timers(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
                 format!("retransmitting {} {what} (try {n})", mode_name(sa.mode)),
             );
             cx.io.send(sa.local, sa.remote, b);
+            if sa.initiator && sa.state != P1State::Established && n >= 2 {
+                let hint = crate::endpoint::unanswered_hint(
+                    matches!(sa.state, P1State::MmI2 | P1State::AmI2),
+                    sa.local,
+                    sa.remote,
+                );
+                cx.io.event(Event::Unanswered {
+                    peer: sa.peer,
+                    reason: format!(
+                        "no answer yet from {} to {} {what} (sent {} times){hint}",
+                        sa.remote,
+                        mode_name(sa.mode),
+                        n + 1
+                    ),
+                });
+            }
         } else {
             let what = r.what;
             if sa.initiator {
