@@ -966,8 +966,9 @@ impl Endpoint {
             }
             if !sa.established() {
                 let msg = format!(
-                    "IKE SA with {} never completed IKE_AUTH; dropped",
-                    sa.remote
+                    "IKE SA with {} never completed IKE_AUTH; dropped{}",
+                    sa.remote,
+                    moved_to_4500_hint(sa.udp_encap())
                 );
                 match sa.candidate {
                     Some(p) => {
@@ -1307,5 +1308,17 @@ pub(crate) fn unanswered_hint(first: bool, local: SocketAddr, remote: SocketAddr
         ": the peer answered the first exchange but not this one; its own log says why it \
          dropped it"
             .to_string()
+    }
+}
+
+/// For a responder whose peer went quiet after IKE moved to UDP 4500 (a NAT detected,
+/// RFC 7296 §2.23, RFC 3947 §4): the same firewall as in [`unanswered_hint`], seen
+/// from the other end.
+pub(crate) fn moved_to_4500_hint(moved: bool) -> &'static str {
+    if moved {
+        " (a NAT was detected, so the peer was to send its next message to UDP 4500: \
+         check that UDP 4500 is open both ways)"
+    } else {
+        ""
     }
 }

@@ -1436,6 +1436,8 @@ fn an_unanswered_ike_auth_on_udp_4500_names_the_port() {
         "{}",
         fa[0].1
     );
+    // The responder, which answered the first messages, says the same from its end.
+    assert_responder_named_udp_4500(&p.b_events);
 }
 
 #[test]

@@ -3436,11 +3436,12 @@ fn sa_timers(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
             Level::Warn,
             "half_open_timeout",
             format!(
-                "peer {} did not finish {} within {} s (waiting for {})",
+                "peer {} did not finish {} within {} s (waiting for {}){}",
                 sa.remote,
                 mode_name(sa.mode),
                 cx.ecfg.half_open_timeout.as_secs(),
-                sa.state.waiting_for()
+                sa.state.waiting_for(),
+                crate::endpoint::moved_to_4500_hint(sa.state == P1State::MmR5 && sa.udp_encap())
             ),
         );
         sa.dead = true;
@@ -3500,10 +3501,13 @@ fn sa_timers(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
                     Level::Warn,
                     "half_open_timeout",
                     format!(
-                        "peer {} abandoned {} before {}",
+                        "peer {} abandoned {} before {}{}",
                         sa.remote,
                         mode_name(sa.mode),
-                        sa.state.waiting_for()
+                        sa.state.waiting_for(),
+                        crate::endpoint::moved_to_4500_hint(
+                            sa.state == P1State::MmR5 && sa.udp_encap()
+                        )
                     ),
                 );
             }

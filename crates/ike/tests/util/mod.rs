@@ -156,7 +156,16 @@ pub fn rekey_both(p: &mut Pair, scenario: u64) -> (bool, bool) {
     (child_a, child_b)
 }
 
-/// A network that drops, duplicates and delays one datagram in `one_in` each (seeded).
+/// A responder's `half_open_timeout` log event among `events` says the peer went
+/// quiet after IKE moved to UDP 4500.
+pub fn assert_responder_named_udp_4500(events: &[Event]) {
+    let named = events.iter().any(|e| {
+        matches!(e, Event::Log { event: "half_open_timeout", message, .. }
+            if message.contains("so the peer was to send its next message to UDP 4500"))
+    });
+    assert!(named, "{events:?}");
+}
+
 /// A firewall that drops UDP 4500 both ways (with the pair's NAT, B sends to the NAT's
 /// mapped port 44500).
 pub fn drop_udp_4500() -> Box<dyn FnMut(&Pkt) -> Fate> {
@@ -169,6 +178,7 @@ pub fn drop_udp_4500() -> Box<dyn FnMut(&Pkt) -> Fate> {
     })
 }
 
+/// A network that drops, duplicates and delays one datagram in `one_in` each (seeded).
 pub fn lossy(seed: u64, one_in: u8) -> Box<dyn FnMut(&Pkt) -> Fate> {
     let mut rng = TestRng(seed ^ 0x5eed);
     Box::new(move |_| {
