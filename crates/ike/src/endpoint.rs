@@ -358,6 +358,10 @@ pub struct Endpoint {
     pub(crate) io: Io,
     /// The IKEv1 engine's SAs (RFC 2409); see [`crate::v1`].
     pub(crate) v1: crate::v1::engine::Engine,
+    /// Peers that refused a Child SA in IKE_AUTH after announcing RFC 6023 support
+    /// (strongSwan's `childless = force`): IKE_AUTH leaves it out for them from then
+    /// on, as long as they keep announcing that support.
+    pub(crate) childless: HashSet<PeerId>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -380,6 +384,7 @@ impl Endpoint {
             half_open: HashMap::new(),
             cookies: crate::cookie::CookieJar::default(),
             v1: Default::default(),
+            childless: HashSet::new(),
             io: Io {
                 rng,
                 keys: None,
@@ -550,6 +555,7 @@ impl Endpoint {
     pub fn remove_peer(&mut self, now: Instant, peer: PeerId) -> Result<(), Error> {
         let cfg = self.peers.remove(&peer).ok_or(Error::UnknownPeer(peer))?;
         self.index.remove(peer, &cfg);
+        self.childless.remove(&peer);
         self.delete_peer_sas(now, peer);
         Ok(())
     }

@@ -329,6 +329,9 @@ impl Endpoint {
                 nat_hash(h.spi_i, spi_r, remote),
             )));
         }
+        // RFC 6023 §3: an initiator may leave the Child SA out of IKE_AUTH and create
+        // it with CREATE_CHILD_SA (strongSwan's `childless = force` insists on it).
+        out.push(notify(NotifyType::CHILDLESS_IKEV2_SUPPORTED));
         if self.cfg.esp_encap.sends_vendor_id() {
             out.push(Payload::Vendor(VPNGW_VENDOR_ID.to_vec()));
         }
@@ -591,6 +594,7 @@ impl Endpoint {
             sa.nat_remote = !notifies(p, NotifyType::NAT_DETECTION_SOURCE_IP)
                 .any(|n| n.data == nat_hash(sa.spi_i, sa.spi_r, sa.remote));
         }
+        sa.childless_supported = find_notify(p, NotifyType::CHILDLESS_IKEV2_SUPPORTED).is_some();
         sa.local = local;
         sa.remote = remote;
         if sa.udp_encap() || remote.port() == 4500 || local.port() == 4500 {
@@ -643,12 +647,18 @@ impl Endpoint {
             &sa.nr,
             &idi.encoded(),
         );
-        let (local_ts, remote_ts) = configured_ts(cfg);
-        let child = ChildRequest {
-            spi_in: self.io.child_spi(),
-            local_ts,
-            remote_ts,
-        };
+        // RFC 6023 §3: a peer that refused the Child SA in IKE_AUTH before gets it in
+        // CREATE_CHILD_SA once the IKE SA is up.
+        let childless =
+            sa.childless_supported && sa.peer.is_some_and(|p| self.childless.contains(&p));
+        let child = (!childless).then(|| {
+            let (local_ts, remote_ts) = configured_ts(cfg);
+            ChildRequest {
+                spi_in: self.io.child_spi(),
+                local_ts,
+                remote_ts,
+            }
+        });
         let mut p = vec![Payload::IdI(idi)];
         // RFC 7296 §2.4: tell the peer we have no other IKE SA with it. An IKE SA the
         // peer is setting up with us right now counts: with simultaneous initiation
@@ -673,9 +683,11 @@ impl Endpoint {
             method: AuthMethod::SHARED_KEY_MIC,
             data: auth,
         }));
-        p.push(Payload::Sa(esp_offer(&cfg.esp, child.spi_in, None)));
-        p.push(Payload::TsI(wire_ts(&child.local_ts)));
-        p.push(Payload::TsR(wire_ts(&child.remote_ts)));
+        if let Some(child) = &child {
+            p.push(Payload::Sa(esp_offer(&cfg.esp, child.spi_in, None)));
+            p.push(Payload::TsI(wire_ts(&child.local_ts)));
+            p.push(Payload::TsR(wire_ts(&child.remote_ts)));
+        }
         sa.state = State::ExpectAuthResponse(ExpectAuthResponse { hs, child });
         self.send_request(now, sa, ExchangeType::IKE_AUTH, p, Req::Auth);
     }
@@ -827,6 +839,15 @@ impl Endpoint {
                     out.push(Payload::Notify(n));
                 }
             }
+        } else {
+            self.io.log(
+                Some(peer),
+                Level::Info,
+                "childless",
+                "the peer made the IKE SA without a Child SA (RFC 6023); its CREATE_CHILD_SA \
+                 brings the Child SA"
+                    .into(),
+            );
         }
         self.send_response(sa, local, remote, ExchangeType::IKE_AUTH, id, out);
     }
@@ -851,7 +872,7 @@ impl Endpoint {
                 "peer's IKE_AUTH response has no identity or AUTH payload".to_string()
             };
             self.io.fail(peer, Phase::Phase1, reason);
-            self.io.child_spis.remove(&st.child.spi_in);
+            self.release_child_spi(st.child.as_ref());
             sa.dead = true;
             return;
         };
@@ -860,7 +881,7 @@ impl Endpoint {
                 "peer identity {idr} does not match the configured remote id {}",
                 sa.cfg.remote_id
             );
-            self.auth_failed_as_initiator(now, sa, st.child.spi_in, reason);
+            self.auth_failed_as_initiator(now, sa, st.child.as_ref(), reason);
             return;
         }
         let Some(keys) = &sa.keys else { return };
@@ -879,23 +900,54 @@ impl Endpoint {
             } else {
                 other_auth_method(auth.method, &format!("peer {idr}"))
             };
-            self.auth_failed_as_initiator(now, sa, st.child.spi_in, reason);
+            self.auth_failed_as_initiator(now, sa, st.child.as_ref(), reason);
+            return;
+        }
+        let refusal = inner.iter().find_map(error_notify).map(|n| n.ntype);
+        let Some(child) = st.child else {
+            // RFC 6023 §3: IKE_AUTH carried no Child SA; it follows in CREATE_CHILD_SA.
+            self.established(now, sa);
+            sa.tasks.push_back(Task::CreateChild);
+            return;
+        };
+        if refusal == Some(NotifyType::INVALID_SYNTAX)
+            && sa.childless_supported
+            && let Some(p) = peer
+        {
+            // strongSwan with `childless = force` authenticates us, answers a Child SA
+            // in IKE_AUTH with INVALID_SYNTAX ("peer did not initiate a childless
+            // IKE_SA") and drops the IKE SA. Start over at once without it.
+            self.io.child_spis.remove(&child.spi_in);
+            sa.dead = true;
+            self.childless.insert(p);
+            self.io.log(
+                peer,
+                Level::Warn,
+                "childless_required",
+                "peer accepts only IKE SAs made without a Child SA (RFC 6023; strongSwan \
+                 childless = force) and dropped this one; negotiating a new IKE SA and then \
+                 the Child SA with CREATE_CHILD_SA"
+                    .into(),
+            );
+            let cfg = sa.cfg.clone();
+            if let Err(e) = self.start_init(now, p, cfg) {
+                self.io.fail(peer, Phase::Phase1, e.to_string());
+            }
             return;
         }
         self.established(now, sa);
-        if let Some(n) = inner.iter().find_map(error_notify) {
-            self.io.child_spis.remove(&st.child.spi_in);
-            let reason = child_refusal(n.ntype, &sa.cfg);
+        if let Some(n) = refusal {
+            self.io.child_spis.remove(&child.spi_in);
+            let reason = child_refusal(n, &sa.cfg);
             self.io.fail(peer, Phase::Phase2, reason);
             return;
         }
         let (ni, nr) = (sa.ni.clone(), sa.nr.clone());
-        match self.child_initiator(sa, &inner, &st.child, &ni, &nr, None) {
+        match self.child_initiator(sa, &inner, &child, &ni, &nr, None) {
             Ok(child) => self.child_established(now, sa, child, None, true),
             Err(reason) => {
                 self.io.fail(peer, Phase::Phase2, reason);
-                sa.tasks
-                    .push_back(Task::DeleteChildren(vec![st.child.spi_in]));
+                sa.tasks.push_back(Task::DeleteChildren(vec![child.spi_in]));
             }
         }
     }
@@ -906,11 +958,11 @@ impl Endpoint {
         &mut self,
         now: Instant,
         sa: &mut IkeSa,
-        spi_in: u32,
+        child: Option<&ChildRequest>,
         reason: String,
     ) {
         self.io.fail(sa.peer, Phase::Phase1, reason);
-        self.io.child_spis.remove(&spi_in);
+        self.release_child_spi(child);
         self.send_request(
             now,
             sa,
@@ -920,6 +972,13 @@ impl Endpoint {
         );
         sa.pending = None;
         sa.dead = true;
+    }
+
+    /// Frees the inbound SPI reserved for a Child SA that will not be made.
+    fn release_child_spi(&mut self, child: Option<&ChildRequest>) {
+        if let Some(c) = child {
+            self.io.child_spis.remove(&c.spi_in);
+        }
     }
 
     /// Keeps a failed responder SA briefly so retransmitted requests get the same answer.

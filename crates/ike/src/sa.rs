@@ -46,7 +46,8 @@ pub(crate) struct Handshake {
 
 pub(crate) struct ExpectAuthResponse {
     pub hs: Handshake,
-    pub child: ChildRequest,
+    /// `None`: a childless IKE_AUTH (RFC 6023); the Child SA follows in CREATE_CHILD_SA.
+    pub child: Option<ChildRequest>,
 }
 
 /// What we proposed for a Child SA, to check the answer against.
@@ -186,6 +187,9 @@ pub(crate) struct IkeSa {
     pub children: Vec<Child>,
     pub nat_local: bool,
     pub nat_remote: bool,
+    /// Initiator: the peer's IKE_SA_INIT response announced CHILDLESS_IKEV2_SUPPORTED
+    /// (RFC 6023 §3), so IKE_AUTH may leave the Child SA out.
+    pub childless_supported: bool,
     pub last_rx: Instant,
     pub rekey_at: Option<Instant>,
     pub expire_at: Option<Instant>,
@@ -263,6 +267,7 @@ impl IkeSa {
             children: Vec::new(),
             nat_local: false,
             nat_remote: false,
+            childless_supported: false,
             last_rx: now,
             rekey_at: None,
             expire_at: None,

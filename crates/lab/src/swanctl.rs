@@ -47,6 +47,8 @@ pub struct SwanctlConn {
     /// A second local authentication round `auth = xauth`, as an IKEv1 remote-access
     /// client is set up (Main Mode then offers XAUTHInitPreShared).
     pub xauth: bool,
+    /// `childless` (RFC 6023): `allow` (strongSwan's default), `force` or `never`.
+    pub childless: Option<String>,
     pub children: Vec<SwanctlChild>,
 }
 
@@ -94,6 +96,7 @@ impl SwanctlConn {
             keyingtries: None,
             mobike: None,
             xauth: false,
+            childless: None,
             children: Vec::new(),
         }
     }
@@ -140,6 +143,8 @@ impl fmt::Debug for SwanctlConn {
             .field("over_time", &self.over_time)
             .field("keyingtries", &self.keyingtries)
             .field("mobike", &self.mobike)
+            .field("xauth", &self.xauth)
+            .field("childless", &self.childless)
             .field("children", &self.children)
             .finish()
     }
@@ -208,6 +213,7 @@ fn render_conn(out: &mut String, c: &SwanctlConn) {
     kv(out, 4, "over_time", c.over_time.map(|s| format!("{s}s")));
     kv(out, 4, "keyingtries", c.keyingtries);
     kv(out, 4, "mobike", c.mobike.map(yes_no));
+    kv(out, 4, "childless", c.childless.as_deref());
     for (section, id) in [
         ("local", c.effective_local_id()),
         ("remote", c.effective_remote_id()),

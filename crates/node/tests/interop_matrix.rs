@@ -386,6 +386,12 @@ struct Up {
 }
 
 fn protected_flows_up(charon_settings: &str, vpngw_initiates: bool) -> Up {
+    let conn = default_conn("10.2.0.0/24", "172.16.1.0/24", |_| {});
+    protected_flows_up_with(charon_settings, vpngw_initiates, conn)
+}
+
+/// [`protected_flows_up`] with strongSwan's connection `conn`.
+fn protected_flows_up_with(charon_settings: &str, vpngw_initiates: bool, conn: SwanctlConn) -> Up {
     let topo = Topology::new().unwrap();
     let gw = Gateway::start(&topo.gw);
     let swan = StrongSwan::start_with(
@@ -394,12 +400,7 @@ fn protected_flows_up(charon_settings: &str, vpngw_initiates: bool) -> Up {
         charon_settings,
     )
     .unwrap();
-    swan.load(&swanctl::render(&[default_conn(
-        "10.2.0.0/24",
-        "172.16.1.0/24",
-        |_| {},
-    )]))
-    .unwrap();
+    swan.load(&swanctl::render(&[conn])).unwrap();
     let conn_id = create_connection(&gw, "protected_flows", vpngw_initiates, json!({}));
     if !vpngw_initiates {
         gw.wait_tunnel(&conn_id, "idle", Duration::from_secs(10), |s| {
@@ -805,6 +806,48 @@ fn a_child_sa_the_peer_deletes_is_negotiated_again_on_the_same_ike_sa() {
     for vpngw_initiates in [true, false] {
         let up = protected_flows_up("", vpngw_initiates);
         swan_deletes_the_child(&up.gw, &up.conn_id, &up.swan, &up.topo);
+    }
+}
+
+/// strongSwan with `childless = force` (RFC 6023) makes the IKE SA without a Child SA
+/// in IKE_AUTH and then the Child SA with CREATE_CHILD_SA, with a Diffie-Hellman
+/// exchange of its own; as responder it accepts only IKE SAs initiated that way and
+/// drops one whose IKE_AUTH carries a Child SA. Either side initiating, the tunnel
+/// comes up and carries ping; vpngw as initiator learns it from the first refusal,
+/// says so, and starts over at once without a Child SA in IKE_AUTH.
+#[test]
+fn strongswan_that_forces_childless_ike_sas() {
+    for vpngw_initiates in [true, false] {
+        let mut conn = default_conn("10.2.0.0/24", "172.16.1.0/24", |_| {});
+        conn.childless = Some("force".into());
+        let up = protected_flows_up_with("", vpngw_initiates, conn);
+        let vpc = up.topo.vpc_ip().to_string();
+        lab::wait_ping(&up.topo.vpc, &vpc, "10.2.0.1", Duration::from_secs(10)).unwrap();
+        let events = up.gw.events(&up.conn_id);
+        let count = |name: &str| events.iter().filter(|e| *e == name).count();
+        let expected: &[(&str, usize)] = if vpngw_initiates {
+            &[
+                ("childless_required", 1),
+                ("phase1_start", 2),
+                ("child_create", 1),
+            ]
+        } else {
+            &[("childless", 1), ("phase1_start", 0)]
+        };
+        for (name, n) in expected {
+            assert_eq!(count(name), *n, "{name} in {events:?}");
+        }
+        for wrong in ["phase1_failed", "phase2_failed", "retry", "reset"] {
+            assert_eq!(count(wrong), 0, "{wrong} in {events:?}");
+        }
+        let c = up.gw.get(&format!("/v1/vpn-connections/{}", up.conn_id));
+        let s = &c["tunnels"][0]["status"];
+        assert_eq!(phase(s), "established", "{c:#}");
+        // The Child SA of CREATE_CHILD_SA used the PFS group (IKE_AUTH's would not).
+        assert_eq!(
+            s["child_sas"][0]["algorithms"], "aes128-sha1-modp1024",
+            "{c:#}"
+        );
     }
 }
 
