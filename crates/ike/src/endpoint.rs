@@ -807,20 +807,20 @@ impl Endpoint {
 
     // ---- internals -----------------------------------------------------------------
 
-    /// [`Event::Unanswered`] from the second retransmission of a first exchange on
-    /// (IKEv2: about 11 s after the first send; strongSwan's schedule).
+    /// [`Event::Unanswered`] from the second retransmission of an exchange that
+    /// brings the tunnel up on (IKEv2: about 11 s after the first send; strongSwan's
+    /// schedule), with `hint` on what to check.
     pub(crate) fn unanswered(
         &mut self,
         peer: PeerId,
-        first: bool,
-        (local, remote): (SocketAddr, SocketAddr),
+        remote: SocketAddr,
         what: &str,
         retransmissions: u32,
+        hint: &str,
     ) {
         if retransmissions < 2 {
             return;
         }
-        let hint = unanswered_hint(first, local, remote);
         self.io.event(Event::Unanswered {
             peer,
             reason: format!(
@@ -1091,9 +1091,15 @@ impl Endpoint {
             }
             self.io.stats.retransmits += 1;
             let (bytes, what, n) = (p.bytes.clone(), p.kind.name(), p.retx);
-            let first = match p.kind {
-                Req::Init => Some(true),
-                Req::Auth => Some(false),
+            // The exchanges a tunnel waits for to come up; a rekey or a liveness
+            // check happens beside SAs that still carry it.
+            let hint = match p.kind {
+                Req::Init | Req::Auth => Some(unanswered_hint(
+                    matches!(p.kind, Req::Init),
+                    sa.local,
+                    sa.remote,
+                )),
+                Req::CreateChild { rekey: None, .. } => Some(PHASE2_UNANSWERED.to_string()),
                 _ => None,
             };
             self.io.log(
@@ -1103,8 +1109,8 @@ impl Endpoint {
                 format!("retransmitting {what} (try {n})"),
             );
             self.io.send(sa.local, sa.remote, bytes);
-            if let (Some(first), Some(peer)) = (first, sa.peer) {
-                self.unanswered(peer, first, (sa.local, sa.remote), what, n);
+            if let (Some(hint), Some(peer)) = (hint, sa.peer) {
+                self.unanswered(peer, sa.remote, what, n, &hint);
             }
             return false;
         }
@@ -1293,6 +1299,12 @@ pub(crate) fn notify_name(n: NotifyType) -> String {
 /// not IKE_AUTH on UDP 4500, where IKE moves once a NAT is detected (RFC 7296 §2.23):
 /// the classic firewall that lets UDP 500 through and not 4500. IKEv1's Main Mode
 /// messages 5 and 6 move the same way (RFC 3947 §4).
+/// What an unanswered Child SA negotiation on an established IKE SA (CREATE_CHILD_SA
+/// without REKEY_SA, an IKEv1 Quick Mode that replaces none) points to.
+pub(crate) const PHASE2_UNANSWERED: &str = ": the peer answered on this IKE SA before; it, or the path to it, stopped answering \
+     since (its own log says whether the request arrived); the IKE SA is declared dead \
+     after the last retransmission";
+
 pub(crate) fn unanswered_hint(first: bool, local: SocketAddr, remote: SocketAddr) -> String {
     if first {
         format!(

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crypto::{DhGroup, Encr, Integ};
 use ike::wire::registry::{ExchangeType, NotifyType, PayloadType};
 use ike::wire::{Codec, KeyExchange, Message, Notify, Payload};
-use ike::{DeleteReason, EspProposal, Event, Identity, Phase, Psk};
+use ike::{DeleteReason, EspProposal, Event, Identity, PeerConfig, Phase, Psk};
 use util::*;
 
 fn established(events: &[Event]) -> usize {
@@ -202,6 +202,18 @@ fn esp_proposal_mismatch_keeps_ike_sa() {
     assert!(p.a.child_sas(PEER_A).is_empty());
 }
 
+/// A pair with `a` whose IKE SA is up without a Child SA: B refuses the one in IKE_AUTH
+/// (it allows only AES-256).
+fn ike_sa_without_child(a: &PeerConfig) -> Pair {
+    let mut b = mirror(a);
+    b.esp.encr = Encr::AesCbc256;
+    let mut p = Pair::new(a.clone(), b);
+    p.initiate_a();
+    assert!(p.a.child_sas(PEER_A).is_empty());
+    assert_eq!(p.a.ike_sas(PEER_A).len(), 1);
+    p
+}
+
 /// `create_child` on an IKE SA without a Child SA sends CREATE_CHILD_SA without
 /// REKEY_SA (RFC 7296 §1.3.1) on the same IKE SA; the peer evaluates it like the Child
 /// SA of IKE_AUTH (here: refuses it again, and both ends say why). Beside an installed
@@ -209,11 +221,7 @@ fn esp_proposal_mismatch_keeps_ike_sa() {
 #[test]
 fn create_child_negotiates_on_the_existing_ike_sa() {
     let a = config_a();
-    let mut b = mirror(&a);
-    b.esp.encr = Encr::AesCbc256;
-    let mut p = Pair::new(a.clone(), b);
-    p.initiate_a();
-    assert!(p.a.child_sas(PEER_A).is_empty());
+    let mut p = ike_sa_without_child(&a);
     let ike = p.a.ike_sas(PEER_A);
     let sent = p.wire.len();
     p.a_events.clear();
@@ -1440,6 +1448,51 @@ fn an_unanswered_ike_auth_on_udp_4500_names_the_port() {
     assert_responder_named_udp_4500(&p.b_events);
 }
 
+/// The reasons of [`Event::Unanswered`] in `events`.
+fn unanswered(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Unanswered { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A Child SA negotiated on an IKE SA that has none (the tunnel waits for it) says that
+/// it goes unanswered from its second retransmission on, as the first exchanges do; a
+/// rekey beside working SAs does not.
+#[test]
+fn an_unanswered_create_child_sa_says_so_before_the_verdict() {
+    let a = config_a();
+    let mut p = ike_sa_without_child(&a);
+    p.fate = Box::new(|_| Fate::Drop);
+    p.a_events.clear();
+    p.a.create_child(p.now, PEER_A).unwrap();
+    p.advance(Duration::from_secs(11));
+    assert!(unanswered(&p.a_events).is_empty());
+    p.advance(Duration::from_secs(1));
+    let u = unanswered(&p.a_events);
+    assert_eq!(u.len(), 1, "{:?}", p.a_events);
+    assert!(
+        u[0].starts_with(
+            "no answer yet from 198.51.100.2:500 to CREATE_CHILD_SA (sent 3 times): the \
+             peer answered on this IKE SA before;"
+        ),
+        "{}",
+        u[0]
+    );
+
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    p.initiate_a();
+    p.fate = Box::new(|_| Fate::Drop);
+    p.a_events.clear();
+    p.a.rekey_child(p.now, PEER_A).unwrap();
+    p.advance(Duration::from_secs(60));
+    assert!(p.a.stats().retransmits >= 3);
+    assert!(unanswered(&p.a_events).is_empty(), "{:?}", p.a_events);
+}
+
 #[test]
 fn unanswered_init_gives_up_after_retransmissions() {
     let a = config_a();
@@ -1448,18 +1501,9 @@ fn unanswered_init_gives_up_after_retransmissions() {
     p.initiate_a();
     // From the second retransmission (11.2 s) on, the tunnel can say what it waits for.
     p.advance(Duration::from_secs(11));
-    let unanswered = |p: &Pair| -> Vec<String> {
-        p.a_events
-            .iter()
-            .filter_map(|e| match e {
-                Event::Unanswered { reason, .. } => Some(reason.clone()),
-                _ => None,
-            })
-            .collect()
-    };
-    assert!(unanswered(&p).is_empty());
+    assert!(unanswered(&p.a_events).is_empty());
     p.advance(Duration::from_secs(1));
-    let u = unanswered(&p);
+    let u = unanswered(&p.a_events);
     assert_eq!(u.len(), 1);
     assert!(
         u[0].starts_with(
@@ -1470,7 +1514,7 @@ fn unanswered_init_gives_up_after_retransmissions() {
         u[0]
     );
     p.advance(Duration::from_secs(148));
-    assert_eq!(unanswered(&p).len(), 4);
+    assert_eq!(unanswered(&p.a_events).len(), 4);
     assert!(Pair::failures(&p.a_events).is_empty());
     p.advance(Duration::from_secs(10));
     let fa = Pair::failures(&p.a_events);

@@ -962,6 +962,40 @@ fn lost_responder_gives_up_with_a_reason() {
     assert!(waiting >= 1, "{:?}", p.a_events);
 }
 
+/// A Quick Mode that brings the tunnel's Child SA on an ISAKMP SA without one says that
+/// it goes unanswered from its second retransmission on, as Main Mode does.
+#[test]
+fn an_unanswered_quick_mode_says_so_before_the_verdict() {
+    let a = v1(V1Mode::Main);
+    let mut b = mirror(&a);
+    b.esp.encr = Encr::AesCbc256;
+    let mut p = Pair::new(a.clone(), b);
+    p.initiate_a();
+    assert_eq!(children_up(&p.a_events), 0, "{:?}", p.a_events);
+    assert_eq!(p.a.ike_sas(PEER_A).len(), 1);
+    p.fate = Box::new(|_| Fate::Drop);
+    p.a_events.clear();
+    p.a.create_child(p.now, PEER_A).unwrap();
+    p.advance(Duration::from_secs(60));
+    let u: Vec<&String> = p
+        .a_events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Unanswered { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert!(!u.is_empty(), "{:?}", p.a_events);
+    assert!(
+        u[0].starts_with(
+            "no answer yet from 198.51.100.2:500 to quick mode message 1 (sent 3 times): \
+             the peer answered on this IKE SA before;"
+        ),
+        "{}",
+        u[0]
+    );
+}
+
 /// Behind a NAT, Main Mode messages 5 and 6 move to UDP 4500 (RFC 3947 §4): a firewall
 /// that drops UDP 4500 leaves message 5 unanswered, and the reason names the port.
 #[test]

@@ -1355,13 +1355,15 @@ impl Control {
                 }
             }
             Event::Unanswered { reason, .. } => {
-                // While the first exchange is retransmitted: a tunnel that already
-                // shows a failure keeps showing it until this attempt has its verdict.
-                if let Some(t) = self
-                    .tunnels
-                    .get_mut(&id)
-                    .filter(|t| t.phase == TunnelPhase::Phase1Negotiating)
-                {
+                // While an exchange that brings the tunnel up is retransmitted: a
+                // tunnel that already shows a failure keeps showing it until this
+                // attempt has its verdict.
+                if let Some(t) = self.tunnels.get_mut(&id).filter(|t| {
+                    matches!(
+                        t.phase,
+                        TunnelPhase::Phase1Negotiating | TunnelPhase::Phase2Negotiating
+                    )
+                }) {
                     t.reason = Some(reason);
                 }
             }

@@ -809,6 +809,59 @@ fn a_child_sa_the_peer_deletes_is_negotiated_again_on_the_same_ike_sa() {
     }
 }
 
+/// After strongSwan deletes the tunnel's Child SA, the CREATE_CHILD_SA that negotiates a
+/// new one on the IKE SA goes unanswered (the router drops it; everything else passes):
+/// from its second retransmission on the status says so, while the tunnel shows
+/// `phase2_negotiating`, and once the path carries it again the tunnel comes back on
+/// the same IKE SA.
+#[test]
+fn an_unanswered_child_sa_negotiation_shows_in_the_status() {
+    let up = protected_flows_up("", true);
+    let ike = up.tunnel["status"]["ike_sa"]["spis"].clone();
+    // The router drops IKE messages of exchange type 36 (CREATE_CHILD_SA, octet 18 of
+    // the IKE header, RFC 7296 §3.1) towards strongSwan: behind the 4-byte non-ESP
+    // marker on UDP 4500 (RFC 3948 §2.2), right after the UDP header on 500.
+    lab::nft::nft(
+        &up.topo.inet,
+        "table inet child {
+  chain drops {
+    type filter hook forward priority 0; policy accept;
+    ip daddr 198.51.100.1 udp dport 4500 @th,240,8 36 counter drop
+    ip daddr 198.51.100.1 udp dport 500 @th,208,8 36 counter drop
+  }
+}",
+    )
+    .unwrap();
+    up.swan.terminate_child("net").unwrap();
+    let t = up.gw.wait_tunnel(
+        &up.conn_id,
+        "an interim reason",
+        Duration::from_secs(20),
+        |s| {
+            s["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("to CREATE_CHILD_SA (sent 3 times)"))
+        },
+    );
+    let s = &t["status"];
+    assert_eq!(phase(s), "phase2_negotiating", "{t:#}");
+    let reason = s["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("no answer yet from 198.51.100.1:")
+            && reason.contains("the peer answered on this IKE SA before"),
+        "{reason}"
+    );
+    lab::nft::nft(&up.topo.inet, "delete table inet child").unwrap();
+    let t = up.gw.wait_tunnel(
+        &up.conn_id,
+        "established again",
+        Duration::from_secs(30),
+        |s| phase(s) == "established",
+    );
+    assert_eq!(t["status"]["ike_sa"]["spis"], ike, "the same IKE SA: {t:#}");
+    assert!(t["status"]["reason"].is_null(), "{t:#}");
+}
+
 /// strongSwan with `childless = force` (RFC 6023) makes the IKE SA without a Child SA
 /// in IKE_AUTH and then the Child SA with CREATE_CHILD_SA, with a Diffie-Hellman
 /// exchange of its own; as responder it accepts only IKE SAs initiated that way and

@@ -3629,6 +3629,21 @@ fn qm_timers(cx: &mut Cx<'_>, now: Instant, sa: &mut P1Sa) {
             if r.step(now, cx.ecfg) {
                 cx.io.stats.retransmits += 1;
                 cx.io.send(sa.local, sa.remote, r.bytes.clone());
+                // A Quick Mode that brings the tunnel's Child SA (it replaces none).
+                if let QmState::I2 { rekey_of: None, .. } = q.state
+                    && r.tries >= 2
+                {
+                    cx.io.event(Event::Unanswered {
+                        peer: sa.peer,
+                        reason: format!(
+                            "no answer yet from {} to {} (sent {} times){}",
+                            sa.remote,
+                            r.what,
+                            r.tries + 1,
+                            crate::endpoint::PHASE2_UNANSWERED
+                        ),
+                    });
+                }
             } else {
                 let what = r.what;
                 match q.state {
