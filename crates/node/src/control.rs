@@ -45,6 +45,9 @@ pub const SLOW_RETRY: Duration = Duration::from_secs(12);
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(2);
 /// Delay before renegotiating a tunnel that went down while it should be up.
 const RESTART_DELAY: Duration = Duration::from_secs(1);
+/// A Child SA the peer deletes sooner than this after it was negotiated counts as a
+/// quick loss (see [`TunnelRt::quick_losses`]).
+const QUICK_LOSS: Duration = Duration::from_secs(10);
 /// How long a Child SA negotiated on an existing IKE SA (see [`Control::retries`]) may
 /// take before the retry after it starts over with a new IKE SA.
 const CHILD_SA_WAIT: Duration = Duration::from_secs(30);
@@ -184,6 +187,11 @@ struct TunnelRt {
     /// IKE SA stayed up (the peer deleted it, or it expired): the retry negotiates a
     /// Child SA on that IKE SA instead of replacing the IKE SA (see [`Control::retries`]).
     child_gone: bool,
+    /// How many of the tunnel's last Child SAs in a row went away within [`QUICK_LOSS`]
+    /// of being negotiated, taking the tunnel down (a peer that accepts a Child SA and
+    /// then deletes it, e.g. because it cannot install it). Each one doubles the delay
+    /// before the next negotiation, up to [`SLOW_RETRY`], instead of one a second.
+    quick_losses: u8,
     /// Fingerprint of the status last sent to the writer ([`fingerprint`]), to send it
     /// again only when it changed. A hash, not the status itself: a copy of every
     /// tunnel's `TunnelStatus` (strings, a `Vec` per Child SA) was ~0.8 KiB per tunnel
@@ -560,6 +568,7 @@ impl Control {
                     failures: 0,
                     retry_at: None,
                     child_gone: false,
+                    quick_losses: 0,
                     written: None,
                     nat_note: None,
                     peer_note: None,
@@ -1627,13 +1636,38 @@ impl Control {
         }
         if t.children.is_empty() && t.phase == TunnelPhase::Established {
             if t.want_up && t.can_initiate() {
-                t.set_phase(
-                    TunnelPhase::Idle,
-                    Some(format!("Child SA {spi_in:08x} was deleted; renegotiating")),
-                );
-                t.retry_at = Some(now + RESTART_DELAY);
+                let lived = (Utc::now() - t.since).to_std().unwrap_or_default();
+                t.quick_losses = if lived < QUICK_LOSS {
+                    t.quick_losses.saturating_add(1)
+                } else {
+                    0
+                };
+                let delay = RESTART_DELAY
+                    .saturating_mul(1 << t.quick_losses.saturating_sub(1).min(8))
+                    .min(SLOW_RETRY);
+                let quick = t.quick_losses >= 2;
+                let reason = if !quick {
+                    format!("Child SA {spi_in:08x} was deleted; renegotiating")
+                } else {
+                    format!(
+                        "Child SA {spi_in:08x} was deleted {} s after it was negotiated ({} \
+                         times in a row within {} s): the peer accepts Child SAs and then \
+                         deletes them (its log says why, e.g. that it could not install \
+                         them); renegotiating in {} s",
+                        lived.as_secs(),
+                        t.quick_losses,
+                        QUICK_LOSS.as_secs(),
+                        delay.as_secs()
+                    )
+                };
+                t.set_phase(TunnelPhase::Idle, Some(reason.clone()));
+                t.retry_at = Some(now + delay);
                 t.child_gone = true;
-                self.next_walk = self.next_walk.min(now + RESTART_DELAY);
+                self.next_walk = self.next_walk.min(now + delay);
+                if quick {
+                    let conn = t.conn_id.clone();
+                    self.log(&conn, Some(id), LogLevel::Warn, "child_sa_lost", reason);
+                }
             } else {
                 t.set_phase(
                     TunnelPhase::Idle,

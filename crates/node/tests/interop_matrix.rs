@@ -809,6 +809,49 @@ fn a_child_sa_the_peer_deletes_is_negotiated_again_on_the_same_ike_sa() {
     }
 }
 
+/// A peer that deletes each new Child SA right after it is negotiated (as strongSwan
+/// does when it cannot install one) is not answered with a new one every second: each
+/// quick loss in a row doubles the delay (1, 2, 4 s, … up to 12 s), and the status says
+/// what the peer does. A Child SA that stays resets it.
+#[test]
+fn a_peer_that_keeps_deleting_new_child_sas_gets_them_ever_more_slowly() {
+    let up = protected_flows_up("", true);
+    let mut spi = up.tunnel["status"]["child_sas"][0]["spi_in"].clone();
+    for _ in 0..3 {
+        up.swan.terminate_child("net").unwrap();
+        let t = up.gw.wait_tunnel(
+            &up.conn_id,
+            "a new Child SA",
+            Duration::from_secs(15),
+            |s| phase(s) == "established" && s["child_sas"][0]["spi_in"] != spi,
+        );
+        spi = t["status"]["child_sas"][0]["spi_in"].clone();
+    }
+    let lost: Vec<String> = up
+        .gw
+        .logs(&up.conn_id, 100)
+        .iter()
+        .filter(|e| e["event"] == "child_sa_lost")
+        .filter_map(|e| e["message"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(lost.len(), 2, "the second and the third: {lost:#?}");
+    for (m, (n, delay)) in lost.iter().zip([(2, 2), (3, 4)]) {
+        assert!(
+            m.contains(&format!(
+                "after it was negotiated ({n} times in a row within 10 s): the peer accepts \
+                 Child SAs and then deletes them"
+            )) && m.ends_with(&format!("renegotiating in {delay} s")),
+            "{m}"
+        );
+    }
+    let events = up.gw.events(&up.conn_id);
+    assert_eq!(
+        events.iter().filter(|e| *e == "child_create").count(),
+        3,
+        "{events:?}"
+    );
+}
+
 /// After strongSwan deletes the tunnel's Child SA, the CREATE_CHILD_SA that negotiates a
 /// new one on the IKE SA goes unanswered (the router drops it; everything else passes):
 /// from its second retransmission on the status says so, while the tunnel shows
