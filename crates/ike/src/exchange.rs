@@ -148,8 +148,32 @@ impl Endpoint {
         // index's order). Nothing here is O(peers) when they share one proposal: the
         // peer itself is chosen by identity at IKE_AUTH.
         let Some(first) = self.index.by_address(local.ip(), remote.ip()).next() else {
-            self.io.stats.no_peer += 1;
-            tracing::debug!(%remote, %local, "IKE_SA_INIT from an unknown peer");
+            let v1 = self
+                .index
+                .by_version_address(IkeVersion::V1, local.ip(), remote.ip())
+                .next();
+            let Some(p) = v1 else {
+                self.io.stats.no_peer += 1;
+                tracing::debug!(%remote, %local, "IKE_SA_INIT from an unknown peer");
+                return;
+            };
+            // The expected peer speaks the other version: say so here, and answer as
+            // strongSwan does for a connection it does not have (no IKE config).
+            self.io.refuse(
+                now,
+                p,
+                Phase::Phase1,
+                format!(
+                    "peer {remote} started IKEv2 (IKE_SA_INIT); this tunnel is configured \
+                     for IKEv1 (ike.version must match on both sides)"
+                ),
+            );
+            self.send_init_error(
+                local,
+                remote,
+                h.spi_i,
+                Notify::new(NotifyType::NO_PROPOSAL_CHOSEN, Vec::new()),
+            );
             return;
         };
         let p = &msg.payloads;
@@ -512,9 +536,14 @@ impl Endpoint {
         }
         if let Some(n) = p.iter().find_map(error_notify) {
             let reason = if n.ntype == NotifyType::NO_PROPOSAL_CHOSEN {
+                // strongSwan answers so for a connection it does not have as well
+                // ("no IKE config found"): one for another address or IKE version.
                 format!(
-                    "peer rejected our proposal {} (NO_PROPOSAL_CHOSEN)",
-                    ours.name()
+                    "peer rejected our proposal {} (NO_PROPOSAL_CHOSEN): it allows other \
+                     algorithms, or has no IKEv2 connection for this gateway's address {} \
+                     (ike.version must match on both sides)",
+                    ours.name(),
+                    sa.local.ip()
                 )
             } else {
                 format!("peer answered IKE_SA_INIT with {}", notify_name(n.ntype))

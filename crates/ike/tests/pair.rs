@@ -127,7 +127,10 @@ fn ike_proposal_mismatch_reasons() {
         fa,
         vec![(
             Phase::Phase1,
-            "peer rejected our proposal aes256-sha256-modp2048 (NO_PROPOSAL_CHOSEN)".to_string()
+            "peer rejected our proposal aes256-sha256-modp2048 (NO_PROPOSAL_CHOSEN): it allows \
+             other algorithms, or has no IKEv2 connection for this gateway's address \
+             192.0.2.1 (ike.version must match on both sides)"
+                .to_string()
         )]
     );
     assert_eq!(

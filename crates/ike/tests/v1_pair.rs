@@ -1063,7 +1063,19 @@ fn version_mismatch_is_not_negotiated() {
     let fb = Pair::failures(&p.b_events);
     assert_eq!(fb.len(), 1, "{fb:?}");
     assert!(fb[0].1.contains("ike.version"), "{}", fb[0].1);
-    // IKEv2 initiator, IKEv1 responder: the IKEv2 engine does not take the tunnel.
+    // It answers NO-PROPOSAL-CHOSEN at once, as strongSwan does.
+    let fa = Pair::failures(&p.a_events);
+    assert_eq!(fa.len(), 1, "{fa:?}");
+    assert!(
+        fa[0]
+            .1
+            .contains("or it has no IKEv1 connection for this gateway's address"),
+        "{}",
+        fa[0].1
+    );
+    assert_eq!(p.a.stats().retransmits, 0);
+    // IKEv2 initiator, IKEv1 responder: the IKEv2 engine does not take the tunnel, and
+    // both sides say why.
     let mut a = v1(V1Mode::Main);
     a.version = IkeVersion::V2;
     let mut b = mirror(&a);
@@ -1071,7 +1083,25 @@ fn version_mismatch_is_not_negotiated() {
     let mut p = Pair::new(a, b);
     p.initiate_a();
     assert_eq!(established(&p.b_events), 0);
-    assert_eq!(p.b.stats().no_peer, 1);
+    assert_eq!(p.b.stats().no_peer, 0);
+    assert_eq!(p.b.stats().refused, 1);
+    let fb = Pair::failures(&p.b_events);
+    assert_eq!(
+        fb,
+        vec![(
+            Phase::Phase1,
+            "peer 192.0.2.1:500 started IKEv2 (IKE_SA_INIT); this tunnel is configured for \
+             IKEv1 (ike.version must match on both sides)"
+                .to_string()
+        )]
+    );
+    let fa = Pair::failures(&p.a_events);
+    assert_eq!(fa.len(), 1, "{fa:?}");
+    assert!(
+        fa[0].1.contains("(NO_PROPOSAL_CHOSEN)") && fa[0].1.contains("ike.version must match"),
+        "{}",
+        fa[0].1
+    );
 }
 
 #[test]
@@ -1087,7 +1117,9 @@ fn ikev1_towards_an_ikev2_tunnel_says_the_versions_differ() {
             .any(|(ph, why)| *ph == Phase::Phase1 && why.contains("ike.version must match")),
         "{f:?}"
     );
-    assert!(p.b.stats().no_peer >= 1);
+    // Not a stranger: the node must not name the address as unexpected.
+    assert_eq!(p.b.stats().no_peer, 0);
+    assert!(p.b.stats().refused >= 1);
     assert_eq!(established(&p.b_events), 0);
 }
 

@@ -499,6 +499,91 @@ fn ikev1_tunnel_in(
     (swan, conn_id)
 }
 
+/// `ike.version` differs between vpngw and strongSwan, each initiating in turn: every
+/// failure names the version setting, and a tunnel's own peer speaking the other version
+/// is not reported as an address no tunnel expects (`unknown_peer`).
+#[test]
+fn an_ike_version_mismatch_is_named_whoever_initiates() {
+    let topo = Topology::new().unwrap();
+    let gw = Gateway::start(&topo.gw);
+    let swan =
+        StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
+    let (v1, v2) = (
+        SwanctlConn {
+            version: 1,
+            ..onprem_conn("10.2.0.0/24", "172.16.1.0/24", PSK)
+        },
+        onprem_conn("10.2.0.0/24", "172.16.1.0/24", PSK),
+    );
+    let conn = flows_connection(&gw, "versions", false, json!({"ike": {"version": "ikev1"}}));
+    let conn_id = id(&conn);
+    let path = format!(
+        "/v1/vpn-connections/{conn_id}/tunnels/{}",
+        conn["tunnels"][0]["id"].as_str().unwrap()
+    );
+    for (ours, theirs) in [("ikev1", &v2), ("ikev2", &v1)] {
+        swan.load(&swanctl::render(std::slice::from_ref(theirs)))
+            .unwrap();
+        // vpngw initiates: strongSwan has no connection of that version for us and
+        // answers NO_PROPOSAL_CHOSEN ("no IKE config found").
+        let other = if ours == "ikev1" { "IKEv1" } else { "IKEv2" };
+        let missing = format!("no {other} connection for this gateway's address");
+        gw.patch(&path, json!({"ike": {"version": ours}}));
+        let (s, v) = gw.call(
+            "PATCH",
+            &format!("/v1/vpn-connections/{conn_id}"),
+            Some(json!({"effective_immediately": true})),
+        );
+        assert_eq!(s, 200, "{v}");
+        let t = gw.wait_tunnel(&conn_id, "phase1_failed", Duration::from_secs(30), |s| {
+            phase(s) == "phase1_failed"
+                && s["reason"].as_str().is_some_and(|r| r.contains(&missing))
+        });
+        let reason = t["status"]["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains("NO")
+                && reason.contains("PROPOSAL")
+                && reason.contains("ike.version must match on both sides"),
+            "{reason}"
+        );
+        // strongSwan initiates: vpngw says which version came and which it expects,
+        // and answers at once. A refusal is logged at most every 10 s per tunnel, so
+        // strongSwan tries until one is.
+        let came = if ours == "ikev1" {
+            "started IKEv2 (IKE_SA_INIT); this tunnel is configured for IKEv1"
+        } else {
+            "started IKEv1 Main Mode; this tunnel is configured for IKEv2"
+        };
+        let logged = |gw: &Gateway| {
+            gw.logs(&conn_id, 1000).into_iter().find_map(|e| {
+                e["message"]
+                    .as_str()
+                    .filter(|m| m.contains(came))
+                    .map(str::to_string)
+            })
+        };
+        let start = Instant::now();
+        let m = loop {
+            let tried = Instant::now();
+            let refused = swan.initiate("net").unwrap_err().to_string();
+            assert!(tried.elapsed() < Duration::from_secs(5), "{refused}");
+            assert!(refused.contains("NO_PROP"), "{refused}");
+            if let Some(m) = logged(&gw) {
+                break m;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(25),
+                "{:#?}",
+                gw.logs(&conn_id, 30)
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        };
+        assert!(m.contains("ike.version must match"), "{m}");
+    }
+    let events = gw.events(&conn_id);
+    assert!(!events.iter().any(|e| e == "unknown_peer"), "{events:?}");
+}
+
 /// IKEv1 Quick Mode rekeys with strongSwan started by either end: ours on the Child SA
 /// lifetime (20 s, so at 17.1-18 s; strongSwan's own would come at 50-55 s),
 /// strongSwan's by `swanctl --rekey` halfway through. No ping is lost across them, and

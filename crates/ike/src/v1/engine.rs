@@ -978,36 +978,9 @@ impl Engine {
         let by_addr = index
             .by_version_address(crate::IkeVersion::V1, local.ip(), remote.ip())
             .filter_map(|p| peers.get(&p).map(|c| (p, &**c)));
-        let Some((first, first_cfg)) = by_addr.clone().next() else {
-            cx.io.stats.no_peer += 1;
-            let v2 = index.by_address(local.ip(), remote.ip()).next();
-            if let Some(p) = v2 {
-                cx.io.refuse(
-                    now,
-                    p,
-                    Phase::Phase1,
-                    format!(
-                        "peer {remote} started IKEv1 {}; this tunnel is configured for IKEv2 \
-                         (ike.version must match on both sides)",
-                        mode_name(mode)
-                    ),
-                );
-            }
-            tracing::debug!(%remote, "IKEv1 {} from an unknown peer", mode_name(mode));
-            return;
-        };
-        let mode_mismatch = |cx: &mut Cx<'_>, p: PeerId, c: &PeerConfig| {
-            cx.io.refuse(
-                now,
-                p,
-                Phase::Phase1,
-                format!(
-                    "peer {remote} started IKEv1 {}; this tunnel is configured for {} \
-                     (ike.mode must match on both sides)",
-                    mode_name(mode),
-                    mode_name(c.v1_mode)
-                ),
-            );
+        // Refused with NO-PROPOSAL-CHOSEN, as strongSwan answers for a connection it does
+        // not have: the peer gives up at once instead of retransmitting.
+        let no_proposal = |cx: &mut Cx<'_>| {
             send_plain_notify(
                 cx,
                 local,
@@ -1015,6 +988,38 @@ impl Engine {
                 h.cky_i,
                 0,
                 NotifyType::NO_PROPOSAL_CHOSEN,
+            );
+        };
+        let refuse = |cx: &mut Cx<'_>, p: PeerId, reason: String| {
+            cx.io.refuse(now, p, Phase::Phase1, reason);
+            no_proposal(cx);
+        };
+        let Some((first, first_cfg)) = by_addr.clone().next() else {
+            match index.by_address(local.ip(), remote.ip()).next() {
+                Some(p) => refuse(
+                    cx,
+                    p,
+                    format!(
+                        "peer {remote} started IKEv1 {}; this tunnel is configured for IKEv2 \
+                         (ike.version must match on both sides)",
+                        mode_name(mode)
+                    ),
+                ),
+                None => cx.io.stats.no_peer += 1,
+            }
+            tracing::debug!(%remote, "IKEv1 {} from an unknown peer", mode_name(mode));
+            return;
+        };
+        let mode_mismatch = |cx: &mut Cx<'_>, p: PeerId, c: &PeerConfig| {
+            refuse(
+                cx,
+                p,
+                format!(
+                    "peer {remote} started IKEv1 {}; this tunnel is configured for {} \
+                     (ike.mode must match on both sides)",
+                    mode_name(mode),
+                    mode_name(c.v1_mode)
+                ),
             );
         };
         let mut chosen = None;
@@ -1095,17 +1100,10 @@ impl Engine {
         let Some((peer, cfg, choice)) =
             chosen.and_then(|(p, ch)| Some((p, Arc::clone(peers.get(&p)?), ch)))
         else {
-            if let Some((p, e)) = first_err {
-                cx.io.refuse(now, p, Phase::Phase1, e);
+            match first_err {
+                Some((p, e)) => refuse(cx, p, e),
+                None => no_proposal(cx),
             }
-            send_plain_notify(
-                cx,
-                local,
-                remote,
-                h.cky_i,
-                0,
-                NotifyType::NO_PROPOSAL_CHOSEN,
-            );
             return;
         };
         let cky_r = self.new_cookie(cx);
@@ -3325,8 +3323,15 @@ fn notify_reason(t: NotifyType, phase: Phase, state: P1State, ours: &Identity) -
     match t {
         NotifyType::NO_PROPOSAL_CHOSEN => format!(
             "peer rejected our {what} proposal (NO-PROPOSAL-CHOSEN): the algorithms differ — \
-             compare encryption, integrity, DH group{} and mode with the peer",
-            if phase == Phase::Phase2 { ", PFS" } else { "" }
+             compare encryption, integrity, DH group{} and mode with the peer{}",
+            if phase == Phase::Phase2 { ", PFS" } else { "" },
+            // strongSwan answers so for a connection it does not have as well.
+            if phase == Phase::Phase1 {
+                " — or it has no IKEv1 connection for this gateway's address (ike.version \
+                 must match on both sides)"
+            } else {
+                ""
+            }
         ),
         NotifyType::INVALID_ID_INFORMATION => format!(
             "peer rejected our {} (INVALID-ID-INFORMATION): check {}",
