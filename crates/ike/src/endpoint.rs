@@ -468,6 +468,15 @@ impl Endpoint {
         self.start_init(now, peer, cfg)
     }
 
+    /// [`Self::initiate_beside`] without a Child SA in IKE_AUTH (RFC 6023), as a peer
+    /// with strongSwan's `childless = force` re-authenticates; the Child SA follows
+    /// with CREATE_CHILD_SA if the responder announced support.
+    #[cfg(feature = "testing")]
+    pub fn initiate_childless_beside(&mut self, now: Instant, peer: PeerId) -> Result<(), Error> {
+        self.childless.insert(peer);
+        self.initiate_beside(now, peer)
+    }
+
     /// Deletes the IKE SA `spis` (initiator, responder) of `peer` and its Child SAs,
     /// telling the peer: the last step of a make-before-break re-authentication.
     #[cfg(feature = "testing")]

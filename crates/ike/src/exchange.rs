@@ -1568,8 +1568,15 @@ impl Endpoint {
             self.rekey_ike_request(now, sa, dgram, id, &inner, ni);
             return;
         }
+        // A second IKE SA of the peer that we answered and took for the redundant twin
+        // of a simultaneous initiation (`resolve_duplicates`) may be a childless
+        // re-authentication (RFC 6023; strongSwan `childless = force`): its Child SA
+        // comes now, and the peer's Delete of the old IKE SA hands the tunnel over
+        // (`successor_by_reauth`). Otherwise it goes as planned, Child SA and all.
+        let reauth_child =
+            sa.duplicate && !sa.initiator && find_notify(&inner, NotifyType::REKEY_SA).is_none();
         // RFC 7296 §2.25.2: no Child SA work while the IKE SA is being rekeyed.
-        if sa.retiring
+        if (sa.retiring && !reauth_child)
             || matches!(
                 sa.pending.as_ref().map(|p| &p.kind),
                 Some(Req::RekeyIke { .. })

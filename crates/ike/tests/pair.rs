@@ -675,9 +675,19 @@ fn simultaneous_initiation_leaves_one_ike_sa() {
 /// simultaneous initiation to A, and its lowest-nonce rule may pick either: the new one
 /// (A waits for a Delete of it, gets one of the old one instead, and keeps the new one)
 /// or the old one (A would delete it, but first gives B a moment to). Either way one
-/// IKE SA stays, the new one, and A never reports the tunnel down.
+/// IKE SA stays, the new one, and A never reports the tunnel down. The same when B
+/// makes the new IKE SA childless (RFC 6023, strongSwan's `childless = force`) and its
+/// Child SA with CREATE_CHILD_SA: A takes that Child SA even on an IKE SA it already
+/// picked as the redundant one.
 #[test]
 fn a_peer_that_reauthenticates_make_before_break_keeps_the_tunnel() {
+    for childless in [false, true] {
+        reauthenticate_make_before_break(childless);
+    }
+}
+
+#[allow(clippy::unwrap_used)] // a test body, shared by the two variants
+fn reauthenticate_make_before_break(childless: bool) {
     let mut picked = [0; 2];
     for seed in 1..=10 {
         for a_initiated in [true, false] {
@@ -690,8 +700,22 @@ fn a_peer_that_reauthenticates_make_before_break_keeps_the_tunnel() {
             }
             let old = p.b.ike_sas(PEER_B)[0];
             p.advance(Duration::from_secs(60));
-            p.b.initiate_beside(p.now, PEER_B).unwrap();
+            let sent = p.wire.len();
+            if childless {
+                p.b.initiate_childless_beside(p.now, PEER_B).unwrap();
+            } else {
+                p.b.initiate_beside(p.now, PEER_B).unwrap();
+            }
             p.drive();
+            let exchanges: Vec<ExchangeType> = p.wire[sent..]
+                .iter()
+                .map(|pkt| Message::decode(&pkt.payload).unwrap().header.exchange)
+                .collect();
+            assert_eq!(
+                exchanges.contains(&ExchangeType::CREATE_CHILD_SA),
+                childless,
+                "{exchanges:?}"
+            );
             let new = *p.b.ike_sas(PEER_B).iter().find(|s| **s != old).unwrap();
             // A answered the new IKE_AUTH: it did not initiate the new Child SA, which
             // tells the node to keep sending on the old one for now.
@@ -745,7 +769,10 @@ fn a_peer_that_reauthenticates_make_before_break_keeps_the_tunnel() {
         }
     }
     // Both of A's choices were taken.
-    assert!(picked.iter().all(|&n| n > 0), "{picked:?}");
+    assert!(
+        picked.iter().all(|&n| n > 0),
+        "childless {childless}: {picked:?}"
+    );
 }
 
 /// A simultaneous initiation where A's IKE_SA_INIT is lost: B's IKE SA is up on both

@@ -910,13 +910,14 @@ fn an_unanswered_child_sa_negotiation_shows_in_the_status() {
 /// exchange of its own; as responder it accepts only IKE SAs initiated that way and
 /// drops one whose IKE_AUTH carries a Child SA. Either side initiating, the tunnel
 /// comes up and carries ping; vpngw as initiator learns it from the first refusal,
-/// says so, and starts over at once without a Child SA in IKE_AUTH.
+/// says so, and starts over at once without a Child SA in IKE_AUTH. strongSwan's
+/// make-before-break re-authentication, childless too, loses no packet.
 #[test]
 fn strongswan_that_forces_childless_ike_sas() {
     for vpngw_initiates in [true, false] {
         let mut conn = default_conn("10.2.0.0/24", "172.16.1.0/24", |_| {});
         conn.childless = Some("force".into());
-        let up = protected_flows_up_with("", vpngw_initiates, conn);
+        let up = protected_flows_up_with("make_before_break = yes", vpngw_initiates, conn);
         let vpc = up.topo.vpc_ip().to_string();
         lab::wait_ping(&up.topo.vpc, &vpc, "10.2.0.1", Duration::from_secs(10)).unwrap();
         let events = up.gw.events(&up.conn_id);
@@ -944,6 +945,38 @@ fn strongswan_that_forces_childless_ike_sas() {
             s["child_sas"][0]["algorithms"], "aes128-sha1-modp1024",
             "{c:#}"
         );
+        // strongSwan re-authenticates make-before-break the same way: a new IKE SA
+        // without a Child SA, its Child SA with CREATE_CHILD_SA, then the old IKE SA's
+        // Delete. Not a ping may be lost.
+        let mut asked = false;
+        ping_across(
+            &up.topo,
+            "the childless re-authentication",
+            Duration::from_secs(30),
+            || {
+                if !asked {
+                    up.swan
+                        .swanctl(&["--rekey", "--ike", "vpn", "--reauth"])
+                        .unwrap();
+                    asked = true;
+                }
+                reauthenticated(&up)
+            },
+        );
+        let events = up.gw.events(&up.conn_id);
+        for wrong in [
+            "phase1_failed",
+            "phase2_failed",
+            "retry",
+            "reset",
+            "ike_deleted",
+        ] {
+            assert_eq!(
+                events.iter().filter(|e| *e == wrong).count(),
+                0,
+                "{wrong} in {events:?}"
+            );
+        }
     }
 }
 
