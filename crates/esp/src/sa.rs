@@ -260,6 +260,9 @@ pub struct InboundStats {
     pub replay: u64,
     pub bad_padding: u64,
     pub selector_mismatch: u64,
+    /// The inner source and destination of the last packet counted in
+    /// `selector_mismatch`: what the peer sends that this SA does not carry.
+    pub last_mismatch: Option<(Ipv4Addr, Ipv4Addr)>,
     /// Truncated or inconsistent ESP or inner packets, wrong SPI, unknown Next Header.
     pub malformed: u64,
     pub expired: u64,
@@ -823,6 +826,10 @@ impl InboundSa {
             replay: load(&d.replay),
             bad_padding: load(&d.bad_padding),
             selector_mismatch: load(&d.selector_mismatch),
+            last_mismatch: match load(&d.last_mismatch) {
+                0 => None,
+                v => Some((Ipv4Addr::from((v >> 32) as u32), Ipv4Addr::from(v as u32))),
+            },
             malformed: load(&d.malformed),
             expired: load(&d.expired),
             highest_seq: self.replay.top(),
@@ -932,6 +939,10 @@ impl InboundSa {
         }
         // RFC 4301 §5.2 step 4: the decrypted packet must be one this SA may carry.
         if !self.selectors_any && !self.selectors.allows_inbound(&Flow::of(&inner)) {
+            // For the node to name the traffic (one relaxed store; drops only).
+            let flow = (u64::from(u32::from(inner.src_addr())) << 32)
+                | u64::from(u32::from(inner.dst_addr()));
+            self.drops.last_mismatch.store(flow, Ordering::Relaxed);
             return Err(EspError::SelectorMismatch);
         }
         let inner_len = usize::from(inner.total_len());
@@ -1085,6 +1096,8 @@ struct Drops {
     selector_mismatch: AtomicU64,
     malformed: AtomicU64,
     expired: AtomicU64,
+    /// Inner source (high half) and destination of the last selector mismatch.
+    last_mismatch: AtomicU64,
 }
 
 impl Drops {
@@ -1655,6 +1668,7 @@ mod tests {
     fn inner_packet_checks() {
         let (encr, integ) = (Encr::AesGcm16_128, None);
         let inb = InboundSa::new(params(encr, integ, false)).unwrap();
+        assert_eq!(inb.stats().last_mismatch, None);
         let mut inner = [0u8; 64];
         let mut buf = [0u8; 200];
         // Source outside the peer's selector 10.2.0.0/16.
@@ -1671,6 +1685,11 @@ mod tests {
         assert_eq!(
             inb.decapsulate(&mut buf[..n]),
             Err(EspError::SelectorMismatch)
+        );
+        // The node names the last such packet's addresses.
+        assert_eq!(
+            inb.stats().last_mismatch,
+            Some((Ipv4Addr::new(10, 3, 0, 1), Ipv4Addr::new(10, 1, 0, 1)))
         );
         // Destination outside ours.
         inner_packet(

@@ -48,6 +48,9 @@ const RESTART_DELAY: Duration = Duration::from_secs(1);
 /// A Child SA the peer deletes sooner than this after it was negotiated counts as a
 /// quick loss (see [`TunnelRt::quick_losses`]).
 const QUICK_LOSS: Duration = Duration::from_secs(10);
+/// How often a tunnel logs ESP from its peer that its Child SAs drop for a reason the
+/// operator can act on (see [`Control::esp_faults`]).
+const ESP_FAULT_EVERY: Duration = Duration::from_secs(60);
 /// How long a Child SA negotiated on an existing IKE SA (see [`Control::retries`]) may
 /// take before the retry after it starts over with a new IKE SA.
 const CHILD_SA_WAIT: Duration = Duration::from_secs(30);
@@ -206,6 +209,8 @@ struct TunnelRt {
     /// NAT-keepalive state of the Child SA that sends: its outbound packet count when
     /// last looked at, and when a keepalive is due if that count stays.
     keepalive: (u64, Instant),
+    /// When [`Control::esp_faults`] last logged for this tunnel.
+    esp_fault_at: Option<Instant>,
 }
 
 struct IkeInfo {
@@ -235,6 +240,9 @@ struct ChildRt {
     /// Behind a NAT (ESP in UDP): our and the peer's NAT-T address, which NAT-keepalives
     /// go between while the SA sends nothing (see [`Control::nat_keepalives`]).
     keepalive: Option<(SocketAddrV4, SocketAddrV4)>,
+    /// The inbound SA's integrity and selector drops as last logged (see
+    /// [`Control::esp_faults`]).
+    faults: [u64; 2],
 }
 
 /// A Child SA announced by `ike::Event::ChildSaPending`: its inbound SA is in the
@@ -358,6 +366,7 @@ impl Control {
             if refresh {
                 self.next_tick = now + STATUS_INTERVAL;
                 self.nat_keepalives(now);
+                self.esp_faults(now);
                 for flag in self.unknown_spi.values() {
                     flag.store(false, Ordering::Release);
                 }
@@ -573,6 +582,7 @@ impl Control {
                     nat_note: None,
                     peer_note: None,
                     keepalive: (0, now),
+                    esp_fault_at: None,
                 };
                 self.by_peer.insert(peer, spec.id.clone());
                 self.tunnels.insert(spec.id.clone(), t);
@@ -931,6 +941,66 @@ impl Control {
                     tracing::debug!(error = %e, %remote, "sending a NAT-keepalive");
                 }
             }
+        }
+    }
+
+    /// ESP from the peer that the tunnel's Child SAs drop for a reason an operator can
+    /// act on, counted by the data plane per SA: inner addresses outside the SA's
+    /// traffic selectors (RFC 4301 §5.2: a peer that routes more subnets into the
+    /// tunnel than were negotiated, such as a route-based device whose selectors this
+    /// gateway narrowed) or a failed integrity check (RFC 4303 §3.4.4). Otherwise only
+    /// the gateway-wide drop counters would show them. A warning per tunnel at most
+    /// every [`ESP_FAULT_EVERY`], with the counts since the last one.
+    fn esp_faults(&mut self, now: Instant) {
+        let mut logs = Vec::new();
+        for t in self.tunnels.values_mut() {
+            if t.children.is_empty() || t.esp_fault_at.is_some_and(|at| now < at + ESP_FAULT_EVERY)
+            {
+                continue;
+            }
+            for c in &mut t.children {
+                let s = c.inbound.stats();
+                let auth = s.auth_failed.saturating_sub(c.faults[0]);
+                let outside = s.selector_mismatch.saturating_sub(c.faults[1]);
+                c.faults = [s.auth_failed, s.selector_mismatch];
+                if let (1.., Some((src, dst))) = (outside, s.last_mismatch) {
+                    logs.push((
+                        t.conn_id.clone(),
+                        t.id.clone(),
+                        "esp_selector_mismatch",
+                        format!(
+                            "{outside} ESP packet(s) from the peer on Child SA {:08x} carried \
+                             traffic outside its selectors {} === {} and were dropped (RFC \
+                             4301 §5.2), the last {src} -> {dst}: the peer sends traffic this \
+                             tunnel does not carry; make the subnets match on both sides \
+                             (local_subnets and remote_subnets here)",
+                            c.spi_in,
+                            c.remote_ts.join(","),
+                            c.local_ts.join(","),
+                        ),
+                    ));
+                }
+                if auth > 0 {
+                    logs.push((
+                        t.conn_id.clone(),
+                        t.id.clone(),
+                        "esp_integrity_failed",
+                        format!(
+                            "{auth} ESP packet(s) for Child SA {:08x} failed their integrity \
+                             check and were dropped (RFC 4303 §3.4.4): the sender's keys for \
+                             this SA are not ours (a peer that lost its SAs, or forged \
+                             packets) or packets are altered on the way",
+                            c.spi_in
+                        ),
+                    ));
+                }
+            }
+            if logs.last().is_some_and(|(_, id, _, _)| *id == t.id) {
+                t.esp_fault_at = Some(now);
+            }
+        }
+        for (conn, id, event, message) in logs {
+            self.log(&conn, Some(&id), LogLevel::Warn, event, message);
         }
     }
 
@@ -1532,6 +1602,7 @@ impl Control {
                 }
                 _ => None,
             },
+            faults: [0; 2],
         });
         if t.children.iter().any(|c| c.keepalive.is_some()) {
             // A count no SA has: the next check takes the new SA's as its start.

@@ -356,6 +356,113 @@ fn vpngw_pair_child_rekeys_both_ways_under_ping_lose_nothing() {
 /// unanswered, and A's tunnel status says it was DPD and for how long; while A retries,
 /// the phase is `phase1_negotiating` (API.md), not `idle`; when the path is back the
 /// tunnel comes back by itself (both ends may initiate at once then: one IKE SA stays).
+/// A in destination mode proposes 0.0.0.0/0 and B, in protected flows with half of
+/// A's network (172.16.1.0/25), narrows the Child SA to that. A routes by destination
+/// alone, as a route-based device does, so traffic from 172.16.1.200 goes into the SA
+/// too: B drops it (RFC 4301 §5.2) and says which traffic and why, while traffic from
+/// 172.16.1.10 still gets through.
+#[test]
+fn vpngw_pair_traffic_outside_the_selectors_is_named_by_the_receiver() {
+    let p = Pair::new();
+    let half = "172.16.1.0/25";
+    let conn_b = configure(
+        &p.gw_b,
+        B_PUB,
+        B_NET,
+        A_PUB,
+        half,
+        "protected_flows",
+        false,
+        DAY,
+        json!({}),
+    );
+    let conn_a = p.configure_a("destination", true, DAY, json!({}));
+    for (gw, conn) in [(&p.gw_a, &conn_a), (&p.gw_b, &conn_b)] {
+        gw.wait_tunnel(conn, "established", Duration::from_secs(20), |s| {
+            phase(s) == "established"
+        });
+    }
+    p.host_a.addr_add("eth0", "172.16.1.200/24").unwrap();
+    lab::wait_ping(&p.host_a, HOST_A, HOST_B, Duration::from_secs(10)).unwrap();
+    let r = lab::ping(&p.host_a, "172.16.1.200", HOST_B, 3, Duration::from_secs(3)).unwrap();
+    assert_eq!(r.received, 0, "{r:?}");
+    let m = p.gw_b.wait_log_message(
+        &conn_b,
+        "carried traffic outside its selectors",
+        Duration::from_secs(10),
+    );
+    assert!(
+        m.contains("ESP packet(s) from the peer on Child SA")
+            && m.contains(&format!("selectors {half} === {B_NET}"))
+            && m.contains(&format!("the last 172.16.1.200 -> {HOST_B}")),
+        "{m}"
+    );
+    let logs = p.gw_b.logs(&conn_b, 100);
+    assert!(
+        logs.iter()
+            .any(|e| e["event"] == "esp_selector_mismatch" && e["level"] == "warn"),
+        "{logs:#?}"
+    );
+    assert!(
+        !logs.iter().any(|e| e["event"] == "esp_integrity_failed"),
+        "{logs:#?}"
+    );
+    // The traffic the SA carries still flows.
+    let r = lab::ping(&p.host_a, HOST_A, HOST_B, 3, Duration::from_secs(3)).unwrap();
+    assert_eq!(r.received, 3, "{r:?}");
+}
+
+/// ESP with the SPI of A's inbound SA that was not sealed with its keys (forged here,
+/// from B's address): A drops it on the integrity check, says so once in the tunnel's
+/// log with the count, and the tunnel carries on.
+#[test]
+fn vpngw_pair_esp_that_fails_its_integrity_check_is_named() {
+    let (p, conn_a, _) = Pair::established();
+    lab::wait_ping(&p.host_a, HOST_A, HOST_B, Duration::from_secs(10)).unwrap();
+    let t = p.gw_a.get(&format!("/v1/vpn-connections/{conn_a}"));
+    let spi_in = t["tunnels"][0]["status"]["child_sas"][0]["spi_in"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let spi = u32::from_str_radix(&spi_in, 16).unwrap();
+    const FORGED: u32 = 5;
+    p._b.run_in(|| {
+        let sock = std::net::UdpSocket::bind((B_PUB, 0)).unwrap();
+        for seq in 1..=FORGED {
+            // SPI, sequence number, then 8 bytes of IV, 48 of "ciphertext" and a
+            // 16-byte ICV (aes-gcm-128) that cannot verify.
+            let mut esp = Vec::with_capacity(80);
+            esp.extend_from_slice(&spi.to_be_bytes());
+            esp.extend_from_slice(&(1_000_000 + seq).to_be_bytes());
+            esp.extend_from_slice(&[0xA5; 72]);
+            sock.send_to(&esp, (A_PUB, 4500)).unwrap();
+        }
+    })
+    .unwrap();
+    let m = p.gw_a.wait_log_message(
+        &conn_a,
+        "failed their integrity check",
+        Duration::from_secs(10),
+    );
+    // All of them, unless the node's 2-second check fell between two sends: the rest
+    // then waits for the next row, a minute later.
+    let (count, rest) = m.split_once(' ').unwrap();
+    assert!(
+        (1..=FORGED).contains(&count.parse().unwrap())
+            && rest.starts_with(&format!(
+                "ESP packet(s) for Child SA {spi_in} failed their integrity check"
+            )),
+        "{m}"
+    );
+    let r = lab::ping(&p.host_a, HOST_A, HOST_B, 3, Duration::from_secs(3)).unwrap();
+    assert_eq!(r.received, 3, "{r:?}");
+    let t = p.gw_a.get(&format!("/v1/vpn-connections/{conn_a}"));
+    assert_eq!(
+        t["tunnels"][0]["status"]["child_sas"][0]["spi_in"], spi_in,
+        "{t:#}"
+    );
+}
+
 #[test]
 fn vpngw_pair_dpd_reason_and_phase_while_retrying() {
     let p = Pair::new();
