@@ -51,6 +51,9 @@ const QUICK_LOSS: Duration = Duration::from_secs(10);
 /// How often a tunnel logs ESP from its peer that its Child SAs drop for a reason the
 /// operator can act on (see [`Control::esp_faults`]).
 const ESP_FAULT_EVERY: Duration = Duration::from_secs(60);
+/// How long an IKE SA that came up without a Child SA (RFC 6023) waits for the peer's
+/// CREATE_CHILD_SA before this gateway negotiates the Child SA itself.
+const CHILDLESS_WAIT: Duration = Duration::from_secs(5);
 /// How long a Child SA negotiated on an existing IKE SA (see [`Control::retries`]) may
 /// take before the retry after it starts over with a new IKE SA.
 const CHILD_SA_WAIT: Duration = Duration::from_secs(30);
@@ -1287,6 +1290,20 @@ impl Control {
                         TunnelPhase::Phase2Negotiating,
                         Some("IKE SA established; negotiating the Child SA".into()),
                     );
+                    // A Child SA comes with IKE_AUTH (installing it cancels this), or
+                    // with the peer's CREATE_CHILD_SA right after a childless IKE_AUTH
+                    // (RFC 6023). A peer that made the IKE SA alone (`swanctl
+                    // --initiate --ike`) leaves it to us. (IKEv1 always follows Main
+                    // Mode with a Quick Mode, whose own retransmissions take longer.)
+                    let v2 = t
+                        .cfg
+                        .as_ref()
+                        .is_some_and(|c| c.version == ike::IkeVersion::V2);
+                    if v2 && t.can_initiate() && t.retry_at.is_none() {
+                        t.retry_at = Some(now + CHILDLESS_WAIT);
+                        t.child_gone = true;
+                        self.next_walk = self.next_walk.min(now + CHILDLESS_WAIT);
+                    }
                 }
             }
             Event::IkeSaRekeyed { new, .. } => {
@@ -1470,6 +1487,8 @@ impl Control {
                     return;
                 }
                 t.failures += 1;
+                // After a failure the retry starts on a fresh IKE SA (see `retries`).
+                t.child_gone = false;
                 let can = t.can_initiate();
                 if can {
                     t.want_up = true;

@@ -980,6 +980,49 @@ fn strongswan_that_forces_childless_ike_sas() {
     }
 }
 
+/// strongSwan brings up the IKE SA alone (`swanctl --initiate --ike`: childless, RFC
+/// 6023) and no Child SA follows from it. vpngw, which may initiate this tunnel,
+/// negotiates the Child SA on that IKE SA itself a few seconds later.
+#[test]
+fn a_childless_ike_sa_the_peer_leaves_without_a_child_sa_gets_one() {
+    let topo = Topology::new().unwrap();
+    let gw = Gateway::start(&topo.gw);
+    let swan =
+        StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
+    swan.load(&swanctl::render(&[default_conn(
+        "10.2.0.0/24",
+        "172.16.1.0/24",
+        |_| {},
+    )]))
+    .unwrap();
+    let conn_id = create_connection(&gw, "protected_flows", false, json!({}));
+    gw.wait_tunnel(&conn_id, "idle", Duration::from_secs(10), |s| {
+        phase(s) == "idle"
+    });
+    swan.swanctl(&["--initiate", "--ike", "vpn"]).unwrap();
+    let t = gw.wait_tunnel(
+        &conn_id,
+        "IKE SA without a Child SA",
+        Duration::from_secs(10),
+        |s| phase(s) == "phase2_negotiating",
+    );
+    let ike = t["status"]["ike_sa"]["spis"].clone();
+    let t = gw.wait_tunnel(&conn_id, "established", Duration::from_secs(15), |s| {
+        phase(s) == "established"
+    });
+    assert_eq!(t["status"]["ike_sa"]["spis"], ike, "the same IKE SA: {t:#}");
+    let events = gw.events(&conn_id);
+    let count = |name: &str| events.iter().filter(|e| *e == name).count();
+    for (name, n) in [("childless", 1), ("child_create", 1), ("phase1_start", 0)] {
+        assert_eq!(count(name), n, "{name} in {events:?}");
+    }
+    let sas = swan.list_sas().unwrap();
+    assert_eq!(sas.len(), 1, "{sas:?}");
+    assert_eq!(sas[0].children.len(), 1, "{sas:?}");
+    let vpc = topo.vpc_ip().to_string();
+    lab::wait_ping(&topo.vpc, &vpc, "10.2.0.1", Duration::from_secs(5)).unwrap();
+}
+
 /// An on-premises device that restarts (a crash, a reboot) forgets its SAs and, coming
 /// back, starts a new IKE SA with INITIAL_CONTACT (RFC 7296 §2.4): it holds no other
 /// IKE SA with us. vpngw drops what it held with the old incarnation at once, carries
