@@ -1630,6 +1630,7 @@ impl Control {
         }
         t.failures = 0;
         t.retry_at = None;
+        t.child_gone = false;
         t.want_up = t.want_up || t.can_initiate();
         t.set_phase(TunnelPhase::Established, None);
         let msg = match old_spi_in {
