@@ -1011,7 +1011,9 @@ impl Control {
     /// address that no tunnel on the gateway address it reached expects: the engine
     /// counts and drops it (`no_peer`). The classic cause is a customer gateway whose
     /// `ip_address` is not the device's public address (a NAT's in front of it), so the
-    /// tunnels on that address that are not up say so in their status and log. At
+    /// tunnels on that address that are not up say so in their status and log; a
+    /// tunnel on another address of this node whose peer sent it names the address the
+    /// device should use instead (the two tunnels' addresses swapped on it). At
     /// most once per [`UNKNOWN_PEER_EVERY`] per gateway address and to at most
     /// [`UNKNOWN_PEER_TUNNELS`] tunnels: anyone can send such messages.
     fn unknown_peer(&mut self, now: Instant, local: SocketAddrV4, remote: SocketAddrV4) {
@@ -1026,26 +1028,34 @@ impl Control {
             if logs.len() == UNKNOWN_PEER_TUNNELS {
                 break;
             }
-            let Some(expected) = t
+            let Some((ours, expected)) = t
                 .cfg
                 .as_ref()
                 .filter(|_| t.phase != TunnelPhase::Established)
-                .and_then(|c| {
-                    (c.local.ip() == IpAddr::V4(*local.ip()))
-                        .then(|| c.remote_addr())
-                        .flatten()
-                })
+                .and_then(|c| Some((c.local.ip(), c.remote_addr()?.ip())))
             else {
                 continue;
             };
-            let note = format!(
-                "at {seen} IKE from {remote} reached {local}, where no tunnel expects \
-                 that address; this tunnel expects {}: if {} is the peer, set the \
-                 customer gateway's ip_address to it (behind a NAT, the NAT's public \
-                 address)",
-                expected.ip(),
-                remote.ip()
-            );
+            let note = if ours == IpAddr::V4(*local.ip()) {
+                format!(
+                    "at {seen} IKE from {remote} reached {local}, where no tunnel expects \
+                     that address; this tunnel expects {expected}: if {} is the peer, set \
+                     the customer gateway's ip_address to it (behind a NAT, the NAT's \
+                     public address)",
+                    remote.ip()
+                )
+            } else if expected == IpAddr::V4(*remote.ip()) {
+                // The tunnel's own peer, at another address of this node: the device
+                // has the wrong remote address (the two tunnels' addresses swapped, or
+                // another gateway's).
+                format!(
+                    "at {seen} IKE from this tunnel's peer {remote} reached {local}, not \
+                     this tunnel's gateway address {ours}: set the device's remote address \
+                     for this tunnel to {ours}"
+                )
+            } else {
+                continue;
+            };
             t.peer_note = Some(note.clone());
             self.dirty.mark(&t.id);
             logs.push((t.conn_id.clone(), t.id.clone(), note));

@@ -384,6 +384,41 @@ fn customer_gateway_at_the_wrong_address(version: u8) {
     assert_eq!(t["status"]["phase"], "phase1_negotiating", "{t:#}");
 }
 
+/// strongSwan sends IKE to another address of this gateway host (192.0.2.2) than its
+/// tunnel's gateway address (192.0.2.1), as when a device has the two tunnels'
+/// addresses swapped: the tunnel names the address the peer used and the one to set,
+/// instead of calling its own peer an address no tunnel expects.
+#[test]
+fn a_peer_that_sends_to_another_gateway_address_is_told_which() {
+    const OTHER: &str = "192.0.2.2";
+    let topo = Topology::new().unwrap();
+    let swan =
+        StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
+    let conf = SwanctlConn {
+        remote_addrs: vec![OTHER.into()],
+        ..onprem_conn()
+    };
+    swan.load(&swanctl::render(&[conf])).unwrap();
+    let serve = serve(&topo);
+    let (_, conn_id) = create_connection(&serve, false);
+    // Unanswered: swanctl gives up waiting after a second, charon keeps trying.
+    let _ = swan.swanctl(&["--initiate", "--child", "net", "--timeout", "1"]);
+    let m = serve.wait_log_message(&conn_id, "tunnel's peer", Duration::from_secs(15));
+    assert!(
+        m.contains(&format!(
+            "IKE from this tunnel's peer {ONPREM}:500 reached {OTHER}:500, not this tunnel's \
+             gateway address {GW1}: set the device's remote address for this tunnel to {GW1}"
+        )),
+        "{m}"
+    );
+    let t = wait_tunnel(&serve, &conn_id, "the note in the status", |s| {
+        s["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("set the device's remote address"))
+    });
+    assert_eq!(t["status"]["phase"], "idle", "{t:#}");
+}
+
 /// Packets from `from` to `to`:4500 that are NAT-keepalives (RFC 3948 §2.3: one octet,
 /// so the UDP length is 9), as counted by the `nat` namespace's table `inet ka`.
 fn keepalives(topo: &Topology, from: &str) -> u64 {
