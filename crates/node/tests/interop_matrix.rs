@@ -390,8 +390,10 @@ fn protected_flows_up(charon_settings: &str, vpngw_initiates: bool) -> Up {
     protected_flows_up_with(charon_settings, vpngw_initiates, conn)
 }
 
-/// [`protected_flows_up`] with strongSwan's connection `conn`.
-fn protected_flows_up_with(charon_settings: &str, vpngw_initiates: bool, conn: SwanctlConn) -> Up {
+/// The lab, vpngw's node in `gw` and strongSwan in `onprem` (`charon_settings` added to
+/// its strongswan.conf) with the connection `conn` loaded. Bound as `let (topo, gw,
+/// swan) = …`, they drop in reverse: the daemons before the namespaces.
+fn swan_lab(charon_settings: &str, conn: SwanctlConn) -> (Topology, Gateway, StrongSwan) {
     let topo = Topology::new().unwrap();
     let gw = Gateway::start(&topo.gw);
     let swan = StrongSwan::start_with(
@@ -401,6 +403,12 @@ fn protected_flows_up_with(charon_settings: &str, vpngw_initiates: bool, conn: S
     )
     .unwrap();
     swan.load(&swanctl::render(&[conn])).unwrap();
+    (topo, gw, swan)
+}
+
+/// [`protected_flows_up`] with strongSwan's connection `conn`.
+fn protected_flows_up_with(charon_settings: &str, vpngw_initiates: bool, conn: SwanctlConn) -> Up {
+    let (topo, gw, swan) = swan_lab(charon_settings, conn);
     let conn_id = create_connection(&gw, "protected_flows", vpngw_initiates, json!({}));
     if !vpngw_initiates {
         gw.wait_tunnel(&conn_id, "idle", Duration::from_secs(10), |s| {
@@ -985,16 +993,7 @@ fn strongswan_that_forces_childless_ike_sas() {
 /// negotiates the Child SA on that IKE SA itself a few seconds later.
 #[test]
 fn a_childless_ike_sa_the_peer_leaves_without_a_child_sa_gets_one() {
-    let topo = Topology::new().unwrap();
-    let gw = Gateway::start(&topo.gw);
-    let swan =
-        StrongSwan::start(&topo.onprem, &topo.workdir.subdir("onprem-swan").unwrap()).unwrap();
-    swan.load(&swanctl::render(&[default_conn(
-        "10.2.0.0/24",
-        "172.16.1.0/24",
-        |_| {},
-    )]))
-    .unwrap();
+    let (topo, gw, swan) = swan_lab("", default_conn("10.2.0.0/24", "172.16.1.0/24", |_| {}));
     let conn_id = create_connection(&gw, "protected_flows", false, json!({}));
     gw.wait_tunnel(&conn_id, "idle", Duration::from_secs(10), |s| {
         phase(s) == "idle"
