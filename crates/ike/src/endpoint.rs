@@ -1303,17 +1303,17 @@ pub(crate) fn notify_name(n: NotifyType) -> String {
         .map_or_else(|| format!("notify {}", n.0), str::to_string)
 }
 
+/// What an unanswered Child SA negotiation on an established IKE SA (CREATE_CHILD_SA
+/// without REKEY_SA, an IKEv1 Quick Mode that replaces none) points to.
+pub(crate) const PHASE2_UNANSWERED: &str = ": the peer answered on this IKE SA before; it, \
+     or the path to it, stopped answering since (its own log says whether the request \
+     arrived); the IKE SA is declared dead after the last retransmission";
+
 /// What to check when the peer never answered our first exchanges. Nothing at all:
 /// reachability and the peer's configuration for our address. IKE_SA_INIT answered but
 /// not IKE_AUTH on UDP 4500, where IKE moves once a NAT is detected (RFC 7296 §2.23):
 /// the classic firewall that lets UDP 500 through and not 4500. IKEv1's Main Mode
 /// messages 5 and 6 move the same way (RFC 3947 §4).
-/// What an unanswered Child SA negotiation on an established IKE SA (CREATE_CHILD_SA
-/// without REKEY_SA, an IKEv1 Quick Mode that replaces none) points to.
-pub(crate) const PHASE2_UNANSWERED: &str = ": the peer answered on this IKE SA before; it, or the path to it, stopped answering \
-     since (its own log says whether the request arrived); the IKE SA is declared dead \
-     after the last retransmission";
-
 pub(crate) fn unanswered_hint(first: bool, local: SocketAddr, remote: SocketAddr) -> String {
     if first {
         format!(
